@@ -1,0 +1,279 @@
+//! `file:line` → one probe point per function copy that owns code for the line.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Component, Path, PathBuf};
+
+use gimli::Reader as _;
+
+use super::{Binary, FileOffset, LinkAddr, ResolveError, R};
+
+/// Where a probe goes for one copy of a source line, and the scope it sees there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbePoint {
+    pub addr: LinkAddr,
+    pub file_offset: FileOffset,
+    /// Name of the function (or inlined copy) the point is in.
+    pub function: String,
+    /// Source file as the debug info names it (full path).
+    pub file: String,
+    pub line: u32,
+    pub(super) unit: usize,
+    /// Offset of the `DW_TAG_subprogram` in its unit.
+    pub(super) subprogram: usize,
+}
+
+/// One line-table row, reduced to what resolution needs.
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    addr: u64,
+    line: u32,
+    is_stmt: bool,
+}
+
+/// How a user-given file name matches a path from the debug info.
+fn file_matches(query: &str, candidate: &str) -> bool {
+    let q = Path::new(query);
+    let c = Path::new(candidate);
+    if q.is_absolute() {
+        return normalize(q) == normalize(c);
+    }
+    // Path suffix on component boundaries ("fixtures/c/orders.c", or a bare basename).
+    let qc: Vec<_> = normalize(q).components().map(|c| c.as_os_str().to_owned()).collect();
+    let cc: Vec<_> = normalize(c).components().map(|c| c.as_os_str().to_owned()).collect();
+    !qc.is_empty() && cc.len() >= qc.len() && cc[cc.len() - qc.len()..] == qc[..]
+}
+
+/// Drops `.` components and folds `..` where possible, without touching the file system
+/// (the target's files may live in another mount namespace).
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for comp in p.components() {
+        match comp {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// Edit distance, for "closest" suggestions.
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+impl Binary {
+    /// Full path of a line-table file entry: comp_dir / directory / name.
+    fn file_entry_path(
+        &self,
+        unit: &gimli::Unit<R>,
+        header: &gimli::LineProgramHeader<R>,
+        file_index: u64,
+    ) -> Option<String> {
+        let entry = header.file(file_index)?;
+        let mut path = PathBuf::new();
+        if let Some(dir) = &unit.comp_dir {
+            path.push(dir.to_string_lossy().ok()?.as_ref());
+        }
+        if let Some(dir) = entry.directory(header) {
+            let dir = self.dwarf.attr_string(unit, dir).ok()?;
+            path.push(dir.to_string_lossy().ok()?.as_ref());
+        }
+        let name = self.dwarf.attr_string(unit, entry.path_name()).ok()?;
+        path.push(name.to_string_lossy().ok()?.as_ref());
+        Some(normalize(&path).to_string_lossy().into_owned())
+    }
+
+    /// Every source file the line tables mention, sorted, without duplicates.
+    ///
+    /// # Errors
+    /// [`ResolveError::NoDebugInfo`] or malformed line programs.
+    pub fn source_files(&self) -> Result<Vec<String>, ResolveError> {
+        self.require_debug_info()?;
+        let mut all = BTreeSet::new();
+        for unit in &self.units {
+            let Some(program) = &unit.line_program else { continue };
+            let header = program.header();
+            for index in 0..=header.file_names().len() as u64 {
+                if let Some(p) = self.file_entry_path(unit, header, index) {
+                    all.insert(p);
+                }
+            }
+        }
+        Ok(all.into_iter().collect())
+    }
+
+    /// Rows of `unit` grouped by the file they belong to (only files matching `pick`), plus
+    /// every row address of the unit (for prologue skipping).
+    fn unit_rows(
+        &self,
+        unit: &gimli::Unit<R>,
+        pick: &dyn Fn(&str) -> bool,
+    ) -> Result<(HashMap<String, Vec<Row>>, Vec<u64>), ResolveError> {
+        let mut by_file: HashMap<String, Vec<Row>> = HashMap::new();
+        let mut addrs = Vec::new();
+        let Some(program) = unit.line_program.clone() else { return Ok((by_file, addrs)) };
+        let mut paths: HashMap<u64, Option<String>> = HashMap::new();
+        let mut rows = program.rows();
+        while let Some((header, row)) = rows.next_row().map_err(self.dwarf_err("the line table"))? {
+            if row.end_sequence() {
+                continue;
+            }
+            addrs.push(row.address());
+            let path = paths
+                .entry(row.file_index())
+                .or_insert_with(|| self.file_entry_path(unit, header, row.file_index()).filter(|p| pick(p)));
+            if let (Some(path), Some(line)) = (path.as_ref(), row.line()) {
+                by_file.entry(path.clone()).or_default().push(Row {
+                    addr: row.address(),
+                    line: u32::try_from(line.get()).unwrap_or(u32::MAX),
+                    is_stmt: row.is_stmt(),
+                });
+            }
+        }
+        addrs.sort_unstable();
+        addrs.dedup();
+        Ok((by_file, addrs))
+    }
+
+    /// Resolves `file:line` to one probe point per function (copy) with code for that line.
+    ///
+    /// Within a function the lowest `is_stmt` address wins; a point at a function's first
+    /// instruction moves past the prologue (to the next row), where parameters are in their
+    /// home slots.
+    ///
+    /// # Errors
+    /// Unknown or ambiguous file, line without code, no debug info, malformed DWARF.
+    pub fn resolve_line(&self, file: &str, line: u32) -> Result<Vec<ProbePoint>, ResolveError> {
+        self.require_debug_info()?;
+        let pick = |p: &str| file_matches(file, p);
+        let mut matched: BTreeSet<String> = BTreeSet::new();
+        let mut per_unit = Vec::new();
+        for (ui, unit) in self.units.iter().enumerate() {
+            let (by_file, addrs) = self.unit_rows(unit, &pick)?;
+            matched.extend(by_file.keys().cloned());
+            per_unit.push((ui, by_file, addrs));
+        }
+        if matched.is_empty() {
+            return Err(self.unknown_file(file)?);
+        }
+        if matched.len() > 1 {
+            return Err(ResolveError::AmbiguousFile { file: file.to_owned(), candidates: matched.into_iter().collect() });
+        }
+        let path = matched.into_iter().next().unwrap_or_default();
+
+        let mut lines_with_code = BTreeSet::new();
+        // (unit, subprogram) → (best addr, is_stmt, name, low_pc, high_pc)
+        let mut groups: BTreeMap<(usize, usize), (u64, bool, String, u64, u64)> = BTreeMap::new();
+        let mut unit_addrs: HashMap<usize, Vec<u64>> = HashMap::new();
+        for (ui, by_file, addrs) in per_unit {
+            let Some(rows) = by_file.get(&path) else { continue };
+            for r in rows {
+                lines_with_code.insert(r.line);
+            }
+            for r in rows.iter().filter(|r| r.line == line) {
+                let Some(func) = self.function_at(ui, r.addr)? else { continue };
+                let key = (ui, func.offset);
+                let better = |(a, s, ..): &(u64, bool, String, u64, u64)| (r.is_stmt && !*s) || (r.is_stmt == *s && r.addr < *a);
+                match groups.get(&key) {
+                    Some(cur) if !better(cur) => {}
+                    _ => {
+                        groups.insert(key, (r.addr, r.is_stmt, func.name.clone(), func.low_pc, func.high_pc));
+                    }
+                }
+            }
+            unit_addrs.insert(ui, addrs);
+        }
+        lines_with_code.remove(&0);
+        if groups.is_empty() {
+            return Err(ResolveError::NoCodeAtLine { file: file.to_owned(), line, nearest: nearest_lines(&lines_with_code, line) });
+        }
+        let mut points = Vec::new();
+        for ((ui, sub), (mut addr, _, name, low, high)) in groups {
+            if addr == low {
+                if let Some(next) = unit_addrs.get(&ui).and_then(|a| a.iter().copied().find(|&a| a > low && a < high)) {
+                    addr = next;
+                }
+            }
+            let addr = LinkAddr(addr);
+            let Some(file_offset) = self.file_offset(addr) else {
+                return Err(ResolveError::Elf {
+                    binary: self.path.clone(),
+                    reason: format!("address {addr} of {path}:{line} is in no loadable segment"),
+                });
+            };
+            points.push(ProbePoint { addr, file_offset, function: name, file: path.clone(), line, unit: ui, subprogram: sub });
+        }
+        Ok(points)
+    }
+
+    fn unknown_file(&self, file: &str) -> Result<ResolveError, ResolveError> {
+        let want = Path::new(file).file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let mut scored: Vec<(usize, String)> = self
+            .source_files()?
+            .into_iter()
+            .filter(|p| !p.starts_with("/usr/include") && !p.starts_with("/usr/lib"))
+            .map(|p| {
+                let base = Path::new(&p).file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                (levenshtein(&want, &base), p)
+            })
+            .collect();
+        scored.sort();
+        let closest = scored.into_iter().take(3).map(|(_, p)| p).collect();
+        Ok(ResolveError::UnknownFile { binary: self.path.clone(), file: file.to_owned(), closest })
+    }
+}
+
+/// Up to two lines with code on each side of `line`.
+fn nearest_lines(with_code: &BTreeSet<u32>, line: u32) -> Vec<u32> {
+    let below: Vec<u32> = with_code.range(..line).rev().take(2).copied().collect();
+    let above = with_code.range(line..).take(2).copied();
+    let mut out: Vec<u32> = below.into_iter().rev().chain(above).collect();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_basename_suffix_and_absolute() {
+        let c = "/work/tests/fixtures/c/orders.c";
+        assert!(file_matches("orders.c", c));
+        assert!(file_matches("c/orders.c", c));
+        assert!(file_matches("fixtures/c/orders.c", c));
+        assert!(file_matches("/work/tests/fixtures/c/orders.c", c));
+        assert!(file_matches("/work/tests/fixtures/c/../c/orders.c", c));
+        assert!(!file_matches("ders.c", c), "suffix must end on a component boundary");
+        assert!(!file_matches("/other/orders.c", c));
+    }
+
+    #[test]
+    fn nearest_lines_brackets_the_request() {
+        let set: BTreeSet<u32> = [3, 5, 9, 12, 20].into_iter().collect();
+        assert_eq!(nearest_lines(&set, 10), vec![5, 9, 12, 20]);
+        assert_eq!(nearest_lines(&set, 1), vec![3, 5]);
+        assert_eq!(nearest_lines(&set, 30), vec![12, 20]);
+    }
+
+    #[test]
+    fn levenshtein_counts_edits() {
+        assert_eq!(levenshtein("order.c", "orders.c"), 1);
+        assert_eq!(levenshtein("", "abc"), 3);
+    }
+}

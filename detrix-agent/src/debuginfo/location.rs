@@ -1,0 +1,184 @@
+//! DWARF location expressions → where a value lives at one PC, in terms a plan can read.
+//!
+//! Only the subset a plan can express is accepted: a register, or memory at
+//! (register | absolute address | CFA) + constant. Everything else is refused by name
+//! (`DW_OP_piece`, `DW_OP_entry_value`, …) rather than approximated.
+
+use gimli::constants as dw;
+use gimli::UnwindSection as _;
+
+use super::{Binary, LinkAddr, ProbePoint, ResolveError, R};
+
+/// What an address is relative to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddrBase {
+    /// The value of a DWARF-numbered register at the probe.
+    Register(u16),
+    /// A link-time address (add the load bias for `ET_DYN` objects).
+    Absolute,
+}
+
+/// Where a variable's bytes are at a probe point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Location {
+    /// The value itself is in a DWARF-numbered register.
+    Register { dwarf_reg: u16 },
+    /// The value is in memory at `base + offset`.
+    Memory { base: AddrBase, offset: i64 },
+}
+
+/// An address computed by the expression so far.
+#[derive(Debug, Clone, Copy)]
+struct AddrValue {
+    base: AddrBase,
+    offset: i64,
+}
+
+impl Binary {
+    /// The CFA rule at `pc` as register + offset, from `.debug_frame` (Go) or `.eh_frame`.
+    fn cfa_at(&self, pc: u64) -> Result<AddrValue, ResolveError> {
+        let mut ctx = gimli::UnwindContext::new();
+        if let Some((section, bases)) = &self.debug_frame {
+            if let Ok(row) = gimli::UnwindSection::unwind_info_for_address(section, bases, &mut ctx, pc, gimli::DebugFrame::cie_from_offset) {
+                if let gimli::CfaRule::RegisterAndOffset { register, offset } = row.cfa() {
+                    return Ok(AddrValue { base: AddrBase::Register(register.0), offset: *offset });
+                }
+            }
+        }
+        if let Some((section, bases)) = &self.eh_frame {
+            if let Ok(row) = gimli::UnwindSection::unwind_info_for_address(section, bases, &mut ctx, pc, gimli::EhFrame::cie_from_offset) {
+                if let gimli::CfaRule::RegisterAndOffset { register, offset } = row.cfa() {
+                    return Ok(AddrValue { base: AddrBase::Register(register.0), offset: *offset });
+                }
+            }
+        }
+        Err(ResolveError::NoCfi { binary: self.path.clone(), pc: LinkAddr(pc) })
+    }
+
+    /// The frame base (`DW_AT_frame_base`) of the point's function, as an address.
+    fn frame_base(&self, point: &ProbePoint, var: &str) -> Result<AddrValue, ResolveError> {
+        let unit = &self.units[point.unit];
+        let entry = unit.entry(gimli::UnitOffset(point.subprogram)).map_err(self.dwarf_err("a function DIE"))?;
+        let Some(attr) = entry.attr_value(dw::DW_AT_frame_base) else {
+            return Err(self.unsupported(point, var, "DW_OP_fbreg without DW_AT_frame_base"));
+        };
+        match self.eval_at(point, point.unit, attr, var, None)? {
+            // DW_OP_reg<n> as a frame base means "the address held in that register".
+            Location::Register { dwarf_reg } => Ok(AddrValue { base: AddrBase::Register(dwarf_reg), offset: 0 }),
+            Location::Memory { base, offset } => Ok(AddrValue { base, offset }),
+        }
+    }
+
+    /// Evaluates a `DW_AT_location` attribute at the point's PC.
+    pub(super) fn location_at(
+        &self,
+        point: &ProbePoint,
+        ui: usize,
+        attr: gimli::AttributeValue<R>,
+        var: &str,
+    ) -> Result<Location, ResolveError> {
+        self.eval_at(point, ui, attr, var, Some(()))
+    }
+
+    /// `allow_fbreg` is `None` while evaluating the frame base itself (no recursion).
+    fn eval_at(
+        &self,
+        point: &ProbePoint,
+        ui: usize,
+        attr: gimli::AttributeValue<R>,
+        var: &str,
+        allow_fbreg: Option<()>,
+    ) -> Result<Location, ResolveError> {
+        let unit = &self.units[ui];
+        let pc = point.addr.0;
+        let expr = match attr {
+            gimli::AttributeValue::Exprloc(e) => e,
+            other => {
+                let Some(mut list) = self.dwarf.attr_locations(unit, other).map_err(self.dwarf_err("a location list"))? else {
+                    return Err(self.unsupported(point, var, "a location attribute of an unknown form"));
+                };
+                let mut found = None;
+                while let Some(entry) = list.next().map_err(self.dwarf_err("a location list"))? {
+                    if entry.range.begin <= pc && pc < entry.range.end {
+                        found = Some(entry.data);
+                        break;
+                    }
+                }
+                match found {
+                    Some(e) => e,
+                    None => return Err(self.optimized_out(point, var)),
+                }
+            }
+        };
+        if expr.0.is_empty() {
+            return Err(self.optimized_out(point, var));
+        }
+        let mut ops = expr.operations(unit.encoding());
+        let mut stack: Vec<AddrValue> = Vec::new();
+        let mut in_register = None;
+        while let Some(op) = ops.next().map_err(self.dwarf_err("a location expression"))? {
+            if in_register.is_some() {
+                return Err(self.unsupported(point, var, "DW_OP_piece (value split across places)"));
+            }
+            match op {
+                gimli::Operation::Address { address } => {
+                    stack.push(AddrValue { base: AddrBase::Absolute, offset: address as i64 });
+                }
+                gimli::Operation::AddressIndex { index } => {
+                    let a = self.dwarf.address(unit, index).map_err(self.dwarf_err("an address index"))?;
+                    stack.push(AddrValue { base: AddrBase::Absolute, offset: a as i64 });
+                }
+                gimli::Operation::FrameOffset { offset } => {
+                    if allow_fbreg.is_none() {
+                        return Err(self.unsupported(point, var, "DW_OP_fbreg inside DW_AT_frame_base"));
+                    }
+                    let fb = self.frame_base(point, var)?;
+                    stack.push(AddrValue { base: fb.base, offset: fb.offset.wrapping_add(offset) });
+                }
+                gimli::Operation::RegisterOffset { register, offset, .. } => {
+                    stack.push(AddrValue { base: AddrBase::Register(register.0), offset });
+                }
+                gimli::Operation::Register { register } => in_register = Some(register.0),
+                gimli::Operation::CallFrameCFA => stack.push(self.cfa_at(pc)?),
+                gimli::Operation::PlusConstant { value } => match stack.last_mut() {
+                    Some(top) => top.offset = top.offset.wrapping_add(value as i64),
+                    None => return Err(self.unsupported(point, var, "DW_OP_plus_uconst on an empty stack")),
+                },
+                gimli::Operation::StackValue => {
+                    return Err(self.unsupported(point, var, "DW_OP_stack_value (a computed value)"));
+                }
+                gimli::Operation::Piece { .. } => {
+                    return Err(self.unsupported(point, var, "DW_OP_piece (value split across places)"));
+                }
+                gimli::Operation::EntryValue { .. } => {
+                    return Err(self.unsupported(point, var, "DW_OP_entry_value (value at function entry)"));
+                }
+                gimli::Operation::ImplicitValue { .. } => {
+                    return Err(self.unsupported(point, var, "DW_OP_implicit_value"));
+                }
+                gimli::Operation::ImplicitPointer { .. } => {
+                    return Err(self.unsupported(point, var, "DW_OP_implicit_pointer"));
+                }
+                other => {
+                    let name = format!("{other:?}");
+                    let name = name.split([' ', '{', '(']).next().unwrap_or("?").to_owned();
+                    return Err(self.unsupported(point, var, &format!("DW_OP {name}")));
+                }
+            }
+        }
+        if let Some(dwarf_reg) = in_register {
+            if !stack.is_empty() {
+                return Err(self.unsupported(point, var, "a register location mixed with an address"));
+            }
+            return Ok(Location::Register { dwarf_reg });
+        }
+        match (stack.pop(), stack.is_empty()) {
+            (Some(top), true) => Ok(Location::Memory { base: top.base, offset: top.offset }),
+            _ => Err(self.unsupported(point, var, "an expression that leaves no single address")),
+        }
+    }
+
+    fn unsupported(&self, point: &ProbePoint, var: &str, op: &str) -> ResolveError {
+        ResolveError::UnsupportedLocation { var: var.to_owned(), file: point.file.clone(), line: point.line, op: op.to_owned() }
+    }
+}

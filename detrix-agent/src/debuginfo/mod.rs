@@ -1,0 +1,228 @@
+//! ELF + DWARF: `file:line` → probe points, names → variable locations and types.
+//!
+//! The only module that reads DWARF; no gimli type leaves it. Callers get owned, plain
+//! answers ([`ProbePoint`], [`Variable`], [`Type`]) or a [`ResolveError`] that names the object
+//! and what to do. A wrong value is worse than none: a location that does not cover the PC is
+//! [`ResolveError::OptimizedOut`], never a read from a stale slot.
+
+mod addr;
+mod lines;
+mod location;
+mod scope;
+mod types;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use object::{Object, ObjectSection, ObjectSegment};
+
+pub use addr::{FileOffset, LinkAddr};
+pub use lines::ProbePoint;
+pub use location::{AddrBase, Location};
+pub use scope::{Variable, VariableKind};
+pub use types::{Member, Type, TypeRef};
+
+pub(crate) type R = gimli::EndianArcSlice<gimli::RunTimeEndian>;
+
+/// Why a request could not be resolved. Each message names the object and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("cannot read {binary}: {source}")]
+    Io { binary: PathBuf, source: std::io::Error },
+    #[error("{binary} is not an ELF file this agent can read: {reason}")]
+    Elf { binary: PathBuf, reason: String },
+    #[error(
+        "{binary} has no debug info (.debug_info); rebuild it with -g (gcc/clang), keep debuginfo \
+         (Rust: debug = true in the profile; Go: do not pass -ldflags=-w), or install its debug \
+         symbols package"
+    )]
+    NoDebugInfo { binary: PathBuf },
+    #[error("no source file `{file}` in the debug info of {binary}; closest: {}", list_or_none(.closest))]
+    UnknownFile { binary: PathBuf, file: String, closest: Vec<String> },
+    #[error("`{file}` matches several source files; give more of the path: {}", .candidates.join(", "))]
+    AmbiguousFile { file: String, candidates: Vec<String> },
+    #[error("{file}:{line} has no code; nearest lines with code: {}", join_lines(.nearest))]
+    NoCodeAtLine { file: String, line: u32, nearest: Vec<u32> },
+    #[error("`{var}` is not in scope at {file}:{line}; in scope: {}", list_or_none(.in_scope))]
+    NotInScope { var: String, file: String, line: u32, in_scope: Vec<String> },
+    #[error("`{var}` is optimized out at {pc} ({file}:{line}); try a line where it is live")]
+    OptimizedOut { var: String, pc: LinkAddr, file: String, line: u32 },
+    #[error("`{var}` at {file}:{line} uses the DWARF location operation {op}, which the agent cannot capture yet")]
+    UnsupportedLocation { var: String, file: String, line: u32, op: String },
+    #[error("no call frame information covers {pc} in {binary}; cannot find the frame base there")]
+    NoCfi { binary: PathBuf, pc: LinkAddr },
+    #[error("malformed DWARF in {binary} while reading {what}: {source}")]
+    Dwarf { binary: PathBuf, what: &'static str, source: gimli::Error },
+}
+
+fn list_or_none(v: &[String]) -> String {
+    if v.is_empty() { "(none)".to_owned() } else { v.join(", ") }
+}
+
+fn join_lines(v: &[u32]) -> String {
+    if v.is_empty() {
+        "(none in this file)".to_owned()
+    } else {
+        v.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// One loadable segment (`PT_LOAD`), for link address ↔ file offset translation.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    vaddr: u64,
+    memsz: u64,
+    offset: u64,
+    filesz: u64,
+}
+
+/// A parsed executable or shared object with its DWARF and CFI.
+///
+/// Parsing is the costly part, so one `Binary` serves every request on that file.
+pub struct Binary {
+    path: PathBuf,
+    /// `ET_DYN` (PIE or shared object): link addresses are relative to a load bias.
+    pub is_dyn: bool,
+    segments: Vec<Segment>,
+    dwarf: gimli::Dwarf<R>,
+    units: Vec<gimli::Unit<R>>,
+    eh_frame: Option<(gimli::EhFrame<R>, gimli::BaseAddresses)>,
+    debug_frame: Option<(gimli::DebugFrame<R>, gimli::BaseAddresses)>,
+    has_debug_info: bool,
+}
+
+impl std::fmt::Debug for Binary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Binary").field("path", &self.path).field("units", &self.units.len()).finish_non_exhaustive()
+    }
+}
+
+impl Binary {
+    /// Reads and parses `path`. Debug sections may be compressed (`SHF_COMPRESSED`, as Go does).
+    ///
+    /// # Errors
+    /// [`ResolveError::Io`] or [`ResolveError::Elf`]; missing DWARF is reported later, by the
+    /// first request that needs it, so a binary without debug info can still be inspected.
+    pub fn open(path: &Path) -> Result<Self, ResolveError> {
+        Self::open_named(path, path)
+    }
+
+    /// Reads `path` but names the binary `name` in messages (e.g. reads `/proc/PID/exe`,
+    /// names the file it points to).
+    ///
+    /// # Errors
+    /// As [`Binary::open`].
+    pub fn open_named(path: &Path, name: &Path) -> Result<Self, ResolveError> {
+        let bytes = std::fs::read(path).map_err(|source| ResolveError::Io { binary: name.to_owned(), source })?;
+        Self::parse(name, &bytes)
+    }
+
+    fn parse(path: &Path, bytes: &[u8]) -> Result<Self, ResolveError> {
+        let elf_err = |reason: String| ResolveError::Elf { binary: path.to_owned(), reason };
+        let file = object::File::parse(bytes).map_err(|e| elf_err(e.to_string()))?;
+        if file.format() != object::BinaryFormat::Elf {
+            return Err(elf_err(format!("format is {:?}", file.format())));
+        }
+        if file.architecture() != object::Architecture::X86_64 {
+            return Err(elf_err(format!("architecture {:?} (only x86-64 is supported)", file.architecture())));
+        }
+        let endian = if file.is_little_endian() { gimli::RunTimeEndian::Little } else { gimli::RunTimeEndian::Big };
+        let is_dyn = file.kind() == object::ObjectKind::Dynamic;
+        let segments = file
+            .segments()
+            .map(|s| {
+                let (offset, filesz) = s.file_range();
+                Segment { vaddr: s.address(), memsz: s.size(), offset, filesz }
+            })
+            .collect();
+
+        let section_data = |name: &str| -> Result<Option<(Arc<[u8]>, u64)>, ResolveError> {
+            match file.section_by_name(name) {
+                Some(s) => {
+                    let data = s.uncompressed_data().map_err(|e| elf_err(format!("section {name}: {e}")))?;
+                    Ok(Some((Arc::from(&*data), s.address())))
+                }
+                None => Ok(None),
+            }
+        };
+        let reader = |data: Arc<[u8]>| gimli::EndianArcSlice::new(data, endian);
+        let empty: Arc<[u8]> = Arc::from(&[][..]);
+
+        let dwarf = gimli::Dwarf::load(|id| -> Result<R, ResolveError> {
+            Ok(reader(section_data(id.name())?.map_or_else(|| empty.clone(), |(d, _)| d)))
+        })?;
+        let has_debug_info = section_data(".debug_info")?.is_some_and(|(d, _)| !d.is_empty());
+
+        let text_addr = file.section_by_name(".text").map(|s| s.address());
+        let mut eh_frame = None;
+        if let Some((data, addr)) = section_data(".eh_frame")? {
+            let mut bases = gimli::BaseAddresses::default().set_eh_frame(addr);
+            if let Some(t) = text_addr {
+                bases = bases.set_text(t);
+            }
+            if let Some(s) = file.section_by_name(".eh_frame_hdr") {
+                bases = bases.set_eh_frame_hdr(s.address());
+            }
+            let mut section = gimli::EhFrame::from(reader(data));
+            section.set_address_size(8);
+            eh_frame = Some((section, bases));
+        }
+        let mut debug_frame = None;
+        if let Some((data, _)) = section_data(".debug_frame")? {
+            let mut section = gimli::DebugFrame::from(reader(data));
+            section.set_address_size(8);
+            debug_frame = Some((section, gimli::BaseAddresses::default()));
+        }
+
+        let mut units = Vec::new();
+        if has_debug_info {
+            let mut headers = dwarf.units();
+            let dwarf_err = |what, source| ResolveError::Dwarf { binary: path.to_owned(), what, source };
+            while let Some(header) = headers.next().map_err(|e| dwarf_err("unit headers", e))? {
+                units.push(dwarf.unit(header).map_err(|e| dwarf_err("a compilation unit", e))?);
+            }
+        }
+        Ok(Self { path: path.to_owned(), is_dyn, segments, dwarf, units, eh_frame, debug_frame, has_debug_info })
+    }
+
+    /// The file this was read from.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes of DWARF in `.debug_info` (for reports).
+    #[must_use]
+    pub fn unit_count(&self) -> usize {
+        self.units.len()
+    }
+
+    fn require_debug_info(&self) -> Result<(), ResolveError> {
+        if self.has_debug_info && !self.units.is_empty() {
+            Ok(())
+        } else {
+            Err(ResolveError::NoDebugInfo { binary: self.path.clone() })
+        }
+    }
+
+    fn dwarf_err(&self, what: &'static str) -> impl Fn(gimli::Error) -> ResolveError + '_ {
+        move |source| ResolveError::Dwarf { binary: self.path.clone(), what, source }
+    }
+
+    /// Translates a link address to the file offset a uprobe attaches to:
+    /// `offset = vaddr - p_vaddr + p_offset` of the `PT_LOAD` holding it.
+    #[must_use]
+    pub fn file_offset(&self, addr: LinkAddr) -> Option<FileOffset> {
+        self.segments
+            .iter()
+            .find(|s| addr.0 >= s.vaddr && addr.0 < s.vaddr + s.memsz.max(s.filesz))
+            .map(|s| FileOffset(addr.0 - s.vaddr + s.offset))
+    }
+
+    /// The link address of the segment mapped at file offset 0, used with `/proc/PID/maps` to
+    /// find the load bias of an `ET_DYN` object.
+    #[must_use]
+    pub fn first_segment_vaddr(&self) -> u64 {
+        self.segments.iter().filter(|s| s.offset == 0).map(|s| s.vaddr).min().unwrap_or(0)
+    }
+}

@@ -1,0 +1,230 @@
+//! Functions containing an address, and the variables visible at a probe point.
+
+use gimli::constants as dw;
+use gimli::Reader as _;
+
+use super::location::Location;
+use super::types::TypeRef;
+use super::{Binary, ProbePoint, ResolveError, R};
+
+/// A `DW_TAG_subprogram` that contains an address.
+#[derive(Debug, Clone)]
+pub(super) struct Function {
+    pub(super) offset: usize,
+    pub(super) name: String,
+    pub(super) low_pc: u64,
+    pub(super) high_pc: u64,
+}
+
+/// How a variable came into scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VariableKind {
+    Parameter,
+    Local,
+    /// A global or `static` with a fixed address.
+    Global,
+}
+
+/// A variable resolved at one probe point.
+#[derive(Debug, Clone)]
+pub struct Variable {
+    pub name: String,
+    pub kind: VariableKind,
+    pub location: Location,
+    pub ty: Option<TypeRef>,
+}
+
+/// A scope entry found by walking the function's DIE tree.
+struct Candidate {
+    depth: usize,
+    offset: gimli::UnitOffset<usize>,
+    name: String,
+    is_param: bool,
+}
+
+impl Binary {
+    /// `DW_AT_name`, following `DW_AT_abstract_origin` / `DW_AT_specification` when absent.
+    pub(super) fn die_name(&self, ui: usize, entry: &gimli::DebuggingInformationEntry<R>) -> Option<String> {
+        let mut ui = ui;
+        let mut offset = entry.offset();
+        for _ in 0..4 {
+            let unit = &self.units[ui];
+            let e = unit.entry(offset).ok()?;
+            if let Some(v) = e.attr_value(dw::DW_AT_name) {
+                let s = self.dwarf.attr_string(unit, v).ok()?;
+                return Some(s.to_string_lossy().ok()?.into_owned());
+            }
+            let next = e.attr_value(dw::DW_AT_abstract_origin).or_else(|| e.attr_value(dw::DW_AT_specification))?;
+            let r = self.resolve_ref(ui, &next)?;
+            ui = r.unit;
+            offset = gimli::UnitOffset(r.offset);
+        }
+        None
+    }
+
+    /// The innermost `DW_TAG_subprogram` whose ranges contain `addr`.
+    pub(super) fn function_at(&self, ui: usize, addr: u64) -> Result<Option<Function>, ResolveError> {
+        let unit = &self.units[ui];
+        let mut cursor = unit.entries();
+        let mut best: Option<Function> = None;
+        while let Some(entry) = cursor.next_dfs().map_err(self.dwarf_err("DIEs"))? {
+            if entry.tag() != dw::DW_TAG_subprogram {
+                continue;
+            }
+            let mut ranges = self.dwarf.die_ranges(unit, entry).map_err(self.dwarf_err("function ranges"))?;
+            let (mut low, mut high, mut hit) = (u64::MAX, 0, false);
+            while let Some(r) = ranges.next().map_err(self.dwarf_err("function ranges"))? {
+                low = low.min(r.begin);
+                high = high.max(r.end);
+                hit |= r.begin <= addr && addr < r.end;
+            }
+            if hit {
+                let name = self.die_name(ui, entry).unwrap_or_else(|| "<anonymous>".to_owned());
+                best = Some(Function { offset: entry.offset().0, name, low_pc: low, high_pc: high });
+            }
+        }
+        Ok(best)
+    }
+
+    fn scope_candidates(&self, point: &ProbePoint) -> Result<Vec<Candidate>, ResolveError> {
+        let unit = &self.units[point.unit];
+        let mut tree = unit.entries_tree(Some(gimli::UnitOffset(point.subprogram))).map_err(self.dwarf_err("a function's DIEs"))?;
+        let root = tree.root().map_err(self.dwarf_err("a function's DIEs"))?;
+        let mut out = Vec::new();
+        self.walk_scope(point, root, 1, &mut out)?;
+        Ok(out)
+    }
+
+    fn walk_scope(
+        &self,
+        point: &ProbePoint,
+        node: gimli::EntriesTreeNode<'_, '_, R>,
+        depth: usize,
+        out: &mut Vec<Candidate>,
+    ) -> Result<(), ResolveError> {
+        let unit = &self.units[point.unit];
+        let mut children = node.children();
+        while let Some(child) = children.next().map_err(self.dwarf_err("a function's DIEs"))? {
+            let entry = child.entry();
+            match entry.tag() {
+                dw::DW_TAG_formal_parameter | dw::DW_TAG_variable => {
+                    if let Some(name) = self.die_name(point.unit, entry) {
+                        out.push(Candidate {
+                            depth,
+                            offset: entry.offset(),
+                            name,
+                            is_param: entry.tag() == dw::DW_TAG_formal_parameter,
+                        });
+                    }
+                }
+                dw::DW_TAG_lexical_block => {
+                    let mut ranges = self.dwarf.die_ranges(unit, entry).map_err(self.dwarf_err("block ranges"))?;
+                    let (mut any, mut hit) = (false, false);
+                    while let Some(r) = ranges.next().map_err(self.dwarf_err("block ranges"))? {
+                        any = true;
+                        hit |= r.begin <= point.addr.0 && point.addr.0 < r.end;
+                    }
+                    if hit || !any {
+                        self.walk_scope(point, child, depth + 1, out)?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Unit-level variables with a name, as (unit, offset, name, defined-here).
+    fn unit_globals(&self, ui: usize) -> Result<Vec<(gimli::UnitOffset<usize>, String, bool)>, ResolveError> {
+        let unit = &self.units[ui];
+        let mut tree = unit.entries_tree(None).map_err(self.dwarf_err("unit DIEs"))?;
+        let root = tree.root().map_err(self.dwarf_err("unit DIEs"))?;
+        let mut children = root.children();
+        let mut out = Vec::new();
+        while let Some(child) = children.next().map_err(self.dwarf_err("unit DIEs"))? {
+            let e = child.entry();
+            if e.tag() != dw::DW_TAG_variable {
+                continue;
+            }
+            if let Some(name) = self.die_name(ui, e) {
+                out.push((e.offset(), name, e.attr_value(dw::DW_AT_location).is_some()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Names a user may write at `point`: parameters, locals of the enclosing blocks, and the
+    /// unit's defined globals.
+    ///
+    /// # Errors
+    /// Malformed DWARF.
+    pub fn names_in_scope(&self, point: &ProbePoint) -> Result<Vec<String>, ResolveError> {
+        let mut names: Vec<String> = self.scope_candidates(point)?.into_iter().map(|c| c.name).collect();
+        let mut globals: Vec<String> =
+            self.unit_globals(point.unit)?.into_iter().filter(|g| g.2).map(|g| g.1).collect();
+        globals.sort();
+        names.extend(globals);
+        let mut seen = std::collections::HashSet::new();
+        names.retain(|n| seen.insert(n.clone()));
+        Ok(names)
+    }
+
+    /// Resolves `name` at `point`: the innermost local or parameter, else a global of the same
+    /// unit, else a global defined in any unit.
+    ///
+    /// # Errors
+    /// [`ResolveError::NotInScope`] (listing what is), [`ResolveError::OptimizedOut`] when no
+    /// location covers the point, or an unsupported location operation.
+    pub fn variable(&self, point: &ProbePoint, name: &str) -> Result<Variable, ResolveError> {
+        let cands = self.scope_candidates(point)?;
+        if let Some(c) = cands.iter().filter(|c| c.name == name).max_by_key(|c| c.depth) {
+            let kind = if c.is_param { VariableKind::Parameter } else { VariableKind::Local };
+            return self.variable_at(point, point.unit, c.offset, name, kind);
+        }
+        let mut units: Vec<usize> = vec![point.unit];
+        units.extend((0..self.units.len()).filter(|&u| u != point.unit));
+        for ui in units {
+            for (off, gname, defined) in self.unit_globals(ui)? {
+                if defined && gname == name {
+                    return self.variable_at(point, ui, off, name, VariableKind::Global);
+                }
+            }
+        }
+        Err(ResolveError::NotInScope {
+            var: name.to_owned(),
+            file: point.file.clone(),
+            line: point.line,
+            in_scope: self.names_in_scope(point)?,
+        })
+    }
+
+    fn variable_at(
+        &self,
+        point: &ProbePoint,
+        ui: usize,
+        offset: gimli::UnitOffset<usize>,
+        name: &str,
+        kind: VariableKind,
+    ) -> Result<Variable, ResolveError> {
+        let unit = &self.units[ui];
+        let entry = unit.entry(offset).map_err(self.dwarf_err("a variable DIE"))?;
+        let ty = self.type_attr(ui, &entry);
+        if entry.attr_value(dw::DW_AT_const_value).is_some() {
+            return Err(ResolveError::UnsupportedLocation {
+                var: name.to_owned(),
+                file: point.file.clone(),
+                line: point.line,
+                op: "DW_AT_const_value (a compile-time constant)".to_owned(),
+            });
+        }
+        let Some(attr) = entry.attr_value(dw::DW_AT_location) else {
+            return Err(self.optimized_out(point, name));
+        };
+        let location = self.location_at(point, ui, attr, name)?;
+        Ok(Variable { name: name.to_owned(), kind, location, ty })
+    }
+
+    pub(super) fn optimized_out(&self, point: &ProbePoint, name: &str) -> ResolveError {
+        ResolveError::OptimizedOut { var: name.to_owned(), pc: point.addr, file: point.file.clone(), line: point.line }
+    }
+}

@@ -1,0 +1,235 @@
+//! DWARF types → owned [`Type`] descriptions, one level at a time.
+//!
+//! Types are resolved lazily through [`TypeRef`]s: a struct lists its members' refs, not their
+//! resolved types, so self-referential types (`struct node { struct node *next; }`) cost nothing.
+//! `typedef`, `const`, `volatile`, `restrict` and `_Atomic` are looked through.
+
+use gimli::constants as dw;
+
+use super::{Binary, ResolveError, R};
+
+/// A type DIE somewhere in the binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TypeRef {
+    pub(super) unit: usize,
+    pub(super) offset: usize,
+}
+
+/// A struct/class/union member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    /// Byte offset from the start of the aggregate.
+    pub offset: u64,
+    pub ty: Option<TypeRef>,
+}
+
+/// One level of a type, with qualifiers and typedefs removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Type {
+    Void,
+    Int { name: String, size: u64, signed: bool },
+    Float { name: String, size: u64 },
+    Bool { size: u64 },
+    /// `char`, `signed char`, `unsigned char` (1 byte), or a UTF code point type.
+    Char { name: String, size: u64, signed: bool },
+    Enum { name: String, size: u64, signed: bool, values: Vec<(String, i64)> },
+    Pointer { pointee: Option<TypeRef> },
+    Struct { name: String, size: u64, members: Vec<Member> },
+    Array { elem: Option<TypeRef>, count: Option<u64> },
+    Unsupported { what: String },
+}
+
+impl Binary {
+    /// Resolves a reference attribute (same unit or `DW_FORM_ref_addr`) to a [`TypeRef`].
+    pub(super) fn resolve_ref(&self, ui: usize, v: &gimli::AttributeValue<R>) -> Option<TypeRef> {
+        match v {
+            gimli::AttributeValue::UnitRef(o) => Some(TypeRef { unit: ui, offset: o.0 }),
+            gimli::AttributeValue::DebugInfoRef(o) => {
+                let (idx, unit) = self.units.iter().enumerate().rev().find(|(_, u)| {
+                    u.header.offset().0 <= o.0
+                })?;
+                let uo = o.to_unit_offset(&unit.header)?;
+                Some(TypeRef { unit: idx, offset: uo.0 })
+            }
+            _ => None,
+        }
+    }
+
+    /// The `DW_AT_type` of a DIE.
+    pub(super) fn type_attr(&self, ui: usize, entry: &gimli::DebuggingInformationEntry<R>) -> Option<TypeRef> {
+        self.resolve_ref(ui, &entry.attr_value(dw::DW_AT_type)?)
+    }
+
+    fn entry_of(&self, t: TypeRef) -> Result<gimli::DebuggingInformationEntry<R>, ResolveError> {
+        self.units[t.unit].entry(gimli::UnitOffset(t.offset)).map_err(self.dwarf_err("a type DIE"))
+    }
+
+    fn udata(entry: &gimli::DebuggingInformationEntry<R>, at: gimli::DwAt) -> Option<u64> {
+        entry.attr_value(at)?.udata_value()
+    }
+
+    /// Looks through typedefs and qualifiers.
+    ///
+    /// # Errors
+    /// Malformed DWARF.
+    pub fn strip(&self, t: Option<TypeRef>) -> Result<Option<TypeRef>, ResolveError> {
+        let mut cur = t;
+        for _ in 0..16 {
+            let Some(r) = cur else { return Ok(None) };
+            let e = self.entry_of(r)?;
+            match e.tag() {
+                dw::DW_TAG_typedef | dw::DW_TAG_const_type | dw::DW_TAG_volatile_type | dw::DW_TAG_restrict_type | dw::DW_TAG_atomic_type => {
+                    cur = self.type_attr(r.unit, &e);
+                }
+                _ => return Ok(Some(r)),
+            }
+        }
+        Ok(cur)
+    }
+
+    /// One level of `t` (`None` is `void`).
+    ///
+    /// # Errors
+    /// Malformed DWARF.
+    pub fn type_of(&self, t: Option<TypeRef>) -> Result<Type, ResolveError> {
+        let Some(r) = self.strip(t)? else { return Ok(Type::Void) };
+        let e = self.entry_of(r)?;
+        let name = self.die_name(r.unit, &e).unwrap_or_default();
+        let size = Self::udata(&e, dw::DW_AT_byte_size).unwrap_or(0);
+        Ok(match e.tag() {
+            dw::DW_TAG_base_type => {
+                let enc = e.attr_value(dw::DW_AT_encoding);
+                match enc {
+                    Some(gimli::AttributeValue::Encoding(enc)) => match enc {
+                        dw::DW_ATE_signed => Type::Int { name, size, signed: true },
+                        dw::DW_ATE_unsigned => Type::Int { name, size, signed: false },
+                        dw::DW_ATE_float => Type::Float { name, size },
+                        dw::DW_ATE_boolean => Type::Bool { size },
+                        dw::DW_ATE_signed_char => Type::Char { name, size, signed: true },
+                        dw::DW_ATE_unsigned_char => Type::Char { name, size, signed: false },
+                        dw::DW_ATE_UTF => Type::Char { name, size, signed: false },
+                        other => Type::Unsupported { what: format!("base type `{name}` with encoding {other}") },
+                    },
+                    _ => Type::Unsupported { what: format!("base type `{name}` without encoding") },
+                }
+            }
+            dw::DW_TAG_pointer_type | dw::DW_TAG_reference_type | dw::DW_TAG_rvalue_reference_type => {
+                Type::Pointer { pointee: self.type_attr(r.unit, &e) }
+            }
+            dw::DW_TAG_structure_type | dw::DW_TAG_class_type | dw::DW_TAG_union_type => {
+                Type::Struct { name, size, members: self.members(r)? }
+            }
+            dw::DW_TAG_enumeration_type => {
+                let (values, any_negative) = self.enumerators(r)?;
+                let signed = match self.type_of(self.type_attr(r.unit, &e))? {
+                    Type::Int { signed, .. } => signed,
+                    _ => any_negative,
+                };
+                Type::Enum { name, size, signed, values }
+            }
+            dw::DW_TAG_array_type => Type::Array { elem: self.type_attr(r.unit, &e), count: self.array_count(r)? },
+            dw::DW_TAG_unspecified_type => Type::Void,
+            other => Type::Unsupported { what: format!("{other}") },
+        })
+    }
+
+    /// Byte size of a type (pointers 8, arrays count × element).
+    ///
+    /// # Errors
+    /// Malformed DWARF.
+    pub fn size_of(&self, t: Option<TypeRef>) -> Result<Option<u64>, ResolveError> {
+        Ok(match self.type_of(t)? {
+            Type::Void | Type::Unsupported { .. } => None,
+            Type::Int { size, .. } | Type::Float { size, .. } | Type::Bool { size } | Type::Char { size, .. } | Type::Enum { size, .. } | Type::Struct { size, .. } => Some(size),
+            Type::Pointer { .. } => Some(8),
+            Type::Array { elem, count } => match (self.size_of(elem)?, count) {
+                (Some(s), Some(c)) => Some(s * c),
+                _ => None,
+            },
+        })
+    }
+
+    /// A C-like spelling of a type, for messages (`struct order *`, `char[8]`).
+    #[must_use]
+    pub fn type_name(&self, t: Option<TypeRef>) -> String {
+        let Ok(stripped) = self.strip(t) else { return "?".to_owned() };
+        match self.type_of(stripped) {
+            Ok(Type::Void) => "void".to_owned(),
+            Ok(Type::Pointer { pointee }) => format!("{} *", self.type_name(pointee)),
+            Ok(Type::Array { elem, count }) => format!("{}[{}]", self.type_name(elem), count.map(|c| c.to_string()).unwrap_or_default()),
+            Ok(Type::Struct { name, .. }) => {
+                if name.is_empty() { "struct <anonymous>".to_owned() } else { format!("struct {name}") }
+            }
+            Ok(Type::Enum { name, .. }) => format!("enum {name}"),
+            Ok(Type::Int { name, .. } | Type::Float { name, .. } | Type::Char { name, .. }) => name,
+            Ok(Type::Bool { .. }) => "bool".to_owned(),
+            Ok(Type::Unsupported { what }) => what,
+            Err(_) => "?".to_owned(),
+        }
+    }
+
+    fn members(&self, r: TypeRef) -> Result<Vec<Member>, ResolveError> {
+        let unit = &self.units[r.unit];
+        let mut tree = unit.entries_tree(Some(gimli::UnitOffset(r.offset))).map_err(self.dwarf_err("struct members"))?;
+        let root = tree.root().map_err(self.dwarf_err("struct members"))?;
+        let mut children = root.children();
+        let mut out = Vec::new();
+        while let Some(child) = children.next().map_err(self.dwarf_err("struct members"))? {
+            let e = child.entry();
+            if e.tag() != dw::DW_TAG_member && e.tag() != dw::DW_TAG_inheritance {
+                continue;
+            }
+            let name = self.die_name(r.unit, e).unwrap_or_default();
+            let offset = Self::udata(e, dw::DW_AT_data_member_location).unwrap_or(0);
+            out.push(Member { name, offset, ty: self.type_attr(r.unit, e) });
+        }
+        Ok(out)
+    }
+
+    fn enumerators(&self, r: TypeRef) -> Result<(Vec<(String, i64)>, bool), ResolveError> {
+        let unit = &self.units[r.unit];
+        let mut tree = unit.entries_tree(Some(gimli::UnitOffset(r.offset))).map_err(self.dwarf_err("enumerators"))?;
+        let root = tree.root().map_err(self.dwarf_err("enumerators"))?;
+        let mut children = root.children();
+        let (mut out, mut negative) = (Vec::new(), false);
+        while let Some(child) = children.next().map_err(self.dwarf_err("enumerators"))? {
+            let e = child.entry();
+            if e.tag() != dw::DW_TAG_enumerator {
+                continue;
+            }
+            let name = self.die_name(r.unit, e).unwrap_or_default();
+            let value = match e.attr_value(dw::DW_AT_const_value) {
+                Some(gimli::AttributeValue::Sdata(v)) => v,
+                Some(v) => v.udata_value().map_or(0, |u| u as i64),
+                None => 0,
+            };
+            negative |= value < 0;
+            out.push((name, value));
+        }
+        Ok((out, negative))
+    }
+
+    fn array_count(&self, r: TypeRef) -> Result<Option<u64>, ResolveError> {
+        let unit = &self.units[r.unit];
+        let mut tree = unit.entries_tree(Some(gimli::UnitOffset(r.offset))).map_err(self.dwarf_err("array bounds"))?;
+        let root = tree.root().map_err(self.dwarf_err("array bounds"))?;
+        let mut children = root.children();
+        while let Some(child) = children.next().map_err(self.dwarf_err("array bounds"))? {
+            let e = child.entry();
+            if e.tag() != dw::DW_TAG_subrange_type {
+                continue;
+            }
+            if let Some(c) = Self::udata(e, dw::DW_AT_count) {
+                return Ok(Some(c));
+            }
+            if let Some(ub) = Self::udata(e, dw::DW_AT_upper_bound) {
+                let lb = Self::udata(e, dw::DW_AT_lower_bound).unwrap_or(0);
+                return Ok(Some(ub + 1 - lb));
+            }
+            return Ok(None);
+        }
+        Ok(None)
+    }
+}
+

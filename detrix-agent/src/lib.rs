@@ -1,0 +1,12 @@
+//! Detrix Agent: watch values inside a running native program at any source line, through
+//! uprobes and one prebuilt, plan-driven eBPF program.
+//!
+//! Data flows one way: request → [`debuginfo`] (resolve) → [`plan`] (build) → [`probe`]
+//! (attach, drain) → [`plan::decode`] → output. [`capture`] chains them for the one-shot CLI.
+
+pub mod capture;
+pub mod debuginfo;
+pub mod expr;
+pub mod plan;
+pub mod probe;
+pub mod target;

@@ -1,0 +1,494 @@
+//! Resolved variables + expressions → a [`Plan`] for the prebuilt eBPF program, and the
+//! reverse: ring-buffer records → typed [`Value`]s.
+//!
+//! Why data, not generated programs: one verified object serves every probe, so setting one
+//! costs a map write and an attach, never a compiler or a verifier run. The price is a bounded
+//! interpreter in BPF, so each plan has budgets (ops, values, bytes) checked here, where the
+//! error can name the expression, rather than found by the verifier.
+
+use detrix_common::{op, pt_regs, value_flags, EventHeader, Plan, PlanOp, EVENT_DATA_BYTES, MAX_COPY_BYTES, MAX_OPS, MAX_VALUES, PLAN_ABI};
+
+use crate::debuginfo::{AddrBase, Binary, Location, ProbePoint, ResolveError, Type, TypeRef};
+use crate::expr::{self, Expr, ExprError};
+
+/// Why a plan could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error(transparent)]
+    Expr(#[from] ExprError),
+    #[error("expression `{expr}`: {what}")]
+    Type { expr: String, what: String },
+    #[error("too much to capture at one point: {what}; split the expressions over several captures")]
+    OverBudget { what: String },
+}
+
+/// How the bytes of one captured value are turned back into a value.
+#[derive(Debug, Clone, PartialEq)]
+enum Shape {
+    Int { size: u8, signed: bool },
+    Float { size: u8 },
+    Bool,
+    Char { size: u8 },
+    Enum { size: u8, signed: bool, values: Vec<(String, i64)> },
+    Pointer,
+    /// Bytes from `EMIT_STR` read with room for `cap + 1` characters: more than `cap` means
+    /// the string was longer than the cap.
+    CString { cap: u32 },
+    /// `char[N]`, copied in place (`copied` ≤ N bytes).
+    CharArray { count: u64, copied: u32 },
+    Struct { members: Vec<(String, u64, Shape)> },
+    Array { elem: Box<Shape>, count: u64, stride: u64 },
+    Opaque { what: String },
+}
+
+/// One captured expression inside a plan.
+#[derive(Debug, Clone)]
+pub struct ValueDecoder {
+    /// The expression as the user wrote it.
+    pub expr: String,
+    shape: Shape,
+    dst: usize,
+}
+
+/// A plan ready to load, with what is needed to decode its events.
+#[derive(Debug, Clone)]
+pub struct BuiltPlan {
+    pub plan: Plan,
+    pub values: Vec<ValueDecoder>,
+}
+
+/// Inputs that are not in the debug info.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanOptions {
+    /// Only hits from this process are captured.
+    pub tgid: u32,
+    /// Runtime address − link address for `ET_DYN` objects (0 otherwise).
+    pub load_bias: u64,
+    /// Longest string captured, in bytes; longer ones are cut and marked truncated.
+    pub string_cap: u32,
+}
+
+/// Where a sub-expression's bytes are at the hit.
+#[derive(Debug, Clone)]
+enum Place {
+    /// In a register (`pt_regs` index).
+    Reg(u8),
+    /// In memory; these ops leave the address in the accumulator.
+    Mem(Vec<PlanOp>),
+}
+
+fn mk(kind: u8, reg: u8, len: u16, imm: i64) -> PlanOp {
+    PlanOp { kind, reg, value: 0, _pad: 0, len, dst: 0, imm }
+}
+
+struct Builder<'a> {
+    bin: &'a Binary,
+    point: &'a ProbePoint,
+    opts: PlanOptions,
+    expr_text: String,
+}
+
+impl Builder<'_> {
+    fn type_err(&self, what: String) -> PlanError {
+        PlanError::Type { expr: self.expr_text.clone(), what }
+    }
+
+    fn lower(&self, e: &Expr) -> Result<(Place, Option<TypeRef>), PlanError> {
+        match e {
+            Expr::Var(name) => {
+                let var = self.bin.variable(self.point, name)?;
+                let place = match var.location {
+                    Location::Register { dwarf_reg } => Place::Reg(pt_regs::from_dwarf(dwarf_reg).ok_or_else(|| {
+                        self.type_err(format!("`{name}` lives in DWARF register {dwarf_reg} (a vector/FP register), which a uprobe cannot read"))
+                    })?),
+                    Location::Memory { base: AddrBase::Register(r), offset } => {
+                        let reg = pt_regs::from_dwarf(r).ok_or_else(|| {
+                            self.type_err(format!("`{name}` is addressed from DWARF register {r}, which a uprobe cannot read"))
+                        })?;
+                        Place::Mem(vec![mk(op::REG, reg, 0, 0), mk(op::ADD, 0, 0, offset)])
+                    }
+                    Location::Memory { base: AddrBase::Absolute, offset } => {
+                        let bias = if self.bin.is_dyn { self.opts.load_bias } else { 0 };
+                        Place::Mem(vec![mk(op::CONST, 0, 0, offset.wrapping_add(bias as i64))])
+                    }
+                };
+                Ok((place, var.ty))
+            }
+            Expr::Field(inner, field) => {
+                let (place, ty) = self.lower(inner)?;
+                let (offset, mty) = self.member(ty, field, inner)?;
+                match place {
+                    Place::Mem(mut ops) => {
+                        ops.push(mk(op::ADD, 0, 0, offset as i64));
+                        Ok((Place::Mem(ops), mty))
+                    }
+                    Place::Reg(_) => Err(self.type_err(format!(
+                        "`{inner}` is held in a register at this point, so `.{field}` has no address; use a line where it is in memory"
+                    ))),
+                }
+            }
+            Expr::Arrow(inner, field) => {
+                let (ops, pointee) = self.pointer_target(inner, "->")?;
+                let (offset, mty) = self.member(pointee, field, inner)?;
+                let mut ops = ops;
+                ops.push(mk(op::ADD, 0, 0, offset as i64));
+                Ok((Place::Mem(ops), mty))
+            }
+            Expr::Deref(inner) => {
+                let (ops, pointee) = self.pointer_target(inner, "*")?;
+                Ok((Place::Mem(ops), pointee))
+            }
+            Expr::Index(inner, index) => {
+                let (place, ty) = self.lower(inner)?;
+                match self.bin.type_of(ty)? {
+                    Type::Array { elem, count } => {
+                        if let Some(c) = count {
+                            if *index < 0 || (*index as u64) >= c {
+                                return Err(self.type_err(format!("index {index} is out of bounds for `{inner}` ({} elements)", c)));
+                            }
+                        }
+                        let Place::Mem(mut ops) = place else {
+                            return Err(self.type_err(format!("`{inner}` is held in a register; it cannot be indexed")));
+                        };
+                        let stride = self.bin.size_of(elem)?.ok_or_else(|| self.type_err(format!("elements of `{inner}` have no known size")))?;
+                        ops.push(mk(op::ADD, 0, 0, index.wrapping_mul(stride as i64)));
+                        Ok((Place::Mem(ops), elem))
+                    }
+                    Type::Pointer { pointee } => {
+                        let mut ops = self.pointer_value(place);
+                        let stride = self.bin.size_of(pointee)?.ok_or_else(|| self.type_err(format!("`{inner}` points to a type without a size")))?;
+                        ops.push(mk(op::ADD, 0, 0, index.wrapping_mul(stride as i64)));
+                        Ok((Place::Mem(ops), pointee))
+                    }
+                    _ => Err(self.type_err(format!("`{inner}` is a {}, not an array or pointer", self.bin.type_name(ty)))),
+                }
+            }
+        }
+    }
+
+    /// Ops that leave the value of a pointer-typed place in the accumulator.
+    fn pointer_value(&self, place: Place) -> Vec<PlanOp> {
+        match place {
+            Place::Reg(r) => vec![mk(op::REG, r, 0, 0)],
+            Place::Mem(mut ops) => {
+                ops.push(mk(op::DEREF, 0, 8, 0));
+                ops
+            }
+        }
+    }
+
+    fn pointer_target(&self, inner: &Expr, how: &str) -> Result<(Vec<PlanOp>, Option<TypeRef>), PlanError> {
+        let (place, ty) = self.lower(inner)?;
+        match self.bin.type_of(ty)? {
+            Type::Pointer { pointee } => Ok((self.pointer_value(place), pointee)),
+            _ => Err(self.type_err(format!("`{how}` needs a pointer, but `{inner}` is a {}", self.bin.type_name(ty)))),
+        }
+    }
+
+    fn member(&self, ty: Option<TypeRef>, field: &str, inner: &Expr) -> Result<(u64, Option<TypeRef>), PlanError> {
+        match self.bin.type_of(ty)? {
+            Type::Struct { members, name, .. } => members.iter().find(|m| m.name == field).map(|m| (m.offset, m.ty)).ok_or_else(|| {
+                let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+                self.type_err(format!("struct {name} has no field `{field}`; fields: {}", names.join(", ")))
+            }),
+            _ => Err(self.type_err(format!("`{inner}` is a {}, not a struct", self.bin.type_name(ty)))),
+        }
+    }
+
+    /// The shape of a value of type `ty` stored in place (no pointer following).
+    fn shape_in_place(&self, ty: Option<TypeRef>, depth: u32) -> Result<Shape, PlanError> {
+        Ok(match self.bin.type_of(ty)? {
+            Type::Int { size, signed, .. } if size <= 8 => Shape::Int { size: size as u8, signed },
+            Type::Float { size, .. } if size == 4 || size == 8 => Shape::Float { size: size as u8 },
+            Type::Bool { .. } => Shape::Bool,
+            Type::Char { size, .. } if size <= 4 => Shape::Char { size: size as u8 },
+            Type::Enum { size, signed, values, .. } if size <= 8 => Shape::Enum { size: size as u8, signed, values },
+            Type::Pointer { .. } => Shape::Pointer,
+            Type::Array { elem, count: Some(count) } => {
+                if matches!(self.bin.type_of(elem)?, Type::Char { size: 1, .. }) {
+                    Shape::CharArray { count, copied: u32::try_from(count).unwrap_or(u32::MAX) }
+                } else {
+                    let stride = self.bin.size_of(elem)?.unwrap_or(0);
+                    Shape::Array { elem: Box::new(self.shape_in_place(elem, depth + 1)?), count, stride }
+                }
+            }
+            Type::Struct { members, .. } if depth < 6 => {
+                let mut out = Vec::new();
+                for m in members {
+                    out.push((m.name.clone(), m.offset, self.shape_in_place(m.ty, depth + 1)?));
+                }
+                Shape::Struct { members: out }
+            }
+            other => Shape::Opaque { what: match other {
+                Type::Struct { .. } => "...".to_owned(),
+                _ => self.bin.type_name(ty),
+            } },
+        })
+    }
+}
+
+/// Builds the plan for `exprs` at `point`. Every expression must resolve, or nothing is built.
+///
+/// # Errors
+/// Parse, scope, type, location or budget errors, each naming the expression.
+pub fn build(bin: &Binary, point: &ProbePoint, exprs: &[String], opts: PlanOptions) -> Result<BuiltPlan, PlanError> {
+    if exprs.len() > MAX_VALUES {
+        return Err(PlanError::OverBudget { what: format!("{} expressions (at most {MAX_VALUES})", exprs.len()) });
+    }
+    let mut plan = Plan::empty();
+    plan.tgid = opts.tgid;
+    let mut ops: Vec<PlanOp> = Vec::new();
+    let mut values = Vec::new();
+    let mut dst = 0usize;
+    for (vi, text) in exprs.iter().enumerate() {
+        let e = expr::parse(text)?;
+        let b = Builder { bin, point, opts, expr_text: text.clone() };
+        let (place, ty) = b.lower(&e)?;
+        let stripped = bin.type_of(ty)?;
+        let (mut value_ops, shape, len) = match stripped {
+            Type::Pointer { pointee } if matches!(bin.type_of(pointee)?, Type::Char { size: 1, .. }) => {
+                let mut o = b.pointer_value(place);
+                let len = opts.string_cap.saturating_add(2).min(MAX_COPY_BYTES as u32);
+                let cap = len - 2;
+                o.push(mk(op::EMIT_STR, 0, len as u16, 0));
+                (o, Shape::CString { cap }, len as usize)
+            }
+            Type::Void => return Err(b.type_err("it has type void; nothing to capture".to_owned())),
+            Type::Unsupported { what } => return Err(b.type_err(format!("its type ({what}) is not supported yet"))),
+            _ => {
+                let mut shape = b.shape_in_place(ty, 0)?;
+                let size = bin.size_of(ty)?.ok_or_else(|| b.type_err(format!("its type {} has no known size", bin.type_name(ty))))?;
+                let mut len = size;
+                if let Shape::CharArray { count, copied } = &mut shape {
+                    let c = (*count).min(u64::from(opts.string_cap) + 1).min(MAX_COPY_BYTES as u64);
+                    *copied = c as u32;
+                    len = c;
+                }
+                if len > MAX_COPY_BYTES as u64 {
+                    return Err(PlanError::OverBudget { what: format!("`{text}` is {size} bytes (at most {MAX_COPY_BYTES} per value)") });
+                }
+                let o = match place {
+                    Place::Reg(r) => {
+                        if size > 8 {
+                            return Err(b.type_err(format!("{size}-byte value held in a register")));
+                        }
+                        vec![mk(op::REG, r, 0, 0), mk(op::EMIT_ACC, 0, size as u16, 0)]
+                    }
+                    Place::Mem(mut o) => {
+                        o.push(mk(op::EMIT_MEM, 0, len as u16, 0));
+                        o
+                    }
+                };
+                (o, shape, len as usize)
+            }
+        };
+        if dst + len > EVENT_DATA_BYTES {
+            return Err(PlanError::OverBudget { what: format!("{} bytes of values (at most {EVENT_DATA_BYTES})", dst + len) });
+        }
+        for o in &mut value_ops {
+            o.value = vi as u8;
+            o.dst = dst as u16;
+        }
+        ops.extend(value_ops);
+        values.push(ValueDecoder { expr: text.clone(), shape, dst });
+        dst = (dst + len + 7) & !7;
+    }
+    if ops.len() > MAX_OPS {
+        return Err(PlanError::OverBudget { what: format!("{} plan steps (at most {MAX_OPS})", ops.len()) });
+    }
+    plan.ops[..ops.len()].copy_from_slice(&ops);
+    plan.n_ops = ops.len() as u32;
+    plan.n_values = values.len() as u32;
+    plan.data_len = dst.min(EVENT_DATA_BYTES) as u32;
+    debug_assert_eq!(plan.abi, PLAN_ABI);
+    Ok(BuiltPlan { plan, values })
+}
+
+/// A decoded captured value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Bool(bool),
+    /// A string; `truncated` when the target's string was longer than the cap.
+    Str { text: String, truncated: bool },
+    /// A composite rendered as text (`{id = 1, qty = 3}`), or a pointer (`0x…`).
+    Text(String),
+    /// The read failed at this hit.
+    Error(String),
+}
+
+/// Decodes one record's values, in the order of `values`.
+#[must_use]
+pub fn decode(values: &[ValueDecoder], header: &EventHeader, data: &[u8]) -> Vec<Value> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let meta = header.values.get(i).copied().unwrap_or_default();
+            if meta.flags & value_flags::READ_FAULT != 0 {
+                return Value::Error(format!("could not read the target's memory for `{}` at this hit (invalid pointer or page not present)", v.expr));
+            }
+            let end = (v.dst + usize::from(meta.len)).min(data.len());
+            let bytes = data.get(v.dst..end).unwrap_or(&[]);
+            decode_shape(&v.shape, bytes)
+        })
+        .collect()
+}
+
+fn le_u64(bytes: &[u8], size: usize) -> u64 {
+    let mut b = [0u8; 8];
+    let n = size.min(8).min(bytes.len());
+    b[..n].copy_from_slice(&bytes[..n]);
+    u64::from_le_bytes(b)
+}
+
+fn sign_extend(v: u64, size: usize) -> i64 {
+    if size >= 8 || size == 0 {
+        return v as i64;
+    }
+    let shift = 64 - 8 * size as u32;
+    ((v << shift) as i64) >> shift
+}
+
+fn char_text(code: u32) -> String {
+    match char::from_u32(code) {
+        Some(c) if !c.is_control() => c.to_string(),
+        _ => format!("\\x{code:02x}"),
+    }
+}
+
+fn decode_shape(shape: &Shape, bytes: &[u8]) -> Value {
+    match shape {
+        Shape::Int { size, signed } => {
+            let raw = le_u64(bytes, usize::from(*size));
+            if *signed { Value::Int(sign_extend(raw, usize::from(*size))) } else { Value::UInt(raw) }
+        }
+        Shape::Float { size: 4 } => Value::Float(f64::from(f32::from_bits(le_u64(bytes, 4) as u32))),
+        Shape::Float { .. } => Value::Float(f64::from_bits(le_u64(bytes, 8))),
+        Shape::Bool => Value::Bool(bytes.iter().any(|b| *b != 0)),
+        Shape::Char { size } => Value::Str { text: char_text(le_u64(bytes, usize::from(*size)) as u32), truncated: false },
+        Shape::Enum { size, signed, values } => {
+            let raw = le_u64(bytes, usize::from(*size));
+            let v = if *signed { sign_extend(raw, usize::from(*size)) } else { raw as i64 };
+            match values.iter().find(|(_, x)| *x == v) {
+                Some((name, _)) => Value::Text(name.clone()),
+                None => Value::Int(v),
+            }
+        }
+        Shape::Pointer => Value::Text(format!("{:#x}", le_u64(bytes, 8))),
+        Shape::CString { cap } => {
+            let cap = *cap as usize;
+            let truncated = bytes.len() > cap;
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(cap)]).into_owned();
+            Value::Str { text, truncated }
+        }
+        Shape::CharArray { count, copied } => {
+            let end = bytes.iter().position(|b| *b == 0);
+            let text = String::from_utf8_lossy(&bytes[..end.unwrap_or(bytes.len())]).into_owned();
+            Value::Str { text, truncated: end.is_none() && u64::from(*copied) < *count }
+        }
+        Shape::Struct { .. } | Shape::Array { .. } | Shape::Opaque { .. } => Value::Text(render(shape, bytes)),
+    }
+}
+
+/// Renders composite values the way lldb prints them: `{id = 1, name = "x"}`, `[1, 2]`.
+fn render(shape: &Shape, bytes: &[u8]) -> String {
+    match shape {
+        Shape::Struct { members } => {
+            let parts: Vec<String> = members
+                .iter()
+                .map(|(name, off, s)| {
+                    let b = bytes.get(*off as usize..).unwrap_or(&[]);
+                    format!("{name} = {}", render(s, b))
+                })
+                .collect();
+            format!("{{{}}}", parts.join(", "))
+        }
+        Shape::Array { elem, count, stride } => {
+            let parts: Vec<String> = (0..*count)
+                .map(|i| render(elem, bytes.get((i * stride) as usize..).unwrap_or(&[])))
+                .collect();
+            format!("[{}]", parts.join(", "))
+        }
+        Shape::Opaque { what } => format!("<{what}>"),
+        other => match decode_shape(other, bytes) {
+            Value::Int(v) => v.to_string(),
+            Value::UInt(v) => v.to_string(),
+            Value::Float(v) => v.to_string(),
+            Value::Bool(v) => v.to_string(),
+            Value::Str { text, .. } => format!("{text:?}"),
+            Value::Text(t) | Value::Error(t) => t,
+        },
+    }
+}
+
+impl Value {
+    /// The JSON form used by the capture CLI: numbers, strings and bools as such, a failed
+    /// read as `{"error": …}`, a truncated string with a visible `...(truncated)` suffix.
+    #[must_use]
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self {
+            Value::Int(v) => J::from(*v),
+            Value::UInt(v) => J::from(*v),
+            Value::Float(v) => serde_json::Number::from_f64(*v).map_or_else(|| J::String(v.to_string()), J::Number),
+            Value::Bool(v) => J::Bool(*v),
+            Value::Str { text, truncated } => J::String(if *truncated { format!("{text}...(truncated)") } else { text.clone() }),
+            Value::Text(t) => J::String(t.clone()),
+            Value::Error(e) => serde_json::json!({ "error": e }),
+        }
+    }
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Int(v) => write!(f, "{v}"),
+            Value::UInt(v) => write!(f, "{v}"),
+            Value::Float(v) => write!(f, "{v}"),
+            Value::Bool(v) => write!(f, "{v}"),
+            Value::Str { .. } => write!(f, "{}", self.to_json()),
+            Value::Text(t) => write!(f, "{t}"),
+            Value::Error(e) => write!(f, "<error: {e}>"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_extension_by_size() {
+        assert_eq!(sign_extend(0xff, 1), -1);
+        assert_eq!(sign_extend(0x7f, 1), 127);
+        assert_eq!(sign_extend(0xffff_fffe, 4), -2);
+        assert_eq!(sign_extend(u64::MAX, 8), -1);
+    }
+
+    #[test]
+    fn strings_cut_at_cap_say_so() {
+        let s = Shape::CString { cap: 5 };
+        assert_eq!(decode_shape(&s, b"carol-"), Value::Str { text: "carol".into(), truncated: true });
+        assert_eq!(decode_shape(&s, b"carol"), Value::Str { text: "carol".into(), truncated: false });
+        assert_eq!(Value::Str { text: "carol".into(), truncated: true }.to_json(), serde_json::json!("carol...(truncated)"));
+    }
+
+    #[test]
+    fn char_arrays_stop_at_nul() {
+        let s = Shape::CharArray { count: 8, copied: 8 };
+        assert_eq!(decode_shape(&s, b"C12\0\0\0\0\0"), Value::Str { text: "C12".into(), truncated: false });
+    }
+
+    #[test]
+    fn structs_render_like_lldb() {
+        let s = Shape::Struct { members: vec![("id".into(), 0, Shape::Int { size: 4, signed: true }), ("ok".into(), 4, Shape::Bool)] };
+        let mut b = 7i32.to_le_bytes().to_vec();
+        b.push(1);
+        assert_eq!(decode_shape(&s, &b), Value::Text("{id = 7, ok = true}".into()));
+    }
+}

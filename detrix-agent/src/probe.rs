@@ -1,0 +1,196 @@
+//! The only module that talks to the kernel: loads the embedded eBPF object once, writes plans
+//! into their slots, attaches the one program at each probe address with the slot as BPF
+//! cookie, reads counters, and hands out the ring buffer.
+//!
+//! Probes go away in two ways only: [`Probes::remove`], or dropping [`Probes`] (the perf-event
+//! links close). When the agent dies, even by SIGKILL, the kernel closes its fds and removes the
+//! uprobes; nothing is pinned.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::path::Path;
+
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
+use aya::programs::UProbe;
+use detrix_common::{Counters, EventHeader, Plan, EVENT_HEADER_BYTES, MAX_PROBES, PLAN_ABI};
+
+use crate::debuginfo::FileOffset;
+
+/// The program built by `cargo xtask build-ebpf`, embedded by `build.rs`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detrix-ebpf"));
+
+const PROGRAM: &str = "detrix_capture";
+
+/// Why the kernel side failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot load the eBPF program: {0}; is this kernel built with CONFIG_BPF_EVENTS and CONFIG_UPROBE_EVENTS, and are you root?")]
+    Load(#[source] aya::EbpfError),
+    #[error("the kernel refused the eBPF program: {0}")]
+    Program(#[source] aya::programs::ProgramError),
+    #[error("the eBPF object has no {0}; rebuild it with `cargo xtask build-ebpf`")]
+    Missing(&'static str),
+    #[error("eBPF map {name}: {source}")]
+    Map { name: &'static str, #[source] source: aya::maps::MapError },
+    #[error("cannot attach a uprobe at offset {offset} of {binary}: {source}")]
+    Attach { binary: String, offset: FileOffset, #[source] source: aya::programs::ProgramError },
+    #[error("all {MAX_PROBES} probe slots are in use; remove some probes first")]
+    NoSlot,
+    #[error("no probe in slot {0}")]
+    UnknownSlot(u32),
+}
+
+/// The loaded program, its maps and the attached probes.
+pub struct Probes {
+    ebpf: aya::Ebpf,
+    plans: Array<MapData, Plan>,
+    counters: PerCpuArray<MapData, Counters>,
+    links: BTreeMap<u32, UProbeLinkId>,
+}
+
+impl std::fmt::Debug for Probes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probes").field("attached", &self.links.keys().collect::<Vec<_>>()).finish_non_exhaustive()
+    }
+}
+
+/// Where to attach one probe.
+#[derive(Debug, Clone)]
+pub struct AttachSpec<'a> {
+    /// The object file (`/proc/PID/exe` for the main executable).
+    pub binary: &'a Path,
+    pub offset: FileOffset,
+    /// Only this process triggers the uprobe.
+    pub pid: u32,
+}
+
+impl Probes {
+    /// Loads and verifies the program, and takes its ring buffer out for the reader.
+    ///
+    /// # Errors
+    /// [`ProbeError::Load`] / [`ProbeError::Program`] when the kernel refuses.
+    pub fn load() -> Result<(Self, RingBuf<MapData>), ProbeError> {
+        let mut ebpf = aya::EbpfLoader::new().load(EBPF_OBJECT).map_err(ProbeError::Load)?;
+        let plans = Array::try_from(ebpf.take_map("PLANS").ok_or(ProbeError::Missing("PLANS map"))?)
+            .map_err(|source| ProbeError::Map { name: "PLANS", source })?;
+        let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or(ProbeError::Missing("COUNTERS map"))?)
+            .map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(ProbeError::Missing("EVENTS map"))?)
+            .map_err(|source| ProbeError::Map { name: "EVENTS", source })?;
+        let program: &mut UProbe = ebpf
+            .program_mut(PROGRAM)
+            .ok_or(ProbeError::Missing("detrix_capture program"))?
+            .try_into()
+            .map_err(ProbeError::Program)?;
+        program.load().map_err(ProbeError::Program)?;
+        Ok((Self { ebpf, plans, counters, links: BTreeMap::new() }, ring))
+    }
+
+    fn program(&mut self) -> Result<&mut UProbe, ProbeError> {
+        self.ebpf
+            .program_mut(PROGRAM)
+            .ok_or(ProbeError::Missing("detrix_capture program"))?
+            .try_into()
+            .map_err(ProbeError::Program)
+    }
+
+    /// Writes `plan` into a free slot and attaches a uprobe there, scoped to `spec.pid`.
+    /// Returns the slot (= cookie = `EventHeader::probe_id`).
+    ///
+    /// # Errors
+    /// No free slot, map write failure, or the kernel refused the attach.
+    #[tracing::instrument(skip_all, fields(pid = spec.pid, offset = %spec.offset))]
+    pub fn install(&mut self, plan: &Plan, spec: &AttachSpec<'_>) -> Result<u32, ProbeError> {
+        let slot = (0..MAX_PROBES).find(|s| !self.links.contains_key(s)).ok_or(ProbeError::NoSlot)?;
+        // Counters start from zero for every new probe in the slot.
+        let zero = aya::maps::PerCpuValues::try_from(vec![Counters::default(); aya::util::nr_cpus().map_or(1, |n| n)])
+            .map_err(|e| ProbeError::Map { name: "COUNTERS", source: aya::maps::MapError::SyscallError(aya::sys::SyscallError { call: "nr_cpus", io_error: e }) })?;
+        self.counters.set(slot, zero, 0).map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
+        self.plans.set(slot, plan, 0).map_err(|source| ProbeError::Map { name: "PLANS", source })?;
+        let pid = NonZeroU32::new(spec.pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
+        let point = UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(spec.offset.0), cookie: Some(u64::from(slot)) };
+        let binary = spec.binary.to_owned();
+        let link = self.program()?.attach(point, &binary, pid).map_err(|source| ProbeError::Attach {
+            binary: binary.display().to_string(),
+            offset: spec.offset,
+            source,
+        })?;
+        tracing::debug!(slot, "uprobe attached");
+        self.links.insert(slot, link);
+        Ok(slot)
+    }
+
+    /// Detaches the probe in `slot` and invalidates its plan.
+    ///
+    /// # Errors
+    /// Unknown slot or a kernel error on detach.
+    pub fn remove(&mut self, slot: u32) -> Result<(), ProbeError> {
+        let link = self.links.remove(&slot).ok_or(ProbeError::UnknownSlot(slot))?;
+        self.program()?.detach(link).map_err(ProbeError::Program)?;
+        let mut dead = Plan::empty();
+        dead.abi = 0;
+        self.plans.set(slot, dead, 0).map_err(|source| ProbeError::Map { name: "PLANS", source })?;
+        Ok(())
+    }
+
+    /// Removes every probe.
+    ///
+    /// # Errors
+    /// The first detach error (the rest are still attempted).
+    pub fn remove_all(&mut self) -> Result<(), ProbeError> {
+        let slots: Vec<u32> = self.links.keys().copied().collect();
+        let mut first = Ok(());
+        for s in slots {
+            if let Err(e) = self.remove(s) {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+
+    /// Slots with an attached probe.
+    #[must_use]
+    pub fn slots(&self) -> Vec<u32> {
+        self.links.keys().copied().collect()
+    }
+
+    /// The counters of `slot`, summed over CPUs.
+    ///
+    /// # Errors
+    /// Map read failure.
+    pub fn counters(&self, slot: u32) -> Result<Counters, ProbeError> {
+        let per_cpu = self.counters.get(&slot, 0).map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
+        let mut sum = Counters::default();
+        for c in per_cpu.iter() {
+            sum.hits += c.hits;
+            sum.emitted += c.emitted;
+            sum.dropped_ring_full += c.dropped_ring_full;
+            sum.read_faults += c.read_faults;
+            sum.rate_limited += c.rate_limited;
+            sum.condition_false += c.condition_false;
+            sum.no_plan += c.no_plan;
+            sum.other_process += c.other_process;
+            sum.bpf_ns += c.bpf_ns;
+        }
+        Ok(sum)
+    }
+}
+
+/// Splits one ring-buffer record into its header and data. `None` for a record that is too
+/// short or from another ABI (never misread).
+#[must_use]
+pub fn parse_record(bytes: &[u8]) -> Option<(EventHeader, &[u8])> {
+    if bytes.len() < EVENT_HEADER_BYTES {
+        return None;
+    }
+    // SAFETY: EventHeader is repr(C) plain integers (every bit pattern valid), and the slice
+    // holds at least EVENT_HEADER_BYTES; read_unaligned copes with any alignment.
+    let header = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<EventHeader>()) };
+    if header.abi != PLAN_ABI {
+        return None;
+    }
+    Some((header, &bytes[EVENT_HEADER_BYTES..]))
+}

@@ -1,0 +1,120 @@
+//! Facts about a target process from `/proc`: is it there, which binary it runs, where that
+//! binary is loaded, and whether we may attach to it.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+/// Why a target cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("no process with pid {pid}: it is not running (check the pid with `pgrep` or `ps`)")]
+    NoSuchProcess { pid: u32 },
+    #[error("process {pid} exited")]
+    Exited { pid: u32 },
+    #[error(
+        "attaching uprobes needs root or CAP_BPF and CAP_PERFMON (this process has {have}); run it \
+         with sudo, or grant them: setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep <detrix-agent>"
+    )]
+    NoPermission { have: String },
+    #[error("cannot read {what} of process {pid}: {source}; are you root?")]
+    Proc { pid: u32, what: &'static str, source: std::io::Error },
+    #[error("process {pid} does not map its own executable {exe} (maps has no entry with inode {inode})")]
+    NotMapped { pid: u32, exe: PathBuf, inode: u64 },
+}
+
+/// A process we capture from.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub pid: u32,
+    /// `/proc/PID/exe`: works across mount namespaces and for deleted binaries, which the path
+    /// the link points to would not.
+    pub exe: PathBuf,
+    /// Where `/proc/PID/exe` points, for messages.
+    pub exe_name: PathBuf,
+    /// Device and inode of the executable, re-checked before attaching.
+    pub dev_ino: (u64, u64),
+}
+
+/// Whether `pid` names a live (non-zombie) process.
+#[must_use]
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Field 3 (after the parenthesised comm, which may contain spaces) is the state.
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|s| s != "Z" && s != "X"),
+        Err(_) => false,
+    }
+}
+
+impl Target {
+    /// Looks the process up. Order matters for the message a user sees: a missing process is
+    /// reported first, then missing privileges, then anything else.
+    ///
+    /// # Errors
+    /// [`TargetError::NoSuchProcess`], [`TargetError::NoPermission`], or `/proc` unreadable.
+    pub fn open(pid: u32) -> Result<Self, TargetError> {
+        if pid == 0 || !alive(pid) {
+            return Err(TargetError::NoSuchProcess { pid });
+        }
+        check_privileges()?;
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let meta = std::fs::metadata(&exe).map_err(|source| {
+            if alive(pid) { TargetError::Proc { pid, what: "the executable", source } } else { TargetError::NoSuchProcess { pid } }
+        })?;
+        let exe_name = std::fs::read_link(&exe).unwrap_or_else(|_| exe.clone());
+        Ok(Self { pid, exe, exe_name, dev_ino: (meta.dev(), meta.ino()) })
+    }
+
+    /// Whether `/proc/PID/exe` still names the same file (the process may have exec'd).
+    #[must_use]
+    pub fn same_binary(&self) -> bool {
+        std::fs::metadata(&self.exe).is_ok_and(|m| (m.dev(), m.ino()) == self.dev_ino)
+    }
+
+    /// Runtime address − link address of the executable: the start of its mapping at file
+    /// offset 0 minus the link address of the segment at offset 0. Zero for `ET_EXEC`.
+    ///
+    /// # Errors
+    /// `/proc/PID/maps` unreadable, or the executable not mapped.
+    pub fn load_bias(&self, first_segment_vaddr: u64) -> Result<u64, TargetError> {
+        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid))
+            .map_err(|source| TargetError::Proc { pid: self.pid, what: "maps", source })?;
+        for line in maps.lines() {
+            // start-end perms offset dev inode path
+            let mut f = line.split_whitespace();
+            let (Some(range), Some(_perms), Some(offset), Some(_dev), Some(inode)) = (f.next(), f.next(), f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            if inode.parse::<u64>().ok() != Some(self.dev_ino.1) || u64::from_str_radix(offset, 16).ok() != Some(0) {
+                continue;
+            }
+            let start = range.split('-').next().and_then(|s| u64::from_str_radix(s, 16).ok()).unwrap_or(0);
+            return Ok(start.wrapping_sub(first_segment_vaddr & !0xfff));
+        }
+        Err(TargetError::NotMapped { pid: self.pid, exe: self.exe.clone(), inode: self.dev_ino.1 })
+    }
+}
+
+/// Checks that this process may load BPF programs and attach uprobes: root, or `CAP_BPF` +
+/// `CAP_PERFMON`, or `CAP_SYS_ADMIN`. Checked up front so the user gets one clear sentence
+/// instead of an `EPERM` from deep inside the loader.
+///
+/// # Errors
+/// [`TargetError::NoPermission`] naming what this process has.
+pub fn check_privileges() -> Result<(), TargetError> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |c: u32| eff & (1u64 << c) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    Err(TargetError::NoPermission { have: format!("uid {euid}, effective capabilities {eff:#x}") })
+}

@@ -1,0 +1,295 @@
+//! Types shared, byte for byte, by the eBPF program (`detrix-ebpf`) and the agent.
+//!
+//! Why one crate: a layout written twice drifts; here each type exists once, is `#[repr(C)]`
+//! with explicit, zeroed padding, and carries compile-time size/offset assertions that both
+//! sides compile. Only integers and fixed arrays cross the boundary: no `bool`, `usize`,
+//! `Option` or Rust enums (their layout is not a contract).
+//!
+//! A **plan** is data, not code: a bounded list of [`PlanOp`]s that the one prebuilt eBPF program
+//! interprets at every hit of the uprobe whose BPF cookie names the plan's slot. Each op
+//! works on one 64-bit accumulator; `EMIT_*` ops copy bytes into the event's data area at a
+//! fixed offset chosen by the agent, so nothing is read from the target later (it would be
+//! stale or gone).
+#![no_std]
+
+/// Version of every layout in this crate. Bump on any change; the agent checks that the
+/// embedded eBPF object was built with the same number.
+pub const PLAN_ABI: u32 = 1;
+
+/// Maximum number of probes (plan slots) one loaded program serves.
+pub const MAX_PROBES: u32 = 512;
+/// Maximum ops in one plan. The eBPF interpreter loop is bounded by this.
+pub const MAX_OPS: usize = 48;
+/// Maximum captured values per event.
+pub const MAX_VALUES: usize = 8;
+/// Bytes of captured data per event (all values together).
+pub const EVENT_DATA_BYTES: usize = 4096;
+/// Largest single copy (one `EMIT_MEM` or `EMIT_STR`).
+pub const MAX_COPY_BYTES: usize = 2048;
+/// Number of registers in x86-64 `struct pt_regs`, the uprobe context.
+pub const PT_REGS_COUNT: usize = 21;
+
+/// Plan op kinds (`PlanOp::kind`). Kept as `u8` constants: Rust enums don't cross the boundary.
+pub mod op {
+    /// `acc = regs[reg]` where `reg` is an index into `pt_regs` (see [`crate::pt_regs`]).
+    pub const REG: u8 = 1;
+    /// `acc = imm + load_bias` — a link-time address made absolute (`imm` is already relocated by
+    /// the agent; the op exists so a plan can start from a constant).
+    pub const CONST: u8 = 2;
+    /// `acc = acc + imm` (wrapping).
+    pub const ADD: u8 = 3;
+    /// `acc = *(uN *)acc` with `len` ∈ {1,2,4,8} bytes, zero-extended. A fault marks the value.
+    pub const DEREF: u8 = 4;
+    /// Write the low `len` bytes of `acc` to `data[dst..]` (a value held in a register).
+    pub const EMIT_ACC: u8 = 5;
+    /// Copy `len` bytes of user memory at `acc` to `data[dst..]`.
+    pub const EMIT_MEM: u8 = 6;
+    /// Copy a NUL-terminated user string at `acc` to `data[dst..]`, at most `len` bytes
+    /// including the NUL; the value's length is the string length; `TRUNCATED` when it filled.
+    pub const EMIT_STR: u8 = 7;
+}
+
+/// Indices into x86-64 `struct pt_regs` (the kernel's order), which is what a uprobe sees.
+pub mod pt_regs {
+    pub const R15: u8 = 0;
+    pub const R14: u8 = 1;
+    pub const R13: u8 = 2;
+    pub const R12: u8 = 3;
+    pub const RBP: u8 = 4;
+    pub const RBX: u8 = 5;
+    pub const R11: u8 = 6;
+    pub const R10: u8 = 7;
+    pub const R9: u8 = 8;
+    pub const R8: u8 = 9;
+    pub const RAX: u8 = 10;
+    pub const RCX: u8 = 11;
+    pub const RDX: u8 = 12;
+    pub const RSI: u8 = 13;
+    pub const RDI: u8 = 14;
+    pub const ORIG_RAX: u8 = 15;
+    pub const RIP: u8 = 16;
+    pub const CS: u8 = 17;
+    pub const EFLAGS: u8 = 18;
+    pub const RSP: u8 = 19;
+    pub const SS: u8 = 20;
+
+    /// DWARF x86-64 register number (System V psABI, table 3.36) → `pt_regs` index.
+    /// `None` for registers a uprobe cannot see (XMM, x87, segment bases).
+    #[must_use]
+    pub const fn from_dwarf(dwarf: u16) -> Option<u8> {
+        Some(match dwarf {
+            0 => RAX,
+            1 => RDX,
+            2 => RCX,
+            3 => RBX,
+            4 => RSI,
+            5 => RDI,
+            6 => RBP,
+            7 => RSP,
+            8 => R8,
+            9 => R9,
+            10 => R10,
+            11 => R11,
+            12 => R12,
+            13 => R13,
+            14 => R14,
+            15 => R15,
+            16 => RIP,
+            _ => return None,
+        })
+    }
+}
+
+/// Per-value flags in [`ValueMeta::flags`].
+pub mod value_flags {
+    /// All ops of the value ran.
+    pub const OK: u16 = 1;
+    /// A user-memory read failed (bad pointer, page not present); the data is not valid.
+    pub const READ_FAULT: u16 = 2;
+    /// The copy hit its bound; the data is a prefix.
+    pub const TRUNCATED: u16 = 4;
+}
+
+/// Per-event flags in [`EventHeader::flags`].
+pub mod event_flags {
+    /// At least one value has `READ_FAULT`.
+    pub const READ_FAULT: u32 = 1;
+    /// At least one value has `TRUNCATED`.
+    pub const TRUNCATED: u32 = 2;
+}
+
+/// One step of a plan. 16 bytes, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PlanOp {
+    /// One of [`op`].
+    pub kind: u8,
+    /// `pt_regs` index for [`op::REG`].
+    pub reg: u8,
+    /// Which value (0..[`MAX_VALUES`]) this op belongs to: a fault skips the rest of its ops.
+    pub value: u8,
+    pub _pad: u8,
+    /// Byte count for `DEREF`/`EMIT_*`.
+    pub len: u16,
+    /// Destination offset in [`Event::data`] for `EMIT_*`.
+    pub dst: u16,
+    /// Immediate for `CONST`/`ADD`.
+    pub imm: i64,
+}
+const _: () = assert!(core::mem::size_of::<PlanOp>() == 16);
+const _: () = assert!(core::mem::offset_of!(PlanOp, len) == 4);
+const _: () = assert!(core::mem::offset_of!(PlanOp, dst) == 6);
+const _: () = assert!(core::mem::offset_of!(PlanOp, imm) == 8);
+
+/// What the eBPF program does at a hit of the probe whose cookie is this plan's slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// [`PLAN_ABI`]; a slot with another number (or 0: never written) is ignored and counted
+    /// as a miss.
+    pub abi: u32,
+    /// Only hits whose thread-group id equals this are captured (0 = any process). A file-backed
+    /// uprobe fires in every process mapping the binary; this keeps the others out.
+    pub tgid: u32,
+    /// Ops used, ≤ [`MAX_OPS`].
+    pub n_ops: u32,
+    /// Values the event carries, ≤ [`MAX_VALUES`].
+    pub n_values: u32,
+    /// Bytes of [`Event::data`] the ops write (0..=[`EVENT_DATA_BYTES`]); only the header and
+    /// this many bytes go into the ring.
+    pub data_len: u32,
+    pub _pad: u32,
+    pub ops: [PlanOp; MAX_OPS],
+}
+const _: () = assert!(core::mem::size_of::<Plan>() == 24 + 16 * MAX_OPS);
+const _: () = assert!(core::mem::offset_of!(Plan, ops) == 24);
+
+impl Plan {
+    /// An empty plan for this ABI.
+    #[must_use]
+    pub const fn empty() -> Self {
+        Self {
+            abi: PLAN_ABI,
+            tgid: 0,
+            n_ops: 0,
+            n_values: 0,
+            data_len: 0,
+            _pad: 0,
+            ops: [PlanOp { kind: 0, reg: 0, value: 0, _pad: 0, len: 0, dst: 0, imm: 0 }; MAX_OPS],
+        }
+    }
+}
+
+/// Length and flags of one captured value inside [`Event::data`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ValueMeta {
+    /// Bytes written (for strings: without the NUL).
+    pub len: u16,
+    /// [`value_flags`].
+    pub flags: u16,
+}
+const _: () = assert!(core::mem::size_of::<ValueMeta>() == 4);
+
+/// Fixed part of every ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EventHeader {
+    /// [`PLAN_ABI`], so a decoder never misreads a record from another build.
+    pub abi: u32,
+    /// Plan slot (= the uprobe's cookie).
+    pub probe_id: u32,
+    pub pid: u32,
+    pub tid: u32,
+    /// `bpf_ktime_get_ns()` at the hit (CLOCK_MONOTONIC).
+    pub ktime_ns: u64,
+    /// Goroutine id for Go targets, else 0.
+    pub goid: u64,
+    /// [`event_flags`].
+    pub flags: u32,
+    pub n_values: u32,
+    pub values: [ValueMeta; MAX_VALUES],
+}
+/// Size of [`EventHeader`] in bytes: a record is this plus `Plan::data_len`.
+pub const EVENT_HEADER_BYTES: usize = 72;
+const _: () = assert!(core::mem::size_of::<EventHeader>() == EVENT_HEADER_BYTES);
+const _: () = assert!(core::mem::offset_of!(EventHeader, ktime_ns) == 16);
+const _: () = assert!(core::mem::offset_of!(EventHeader, goid) == 24);
+const _: () = assert!(core::mem::offset_of!(EventHeader, flags) == 32);
+const _: () = assert!(core::mem::offset_of!(EventHeader, values) == 40);
+
+/// A whole event as built in the per-CPU scratch map. `data` has [`MAX_COPY_BYTES`] of slack
+/// past [`EVENT_DATA_BYTES`] so the verifier can prove `dst + len` in bounds from the two
+/// separate masks; the agent never places data there.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Event {
+    pub header: EventHeader,
+    pub data: [u8; EVENT_DATA_BYTES + MAX_COPY_BYTES],
+}
+const _: () = assert!(core::mem::offset_of!(Event, data) == EVENT_HEADER_BYTES);
+
+/// Exact per-probe counters, one copy per CPU (summed by the agent).
+///
+/// Invariant: `hits == emitted + dropped_ring_full + rate_limited + condition_false + no_plan
+/// + other_process`. `read_faults` counts events (emitted ones) that carry a faulted value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counters {
+    pub hits: u64,
+    pub emitted: u64,
+    pub dropped_ring_full: u64,
+    pub read_faults: u64,
+    pub rate_limited: u64,
+    pub condition_false: u64,
+    /// Hits on a slot without a valid plan (a race with detach); never emitted.
+    pub no_plan: u64,
+    /// Hits from another process mapping the same binary; filtered in the kernel.
+    pub other_process: u64,
+    /// Nanoseconds spent in the program for this probe.
+    pub bpf_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Counters>() == 72);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY (all four): repr(C), integers and arrays of integers only, no implicit padding
+    // (asserted above), every bit pattern valid.
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::PlanOp {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::Plan {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::Counters {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::EventHeader {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dwarf_registers_map_to_pt_regs() {
+        assert_eq!(pt_regs::from_dwarf(6), Some(pt_regs::RBP));
+        assert_eq!(pt_regs::from_dwarf(7), Some(pt_regs::RSP));
+        assert_eq!(pt_regs::from_dwarf(5), Some(pt_regs::RDI));
+        assert_eq!(pt_regs::from_dwarf(17), None, "xmm0 is not in pt_regs");
+    }
+
+    #[test]
+    fn pt_regs_order_matches_kernel() {
+        // struct pt_regs on x86-64: r15 r14 r13 r12 bp bx r11 r10 r9 r8 ax cx dx si di
+        // orig_ax ip cs flags sp ss — 21 u64s.
+        assert_eq!(usize::from(pt_regs::SS) + 1, PT_REGS_COUNT);
+        assert_eq!(pt_regs::RIP, 16);
+        assert_eq!(pt_regs::RSP, 19);
+    }
+
+    #[test]
+    fn empty_plan_is_valid_abi() {
+        let p = Plan::empty();
+        assert_eq!(p.abi, PLAN_ABI);
+        assert_eq!(p.n_ops, 0);
+    }
+}
