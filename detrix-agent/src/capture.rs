@@ -12,7 +12,8 @@ use tokio::io::unix::AsyncFd;
 
 use crate::debuginfo::{Binary, ProbePoint, ResolveError};
 use crate::plan::{self, BuiltPlan, PlanError, PlanOptions, Value};
-use crate::probe::{self, AttachSpec, ProbeError, Probes};
+use crate::expr::{self, ExprError};
+use crate::probe::{self, AttachSpec, LoadOptions, ProbeError, Probes};
 use crate::target::{self, Target, TargetError};
 
 /// Output format of the capture CLI.
@@ -36,7 +37,18 @@ pub struct Request {
     pub count: Option<u64>,
     pub format: Format,
     pub string_cap: u32,
+    /// In-kernel filter, e.g. `o->qty > 10` (see [`expr::parse_condition`]).
+    pub when: Option<String>,
+    /// Emitted events per second per probe (0 = unlimited) and burst.
+    pub rate_per_sec: u32,
+    pub burst: u32,
+    /// Share of one CPU a probe may cost (BPF time + trap estimate) before it is switched off.
+    pub cpu_budget: f64,
 }
+
+/// Estimated kernel cost of one uprobe trap on an instruction that must be single-stepped,
+/// measured on this machine kind (toolchain.md §8a: 4.6 µs floor; §8: up to ~10 µs).
+pub const TRAP_NS_ESTIMATE: u64 = 5_000;
 
 /// Why a capture failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +59,8 @@ pub enum CaptureError {
     Resolve(#[from] ResolveError),
     #[error(transparent)]
     Plan(#[from] PlanError),
+    #[error(transparent)]
+    Expr(#[from] ExprError),
     #[error(transparent)]
     Probe(#[from] ProbeError),
     #[error("process {pid} exec'd another program before the probes were attached; nothing was attached")]
@@ -63,9 +77,18 @@ pub struct Summary {
     /// Lines printed.
     pub printed: u64,
     /// Per probe point: where it was, and its counters at the end.
-    pub probes: Vec<(ProbePoint, detrix_common::Counters)>,
+    pub probes: Vec<ProbeSummary>,
     /// Why it stopped.
     pub reason: StopReason,
+}
+
+/// One probe's end state.
+#[derive(Debug, Clone)]
+pub struct ProbeSummary {
+    pub point: ProbePoint,
+    pub counters: detrix_common::Counters,
+    /// Why the circuit breaker switched it off, if it did.
+    pub switched_off: Option<String>,
 }
 
 /// Why the capture loop stopped.
@@ -74,6 +97,8 @@ pub enum StopReason {
     CountReached,
     Signal,
     TargetExited,
+    /// Every probe was switched off by the CPU circuit breaker.
+    OverBudget,
 }
 
 /// A prepared (resolved and planned) capture, not yet attached.
@@ -99,22 +124,31 @@ pub fn prepare(req: &Request) -> Result<Prepared, CaptureError> {
     let bin = Binary::open_named(&target.exe, &target.exe_name)?;
     let points = bin.resolve_line(&req.file, req.line)?;
     let load_bias = if bin.is_dyn { target.load_bias(bin.first_segment_vaddr())? } else { 0 };
-    let opts = PlanOptions { tgid: req.pid, load_bias, string_cap: req.string_cap };
+    let condition = req.when.as_deref().map(expr::parse_condition).transpose()?;
+    let ncpus = aya::util::nr_cpus().map_or(1, |n| n) as u32;
+    let opts = PlanOptions {
+        tgid: req.pid,
+        load_bias,
+        string_cap: req.string_cap,
+        rate_per_sec: req.rate_per_sec,
+        burst: req.burst,
+        ncpus,
+    };
     let mut planned = Vec::new();
     for p in points {
-        let built = plan::build(&bin, &p, &req.exprs, opts)?;
+        let built = plan::build(&bin, &p, &req.exprs, condition.as_ref(), opts)?;
         planned.push((p, built));
     }
     Ok(Prepared { target, points: planned })
 }
 
-/// Attaches, prints hits to `out` until the count, a signal, or the target's exit, then
-/// removes every probe.
+/// Attaches, prints hits to `out` until the count, a signal, the target's exit or the CPU
+/// budget, then removes every probe.
 ///
 /// # Errors
 /// Attach failures (after removing what was attached) and output errors.
 pub async fn run(req: &Request, prepared: Prepared, out: &mut dyn Write) -> Result<Summary, CaptureError> {
-    let (mut probes, ring) = Probes::load()?;
+    let (mut probes, ring) = Probes::load(LoadOptions::default())?;
     if !prepared.target.same_binary() {
         return Err(CaptureError::BinaryChanged { pid: req.pid });
     }
@@ -132,56 +166,116 @@ pub async fn run(req: &Request, prepared: Prepared, out: &mut dyn Write) -> Resu
             }
         }
     }
-    let result = event_loop(req, ring, &by_slot, out).await;
+    let mut session = Session { req, by_slot, switched_off: HashMap::new(), printed: 0 };
+    let result = session.event_loop(&mut probes, ring, out).await;
     let mut summary_probes = Vec::new();
-    for (slot, (point, _)) in &by_slot {
-        let counters = probes.counters(*slot).unwrap_or_default();
-        summary_probes.push((point.clone(), counters));
+    let mut slots: Vec<_> = session.by_slot.keys().copied().collect();
+    slots.sort_unstable();
+    for slot in slots {
+        let counters = probes.counters(slot).unwrap_or_default();
+        let point = session.by_slot[&slot].0.clone();
+        summary_probes.push(ProbeSummary { point, counters, switched_off: session.switched_off.remove(&slot) });
     }
     let removed = probes.remove_all();
-    let (printed, reason) = result?;
+    let reason = result?;
     removed?;
-    Ok(Summary { printed, probes: summary_probes, reason })
+    Ok(Summary { printed: session.printed, probes: summary_probes, reason })
 }
 
-async fn event_loop(
-    req: &Request,
-    ring: aya::maps::RingBuf<aya::maps::MapData>,
-    by_slot: &HashMap<u32, (ProbePoint, BuiltPlan)>,
-    out: &mut dyn Write,
-) -> Result<(u64, StopReason), CaptureError> {
-    #[allow(deprecated, reason = "tokio 1.54 deprecates AsyncFd::new for I/O-safety; the ring's fd lives as long as the AsyncFd (toolchain.md E7)")]
-    let mut ring = AsyncFd::new(ring).map_err(CaptureError::Runtime)?;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(CaptureError::Runtime)?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(CaptureError::Runtime)?;
-    let mut liveness = tokio::time::interval(Duration::from_millis(200));
-    let mut printed = 0u64;
-    loop {
-        tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard.map_err(CaptureError::Runtime)?;
-                let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    let Some((header, data)) = probe::parse_record(&item) else { continue };
-                    let Some((point, built)) = by_slot.get(&header.probe_id) else { continue };
-                    let values = plan::decode(&built.values, &header, data);
-                    write_hit(out, req, &header, &built.values.iter().map(|v| v.expr.as_str()).collect::<Vec<_>>(), &values, point)
-                        .map_err(CaptureError::Output)?;
-                    printed += 1;
-                    if req.count.is_some_and(|n| printed >= n) {
-                        return Ok((printed, StopReason::CountReached));
+/// The state of one running capture.
+struct Session<'a> {
+    req: &'a Request,
+    by_slot: HashMap<u32, (ProbePoint, BuiltPlan)>,
+    switched_off: HashMap<u32, String>,
+    printed: u64,
+}
+
+/// How often pending events are collected when no wakeup came (the batching latency bound).
+const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
+/// How often the circuit breaker looks at each probe's cost.
+const BUDGET_WINDOW: Duration = Duration::from_secs(1);
+
+impl Session<'_> {
+    async fn event_loop(
+        &mut self,
+        probes: &mut Probes,
+        ring: aya::maps::RingBuf<aya::maps::MapData>,
+        out: &mut dyn Write,
+    ) -> Result<StopReason, CaptureError> {
+        #[allow(deprecated, reason = "tokio 1.54 deprecates AsyncFd::new for I/O-safety; the ring's fd lives as long as the AsyncFd (toolchain.md E7)")]
+        let mut ring = AsyncFd::new(ring).map_err(CaptureError::Runtime)?;
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(CaptureError::Runtime)?;
+        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(CaptureError::Runtime)?;
+        let mut flush = tokio::time::interval(FLUSH_INTERVAL);
+        let mut liveness = tokio::time::interval(Duration::from_millis(200));
+        let mut budget = tokio::time::interval(BUDGET_WINDOW);
+        let mut last: HashMap<u32, (u64, u64)> = HashMap::new();
+        let mut last_at = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard.map_err(CaptureError::Runtime)?;
+                    let done = self.drain(guard.get_inner_mut(), out)?;
+                    guard.clear_ready();
+                    if done {
+                        return Ok(StopReason::CountReached);
                     }
                 }
-                guard.clear_ready();
-            }
-            _ = sigterm.recv() => return Ok((printed, StopReason::Signal)),
-            _ = sigint.recv() => return Ok((printed, StopReason::Signal)),
-            _ = liveness.tick() => {
-                if !target::alive(req.pid) {
-                    return Ok((printed, StopReason::TargetExited));
+                _ = flush.tick() => {
+                    if self.drain(ring.get_mut(), out)? {
+                        return Ok(StopReason::CountReached);
+                    }
+                }
+                _ = sigterm.recv() => return Ok(StopReason::Signal),
+                _ = sigint.recv() => return Ok(StopReason::Signal),
+                _ = liveness.tick() => {
+                    if !target::alive(self.req.pid) {
+                        self.drain(ring.get_mut(), out)?;
+                        return Ok(StopReason::TargetExited);
+                    }
+                }
+                _ = budget.tick() => {
+                    let now = std::time::Instant::now();
+                    let window_ns = now.duration_since(last_at).as_nanos().max(1) as f64;
+                    last_at = now;
+                    for slot in probes.slots() {
+                        let Ok(c) = probes.counters(slot) else { continue };
+                        let (h0, b0) = last.insert(slot, (c.hits, c.bpf_ns)).unwrap_or((0, 0));
+                        let (dh, db) = (c.hits - h0, c.bpf_ns - b0);
+                        let cost = (db + dh * TRAP_NS_ESTIMATE) as f64 / window_ns;
+                        if cost > self.req.cpu_budget {
+                            let why = format!(
+                                "cost {:.1}% of a CPU over the last {:.1} s ({} hits, {} ns in BPF, ~{} ns per trap) exceeds the {:.1}% budget",
+                                cost * 100.0, window_ns / 1e9, dh, db, TRAP_NS_ESTIMATE, self.req.cpu_budget * 100.0
+                            );
+                            tracing::warn!(slot, %why, "probe switched off");
+                            eprintln!("capture: probe {slot} switched off: {why}");
+                            probes.remove(slot)?;
+                            self.switched_off.insert(slot, why);
+                        }
+                    }
+                    if probes.slots().is_empty() {
+                        self.drain(ring.get_mut(), out)?;
+                        return Ok(StopReason::OverBudget);
+                    }
                 }
             }
         }
+    }
+
+    /// Prints every pending record; `true` once the requested count is reached.
+    fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>, out: &mut dyn Write) -> Result<bool, CaptureError> {
+        while let Some(item) = ring.next() {
+            let Some((header, data)) = probe::parse_record(&item) else { continue };
+            let Some((point, built)) = self.by_slot.get(&header.probe_id) else { continue };
+            let values = plan::decode(&built.values, &header, data);
+            write_hit(out, self.req, &header, &built.values, &values, point).map_err(CaptureError::Output)?;
+            self.printed += 1;
+            if self.req.count.is_some_and(|n| self.printed >= n) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
 
@@ -189,23 +283,24 @@ fn write_hit(
     out: &mut dyn Write,
     req: &Request,
     header: &detrix_common::EventHeader,
-    exprs: &[&str],
+    decoders: &[plan::ValueDecoder],
     values: &[Value],
     _point: &ProbePoint,
 ) -> std::io::Result<()> {
+    let shown = || decoders.iter().zip(values).filter(|(d, _)| !d.hidden).map(|(d, v)| (d.expr.as_str(), v));
     let at = format!("{}:{}", req.file, req.line);
     match req.format {
         Format::Json => {
             let mut map = serde_json::Map::new();
-            for (e, v) in exprs.iter().zip(values) {
-                map.insert((*e).to_owned(), v.to_json());
+            for (e, v) in shown() {
+                map.insert(e.to_owned(), v.to_json());
             }
             let obj = serde_json::json!({ "at": at, "pid": header.pid, "tid": header.tid, "values": map });
             writeln!(out, "{obj}")?;
         }
         Format::Text => {
             let mut line = format!("{at} pid={} tid={}", header.pid, header.tid);
-            for (e, v) in exprs.iter().zip(values) {
+            for (e, v) in shown() {
                 line.push_str(&format!(" {e}={v}"));
             }
             writeln!(out, "{line}")?;

@@ -152,6 +152,97 @@ impl Parser<'_> {
     }
 }
 
+/// A comparison operator of a `--when` condition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    /// `^=`: the string starts with the literal.
+    Prefix,
+}
+
+/// The constant side of a condition.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Literal {
+    Int(i128),
+    Float(f64),
+    Str(String),
+    Bool(bool),
+}
+
+/// A parsed `--when` condition: `EXPR OP LITERAL`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    /// The whole condition as written.
+    pub text: String,
+    /// The left side as written (also the key of the captured value it reads).
+    pub expr_text: String,
+    pub expr: Expr,
+    pub op: CmpOp,
+    pub literal: Literal,
+}
+
+/// Parses `EXPR OP LITERAL` with OP one of `== != < <= > >= ^=` (`^=`: string prefix) and
+/// LITERAL an integer (`42`, `-1`, `0x10`), a float (`2.5`), a quoted string or char
+/// (`"bob"`, `'A'`), or `true`/`false`.
+///
+/// # Errors
+/// [`ExprError::Syntax`] naming what is missing.
+pub fn parse_condition(text: &str) -> Result<Condition, ExprError> {
+    let err = |what: &str, column: usize| ExprError::Syntax { expr: text.to_owned(), what: what.to_owned(), column };
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    let mut found = None;
+    while i < bytes.len() {
+        let rest = &text[i..];
+        if rest.starts_with('"') || rest.starts_with('\'') {
+            break; // the literal starts: no operator before it
+        }
+        if rest.starts_with("->") {
+            i += 2;
+            continue;
+        }
+        let op = [("==", CmpOp::Eq), ("!=", CmpOp::Ne), ("<=", CmpOp::Le), (">=", CmpOp::Ge), ("^=", CmpOp::Prefix), ("<", CmpOp::Lt), (">", CmpOp::Gt)]
+            .into_iter()
+            .find(|(t, _)| rest.starts_with(t));
+        if let Some((t, op)) = op {
+            found = Some((i, t.len(), op));
+            break;
+        }
+        i += 1;
+    }
+    let Some((at, len, op)) = found else {
+        return Err(err("expected a comparison (== != < <= > >= ^=) followed by a constant", text.len() + 1));
+    };
+    let expr_text = text[..at].trim().to_owned();
+    let expr = parse(&expr_text)?;
+    let lit = text[at + len..].trim();
+    let column = at + len + 1;
+    let literal = if lit.is_empty() {
+        return Err(err("expected a constant after the operator", column));
+    } else if (lit.starts_with('"') && lit.ends_with('"') && lit.len() >= 2) || (lit.starts_with('\'') && lit.ends_with('\'') && lit.len() >= 2) {
+        Literal::Str(lit[1..lit.len() - 1].to_owned())
+    } else if lit == "true" || lit == "false" {
+        Literal::Bool(lit == "true")
+    } else if let Some(hex) = lit.strip_prefix("0x").or_else(|| lit.strip_prefix("0X")) {
+        Literal::Int(i128::from_str_radix(hex, 16).map_err(|_| err("invalid hex constant", column))?)
+    } else if let Ok(v) = lit.parse::<i128>() {
+        Literal::Int(v)
+    } else if let Ok(v) = lit.parse::<f64>() {
+        Literal::Float(v)
+    } else {
+        return Err(err("expected a number, a quoted string, true or false", column));
+    };
+    if op == CmpOp::Prefix && !matches!(literal, Literal::Str(_)) {
+        return Err(err("`^=` (starts with) needs a quoted string", column));
+    }
+    Ok(Condition { text: text.trim().to_owned(), expr_text, expr, op, literal })
+}
+
 impl std::fmt::Display for Expr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -191,6 +282,21 @@ mod tests {
         assert!(matches!(parse("a b"), Err(ExprError::Syntax { column: 3, .. })));
         assert!(matches!(parse("a[x]"), Err(ExprError::Syntax { .. })));
         assert!(matches!(parse("9x"), Err(ExprError::Syntax { .. })));
+    }
+
+    #[test]
+    fn parses_conditions() {
+        let c = parse_condition("o->qty > 10").unwrap();
+        assert_eq!((c.expr_text.as_str(), c.op, c.literal), ("o->qty", CmpOp::Gt, Literal::Int(10)));
+        let c = parse_condition("name ^= \"al\"").unwrap();
+        assert_eq!((c.op, c.literal), (CmpOp::Prefix, Literal::Str("al".into())));
+        let c = parse_condition("price<=2.5").unwrap();
+        assert_eq!((c.expr_text.as_str(), c.op, c.literal), ("price", CmpOp::Le, Literal::Float(2.5)));
+        assert_eq!(parse_condition("f != 0x10").unwrap().literal, Literal::Int(16));
+        assert_eq!(parse_condition("g == 'A'").unwrap().literal, Literal::Str("A".into()));
+        assert!(parse_condition("qty").is_err());
+        assert!(parse_condition("qty >").is_err());
+        assert!(parse_condition("qty ^= 3").is_err());
     }
 
     #[test]

@@ -40,6 +40,19 @@ struct CaptureArgs {
     /// Longest string captured, in bytes; longer strings end with `...(truncated)`.
     #[arg(long, default_value_t = 256)]
     string_cap: u32,
+    /// Only hits where this holds, evaluated in the kernel: `EXPR OP CONST` with OP one of
+    /// == != < <= > >= ^= (starts with), e.g. 'o->qty > 10' or 'name ^= "al"'.
+    #[arg(long, value_name = "CONDITION")]
+    when: Option<String>,
+    /// Events per second each probe may emit (0 = unlimited); the rest are counted as rate-limited.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u32,
+    /// Events that may pass at once before the rate applies.
+    #[arg(long, default_value_t = 1_000)]
+    burst: u32,
+    /// Percent of one CPU a probe may cost (BPF time + trap estimate) before it is switched off.
+    #[arg(long, default_value_t = 20.0)]
+    cpu_budget: f64,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -101,6 +114,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     OutputFormat::Text => Format::Text,
                 },
                 string_cap: args.string_cap,
+                when: args.when,
+                rate_per_sec: args.rate,
+                burst: args.burst,
+                cpu_budget: args.cpu_budget / 100.0,
             };
             let prepared = capture::prepare(&req)?;
             for p in prepared.points() {
@@ -113,18 +130,41 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
             let summary = rt.block_on(capture::run(&req, prepared, &mut out))?;
-            for (p, c) in &summary.probes {
+            for p in &summary.probes {
+                let c = &p.counters;
                 eprintln!(
-                    "capture: {} @ {}: hits={} emitted={} printed={} dropped_ring_full={} read_faults={} other_process={} bpf_ns={}",
-                    p.function, p.addr, c.hits, c.emitted, summary.printed, c.dropped_ring_full, c.read_faults, c.other_process, c.bpf_ns
+                    "capture: {} @ {}: hits={} emitted={} printed={} dropped_ring_full={} rate_limited={} condition_false={} \
+                     read_faults={} no_plan={} other_process={} bpf_ns={}{}",
+                    p.point.function,
+                    p.point.addr,
+                    c.hits,
+                    c.emitted,
+                    summary.printed,
+                    c.dropped_ring_full,
+                    c.rate_limited,
+                    c.condition_false,
+                    c.read_faults,
+                    c.no_plan,
+                    c.other_process,
+                    c.bpf_ns,
+                    p.switched_off.as_ref().map(|w| format!(" switched_off=\"{w}\"")).unwrap_or_default()
                 );
             }
             match summary.reason {
-                StopReason::CountReached => {}
-                StopReason::Signal => eprintln!("capture: stopped by signal; all probes removed"),
-                StopReason::TargetExited => eprintln!("capture: process {} exited; all probes removed", req.pid),
+                StopReason::CountReached => Ok(ExitCode::SUCCESS),
+                StopReason::Signal => {
+                    eprintln!("capture: stopped by signal; all probes removed");
+                    Ok(ExitCode::SUCCESS)
+                }
+                StopReason::TargetExited => {
+                    eprintln!("capture: process {} exited; all probes removed", req.pid);
+                    Ok(ExitCode::SUCCESS)
+                }
+                StopReason::OverBudget => {
+                    eprintln!("capture: every probe exceeded its CPU budget and was switched off (raise --cpu-budget or pick a colder line)");
+                    Ok(ExitCode::from(3))
+                }
             }
-            Ok(ExitCode::SUCCESS)
         }
     }
 }

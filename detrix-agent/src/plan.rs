@@ -6,10 +6,13 @@
 //! interpreter in BPF, so each plan has budgets (ops, values, bytes) checked here, where the
 //! error can name the expression, rather than found by the verifier.
 
-use detrix_common::{op, pt_regs, value_flags, EventHeader, Plan, PlanOp, EVENT_DATA_BYTES, MAX_COPY_BYTES, MAX_OPS, MAX_VALUES, PLAN_ABI};
+use detrix_common::{
+    cond, op, pt_regs, value_flags, Condition, EventHeader, Plan, PlanOp, COND_STR_BYTES, EVENT_DATA_BYTES, MAX_COPY_BYTES,
+    MAX_OPS, MAX_VALUES, PLAN_ABI,
+};
 
 use crate::debuginfo::{AddrBase, Binary, Location, ProbePoint, ResolveError, Type, TypeRef};
-use crate::expr::{self, Expr, ExprError};
+use crate::expr::{self, CmpOp, Expr, ExprError, Literal};
 
 /// Why a plan could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +25,8 @@ pub enum PlanError {
     Type { expr: String, what: String },
     #[error("too much to capture at one point: {what}; split the expressions over several captures")]
     OverBudget { what: String },
+    #[error("condition `{cond}`: {what}")]
+    Condition { cond: String, what: String },
 }
 
 /// How the bytes of one captured value are turned back into a value.
@@ -48,6 +53,8 @@ enum Shape {
 pub struct ValueDecoder {
     /// The expression as the user wrote it.
     pub expr: String,
+    /// Captured only for the condition, not shown.
+    pub hidden: bool,
     shape: Shape,
     dst: usize,
 }
@@ -68,6 +75,11 @@ pub struct PlanOptions {
     pub load_bias: u64,
     /// Longest string captured, in bytes; longer ones are cut and marked truncated.
     pub string_cap: u32,
+    /// Events per second the probe may emit (0 = unlimited), and how many may come at once.
+    pub rate_per_sec: u32,
+    pub burst: u32,
+    /// CPUs the per-CPU rate limiter splits the rate over.
+    pub ncpus: u32,
 }
 
 /// Where a sub-expression's bytes are at the hit.
@@ -233,16 +245,29 @@ impl Builder<'_> {
 ///
 /// # Errors
 /// Parse, scope, type, location or budget errors, each naming the expression.
-pub fn build(bin: &Binary, point: &ProbePoint, exprs: &[String], opts: PlanOptions) -> Result<BuiltPlan, PlanError> {
-    if exprs.len() > MAX_VALUES {
-        return Err(PlanError::OverBudget { what: format!("{} expressions (at most {MAX_VALUES})", exprs.len()) });
+pub fn build(
+    bin: &Binary,
+    point: &ProbePoint,
+    exprs: &[String],
+    condition: Option<&expr::Condition>,
+    opts: PlanOptions,
+) -> Result<BuiltPlan, PlanError> {
+    // The condition reads a captured value: reuse a shown one, or capture it hidden.
+    let mut all: Vec<(String, bool)> = exprs.iter().map(|e| (e.clone(), false)).collect();
+    if let Some(c) = condition {
+        if !exprs.iter().any(|e| e.trim() == c.expr_text) {
+            all.push((c.expr_text.clone(), true));
+        }
+    }
+    if all.len() > MAX_VALUES {
+        return Err(PlanError::OverBudget { what: format!("{} expressions (at most {MAX_VALUES})", all.len()) });
     }
     let mut plan = Plan::empty();
     plan.tgid = opts.tgid;
     let mut ops: Vec<PlanOp> = Vec::new();
     let mut values = Vec::new();
     let mut dst = 0usize;
-    for (vi, text) in exprs.iter().enumerate() {
+    for (vi, (text, hidden)) in all.iter().enumerate() {
         let e = expr::parse(text)?;
         let b = Builder { bin, point, opts, expr_text: text.clone() };
         let (place, ty) = b.lower(&e)?;
@@ -292,7 +317,7 @@ pub fn build(bin: &Binary, point: &ProbePoint, exprs: &[String], opts: PlanOptio
             o.dst = dst as u16;
         }
         ops.extend(value_ops);
-        values.push(ValueDecoder { expr: text.clone(), shape, dst });
+        values.push(ValueDecoder { expr: text.clone(), hidden: *hidden, shape, dst });
         dst = (dst + len + 7) & !7;
     }
     if ops.len() > MAX_OPS {
@@ -302,8 +327,104 @@ pub fn build(bin: &Binary, point: &ProbePoint, exprs: &[String], opts: PlanOptio
     plan.n_ops = ops.len() as u32;
     plan.n_values = values.len() as u32;
     plan.data_len = dst.min(EVENT_DATA_BYTES) as u32;
+    if let Some(c) = condition {
+        let vi = values.iter().position(|v| v.expr.trim() == c.expr_text).unwrap_or(values.len() - 1);
+        plan.cond = lower_condition(c, vi, &values[vi])?;
+    }
+    if opts.rate_per_sec > 0 {
+        // Per CPU: each CPU's bucket gets rate/ncpus, so the total never exceeds the rate.
+        let ncpus = u64::from(opts.ncpus.max(1));
+        plan.rate_interval_ns = 1_000_000_000 * ncpus / u64::from(opts.rate_per_sec);
+        plan.rate_burst_ns = (u64::from(opts.burst) / ncpus).max(1) * plan.rate_interval_ns;
+    }
     debug_assert_eq!(plan.abi, PLAN_ABI);
     Ok(BuiltPlan { plan, values })
+}
+
+/// Turns a parsed condition on value `vi` into the kernel's [`Condition`].
+fn lower_condition(c: &expr::Condition, vi: usize, v: &ValueDecoder) -> Result<Condition, PlanError> {
+    let err = |what: String| PlanError::Condition { cond: c.text.clone(), what };
+    let mut k = Condition::NONE;
+    k.value = vi as u8;
+    k.dst = v.dst as u16;
+    k.cmp = match c.op {
+        CmpOp::Eq | CmpOp::Prefix => cond::EQ,
+        CmpOp::Ne => cond::NE,
+        CmpOp::Lt => cond::LT,
+        CmpOp::Le => cond::LE,
+        CmpOp::Gt => cond::GT,
+        CmpOp::Ge => cond::GE,
+    };
+    let int_imm = |lit: &Literal, signed: bool, size: u8| -> Result<i64, PlanError> {
+        let v = match lit {
+            Literal::Int(i) => *i,
+            Literal::Bool(b) => i128::from(*b),
+            Literal::Str(s) if s.chars().count() == 1 => i128::from(u32::from(s.chars().next().unwrap_or('\0'))),
+            other => return Err(err(format!("`{}` is an integer; compare it with an integer, not {other:?}", c.expr_text))),
+        };
+        let bits = 8 * u32::from(size);
+        let (lo, hi) = if signed { (-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1) } else { (0, (1i128 << bits) - 1) };
+        if v < lo || v > hi {
+            return Err(err(format!("{v} does not fit the {size}-byte type of `{}`", c.expr_text)));
+        }
+        Ok(v as i64)
+    };
+    let numeric_only = || -> Result<(), PlanError> {
+        if c.op == CmpOp::Prefix { Err(err("`^=` compares strings only".to_owned())) } else { Ok(()) }
+    };
+    match &v.shape {
+        Shape::Int { size, signed } | Shape::Enum { size, signed, .. } => {
+            numeric_only()?;
+            k.kind = if *signed { cond::INT } else { cond::UINT };
+            k.size = *size;
+            k.imm = int_imm(&c.literal, *signed, *size)?;
+        }
+        Shape::Char { size } => {
+            numeric_only()?;
+            k.kind = cond::UINT;
+            k.size = *size;
+            k.imm = int_imm(&c.literal, false, *size)?;
+        }
+        Shape::Bool => {
+            numeric_only()?;
+            k.kind = cond::UINT;
+            k.size = 1;
+            k.imm = int_imm(&c.literal, false, 1)?;
+        }
+        Shape::Pointer => {
+            numeric_only()?;
+            k.kind = cond::UINT;
+            k.size = 8;
+            k.imm = int_imm(&c.literal, false, 8)?;
+        }
+        Shape::Float { size: 8 } => {
+            numeric_only()?;
+            let f = match c.literal {
+                Literal::Float(f) => f,
+                Literal::Int(i) => i as f64,
+                _ => return Err(err(format!("`{}` is a double; compare it with a number", c.expr_text))),
+            };
+            k.kind = cond::F64;
+            k.size = 8;
+            k.imm = detrix_common::f64_key(f.to_bits()) as i64;
+        }
+        Shape::CString { .. } | Shape::CharArray { .. } => {
+            let Literal::Str(s) = &c.literal else {
+                return Err(err(format!("`{}` is a string; compare it with a quoted string", c.expr_text)));
+            };
+            if !matches!(c.op, CmpOp::Eq | CmpOp::Ne | CmpOp::Prefix) {
+                return Err(err("strings compare with ==, != or ^= (starts with)".to_owned()));
+            }
+            if s.len() > COND_STR_BYTES {
+                return Err(err(format!("string constants are at most {COND_STR_BYTES} bytes")));
+            }
+            k.kind = if c.op == CmpOp::Prefix { cond::STR_PREFIX } else { cond::STR_EQ };
+            k.len = s.len() as u16;
+            k.bytes[..s.len()].copy_from_slice(s.as_bytes());
+        }
+        other => return Err(err(format!("values of this kind ({other:?}) cannot be compared in the kernel"))),
+    }
+    Ok(k)
 }
 
 /// A decoded captured value.

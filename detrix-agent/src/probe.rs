@@ -13,7 +13,7 @@ use std::path::Path;
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
 use aya::programs::UProbe;
-use detrix_common::{Counters, EventHeader, Plan, EVENT_HEADER_BYTES, MAX_PROBES, PLAN_ABI};
+use detrix_common::{Counters, EventHeader, Plan, RateState, EVENT_HEADER_BYTES, MAX_PROBES, PLAN_ABI};
 
 use crate::debuginfo::FileOffset;
 
@@ -39,6 +39,23 @@ pub enum ProbeError {
     NoSlot,
     #[error("no probe in slot {0}")]
     UnknownSlot(u32),
+    #[error("cannot count the possible CPUs: {0}")]
+    Cpus(#[source] std::io::Error),
+}
+
+/// Ring-buffer sizing and wakeup policy, fixed at load.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Ring size in bytes (a power of two, multiple of the page size).
+    pub ring_bytes: u32,
+    /// Pending bytes that force a wakeup; 0 = wake per record (kernel default).
+    pub wakeup_bytes: u64,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { ring_bytes: 1 << 22, wakeup_bytes: detrix_common::DEFAULT_WAKEUP_BYTES }
+    }
 }
 
 /// The loaded program, its maps and the attached probes.
@@ -46,7 +63,9 @@ pub struct Probes {
     ebpf: aya::Ebpf,
     plans: Array<MapData, Plan>,
     counters: PerCpuArray<MapData, Counters>,
+    rate: PerCpuArray<MapData, RateState>,
     links: BTreeMap<u32, UProbeLinkId>,
+    ncpus: usize,
 }
 
 impl std::fmt::Debug for Probes {
@@ -70,21 +89,28 @@ impl Probes {
     ///
     /// # Errors
     /// [`ProbeError::Load`] / [`ProbeError::Program`] when the kernel refuses.
-    pub fn load() -> Result<(Self, RingBuf<MapData>), ProbeError> {
-        let mut ebpf = aya::EbpfLoader::new().load(EBPF_OBJECT).map_err(ProbeError::Load)?;
+    pub fn load(opts: LoadOptions) -> Result<(Self, RingBuf<MapData>), ProbeError> {
+        let mut ebpf = aya::EbpfLoader::new()
+            .map_max_entries("EVENTS", opts.ring_bytes)
+            .override_global("WAKEUP_BYTES", &opts.wakeup_bytes, true)
+            .load(EBPF_OBJECT)
+            .map_err(ProbeError::Load)?;
         let plans = Array::try_from(ebpf.take_map("PLANS").ok_or(ProbeError::Missing("PLANS map"))?)
             .map_err(|source| ProbeError::Map { name: "PLANS", source })?;
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or(ProbeError::Missing("COUNTERS map"))?)
             .map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(ProbeError::Missing("EVENTS map"))?)
             .map_err(|source| ProbeError::Map { name: "EVENTS", source })?;
+        let rate = PerCpuArray::try_from(ebpf.take_map("RATE").ok_or(ProbeError::Missing("RATE map"))?)
+            .map_err(|source| ProbeError::Map { name: "RATE", source })?;
+        let ncpus = aya::util::nr_cpus().map_err(|(_, e)| ProbeError::Cpus(e))?;
         let program: &mut UProbe = ebpf
             .program_mut(PROGRAM)
             .ok_or(ProbeError::Missing("detrix_capture program"))?
             .try_into()
             .map_err(ProbeError::Program)?;
         program.load().map_err(ProbeError::Program)?;
-        Ok((Self { ebpf, plans, counters, links: BTreeMap::new() }, ring))
+        Ok((Self { ebpf, plans, counters, rate, links: BTreeMap::new(), ncpus }, ring))
     }
 
     fn program(&mut self) -> Result<&mut UProbe, ProbeError> {
@@ -103,10 +129,11 @@ impl Probes {
     #[tracing::instrument(skip_all, fields(pid = spec.pid, offset = %spec.offset))]
     pub fn install(&mut self, plan: &Plan, spec: &AttachSpec<'_>) -> Result<u32, ProbeError> {
         let slot = (0..MAX_PROBES).find(|s| !self.links.contains_key(s)).ok_or(ProbeError::NoSlot)?;
-        // Counters start from zero for every new probe in the slot.
-        let zero = aya::maps::PerCpuValues::try_from(vec![Counters::default(); aya::util::nr_cpus().map_or(1, |n| n)])
-            .map_err(|e| ProbeError::Map { name: "COUNTERS", source: aya::maps::MapError::SyscallError(aya::sys::SyscallError { call: "nr_cpus", io_error: e }) })?;
+        // Counters and the rate limiter start from zero for every new probe in the slot.
+        let zero = aya::maps::PerCpuValues::try_from(vec![Counters::default(); self.ncpus]).map_err(ProbeError::Cpus)?;
         self.counters.set(slot, zero, 0).map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
+        let zero = aya::maps::PerCpuValues::try_from(vec![RateState::default(); self.ncpus]).map_err(ProbeError::Cpus)?;
+        self.rate.set(slot, zero, 0).map_err(|source| ProbeError::Map { name: "RATE", source })?;
         self.plans.set(slot, plan, 0).map_err(|source| ProbeError::Map { name: "PLANS", source })?;
         let pid = NonZeroU32::new(spec.pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
         let point = UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(spec.offset.0), cookie: Some(u64::from(slot)) };
@@ -149,6 +176,12 @@ impl Probes {
             }
         }
         first
+    }
+
+    /// Possible CPUs (the per-CPU maps' width).
+    #[must_use]
+    pub fn ncpus(&self) -> usize {
+        self.ncpus
     }
 
     /// Slots with an attached probe.

@@ -21,7 +21,7 @@ pub const MAX_PROBES: u32 = 512;
 /// Maximum ops in one plan. The eBPF interpreter loop is bounded by this.
 pub const MAX_OPS: usize = 48;
 /// Maximum captured values per event.
-pub const MAX_VALUES: usize = 8;
+pub const MAX_VALUES: usize = 16;
 /// Bytes of captured data per event (all values together).
 pub const EVENT_DATA_BYTES: usize = 4096;
 /// Largest single copy (one `EMIT_MEM` or `EMIT_STR`).
@@ -141,12 +141,76 @@ const _: () = assert!(core::mem::offset_of!(PlanOp, len) == 4);
 const _: () = assert!(core::mem::offset_of!(PlanOp, dst) == 6);
 const _: () = assert!(core::mem::offset_of!(PlanOp, imm) == 8);
 
+/// Condition kinds (`Condition::kind`).
+pub mod cond {
+    /// No condition: every hit that passes the rate limit is emitted.
+    pub const NONE: u8 = 0;
+    /// Compare the value as a signed integer of `size` bytes with `imm`.
+    pub const INT: u8 = 1;
+    /// Compare the value as an unsigned integer of `size` bytes with `imm` (as u64).
+    pub const UINT: u8 = 2;
+    /// Compare an IEEE double: both sides mapped to order-preserving u64 keys by the agent
+    /// (`imm`) and the program ([`crate::f64_key`]), since BPF has no floating point.
+    pub const F64: u8 = 3;
+    /// The captured string equals `bytes[..len]` exactly.
+    pub const STR_EQ: u8 = 4;
+    /// The captured string starts with `bytes[..len]`.
+    pub const STR_PREFIX: u8 = 5;
+
+    /// Comparison operators (`Condition::cmp`), for the numeric kinds; `NE` also negates the
+    /// string kinds.
+    pub const EQ: u8 = 0;
+    pub const NE: u8 = 1;
+    pub const LT: u8 = 2;
+    pub const LE: u8 = 3;
+    pub const GT: u8 = 4;
+    pub const GE: u8 = 5;
+}
+
+/// Longest string constant a condition can compare with.
+pub const COND_STR_BYTES: usize = 32;
+
+/// A condition evaluated in the kernel on one captured value, after the ops ran: a false
+/// condition discards the event before it costs a ring-buffer copy or a wakeup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Condition {
+    /// One of [`cond`]'s kinds.
+    pub kind: u8,
+    /// One of [`cond`]'s operators.
+    pub cmp: u8,
+    /// Which value is compared.
+    pub value: u8,
+    /// Integer size in bytes (1, 2, 4, 8).
+    pub size: u8,
+    /// String constant length.
+    pub len: u16,
+    /// Offset of the value in [`Event::data`].
+    pub dst: u16,
+    pub imm: i64,
+    pub bytes: [u8; COND_STR_BYTES],
+}
+const _: () = assert!(core::mem::size_of::<Condition>() == 48);
+const _: () = assert!(core::mem::offset_of!(Condition, imm) == 8);
+
+impl Condition {
+    /// No condition.
+    pub const NONE: Self = Self { kind: cond::NONE, cmp: 0, value: 0, size: 0, len: 0, dst: 0, imm: 0, bytes: [0; COND_STR_BYTES] };
+}
+
+/// Maps an IEEE-754 double's bits to a u64 whose unsigned order is the doubles' numeric order
+/// (negative numbers flipped entirely, positive ones get the sign bit set).
+#[must_use]
+pub const fn f64_key(bits: u64) -> u64 {
+    if bits >> 63 == 1 { !bits } else { bits | (1 << 63) }
+}
+
 /// What the eBPF program does at a hit of the probe whose cookie is this plan's slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Plan {
     /// [`PLAN_ABI`]; a slot with another number (or 0: never written) is ignored and counted
-    /// as a miss.
+    /// as `no_plan`.
     pub abi: u32,
     /// Only hits whose thread-group id equals this are captured (0 = any process). A file-backed
     /// uprobe fires in every process mapping the binary; this keeps the others out.
@@ -159,13 +223,21 @@ pub struct Plan {
     /// this many bytes go into the ring.
     pub data_len: u32,
     pub _pad: u32,
+    /// Token bucket as GCRA, per CPU: one event "costs" `rate_interval_ns`; a hit passes when
+    /// the bucket's theoretical arrival time is at most `rate_burst_ns` ahead of now.
+    /// 0 = unlimited.
+    pub rate_interval_ns: u64,
+    pub rate_burst_ns: u64,
+    pub cond: Condition,
     pub ops: [PlanOp; MAX_OPS],
 }
-const _: () = assert!(core::mem::size_of::<Plan>() == 24 + 16 * MAX_OPS);
-const _: () = assert!(core::mem::offset_of!(Plan, ops) == 24);
+const _: () = assert!(core::mem::offset_of!(Plan, rate_interval_ns) == 24);
+const _: () = assert!(core::mem::offset_of!(Plan, cond) == 40);
+const _: () = assert!(core::mem::offset_of!(Plan, ops) == 88);
+const _: () = assert!(core::mem::size_of::<Plan>() == 88 + 16 * MAX_OPS);
 
 impl Plan {
-    /// An empty plan for this ABI.
+    /// An empty plan for this ABI: no ops, no condition, no rate limit.
     #[must_use]
     pub const fn empty() -> Self {
         Self {
@@ -175,10 +247,28 @@ impl Plan {
             n_values: 0,
             data_len: 0,
             _pad: 0,
+            rate_interval_ns: 0,
+            rate_burst_ns: 0,
+            cond: Condition::NONE,
             ops: [PlanOp { kind: 0, reg: 0, value: 0, _pad: 0, len: 0, dst: 0, imm: 0 }; MAX_OPS],
         }
     }
 }
+
+/// Per-slot, per-CPU mutable state of the rate limiter (GCRA theoretical arrival time).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RateState {
+    pub tat_ns: u64,
+}
+
+/// Ring-buffer wakeup policy, set by the agent before load (a global in the object).
+///
+/// Why: a wakeup costs 0.5–4.5 µs per event here (toolchain.md §8); submitting with
+/// `BPF_RB_NO_WAKEUP` and forcing a wakeup only when this many bytes are pending lets a hot
+/// probe pay it once per batch, while the agent's flush timer bounds the latency.
+/// 0 = the kernel's default (wake on every record the reader has not seen).
+pub const DEFAULT_WAKEUP_BYTES: u64 = 64 * 1024;
 
 /// Length and flags of one captured value inside [`Event::data`].
 #[repr(C)]
@@ -211,7 +301,7 @@ pub struct EventHeader {
     pub values: [ValueMeta; MAX_VALUES],
 }
 /// Size of [`EventHeader`] in bytes: a record is this plus `Plan::data_len`.
-pub const EVENT_HEADER_BYTES: usize = 72;
+pub const EVENT_HEADER_BYTES: usize = 104;
 const _: () = assert!(core::mem::size_of::<EventHeader>() == EVENT_HEADER_BYTES);
 const _: () = assert!(core::mem::offset_of!(EventHeader, ktime_ns) == 16);
 const _: () = assert!(core::mem::offset_of!(EventHeader, goid) == 24);
@@ -262,6 +352,8 @@ mod pod {
     // SAFETY: see above.
     unsafe impl aya::Pod for super::Counters {}
     // SAFETY: see above.
+    unsafe impl aya::Pod for super::RateState {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::EventHeader {}
 }
 
@@ -284,6 +376,15 @@ mod tests {
         assert_eq!(usize::from(pt_regs::SS) + 1, PT_REGS_COUNT);
         assert_eq!(pt_regs::RIP, 16);
         assert_eq!(pt_regs::RSP, 19);
+    }
+
+    #[test]
+    fn f64_keys_keep_numeric_order() {
+        let xs: [f64; 8] = [-1e300, -2.5, -0.0, 0.0, 1e-300, 2.5, 3.0, 1e300];
+        for w in xs.windows(2) {
+            assert!(f64_key(w[0].to_bits()) <= f64_key(w[1].to_bits()), "{} vs {}", w[0], w[1]);
+        }
+        assert!(f64_key((-1.0f64).to_bits()) < f64_key(1.0f64.to_bits()));
     }
 
     #[test]

@@ -3,13 +3,16 @@
 //! (registers, pointees, strings) into an event **now**, in the kernel, bounded. The agent
 //! attaches this same program at every probe address with a different cookie.
 //!
-//! Order of work (design.md §4): count the hit → plan by cookie → process filter → header →
-//! ops → output (count a drop if the ring is full) → add the time spent. Every early exit
-//! bumps its own counter, so `hits` always equals the sum of the outcomes.
+//! Order of work (design.md §4): count the hit → plan by cookie → process filter → rate limit
+//! (here when the plan has no condition) → header → ops → condition → rate limit (here when it
+//! has one, so hits the condition rejects never spend tokens meant for the ones it wants) →
+//! output (count a drop if the ring is full) → add the time spent. Every early exit bumps its
+//! own counter, so `hits` always equals the sum of the outcomes.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     cty::c_void,
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
@@ -21,8 +24,9 @@ use aya_ebpf::{
     EbpfContext,
 };
 use detrix_common::{
-    event_flags, op, value_flags, Counters, Event, Plan, EVENT_DATA_BYTES, EVENT_HEADER_BYTES,
-    MAX_COPY_BYTES, MAX_OPS, MAX_PROBES, MAX_VALUES, PLAN_ABI, PT_REGS_COUNT,
+    cond, event_flags, f64_key, op, value_flags, Condition, Counters, Event, Plan, RateState,
+    COND_STR_BYTES, EVENT_DATA_BYTES, EVENT_HEADER_BYTES, MAX_COPY_BYTES, MAX_OPS, MAX_PROBES,
+    MAX_VALUES, PLAN_ABI, PT_REGS_COUNT,
 };
 
 /// Plans by slot; the slot is the uprobe's cookie.
@@ -41,6 +45,15 @@ static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
 /// Records to user space. The agent may resize it before load.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Rate-limiter state per slot and CPU.
+#[map]
+static RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(MAX_PROBES, 0);
+
+/// Force a wakeup once this many bytes are pending; below it, submit without one and let the
+/// agent's flush timer collect the batch. 0 = the kernel's default wakeup. Set before load.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 0;
 
 #[uprobe]
 pub fn detrix_capture(ctx: ProbeContext) -> u32 {
@@ -75,6 +88,11 @@ fn capture(ctx: &ProbeContext) {
         counters.other_process += 1;
         return;
     }
+    let has_cond = plan.cond.kind != cond::NONE;
+    if !has_cond && !take_token(plan, slot, start) {
+        counters.rate_limited += 1;
+        return;
+    }
     let Some(ev) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -104,6 +122,18 @@ fn capture(ctx: &ProbeContext) {
     ];
 
     let faulted = run_ops(plan, &regs, ev);
+    if has_cond {
+        if !condition_holds(&plan.cond, ev) {
+            counters.condition_false += 1;
+            counters.bpf_ns += elapsed(start);
+            return;
+        }
+        if !take_token(plan, slot, start) {
+            counters.rate_limited += 1;
+            counters.bpf_ns += elapsed(start);
+            return;
+        }
+    }
     if faulted {
         ev.header.flags |= event_flags::READ_FAULT;
         counters.read_faults += 1;
@@ -116,12 +146,111 @@ fn capture(ctx: &ProbeContext) {
     let len = EVENT_HEADER_BYTES + data_len;
     // SAFETY: `ev` is `size_of::<Event>()` bytes and `len` ≤ header + EVENT_DATA_BYTES < that.
     let bytes = unsafe { core::slice::from_raw_parts((ev as *const Event).cast::<u8>(), len) };
-    match EVENTS.output::<[u8]>(bytes, 0) {
+    // SAFETY: a plain read of a global the loader may have rewritten before load.
+    let wakeup_bytes = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
+    let flags = if wakeup_bytes == 0 {
+        0
+    } else if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) + len as u64 >= wakeup_bytes {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    };
+    match EVENTS.output::<[u8]>(bytes, flags) {
         Ok(()) => counters.emitted += 1,
         Err(_) => counters.dropped_ring_full += 1,
     }
+    counters.bpf_ns += elapsed(start);
+}
+
+#[inline(always)]
+fn elapsed(start: u64) -> u64 {
     // SAFETY: no memory arguments.
-    counters.bpf_ns += unsafe { bpf_ktime_get_ns() } - start;
+    unsafe { bpf_ktime_get_ns() }.wrapping_sub(start)
+}
+
+/// GCRA token bucket: passes when the theoretical arrival time is at most the burst ahead.
+#[inline(always)]
+fn take_token(plan: &Plan, slot: u32, now: u64) -> bool {
+    if plan.rate_interval_ns == 0 {
+        return true;
+    }
+    let Some(state) = RATE.get_ptr_mut(slot) else {
+        return true;
+    };
+    // SAFETY: per-CPU map value, this CPU only.
+    let state = unsafe { &mut *state };
+    let tat = if state.tat_ns > now { state.tat_ns } else { now };
+    if tat - now > plan.rate_burst_ns {
+        return false;
+    }
+    state.tat_ns = tat + plan.rate_interval_ns;
+    true
+}
+
+/// Evaluates the plan's condition on the captured bytes. A value that could not be read
+/// passes, so the user sees the read error instead of silence.
+#[inline(always)]
+fn condition_holds(c: &Condition, ev: &Event) -> bool {
+    let vi = (c.value as usize) & (MAX_VALUES - 1);
+    let meta = ev.header.values[vi];
+    if meta.flags & value_flags::READ_FAULT != 0 {
+        return true;
+    }
+    let dst = (c.dst as usize) & (EVENT_DATA_BYTES - 1);
+    match c.kind {
+        cond::INT | cond::UINT | cond::F64 => {
+            let mut raw: u64 = 0;
+            let size = (c.size as usize) & 0xf;
+            let mut k = 0;
+            while k < 8 {
+                if k < size {
+                    raw |= (ev.data[dst + k] as u64) << (8 * k);
+                }
+                k += 1;
+            }
+            let ord = match c.kind {
+                cond::INT => {
+                    let shift = if size >= 8 || size == 0 { 0 } else { 64 - 8 * size as u32 };
+                    let v = ((raw << shift) as i64) >> shift;
+                    cmp_i64(v, c.imm)
+                }
+                cond::UINT => cmp_u64(raw, c.imm as u64),
+                _ => cmp_u64(f64_key(raw), c.imm as u64),
+            };
+            match c.cmp {
+                cond::EQ => ord == 0,
+                cond::NE => ord != 0,
+                cond::LT => ord < 0,
+                cond::LE => ord <= 0,
+                cond::GT => ord > 0,
+                cond::GE => ord >= 0,
+                _ => true,
+            }
+        }
+        cond::STR_EQ | cond::STR_PREFIX => {
+            let n = (c.len as usize) & (COND_STR_BYTES * 2 - 1);
+            let mut same = if c.kind == cond::STR_EQ { meta.len as usize == n } else { meta.len as usize >= n };
+            let mut k = 0;
+            while k < COND_STR_BYTES {
+                if k < n && ev.data[dst + k] != c.bytes[k] {
+                    same = false;
+                }
+                k += 1;
+            }
+            if c.cmp == cond::NE { !same } else { same }
+        }
+        _ => true,
+    }
+}
+
+#[inline(always)]
+fn cmp_i64(a: i64, b: i64) -> i32 {
+    if a < b { -1 } else if a > b { 1 } else { 0 }
+}
+
+#[inline(always)]
+fn cmp_u64(a: u64, b: u64) -> i32 {
+    if a < b { -1 } else if a > b { 1 } else { 0 }
 }
 
 /// Interprets the plan's ops; returns whether any value faulted.
