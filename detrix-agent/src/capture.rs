@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 
 use crate::debuginfo::{Binary, ProbePoint, ResolveError};
+use crate::place::{self, Placement};
 use crate::plan::{self, BuiltPlan, PlanError, PlanOptions, Value};
 use crate::expr::{self, ExprError};
 use crate::probe::{self, AttachSpec, LoadOptions, ProbeError, Probes};
@@ -44,11 +45,9 @@ pub struct Request {
     pub burst: u32,
     /// Share of one CPU a probe may cost (BPF time + trap estimate) before it is switched off.
     pub cpu_budget: f64,
+    /// Move probes to an emulated instruction of the same statement when the values allow.
+    pub placement: bool,
 }
-
-/// Estimated kernel cost of one uprobe trap on an instruction that must be single-stepped,
-/// measured on this machine kind (toolchain.md §8a: 4.6 µs floor; §8: up to ~10 µs).
-pub const TRAP_NS_ESTIMATE: u64 = 5_000;
 
 /// Why a capture failed.
 #[derive(Debug, thiserror::Error)]
@@ -105,13 +104,13 @@ pub enum StopReason {
 #[derive(Debug)]
 pub struct Prepared {
     target: Target,
-    points: Vec<(ProbePoint, BuiltPlan)>,
+    points: Vec<(ProbePoint, BuiltPlan, Placement)>,
 }
 
 impl Prepared {
-    /// The probe points the request resolved to.
-    pub fn points(&self) -> impl Iterator<Item = &ProbePoint> {
-        self.points.iter().map(|(p, _)| p)
+    /// The probe points the request resolved to, with where each probe goes and why.
+    pub fn points(&self) -> impl Iterator<Item = (&ProbePoint, &Placement)> {
+        self.points.iter().map(|(p, _, pl)| (p, pl))
     }
 }
 
@@ -137,7 +136,14 @@ pub fn prepare(req: &Request) -> Result<Prepared, CaptureError> {
     let mut planned = Vec::new();
     for p in points {
         let built = plan::build(&bin, &p, &req.exprs, condition.as_ref(), opts)?;
-        planned.push((p, built));
+        let placement = if req.placement {
+            let rebuild = |q: &ProbePoint| plan::build(&bin, q, &req.exprs, condition.as_ref(), opts).ok().map(|b| b.plan);
+            place::place(&bin, &p, &built.plan, &rebuild)
+        } else {
+            Placement { chosen: p.addr, kind: place::TrapKind::Unknown, explain: vec![format!("placement off: probe at the line's first instruction {}", p.addr)] }
+        };
+        let point = if placement.chosen == p.addr { p } else { bin.point_at(&p, placement.chosen).unwrap_or(p) };
+        planned.push((point, built, placement));
     }
     Ok(Prepared { target, points: planned })
 }
@@ -153,11 +159,13 @@ pub async fn run(req: &Request, prepared: Prepared, out: &mut dyn Write) -> Resu
         return Err(CaptureError::BinaryChanged { pid: req.pid });
     }
     let mut by_slot: HashMap<u32, (ProbePoint, BuiltPlan)> = HashMap::new();
-    for (point, built) in prepared.points {
+    let mut trap_ns: HashMap<u32, u64> = HashMap::new();
+    for (point, built, placement) in prepared.points {
         let spec = AttachSpec { binary: &prepared.target.exe, offset: point.file_offset, pid: req.pid };
         match probes.install(&built.plan, &spec) {
             Ok(slot) => {
                 by_slot.insert(slot, (point, built));
+                trap_ns.insert(slot, placement.kind.cost_ns());
             }
             Err(e) => {
                 // Leave nothing behind.
@@ -166,7 +174,7 @@ pub async fn run(req: &Request, prepared: Prepared, out: &mut dyn Write) -> Resu
             }
         }
     }
-    let mut session = Session { req, by_slot, switched_off: HashMap::new(), printed: 0 };
+    let mut session = Session { req, by_slot, trap_ns, switched_off: HashMap::new(), printed: 0 };
     let result = session.event_loop(&mut probes, ring, out).await;
     let mut summary_probes = Vec::new();
     let mut slots: Vec<_> = session.by_slot.keys().copied().collect();
@@ -186,6 +194,8 @@ pub async fn run(req: &Request, prepared: Prepared, out: &mut dyn Write) -> Resu
 struct Session<'a> {
     req: &'a Request,
     by_slot: HashMap<u32, (ProbePoint, BuiltPlan)>,
+    /// Estimated trap cost per hit of each probe, from its placement.
+    trap_ns: HashMap<u32, u64>,
     switched_off: HashMap<u32, String>,
     printed: u64,
 }
@@ -242,11 +252,12 @@ impl Session<'_> {
                         let Ok(c) = probes.counters(slot) else { continue };
                         let (h0, b0) = last.insert(slot, (c.hits, c.bpf_ns)).unwrap_or((0, 0));
                         let (dh, db) = (c.hits - h0, c.bpf_ns - b0);
-                        let cost = (db + dh * TRAP_NS_ESTIMATE) as f64 / window_ns;
+                        let trap = self.trap_ns.get(&slot).copied().unwrap_or(place::TrapKind::Unknown.cost_ns());
+                        let cost = (db + dh * trap) as f64 / window_ns;
                         if cost > self.req.cpu_budget {
                             let why = format!(
                                 "cost {:.1}% of a CPU over the last {:.1} s ({} hits, {} ns in BPF, ~{} ns per trap) exceeds the {:.1}% budget",
-                                cost * 100.0, window_ns / 1e9, dh, db, TRAP_NS_ESTIMATE, self.req.cpu_budget * 100.0
+                                cost * 100.0, window_ns / 1e9, dh, db, trap, self.req.cpu_budget * 100.0
                             );
                             tracing::warn!(slot, %why, "probe switched off");
                             eprintln!("capture: probe {slot} switched off: {why}");

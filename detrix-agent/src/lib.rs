@@ -7,6 +7,7 @@
 pub mod capture;
 pub mod debuginfo;
 pub mod expr;
+pub mod place;
 pub mod plan;
 pub mod probe;
 pub mod target;

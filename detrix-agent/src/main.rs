@@ -53,6 +53,12 @@ struct CaptureArgs {
     /// Percent of one CPU a probe may cost (BPF time + trap estimate) before it is switched off.
     #[arg(long, default_value_t = 20.0)]
     cpu_budget: f64,
+    /// Keep each probe on its line's first instruction even when an emulated one would do.
+    #[arg(long)]
+    no_placement: bool,
+    /// Print, for each probe, the instructions considered and why its address was chosen.
+    #[arg(long)]
+    explain: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -118,13 +124,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 rate_per_sec: args.rate,
                 burst: args.burst,
                 cpu_budget: args.cpu_budget / 100.0,
+                placement: !args.no_placement,
             };
             let prepared = capture::prepare(&req)?;
-            for p in prepared.points() {
+            for (p, placement) in prepared.points() {
                 eprintln!(
-                    "capture: {}:{} → {} at {} (file offset {})",
-                    req.file, req.line, p.function, p.addr, p.file_offset
+                    "capture: {}:{} → {} at {} (file offset {}, {:?})",
+                    req.file, req.line, p.function, p.addr, p.file_offset, placement.kind
                 );
+                if args.explain {
+                    for line in &placement.explain {
+                        eprintln!("  {line}");
+                    }
+                }
             }
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("start the event loop")?;
             let stdout = std::io::stdout();

@@ -17,6 +17,12 @@ pub struct ProbePoint {
     /// Source file as the debug info names it (full path).
     pub file: String,
     pub line: u32,
+    /// Where the next line-table row starts: instructions in `[addr, line_end)` belong to
+    /// this statement (the placement window).
+    pub line_end: LinkAddr,
+    /// The enclosing function's code range (for branch-target checks during placement).
+    pub func_start: LinkAddr,
+    pub func_end: LinkAddr,
     pub(super) unit: usize,
     /// Offset of the `DW_TAG_subprogram` in its unit.
     pub(super) subprogram: usize,
@@ -209,6 +215,8 @@ impl Binary {
                     addr = next;
                 }
             }
+            let line_end = unit_addrs.get(&ui).and_then(|a| a.iter().copied().find(|&a| a > addr)).unwrap_or(addr).min(high);
+            let line_end = LinkAddr(line_end);
             let addr = LinkAddr(addr);
             let Some(file_offset) = self.file_offset(addr) else {
                 return Err(ResolveError::Elf {
@@ -216,7 +224,7 @@ impl Binary {
                     reason: format!("address {addr} of {path}:{line} is in no loadable segment"),
                 });
             };
-            points.push(ProbePoint { addr, file_offset, function: name, file: path.clone(), line, unit: ui, subprogram: sub });
+            points.push(ProbePoint { addr, file_offset, function: name, file: path.clone(), line, line_end, func_start: LinkAddr(low), func_end: LinkAddr(high), unit: ui, subprogram: sub });
         }
         Ok(points)
     }

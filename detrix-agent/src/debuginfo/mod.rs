@@ -84,6 +84,8 @@ pub struct Binary {
     /// `ET_DYN` (PIE or shared object): link addresses are relative to a load bias.
     pub is_dyn: bool,
     segments: Vec<Segment>,
+    /// Bytes of the executable segments, by link address, for instruction decoding.
+    code: Vec<(u64, Arc<[u8]>)>,
     dwarf: gimli::Dwarf<R>,
     units: Vec<gimli::Unit<R>>,
     eh_frame: Option<(gimli::EhFrame<R>, gimli::BaseAddresses)>,
@@ -128,12 +130,17 @@ impl Binary {
         }
         let endian = if file.is_little_endian() { gimli::RunTimeEndian::Little } else { gimli::RunTimeEndian::Big };
         let is_dyn = file.kind() == object::ObjectKind::Dynamic;
-        let segments = file
+        let segments: Vec<Segment> = file
             .segments()
             .map(|s| {
                 let (offset, filesz) = s.file_range();
                 Segment { vaddr: s.address(), memsz: s.size(), offset, filesz }
             })
+            .collect();
+        let code = file
+            .sections()
+            .filter(|s| s.kind() == object::SectionKind::Text)
+            .filter_map(|s| Some((s.address(), Arc::from(s.data().ok()?))))
             .collect();
 
         let section_data = |name: &str| -> Result<Option<(Arc<[u8]>, u64)>, ResolveError> {
@@ -182,7 +189,7 @@ impl Binary {
                 units.push(dwarf.unit(header).map_err(|e| dwarf_err("a compilation unit", e))?);
             }
         }
-        Ok(Self { path: path.to_owned(), is_dyn, segments, dwarf, units, eh_frame, debug_frame, has_debug_info })
+        Ok(Self { path: path.to_owned(), is_dyn, segments, code, dwarf, units, eh_frame, debug_frame, has_debug_info })
     }
 
     /// The file this was read from.
@@ -217,6 +224,22 @@ impl Binary {
             .iter()
             .find(|s| addr.0 >= s.vaddr && addr.0 < s.vaddr + s.memsz.max(s.filesz))
             .map(|s| FileOffset(addr.0 - s.vaddr + s.offset))
+    }
+
+    /// The machine code in `[start, end)`, if it lies in one executable section.
+    #[must_use]
+    pub fn code(&self, start: LinkAddr, end: LinkAddr) -> Option<&[u8]> {
+        self.code.iter().find_map(|(base, bytes)| {
+            let from = usize::try_from(start.0.checked_sub(*base)?).ok()?;
+            let to = usize::try_from(end.0.checked_sub(*base)?).ok()?;
+            bytes.get(from..to)
+        })
+    }
+
+    /// The same scope as `point`, at another address of its function (for placement).
+    #[must_use]
+    pub fn point_at(&self, point: &ProbePoint, addr: LinkAddr) -> Option<ProbePoint> {
+        Some(ProbePoint { addr, file_offset: self.file_offset(addr)?, ..point.clone() })
     }
 
     /// The link address of the segment mapped at file offset 0, used with `/proc/PID/maps` to
