@@ -19,7 +19,7 @@ pub const PLAN_ABI: u32 = 1;
 /// Maximum number of probes (plan slots) one loaded program serves.
 pub const MAX_PROBES: u32 = 512;
 /// Maximum ops in one plan. The eBPF interpreter loop is bounded by this.
-pub const MAX_OPS: usize = 48;
+pub const MAX_OPS: usize = 64;
 /// Maximum captured values per event.
 pub const MAX_VALUES: usize = 16;
 /// Bytes of captured data per event (all values together).
@@ -31,20 +31,21 @@ pub const PT_REGS_COUNT: usize = 21;
 
 /// Plan op kinds (`PlanOp::kind`). Kept as `u8` constants: Rust enums don't cross the boundary.
 pub mod op {
-    /// `acc = regs[reg]` where `reg` is an index into `pt_regs` (see [`crate::pt_regs`]).
+    /// `acc = regs[reg] + imm` where `reg` is an index into `pt_regs` (see [`crate::pt_regs`]).
     pub const REG: u8 = 1;
     /// `acc = imm + load_bias` — a link-time address made absolute (`imm` is already relocated by
     /// the agent; the op exists so a plan can start from a constant).
     pub const CONST: u8 = 2;
     /// `acc = acc + imm` (wrapping).
     pub const ADD: u8 = 3;
-    /// `acc = *(uN *)acc` with `len` ∈ {1,2,4,8} bytes, zero-extended. A fault marks the value.
+    /// `acc = *(uN *)(acc + imm)` with `len` ∈ {1,2,4,8} bytes, zero-extended. A fault marks
+    /// the value.
     pub const DEREF: u8 = 4;
     /// Write the low `len` bytes of `acc` to `data[dst..]` (a value held in a register).
     pub const EMIT_ACC: u8 = 5;
-    /// Copy `len` bytes of user memory at `acc` to `data[dst..]`.
+    /// Copy `len` bytes of user memory at `acc + imm` to `data[dst..]`.
     pub const EMIT_MEM: u8 = 6;
-    /// Copy a NUL-terminated user string at `acc` to `data[dst..]`, at most `len` bytes
+    /// Copy a NUL-terminated user string at `acc + imm` to `data[dst..]`, at most `len` bytes
     /// including the NUL; the value's length is the string length; `TRUNCATED` when it filled.
     pub const EMIT_STR: u8 = 7;
 }
@@ -133,7 +134,8 @@ pub struct PlanOp {
     pub len: u16,
     /// Destination offset in [`Event::data`] for `EMIT_*`.
     pub dst: u16,
-    /// Immediate for `CONST`/`ADD`.
+    /// Immediate: the constant of `CONST`/`ADD`, the offset added by `REG`, `DEREF` and
+    /// `EMIT_MEM`/`EMIT_STR` (so `reg + off`, `*(p + off)` take one op, not two).
     pub imm: i64,
 }
 const _: () = assert!(core::mem::size_of::<PlanOp>() == 16);

@@ -275,7 +275,7 @@ fn run_ops(plan: &Plan, regs: &[u64; PT_REGS_COUNT], ev: &mut Event) -> bool {
             op::REG => {
                 let ri = o.reg as usize;
                 if ri < PT_REGS_COUNT {
-                    acc = regs[ri];
+                    acc = regs[ri].wrapping_add(o.imm as u64);
                 } else {
                     fault = true;
                 }
@@ -288,7 +288,7 @@ fn run_ops(plan: &Plan, regs: &[u64; PT_REGS_COUNT], ev: &mut Event) -> bool {
                 let n = if n > 8 { 8 } else { n };
                 // SAFETY: reads at most 8 bytes into an 8-byte local; the helper checks `acc`.
                 let rc = unsafe {
-                    bpf_probe_read_user((&mut tmp as *mut u64).cast::<c_void>(), n, acc as *const c_void)
+                    bpf_probe_read_user((&mut tmp as *mut u64).cast::<c_void>(), n, acc.wrapping_add(o.imm as u64) as *const c_void)
                 };
                 if rc < 0 {
                     fault = true;
@@ -320,7 +320,7 @@ fn run_ops(plan: &Plan, regs: &[u64; PT_REGS_COUNT], ev: &mut Event) -> bool {
                 }
                 // SAFETY: dst < EVENT_DATA_BYTES and n ≤ MAX_COPY_BYTES, within `data`'s slack.
                 let rc = unsafe {
-                    bpf_probe_read_user(ev.data.as_mut_ptr().add(dst).cast::<c_void>(), n as u32, acc as *const c_void)
+                    bpf_probe_read_user(ev.data.as_mut_ptr().add(dst).cast::<c_void>(), n as u32, acc.wrapping_add(o.imm as u64) as *const c_void)
                 };
                 if rc < 0 {
                     fault = true;
@@ -336,7 +336,7 @@ fn run_ops(plan: &Plan, regs: &[u64; PT_REGS_COUNT], ev: &mut Event) -> bool {
                 }
                 // SAFETY: as for EMIT_MEM; the helper NUL-terminates within `n`.
                 let rc = unsafe {
-                    bpf_probe_read_user_str(ev.data.as_mut_ptr().add(dst).cast::<c_void>(), n as u32, acc as *const c_void)
+                    bpf_probe_read_user_str(ev.data.as_mut_ptr().add(dst).cast::<c_void>(), n as u32, acc.wrapping_add(o.imm as u64) as *const c_void)
                 };
                 if rc < 0 {
                     fault = true;
