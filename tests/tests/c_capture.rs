@@ -1,0 +1,470 @@
+//! Captures values inside the running `orders` C fixture and checks each one against what the
+//! fixture printed for the same round.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use detrix_e2e::{
+    agent_bin, c_fixture_source, capped, capture_args, json_int, marker_line, parse_events,
+    parse_kv, require_root, run_agent, Event, Fixture, Running, Value, AGENT_TIMEOUT,
+};
+use serde_json as _;
+
+/// Delay between the fixture's rounds.
+const DELAY_MS: u32 = 20;
+/// How long to wait for the fixture to print the round an event came from.
+const PRINT_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// A JSON integer equal to the printed decimal.
+    Int,
+    /// A JSON number equal (as f64) to the printed `%.17g`.
+    Float,
+    /// A one-character JSON string equal to the printed `%c`.
+    Char,
+    /// A JSON string equal to the printed `%s`.
+    Str,
+}
+
+/// Checks one captured value against the printed text, panicking with both on a mismatch.
+fn check(event: &Event, expr: &str, kind: Kind, printed: &str, line: &str) {
+    let v = event.value(expr);
+    let ctx = || format!("\n  event:   {}\n  printed: {line}", event.raw);
+    match kind {
+        Kind::Int => {
+            let want: i128 = printed.parse().unwrap_or_else(|e| {
+                panic!("printed `{printed}` for `{expr}` is not an integer: {e}")
+            });
+            let got = json_int(v)
+                .unwrap_or_else(|| panic!("`{expr}` = {v} is not a JSON integer{}", ctx()));
+            assert_eq!(
+                got,
+                want,
+                "`{expr}` captured {got}, program printed {want}{}",
+                ctx()
+            );
+        }
+        Kind::Float => {
+            let want: f64 = printed.parse().unwrap_or_else(|e| {
+                panic!("printed `{printed}` for `{expr}` is not a number: {e}")
+            });
+            let got = v
+                .as_f64()
+                .unwrap_or_else(|| panic!("`{expr}` = {v} is not a JSON number{}", ctx()));
+            assert!(
+                got == want,
+                "`{expr}` captured {got:?}, program printed {want:?}{}",
+                ctx()
+            );
+        }
+        Kind::Char => {
+            let got = v
+                .as_str()
+                .unwrap_or_else(|| panic!("`{expr}` = {v} is not a JSON string{}", ctx()));
+            assert_eq!(
+                got.chars().count(),
+                1,
+                "`{expr}` = {v} is not a one-char string{}",
+                ctx()
+            );
+            assert_eq!(
+                got,
+                printed,
+                "`{expr}` captured {got:?}, program printed {printed:?}{}",
+                ctx()
+            );
+        }
+        Kind::Str => {
+            let got = v
+                .as_str()
+                .unwrap_or_else(|| panic!("`{expr}` = {v} is not a JSON string{}", ctx()));
+            assert_eq!(
+                got,
+                printed,
+                "`{expr}` captured {got:?}, program printed {printed:?}{}",
+                ctx()
+            );
+        }
+    }
+}
+
+/// The printed line's value for `key`, panicking if the line lacks it.
+fn printed<'a>(kv: &'a HashMap<String, String>, key: &str, line: &str) -> &'a str {
+    kv.get(key)
+        .unwrap_or_else(|| panic!("printed line lacks `{key}=`: {line}"))
+}
+
+/// Asserts the events came from `fixture`, were reported at `at`, and have strictly increasing
+/// `round`s; returns the rounds.
+fn check_common(events: &[Event], fixture: &Fixture, at: &str, count: usize) -> Vec<i64> {
+    assert_eq!(
+        events.len(),
+        count,
+        "expected {count} events (--count {count}), got {}:\n{}",
+        events.len(),
+        events
+            .iter()
+            .map(|e| e.raw.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let mut rounds = Vec::new();
+    for e in events {
+        assert_eq!(
+            e.at, at,
+            "\"at\" should echo --at as given; event: {}",
+            e.raw
+        );
+        assert_eq!(
+            e.pid,
+            u64::from(fixture.pid()),
+            "pid differs from the fixture's; event: {}",
+            e.raw
+        );
+        assert!(e.tid > 0, "tid must be positive; event: {}", e.raw);
+        // orders is single-threaded: its only thread's tid is its pid.
+        assert_eq!(
+            e.tid, e.pid,
+            "tid of single-threaded fixture should equal its pid; event: {}",
+            e.raw
+        );
+        let round = i64::try_from(e.int("round")).expect("round fits i64");
+        rounds.push(round);
+    }
+    assert!(
+        rounds.windows(2).all(|w| w[0] < w[1]),
+        "rounds should be strictly increasing, got {rounds:?}"
+    );
+    rounds
+}
+
+#[test]
+fn process_line_values_match_printed() {
+    require_root();
+    agent_bin();
+    let src = c_fixture_source("orders");
+    let line = marker_line(&src, "process");
+    let mut fixture = Fixture::orders(DELAY_MS);
+    let at = format!("orders.c:{line}");
+
+    // (expression, key in the printed line, kind)
+    let exprs: &[(&str, &str, Kind)] = &[
+        ("round", "round", Kind::Int),
+        ("o->id", "id", Kind::Int),
+        ("o->qty", "qty", Kind::Int),
+        ("o->flags", "flags", Kind::Int),
+        ("o->price", "price", Kind::Float),
+        ("o->grade", "grade", Kind::Char),
+        ("o->customer", "customer", Kind::Str),
+        ("o->code", "code", Kind::Str),
+        ("cost", "cost", Kind::Float),
+        ("g_counter", "g_counter", Kind::Int),
+        ("s_total", "s_total", Kind::Int),
+        ("copy.qty", "copy.qty", Kind::Int),
+        ("first", "first", Kind::Char),
+        ("g_label", "label", Kind::Str),
+    ];
+    let names: Vec<&str> = exprs.iter().map(|(e, _, _)| *e).collect();
+    let out = run_agent(&capture_args(
+        fixture.pid(),
+        &at,
+        &names,
+        &["--count", "5", "--format", "json"],
+    ));
+    out.assert_success();
+    let events = parse_events(&out);
+    let rounds = check_common(&events, &fixture, &at, 5);
+
+    for (event, round) in events.iter().zip(rounds) {
+        assert_eq!(
+            event.values.len(),
+            exprs.len(),
+            "event should hold exactly the {} requested expressions: {}",
+            exprs.len(),
+            event.raw
+        );
+        let printed_line = fixture.process_line(round, PRINT_WAIT);
+        let kv = parse_kv(&printed_line);
+        for (expr, key, kind) in exprs {
+            check(
+                event,
+                expr,
+                *kind,
+                printed(&kv, key, &printed_line),
+                &printed_line,
+            );
+        }
+    }
+
+    fixture.assert_keeps_running(3);
+}
+
+#[test]
+fn after_line_values_match_printed() {
+    require_root();
+    agent_bin();
+    let src = c_fixture_source("orders");
+    let line = marker_line(&src, "after");
+    let mut fixture = Fixture::orders(DELAY_MS);
+    let at = format!("orders.c:{line}");
+
+    let out = run_agent(&capture_args(
+        fixture.pid(),
+        &at,
+        &["round", "cost", "s_total"],
+        &["--count", "3", "--format", "json"],
+    ));
+    out.assert_success();
+    let events = parse_events(&out);
+    let rounds = check_common(&events, &fixture, &at, 3);
+
+    for (event, round) in events.iter().zip(rounds) {
+        let printed_line = fixture.after_line(round, PRINT_WAIT);
+        let kv = parse_kv(&printed_line);
+        check(
+            event,
+            "cost",
+            Kind::Float,
+            printed(&kv, "cost", &printed_line),
+            &printed_line,
+        );
+        // `total` is assigned from s_total on this very line, so it prints s_total's value.
+        check(
+            event,
+            "s_total",
+            Kind::Int,
+            printed(&kv, "total", &printed_line),
+            &printed_line,
+        );
+    }
+
+    fixture.assert_keeps_running(3);
+}
+
+/// Captures `round` and `o->id` at the process marker with `--at FILE:LINE` and checks them.
+fn capture_with_file(file: &str) {
+    require_root();
+    agent_bin();
+    let src = c_fixture_source("orders");
+    let line = marker_line(&src, "process");
+    let mut fixture = Fixture::orders(DELAY_MS);
+    let at = format!("{file}:{line}");
+
+    let out = run_agent(&capture_args(
+        fixture.pid(),
+        &at,
+        &["round", "o->id"],
+        &["--count", "2", "--format", "json"],
+    ));
+    out.assert_success();
+    let events = parse_events(&out);
+    let rounds = check_common(&events, &fixture, &at, 2);
+    for (event, round) in events.iter().zip(rounds) {
+        let printed_line = fixture.process_line(round, PRINT_WAIT);
+        let kv = parse_kv(&printed_line);
+        check(
+            event,
+            "o->id",
+            Kind::Int,
+            printed(&kv, "id", &printed_line),
+            &printed_line,
+        );
+    }
+
+    fixture.assert_keeps_running(3);
+}
+
+#[test]
+fn file_as_absolute_path() {
+    let src = c_fixture_source("orders");
+    let abs = src.to_str().expect("fixture path is UTF-8");
+    assert!(abs.starts_with('/'), "{abs} should be absolute");
+    capture_with_file(abs);
+}
+
+#[test]
+fn file_as_path_suffix() {
+    capture_with_file("fixtures/c/orders.c");
+}
+
+#[test]
+fn text_format_matches_printed() {
+    require_root();
+    agent_bin();
+    let src = c_fixture_source("orders");
+    let line = marker_line(&src, "process");
+    let mut fixture = Fixture::orders(DELAY_MS);
+    let at = format!("orders.c:{line}");
+
+    let out = run_agent(&capture_args(
+        fixture.pid(),
+        &at,
+        &["round", "o->id"],
+        &["--count", "3", "--format", "text"],
+    ));
+    out.assert_success();
+    let lines = out.stdout_lines();
+    assert_eq!(
+        lines.len(),
+        3,
+        "expected 3 text lines (--count 3), got:\n{}",
+        out.stdout
+    );
+
+    let mut last_round = None;
+    for l in lines {
+        // FILE:LINE pid=P tid=T expr=value expr=value ...
+        let first = l.split_whitespace().next().unwrap_or_default();
+        assert_eq!(first, at, "text line should start with --at as given: {l}");
+        let kv = parse_kv(l);
+        let get = |k: &str| {
+            kv.get(k)
+                .unwrap_or_else(|| panic!("text line lacks `{k}=`: {l}"))
+                .as_str()
+        };
+        assert_eq!(
+            get("pid"),
+            fixture.pid().to_string(),
+            "pid in text line: {l}"
+        );
+        let tid: u64 = get("tid")
+            .parse()
+            .unwrap_or_else(|e| panic!("tid in `{l}` is not a number: {e}"));
+        assert!(tid > 0, "tid must be positive: {l}");
+        let round: i64 = get("round")
+            .parse()
+            .unwrap_or_else(|e| panic!("round in `{l}` is not a number: {e}"));
+        if let Some(prev) = last_round {
+            assert!(round > prev, "rounds should increase: {prev} then {round}");
+        }
+        last_round = Some(round);
+
+        let printed_line = fixture.process_line(round, PRINT_WAIT);
+        let pkv = parse_kv(&printed_line);
+        assert_eq!(
+            get("o->id"),
+            printed(&pkv, "id", &printed_line),
+            "o->id in text line differs from the printed id\n  text:    {l}\n  printed: {printed_line}"
+        );
+    }
+
+    fixture.assert_keeps_running(3);
+}
+
+#[test]
+fn string_cap_truncates_long_strings() {
+    require_root();
+    agent_bin();
+    let src = c_fixture_source("orders");
+    let line = marker_line(&src, "process");
+    let mut fixture = Fixture::orders(DELAY_MS);
+    let at = format!("orders.c:{line}");
+
+    // Six consecutive hits cover every customer (they cycle with round % 3) even if one or two
+    // hits were lost.
+    let out = run_agent(&capture_args(
+        fixture.pid(),
+        &at,
+        &["round", "o->customer"],
+        &["--count", "6", "--format", "json", "--string-cap", "5"],
+    ));
+    out.assert_success();
+    let events = parse_events(&out);
+    let rounds = check_common(&events, &fixture, &at, 6);
+
+    let mut seen = Vec::new();
+    for (event, round) in events.iter().zip(rounds) {
+        let printed_line = fixture.process_line(round, PRINT_WAIT);
+        let kv = parse_kv(&printed_line);
+        let customer = printed(&kv, "customer", &printed_line);
+        let want = capped(customer, 5);
+        let got = event
+            .value("o->customer")
+            .as_str()
+            .unwrap_or_else(|| panic!("o->customer is not a string: {}", event.raw));
+        assert_eq!(
+            got, want,
+            "with --string-cap 5, `{customer}` should be captured as `{want}`\n  event:   {}\n  printed: {printed_line}",
+            event.raw
+        );
+        seen.push(customer.to_string());
+    }
+    assert!(
+        seen.iter().any(|c| c == "bob"),
+        "no round with customer `bob` was captured: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|c| c == "carol-with-a-much-longer-name"),
+        "no round with the long customer name was captured: {seen:?}"
+    );
+    // The spec's two examples, literally.
+    assert_eq!(
+        capped("carol-with-a-much-longer-name", 5),
+        "carol...(truncated)"
+    );
+    assert_eq!(capped("bob", 5), "bob");
+
+    fixture.assert_keeps_running(3);
+}
+
+/// Without --count the agent runs until signalled; SIGTERM and SIGINT end it with exit 0 and
+/// leave the traced program running.
+fn stops_cleanly_on(signal: i32) {
+    require_root();
+    let bin = agent_bin();
+    let src = c_fixture_source("orders");
+    let line = marker_line(&src, "process");
+    let mut fixture = Fixture::orders(DELAY_MS);
+    let at = format!("orders.c:{line}");
+
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(capture_args(
+        fixture.pid(),
+        &at,
+        &["round"],
+        &["--format", "json"],
+    ));
+    let agent = Running::spawn(cmd);
+    let first = agent
+        .stdout()
+        .wait_for(AGENT_TIMEOUT / 2, |l| l.starts_with('{'));
+    if first.is_none() {
+        let out = agent.wait(Duration::from_millis(1));
+        panic!(
+            "no event within {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            AGENT_TIMEOUT / 2,
+            out.stdout,
+            out.stderr
+        );
+    }
+    agent.signal(signal);
+    let out = agent.wait(Duration::from_secs(10));
+    out.assert_success();
+    let events = parse_events(&out);
+    assert!(!events.is_empty(), "no events printed:\n{}", out.stdout);
+    for e in &events {
+        assert_eq!(
+            e.pid,
+            u64::from(fixture.pid()),
+            "pid differs from the fixture's: {}",
+            e.raw
+        );
+        match e.value("round") {
+            Value::Number(_) => {}
+            v => panic!("round should be a number, got {v}: {}", e.raw),
+        }
+    }
+
+    fixture.assert_keeps_running(3);
+}
+
+#[test]
+fn sigterm_ends_capture_with_exit_0() {
+    stops_cleanly_on(libc::SIGTERM);
+}
+
+#[test]
+fn sigint_ends_capture_with_exit_0() {
+    stops_cleanly_on(libc::SIGINT);
+}
