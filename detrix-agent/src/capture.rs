@@ -108,6 +108,18 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// The process the capture is for.
+    #[must_use]
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Each point with its plan and placement (for tools that drive [`Probes`] themselves,
+    /// such as the benchmark).
+    pub fn plans(&self) -> impl Iterator<Item = (&ProbePoint, &BuiltPlan, &Placement)> {
+        self.points.iter().map(|(p, b, pl)| (p, b, pl))
+    }
+
     /// The probe points the request resolved to, with where each probe goes and why.
     pub fn points(&self) -> impl Iterator<Item = (&ProbePoint, &Placement)> {
         self.points.iter().map(|(p, _, pl)| (p, pl))
@@ -140,7 +152,7 @@ pub fn prepare(req: &Request) -> Result<Prepared, CaptureError> {
             let rebuild = |q: &ProbePoint| plan::build(&bin, q, &req.exprs, condition.as_ref(), opts).ok().map(|b| b.plan);
             place::place(&bin, &p, &built.plan, &rebuild)
         } else {
-            Placement { chosen: p.addr, kind: place::TrapKind::Unknown, explain: vec![format!("placement off: probe at the line's first instruction {}", p.addr)] }
+            Placement { chosen: p.addr, kind: place::classify(&bin, &p), explain: vec![format!("placement off: probe at the line's first instruction {}", p.addr)] }
         };
         let point = if placement.chosen == p.addr { p } else { bin.point_at(&p, placement.chosen).unwrap_or(p) };
         planned.push((point, built, placement));
@@ -176,6 +188,9 @@ pub async fn run(req: &Request, prepared: Prepared, out: &mut dyn Write) -> Resu
     }
     let mut session = Session { req, by_slot, trap_ns, switched_off: HashMap::new(), printed: 0 };
     let result = session.event_loop(&mut probes, ring, out).await;
+    // Detach before reading the counters: a hit still in flight would show in `hits` but not
+    // yet in its outcome, and the summary's sum must be exact.
+    let removed = probes.remove_all();
     let mut summary_probes = Vec::new();
     let mut slots: Vec<_> = session.by_slot.keys().copied().collect();
     slots.sort_unstable();
@@ -184,7 +199,6 @@ pub async fn run(req: &Request, prepared: Prepared, out: &mut dyn Write) -> Resu
         let point = session.by_slot[&slot].0.clone();
         summary_probes.push(ProbeSummary { point, counters, switched_off: session.switched_off.remove(&slot) });
     }
-    let removed = probes.remove_all();
     let reason = result?;
     removed?;
     Ok(Summary { printed: session.printed, probes: summary_probes, reason })

@@ -176,6 +176,13 @@ pub fn place(bin: &Binary, point: &ProbePoint, plan: &Plan, plan_at: &dyn Fn(&Pr
     Placement { chosen: addr, kind, explain }
 }
 
+/// How the kernel will run the instruction at `point.addr` (no placement).
+#[must_use]
+pub fn classify(bin: &Binary, point: &ProbePoint) -> TrapKind {
+    let Some(code) = bin.code(point.addr, point.func_end).filter(|c| !c.is_empty()) else { return TrapKind::Unknown };
+    trap_kind(&Decoder::with_ip(64, code, point.addr.0, DecoderOptions::NONE).decode())
+}
+
 /// Targets of the direct branches in the point's function.
 fn branch_targets(bin: &Binary, point: &ProbePoint) -> std::collections::HashSet<u64> {
     let mut out = std::collections::HashSet::new();

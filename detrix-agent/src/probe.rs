@@ -21,6 +21,8 @@ use crate::debuginfo::FileOffset;
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detrix-ebpf"));
 
 const PROGRAM: &str = "detrix_capture";
+/// The empty program, for cost baselines.
+const NOOP: &str = "detrix_noop";
 
 /// Why the kernel side failed.
 #[derive(Debug, thiserror::Error)]
@@ -48,13 +50,13 @@ pub enum ProbeError {
 pub struct LoadOptions {
     /// Ring size in bytes (a power of two, multiple of the page size).
     pub ring_bytes: u32,
-    /// Pending bytes that force a wakeup; 0 = wake per record (kernel default).
-    pub wakeup_bytes: u64,
+    /// Force a reader wakeup every this many events per CPU; 0 = the kernel's default.
+    pub wakeup_every: u64,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { ring_bytes: 1 << 22, wakeup_bytes: detrix_common::DEFAULT_WAKEUP_BYTES }
+        Self { ring_bytes: 1 << 22, wakeup_every: detrix_common::DEFAULT_WAKEUP_EVERY }
     }
 }
 
@@ -65,6 +67,7 @@ pub struct Probes {
     counters: PerCpuArray<MapData, Counters>,
     rate: PerCpuArray<MapData, RateState>,
     links: BTreeMap<u32, UProbeLinkId>,
+    noop_links: Vec<UProbeLinkId>,
     ncpus: usize,
 }
 
@@ -92,7 +95,7 @@ impl Probes {
     pub fn load(opts: LoadOptions) -> Result<(Self, RingBuf<MapData>), ProbeError> {
         let mut ebpf = aya::EbpfLoader::new()
             .map_max_entries("EVENTS", opts.ring_bytes)
-            .override_global("WAKEUP_BYTES", &opts.wakeup_bytes, true)
+            .override_global("WAKEUP_EVERY", &opts.wakeup_every, true)
             .load(EBPF_OBJECT)
             .map_err(ProbeError::Load)?;
         let plans = Array::try_from(ebpf.take_map("PLANS").ok_or(ProbeError::Missing("PLANS map"))?)
@@ -110,7 +113,9 @@ impl Probes {
             .try_into()
             .map_err(ProbeError::Program)?;
         program.load().map_err(ProbeError::Program)?;
-        Ok((Self { ebpf, plans, counters, rate, links: BTreeMap::new(), ncpus }, ring))
+        let noop: &mut UProbe = ebpf.program_mut(NOOP).ok_or(ProbeError::Missing("detrix_noop program"))?.try_into().map_err(ProbeError::Program)?;
+        noop.load().map_err(ProbeError::Program)?;
+        Ok((Self { ebpf, plans, counters, rate, links: BTreeMap::new(), noop_links: Vec::new(), ncpus }, ring))
     }
 
     fn program(&mut self) -> Result<&mut UProbe, ProbeError> {
@@ -146,6 +151,36 @@ impl Probes {
         tracing::debug!(slot, "uprobe attached");
         self.links.insert(slot, link);
         Ok(slot)
+    }
+
+    /// Attaches the empty program at `spec` (a cost baseline; see `cargo xtask bench`).
+    ///
+    /// # Errors
+    /// The kernel refused the attach.
+    pub fn install_noop(&mut self, spec: &AttachSpec<'_>) -> Result<(), ProbeError> {
+        let noop: &mut UProbe = self.ebpf.program_mut(NOOP).ok_or(ProbeError::Missing("detrix_noop program"))?.try_into().map_err(ProbeError::Program)?;
+        let pid = NonZeroU32::new(spec.pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
+        let point = UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(spec.offset.0), cookie: None };
+        let link = noop.attach(point, spec.binary, pid).map_err(|source| ProbeError::Attach {
+            binary: spec.binary.display().to_string(),
+            offset: spec.offset,
+            source,
+        })?;
+        self.noop_links.push(link);
+        Ok(())
+    }
+
+    /// Detaches every empty-program probe.
+    ///
+    /// # Errors
+    /// A kernel error on detach.
+    pub fn remove_noops(&mut self) -> Result<(), ProbeError> {
+        let links = std::mem::take(&mut self.noop_links);
+        let noop: &mut UProbe = self.ebpf.program_mut(NOOP).ok_or(ProbeError::Missing("detrix_noop program"))?.try_into().map_err(ProbeError::Program)?;
+        for l in links {
+            noop.detach(l).map_err(ProbeError::Program)?;
+        }
+        Ok(())
     }
 
     /// Detaches the probe in `slot` and invalidates its plan.

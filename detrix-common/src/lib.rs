@@ -264,13 +264,13 @@ pub struct RateState {
     pub tat_ns: u64,
 }
 
-/// Ring-buffer wakeup policy, set by the agent before load (a global in the object).
+/// Ring-buffer wakeup policy, set by the agent before load (a global in the object): force a
+/// wakeup every this many events per CPU, submit the others with `BPF_RB_NO_WAKEUP`.
 ///
-/// Why: a wakeup costs 0.5–4.5 µs per event here (toolchain.md §8); submitting with
-/// `BPF_RB_NO_WAKEUP` and forcing a wakeup only when this many bytes are pending lets a hot
-/// probe pay it once per batch, while the agent's flush timer bounds the latency.
-/// 0 = the kernel's default (wake on every record the reader has not seen).
-pub const DEFAULT_WAKEUP_BYTES: u64 = 64 * 1024;
+/// Why: a wakeup costs 0.5–4.5 µs per event here (toolchain.md §8); a hot probe then pays it
+/// once per batch, while the agent's flush timer bounds the latency of the others.
+/// 0 = the kernel's default (wake whenever the reader has caught up).
+pub const DEFAULT_WAKEUP_EVERY: u64 = 64;
 
 /// Length and flags of one captured value inside [`Event::data`].
 #[repr(C)]

@@ -42,8 +42,20 @@ enum Command {
     },
     /// Capture values from the C fixture with the agent and show them next to what it prints.
     Demo,
-    /// Overhead benchmark (not implemented yet).
+    /// Per-hit cost table: no probe, empty-program floor, agent captures (placement off/on,
+    /// batched vs per-event wakeup), asleep, and an lldb-dap logpoint — one run, as ratios.
     Bench,
+}
+
+/// Builds the eBPF object, then runs the agent's `capture_cost` benchmark (release build).
+fn bench() -> anyhow::Result<()> {
+    let root = util::workspace_root()?;
+    let obj = builds::ebpf(&root)?;
+    let mut cmd = std::process::Command::new("cargo");
+    cmd.current_dir(&root)
+        .args(["bench", "-p", "detrix-agent", "--bench", "capture_cost"])
+        .env("DETRIX_EBPF_OBJ", &obj);
+    util::run(&mut cmd)
 }
 
 fn main() -> ExitCode {
@@ -53,11 +65,7 @@ fn main() -> ExitCode {
         Command::BuildEbpf => util::workspace_root().and_then(|root| builds::ebpf(&root).map(drop)),
         Command::Test { args } => test::run(&args),
         Command::Demo => demo::run(),
-        Command::Bench => {
-            // An exit code distinct from a failure, and no invented numbers.
-            println!("bench: not implemented yet (tracked in issue 5)");
-            return ExitCode::from(2);
-        }
+        Command::Bench => bench(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,396 @@
+//! `cargo xtask bench`: what a hit costs the target, in one run, as ratios to baselines
+//! measured in the same run on the same instruction.
+//!
+//! The fixture (`tests/fixtures/c/bench_loop.c`) reports mean ns per call of `work()` over
+//! 0.2 s windows; a probe's per-hit cost is the difference to the never-attached baseline.
+//! Rows: no probe; empty BPF program on the line's first instruction (single-stepped: the
+//! floor); the agent's 1-int and string captures there; the empty program and the 1-int
+//! capture on the emulated instruction placement picks; wakeup per event vs batched; after
+//! detaching (asleep); and the same logpoint through lldb-dap. Then sustained throughput with
+//! exact loss accounting and the user-space decode rate.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use detrix_agent::capture::{self, Format, Request};
+use detrix_agent::plan::{self, ValueDecoder};
+use detrix_agent::probe::{self, AttachSpec, LoadOptions, Probes};
+
+const WINDOW_S: &str = "0.2";
+const SAMPLES: usize = 5;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn build_fixture() -> Result<PathBuf> {
+    let src = workspace().join("tests/fixtures/c/bench_loop.c");
+    let out_dir = workspace().join("target/fixtures");
+    std::fs::create_dir_all(&out_dir)?;
+    let out = out_dir.join("bench_loop_O0");
+    let st = Command::new("gcc").args(["-g", "-O0", "-o"]).arg(&out).arg(&src).status().context("run gcc")?;
+    if !st.success() {
+        bail!("gcc failed on {}", src.display());
+    }
+    Ok(out)
+}
+
+fn marker_line(marker: &str) -> Result<u32> {
+    let src = std::fs::read_to_string(workspace().join("tests/fixtures/c/bench_loop.c"))?;
+    let idx = src.lines().position(|l| l.contains(marker)).with_context(|| format!("marker {marker}"))?;
+    Ok(idx as u32 + 1)
+}
+
+struct Fixture {
+    child: Child,
+    samples: Receiver<f64>,
+}
+
+impl Fixture {
+    fn start(bin: &Path) -> Result<Self> {
+        let mut child = Command::new(bin).arg(WINDOW_S).stdout(Stdio::piped()).spawn().context("start fixture")?;
+        let stdout = child.stdout.take().context("fixture stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(v) = line.strip_prefix("ns_per_call=").and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse::<f64>().ok()) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Self { child, samples: rx })
+    }
+
+    /// Median ns/call over SAMPLES fresh windows (one window discarded as a transition).
+    fn measure(&self) -> Result<f64> {
+        while self.samples.try_recv().is_ok() {}
+        self.samples.recv_timeout(Duration::from_secs(30)).context("fixture stopped reporting")?;
+        let mut v: Vec<f64> = (0..SAMPLES).map(|_| self.samples.recv_timeout(Duration::from_secs(30))).collect::<Result<_, _>>().context("fixture stopped reporting")?;
+        v.sort_by(f64::total_cmp);
+        Ok(v[v.len() / 2])
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Drains the ring on its own thread, decoding every record, as the agent does.
+struct Drain {
+    stop: Arc<AtomicBool>,
+    events: Arc<AtomicU64>,
+    decode_ns: Arc<AtomicU64>,
+    handle: Option<std::thread::JoinHandle<aya::maps::RingBuf<aya::maps::MapData>>>,
+}
+
+impl Drain {
+    fn start(mut ring: aya::maps::RingBuf<aya::maps::MapData>, decoders: Vec<ValueDecoder>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let events = Arc::new(AtomicU64::new(0));
+        let decode_ns = Arc::new(AtomicU64::new(0));
+        let (s, e, d) = (stop.clone(), events.clone(), decode_ns.clone());
+        let handle = std::thread::spawn(move || {
+            use std::os::fd::AsRawFd as _;
+            let fd = ring.as_raw_fd();
+            while !s.load(Ordering::Relaxed) {
+                // As the agent does: sleep until a wakeup or the 10 ms flush timer.
+                let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid pollfd for the duration of the call.
+                unsafe { libc::poll(&mut pfd, 1, 10) };
+                let t = Instant::now();
+                let mut n = 0u64;
+                while let Some(item) = ring.next() {
+                    if let Some((h, data)) = probe::parse_record(&item) {
+                        std::hint::black_box(plan::decode(&decoders, &h, data));
+                        n += 1;
+                    }
+                }
+                if n > 0 {
+                    e.fetch_add(n, Ordering::Relaxed);
+                    d.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                }
+            }
+            ring
+        });
+        Self { stop, events, decode_ns, handle: Some(handle) }
+    }
+
+    fn finish(mut self) -> aya::maps::RingBuf<aya::maps::MapData> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.take().and_then(|h| h.join().ok()).expect("drain thread")
+    }
+}
+
+fn request(pid: u32, line: u32, expr: &str, placement: bool) -> Request {
+    Request {
+        pid,
+        file: "bench_loop.c".into(),
+        line,
+        exprs: vec![expr.into()],
+        count: None,
+        format: Format::Json,
+        string_cap: 64,
+        when: None,
+        rate_per_sec: 0,
+        burst: 0,
+        cpu_budget: 1.0,
+        placement,
+    }
+}
+
+struct Row {
+    name: String,
+    ns_per_call: f64,
+    note: String,
+}
+
+fn main() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("bench: needs root (CAP_BPF/CAP_PERFMON) to attach uprobes");
+    }
+    let bin = build_fixture()?;
+    let line = marker_line("/* PROBE:work */")?;
+    let fx = Fixture::start(&bin)?;
+    let pid = fx.pid();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut rows: Vec<Row> = Vec::new();
+
+    let base = fx.measure()?;
+    rows.push(Row { name: "no probe (never attached)".into(), ns_per_call: base, note: String::new() });
+
+    let first = capture::prepare(&request(pid, line, "v", false))?;
+    let placed = capture::prepare(&request(pid, line, "v", true))?;
+    let string = capture::prepare(&request(pid, line, "name", false))?;
+    let (fp, fplan, fpl) = first.plans().next().context("no probe point")?;
+    let (pp, pplan, ppl) = placed.plans().next().context("no probe point")?;
+    let (_, splan, _) = string.plans().next().context("no probe point")?;
+    let exe = first.target().exe.clone();
+    let at = |offset| AttachSpec { binary: &exe, offset, pid };
+    eprintln!("bench: line {line}: first instruction {} ({:?}), placed at {} ({:?})", fp.addr, fpl.kind, pp.addr, ppl.kind);
+
+    let (mut probes, ring) = Probes::load(LoadOptions::default())?;
+    let mut ring = Some(ring);
+    probes.install_noop(&at(fp.file_offset))?;
+    rows.push(Row { name: format!("empty BPF program @ {} ({:?}) = floor", fp.addr, fpl.kind), ns_per_call: fx.measure()?, note: String::new() });
+    probes.remove_noops()?;
+    let ctx = Ctx { fx: &fx, exe: &exe, pid };
+    rows.push(ctx.capture(&mut probes, &mut ring, fplan, fp.file_offset, &format!("agent 1-int (v) @ {} placement off", fp.addr))?);
+    rows.push(ctx.capture(&mut probes, &mut ring, splan, fp.file_offset, &format!("agent string (name) @ {} placement off", fp.addr))?);
+    probes.install_noop(&at(pp.file_offset))?;
+    rows.push(Row { name: format!("empty BPF program @ {} ({:?}) = placed floor", pp.addr, ppl.kind), ns_per_call: fx.measure()?, note: String::new() });
+    probes.remove_noops()?;
+    rows.push(ctx.capture(&mut probes, &mut ring, pplan, pp.file_offset, &format!("agent 1-int (v) @ {} placement on", pp.addr))?);
+    drop(probes);
+    {
+        let (mut eager, ring2) = Probes::load(LoadOptions { wakeup_every: 0, ..LoadOptions::default() })?;
+        let mut ring2 = Some(ring2);
+        rows.push(ctx.capture(&mut eager, &mut ring2, pplan, pp.file_offset, &format!("agent 1-int (v) @ {} placement on, wakeup per event", pp.addr))?);
+    }
+    let asleep = fx.measure()?;
+    rows.push(Row { name: "asleep (all probes detached)".into(), ns_per_call: asleep, note: format!("ratio to never attached {:.3}", asleep / base) });
+
+    let lldb = lldb_logpoint(pid, &workspace().join("tests/fixtures/c/bench_loop.c"), line, &fx);
+    match lldb {
+        Ok(ns) => rows.push(Row { name: "lldb-dap-22 logpoint {v} (C)".into(), ns_per_call: ns, note: String::new() }),
+        Err(e) => rows.push(Row { name: "lldb-dap-22 logpoint {v} (C)".into(), ns_per_call: f64::NAN, note: format!("not measured: {e:#}") }),
+    }
+
+    let floor = rows[1].ns_per_call - base;
+    let placed_floor = rows[4].ns_per_call - base;
+    println!("\nper-hit cost on {} (fixture {}, {} windows of {WINDOW_S} s per row, median)\n", line_desc(line), bin.display(), SAMPLES);
+    println!("{:<62} {:>11} {:>11} {:>9} {:>9}", "probe", "ns/call", "ns/hit", "x floor", "x placed");
+    for r in &rows {
+        let hit = r.ns_per_call - base;
+        let show = |den: f64| if hit.is_finite() && den > 0.0 { format!("{:.2}", hit / den) } else { "-".into() };
+        println!("{:<62} {:>11.1} {:>11.1} {:>9} {:>9}  {}", r.name, r.ns_per_call, hit, show(floor), show(placed_floor), r.note);
+    }
+    let agent_first = rows[2].ns_per_call - base;
+    let agent_placed = rows[5].ns_per_call - base;
+    if let Some(l) = rows.iter().find(|r| r.name.starts_with("lldb")).filter(|r| r.ns_per_call.is_finite()) {
+        let dbg = l.ns_per_call - base;
+        println!("\ndebugger logpoint / agent 1-int: {:.0}x on the single-stepped instruction, {:.0}x with placement", dbg / agent_first, dbg / agent_placed);
+    }
+    println!("agent 1-int / floor on the same instruction: {:.2}x (single-stepped), {:.2}x (emulated)", agent_first / floor, agent_placed / placed_floor);
+    Ok(())
+}
+
+struct Ctx<'a> {
+    fx: &'a Fixture,
+    exe: &'a Path,
+    pid: u32,
+}
+
+impl Ctx<'_> {
+    /// Attaches one capture, measures, detaches, and reports its counters.
+    fn capture(
+        &self,
+        probes: &mut Probes,
+        ring: &mut Option<aya::maps::RingBuf<aya::maps::MapData>>,
+        plan: &plan::BuiltPlan,
+        offset: detrix_agent::debuginfo::FileOffset,
+        label: &str,
+    ) -> Result<Row> {
+        let drain = Drain::start(ring.take().context("ring")?, plan.values.clone());
+        let slot = probes.install(&plan.plan, &AttachSpec { binary: self.exe, offset, pid: self.pid })?;
+        let t = Instant::now();
+        let ns = self.fx.measure()?;
+        let secs = t.elapsed().as_secs_f64();
+        // Detach first: a hit still in flight would show in `hits` but not yet in its outcome.
+        probes.remove(slot)?;
+        std::thread::sleep(Duration::from_millis(20));
+        let c = probes.counters(slot)?;
+        let events = drain.events.load(Ordering::Relaxed);
+        let dns = drain.decode_ns.load(Ordering::Relaxed);
+        *ring = Some(drain.finish());
+        let accounted = c.emitted + c.dropped_ring_full + c.rate_limited + c.condition_false + c.no_plan + c.other_process;
+        Ok(Row {
+            name: label.into(),
+            ns_per_call: ns,
+            note: format!(
+                "hits {} = emitted {} + dropped {} + other {}{}; {:.0} events/s; decode {:.0} ns/event; bpf {:.0} ns/hit",
+                c.hits,
+                c.emitted,
+                c.dropped_ring_full,
+                accounted - c.emitted - c.dropped_ring_full,
+                if accounted == c.hits { "" } else { " (MISMATCH)" },
+                c.emitted as f64 / secs,
+                dns as f64 / events.max(1) as f64,
+                c.bpf_ns as f64 / c.hits.max(1) as f64
+            ),
+        })
+    }
+}
+
+fn line_desc(line: u32) -> String {
+    format!("bench_loop.c:{line}")
+}
+
+/// A minimal DAP client for lldb-dap over stdio: enough to set one logpoint, measure, and
+/// detach safely (remove breakpoints, pause, then disconnect: lldb-dap can kill a running
+/// target with SIGTRAP on detach, toolchain.md E14).
+struct Dap {
+    child: Child,
+    stdin: ChildStdin,
+    seq: i64,
+    frames: Receiver<serde_json::Value>,
+    outputs: Arc<AtomicU64>,
+}
+
+impl Dap {
+    fn spawn() -> Result<Self> {
+        let mut child = Command::new("lldb-dap-22").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().context("start lldb-dap-22")?;
+        let stdin = child.stdin.take().context("stdin")?;
+        let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);
+        let (tx, rx) = mpsc::channel();
+        let outputs = Arc::new(AtomicU64::new(0));
+        let o = outputs.clone();
+        std::thread::spawn(move || loop {
+            let mut len = 0usize;
+            loop {
+                let mut h = String::new();
+                if stdout.read_line(&mut h).unwrap_or(0) == 0 {
+                    return;
+                }
+                let h = h.trim();
+                if h.is_empty() {
+                    break;
+                }
+                if let Some(v) = h.strip_prefix("Content-Length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            if stdout.read_exact(&mut body).is_err() {
+                return;
+            }
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else { continue };
+            if v["event"] == "output" {
+                o.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if tx.send(v).is_err() {
+                return;
+            }
+        });
+        Ok(Self { child, stdin, seq: 0, frames: rx, outputs })
+    }
+
+    fn send(&mut self, command: &str, arguments: serde_json::Value) -> Result<i64> {
+        self.seq += 1;
+        let body = serde_json::json!({"seq": self.seq, "type": "request", "command": command, "arguments": arguments}).to_string();
+        write!(self.stdin, "Content-Length: {}\r\n\r\n{body}", body.len())?;
+        self.stdin.flush()?;
+        Ok(self.seq)
+    }
+
+    fn wait(&self, what: &dyn Fn(&serde_json::Value) -> bool, label: &str) -> Result<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let v = self.frames.recv_timeout(left).with_context(|| format!("lldb-dap: no {label}"))?;
+            if what(&v) {
+                return Ok(v);
+            }
+        }
+    }
+
+    fn response(&self, seq: i64, label: &str) -> Result<serde_json::Value> {
+        let v = self.wait(&|v| v["type"] == "response" && v["request_seq"] == seq, label)?;
+        if v["success"] != true {
+            bail!("lldb-dap {label} failed: {}", v["message"]);
+        }
+        Ok(v)
+    }
+}
+
+fn lldb_logpoint(pid: u32, source: &Path, line: u32, fx: &Fixture) -> Result<f64> {
+    let mut dap = Dap::spawn()?;
+    let s = dap.send("initialize", serde_json::json!({"adapterID": "lldb-dap", "clientID": "detrix-bench", "linesStartAt1": true, "columnsStartAt1": true, "pathFormat": "path"}))?;
+    dap.response(s, "initialize response")?;
+    let attach = dap.send("attach", serde_json::json!({"pid": pid}))?;
+    dap.wait(&|v| v["event"] == "initialized", "initialized event")?;
+    let s = dap.send("setBreakpoints", serde_json::json!({"source": {"path": source}, "breakpoints": [{"line": line, "logMessage": "{v}"}]}))?;
+    let bp = dap.response(s, "setBreakpoints response")?;
+    if bp["body"]["breakpoints"][0]["verified"] != true {
+        bail!("lldb-dap did not verify the logpoint: {}", bp["body"]);
+    }
+    let s = dap.send("configurationDone", serde_json::json!({}))?;
+    dap.response(s, "configurationDone response")?;
+    dap.response(attach, "attach response")?;
+    let before = dap.outputs.load(Ordering::Relaxed);
+    let ns = fx.measure();
+    let hits = dap.outputs.load(Ordering::Relaxed) - before;
+    // Detach safely: no breakpoints, stopped, then disconnect without killing.
+    let s = dap.send("setBreakpoints", serde_json::json!({"source": {"path": source}, "breakpoints": []}))?;
+    dap.response(s, "clearing breakpoints")?;
+    let s = dap.send("threads", serde_json::json!({}))?;
+    let threads = dap.response(s, "threads response")?;
+    let tid = threads["body"]["threads"][0]["id"].as_i64().unwrap_or(i64::from(pid));
+    let s = dap.send("pause", serde_json::json!({"threadId": tid}))?;
+    dap.response(s, "pause response")?;
+    dap.wait(&|v| v["event"] == "stopped", "stopped event")?;
+    let s = dap.send("disconnect", serde_json::json!({"terminateDebuggee": false}))?;
+    let _ = dap.response(s, "disconnect response");
+    let _ = dap.child.wait();
+    eprintln!("bench: lldb-dap logged {hits} hits while measuring");
+    if hits == 0 {
+        bail!("lldb-dap logged no hits");
+    }
+    ns
+}
