@@ -136,14 +136,12 @@ pub fn prepare(req: &Request) -> Result<Prepared, CaptureError> {
     let points = bin.resolve_line(&req.file, req.line)?;
     let load_bias = if bin.is_dyn { target.load_bias(bin.first_segment_vaddr())? } else { 0 };
     let condition = req.when.as_deref().map(expr::parse_condition).transpose()?;
-    let ncpus = aya::util::nr_cpus().map_or(1, |n| n) as u32;
     let opts = PlanOptions {
         tgid: req.pid,
         load_bias,
         string_cap: req.string_cap,
         rate_per_sec: req.rate_per_sec,
         burst: req.burst,
-        ncpus,
     };
     let mut planned = Vec::new();
     for p in points {
@@ -232,7 +230,7 @@ impl Session<'_> {
         let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(CaptureError::Runtime)?;
         let mut flush = tokio::time::interval(FLUSH_INTERVAL);
         let mut liveness = tokio::time::interval(Duration::from_millis(200));
-        let mut budget = tokio::time::interval(BUDGET_WINDOW);
+        let mut budget = tokio::time::interval_at(tokio::time::Instant::now() + BUDGET_WINDOW, BUDGET_WINDOW);
         let mut last: HashMap<u32, (u64, u64)> = HashMap::new();
         let mut last_at = std::time::Instant::now();
         loop {
@@ -270,7 +268,7 @@ impl Session<'_> {
                         let cost = (db + dh * trap) as f64 / window_ns;
                         if cost > self.req.cpu_budget {
                             let why = format!(
-                                "cost {:.1}% of a CPU over the last {:.1} s ({} hits, {} ns in BPF, ~{} ns per trap) exceeds the {:.1}% budget",
+                                "cost {:.2}% of a CPU over the last {:.1} s ({} hits, {} ns in BPF, ~{} ns per trap) exceeds the {:.2}% budget",
                                 cost * 100.0, window_ns / 1e9, dh, db, trap, self.req.cpu_budget * 100.0
                             );
                             tracing::warn!(slot, %why, "probe switched off");

@@ -78,8 +78,6 @@ pub struct PlanOptions {
     /// Events per second the probe may emit (0 = unlimited), and how many may come at once.
     pub rate_per_sec: u32,
     pub burst: u32,
-    /// CPUs the per-CPU rate limiter splits the rate over.
-    pub ncpus: u32,
 }
 
 /// Where a sub-expression's bytes are at the hit.
@@ -333,10 +331,8 @@ pub fn build(
         plan.cond = lower_condition(c, vi, &values[vi])?;
     }
     if opts.rate_per_sec > 0 {
-        // Per CPU: each CPU's bucket gets rate/ncpus, so the total never exceeds the rate.
-        let ncpus = u64::from(opts.ncpus.max(1));
-        plan.rate_interval_ns = 1_000_000_000 * ncpus / u64::from(opts.rate_per_sec);
-        plan.rate_burst_ns = (u64::from(opts.burst) / ncpus).max(1) * plan.rate_interval_ns;
+        plan.rate_interval_ns = 1_000_000_000 / u64::from(opts.rate_per_sec);
+        plan.rate_burst_ns = u64::from(opts.burst.max(1)) * plan.rate_interval_ns;
     }
     debug_assert_eq!(plan.abi, PLAN_ABI);
     Ok(BuiltPlan { plan, values })

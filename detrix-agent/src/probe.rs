@@ -65,7 +65,7 @@ pub struct Probes {
     ebpf: aya::Ebpf,
     plans: Array<MapData, Plan>,
     counters: PerCpuArray<MapData, Counters>,
-    rate: PerCpuArray<MapData, RateState>,
+    rate: Array<MapData, RateState>,
     links: BTreeMap<u32, UProbeLinkId>,
     noop_links: Vec<UProbeLinkId>,
     ncpus: usize,
@@ -104,7 +104,7 @@ impl Probes {
             .map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(ProbeError::Missing("EVENTS map"))?)
             .map_err(|source| ProbeError::Map { name: "EVENTS", source })?;
-        let rate = PerCpuArray::try_from(ebpf.take_map("RATE").ok_or(ProbeError::Missing("RATE map"))?)
+        let rate = Array::try_from(ebpf.take_map("RATE").ok_or(ProbeError::Missing("RATE map"))?)
             .map_err(|source| ProbeError::Map { name: "RATE", source })?;
         let ncpus = aya::util::nr_cpus().map_err(|(_, e)| ProbeError::Cpus(e))?;
         let program: &mut UProbe = ebpf
@@ -137,8 +137,7 @@ impl Probes {
         // Counters and the rate limiter start from zero for every new probe in the slot.
         let zero = aya::maps::PerCpuValues::try_from(vec![Counters::default(); self.ncpus]).map_err(ProbeError::Cpus)?;
         self.counters.set(slot, zero, 0).map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
-        let zero = aya::maps::PerCpuValues::try_from(vec![RateState::default(); self.ncpus]).map_err(ProbeError::Cpus)?;
-        self.rate.set(slot, zero, 0).map_err(|source| ProbeError::Map { name: "RATE", source })?;
+        self.rate.set(slot, RateState::default(), 0).map_err(|source| ProbeError::Map { name: "RATE", source })?;
         self.plans.set(slot, plan, 0).map_err(|source| ProbeError::Map { name: "PLANS", source })?;
         let pid = NonZeroU32::new(spec.pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
         let point = UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(spec.offset.0), cookie: Some(u64::from(slot)) };

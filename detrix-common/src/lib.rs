@@ -225,7 +225,7 @@ pub struct Plan {
     /// this many bytes go into the ring.
     pub data_len: u32,
     pub _pad: u32,
-    /// Token bucket as GCRA, per CPU: one event "costs" `rate_interval_ns`; a hit passes when
+    /// Token bucket as GCRA, one per probe: one event "costs" `rate_interval_ns`; a hit passes when
     /// the bucket's theoretical arrival time is at most `rate_burst_ns` ahead of now.
     /// 0 = unlimited.
     pub rate_interval_ns: u64,
@@ -257,7 +257,7 @@ impl Plan {
     }
 }
 
-/// Per-slot, per-CPU mutable state of the rate limiter (GCRA theoretical arrival time).
+/// Per-slot mutable state of the rate limiter (GCRA theoretical arrival time).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RateState {

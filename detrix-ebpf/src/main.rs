@@ -46,9 +46,11 @@ static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
-/// Rate-limiter state per slot and CPU.
+/// Rate-limiter state per slot, shared by all CPUs so a probe's rate is its total whatever
+/// CPU its hits land on. Updates race between CPUs hitting the same probe at the same moment
+/// (a few extra events may pass); outcomes are still counted exactly, per CPU.
 #[map]
-static RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(MAX_PROBES, 0);
+static RATE: Array<RateState> = Array::with_max_entries(MAX_PROBES, 0);
 
 /// Force a wakeup every this many events per CPU; the others are submitted without one and
 /// the agent's flush timer collects them. 0 = the kernel's default wakeup. Set before load.
@@ -199,7 +201,7 @@ fn take_token(plan: &Plan, slot: u32, now: u64) -> bool {
     let Some(state) = RATE.get_ptr_mut(slot) else {
         return true;
     };
-    // SAFETY: per-CPU map value, this CPU only.
+    // SAFETY: a map value valid for this run; concurrent writers only make the limit approximate.
     let state = unsafe { &mut *state };
     let tat = if state.tat_ns > now { state.tat_ns } else { now };
     if tat - now > plan.rate_burst_ns {

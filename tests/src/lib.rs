@@ -352,6 +352,8 @@ pub struct Fixture {
     pid: u32,
     stdout: Lines,
     exe: PathBuf,
+    /// A private copy of the executable this fixture runs, removed on drop.
+    private_copy: Option<PathBuf>,
 }
 
 impl Fixture {
@@ -372,6 +374,7 @@ impl Fixture {
             pid,
             stdout,
             exe: exe.to_path_buf(),
+            private_copy: None,
         };
         let ready = fixture
             .stdout
@@ -398,8 +401,42 @@ impl Fixture {
         Fixture::start(&exe, &["-1", &delay_ms.to_string()])
     }
 
+    /// Like [`Fixture::orders`], but runs a private copy of the executable (its own inode),
+    /// so uprobes other tests attach to the shared build never show up in this process's code
+    /// and this test's probes never show up in theirs. The copy is removed on drop.
+    pub fn orders_private(delay_ms: u32) -> Fixture {
+        let exe = build_c_fixture("orders", Build::Debug);
+        let copy = fixtures_out_dir().join(format!(".orders-copy-{}", unique_suffix()));
+        // `cp` writes the copy in its own process, so no descriptor open for writing leaks into
+        // a child another test thread forks meanwhile (which would make exec fail with ETXTBSY).
+        let status = Command::new("cp")
+            .arg(&exe)
+            .arg(&copy)
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run cp: {e}"));
+        assert!(
+            status.success(),
+            "cp {} {} failed: {status}",
+            exe.display(),
+            copy.display()
+        );
+        let mut fixture = Fixture::start(&copy, &["-1", &delay_ms.to_string()]);
+        fixture.private_copy = Some(copy);
+        fixture
+    }
+
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// The highest round of the `process round=R ...` lines printed so far.
+    pub fn last_round(&self) -> Option<i64> {
+        self.stdout
+            .snapshot()
+            .iter()
+            .filter_map(|l| l.strip_prefix("process round="))
+            .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+            .max()
     }
 
     pub fn exe(&self) -> &Path {
@@ -481,6 +518,9 @@ impl Drop for Fixture {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(copy) = &self.private_copy {
+            let _ = fs::remove_file(copy);
+        }
     }
 }
 
@@ -821,4 +861,246 @@ pub fn capped(s: &str, cap: usize) -> String {
     } else {
         s.to_string()
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agent's stderr: probe points and per-probe summaries
+// ---------------------------------------------------------------------------------------------
+
+fn parse_hex(s: &str) -> Option<u64> {
+    u64::from_str_radix(s.strip_prefix("0x")?, 16).ok()
+}
+
+/// One `capture: FILE:LINE → FUNC at 0xADDR (file offset 0xOFF, KIND)` line, printed for each
+/// probe point before capturing.
+#[derive(Debug, Clone)]
+pub struct ProbeLine {
+    /// `FILE:LINE` as the agent printed it.
+    pub at: String,
+    /// The function the probe is in.
+    pub func: String,
+    /// The ELF link address of the probed instruction.
+    pub addr: u64,
+    /// Where that instruction is in the ELF file.
+    pub file_offset: u64,
+    /// `Emulated`, `SingleStepped` or `Unknown`.
+    pub kind: String,
+    /// The line as printed, for messages.
+    pub raw: String,
+}
+
+/// Parses a probe-point line; `None` for any other line.
+pub fn parse_probe_line(line: &str) -> Option<ProbeLine> {
+    let rest = line.strip_prefix("capture: ")?;
+    let (at, rest) = rest.split_once(" → ")?;
+    let (func, rest) = rest.split_once(" at ")?;
+    let (addr, rest) = rest.split_once(" (file offset ")?;
+    let (off, rest) = rest.split_once(", ")?;
+    let kind = rest.strip_suffix(')')?;
+    Some(ProbeLine {
+        at: at.to_string(),
+        func: func.to_string(),
+        addr: parse_hex(addr)?,
+        file_offset: parse_hex(off)?,
+        kind: kind.to_string(),
+        raw: line.to_string(),
+    })
+}
+
+/// Every probe-point line in `stderr`.
+pub fn probe_lines(stderr: &str) -> Vec<ProbeLine> {
+    stderr.lines().filter_map(parse_probe_line).collect()
+}
+
+/// The one probe-point line in `stderr`; panics unless there is exactly one.
+pub fn single_probe_line(stderr: &str) -> ProbeLine {
+    let mut lines = probe_lines(stderr);
+    assert!(
+        lines.len() == 1,
+        "expected exactly one `capture: FILE:LINE → FUNC at 0x… (file offset 0x…, KIND)` line, found {}:\n{stderr}",
+        lines.len()
+    );
+    lines.remove(0)
+}
+
+/// One `capture: FUNC @ 0xADDR: hits=N emitted=N ...` line, printed for each probe at the end.
+#[derive(Debug, Clone)]
+pub struct ProbeSummary {
+    pub func: String,
+    pub addr: u64,
+    pub counters: HashMap<String, u64>,
+    /// Why the probe was switched off, if it was.
+    pub switched_off: Option<String>,
+    /// The line as printed, for messages.
+    pub raw: String,
+}
+
+/// The counters every summary line carries.
+pub const SUMMARY_COUNTERS: &[&str] = &[
+    "hits",
+    "emitted",
+    "printed",
+    "dropped_ring_full",
+    "rate_limited",
+    "condition_false",
+    "read_faults",
+    "no_plan",
+    "other_process",
+    "bpf_ns",
+];
+
+impl ProbeSummary {
+    /// The counter `key`; panics if the line lacks it.
+    pub fn get(&self, key: &str) -> u64 {
+        *self
+            .counters
+            .get(key)
+            .unwrap_or_else(|| panic!("summary line lacks `{key}=`: {}", self.raw))
+    }
+
+    /// Asserts every hit is accounted for exactly once: `hits == emitted + dropped_ring_full +
+    /// rate_limited + condition_false + no_plan + other_process`.
+    pub fn assert_hits_accounted(&self) {
+        let parts = [
+            "emitted",
+            "dropped_ring_full",
+            "rate_limited",
+            "condition_false",
+            "no_plan",
+            "other_process",
+        ];
+        let sum: u64 = parts.iter().map(|k| self.get(k)).sum();
+        assert_eq!(
+            self.get("hits"),
+            sum,
+            "hits should equal {} (= {sum}); summary: {}",
+            parts.join(" + "),
+            self.raw
+        );
+    }
+}
+
+/// Parses a summary line; `None` for any other line. Panics on a summary line that lacks
+/// one of [`SUMMARY_COUNTERS`] or has a non-numeric counter.
+pub fn parse_summary(line: &str) -> Option<ProbeSummary> {
+    let rest = line.strip_prefix("capture: ")?;
+    let (func, rest) = rest.split_once(" @ ")?;
+    let (addr, rest) = rest.split_once(": ")?;
+    let addr = parse_hex(addr)?;
+    if !rest.starts_with("hits=") {
+        return None;
+    }
+    let (counters_text, switched_off) = match rest.split_once(" switched_off=") {
+        Some((c, why)) => (c, Some(why.trim_matches('"').to_string())),
+        None => (rest, None),
+    };
+    let counters: HashMap<String, u64> = parse_kv(counters_text)
+        .into_iter()
+        .map(|(k, v)| {
+            let n = v
+                .parse()
+                .unwrap_or_else(|e| panic!("counter `{k}={v}` is not a number ({e}): {line}"));
+            (k, n)
+        })
+        .collect();
+    for k in SUMMARY_COUNTERS {
+        assert!(
+            counters.contains_key(*k),
+            "summary line lacks `{k}=`: {line}"
+        );
+    }
+    Some(ProbeSummary {
+        func: func.to_string(),
+        addr,
+        counters,
+        switched_off,
+        raw: line.to_string(),
+    })
+}
+
+/// Every summary line in `stderr`.
+pub fn summaries(stderr: &str) -> Vec<ProbeSummary> {
+    stderr.lines().filter_map(parse_summary).collect()
+}
+
+/// The one summary line in `stderr`; panics unless there is exactly one.
+pub fn single_summary(stderr: &str) -> ProbeSummary {
+    let mut all = summaries(stderr);
+    assert!(
+        all.len() == 1,
+        "expected exactly one `capture: FUNC @ 0x…: hits=…` summary line, found {}:\n{stderr}",
+        all.len()
+    );
+    all.remove(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// A traced process's memory
+// ---------------------------------------------------------------------------------------------
+
+/// The load bias of `pid`'s main executable: the start of the first `/proc/PID/maps` mapping
+/// of `/proc/PID/exe` with file offset 0 (minus the link address of that offset, 0 for the
+/// PIE fixtures). Link address + load bias = runtime address.
+pub fn load_bias(pid: u32) -> u64 {
+    let exe = fs::read_link(format!("/proc/{pid}/exe"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/exe: {e}"));
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/maps: {e}"));
+    let exe_text = exe.to_string_lossy();
+    for line in maps.lines() {
+        // start-end perms offset dev inode path
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(_perms), Some(offset), Some(_dev), Some(_inode)) =
+            (f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        let path = f.collect::<Vec<_>>().join(" ");
+        if path != exe_text || u64::from_str_radix(offset, 16).ok() != Some(0) {
+            continue;
+        }
+        let start = range.split('-').next().unwrap_or_default();
+        return u64::from_str_radix(start, 16).unwrap_or_else(|e| {
+            panic!("bad start address in /proc/{pid}/maps line {line:?}: {e}")
+        });
+    }
+    panic!(
+        "no mapping of {} at file offset 0 in /proc/{pid}/maps:\n{maps}",
+        exe.display()
+    );
+}
+
+/// `len` bytes of `pid`'s memory at `addr`, read through `/proc/PID/mem` (what the process
+/// sees, breakpoints included).
+pub fn read_process_mem(pid: u32, addr: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let path = format!("/proc/{pid}/mem");
+    let f = fs::File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, addr)
+        .unwrap_or_else(|e| panic!("cannot read {len} bytes at {addr:#x} from {path}: {e}"));
+    buf
+}
+
+/// `len` bytes of the file at `path` from `offset`.
+pub fn read_file_bytes(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let f = fs::File::open(path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, offset).unwrap_or_else(|e| {
+        panic!(
+            "cannot read {len} bytes at offset {offset:#x} of {}: {e}",
+            path.display()
+        )
+    });
+    buf
+}
+
+/// Bytes as `cc 48 89 e5 ...`, for messages.
+pub fn hex_bytes(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
