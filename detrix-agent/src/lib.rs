@@ -6,6 +6,7 @@
 
 pub mod capture;
 pub mod debuginfo;
+pub mod engine;
 pub mod expr;
 pub mod place;
 pub mod plan;

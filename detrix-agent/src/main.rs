@@ -138,30 +138,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+            let functions = prepared.points().map(|(p, _)| p.function.clone()).collect::<Vec<_>>().join(",");
+            let addrs = prepared.points().map(|(p, _)| p.addr.to_string()).collect::<Vec<_>>().join(",");
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("start the event loop")?;
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
             let summary = rt.block_on(capture::run(&req, prepared, &mut out))?;
-            for p in &summary.probes {
-                let c = &p.counters;
-                eprintln!(
-                    "capture: {} @ {}: hits={} emitted={} printed={} dropped_ring_full={} rate_limited={} condition_false={} \
-                     read_faults={} no_plan={} other_process={} bpf_ns={}{}",
-                    p.point.function,
-                    p.point.addr,
-                    c.hits,
-                    c.emitted,
-                    summary.printed,
-                    c.dropped_ring_full,
-                    c.rate_limited,
-                    c.condition_false,
-                    c.read_faults,
-                    c.no_plan,
-                    c.other_process,
-                    c.bpf_ns,
-                    p.switched_off.as_ref().map(|w| format!(" switched_off=\"{w}\"")).unwrap_or_default()
-                );
-            }
+            let c = &summary.counters;
+            eprintln!(
+                "capture: {} @ {}: hits={} emitted={} printed={} dropped_ring_full={} rate_limited={} condition_false={} \
+                 read_faults={} no_plan={} other_process={} bpf_ns={}{}",
+                functions,
+                addrs,
+                c.hits,
+                c.emitted,
+                summary.printed,
+                c.dropped_ring_full,
+                c.rate_limited,
+                c.condition_false,
+                c.read_faults,
+                c.no_plan,
+                c.other_process,
+                c.bpf_ns,
+                summary.switched_off.as_ref().map(|w| format!(" switched_off=\"{w}\"")).unwrap_or_default()
+            );
             match summary.reason {
                 StopReason::CountReached => Ok(ExitCode::SUCCESS),
                 StopReason::Signal => {
@@ -173,7 +173,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
                 StopReason::OverBudget => {
-                    eprintln!("capture: every probe exceeded its CPU budget and was switched off (raise --cpu-budget or pick a colder line)");
+                    eprintln!("capture: the logpoint exceeded its CPU budget and was switched off (raise --cpu-budget or pick a colder line)");
                     Ok(ExitCode::from(3))
                 }
             }

@@ -67,6 +67,28 @@ fn join_lines(v: &[u32]) -> String {
     }
 }
 
+/// Source language of a binary, from its compilation units' `DW_AT_language`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Language {
+    C,
+    Cpp,
+    Rust,
+    Go,
+    Other,
+}
+
+impl Language {
+    /// The `language` the daemon is told: it accepts only python, go and rust, and Rust's
+    /// lldb-dap path is the one that serves C and C++ (contract.md §11).
+    #[must_use]
+    pub fn daemon_name(self) -> &'static str {
+        match self {
+            Language::Go => "go",
+            _ => "rust",
+        }
+    }
+}
+
 /// One loadable segment (`PT_LOAD`), for link address ↔ file offset translation.
 #[derive(Debug, Clone, Copy)]
 struct Segment {
@@ -202,6 +224,33 @@ impl Binary {
     #[must_use]
     pub fn unit_count(&self) -> usize {
         self.units.len()
+    }
+
+    /// The binary's main language: Go or Rust if any unit is, else C++ if any unit is, else C.
+    ///
+    /// # Errors
+    /// No debug info.
+    pub fn language(&self) -> Result<Language, ResolveError> {
+        self.require_debug_info()?;
+        let mut seen = Vec::new();
+        for unit in &self.units {
+            let Ok(root) = unit.entry(unit.header.root_offset()) else { continue };
+            if let Some(gimli::AttributeValue::Language(l)) = root.attr_value(gimli::DW_AT_language) {
+                seen.push(l);
+            }
+        }
+        let has = |ls: &[gimli::DwLang]| seen.iter().any(|l| ls.contains(l));
+        Ok(if has(&[gimli::DW_LANG_Go]) {
+            Language::Go
+        } else if has(&[gimli::DW_LANG_Rust]) {
+            Language::Rust
+        } else if has(&[gimli::DW_LANG_C_plus_plus, gimli::DW_LANG_C_plus_plus_03, gimli::DW_LANG_C_plus_plus_11, gimli::DW_LANG_C_plus_plus_14]) {
+            Language::Cpp
+        } else if has(&[gimli::DW_LANG_C, gimli::DW_LANG_C89, gimli::DW_LANG_C99, gimli::DW_LANG_C11]) {
+            Language::C
+        } else {
+            Language::Other
+        })
     }
 
     fn require_debug_info(&self) -> Result<(), ResolveError> {

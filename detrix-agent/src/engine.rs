@@ -1,0 +1,444 @@
+//! The long-lived capture engine for one target: logpoints come and go, hits stream out.
+//!
+//! Both front ends sit on it: the one-shot `capture` CLI and the DAP facade the daemon
+//! drives. It chains the stages (resolve → plan → place → attach; ring → decode) and nothing
+//! else does. It is split in two so a front end can wait for hits while it handles requests:
+//! [`Engine`] owns the probes (and mutates them), [`HitReader`] owns the ring and decodes with
+//! a shared table of the installed plans.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use detrix_common::Counters;
+use tokio::io::unix::AsyncFd;
+
+use crate::debuginfo::{Binary, Language, ProbePoint, ResolveError};
+use crate::expr::{self, ExprError};
+use crate::place::{self, Placement, TrapKind};
+use crate::plan::{self, BuiltPlan, PlanError, PlanOptions, Value};
+use crate::probe::{self, AttachSpec, LoadOptions, ProbeError, Probes};
+use crate::target::{Target, TargetError};
+
+/// Why the engine could not do what was asked. Messages name the object and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Expr(#[from] ExprError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error("process {pid} exec'd another program; its probes cannot be attached")]
+    BinaryChanged { pid: u32 },
+    #[error("reading events: {0}")]
+    Io(#[source] std::io::Error),
+}
+
+/// Knobs every logpoint shares.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    pub string_cap: u32,
+    /// Events per second per probe (0 = unlimited), and burst.
+    pub rate_per_sec: u32,
+    pub burst: u32,
+    /// Move probes to emulated instructions when the values allow (see [`place`]).
+    pub placement: bool,
+    pub load: LoadOptions,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self { string_cap: 256, rate_per_sec: 10_000, burst: 1_000, placement: true, load: LoadOptions::default() }
+    }
+}
+
+/// What to capture at one line.
+#[derive(Debug, Clone)]
+pub struct LogpointSpec {
+    pub line: u32,
+    pub exprs: Vec<String>,
+    /// In-kernel filter (see [`expr::parse_condition`]).
+    pub condition: Option<String>,
+}
+
+/// Names one logpoint for as long as it is installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LogpointId(pub u64);
+
+/// One resolved, planned and placed copy of a logpoint, not yet attached.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub point: ProbePoint,
+    pub plan: BuiltPlan,
+    pub placement: Placement,
+}
+
+/// An installed logpoint.
+#[derive(Debug, Clone)]
+pub struct Logpoint {
+    pub id: LogpointId,
+    pub file: String,
+    pub line: u32,
+    /// One per function copy (inlined, monomorphized) the line has code in.
+    pub copies: Vec<Prepared>,
+    slots: Vec<u32>,
+}
+
+/// One hit, decoded.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub logpoint: LogpointId,
+    pub pid: u32,
+    pub tid: u32,
+    /// Goroutine id for Go targets, else 0.
+    pub goid: u64,
+    pub ktime_ns: u64,
+    /// `(expression, value)` in the order asked, without hidden (condition-only) values.
+    pub values: Vec<(String, Value)>,
+}
+
+/// Resolves and plans against one process, without touching the kernel: every user error is
+/// found here, before anything is attached.
+#[derive(Debug)]
+pub struct Resolver {
+    pub target: Target,
+    pub bin: Binary,
+    load_bias: u64,
+    opts: EngineOptions,
+}
+
+impl Resolver {
+    /// Opens the process and its executable's debug info.
+    ///
+    /// # Errors
+    /// No such process, no privileges, unreadable binary.
+    pub fn open(pid: u32, opts: EngineOptions) -> Result<Self, EngineError> {
+        let target = Target::open(pid)?;
+        let bin = Binary::open_named(&target.exe, &target.exe_name)?;
+        let load_bias = if bin.is_dyn { target.load_bias(bin.first_segment_vaddr())? } else { 0 };
+        Ok(Self { target, bin, load_bias, opts })
+    }
+
+    /// Source language of the target (from its DWARF).
+    ///
+    /// # Errors
+    /// No debug info.
+    pub fn language(&self) -> Result<Language, EngineError> {
+        Ok(self.bin.language()?)
+    }
+
+    /// Resolves, plans and places one logpoint: one [`Prepared`] per copy of the line.
+    ///
+    /// # Errors
+    /// Any resolution, expression, type or budget error, naming the object.
+    pub fn prepare(&self, file: &str, spec: &LogpointSpec) -> Result<Vec<Prepared>, EngineError> {
+        let points = self.bin.resolve_line(file, spec.line)?;
+        let condition = spec.condition.as_deref().map(expr::parse_condition).transpose()?;
+        let opts = PlanOptions {
+            tgid: self.target.pid,
+            load_bias: self.load_bias,
+            string_cap: self.opts.string_cap,
+            rate_per_sec: self.opts.rate_per_sec,
+            burst: self.opts.burst,
+        };
+        let mut out = Vec::new();
+        for p in points {
+            let built = plan::build(&self.bin, &p, &spec.exprs, condition.as_ref(), opts)?;
+            let placement = if self.opts.placement {
+                let rebuild = |q: &ProbePoint| plan::build(&self.bin, q, &spec.exprs, condition.as_ref(), opts).ok().map(|b| b.plan);
+                place::place(&self.bin, &p, &built.plan, &rebuild)
+            } else {
+                Placement {
+                    chosen: p.addr,
+                    kind: place::classify(&self.bin, &p),
+                    explain: vec![format!("placement off: probe at the line's first instruction {}", p.addr)],
+                }
+            };
+            let point = if placement.chosen == p.addr { p } else { self.bin.point_at(&p, placement.chosen).unwrap_or(p) };
+            out.push(Prepared { point, plan: built, placement });
+        }
+        Ok(out)
+    }
+}
+
+/// What the reader needs to decode a slot's records.
+#[derive(Debug, Clone)]
+struct SlotInfo {
+    logpoint: LogpointId,
+    values: Vec<plan::ValueDecoder>,
+}
+
+type SlotTable = Arc<Mutex<HashMap<u32, SlotInfo>>>;
+
+/// The attached half: owns the probes.
+pub struct Engine {
+    resolver: Resolver,
+    probes: Probes,
+    slots: SlotTable,
+    logpoints: BTreeMap<LogpointId, Logpoint>,
+    next_id: u64,
+    /// For the CPU breaker: counters at the last look.
+    last: HashMap<u32, (u64, u64)>,
+    /// Final counters of removed logpoints, read after detaching (exact).
+    removed: HashMap<LogpointId, Counters>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("pid", &self.resolver.target.pid).field("logpoints", &self.logpoints.len()).finish_non_exhaustive()
+    }
+}
+
+/// Reads and decodes hits.
+pub struct HitReader {
+    ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+    slots: SlotTable,
+    flush: tokio::time::Interval,
+}
+
+impl std::fmt::Debug for HitReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HitReader").finish_non_exhaustive()
+    }
+}
+
+/// How often pending events are collected when no wakeup came (the batching latency bound).
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
+
+impl Engine {
+    /// Loads the eBPF program for `resolver`'s target. Must run inside a tokio runtime.
+    ///
+    /// # Errors
+    /// The kernel refused the program.
+    pub fn start(resolver: Resolver) -> Result<(Self, HitReader), EngineError> {
+        let (probes, ring) = Probes::load(resolver.opts.load)?;
+        #[allow(deprecated, reason = "tokio 1.54 deprecates AsyncFd::new for I/O-safety; the ring's fd lives as long as the AsyncFd (toolchain.md E7)")]
+        let ring = AsyncFd::new(ring).map_err(EngineError::Io)?;
+        let slots: SlotTable = Arc::default();
+        let reader = HitReader { ring, slots: slots.clone(), flush: tokio::time::interval(FLUSH_INTERVAL) };
+        Ok((Self { resolver, probes, slots, logpoints: BTreeMap::new(), next_id: 1, last: HashMap::new(), removed: HashMap::new() }, reader))
+    }
+
+    /// The resolver (target, binary) behind this engine.
+    #[must_use]
+    pub fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+
+    /// Attaches prepared copies as one logpoint. All or nothing: on failure nothing stays.
+    ///
+    /// # Errors
+    /// The process exec'd, or the kernel refused an attach.
+    pub fn install(&mut self, file: &str, line: u32, copies: Vec<Prepared>) -> Result<LogpointId, EngineError> {
+        if !self.resolver.target.same_binary() {
+            return Err(EngineError::BinaryChanged { pid: self.resolver.target.pid });
+        }
+        let id = LogpointId(self.next_id);
+        self.next_id += 1;
+        let mut slots = Vec::new();
+        for c in &copies {
+            let spec = AttachSpec { binary: &self.resolver.target.exe, offset: c.point.file_offset, pid: self.resolver.target.pid };
+            match self.probes.install(&c.plan.plan, &spec) {
+                Ok(slot) => {
+                    self.slot_table().insert(slot, SlotInfo { logpoint: id, values: c.plan.values.clone() });
+                    slots.push(slot);
+                }
+                Err(e) => {
+                    for s in slots {
+                        let _ = self.probes.remove(s);
+                        self.slot_table().remove(&s);
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        self.logpoints.insert(id, Logpoint { id, file: file.to_owned(), line, copies, slots });
+        Ok(id)
+    }
+
+    /// Resolves and installs one logpoint.
+    ///
+    /// # Errors
+    /// As [`Resolver::prepare`] and [`Engine::install`].
+    pub fn add(&mut self, file: &str, spec: &LogpointSpec) -> Result<LogpointId, EngineError> {
+        let copies = self.resolver.prepare(file, spec)?;
+        self.install(file, spec.line, copies)
+    }
+
+    /// Removes one logpoint and returns its final counters (summed over copies).
+    ///
+    /// # Errors
+    /// A kernel error on detach.
+    pub fn remove(&mut self, id: LogpointId) -> Result<Option<Counters>, EngineError> {
+        let Some(lp) = self.logpoints.remove(&id) else { return Ok(None) };
+        let mut first_err = None;
+        for s in &lp.slots {
+            if let Err(e) = self.probes.remove(*s) {
+                first_err.get_or_insert(e);
+            }
+        }
+        // Counters after detach: no hit is in flight any more, so the sum is exact.
+        let total = self.sum_counters(&lp.slots);
+        self.removed.insert(id, total);
+        for s in &lp.slots {
+            self.last.remove(s);
+        }
+        let mut table = self.slot_table();
+        for s in &lp.slots {
+            table.remove(s);
+        }
+        drop(table);
+        match first_err {
+            Some(e) => Err(e.into()),
+            None => Ok(Some(total)),
+        }
+    }
+
+    /// Removes every logpoint.
+    ///
+    /// # Errors
+    /// The first detach error (the rest are still removed).
+    pub fn remove_all(&mut self) -> Result<(), EngineError> {
+        let ids: Vec<LogpointId> = self.logpoints.keys().copied().collect();
+        let mut first = Ok(());
+        for id in ids {
+            if let Err(e) = self.remove(id) {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+
+    /// Final counters of a removed logpoint (e.g. one the CPU breaker switched off).
+    #[must_use]
+    pub fn last_removed(&self, id: LogpointId) -> Option<Counters> {
+        self.removed.get(&id).copied()
+    }
+
+    /// Installed logpoints.
+    pub fn logpoints(&self) -> impl Iterator<Item = &Logpoint> {
+        self.logpoints.values()
+    }
+
+    /// Counters of a logpoint, summed over its copies and CPUs.
+    #[must_use]
+    pub fn counters(&self, id: LogpointId) -> Option<Counters> {
+        self.logpoints.get(&id).map(|lp| self.sum_counters(&lp.slots))
+    }
+
+    fn sum_counters(&self, slots: &[u32]) -> Counters {
+        let mut t = Counters::default();
+        for s in slots {
+            let c = self.probes.counters(*s).unwrap_or_default();
+            t.hits += c.hits;
+            t.emitted += c.emitted;
+            t.dropped_ring_full += c.dropped_ring_full;
+            t.read_faults += c.read_faults;
+            t.rate_limited += c.rate_limited;
+            t.condition_false += c.condition_false;
+            t.no_plan += c.no_plan;
+            t.other_process += c.other_process;
+            t.bpf_ns += c.bpf_ns;
+        }
+        t
+    }
+
+    /// The CPU circuit breaker: removes every logpoint whose cost over the window since the
+    /// last call (BPF time + estimated trap cost per hit) exceeds `budget` (a fraction of one
+    /// CPU), returning each with the reason.
+    pub fn enforce_budget(&mut self, window: Duration, budget: f64) -> Vec<(LogpointId, String)> {
+        let window_ns = window.as_nanos().max(1) as f64;
+        let mut over = Vec::new();
+        for lp in self.logpoints.values() {
+            let (mut dh, mut db, mut trap_ns) = (0, 0, 0);
+            for (s, c) in lp.slots.iter().zip(&lp.copies) {
+                let Ok(now) = self.probes.counters(*s) else { continue };
+                let (h0, b0) = self.last.insert(*s, (now.hits, now.bpf_ns)).unwrap_or((0, 0));
+                let h = now.hits - h0;
+                dh += h;
+                db += now.bpf_ns - b0;
+                trap_ns += h * c.placement.kind.cost_ns();
+            }
+            let cost = (db + trap_ns) as f64 / window_ns;
+            if cost > budget {
+                over.push((
+                    lp.id,
+                    format!(
+                        "cost {:.2}% of a CPU over the last {:.1} s ({} hits, {} ns in BPF, ~{} ns in traps) exceeds the {:.2}% budget",
+                        cost * 100.0,
+                        window_ns / 1e9,
+                        dh,
+                        db,
+                        trap_ns,
+                        budget * 100.0
+                    ),
+                ));
+            }
+        }
+        for (id, why) in &over {
+            tracing::warn!(logpoint = id.0, %why, "logpoint switched off");
+            let _ = self.remove(*id);
+        }
+        over
+    }
+
+    fn slot_table(&self) -> std::sync::MutexGuard<'_, HashMap<u32, SlotInfo>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.remove_all();
+    }
+}
+
+impl HitReader {
+    /// Waits for a wakeup or the flush interval and returns every pending hit (possibly none).
+    ///
+    /// # Errors
+    /// The ring's fd failed.
+    pub async fn next_batch(&mut self) -> Result<Vec<Hit>, EngineError> {
+        tokio::select! {
+            guard = self.ring.readable_mut() => {
+                let mut guard = guard.map_err(EngineError::Io)?;
+                let hits = decode_all(guard.get_inner_mut(), &self.slots);
+                guard.clear_ready();
+                Ok(hits)
+            }
+            _ = self.flush.tick() => Ok(decode_all(self.ring.get_mut(), &self.slots)),
+        }
+    }
+
+    /// Everything pending now, without waiting.
+    pub fn drain_now(&mut self) -> Vec<Hit> {
+        decode_all(self.ring.get_mut(), &self.slots)
+    }
+}
+
+fn decode_all(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, slots: &SlotTable) -> Vec<Hit> {
+    let table = slots.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        let Some((h, data)) = probe::parse_record(&item) else { continue };
+        // A record for a slot removed since is dropped here: its logpoint is gone.
+        let Some(info) = table.get(&h.probe_id) else { continue };
+        let values = plan::decode(&info.values, &h, data);
+        let values = info.values.iter().zip(values).filter(|(d, _)| !d.hidden).map(|(d, v)| (d.expr.clone(), v)).collect();
+        out.push(Hit { logpoint: info.logpoint, pid: h.pid, tid: h.tid, goid: h.goid, ktime_ns: h.ktime_ns, values });
+    }
+    out
+}
+
+/// Trap kind of a prepared copy, for reports.
+#[must_use]
+pub fn trap_kind(p: &Prepared) -> TrapKind {
+    p.placement.kind
+}
