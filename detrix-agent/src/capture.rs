@@ -189,11 +189,17 @@ fn write_hit(out: &mut dyn Write, req: &Request, hit: &engine::Hit) -> std::io::
             for (e, v) in &hit.values {
                 map.insert(e.clone(), v.to_json());
             }
-            let obj = serde_json::json!({ "at": at, "pid": hit.pid, "tid": hit.tid, "values": map });
+            let mut obj = serde_json::json!({ "at": at, "pid": hit.pid, "tid": hit.tid, "values": map });
+            if hit.goid != 0 {
+                obj["goid"] = hit.goid.into();
+            }
             writeln!(out, "{obj}")?;
         }
         Format::Text => {
             let mut line = format!("{at} pid={} tid={}", hit.pid, hit.tid);
+            if hit.goid != 0 {
+                line.push_str(&format!(" goid={}", hit.goid));
+            }
             for (e, v) in &hit.values {
                 line.push_str(&format!(" {e}={}", display(v)));
             }

@@ -5,6 +5,9 @@
 //! (attach, drain) → [`plan::decode`] → output. [`capture`] chains them for the one-shot CLI.
 
 pub mod capture;
+pub mod control;
+pub mod daemon;
+pub mod dap;
 pub mod debuginfo;
 pub mod engine;
 pub mod expr;

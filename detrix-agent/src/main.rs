@@ -18,6 +18,66 @@ struct Cli {
 enum Command {
     /// Capture values at a source line of a running process and print one line per hit.
     Capture(CaptureArgs),
+    /// Stand in for a Detrix client inside a running process: serve the control plane, register
+    /// with the daemon on wake and serve it DAP, capturing logpoints with uprobes.
+    Attach(AttachArgs),
+}
+
+/// Options and environment variables as the Go client's (same names, same defaults).
+#[derive(clap::Args, Debug)]
+struct AttachArgs {
+    /// Process to observe.
+    #[arg(long)]
+    pid: u32,
+    /// Connection name shown by the daemon (default: detrix-client-<pid>).
+    #[arg(long, env = "DETRIX_NAME")]
+    name: Option<String>,
+    /// The Detrix daemon's REST address.
+    #[arg(long, env = "DETRIX_DAEMON_URL", default_value = "http://127.0.0.1:8090")]
+    daemon_url: String,
+    /// Address the control plane listens on.
+    #[arg(long, env = "DETRIX_CONTROL_HOST", default_value = "127.0.0.1")]
+    control_host: String,
+    /// Control plane port (0: any free port).
+    #[arg(long, env = "DETRIX_CONTROL_PORT", default_value_t = 0)]
+    control_port: u16,
+    /// DAP port the daemon connects to (0: any free port).
+    #[arg(long, env = "DETRIX_DEBUG_PORT", default_value_t = 0)]
+    debug_port: u16,
+    /// Register in SafeMode: the daemon then refuses metrics that need breakpoint mode.
+    #[arg(long)]
+    safe_mode: bool,
+    /// What to present to the daemon; auto: go for Go targets, rust for Rust, C and C++.
+    #[arg(long, value_enum, default_value_t = LanguageArg::Auto)]
+    language: LanguageArg,
+    /// Identity field workspaceRoot (default: the target's working directory).
+    #[arg(long)]
+    workspace_root: Option<String>,
+    /// IP literal registered as `host` and bound by the DAP listener.
+    #[arg(long, default_value = "127.0.0.1")]
+    advertise_host: String,
+    /// Where token files are looked for after $HOME/detrix.
+    #[arg(long, env = "DETRIX_HOME")]
+    detrix_home: Option<std::path::PathBuf>,
+    /// Seconds to wait for the daemon's /health.
+    #[arg(long, env = "DETRIX_HEALTH_CHECK_TIMEOUT", default_value_t = 2.0)]
+    health_check_timeout: f64,
+    /// Seconds to wait for the registration (the daemon connects back before it answers).
+    #[arg(long, env = "DETRIX_REGISTER_TIMEOUT", default_value_t = 5.0)]
+    register_timeout: f64,
+    /// Seconds to wait for the unregistration.
+    #[arg(long, env = "DETRIX_UNREGISTER_TIMEOUT", default_value_t = 2.0)]
+    unregister_timeout: f64,
+    /// Longest string captured, in bytes.
+    #[arg(long, default_value_t = 256)]
+    string_cap: u32,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LanguageArg {
+    Auto,
+    Go,
+    Rust,
 }
 
 #[derive(clap::Args, Debug)]
@@ -105,8 +165,92 @@ fn render_error(e: &anyhow::Error) -> String {
     text
 }
 
+fn seconds(what: &str, s: f64) -> anyhow::Result<std::time::Duration> {
+    anyhow::ensure!(s.is_finite() && s > 0.0, "{what} must be a positive number of seconds, got {s}");
+    Ok(std::time::Duration::from_secs_f64(s))
+}
+
+fn attach(args: AttachArgs) -> anyhow::Result<ExitCode> {
+    use detrix_agent::daemon::{self, Agent, AttachConfig, ExitReason};
+    use detrix_agent::engine::{Engine, EngineOptions, Resolver};
+    let opts = EngineOptions { string_cap: args.string_cap, ..EngineOptions::default() };
+    let resolver = Resolver::open(args.pid, opts).with_context(|| format!("attaching to process {}", args.pid))?;
+    let language = match args.language {
+        LanguageArg::Go => "go",
+        LanguageArg::Rust => "rust",
+        LanguageArg::Auto => resolver
+            .language()
+            .with_context(|| format!("detecting the language of process {} (pass --language go|rust to choose)", args.pid))?
+            .daemon_name(),
+    };
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let env_token = std::env::var("DETRIX_TOKEN").ok();
+    let cfg = AttachConfig {
+        pid: args.pid,
+        name: args.name.filter(|n| !n.is_empty()).unwrap_or_else(|| format!("detrix-client-{}", args.pid)),
+        daemon_url: args.daemon_url,
+        control_host: args.control_host.clone(),
+        control_port: args.control_port,
+        debug_port: args.debug_port,
+        safe_mode: args.safe_mode,
+        language,
+        workspace_root: args.workspace_root.unwrap_or_else(|| daemon::target_cwd(args.pid)),
+        advertise_host: args.advertise_host,
+        hostname: daemon::hostname(),
+        token: daemon::discover_token(env_token.as_deref(), home.as_deref(), args.detrix_home.as_deref()),
+        health_timeout: seconds("DETRIX_HEALTH_CHECK_TIMEOUT", args.health_check_timeout)?,
+        register_timeout: seconds("DETRIX_REGISTER_TIMEOUT", args.register_timeout)?,
+        unregister_timeout: seconds("DETRIX_UNREGISTER_TIMEOUT", args.unregister_timeout)?,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("start the event loop")?;
+    let reason = rt.block_on(async move {
+        let (engine, reader) = Engine::start(resolver).context("loading the eBPF program")?;
+        let (agent, handle) = Agent::new(cfg.clone(), engine, reader);
+        let listener = tokio::net::TcpListener::bind((cfg.control_host.as_str(), cfg.control_port))
+            .await
+            .with_context(|| format!("binding the control plane to {}:{} (choose another --control-port, or 0 for any)", cfg.control_host, cfg.control_port))?;
+        let port = listener.local_addr().context("reading the control plane's port")?.port();
+        handle.set_control_port(port);
+        let shown_host = if cfg.control_host == "0.0.0.0" || cfg.control_host == "::" { "127.0.0.1" } else { cfg.control_host.as_str() };
+        agent.set_control_url(format!("http://{shown_host}:{port}"));
+        {
+            use std::io::Write as _;
+            // The one line the upstream conformance harness reads to find the control plane.
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "Control plane: http://{shown_host}:{port}").context("writing to stdout")?;
+            out.flush().context("writing to stdout")?;
+        }
+        eprintln!(
+            "attach: pid {} as `{}` (language {}), daemon {}, sleeping; POST /detrix/wake to connect",
+            cfg.pid, cfg.name, cfg.language, cfg.daemon_url
+        );
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(detrix_agent::control::serve(listener, handle, async move {
+            let _ = stop_rx.await;
+        }));
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing a SIGTERM handler")?;
+        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).context("installing a SIGINT handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = sigterm.recv() => {}
+                _ = sigint.recv() => {}
+            }
+        };
+        let reason = agent.run(shutdown).await;
+        let _ = stop_tx.send(());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
+        anyhow::Ok(reason)
+    })?;
+    match reason {
+        ExitReason::TargetExited => eprintln!("attach: process {} exited; unregistered, all probes removed", args.pid),
+        ExitReason::Shutdown => eprintln!("attach: stopped; unregistered, all probes removed"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Attach(args) => attach(args),
         Command::Capture(args) => {
             let (file, line) = parse_at(&args.at)?;
             let req = capture::Request {

@@ -44,8 +44,36 @@ enum Shape {
     /// `char[N]`, copied in place (`copied` ≤ N bytes).
     CharArray { count: u64, copied: u32 },
     Struct { members: Vec<(String, u64, Shape)> },
+    /// A counted sequence: a header (pointer, length[, capacity]) copied in place, then up to
+    /// `cap_bytes` of the elements it points to (see [`CountedLayout`]).
+    Counted { layout: CountedLayout, elem: Box<Shape> },
     Array { elem: Box<Shape>, count: u64, stride: u64 },
     Opaque { what: String },
+}
+
+/// How a language lays out a counted sequence, and how to show it.
+#[derive(Debug, Clone, PartialEq)]
+struct CountedLayout {
+    /// Bytes of the header copied in place.
+    header: u64,
+    ptr_off: u64,
+    len_off: u64,
+    cap_off: Option<u64>,
+    /// Element size in bytes.
+    stride: u64,
+    style: CountedStyle,
+    /// The type's own name, for Delve-style slice rendering (`[]int`).
+    type_name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CountedStyle {
+    /// UTF-8 text: Go `string`, Rust `&str`/`String`, C++ `std::string`.
+    Text,
+    /// Go slice: `[]int len: 3, cap: 4, [1,2,3]`, as Delve prints it.
+    GoSlice,
+    /// Rust `Vec<T>` / `&[T]`: `[1, 2, 3]`, as `{:?}` prints it.
+    RustSeq,
 }
 
 /// One captured expression inside a plan.
@@ -87,6 +115,8 @@ enum Place {
     Reg(u8),
     /// In memory; these ops leave the address in the accumulator.
     Mem(Vec<PlanOp>),
+    /// Split over places (`DW_OP_piece`): `(byte offset, size, place)`; `None` = optimized out.
+    Pieces(Vec<(u64, u64, Option<Place>)>),
 }
 
 fn mk(kind: u8, reg: u8, len: u16, imm: i64) -> PlanOp {
@@ -109,25 +139,18 @@ impl Builder<'_> {
         match e {
             Expr::Var(name) => {
                 let var = self.bin.variable(self.point, name)?;
-                let place = match var.location {
-                    Location::Register { dwarf_reg } => Place::Reg(pt_regs::from_dwarf(dwarf_reg).ok_or_else(|| {
-                        self.type_err(format!("`{name}` lives in DWARF register {dwarf_reg} (a vector/FP register), which a uprobe cannot read"))
-                    })?),
-                    Location::Memory { base: AddrBase::Register(r), offset } => {
-                        let reg = pt_regs::from_dwarf(r).ok_or_else(|| {
-                            self.type_err(format!("`{name}` is addressed from DWARF register {r}, which a uprobe cannot read"))
-                        })?;
-                        Place::Mem(vec![mk(op::REG, reg, 0, 0), mk(op::ADD, 0, 0, offset)])
-                    }
-                    Location::Memory { base: AddrBase::Absolute, offset } => {
-                        let bias = if self.bin.is_dyn { self.opts.load_bias } else { 0 };
-                        Place::Mem(vec![mk(op::CONST, 0, 0, offset.wrapping_add(bias as i64))])
-                    }
-                };
+                let place = self.place_of(&var.location, name)?;
                 Ok((place, var.ty))
             }
             Expr::Field(inner, field) => {
                 let (place, ty) = self.lower(inner)?;
+                // `.` through a pointer, as Go and Rust (and lldb for C) allow: `o.ID` on `*Order`.
+                if let Type::Pointer { pointee } = self.bin.type_of(ty)? {
+                    let mut ops = self.pointer_value(place)?;
+                    let (offset, mty) = self.member(pointee, field, inner)?;
+                    ops.push(mk(op::ADD, 0, 0, offset as i64));
+                    return Ok((Place::Mem(ops), mty));
+                }
                 let (offset, mty) = self.member(ty, field, inner)?;
                 match place {
                     Place::Mem(mut ops) => {
@@ -137,6 +160,19 @@ impl Builder<'_> {
                     Place::Reg(_) => Err(self.type_err(format!(
                         "`{inner}` is held in a register at this point, so `.{field}` has no address; use a line where it is in memory"
                     ))),
+                    Place::Pieces(pieces) => {
+                        let size = self.bin.size_of(mty)?.unwrap_or(8);
+                        let (p, within) = self.piece_at(&pieces, offset, size, &format!("`{inner}.{field}`"))?;
+                        match p {
+                            Place::Mem(ops) => {
+                                let mut ops = ops.clone();
+                                ops.push(mk(op::ADD, 0, 0, within as i64));
+                                Ok((Place::Mem(ops), mty))
+                            }
+                            other if within == 0 => Ok((other.clone(), mty)),
+                            _ => Err(self.type_err(format!("`{inner}.{field}` is in the middle of a register"))),
+                        }
+                    }
                 }
             }
             Expr::Arrow(inner, field) => {
@@ -167,7 +203,7 @@ impl Builder<'_> {
                         Ok((Place::Mem(ops), elem))
                     }
                     Type::Pointer { pointee } => {
-                        let mut ops = self.pointer_value(place);
+                        let mut ops = self.pointer_value(place)?;
                         let stride = self.bin.size_of(pointee)?.ok_or_else(|| self.type_err(format!("`{inner}` points to a type without a size")))?;
                         ops.push(mk(op::ADD, 0, 0, index.wrapping_mul(stride as i64)));
                         Ok((Place::Mem(ops), pointee))
@@ -178,21 +214,107 @@ impl Builder<'_> {
         }
     }
 
-    /// Ops that leave the value of a pointer-typed place in the accumulator.
-    fn pointer_value(&self, place: Place) -> Vec<PlanOp> {
+    fn place_of(&self, loc: &Location, name: &str) -> Result<Place, PlanError> {
+        Ok(match loc {
+            Location::Register { dwarf_reg } => Place::Reg(pt_regs::from_dwarf(*dwarf_reg).ok_or_else(|| {
+                self.type_err(format!("`{name}` lives in DWARF register {dwarf_reg} (a vector/FP register), which a uprobe cannot read"))
+            })?),
+            Location::Memory { base: AddrBase::Register(r), offset } => {
+                let reg = pt_regs::from_dwarf(*r).ok_or_else(|| {
+                    self.type_err(format!("`{name}` is addressed from DWARF register {r}, which a uprobe cannot read"))
+                })?;
+                Place::Mem(vec![mk(op::REG, reg, 0, 0), mk(op::ADD, 0, 0, *offset)])
+            }
+            Location::Memory { base: AddrBase::Absolute, offset } => {
+                let bias = if self.bin.is_dyn { self.opts.load_bias } else { 0 };
+                Place::Mem(vec![mk(op::CONST, 0, 0, offset.wrapping_add(bias as i64))])
+            }
+            Location::Pieces(pieces) => {
+                let mut out = Vec::new();
+                let mut at = 0;
+                for (size, p) in pieces {
+                    let place = match p {
+                        Some(l) => Some(self.place_of(l, name)?),
+                        None => None,
+                    };
+                    out.push((at, *size, place));
+                    at += size;
+                }
+                Place::Pieces(out)
+            }
+        })
+    }
+
+    /// The piece holding bytes `[off, off + size)` of a split value, and the offset within it.
+    fn piece_at<'p>(&self, pieces: &'p [(u64, u64, Option<Place>)], off: u64, size: u64, what: &str) -> Result<(&'p Place, u64), PlanError> {
+        let Some((start, _, place)) = pieces.iter().find(|(start, len, _)| off >= *start && off + size <= start + len) else {
+            return Err(self.type_err(format!("{what} straddles the pieces the compiler split this value into")));
+        };
+        let Some(place) = place else {
+            return Err(self.type_err(format!("{what} is optimized out at this point (that piece of the value has no location)")));
+        };
+        Ok((place, off - start))
+    }
+
+    /// Ops that leave the `size`-byte integer at byte `off` of `place` in the accumulator.
+    fn value_at(&self, place: &Place, off: u64, size: u16, what: &str) -> Result<Vec<PlanOp>, PlanError> {
         match place {
-            Place::Reg(r) => vec![mk(op::REG, r, 0, 0)],
-            Place::Mem(mut ops) => {
-                ops.push(mk(op::DEREF, 0, 8, 0));
-                ops
+            Place::Reg(r) if off == 0 => Ok(vec![mk(op::REG, *r, 0, 0)]),
+            Place::Reg(_) => Err(self.type_err(format!("{what} is in the middle of a register"))),
+            Place::Mem(ops) => {
+                let mut o = ops.clone();
+                o.push(mk(op::DEREF, 0, size, off as i64));
+                Ok(o)
+            }
+            Place::Pieces(pieces) => {
+                let (p, within) = self.piece_at(pieces, off, u64::from(size), what)?;
+                self.value_at(p, within, size, what)
             }
         }
+    }
+
+    /// Ops that copy the `size` bytes of `place` to the value's data (relative offset 0).
+    fn emit_in_place(&self, place: &Place, size: u64) -> Result<Vec<PlanOp>, PlanError> {
+        match place {
+            Place::Reg(r) => {
+                if size > 8 {
+                    return Err(self.type_err(format!("{size}-byte value held in a register")));
+                }
+                Ok(vec![mk(op::REG, *r, 0, 0), mk(op::EMIT_ACC, 0, size as u16, 0)])
+            }
+            Place::Mem(ops) => {
+                let mut o = ops.clone();
+                o.push(mk(op::EMIT_MEM, 0, size as u16, 0));
+                Ok(o)
+            }
+            Place::Pieces(pieces) => {
+                let mut out = Vec::new();
+                for (start, len, p) in pieces {
+                    let Some(p) = p else {
+                        return Err(self.type_err(format!("bytes {start}..{} of it are optimized out at this point", start + len)));
+                    };
+                    let mut o = self.emit_in_place(p, *len)?;
+                    for x in &mut o {
+                        if matches!(x.kind, op::EMIT_ACC | op::EMIT_MEM) {
+                            x.dst += *start as u16;
+                        }
+                    }
+                    out.extend(o);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Ops that leave the value of a pointer-typed place in the accumulator.
+    fn pointer_value(&self, place: Place) -> Result<Vec<PlanOp>, PlanError> {
+        self.value_at(&place, 0, 8, "the pointer")
     }
 
     fn pointer_target(&self, inner: &Expr, how: &str) -> Result<(Vec<PlanOp>, Option<TypeRef>), PlanError> {
         let (place, ty) = self.lower(inner)?;
         match self.bin.type_of(ty)? {
-            Type::Pointer { pointee } => Ok((self.pointer_value(place), pointee)),
+            Type::Pointer { pointee } => Ok((self.pointer_value(place)?, pointee)),
             _ => Err(self.type_err(format!("`{how}` needs a pointer, but `{inner}` is a {}", self.bin.type_name(ty)))),
         }
     }
@@ -207,8 +329,99 @@ impl Builder<'_> {
         }
     }
 
+    /// Recognizes the counted sequences of Go, Rust and C++ by their DWARF names and members.
+    fn counted_layout(&self, ty: Option<TypeRef>) -> Result<Option<(CountedLayout, Option<TypeRef>)>, PlanError> {
+        let Type::Struct { name, size, members } = self.bin.type_of(ty)? else { return Ok(None) };
+        let member = |n: &str| members.iter().find(|m| m.name == n);
+        let pointee = |m: &crate::debuginfo::Member| -> Result<Option<TypeRef>, PlanError> {
+            Ok(match self.bin.type_of(m.ty)? {
+                Type::Pointer { pointee } => pointee,
+                _ => None,
+            })
+        };
+        let stride_of = |t: Option<TypeRef>| -> Result<u64, PlanError> { Ok(self.bin.size_of(t)?.unwrap_or(1).max(1)) };
+        let mk_layout = |ptr_off, len_off, cap_off, stride, style| CountedLayout { header: size, ptr_off, len_off, cap_off, stride, style, type_name: name.clone() };
+        // Go `string` {str *uint8; len int}.
+        if name == "string" {
+            if let (Some(p), Some(l)) = (member("str"), member("len")) {
+                return Ok(Some((mk_layout(p.offset, l.offset, None, 1, CountedStyle::Text), None)));
+            }
+        }
+        // Go slice `[]T` {array *T; len int; cap int}.
+        if name.starts_with("[]") {
+            if let (Some(p), Some(l), Some(c)) = (member("array"), member("len"), member("cap")) {
+                let elem = pointee(p)?;
+                return Ok(Some((mk_layout(p.offset, l.offset, Some(c.offset), stride_of(elem)?, CountedStyle::GoSlice), elem)));
+            }
+        }
+        // Rust `&str` / `&[T]` {data_ptr, length}.
+        if name == "&str" || name.starts_with("&[") || name.starts_with("&mut [") {
+            if let (Some(p), Some(l)) = (member("data_ptr"), member("length")) {
+                let elem = pointee(p)?;
+                return Ok(Some(if name == "&str" {
+                    (mk_layout(p.offset, l.offset, None, 1, CountedStyle::Text), None)
+                } else {
+                    (mk_layout(p.offset, l.offset, None, stride_of(elem)?, CountedStyle::RustSeq), elem)
+                }));
+            }
+        }
+        // Rust `String` { vec: Vec<u8> } and `Vec<T>` { buf: RawVec { .. ptr .. }, len }.
+        if name == "alloc::string::String" {
+            if let Some(v) = member("vec") {
+                if let Some((mut l, _)) = self.counted_layout(v.ty)? {
+                    l.ptr_off += v.offset;
+                    l.len_off += v.offset;
+                    l.header = size;
+                    l.style = CountedStyle::Text;
+                    l.stride = 1;
+                    return Ok(Some((l, None)));
+                }
+            }
+        }
+        if name.starts_with("alloc::vec::Vec<") {
+            if let (Some(buf), Some(l)) = (member("buf"), member("len")) {
+                if let Some(ptr_off) = self.first_pointer(buf.ty, 0)? {
+                    let elem = self.bin.template_param(ty, "T")?;
+                    return Ok(Some((mk_layout(buf.offset + ptr_off, l.offset, None, stride_of(elem)?, CountedStyle::RustSeq), elem)));
+                }
+            }
+        }
+        // libstdc++ `std::string` { _M_dataplus { _M_p }, _M_string_length, .. }.
+        if name.starts_with("std::__cxx11::basic_string<char") || name.starts_with("basic_string<char") || name == "string" {
+            if let (Some(d), Some(l)) = (member("_M_dataplus"), member("_M_string_length")) {
+                if let Some(p) = self.first_pointer(d.ty, 0)? {
+                    return Ok(Some((mk_layout(d.offset + p, l.offset, None, 1, CountedStyle::Text), None)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Offset of the first pointer-typed leaf inside a struct (Rust hides `Vec`'s pointer in
+    /// `RawVec`/`RawVecInner`/`Unique`/`NonNull`, differently in each release).
+    fn first_pointer(&self, ty: Option<TypeRef>, depth: u32) -> Result<Option<u64>, PlanError> {
+        if depth > 8 {
+            return Ok(None);
+        }
+        Ok(match self.bin.type_of(ty)? {
+            Type::Pointer { .. } => Some(0),
+            Type::Struct { members, .. } => {
+                for m in members {
+                    if let Some(o) = self.first_pointer(m.ty, depth + 1)? {
+                        return Ok(Some(m.offset + o));
+                    }
+                }
+                None
+            }
+            _ => None,
+        })
+    }
+
     /// The shape of a value of type `ty` stored in place (no pointer following).
     fn shape_in_place(&self, ty: Option<TypeRef>, depth: u32) -> Result<Shape, PlanError> {
+        if let Some((layout, _)) = self.counted_layout(ty)? {
+            return Ok(Shape::Counted { layout, elem: Box::new(Shape::Char { size: 1 }) });
+        }
         Ok(match self.bin.type_of(ty)? {
             Type::Int { size, signed, .. } if size <= 8 => Shape::Int { size: size as u8, signed },
             Type::Float { size, .. } if size == 4 || size == 8 => Shape::Float { size: size as u8 },
@@ -262,6 +475,9 @@ pub fn build(
     }
     let mut plan = Plan::empty();
     plan.tgid = opts.tgid;
+    if bin.language().ok() == Some(crate::debuginfo::Language::Go) {
+        plan.goid_offset = bin.go_goid_offset().and_then(|o| u32::try_from(o).ok()).unwrap_or(0);
+    }
     let mut ops: Vec<PlanOp> = Vec::new();
     let mut values = Vec::new();
     let mut dst = 0usize;
@@ -272,11 +488,52 @@ pub fn build(
         let stripped = bin.type_of(ty)?;
         let (value_ops, shape, len) = match stripped {
             Type::Pointer { pointee } if matches!(bin.type_of(pointee)?, Type::Char { size: 1, .. }) => {
-                let mut o = b.pointer_value(place);
+                let mut o = b.pointer_value(place)?;
                 let len = opts.string_cap.saturating_add(2).min(MAX_COPY_BYTES as u32);
                 let cap = len - 2;
                 o.push(mk(op::EMIT_STR, 0, len as u16, 0));
                 (o, Shape::CString { cap }, len as usize)
+            }
+            Type::Struct { .. } if b.counted_layout(ty)?.is_some() => {
+                let Some((layout, elem)) = b.counted_layout(ty)? else { unreachable!("checked above") };
+
+                let elem_shape = match layout.style {
+                    CountedStyle::Text => Shape::Char { size: 1 },
+                    _ => b.shape_in_place(elem, 1)?,
+                };
+                let cap_bytes = match layout.style {
+                    CountedStyle::Text => u64::from(opts.string_cap),
+                    _ => (layout.stride * 32).min(1024),
+                }
+                .min(MAX_COPY_BYTES as u64);
+                let mut o = match place {
+                    // One address walk, kept for the three reads.
+                    Place::Mem(base) => {
+                        let mut o = base;
+                        o.push(mk(op::SAVE, 0, 0, 0));
+                        o.push(mk(op::EMIT_MEM, 0, layout.header as u16, 0));
+                        o.push(mk(op::RESTORE, 0, 0, 0));
+                        o.push(mk(op::DEREF, 0, 8, layout.len_off as i64));
+                        o.push(mk(op::LEN, 0, 0, layout.stride as i64));
+                        o.push(mk(op::RESTORE, 0, 0, 0));
+                        o.push(mk(op::DEREF, 0, 8, layout.ptr_off as i64));
+                        o
+                    }
+                    // Split over registers (Go passes strings so): each part from its piece.
+                    other => {
+                        let mut o = b.emit_in_place(&other, layout.header)?;
+                        o.extend(b.value_at(&other, layout.len_off, 8, "its length")?);
+                        o.push(mk(op::LEN, 0, 0, layout.stride as i64));
+                        o.extend(b.value_at(&other, layout.ptr_off, 8, "its data pointer")?);
+                        o
+                    }
+                };
+                let mut var = mk(op::EMIT_VAR, 0, cap_bytes as u16, 0);
+                // The elements follow the header in the data area.
+                var.dst = layout.header as u16;
+                o.push(var);
+                let len = (layout.header + cap_bytes) as usize;
+                (o, Shape::Counted { layout, elem: Box::new(elem_shape) }, len)
             }
             Type::Void => return Err(b.type_err("it has type void; nothing to capture".to_owned())),
             Type::Unsupported { what } => return Err(b.type_err(format!("its type ({what}) is not supported yet"))),
@@ -293,16 +550,11 @@ pub fn build(
                     return Err(PlanError::OverBudget { what: format!("`{text}` is {size} bytes (at most {MAX_COPY_BYTES} per value)") });
                 }
                 let o = match place {
-                    Place::Reg(r) => {
-                        if size > 8 {
-                            return Err(b.type_err(format!("{size}-byte value held in a register")));
-                        }
-                        vec![mk(op::REG, r, 0, 0), mk(op::EMIT_ACC, 0, size as u16, 0)]
-                    }
-                    Place::Mem(mut o) => {
+                    Place::Mem(mut o) if len != size => {
                         o.push(mk(op::EMIT_MEM, 0, len as u16, 0));
                         o
                     }
+                    other => b.emit_in_place(&other, size)?,
                 };
                 (o, shape, len as usize)
             }
@@ -313,7 +565,8 @@ pub fn build(
         let mut value_ops = fold(value_ops);
         for o in &mut value_ops {
             o.value = vi as u8;
-            o.dst = dst as u16;
+            // Ops carry offsets relative to their value; EMIT_VAR's is past its header.
+            o.dst = (dst + usize::from(o.dst)) as u16;
         }
         ops.extend(value_ops);
         values.push(ValueDecoder { expr: text.clone(), hidden: *hidden, shape, dst });
@@ -437,6 +690,21 @@ fn lower_condition(c: &expr::Condition, vi: usize, v: &ValueDecoder) -> Result<C
             k.size = 8;
             k.imm = detrix_common::f64_key(f.to_bits()) as i64;
         }
+        Shape::Counted { layout, .. } if layout.style == CountedStyle::Text => {
+            let Literal::Str(s) = &c.literal else {
+                return Err(err(format!("`{}` is a string; compare it with a quoted string", c.expr_text)));
+            };
+            if !matches!(c.op, CmpOp::Eq | CmpOp::Ne | CmpOp::Prefix) {
+                return Err(err("strings compare with ==, != or ^= (starts with)".to_owned()));
+            }
+            if s.len() > COND_STR_BYTES {
+                return Err(err(format!("string constants are at most {COND_STR_BYTES} bytes")));
+            }
+            k.kind = if c.op == CmpOp::Prefix { cond::STR_PREFIX } else { cond::STR_EQ };
+            k.dst = (v.dst + layout.header as usize) as u16;
+            k.len = s.len() as u16;
+            k.bytes[..s.len()].copy_from_slice(s.as_bytes());
+        }
         Shape::CString { .. } | Shape::CharArray { .. } => {
             let Literal::Str(s) = &c.literal else {
                 return Err(err(format!("`{}` is a string; compare it with a quoted string", c.expr_text)));
@@ -482,11 +750,46 @@ pub fn decode(values: &[ValueDecoder], header: &EventHeader, data: &[u8]) -> Vec
             if meta.flags & value_flags::READ_FAULT != 0 {
                 return Value::Error(format!("could not read the target's memory for `{}` at this hit (invalid pointer or page not present)", v.expr));
             }
+            if let Shape::Counted { layout, elem } = &v.shape {
+                let header = data.get(v.dst..v.dst + layout.header as usize).unwrap_or(&[]);
+                let start = v.dst + layout.header as usize;
+                let var = data.get(start..(start + usize::from(meta.len)).min(data.len())).unwrap_or(&[]);
+                return decode_counted(layout, elem, header, var);
+            }
             let end = (v.dst + usize::from(meta.len)).min(data.len());
             let bytes = data.get(v.dst..end).unwrap_or(&[]);
             decode_shape(&v.shape, bytes)
         })
         .collect()
+}
+
+/// Renders a counted sequence from its header (length, capacity) and the copied elements.
+fn decode_counted(layout: &CountedLayout, elem: &Shape, header: &[u8], var: &[u8]) -> Value {
+    let len = le_u64(header.get(layout.len_off as usize..).unwrap_or(&[]), 8);
+    match layout.style {
+        CountedStyle::Text => {
+            let text = String::from_utf8_lossy(var).into_owned();
+            Value::Str { text, truncated: (var.len() as u64) < len }
+        }
+        CountedStyle::GoSlice | CountedStyle::RustSeq => {
+            let shown = (var.len() as u64 / layout.stride.max(1)).min(len);
+            let items: Vec<String> = (0..shown)
+                .map(|i| {
+                    let b = var.get((i * layout.stride) as usize..).unwrap_or(&[]);
+                    render(elem, b)
+                })
+                .collect();
+            let more = len - shown;
+            if layout.style == CountedStyle::GoSlice {
+                let cap = layout.cap_off.map_or(len, |o| le_u64(header.get(o as usize..).unwrap_or(&[]), 8));
+                let tail = if more > 0 { format!(",...+{more} more") } else { String::new() };
+                Value::Text(format!("{} len: {len}, cap: {cap}, [{}{tail}]", layout.type_name, items.join(",")))
+            } else {
+                let tail = if more > 0 { format!(", ...+{more} more") } else { String::new() };
+                Value::Text(format!("[{}{tail}]", items.join(", ")))
+            }
+        }
+    }
 }
 
 fn le_u64(bytes: &[u8], size: usize) -> u64 {
@@ -541,7 +844,7 @@ fn decode_shape(shape: &Shape, bytes: &[u8]) -> Value {
             let text = String::from_utf8_lossy(&bytes[..end.unwrap_or(bytes.len())]).into_owned();
             Value::Str { text, truncated: end.is_none() && u64::from(*copied) < *count }
         }
-        Shape::Struct { .. } | Shape::Array { .. } | Shape::Opaque { .. } => Value::Text(render(shape, bytes)),
+        Shape::Struct { .. } | Shape::Array { .. } | Shape::Opaque { .. } | Shape::Counted { .. } => Value::Text(render(shape, bytes)),
     }
 }
 
@@ -565,6 +868,8 @@ fn render(shape: &Shape, bytes: &[u8]) -> String {
             format!("[{}]", parts.join(", "))
         }
         Shape::Opaque { what } => format!("<{what}>"),
+        // Nested inside a composite only the header was copied: show the length.
+        Shape::Counted { layout, .. } => format!("{} len: {}", layout.type_name, le_u64(bytes.get(layout.len_off as usize..).unwrap_or(&[]), 8)),
         other => match decode_shape(other, bytes) {
             Value::Int(v) => v.to_string(),
             Value::UInt(v) => v.to_string(),

@@ -48,6 +48,17 @@ pub mod op {
     /// Copy a NUL-terminated user string at `acc + imm` to `data[dst..]`, at most `len` bytes
     /// including the NUL; the value's length is the string length; `TRUNCATED` when it filled.
     pub const EMIT_STR: u8 = 7;
+    /// `saved[imm & 1] = acc`: keep a base address for a second walk from it (a string's
+    /// pointer and its length both hang off the same header).
+    pub const SAVE: u8 = 8;
+    /// `acc = saved[imm & 1]`.
+    pub const RESTORE: u8 = 9;
+    /// `count = acc * imm`: the byte length of a counted sequence (`imm` = element size),
+    /// read from its header by the ops before.
+    pub const LEN: u8 = 10;
+    /// Copy `min(count, len)` bytes of user memory at `acc` to `data[dst..]` (Go strings and
+    /// slices, Rust `&str`/`String`/`Vec`, C++ `std::string`); `TRUNCATED` when `count > len`.
+    pub const EMIT_VAR: u8 = 11;
 }
 
 /// Indices into x86-64 `struct pt_regs` (the kernel's order), which is what a uprobe sees.
@@ -224,7 +235,9 @@ pub struct Plan {
     /// Bytes of [`Event::data`] the ops write (0..=[`EVENT_DATA_BYTES`]); only the header and
     /// this many bytes go into the ring.
     pub data_len: u32,
-    pub _pad: u32,
+    /// Go targets: offset of `goid` in `runtime.g`, read through R14 (which holds `g` in Go
+    /// code on amd64) into [`EventHeader::goid`]; 0 = not Go.
+    pub goid_offset: u32,
     /// Token bucket as GCRA, one per probe: one event "costs" `rate_interval_ns`; a hit passes when
     /// the bucket's theoretical arrival time is at most `rate_burst_ns` ahead of now.
     /// 0 = unlimited.
@@ -248,7 +261,7 @@ impl Plan {
             n_ops: 0,
             n_values: 0,
             data_len: 0,
-            _pad: 0,
+            goid_offset: 0,
             rate_interval_ns: 0,
             rate_burst_ns: 0,
             cond: Condition::NONE,

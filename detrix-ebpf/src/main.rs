@@ -122,6 +122,20 @@ fn capture(ctx: &ProbeContext) {
     h.tid = pid_tgid as u32;
     h.ktime_ns = start;
     h.goid = 0;
+    if plan.goid_offset != 0 {
+        let mut goid: u64 = 0;
+        // SAFETY: reads 8 bytes into a local; the helper checks the user address.
+        let rc = unsafe {
+            bpf_probe_read_user(
+                (&mut goid as *mut u64).cast::<c_void>(),
+                8,
+                (r_r14(ctx)).wrapping_add(u64::from(plan.goid_offset)) as *const c_void,
+            )
+        };
+        if rc == 0 {
+            h.goid = goid;
+        }
+    }
     h.flags = 0;
     h.n_values = plan.n_values;
     let mut v = 0;
@@ -184,6 +198,13 @@ fn capture(ctx: &ProbeContext) {
         Err(_) => counters.dropped_ring_full += 1,
     }
     counters.bpf_ns += elapsed(start);
+}
+
+/// R14 of the probed thread: `g` in Go code on amd64.
+#[inline(always)]
+fn r_r14(ctx: &ProbeContext) -> u64 {
+    // SAFETY: uprobe ctx points at the user registers saved on entry.
+    unsafe { (*ctx.regs).r14 }
 }
 
 #[inline(always)]
@@ -281,6 +302,8 @@ fn cmp_u64(a: u64, b: u64) -> i32 {
 #[inline(always)]
 fn run_ops(plan: &Plan, regs: &[u64; PT_REGS_COUNT], ev: &mut Event) -> bool {
     let mut acc: u64 = 0;
+    let mut saved: [u64; 2] = [0; 2];
+    let mut count: u64 = 0;
     let mut bad: u32 = 0; // bit per value that faulted: its remaining ops are skipped
     let n_ops = plan.n_ops as usize;
     let mut i = 0;
@@ -345,6 +368,35 @@ fn run_ops(plan: &Plan, regs: &[u64; PT_REGS_COUNT], ev: &mut Event) -> bool {
                 // SAFETY: dst < EVENT_DATA_BYTES and n ≤ MAX_COPY_BYTES, within `data`'s slack.
                 let rc = unsafe {
                     bpf_probe_read_user(ev.data.as_mut_ptr().add(dst).cast::<c_void>(), n as u32, acc.wrapping_add(o.imm as u64) as *const c_void)
+                };
+                if rc < 0 {
+                    fault = true;
+                } else {
+                    ev.header.values[vi].len = n as u16;
+                }
+            }
+            op::SAVE => saved[(o.imm as usize) & 1] = acc,
+            op::RESTORE => acc = saved[(o.imm as usize) & 1],
+            op::LEN => count = acc.wrapping_mul(o.imm as u64),
+            op::EMIT_VAR => {
+                let dst = (o.dst as usize) & (EVENT_DATA_BYTES - 1);
+                let mut n = (o.len as usize) & (2 * MAX_COPY_BYTES - 1);
+                if n > MAX_COPY_BYTES {
+                    n = MAX_COPY_BYTES;
+                }
+                if count < n as u64 {
+                    n = count as usize;
+                } else if count > n as u64 {
+                    ev.header.values[vi].flags |= value_flags::TRUNCATED;
+                    ev.header.flags |= event_flags::TRUNCATED;
+                }
+                let n = n & (2 * MAX_COPY_BYTES - 1);
+                let n = if n > MAX_COPY_BYTES { MAX_COPY_BYTES } else { n };
+                // SAFETY: dst < EVENT_DATA_BYTES and n ≤ MAX_COPY_BYTES, within `data`'s slack.
+                let rc = if n == 0 {
+                    0
+                } else {
+                    unsafe { bpf_probe_read_user(ev.data.as_mut_ptr().add(dst).cast::<c_void>(), n as u32, acc as *const c_void) }
                 };
                 if rc < 0 {
                     fault = true;

@@ -323,8 +323,9 @@ fn when_double_condition() {
     require_root();
     agent_bin();
     let mut fixture = Fixture::orders(DELAY_MS);
-    // Two printed consecutive prices give the step; aim ~60 rounds (~1.2 s) ahead, well past
-    // the agent's start-up, so earlier hits must be rejected in the kernel.
+    // Two printed consecutive prices give the step; aim ~250 rounds (~5 s) ahead, well past
+    // the agent's start-up even on a loaded 2-core CI machine, so earlier hits must be
+    // rejected in the kernel.
     let now = fixture.last_round().unwrap_or(0).max(1);
     let p_prev = fixture.process_line(now - 1, PRINT_WAIT);
     let p_now = fixture.process_line(now, PRINT_WAIT);
@@ -338,7 +339,7 @@ fn when_double_condition() {
         step > 0.0,
         "the fixture's price should grow per round:\n{p_prev}\n{p_now}"
     );
-    let ahead = 60;
+    let ahead = 250;
     let x = price(&p_now) + step * f64::from(ahead);
     let threshold_round = now + i64::from(ahead);
     let cond = format!("o->price >= {x:?}");
@@ -428,7 +429,6 @@ fn rate_limit_counts_every_hit() {
             "1",
         ],
     ));
-    let started = Instant::now();
     let agent = Running::spawn(cmd);
     if agent
         .stdout()
@@ -443,6 +443,9 @@ fn rate_limit_counts_every_hit() {
             out.stderr
         );
     }
+    // The window starts at the first event: start-up time (resolution, loading) is not
+    // rate-limited time.
+    let started = Instant::now();
     thread::sleep(Duration::from_secs(2));
     agent.signal(libc::SIGTERM);
     let secs = started.elapsed().as_secs_f64();

@@ -19,12 +19,16 @@ pub enum AddrBase {
 }
 
 /// Where a variable's bytes are at a probe point.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     /// The value itself is in a DWARF-numbered register.
     Register { dwarf_reg: u16 },
     /// The value is in memory at `base + offset`.
     Memory { base: AddrBase, offset: i64 },
+    /// The value is split (`DW_OP_piece`): consecutive pieces of `size` bytes, each in a
+    /// register or in memory, or `None` where that part is optimized out. Go passes a string's
+    /// pointer and length in two registers this way.
+    Pieces(Vec<(u64, Option<Location>)>),
 }
 
 /// An address computed by the expression so far.
@@ -66,6 +70,7 @@ impl Binary {
             // DW_OP_reg<n> as a frame base means "the address held in that register".
             Location::Register { dwarf_reg } => Ok(AddrValue { base: AddrBase::Register(dwarf_reg), offset: 0 }),
             Location::Memory { base, offset } => Ok(AddrValue { base, offset }),
+            Location::Pieces(_) => Err(self.unsupported(point, var, "DW_OP_piece in DW_AT_frame_base")),
         }
     }
 
@@ -116,9 +121,10 @@ impl Binary {
         let mut ops = expr.operations(unit.encoding());
         let mut stack: Vec<AddrValue> = Vec::new();
         let mut in_register = None;
+        let mut pieces: Vec<(u64, Option<Location>)> = Vec::new();
         while let Some(op) = ops.next().map_err(self.dwarf_err("a location expression"))? {
-            if in_register.is_some() {
-                return Err(self.unsupported(point, var, "DW_OP_piece (value split across places)"));
+            if in_register.is_some() && !matches!(op, gimli::Operation::Piece { .. }) {
+                return Err(self.unsupported(point, var, "an operation after DW_OP_reg other than DW_OP_piece"));
             }
             match op {
                 gimli::Operation::Address { address } => {
@@ -147,8 +153,17 @@ impl Binary {
                 gimli::Operation::StackValue => {
                     return Err(self.unsupported(point, var, "DW_OP_stack_value (a computed value)"));
                 }
-                gimli::Operation::Piece { .. } => {
-                    return Err(self.unsupported(point, var, "DW_OP_piece (value split across places)"));
+                gimli::Operation::Piece { size_in_bits, bit_offset } => {
+                    if size_in_bits % 8 != 0 || bit_offset.is_some_and(|b| b != 0) {
+                        return Err(self.unsupported(point, var, "DW_OP_bit_piece (a value split at bit boundaries)"));
+                    }
+                    let loc = match (in_register.take(), stack.pop()) {
+                        (Some(dwarf_reg), _) => Some(Location::Register { dwarf_reg }),
+                        (None, Some(top)) => Some(Location::Memory { base: top.base, offset: top.offset }),
+                        (None, None) => None,
+                    };
+                    stack.clear();
+                    pieces.push((size_in_bits / 8, loc));
                 }
                 gimli::Operation::EntryValue { .. } => {
                     return Err(self.unsupported(point, var, "DW_OP_entry_value (value at function entry)"));
@@ -165,6 +180,12 @@ impl Binary {
                     return Err(self.unsupported(point, var, &format!("DW_OP {name}")));
                 }
             }
+        }
+        if !pieces.is_empty() {
+            if in_register.is_some() || !stack.is_empty() {
+                return Err(self.unsupported(point, var, "a location left over after its pieces"));
+            }
+            return Ok(Location::Pieces(pieces));
         }
         if let Some(dwarf_reg) = in_register {
             if !stack.is_empty() {

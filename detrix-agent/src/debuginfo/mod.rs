@@ -113,6 +113,8 @@ pub struct Binary {
     eh_frame: Option<(gimli::EhFrame<R>, gimli::BaseAddresses)>,
     debug_frame: Option<(gimli::DebugFrame<R>, gimli::BaseAddresses)>,
     has_debug_info: bool,
+    goid_offset: std::sync::OnceLock<Option<u64>>,
+    language: std::sync::OnceLock<Language>,
 }
 
 impl std::fmt::Debug for Binary {
@@ -211,7 +213,7 @@ impl Binary {
                 units.push(dwarf.unit(header).map_err(|e| dwarf_err("a compilation unit", e))?);
             }
         }
-        Ok(Self { path: path.to_owned(), is_dyn, segments, code, dwarf, units, eh_frame, debug_frame, has_debug_info })
+        Ok(Self { path: path.to_owned(), is_dyn, segments, code, dwarf, units, eh_frame, debug_frame, has_debug_info, goid_offset: std::sync::OnceLock::new(), language: std::sync::OnceLock::new() })
     }
 
     /// The file this was read from.
@@ -232,6 +234,10 @@ impl Binary {
     /// No debug info.
     pub fn language(&self) -> Result<Language, ResolveError> {
         self.require_debug_info()?;
+        Ok(*self.language.get_or_init(|| self.detect_language()))
+    }
+
+    fn detect_language(&self) -> Language {
         let mut seen = Vec::new();
         for unit in &self.units {
             let Ok(root) = unit.entry(unit.header.root_offset()) else { continue };
@@ -240,7 +246,7 @@ impl Binary {
             }
         }
         let has = |ls: &[gimli::DwLang]| seen.iter().any(|l| ls.contains(l));
-        Ok(if has(&[gimli::DW_LANG_Go]) {
+        if has(&[gimli::DW_LANG_Go]) {
             Language::Go
         } else if has(&[gimli::DW_LANG_Rust]) {
             Language::Rust
@@ -250,7 +256,7 @@ impl Binary {
             Language::C
         } else {
             Language::Other
-        })
+        }
     }
 
     fn require_debug_info(&self) -> Result<(), ResolveError> {

@@ -183,12 +183,34 @@ impl Binary {
         }
         let mut units: Vec<usize> = vec![point.unit];
         units.extend((0..self.units.len()).filter(|&u| u != point.unit));
+        // Go and Rust qualify globals (`main.total`, `orders::TOTAL`): an unqualified name
+        // matches the qualified global of the point's own package first, then any package.
+        let package = point.function.rsplit_once("::").map(|(p, _)| format!("{p}::")).or_else(|| {
+            point.function.rsplit_once('.').map(|(p, _)| format!("{p}."))
+        });
+        let mut qualified = None;
         for ui in units {
             for (off, gname, defined) in self.unit_globals(ui)? {
-                if defined && gname == name {
+                if !defined {
+                    continue;
+                }
+                if gname == name {
                     return self.variable_at(point, ui, off, name, VariableKind::Global);
                 }
+                let tail_match = gname.strip_suffix(name).is_some_and(|p| p.ends_with('.') || p.ends_with("::"));
+                if tail_match {
+                    let own = package.as_ref().is_some_and(|p| gname.strip_prefix(p.as_str()) == Some(name));
+                    if own || qualified.is_none() {
+                        let better = own || qualified.as_ref().is_none_or(|(_, _, o): &(usize, gimli::UnitOffset<usize>, bool)| !*o);
+                        if better {
+                            qualified = Some((ui, off, own));
+                        }
+                    }
+                }
             }
+        }
+        if let Some((ui, off, _)) = qualified {
+            return self.variable_at(point, ui, off, name, VariableKind::Global);
         }
         Err(ResolveError::NotInScope {
             var: name.to_owned(),

@@ -169,6 +169,44 @@ impl Binary {
         }
     }
 
+    /// The type bound to a template parameter (`DW_TAG_template_type_parameter` named `name`)
+    /// of a struct, e.g. `T` of Rust's `Vec<T>`.
+    ///
+    /// # Errors
+    /// Malformed DWARF.
+    pub fn template_param(&self, t: Option<TypeRef>, name: &str) -> Result<Option<TypeRef>, ResolveError> {
+        let Some(r) = self.strip(t)? else { return Ok(None) };
+        let unit = &self.units[r.unit];
+        let mut tree = unit.entries_tree(Some(gimli::UnitOffset(r.offset))).map_err(self.dwarf_err("template parameters"))?;
+        let root = tree.root().map_err(self.dwarf_err("template parameters"))?;
+        let mut children = root.children();
+        while let Some(child) = children.next().map_err(self.dwarf_err("template parameters"))? {
+            let e = child.entry();
+            if e.tag() == dw::DW_TAG_template_type_parameter && self.die_name(r.unit, e).as_deref() == Some(name) {
+                return Ok(self.type_attr(r.unit, e));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Offset of `goid` in Go's `runtime.g`, for reading the goroutine id through R14.
+    /// `None` for non-Go binaries or when the runtime's types are absent.
+    #[must_use]
+    pub fn go_goid_offset(&self) -> Option<u64> {
+        *self.goid_offset.get_or_init(|| {
+            for (ui, unit) in self.units.iter().enumerate() {
+                let mut cursor = unit.entries();
+                while let Ok(Some(e)) = cursor.next_dfs() {
+                    if e.tag() == dw::DW_TAG_structure_type && self.die_name(ui, e).as_deref() == Some("runtime.g") {
+                        let r = TypeRef { unit: ui, offset: e.offset().0 };
+                        return self.members(r).ok()?.into_iter().find(|m| m.name == "goid").map(|m| m.offset);
+                    }
+                }
+            }
+            None
+        })
+    }
+
     fn members(&self, r: TypeRef) -> Result<Vec<Member>, ResolveError> {
         let unit = &self.units[r.unit];
         let mut tree = unit.entries_tree(Some(gimli::UnitOffset(r.offset))).map_err(self.dwarf_err("struct members"))?;

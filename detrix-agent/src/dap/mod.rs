@@ -1,0 +1,12 @@
+//! The DAP side of the agent: what the unchanged Detrix daemon talks to instead of Delve or
+//! lldb-dap (contract.md §4–§9, Appendix B).
+//!
+//! [`codec`] frames bytes, [`template`] reads the daemon's logpoint templates and writes the
+//! `output` text it parses, [`facade`] is the per-connection state machine. Sockets live in
+//! [`crate::daemon`]; nothing here does I/O except [`codec::read_frame`].
+
+pub mod codec;
+pub mod facade;
+pub mod template;
+
+pub use facade::{Facade, ProbeSet};
