@@ -44,6 +44,8 @@ enum Shape {
     /// `char[N]`, copied in place (`copied` ≤ N bytes).
     CharArray { count: u64, copied: u32 },
     Struct { members: Vec<(String, u64, Shape)> },
+    /// A Rust enum: discriminant `(offset, size)` and each variant's value, name, payload.
+    Variants { discr: Option<(u64, u64)>, variants: Vec<(Option<u64>, String, u64, Shape)> },
     /// A counted sequence: a header (pointer, length[, capacity]) copied in place, then up to
     /// `cap_bytes` of the elements it points to (see [`CountedLayout`]).
     Counted { layout: CountedLayout, elem: Box<Shape> },
@@ -115,6 +117,8 @@ enum Place {
     Reg(u8),
     /// In memory; these ops leave the address in the accumulator.
     Mem(Vec<PlanOp>),
+    /// Not stored anywhere: these ops compute the value itself into the accumulator.
+    Computed(Vec<PlanOp>),
     /// Split over places (`DW_OP_piece`): `(byte offset, size, place)`; `None` = optimized out.
     Pieces(Vec<(u64, u64, Option<Place>)>),
 }
@@ -157,7 +161,7 @@ impl Builder<'_> {
                         ops.push(mk(op::ADD, 0, 0, offset as i64));
                         Ok((Place::Mem(ops), mty))
                     }
-                    Place::Reg(_) => Err(self.type_err(format!(
+                    Place::Reg(_) | Place::Computed(_) => Err(self.type_err(format!(
                         "`{inner}` is held in a register at this point, so `.{field}` has no address; use a line where it is in memory"
                     ))),
                     Place::Pieces(pieces) => {
@@ -229,6 +233,13 @@ impl Builder<'_> {
                 let bias = if self.bin.is_dyn { self.opts.load_bias } else { 0 };
                 Place::Mem(vec![mk(op::CONST, 0, 0, offset.wrapping_add(bias as i64))])
             }
+            Location::Computed { reg: Some(r), offset } => {
+                let reg = pt_regs::from_dwarf(*r).ok_or_else(|| {
+                    self.type_err(format!("`{name}` is computed from DWARF register {r}, which a uprobe cannot read"))
+                })?;
+                Place::Computed(vec![mk(op::REG, reg, 0, *offset)])
+            }
+            Location::Computed { reg: None, offset } => Place::Computed(vec![mk(op::CONST, 0, 0, *offset)]),
             Location::Pieces(pieces) => {
                 let mut out = Vec::new();
                 let mut at = 0;
@@ -261,6 +272,8 @@ impl Builder<'_> {
         match place {
             Place::Reg(r) if off == 0 => Ok(vec![mk(op::REG, *r, 0, 0)]),
             Place::Reg(_) => Err(self.type_err(format!("{what} is in the middle of a register"))),
+            Place::Computed(ops) if off == 0 => Ok(ops.clone()),
+            Place::Computed(_) => Err(self.type_err(format!("{what} is inside a computed value"))),
             Place::Mem(ops) => {
                 let mut o = ops.clone();
                 o.push(mk(op::DEREF, 0, size, off as i64));
@@ -285,6 +298,14 @@ impl Builder<'_> {
             Place::Mem(ops) => {
                 let mut o = ops.clone();
                 o.push(mk(op::EMIT_MEM, 0, size as u16, 0));
+                Ok(o)
+            }
+            Place::Computed(ops) => {
+                if size > 8 {
+                    return Err(self.type_err(format!("{size}-byte computed value")));
+                }
+                let mut o = ops.clone();
+                o.push(mk(op::EMIT_ACC, 0, size as u16, 0));
                 Ok(o)
             }
             Place::Pieces(pieces) => {
@@ -366,7 +387,7 @@ impl Builder<'_> {
             }
         }
         // Rust `String` { vec: Vec<u8> } and `Vec<T>` { buf: RawVec { .. ptr .. }, len }.
-        if name == "alloc::string::String" {
+        if name == "String" || name.ends_with("::String") {
             if let Some(v) = member("vec") {
                 if let Some((mut l, _)) = self.counted_layout(v.ty)? {
                     l.ptr_off += v.offset;
@@ -378,7 +399,7 @@ impl Builder<'_> {
                 }
             }
         }
-        if name.starts_with("alloc::vec::Vec<") {
+        if name.starts_with("Vec<") || name.contains("::Vec<") {
             if let (Some(buf), Some(l)) = (member("buf"), member("len")) {
                 if let Some(ptr_off) = self.first_pointer(buf.ty, 0)? {
                     let elem = self.bin.template_param(ty, "T")?;
@@ -436,6 +457,13 @@ impl Builder<'_> {
                     let stride = self.bin.size_of(elem)?.unwrap_or(0);
                     Shape::Array { elem: Box::new(self.shape_in_place(elem, depth + 1)?), count, stride }
                 }
+            }
+            Type::Variants { discr, variants, .. } if depth < 6 => {
+                let mut out = Vec::new();
+                for v in variants {
+                    out.push((v.discr_value, v.name.clone(), v.offset, self.shape_in_place(v.ty, depth + 1)?));
+                }
+                Shape::Variants { discr, variants: out }
             }
             Type::Struct { members, .. } if depth < 6 => {
                 let mut out = Vec::new();
@@ -844,7 +872,9 @@ fn decode_shape(shape: &Shape, bytes: &[u8]) -> Value {
             let text = String::from_utf8_lossy(&bytes[..end.unwrap_or(bytes.len())]).into_owned();
             Value::Str { text, truncated: end.is_none() && u64::from(*copied) < *count }
         }
-        Shape::Struct { .. } | Shape::Array { .. } | Shape::Opaque { .. } | Shape::Counted { .. } => Value::Text(render(shape, bytes)),
+        Shape::Struct { .. } | Shape::Array { .. } | Shape::Opaque { .. } | Shape::Counted { .. } | Shape::Variants { .. } => {
+            Value::Text(render(shape, bytes))
+        }
     }
 }
 
@@ -868,6 +898,33 @@ fn render(shape: &Shape, bytes: &[u8]) -> String {
             format!("[{}]", parts.join(", "))
         }
         Shape::Opaque { what } => format!("<{what}>"),
+        Shape::Variants { discr, variants } => {
+            let d = discr.map(|(off, size)| le_u64(bytes.get(off as usize..).unwrap_or(&[]), size as usize));
+            let chosen = variants
+                .iter()
+                .find(|(v, ..)| v.is_some() && *v == d)
+                .or_else(|| variants.iter().find(|(v, ..)| v.is_none()))
+                .or_else(|| if discr.is_none() { variants.first() } else { None });
+            match chosen {
+                None => format!("<unknown variant {}>", d.unwrap_or(0)),
+                Some((_, name, off, payload)) => {
+                    let b = bytes.get(*off as usize..).unwrap_or(&[]);
+                    match payload {
+                        // Tuple variants name their fields __0, __1, …: `Some(5)`.
+                        Shape::Struct { members } if members.iter().all(|(n, ..)| n.starts_with("__")) => {
+                            if members.is_empty() {
+                                name.clone()
+                            } else {
+                                let parts: Vec<String> = members.iter().map(|(_, o, s)| render(s, b.get(*o as usize..).unwrap_or(&[]))).collect();
+                                format!("{name}({})", parts.join(", "))
+                            }
+                        }
+                        Shape::Struct { members } if members.is_empty() => name.clone(),
+                        other => format!("{name} {}", render(other, b)),
+                    }
+                }
+            }
+        }
         // Nested inside a composite only the header was copied: show the length.
         Shape::Counted { layout, .. } => format!("{} len: {}", layout.type_name, le_u64(bytes.get(layout.len_off as usize..).unwrap_or(&[]), 8)),
         other => match decode_shape(other, bytes) {

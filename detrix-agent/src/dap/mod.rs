@@ -9,4 +9,7 @@ pub mod codec;
 pub mod facade;
 pub mod template;
 
+#[cfg(test)]
+mod replay_tests;
+
 pub use facade::{Facade, ProbeSet};

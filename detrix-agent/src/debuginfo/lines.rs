@@ -24,8 +24,10 @@ pub struct ProbePoint {
     pub func_start: LinkAddr,
     pub func_end: LinkAddr,
     pub(super) unit: usize,
-    /// Offset of the `DW_TAG_subprogram` in its unit.
+    /// Offset of the `DW_TAG_subprogram` in its unit (frame base).
     pub(super) subprogram: usize,
+    /// Offset of the innermost scope: the subprogram, or the inlined copy the point is in.
+    pub(super) scope: usize,
 }
 
 /// One line-table row, reduced to what resolution needs.
@@ -183,8 +185,8 @@ impl Binary {
         let path = matched.into_iter().next().unwrap_or_default();
 
         let mut lines_with_code = BTreeSet::new();
-        // (unit, subprogram) → (best addr, is_stmt, name, low_pc, high_pc)
-        let mut groups: BTreeMap<(usize, usize), (u64, bool, String, u64, u64)> = BTreeMap::new();
+        // (unit, scope) → (best addr, is_stmt, scope)
+        let mut groups: BTreeMap<(usize, usize), (u64, bool, super::scope::Function)> = BTreeMap::new();
         let mut unit_addrs: HashMap<usize, Vec<u64>> = HashMap::new();
         for (ui, by_file, addrs) in per_unit {
             let Some(rows) = by_file.get(&path) else { continue };
@@ -193,12 +195,12 @@ impl Binary {
             }
             for r in rows.iter().filter(|r| r.line == line) {
                 let Some(func) = self.function_at(ui, r.addr)? else { continue };
-                let key = (ui, func.offset);
-                let better = |(a, s, ..): &(u64, bool, String, u64, u64)| (r.is_stmt && !*s) || (r.is_stmt == *s && r.addr < *a);
+                let key = (ui, func.scope);
+                let better = |(a, s, _): &(u64, bool, super::scope::Function)| (r.is_stmt && !*s) || (r.is_stmt == *s && r.addr < *a);
                 match groups.get(&key) {
                     Some(cur) if !better(cur) => {}
                     _ => {
-                        groups.insert(key, (r.addr, r.is_stmt, func.name.clone(), func.low_pc, func.high_pc));
+                        groups.insert(key, (r.addr, r.is_stmt, func));
                     }
                 }
             }
@@ -209,8 +211,11 @@ impl Binary {
             return Err(ResolveError::NoCodeAtLine { file: file.to_owned(), line, nearest: nearest_lines(&lines_with_code, line) });
         }
         let mut points = Vec::new();
-        for ((ui, sub), (mut addr, _, name, low, high)) in groups {
-            if addr == low {
+        for ((ui, scope), (mut addr, _, func)) in groups {
+            let (low, high) = (func.low_pc, func.high_pc);
+            // A real function's first instruction is its prologue: parameters are not in their
+            // home slots yet. An inlined copy has none.
+            if addr == low && !func.inlined {
                 if let Some(next) = unit_addrs.get(&ui).and_then(|a| a.iter().copied().find(|&a| a > low && a < high)) {
                     addr = next;
                 }
@@ -224,7 +229,20 @@ impl Binary {
                     reason: format!("address {addr} of {path}:{line} is in no loadable segment"),
                 });
             };
-            points.push(ProbePoint { addr, file_offset, function: name, file: path.clone(), line, line_end, func_start: LinkAddr(low), func_end: LinkAddr(high), unit: ui, subprogram: sub });
+            let function = if func.inlined { format!("{} (inlined)", func.name) } else { func.name.clone() };
+            points.push(ProbePoint {
+                addr,
+                file_offset,
+                function,
+                file: path.clone(),
+                line,
+                line_end,
+                func_start: LinkAddr(low),
+                func_end: LinkAddr(high),
+                unit: ui,
+                subprogram: func.subprogram,
+                scope,
+            });
         }
         Ok(points)
     }

@@ -25,6 +25,9 @@ pub enum Location {
     Register { dwarf_reg: u16 },
     /// The value is in memory at `base + offset`.
     Memory { base: AddrBase, offset: i64 },
+    /// The value itself is computed (`DW_OP_stack_value`): a register plus a constant, or a
+    /// constant (`reg: None`). Optimised code describes `i + 1` or a folded constant this way.
+    Computed { reg: Option<u16>, offset: i64 },
     /// The value is split (`DW_OP_piece`): consecutive pieces of `size` bytes, each in a
     /// register or in memory, or `None` where that part is optimized out. Go passes a string's
     /// pointer and length in two registers this way.
@@ -71,6 +74,7 @@ impl Binary {
             Location::Register { dwarf_reg } => Ok(AddrValue { base: AddrBase::Register(dwarf_reg), offset: 0 }),
             Location::Memory { base, offset } => Ok(AddrValue { base, offset }),
             Location::Pieces(_) => Err(self.unsupported(point, var, "DW_OP_piece in DW_AT_frame_base")),
+            Location::Computed { .. } => Err(self.unsupported(point, var, "DW_OP_stack_value in DW_AT_frame_base")),
         }
     }
 
@@ -122,9 +126,15 @@ impl Binary {
         let mut stack: Vec<AddrValue> = Vec::new();
         let mut in_register = None;
         let mut pieces: Vec<(u64, Option<Location>)> = Vec::new();
+        // A constant on the stack (DW_OP_lit*, DW_OP_const*): only meaningful with stack_value.
+        let mut constant: Option<i64> = None;
+        let mut computed: Option<Location> = None;
         while let Some(op) = ops.next().map_err(self.dwarf_err("a location expression"))? {
             if in_register.is_some() && !matches!(op, gimli::Operation::Piece { .. }) {
                 return Err(self.unsupported(point, var, "an operation after DW_OP_reg other than DW_OP_piece"));
+            }
+            if computed.is_some() && !matches!(op, gimli::Operation::Piece { .. }) {
+                return Err(self.unsupported(point, var, "an operation after DW_OP_stack_value other than DW_OP_piece"));
             }
             match op {
                 gimli::Operation::Address { address } => {
@@ -150,17 +160,24 @@ impl Binary {
                     Some(top) => top.offset = top.offset.wrapping_add(value as i64),
                     None => return Err(self.unsupported(point, var, "DW_OP_plus_uconst on an empty stack")),
                 },
+                gimli::Operation::UnsignedConstant { value } if stack.is_empty() && constant.is_none() => constant = Some(value as i64),
+                gimli::Operation::SignedConstant { value } if stack.is_empty() && constant.is_none() => constant = Some(value),
                 gimli::Operation::StackValue => {
-                    return Err(self.unsupported(point, var, "DW_OP_stack_value (a computed value)"));
+                    computed = Some(match (stack.pop(), constant.take(), stack.is_empty()) {
+                        (Some(AddrValue { base: AddrBase::Register(r), offset }), None, true) => Location::Computed { reg: Some(r), offset },
+                        (None, Some(c), true) => Location::Computed { reg: None, offset: c },
+                        _ => return Err(self.unsupported(point, var, "DW_OP_stack_value over an expression beyond register + constant")),
+                    });
                 }
                 gimli::Operation::Piece { size_in_bits, bit_offset } => {
                     if size_in_bits % 8 != 0 || bit_offset.is_some_and(|b| b != 0) {
                         return Err(self.unsupported(point, var, "DW_OP_bit_piece (a value split at bit boundaries)"));
                     }
-                    let loc = match (in_register.take(), stack.pop()) {
-                        (Some(dwarf_reg), _) => Some(Location::Register { dwarf_reg }),
-                        (None, Some(top)) => Some(Location::Memory { base: top.base, offset: top.offset }),
-                        (None, None) => None,
+                    let loc = match (in_register.take(), computed.take(), stack.pop()) {
+                        (Some(dwarf_reg), _, _) => Some(Location::Register { dwarf_reg }),
+                        (None, Some(c), _) => Some(c),
+                        (None, None, Some(top)) => Some(Location::Memory { base: top.base, offset: top.offset }),
+                        (None, None, None) => None,
                     };
                     stack.clear();
                     pieces.push((size_in_bits / 8, loc));
@@ -182,10 +199,16 @@ impl Binary {
             }
         }
         if !pieces.is_empty() {
-            if in_register.is_some() || !stack.is_empty() {
+            if in_register.is_some() || computed.is_some() || !stack.is_empty() {
                 return Err(self.unsupported(point, var, "a location left over after its pieces"));
             }
             return Ok(Location::Pieces(pieces));
+        }
+        if let Some(c) = computed {
+            return Ok(c);
+        }
+        if constant.is_some() {
+            return Err(self.unsupported(point, var, "a constant without DW_OP_stack_value"));
         }
         if let Some(dwarf_reg) = in_register {
             if !stack.is_empty() {

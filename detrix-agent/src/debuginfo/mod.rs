@@ -20,7 +20,7 @@ pub use addr::{FileOffset, LinkAddr};
 pub use lines::ProbePoint;
 pub use location::{AddrBase, Location};
 pub use scope::{Variable, VariableKind};
-pub use types::{Member, Type, TypeRef};
+pub use types::{Member, Type, TypeRef, Variant};
 
 pub(crate) type R = gimli::EndianArcSlice<gimli::RunTimeEndian>;
 

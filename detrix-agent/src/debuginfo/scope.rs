@@ -7,11 +7,18 @@ use super::location::Location;
 use super::types::TypeRef;
 use super::{Binary, ProbePoint, ResolveError, R};
 
-/// A `DW_TAG_subprogram` that contains an address.
+/// The innermost scope that contains an address: a `DW_TAG_subprogram`, or an inlined copy
+/// (`DW_TAG_inlined_subroutine`) inside one.
 #[derive(Debug, Clone)]
 pub(super) struct Function {
-    pub(super) offset: usize,
+    /// The scope's DIE: where its variables are.
+    pub(super) scope: usize,
+    /// The enclosing real function's DIE: where the frame base is.
+    pub(super) subprogram: usize,
     pub(super) name: String,
+    /// Whether `scope` is an inlined copy (no prologue to skip).
+    pub(super) inlined: bool,
+    /// The real function's code range.
     pub(super) low_pc: u64,
     pub(super) high_pc: u64,
 }
@@ -62,25 +69,50 @@ impl Binary {
         None
     }
 
-    /// The innermost `DW_TAG_subprogram` whose ranges contain `addr`.
+    /// Code ranges of a DIE: (lowest, highest, whether any range contains `addr`).
+    fn ranges_hit(&self, unit: &gimli::Unit<R>, entry: &gimli::DebuggingInformationEntry<R>, addr: u64) -> Result<(u64, u64, bool), ResolveError> {
+        let mut ranges = self.dwarf.die_ranges(unit, entry).map_err(self.dwarf_err("code ranges"))?;
+        let (mut low, mut high, mut hit) = (u64::MAX, 0, false);
+        while let Some(r) = ranges.next().map_err(self.dwarf_err("code ranges"))? {
+            low = low.min(r.begin);
+            high = high.max(r.end);
+            hit |= r.begin <= addr && addr < r.end;
+        }
+        Ok((low, high, hit))
+    }
+
+    /// The innermost scope (function or inlined copy) whose ranges contain `addr`.
     pub(super) fn function_at(&self, ui: usize, addr: u64) -> Result<Option<Function>, ResolveError> {
         let unit = &self.units[ui];
         let mut cursor = unit.entries();
         let mut best: Option<Function> = None;
-        while let Some(entry) = cursor.next_dfs().map_err(self.dwarf_err("DIEs"))? {
-            if entry.tag() != dw::DW_TAG_subprogram {
+        let mut best_depth = -1;
+        loop {
+            let Some(entry) = cursor.next_dfs().map_err(self.dwarf_err("DIEs"))? else { break };
+            let tag = entry.tag();
+            if tag != dw::DW_TAG_subprogram && tag != dw::DW_TAG_inlined_subroutine {
                 continue;
             }
-            let mut ranges = self.dwarf.die_ranges(unit, entry).map_err(self.dwarf_err("function ranges"))?;
-            let (mut low, mut high, mut hit) = (u64::MAX, 0, false);
-            while let Some(r) = ranges.next().map_err(self.dwarf_err("function ranges"))? {
-                low = low.min(r.begin);
-                high = high.max(r.end);
-                hit |= r.begin <= addr && addr < r.end;
+            let entry = entry.clone();
+            let depth = cursor.depth();
+            if tag != dw::DW_TAG_subprogram && tag != dw::DW_TAG_inlined_subroutine {
+                continue;
             }
-            if hit {
-                let name = self.die_name(ui, entry).unwrap_or_else(|| "<anonymous>".to_owned());
-                best = Some(Function { offset: entry.offset().0, name, low_pc: low, high_pc: high });
+            let (low, high, hit) = self.ranges_hit(unit, &entry, addr)?;
+            if !hit {
+                continue;
+            }
+            let name = self.die_name(ui, &entry).unwrap_or_else(|| "<anonymous>".to_owned());
+            if tag == dw::DW_TAG_subprogram {
+                best = Some(Function { scope: entry.offset().0, subprogram: entry.offset().0, name, inlined: false, low_pc: low, high_pc: high });
+                best_depth = depth;
+            } else if let Some(b) = best.as_mut() {
+                if depth > best_depth {
+                    b.scope = entry.offset().0;
+                    b.name = name;
+                    b.inlined = true;
+                    best_depth = depth;
+                }
             }
         }
         Ok(best)
@@ -88,7 +120,7 @@ impl Binary {
 
     fn scope_candidates(&self, point: &ProbePoint) -> Result<Vec<Candidate>, ResolveError> {
         let unit = &self.units[point.unit];
-        let mut tree = unit.entries_tree(Some(gimli::UnitOffset(point.subprogram))).map_err(self.dwarf_err("a function's DIEs"))?;
+        let mut tree = unit.entries_tree(Some(gimli::UnitOffset(point.scope))).map_err(self.dwarf_err("a function's DIEs"))?;
         let root = tree.root().map_err(self.dwarf_err("a function's DIEs"))?;
         let mut out = Vec::new();
         self.walk_scope(point, root, 1, &mut out)?;

@@ -24,6 +24,16 @@ pub struct Member {
     pub ty: Option<TypeRef>,
 }
 
+/// One variant of a Rust enum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Variant {
+    pub discr_value: Option<u64>,
+    pub name: String,
+    /// Offset of the variant's payload struct, and its type.
+    pub offset: u64,
+    pub ty: Option<TypeRef>,
+}
+
 /// One level of a type, with qualifiers and typedefs removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Type {
@@ -36,6 +46,10 @@ pub enum Type {
     Enum { name: String, size: u64, signed: bool, values: Vec<(String, i64)> },
     Pointer { pointee: Option<TypeRef> },
     Struct { name: String, size: u64, members: Vec<Member> },
+    /// A Rust enum (`DW_TAG_variant_part`): the discriminant's place and each variant with the
+    /// discriminant value that selects it (`None`: the default variant, e.g. the dataful one
+    /// of a niche-optimised `Option<&T>`).
+    Variants { name: String, size: u64, discr: Option<(u64, u64)>, variants: Vec<Variant> },
     Array { elem: Option<TypeRef>, count: Option<u64> },
     Unsupported { what: String },
 }
@@ -57,8 +71,16 @@ impl Binary {
     }
 
     /// The `DW_AT_type` of a DIE.
+    /// The `DW_AT_type` of a DIE, following `DW_AT_abstract_origin` (an inlined copy's
+    /// variables carry only their location; name and type are on the abstract instance).
     pub(super) fn type_attr(&self, ui: usize, entry: &gimli::DebuggingInformationEntry<R>) -> Option<TypeRef> {
-        self.resolve_ref(ui, &entry.attr_value(dw::DW_AT_type)?)
+        if let Some(t) = entry.attr_value(dw::DW_AT_type) {
+            return self.resolve_ref(ui, &t);
+        }
+        let origin = self.resolve_ref(ui, &entry.attr_value(dw::DW_AT_abstract_origin)?)?;
+        let e = self.units[origin.unit].entry(gimli::UnitOffset(origin.offset)).ok()?;
+        let t = e.attr_value(dw::DW_AT_type)?;
+        self.resolve_ref(origin.unit, &t)
     }
 
     fn entry_of(&self, t: TypeRef) -> Result<gimli::DebuggingInformationEntry<R>, ResolveError> {
@@ -117,9 +139,10 @@ impl Binary {
             dw::DW_TAG_pointer_type | dw::DW_TAG_reference_type | dw::DW_TAG_rvalue_reference_type => {
                 Type::Pointer { pointee: self.type_attr(r.unit, &e) }
             }
-            dw::DW_TAG_structure_type | dw::DW_TAG_class_type | dw::DW_TAG_union_type => {
-                Type::Struct { name, size, members: self.members(r)? }
-            }
+            dw::DW_TAG_structure_type | dw::DW_TAG_class_type | dw::DW_TAG_union_type => match self.variant_part(r)? {
+                Some((discr, variants)) => Type::Variants { name, size, discr, variants },
+                None => Type::Struct { name, size, members: self.members(r)? },
+            },
             dw::DW_TAG_enumeration_type => {
                 let (values, any_negative) = self.enumerators(r)?;
                 let signed = match self.type_of(self.type_attr(r.unit, &e))? {
@@ -141,7 +164,7 @@ impl Binary {
     pub fn size_of(&self, t: Option<TypeRef>) -> Result<Option<u64>, ResolveError> {
         Ok(match self.type_of(t)? {
             Type::Void | Type::Unsupported { .. } => None,
-            Type::Int { size, .. } | Type::Float { size, .. } | Type::Bool { size } | Type::Char { size, .. } | Type::Enum { size, .. } | Type::Struct { size, .. } => Some(size),
+            Type::Int { size, .. } | Type::Float { size, .. } | Type::Bool { size } | Type::Char { size, .. } | Type::Enum { size, .. } | Type::Struct { size, .. } | Type::Variants { size, .. } => Some(size),
             Type::Pointer { .. } => Some(8),
             Type::Array { elem, count } => match (self.size_of(elem)?, count) {
                 (Some(s), Some(c)) => Some(s * c),
@@ -161,7 +184,7 @@ impl Binary {
             Ok(Type::Struct { name, .. }) => {
                 if name.is_empty() { "struct <anonymous>".to_owned() } else { format!("struct {name}") }
             }
-            Ok(Type::Enum { name, .. }) => format!("enum {name}"),
+            Ok(Type::Enum { name, .. } | Type::Variants { name, .. }) => format!("enum {name}"),
             Ok(Type::Int { name, .. } | Type::Float { name, .. } | Type::Char { name, .. }) => name,
             Ok(Type::Bool { .. }) => "bool".to_owned(),
             Ok(Type::Unsupported { what }) => what,
@@ -205,6 +228,53 @@ impl Binary {
             }
             None
         })
+    }
+
+    /// The `DW_TAG_variant_part` of a Rust enum, if `r` has one.
+    fn variant_part(&self, r: TypeRef) -> Result<Option<(Option<(u64, u64)>, Vec<Variant>)>, ResolveError> {
+        let unit = &self.units[r.unit];
+        let mut tree = unit.entries_tree(Some(gimli::UnitOffset(r.offset))).map_err(self.dwarf_err("enum variants"))?;
+        let root = tree.root().map_err(self.dwarf_err("enum variants"))?;
+        let mut children = root.children();
+        while let Some(child) = children.next().map_err(self.dwarf_err("enum variants"))? {
+            if child.entry().tag() != dw::DW_TAG_variant_part {
+                continue;
+            }
+            let discr = match child.entry().attr_value(dw::DW_AT_discr) {
+                Some(gimli::AttributeValue::UnitRef(o)) => {
+                    let d = unit.entry(o).map_err(self.dwarf_err("an enum discriminant"))?;
+                    let off = Self::udata(&d, dw::DW_AT_data_member_location).unwrap_or(0);
+                    let size = self.size_of(self.type_attr(r.unit, &d))?.unwrap_or(8);
+                    Some((off, size))
+                }
+                _ => None,
+            };
+            let mut variants = Vec::new();
+            let mut vs = child.children();
+            while let Some(v) = vs.next().map_err(self.dwarf_err("enum variants"))? {
+                if v.entry().tag() != dw::DW_TAG_variant {
+                    continue;
+                }
+                let discr_value = v.entry().attr_value(dw::DW_AT_discr_value).and_then(|a| match a {
+                    gimli::AttributeValue::Sdata(x) => Some(x as u64),
+                    other => other.udata_value(),
+                });
+                let mut ms = v.children();
+                while let Some(m) = ms.next().map_err(self.dwarf_err("enum variants"))? {
+                    let e = m.entry();
+                    if e.tag() == dw::DW_TAG_member {
+                        variants.push(Variant {
+                            discr_value,
+                            name: self.die_name(r.unit, e).unwrap_or_default(),
+                            offset: Self::udata(e, dw::DW_AT_data_member_location).unwrap_or(0),
+                            ty: self.type_attr(r.unit, e),
+                        });
+                    }
+                }
+            }
+            return Ok(Some((discr, variants)));
+        }
+        Ok(None)
     }
 
     fn members(&self, r: TypeRef) -> Result<Vec<Member>, ResolveError> {
