@@ -1,0 +1,179 @@
+//! `detrix-agent attach` driven by the daemon emulator (`common`): registration, the recorded
+//! `go` and `rust` + pid handshakes of the real daemon (`tests/golden/shared/`), logpoints on
+//! the C fixture whose values must equal what the fixture printed, probes gone after sleep,
+//! after the daemon closes the socket, and `exited` + `terminated` when the target exits.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{http, patched_code, AttachedAgent, RestStub, STEP_TIMEOUT};
+use detrix_e2e::{c_fixture_source, marker_line, parse_kv, require_root, Fixture};
+use serde_json::{json, Value};
+
+const GO_GOLDEN: &str = "shared/go-delve.jsonl";
+const RUST_GOLDEN: &str = "shared/rust-stub.jsonl";
+const EXPRS: [&str; 5] = ["(round)", "(*o).id", "(*o).price", "(*o).customer", "(cost)"];
+
+fn template(name: &str) -> String {
+    let blocks: Vec<String> = EXPRS.iter().map(|e| format!("{{{e}}}")).collect();
+    format!("DETRICS:{name}={}", blocks.join("\u{1f}"))
+}
+
+fn set_breakpoints(seq: i64, path: &str, bps: Value) -> Value {
+    json!({"type":"request","seq":seq,"command":"setBreakpoints","arguments":{"source":{"path":path,"name":path},"breakpoints":bps,"sourceModified":false}})
+}
+
+/// Splits `<prefix>DETRICS:<name>=v1\x1Fv2…\n` into (thread id, name, JSON values), checking the
+/// prefix the daemon expects for `language`.
+fn parse_output(language: &str, text: &str) -> (u64, String, Vec<Value>) {
+    assert!(text.ends_with('\n'), "output ends with a newline: {text:?}");
+    let (id, rest) = if language == "go" {
+        let rest = text.strip_prefix("> [Go ").unwrap_or_else(|| panic!("go output must start with `> [Go `: {text:?}"));
+        rest.split_once("]: ").unwrap_or_else(|| panic!("no `]: ` in {text:?}"))
+    } else {
+        let rest = text.strip_prefix("[thread ").unwrap_or_else(|| panic!("rust output must start with `[thread `: {text:?}"));
+        rest.split_once("] ").unwrap_or_else(|| panic!("no `] ` in {text:?}"))
+    };
+    let rest = rest.strip_prefix("DETRICS:").unwrap_or_else(|| panic!("no DETRICS: after the prefix in {text:?}"));
+    assert!(!rest.contains('|'), "a `|` would cut the value off in the daemon: {text:?}");
+    let (name, vals) = rest.trim_end().split_once('=').expect("name=values");
+    let values = vals.split('\u{1f}').map(|v| serde_json::from_str(v).unwrap_or_else(|e| panic!("value `{v}` is not JSON ({e}) in {text:?}"))).collect();
+    (id.parse().unwrap_or_else(|e| panic!("thread id `{id}`: {e}")), name.to_string(), values)
+}
+
+/// Checks one output's values against the fixture's own `process round=R …` line.
+fn check_against_fixture(fixture: &Fixture, values: &[Value], raw: &str) {
+    assert_eq!(values.len(), EXPRS.len(), "one value per expression: {raw:?}");
+    let round = values[0].as_i64().unwrap_or_else(|| panic!("(round) is not an integer: {raw:?}"));
+    let line = fixture.process_line(round, Duration::from_secs(5));
+    let kv = parse_kv(&line);
+    let f = |k: &str| kv.get(k).unwrap_or_else(|| panic!("printed line lacks {k}: {line}")).clone();
+    assert_eq!(values[1], json!(f("id").parse::<i64>().unwrap()), "(*o).id\n output:  {raw:?}\n printed: {line}");
+    assert_eq!(values[2].as_f64(), Some(f("price").parse::<f64>().unwrap()), "(*o).price\n output:  {raw:?}\n printed: {line}");
+    assert!(values[2].is_number(), "a double is sent as a JSON number (like Delve, 20.0 as 20): {raw:?}");
+    assert_eq!(values[3], json!(f("customer")), "(*o).customer\n output:  {raw:?}\n printed: {line}");
+    assert_eq!(values[4].as_f64(), Some(f("cost").parse::<f64>().unwrap()), "(cost)\n output:  {raw:?}\n printed: {line}");
+}
+
+fn session(language: &str) {
+    require_root();
+    let mut fixture = Fixture::orders_private(20);
+    let pid = fixture.pid();
+    let stub = RestStub::start(GO_GOLDEN, RUST_GOLDEN);
+    let name = format!("emu-{language}");
+    let mut agent = AttachedAgent::start(pid, &["--daemon-url", &stub.url, "--name", &name, "--language", language], &[]);
+    let control_port: u64 = agent.control.rsplit(':').next().unwrap().parse().unwrap();
+
+    // Starts asleep, registered nowhere.
+    let (s, status) = agent.get("/detrix/status");
+    assert_eq!(s, 200);
+    assert_eq!(
+        status,
+        json!({"state":"sleeping","name":name,"control_host":"127.0.0.1","control_port":control_port,"debug_port":0,
+               "debug_port_active":false,"daemon_url":stub.url,"connection_id":null})
+    );
+    assert!(stub.lock().registrations.is_empty());
+
+    // Wake: health, listener, registration during which the stub replays the daemon's handshake.
+    let (s, wake) = agent.post("/detrix/wake", None);
+    assert_eq!(s, 200, "{wake}");
+    let debug_port = wake["debug_port"].as_u64().expect("debug_port");
+    let (id, mut dap) = stub.take_session();
+    assert_eq!(wake, json!({"status":"awake","debug_port":debug_port,"connection_id":id,"daemon_url":stub.url}));
+    let reg = stub.lock().registrations[0].clone();
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap().to_string_lossy().into_owned();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    assert_eq!(
+        (&reg["host"], &reg["port"], &reg["language"], &reg["name"], &reg["workspaceRoot"], &reg["hostname"], &reg["safeMode"]),
+        (&json!("127.0.0.1"), &json!(debug_port), &json!(language), &json!(name), &json!(cwd), &json!(host), &json!(false))
+    );
+    assert_eq!(reg.get("pid").cloned(), (language == "rust").then(|| json!(pid)), "pid only for rust: {reg}");
+    for r in &stub.lock().handshake_replies[0] {
+        assert_eq!(r["success"], true, "every handshake request succeeds: {r}");
+    }
+    let (_, status) = agent.get("/detrix/status");
+    assert_eq!((status["state"].clone(), status["debug_port_active"].clone(), status["connection_id"].clone()), (json!("awake"), json!(true), json!(id)));
+
+    // One logpoint, one line without code, one plain breakpoint: answered in order.
+    let src = c_fixture_source("orders");
+    let path = src.to_string_lossy().into_owned();
+    let line = marker_line(&src, "process");
+    let r = dap.request(&set_breakpoints(100, &path, json!([
+        {"line": line, "logMessage": template("order_c")},
+        {"line": 1, "logMessage": "DETRICS:nothing_here={(round)}"},
+        {"line": line + 3},
+    ])));
+    assert_eq!(r["success"], true, "{r}");
+    let bps = r["body"]["breakpoints"].as_array().unwrap();
+    assert_eq!(bps.len(), 3, "{r}");
+    assert_eq!((bps[0]["verified"].clone(), bps[0]["line"].clone()), (json!(true), json!(line)), "{r}");
+    assert_eq!((bps[1]["verified"].clone(), bps[1]["line"].clone()), (json!(false), json!(1)), "{r}");
+    assert!(bps[1]["message"].as_str().is_some_and(|m| m.contains("orders.c") && m.contains('1')), "the resolver's sentence: {r}");
+    assert_eq!(bps[2]["verified"], false);
+    assert!(bps[2]["message"].as_str().is_some_and(|m| m.contains("breakpoint mode") && m.contains("its own issue")), "{r}");
+    assert!(!patched_code(pid).is_empty(), "a probe is installed in the target while the logpoint is set");
+
+    // Hits arrive as output events in the daemon's form, with the program's own values.
+    let outs = dap.events(5, STEP_TIMEOUT, |e| e["event"] == "output");
+    assert!(outs.len() >= 5, "expected 5 output events, got {outs:?}\nagent stderr:\n{}", agent.stderr.text());
+    for o in &outs {
+        assert_eq!(o["body"]["category"], "console");
+        let text = o["body"]["output"].as_str().unwrap();
+        let (tid, metric, values) = parse_output(language, text);
+        assert_eq!((tid, metric.as_str()), (u64::from(pid), "order_c"), "single-threaded fixture: thread id = pid; {text:?}");
+        check_against_fixture(&fixture, &values, text);
+    }
+
+    // Sleep: DELETE with the registered id, socket closed, no probe left, state as before.
+    let (s, slept) = agent.post("/detrix/sleep", None);
+    assert_eq!((s, slept), (200, json!({"status":"sleeping"})));
+    assert_eq!(stub.lock().unregistrations, vec![id.clone()]);
+    assert!(dap.wait_closed(STEP_TIMEOUT), "the DAP connection is closed after sleep");
+    assert_eq!(patched_code(pid), Vec::<u64>::new(), "no probe left in the target after sleep");
+    let (_, status) = agent.get("/detrix/status");
+    assert_eq!(
+        status,
+        json!({"state":"sleeping","name":name,"control_host":"127.0.0.1","control_port":control_port,"debug_port":debug_port,
+               "debug_port_active":false,"daemon_url":stub.url,"connection_id":null})
+    );
+    fixture.assert_keeps_running(3);
+
+    // Wake again (same identity ⇒ same id), then the daemon closes the socket: probes go,
+    // the agent stays awake.
+    let (s, wake2) = agent.post("/detrix/wake", None);
+    assert_eq!((s, wake2["connection_id"].clone()), (200, json!(id)));
+    let (_, mut dap2) = stub.take_session();
+    let r = dap2.request(&set_breakpoints(7, &path, json!([{"line": line, "logMessage": template("order_c")}])));
+    assert_eq!(r["body"]["breakpoints"][0]["verified"], true, "{r}");
+    assert!(!patched_code(pid).is_empty());
+    dap2.close();
+    let gone = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        patched_code(pid).is_empty()
+    });
+    assert!(gone, "closing the socket drops that session's probes");
+    assert_eq!(agent.get("/detrix/status").1["state"], "awake");
+
+    // A third session: the target exits ⇒ exited + terminated, unregistration, agent exits 0.
+    let (s, _) = http("POST", &format!("{}/api/v1/connections", stub.url), Some(&json!({"port": wake2["debug_port"], "language": language, "pid": pid, "name": "reconnect", "workspaceRoot": "/", "hostname": "h"}).to_string()));
+    assert_eq!(s, 201, "the emulated daemon reconnects to the same DAP port");
+    let (_, mut dap3) = stub.take_session();
+    // SAFETY: kill has no memory-safety preconditions; pid is our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let ends = dap3.events(2, STEP_TIMEOUT, |e| e["event"] == "exited" || e["event"] == "terminated");
+    let names: Vec<Value> = ends.iter().map(|e| e["event"].clone()).collect();
+    assert_eq!(names, vec![json!("exited"), json!("terminated")], "agent stderr:\n{}", agent.stderr.text());
+    assert_eq!(agent.wait_exit(STEP_TIMEOUT), Some(0), "the agent exits when its target does; stderr:\n{}", agent.stderr.text());
+    assert_eq!(stub.lock().unregistrations.last(), Some(&id), "unregistered on exit");
+}
+
+#[test]
+fn rust_pid_session_replays_the_daemons_handshake_and_captures_the_programs_values() {
+    session("rust");
+}
+
+#[test]
+fn go_session_replays_the_daemons_handshake_and_uses_the_go_prefix() {
+    session("go");
+}
