@@ -160,7 +160,6 @@ pub async fn run(req: &Request, prepared: Prepared, out: &mut dyn Write) -> Resu
             _ = sigint.recv() => break StopReason::Signal,
             _ = liveness.tick() => {
                 if !target::alive(req.pid) {
-                    emit(reader.drain_now(), &mut printed)?;
                     break StopReason::TargetExited;
                 }
             }
@@ -168,7 +167,6 @@ pub async fn run(req: &Request, prepared: Prepared, out: &mut dyn Write) -> Resu
                 if let Some((_, why)) = engine.enforce_budget(BUDGET_WINDOW, req.cpu_budget).into_iter().next() {
                     eprintln!("capture: probe switched off: {why}");
                     switched_off = Some(why);
-                    emit(reader.drain_now(), &mut printed)?;
                     break StopReason::OverBudget;
                 }
             }
@@ -178,6 +176,11 @@ pub async fn run(req: &Request, prepared: Prepared, out: &mut dyn Write) -> Resu
     // yet in its outcome, and the summary's sum must be exact.
     let counters = if switched_off.is_some() { None } else { engine.remove(id)? };
     let counters = counters.or_else(|| engine.last_removed(id)).unwrap_or_default();
+    // What was emitted before the detach is still in the ring: print it, or it would be lost
+    // silently (only a reached --count leaves events unprinted, and the summary shows them).
+    if reason != StopReason::CountReached {
+        emit(reader.drain_now(), &mut printed)?;
+    }
     Ok(Summary { printed, counters, switched_off, reason })
 }
 

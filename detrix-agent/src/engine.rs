@@ -186,7 +186,12 @@ pub struct Engine {
     last: HashMap<u32, (u64, u64)>,
     /// Final counters of removed logpoints, read after detaching (exact).
     removed: HashMap<LogpointId, Counters>,
+    /// Probe ids removed recently, whose records may still be in the ring.
+    retired: Vec<(u32, std::time::Instant)>,
 }
+
+/// How long a removed probe's records are still decoded.
+const RETIRE_AFTER: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -221,7 +226,7 @@ impl Engine {
         let ring = AsyncFd::new(ring).map_err(EngineError::Io)?;
         let slots: SlotTable = Arc::default();
         let reader = HitReader { ring, slots: slots.clone(), flush: tokio::time::interval(FLUSH_INTERVAL) };
-        Ok((Self { resolver, probes, slots, logpoints: BTreeMap::new(), next_id: 1, last: HashMap::new(), removed: HashMap::new() }, reader))
+        Ok((Self { resolver, probes, slots, logpoints: BTreeMap::new(), next_id: 1, last: HashMap::new(), removed: HashMap::new(), retired: Vec::new() }, reader))
     }
 
     /// The resolver (target, binary) behind this engine.
@@ -288,9 +293,16 @@ impl Engine {
         for s in &lp.slots {
             self.last.remove(s);
         }
+        // The decode entries stay a while: records emitted before the detach may still be in
+        // the ring, and the reader must still turn them into hits. Probe ids are never reused
+        // (generation), so a stale entry cannot decode another probe's records.
+        let now = std::time::Instant::now();
+        self.retired.extend(lp.slots.iter().map(|s| (*s, now)));
+        let expired: Vec<u32> = self.retired.iter().filter(|(_, t)| now.duration_since(*t) > RETIRE_AFTER).map(|(s, _)| *s).collect();
+        self.retired.retain(|(_, t)| now.duration_since(*t) <= RETIRE_AFTER);
         let mut table = self.slot_table();
-        for s in &lp.slots {
-            table.remove(s);
+        for s in expired {
+            table.remove(&s);
         }
         drop(table);
         match first_err {

@@ -71,6 +71,9 @@ struct AttachArgs {
     /// Longest string captured, in bytes.
     #[arg(long, default_value_t = 256)]
     string_cap: u32,
+    /// Write every DAP message, both ways, to FILE as JSON lines (for golden transcripts).
+    #[arg(long, value_name = "FILE")]
+    dap_record: Option<std::path::PathBuf>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,10 +205,15 @@ fn attach(args: AttachArgs) -> anyhow::Result<ExitCode> {
         register_timeout: seconds("DETRIX_REGISTER_TIMEOUT", args.register_timeout)?,
         unregister_timeout: seconds("DETRIX_UNREGISTER_TIMEOUT", args.unregister_timeout)?,
     };
+    let dap_record = args.dap_record.clone();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("start the event loop")?;
     let reason = rt.block_on(async move {
         let (engine, reader) = Engine::start(resolver).context("loading the eBPF program")?;
-        let (agent, handle) = Agent::new(cfg.clone(), engine, reader);
+        let (mut agent, handle) = Agent::new(cfg.clone(), engine, reader);
+        if let Some(path) = &dap_record {
+            let rec = daemon::agent::DapRecorder::create(path).with_context(|| format!("creating the DAP recording {}", path.display()))?;
+            agent.record_dap(rec);
+        }
         let listener = tokio::net::TcpListener::bind((cfg.control_host.as_str(), cfg.control_port))
             .await
             .with_context(|| format!("binding the control plane to {}:{} (choose another --control-port, or 0 for any)", cfg.control_host, cfg.control_port))?;

@@ -66,8 +66,11 @@ pub struct Probes {
     plans: Array<MapData, Plan>,
     counters: PerCpuArray<MapData, Counters>,
     rate: Array<MapData, RateState>,
+    /// By probe id (see [`Probes::install`]).
     links: BTreeMap<u32, UProbeLinkId>,
     noop_links: Vec<UProbeLinkId>,
+    /// Bumped per install, so a reused slot gets a new probe id.
+    generation: u32,
     ncpus: usize,
 }
 
@@ -115,7 +118,7 @@ impl Probes {
         program.load().map_err(ProbeError::Program)?;
         let noop: &mut UProbe = ebpf.program_mut(NOOP).ok_or(ProbeError::Missing("detrix_noop program"))?.try_into().map_err(ProbeError::Program)?;
         noop.load().map_err(ProbeError::Program)?;
-        Ok((Self { ebpf, plans, counters, rate, links: BTreeMap::new(), noop_links: Vec::new(), ncpus }, ring))
+        Ok((Self { ebpf, plans, counters, rate, links: BTreeMap::new(), noop_links: Vec::new(), generation: 0, ncpus }, ring))
     }
 
     fn program(&mut self) -> Result<&mut UProbe, ProbeError> {
@@ -127,29 +130,33 @@ impl Probes {
     }
 
     /// Writes `plan` into a free slot and attaches a uprobe there, scoped to `spec.pid`.
-    /// Returns the slot (= cookie = `EventHeader::probe_id`).
+    /// Returns the probe id: the BPF cookie and `EventHeader::probe_id`, the slot in its low
+    /// 16 bits and a generation above, so records still in the ring from a removed probe are
+    /// never decoded with the plan of the next probe in the same slot.
     ///
     /// # Errors
     /// No free slot, map write failure, or the kernel refused the attach.
     #[tracing::instrument(skip_all, fields(pid = spec.pid, offset = %spec.offset))]
     pub fn install(&mut self, plan: &Plan, spec: &AttachSpec<'_>) -> Result<u32, ProbeError> {
-        let slot = (0..MAX_PROBES).find(|s| !self.links.contains_key(s)).ok_or(ProbeError::NoSlot)?;
+        let slot = (0..MAX_PROBES).find(|s| !self.links.keys().any(|id| slot_of(*id) == *s)).ok_or(ProbeError::NoSlot)?;
+        self.generation = (self.generation + 1) & 0xffff;
+        let id = slot | (self.generation << 16);
         // Counters and the rate limiter start from zero for every new probe in the slot.
         let zero = aya::maps::PerCpuValues::try_from(vec![Counters::default(); self.ncpus]).map_err(ProbeError::Cpus)?;
         self.counters.set(slot, zero, 0).map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
         self.rate.set(slot, RateState::default(), 0).map_err(|source| ProbeError::Map { name: "RATE", source })?;
         self.plans.set(slot, plan, 0).map_err(|source| ProbeError::Map { name: "PLANS", source })?;
         let pid = NonZeroU32::new(spec.pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
-        let point = UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(spec.offset.0), cookie: Some(u64::from(slot)) };
+        let point = UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(spec.offset.0), cookie: Some(u64::from(id)) };
         let binary = spec.binary.to_owned();
         let link = self.program()?.attach(point, &binary, pid).map_err(|source| ProbeError::Attach {
             binary: binary.display().to_string(),
             offset: spec.offset,
             source,
         })?;
-        tracing::debug!(slot, "uprobe attached");
-        self.links.insert(slot, link);
-        Ok(slot)
+        tracing::debug!(slot, id, "uprobe attached");
+        self.links.insert(id, link);
+        Ok(id)
     }
 
     /// Attaches the empty program at `spec` (a cost baseline; see `cargo xtask bench`).
@@ -186,12 +193,12 @@ impl Probes {
     ///
     /// # Errors
     /// Unknown slot or a kernel error on detach.
-    pub fn remove(&mut self, slot: u32) -> Result<(), ProbeError> {
-        let link = self.links.remove(&slot).ok_or(ProbeError::UnknownSlot(slot))?;
+    pub fn remove(&mut self, id: u32) -> Result<(), ProbeError> {
+        let link = self.links.remove(&id).ok_or(ProbeError::UnknownSlot(id))?;
         self.program()?.detach(link).map_err(ProbeError::Program)?;
         let mut dead = Plan::empty();
         dead.abi = 0;
-        self.plans.set(slot, dead, 0).map_err(|source| ProbeError::Map { name: "PLANS", source })?;
+        self.plans.set(slot_of(id), dead, 0).map_err(|source| ProbeError::Map { name: "PLANS", source })?;
         Ok(())
     }
 
@@ -228,8 +235,8 @@ impl Probes {
     ///
     /// # Errors
     /// Map read failure.
-    pub fn counters(&self, slot: u32) -> Result<Counters, ProbeError> {
-        let per_cpu = self.counters.get(&slot, 0).map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
+    pub fn counters(&self, id: u32) -> Result<Counters, ProbeError> {
+        let per_cpu = self.counters.get(&slot_of(id), 0).map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
         let mut sum = Counters::default();
         for c in per_cpu.iter() {
             sum.hits += c.hits;
@@ -244,6 +251,12 @@ impl Probes {
         }
         Ok(sum)
     }
+}
+
+/// The map slot of a probe id.
+#[must_use]
+pub fn slot_of(id: u32) -> u32 {
+    id & 0xffff
 }
 
 /// Splits one ring-buffer record into its header and data. `None` for a record that is too

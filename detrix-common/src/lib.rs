@@ -302,7 +302,7 @@ const _: () = assert!(core::mem::size_of::<ValueMeta>() == 4);
 pub struct EventHeader {
     /// [`PLAN_ABI`], so a decoder never misreads a record from another build.
     pub abi: u32,
-    /// Plan slot (= the uprobe's cookie).
+    /// The uprobe's cookie: plan slot in the low 16 bits, a generation above.
     pub probe_id: u32,
     pub pid: u32,
     pub tid: u32,

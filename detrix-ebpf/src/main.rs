@@ -83,7 +83,10 @@ fn capture(ctx: &ProbeContext) {
     // SAFETY: helpers without memory arguments.
     let start = unsafe { bpf_ktime_get_ns() };
     // SAFETY: ctx is the uprobe's pt_regs context.
-    let slot = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    // Low 16 bits: the map slot; above: a generation, so the agent never decodes a record of
+    // a removed probe with the plan of the next one in the same slot.
+    let slot = cookie & 0xffff;
     let Some(counters) = COUNTERS.get_ptr_mut(slot) else {
         return;
     };
@@ -117,7 +120,7 @@ fn capture(ctx: &ProbeContext) {
     let ev = unsafe { &mut *ev };
     let h = &mut ev.header;
     h.abi = PLAN_ABI;
-    h.probe_id = slot;
+    h.probe_id = cookie;
     h.pid = tgid;
     h.tid = pid_tgid as u32;
     h.ktime_ns = start;

@@ -118,6 +118,43 @@ pub enum ExitReason {
 
 type SharedEngine = Arc<Mutex<Engine>>;
 
+/// Writes every DAP message both ways as JSON lines, in the format of the shared transcripts
+/// (`{"t", "dir", "msg"}`), so conversations with the real daemon can be kept as golden files.
+#[derive(Clone)]
+pub struct DapRecorder {
+    out: Arc<Mutex<std::fs::File>>,
+    start: std::time::Instant,
+}
+
+impl DapRecorder {
+    /// Creates (truncates) `path`.
+    ///
+    /// # Errors
+    /// The file cannot be created.
+    pub fn create(path: &std::path::Path) -> std::io::Result<Self> {
+        Ok(Self { out: Arc::new(Mutex::new(std::fs::File::create(path)?)), start: std::time::Instant::now() })
+    }
+
+    fn write(&self, dir: &str, msg: &Value) {
+        use std::io::Write as _;
+        let line = serde_json::json!({"t": (self.start.elapsed().as_secs_f64() * 10_000.0).round() / 10_000.0, "dir": dir, "msg": msg});
+        let mut f = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = writeln!(f, "{line}") {
+            tracing::warn!(error = %e, "writing the DAP recording failed");
+        }
+    }
+
+    fn note(&self, note: &str, generation: u64) {
+        self.write("note", &serde_json::json!({"note": note, "conn": generation + 1}));
+    }
+}
+
+impl std::fmt::Debug for DapRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DapRecorder").finish_non_exhaustive()
+    }
+}
+
 fn lock(engine: &SharedEngine) -> MutexGuard<'_, Engine> {
     engine.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -222,6 +259,7 @@ pub struct Agent {
     pump: JoinHandle<()>,
     rx: mpsc::Receiver<Command>,
     control_url: Arc<Mutex<Option<String>>>,
+    recorder: Option<DapRecorder>,
 }
 
 impl Agent {
@@ -261,8 +299,13 @@ impl Agent {
         let handle = AgentHandle { tx, view: view.clone(), info, token: cfg.token.clone() };
         let (exit_tx, _) = watch::channel(false);
         let client = DaemonClient::new(cfg.token.clone());
-        let agent = Self { cfg, life, engine, hub, client, view, listener: None, exit_tx, pump, rx, control_url: Arc::default() };
+        let agent = Self { cfg, life, engine, hub, client, view, listener: None, exit_tx, pump, rx, control_url: Arc::default(), recorder: None };
         (agent, handle)
+    }
+
+    /// Records every DAP message of every session to `recorder`.
+    pub fn record_dap(&mut self, recorder: DapRecorder) {
+        self.recorder = Some(recorder);
     }
 
     /// The control plane's URL, sent to the daemon as `controlPlaneUrl`.
@@ -385,7 +428,8 @@ impl Agent {
         let engine = self.engine.clone();
         let language = self.cfg.language;
         let exit_rx = self.exit_tx.subscribe();
-        self.listener = Some(tokio::spawn(accept_loop(listener, hub, engine, language, exit_rx)));
+        let recorder = self.recorder.clone();
+        self.listener = Some(tokio::spawn(accept_loop(listener, hub, engine, language, exit_rx, recorder)));
         Ok(port)
     }
 
@@ -414,7 +458,14 @@ struct Outcome {
     exit: bool,
 }
 
-async fn accept_loop(listener: TcpListener, hub: Arc<Hub>, engine: SharedEngine, language: &'static str, exit_rx: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    hub: Arc<Hub>,
+    engine: SharedEngine,
+    language: &'static str,
+    exit_rx: watch::Receiver<bool>,
+    recorder: Option<DapRecorder>,
+) {
     let mut sessions = JoinSet::new();
     loop {
         tokio::select! {
@@ -422,7 +473,7 @@ async fn accept_loop(listener: TcpListener, hub: Arc<Hub>, engine: SharedEngine,
                 Ok((stream, peer)) => {
                     tracing::info!(%peer, "daemon connected to the DAP port");
                     let _ = stream.set_nodelay(true);
-                    sessions.spawn(serve_session(stream, hub.clone(), engine.clone(), language, exit_rx.clone()));
+                    sessions.spawn(serve_session(stream, hub.clone(), engine.clone(), language, exit_rx.clone(), recorder.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a DAP connection failed");
@@ -435,9 +486,14 @@ async fn accept_loop(listener: TcpListener, hub: Arc<Hub>, engine: SharedEngine,
 }
 
 /// Writes messages as complete frames in one write, so a frame is never interleaved or cut.
-async fn send(wr: &mut tokio::net::tcp::OwnedWriteHalf, msgs: &[Value]) -> std::io::Result<()> {
+async fn send(wr: &mut tokio::net::tcp::OwnedWriteHalf, msgs: &[Value], recorder: Option<&DapRecorder>) -> std::io::Result<()> {
     if msgs.is_empty() {
         return Ok(());
+    }
+    if let Some(r) = recorder {
+        for m in msgs {
+            r.write("adapter->daemon", m);
+        }
     }
     let mut buf = Vec::new();
     for m in msgs {
@@ -446,9 +502,20 @@ async fn send(wr: &mut tokio::net::tcp::OwnedWriteHalf, msgs: &[Value]) -> std::
     wr.write_all(&buf).await
 }
 
-async fn serve_session(stream: TcpStream, hub: Arc<Hub>, engine: SharedEngine, language: &'static str, mut exit_rx: watch::Receiver<bool>) {
+async fn serve_session(
+    stream: TcpStream,
+    hub: Arc<Hub>,
+    engine: SharedEngine,
+    language: &'static str,
+    mut exit_rx: watch::Receiver<bool>,
+    recorder: Option<DapRecorder>,
+) {
     let (guard, mut hits_rx, mut cancel_rx) = hub.join();
     let generation = guard.generation;
+    let rec = recorder.as_ref();
+    if let Some(r) = rec {
+        r.note("daemon connected", generation);
+    }
     let (rd, mut wr) = stream.into_split();
     // Frames are read in their own task: reading one is not cancel-safe, and the loop below
     // also waits for hits and for the end of the session.
@@ -466,7 +533,7 @@ async fn serve_session(stream: TcpStream, hub: Arc<Hub>, engine: SharedEngine, l
     let mut facade = Facade::new(EngineProbes { engine }, language);
     let mut claimed = false;
     if *exit_rx.borrow() {
-        let _ = send(&mut wr, &facade.target_exited()).await;
+        let _ = send(&mut wr, &facade.target_exited(), rec).await;
         reader.abort();
         return;
     }
@@ -479,7 +546,7 @@ async fn serve_session(stream: TcpStream, hub: Arc<Hub>, engine: SharedEngine, l
             }
             changed = exit_rx.changed() => {
                 if changed.is_err() || *exit_rx.borrow() {
-                    let _ = send(&mut wr, &facade.target_exited()).await;
+                    let _ = send(&mut wr, &facade.target_exited(), rec).await;
                     let _ = wr.shutdown().await;
                     break;
                 }
@@ -491,10 +558,16 @@ async fn serve_session(stream: TcpStream, hub: Arc<Hub>, engine: SharedEngine, l
                         hub.claim(generation);
                         claimed = true;
                     }
+                    if let Some(r) = rec {
+                        r.write("daemon->adapter", &msg);
+                    }
                     tracing::debug!(session = generation, command = msg.get("command").and_then(serde_json::Value::as_str).unwrap_or(""), "DAP request");
                     facade.handle(&msg)
                 }
                 Some(Ok(None)) | None => {
+                    if let Some(r) = rec {
+                        r.note("daemon closed its side (EOF)", generation);
+                    }
                     tracing::info!(session = generation, probes = facade.installed(), "daemon closed the DAP connection; removing its probes");
                     break;
                 }
@@ -505,7 +578,7 @@ async fn serve_session(stream: TcpStream, hub: Arc<Hub>, engine: SharedEngine, l
             },
             Some(hits) = hits_rx.recv() => facade.on_hits(&hits),
         };
-        if let Err(e) = send(&mut wr, &out).await {
+        if let Err(e) = send(&mut wr, &out, rec).await {
             tracing::info!(session = generation, error = %e, "writing to the daemon failed; closing the session");
             break;
         }
