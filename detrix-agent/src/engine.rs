@@ -166,6 +166,48 @@ impl Resolver {
     }
 }
 
+/// What resolving `file:line` and each expression gives on `bin`, without a process: points
+/// (function, address, file offset, placement) and per expression the plan ops or the error.
+/// Paths are shown relative to `strip_prefix` so the result is stable across machines.
+///
+/// This is what `detrix-agent resolve` prints and what the snapshot tests pin.
+#[must_use]
+pub fn describe(bin: &Binary, file: &str, line: u32, exprs: &[String], strip_prefix: &str) -> serde_json::Value {
+    let rel = |s: &str| s.strip_prefix(strip_prefix).map_or_else(|| s.to_owned(), |r| r.trim_start_matches('/').to_owned());
+    let points = match bin.resolve_line(file, line) {
+        Ok(p) => p,
+        Err(e) => return serde_json::json!({ "at": format!("{file}:{line}"), "error": rel(&e.to_string()).replace(&format!("{strip_prefix}/"), "").replace(strip_prefix, "") }),
+    };
+    let opts = PlanOptions { tgid: 0, load_bias: 0, string_cap: 64, rate_per_sec: 0, burst: 0 };
+    let mut out = Vec::new();
+    for p in &points {
+        let mut values = serde_json::Map::new();
+        for e in exprs {
+            let v = match plan::build(bin, p, std::slice::from_ref(e), None, opts) {
+                Ok(b) => serde_json::json!({ "ops": plan::describe_ops(&b.plan) }),
+                Err(err) => serde_json::json!({ "error": err.to_string().replace(&format!("{strip_prefix}/"), "").replace(strip_prefix, "") }),
+            };
+            values.insert(e.clone(), v);
+        }
+        let plan_all = plan::build(bin, p, exprs, None, opts).ok();
+        let placement = plan_all.as_ref().map(|b| {
+            let rebuild = |q: &ProbePoint| plan::build(bin, q, exprs, None, opts).ok().map(|b| b.plan);
+            let pl = place::place(bin, p, &b.plan, &rebuild);
+            serde_json::json!({ "chosen": pl.chosen.to_string(), "kind": format!("{:?}", pl.kind) })
+        });
+        out.push(serde_json::json!({
+            "function": p.function,
+            "file": rel(&p.file),
+            "line": p.line,
+            "addr": p.addr.to_string(),
+            "file_offset": p.file_offset.to_string(),
+            "placement": placement,
+            "values": values,
+        }));
+    }
+    serde_json::json!({ "at": format!("{file}:{line}"), "copies": points.len(), "points": out })
+}
+
 /// What the reader needs to decode a slot's records.
 #[derive(Debug, Clone)]
 struct SlotInfo {

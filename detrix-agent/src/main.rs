@@ -21,6 +21,25 @@ enum Command {
     /// Stand in for a Detrix client inside a running process: serve the control plane, register
     /// with the daemon on wake and serve it DAP, capturing logpoints with uprobes.
     Attach(AttachArgs),
+    /// Show, without a process or privileges, how FILE:LINE and each expression resolve in a
+    /// binary: probe points (every inlined copy), placement, plan steps or the reason not.
+    Resolve(ResolveArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ResolveArgs {
+    /// The executable (or shared object) with debug info.
+    #[arg(long)]
+    binary: std::path::PathBuf,
+    /// Source location: FILE:LINE.
+    #[arg(long, value_name = "FILE:LINE")]
+    at: String,
+    /// Expression to resolve (repeatable).
+    #[arg(long = "expr", value_name = "EXPR")]
+    exprs: Vec<String>,
+    /// Show source paths relative to this prefix.
+    #[arg(long, default_value = "")]
+    strip_prefix: String,
 }
 
 /// Options and environment variables as the Go client's (same names, same defaults).
@@ -258,6 +277,17 @@ fn attach(args: AttachArgs) -> anyhow::Result<ExitCode> {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Resolve(args) => {
+            let (file, line) = parse_at(&args.at)?;
+            let bin = detrix_agent::debuginfo::Binary::open(&args.binary)?;
+            let out = detrix_agent::engine::describe(&bin, &file, line, &args.exprs, &args.strip_prefix);
+            let failed = out.get("error").is_some();
+            #[expect(clippy::print_stdout, reason = "the subcommand's output")]
+            {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            }
+            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
         Command::Attach(args) => attach(args),
         Command::Capture(args) => {
             let (file, line) = parse_at(&args.at)?;

@@ -752,6 +752,36 @@ fn lower_condition(c: &expr::Condition, vi: usize, v: &ValueDecoder) -> Result<C
     Ok(k)
 }
 
+/// The ops of a plan as text, one per op, for `detrix-agent resolve` and snapshots:
+/// `reg rbp -24`, `deref 8 +0`, `emit_mem 4 @0`.
+#[must_use]
+pub fn describe_ops(plan: &Plan) -> Vec<String> {
+    const REGS: [&str; 21] = [
+        "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx", "rsi", "rdi", "orig_rax", "rip", "cs",
+        "eflags", "rsp", "ss",
+    ];
+    plan.ops[..(plan.n_ops as usize).min(MAX_OPS)]
+        .iter()
+        .map(|o| {
+            let v = o.value;
+            match o.kind {
+                op::REG => format!("v{v}: reg {} {:+}", REGS.get(usize::from(o.reg)).unwrap_or(&"?"), o.imm),
+                op::CONST => format!("v{v}: const {:#x}", o.imm),
+                op::ADD => format!("v{v}: add {:+}", o.imm),
+                op::DEREF => format!("v{v}: deref {} {:+}", o.len, o.imm),
+                op::EMIT_ACC => format!("v{v}: emit_acc {} @{}", o.len, o.dst),
+                op::EMIT_MEM => format!("v{v}: emit_mem {} {:+} @{}", o.len, o.imm, o.dst),
+                op::EMIT_STR => format!("v{v}: emit_str {} {:+} @{}", o.len, o.imm, o.dst),
+                op::SAVE => format!("v{v}: save {}", o.imm),
+                op::RESTORE => format!("v{v}: restore {}", o.imm),
+                op::LEN => format!("v{v}: len x{}", o.imm),
+                op::EMIT_VAR => format!("v{v}: emit_var {} @{}", o.len, o.dst),
+                k => format!("v{v}: op {k}"),
+            }
+        })
+        .collect()
+}
+
 /// A decoded captured value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
