@@ -177,3 +177,69 @@ fn rust_pid_session_replays_the_daemons_handshake_and_captures_the_programs_valu
 fn go_session_replays_the_daemons_handshake_and_uses_the_go_prefix() {
     session("go");
 }
+
+/// Replays the real daemon's side of `tests/golden/real/agent-c.jsonl` (recorded from the
+/// daemon of 054f25ff talking to this agent, by `real_daemon` with DETRIX_GOLDEN_REWRITE=1) and
+/// compares every answer with the recorded one, field for field except `seq`; the outputs'
+/// values are compared with what the fixture printed (they are from other rounds than the
+/// recording's).
+#[test]
+fn replays_the_real_daemons_conversation_with_the_agent() {
+    const GOLDEN: &str = "real/agent-c.jsonl";
+    require_root();
+    let fixture = Fixture::orders_private(20);
+    let pid = fixture.pid();
+    let src_dir = c_fixture_source("orders").parent().unwrap().to_string_lossy().into_owned();
+    let stub = RestStub::start(GO_GOLDEN, GOLDEN);
+    let agent = AttachedAgent::start(pid, &["--daemon-url", &stub.url, "--language", "rust"], &[]);
+    assert_eq!(agent.post("/detrix/wake", None).0, 200);
+    let (_, mut dap) = stub.take_session();
+
+    let lines = common::golden_lines(GOLDEN);
+    let subst = |v: &Value| -> Value {
+        let t = v.to_string().replace("$SRC", &src_dir).replace("\"$PID\"", &pid.to_string());
+        serde_json::from_str(&t).unwrap()
+    };
+    let strip_seq = |v: &Value| -> Value {
+        let mut v = v.clone();
+        v.as_object_mut().unwrap().remove("seq");
+        v
+    };
+    // The handshake the stub replayed from the same file: answers equal the recorded ones.
+    let recorded: Vec<Value> = lines.iter().filter(|l| l["dir"] == "adapter->daemon" && l["msg"]["type"] == "response").map(|l| subst(&l["msg"])).collect();
+    let replies = stub.lock().handshake_replies[0].clone();
+    for (got, want) in replies.iter().zip(&recorded) {
+        assert_eq!(strip_seq(got), strip_seq(want));
+    }
+    // Then every later request, answered exactly as recorded.
+    let requests: Vec<Value> = lines.iter().filter(|l| l["dir"] == "daemon->adapter" && l["msg"]["command"] == "setBreakpoints").map(|l| subst(&l["msg"])).collect();
+    assert!(!requests.is_empty());
+    for req in &requests {
+        let want = recorded.iter().find(|r| r["request_seq"] == req["seq"]).unwrap_or_else(|| panic!("no recorded answer to {req}"));
+        assert_eq!(strip_seq(&dap.request(req)), strip_seq(want), "answer to {req}");
+    }
+    // Outputs: the recorded forms, with the program's values.
+    let names: Vec<String> = lines
+        .iter()
+        .filter_map(|l| l["msg"]["body"]["output"].as_str())
+        .map(|o| o.split('=').next().unwrap().replace("$PID", &pid.to_string()))
+        .collect();
+    let outs = dap.events(6, STEP_TIMEOUT, |e| e["event"] == "output");
+    assert!(outs.len() >= 6, "{outs:?}");
+    for o in outs {
+        let text = o["body"]["output"].as_str().unwrap();
+        assert!(names.iter().any(|n| text.starts_with(&format!("{n}="))), "output {text:?} is not of a recorded form {names:?}");
+        let (_, name, values) = parse_output("rust", text);
+        if name == "c_order_id" {
+            let id = values[0].as_i64().unwrap();
+            let printed = fixture.process_line(id - 1000, Duration::from_secs(5));
+            assert_eq!(parse_kv(&printed)["id"], id.to_string(), "{text:?} vs {printed}");
+        } else {
+            let round = values[0].as_i64().unwrap();
+            let printed = fixture.process_line(round, Duration::from_secs(5));
+            let kv = parse_kv(&printed);
+            assert_eq!(values[1].as_f64(), Some(kv["cost"].parse::<f64>().unwrap()), "{text:?} vs {printed}");
+            assert_eq!(values[2], json!(kv["customer"]), "{text:?} vs {printed}");
+        }
+    }
+}

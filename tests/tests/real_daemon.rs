@@ -1,0 +1,306 @@
+//! End to end with the real, unchanged Detrix daemon (`DETRIX_BIN`, a `detrix` binary built from
+//! flashus/detrix): the daemon runs on loopback with a scratch config (contract.md §15), the C,
+//! Go and Rust fixtures run, `detrix-agent attach` wakes and registers, metrics are added
+//! through the daemon's REST API, and the values the daemon stored must equal what the programs
+//! printed. Then sleep: the connection is no longer connected and no probe is left in the
+//! target. Plus the client conformance scenarios of contract.md §2.3 against that daemon.
+//!
+//! Without `DETRIX_BIN` it says plainly that it did not run (it cannot pass by accident: it
+//! prints `NOT RUN`, which `cargo xtask test` output shows).
+//!
+//! `DETRIX_GOLDEN_REWRITE=1` also writes the DAP conversations, normalized, to
+//! `tests/golden/real/` (the emulator replays them).
+
+mod common;
+
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{golden_dir, http, json_body, patched_code, AttachedAgent};
+use detrix_e2e::{build_c_fixture, fixtures_out_dir, marker_line, parse_kv, require_root, workspace_root, Build, Fixture};
+use serde_json::{json, Value};
+
+/// The daemon binary, or `None` after saying that the test did not run.
+fn daemon_bin(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("DETRIX_BIN").filter(|v| !v.is_empty()) {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            assert!(p.is_file(), "DETRIX_BIN={} is not a file; point it at a `detrix` daemon binary", p.display());
+            Some(p)
+        }
+        None => {
+            // Straight to the fd: libtest would swallow println! of a passing test.
+            let _ = writeln!(
+                std::io::stderr(),
+                "NOT RUN: {test}: real-daemon test did not run: DETRIX_BIN unset (set it to a `detrix` binary built from flashus/detrix to run it)"
+            );
+            None
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A daemon on loopback with a scratch directory; killed on drop.
+struct Daemon {
+    child: Child,
+    url: String,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(bin: &Path, tag: &str) -> Daemon {
+        let dir = workspace_root().join("target").join("real-daemon").join(format!("{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("home")).unwrap();
+        std::fs::create_dir_all(dir.join("log")).unwrap();
+        let (rest, grpc) = (free_port(), free_port());
+        let d = dir.display();
+        let base = workspace_root().join("tests").join("fixtures");
+        let config = format!(
+            "[metadata]\nversion = \"1.0\"\n[project]\nbase_path = \"{}\"\n[storage]\nstorage_type = \"sqlite\"\npath = \"{d}/detrix.db\"\n\
+             [storage.dlq_storage]\npath = \"{d}/dlq.db\"\n[daemon]\npid_file = \"{d}/daemon.pid\"\n[daemon.logging]\nlog_dir = \"{d}/log/\"\n\
+             [api]\nport_fallback = false\n[api.rest]\nenabled = true\nhost = \"127.0.0.1\"\nport = {rest}\n[api.grpc]\nenabled = true\n\
+             host = \"127.0.0.1\"\nport = {grpc}\n[api.auth]\nmode = \"disabled\"\n[output.gelf]\nenabled = false\n",
+            base.display()
+        );
+        std::fs::write(dir.join("detrix.toml"), config).unwrap();
+        let log = std::fs::File::create(dir.join("daemon.out")).unwrap();
+        let child = Command::new(bin)
+            .args(["serve", "--config"])
+            .arg(dir.join("detrix.toml"))
+            .env("HOME", dir.join("home"))
+            .env("RUST_LOG", "detrix_dap=debug,info")
+            .env_remove("DETRIX_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let daemon = Daemon { child, url: format!("http://127.0.0.1:{rest}"), dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while common::try_http("GET", &format!("{}/health", daemon.url), None, &[]).map(|(s, _)| s) != Ok(200) {
+            assert!(Instant::now() < deadline, "the daemon did not answer /health within 30 s; its log: {}", daemon.dir.join("daemon.out").display());
+            thread::sleep(Duration::from_millis(100));
+        }
+        daemon
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        let (s, b) = http("GET", &format!("{}{path}", self.url), None);
+        (s, if b.is_empty() { Value::Null } else { json_body(&b) })
+    }
+
+    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let (s, b) = http("POST", &format!("{}{path}", self.url), Some(&body.to_string()));
+        (s, if b.is_empty() { Value::Null } else { serde_json::from_str(&b).unwrap_or(Value::String(b)) })
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One fixture program and the metrics put on it.
+struct Case {
+    src: PathBuf,
+    exe: PathBuf,
+    /// Single-expression metric at PROBE:process: the order id (1000 + round).
+    id_expr: &'static str,
+    /// Three-expression metric at PROBE:after: round, cost, customer.
+    after_exprs: [&'static str; 3],
+}
+
+fn build(kind: &'static str) -> Case {
+    let root = workspace_root().join("tests").join("fixtures");
+    let out = fixtures_out_dir();
+    std::fs::create_dir_all(&out).unwrap();
+    let run = |cmd: &mut Command| {
+        let st = cmd.status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        assert!(st.success(), "{cmd:?} failed: {st}");
+    };
+    match kind {
+        "c" => Case {
+            src: root.join("c/orders.c").canonicalize().unwrap(),
+            exe: build_c_fixture("orders", Build::Debug),
+            id_expr: "(*o).id",
+            after_exprs: ["(round)", "(cost)", "o.customer"],
+        },
+        "go" => {
+            let exe = out.join("orders_go");
+            let src = root.join("go/orders.go").canonicalize().unwrap();
+            run(Command::new("go")
+                .args(["build", "-gcflags=all=-N -l", "-o"])
+                .arg(&exe)
+                .arg(&src)
+                .env("GOTOOLCHAIN", "local")
+                .env("GOCACHE", out.join("gocache"))
+                .env("GOFLAGS", "-mod=mod")
+                .current_dir(src.parent().unwrap()));
+            Case { src, exe, id_expr: "o.ID", after_exprs: ["round", "cost", "o.Customer"] }
+        }
+        _ => {
+            let exe = out.join("orders_rs");
+            let src = root.join("rust/orders.rs").canonicalize().unwrap();
+            run(Command::new("rustc").args(["-g", "-C", "opt-level=0", "-o"]).arg(&exe).arg(&src));
+            Case { src, exe, id_expr: "o.id", after_exprs: ["round", "cost", "o.customer"] }
+        }
+    }
+}
+
+/// Stored events of a metric (newest first), waiting until at least `n` exist.
+fn events(d: &Daemon, metric: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (s, v) = d.get(&format!("/api/v1/events?metricName={metric}&limit=100"));
+        let list = v.as_array().cloned().unwrap_or_default();
+        if s == 200 && list.len() >= n {
+            return list;
+        }
+        assert!(Instant::now() < deadline, "metric {metric}: {} events after 15 s, wanted {n}; last answer {s} {v}", list.len());
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn value(ev: &Value, i: usize) -> Value {
+    let raw = ev["values"][i]["valueJson"].as_str().unwrap_or_else(|| panic!("no values[{i}].valueJson in {ev}"));
+    serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()))
+}
+
+fn normalize(text: &str, case: &Case, pid: u32) -> String {
+    let dir = case.src.parent().unwrap().to_string_lossy().into_owned();
+    let sysroot = Command::new("rustc").args(["--print", "sysroot"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let text = if sysroot.is_empty() { text.to_string() } else { text.replace(&sysroot, "$RUST_SYSROOT") };
+    text.replace(&dir, "$SRC").replace(&format!("\"pid\":{pid}"), "\"pid\":\"$PID\"").replace(&format!("[thread {pid}]"), "[thread $PID]")
+}
+
+fn run_case(d: &Daemon, kind: &'static str) {
+    let case = build(kind);
+    let mut fixture = Fixture::start(&case.exe, &["-1", "100"]);
+    let pid = fixture.pid();
+    let record = d.dir.join(format!("{kind}.jsonl"));
+    let name = format!("real-{kind}");
+    let ws = case.src.parent().unwrap().to_string_lossy().into_owned();
+    let record_s = record.to_string_lossy().into_owned();
+    let mut agent = AttachedAgent::start(pid, &["--daemon-url", &d.url, "--name", &name, "--workspace-root", &ws, "--dap-record", &record_s], &[]);
+    let (s, wake) = agent.post("/detrix/wake", None);
+    assert_eq!((s, wake["status"].clone()), (200, json!("awake")), "{kind}: {wake}\nagent: {}", agent.stderr.text());
+    let id = wake["connection_id"].as_str().unwrap().to_string();
+    let (_, row) = d.get(&format!("/api/v1/connections/{id}"));
+    let want_lang = if kind == "go" { "go" } else { "rust" };
+    assert_eq!((row["status"].clone(), row["language"].clone(), row["name"].clone()), (json!(3), json!(want_lang), json!(name)), "{row}");
+
+    let src = case.src.to_string_lossy().into_owned();
+    let single = format!("{kind}_order_id");
+    let triple = format!("{kind}_after");
+    for (metric, marker, exprs) in [(&single, "process", vec![case.id_expr]), (&triple, "after", case.after_exprs.to_vec())] {
+        let line = marker_line(&case.src, marker);
+        let (s, r) = d.post(
+            "/api/v1/metrics",
+            &json!({"name": metric, "connectionId": id, "location": format!("@{src}#{line}"), "expressions": exprs, "enabled": true}),
+        );
+        assert_eq!(s, 201, "{kind}: adding {metric}: {r}");
+        let _ = writeln!(std::io::stderr(), "real-daemon {kind}: added {metric} at {}:{line} {exprs:?}: warnings {}", case.src.display(), r.get("warnings").unwrap_or(&Value::Null));
+    }
+
+    // The single-expression metric: each stored id is one the program printed.
+    let evs = events(d, &single, 3);
+    for ev in evs.iter().take(5) {
+        assert_eq!(ev["values"][0]["expression"], case.id_expr);
+        assert!(ev["error"].is_null(), "{ev}");
+        let idv = value(ev, 0).as_i64().unwrap_or_else(|| panic!("{kind}: id is not an integer: {ev}"));
+        assert!(ev["values"][0]["typedValue"]["numericValue"].is_number(), "typed as a number: {ev}");
+        let round = idv - 1000;
+        let printed = fixture.process_line(round, Duration::from_secs(5));
+        assert_eq!(parse_kv(&printed)["id"], idv.to_string(), "{kind}: stored {ev}\nprinted {printed}");
+        let want_thread = if kind == "go" { "goroutine-1".to_string() } else { format!("thread-{pid}") };
+        assert_eq!(ev["threadName"], want_thread, "{ev}");
+    }
+    // The three-expression metric: round, cost and customer of the same round as printed.
+    let evs = events(d, &triple, 3);
+    for ev in evs.iter().take(5) {
+        assert_eq!(ev["values"].as_array().map(Vec::len), Some(3), "{ev}");
+        let round = value(ev, 0).as_i64().unwrap_or_else(|| panic!("{kind}: round: {ev}"));
+        let printed = fixture.process_line(round, Duration::from_secs(5));
+        let kv = parse_kv(&printed);
+        assert_eq!(value(ev, 1).as_f64(), Some(kv["cost"].parse::<f64>().unwrap()), "{kind} cost: stored {ev}\nprinted {printed}");
+        assert_eq!(value(ev, 2), json!(kv["customer"]), "{kind} customer: stored {ev}\nprinted {printed}");
+        assert_eq!(ev["values"][2]["typedValue"]["stringValue"], json!(kv["customer"]), "typed as a string: {ev}");
+    }
+    assert!(!patched_code(pid).is_empty(), "{kind}: probes are in the target while awake");
+
+    // Sleep: the row is disconnected, no probe is left, the program keeps running.
+    assert_eq!(agent.post("/detrix/sleep", None), (200, json!({"status":"sleeping"})));
+    let (_, row) = d.get(&format!("/api/v1/connections/{id}"));
+    assert_eq!(row["status"], 1, "{kind}: the connection is gone after sleep: {row}");
+    assert_eq!(patched_code(pid), Vec::<u64>::new(), "{kind}: no probe left in the target after sleep");
+    fixture.assert_keeps_running(2);
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };
+    assert_eq!(agent.wait_exit(Duration::from_secs(10)), Some(0), "agent stderr:\n{}", agent.stderr.text());
+
+    let text = std::fs::read_to_string(&record).unwrap();
+    if std::env::var_os("DETRIX_GOLDEN_REWRITE").is_some() {
+        let dir = golden_dir().join("real");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("agent-{kind}.jsonl")), normalize(&text, &case, pid)).unwrap();
+    }
+}
+
+#[test]
+fn real_daemon_stores_the_values_the_programs_printed() {
+    let Some(bin) = daemon_bin("real_daemon_stores_the_values_the_programs_printed") else { return };
+    require_root();
+    let d = Daemon::start(&bin, "values");
+    for kind in ["c", "go", "rust"] {
+        run_case(&d, kind);
+    }
+}
+
+#[test]
+fn real_daemon_client_conformance() {
+    let Some(bin) = daemon_bin("real_daemon_client_conformance") else { return };
+    require_root();
+    let d = Daemon::start(&bin, "conformance");
+    let fixture = Fixture::orders_private(50);
+    let agent = AttachedAgent::start(fixture.pid(), &["--daemon-url", &d.url, "--name", "conformance"], &[]);
+    // ST001 / EP001 / EP002
+    let (s, st) = agent.get("/detrix/status");
+    assert_eq!((s, st["state"].clone(), st["connection_id"].clone()), (200, json!("sleeping"), Value::Null));
+    assert!(st["control_port"].as_u64().unwrap() > 0);
+    assert_eq!(agent.get("/detrix/health"), (200, json!({"status":"ok","service":"detrix-client"})));
+    // EH001
+    let (s, e) = agent.post("/detrix/wake", Some(r#"{"daemon_url":"http://127.0.0.1:1"}"#));
+    assert_eq!(s, 503, "{e}");
+    assert!(e["error"].as_str().unwrap().starts_with("daemon not reachable at http://127.0.0.1:1: "), "{e}");
+    assert_eq!(agent.get("/detrix/status").1["state"], "sleeping");
+    // CC001: five concurrent wakes, one awake, one connected row.
+    let url = format!("{}/detrix/wake", agent.control);
+    let hs: Vec<_> = (0..5).map(|_| {
+        let url = url.clone();
+        thread::spawn(move || json_body(&http("POST", &url, None).1))
+    }).collect();
+    let rs: Vec<Value> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(rs.iter().filter(|r| r["status"] == "awake").count(), 1, "{rs:?}");
+    assert_eq!(rs.iter().filter(|r| r["status"] == "already_awake").count(), 4, "{rs:?}");
+    let id = rs[0]["connection_id"].as_str().unwrap().to_string();
+    // ST002: listed by the daemon
+    let (_, rows) = d.get("/api/v1/connections");
+    let ours: Vec<&Value> = rows.as_array().unwrap().iter().filter(|r| r["name"] == "conformance").collect();
+    assert_eq!(ours.len(), 1, "{rows}");
+    assert_eq!((ours[0]["connectionId"].clone(), ours[0]["status"].clone()), (json!(id), json!(3)));
+    // ST004 / ST005 / ST003
+    assert_eq!(agent.post("/detrix/wake", None).1["status"], "already_awake");
+    assert_eq!(agent.post("/detrix/sleep", None), (200, json!({"status":"sleeping"})));
+    assert_eq!(agent.post("/detrix/sleep", None), (200, json!({"status":"already_sleeping"})));
+    assert_eq!(d.get(&format!("/api/v1/connections/{id}")).1["status"], 1);
+}
