@@ -173,25 +173,37 @@ impl Resolver {
 /// This is what `detrix-agent resolve` prints and what the snapshot tests pin.
 #[must_use]
 pub fn describe(bin: &Binary, file: &str, line: u32, exprs: &[String], strip_prefix: &str) -> serde_json::Value {
-    let rel = |s: &str| s.strip_prefix(strip_prefix).map_or_else(|| s.to_owned(), |r| r.trim_start_matches('/').to_owned());
+    let rel = |s: &str| {
+        if strip_prefix.is_empty() {
+            return s.to_owned();
+        }
+        s.strip_prefix(strip_prefix).map_or_else(|| s.to_owned(), |r| r.trim_start_matches('/').to_owned())
+    };
+    // Machine paths out of messages, so the output is the same on every machine.
+    let scrub = |s: String| if strip_prefix.is_empty() { s } else { s.replace(&format!("{strip_prefix}/"), "").replace(strip_prefix, "") };
     let points = match bin.resolve_line(file, line) {
         Ok(p) => p,
-        Err(e) => return serde_json::json!({ "at": format!("{file}:{line}"), "error": rel(&e.to_string()).replace(&format!("{strip_prefix}/"), "").replace(strip_prefix, "") }),
+        Err(e) => return serde_json::json!({ "at": format!("{file}:{line}"), "error": scrub(e.to_string()) }),
     };
     let opts = PlanOptions { tgid: 0, load_bias: 0, string_cap: 64, rate_per_sec: 0, burst: 0 };
     let mut out = Vec::new();
     for p in &points {
         let mut values = serde_json::Map::new();
+        let mut ok: Vec<String> = Vec::new();
         for e in exprs {
             let v = match plan::build(bin, p, std::slice::from_ref(e), None, opts) {
-                Ok(b) => serde_json::json!({ "ops": plan::describe_ops(&b.plan) }),
-                Err(err) => serde_json::json!({ "error": err.to_string().replace(&format!("{strip_prefix}/"), "").replace(strip_prefix, "") }),
+                Ok(b) => {
+                    ok.push(e.clone());
+                    serde_json::json!({ "ops": plan::describe_ops(&b.plan) })
+                }
+                Err(err) => serde_json::json!({ "error": scrub(err.to_string()) }),
             };
             values.insert(e.clone(), v);
         }
-        let plan_all = plan::build(bin, p, exprs, None, opts).ok();
+        // Placement for the expressions that can be captured (what an attach would use).
+        let plan_all = plan::build(bin, p, &ok, None, opts).ok();
         let placement = plan_all.as_ref().map(|b| {
-            let rebuild = |q: &ProbePoint| plan::build(bin, q, exprs, None, opts).ok().map(|b| b.plan);
+            let rebuild = |q: &ProbePoint| plan::build(bin, q, &ok, None, opts).ok().map(|b| b.plan);
             let pl = place::place(bin, p, &b.plan, &rebuild);
             serde_json::json!({ "chosen": pl.chosen.to_string(), "kind": format!("{:?}", pl.kind) })
         });

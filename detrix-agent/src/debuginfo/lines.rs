@@ -135,6 +135,13 @@ impl Binary {
         let mut by_file: HashMap<String, Vec<Row>> = HashMap::new();
         let mut addrs = Vec::new();
         let Some(program) = unit.line_program.clone() else { return Ok((by_file, addrs)) };
+        // Most units never mention the file: look at the header's file table before running
+        // the line program (the costly part on a large binary).
+        let header = program.header();
+        let mentions = (0..=header.file_names().len() as u64).any(|i| self.file_entry_path(unit, header, i).is_some_and(|p| pick(&p)));
+        if !mentions {
+            return Ok((by_file, addrs));
+        }
         let mut paths: HashMap<u64, Option<String>> = HashMap::new();
         let mut rows = program.rows();
         while let Some((header, row)) = rows.next_row().map_err(self.dwarf_err("the line table"))? {

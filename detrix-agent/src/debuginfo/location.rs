@@ -160,8 +160,19 @@ impl Binary {
                     Some(top) => top.offset = top.offset.wrapping_add(value as i64),
                     None => return Err(self.unsupported(point, var, "DW_OP_plus_uconst on an empty stack")),
                 },
-                gimli::Operation::UnsignedConstant { value } if stack.is_empty() && constant.is_none() => constant = Some(value as i64),
-                gimli::Operation::SignedConstant { value } if stack.is_empty() && constant.is_none() => constant = Some(value),
+                gimli::Operation::UnsignedConstant { value } if constant.is_none() => constant = Some(value as i64),
+                gimli::Operation::SignedConstant { value } if constant.is_none() => constant = Some(value),
+                // `DW_OP_consts c; DW_OP_plus` / `DW_OP_minus` on an address: an offset.
+                gimli::Operation::Plus if constant.is_some() && !stack.is_empty() => {
+                    if let (Some(top), Some(c)) = (stack.last_mut(), constant.take()) {
+                        top.offset = top.offset.wrapping_add(c);
+                    }
+                }
+                gimli::Operation::Minus if constant.is_some() && !stack.is_empty() => {
+                    if let (Some(top), Some(c)) = (stack.last_mut(), constant.take()) {
+                        top.offset = top.offset.wrapping_sub(c);
+                    }
+                }
                 gimli::Operation::StackValue => {
                     computed = Some(match (stack.pop(), constant.take(), stack.is_empty()) {
                         (Some(AddrValue { base: AddrBase::Register(r), offset }), None, true) => Location::Computed { reg: Some(r), offset },

@@ -6,6 +6,7 @@
 //! [`ResolveError::OptimizedOut`], never a read from a stale slot.
 
 mod addr;
+mod bytes;
 mod lines;
 mod location;
 mod scope;
@@ -22,7 +23,7 @@ pub use location::{AddrBase, Location};
 pub use scope::{Variable, VariableKind};
 pub use types::{Member, Type, TypeRef, Variant};
 
-pub(crate) type R = gimli::EndianArcSlice<gimli::RunTimeEndian>;
+pub(crate) type R = gimli::EndianReader<gimli::RunTimeEndian, bytes::Bytes>;
 
 /// Why a request could not be resolved. Each message names the object and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -106,8 +107,8 @@ pub struct Binary {
     /// `ET_DYN` (PIE or shared object): link addresses are relative to a load bias.
     pub is_dyn: bool,
     segments: Vec<Segment>,
-    /// Bytes of the executable segments, by link address, for instruction decoding.
-    code: Vec<(u64, Arc<[u8]>)>,
+    /// Bytes of the executable sections, by link address, for instruction decoding.
+    code: Vec<(u64, bytes::Bytes)>,
     dwarf: gimli::Dwarf<R>,
     units: Vec<gimli::Unit<R>>,
     eh_frame: Option<(gimli::EhFrame<R>, gimli::BaseAddresses)>,
@@ -139,11 +140,17 @@ impl Binary {
     /// # Errors
     /// As [`Binary::open`].
     pub fn open_named(path: &Path, name: &Path) -> Result<Self, ResolveError> {
-        let bytes = std::fs::read(path).map_err(|source| ResolveError::Io { binary: name.to_owned(), source })?;
-        Self::parse(name, &bytes)
+        let io = |source| ResolveError::Io { binary: name.to_owned(), source };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: a private read-only mapping. If another process truncates the file while it
+        // is mapped, reads fault (SIGBUS); binaries of running processes are not rewritten in
+        // place (the kernel refuses writes to a running executable: ETXTBSY).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        Self::parse(name, &Arc::new(map))
     }
 
-    fn parse(path: &Path, bytes: &[u8]) -> Result<Self, ResolveError> {
+    fn parse(path: &Path, map: &Arc<memmap2::Mmap>) -> Result<Self, ResolveError> {
+        let bytes: &[u8] = map;
         let elf_err = |reason: String| ResolveError::Elf { binary: path.to_owned(), reason };
         let file = object::File::parse(bytes).map_err(|e| elf_err(e.to_string()))?;
         if file.format() != object::BinaryFormat::Elf {
@@ -164,25 +171,33 @@ impl Binary {
         let code = file
             .sections()
             .filter(|s| s.kind() == object::SectionKind::Text)
-            .filter_map(|s| Some((s.address(), Arc::from(s.data().ok()?))))
+            .filter_map(|s| Some((s.address(), bytes::Bytes::from_map(map, s.data().ok()?))))
             .collect();
 
-        let section_data = |name: &str| -> Result<Option<(Arc<[u8]>, u64)>, ResolveError> {
+        let section_data = |name: &str| -> Result<Option<(bytes::Bytes, u64)>, ResolveError> {
             match file.section_by_name(name) {
                 Some(s) => {
                     let data = s.uncompressed_data().map_err(|e| elf_err(format!("section {name}: {e}")))?;
-                    Ok(Some((Arc::from(&*data), s.address())))
+                    let b = match data {
+                        std::borrow::Cow::Borrowed(slice) => bytes::Bytes::from_map(map, slice),
+                        std::borrow::Cow::Owned(v) => bytes::Bytes::owned(v),
+                    };
+                    Ok(Some((b, s.address())))
                 }
                 None => Ok(None),
             }
         };
-        let reader = |data: Arc<[u8]>| gimli::EndianArcSlice::new(data, endian);
-        let empty: Arc<[u8]> = Arc::from(&[][..]);
+        let reader = |data: bytes::Bytes| gimli::EndianReader::new(data, endian);
+        let empty = bytes::Bytes::empty();
 
+        let mut has_debug_info = false;
         let dwarf = gimli::Dwarf::load(|id| -> Result<R, ResolveError> {
-            Ok(reader(section_data(id.name())?.map_or_else(|| empty.clone(), |(d, _)| d)))
+            let data = section_data(id.name())?.map_or_else(|| empty.clone(), |(d, _)| d);
+            if id == gimli::SectionId::DebugInfo {
+                has_debug_info = !data.is_empty();
+            }
+            Ok(reader(data))
         })?;
-        let has_debug_info = section_data(".debug_info")?.is_some_and(|(d, _)| !d.is_empty());
 
         let text_addr = file.section_by_name(".text").map(|s| s.address());
         let mut eh_frame = None;

@@ -192,8 +192,13 @@ impl Binary {
     /// Malformed DWARF.
     pub fn names_in_scope(&self, point: &ProbePoint) -> Result<Vec<String>, ResolveError> {
         let mut names: Vec<String> = self.scope_candidates(point)?.into_iter().map(|c| c.name).collect();
-        let mut globals: Vec<String> =
-            self.unit_globals(point.unit)?.into_iter().filter(|g| g.2).map(|g| g.1).collect();
+        // Compiler-made globals (`<T as Debug>::{vtable}`) resolve but are noise in a list.
+        let mut globals: Vec<String> = self
+            .unit_globals(point.unit)?
+            .into_iter()
+            .filter(|g| g.2 && !g.1.starts_with('<') && !g.1.contains('{'))
+            .map(|g| g.1)
+            .collect();
         globals.sort();
         names.extend(globals);
         let mut seen = std::collections::HashSet::new();
