@@ -41,7 +41,14 @@ enum Command {
         args: Vec<String>,
     },
     /// Capture values from the C fixture with the agent and show them next to what it prints.
-    Demo,
+    ///
+    /// With `--daemon URL`: attach the agent to the C fixture as a Detrix client of the daemon at
+    /// URL, add metrics through the daemon's REST API and print the events as the daemon stored
+    /// them, next to what the program printed.
+    Demo {
+        #[arg(long, value_name = "URL")]
+        daemon: Option<String>,
+    },
     /// Per-hit cost table: no probe, empty-program floor, agent captures (placement off/on,
     /// batched vs per-event wakeup), asleep, and an lldb-dap logpoint — one run, as ratios.
     Bench,
@@ -64,7 +71,8 @@ fn main() -> ExitCode {
         Command::Setup => setup::run(),
         Command::BuildEbpf => util::workspace_root().and_then(|root| builds::ebpf(&root).map(drop)),
         Command::Test { args } => test::run(&args),
-        Command::Demo => demo::run(),
+        Command::Demo { daemon: None } => demo::run(),
+        Command::Demo { daemon: Some(url) } => demo::run_with_daemon(&url),
         Command::Bench => bench(),
     };
     match result {
