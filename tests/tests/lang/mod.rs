@@ -1,0 +1,525 @@
+//! The multi-language fixture builds (C and C++ at -O0/-O2, Rust debug/opt-level=3, Go 1.19 and
+//! 1.23 with `-N -l` and optimized), their probe lines, and for each probe expression what the
+//! agent must produce in that build: a value equal to what the fixture printed, or one exact
+//! error. Shared by `lang_resolve_snapshots` (resolution, no process) and `lang_capture` (values
+//! from the running builds).
+//!
+//! Builds go to `<workspace>/target/fixtures/lang/<id>`, are rebuilt only when a source is newer,
+//! and are written under a temporary name then renamed, so parallel test threads and parallel
+//! test binaries never see a half-written executable.
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of this module"
+)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::SystemTime;
+
+use detrix_e2e::{run_with_timeout, workspace_root};
+
+/// How one build is compiled.
+#[derive(Debug, Clone, Copy)]
+pub enum Compiler {
+    /// `gcc FLAGS -o OUT SRC`.
+    Gcc(&'static [&'static str]),
+    /// `g++ FLAGS -o OUT SRC`.
+    Gxx(&'static [&'static str]),
+    /// `rustc FLAGS -o OUT SRC`.
+    Rustc(&'static [&'static str]),
+    /// `GO build [-gcflags=all=-N -l] -o OUT .` in the source directory.
+    Go { go: &'static str, no_opt: bool },
+}
+
+/// The language of a build, for what its events carry (Go events carry `goid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    C,
+    Cpp,
+    Rust,
+    Go,
+}
+
+/// One fixture build.
+#[derive(Debug, Clone, Copy)]
+pub struct FixtureBuild {
+    /// Unique name: the output file and the snapshot prefix, e.g. `go1.23_opt`.
+    pub id: &'static str,
+    pub lang: Lang,
+    /// Directory under `tests/fixtures/`.
+    pub dir: &'static str,
+    /// The source file with the probe markers (its basename is what `--at` names).
+    pub file: &'static str,
+    pub compiler: Compiler,
+    /// Whether the build is optimized (values may be lost there).
+    pub optimized: bool,
+}
+
+const GO119: &str = "/usr/bin/go";
+const GO123: &str = "/usr/lib/go-1.23/bin/go";
+
+pub const C_O0: FixtureBuild = FixtureBuild {
+    id: "c_O0",
+    lang: Lang::C,
+    dir: "c",
+    file: "orders.c",
+    compiler: Compiler::Gcc(&["-g", "-O0"]),
+    optimized: false,
+};
+pub const C_O2: FixtureBuild = FixtureBuild {
+    id: "c_O2",
+    lang: Lang::C,
+    dir: "c",
+    file: "orders.c",
+    compiler: Compiler::Gcc(&["-g", "-O2"]),
+    optimized: true,
+};
+pub const CPP_O0: FixtureBuild = FixtureBuild {
+    id: "cpp_O0",
+    lang: Lang::Cpp,
+    dir: "cpp",
+    file: "orders.cpp",
+    compiler: Compiler::Gxx(&["-g", "-O0"]),
+    optimized: false,
+};
+pub const CPP_O2: FixtureBuild = FixtureBuild {
+    id: "cpp_O2",
+    lang: Lang::Cpp,
+    dir: "cpp",
+    file: "orders.cpp",
+    compiler: Compiler::Gxx(&["-g", "-O2"]),
+    optimized: true,
+};
+pub const RUST_DEBUG: FixtureBuild = FixtureBuild {
+    id: "rust_debug",
+    lang: Lang::Rust,
+    dir: "rust_lang",
+    file: "orders.rs",
+    compiler: Compiler::Rustc(&["-g"]),
+    optimized: false,
+};
+pub const RUST_O3: FixtureBuild = FixtureBuild {
+    id: "rust_O3",
+    lang: Lang::Rust,
+    dir: "rust_lang",
+    file: "orders.rs",
+    compiler: Compiler::Rustc(&["-g", "-C", "opt-level=3"]),
+    optimized: true,
+};
+pub const GO119_NL: FixtureBuild = FixtureBuild {
+    id: "go1.19_Nl",
+    lang: Lang::Go,
+    dir: "go_lang",
+    file: "main.go",
+    compiler: Compiler::Go {
+        go: GO119,
+        no_opt: true,
+    },
+    optimized: false,
+};
+pub const GO119_OPT: FixtureBuild = FixtureBuild {
+    id: "go1.19_opt",
+    lang: Lang::Go,
+    dir: "go_lang",
+    file: "main.go",
+    compiler: Compiler::Go {
+        go: GO119,
+        no_opt: false,
+    },
+    optimized: true,
+};
+pub const GO123_NL: FixtureBuild = FixtureBuild {
+    id: "go1.23_Nl",
+    lang: Lang::Go,
+    dir: "go_lang",
+    file: "main.go",
+    compiler: Compiler::Go {
+        go: GO123,
+        no_opt: true,
+    },
+    optimized: false,
+};
+pub const GO123_OPT: FixtureBuild = FixtureBuild {
+    id: "go1.23_opt",
+    lang: Lang::Go,
+    dir: "go_lang",
+    file: "main.go",
+    compiler: Compiler::Go {
+        go: GO123,
+        no_opt: false,
+    },
+    optimized: true,
+};
+
+/// Every build, in a fixed order.
+pub const ALL: [FixtureBuild; 10] = [
+    C_O0, C_O2, CPP_O0, CPP_O2, RUST_DEBUG, RUST_O3, GO119_NL, GO119_OPT, GO123_NL, GO123_OPT,
+];
+
+impl FixtureBuild {
+    /// `<workspace>/tests/fixtures/<dir>`, canonical (the prefix the debug info records).
+    pub fn src_dir(&self) -> PathBuf {
+        let dir = workspace_root()
+            .join("tests")
+            .join("fixtures")
+            .join(self.dir);
+        dir.canonicalize()
+            .unwrap_or_else(|e| panic!("fixture directory {} is missing: {e}", dir.display()))
+    }
+
+    /// The source file with the probe markers.
+    pub fn source(&self) -> PathBuf {
+        self.src_dir().join(self.file)
+    }
+
+    /// Every input whose change means a rebuild.
+    fn inputs(&self) -> Vec<PathBuf> {
+        match self.compiler {
+            Compiler::Go { .. } => vec![self.source(), self.src_dir().join("go.mod")],
+            _ => vec![self.source()],
+        }
+    }
+
+    /// The compiler's version line, for the snapshot header.
+    pub fn toolchain(&self) -> String {
+        let (prog, args): (&str, &[&str]) = match self.compiler {
+            Compiler::Gcc(_) => ("gcc", &["--version"]),
+            Compiler::Gxx(_) => ("g++", &["--version"]),
+            Compiler::Rustc(_) => ("rustc", &["--version"]),
+            Compiler::Go { go, .. } => (go, &["version"]),
+        };
+        let out = Command::new(prog)
+            .args(args)
+            .env("GOTOOLCHAIN", "local")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run `{prog}`: {e}"));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    /// The built executable, compiling it first unless it is newer than every input. Each build
+    /// is compiled at most once per test binary; different builds compile in parallel.
+    pub fn build(&self) -> PathBuf {
+        static LOCKS: OnceLock<Vec<Mutex<()>>> = OnceLock::new();
+        let locks = LOCKS.get_or_init(|| ALL.iter().map(|_| Mutex::new(())).collect());
+        let index = ALL
+            .iter()
+            .position(|b| b.id == self.id)
+            .expect("every build is in ALL");
+        let _turn = locks[index].lock().unwrap_or_else(PoisonError::into_inner);
+
+        let out_dir = workspace_root()
+            .join("target")
+            .join("fixtures")
+            .join("lang");
+        fs::create_dir_all(&out_dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", out_dir.display()));
+        let out = out_dir.join(self.id);
+        if let Some(built) = mtime(&out) {
+            if self
+                .inputs()
+                .iter()
+                .all(|i| mtime(i).is_some_and(|t| t <= built))
+            {
+                return out;
+            }
+        }
+
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let tmp = out_dir.join(format!(
+            ".{}.tmp-{}-{}",
+            self.id,
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let src = self.source();
+        let cmd = match self.compiler {
+            Compiler::Gcc(flags) | Compiler::Gxx(flags) | Compiler::Rustc(flags) => {
+                let prog = match self.compiler {
+                    Compiler::Gcc(_) => "gcc",
+                    Compiler::Gxx(_) => "g++",
+                    _ => "rustc",
+                };
+                let mut cmd = Command::new(prog);
+                // The absolute source path goes into the debug info, so --strip-prefix with the
+                // fixture directory leaves only the file name.
+                cmd.args(flags).arg("-o").arg(&tmp).arg(&src);
+                cmd
+            }
+            Compiler::Go { go, no_opt } => {
+                let mut cmd = Command::new(go);
+                cmd.arg("build");
+                if no_opt {
+                    cmd.arg("-gcflags=all=-N -l");
+                }
+                cmd.arg("-o")
+                    .arg(&tmp)
+                    .arg(".")
+                    .current_dir(self.src_dir())
+                    // Never download a toolchain or a module (toolchain.md §9): std only.
+                    .env("GOTOOLCHAIN", "local")
+                    .env("GOFLAGS", "-mod=mod")
+                    .env("GOPROXY", "off");
+                cmd
+            }
+        };
+        let out_text = run_with_timeout(cmd, std::time::Duration::from_secs(300));
+        if !out_text.status.success() {
+            let _ = fs::remove_file(&tmp);
+            panic!(
+                "building fixture {} failed: `{}`: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                self.id, out_text.command, out_text.status, out_text.stdout, out_text.stderr
+            );
+        }
+        fs::rename(&tmp, &out).unwrap_or_else(|e| {
+            let _ = fs::remove_file(&tmp);
+            panic!("cannot move {} to {}: {e}", tmp.display(), out.display())
+        });
+        out
+    }
+}
+
+fn mtime(path: &Path) -> Option<SystemTime> {
+    fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The 1-based line of `src` carrying `PROBE:<name>` (as `/* PROBE:x */` or `// PROBE:x`).
+/// Panics unless exactly one line does.
+pub fn marker_line(src: &Path, name: &str) -> u32 {
+    let text =
+        fs::read_to_string(src).unwrap_or_else(|e| panic!("cannot read {}: {e}", src.display()));
+    let hits: Vec<u32> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            l.split(&format!("PROBE:{name}"))
+                .nth(1)
+                .is_some_and(|rest| !rest.starts_with(|c: char| c.is_alphanumeric() || c == '_'))
+        })
+        .map(|(i, _)| u32::try_from(i + 1).expect("line number fits u32"))
+        .collect();
+    assert!(
+        hits.len() == 1,
+        "expected exactly one `PROBE:{name}` marker in {}, found it on lines {hits:?}",
+        src.display()
+    );
+    hits[0]
+}
+
+/// What the agent must produce for one expression in one build.
+#[derive(Debug, Clone, Copy)]
+pub enum Expect {
+    /// A JSON integer equal to the printed decimal under this key.
+    Int(&'static str),
+    /// A JSON number equal, as f64, to the printed round-trip text.
+    Float(&'static str),
+    /// A JSON bool equal to the printed `true`/`false`.
+    Bool(&'static str),
+    /// A JSON string equal to the printed text (strings, chars, enum names, rendered values).
+    Text(&'static str),
+    /// The JSON text of the value equals the printed `{:?}` text (`3`, `"alice"`).
+    Json(&'static str),
+    /// A Go `[]int` as Delve renders it, `[]int len: L, cap: C, [a,b]`, from the printed
+    /// `<key>.len`, `<key>.cap` and comma-separated `<key>`.
+    GoInts(&'static str),
+    /// A Go `[]string` as the agent renders it (element headers only),
+    /// `[]string len: L, cap: C, [string len: a,string len: b]`, from the printed `<key>.len`,
+    /// `<key>.cap` and comma-separated `<key>.lens`.
+    GoStrs(&'static str),
+    /// The expression cannot be captured in this build: `resolve` reports, and `capture` fails
+    /// with, exactly this message, `{at}` standing for the probe's FILE:LINE as the agent names
+    /// it (see [`error_text`]).
+    Error(&'static str),
+}
+
+/// An [`Expect::Error`] message with `{at}` replaced by `at`.
+pub fn error_text(msg: &str, at: &str) -> String {
+    msg.replace("{at}", at)
+}
+
+/// One probe line of a fixture and what each expression must give there.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// The marker name: `PROBE:<name>`.
+    pub name: &'static str,
+    /// The first word of the line the fixture prints at this probe.
+    pub printed: &'static str,
+    /// The expressions (captured values) identifying the printed line of the same hit, each
+    /// equal to the printed key of the same name: `round`, plus what tells copies apart.
+    pub keys: &'static [(&'static str, &'static str)],
+    /// Values that must all be seen across the hits (one per copy of the line), as
+    /// (expression, printed text): e.g. both call sites of an inlined function.
+    pub copies: &'static [(&'static str, &'static str)],
+    /// How many probe points (copies of the line) `resolve` must find.
+    pub points: usize,
+    pub exprs: Vec<(&'static str, Expect)>,
+}
+
+/// The probes of `build`, with the expected outcome of every expression there.
+pub fn probes(build: &FixtureBuild) -> Vec<Probe> {
+    use Expect::{Bool, Error, Float, GoInts, GoStrs, Int, Json, Text};
+    match build.lang {
+        Lang::C => {
+            let (cost, copy_qty, first) = if build.optimized {
+                (
+                    Error("expression `cost`: `cost` lives in DWARF register 18 (a vector/FP register), which a uprobe cannot read"),
+                    Error("`copy` is optimized out at 0x1247 ({at}); try a line where it is live"),
+                    Error("`first` is optimized out at 0x1247 ({at}); try a line where it is live"),
+                )
+            } else {
+                (Float("cost"), Int("copy.qty"), Text("first"))
+            };
+            vec![
+                Probe {
+                    name: "process",
+                    printed: "process",
+                    keys: &[("round", "round")],
+                    copies: &[],
+                    points: 1,
+                    exprs: vec![
+                        ("round", Int("round")),
+                        ("o->id", Int("id")),
+                        ("o->qty", Int("qty")),
+                        ("o->flags", Int("flags")),
+                        ("o->price", Float("price")),
+                        ("o->grade", Text("grade")),
+                        ("o->customer", Text("customer")),
+                        ("o->code", Text("code")),
+                        ("cost", cost),
+                        ("g_counter", Int("g_counter")),
+                        ("s_total", Int("s_total")),
+                        ("copy.qty", copy_qty),
+                        ("first", first),
+                        ("g_label", Text("label")),
+                    ],
+                },
+                Probe {
+                    name: "after",
+                    printed: "after",
+                    keys: &[("round", "round")],
+                    copies: &[],
+                    points: 1,
+                    // `total` is assigned from s_total on this line, so it prints s_total's value.
+                    exprs: vec![
+                        ("round", Int("round")),
+                        ("cost", Float("cost")),
+                        ("s_total", Int("total")),
+                    ],
+                },
+            ]
+        }
+        Lang::Cpp => {
+            let cost = if build.optimized {
+                Error("expression `cost`: `cost` lives in DWARF register 18 (a vector/FP register), which a uprobe cannot read")
+            } else {
+                Float("cost")
+            };
+            vec![
+                Probe {
+                    name: "process",
+                    printed: "process",
+                    keys: &[("round", "round")],
+                    copies: &[],
+                    points: 1,
+                    exprs: vec![
+                        ("round", Int("round")),
+                        ("o->id", Int("id")),
+                        ("o->qty", Int("qty")),
+                        ("o->price", Float("price")),
+                        ("o->status", Text("status")),
+                        ("o->urgent", Bool("urgent")),
+                        ("o->customer", Text("customer")),
+                        ("cost", cost),
+                        ("g_processed", Int("g_processed")),
+                    ],
+                },
+                Probe {
+                    name: "scale",
+                    printed: "scale",
+                    keys: &[("round", "round"), ("site", "site")],
+                    // At -O2 `scale` is inlined at both call sites: both copies must fire.
+                    copies: &[("site", "1"), ("site", "2")],
+                    points: if build.optimized { 2 } else { 1 },
+                    exprs: vec![
+                        ("round", Int("round")),
+                        ("site", Int("site")),
+                        ("v", Int("v")),
+                        ("r", Int("r")),
+                    ],
+                },
+            ]
+        }
+        Lang::Rust => vec![
+            Probe {
+                name: "process",
+                printed: "process",
+                keys: &[("round", "round")],
+                copies: &[],
+                points: 1,
+                exprs: vec![
+                    ("round", Int("round")),
+                    ("o.id", Int("id")),
+                    ("o.qty", Int("qty")),
+                    ("o.price", Float("price")),
+                    ("o.kind", Text("kind")),
+                    ("o.discount", Text("discount")),
+                    ("o.rush", Bool("rush")),
+                    ("o.tag", Text("tag")),
+                    ("o.customer", Text("customer")),
+                    ("o.note", Text("note")),
+                    ("o.items", Text("items")),
+                    ("o.coupon", Text("coupon")),
+                    ("cost", Float("cost")),
+                ],
+            },
+            Probe {
+                name: "describe",
+                printed: "describe",
+                keys: &[("round", "round"), ("what", "what")],
+                // describe::<i32> and describe::<&str>: both monomorphized copies must fire.
+                copies: &[("what", "qty"), ("what", "customer")],
+                points: 2,
+                exprs: vec![
+                    ("round", Int("round")),
+                    ("what", Text("what")),
+                    ("value", Json("value")),
+                ],
+            },
+        ],
+        Lang::Go => {
+            let cost = match (build.optimized, build.id) {
+                (false, _) => Float("cost"),
+                (true, "go1.19_opt") => Error("expression `cost`: `cost` lives in DWARF register 18 (a vector/FP register), which a uprobe cannot read"),
+                (true, _) => Error("expression `cost`: `cost` lives in DWARF register 17 (a vector/FP register), which a uprobe cannot read"),
+            };
+            vec![Probe {
+                name: "process",
+                printed: "process",
+                keys: &[("round", "round")],
+                copies: &[],
+                points: 1,
+                exprs: vec![
+                    ("round", Int("round")),
+                    ("gid", Int("goid")),
+                    ("o.ID", Int("id")),
+                    ("o.Qty", Int("qty")),
+                    ("o.Price", Float("price")),
+                    ("o.Rush", Bool("rush")),
+                    ("o.Customer", Text("customer")),
+                    ("name", Text("name")),
+                    ("o.Items", GoInts("items")),
+                    ("o.Tags", GoStrs("tags")),
+                    ("cost", cost),
+                    ("total", Int("total")),
+                ],
+            }]
+        }
+    }
+}
