@@ -11,7 +11,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
@@ -150,6 +150,8 @@ fn request(pid: u32, line: u32, expr: &str, placement: bool) -> Request {
         burst: 0,
         cpu_budget: 1.0,
         placement,
+        stack: false,
+        locals: false,
     }
 }
 
@@ -211,6 +213,9 @@ fn main() -> Result<()> {
         Err(e) => rows.push(Row { name: "lldb-dap-22 logpoint {v} (C)".into(), ns_per_call: f64::NAN, note: format!("not measured: {e:#}") }),
     }
 
+    drop(fx);
+    let go_rows = go_section().unwrap_or_else(|e| vec![Row { name: "Go section".into(), ns_per_call: f64::NAN, note: format!("not measured: {e:#}") }]);
+
     let floor = rows[1].ns_per_call - base;
     let placed_floor = rows[4].ns_per_call - base;
     println!("\nper-hit cost on {} (fixture {}, {} windows of {WINDOW_S} s per row, median)\n", line_desc(line), bin.display(), SAMPLES);
@@ -227,7 +232,74 @@ fn main() -> Result<()> {
         println!("\ndebugger logpoint / agent 1-int: {:.0}x on the single-stepped instruction, {:.0}x with placement", dbg / agent_first, dbg / agent_placed);
     }
     println!("agent 1-int / floor on the same instruction: {:.2}x (single-stepped), {:.2}x (emulated)", agent_first / floor, agent_placed / placed_floor);
+
+    if let [g_base, g_floor, g_agent, rest @ ..] = go_rows.as_slice() {
+        let gb = g_base.ns_per_call;
+        let gf = g_floor.ns_per_call - gb;
+        println!("\nGo (Go 1.19, -N -l; work() line is single-stepped)\n");
+        println!("{:<62} {:>11} {:>11} {:>9}", "probe", "ns/call", "ns/hit", "x floor");
+        for r in [g_base, g_floor, g_agent].into_iter().chain(rest) {
+            let hit = r.ns_per_call - gb;
+            let x = if hit.is_finite() && gf > 0.0 { format!("{:.2}", hit / gf) } else { "-".into() };
+            println!("{:<62} {:>11.1} {:>11.1} {:>9}  {}", r.name, r.ns_per_call, hit, x, r.note);
+        }
+        if let Some(d) = rest.iter().find(|r| r.name.starts_with("Delve") && r.ns_per_call.is_finite()) {
+            println!("\nDelve logpoint / agent 1-int (Go): {:.0}x", (d.ns_per_call - gb) / (g_agent.ns_per_call - gb));
+        }
+    } else {
+        for r in &go_rows {
+            println!("{}: {}", r.name, r.note);
+        }
+    }
     Ok(())
+}
+
+/// Go: no probe, the empty-program floor, the agent's 1-int logpoint, and Delve's logpoint,
+/// on a Go 1.19 loop.
+fn go_section() -> Result<Vec<Row>> {
+    let dir = workspace().join("tests/fixtures/go_bench");
+    let out = workspace().join("target/fixtures/go_bench_119");
+    std::fs::create_dir_all(workspace().join("target/fixtures"))?;
+    let st = Command::new("go")
+        .current_dir(&dir)
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "-mod=mod")
+        .args(["build", "-gcflags=all=-N -l", "-o"])
+        .arg(&out)
+        .arg(".")
+        .status()
+        .context("run go build")?;
+    if !st.success() {
+        bail!("go build failed in {}", dir.display());
+    }
+    let src = dir.join("main.go");
+    let line = std::fs::read_to_string(&src)?.lines().position(|l| l.contains("// PROBE:work")).context("marker")? as u32 + 1;
+    let fx = Fixture::start(&out)?;
+    let pid = fx.pid();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut rows = Vec::new();
+    rows.push(Row { name: "no probe (never attached)".into(), ns_per_call: fx.measure()?, note: String::new() });
+    let mut req = request(pid, line, "v", true);
+    req.file = "main.go".into();
+    let prepared = capture::prepare(&req)?;
+    let (p, plan, pl) = prepared.plans().next().context("no probe point")?;
+    let exe = prepared.target().exe.clone();
+    let (mut probes, ring) = Probes::load(LoadOptions::default())?;
+    let mut ring = Some(ring);
+    probes.install_noop(&AttachSpec { binary: &exe, offset: p.file_offset, pid })?;
+    rows.push(Row { name: format!("empty BPF program @ {} ({:?}) = floor", p.addr, pl.kind), ns_per_call: fx.measure()?, note: String::new() });
+    probes.remove_noops()?;
+    let ctx = Ctx { fx: &fx, exe: &exe, pid };
+    rows.push(ctx.capture(&mut probes, &mut ring, plan, p.file_offset, &format!("agent 1-int (v) @ {}", p.addr))?);
+    drop(probes);
+    match delve_logpoint(pid, &src, line, &fx) {
+        Ok(ns) => rows.push(Row { name: "Delve 1.20 logpoint {v} (Go)".into(), ns_per_call: ns, note: String::new() }),
+        Err(e) => rows.push(Row { name: "Delve 1.20 logpoint {v} (Go)".into(), ns_per_call: f64::NAN, note: format!("not measured: {e:#}") }),
+    }
+    // The target must still be running (Delve has left targets in tracing stop before).
+    let after = fx.measure().map(|v| format!("target still running after Delve detached: {v:.1} ns/call")).unwrap_or_else(|e| format!("TARGET STOPPED after Delve: {e:#}"));
+    rows.push(Row { name: "after Delve detached".into(), ns_per_call: f64::NAN, note: after });
+    Ok(rows)
 }
 
 struct Ctx<'a> {
@@ -286,17 +358,41 @@ fn line_desc(line: u32) -> String {
 /// target with SIGTRAP on detach, toolchain.md E14).
 struct Dap {
     child: Child,
-    stdin: ChildStdin,
+    writer: Box<dyn Write + Send>,
     seq: i64,
     frames: Receiver<serde_json::Value>,
     outputs: Arc<AtomicU64>,
 }
 
 impl Dap {
-    fn spawn() -> Result<Self> {
+    /// lldb-dap speaks DAP on stdio.
+    fn spawn_lldb() -> Result<Self> {
         let mut child = Command::new("lldb-dap-22").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().context("start lldb-dap-22")?;
         let stdin = child.stdin.take().context("stdin")?;
-        let mut stdout = BufReader::new(child.stdout.take().context("stdout")?);
+        let stdout = child.stdout.take().context("stdout")?;
+        Ok(Self::over(child, Box::new(stdin), Box::new(stdout)))
+    }
+
+    /// Delve's DAP server listens on TCP and says where on stdout.
+    fn spawn_delve() -> Result<Self> {
+        let mut child = Command::new("dlv")
+            .args(["dap", "--listen=127.0.0.1:0", "--check-go-version=false"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start dlv dap")?;
+        let mut out = BufReader::new(child.stdout.take().context("stdout")?);
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        let addr = line.rsplit(' ').next().map(str::trim).filter(|a| a.contains(':')).with_context(|| format!("dlv dap said: {line}"))?.to_owned();
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        let sock = std::net::TcpStream::connect(&addr).with_context(|| format!("connect to dlv at {addr}"))?;
+        let reader = sock.try_clone()?;
+        Ok(Self::over(child, Box::new(sock), Box::new(reader)))
+    }
+
+    fn over(child: Child, writer: Box<dyn Write + Send>, reader: Box<dyn Read + Send>) -> Self {
+        let mut stdout = BufReader::new(reader);
         let (tx, rx) = mpsc::channel();
         let outputs = Arc::new(AtomicU64::new(0));
         let o = outputs.clone();
@@ -320,7 +416,7 @@ impl Dap {
                 return;
             }
             let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else { continue };
-            if v["event"] == "output" {
+            if v["event"] == "output" && v["body"]["category"] != "telemetry" {
                 o.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -328,14 +424,14 @@ impl Dap {
                 return;
             }
         });
-        Ok(Self { child, stdin, seq: 0, frames: rx, outputs })
+        Self { child, writer, seq: 0, frames: rx, outputs }
     }
 
     fn send(&mut self, command: &str, arguments: serde_json::Value) -> Result<i64> {
         self.seq += 1;
         let body = serde_json::json!({"seq": self.seq, "type": "request", "command": command, "arguments": arguments}).to_string();
-        write!(self.stdin, "Content-Length: {}\r\n\r\n{body}", body.len())?;
-        self.stdin.flush()?;
+        write!(self.writer, "Content-Length: {}\r\n\r\n{body}", body.len())?;
+        self.writer.flush()?;
         Ok(self.seq)
     }
 
@@ -343,7 +439,7 @@ impl Dap {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let v = self.frames.recv_timeout(left).with_context(|| format!("lldb-dap: no {label}"))?;
+            let v = self.frames.recv_timeout(left).with_context(|| format!("debugger: no {label}"))?;
             if what(&v) {
                 return Ok(v);
             }
@@ -353,14 +449,49 @@ impl Dap {
     fn response(&self, seq: i64, label: &str) -> Result<serde_json::Value> {
         let v = self.wait(&|v| v["type"] == "response" && v["request_seq"] == seq, label)?;
         if v["success"] != true {
-            bail!("lldb-dap {label} failed: {}", v["message"]);
+            bail!("debugger {label} failed: {}", v["message"]);
         }
         Ok(v)
     }
 }
 
+/// The same logpoint through Delve's DAP server (attached to the Go fixture), then a clean
+/// detach that leaves the target running.
+fn delve_logpoint(pid: u32, source: &Path, line: u32, fx: &Fixture) -> Result<f64> {
+    let mut dap = Dap::spawn_delve()?;
+    let s = dap.send("initialize", serde_json::json!({"adapterID": "go", "clientID": "detrix-bench", "linesStartAt1": true, "columnsStartAt1": true, "pathFormat": "path"}))?;
+    dap.response(s, "initialize response")?;
+    let s = dap.send("attach", serde_json::json!({"mode": "local", "processId": pid, "stopOnEntry": false}))?;
+    dap.response(s, "attach response")?;
+    dap.wait(&|v| v["event"] == "initialized", "initialized event")?;
+    let s = dap.send("setBreakpoints", serde_json::json!({"source": {"path": source}, "breakpoints": [{"line": line, "logMessage": "{v}"}]}))?;
+    let bp = dap.response(s, "setBreakpoints response")?;
+    if bp["body"]["breakpoints"][0]["verified"] != true {
+        bail!("Delve did not verify the logpoint: {}", bp["body"]);
+    }
+    let s = dap.send("configurationDone", serde_json::json!({}))?;
+    let _ = dap.response(s, "configurationDone response");
+    // Delve attaches stopped; run the target.
+    let s = dap.send("continue", serde_json::json!({"threadId": 1}))?;
+    let _ = dap.response(s, "continue response");
+    let before = dap.outputs.load(Ordering::Relaxed);
+    let ns = fx.measure();
+    let hits = dap.outputs.load(Ordering::Relaxed) - before;
+    let s = dap.send("setBreakpoints", serde_json::json!({"source": {"path": source}, "breakpoints": []}))?;
+    dap.response(s, "clearing breakpoints")?;
+    let s = dap.send("disconnect", serde_json::json!({"terminateDebuggee": false}))?;
+    let _ = dap.response(s, "disconnect response");
+    let _ = dap.child.kill();
+    let _ = dap.child.wait();
+    eprintln!("bench: Delve logged {hits} hits while measuring");
+    if hits == 0 {
+        bail!("Delve logged no hits");
+    }
+    ns
+}
+
 fn lldb_logpoint(pid: u32, source: &Path, line: u32, fx: &Fixture) -> Result<f64> {
-    let mut dap = Dap::spawn()?;
+    let mut dap = Dap::spawn_lldb()?;
     let s = dap.send("initialize", serde_json::json!({"adapterID": "lldb-dap", "clientID": "detrix-bench", "linesStartAt1": true, "columnsStartAt1": true, "pathFormat": "path"}))?;
     dap.response(s, "initialize response")?;
     let attach = dap.send("attach", serde_json::json!({"pid": pid}))?;

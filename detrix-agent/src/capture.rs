@@ -44,6 +44,10 @@ pub struct Request {
     pub cpu_budget: f64,
     /// Move probes to an emulated instruction of the same statement when the values allow.
     pub placement: bool,
+    /// Also capture the user stack at each hit.
+    pub stack: bool,
+    /// Also capture every parameter and local in scope at each hit.
+    pub locals: bool,
 }
 
 /// Why a capture failed.
@@ -109,7 +113,7 @@ fn options(req: &Request) -> EngineOptions {
 }
 
 fn spec(req: &Request) -> LogpointSpec {
-    LogpointSpec { line: req.line, exprs: req.exprs.clone(), condition: req.when.clone() }
+    LogpointSpec { line: req.line, exprs: req.exprs.clone(), condition: req.when.clone(), capture_stack: req.stack, capture_locals: req.locals }
 }
 
 /// Checks the request against the process and its debug info and builds one plan per copy.
@@ -196,6 +200,16 @@ fn write_hit(out: &mut dyn Write, req: &Request, hit: &engine::Hit) -> std::io::
             if hit.goid != 0 {
                 obj["goid"] = hit.goid.into();
             }
+            if req.stack {
+                obj["stack"] = hit
+                    .stack
+                    .iter()
+                    .map(|f| serde_json::json!({ "function": f.function, "file": f.file, "line": f.line, "pc": format!("{:#x}", f.pc), "module": f.module }))
+                    .collect();
+            }
+            if req.locals {
+                obj["locals"] = hit.locals.iter().map(|(n, v)| (n.clone(), v.to_json())).collect::<serde_json::Map<_, _>>().into();
+            }
             writeln!(out, "{obj}")?;
         }
         Format::Text => {
@@ -205,6 +219,16 @@ fn write_hit(out: &mut dyn Write, req: &Request, hit: &engine::Hit) -> std::io::
             }
             for (e, v) in &hit.values {
                 line.push_str(&format!(" {e}={}", display(v)));
+            }
+            for (e, v) in &hit.locals {
+                line.push_str(&format!(" local:{e}={}", display(v)));
+            }
+            for (i, f) in hit.stack.iter().enumerate() {
+                let at = match (&f.file, f.line) {
+                    (Some(file), Some(l)) => format!("{}:{l}", std::path::Path::new(file).file_name().map_or_else(|| file.clone(), |n| n.to_string_lossy().into_owned())),
+                    _ => f.module.clone().unwrap_or_else(|| format!("{:#x}", f.pc)),
+                };
+                line.push_str(&format!(" #{i}={}@{at}", f.function));
             }
             writeln!(out, "{line}")?;
         }

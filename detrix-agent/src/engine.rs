@@ -58,12 +58,29 @@ impl Default for EngineOptions {
 }
 
 /// What to capture at one line.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LogpointSpec {
     pub line: u32,
     pub exprs: Vec<String>,
     /// In-kernel filter (see [`expr::parse_condition`]).
     pub condition: Option<String>,
+    /// Capture the user stack at each hit ([`Hit::stack`]): a frame-pointer walk in the kernel.
+    pub capture_stack: bool,
+    /// Capture every parameter and local in scope at each hit ([`Hit::locals`]).
+    pub capture_locals: bool,
+}
+
+/// One frame of a captured stack, innermost first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Runtime address (the probe's PC for frame 0, return addresses after).
+    pub pc: u64,
+    /// Function name (Rust demangled, without hash), or `??` outside the target's binary.
+    pub function: String,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    /// The object the address is in, when not the main executable (`libc.so.6`).
+    pub module: Option<String>,
 }
 
 /// Names one logpoint for as long as it is installed.
@@ -100,6 +117,11 @@ pub struct Hit {
     pub ktime_ns: u64,
     /// `(expression, value)` in the order asked, without hidden (condition-only) values.
     pub values: Vec<(String, Value)>,
+    /// With [`LogpointSpec::capture_stack`]: the user stack, innermost first.
+    pub stack: Vec<Frame>,
+    /// With [`LogpointSpec::capture_locals`]: every parameter and local in scope, in scope
+    /// order; ones that could not be captured carry [`Value::Error`] with the reason.
+    pub locals: Vec<(String, Value)>,
 }
 
 /// Resolves and plans against one process, without touching the kernel: every user error is
@@ -107,7 +129,7 @@ pub struct Hit {
 #[derive(Debug)]
 pub struct Resolver {
     pub target: Target,
-    pub bin: Binary,
+    pub bin: Arc<Binary>,
     load_bias: u64,
     opts: EngineOptions,
 }
@@ -119,7 +141,7 @@ impl Resolver {
     /// No such process, no privileges, unreadable binary.
     pub fn open(pid: u32, opts: EngineOptions) -> Result<Self, EngineError> {
         let target = Target::open(pid)?;
-        let bin = Binary::open_named(&target.exe, &target.exe_name)?;
+        let bin = Arc::new(Binary::open_named(&target.exe, &target.exe_name)?);
         let load_bias = if bin.is_dyn { target.load_bias(bin.first_segment_vaddr())? } else { 0 };
         Ok(Self { target, bin, load_bias, opts })
     }
@@ -148,9 +170,13 @@ impl Resolver {
         };
         let mut out = Vec::new();
         for p in points {
-            let built = plan::build(&self.bin, &p, &spec.exprs, condition.as_ref(), opts)?;
+            let extras = plan::Extras {
+                locals: if spec.capture_locals { self.bin.locals_in_scope(&p)? } else { Vec::new() },
+                stack: spec.capture_stack,
+            };
+            let built = plan::build_with(&self.bin, &p, &spec.exprs, condition.as_ref(), &extras, opts)?;
             let placement = if self.opts.placement {
-                let rebuild = |q: &ProbePoint| plan::build(&self.bin, q, &spec.exprs, condition.as_ref(), opts).ok().map(|b| b.plan);
+                let rebuild = |q: &ProbePoint| plan::build_with(&self.bin, q, &spec.exprs, condition.as_ref(), &extras, opts).ok().map(|b| b.plan);
                 place::place(&self.bin, &p, &built.plan, &rebuild)
             } else {
                 Placement {
@@ -225,6 +251,60 @@ pub fn describe(bin: &Binary, file: &str, line: u32, exprs: &[String], strip_pre
 struct SlotInfo {
     logpoint: LogpointId,
     values: Vec<plan::ValueDecoder>,
+    /// Locals that could not be planned, shown as errors in every hit.
+    local_errors: Vec<(String, String)>,
+}
+
+/// Turns runtime addresses of the target into frames.
+#[derive(Debug)]
+struct Symbolizer {
+    bin: Arc<Binary>,
+    pid: u32,
+    load_bias: u64,
+    /// `/proc/PID/maps` executable mappings: (start, end, path), read once.
+    maps: Vec<(u64, u64, String)>,
+    exe_inode: u64,
+    exe_ranges: Vec<(u64, u64)>,
+}
+
+impl Symbolizer {
+    fn new(resolver: &Resolver) -> Self {
+        let mut maps = Vec::new();
+        let mut exe_ranges = Vec::new();
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{}/maps", resolver.target.pid)) {
+            for line in text.lines() {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let (Some(range), Some(perms), Some(inode)) = (f.first(), f.get(1), f.get(4)) else { continue };
+                if !perms.contains('x') {
+                    continue;
+                }
+                let mut r = range.split('-').filter_map(|x| u64::from_str_radix(x, 16).ok());
+                let (Some(a), Some(b)) = (r.next(), r.next()) else { continue };
+                if inode.parse::<u64>().ok() == Some(resolver.target.dev_ino.1) {
+                    exe_ranges.push((a, b));
+                }
+                maps.push((a, b, f.get(5).map_or_else(String::new, |p| (*p).to_owned())));
+            }
+        }
+        Self { bin: resolver.bin.clone(), pid: resolver.target.pid, load_bias: resolver.load_bias, maps, exe_inode: resolver.target.dev_ino.1, exe_ranges }
+    }
+
+    fn frame(&self, pc: u64, innermost: bool) -> Frame {
+        // A return address points after the call: look up the call itself.
+        let lookup = if innermost { pc } else { pc.wrapping_sub(1) };
+        let in_exe = self.exe_ranges.iter().any(|(a, b)| lookup >= *a && lookup < *b) || self.exe_ranges.is_empty();
+        if in_exe {
+            let link = if self.bin.is_dyn { lookup.wrapping_sub(self.load_bias) } else { lookup };
+            if let Some(sym) = self.bin.symbolize(link) {
+                return Frame { pc, function: sym.function, file: sym.file, line: sym.line, module: None };
+            }
+        }
+        let module = self.maps.iter().find(|(a, b, _)| lookup >= *a && lookup < *b).map(|(_, _, p)| {
+            std::path::Path::new(p).file_name().map_or_else(|| p.clone(), |n| n.to_string_lossy().into_owned())
+        });
+        let _ = (self.pid, self.exe_inode);
+        Frame { pc, function: "??".to_owned(), file: None, line: None, module }
+    }
 }
 
 type SlotTable = Arc<Mutex<HashMap<u32, SlotInfo>>>;
@@ -257,6 +337,7 @@ impl std::fmt::Debug for Engine {
 pub struct HitReader {
     ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
     slots: SlotTable,
+    symbolizer: Symbolizer,
     flush: tokio::time::Interval,
 }
 
@@ -279,7 +360,7 @@ impl Engine {
         #[allow(deprecated, reason = "tokio 1.54 deprecates AsyncFd::new for I/O-safety; the ring's fd lives as long as the AsyncFd (toolchain.md E7)")]
         let ring = AsyncFd::new(ring).map_err(EngineError::Io)?;
         let slots: SlotTable = Arc::default();
-        let reader = HitReader { ring, slots: slots.clone(), flush: tokio::time::interval(FLUSH_INTERVAL) };
+        let reader = HitReader { ring, slots: slots.clone(), symbolizer: Symbolizer::new(&resolver), flush: tokio::time::interval(FLUSH_INTERVAL) };
         Ok((Self { resolver, probes, slots, logpoints: BTreeMap::new(), next_id: 1, last: HashMap::new(), removed: HashMap::new(), retired: Vec::new() }, reader))
     }
 
@@ -304,7 +385,7 @@ impl Engine {
             let spec = AttachSpec { binary: &self.resolver.target.exe, offset: c.point.file_offset, pid: self.resolver.target.pid };
             match self.probes.install(&c.plan.plan, &spec) {
                 Ok(slot) => {
-                    self.slot_table().insert(slot, SlotInfo { logpoint: id, values: c.plan.values.clone() });
+                    self.slot_table().insert(slot, SlotInfo { logpoint: id, values: c.plan.values.clone(), local_errors: c.plan.local_errors.clone() });
                     slots.push(slot);
                 }
                 Err(e) => {
@@ -475,32 +556,55 @@ impl HitReader {
         tokio::select! {
             guard = self.ring.readable_mut() => {
                 let mut guard = guard.map_err(EngineError::Io)?;
-                let hits = decode_all(guard.get_inner_mut(), &self.slots);
+                let hits = decode_all(guard.get_inner_mut(), &self.slots, &self.symbolizer);
                 guard.clear_ready();
                 Ok(hits)
             }
-            _ = self.flush.tick() => Ok(decode_all(self.ring.get_mut(), &self.slots)),
+            _ = self.flush.tick() => Ok(decode_all(self.ring.get_mut(), &self.slots, &self.symbolizer)),
         }
     }
 
     /// Everything pending now, without waiting.
     pub fn drain_now(&mut self) -> Vec<Hit> {
-        decode_all(self.ring.get_mut(), &self.slots)
+        decode_all(self.ring.get_mut(), &self.slots, &self.symbolizer)
     }
 }
 
-fn decode_all(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, slots: &SlotTable) -> Vec<Hit> {
+fn decode_all(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, slots: &SlotTable, sym: &Symbolizer) -> Vec<Hit> {
     let table = slots.lock().unwrap_or_else(PoisonError::into_inner);
     let mut out = Vec::new();
     while let Some(item) = ring.next() {
         let Some((h, data)) = probe::parse_record(&item) else { continue };
-        // A record for a slot removed since is dropped here: its logpoint is gone.
+        // A record for a probe retired long ago is dropped here: its logpoint is gone.
         let Some(info) = table.get(&h.probe_id) else { continue };
-        let values = plan::decode(&info.values, &h, data);
-        let values = info.values.iter().zip(values).filter(|(d, _)| !d.hidden).map(|(d, v)| (d.expr.clone(), v)).collect();
-        out.push(Hit { logpoint: info.logpoint, pid: h.pid, tid: h.tid, goid: h.goid, ktime_ns: h.ktime_ns, values });
+        let decoded = plan::decode(&info.values, &h, data);
+        let mut hit = Hit { logpoint: info.logpoint, pid: h.pid, tid: h.tid, goid: h.goid, ktime_ns: h.ktime_ns, values: Vec::new(), stack: Vec::new(), locals: Vec::new() };
+        for (d, v) in info.values.iter().zip(decoded) {
+            match d.role {
+                plan::Role::Shown => hit.values.push((d.expr.clone(), v)),
+                plan::Role::Hidden => {}
+                plan::Role::Local => hit.locals.push((d.expr.clone(), v)),
+                plan::Role::Stack => hit.stack = stack_frames(&info.values, d, &h, data, sym),
+            }
+        }
+        for (name, why) in &info.local_errors {
+            hit.locals.push((name.clone(), Value::Error(why.clone())));
+        }
+        out.push(hit);
     }
     out
+}
+
+/// The return addresses a stack value holds, symbolized.
+fn stack_frames(all: &[plan::ValueDecoder], d: &plan::ValueDecoder, h: &detrix_common::EventHeader, data: &[u8], sym: &Symbolizer) -> Vec<Frame> {
+    let idx = all.iter().position(|x| std::ptr::eq(x, d)).unwrap_or(0);
+    plan::value_bytes(all, idx, h, data)
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        .take_while(|pc| *pc != 0)
+        .enumerate()
+        .map(|(i, pc)| sym.frame(pc, i == 0))
+        .collect()
 }
 
 /// Trap kind of a prepared copy, for reports.

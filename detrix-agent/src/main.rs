@@ -141,6 +141,12 @@ struct CaptureArgs {
     /// Print, for each probe, the instructions considered and why its address was chosen.
     #[arg(long)]
     explain: bool,
+    /// Also capture the user stack at each hit (function, file, line per frame).
+    #[arg(long)]
+    stack: bool,
+    /// Also capture every parameter and local in scope at each hit.
+    #[arg(long)]
+    locals: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -307,6 +313,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 burst: args.burst,
                 cpu_budget: args.cpu_budget / 100.0,
                 placement: !args.no_placement,
+                stack: args.stack,
+                locals: args.locals,
             };
             let prepared = capture::prepare(&req)?;
             for (p, placement) in prepared.points() {

@@ -44,6 +44,8 @@ enum Shape {
     /// `char[N]`, copied in place (`copied` ≤ N bytes).
     CharArray { count: u64, copied: u32 },
     Struct { members: Vec<(String, u64, Shape)> },
+    /// Return addresses from `bpf_get_stack` (innermost first).
+    Stack,
     /// A Rust enum: discriminant `(offset, size)` and each variant's value, name, payload.
     Variants { discr: Option<(u64, u64)>, variants: Vec<(Option<u64>, String, u64, Shape)> },
     /// A counted sequence: a header (pointer, length[, capacity]) copied in place, then up to
@@ -83,8 +85,9 @@ enum CountedStyle {
 pub struct ValueDecoder {
     /// The expression as the user wrote it.
     pub expr: String,
-    /// Captured only for the condition, not shown.
+    /// Not shown as a value (condition-only, a local, the stack).
     pub hidden: bool,
+    pub role: Role,
     shape: Shape,
     dst: usize,
 }
@@ -94,6 +97,8 @@ pub struct ValueDecoder {
 pub struct BuiltPlan {
     pub plan: Plan,
     pub values: Vec<ValueDecoder>,
+    /// Locals asked for that are not captured, with the reason (optimized out, budget, …).
+    pub local_errors: Vec<(String, String)>,
 }
 
 /// Inputs that are not in the debug info.
@@ -480,6 +485,114 @@ impl Builder<'_> {
     }
 }
 
+/// Lowers one expression to its ops (offsets relative to the value), shape and data size.
+fn lower_value(bin: &Binary, point: &ProbePoint, opts: PlanOptions, text: &str) -> Result<(Vec<PlanOp>, Shape, usize), PlanError> {
+    let e = expr::parse(text)?;
+    let b = Builder { bin, point, opts, expr_text: text.to_owned() };
+    let (place, ty) = b.lower(&e)?;
+    let stripped = bin.type_of(ty)?;
+    let lowered = match stripped {
+        Type::Pointer { pointee } if matches!(bin.type_of(pointee)?, Type::Char { size: 1, .. }) => {
+            let mut o = b.pointer_value(place)?;
+            let len = opts.string_cap.saturating_add(2).min(MAX_COPY_BYTES as u32);
+            let cap = len - 2;
+            o.push(mk(op::EMIT_STR, 0, len as u16, 0));
+            (o, Shape::CString { cap }, len as usize)
+        }
+        Type::Struct { .. } if b.counted_layout(ty)?.is_some() => {
+            let Some((layout, elem)) = b.counted_layout(ty)? else { unreachable!("checked above") };
+
+            let elem_shape = match layout.style {
+                CountedStyle::Text => Shape::Char { size: 1 },
+                _ => b.shape_in_place(elem, 1)?,
+            };
+            let cap_bytes = match layout.style {
+                CountedStyle::Text => u64::from(opts.string_cap),
+                _ => (layout.stride * 32).min(1024),
+            }
+            .min(MAX_COPY_BYTES as u64);
+            let mut o = match place {
+                // One address walk, kept for the three reads.
+                Place::Mem(base) => {
+                    let mut o = base;
+                    o.push(mk(op::SAVE, 0, 0, 0));
+                    o.push(mk(op::EMIT_MEM, 0, layout.header as u16, 0));
+                    o.push(mk(op::RESTORE, 0, 0, 0));
+                    o.push(mk(op::DEREF, 0, 8, layout.len_off as i64));
+                    o.push(mk(op::LEN, 0, 0, layout.stride as i64));
+                    o.push(mk(op::RESTORE, 0, 0, 0));
+                    o.push(mk(op::DEREF, 0, 8, layout.ptr_off as i64));
+                    o
+                }
+                // Split over registers (Go passes strings so): each part from its piece.
+                other => {
+                    let mut o = b.emit_in_place(&other, layout.header)?;
+                    o.extend(b.value_at(&other, layout.len_off, 8, "its length")?);
+                    o.push(mk(op::LEN, 0, 0, layout.stride as i64));
+                    o.extend(b.value_at(&other, layout.ptr_off, 8, "its data pointer")?);
+                    o
+                }
+            };
+            let mut var = mk(op::EMIT_VAR, 0, cap_bytes as u16, 0);
+            // The elements follow the header in the data area.
+            var.dst = layout.header as u16;
+            o.push(var);
+            let len = (layout.header + cap_bytes) as usize;
+            (o, Shape::Counted { layout, elem: Box::new(elem_shape) }, len)
+        }
+        Type::Void => return Err(b.type_err("it has type void; nothing to capture".to_owned())),
+        Type::Unsupported { what } => return Err(b.type_err(format!("its type ({what}) is not supported yet"))),
+        _ => {
+            let mut shape = b.shape_in_place(ty, 0)?;
+            let size = bin.size_of(ty)?.ok_or_else(|| b.type_err(format!("its type {} has no known size", bin.type_name(ty))))?;
+            let mut len = size;
+            if let Shape::CharArray { count, copied } = &mut shape {
+                let c = (*count).min(u64::from(opts.string_cap) + 1).min(MAX_COPY_BYTES as u64);
+                *copied = c as u32;
+                len = c;
+            }
+            if len > MAX_COPY_BYTES as u64 {
+                return Err(PlanError::OverBudget { what: format!("`{text}` is {size} bytes (at most {MAX_COPY_BYTES} per value)") });
+            }
+            let o = match place {
+                Place::Mem(mut o) if len != size => {
+                    o.push(mk(op::EMIT_MEM, 0, len as u16, 0));
+                    o
+                }
+                other => b.emit_in_place(&other, size)?,
+            };
+            (o, shape, len as usize)
+        }
+    };
+    Ok(lowered)
+}
+
+/// What a value of a plan is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Asked for: shown to the user.
+    Shown,
+    /// Read only for the in-kernel condition.
+    Hidden,
+    /// A local of the frame, for snapshots.
+    Local,
+    /// The user stack's return addresses, for stack traces.
+    Stack,
+}
+
+/// Extra captures for breakpoint-mode metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// Locals (and parameters) to capture best effort; ones that cannot be are reported in
+    /// [`BuiltPlan::local_errors`] instead.
+    pub locals: Vec<String>,
+    /// Capture the user stack (frame-pointer walk in the kernel).
+    pub stack: bool,
+}
+
+/// Most frames a stack capture keeps.
+pub const STACK_FRAMES: usize = 64;
+
 /// Builds the plan for `exprs` at `point`. Every expression must resolve, or nothing is built.
 ///
 /// # Errors
@@ -491,11 +604,26 @@ pub fn build(
     condition: Option<&expr::Condition>,
     opts: PlanOptions,
 ) -> Result<BuiltPlan, PlanError> {
+    build_with(bin, point, exprs, condition, &Extras::default(), opts)
+}
+
+/// [`build`], plus best-effort locals and the user stack.
+///
+/// # Errors
+/// As [`build`]; locals that cannot be captured are not errors.
+pub fn build_with(
+    bin: &Binary,
+    point: &ProbePoint,
+    exprs: &[String],
+    condition: Option<&expr::Condition>,
+    extras: &Extras,
+    opts: PlanOptions,
+) -> Result<BuiltPlan, PlanError> {
     // The condition reads a captured value: reuse a shown one, or capture it hidden.
-    let mut all: Vec<(String, bool)> = exprs.iter().map(|e| (e.clone(), false)).collect();
+    let mut all: Vec<(String, Role)> = exprs.iter().map(|e| (e.clone(), Role::Shown)).collect();
     if let Some(c) = condition {
         if !exprs.iter().any(|e| e.trim() == c.expr_text) {
-            all.push((c.expr_text.clone(), true));
+            all.push((c.expr_text.clone(), Role::Hidden));
         }
     }
     if all.len() > MAX_VALUES {
@@ -506,87 +634,38 @@ pub fn build(
     if bin.language().ok() == Some(crate::debuginfo::Language::Go) {
         plan.goid_offset = bin.go_goid_offset().and_then(|o| u32::try_from(o).ok()).unwrap_or(0);
     }
+    let mut lowered: Vec<(String, Role, Vec<PlanOp>, Shape, usize)> = Vec::new();
+    for (text, role) in &all {
+        let (o, shape, len) = lower_value(bin, point, opts, text)?;
+        lowered.push((text.clone(), *role, o, shape, len));
+    }
+    let mut local_errors = Vec::new();
+    let stack_bytes = if extras.stack { STACK_FRAMES * 8 } else { 0 };
+    let mut budget_ops: usize = lowered.iter().map(|l| l.2.len()).sum::<usize>();
+    let mut budget_bytes: usize = lowered.iter().map(|l| (l.4 + 7) & !7).sum::<usize>() + stack_bytes;
+    for name in &extras.locals {
+        match lower_value(bin, point, opts, name) {
+            Ok((o, shape, len)) => {
+                let o = fold(o);
+                if lowered.len() + usize::from(extras.stack) >= MAX_VALUES || budget_ops + o.len() > MAX_OPS || budget_bytes + len > EVENT_DATA_BYTES {
+                    local_errors.push((name.clone(), "not captured: the per-hit budget is used up by the values before it".to_owned()));
+                    continue;
+                }
+                budget_ops += o.len();
+                budget_bytes += (len + 7) & !7;
+                lowered.push((name.clone(), Role::Local, o, shape, len));
+            }
+            Err(e) => local_errors.push((name.clone(), e.to_string())),
+        }
+    }
+    if extras.stack {
+        // No ops: the program captures the stack once after the ops (Plan::stack).
+        lowered.push(("<stack>".to_owned(), Role::Stack, Vec::new(), Shape::Stack, stack_bytes));
+    }
     let mut ops: Vec<PlanOp> = Vec::new();
     let mut values = Vec::new();
     let mut dst = 0usize;
-    for (vi, (text, hidden)) in all.iter().enumerate() {
-        let e = expr::parse(text)?;
-        let b = Builder { bin, point, opts, expr_text: text.clone() };
-        let (place, ty) = b.lower(&e)?;
-        let stripped = bin.type_of(ty)?;
-        let (value_ops, shape, len) = match stripped {
-            Type::Pointer { pointee } if matches!(bin.type_of(pointee)?, Type::Char { size: 1, .. }) => {
-                let mut o = b.pointer_value(place)?;
-                let len = opts.string_cap.saturating_add(2).min(MAX_COPY_BYTES as u32);
-                let cap = len - 2;
-                o.push(mk(op::EMIT_STR, 0, len as u16, 0));
-                (o, Shape::CString { cap }, len as usize)
-            }
-            Type::Struct { .. } if b.counted_layout(ty)?.is_some() => {
-                let Some((layout, elem)) = b.counted_layout(ty)? else { unreachable!("checked above") };
-
-                let elem_shape = match layout.style {
-                    CountedStyle::Text => Shape::Char { size: 1 },
-                    _ => b.shape_in_place(elem, 1)?,
-                };
-                let cap_bytes = match layout.style {
-                    CountedStyle::Text => u64::from(opts.string_cap),
-                    _ => (layout.stride * 32).min(1024),
-                }
-                .min(MAX_COPY_BYTES as u64);
-                let mut o = match place {
-                    // One address walk, kept for the three reads.
-                    Place::Mem(base) => {
-                        let mut o = base;
-                        o.push(mk(op::SAVE, 0, 0, 0));
-                        o.push(mk(op::EMIT_MEM, 0, layout.header as u16, 0));
-                        o.push(mk(op::RESTORE, 0, 0, 0));
-                        o.push(mk(op::DEREF, 0, 8, layout.len_off as i64));
-                        o.push(mk(op::LEN, 0, 0, layout.stride as i64));
-                        o.push(mk(op::RESTORE, 0, 0, 0));
-                        o.push(mk(op::DEREF, 0, 8, layout.ptr_off as i64));
-                        o
-                    }
-                    // Split over registers (Go passes strings so): each part from its piece.
-                    other => {
-                        let mut o = b.emit_in_place(&other, layout.header)?;
-                        o.extend(b.value_at(&other, layout.len_off, 8, "its length")?);
-                        o.push(mk(op::LEN, 0, 0, layout.stride as i64));
-                        o.extend(b.value_at(&other, layout.ptr_off, 8, "its data pointer")?);
-                        o
-                    }
-                };
-                let mut var = mk(op::EMIT_VAR, 0, cap_bytes as u16, 0);
-                // The elements follow the header in the data area.
-                var.dst = layout.header as u16;
-                o.push(var);
-                let len = (layout.header + cap_bytes) as usize;
-                (o, Shape::Counted { layout, elem: Box::new(elem_shape) }, len)
-            }
-            Type::Void => return Err(b.type_err("it has type void; nothing to capture".to_owned())),
-            Type::Unsupported { what } => return Err(b.type_err(format!("its type ({what}) is not supported yet"))),
-            _ => {
-                let mut shape = b.shape_in_place(ty, 0)?;
-                let size = bin.size_of(ty)?.ok_or_else(|| b.type_err(format!("its type {} has no known size", bin.type_name(ty))))?;
-                let mut len = size;
-                if let Shape::CharArray { count, copied } = &mut shape {
-                    let c = (*count).min(u64::from(opts.string_cap) + 1).min(MAX_COPY_BYTES as u64);
-                    *copied = c as u32;
-                    len = c;
-                }
-                if len > MAX_COPY_BYTES as u64 {
-                    return Err(PlanError::OverBudget { what: format!("`{text}` is {size} bytes (at most {MAX_COPY_BYTES} per value)") });
-                }
-                let o = match place {
-                    Place::Mem(mut o) if len != size => {
-                        o.push(mk(op::EMIT_MEM, 0, len as u16, 0));
-                        o
-                    }
-                    other => b.emit_in_place(&other, size)?,
-                };
-                (o, shape, len as usize)
-            }
-        };
+    for (vi, (text, role, value_ops, shape, len)) in lowered.into_iter().enumerate() {
         if dst + len > EVENT_DATA_BYTES {
             return Err(PlanError::OverBudget { what: format!("{} bytes of values (at most {EVENT_DATA_BYTES})", dst + len) });
         }
@@ -597,7 +676,10 @@ pub fn build(
             o.dst = (dst + usize::from(o.dst)) as u16;
         }
         ops.extend(value_ops);
-        values.push(ValueDecoder { expr: text.clone(), hidden: *hidden, shape, dst });
+        if role == Role::Stack {
+            plan.stack = detrix_common::StackCapture { dst: dst as u16, len: len as u16, value: vi as u8, _pad: [0; 3] };
+        }
+        values.push(ValueDecoder { expr: text, hidden: role != Role::Shown, role, shape, dst });
         dst = (dst + len + 7) & !7;
     }
     if ops.len() > MAX_OPS {
@@ -616,7 +698,7 @@ pub fn build(
         plan.rate_burst_ns = u64::from(opts.burst.max(1)) * plan.rate_interval_ns;
     }
     debug_assert_eq!(plan.abi, PLAN_ABI);
-    Ok(BuiltPlan { plan, values })
+    Ok(BuiltPlan { plan, values, local_errors })
 }
 
 /// Folds every `ADD` into its neighbour: into a preceding `REG`/`CONST`/`ADD` (their `imm` is
@@ -752,7 +834,7 @@ fn lower_condition(c: &expr::Condition, vi: usize, v: &ValueDecoder) -> Result<C
     Ok(k)
 }
 
-/// The ops of a plan as text, one per op, for `detrix-agent resolve` and snapshots:
+/// The ops of a plan as text, one per op (plus the stack capture, if any), for `detrix-agent resolve` and snapshots:
 /// `reg rbp -24`, `deref 8 +0`, `emit_mem 4 @0`.
 #[must_use]
 pub fn describe_ops(plan: &Plan) -> Vec<String> {
@@ -779,6 +861,7 @@ pub fn describe_ops(plan: &Plan) -> Vec<String> {
                 k => format!("v{v}: op {k}"),
             }
         })
+        .chain((plan.stack.len != 0).then(|| format!("v{}: ustack {} @{}", plan.stack.value, plan.stack.len, plan.stack.dst)))
         .collect()
 }
 
@@ -795,6 +878,14 @@ pub enum Value {
     Text(String),
     /// The read failed at this hit.
     Error(String),
+}
+
+/// The raw captured bytes of value `i` of a record (e.g. the stack's return addresses).
+#[must_use]
+pub fn value_bytes<'a>(values: &[ValueDecoder], i: usize, header: &EventHeader, data: &'a [u8]) -> &'a [u8] {
+    let Some(v) = values.get(i) else { return &[] };
+    let len = usize::from(header.values.get(i).map_or(0, |m| m.len));
+    data.get(v.dst..(v.dst + len).min(data.len())).unwrap_or(&[])
 }
 
 /// Decodes one record's values, in the order of `values`.
@@ -902,6 +993,9 @@ fn decode_shape(shape: &Shape, bytes: &[u8]) -> Value {
             let text = String::from_utf8_lossy(&bytes[..end.unwrap_or(bytes.len())]).into_owned();
             Value::Str { text, truncated: end.is_none() && u64::from(*copied) < *count }
         }
+        Shape::Stack => Value::Text(
+            bytes.chunks_exact(8).map(|c| format!("{:#x}", le_u64(c, 8))).collect::<Vec<_>>().join(" "),
+        ),
         Shape::Struct { .. } | Shape::Array { .. } | Shape::Opaque { .. } | Shape::Counted { .. } | Shape::Variants { .. } => {
             Value::Text(render(shape, bytes))
         }

@@ -59,6 +59,10 @@ pub mod op {
     /// Copy `min(count, len)` bytes of user memory at `acc` to `data[dst..]` (Go strings and
     /// slices, Rust `&str`/`String`/`Vec`, C++ `std::string`); `TRUNCATED` when `count > len`.
     pub const EMIT_VAR: u8 = 11;
+    /// Copy the user stack's return addresses: not an op of the loop (it would multiply the
+    /// verifier's paths) but [`crate::Plan::stack`], run once after the ops; this code only
+    /// names it in descriptions.
+    pub const EMIT_USTACK: u8 = 12;
 }
 
 /// Indices into x86-64 `struct pt_regs` (the kernel's order), which is what a uprobe sees.
@@ -244,12 +248,30 @@ pub struct Plan {
     pub rate_interval_ns: u64,
     pub rate_burst_ns: u64,
     pub cond: Condition,
+    /// The user stack, captured after the ops when `stack.len > 0`.
+    pub stack: StackCapture,
     pub ops: [PlanOp; MAX_OPS],
 }
 const _: () = assert!(core::mem::offset_of!(Plan, rate_interval_ns) == 24);
 const _: () = assert!(core::mem::offset_of!(Plan, cond) == 40);
-const _: () = assert!(core::mem::offset_of!(Plan, ops) == 88);
-const _: () = assert!(core::mem::size_of::<Plan>() == 88 + 16 * MAX_OPS);
+const _: () = assert!(core::mem::offset_of!(Plan, stack) == 88);
+const _: () = assert!(core::mem::offset_of!(Plan, ops) == 96);
+const _: () = assert!(core::mem::size_of::<Plan>() == 96 + 16 * MAX_OPS);
+
+/// Where the user stack's return addresses go (`bpf_get_stack` with `BPF_F_USER_STACK`: a
+/// frame-pointer walk in the kernel, innermost first, 8 bytes a frame).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct StackCapture {
+    /// Offset in [`Event::data`].
+    pub dst: u16,
+    /// Bytes at most; 0 = no stack.
+    pub len: u16,
+    /// The value index whose length and flags the capture sets.
+    pub value: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<StackCapture>() == 8);
 
 impl Plan {
     /// An empty plan for this ABI: no ops, no condition, no rate limit.
@@ -265,6 +287,7 @@ impl Plan {
             rate_interval_ns: 0,
             rate_burst_ns: 0,
             cond: Condition::NONE,
+            stack: StackCapture { dst: 0, len: 0, value: 0, _pad: [0; 3] },
             ops: [PlanOp { kind: 0, reg: 0, value: 0, _pad: 0, len: 0, dst: 0, imm: 0 }; MAX_OPS],
         }
     }

@@ -12,11 +12,11 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     cty::c_void,
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        generated::{bpf_probe_read_user, bpf_probe_read_user_str},
+        generated::{bpf_get_stack, bpf_loop, bpf_probe_read_user, bpf_probe_read_user_str},
     },
     macros::{map, uprobe},
     maps::{Array, PerCpuArray, RingBuf},
@@ -155,7 +155,10 @@ fn capture(ctx: &ProbeContext) {
         r.rsi, r.rdi, r.orig_rax, r.rip, r.cs, r.eflags, r.rsp, r.ss,
     ];
 
-    let faulted = run_ops(plan, &regs, ev);
+    let mut faulted = run_ops(slot, plan.n_ops, &regs);
+    if plan.stack.len != 0 && capture_stack(ctx, plan, ev) {
+        faulted = true;
+    }
     if has_cond {
         if !condition_holds(&plan.cond, ev) {
             counters.condition_false += 1;
@@ -201,6 +204,26 @@ fn capture(ctx: &ProbeContext) {
         Err(_) => counters.dropped_ring_full += 1,
     }
     counters.bpf_ns += elapsed(start);
+}
+
+/// Copies the user stack's return addresses; returns whether it failed.
+#[inline(always)]
+fn capture_stack(ctx: &ProbeContext, plan: &Plan, ev: &mut Event) -> bool {
+    let vi = (plan.stack.value as usize) & (MAX_VALUES - 1);
+    let dst = (plan.stack.dst as usize) & (EVENT_DATA_BYTES - 1);
+    let mut n = (plan.stack.len as usize) & (2 * MAX_COPY_BYTES - 1);
+    if n > MAX_COPY_BYTES {
+        n = MAX_COPY_BYTES;
+    }
+    // SAFETY: dst < EVENT_DATA_BYTES and n ≤ MAX_COPY_BYTES, within `data`'s slack.
+    let rc = unsafe { bpf_get_stack(ctx.as_ptr(), ev.data.as_mut_ptr().add(dst).cast::<c_void>(), n as u32, u64::from(BPF_F_USER_STACK)) };
+    if rc < 0 {
+        ev.header.values[vi].flags = value_flags::READ_FAULT;
+        true
+    } else {
+        ev.header.values[vi].len = rc as u16;
+        false
+    }
 }
 
 /// R14 of the probed thread: `g` in Go code on amd64.
@@ -301,141 +324,166 @@ fn cmp_u64(a: u64, b: u64) -> i32 {
     if a < b { -1 } else if a > b { 1 } else { 0 }
 }
 
+/// State of one run of the interpreter, on the program's stack and handed to each step.
+#[repr(C)]
+struct Interp {
+    slot: u32,
+    _pad: u32,
+    acc: u64,
+    saved: [u64; 2],
+    count: u64,
+    /// Bit per value that faulted: its remaining ops are skipped.
+    bad: u64,
+    regs: [u64; PT_REGS_COUNT],
+}
+
 /// Interprets the plan's ops; returns whether any value faulted.
+///
+/// Why `bpf_loop` and not a bounded loop: the verifier walks every path of every iteration of
+/// a bounded loop (≈ 1 s of load time at 48 ops, and over its 1 M-instruction limit as soon as
+/// one more op kind is added); a `bpf_loop` callback is verified once.
 #[inline(always)]
-fn run_ops(plan: &Plan, regs: &[u64; PT_REGS_COUNT], ev: &mut Event) -> bool {
-    let mut acc: u64 = 0;
-    let mut saved: [u64; 2] = [0; 2];
-    let mut count: u64 = 0;
-    let mut bad: u32 = 0; // bit per value that faulted: its remaining ops are skipped
-    let n_ops = plan.n_ops as usize;
-    let mut i = 0;
-    while i < MAX_OPS {
-        if i >= n_ops {
-            break;
-        }
-        let o = &plan.ops[i];
-        i += 1;
-        let vi = (o.value as usize) & (MAX_VALUES - 1);
-        if bad & (1 << vi) != 0 {
-            continue;
-        }
-        let mut fault = false;
-        match o.kind {
-            op::REG => {
-                let ri = o.reg as usize;
-                if ri < PT_REGS_COUNT {
-                    acc = regs[ri].wrapping_add(o.imm as u64);
-                } else {
-                    fault = true;
-                }
+fn run_ops(slot: u32, n_ops: u32, regs: &[u64; PT_REGS_COUNT]) -> bool {
+    let mut st = Interp { slot, _pad: 0, acc: 0, saved: [0; 2], count: 0, bad: 0, regs: *regs };
+    let n = if n_ops as usize > MAX_OPS { MAX_OPS as u32 } else { n_ops };
+    // SAFETY: `step` has the callback signature bpf_loop expects; `st` outlives the call.
+    unsafe { bpf_loop(n, step as *mut c_void, (&mut st as *mut Interp).cast::<c_void>(), 0) };
+    st.bad != 0
+}
+
+/// One op of the plan in slot `st.slot` (the callback of `bpf_loop`). Returns 1 to stop.
+#[inline(never)]
+extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: ctx is the `Interp` run_ops passed to bpf_loop.
+    let st = unsafe { &mut *ctx.cast::<Interp>() };
+    let Some(plan) = PLANS.get(st.slot) else { return 1 };
+    let Some(ev) = SCRATCH.get_ptr_mut(0) else { return 1 };
+    // SAFETY: per-CPU scratch value; nothing else runs on this CPU during the program.
+    let ev = unsafe { &mut *ev };
+    let i = index as usize;
+    if i >= MAX_OPS || i >= plan.n_ops as usize {
+        return 1;
+    }
+    let o = &plan.ops[i];
+    let vi = (o.value as usize) & (MAX_VALUES - 1);
+    if st.bad & (1 << vi) != 0 {
+        return 0;
+    }
+    let mut fault = false;
+    match o.kind {
+        op::REG => {
+            let ri = o.reg as usize;
+            if ri < PT_REGS_COUNT {
+                st.acc = st.regs[ri].wrapping_add(o.imm as u64);
+            } else {
+                fault = true;
             }
-            op::CONST => acc = o.imm as u64,
-            op::ADD => acc = acc.wrapping_add(o.imm as u64),
-            op::DEREF => {
-                let mut tmp: u64 = 0;
-                let n = (o.len as u32) & 0xf;
-                let n = if n > 8 { 8 } else { n };
-                // SAFETY: reads at most 8 bytes into an 8-byte local; the helper checks `acc`.
-                let rc = unsafe {
-                    bpf_probe_read_user((&mut tmp as *mut u64).cast::<c_void>(), n, acc.wrapping_add(o.imm as u64) as *const c_void)
-                };
-                if rc < 0 {
-                    fault = true;
-                } else {
-                    acc = tmp;
-                }
+        }
+        op::CONST => st.acc = o.imm as u64,
+        op::ADD => st.acc = st.acc.wrapping_add(o.imm as u64),
+        op::DEREF => {
+            let mut tmp: u64 = 0;
+            let n = (o.len as u32) & 0xf;
+            let n = if n > 8 { 8 } else { n };
+            // SAFETY: reads at most 8 bytes into an 8-byte local; the helper checks `acc`.
+            let rc = unsafe {
+                bpf_probe_read_user((&mut tmp as *mut u64).cast::<c_void>(), n, st.acc.wrapping_add(o.imm as u64) as *const c_void)
+            };
+            if rc < 0 {
+                fault = true;
+            } else {
+                st.acc = tmp;
             }
-            op::EMIT_ACC => {
-                let dst = (o.dst as usize) & (EVENT_DATA_BYTES - 1);
-                let mut n = (o.len as usize) & 0xf;
-                if n > 8 {
-                    n = 8;
+        }
+        op::EMIT_ACC => {
+            let dst = (o.dst as usize) & (EVENT_DATA_BYTES - 1);
+            let mut n = (o.len as usize) & 0xf;
+            if n > 8 {
+                n = 8;
+            }
+            let bytes = st.acc.to_le_bytes();
+            let mut k = 0;
+            while k < 8 {
+                if k < n {
+                    ev.data[dst + k] = bytes[k];
                 }
-                let bytes = acc.to_le_bytes();
-                let mut k = 0;
-                while k < 8 {
-                    if k < n {
-                        ev.data[dst + k] = bytes[k];
-                    }
-                    k += 1;
-                }
+                k += 1;
+            }
+            ev.header.values[vi].len = n as u16;
+        }
+        op::EMIT_MEM => {
+            let dst = (o.dst as usize) & (EVENT_DATA_BYTES - 1);
+            let mut n = (o.len as usize) & (2 * MAX_COPY_BYTES - 1);
+            if n > MAX_COPY_BYTES {
+                n = MAX_COPY_BYTES;
+            }
+            // SAFETY: dst < EVENT_DATA_BYTES and n ≤ MAX_COPY_BYTES, within `data`'s slack.
+            let rc = unsafe {
+                bpf_probe_read_user(ev.data.as_mut_ptr().add(dst).cast::<c_void>(), n as u32, st.acc.wrapping_add(o.imm as u64) as *const c_void)
+            };
+            if rc < 0 {
+                fault = true;
+            } else {
                 ev.header.values[vi].len = n as u16;
             }
-            op::EMIT_MEM => {
-                let dst = (o.dst as usize) & (EVENT_DATA_BYTES - 1);
-                let mut n = (o.len as usize) & (2 * MAX_COPY_BYTES - 1);
-                if n > MAX_COPY_BYTES {
-                    n = MAX_COPY_BYTES;
-                }
-                // SAFETY: dst < EVENT_DATA_BYTES and n ≤ MAX_COPY_BYTES, within `data`'s slack.
-                let rc = unsafe {
-                    bpf_probe_read_user(ev.data.as_mut_ptr().add(dst).cast::<c_void>(), n as u32, acc.wrapping_add(o.imm as u64) as *const c_void)
-                };
-                if rc < 0 {
-                    fault = true;
-                } else {
-                    ev.header.values[vi].len = n as u16;
-                }
+        }
+        op::SAVE => st.saved[(o.imm as usize) & 1] = st.acc,
+        op::RESTORE => st.acc = st.saved[(o.imm as usize) & 1],
+        op::LEN => st.count = st.acc.wrapping_mul(o.imm as u64),
+        op::EMIT_VAR => {
+            let dst = (o.dst as usize) & (EVENT_DATA_BYTES - 1);
+            let mut n = (o.len as usize) & (2 * MAX_COPY_BYTES - 1);
+            if n > MAX_COPY_BYTES {
+                n = MAX_COPY_BYTES;
             }
-            op::SAVE => saved[(o.imm as usize) & 1] = acc,
-            op::RESTORE => acc = saved[(o.imm as usize) & 1],
-            op::LEN => count = acc.wrapping_mul(o.imm as u64),
-            op::EMIT_VAR => {
-                let dst = (o.dst as usize) & (EVENT_DATA_BYTES - 1);
-                let mut n = (o.len as usize) & (2 * MAX_COPY_BYTES - 1);
-                if n > MAX_COPY_BYTES {
-                    n = MAX_COPY_BYTES;
-                }
-                if count < n as u64 {
-                    n = count as usize;
-                } else if count > n as u64 {
+            if st.count < n as u64 {
+                n = st.count as usize;
+            } else if st.count > n as u64 {
+                ev.header.values[vi].flags |= value_flags::TRUNCATED;
+                ev.header.flags |= event_flags::TRUNCATED;
+            }
+            let n = n & (2 * MAX_COPY_BYTES - 1);
+            let n = if n > MAX_COPY_BYTES { MAX_COPY_BYTES } else { n };
+            // SAFETY: dst < EVENT_DATA_BYTES and n ≤ MAX_COPY_BYTES, within `data`'s slack.
+            let rc = if n == 0 {
+                0
+            } else {
+                unsafe { bpf_probe_read_user(ev.data.as_mut_ptr().add(dst).cast::<c_void>(), n as u32, st.acc as *const c_void) }
+            };
+            if rc < 0 {
+                fault = true;
+            } else {
+                ev.header.values[vi].len = n as u16;
+            }
+        }
+        op::EMIT_STR => {
+            let dst = (o.dst as usize) & (EVENT_DATA_BYTES - 1);
+            let mut n = (o.len as usize) & (2 * MAX_COPY_BYTES - 1);
+            if n > MAX_COPY_BYTES {
+                n = MAX_COPY_BYTES;
+            }
+            // SAFETY: as for EMIT_MEM; the helper NUL-terminates within `n`.
+            let rc = unsafe {
+                bpf_probe_read_user_str(ev.data.as_mut_ptr().add(dst).cast::<c_void>(), n as u32, st.acc.wrapping_add(o.imm as u64) as *const c_void)
+            };
+            if rc < 0 {
+                fault = true;
+            } else {
+                let got = rc as usize; // includes the NUL
+                if got >= n {
                     ev.header.values[vi].flags |= value_flags::TRUNCATED;
                     ev.header.flags |= event_flags::TRUNCATED;
                 }
-                let n = n & (2 * MAX_COPY_BYTES - 1);
-                let n = if n > MAX_COPY_BYTES { MAX_COPY_BYTES } else { n };
-                // SAFETY: dst < EVENT_DATA_BYTES and n ≤ MAX_COPY_BYTES, within `data`'s slack.
-                let rc = if n == 0 {
-                    0
-                } else {
-                    unsafe { bpf_probe_read_user(ev.data.as_mut_ptr().add(dst).cast::<c_void>(), n as u32, acc as *const c_void) }
-                };
-                if rc < 0 {
-                    fault = true;
-                } else {
-                    ev.header.values[vi].len = n as u16;
-                }
+                ev.header.values[vi].len = if got > 0 { (got - 1) as u16 } else { 0 };
             }
-            op::EMIT_STR => {
-                let dst = (o.dst as usize) & (EVENT_DATA_BYTES - 1);
-                let mut n = (o.len as usize) & (2 * MAX_COPY_BYTES - 1);
-                if n > MAX_COPY_BYTES {
-                    n = MAX_COPY_BYTES;
-                }
-                // SAFETY: as for EMIT_MEM; the helper NUL-terminates within `n`.
-                let rc = unsafe {
-                    bpf_probe_read_user_str(ev.data.as_mut_ptr().add(dst).cast::<c_void>(), n as u32, acc.wrapping_add(o.imm as u64) as *const c_void)
-                };
-                if rc < 0 {
-                    fault = true;
-                } else {
-                    let got = rc as usize; // includes the NUL
-                    if got >= n {
-                        ev.header.values[vi].flags |= value_flags::TRUNCATED;
-                        ev.header.flags |= event_flags::TRUNCATED;
-                    }
-                    ev.header.values[vi].len = if got > 0 { (got - 1) as u16 } else { 0 };
-                }
-            }
-            _ => fault = true,
         }
-        if fault {
-            bad |= 1 << vi;
-            ev.header.values[vi].flags = value_flags::READ_FAULT;
-        }
+        _ => fault = true,
     }
-    bad != 0
+    if fault {
+        st.bad |= 1 << vi;
+        ev.header.values[vi].flags = value_flags::READ_FAULT;
+    }
+    0
 }
 
 #[cfg(not(test))]

@@ -234,7 +234,7 @@ impl<P: ProbeSet> Facade<P> {
 
     fn install(&mut self, path: &str, line: u32, log_message: &str) -> Result<Installed, String> {
         let template = template::parse(log_message).map_err(|e| e.to_string())?;
-        let spec = LogpointSpec { line, exprs: template.exprs.clone(), condition: None };
+        let spec = LogpointSpec { line, exprs: template.exprs.clone(), condition: None, ..LogpointSpec::default() };
         let logpoint = self.probes.add(path, &spec)?;
         let bp_id = self.next_bp_id;
         self.next_bp_id += 1;

@@ -242,6 +242,8 @@ fn hits_become_the_exact_output_delve_sent() {
             ("price".into(), V::Float(21.25)),
             ("o.Qty".into(), V::Int(3)),
         ],
+        stack: Vec::new(),
+        locals: Vec::new(),
     };
     let stray = Hit { logpoint: LogpointId(99), ..hit.clone() };
     let out = f.on_hits(&[hit, stray]);

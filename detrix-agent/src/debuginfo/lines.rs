@@ -86,7 +86,7 @@ fn levenshtein(a: &str, b: &str) -> usize {
 
 impl Binary {
     /// Full path of a line-table file entry: comp_dir / directory / name.
-    fn file_entry_path(
+    pub(super) fn file_entry_path(
         &self,
         unit: &gimli::Unit<R>,
         header: &gimli::LineProgramHeader<R>,

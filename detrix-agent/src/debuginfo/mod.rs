@@ -20,7 +20,7 @@ use object::{Object, ObjectSection, ObjectSegment};
 pub use addr::{FileOffset, LinkAddr};
 pub use lines::ProbePoint;
 pub use location::{AddrBase, Location};
-pub use scope::{Variable, VariableKind};
+pub use scope::{Symbol, Variable, VariableKind};
 pub use types::{Member, Type, TypeRef, Variant};
 
 pub(crate) type R = gimli::EndianReader<gimli::RunTimeEndian, bytes::Bytes>;
@@ -116,6 +116,8 @@ pub struct Binary {
     has_debug_info: bool,
     goid_offset: std::sync::OnceLock<Option<u64>>,
     language: std::sync::OnceLock<Language>,
+    /// Symbolized addresses (stack frames repeat at every hit).
+    symbols: std::sync::Mutex<std::collections::HashMap<u64, Option<scope::Symbol>>>,
 }
 
 impl std::fmt::Debug for Binary {
@@ -228,7 +230,7 @@ impl Binary {
                 units.push(dwarf.unit(header).map_err(|e| dwarf_err("a compilation unit", e))?);
             }
         }
-        Ok(Self { path: path.to_owned(), is_dyn, segments, code, dwarf, units, eh_frame, debug_frame, has_debug_info, goid_offset: std::sync::OnceLock::new(), language: std::sync::OnceLock::new() })
+        Ok(Self { path: path.to_owned(), is_dyn, segments, code, dwarf, units, eh_frame, debug_frame, has_debug_info, goid_offset: std::sync::OnceLock::new(), language: std::sync::OnceLock::new(), symbols: std::sync::Mutex::default() })
     }
 
     /// The file this was read from.

@@ -23,6 +23,14 @@ pub(super) struct Function {
     pub(super) high_pc: u64,
 }
 
+/// Where a code address is, for a stack frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Symbol {
+    pub function: String,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+}
+
 /// How a variable came into scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VariableKind {
@@ -183,6 +191,77 @@ impl Binary {
             }
         }
         Ok(out)
+    }
+
+    /// Parameters and locals of the point's scope (innermost blocks included), without globals:
+    /// what a debugger shows as the frame's locals.
+    ///
+    /// # Errors
+    /// Malformed DWARF.
+    pub fn locals_in_scope(&self, point: &ProbePoint) -> Result<Vec<String>, ResolveError> {
+        let mut seen = std::collections::HashSet::new();
+        // Go names results `~r0`: not something a user can write, and not a local yet.
+        Ok(self.scope_candidates(point)?.into_iter().map(|c| c.name).filter(|n| !n.starts_with('~') && seen.insert(n.clone())).collect())
+    }
+
+    /// Function, file and line of a link address (for stack frames): the innermost scope's
+    /// name (Rust names demangled from the linkage name) and the line-table row covering it.
+    #[must_use]
+    pub fn symbolize(&self, addr: u64) -> Option<Symbol> {
+        if let Some(hit) = self.symbols.lock().ok().and_then(|c| c.get(&addr).cloned()) {
+            return hit;
+        }
+        let found = self.symbolize_uncached(addr);
+        if let Ok(mut c) = self.symbols.lock() {
+            c.insert(addr, found.clone());
+        }
+        found
+    }
+
+    fn symbolize_uncached(&self, addr: u64) -> Option<Symbol> {
+        for (ui, unit) in self.units.iter().enumerate() {
+            let mut ranges = self.dwarf.unit_ranges(unit).ok()?;
+            let mut inside = false;
+            while let Ok(Some(r)) = ranges.next() {
+                inside |= r.begin <= addr && addr < r.end;
+            }
+            if !inside {
+                continue;
+            }
+            let func = self.function_at(ui, addr).ok().flatten()?;
+            let name = self.linkage_name(ui, func.subprogram).filter(|_| !func.inlined).unwrap_or(func.name);
+            let (file, line) = self.line_at(unit, addr).unzip();
+            return Some(Symbol { function: name, file, line });
+        }
+        None
+    }
+
+    /// The demangled `DW_AT_linkage_name` of a Rust function, without its hash.
+    fn linkage_name(&self, ui: usize, offset: usize) -> Option<String> {
+        let unit = &self.units[ui];
+        let e = unit.entry(gimli::UnitOffset(offset)).ok()?;
+        let v = e.attr_value(dw::DW_AT_linkage_name).or_else(|| e.attr_value(dw::DW_AT_MIPS_linkage_name))?;
+        let raw = self.dwarf.attr_string(unit, v).ok()?;
+        let raw = raw.to_string_lossy().ok()?;
+        let d = rustc_demangle::try_demangle(&raw).ok()?;
+        Some(format!("{d:#}"))
+    }
+
+    /// The row of `unit`'s line table covering `addr`: (file, line).
+    fn line_at(&self, unit: &gimli::Unit<R>, addr: u64) -> Option<(String, u32)> {
+        let program = unit.line_program.clone()?;
+        let mut rows = program.rows();
+        let mut prev: Option<(u64, u64, u32)> = None; // (address, file index, line)
+        while let Ok(Some((header, row))) = rows.next_row() {
+            if let Some((pa, pf, pl)) = prev {
+                if pa <= addr && addr < row.address() {
+                    let file = self.file_entry_path(unit, header, pf)?;
+                    return Some((file, pl));
+                }
+            }
+            prev = if row.end_sequence() { None } else { Some((row.address(), row.file_index(), row.line().map_or(0, |l| l.get() as u32))) };
+        }
+        None
     }
 
     /// Names a user may write at `point`: parameters, locals of the enclosing blocks, and the
