@@ -135,6 +135,11 @@ fn resolve_c_o2() {
 }
 
 #[test]
+fn resolve_c_optimized_o2() {
+    resolve_all(lang::C_OPTIMIZED_O2);
+}
+
+#[test]
 fn resolve_cpp_o0() {
     resolve_all(lang::CPP_O0);
 }
