@@ -11,6 +11,7 @@ pub mod dap;
 pub mod debuginfo;
 pub mod engine;
 pub mod expr;
+pub mod fallback;
 pub mod place;
 pub mod plan;
 pub mod probe;

@@ -25,10 +25,15 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use super::client::{DaemonClient, Registration};
 use super::lifecycle::{Effect, Input, Lifecycle, SleepReply, WakeError, WakeReply};
+use super::probes::Registry;
 use super::AttachConfig;
 use crate::dap::codec::{encode_frame, read_frame};
+use crate::dap::facade::{Evaluated, Job, Options};
+use crate::dap::template::Prefix;
 use crate::dap::{Facade, ProbeSet};
+use crate::debuginfo::Language;
 use crate::engine::{Engine, EngineError, Hit, HitReader, LogpointId, LogpointSpec};
+use crate::fallback::{self, Debugger};
 use crate::target;
 
 /// Why the agent could not start.
@@ -116,7 +121,7 @@ pub enum ExitReason {
     Shutdown,
 }
 
-type SharedEngine = Arc<Mutex<Engine>>;
+type SharedEngine = Arc<Mutex<Registry>>;
 
 /// Writes every DAP message both ways as JSON lines, in the format of the shared transcripts
 /// (`{"t", "dir", "msg"}`), so conversations with the real daemon can be kept as golden files.
@@ -155,7 +160,7 @@ impl std::fmt::Debug for DapRecorder {
     }
 }
 
-fn lock(engine: &SharedEngine) -> MutexGuard<'_, Engine> {
+fn lock(engine: &SharedEngine) -> MutexGuard<'_, Registry> {
     engine.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -260,6 +265,8 @@ pub struct Agent {
     rx: mpsc::Receiver<Command>,
     control_url: Arc<Mutex<Option<String>>>,
     recorder: Option<DapRecorder>,
+    fallback: mpsc::UnboundedSender<JobRequest>,
+    session_opts: Options,
 }
 
 impl Agent {
@@ -268,14 +275,21 @@ impl Agent {
     #[must_use]
     pub fn new(cfg: AttachConfig, engine: Engine, mut reader: HitReader) -> (Self, AgentHandle) {
         let executable = engine.resolver().target.exe_name.to_string_lossy().into_owned();
-        let engine = Arc::new(Mutex::new(engine));
+        let target_language = engine.resolver().language().unwrap_or(Language::Other);
+        let engine = Arc::new(Mutex::new(Registry::new(engine)));
         let hub = Arc::new(Hub::default());
         let pump_hub = hub.clone();
+        let pump_engine = engine.clone();
         let pump = tokio::spawn(async move {
             loop {
                 match reader.next_batch().await {
                     Ok(hits) if hits.is_empty() => {}
-                    Ok(hits) => pump_hub.publish(&Arc::new(hits)),
+                    Ok(hits) => {
+                        let hits = lock(&pump_engine).translate(hits);
+                        if !hits.is_empty() {
+                            pump_hub.publish(&Arc::new(hits));
+                        }
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "reading hits failed; no more values will be delivered");
                         break;
@@ -299,7 +313,24 @@ impl Agent {
         let handle = AgentHandle { tx, view: view.clone(), info, token: cfg.token.clone() };
         let (exit_tx, _) = watch::channel(false);
         let client = DaemonClient::new(cfg.token.clone());
-        let agent = Self { cfg, life, engine, hub, client, view, listener: None, exit_tx, pump, rx, control_url: Arc::default(), recorder: None };
+        let fallback = spawn_fallback_worker(engine.clone(), cfg.pid, target_language);
+        let session_opts = Options { prefix: Prefix::for_language(cfg.language), target: target_language, safe_mode: cfg.safe_mode };
+        let agent = Self {
+            cfg,
+            life,
+            engine,
+            hub,
+            client,
+            view,
+            listener: None,
+            exit_tx,
+            pump,
+            rx,
+            control_url: Arc::default(),
+            recorder: None,
+            fallback,
+            session_opts,
+        };
         (agent, handle)
     }
 
@@ -426,10 +457,8 @@ impl Agent {
         tracing::info!(%addr, port, "DAP listener serving");
         let hub = self.hub.clone();
         let engine = self.engine.clone();
-        let language = self.cfg.language;
-        let exit_rx = self.exit_tx.subscribe();
-        let recorder = self.recorder.clone();
-        self.listener = Some(tokio::spawn(accept_loop(listener, hub, engine, language, exit_rx, recorder)));
+        let ctx = SessionCtx { hub, engine, opts: self.session_opts, exit_rx: self.exit_tx.subscribe(), recorder: self.recorder.clone(), fallback: self.fallback.clone() };
+        self.listener = Some(tokio::spawn(accept_loop(listener, ctx)));
         Ok(port)
     }
 
@@ -458,14 +487,62 @@ struct Outcome {
     exit: bool,
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// What every session of a listener shares.
+#[derive(Clone)]
+struct SessionCtx {
     hub: Arc<Hub>,
     engine: SharedEngine,
-    language: &'static str,
+    opts: Options,
     exit_rx: watch::Receiver<bool>,
     recorder: Option<DapRecorder>,
-) {
+    fallback: mpsc::UnboundedSender<JobRequest>,
+}
+
+/// A debugger job and where its outcome goes.
+struct JobRequest {
+    job: Job,
+    reply: mpsc::UnboundedSender<(u64, Result<Vec<Evaluated>, String>)>,
+}
+
+/// How long a debugger round waits for its line to run.
+const FALLBACK_HIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs debugger jobs one at a time (one debugger per process at a time), taking the agent's
+/// uprobes off the process for each and putting them back after.
+fn spawn_fallback_worker(engine: SharedEngine, pid: u32, language: Language) -> mpsc::UnboundedSender<JobRequest> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<JobRequest>();
+    tokio::spawn(async move {
+        while let Some(JobRequest { job, reply }) = rx.recv().await {
+            if reply.is_closed() {
+                continue;
+            }
+            if !job.delay.is_zero() {
+                tokio::time::sleep(job.delay).await;
+                if reply.is_closed() {
+                    continue;
+                }
+            }
+            let debugger = if language == Language::Go { Debugger::Delve } else { Debugger::Lldb };
+            let req = fallback::Request { pid, debugger, file: job.file.clone(), line: job.line, exprs: job.exprs.clone(), hit_timeout: FALLBACK_HIT_TIMEOUT };
+            if let Err(e) = lock(&engine).suspend() {
+                tracing::warn!(error = %e, "taking the uprobes off before a debugger round failed");
+            }
+            let started = std::time::Instant::now();
+            let outcome = fallback::evaluate_at(&req).await.map_err(|e| e.to_string());
+            for (id, why) in lock(&engine).resume() {
+                tracing::warn!(logpoint = id.0, %why, "a logpoint could not be put back after a debugger round");
+            }
+            tracing::info!(file = job.file, line = job.line, exprs = ?job.exprs, ms = started.elapsed().as_millis() as u64, ok = outcome.is_ok(), "debugger round done");
+            if let Err(e) = &outcome {
+                tracing::warn!(error = %e, "debugger round failed");
+            }
+            let _ = reply.send((job.token, outcome));
+        }
+    });
+    tx
+}
+
+async fn accept_loop(listener: TcpListener, ctx: SessionCtx) {
     let mut sessions = JoinSet::new();
     loop {
         tokio::select! {
@@ -473,7 +550,7 @@ async fn accept_loop(
                 Ok((stream, peer)) => {
                     tracing::info!(%peer, "daemon connected to the DAP port");
                     let _ = stream.set_nodelay(true);
-                    sessions.spawn(serve_session(stream, hub.clone(), engine.clone(), language, exit_rx.clone(), recorder.clone()));
+                    sessions.spawn(serve_session(stream, ctx.clone()));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a DAP connection failed");
@@ -502,14 +579,9 @@ async fn send(wr: &mut tokio::net::tcp::OwnedWriteHalf, msgs: &[Value], recorder
     wr.write_all(&buf).await
 }
 
-async fn serve_session(
-    stream: TcpStream,
-    hub: Arc<Hub>,
-    engine: SharedEngine,
-    language: &'static str,
-    mut exit_rx: watch::Receiver<bool>,
-    recorder: Option<DapRecorder>,
-) {
+async fn serve_session(stream: TcpStream, ctx: SessionCtx) {
+    let SessionCtx { hub, engine, opts, mut exit_rx, recorder, fallback } = ctx;
+    let (jobs_tx, mut jobs_rx) = mpsc::unbounded_channel();
     let (guard, mut hits_rx, mut cancel_rx) = hub.join();
     let generation = guard.generation;
     let rec = recorder.as_ref();
@@ -530,7 +602,7 @@ async fn serve_session(
             }
         }
     });
-    let mut facade = Facade::new(EngineProbes { engine }, language);
+    let mut facade = Facade::with_options(EngineProbes { engine }, opts);
     let mut claimed = false;
     if *exit_rx.borrow() {
         let _ = send(&mut wr, &facade.target_exited(), rec).await;
@@ -577,7 +649,12 @@ async fn serve_session(
                 }
             },
             Some(hits) = hits_rx.recv() => facade.on_hits(&hits),
+            Some((token, outcome)) = jobs_rx.recv() => facade.job_done(token, outcome),
         };
+        for job in facade.take_jobs() {
+            tracing::info!(session = generation, file = job.file, line = job.line, exprs = ?job.exprs, "function call: a debugger round is queued");
+            let _ = fallback.send(JobRequest { job, reply: jobs_tx.clone() });
+        }
         if let Err(e) = send(&mut wr, &out, rec).await {
             tracing::info!(session = generation, error = %e, "writing to the daemon failed; closing the session");
             break;

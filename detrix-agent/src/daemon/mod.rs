@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod client;
 pub mod lifecycle;
+pub mod probes;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -10,6 +10,8 @@ pub mod facade;
 pub mod template;
 
 #[cfg(test)]
+mod bp_tests;
+#[cfg(test)]
 mod replay_tests;
 
 pub use facade::{Facade, ProbeSet};

@@ -108,6 +108,12 @@ impl Prefix {
 #[must_use]
 pub fn output_text(prefix: Prefix, id: u64, name: &str, values: &[Value]) -> String {
     let rendered: Vec<String> = values.iter().map(render_value).collect();
+    output_text_rendered(prefix, id, name, &rendered)
+}
+
+/// [`output_text`] for values already rendered (e.g. a debugger's JSON result text).
+#[must_use]
+pub fn output_text_rendered(prefix: Prefix, id: u64, name: &str, rendered: &[String]) -> String {
     let body = rendered.join(&UNIT_SEPARATOR.to_string());
     match prefix {
         Prefix::Go => format!("> [Go {id}]: DETRICS:{name}={body}\n"),
