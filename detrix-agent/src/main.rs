@@ -1,6 +1,7 @@
 //! The `detrix-agent` binary: argument parsing, logging setup, and error reporting. All the
 //! work is in the library.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -288,9 +289,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let bin = detrix_agent::debuginfo::Binary::open(&args.binary)?;
             let out = detrix_agent::engine::describe(&bin, &file, line, &args.exprs, &args.strip_prefix);
             let failed = out.get("error").is_some();
-            #[expect(clippy::print_stdout, reason = "the subcommand's output")]
-            {
-                println!("{}", serde_json::to_string_pretty(&out)?);
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let mut stdout = std::io::stdout().lock();
+            if let Err(e) = writeln!(stdout, "{}", serde_json::to_string_pretty(&out)?) {
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    return Err(e.into());
+                }
             }
             Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }

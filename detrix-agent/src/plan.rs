@@ -90,6 +90,10 @@ pub struct ValueDecoder {
     pub role: Role,
     shape: Shape,
     dst: usize,
+    /// Bytes the plan writes for this value. For fixed-size shapes this, not the event's
+    /// per-value length, is what to decode: a value assembled from pieces is written by
+    /// several emits, and the length records only the last one.
+    size: usize,
 }
 
 /// A plan ready to load, with what is needed to decode its events.
@@ -679,7 +683,7 @@ pub fn build_with(
         if role == Role::Stack {
             plan.stack = detrix_common::StackCapture { dst: dst as u16, len: len as u16, value: vi as u8, _pad: [0; 3] };
         }
-        values.push(ValueDecoder { expr: text, hidden: role != Role::Shown, role, shape, dst });
+        values.push(ValueDecoder { expr: text, hidden: role != Role::Shown, role, shape, dst, size: len });
         dst = (dst + len + 7) & !7;
     }
     if ops.len() > MAX_OPS {
@@ -905,7 +909,12 @@ pub fn decode(values: &[ValueDecoder], header: &EventHeader, data: &[u8]) -> Vec
                 let var = data.get(start..(start + usize::from(meta.len)).min(data.len())).unwrap_or(&[]);
                 return decode_counted(layout, elem, header, var);
             }
-            let end = (v.dst + usize::from(meta.len)).min(data.len());
+            // Strings read with a cap report how much they read; everything else has its size.
+            let len = match v.shape {
+                Shape::CString { .. } | Shape::Stack => usize::from(meta.len),
+                _ => v.size,
+            };
+            let end = (v.dst + len).min(data.len());
             let bytes = data.get(v.dst..end).unwrap_or(&[]);
             decode_shape(&v.shape, bytes)
         })

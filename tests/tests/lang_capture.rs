@@ -410,10 +410,9 @@ fn capture_c_optimized_o2() {
     capture_build(lang::C_OPTIMIZED_O2);
 }
 
-/// Expressions a known agent bug breaks ([`Expect::AgentBug`]), checked against what they
-/// should be. Run with `-- --ignored` to see whether the bug is still there.
+/// Expressions a past agent bug broke ([`Expect::AgentBug`]: a struct assembled from
+/// DW_OP_piece registers read its second piece as 0), checked against what they should be.
 #[test]
-#[ignore = "agent bug: a struct assembled from DW_OP_piece registers (`p` at optimized.c PROBE:entry, -O2) reads its second piece as 0"]
 fn capture_c_optimized_o2_known_bugs() {
     capture_build_checking(lang::C_OPTIMIZED_O2, true);
 }
