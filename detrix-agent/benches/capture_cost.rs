@@ -72,8 +72,8 @@ impl Fixture {
     /// Median ns/call over SAMPLES fresh windows (one window discarded as a transition).
     fn measure(&self) -> Result<f64> {
         while self.samples.try_recv().is_ok() {}
-        self.samples.recv_timeout(Duration::from_secs(30)).context("fixture stopped reporting")?;
-        let mut v: Vec<f64> = (0..SAMPLES).map(|_| self.samples.recv_timeout(Duration::from_secs(30))).collect::<Result<_, _>>().context("fixture stopped reporting")?;
+        self.samples.recv_timeout(Duration::from_secs(15)).context("fixture stopped reporting")?;
+        let mut v: Vec<f64> = (0..SAMPLES).map(|_| self.samples.recv_timeout(Duration::from_secs(15))).collect::<Result<_, _>>().context("fixture stopped reporting")?;
         v.sort_by(f64::total_cmp);
         Ok(v[v.len() / 2])
     }
@@ -361,7 +361,18 @@ struct Dap {
     writer: Box<dyn Write + Send>,
     seq: i64,
     frames: Receiver<serde_json::Value>,
+    /// Frames received while waiting for another one: debuggers order events and responses
+    /// differently (Delve sends `initialized` before its `attach` response).
+    pending: std::cell::RefCell<Vec<serde_json::Value>>,
     outputs: Arc<AtomicU64>,
+}
+
+impl Drop for Dap {
+    /// A debugger left behind would keep the target traced: never leave one running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Dap {
@@ -424,7 +435,7 @@ impl Dap {
                 return;
             }
         });
-        Self { child, writer, seq: 0, frames: rx, outputs }
+        Self { child, writer, seq: 0, frames: rx, pending: std::cell::RefCell::default(), outputs }
     }
 
     fn send(&mut self, command: &str, arguments: serde_json::Value) -> Result<i64> {
@@ -436,6 +447,10 @@ impl Dap {
     }
 
     fn wait(&self, what: &dyn Fn(&serde_json::Value) -> bool, label: &str) -> Result<serde_json::Value> {
+        let found = self.pending.borrow().iter().position(|v| what(v));
+        if let Some(i) = found {
+            return Ok(self.pending.borrow_mut().remove(i));
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -443,6 +458,7 @@ impl Dap {
             if what(&v) {
                 return Ok(v);
             }
+            self.pending.borrow_mut().push(v);
         }
     }
 
@@ -481,8 +497,6 @@ fn delve_logpoint(pid: u32, source: &Path, line: u32, fx: &Fixture) -> Result<f6
     dap.response(s, "clearing breakpoints")?;
     let s = dap.send("disconnect", serde_json::json!({"terminateDebuggee": false}))?;
     let _ = dap.response(s, "disconnect response");
-    let _ = dap.child.kill();
-    let _ = dap.child.wait();
     eprintln!("bench: Delve logged {hits} hits while measuring");
     if hits == 0 {
         bail!("Delve logged no hits");
@@ -518,7 +532,6 @@ fn lldb_logpoint(pid: u32, source: &Path, line: u32, fx: &Fixture) -> Result<f64
     dap.wait(&|v| v["event"] == "stopped", "stopped event")?;
     let s = dap.send("disconnect", serde_json::json!({"terminateDebuggee": false}))?;
     let _ = dap.response(s, "disconnect response");
-    let _ = dap.child.wait();
     eprintln!("bench: lldb-dap logged {hits} hits while measuring");
     if hits == 0 {
         bail!("lldb-dap logged no hits");
