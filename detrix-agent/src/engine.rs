@@ -483,16 +483,7 @@ impl Engine {
     fn sum_counters(&self, slots: &[u32]) -> Counters {
         let mut t = Counters::default();
         for s in slots {
-            let c = self.probes.counters(*s).unwrap_or_default();
-            t.hits += c.hits;
-            t.emitted += c.emitted;
-            t.dropped_ring_full += c.dropped_ring_full;
-            t.read_faults += c.read_faults;
-            t.rate_limited += c.rate_limited;
-            t.condition_false += c.condition_false;
-            t.no_plan += c.no_plan;
-            t.other_process += c.other_process;
-            t.bpf_ns += c.bpf_ns;
+            t.add(&self.probes.counters(*s).unwrap_or_default());
         }
         t
     }

@@ -737,6 +737,23 @@ fn fold(ops: Vec<PlanOp>) -> Vec<PlanOp> {
     out
 }
 
+/// Fills a string comparison (`==`, `!=`, `^=`) into `k`.
+fn string_condition(k: &mut Condition, c: &expr::Condition, err: &dyn Fn(String) -> PlanError) -> Result<(), PlanError> {
+    let Literal::Str(s) = &c.literal else {
+        return Err(err(format!("`{}` is a string; compare it with a quoted string", c.expr_text)));
+    };
+    if !matches!(c.op, CmpOp::Eq | CmpOp::Ne | CmpOp::Prefix) {
+        return Err(err("strings compare with ==, != or ^= (starts with)".to_owned()));
+    }
+    if s.len() > COND_STR_BYTES {
+        return Err(err(format!("string constants are at most {COND_STR_BYTES} bytes")));
+    }
+    k.kind = if c.op == CmpOp::Prefix { cond::STR_PREFIX } else { cond::STR_EQ };
+    k.len = s.len() as u16;
+    k.bytes[..s.len()].copy_from_slice(s.as_bytes());
+    Ok(())
+}
+
 /// Turns a parsed condition on value `vi` into the kernel's [`Condition`].
 fn lower_condition(c: &expr::Condition, vi: usize, v: &ValueDecoder) -> Result<Condition, PlanError> {
     let err = |what: String| PlanError::Condition { cond: c.text.clone(), what };
@@ -805,34 +822,11 @@ fn lower_condition(c: &expr::Condition, vi: usize, v: &ValueDecoder) -> Result<C
             k.imm = detrix_common::f64_key(f.to_bits()) as i64;
         }
         Shape::Counted { layout, .. } if layout.style == CountedStyle::Text => {
-            let Literal::Str(s) = &c.literal else {
-                return Err(err(format!("`{}` is a string; compare it with a quoted string", c.expr_text)));
-            };
-            if !matches!(c.op, CmpOp::Eq | CmpOp::Ne | CmpOp::Prefix) {
-                return Err(err("strings compare with ==, != or ^= (starts with)".to_owned()));
-            }
-            if s.len() > COND_STR_BYTES {
-                return Err(err(format!("string constants are at most {COND_STR_BYTES} bytes")));
-            }
-            k.kind = if c.op == CmpOp::Prefix { cond::STR_PREFIX } else { cond::STR_EQ };
+            // The text follows the (pointer, length) header in the value's data.
+            string_condition(&mut k, c, &err)?;
             k.dst = (v.dst + layout.header as usize) as u16;
-            k.len = s.len() as u16;
-            k.bytes[..s.len()].copy_from_slice(s.as_bytes());
         }
-        Shape::CString { .. } | Shape::CharArray { .. } => {
-            let Literal::Str(s) = &c.literal else {
-                return Err(err(format!("`{}` is a string; compare it with a quoted string", c.expr_text)));
-            };
-            if !matches!(c.op, CmpOp::Eq | CmpOp::Ne | CmpOp::Prefix) {
-                return Err(err("strings compare with ==, != or ^= (starts with)".to_owned()));
-            }
-            if s.len() > COND_STR_BYTES {
-                return Err(err(format!("string constants are at most {COND_STR_BYTES} bytes")));
-            }
-            k.kind = if c.op == CmpOp::Prefix { cond::STR_PREFIX } else { cond::STR_EQ };
-            k.len = s.len() as u16;
-            k.bytes[..s.len()].copy_from_slice(s.as_bytes());
-        }
+        Shape::CString { .. } | Shape::CharArray { .. } => string_condition(&mut k, c, &err)?,
         other => return Err(err(format!("values of this kind ({other:?}) cannot be compared in the kernel"))),
     }
     Ok(k)

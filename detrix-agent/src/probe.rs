@@ -239,15 +239,7 @@ impl Probes {
         let per_cpu = self.counters.get(&slot_of(id), 0).map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
         let mut sum = Counters::default();
         for c in per_cpu.iter() {
-            sum.hits += c.hits;
-            sum.emitted += c.emitted;
-            sum.dropped_ring_full += c.dropped_ring_full;
-            sum.read_faults += c.read_faults;
-            sum.rate_limited += c.rate_limited;
-            sum.condition_false += c.condition_false;
-            sum.no_plan += c.no_plan;
-            sum.other_process += c.other_process;
-            sum.bpf_ns += c.bpf_ns;
+            sum.add(c);
         }
         Ok(sum)
     }

@@ -379,6 +379,21 @@ pub struct Counters {
 }
 const _: () = assert!(core::mem::size_of::<Counters>() == 72);
 
+impl Counters {
+    /// Adds `other` field by field (summing CPUs, or a logpoint's copies).
+    pub fn add(&mut self, other: &Counters) {
+        self.hits += other.hits;
+        self.emitted += other.emitted;
+        self.dropped_ring_full += other.dropped_ring_full;
+        self.read_faults += other.read_faults;
+        self.rate_limited += other.rate_limited;
+        self.condition_false += other.condition_false;
+        self.no_plan += other.no_plan;
+        self.other_process += other.other_process;
+        self.bpf_ns += other.bpf_ns;
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY (all four): repr(C), integers and arrays of integers only, no implicit padding

@@ -206,15 +206,23 @@ fn capture(ctx: &ProbeContext) {
     counters.bpf_ns += elapsed(start);
 }
 
+/// `(dst, len)` of a copy, masked and clamped so the verifier sees `dst < EVENT_DATA_BYTES`
+/// and `len ≤ MAX_COPY_BYTES`: within `Event::data` and its slack.
+#[inline(always)]
+fn copy_bounds(dst: u16, len: u16) -> (usize, usize) {
+    let dst = (dst as usize) & (EVENT_DATA_BYTES - 1);
+    let mut n = (len as usize) & (2 * MAX_COPY_BYTES - 1);
+    if n > MAX_COPY_BYTES {
+        n = MAX_COPY_BYTES;
+    }
+    (dst, n)
+}
+
 /// Copies the user stack's return addresses; returns whether it failed.
 #[inline(always)]
 fn capture_stack(ctx: &ProbeContext, plan: &Plan, ev: &mut Event) -> bool {
     let vi = (plan.stack.value as usize) & (MAX_VALUES - 1);
-    let dst = (plan.stack.dst as usize) & (EVENT_DATA_BYTES - 1);
-    let mut n = (plan.stack.len as usize) & (2 * MAX_COPY_BYTES - 1);
-    if n > MAX_COPY_BYTES {
-        n = MAX_COPY_BYTES;
-    }
+    let (dst, n) = copy_bounds(plan.stack.dst, plan.stack.len);
     // SAFETY: dst < EVENT_DATA_BYTES and n ≤ MAX_COPY_BYTES, within `data`'s slack.
     let rc = unsafe { bpf_get_stack(ctx.as_ptr(), ev.data.as_mut_ptr().add(dst).cast::<c_void>(), n as u32, u64::from(BPF_F_USER_STACK)) };
     if rc < 0 {
@@ -412,11 +420,7 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
             ev.header.values[vi].len = n as u16;
         }
         op::EMIT_MEM => {
-            let dst = (o.dst as usize) & (EVENT_DATA_BYTES - 1);
-            let mut n = (o.len as usize) & (2 * MAX_COPY_BYTES - 1);
-            if n > MAX_COPY_BYTES {
-                n = MAX_COPY_BYTES;
-            }
+            let (dst, n) = copy_bounds(o.dst, o.len);
             // SAFETY: dst < EVENT_DATA_BYTES and n ≤ MAX_COPY_BYTES, within `data`'s slack.
             let rc = unsafe {
                 bpf_probe_read_user(ev.data.as_mut_ptr().add(dst).cast::<c_void>(), n as u32, st.acc.wrapping_add(o.imm as u64) as *const c_void)
@@ -431,11 +435,7 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
         op::RESTORE => st.acc = st.saved[(o.imm as usize) & 1],
         op::LEN => st.count = st.acc.wrapping_mul(o.imm as u64),
         op::EMIT_VAR => {
-            let dst = (o.dst as usize) & (EVENT_DATA_BYTES - 1);
-            let mut n = (o.len as usize) & (2 * MAX_COPY_BYTES - 1);
-            if n > MAX_COPY_BYTES {
-                n = MAX_COPY_BYTES;
-            }
+            let (dst, mut n) = copy_bounds(o.dst, o.len);
             if st.count < n as u64 {
                 n = st.count as usize;
             } else if st.count > n as u64 {
@@ -457,11 +457,7 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
             }
         }
         op::EMIT_STR => {
-            let dst = (o.dst as usize) & (EVENT_DATA_BYTES - 1);
-            let mut n = (o.len as usize) & (2 * MAX_COPY_BYTES - 1);
-            if n > MAX_COPY_BYTES {
-                n = MAX_COPY_BYTES;
-            }
+            let (dst, n) = copy_bounds(o.dst, o.len);
             // SAFETY: as for EMIT_MEM; the helper NUL-terminates within `n`.
             let rc = unsafe {
                 bpf_probe_read_user_str(ev.data.as_mut_ptr().add(dst).cast::<c_void>(), n as u32, st.acc.wrapping_add(o.imm as u64) as *const c_void)
