@@ -289,21 +289,24 @@ impl Symbolizer {
         Self { bin: resolver.bin.clone(), pid: resolver.target.pid, load_bias: resolver.load_bias, maps, exe_inode: resolver.target.dev_ino.1, exe_ranges }
     }
 
-    fn frame(&self, pc: u64, innermost: bool) -> Frame {
+    /// The frames at one return address (or the hit's PC): several when it is inside
+    /// inlined code, innermost first.
+    fn frames(&self, pc: u64, innermost: bool) -> Vec<Frame> {
         // A return address points after the call: look up the call itself.
         let lookup = if innermost { pc } else { pc.wrapping_sub(1) };
         let in_exe = self.exe_ranges.iter().any(|(a, b)| lookup >= *a && lookup < *b) || self.exe_ranges.is_empty();
         if in_exe {
             let link = if self.bin.is_dyn { lookup.wrapping_sub(self.load_bias) } else { lookup };
-            if let Some(sym) = self.bin.symbolize(link) {
-                return Frame { pc, function: sym.function, file: sym.file, line: sym.line, module: None };
+            let syms = self.bin.symbolize(link);
+            if !syms.is_empty() {
+                return syms.into_iter().map(|s| Frame { pc, function: s.function, file: s.file, line: s.line, module: None }).collect();
             }
         }
         let module = self.maps.iter().find(|(a, b, _)| lookup >= *a && lookup < *b).map(|(_, _, p)| {
             std::path::Path::new(p).file_name().map_or_else(|| p.clone(), |n| n.to_string_lossy().into_owned())
         });
         let _ = (self.pid, self.exe_inode);
-        Frame { pc, function: "??".to_owned(), file: None, line: None, module }
+        vec![Frame { pc, function: "??".to_owned(), file: None, line: None, module }]
     }
 }
 
@@ -573,9 +576,10 @@ fn decode_all(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, slots: &SlotTab
         for (d, v) in info.values.iter().zip(decoded) {
             match d.role {
                 plan::Role::Shown => hit.values.push((d.expr.clone(), v)),
-                plan::Role::Hidden => {}
+                plan::Role::Hidden | plan::Role::UnwindStack(_) => {}
                 plan::Role::Local => hit.locals.push((d.expr.clone(), v)),
                 plan::Role::Stack => hit.stack = stack_frames(&info.values, d, &h, data, sym),
+                plan::Role::UnwindRegs => hit.stack = unwind_frames(&info.values, &h, data, sym),
             }
         }
         for (name, why) in &info.local_errors {
@@ -586,6 +590,47 @@ fn decode_all(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, slots: &SlotTab
     out
 }
 
+/// Unwinds the captured registers and stack slices with the binary's CFI, innermost first.
+fn unwind_frames(all: &[plan::ValueDecoder], h: &detrix_common::EventHeader, data: &[u8], sym: &Symbolizer) -> Vec<Frame> {
+    let u64_at = |b: &[u8], o: usize| b.get(o..o + 8).map(|x| u64::from_le_bytes(x.try_into().unwrap_or([0; 8])));
+    let Some(ri) = all.iter().position(|d| d.role == plan::Role::UnwindRegs) else { return Vec::new() };
+    let regs = plan::value_bytes(all, ri, h, data);
+    let (Some(pc), Some(sp0), Some(bp)) = (u64_at(regs, 0), u64_at(regs, 8), u64_at(regs, 16)) else { return Vec::new() };
+    let mut chunks: Vec<(u64, &[u8])> = Vec::new();
+    for (i, d) in all.iter().enumerate() {
+        if let plan::Role::UnwindStack(k) = d.role {
+            let b = plan::value_bytes(all, i, h, data);
+            if !b.is_empty() {
+                chunks.push((sp0 + (usize::from(k) * plan::UNWIND_CHUNK) as u64, b));
+            }
+        }
+    }
+    let read = |addr: u64| -> Option<u64> {
+        chunks.iter().find_map(|(start, b)| {
+            let off = usize::try_from(addr.checked_sub(*start)?).ok()?;
+            u64_at(b, off)
+        })
+    };
+    let mut frames = Vec::new();
+    let mut regs = crate::debuginfo::UnwindRegs { pc, sp: sp0, bp };
+    for i in 0..plan::STACK_FRAMES {
+        let here = sym.frames(regs.pc, i == 0);
+        let in_exe = here.last().is_some_and(|f| f.module.is_none() && f.function != "??");
+        frames.extend(here);
+        if !in_exe {
+            break;
+        }
+        // CFI rows are found by the call site, not the return address.
+        let lookup = if i == 0 { regs.pc } else { regs.pc.wrapping_sub(1) };
+        let link = if sym.bin.is_dyn { lookup.wrapping_sub(sym.load_bias) } else { lookup };
+        match sym.bin.unwind_step(link, regs, &read) {
+            Some(next) if next.pc != 0 && next.sp > regs.sp => regs = next,
+            _ => break,
+        }
+    }
+    frames
+}
+
 /// The return addresses a stack value holds, symbolized.
 fn stack_frames(all: &[plan::ValueDecoder], d: &plan::ValueDecoder, h: &detrix_common::EventHeader, data: &[u8], sym: &Symbolizer) -> Vec<Frame> {
     let idx = all.iter().position(|x| std::ptr::eq(x, d)).unwrap_or(0);
@@ -594,7 +639,7 @@ fn stack_frames(all: &[plan::ValueDecoder], d: &plan::ValueDecoder, h: &detrix_c
         .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
         .take_while(|pc| *pc != 0)
         .enumerate()
-        .map(|(i, pc)| sym.frame(pc, i == 0))
+        .flat_map(|(i, pc)| sym.frames(pc, i == 0))
         .collect()
 }
 

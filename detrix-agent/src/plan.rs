@@ -132,6 +132,11 @@ enum Place {
     Pieces(Vec<(u64, u64, Option<Place>)>),
 }
 
+fn with_dst(mut o: PlanOp, dst: u16) -> PlanOp {
+    o.dst = dst;
+    o
+}
+
 fn mk(kind: u8, reg: u8, len: u16, imm: i64) -> PlanOp {
     PlanOp { kind, reg, value: 0, _pad: 0, len, dst: 0, imm }
 }
@@ -580,9 +585,19 @@ pub enum Role {
     Hidden,
     /// A local of the frame, for snapshots.
     Local,
-    /// The user stack's return addresses, for stack traces.
+    /// The user stack's return addresses, for stack traces (frame-pointer walk: Go).
     Stack,
+    /// `rip`, `rsp`, `rbp` at the hit, for unwinding with CFI (C, C++, Rust).
+    UnwindRegs,
+    /// A slice of the stack above `rsp` (chunk `n` of [`UNWIND_CHUNK`] bytes), for the same.
+    UnwindStack(u8),
 }
+
+/// Bytes per stack chunk copied for CFI unwinding. Separate chunks, so a chunk past the top of
+/// the stack faults alone and the ones below still unwind.
+pub const UNWIND_CHUNK: usize = 512;
+/// Chunks copied: the unwinder sees `UNWIND_CHUNKS * UNWIND_CHUNK` bytes above `rsp`.
+pub const UNWIND_CHUNKS: usize = 4;
 
 /// Extra captures for breakpoint-mode metrics.
 #[derive(Debug, Clone, Default)]
@@ -590,7 +605,8 @@ pub struct Extras {
     /// Locals (and parameters) to capture best effort; ones that cannot be are reported in
     /// [`BuiltPlan::local_errors`] instead.
     pub locals: Vec<String>,
-    /// Capture the user stack (frame-pointer walk in the kernel).
+    /// Capture the user stack: a frame-pointer walk in the kernel for Go (which always keeps
+    /// frame pointers), registers plus stack slices unwound with CFI afterwards for the rest.
     pub stack: bool,
 }
 
@@ -644,7 +660,15 @@ pub fn build_with(
         lowered.push((text.clone(), *role, o, shape, len));
     }
     let mut local_errors = Vec::new();
-    let stack_bytes = if extras.stack { STACK_FRAMES * 8 } else { 0 };
+    // Go keeps frame pointers: the kernel walks them. Elsewhere, copy what CFI unwinding needs.
+    let cfi = extras.stack && bin.language().ok() != Some(crate::debuginfo::Language::Go);
+    let stack_bytes = if !extras.stack {
+        0
+    } else if cfi {
+        24 + UNWIND_CHUNKS * UNWIND_CHUNK
+    } else {
+        STACK_FRAMES * 8
+    };
     let mut budget_ops: usize = lowered.iter().map(|l| l.2.len()).sum::<usize>();
     let mut budget_bytes: usize = lowered.iter().map(|l| (l.4 + 7) & !7).sum::<usize>() + stack_bytes;
     for name in &extras.locals {
@@ -662,7 +686,21 @@ pub fn build_with(
             Err(e) => local_errors.push((name.clone(), e.to_string())),
         }
     }
-    if extras.stack {
+    if cfi {
+        let regs = vec![
+            mk(op::REG, pt_regs::RIP, 0, 0),
+            mk(op::EMIT_ACC, 0, 8, 0),
+            mk(op::REG, pt_regs::RSP, 0, 0),
+            with_dst(mk(op::EMIT_ACC, 0, 8, 0), 8),
+            mk(op::REG, pt_regs::RBP, 0, 0),
+            with_dst(mk(op::EMIT_ACC, 0, 8, 0), 16),
+        ];
+        lowered.push(("<regs>".to_owned(), Role::UnwindRegs, regs, Shape::Stack, 24));
+        for k in 0..UNWIND_CHUNKS {
+            let ops = vec![mk(op::REG, pt_regs::RSP, 0, (k * UNWIND_CHUNK) as i64), mk(op::EMIT_MEM, 0, UNWIND_CHUNK as u16, 0)];
+            lowered.push((format!("<stack{k}>"), Role::UnwindStack(k as u8), ops, Shape::Stack, UNWIND_CHUNK));
+        }
+    } else if extras.stack {
         // No ops: the program captures the stack once after the ops (Plan::stack).
         lowered.push(("<stack>".to_owned(), Role::Stack, Vec::new(), Shape::Stack, stack_bytes));
     }
@@ -882,7 +920,12 @@ pub enum Value {
 #[must_use]
 pub fn value_bytes<'a>(values: &[ValueDecoder], i: usize, header: &EventHeader, data: &'a [u8]) -> &'a [u8] {
     let Some(v) = values.get(i) else { return &[] };
-    let len = usize::from(header.values.get(i).map_or(0, |m| m.len));
+    let meta = header.values.get(i).copied().unwrap_or_default();
+    if meta.flags & value_flags::READ_FAULT != 0 {
+        return &[];
+    }
+    // Fixed-size values decode by their planned size (several emits may have written them).
+    let len = if v.role == Role::Stack { usize::from(meta.len) } else { v.size };
     data.get(v.dst..(v.dst + len).min(data.len())).unwrap_or(&[])
 }
 
@@ -905,7 +948,8 @@ pub fn decode(values: &[ValueDecoder], header: &EventHeader, data: &[u8]) -> Vec
             }
             // Strings read with a cap report how much they read; everything else has its size.
             let len = match v.shape {
-                Shape::CString { .. } | Shape::Stack => usize::from(meta.len),
+                Shape::CString { .. } => usize::from(meta.len),
+                Shape::Stack if v.role == Role::Stack => usize::from(meta.len),
                 _ => v.size,
             };
             let end = (v.dst + len).min(data.len());

@@ -11,6 +11,7 @@ mod lines;
 mod location;
 mod scope;
 mod types;
+mod unwind;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,6 +23,7 @@ pub use lines::ProbePoint;
 pub use location::{AddrBase, Location};
 pub use scope::{Symbol, Variable, VariableKind};
 pub use types::{Member, Type, TypeRef, Variant};
+pub use unwind::UnwindRegs;
 
 pub(crate) type R = gimli::EndianReader<gimli::RunTimeEndian, bytes::Bytes>;
 
@@ -117,7 +119,7 @@ pub struct Binary {
     goid_offset: std::sync::OnceLock<Option<u64>>,
     language: std::sync::OnceLock<Language>,
     /// Symbolized addresses (stack frames repeat at every hit).
-    symbols: std::sync::Mutex<std::collections::HashMap<u64, Option<scope::Symbol>>>,
+    symbols: std::sync::Mutex<std::collections::HashMap<u64, Vec<scope::Symbol>>>,
 }
 
 impl std::fmt::Debug for Binary {

@@ -23,6 +23,16 @@ pub(super) struct Function {
     pub(super) high_pc: u64,
 }
 
+/// One scope of a [`Binary::scope_chain`].
+#[derive(Debug, Clone)]
+struct ChainScope {
+    offset: usize,
+    name: String,
+    inlined: bool,
+    call_file: Option<String>,
+    call_line: Option<u32>,
+}
+
 /// Where a code address is, for a stack frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Symbol {
@@ -204,10 +214,12 @@ impl Binary {
         Ok(self.scope_candidates(point)?.into_iter().map(|c| c.name).filter(|n| !n.starts_with('~') && seen.insert(n.clone())).collect())
     }
 
-    /// Function, file and line of a link address (for stack frames): the innermost scope's
-    /// name (Rust names demangled from the linkage name) and the line-table row covering it.
+    /// Function, file and line of a link address (for stack frames), innermost first: an
+    /// address inside inlined code gives one entry per inlined call (the inlined function at
+    /// the line-table row, then each caller at its call site), ending with the real function.
+    /// Rust names are demangled from linkage names.
     #[must_use]
-    pub fn symbolize(&self, addr: u64) -> Option<Symbol> {
+    pub fn symbolize(&self, addr: u64) -> Vec<Symbol> {
         if let Some(hit) = self.symbols.lock().ok().and_then(|c| c.get(&addr).cloned()) {
             return hit;
         }
@@ -218,9 +230,9 @@ impl Binary {
         found
     }
 
-    fn symbolize_uncached(&self, addr: u64) -> Option<Symbol> {
+    fn symbolize_uncached(&self, addr: u64) -> Vec<Symbol> {
         for (ui, unit) in self.units.iter().enumerate() {
-            let mut ranges = self.dwarf.unit_ranges(unit).ok()?;
+            let Ok(mut ranges) = self.dwarf.unit_ranges(unit) else { continue };
             let mut inside = false;
             while let Ok(Some(r)) = ranges.next() {
                 inside |= r.begin <= addr && addr < r.end;
@@ -228,12 +240,64 @@ impl Binary {
             if !inside {
                 continue;
             }
-            let func = self.function_at(ui, addr).ok().flatten()?;
-            let name = self.linkage_name(ui, func.subprogram).filter(|_| !func.inlined).unwrap_or(func.name);
-            let (file, line) = self.line_at(unit, addr).unzip();
-            return Some(Symbol { function: name, file, line });
+            let chain = self.scope_chain(ui, addr);
+            if chain.is_empty() {
+                continue;
+            }
+            let (mut file, mut line) = self.line_at(unit, addr).unzip();
+            let mut out = Vec::new();
+            // Innermost first: each inlined scope at the current position, then its call site
+            // becomes the position in the scope around it.
+            for sc in chain.iter().rev() {
+                let name = if sc.inlined { sc.name.clone() } else { self.linkage_name(ui, sc.offset).unwrap_or_else(|| sc.name.clone()) };
+                out.push(Symbol { function: name, file: file.clone(), line });
+                if sc.inlined {
+                    file = sc.call_file.clone().or(file);
+                    line = sc.call_line.or(line);
+                }
+            }
+            return out;
         }
-        None
+        Vec::new()
+    }
+
+    /// The subprogram containing `addr` and the inlined scopes inside it that do, outermost
+    /// first.
+    fn scope_chain(&self, ui: usize, addr: u64) -> Vec<ChainScope> {
+        let unit = &self.units[ui];
+        let mut cursor = unit.entries();
+        let mut chain: Vec<(isize, ChainScope)> = Vec::new();
+        loop {
+            let Ok(Some(entry)) = cursor.next_dfs() else { break };
+            let tag = entry.tag();
+            if tag != dw::DW_TAG_subprogram && tag != dw::DW_TAG_inlined_subroutine {
+                continue;
+            }
+            let entry = entry.clone();
+            let depth = cursor.depth();
+            let Ok((_, _, hit)) = self.ranges_hit(unit, &entry, addr) else { continue };
+            if !hit {
+                continue;
+            }
+            chain.retain(|(d, _)| *d < depth);
+            let inlined = tag == dw::DW_TAG_inlined_subroutine;
+            if !inlined {
+                chain.clear();
+            }
+            let call_line = entry.attr_value(dw::DW_AT_call_line).and_then(|v| v.udata_value()).and_then(|l| u32::try_from(l).ok());
+            let call_file = entry.attr_value(dw::DW_AT_call_file).and_then(|v| v.udata_value()).and_then(|f| {
+                let program = unit.line_program.as_ref()?;
+                self.file_entry_path(unit, program.header(), f)
+            });
+            chain.push((depth, ChainScope {
+                offset: entry.offset().0,
+                name: self.die_name(ui, &entry).unwrap_or_else(|| "<anonymous>".to_owned()),
+                inlined,
+                call_file,
+                call_line,
+            }));
+        }
+        chain.into_iter().map(|(_, c)| c).collect()
     }
 
     /// The demangled `DW_AT_linkage_name` of a Rust function, without its hash.
