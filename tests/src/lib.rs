@@ -103,6 +103,8 @@ pub enum Build {
     Debug,
     /// `gcc -O0 -g0`, then `strip`: a binary without any debug info.
     NoDebugStripped,
+    /// `gcc -g -O2`: inlining, no frame pointers.
+    Optimized,
 }
 
 impl Build {
@@ -110,6 +112,7 @@ impl Build {
         match self {
             Build::Debug => "",
             Build::NoDebugStripped => "-nodebug",
+            Build::Optimized => "-O2",
         }
     }
 
@@ -117,6 +120,7 @@ impl Build {
         match self {
             Build::Debug => &["-g", "-O0"],
             Build::NoDebugStripped => &["-O0", "-g0"],
+            Build::Optimized => &["-g", "-O2"],
         }
     }
 }
