@@ -141,7 +141,7 @@ impl Resolver {
     /// No such process, no privileges, unreadable binary.
     pub fn open(pid: u32, opts: EngineOptions) -> Result<Self, EngineError> {
         let target = Target::open(pid)?;
-        let bin = Arc::new(Binary::open_named(&target.exe, &target.exe_name)?);
+        let bin = Binary::open_cached(&target.exe, &target.exe_name)?;
         let load_bias = if bin.is_dyn { target.load_bias(bin.first_segment_vaddr())? } else { 0 };
         Ok(Self { target, bin, load_bias, opts })
     }

@@ -92,6 +92,41 @@ impl Language {
     }
 }
 
+/// Where separate debug files are looked for: `DETRIX_DEBUG_ROOT` (colon-separated), else
+/// `/usr/lib/debug`, as gdb does.
+fn debug_roots() -> Vec<PathBuf> {
+    match std::env::var_os("DETRIX_DEBUG_ROOT") {
+        Some(v) => std::env::split_paths(&v).collect(),
+        None => vec![PathBuf::from("/usr/lib/debug")],
+    }
+}
+
+/// The separate debug file of `exe`, by build-id (`<root>/.build-id/ab/cdef….debug`) or by
+/// `.gnu_debuglink` (beside the binary, in its `.debug/`, or under `<root>/<its dir>/`), the
+/// same places gdb looks.
+fn separate_debug_file(exe: &Path, file: &object::File<'_>) -> Option<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Ok(Some(id)) = file.build_id() {
+        if id.len() > 1 {
+            let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+            for root in debug_roots() {
+                candidates.push(root.join(".build-id").join(&hex[..2]).join(format!("{}.debug", &hex[2..])));
+            }
+        }
+    }
+    if let Ok(Some((name, _crc))) = file.gnu_debuglink() {
+        let name = String::from_utf8_lossy(name).into_owned();
+        if let Some(dir) = exe.parent() {
+            candidates.push(dir.join(&name));
+            candidates.push(dir.join(".debug").join(&name));
+            for root in debug_roots() {
+                candidates.push(root.join(dir.strip_prefix("/").unwrap_or(dir)).join(&name));
+            }
+        }
+    }
+    candidates.into_iter().find(|p| p.is_file() && p != exe)
+}
+
 /// One loadable segment (`PT_LOAD`), for link address ↔ file offset translation.
 #[derive(Debug, Clone, Copy)]
 struct Segment {
@@ -118,6 +153,8 @@ pub struct Binary {
     has_debug_info: bool,
     goid_offset: std::sync::OnceLock<Option<u64>>,
     language: std::sync::OnceLock<Language>,
+    /// GNU build-id as hex, when the binary has one.
+    pub build_id: Option<String>,
     /// Symbolized addresses (stack frames repeat at every hit).
     symbols: std::sync::Mutex<std::collections::HashMap<u64, Vec<scope::Symbol>>>,
 }
@@ -151,6 +188,34 @@ impl Binary {
         // place (the kernel refuses writes to a running executable: ETXTBSY).
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
         Self::parse(name, &Arc::new(map))
+    }
+
+    /// [`Binary::open_named`], shared: a binary already parsed in this process (same build-id,
+    /// or same device, inode, size and mtime when it has none) is returned as is, without
+    /// parsing its DWARF again — every wake, every target running the same executable.
+    ///
+    /// # Errors
+    /// As [`Binary::open`].
+    pub fn open_cached(path: &Path, name: &Path) -> Result<Arc<Self>, ResolveError> {
+        use std::os::unix::fs::MetadataExt as _;
+        static CACHE: std::sync::Mutex<Vec<(String, std::sync::Weak<Binary>)>> = std::sync::Mutex::new(Vec::new());
+        let io = |source| ResolveError::Io { binary: name.to_owned(), source };
+        let meta = std::fs::metadata(path).map_err(io)?;
+        let file_key = format!("{}:{}:{}:{}", meta.dev(), meta.ino(), meta.size(), meta.mtime());
+        let mut cache = CACHE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache.retain(|(_, w)| w.strong_count() > 0);
+        if let Some(b) = cache.iter().find(|(k, _)| *k == file_key).and_then(|(_, w)| w.upgrade()) {
+            return Ok(b);
+        }
+        let bin = Arc::new(Self::open_named(path, name)?);
+        if let Some(id) = &bin.build_id {
+            if let Some(b) = cache.iter().find(|(k, _)| k == id).and_then(|(_, w)| w.upgrade()) {
+                return Ok(b);
+            }
+            cache.push((id.clone(), Arc::downgrade(&bin)));
+        }
+        cache.push((file_key, Arc::downgrade(&bin)));
+        Ok(bin)
     }
 
     fn parse(path: &Path, map: &Arc<memmap2::Mmap>) -> Result<Self, ResolveError> {
@@ -194,9 +259,39 @@ impl Binary {
         let reader = |data: bytes::Bytes| gimli::EndianReader::new(data, endian);
         let empty = bytes::Bytes::empty();
 
+        // Distributions strip DWARF into a separate file found by build-id or debuglink.
+        let separate = if file.section_by_name(".debug_info").is_none() { separate_debug_file(path, &file) } else { None };
+        let debug_map = match &separate {
+            Some(p) => std::fs::File::open(p)
+                .ok()
+                // SAFETY: as for the executable: a private read-only mapping of a file nobody
+                // rewrites in place.
+                .and_then(|f| unsafe { memmap2::Mmap::map(&f) }.ok())
+                .map(Arc::new),
+            None => None,
+        };
+        let debug_file = match &debug_map {
+            Some(m) => Some(object::File::parse(&m[..]).map_err(|e| elf_err(format!("separate debug file {}: {e}", separate.as_ref().map_or_else(String::new, |p| p.display().to_string()))))?),
+            None => None,
+        };
+        let debug_section_data = |name: &str| -> Result<Option<(bytes::Bytes, u64)>, ResolveError> {
+            let (Some(df), Some(m)) = (&debug_file, &debug_map) else { return section_data(name) };
+            match df.section_by_name(name) {
+                Some(s) => {
+                    let data = s.uncompressed_data().map_err(|e| elf_err(format!("section {name} of the debug file: {e}")))?;
+                    let b = match data {
+                        std::borrow::Cow::Borrowed(slice) => bytes::Bytes::from_map(m, slice),
+                        std::borrow::Cow::Owned(v) => bytes::Bytes::owned(v),
+                    };
+                    Ok(Some((b, s.address())))
+                }
+                None => Ok(None),
+            }
+        };
+
         let mut has_debug_info = false;
         let dwarf = gimli::Dwarf::load(|id| -> Result<R, ResolveError> {
-            let data = section_data(id.name())?.map_or_else(|| empty.clone(), |(d, _)| d);
+            let data = debug_section_data(id.name())?.map_or_else(|| empty.clone(), |(d, _)| d);
             if id == gimli::SectionId::DebugInfo {
                 has_debug_info = !data.is_empty();
             }
@@ -218,7 +313,7 @@ impl Binary {
             eh_frame = Some((section, bases));
         }
         let mut debug_frame = None;
-        if let Some((data, _)) = section_data(".debug_frame")? {
+        if let Some((data, _)) = debug_section_data(".debug_frame")? {
             let mut section = gimli::DebugFrame::from(reader(data));
             section.set_address_size(8);
             debug_frame = Some((section, gimli::BaseAddresses::default()));
@@ -232,7 +327,22 @@ impl Binary {
                 units.push(dwarf.unit(header).map_err(|e| dwarf_err("a compilation unit", e))?);
             }
         }
-        Ok(Self { path: path.to_owned(), is_dyn, segments, code, dwarf, units, eh_frame, debug_frame, has_debug_info, goid_offset: std::sync::OnceLock::new(), language: std::sync::OnceLock::new(), symbols: std::sync::Mutex::default() })
+        let build_id = file.build_id().ok().flatten().map(|id| id.iter().map(|b| format!("{b:02x}")).collect());
+        Ok(Self {
+            path: path.to_owned(),
+            is_dyn,
+            segments,
+            code,
+            dwarf,
+            units,
+            eh_frame,
+            debug_frame,
+            has_debug_info,
+            goid_offset: std::sync::OnceLock::new(),
+            language: std::sync::OnceLock::new(),
+            build_id,
+            symbols: std::sync::Mutex::default(),
+        })
     }
 
     /// The file this was read from.
@@ -321,5 +431,23 @@ impl Binary {
     #[must_use]
     pub fn first_segment_vaddr(&self) -> u64 {
         self.segments.iter().filter(|s| s.offset == 0).map(|s| s.vaddr).min().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test binary itself has DWARF: a second open is the same parse, not a new one.
+    #[test]
+    fn a_second_open_of_the_same_binary_does_no_parsing() {
+        let exe = std::env::current_exe().expect("test binary");
+        let a = Binary::open_cached(&exe, &exe).expect("open");
+        let b = Binary::open_cached(&exe, &exe).expect("open again");
+        assert!(Arc::ptr_eq(&a, &b), "the cache returned a second parse");
+        drop((a, b));
+        // Nothing holds it: the next open parses anew (no leak of parsed binaries).
+        let c = Binary::open_cached(&exe, &exe).expect("open after drop");
+        assert!(c.unit_count() > 0);
     }
 }
