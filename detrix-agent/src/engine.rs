@@ -7,6 +7,7 @@
 //! a shared table of the installed plans.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -93,6 +94,8 @@ pub struct Prepared {
     pub point: ProbePoint,
     pub plan: BuiltPlan,
     pub placement: Placement,
+    /// The object file the probe goes into: the executable, or a shared library it mapped.
+    pub object: PathBuf,
 }
 
 /// An installed logpoint.
@@ -132,6 +135,52 @@ pub struct Resolver {
     pub bin: Arc<Binary>,
     load_bias: u64,
     opts: EngineOptions,
+    /// Shared objects the process maps, opened when a request names a file the executable's
+    /// debug info does not have.
+    libs: Vec<SharedObject>,
+}
+
+/// A shared library mapped by the target.
+#[derive(Debug)]
+struct SharedObject {
+    /// Its path as the target sees it (from `/proc/PID/maps`).
+    name: PathBuf,
+    /// The same file through `/proc/PID/root`, valid across mount namespaces.
+    path: PathBuf,
+    /// Start of its mapping at file offset 0.
+    base: u64,
+    bin: std::sync::OnceLock<Option<Arc<Binary>>>,
+}
+
+impl SharedObject {
+    /// The library's parsed debug info, or `None` when it has none (most system libraries).
+    fn binary(&self) -> Option<&Arc<Binary>> {
+        self.bin.get_or_init(|| Binary::open_cached(&self.path, &self.name).ok().filter(|b| b.language().is_ok())).as_ref()
+    }
+}
+
+/// File-backed mappings at file offset 0 of objects other than the executable.
+fn shared_objects(target: &Target) -> Vec<SharedObject> {
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{}/maps", target.pid)) else { return Vec::new() };
+    let mut out: Vec<SharedObject> = Vec::new();
+    for line in maps.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(range), Some(offset), Some(inode), Some(path)) = (f.first(), f.get(2), f.get(4), f.get(5)) else { continue };
+        if !path.starts_with('/') || *offset != "00000000" || inode.parse::<u64>().ok() == Some(target.dev_ino.1) {
+            continue;
+        }
+        let Some(base) = range.split('-').next().and_then(|a| u64::from_str_radix(a, 16).ok()) else { continue };
+        if out.iter().any(|o| o.name == Path::new(path)) {
+            continue;
+        }
+        out.push(SharedObject {
+            name: PathBuf::from(path),
+            path: PathBuf::from(format!("/proc/{}/root{path}", target.pid)),
+            base,
+            bin: std::sync::OnceLock::new(),
+        });
+    }
+    out
 }
 
 impl Resolver {
@@ -143,7 +192,8 @@ impl Resolver {
         let target = Target::open(pid)?;
         let bin = Binary::open_cached(&target.exe, &target.exe_name)?;
         let load_bias = if bin.is_dyn { target.load_bias(bin.first_segment_vaddr())? } else { 0 };
-        Ok(Self { target, bin, load_bias, opts })
+        let libs = shared_objects(&target);
+        Ok(Self { target, bin, load_bias, opts, libs })
     }
 
     /// Source language of the target (from its DWARF).
@@ -159,11 +209,28 @@ impl Resolver {
     /// # Errors
     /// Any resolution, expression, type or budget error, naming the object.
     pub fn prepare(&self, file: &str, spec: &LogpointSpec) -> Result<Vec<Prepared>, EngineError> {
-        let points = self.bin.resolve_line(file, spec.line)?;
+        // The executable first; a file it does not know may be a shared library's.
+        let (bin, load_bias, object, points) = match self.bin.resolve_line(file, spec.line) {
+            Ok(points) => (&self.bin, self.load_bias, self.target.exe.clone(), points),
+            Err(unknown @ ResolveError::UnknownFile { .. }) => {
+                let found = self.libs.iter().find_map(|lib| {
+                    let b = lib.binary()?;
+                    match b.resolve_line(file, spec.line) {
+                        Err(ResolveError::UnknownFile { .. }) => None,
+                        other => Some((lib, b, other)),
+                    }
+                });
+                match found {
+                    Some((lib, b, points)) => (b, lib.base.wrapping_sub(b.first_segment_vaddr() & !0xfff), lib.path.clone(), points?),
+                    None => return Err(unknown.into()),
+                }
+            }
+            Err(other) => return Err(other.into()),
+        };
         let condition = spec.condition.as_deref().map(expr::parse_condition).transpose()?;
         let opts = PlanOptions {
             tgid: self.target.pid,
-            load_bias: self.load_bias,
+            load_bias,
             string_cap: self.opts.string_cap,
             rate_per_sec: self.opts.rate_per_sec,
             burst: self.opts.burst,
@@ -171,22 +238,22 @@ impl Resolver {
         let mut out = Vec::new();
         for p in points {
             let extras = plan::Extras {
-                locals: if spec.capture_locals { self.bin.locals_in_scope(&p)? } else { Vec::new() },
+                locals: if spec.capture_locals { bin.locals_in_scope(&p)? } else { Vec::new() },
                 stack: spec.capture_stack,
             };
-            let built = plan::build_with(&self.bin, &p, &spec.exprs, condition.as_ref(), &extras, opts)?;
+            let built = plan::build_with(&bin, &p, &spec.exprs, condition.as_ref(), &extras, opts)?;
             let placement = if self.opts.placement {
-                let rebuild = |q: &ProbePoint| plan::build_with(&self.bin, q, &spec.exprs, condition.as_ref(), &extras, opts).ok().map(|b| b.plan);
-                place::place(&self.bin, &p, &built.plan, &rebuild)
+                let rebuild = |q: &ProbePoint| plan::build_with(&bin, q, &spec.exprs, condition.as_ref(), &extras, opts).ok().map(|b| b.plan);
+                place::place(&bin, &p, &built.plan, &rebuild)
             } else {
                 Placement {
                     chosen: p.addr,
-                    kind: place::classify(&self.bin, &p),
+                    kind: place::classify(&bin, &p),
                     explain: vec![format!("placement off: probe at the line's first instruction {}", p.addr)],
                 }
             };
-            let point = if placement.chosen == p.addr { p } else { self.bin.point_at(&p, placement.chosen).unwrap_or(p) };
-            out.push(Prepared { point, plan: built, placement });
+            let point = if placement.chosen == p.addr { p } else { bin.point_at(&p, placement.chosen).unwrap_or(p) };
+            out.push(Prepared { point, plan: built, placement, object: object.clone() });
         }
         Ok(out)
     }
@@ -385,7 +452,7 @@ impl Engine {
         self.next_id += 1;
         let mut slots = Vec::new();
         for c in &copies {
-            let spec = AttachSpec { binary: &self.resolver.target.exe, offset: c.point.file_offset, pid: self.resolver.target.pid };
+            let spec = AttachSpec { binary: &c.object, offset: c.point.file_offset, pid: self.resolver.target.pid };
             match self.probes.install(&c.plan.plan, &spec) {
                 Ok(slot) => {
                     self.slot_table().insert(slot, SlotInfo { logpoint: id, values: c.plan.values.clone(), local_errors: c.plan.local_errors.clone() });
