@@ -417,6 +417,9 @@ impl std::fmt::Debug for HitReader {
     }
 }
 
+/// Most hits decoded per batch.
+const MAX_BATCH: usize = 4096;
+
 /// How often pending events are collected when no wakeup came (the batching latency bound).
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -625,16 +628,27 @@ impl HitReader {
         }
     }
 
-    /// Everything pending now, without waiting.
+    /// Everything pending now, without waiting. Meant for after a detach, when nothing
+    /// refills the ring; while probes fire it returns once the ring is momentarily empty.
     pub fn drain_now(&mut self) -> Vec<Hit> {
-        decode_all(self.ring.get_mut(), &self.slots, &self.symbolizer)
+        let mut out = Vec::new();
+        loop {
+            let batch = decode_all(self.ring.get_mut(), &self.slots, &self.symbolizer);
+            if batch.is_empty() {
+                return out;
+            }
+            out.extend(batch);
+        }
     }
 }
 
 fn decode_all(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, slots: &SlotTable, sym: &Symbolizer) -> Vec<Hit> {
     let table = slots.lock().unwrap_or_else(PoisonError::into_inner);
     let mut out = Vec::new();
-    while let Some(item) = ring.next() {
+    // Bounded: a hot probe refills the ring as fast as it is read, and an unbounded drain would
+    // never return to the caller's loop (signals, the CPU breaker, DAP requests).
+    while out.len() < MAX_BATCH {
+        let Some(item) = ring.next() else { break };
         let Some((h, data)) = probe::parse_record(&item) else { continue };
         // A record for a probe retired long ago is dropped here: its logpoint is gone.
         let Some(info) = table.get(&h.probe_id) else { continue };
