@@ -54,7 +54,10 @@ enum Command {
     Bench,
 }
 
-/// Builds the eBPF object, then runs the agent's `capture_cost` benchmark (release build).
+/// Builds the eBPF object, then runs the benchmarks, release builds, one table each:
+/// per-hit cost of logpoints (`capture_cost`), of breakpoint-mode stack snapshots against
+/// lldb-dap and Delve (`bp_bench`), and of resolving a line in a large binary
+/// (`resolve_bench`).
 fn bench() -> anyhow::Result<()> {
     let root = util::workspace_root()?;
     let obj = builds::ebpf(&root)?;
@@ -62,7 +65,20 @@ fn bench() -> anyhow::Result<()> {
     cmd.current_dir(&root)
         .args(["bench", "-p", "detrix-agent", "--bench", "capture_cost"])
         .env("DETRIX_EBPF_OBJ", &obj);
-    util::run(&mut cmd)
+    util::run(&mut cmd)?;
+    let mut cmd = std::process::Command::new("cargo");
+    cmd.current_dir(&root).args(["build", "--release", "-p", "detrix-agent"]).env("DETRIX_EBPF_OBJ", &obj);
+    util::run(&mut cmd)?;
+    let agent = util::target_dir(&root)?.join("release/detrix-agent");
+    for bin in ["bp_bench", "resolve_bench"] {
+        let mut cmd = std::process::Command::new("cargo");
+        cmd.current_dir(&root)
+            .args(["run", "--release", "-p", "detrix-e2e", "--bin", bin, "--", "--agent"])
+            .arg(&agent)
+            .env("DETRIX_EBPF_OBJ", &obj);
+        util::run(&mut cmd)?;
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
