@@ -521,3 +521,112 @@ pub fn patched_code(pid: u32) -> Vec<u64> {
     }
     diffs
 }
+
+// ---------------------------------------------------------------------------------------------
+// The real daemon (tests that run only with DETRIX_BIN)
+// ---------------------------------------------------------------------------------------------
+
+/// The daemon binary, or `None` after saying that the test did not run.
+pub fn daemon_bin(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("DETRIX_BIN").filter(|v| !v.is_empty()) {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            assert!(p.is_file(), "DETRIX_BIN={} is not a file; point it at a `detrix` daemon binary", p.display());
+            Some(p)
+        }
+        None => {
+            // Straight to the fd: libtest would swallow println! of a passing test.
+            let _ = writeln!(
+                std::io::stderr(),
+                "NOT RUN: {test}: real-daemon test did not run: DETRIX_BIN unset (set it to a `detrix` binary built from flashus/detrix to run it)"
+            );
+            None
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A daemon on loopback with a scratch directory (the configuration of real_daemon.rs); killed
+/// on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub url: String,
+    pub dir: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(bin: &Path, tag: &str, base_path: &Path) -> Daemon {
+        let dir = workspace_root().join("target").join("real-daemon").join(format!("{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("home")).unwrap();
+        std::fs::create_dir_all(dir.join("log")).unwrap();
+        let (rest, grpc) = (free_port(), free_port());
+        let d = dir.display();
+        let config = format!(
+            "[metadata]\nversion = \"1.0\"\n[project]\nbase_path = \"{}\"\n[storage]\nstorage_type = \"sqlite\"\npath = \"{d}/detrix.db\"\n\
+             [storage.dlq_storage]\npath = \"{d}/dlq.db\"\n[daemon]\npid_file = \"{d}/daemon.pid\"\n[daemon.logging]\nlog_dir = \"{d}/log/\"\n\
+             [api]\nport_fallback = false\n[api.rest]\nenabled = true\nhost = \"127.0.0.1\"\nport = {rest}\n[api.grpc]\nenabled = true\n\
+             host = \"127.0.0.1\"\nport = {grpc}\n[api.auth]\nmode = \"disabled\"\n[output.gelf]\nenabled = false\n",
+            base_path.display()
+        );
+        std::fs::write(dir.join("detrix.toml"), config).unwrap();
+        let log = std::fs::File::create(dir.join("daemon.out")).unwrap();
+        let child = Command::new(bin)
+            .args(["serve", "--config"])
+            .arg(dir.join("detrix.toml"))
+            .env("HOME", dir.join("home"))
+            .env("RUST_LOG", "detrix_dap=debug,info")
+            .env_remove("DETRIX_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let daemon = Daemon { child, url: format!("http://127.0.0.1:{rest}"), dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while try_http("GET", &format!("{}/health", daemon.url), None, &[]).map(|(s, _)| s) != Ok(200) {
+            assert!(Instant::now() < deadline, "the daemon did not answer /health within 30 s; its log: {}", daemon.dir.join("daemon.out").display());
+            thread::sleep(Duration::from_millis(100));
+        }
+        daemon
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let (s, b) = http("GET", &format!("{}{path}", self.url), None);
+        (s, if b.is_empty() { Value::Null } else { json_body(&b) })
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let (s, b) = http("POST", &format!("{}{path}", self.url), Some(&body.to_string()));
+        (s, if b.is_empty() { Value::Null } else { serde_json::from_str(&b).unwrap_or(Value::String(b)) })
+    }
+
+    /// Stored events of a metric (newest first), waiting until at least `n` exist.
+    pub fn events(&self, metric: &str, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (s, v) = self.get(&format!("/api/v1/events?metricName={metric}&limit=100"));
+            let list = v.as_array().cloned().unwrap_or_default();
+            if s == 200 && list.len() >= n {
+                return list;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "metric {metric}: {} events after 20 s, wanted {n}; last answer {s} {v}; daemon log {}",
+                list.len(),
+                self.dir.join("daemon.out").display()
+            );
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
