@@ -16,7 +16,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::debuginfo::{Binary, Language, ProbePoint, ResolveError};
 use crate::expr::{self, ExprError};
-use crate::place::{self, Placement, TrapKind};
+use crate::place::{self, Placement};
 use crate::plan::{self, BuiltPlan, PlanError, PlanOptions, Value};
 use crate::probe::{self, AttachSpec, LoadOptions, ProbeError, Probes};
 use crate::target::{Target, TargetError};
@@ -326,11 +326,10 @@ struct SlotInfo {
 #[derive(Debug)]
 struct Symbolizer {
     bin: Arc<Binary>,
-    pid: u32,
     load_bias: u64,
     /// `/proc/PID/maps` executable mappings: (start, end, path), read once.
     maps: Vec<(u64, u64, String)>,
-    exe_inode: u64,
+    /// The executable's own executable mappings.
     exe_ranges: Vec<(u64, u64)>,
 }
 
@@ -353,7 +352,7 @@ impl Symbolizer {
                 maps.push((a, b, f.get(5).map_or_else(String::new, |p| (*p).to_owned())));
             }
         }
-        Self { bin: resolver.bin.clone(), pid: resolver.target.pid, load_bias: resolver.load_bias, maps, exe_inode: resolver.target.dev_ino.1, exe_ranges }
+        Self { bin: resolver.bin.clone(), load_bias: resolver.load_bias, maps, exe_ranges }
     }
 
     /// The frames at one return address (or the hit's PC): several when it is inside
@@ -372,7 +371,6 @@ impl Symbolizer {
         let module = self.maps.iter().find(|(a, b, _)| lookup >= *a && lookup < *b).map(|(_, _, p)| {
             std::path::Path::new(p).file_name().map_or_else(|| p.clone(), |n| n.to_string_lossy().into_owned())
         });
-        let _ = (self.pid, self.exe_inode);
         vec![Frame { pc, function: "??".to_owned(), file: None, line: None, module }]
     }
 }
@@ -724,8 +722,3 @@ fn stack_frames(all: &[plan::ValueDecoder], d: &plan::ValueDecoder, h: &detrix_c
         .collect()
 }
 
-/// Trap kind of a prepared copy, for reports.
-#[must_use]
-pub fn trap_kind(p: &Prepared) -> TrapKind {
-    p.placement.kind
-}
