@@ -779,6 +779,8 @@ pub struct Event {
     pub at: String,
     pub pid: u64,
     pub tid: u64,
+    /// Goroutine id: only Go targets' events carry one.
+    pub goid: Option<u64>,
     pub values: Map<String, Value>,
     /// The line as printed, for messages.
     pub raw: String,
@@ -811,19 +813,27 @@ pub fn json_int(v: &Value) -> Option<i128> {
         .or_else(|| v.as_u64().map(i128::from))
 }
 
-/// Parses one `--format json` line.
+/// Parses one `--format json` line of a non-Go target: exactly `at`, `pid`, `tid`, `values`.
 pub fn parse_event(line: &str) -> Event {
+    parse_event_keys(line, false)
+}
+
+/// Parses one `--format json` line that may also carry `goid` (Go targets).
+pub fn parse_event_allowing_goid(line: &str) -> Event {
+    parse_event_keys(line, true)
+}
+
+fn parse_event_keys(line: &str, goid_allowed: bool) -> Event {
     let v: Value = serde_json::from_str(line)
         .unwrap_or_else(|e| panic!("agent printed a line that is not JSON ({e}): {line:?}"));
     let obj = v
         .as_object()
         .unwrap_or_else(|| panic!("agent printed JSON that is not an object: {line}"));
-    let keys: Vec<&String> = obj.keys().collect();
-    let mut expected = vec!["at", "pid", "tid", "values"];
-    expected.sort_unstable();
-    let mut got: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+    let mut got: Vec<&str> = obj.keys().map(String::as_str).collect();
     got.sort_unstable();
-    assert_eq!(got, expected, "unexpected keys in event {line}");
+    let four = ["at", "pid", "tid", "values"];
+    let ok = got == four || (goid_allowed && got == ["at", "goid", "pid", "tid", "values"]);
+    assert!(ok, "unexpected keys {got:?} in event {line}");
     Event {
         at: obj["at"]
             .as_str()
@@ -835,6 +845,10 @@ pub fn parse_event(line: &str) -> Event {
         tid: obj["tid"]
             .as_u64()
             .unwrap_or_else(|| panic!("\"tid\" is not an unsigned integer in {line}")),
+        goid: obj.get("goid").map(|g| {
+            g.as_u64()
+                .unwrap_or_else(|| panic!("\"goid\" is not an unsigned integer in {line}"))
+        }),
         values: obj["values"]
             .as_object()
             .unwrap_or_else(|| panic!("\"values\" is not an object in {line}"))

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use detrix_e2e::{
-    agent_bin, capture_args, json_int, require_root, run_agent, Fixture, Lines, Map, Output, Value,
+    agent_bin, capture_args, json_int, require_root, run_agent, Fixture, Lines, Output, Value,
     LINE_TIMEOUT,
 };
 use lang::{error_text, marker_line, probes, Expect, FixtureBuild, Lang, Probe};
@@ -23,50 +23,8 @@ const COUNT: usize = 6;
 /// How long to wait for the fixture to print the line of a captured hit.
 const PRINT_WAIT: Duration = Duration::from_secs(5);
 
-/// One hit as printed by `capture --format json`: `{"at","pid","tid","values"[,"goid"]}`.
-struct Hit {
-    at: String,
-    pid: u64,
-    tid: u64,
-    goid: Option<u64>,
-    values: Map<String, Value>,
-    raw: String,
-}
-
-fn parse_hit(line: &str) -> Hit {
-    let v: Value = serde_json::from_str(line)
-        .unwrap_or_else(|e| panic!("agent printed a line that is not JSON ({e}): {line:?}"));
-    let obj = v
-        .as_object()
-        .unwrap_or_else(|| panic!("agent printed JSON that is not an object: {line}"));
-    let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
-    keys.sort_unstable();
-    assert!(
-        keys == ["at", "pid", "tid", "values"] || keys == ["at", "goid", "pid", "tid", "values"],
-        "unexpected keys {keys:?} in event {line}"
-    );
-    Hit {
-        at: obj["at"]
-            .as_str()
-            .unwrap_or_else(|| panic!("\"at\" is not a string in {line}"))
-            .to_string(),
-        pid: obj["pid"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("\"pid\" is not an unsigned integer in {line}")),
-        tid: obj["tid"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("\"tid\" is not an unsigned integer in {line}")),
-        goid: obj.get("goid").map(|g| {
-            g.as_u64()
-                .unwrap_or_else(|| panic!("\"goid\" is not an unsigned integer in {line}"))
-        }),
-        values: obj["values"]
-            .as_object()
-            .unwrap_or_else(|| panic!("\"values\" is not an object in {line}"))
-            .clone(),
-        raw: line.to_string(),
-    }
-}
+/// One hit as printed by `capture --format json` (`goid` for Go targets).
+type Hit = detrix_e2e::Event;
 
 /// The `key=value` fields of a printed line: tab-separated (C++, Rust, Go fixtures) or, for the
 /// C fixture, space-separated. The first word (the probe name) has no `=` and is skipped.
@@ -278,7 +236,7 @@ fn capture_probe(build: &FixtureBuild, fixture: &Fixture, probe: &Probe, known_b
         &["--count", &COUNT.to_string(), "--format", "json"],
     ));
     out.assert_success();
-    let hits: Vec<Hit> = out.stdout_lines().into_iter().map(parse_hit).collect();
+    let hits: Vec<Hit> = out.stdout_lines().into_iter().map(detrix_e2e::parse_event_allowing_goid).collect();
     assert_eq!(
         hits.len(),
         COUNT,
