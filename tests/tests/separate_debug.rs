@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use detrix_e2e::{agent_bin, c_fixture_source, capture_args, fixtures_out_dir, marker_line, parse_kv, require_root, run_with_timeout, Fixture, AGENT_TIMEOUT};
+use detrix_e2e::{agent_bin, c_fixture_source, capture_args, fixtures_out_dir, marker_line, parse_events, parse_kv, require_root, run_with_timeout, Fixture, AGENT_TIMEOUT};
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -41,16 +41,15 @@ fn capture_and_compare(exe: &Path, env: &[(&str, &Path)]) {
     }
     let out = run_with_timeout(cmd, AGENT_TIMEOUT);
     out.assert_success();
-    let events: Vec<serde_json::Value> = out.stdout.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).expect("JSON")).collect();
+    let events = parse_events(&out);
     assert_eq!(events.len(), 3, "{}", out.stderr);
     for e in events {
-        let v = &e["values"];
-        let round = v["round"].as_i64().expect("round");
+        let round = i64::try_from(e.int("round")).expect("round fits");
         let line = fixture.process_line(round, Duration::from_secs(5));
         let kv = parse_kv(&line);
-        assert_eq!(v["o->id"].as_i64().map(|x| x.to_string()), kv.get("id").cloned(), "{line}");
-        assert_eq!(v["o->customer"].as_str(), kv.get("customer").map(String::as_str), "{line}");
-        assert_eq!(v["g_counter"].as_i64().map(|x| x.to_string()), kv.get("g_counter").cloned(), "{line}");
+        assert_eq!(Some(e.int("o->id").to_string()), kv.get("id").cloned(), "{line}");
+        assert_eq!(e.value("o->customer").as_str(), kv.get("customer").map(String::as_str), "{line}");
+        assert_eq!(Some(e.int("g_counter").to_string()), kv.get("g_counter").cloned(), "{line}");
     }
 }
 

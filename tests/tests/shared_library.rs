@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use detrix_e2e::{agent_bin, c_fixture_source, capture_args, fixtures_out_dir, marker_line, parse_kv, require_root, run_with_timeout, Fixture, AGENT_TIMEOUT};
+use detrix_e2e::{agent_bin, c_fixture_source, capture_args, fixtures_out_dir, marker_line, parse_events, parse_kv, require_root, run_with_timeout, Fixture, AGENT_TIMEOUT};
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -36,19 +36,18 @@ fn captures_a_line_in_a_shared_library() {
     cmd.args(capture_args(fixture.pid(), &at, &["round", "t->count", "t->sum", "amount", "t->label", "tally_calls"], &["--format", "json", "--count", "3"]));
     let out = run_with_timeout(cmd, AGENT_TIMEOUT);
     out.assert_success();
-    let events: Vec<serde_json::Value> = out.stdout.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).expect("JSON")).collect();
+    let events = parse_events(&out);
     assert_eq!(events.len(), 3, "{}", out.stderr);
     for e in events {
-        let v = &e["values"];
-        let round = v["round"].as_i64().expect("round");
+        let round = e.int("round");
         let line = fixture.stdout().wait_for(Duration::from_secs(5), |l| l.starts_with(&format!("tally round={round} "))).expect("printed line");
         let kv = parse_kv(&line);
         // The probe runs at the start of the printf line: count, sum and calls are updated.
-        assert_eq!(v["t->count"].as_i64().map(|x| x.to_string()), kv.get("count").cloned(), "{line}");
-        assert_eq!(v["t->sum"].as_f64(), kv.get("sum").and_then(|s| s.parse().ok()), "{line}");
-        assert_eq!(v["amount"].as_f64(), kv.get("amount").and_then(|s| s.parse().ok()), "{line}");
-        assert_eq!(v["t->label"].as_str(), kv.get("label").map(String::as_str), "{line}");
-        assert_eq!(v["tally_calls"].as_i64().map(|x| x.to_string()), kv.get("calls").cloned(), "{line}");
+        assert_eq!(Some(e.int("t->count").to_string()), kv.get("count").cloned(), "{line}");
+        assert_eq!(e.value("t->sum").as_f64(), kv.get("sum").and_then(|s| s.parse().ok()), "{line}");
+        assert_eq!(e.value("amount").as_f64(), kv.get("amount").and_then(|s| s.parse().ok()), "{line}");
+        assert_eq!(e.value("t->label").as_str(), kv.get("label").map(String::as_str), "{line}");
+        assert_eq!(Some(e.int("tally_calls").to_string()), kv.get("calls").cloned(), "{line}");
     }
     // The target lives on and keeps printing.
     let seen = fixture.stdout().len();
