@@ -440,8 +440,8 @@ impl Dap {
 
     fn send(&mut self, command: &str, arguments: serde_json::Value) -> Result<i64> {
         self.seq += 1;
-        let body = serde_json::json!({"seq": self.seq, "type": "request", "command": command, "arguments": arguments}).to_string();
-        write!(self.writer, "Content-Length: {}\r\n\r\n{body}", body.len())?;
+        let msg = serde_json::json!({"seq": self.seq, "type": "request", "command": command, "arguments": arguments});
+        self.writer.write_all(&detrix_agent::dap::codec::encode_frame(&msg))?;
         self.writer.flush()?;
         Ok(self.seq)
     }
