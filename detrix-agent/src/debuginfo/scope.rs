@@ -252,8 +252,9 @@ impl Binary {
                 let name = if sc.inlined { sc.name.clone() } else { self.linkage_name(ui, sc.offset).unwrap_or_else(|| sc.name.clone()) };
                 out.push(Symbol { function: name, file: file.clone(), line });
                 if sc.inlined {
-                    file = sc.call_file.clone().or(file);
-                    line = sc.call_line.or(line);
+                    // The call site, or nothing: the callee's file is never the caller's answer.
+                    file = sc.call_file.clone();
+                    line = sc.call_line;
                 }
             }
             return out;
@@ -285,10 +286,14 @@ impl Binary {
                 chain.clear();
             }
             let call_line = entry.attr_value(dw::DW_AT_call_line).and_then(|v| v.udata_value()).and_then(|l| u32::try_from(l).ok());
-            let call_file = entry.attr_value(dw::DW_AT_call_file).and_then(|v| v.udata_value()).and_then(|f| {
-                let program = unit.line_program.as_ref()?;
-                self.file_entry_path(unit, program.header(), f)
-            });
+            // gimli reads DW_AT_call_file as `FileIndex`, never as plain data: an index into the
+            // file table of this unit's line program (the unit holding the inlined_subroutine
+            // DIE), 1-based in DWARF 4 and 0-based in DWARF 5, which `LineProgramHeader::file`
+            // handles.
+            let call_file = match entry.attr_value(dw::DW_AT_call_file) {
+                Some(gimli::AttributeValue::FileIndex(f)) => unit.line_program.as_ref().and_then(|p| self.file_entry_path(unit, p.header(), f)),
+                _ => None,
+            };
             chain.push((depth, ChainScope {
                 offset: entry.offset().0,
                 name: self.die_name(ui, &entry).unwrap_or_else(|| "<anonymous>".to_owned()),
