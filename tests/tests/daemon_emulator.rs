@@ -204,7 +204,7 @@ fn go_logpoint_values_read_as_delve_prints_them() {
     let outs = dap.events(3, STEP_TIMEOUT, |e| e["event"] == "output");
     assert_eq!(outs.len(), 3, "expected 3 output events, got {outs:?}\nagent stderr:\n{}", agent.stderr.text());
     for o in &outs {
-        let text = o["body"]["output"].as_str().unwrap();
+        let text = o["body"]["output"].as_str().unwrap_or_else(|| panic!("output without text: {o}"));
         let (goid, metric, values) = parse_output("go", text);
         assert_eq!(metric, "delve_order", "{text:?}");
         let round = values[0].as_i64().unwrap_or_else(|| panic!("{{round}} is not an integer: {text:?}"));
