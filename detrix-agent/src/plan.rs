@@ -34,10 +34,20 @@ pub enum PlanError {
 enum Shape {
     Int { size: u8, signed: bool },
     Float { size: u8 },
-    Bool,
+    /// `size` bytes, true when any is not 0.
+    Bool { size: u8 },
     Char { size: u8 },
     Enum { size: u8, signed: bool, values: Vec<(String, i64)> },
     Pointer,
+    /// A Go pointer, shown as Delve shows it: `*main.Order {…}` when the pointee was copied
+    /// too (at byte `target.0` of the value, after the pointer), `*main.Order nil`, else
+    /// `*(*main.Order)(0xc000012000)`.
+    GoPtr { name: String, target: Option<(u64, Box<Shape>)> },
+    /// A Go struct: `main.Order {ID: 1, Customer: "alice"}` (without the name as an element).
+    GoStruct { name: String, members: Vec<(String, u64, Shape)> },
+    /// A Go array: `[3]string ["a","b","c"]`; one shape per element shown (their strings'
+    /// data is placed per element), at most [`GO_SHOWN_ELEMS`], of `count`.
+    GoArray { name: String, items: Vec<Shape>, count: u64, stride: u64 },
     /// Bytes from `EMIT_STR` read with room for `cap + 1` characters: more than `cap` means
     /// the string was longer than the cap.
     CString { cap: u32 },
@@ -48,12 +58,36 @@ enum Shape {
     Stack,
     /// A Rust enum: discriminant `(offset, size)` and each variant's value, name, payload.
     Variants { discr: Option<(u64, u64)>, variants: Vec<(Option<u64>, String, u64, Shape)> },
-    /// A counted sequence: a header (pointer, length[, capacity]) copied in place, then up to
-    /// `cap_bytes` of the elements it points to (see [`CountedLayout`]).
-    Counted { layout: CountedLayout, elem: Box<Shape> },
+    /// A counted sequence: a header (pointer, length[, capacity]) copied in place, and, when
+    /// `data` says where, the elements (or text) it points to (see [`CountedLayout`]). Nested
+    /// in a composite of another language only the header is copied.
+    Counted { layout: CountedLayout, elem: Box<Shape>, data: Option<Payload> },
     Array { elem: Box<Shape>, count: u64, stride: u64 },
     Opaque { what: String },
 }
+
+/// Where the elements (or text) of a counted sequence were copied at the hit.
+#[derive(Debug, Clone, PartialEq)]
+struct Payload {
+    /// Offset from the value's first byte in the event's data (payloads of nested strings
+    /// and slices are placed after every value's own bytes).
+    at: usize,
+    /// Most bytes copied: `min(len × stride, cap)` were, by the `HDR` + `EMIT_VAR` pair.
+    cap: u64,
+    /// Elements that point to data of their own (`[]string`): the shapes of the first
+    /// elements whose data was copied too, each with its own payloads; only these are shown.
+    /// `None` for plain elements (`[]int`): as many are shown as were copied.
+    items: Option<Vec<Shape>>,
+}
+
+/// Longest string inside a Go composite (a struct field, a `[]string` element), in bytes: the
+/// event's 4096 bytes are shared by every value; Delve's own limit is 512.
+pub const NESTED_STRING_CAP: u32 = 64;
+/// Most elements of a Go slice shown when each has data of its own (`[]string`): each costs
+/// three plan ops. Delve shows 64.
+pub const EXPANDED_ELEMS: u64 = 8;
+/// Most elements of a Go array shown, and of a slice of plain elements rendered, as Delve does.
+pub const GO_SHOWN_ELEMS: u64 = 64;
 
 /// How a language lays out a counted sequence, and how to show it.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,12 +106,25 @@ struct CountedLayout {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CountedStyle {
-    /// UTF-8 text: Go `string`, Rust `&str`/`String`, C++ `std::string`.
+    /// UTF-8 text: Rust `&str`/`String`, C++ `std::string`.
     Text,
+    /// Go `string`: as [`CountedStyle::Text`] alone; inside a composite quoted as Delve does,
+    /// `"alice"`, `"carol-with...+5 more"`.
+    GoText,
     /// Go slice: `[]int len: 3, cap: 4, [1,2,3]`, as Delve prints it.
     GoSlice,
     /// Rust `Vec<T>` / `&[T]`: `[1, 2, 3]`, as `{:?}` prints it.
     RustSeq,
+}
+
+impl CountedStyle {
+    fn is_text(self) -> bool {
+        matches!(self, CountedStyle::Text | CountedStyle::GoText)
+    }
+
+    fn is_go(self) -> bool {
+        matches!(self, CountedStyle::GoText | CountedStyle::GoSlice)
+    }
 }
 
 /// One captured expression inside a plan.
@@ -146,6 +193,8 @@ struct Builder<'a> {
     point: &'a ProbePoint,
     opts: PlanOptions,
     expr_text: String,
+    /// A Go binary: composites are shaped to be shown as Delve shows them.
+    go: bool,
 }
 
 impl Builder<'_> {
@@ -365,7 +414,13 @@ impl Builder<'_> {
     }
 
     /// Recognizes the counted sequences of Go, Rust and C++ by their DWARF names and members.
+    /// Only layouts whose pointer and length sit in the first 256 bytes of the header, where
+    /// the `HDR` op can name them.
     fn counted_layout(&self, ty: Option<TypeRef>) -> Result<Option<(CountedLayout, Option<TypeRef>)>, PlanError> {
+        Ok(self.counted_layout_any(ty)?.filter(|(l, _)| l.ptr_off < 256 && l.len_off < 256 && l.header <= MAX_COPY_BYTES as u64))
+    }
+
+    fn counted_layout_any(&self, ty: Option<TypeRef>) -> Result<Option<(CountedLayout, Option<TypeRef>)>, PlanError> {
         let Type::Struct { name, size, members } = self.bin.type_of(ty)? else { return Ok(None) };
         let member = |n: &str| members.iter().find(|m| m.name == n);
         let pointee = |m: &crate::debuginfo::Member| -> Result<Option<TypeRef>, PlanError> {
@@ -379,7 +434,7 @@ impl Builder<'_> {
         // Go `string` {str *uint8; len int}.
         if name == "string" {
             if let (Some(p), Some(l)) = (member("str"), member("len")) {
-                return Ok(Some((mk_layout(p.offset, l.offset, None, 1, CountedStyle::Text), None)));
+                return Ok(Some((mk_layout(p.offset, l.offset, None, 1, CountedStyle::GoText), None)));
             }
         }
         // Go slice `[]T` {array *T; len int; cap int}.
@@ -403,7 +458,7 @@ impl Builder<'_> {
         // Rust `String` { vec: Vec<u8> } and `Vec<T>` { buf: RawVec { .. ptr .. }, len }.
         if name == "String" || name.ends_with("::String") {
             if let Some(v) = member("vec") {
-                if let Some((mut l, _)) = self.counted_layout(v.ty)? {
+                if let Some((mut l, _)) = self.counted_layout_any(v.ty)? {
                     l.ptr_off += v.offset;
                     l.len_off += v.offset;
                     l.header = size;
@@ -454,13 +509,33 @@ impl Builder<'_> {
 
     /// The shape of a value of type `ty` stored in place (no pointer following).
     fn shape_in_place(&self, ty: Option<TypeRef>, depth: u32) -> Result<Shape, PlanError> {
-        if let Some((layout, _)) = self.counted_layout(ty)? {
-            return Ok(Shape::Counted { layout, elem: Box::new(Shape::Char { size: 1 }) });
+        if let Some((layout, elem)) = self.counted_layout(ty)? {
+            // Go shows the elements of a nested slice; other languages only its length.
+            let elem = if layout.style == CountedStyle::GoSlice && depth < 6 {
+                self.shape_in_place(elem, depth + 1)?
+            } else {
+                Shape::Char { size: 1 }
+            };
+            return Ok(Shape::Counted { layout, elem: Box::new(elem), data: None });
         }
+        let go_name = || self.bin.dwarf_type_name(ty).unwrap_or_else(|| self.bin.type_name(ty));
         Ok(match self.bin.type_of(ty)? {
+            Type::Pointer { .. } if self.go => Shape::GoPtr { name: go_name(), target: None },
+            Type::Array { elem, count: Some(count) } if self.go => {
+                let stride = self.bin.size_of(elem)?.unwrap_or(0);
+                let one = self.shape_in_place(elem, depth + 1)?;
+                Shape::GoArray { name: go_name(), items: vec![one; count.min(GO_SHOWN_ELEMS) as usize], count, stride }
+            }
+            Type::Struct { members, name, .. } if self.go && depth < 6 => {
+                let mut out = Vec::new();
+                for m in members {
+                    out.push((m.name.clone(), m.offset, self.shape_in_place(m.ty, depth + 1)?));
+                }
+                Shape::GoStruct { name, members: out }
+            }
             Type::Int { size, signed, .. } if size <= 8 => Shape::Int { size: size as u8, signed },
             Type::Float { size, .. } if size == 4 || size == 8 => Shape::Float { size: size as u8 },
-            Type::Bool { .. } => Shape::Bool,
+            Type::Bool { size } => Shape::Bool { size: size.clamp(1, 8) as u8 },
             Type::Char { size, .. } if size <= 4 => Shape::Char { size: size as u8 },
             Type::Enum { size, signed, values, .. } if size <= 8 => Shape::Enum { size: size as u8, signed, values },
             Type::Pointer { .. } => Shape::Pointer,
@@ -494,10 +569,229 @@ impl Builder<'_> {
     }
 }
 
+/// The `HDR` op reading the header of `layout` copied at `at` (relative to the value; the
+/// builder relocates it like an emit's destination).
+fn hdr_op(layout: &CountedLayout, at: u16) -> PlanOp {
+    let offs = (layout.ptr_off as u16 & 0xff) | ((layout.len_off as u16 & 0xff) << 8);
+    with_dst(mk(op::HDR, 0, offs, layout.stride as i64), at)
+}
+
+/// Size of what a Go pointer points to, when it can be copied with the pointer.
+fn pointee_size(bin: &Binary, pointee: Option<TypeRef>) -> Result<Option<u64>, PlanError> {
+    Ok(match bin.type_of(pointee)? {
+        Type::Void | Type::Unsupported { .. } => None,
+        _ => bin.size_of(pointee)?.filter(|s| *s > 0 && *s + 8 <= MAX_COPY_BYTES as u64),
+    })
+}
+
+/// Whether a shape holds Go strings or slices whose data is not copied yet.
+fn has_holes(shape: &Shape) -> bool {
+    let mut found = Vec::new();
+    holes(shape, 0, &mut Vec::new(), &mut found);
+    !found.is_empty()
+}
+
+/// The Go strings and slices inside `shape` (its bytes at `at`) whose data is not copied:
+/// each as (path to the node, offset of its header). Payloads already placed are not entered:
+/// elements get their data from `expand`'s element steps.
+fn holes(shape: &Shape, at: usize, path: &mut Vec<usize>, out: &mut Vec<(Vec<usize>, usize)>) {
+    match shape {
+        Shape::Counted { layout, data: None, .. } if layout.style.is_go() => out.push((path.clone(), at)),
+        Shape::GoStruct { members, .. } => {
+            for (k, (_, off, m)) in members.iter().enumerate() {
+                path.push(k);
+                holes(m, at + *off as usize, path, out);
+                path.pop();
+            }
+        }
+        Shape::GoArray { items, stride, .. } => {
+            for (k, m) in items.iter().enumerate() {
+                path.push(k);
+                holes(m, at + k * *stride as usize, path, out);
+                path.pop();
+            }
+        }
+        Shape::GoPtr { target: Some((off, t)), .. } => {
+            path.push(0);
+            holes(t, at + *off as usize, path, out);
+            path.pop();
+        }
+        _ => {}
+    }
+}
+
+/// The copied Go slices inside `shape` whose elements point to data of their own, as
+/// (path, offset of the slice's header): their elements are expanded one index at a time.
+fn holey_slices(shape: &Shape, at: usize, path: &mut Vec<usize>, out: &mut Vec<(Vec<usize>, usize)>) {
+    match shape {
+        Shape::Counted { data: Some(Payload { items: Some(_), .. }), .. } => out.push((path.clone(), at)),
+        Shape::GoStruct { members, .. } => {
+            for (k, (_, off, m)) in members.iter().enumerate() {
+                path.push(k);
+                holey_slices(m, at + *off as usize, path, out);
+                path.pop();
+            }
+        }
+        Shape::GoArray { items, stride, .. } => {
+            for (k, m) in items.iter().enumerate() {
+                path.push(k);
+                holey_slices(m, at + k * *stride as usize, path, out);
+                path.pop();
+            }
+        }
+        Shape::GoPtr { target: Some((off, t)), .. } => {
+            path.push(0);
+            holey_slices(t, at + *off as usize, path, out);
+            path.pop();
+        }
+        _ => {}
+    }
+}
+
+/// The node at `path` (as [`holes`] numbers children).
+fn node_mut<'s>(shape: &'s mut Shape, path: &[usize]) -> Option<&'s mut Shape> {
+    let Some((&k, rest)) = path.split_first() else { return Some(shape) };
+    let child = match shape {
+        Shape::GoStruct { members, .. } => &mut members.get_mut(k)?.2,
+        Shape::GoArray { items, .. } => items.get_mut(k)?,
+        Shape::GoPtr { target: Some((_, t)), .. } => t.as_mut(),
+        _ => return None,
+    };
+    node_mut(child, rest)
+}
+
+/// Bytes copied for the data of a nested Go string or slice.
+fn nested_cap(layout: &CountedLayout, elem: &Shape, string_cap: u32) -> u64 {
+    if layout.style.is_text() {
+        u64::from(string_cap.min(NESTED_STRING_CAP))
+    } else if has_holes(elem) {
+        layout.stride * EXPANDED_ELEMS
+    } else {
+        (layout.stride * 32).min(1024)
+    }
+    .min(MAX_COPY_BYTES as u64)
+}
+
+/// The plan's remaining room, shared by the nested data of every value.
+struct Room<'a> {
+    ops: &'a mut Vec<PlanOp>,
+    /// First free byte of the event's data.
+    end: usize,
+}
+
+impl Room<'_> {
+    fn fits(&self, n_ops: usize, bytes: u64) -> bool {
+        self.ops.len() + n_ops <= MAX_OPS && self.end as u64 + bytes <= EVENT_DATA_BYTES as u64
+    }
+
+    /// Places `bytes` of data; returns its offset in the event.
+    fn place(&mut self, bytes: u64) -> usize {
+        let at = self.end;
+        self.end = (self.end + bytes as usize + 7) & !7;
+        at
+    }
+
+    /// The `HDR` + `EMIT_VAR` pair copying the data of the header at `hdr` (event offset) of
+    /// value `vi` to a new place; returns that place's payload (offsets relative to `base`,
+    /// the value's first byte).
+    fn copy_data(&mut self, vi: usize, base: usize, hdr: usize, layout: &CountedLayout, cap: u64, items: bool) -> Payload {
+        let at = self.place(cap);
+        let mut h = hdr_op(layout, hdr as u16);
+        h.value = vi as u8;
+        let mut var = with_dst(mk(op::EMIT_VAR, 0, cap as u16, 0), at as u16);
+        var.value = vi as u8;
+        self.ops.push(h);
+        self.ops.push(var);
+        Payload { at: at - base, cap, items: items.then(Vec::new) }
+    }
+}
+
+/// Adds the ops that copy, at the hit, the data of the Go strings and slices inside the
+/// values (a struct's string fields, a `[]string`'s elements): pointer and length are read
+/// back from the copied header (`HDR`), the bytes copied after every value's own (`EMIT_VAR`).
+///
+/// What fits the plan's ops and the event's bytes is copied, in this order: the data of every
+/// header a value holds in place (value by value), then element 0 of every slice of such
+/// elements, element 1, … (each behind a `SKIP_LE` on the slice's length, since the headers
+/// past it are stale). What does not fit is shown as Delve shows what it did not load:
+/// `"...+5 more"`, `[...+3 more]`. Nothing fails.
+fn expand(values: &mut [ValueDecoder], room: &mut Room<'_>, string_cap: u32) {
+    for (vi, v) in values.iter_mut().enumerate() {
+        if !matches!(v.role, Role::Shown | Role::Local) {
+            continue;
+        }
+        let mut found = Vec::new();
+        holes(&v.shape, 0, &mut Vec::new(), &mut found);
+        for (path, hdr) in found {
+            let Some(Shape::Counted { layout, elem, data }) = node_mut(&mut v.shape, &path) else { continue };
+            let cap = nested_cap(layout, elem, string_cap);
+            if !room.fits(2, cap) {
+                continue;
+            }
+            *data = Some(room.copy_data(vi, v.dst, v.dst + hdr, layout, cap, has_holes(elem)));
+        }
+    }
+    for i in 0..EXPANDED_ELEMS {
+        for (vi, v) in values.iter_mut().enumerate() {
+            if !matches!(v.role, Role::Shown | Role::Local) {
+                continue;
+            }
+            let mut slices = Vec::new();
+            holey_slices(&v.shape, 0, &mut Vec::new(), &mut slices);
+            for (path, hdr) in slices {
+                let Some(Shape::Counted { layout, elem, data: Some(p) }) = node_mut(&mut v.shape, &path) else { continue };
+                let Some(items) = &p.items else { continue };
+                // Element i's header was copied, and the ones before it are shown.
+                if items.len() as u64 != i || (i + 1) * layout.stride > p.cap {
+                    continue;
+                }
+                let mut e = (**elem).clone();
+                let elem_at = p.at + (i * layout.stride) as usize;
+                let mut inner = Vec::new();
+                holes(&e, elem_at, &mut Vec::new(), &mut inner);
+                // One level down only: a slice of such elements inside an element stays unloaded.
+                let mut parts: Vec<(Vec<usize>, usize, CountedLayout, u64)> = Vec::new();
+                for (ipath, ihdr) in inner {
+                    if let Some(Shape::Counted { layout: l, elem: ie, .. }) = node_mut(&mut e, &ipath) {
+                        if !has_holes(ie) {
+                            parts.push((ipath, ihdr, l.clone(), nested_cap(l, ie, string_cap)));
+                        }
+                    }
+                }
+                if parts.is_empty() {
+                    // Nothing of its own to copy: shown from its header alone.
+                    if let Some(items) = &mut p.items {
+                        items.push(e);
+                    }
+                    continue;
+                }
+                let bytes: u64 = parts.iter().map(|p| (p.3 + 7) & !7).sum();
+                if !room.fits(1 + 2 * parts.len(), bytes) {
+                    continue;
+                }
+                let mut guard = mk(op::SKIP_LE, 0, (2 * parts.len()) as u16, i as i64);
+                guard.dst = (v.dst + hdr + layout.len_off as usize) as u16;
+                guard.value = vi as u8;
+                room.ops.push(guard);
+                for (ipath, ihdr, l, cap) in parts {
+                    let payload = room.copy_data(vi, v.dst, v.dst + ihdr, &l, cap, false);
+                    if let Some(Shape::Counted { data, .. }) = node_mut(&mut e, &ipath) {
+                        *data = Some(payload);
+                    }
+                }
+                if let Some(items) = &mut p.items {
+                    items.push(e);
+                }
+            }
+        }
+    }
+}
+
 /// Lowers one expression to its ops (offsets relative to the value), shape and data size.
 fn lower_value(bin: &Binary, point: &ProbePoint, opts: PlanOptions, text: &str) -> Result<(Vec<PlanOp>, Shape, usize), PlanError> {
     let e = expr::parse(text)?;
-    let b = Builder { bin, point, opts, expr_text: text.to_owned() };
+    let go = bin.language().ok() == Some(crate::debuginfo::Language::Go);
+    let b = Builder { bin, point, opts, expr_text: text.to_owned(), go };
     let (place, ty) = b.lower(&e)?;
     let stripped = bin.type_of(ty)?;
     let lowered = match stripped {
@@ -511,43 +805,41 @@ fn lower_value(bin: &Binary, point: &ProbePoint, opts: PlanOptions, text: &str) 
         Type::Struct { .. } if b.counted_layout(ty)?.is_some() => {
             let Some((layout, elem)) = b.counted_layout(ty)? else { unreachable!("checked above") };
 
-            let elem_shape = match layout.style {
-                CountedStyle::Text => Shape::Char { size: 1 },
-                _ => b.shape_in_place(elem, 1)?,
-            };
-            let cap_bytes = match layout.style {
-                CountedStyle::Text => u64::from(opts.string_cap),
-                _ => (layout.stride * 32).min(1024),
+            let elem_shape = if layout.style.is_text() { Shape::Char { size: 1 } } else { b.shape_in_place(elem, 1)? };
+            // Elements with data of their own (`[]string`) are shown only as far as that data
+            // is copied too (by the ops `expand` adds), so copy only as many headers.
+            let holey = has_holes(&elem_shape);
+            let cap_bytes = if layout.style.is_text() {
+                u64::from(opts.string_cap)
+            } else if holey {
+                layout.stride * EXPANDED_ELEMS
+            } else {
+                (layout.stride * 32).min(1024)
             }
             .min(MAX_COPY_BYTES as u64);
-            let mut o = match place {
-                // One address walk, kept for the three reads.
-                Place::Mem(base) => {
-                    let mut o = base;
-                    o.push(mk(op::SAVE, 0, 0, 0));
-                    o.push(mk(op::EMIT_MEM, 0, layout.header as u16, 0));
-                    o.push(mk(op::RESTORE, 0, 0, 0));
-                    o.push(mk(op::DEREF, 0, 8, layout.len_off as i64));
-                    o.push(mk(op::LEN, 0, 0, layout.stride as i64));
-                    o.push(mk(op::RESTORE, 0, 0, 0));
-                    o.push(mk(op::DEREF, 0, 8, layout.ptr_off as i64));
-                    o
-                }
-                // Split over registers (Go passes strings so): each part from its piece.
-                other => {
-                    let mut o = b.emit_in_place(&other, layout.header)?;
-                    o.extend(b.value_at(&other, layout.len_off, 8, "its length")?);
-                    o.push(mk(op::LEN, 0, 0, layout.stride as i64));
-                    o.extend(b.value_at(&other, layout.ptr_off, 8, "its data pointer")?);
-                    o
-                }
-            };
+            // The header is copied in place (one walk to its address, or from the registers it
+            // is split over), then pointer and length are read back from that copy.
+            let mut o = b.emit_in_place(&place, layout.header)?;
+            o.push(hdr_op(&layout, 0));
             let mut var = mk(op::EMIT_VAR, 0, cap_bytes as u16, 0);
             // The elements follow the header in the data area.
             var.dst = layout.header as u16;
             o.push(var);
             let len = (layout.header + cap_bytes) as usize;
-            (o, Shape::Counted { layout, elem: Box::new(elem_shape) }, len)
+            let data = Payload { at: layout.header as usize, cap: cap_bytes, items: holey.then(Vec::new) };
+            (o, Shape::Counted { layout, elem: Box::new(elem_shape), data: Some(data) }, len)
+        }
+        // A Go pointer is followed once, as Delve does: the pointer, then (unless nil) the
+        // pointee it points to, both copied at the hit.
+        Type::Pointer { pointee } if go && pointee_size(bin, pointee)?.is_some() => {
+            let size = pointee_size(bin, pointee)?.unwrap_or(0);
+            let mut o = b.pointer_value(place)?;
+            o.push(mk(op::EMIT_ACC, 0, 8, 0));
+            o.push(mk(op::END_LE, 0, 0, 0));
+            o.push(with_dst(mk(op::EMIT_MEM, 0, size as u16, 0), 8));
+            let target = b.shape_in_place(pointee, 1)?;
+            let name = bin.dwarf_type_name(ty).unwrap_or_else(|| bin.type_name(ty));
+            (o, Shape::GoPtr { name, target: Some((8, Box::new(target))) }, 8 + size as usize)
         }
         Type::Void => return Err(b.type_err("it has type void; nothing to capture".to_owned())),
         Type::Unsupported { what } => return Err(b.type_err(format!("its type ({what}) is not supported yet"))),
@@ -727,6 +1019,9 @@ pub fn build_with(
     if ops.len() > MAX_OPS {
         return Err(PlanError::OverBudget { what: format!("{} plan steps (at most {MAX_OPS})", ops.len()) });
     }
+    let mut room = Room { ops: &mut ops, end: dst };
+    expand(&mut values, &mut room, opts.string_cap);
+    let dst = room.end;
     plan.ops[..ops.len()].copy_from_slice(&ops);
     plan.n_ops = ops.len() as u32;
     plan.n_values = values.len() as u32;
@@ -836,7 +1131,7 @@ fn lower_condition(c: &expr::Condition, vi: usize, v: &ValueDecoder) -> Result<C
             k.size = *size;
             k.imm = int_imm(&c.literal, false, *size)?;
         }
-        Shape::Bool => {
+        Shape::Bool { .. } => {
             numeric_only()?;
             k.kind = cond::UINT;
             k.size = 1;
@@ -859,7 +1154,7 @@ fn lower_condition(c: &expr::Condition, vi: usize, v: &ValueDecoder) -> Result<C
             k.size = 8;
             k.imm = detrix_common::f64_key(f.to_bits()) as i64;
         }
-        Shape::Counted { layout, .. } if layout.style == CountedStyle::Text => {
+        Shape::Counted { layout, .. } if layout.style.is_text() => {
             // The text follows the (pointer, length) header in the value's data.
             string_condition(&mut k, c, &err)?;
             k.dst = (v.dst + layout.header as usize) as u16;
@@ -890,10 +1185,10 @@ pub fn describe_ops(plan: &Plan) -> Vec<String> {
                 op::EMIT_ACC => format!("v{v}: emit_acc {} @{}", o.len, o.dst),
                 op::EMIT_MEM => format!("v{v}: emit_mem {} {:+} @{}", o.len, o.imm, o.dst),
                 op::EMIT_STR => format!("v{v}: emit_str {} {:+} @{}", o.len, o.imm, o.dst),
-                op::SAVE => format!("v{v}: save {}", o.imm),
-                op::RESTORE => format!("v{v}: restore {}", o.imm),
-                op::LEN => format!("v{v}: len x{}", o.imm),
                 op::EMIT_VAR => format!("v{v}: emit_var {} @{}", o.len, o.dst),
+                op::HDR => format!("v{v}: hdr @{} ptr+{} len+{} x{}", o.dst, o.len & 0xff, o.len >> 8, o.imm),
+                op::SKIP_LE => format!("v{v}: skip {} if @{} <= {}", o.len, o.dst, o.imm),
+                op::END_LE => format!("v{v}: end if @{} <= {}", o.dst, o.imm),
                 k => format!("v{v}: op {k}"),
             }
         })
@@ -940,51 +1235,72 @@ pub fn decode(values: &[ValueDecoder], header: &EventHeader, data: &[u8]) -> Vec
             if meta.flags & value_flags::READ_FAULT != 0 {
                 return Value::Error(format!("could not read the target's memory for `{}` at this hit (invalid pointer or page not present)", v.expr));
             }
-            if let Shape::Counted { layout, elem } = &v.shape {
-                let header = data.get(v.dst..v.dst + layout.header as usize).unwrap_or(&[]);
-                let start = v.dst + layout.header as usize;
-                let var = data.get(start..(start + usize::from(meta.len)).min(data.len())).unwrap_or(&[]);
-                return decode_counted(layout, elem, header, var);
-            }
+            // The value's own bytes, and everything from them on: the data of its nested
+            // strings and slices is placed after every value's own bytes.
+            let rest = data.get(v.dst..).unwrap_or(&[]);
             // Strings read with a cap report how much they read; everything else has its size.
             let len = match v.shape {
                 Shape::CString { .. } => usize::from(meta.len),
                 Shape::Stack if v.role == Role::Stack => usize::from(meta.len),
                 _ => v.size,
             };
-            let end = (v.dst + len).min(data.len());
-            let bytes = data.get(v.dst..end).unwrap_or(&[]);
-            decode_shape(&v.shape, bytes)
+            let bytes = rest.get(..len.min(rest.len())).unwrap_or(&[]);
+            decode_shape(&v.shape, bytes, rest)
         })
         .collect()
 }
 
-/// Renders a counted sequence from its header (length, capacity) and the copied elements.
-fn decode_counted(layout: &CountedLayout, elem: &Shape, header: &[u8], var: &[u8]) -> Value {
-    let len = le_u64(header.get(layout.len_off as usize..).unwrap_or(&[]), 8);
-    match layout.style {
-        CountedStyle::Text => {
-            let text = String::from_utf8_lossy(var).into_owned();
-            Value::Str { text, truncated: (var.len() as u64) < len }
+/// A counted sequence from its header (`hdr`, copied in place) and, when copied, its data:
+/// `min(len × stride, cap)` bytes at `rest[data.at..]`.
+fn decode_counted(layout: &CountedLayout, elem: &Shape, data: Option<&Payload>, hdr: &[u8], rest: &[u8]) -> Value {
+    let field = |off: u64| le_u64(hdr.get(off as usize..).unwrap_or(&[]), 8);
+    let len = field(layout.len_off);
+    let copied: &[u8] = match data {
+        Some(p) => {
+            let n = len.saturating_mul(layout.stride).min(p.cap) as usize;
+            rest.get(p.at..).map_or(&[], |r| &r[..n.min(r.len())])
         }
-        CountedStyle::GoSlice | CountedStyle::RustSeq => {
-            let shown = (var.len() as u64 / layout.stride.max(1)).min(len);
-            let items: Vec<String> = (0..shown)
-                .map(|i| {
-                    let b = var.get((i * layout.stride) as usize..).unwrap_or(&[]);
-                    render(elem, b)
-                })
-                .collect();
-            let more = len - shown;
-            if layout.style == CountedStyle::GoSlice {
-                let cap = layout.cap_off.map_or(len, |o| le_u64(header.get(o as usize..).unwrap_or(&[]), 8));
-                let tail = if more > 0 { format!(",...+{more} more") } else { String::new() };
-                Value::Text(format!("{} len: {len}, cap: {cap}, [{}{tail}]", layout.type_name, items.join(",")))
-            } else {
-                let tail = if more > 0 { format!(", ...+{more} more") } else { String::new() };
-                Value::Text(format!("[{}{tail}]", items.join(", ")))
-            }
+        None => &[],
+    };
+    if layout.style.is_text() {
+        let text = String::from_utf8_lossy(copied).into_owned();
+        return Value::Str { text, truncated: (copied.len() as u64) < len };
+    }
+    let stride = layout.stride.max(1);
+    let mut shown = (copied.len() as u64 / stride).min(len);
+    if let Some(Payload { items: Some(items), .. }) = data {
+        shown = shown.min(items.len() as u64);
+    }
+    let go = layout.style == CountedStyle::GoSlice;
+    if go {
+        shown = shown.min(GO_SHOWN_ELEMS);
+    }
+    let items: Vec<String> = (0..shown)
+        .map(|i| {
+            let b = copied.get((i * stride) as usize..).unwrap_or(&[]);
+            let shape = match data {
+                Some(Payload { items: Some(items), .. }) => items.get(i as usize).unwrap_or(elem),
+                _ => elem,
+            };
+            if go { render_go_elem(shape, b, rest) } else { render(shape, b, rest) }
+        })
+        .collect();
+    let more = len - shown;
+    if go {
+        let cap = layout.cap_off.map_or(len, field);
+        if field(layout.ptr_off) == 0 && len == 0 {
+            return Value::Text(format!("{} len: 0, cap: {cap}, nil", layout.type_name));
         }
+        // Delve: `[1,2,...+3 more]`, and `[...+3 more]` when nothing was loaded.
+        let tail = match (more, items.is_empty()) {
+            (0, _) => String::new(),
+            (_, true) => format!("...+{more} more"),
+            (_, false) => format!(",...+{more} more"),
+        };
+        Value::Text(format!("{} len: {len}, cap: {cap}, [{}{tail}]", layout.type_name, items.join(",")))
+    } else {
+        let tail = if more > 0 { format!(", ...+{more} more") } else { String::new() };
+        Value::Text(format!("[{}{tail}]", items.join(", ")))
     }
 }
 
@@ -1010,7 +1326,9 @@ fn char_text(code: u32) -> String {
     }
 }
 
-fn decode_shape(shape: &Shape, bytes: &[u8]) -> Value {
+/// Decodes a value from its own bytes (`bytes`) and, for the data of its nested strings and
+/// slices, everything from its first byte on (`rest`).
+fn decode_shape(shape: &Shape, bytes: &[u8], rest: &[u8]) -> Value {
     match shape {
         Shape::Int { size, signed } => {
             let raw = le_u64(bytes, usize::from(*size));
@@ -1018,7 +1336,8 @@ fn decode_shape(shape: &Shape, bytes: &[u8]) -> Value {
         }
         Shape::Float { size: 4 } => Value::Float(f64::from(f32::from_bits(le_u64(bytes, 4) as u32))),
         Shape::Float { .. } => Value::Float(f64::from_bits(le_u64(bytes, 8))),
-        Shape::Bool => Value::Bool(bytes.iter().any(|b| *b != 0)),
+        // Only its own bytes: inside a composite `bytes` runs on past it.
+        Shape::Bool { size } => Value::Bool(bytes.iter().take(usize::from(*size)).any(|b| *b != 0)),
         Shape::Char { size } => Value::Str { text: char_text(le_u64(bytes, usize::from(*size)) as u32), truncated: false },
         Shape::Enum { size, signed, values } => {
             let raw = le_u64(bytes, usize::from(*size));
@@ -1036,6 +1355,7 @@ fn decode_shape(shape: &Shape, bytes: &[u8]) -> Value {
             Value::Str { text, truncated }
         }
         Shape::CharArray { count, copied } => {
+            let bytes = &bytes[..bytes.len().min(*copied as usize)];
             let end = bytes.iter().position(|b| *b == 0);
             let text = String::from_utf8_lossy(&bytes[..end.unwrap_or(bytes.len())]).into_owned();
             Value::Str { text, truncated: end.is_none() && u64::from(*copied) < *count }
@@ -1043,28 +1363,35 @@ fn decode_shape(shape: &Shape, bytes: &[u8]) -> Value {
         Shape::Stack => Value::Text(
             bytes.chunks_exact(8).map(|c| format!("{:#x}", le_u64(c, 8))).collect::<Vec<_>>().join(" "),
         ),
-        Shape::Struct { .. } | Shape::Array { .. } | Shape::Opaque { .. } | Shape::Counted { .. } | Shape::Variants { .. } => {
-            Value::Text(render(shape, bytes))
-        }
+        Shape::Counted { layout, elem, data } => decode_counted(layout, elem, data.as_ref(), bytes, rest),
+        Shape::Struct { .. }
+        | Shape::Array { .. }
+        | Shape::Opaque { .. }
+        | Shape::Variants { .. }
+        | Shape::GoPtr { .. }
+        | Shape::GoStruct { .. }
+        | Shape::GoArray { .. } => Value::Text(render(shape, bytes, rest)),
     }
 }
 
-/// Renders composite values the way lldb prints them: `{id = 1, name = "x"}`, `[1, 2]`.
-fn render(shape: &Shape, bytes: &[u8]) -> String {
+/// Renders composite values the way lldb prints them (`{id = 1, name = "x"}`, `[1, 2]`), and
+/// Go values the way Delve prints them in a logpoint (`main.Order {ID: 1, Name: "x"}`).
+/// `bytes` are the node's own, `rest` the value's from its first byte on.
+fn render(shape: &Shape, bytes: &[u8], rest: &[u8]) -> String {
     match shape {
         Shape::Struct { members } => {
             let parts: Vec<String> = members
                 .iter()
                 .map(|(name, off, s)| {
                     let b = bytes.get(*off as usize..).unwrap_or(&[]);
-                    format!("{name} = {}", render(s, b))
+                    format!("{name} = {}", render(s, b, rest))
                 })
                 .collect();
             format!("{{{}}}", parts.join(", "))
         }
         Shape::Array { elem, count, stride } => {
             let parts: Vec<String> = (0..*count)
-                .map(|i| render(elem, bytes.get((i * stride) as usize..).unwrap_or(&[])))
+                .map(|i| render(elem, bytes.get((i * stride) as usize..).unwrap_or(&[]), rest))
                 .collect();
             format!("[{}]", parts.join(", "))
         }
@@ -1086,19 +1413,50 @@ fn render(shape: &Shape, bytes: &[u8]) -> String {
                             if members.is_empty() {
                                 name.clone()
                             } else {
-                                let parts: Vec<String> = members.iter().map(|(_, o, s)| render(s, b.get(*o as usize..).unwrap_or(&[]))).collect();
+                                let parts: Vec<String> =
+                                    members.iter().map(|(_, o, s)| render(s, b.get(*o as usize..).unwrap_or(&[]), rest)).collect();
                                 format!("{name}({})", parts.join(", "))
                             }
                         }
                         Shape::Struct { members } if members.is_empty() => name.clone(),
-                        other => format!("{name} {}", render(other, b)),
+                        other => format!("{name} {}", render(other, b, rest)),
                     }
                 }
             }
         }
-        // Nested inside a composite only the header was copied: show the length.
-        Shape::Counted { layout, .. } => format!("{} len: {}", layout.type_name, le_u64(bytes.get(layout.len_off as usize..).unwrap_or(&[]), 8)),
-        other => match decode_shape(other, bytes) {
+        Shape::GoStruct { name, .. } => format!("{name} {}", render_go_elem(shape, bytes, rest)),
+        Shape::GoArray { name, .. } => format!("{name} {}", render_go_elem(shape, bytes, rest)),
+        Shape::GoPtr { name, target } => {
+            let ptr = le_u64(bytes, 8);
+            match target {
+                _ if ptr == 0 => format!("{name} nil"),
+                Some((off, t)) => format!("*{}", render(t, bytes.get(*off as usize..).unwrap_or(&[]), rest)),
+                // Not followed (inside a composite): as Delve shows a pointer past its depth.
+                None => format!("*({name})({ptr:#x})"),
+            }
+        }
+        // Inside a composite of another language only the header was copied: the length.
+        Shape::Counted { layout, data: None, .. } if !layout.style.is_go() => {
+            format!("{} len: {}", layout.type_name, le_u64(bytes.get(layout.len_off as usize..).unwrap_or(&[]), 8))
+        }
+        Shape::Counted { layout, elem, data } => {
+            if layout.style == CountedStyle::GoText {
+                let len = le_u64(bytes.get(layout.len_off as usize..).unwrap_or(&[]), 8);
+                let copied = match data {
+                    Some(p) => {
+                        let n = len.min(p.cap) as usize;
+                        rest.get(p.at..).map_or(&[][..], |r| &r[..n.min(r.len())])
+                    }
+                    None => &[],
+                };
+                return go_quote(copied, len - copied.len() as u64);
+            }
+            match decode_counted(layout, elem, data.as_ref(), bytes, rest) {
+                Value::Str { text, .. } => format!("{text:?}"),
+                other => other.to_string(),
+            }
+        }
+        other => match decode_shape(other, bytes, rest) {
             Value::Int(v) => v.to_string(),
             Value::UInt(v) => v.to_string(),
             Value::Float(v) => v.to_string(),
@@ -1107,6 +1465,110 @@ fn render(shape: &Shape, bytes: &[u8]) -> String {
             Value::Text(t) | Value::Error(t) => t,
         },
     }
+}
+
+/// A Go value as Delve shows it as an element (or after its type name): a struct's fields
+/// without the struct's name, `{ID: 1, Tags: []string len: 1, cap: 1, ["a"]}`; an array's
+/// elements, `[1,2,...+3 more]`; floats as Go formats them.
+fn render_go_elem(shape: &Shape, bytes: &[u8], rest: &[u8]) -> String {
+    match shape {
+        Shape::GoStruct { members, .. } => {
+            let parts: Vec<String> = members
+                .iter()
+                .map(|(name, off, s)| format!("{name}: {}", render_go(s, bytes.get(*off as usize..).unwrap_or(&[]), rest)))
+                .collect();
+            format!("{{{}}}", parts.join(", "))
+        }
+        Shape::GoArray { items, count, stride, .. } => {
+            let parts: Vec<String> = items
+                .iter()
+                .enumerate()
+                .map(|(i, s)| render_go_elem(s, bytes.get(i * *stride as usize..).unwrap_or(&[]), rest))
+                .collect();
+            let more = count.saturating_sub(items.len() as u64);
+            let tail = match (more, parts.is_empty()) {
+                (0, _) => String::new(),
+                (_, true) => format!("...+{more} more"),
+                (_, false) => format!(",...+{more} more"),
+            };
+            format!("[{}{tail}]", parts.join(","))
+        }
+        other => render_go(other, bytes, rest),
+    }
+}
+
+/// A Go value inside a composite: [`render`], with Go's float spelling.
+fn render_go(shape: &Shape, bytes: &[u8], rest: &[u8]) -> String {
+    match shape {
+        Shape::Float { size: 4 } => go_float(f64::from(f32::from_bits(le_u64(bytes, 4) as u32)), f32::from_bits(le_u64(bytes, 4) as u32).to_string()),
+        Shape::Float { .. } => {
+            let f = f64::from_bits(le_u64(bytes, 8));
+            go_float(f, f.to_string())
+        }
+        other => render(other, bytes, rest),
+    }
+}
+
+/// Go's `strconv.FormatFloat(f, 'f', -1, bits)`, which Delve uses: Rust's shortest text
+/// (`shortest`, for the float's own width) except for the infinities.
+fn go_float(f: f64, shortest: String) -> String {
+    if f.is_infinite() {
+        if f > 0.0 { "+Inf".to_owned() } else { "-Inf".to_owned() }
+    } else {
+        shortest
+    }
+}
+
+/// A Go string quoted as Delve shows it (Go's `%q`, `strconv.Quote`): `\"`, `\\`, the C
+/// escapes, `\xNN` for a byte that is not UTF-8 (a copy cut in the middle of a character),
+/// `\uNNNN` for a character Go does not print, and `...+N more` before the closing quote when
+/// `more` bytes were not copied.
+fn go_quote(bytes: &[u8], more: u64) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from("\"");
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\u{7}' => out.push_str("\\a"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{b}' => out.push_str("\\v"),
+                c if go_printable(c) => out.push(c),
+                c if (c as u32) < 0x80 => {
+                    let _ = write!(out, "\\x{:02x}", c as u32);
+                }
+                c if (c as u32) < 0x1_0000 => {
+                    let _ = write!(out, "\\u{:04x}", c as u32);
+                }
+                c => {
+                    let _ = write!(out, "\\U{:08x}", c as u32);
+                }
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    if more > 0 {
+        let _ = write!(out, "...+{more} more");
+    }
+    out.push('"');
+    out
+}
+
+/// Go's `unicode.IsPrint` for the characters that matter here: not a control character, not a
+/// space other than U+0020, not an invisible format character (zero-width space, BOM, …).
+fn go_printable(c: char) -> bool {
+    !c.is_control()
+        && !matches!(
+            c,
+            '\u{a0}' | '\u{ad}' | '\u{1680}' | '\u{2000}'..='\u{200f}' | '\u{2028}'..='\u{202f}' | '\u{205f}'..='\u{2064}' | '\u{3000}' | '\u{feff}'
+        )
 }
 
 impl Value {
@@ -1174,22 +1636,143 @@ mod tests {
     #[test]
     fn strings_cut_at_cap_say_so() {
         let s = Shape::CString { cap: 5 };
-        assert_eq!(decode_shape(&s, b"carol-"), Value::Str { text: "carol".into(), truncated: true });
-        assert_eq!(decode_shape(&s, b"carol"), Value::Str { text: "carol".into(), truncated: false });
+        assert_eq!(decode_shape(&s, b"carol-", b"carol-"), Value::Str { text: "carol".into(), truncated: true });
+        assert_eq!(decode_shape(&s, b"carol", b"carol"), Value::Str { text: "carol".into(), truncated: false });
         assert_eq!(Value::Str { text: "carol".into(), truncated: true }.to_json(), serde_json::json!("carol...(truncated)"));
     }
 
     #[test]
     fn char_arrays_stop_at_nul() {
         let s = Shape::CharArray { count: 8, copied: 8 };
-        assert_eq!(decode_shape(&s, b"C12\0\0\0\0\0"), Value::Str { text: "C12".into(), truncated: false });
+        assert_eq!(decode_shape(&s, b"C12\0\0\0\0\0", b""), Value::Str { text: "C12".into(), truncated: false });
     }
 
     #[test]
     fn structs_render_like_lldb() {
-        let s = Shape::Struct { members: vec![("id".into(), 0, Shape::Int { size: 4, signed: true }), ("ok".into(), 4, Shape::Bool)] };
+        let s = Shape::Struct { members: vec![("id".into(), 0, Shape::Int { size: 4, signed: true }), ("ok".into(), 4, Shape::Bool { size: 1 })] };
         let mut b = 7i32.to_le_bytes().to_vec();
         b.push(1);
-        assert_eq!(decode_shape(&s, &b), Value::Text("{id = 7, ok = true}".into()));
+        assert_eq!(decode_shape(&s, &b, &b), Value::Text("{id = 7, ok = true}".into()));
+        // A bool reads only its own byte, not the members after it.
+        let s = Shape::Struct { members: vec![("ok".into(), 0, Shape::Bool { size: 1 }), ("id".into(), 4, Shape::Int { size: 4, signed: true })] };
+        let b = [0, 0, 0, 0, 7, 0, 0, 0];
+        assert_eq!(decode_shape(&s, &b, &b), Value::Text("{ok = false, id = 7}".into()));
+    }
+
+    fn go_layout(name: &str, style: CountedStyle, stride: u64) -> CountedLayout {
+        let cap_off = (style == CountedStyle::GoSlice).then_some(16);
+        let header = if cap_off.is_some() { 24 } else { 16 };
+        CountedLayout { header, ptr_off: 0, len_off: 8, cap_off, stride, style, type_name: name.into() }
+    }
+
+    fn go_string() -> Shape {
+        Shape::Counted { layout: go_layout("string", CountedStyle::GoText, 1), elem: Box::new(Shape::Char { size: 1 }), data: None }
+    }
+
+    fn header(ptr: u64, len: u64, cap: Option<u64>) -> Vec<u8> {
+        let mut b = ptr.to_le_bytes().to_vec();
+        b.extend(len.to_le_bytes());
+        if let Some(cap) = cap {
+            b.extend(cap.to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn go_strings_quote_like_delve() {
+        assert_eq!(go_quote(b"alice", 0), r#""alice""#);
+        assert_eq!(go_quote("in\"q\\\n\u{1}é\u{200b}".as_bytes(), 0), r#""in\"q\\\n\x01é\u200b""#);
+        // Cut inside a character: the partial byte is shown as Delve shows it.
+        assert_eq!(go_quote(&"é".as_bytes()[..1], 1), r#""\xc3...+1 more""#);
+        assert_eq!(go_quote(b"carol", 24), r#""carol...+24 more""#);
+    }
+
+    #[test]
+    fn go_struct_with_strings_and_slices_renders_like_delve() {
+        // *main.Order {ID, Name string, Tags []string} with Name copied, Tags' one element copied.
+        let mut name = go_string();
+        let mut tags_elem = go_string();
+        let strings = Shape::Counted { layout: go_layout("[]string", CountedStyle::GoSlice, 16), elem: Box::new(go_string()), data: None };
+        let mut tags = strings.clone();
+        let order = |name: Shape, tags: Shape| Shape::GoStruct {
+            name: "main.Order".into(),
+            members: vec![("ID".into(), 0, Shape::Int { size: 8, signed: true }), ("Name".into(), 8, name), ("Tags".into(), 24, tags)],
+        };
+        let ptr = |t: Shape| Shape::GoPtr { name: "*main.Order".into(), target: Some((8, Box::new(t))) };
+        // Layout of the value: pointer @0, struct @8 (ID @8, Name @16, Tags @32), then data.
+        let mut b = 0x1000u64.to_le_bytes().to_vec();
+        b.extend(7i64.to_le_bytes());
+        b.extend(header(0x2000, 5, None));
+        b.extend(header(0x3000, 2, Some(3)));
+        assert_eq!(b.len(), 56);
+        // Name's text @56, Tags' element headers @64, element 0's text @96.
+        b.extend(b"alic\0\0\0\0");
+        b.extend(header(0x4000, 3, None));
+        b.extend(header(0x5000, 8, None));
+        b.extend(b"bob\0\0\0\0\0");
+        if let Shape::Counted { data, .. } = &mut name {
+            *data = Some(Payload { at: 56, cap: 4, items: None });
+        }
+        if let Shape::Counted { data, .. } = &mut tags_elem {
+            *data = Some(Payload { at: 96, cap: 8, items: None });
+        }
+        if let Shape::Counted { data, .. } = &mut tags {
+            *data = Some(Payload { at: 64, cap: 32, items: Some(vec![tags_elem]) });
+        }
+        let v = ptr(order(name, tags));
+        assert_eq!(
+            decode_shape(&v, &b[..56], &b),
+            Value::Text(r#"*main.Order {ID: 7, Name: "alic...+1 more", Tags: []string len: 2, cap: 3, ["bob",...+1 more]}"#.into())
+        );
+        // Nothing of the strings copied (no room left in the plan): lengths only, as Delve
+        // shows what it did not load.
+        let v = ptr(order(go_string(), strings));
+        assert_eq!(
+            decode_shape(&v, &b[..56], &b),
+            Value::Text(r#"*main.Order {ID: 7, Name: "...+5 more", Tags: []string len: 2, cap: 3, [...+2 more]}"#.into())
+        );
+        // A nil pointer: the pointee was not read.
+        let nil = [0u8; 56];
+        assert_eq!(decode_shape(&v, &nil, &nil), Value::Text("*main.Order nil".into()));
+        // A nil slice, and a pointer inside a composite, which is not followed.
+        let s = Shape::GoStruct {
+            name: "main.T".into(),
+            members: vec![("S".into(), 0, Shape::Counted { layout: go_layout("[]int", CountedStyle::GoSlice, 8), elem: Box::new(Shape::Int { size: 8, signed: true }), data: None }), ("P".into(), 24, Shape::GoPtr { name: "*main.T".into(), target: None })],
+        };
+        let mut b = header(0, 0, Some(0));
+        b.extend(0xc000_0100u64.to_le_bytes());
+        assert_eq!(decode_shape(&s, &b, &b), Value::Text("main.T {S: []int len: 0, cap: 0, nil, P: *(*main.T)(0xc0000100)}".into()));
+    }
+
+    #[test]
+    fn expansion_degrades_to_fewer_elements_when_ops_run_out() {
+        let slice = Shape::Counted {
+            layout: go_layout("[]string", CountedStyle::GoSlice, 16),
+            elem: Box::new(go_string()),
+            data: Some(Payload { at: 24, cap: 16 * EXPANDED_ELEMS, items: Some(Vec::new()) }),
+        };
+        let mut values = vec![ValueDecoder { expr: "tags".into(), hidden: false, role: Role::Shown, shape: slice, dst: 0, size: 24 + 128 }];
+        // Room for one element (3 ops) but not two.
+        let mut ops = vec![mk(op::CONST, 0, 0, 0); MAX_OPS - 5];
+        let mut room = Room { ops: &mut ops, end: 152 };
+        expand(&mut values, &mut room, 256);
+        assert_eq!(ops.len(), MAX_OPS - 2, "one element's guard, HDR and EMIT_VAR");
+        let tail: Vec<String> = describe(&ops[MAX_OPS - 5..]);
+        assert_eq!(tail, ["v0: skip 2 if @8 <= 0", "v0: hdr @24 ptr+0 len+8 x1", "v0: emit_var 64 @152"]);
+        // Three tags at the hit: the first shown, the rest counted, as Delve marks a cut.
+        let mut data = header(0x1000, 3, Some(3));
+        data.extend(header(0x2000, 5, None));
+        data.resize(152, 0);
+        data.extend(b"alice");
+        let h = EventHeader::default();
+        let got = decode(&values, &h, &data);
+        assert_eq!(got, vec![Value::Text(r#"[]string len: 3, cap: 3, ["alice",...+2 more]"#.into())]);
+    }
+
+    fn describe(ops: &[PlanOp]) -> Vec<String> {
+        let mut p = Plan::empty();
+        p.ops[..ops.len()].copy_from_slice(ops);
+        p.n_ops = ops.len() as u32;
+        describe_ops(&p)
     }
 }

@@ -14,7 +14,7 @@
 
 /// Version of every layout in this crate. Bump on any change; the agent checks that the
 /// embedded eBPF object was built with the same number.
-pub const PLAN_ABI: u32 = 1;
+pub const PLAN_ABI: u32 = 2;
 
 /// Maximum number of probes (plan slots) one loaded program serves.
 pub const MAX_PROBES: u32 = 512;
@@ -48,21 +48,30 @@ pub mod op {
     /// Copy a NUL-terminated user string at `acc + imm` to `data[dst..]`, at most `len` bytes
     /// including the NUL; the value's length is the string length; `TRUNCATED` when it filled.
     pub const EMIT_STR: u8 = 7;
-    /// `saved[imm & 1] = acc`: keep a base address for a second walk from it (a string's
-    /// pointer and its length both hang off the same header).
-    pub const SAVE: u8 = 8;
-    /// `acc = saved[imm & 1]`.
-    pub const RESTORE: u8 = 9;
-    /// `count = acc * imm`: the byte length of a counted sequence (`imm` = element size),
-    /// read from its header by the ops before.
-    pub const LEN: u8 = 10;
+    // 8, 9, 10 were SAVE, RESTORE and LEN (ABI 1): a counted header is now read back from the
+    // event with `HDR` instead of from the target a second time. Not reused.
     /// Copy `min(count, len)` bytes of user memory at `acc` to `data[dst..]` (Go strings and
     /// slices, Rust `&str`/`String`/`Vec`, C++ `std::string`); `TRUNCATED` when `count > len`.
+    /// `acc` and `count` come from the `HDR` before it.
     pub const EMIT_VAR: u8 = 11;
     /// Copy the user stack's return addresses: not an op of the loop (it would multiply the
     /// verifier's paths) but [`crate::Plan::stack`], run once after the ops; this code only
     /// names it in descriptions.
     pub const EMIT_USTACK: u8 = 12;
+    /// Read a counted sequence's header (pointer, length) back from the event, where an
+    /// earlier emit of this hit copied it: `acc = u64 at data[dst + (len & 0xff)]` (the
+    /// pointer), `count = u64 at data[dst + (len >> 8)] * imm` (`imm` = element size), for an
+    /// `EMIT_VAR` after it. Nothing is read from the target, so the pointer and length are the
+    /// ones the copied header shows, and a string inside a copied struct or slice costs two ops.
+    pub const HDR: u8 = 13;
+    /// `if u64 at data[dst] <= imm as u64`: skip the next `len` ops of the plan (not a fault).
+    /// Guards the ops of element `imm` of a slice whose length was copied to `data[dst]`: the
+    /// data past the copied elements is stale, so their headers must not be followed.
+    pub const SKIP_LE: u8 = 14;
+    /// `if u64 at data[dst] <= imm as u64`: the value is complete, its remaining ops (wherever
+    /// they are in the plan) are skipped, not a fault. Stops at a nil pointer (`imm` 0) whose
+    /// pointee would otherwise be read.
+    pub const END_LE: u8 = 15;
 }
 
 /// Indices into x86-64 `struct pt_regs` (the kernel's order), which is what a uprobe sees.
@@ -145,9 +154,11 @@ pub struct PlanOp {
     /// Which value (0..[`MAX_VALUES`]) this op belongs to: a fault skips the rest of its ops.
     pub value: u8,
     pub _pad: u8,
-    /// Byte count for `DEREF`/`EMIT_*`.
+    /// Byte count for `DEREF`/`EMIT_*`; for `HDR` the pointer's (low byte) and the length's
+    /// (high byte) offsets in the header; for `SKIP_LE` the number of ops to skip.
     pub len: u16,
-    /// Destination offset in [`Event::data`] for `EMIT_*`.
+    /// Destination offset in [`Event::data`] for `EMIT_*`; where `HDR`, `SKIP_LE` and `END_LE`
+    /// read from.
     pub dst: u16,
     /// Immediate: the constant of `CONST`/`ADD`, the offset added by `REG`, `DEREF` and
     /// `EMIT_MEM`/`EMIT_STR` (so `reg + off`, `*(p + off)` take one op, not two).

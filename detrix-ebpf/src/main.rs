@@ -338,10 +338,13 @@ struct Interp {
     slot: u32,
     _pad: u32,
     acc: u64,
-    saved: [u64; 2],
     count: u64,
     /// Bit per value that faulted: its remaining ops are skipped.
     bad: u64,
+    /// Bit per value that `END_LE` completed: its remaining ops are skipped, not a fault.
+    done: u64,
+    /// Ops with a lower index are skipped (`SKIP_LE`).
+    skip_to: u64,
     regs: [u64; PT_REGS_COUNT],
 }
 
@@ -352,7 +355,7 @@ struct Interp {
 /// one more op kind is added); a `bpf_loop` callback is verified once.
 #[inline(always)]
 fn run_ops(slot: u32, n_ops: u32, regs: &[u64; PT_REGS_COUNT]) -> bool {
-    let mut st = Interp { slot, _pad: 0, acc: 0, saved: [0; 2], count: 0, bad: 0, regs: *regs };
+    let mut st = Interp { slot, _pad: 0, acc: 0, count: 0, bad: 0, done: 0, skip_to: 0, regs: *regs };
     let n = if n_ops as usize > MAX_OPS { MAX_OPS as u32 } else { n_ops };
     // SAFETY: `step` has the callback signature bpf_loop expects; `st` outlives the call.
     unsafe { bpf_loop(n, step as *mut c_void, (&mut st as *mut Interp).cast::<c_void>(), 0) };
@@ -374,7 +377,7 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
     }
     let o = &plan.ops[i];
     let vi = (o.value as usize) & (MAX_VALUES - 1);
-    if st.bad & (1 << vi) != 0 {
+    if (st.bad | st.done) & (1 << vi) != 0 || index < st.skip_to {
         return 0;
     }
     let mut fault = false;
@@ -431,9 +434,21 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
                 ev.header.values[vi].len = n as u16;
             }
         }
-        op::SAVE => st.saved[(o.imm as usize) & 1] = st.acc,
-        op::RESTORE => st.acc = st.saved[(o.imm as usize) & 1],
-        op::LEN => st.count = st.acc.wrapping_mul(o.imm as u64),
+        op::HDR => {
+            let at = o.dst as usize;
+            st.acc = data_u64(ev, at + (o.len & 0xff) as usize);
+            st.count = data_u64(ev, at + (o.len >> 8) as usize).wrapping_mul(o.imm as u64);
+        }
+        op::SKIP_LE => {
+            if data_u64(ev, o.dst as usize) <= o.imm as u64 {
+                st.skip_to = index + 1 + u64::from(o.len);
+            }
+        }
+        op::END_LE => {
+            if data_u64(ev, o.dst as usize) <= o.imm as u64 {
+                st.done |= 1 << vi;
+            }
+        }
         op::EMIT_VAR => {
             let (dst, mut n) = copy_bounds(o.dst, o.len);
             if st.count < n as u64 {
@@ -480,6 +495,20 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
         ev.header.values[vi].flags = value_flags::READ_FAULT;
     }
     0
+}
+
+/// The little-endian u64 at `data[at..at + 8]` of the event (a header an earlier op of this
+/// hit copied there), the offset masked into the data area.
+#[inline(always)]
+fn data_u64(ev: &Event, at: usize) -> u64 {
+    let at = at & (EVENT_DATA_BYTES - 1);
+    let mut v: u64 = 0;
+    let mut k = 0;
+    while k < 8 {
+        v |= (ev.data[at + k] as u64) << (8 * k);
+        k += 1;
+    }
+    v
 }
 
 #[cfg(not(test))]

@@ -2,9 +2,11 @@
 //! `go` and `rust` + pid handshakes of the real daemon (`tests/golden/shared/`), logpoints on
 //! the C fixture whose values must equal what the fixture printed (next to a plain breakpoint,
 //! which is breakpoint mode), probes gone after sleep,
-//! after the daemon closes the socket, and `exited` + `terminated` when the target exits.
+//! after the daemon closes the socket, and `exited` + `terminated` when the target exits; and a
+//! Go logpoint whose composite values read as Delve prints them.
 
 mod common;
+mod lang;
 
 use std::time::Duration;
 
@@ -177,6 +179,50 @@ fn rust_pid_session_replays_the_daemons_handshake_and_captures_the_programs_valu
 #[test]
 fn go_session_replays_the_daemons_handshake_and_uses_the_go_prefix() {
     session("go");
+}
+
+/// The Go fixture (1.23, optimized) through the DAP facade with the logpoint
+/// `{o} {o.Tags} {o.Customer} {*o}`: each value, JSON-decoded as the daemon stores it, is the text
+/// Delve prints for it (the fixture prints `*o` that way itself, as `order=`).
+#[test]
+fn go_logpoint_values_read_as_delve_prints_them() {
+    require_root();
+    let build = lang::GO123_OPT;
+    let exe = build.build();
+    let fixture = Fixture::start(&exe, &["-1", "20"]);
+    let pid = fixture.pid();
+    let stub = RestStub::start(GO_GOLDEN, RUST_GOLDEN);
+    let agent = AttachedAgent::start(pid, &["--daemon-url", &stub.url, "--name", "emu-go-delve", "--language", "go"], &[]);
+    let (s, wake) = agent.post("/detrix/wake", None);
+    assert_eq!(s, 200, "{wake}");
+    let (_, mut dap) = stub.take_session();
+    let src = build.source();
+    let line = lang::marker_line(&src, "delve");
+    let msg = ["{round}", "{o}", "{o.Tags}", "{o.Customer}", "{*o}"].join("\u{1f}");
+    let r = dap.request(&set_breakpoints(100, &src.to_string_lossy(), json!([{"line": line, "logMessage": format!("DETRICS:delve_order={msg}")}])));
+    assert_eq!(r["body"]["breakpoints"][0]["verified"], true, "{r}");
+    let outs = dap.events(3, STEP_TIMEOUT, |e| e["event"] == "output");
+    assert_eq!(outs.len(), 3, "expected 3 output events, got {outs:?}\nagent stderr:\n{}", agent.stderr.text());
+    for o in &outs {
+        let text = o["body"]["output"].as_str().unwrap_or_else(|| panic!("output without text: {o}"));
+        let (goid, metric, values) = parse_output("go", text);
+        assert_eq!(metric, "delve_order", "{text:?}");
+        let round = values[0].as_i64().unwrap_or_else(|| panic!("{{round}} is not an integer: {text:?}"));
+        let want_round = format!("round={round}");
+        let line = fixture
+            .stdout()
+            .wait_for(Duration::from_secs(5), |l| l.starts_with("process\t") && l.split('\t').any(|f| f == want_round))
+            .unwrap_or_else(|| panic!("the fixture never printed round {round}"));
+        let kv: std::collections::HashMap<&str, &str> = line.split('\t').filter_map(|f| f.split_once('=')).collect();
+        let order = kv["order"];
+        let tags = format!("[]string len: {}, cap: {}, [{}]", kv["tags.len"], kv["tags.cap"], kv["tags"]);
+        assert_eq!(goid.to_string(), kv["goid"], "the Go prefix names the goroutine: {text:?}\n printed: {line}");
+        assert_eq!(
+            values[1..],
+            [json!(format!("*{order}")), json!(tags), json!(kv["customer"]), json!(order)],
+            "\n output:  {text:?}\n printed: {line}"
+        );
+    }
 }
 
 /// Replays the real daemon's side of `tests/golden/real/agent-c.jsonl` (recorded from the

@@ -141,11 +141,7 @@ fn check(hit: &Hit, expr: &str, expect: Expect, f: &HashMap<String, String>, lin
             "[]string len: {}, cap: {}, [{}]",
             printed(f, &format!("{k}.len"), line),
             printed(f, &format!("{k}.cap"), line),
-            printed(f, &format!("{k}.lens"), line)
-                .split(',')
-                .map(|n| format!("string len: {n}"))
-                .collect::<Vec<_>>()
-                .join(",")
+            printed(f, k, line)
         ),
         Expect::Fmt(template) => {
             let mut text = template.to_string();

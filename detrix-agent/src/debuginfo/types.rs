@@ -173,6 +173,16 @@ impl Binary {
         })
     }
 
+    /// The type's own `DW_AT_name`, after typedefs and qualifiers: Go names every type the way
+    /// its source spells it (`*main.Order`, `[]string`, `[2]main.Inner`), which is how Delve
+    /// shows them. `None` for a nameless type.
+    #[must_use]
+    pub fn dwarf_type_name(&self, t: Option<TypeRef>) -> Option<String> {
+        let r = self.strip(t).ok()??;
+        let e = self.entry_of(r).ok()?;
+        self.die_name(r.unit, &e)
+    }
+
     /// A C-like spelling of a type, for messages (`struct order *`, `char[8]`).
     #[must_use]
     pub fn type_name(&self, t: Option<TypeRef>) -> String {

@@ -351,9 +351,8 @@ pub enum Expect {
     /// A Go `[]int` as Delve renders it, `[]int len: L, cap: C, [a,b]`, from the printed
     /// `<key>.len`, `<key>.cap` and comma-separated `<key>`.
     GoInts(&'static str),
-    /// A Go `[]string` as the agent renders it (element headers only),
-    /// `[]string len: L, cap: C, [string len: a,string len: b]`, from the printed `<key>.len`,
-    /// `<key>.cap` and comma-separated `<key>.lens`.
+    /// A Go `[]string` as Delve renders it, `[]string len: L, cap: C, ["a","b"]`, from the
+    /// printed `<key>.len`, `<key>.cap` and the comma-separated Go-quoted strings `<key>`.
     GoStrs(&'static str),
     /// A JSON string equal to this template with each `$key` replaced by the printed value of
     /// `key`: `{a = $a, b = $b}` for a struct.
@@ -596,27 +595,45 @@ pub fn probes(build: &FixtureBuild) -> Vec<Probe> {
                 (true, "go1.19_opt") => Error("expression `cost`: `cost` lives in DWARF register 18 (a vector/FP register), which a uprobe cannot read"),
                 (true, _) => Error("expression `cost`: `cost` lives in DWARF register 17 (a vector/FP register), which a uprobe cannot read"),
             };
-            vec![Probe {
-                name: "process",
-                printed: "process",
-                keys: &[("round", "round")],
-                copies: &[],
-                points: 1,
-                exprs: vec![
-                    ("round", Int("round")),
-                    ("gid", Int("goid")),
-                    ("o.ID", Int("id")),
-                    ("o.Qty", Int("qty")),
-                    ("o.Price", Float("price")),
-                    ("o.Rush", Bool("rush")),
-                    ("o.Customer", Text("customer")),
-                    ("name", Text("name")),
-                    ("o.Items", GoInts("items")),
-                    ("o.Tags", GoStrs("tags")),
-                    ("cost", cost),
-                    ("total", Int("total")),
-                ],
-            }]
+            vec![
+                Probe {
+                    name: "process",
+                    printed: "process",
+                    keys: &[("round", "round")],
+                    copies: &[],
+                    points: 1,
+                    exprs: vec![
+                        ("round", Int("round")),
+                        ("gid", Int("goid")),
+                        ("o.ID", Int("id")),
+                        ("o.Qty", Int("qty")),
+                        ("o.Price", Float("price")),
+                        ("o.Rush", Bool("rush")),
+                        ("o.Customer", Text("customer")),
+                        ("name", Text("name")),
+                        ("o.Items", GoInts("items")),
+                        ("o.Tags", GoStrs("tags")),
+                        ("cost", cost),
+                        ("total", Int("total")),
+                    ],
+                },
+                Probe {
+                    // The same line with the logpoint `{o} {o.Tags} {o.Customer} {*o}`, captured
+                    // alone: the whole Order as Delve shows it, pointer followed and strings copied.
+                    name: "delve",
+                    printed: "process",
+                    keys: &[("round", "round")],
+                    copies: &[],
+                    points: 1,
+                    exprs: vec![
+                        ("round", Int("round")),
+                        ("o", Fmt("*$order")),
+                        ("o.Tags", GoStrs("tags")),
+                        ("o.Customer", Text("customer")),
+                        ("*o", Text("order")),
+                    ],
+                },
+            ]
         }
     }
 }
