@@ -95,11 +95,11 @@ struct Drain {
     stop: Arc<AtomicBool>,
     events: Arc<AtomicU64>,
     decode_ns: Arc<AtomicU64>,
-    handle: Option<std::thread::JoinHandle<aya::maps::RingBuf<aya::maps::MapData>>>,
+    handle: Option<std::thread::JoinHandle<probe::EventRings>>,
 }
 
 impl Drain {
-    fn start(mut ring: aya::maps::RingBuf<aya::maps::MapData>, decoders: Vec<ValueDecoder>) -> Self {
+    fn start(mut ring: probe::EventRings, decoders: Vec<ValueDecoder>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let events = Arc::new(AtomicU64::new(0));
         let decode_ns = Arc::new(AtomicU64::new(0));
@@ -114,12 +114,13 @@ impl Drain {
                 unsafe { libc::poll(&mut pfd, 1, 10) };
                 let t = Instant::now();
                 let mut n = 0u64;
-                while let Some(item) = ring.next() {
-                    if let Some((h, data)) = probe::parse_record(&item) {
+                while ring.drain(4096, |item| {
+                    if let Some((h, data)) = probe::parse_record(item) {
                         std::hint::black_box(plan::decode(&decoders, &h, data));
                         n += 1;
                     }
-                }
+                }) > 0
+                {}
                 if n > 0 {
                     e.fetch_add(n, Ordering::Relaxed);
                     d.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -130,7 +131,7 @@ impl Drain {
         Self { stop, events, decode_ns, handle: Some(handle) }
     }
 
-    fn finish(mut self) -> aya::maps::RingBuf<aya::maps::MapData> {
+    fn finish(mut self) -> probe::EventRings {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.take().and_then(|h| h.join().ok()).expect("drain thread")
     }
@@ -166,6 +167,8 @@ fn main() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("bench: needs root (CAP_BPF/CAP_PERFMON) to attach uprobes");
     }
+    // `DETRIX_BENCH_QUICK=1`: only the agent and its floors, for iterating on the eBPF program.
+    let quick = std::env::var_os("DETRIX_BENCH_QUICK").is_some_and(|v| v == "1");
     let bin = build_fixture()?;
     let line = marker_line("/* PROBE:work */")?;
     let fx = Fixture::start(&bin)?;
@@ -199,22 +202,30 @@ fn main() -> Result<()> {
     probes.remove_noops()?;
     rows.push(ctx.capture(&mut probes, &mut ring, pplan, pp.file_offset, &format!("agent 1-int (v) @ {} placement on", pp.addr))?);
     drop(probes);
+    if std::env::var_os("DETRIX_BENCH_WAKE").is_some() {
+        for wb in [detrix_common::DEFAULT_WAKEUP_BYTES, 1 << 40, detrix_common::DEFAULT_WAKEUP_BYTES, 1 << 40] {
+            let (mut p2, r2) = Probes::load(LoadOptions { wakeup_bytes: wb, ..LoadOptions::default() })?;
+            let mut r2 = Some(r2);
+            rows.push(ctx.capture(&mut p2, &mut r2, pplan, pp.file_offset, &format!("wake {wb}"))?);
+        }
+    }
     {
-        let (mut eager, ring2) = Probes::load(LoadOptions { wakeup_every: 0, ..LoadOptions::default() })?;
+        let (mut eager, ring2) = Probes::load(LoadOptions { wakeup_bytes: 0, ..LoadOptions::default() })?;
         let mut ring2 = Some(ring2);
         rows.push(ctx.capture(&mut eager, &mut ring2, pplan, pp.file_offset, &format!("agent 1-int (v) @ {} placement on, wakeup per event", pp.addr))?);
     }
     let asleep = fx.measure()?;
     rows.push(Row { name: "asleep (all probes detached)".into(), ns_per_call: asleep, note: format!("ratio to never attached {:.3}", asleep / base) });
 
-    let lldb = lldb_logpoint(pid, &workspace().join("tests/fixtures/c/bench_loop.c"), line, &fx);
+    let lldb = if quick { Err(anyhow::anyhow!("skipped (DETRIX_BENCH_QUICK=1)")) } else { lldb_logpoint(pid, &workspace().join("tests/fixtures/c/bench_loop.c"), line, &fx) };
     match lldb {
         Ok(ns) => rows.push(Row { name: "lldb-dap-22 logpoint {v} (C)".into(), ns_per_call: ns, note: String::new() }),
         Err(e) => rows.push(Row { name: "lldb-dap-22 logpoint {v} (C)".into(), ns_per_call: f64::NAN, note: format!("not measured: {e:#}") }),
     }
 
     drop(fx);
-    let go_rows = go_section().unwrap_or_else(|e| vec![Row { name: "Go section".into(), ns_per_call: f64::NAN, note: format!("not measured: {e:#}") }]);
+    let go_rows = if quick { Err(anyhow::anyhow!("skipped (DETRIX_BENCH_QUICK=1)")) } else { go_section() };
+    let go_rows = go_rows.unwrap_or_else(|e| vec![Row { name: "Go section".into(), ns_per_call: f64::NAN, note: format!("not measured: {e:#}") }]);
 
     let floor = rows[1].ns_per_call - base;
     let placed_floor = rows[4].ns_per_call - base;
@@ -313,7 +324,7 @@ impl Ctx<'_> {
     fn capture(
         &self,
         probes: &mut Probes,
-        ring: &mut Option<aya::maps::RingBuf<aya::maps::MapData>>,
+        ring: &mut Option<probe::EventRings>,
         plan: &plan::BuiltPlan,
         offset: detrix_agent::debuginfo::FileOffset,
         label: &str,

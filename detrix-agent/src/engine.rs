@@ -403,7 +403,7 @@ impl std::fmt::Debug for Engine {
 
 /// Reads and decodes hits.
 pub struct HitReader {
-    ring: AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>,
+    ring: AsyncFd<probe::EventRings>,
     slots: SlotTable,
     symbolizer: Symbolizer,
     flush: tokio::time::Interval,
@@ -640,16 +640,15 @@ impl HitReader {
     }
 }
 
-fn decode_all(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, slots: &SlotTable, sym: &Symbolizer) -> Vec<Hit> {
+fn decode_all(ring: &mut probe::EventRings, slots: &SlotTable, sym: &Symbolizer) -> Vec<Hit> {
     let table = slots.lock().unwrap_or_else(PoisonError::into_inner);
     let mut out = Vec::new();
     // Bounded: a hot probe refills the ring as fast as it is read, and an unbounded drain would
     // never return to the caller's loop (signals, the CPU breaker, DAP requests).
-    while out.len() < MAX_BATCH {
-        let Some(item) = ring.next() else { break };
-        let Some((h, data)) = probe::parse_record(&item) else { continue };
+    ring.drain(MAX_BATCH, |item| {
+        let Some((h, data)) = probe::parse_record(item) else { return };
         // A record for a probe retired long ago is dropped here: its logpoint is gone.
-        let Some(info) = table.get(&h.probe_id) else { continue };
+        let Some(info) = table.get(&h.probe_id) else { return };
         let decoded = plan::decode(&info.values, &h, data);
         let mut hit = Hit { logpoint: info.logpoint, pid: h.pid, tid: h.tid, goid: h.goid, ktime_ns: h.ktime_ns, values: Vec::new(), stack: Vec::new(), locals: Vec::new() };
         for (d, v) in info.values.iter().zip(decoded) {
@@ -665,7 +664,9 @@ fn decode_all(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, slots: &SlotTab
             hit.locals.push((name.clone(), Value::Error(why.clone())));
         }
         out.push(hit);
-    }
+    });
+    // Each CPU's ring is in time order; a thread that moved between CPUs is put back in order.
+    out.sort_by_key(|h| h.ktime_ns);
     out
 }
 

@@ -14,7 +14,7 @@
 
 /// Version of every layout in this crate. Bump on any change; the agent checks that the
 /// embedded eBPF object was built with the same number.
-pub const PLAN_ABI: u32 = 2;
+pub const PLAN_ABI: u32 = 3;
 
 /// Maximum number of probes (plan slots) one loaded program serves.
 pub const MAX_PROBES: u32 = 512;
@@ -311,13 +311,15 @@ pub struct RateState {
     pub tat_ns: u64,
 }
 
-/// Ring-buffer wakeup policy, set by the agent before load (a global in the object): force a
-/// wakeup every this many events per CPU, submit the others with `BPF_RB_NO_WAKEUP`.
+/// Wakeup policy, set by the agent before load (a global in the object): the program rings the
+/// doorbell when a CPU's backlog of unread events grows past this many bytes, once per
+/// crossing; the agent's flush timer collects everything else. 0 = ring for every event.
 ///
-/// Why: a wakeup costs 0.5–4.5 µs per event here (toolchain.md §8); a hot probe then pays it
-/// once per batch, while the agent's flush timer bounds the latency of the others.
-/// 0 = the kernel's default (wake whenever the reader has caught up).
-pub const DEFAULT_WAKEUP_EVERY: u64 = 64;
+/// Why so rarely: a wakeup costs 3–7 µs here (toolchain.md §8; `cargo xtask bench`, "wakeup
+/// per event"); even one per 64 events added ~100 ns to every hit, more than the rest of the
+/// program. A quarter of the ring leaves room for three more quarters to arrive before the
+/// agent, woken, has drained it.
+pub const DEFAULT_WAKEUP_BYTES: u64 = (CPU_RING_BYTES / 4) as u64;
 
 /// Length and flags of one captured value inside [`Event::data`].
 #[repr(C)]
@@ -349,7 +351,8 @@ pub struct EventHeader {
     pub n_values: u32,
     pub values: [ValueMeta; MAX_VALUES],
 }
-/// Size of [`EventHeader`] in bytes: a record is this plus `Plan::data_len`.
+/// Size of [`EventHeader`], the header as the agent hands it on: the [`WireHeader`] fields and
+/// every value's [`ValueMeta`]. (On the wire the metas follow the data; see [`WireHeader`].)
 pub const EVENT_HEADER_BYTES: usize = 104;
 const _: () = assert!(core::mem::size_of::<EventHeader>() == EVENT_HEADER_BYTES);
 const _: () = assert!(core::mem::offset_of!(EventHeader, ktime_ns) == 16);
@@ -357,16 +360,105 @@ const _: () = assert!(core::mem::offset_of!(EventHeader, goid) == 24);
 const _: () = assert!(core::mem::offset_of!(EventHeader, flags) == 32);
 const _: () = assert!(core::mem::offset_of!(EventHeader, values) == 40);
 
-/// A whole event as built in the per-CPU scratch map. `data` has [`MAX_COPY_BYTES`] of slack
+/// Fixed part of every record, as the program writes it: the [`EventHeader`] fields without the
+/// metas. A record is this header, then the data (`Plan::data_len` bytes, padded to
+/// [`meta_offset`]), then `n_values` [`ValueMeta`]s (padded to 8 bytes).
+///
+/// Why the metas go last and only `n_values` of them: a 1-int event is then 64 bytes with its
+/// ring prefix, one cache line, instead of 120 with sixteen metas mostly unused; the program
+/// writes less per hit and a ring holds twice the events.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct WireHeader {
+    pub abi: u32,
+    pub probe_id: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub ktime_ns: u64,
+    pub goid: u64,
+    pub flags: u32,
+    pub n_values: u32,
+}
+/// Size of [`WireHeader`].
+pub const WIRE_HEADER_BYTES: usize = 40;
+const _: () = assert!(core::mem::size_of::<WireHeader>() == WIRE_HEADER_BYTES);
+const _: () = assert!(core::mem::offset_of!(WireHeader, n_values) == core::mem::offset_of!(EventHeader, n_values));
+
+/// Where the metas start in a record's data area, for a plan with `data_len` bytes of values.
+#[must_use]
+pub const fn meta_offset(data_len: usize) -> usize {
+    (data_len + 7) & !7
+}
+
+/// Bytes the metas of `n_values` values take at the end of a record.
+#[must_use]
+pub const fn metas_bytes(n_values: usize) -> usize {
+    (4 * n_values + 7) & !7
+}
+
+/// A whole event as built in place in a [`CpuRing`]. `data` has [`MAX_COPY_BYTES`] of slack
 /// past [`EVENT_DATA_BYTES`] so the verifier can prove `dst + len` in bounds from the two
-/// separate masks; the agent never places data there.
+/// separate masks, and room there for the metas after a full data area.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Event {
-    pub header: EventHeader,
+    pub header: WireHeader,
     pub data: [u8; EVENT_DATA_BYTES + MAX_COPY_BYTES],
 }
-const _: () = assert!(core::mem::offset_of!(Event, data) == EVENT_HEADER_BYTES);
+const _: () = assert!(core::mem::offset_of!(Event, data) == WIRE_HEADER_BYTES);
+const _: () = assert!(MAX_COPY_BYTES >= metas_bytes(MAX_VALUES));
+
+/// Bytes of record space in each CPU's [`CpuRing`] (a power of two: positions are masked).
+pub const CPU_RING_BYTES: usize = 1 << 19;
+/// Bytes of a record's prefix in a [`CpuRing`]: the length of the [`Event`] bytes that follow.
+pub const RECORD_PREFIX_BYTES: usize = 8;
+/// Room past [`CPU_RING_BYTES`] so a record that starts near the end can be written (and read)
+/// whole, without wrapping: the largest record is the prefix plus a whole [`Event`]. Sized so
+/// the ring is a whole number of pages.
+pub const CPU_RING_SLACK: usize = 8192 - 128;
+const _: () = assert!(CPU_RING_SLACK >= RECORD_PREFIX_BYTES + core::mem::size_of::<Event>());
+
+/// One CPU's event ring: a single-producer, single-consumer queue in a `BPF_F_MMAPABLE` array
+/// map that the agent maps into its address space.
+///
+/// Why not `BPF_MAP_TYPE_RINGBUF` for every event: its reserve takes a spinlock with
+/// interrupts off and copies the record, which measured here (`cargo xtask bench`, a
+/// virtualized CPU with Safe-RET) at ~270 ns per event — a third of the whole uprobe. Here the
+/// program builds the event **in place** at `head`, publishes it with one atomic add, and
+/// the ring buffer map is kept only as a doorbell that wakes the agent when the backlog passes
+/// [`DEFAULT_WAKEUP_BYTES`].
+///
+/// Protocol. Producer (the program on this CPU; `busy` keeps a second run on the same CPU —
+/// possible only on a preemptible kernel — out): if `head + len - tail > CPU_RING_BYTES` the
+/// hit is dropped (counted); else it writes the record at `data[head % CPU_RING_BYTES..]`
+/// (prefix: `len` as u64, then the [`Event`] bytes) and adds the record's rounded length to
+/// `head`. Consumer (the agent): reads `head`, reads every record from `tail` to it, then
+/// stores `tail`. `head` and `tail` only grow; they live on separate cache lines.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CpuRing {
+    /// Bytes ever published (producer-owned).
+    pub head: u64,
+    /// Nonzero while a program run owns this ring.
+    pub busy: u64,
+    pub _pad0: [u64; 6],
+    /// Bytes ever consumed (consumer-owned).
+    pub tail: u64,
+    pub _pad1: [u64; 7],
+    pub data: [u8; CPU_RING_BYTES + CPU_RING_SLACK],
+}
+/// Offset of [`CpuRing::data`].
+pub const CPU_RING_DATA_OFFSET: usize = 128;
+const _: () = assert!(core::mem::offset_of!(CpuRing, head) == 0);
+const _: () = assert!(core::mem::offset_of!(CpuRing, tail) == 64);
+const _: () = assert!(core::mem::offset_of!(CpuRing, data) == CPU_RING_DATA_OFFSET);
+const _: () = assert!(core::mem::size_of::<CpuRing>().is_multiple_of(4096));
+
+/// Length of a record holding `event_bytes` of [`Event`], as it advances `head`: 8-byte aligned.
+#[must_use]
+pub const fn record_span(event_bytes: usize) -> usize {
+    (RECORD_PREFIX_BYTES + event_bytes + 7) & !7
+}
 
 /// Exact per-probe counters, one copy per CPU (summed by the agent).
 ///

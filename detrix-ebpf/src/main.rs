@@ -4,18 +4,23 @@
 //! attaches this same program at every probe address with a different cookie.
 //!
 //! Order of work (design.md §4): count the hit → plan by cookie → process filter → rate limit
-//! (here when the plan has no condition) → header → ops → condition → rate limit (here when it
-//! has one, so hits the condition rejects never spend tokens meant for the ones it wants) →
-//! output (count a drop if the ring is full) → add the time spent. Every early exit bumps its
-//! own counter, so `hits` always equals the sum of the outcomes.
+//! (here when the plan has no condition) → room in this CPU's ring (count a drop if full) →
+//! header and ops, written in place in the ring → condition → rate limit (here when it has
+//! one, so hits the condition rejects never spend tokens meant for the ones it wants) →
+//! publish (or leave unpublished) → doorbell every few events → add the time spent. Every
+//! early exit bumps its own counter, so `hits` always equals the sum of the outcomes.
 #![no_std]
 #![no_main]
+// The BPF target has no compare-and-swap in core's atomics, but the instructions exist (BPF
+// v3): the intrinsics reach them.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_F_MMAPABLE, BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP},
     cty::c_void,
     helpers::{
-        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
         generated::{bpf_get_stack, bpf_loop, bpf_probe_read_user, bpf_probe_read_user_str},
     },
     macros::{map, uprobe},
@@ -24,10 +29,12 @@ use aya_ebpf::{
     EbpfContext,
 };
 use detrix_common::{
-    cond, event_flags, f64_key, op, value_flags, Condition, Counters, Event, Plan, RateState,
-    COND_STR_BYTES, EVENT_DATA_BYTES, EVENT_HEADER_BYTES, MAX_COPY_BYTES, MAX_OPS, MAX_PROBES,
-    MAX_VALUES, PLAN_ABI, PT_REGS_COUNT,
+    cond, event_flags, f64_key, meta_offset, metas_bytes, op, record_span, value_flags, Condition,
+    Counters, CpuRing, Event, Plan, RateState, ValueMeta, COND_STR_BYTES, CPU_RING_BYTES,
+    EVENT_DATA_BYTES, MAX_COPY_BYTES, MAX_OPS, MAX_PROBES, MAX_VALUES, PLAN_ABI, PT_REGS_COUNT,
+    RECORD_PREFIX_BYTES, WIRE_HEADER_BYTES,
 };
+use core::intrinsics::{atomic_xadd, atomic_xchg, AtomicOrdering};
 
 /// Plans by slot; the slot is the uprobe's cookie.
 #[map]
@@ -37,14 +44,15 @@ static PLANS: Array<Plan> = Array::with_max_entries(MAX_PROBES, 0);
 #[map]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_PROBES, 0);
 
-/// One event under construction per CPU: too large for the 512-byte BPF stack, and built here
-/// so only the bytes the plan uses are copied into the ring.
+/// Events, one ring per CPU, mapped by the agent (see [`CpuRing`] for why and the protocol).
+/// The agent sets the number of entries to the number of possible CPUs before load.
 #[map]
-static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+static RINGS: Array<CpuRing> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
-/// Records to user space. The agent may resize it before load.
+/// The doorbell: an 8-byte record when a CPU's backlog passes `WAKEUP_BYTES` wakes the agent,
+/// which then drains [`RINGS`]. The agent may resize it before load.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 16, 0);
 
 /// Rate-limiter state per slot, shared by all CPUs so a probe's rate is its total whatever
 /// CPU its hits land on. Updates race between CPUs hitting the same probe at the same moment
@@ -52,18 +60,10 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 static RATE: Array<RateState> = Array::with_max_entries(MAX_PROBES, 0);
 
-/// Force a wakeup every this many events per CPU; the others are submitted without one and
-/// the agent's flush timer collects them. 0 = the kernel's default wakeup. Set before load.
-///
-/// Why a per-CPU count and not `bpf_ringbuf_query(BPF_RB_AVAIL_DATA)`: the query reads the
-/// consumer position the agent keeps writing from another core; measured here, that cache
-/// line cost more per event than the wakeup it saved.
+/// Ring the doorbell when this CPU's backlog crosses this many bytes (see
+/// `detrix_common::DEFAULT_WAKEUP_BYTES` for why); 0 = for every event. Set before load.
 #[unsafe(no_mangle)]
-static WAKEUP_EVERY: u64 = 0;
-
-/// Events submitted without a wakeup since the last forced one, per CPU.
-#[map]
-static PENDING: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static WAKEUP_BYTES: u64 = 0;
 
 #[uprobe]
 pub fn detrix_capture(ctx: ProbeContext) -> u32 {
@@ -113,16 +113,76 @@ fn capture(ctx: &ProbeContext) {
         counters.rate_limited += 1;
         return;
     }
-    let Some(ev) = SCRATCH.get_ptr_mut(0) else {
+    // SAFETY: no memory arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(ring) = RINGS.get_ptr_mut(cpu) else {
+        counters.dropped_ring_full += 1;
         return;
     };
-    // SAFETY: per-CPU scratch value; nothing else runs on this CPU during the program.
-    let ev = unsafe { &mut *ev };
+    // SAFETY: an aligned u64 inside a map value valid for this run, accessed atomically by
+    // every run.
+    let busy = unsafe { core::ptr::addr_of_mut!((*ring).busy) };
+    // SAFETY: as above.
+    if unsafe { atomic_xchg::<u64, { AtomicOrdering::Acquire }>(busy, 1) } != 0 {
+        // Another run on this CPU (this one preempted it) owns the ring: drop, counted.
+        counters.dropped_ring_full += 1;
+        counters.bpf_ns += elapsed(start);
+        return;
+    }
+    // SAFETY: `busy` makes this run the ring's only writer until it is released.
+    fill(ctx, plan, counters, unsafe { &mut *ring }, cpu, cookie, slot, tgid, pid_tgid as u32, start, has_cond);
+    // SAFETY: as above.
+    unsafe { atomic_xchg::<u64, { AtomicOrdering::Release }>(busy, 0) };
+    counters.bpf_ns += elapsed(start);
+}
+
+/// Builds the event in place at the ring's head and publishes it, or counts why not.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn fill(
+    ctx: &ProbeContext,
+    plan: &Plan,
+    counters: &mut Counters,
+    ring: &mut CpuRing,
+    cpu: u32,
+    cookie: u32,
+    slot: u32,
+    tgid: u32,
+    tid: u32,
+    start: u64,
+    has_cond: bool,
+) {
+    let mut data_len = plan.data_len as usize;
+    if data_len > EVENT_DATA_BYTES {
+        data_len = EVENT_DATA_BYTES;
+    }
+    let mut n_values = plan.n_values as usize;
+    if n_values > MAX_VALUES {
+        n_values = MAX_VALUES;
+    }
+    let meta_off = meta_offset(data_len);
+    let event_len = WIRE_HEADER_BYTES + meta_off + metas_bytes(n_values);
+    let span = record_span(event_len) as u64;
+    // SAFETY: plain reads of ring words; `tail` is written by the agent from another CPU, and
+    // a stale value only makes the ring look fuller than it is.
+    let (head, tail) = unsafe { (core::ptr::read_volatile(&ring.head), core::ptr::read_volatile(&ring.tail)) };
+    if head.wrapping_sub(tail).wrapping_add(span) > CPU_RING_BYTES as u64 {
+        counters.dropped_ring_full += 1;
+        return;
+    }
+    let pos = (head as usize) & (CPU_RING_BYTES - 1);
+    // SAFETY: pos < CPU_RING_BYTES and the ring has CPU_RING_SLACK ≥ prefix + Event bytes past
+    // that; the record's prefix is 8-byte aligned because `head` only grows by spans.
+    let ev = unsafe {
+        let rec = ring.data.as_mut_ptr().add(pos);
+        core::ptr::write_volatile(rec.cast::<u64>(), event_len as u64);
+        &mut *rec.add(RECORD_PREFIX_BYTES).cast::<Event>()
+    };
     let h = &mut ev.header;
     h.abi = PLAN_ABI;
     h.probe_id = cookie;
     h.pid = tgid;
-    h.tid = pid_tgid as u32;
+    h.tid = tid;
     h.ktime_ns = start;
     h.goid = 0;
     if plan.goid_offset != 0 {
@@ -140,34 +200,26 @@ fn capture(ctx: &ProbeContext) {
         }
     }
     h.flags = 0;
-    h.n_values = plan.n_values;
-    let mut v = 0;
-    while v < MAX_VALUES {
-        h.values[v].len = 0;
-        h.values[v].flags = value_flags::OK;
-        v += 1;
+    h.n_values = n_values as u32;
+    if n_values <= 2 {
+        // The common case inline: one word holds both metas (and the padding after one).
+        // SAFETY: the metas area is 8-byte aligned, ≤ EVENT_DATA_BYTES + 64 into `data`.
+        unsafe { core::ptr::write((meta(ev, meta_off, 0) as *mut ValueMeta).cast::<u64>(), OK_PAIR) };
+    } else {
+        init_metas(ev, meta_off, n_values);
     }
 
-    // SAFETY: uprobe ctx points at the user registers saved on entry.
-    let r = unsafe { &*ctx.regs };
-    let regs: [u64; PT_REGS_COUNT] = [
-        r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx,
-        r.rsi, r.rdi, r.orig_rax, r.rip, r.cs, r.eflags, r.rsp, r.ss,
-    ];
-
-    let mut faulted = run_ops(slot, plan.n_ops, &regs);
-    if plan.stack.len != 0 && capture_stack(ctx, plan, ev) {
+    let mut faulted = run_ops(ctx, slot, plan.n_ops, cpu, pos as u32, meta_off as u32);
+    if plan.stack.len != 0 && capture_stack(ctx, plan, ev, meta_off) {
         faulted = true;
     }
     if has_cond {
-        if !condition_holds(&plan.cond, ev) {
+        if !condition_holds(&plan.cond, ev, meta_off) {
             counters.condition_false += 1;
-            counters.bpf_ns += elapsed(start);
             return;
         }
         if !take_token(plan, slot, start) {
             counters.rate_limited += 1;
-            counters.bpf_ns += elapsed(start);
             return;
         }
     }
@@ -175,35 +227,21 @@ fn capture(ctx: &ProbeContext) {
         ev.header.flags |= event_flags::READ_FAULT;
         counters.read_faults += 1;
     }
+    // Publish: the record's bytes are all written; an atomic add orders them before the new
+    // head (a full barrier on x86) for the agent reading on another CPU.
+    // SAFETY: an aligned u64 inside the map value.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Release }>(core::ptr::addr_of_mut!(ring.head), span) };
+    counters.emitted += 1;
 
-    let mut data_len = plan.data_len as usize;
-    if data_len > EVENT_DATA_BYTES {
-        data_len = EVENT_DATA_BYTES;
-    }
-    let len = EVENT_HEADER_BYTES + data_len;
-    // SAFETY: `ev` is `size_of::<Event>()` bytes and `len` ≤ header + EVENT_DATA_BYTES < that.
-    let bytes = unsafe { core::slice::from_raw_parts((ev as *const Event).cast::<u8>(), len) };
     // SAFETY: a plain read of a global the loader may have rewritten before load.
-    let every = unsafe { core::ptr::read_volatile(&WAKEUP_EVERY) };
-    let mut flags = 0;
-    if every != 0 {
-        if let Some(p) = PENDING.get_ptr_mut(0) {
-            // SAFETY: per-CPU map value, this CPU only.
-            let p = unsafe { &mut *p };
-            *p += 1;
-            if *p >= every {
-                *p = 0;
-                flags = u64::from(BPF_RB_FORCE_WAKEUP);
-            } else {
-                flags = u64::from(BPF_RB_NO_WAKEUP);
-            }
-        }
+    let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
+    let backlog = head.wrapping_sub(tail);
+    // Once per crossing: while the agent has not drained, the backlog stays above and later
+    // events do not ring again.
+    if threshold == 0 || (backlog < threshold && backlog + span >= threshold) {
+        // A lost doorbell (its ring full) only delays delivery to the next flush.
+        let _ = EVENTS.output::<u64>(&head, u64::from(BPF_RB_FORCE_WAKEUP));
     }
-    match EVENTS.output::<[u8]>(bytes, flags) {
-        Ok(()) => counters.emitted += 1,
-        Err(_) => counters.dropped_ring_full += 1,
-    }
-    counters.bpf_ns += elapsed(start);
 }
 
 /// `(dst, len)` of a copy, masked and clamped so the verifier sees `dst < EVENT_DATA_BYTES`
@@ -218,18 +256,48 @@ fn copy_bounds(dst: u16, len: u16) -> (usize, usize) {
     (dst, n)
 }
 
+/// Sets every meta to `{len: 0, flags: OK}`, two per 8-byte word (an odd last one fills the
+/// padding). A function of its own: inlined, its stores pushed the program past LLVM's BPF
+/// stack limit.
+#[inline(never)]
+fn init_metas(ev: &mut Event, meta_off: usize, n_values: usize) {
+    let ok_pair = OK_PAIR;
+    let words = n_values.div_ceil(2);
+    let metas = (meta(ev, meta_off, 0) as *mut ValueMeta).cast::<u64>();
+    let mut k = 0;
+    while k < MAX_VALUES / 2 {
+        if k < words {
+            // SAFETY: within the metas area (≤ EVENT_DATA_BYTES + 64 into `data`).
+            unsafe { core::ptr::write_unaligned(metas.add(k), ok_pair) };
+        }
+        k += 1;
+    }
+}
+
+/// Two metas `{len: 0, flags: OK}` in one little-endian word.
+const OK_PAIR: u64 = (value_flags::OK as u64) << 16 | (value_flags::OK as u64) << 48;
+
+/// Value `vi`'s meta, in the record after the data (see `detrix_common::WireHeader`).
+#[inline(always)]
+fn meta(ev: &mut Event, meta_off: usize, vi: usize) -> &mut ValueMeta {
+    let off = if meta_off > EVENT_DATA_BYTES { EVENT_DATA_BYTES } else { meta_off };
+    let at = (off & (2 * EVENT_DATA_BYTES - 1)) + (vi & (MAX_VALUES - 1)) * 4;
+    // SAFETY: at ≤ EVENT_DATA_BYTES + 60, and `data` has MAX_COPY_BYTES of slack past that.
+    unsafe { &mut *ev.data.as_mut_ptr().add(at).cast::<ValueMeta>() }
+}
+
 /// Copies the user stack's return addresses; returns whether it failed.
 #[inline(always)]
-fn capture_stack(ctx: &ProbeContext, plan: &Plan, ev: &mut Event) -> bool {
+fn capture_stack(ctx: &ProbeContext, plan: &Plan, ev: &mut Event, meta_off: usize) -> bool {
     let vi = (plan.stack.value as usize) & (MAX_VALUES - 1);
     let (dst, n) = copy_bounds(plan.stack.dst, plan.stack.len);
     // SAFETY: dst < EVENT_DATA_BYTES and n ≤ MAX_COPY_BYTES, within `data`'s slack.
     let rc = unsafe { bpf_get_stack(ctx.as_ptr(), ev.data.as_mut_ptr().add(dst).cast::<c_void>(), n as u32, u64::from(BPF_F_USER_STACK)) };
     if rc < 0 {
-        ev.header.values[vi].flags = value_flags::READ_FAULT;
+        meta(ev, meta_off, vi).flags = value_flags::READ_FAULT;
         true
     } else {
-        ev.header.values[vi].len = rc as u16;
+        meta(ev, meta_off, vi).len = rc as u16;
         false
     }
 }
@@ -269,9 +337,9 @@ fn take_token(plan: &Plan, slot: u32, now: u64) -> bool {
 /// Evaluates the plan's condition on the captured bytes. A value that could not be read
 /// passes, so the user sees the read error instead of silence.
 #[inline(always)]
-fn condition_holds(c: &Condition, ev: &Event) -> bool {
+fn condition_holds(c: &Condition, ev: &mut Event, meta_off: usize) -> bool {
     let vi = (c.value as usize) & (MAX_VALUES - 1);
-    let meta = ev.header.values[vi];
+    let meta = *meta(ev, meta_off, vi);
     if meta.flags & value_flags::READ_FAULT != 0 {
         return true;
     }
@@ -336,7 +404,11 @@ fn cmp_u64(a: u64, b: u64) -> i32 {
 #[repr(C)]
 struct Interp {
     slot: u32,
-    _pad: u32,
+    cpu: u32,
+    /// Where this run's record starts in the CPU's ring.
+    pos: u32,
+    /// Where the metas start in the record's data area.
+    meta_off: u32,
     acc: u64,
     count: u64,
     /// Bit per value that faulted: its remaining ops are skipped.
@@ -354,8 +426,24 @@ struct Interp {
 /// a bounded loop (≈ 1 s of load time at 48 ops, and over its 1 M-instruction limit as soon as
 /// one more op kind is added); a `bpf_loop` callback is verified once.
 #[inline(always)]
-fn run_ops(slot: u32, n_ops: u32, regs: &[u64; PT_REGS_COUNT]) -> bool {
-    let mut st = Interp { slot, _pad: 0, acc: 0, count: 0, bad: 0, done: 0, skip_to: 0, regs: *regs };
+fn run_ops(ctx: &ProbeContext, slot: u32, n_ops: u32, cpu: u32, pos: u32, meta_off: u32) -> bool {
+    // SAFETY: uprobe ctx points at the user registers saved on entry.
+    let r = unsafe { &*ctx.regs };
+    let mut st = Interp {
+        slot,
+        cpu,
+        pos,
+        meta_off,
+        acc: 0,
+        count: 0,
+        bad: 0,
+        done: 0,
+        skip_to: 0,
+        regs: [
+            r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx,
+            r.rsi, r.rdi, r.orig_rax, r.rip, r.cs, r.eflags, r.rsp, r.ss,
+        ],
+    };
     let n = if n_ops as usize > MAX_OPS { MAX_OPS as u32 } else { n_ops };
     // SAFETY: `step` has the callback signature bpf_loop expects; `st` outlives the call.
     unsafe { bpf_loop(n, step as *mut c_void, (&mut st as *mut Interp).cast::<c_void>(), 0) };
@@ -368,15 +456,17 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: ctx is the `Interp` run_ops passed to bpf_loop.
     let st = unsafe { &mut *ctx.cast::<Interp>() };
     let Some(plan) = PLANS.get(st.slot) else { return 1 };
-    let Some(ev) = SCRATCH.get_ptr_mut(0) else { return 1 };
-    // SAFETY: per-CPU scratch value; nothing else runs on this CPU during the program.
-    let ev = unsafe { &mut *ev };
+    let Some(ring) = RINGS.get_ptr_mut(st.cpu) else { return 1 };
+    // SAFETY: the ring this run owns (`busy`); the record at `pos` is the one being built, and
+    // the ring's slack holds a whole Event past any masked position.
+    let ev = unsafe { &mut *(*ring).data.as_mut_ptr().add((st.pos as usize) & (CPU_RING_BYTES - 1)).add(RECORD_PREFIX_BYTES).cast::<Event>() };
     let i = index as usize;
     if i >= MAX_OPS || i >= plan.n_ops as usize {
         return 1;
     }
     let o = &plan.ops[i];
     let vi = (o.value as usize) & (MAX_VALUES - 1);
+    let mo = st.meta_off as usize;
     if (st.bad | st.done) & (1 << vi) != 0 || index < st.skip_to {
         return 0;
     }
@@ -420,7 +510,7 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
                 }
                 k += 1;
             }
-            ev.header.values[vi].len = n as u16;
+            meta(ev, mo, vi).len = n as u16;
         }
         op::EMIT_MEM => {
             let (dst, n) = copy_bounds(o.dst, o.len);
@@ -431,7 +521,7 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
             if rc < 0 {
                 fault = true;
             } else {
-                ev.header.values[vi].len = n as u16;
+                meta(ev, mo, vi).len = n as u16;
             }
         }
         op::HDR => {
@@ -454,7 +544,7 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
             if st.count < n as u64 {
                 n = st.count as usize;
             } else if st.count > n as u64 {
-                ev.header.values[vi].flags |= value_flags::TRUNCATED;
+                meta(ev, mo, vi).flags |= value_flags::TRUNCATED;
                 ev.header.flags |= event_flags::TRUNCATED;
             }
             let n = n & (2 * MAX_COPY_BYTES - 1);
@@ -468,7 +558,7 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
             if rc < 0 {
                 fault = true;
             } else {
-                ev.header.values[vi].len = n as u16;
+                meta(ev, mo, vi).len = n as u16;
             }
         }
         op::EMIT_STR => {
@@ -482,17 +572,17 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
             } else {
                 let got = rc as usize; // includes the NUL
                 if got >= n {
-                    ev.header.values[vi].flags |= value_flags::TRUNCATED;
+                    meta(ev, mo, vi).flags |= value_flags::TRUNCATED;
                     ev.header.flags |= event_flags::TRUNCATED;
                 }
-                ev.header.values[vi].len = if got > 0 { (got - 1) as u16 } else { 0 };
+                meta(ev, mo, vi).len = if got > 0 { (got - 1) as u16 } else { 0 };
             }
         }
         _ => fault = true,
     }
     if fault {
         st.bad |= 1 << vi;
-        ev.header.values[vi].flags = value_flags::READ_FAULT;
+        meta(ev, mo, vi).flags = value_flags::READ_FAULT;
     }
     0
 }
