@@ -296,6 +296,15 @@ impl Builder<'_> {
                 let bias = if self.bin.is_dyn { self.opts.load_bias } else { 0 };
                 Place::Mem(vec![mk(op::CONST, 0, 0, offset.wrapping_add(bias as i64))])
             }
+            Location::Indirect { base, at, offset } => {
+                let mut ops = match self.place_of(&Location::Memory { base: *base, offset: *at }, name)? {
+                    Place::Mem(ops) => ops,
+                    _ => return Err(self.type_err(format!("`{name}`: an indirect location that is not in memory"))),
+                };
+                ops.push(mk(op::DEREF, 0, 8, 0));
+                ops.push(mk(op::ADD, 0, 0, *offset));
+                Place::Mem(ops)
+            }
             Location::Computed { reg: Some(r), offset } => {
                 let reg = pt_regs::from_dwarf(*r).ok_or_else(|| {
                     self.type_err(format!("`{name}` is computed from DWARF register {r}, which a uprobe cannot read"))

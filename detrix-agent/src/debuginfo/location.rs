@@ -1,8 +1,10 @@
 //! DWARF location expressions → where a value lives at one PC, in terms a plan can read.
 //!
 //! Only the subset a plan can express is accepted: a register, or memory at
-//! (register | absolute address | CFA) + constant. Everything else is refused by name
-//! (`DW_OP_piece`, `DW_OP_entry_value`, …) rather than approximated.
+//! (register | absolute address | CFA) + constant, possibly through one pointer loaded from
+//! such an address (`DW_OP_deref`: Rust keeps an async fn's locals in its state machine, behind
+//! a pointer). Everything else is refused by name (`DW_OP_entry_value`, …) rather than
+//! approximated.
 
 use gimli::constants as dw;
 use gimli::UnwindSection as _;
@@ -25,6 +27,9 @@ pub enum Location {
     Register { dwarf_reg: u16 },
     /// The value is in memory at `base + offset`.
     Memory { base: AddrBase, offset: i64 },
+    /// The value is in memory at `*(base + at) + offset`: its address is a pointer stored at
+    /// `base + at` (`DW_OP_deref`).
+    Indirect { base: AddrBase, at: i64, offset: i64 },
     /// The value itself is computed (`DW_OP_stack_value`): a register plus a constant, or a
     /// constant (`reg: None`). Optimised code describes `i + 1` or a folded constant this way.
     Computed { reg: Option<u16>, offset: i64 },
@@ -39,6 +44,21 @@ pub enum Location {
 struct AddrValue {
     base: AddrBase,
     offset: i64,
+    /// `Some(at)`: the address is `*(base + at) + offset` (after a `DW_OP_deref`).
+    deref: Option<i64>,
+}
+
+impl AddrValue {
+    fn plain(base: AddrBase, offset: i64) -> Self {
+        Self { base, offset, deref: None }
+    }
+
+    fn location(self) -> Location {
+        match self.deref {
+            None => Location::Memory { base: self.base, offset: self.offset },
+            Some(at) => Location::Indirect { base: self.base, at, offset: self.offset },
+        }
+    }
 }
 
 impl Binary {
@@ -48,14 +68,14 @@ impl Binary {
         if let Some((section, bases)) = &self.debug_frame {
             if let Ok(row) = gimli::UnwindSection::unwind_info_for_address(section, bases, &mut ctx, pc, gimli::DebugFrame::cie_from_offset) {
                 if let gimli::CfaRule::RegisterAndOffset { register, offset } = row.cfa() {
-                    return Ok(AddrValue { base: AddrBase::Register(register.0), offset: *offset });
+                    return Ok(AddrValue::plain(AddrBase::Register(register.0), *offset));
                 }
             }
         }
         if let Some((section, bases)) = &self.eh_frame {
             if let Ok(row) = gimli::UnwindSection::unwind_info_for_address(section, bases, &mut ctx, pc, gimli::EhFrame::cie_from_offset) {
                 if let gimli::CfaRule::RegisterAndOffset { register, offset } = row.cfa() {
-                    return Ok(AddrValue { base: AddrBase::Register(register.0), offset: *offset });
+                    return Ok(AddrValue::plain(AddrBase::Register(register.0), *offset));
                 }
             }
         }
@@ -71,8 +91,9 @@ impl Binary {
         };
         match self.eval_at(point, point.unit, attr, var, None)? {
             // DW_OP_reg<n> as a frame base means "the address held in that register".
-            Location::Register { dwarf_reg } => Ok(AddrValue { base: AddrBase::Register(dwarf_reg), offset: 0 }),
-            Location::Memory { base, offset } => Ok(AddrValue { base, offset }),
+            Location::Register { dwarf_reg } => Ok(AddrValue::plain(AddrBase::Register(dwarf_reg), 0)),
+            Location::Memory { base, offset } => Ok(AddrValue::plain(base, offset)),
+            Location::Indirect { base, at, offset } => Ok(AddrValue { base, offset, deref: Some(at) }),
             Location::Pieces(_) => Err(self.unsupported(point, var, "DW_OP_piece in DW_AT_frame_base")),
             Location::Computed { .. } => Err(self.unsupported(point, var, "DW_OP_stack_value in DW_AT_frame_base")),
         }
@@ -138,21 +159,21 @@ impl Binary {
             }
             match op {
                 gimli::Operation::Address { address } => {
-                    stack.push(AddrValue { base: AddrBase::Absolute, offset: address as i64 });
+                    stack.push(AddrValue::plain(AddrBase::Absolute, address as i64));
                 }
                 gimli::Operation::AddressIndex { index } => {
                     let a = self.dwarf.address(unit, index).map_err(self.dwarf_err("an address index"))?;
-                    stack.push(AddrValue { base: AddrBase::Absolute, offset: a as i64 });
+                    stack.push(AddrValue::plain(AddrBase::Absolute, a as i64));
                 }
                 gimli::Operation::FrameOffset { offset } => {
                     if allow_fbreg.is_none() {
                         return Err(self.unsupported(point, var, "DW_OP_fbreg inside DW_AT_frame_base"));
                     }
                     let fb = self.frame_base(point, var)?;
-                    stack.push(AddrValue { base: fb.base, offset: fb.offset.wrapping_add(offset) });
+                    stack.push(AddrValue { offset: fb.offset.wrapping_add(offset), ..fb });
                 }
                 gimli::Operation::RegisterOffset { register, offset, .. } => {
-                    stack.push(AddrValue { base: AddrBase::Register(register.0), offset });
+                    stack.push(AddrValue::plain(AddrBase::Register(register.0), offset));
                 }
                 gimli::Operation::Register { register } => in_register = Some(register.0),
                 gimli::Operation::CallFrameCFA => stack.push(self.cfa_at(pc)?),
@@ -173,9 +194,19 @@ impl Binary {
                         top.offset = top.offset.wrapping_sub(c);
                     }
                 }
+                // A pointer-sized load: the address on the stack becomes the pointer stored there.
+                gimli::Operation::Deref { size, space: false, .. } if size == 8 => match stack.last_mut() {
+                    Some(top) if top.deref.is_none() && constant.is_none() => {
+                        *top = AddrValue { base: top.base, offset: 0, deref: Some(top.offset) };
+                    }
+                    Some(_) => return Err(self.unsupported(point, var, "DW_OP_deref of an address itself loaded by DW_OP_deref")),
+                    None => return Err(self.unsupported(point, var, "DW_OP_deref on an empty stack")),
+                },
                 gimli::Operation::StackValue => {
                     computed = Some(match (stack.pop(), constant.take(), stack.is_empty()) {
-                        (Some(AddrValue { base: AddrBase::Register(r), offset }), None, true) => Location::Computed { reg: Some(r), offset },
+                        // `addr; DW_OP_deref; DW_OP_stack_value`: the value stored at addr.
+                        (Some(AddrValue { base, offset: 0, deref: Some(at) }), None, true) => Location::Memory { base, offset: at },
+                        (Some(AddrValue { base: AddrBase::Register(r), offset, deref: None }), None, true) => Location::Computed { reg: Some(r), offset },
                         (None, Some(c), true) => Location::Computed { reg: None, offset: c },
                         _ => return Err(self.unsupported(point, var, "DW_OP_stack_value over an expression beyond register + constant")),
                     });
@@ -187,7 +218,7 @@ impl Binary {
                     let loc = match (in_register.take(), computed.take(), stack.pop()) {
                         (Some(dwarf_reg), _, _) => Some(Location::Register { dwarf_reg }),
                         (None, Some(c), _) => Some(c),
-                        (None, None, Some(top)) => Some(Location::Memory { base: top.base, offset: top.offset }),
+                        (None, None, Some(top)) => Some(top.location()),
                         (None, None, None) => None,
                     };
                     stack.clear();
@@ -228,7 +259,7 @@ impl Binary {
             return Ok(Location::Register { dwarf_reg });
         }
         match (stack.pop(), stack.is_empty()) {
-            (Some(top), true) => Ok(Location::Memory { base: top.base, offset: top.offset }),
+            (Some(top), true) => Ok(top.location()),
             _ => Err(self.unsupported(point, var, "an expression that leaves no single address")),
         }
     }

@@ -106,7 +106,7 @@ pub const RUST_DEBUG: FixtureBuild = FixtureBuild {
     lang: Lang::Rust,
     dir: "rust_lang",
     file: "orders.rs",
-    compiler: Compiler::Rustc(&["-g"]),
+    compiler: Compiler::Rustc(&["--edition", "2021", "-g"]),
     optimized: false,
 };
 pub const RUST_O3: FixtureBuild = FixtureBuild {
@@ -114,7 +114,7 @@ pub const RUST_O3: FixtureBuild = FixtureBuild {
     lang: Lang::Rust,
     dir: "rust_lang",
     file: "orders.rs",
-    compiler: Compiler::Rustc(&["-g", "-C", "opt-level=3"]),
+    compiler: Compiler::Rustc(&["--edition", "2021", "-g", "-C", "opt-level=3"]),
     optimized: true,
 };
 pub const GO119_NL: FixtureBuild = FixtureBuild {
@@ -587,6 +587,26 @@ pub fn probes(build: &FixtureBuild) -> Vec<Probe> {
                     ("what", Text("what")),
                     ("value", Json("value")),
                 ],
+            },
+            Probe {
+                // An async fn after its await: the debug build keeps round, qty and fee in the
+                // future's state, behind its pointer (DW_OP_deref); opt-level=3 inlines the
+                // poll into main and keeps only round and sum.
+                name: "settle",
+                printed: "settle",
+                keys: &[("round", "round")],
+                copies: &[],
+                points: 1,
+                exprs: if build.optimized {
+                    vec![
+                        ("round", Int("round")),
+                        ("sum", Int("sum")),
+                        ("qty", Error("`qty` is not in scope at {at}; in scope: round, sum")),
+                        ("fee", Error("`fee` is not in scope at {at}; in scope: round, sum")),
+                    ]
+                } else {
+                    vec![("round", Int("round")), ("qty", Int("qty")), ("fee", Int("fee")), ("sum", Int("sum"))]
+                },
             },
         ],
         Lang::Go => {
