@@ -202,13 +202,6 @@ fn main() -> Result<()> {
     probes.remove_noops()?;
     rows.push(ctx.capture(&mut probes, &mut ring, pplan, pp.file_offset, &format!("agent 1-int (v) @ {} placement on", pp.addr))?);
     drop(probes);
-    if std::env::var_os("DETRIX_BENCH_WAKE").is_some() {
-        for wb in [detrix_common::DEFAULT_WAKEUP_BYTES, 1 << 40, detrix_common::DEFAULT_WAKEUP_BYTES, 1 << 40] {
-            let (mut p2, r2) = Probes::load(LoadOptions { wakeup_bytes: wb, ..LoadOptions::default() })?;
-            let mut r2 = Some(r2);
-            rows.push(ctx.capture(&mut p2, &mut r2, pplan, pp.file_offset, &format!("wake {wb}"))?);
-        }
-    }
     {
         let (mut eager, ring2) = Probes::load(LoadOptions { wakeup_bytes: 0, ..LoadOptions::default() })?;
         let mut ring2 = Some(ring2);
