@@ -146,6 +146,7 @@ fn request(pid: u32, line: u32, expr: &str, placement: bool) -> Request {
         count: None,
         format: Format::Json,
         string_cap: 64,
+        elem_cap: detrix_agent::plan::DEFAULT_ELEM_CAP,
         when: None,
         rate_per_sec: 0,
         burst: 0,

@@ -35,6 +35,8 @@ pub struct Request {
     pub count: Option<u64>,
     pub format: Format,
     pub string_cap: u32,
+    /// Most elements of a slice or `Vec` copied; the rest show as `...+N more`.
+    pub elem_cap: u32,
     /// In-kernel filter, e.g. `o->qty > 10` (see [`crate::expr::parse_condition`]).
     pub when: Option<String>,
     /// Emitted events per second per probe (0 = unlimited) and burst.
@@ -105,6 +107,7 @@ impl Prepared {
 fn options(req: &Request) -> EngineOptions {
     EngineOptions {
         string_cap: req.string_cap,
+        elem_cap: req.elem_cap,
         rate_per_sec: req.rate_per_sec,
         burst: req.burst,
         placement: req.placement,

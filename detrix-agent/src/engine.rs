@@ -44,6 +44,8 @@ pub enum EngineError {
 #[derive(Debug, Clone, Copy)]
 pub struct EngineOptions {
     pub string_cap: u32,
+    /// Most elements of a slice or `Vec` copied (see [`PlanOptions::elem_cap`]).
+    pub elem_cap: u32,
     /// Events per second per probe (0 = unlimited), and burst.
     pub rate_per_sec: u32,
     pub burst: u32,
@@ -54,7 +56,7 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { string_cap: 256, rate_per_sec: 10_000, burst: 1_000, placement: true, load: LoadOptions::default() }
+        Self { string_cap: 256, elem_cap: plan::DEFAULT_ELEM_CAP, rate_per_sec: 10_000, burst: 1_000, placement: true, load: LoadOptions::default() }
     }
 }
 
@@ -232,6 +234,7 @@ impl Resolver {
             tgid: self.target.pid,
             load_bias,
             string_cap: self.opts.string_cap,
+            elem_cap: self.opts.elem_cap,
             rate_per_sec: self.opts.rate_per_sec,
             burst: self.opts.burst,
         };
@@ -278,7 +281,7 @@ pub fn describe(bin: &Binary, file: &str, line: u32, exprs: &[String], strip_pre
         Ok(p) => p,
         Err(e) => return serde_json::json!({ "at": format!("{file}:{line}"), "error": scrub(e.to_string()) }),
     };
-    let opts = PlanOptions { tgid: 0, load_bias: 0, string_cap: 64, rate_per_sec: 0, burst: 0 };
+    let opts = PlanOptions { tgid: 0, load_bias: 0, string_cap: 64, elem_cap: plan::DEFAULT_ELEM_CAP, rate_per_sec: 0, burst: 0 };
     let mut out = Vec::new();
     for p in &points {
         let mut values = serde_json::Map::new();

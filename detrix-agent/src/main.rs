@@ -91,6 +91,9 @@ struct AttachArgs {
     /// Longest string captured, in bytes.
     #[arg(long, default_value_t = 256)]
     string_cap: u32,
+    /// Most elements of a slice or Vec captured; the rest show as `...+N more`.
+    #[arg(long, default_value_t = detrix_agent::plan::DEFAULT_ELEM_CAP, value_parser = clap::value_parser!(u32).range(1..=256))]
+    max_elements: u32,
     /// Write every DAP message, both ways, to FILE as JSON lines (for golden transcripts).
     #[arg(long, value_name = "FILE")]
     dap_record: Option<std::path::PathBuf>,
@@ -123,6 +126,9 @@ struct CaptureArgs {
     /// Longest string captured, in bytes; longer strings end with `...(truncated)`.
     #[arg(long, default_value_t = 256)]
     string_cap: u32,
+    /// Most elements of a slice or Vec captured; the rest show as `...+N more`.
+    #[arg(long, default_value_t = detrix_agent::plan::DEFAULT_ELEM_CAP, value_parser = clap::value_parser!(u32).range(1..=256))]
+    max_elements: u32,
     /// Only hits where this holds, evaluated in the kernel: `EXPR OP CONST` with OP one of
     /// == != < <= > >= ^= (starts with), e.g. 'o->qty > 10' or 'name ^= "al"'.
     #[arg(long, value_name = "CONDITION")]
@@ -202,7 +208,7 @@ fn seconds(what: &str, s: f64) -> anyhow::Result<std::time::Duration> {
 fn attach(args: AttachArgs) -> anyhow::Result<ExitCode> {
     use detrix_agent::daemon::{self, Agent, AttachConfig, ExitReason};
     use detrix_agent::engine::{Engine, EngineOptions, Resolver};
-    let opts = EngineOptions { string_cap: args.string_cap, ..EngineOptions::default() };
+    let opts = EngineOptions { string_cap: args.string_cap, elem_cap: args.max_elements, ..EngineOptions::default() };
     let resolver = Resolver::open(args.pid, opts).with_context(|| format!("attaching to process {}", args.pid))?;
     let language = match args.language {
         LanguageArg::Go => "go",
@@ -312,6 +318,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     OutputFormat::Text => Format::Text,
                 },
                 string_cap: args.string_cap,
+                elem_cap: args.max_elements,
                 when: args.when,
                 rate_per_sec: args.rate,
                 burst: args.burst,

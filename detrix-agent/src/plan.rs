@@ -152,6 +152,9 @@ pub struct BuiltPlan {
     pub local_errors: Vec<(String, String)>,
 }
 
+/// Default for [`PlanOptions::elem_cap`].
+pub const DEFAULT_ELEM_CAP: u32 = 32;
+
 /// Inputs that are not in the debug info.
 #[derive(Debug, Clone, Copy)]
 pub struct PlanOptions {
@@ -161,6 +164,9 @@ pub struct PlanOptions {
     pub load_bias: u64,
     /// Longest string captured, in bytes; longer ones are cut and marked truncated.
     pub string_cap: u32,
+    /// Most elements of a slice, `Vec` or array copied (fewer if their bytes would pass
+    /// `MAX_COPY_BYTES`); the rest are counted and shown as `...+N more`.
+    pub elem_cap: u32,
     /// Events per second the probe may emit (0 = unlimited), and how many may come at once.
     pub rate_per_sec: u32,
     pub burst: u32,
@@ -670,13 +676,13 @@ fn node_mut<'s>(shape: &'s mut Shape, path: &[usize]) -> Option<&'s mut Shape> {
 }
 
 /// Bytes copied for the data of a nested Go string or slice.
-fn nested_cap(layout: &CountedLayout, elem: &Shape, string_cap: u32) -> u64 {
+fn nested_cap(layout: &CountedLayout, elem: &Shape, string_cap: u32, elem_cap: u32) -> u64 {
     if layout.style.is_text() {
         u64::from(string_cap.min(NESTED_STRING_CAP))
     } else if has_holes(elem) {
-        layout.stride * EXPANDED_ELEMS
+        layout.stride * EXPANDED_ELEMS.min(u64::from(elem_cap))
     } else {
-        (layout.stride * 32).min(1024)
+        layout.stride * u64::from(elem_cap)
     }
     .min(MAX_COPY_BYTES as u64)
 }
@@ -724,7 +730,7 @@ impl Room<'_> {
 /// elements, element 1, … (each behind a `SKIP_LE` on the slice's length, since the headers
 /// past it are stale). What does not fit is shown as Delve shows what it did not load:
 /// `"...+5 more"`, `[...+3 more]`. Nothing fails.
-fn expand(values: &mut [ValueDecoder], room: &mut Room<'_>, string_cap: u32) {
+fn expand(values: &mut [ValueDecoder], room: &mut Room<'_>, string_cap: u32, elem_cap: u32) {
     for (vi, v) in values.iter_mut().enumerate() {
         if !matches!(v.role, Role::Shown | Role::Local) {
             continue;
@@ -733,7 +739,7 @@ fn expand(values: &mut [ValueDecoder], room: &mut Room<'_>, string_cap: u32) {
         holes(&v.shape, 0, &mut Vec::new(), &mut found);
         for (path, hdr) in found {
             let Some(Shape::Counted { layout, elem, data }) = node_mut(&mut v.shape, &path) else { continue };
-            let cap = nested_cap(layout, elem, string_cap);
+            let cap = nested_cap(layout, elem, string_cap, elem_cap);
             if !room.fits(2, cap) {
                 continue;
             }
@@ -763,7 +769,7 @@ fn expand(values: &mut [ValueDecoder], room: &mut Room<'_>, string_cap: u32) {
                 for (ipath, ihdr) in inner {
                     if let Some(Shape::Counted { layout: l, elem: ie, .. }) = node_mut(&mut e, &ipath) {
                         if !has_holes(ie) {
-                            parts.push((ipath, ihdr, l.clone(), nested_cap(l, ie, string_cap)));
+                            parts.push((ipath, ihdr, l.clone(), nested_cap(l, ie, string_cap, elem_cap)));
                         }
                     }
                 }
@@ -821,9 +827,9 @@ fn lower_value(bin: &Binary, point: &ProbePoint, opts: PlanOptions, text: &str) 
             let cap_bytes = if layout.style.is_text() {
                 u64::from(opts.string_cap)
             } else if holey {
-                layout.stride * EXPANDED_ELEMS
+                layout.stride * EXPANDED_ELEMS.min(u64::from(opts.elem_cap))
             } else {
-                (layout.stride * 32).min(1024)
+                layout.stride * u64::from(opts.elem_cap)
             }
             .min(MAX_COPY_BYTES as u64);
             // The header is copied in place (one walk to its address, or from the registers it
@@ -1029,7 +1035,7 @@ pub fn build_with(
         return Err(PlanError::OverBudget { what: format!("{} plan steps (at most {MAX_OPS})", ops.len()) });
     }
     let mut room = Room { ops: &mut ops, end: dst };
-    expand(&mut values, &mut room, opts.string_cap);
+    expand(&mut values, &mut room, opts.string_cap, opts.elem_cap);
     let dst = room.end;
     plan.ops[..ops.len()].copy_from_slice(&ops);
     plan.n_ops = ops.len() as u32;
@@ -1764,7 +1770,7 @@ mod tests {
         // Room for one element (3 ops) but not two.
         let mut ops = vec![mk(op::CONST, 0, 0, 0); MAX_OPS - 5];
         let mut room = Room { ops: &mut ops, end: 152 };
-        expand(&mut values, &mut room, 256);
+        expand(&mut values, &mut room, 256, DEFAULT_ELEM_CAP);
         assert_eq!(ops.len(), MAX_OPS - 2, "one element's guard, HDR and EMIT_VAR");
         let tail: Vec<String> = describe(&ops[MAX_OPS - 5..]);
         assert_eq!(tail, ["v0: skip 2 if @8 <= 0", "v0: hdr @24 ptr+0 len+8 x1", "v0: emit_var 64 @152"]);

@@ -410,3 +410,66 @@ fn capture_go123_no_opt() {
 fn capture_go123_opt() {
     capture_build(lang::GO123_OPT);
 }
+
+/// Renders the first `cap` of `items` (comma-separated as printed) the agent's way, with the
+/// count of the ones past the cap: Rust `[a, b, ...+N more]`, Go `[a,b,...+N more]`.
+fn capped(items: &[&str], cap: usize, sep: &str, more_sep: &str) -> String {
+    let shown = items.len().min(cap);
+    let more = items.len() - shown;
+    let tail = if more > 0 { format!("{more_sep}...+{more} more") } else { String::new() };
+    format!("[{}{tail}]", items[..shown].join(sep))
+}
+
+/// `--max-elements N` copies N elements and says how many more there were, in the rendering
+/// of the language's debugger.
+fn max_elements_cut(build: FixtureBuild, expr: &str, key: &str) {
+    require_root();
+    agent_bin();
+    let exe = build.build();
+    let fixture = Fixture::start(&exe, &["-1", DELAY_MS]);
+    let line = marker_line(&build.source(), "process");
+    let at = format!("{}:{line}", build.file);
+    let out: Output = run_agent(&capture_args(
+        fixture.pid(),
+        &at,
+        &["round", expr],
+        &["--count", "8", "--format", "json", "--max-elements", "2"],
+    ));
+    out.assert_success();
+    let probe = Probe { name: "process", printed: "process", keys: &[("round", "round")], copies: &[], points: 1, exprs: Vec::new() };
+    let mut longer = 0;
+    for hit in out.stdout_lines().into_iter().map(detrix_e2e::parse_event_allowing_goid) {
+        let line = printed_line_of(fixture.stdout(), &probe, &hit);
+        let f = fields(&line);
+        let got = hit.values.get(expr).and_then(Value::as_str).unwrap_or_else(|| panic!("`{expr}` is not text: {}", hit.raw));
+        let want = if build.lang == Lang::Go {
+            let items: Vec<&str> = printed(&f, key, &line).split(',').collect();
+            format!(
+                "[]int len: {}, cap: {}, {}",
+                printed(&f, &format!("{key}.len"), &line),
+                printed(&f, &format!("{key}.cap"), &line),
+                capped(&items, 2, ",", ",")
+            )
+        } else {
+            let printed = printed(&f, key, &line);
+            let inner = printed.trim_start_matches('[').trim_end_matches(']');
+            let items: Vec<&str> = inner.split(", ").collect();
+            capped(&items, 2, ", ", ", ")
+        };
+        if want.contains("more") {
+            longer += 1;
+        }
+        assert_eq!(got, want, "`{expr}` with --max-elements 2\n  event:   {}\n  printed: {line}", hit.raw);
+    }
+    assert!(longer > 0, "no hit had more than 2 elements, so the cut was never shown:\n{}", out.stdout);
+}
+
+#[test]
+fn max_elements_cuts_rust_vec() {
+    max_elements_cut(lang::RUST_DEBUG, "o.items", "items");
+}
+
+#[test]
+fn max_elements_cuts_go_slice() {
+    max_elements_cut(lang::GO123_NL, "o.Items", "items");
+}
