@@ -4,10 +4,12 @@
 //! The fixture (`tests/fixtures/c/bench_loop.c`) reports mean ns per call of `work()` over
 //! 0.2 s windows; a probe's per-hit cost is the difference to the never-attached baseline.
 //! Rows: no probe; empty BPF program on the line's first instruction (single-stepped: the
-//! floor); the agent's 1-int and string captures there; the empty program and the 1-int
-//! capture on the emulated instruction placement picks; wakeup per event vs batched; after
-//! detaching (asleep); and the same logpoint through lldb-dap. Then sustained throughput with
-//! exact loss accounting and the user-space decode rate.
+//! floor); the agent's 1-int capture there reading `v`'s stack slot and reading the register
+//! that holds a copy of it (forwarding, `forward.rs`), and its string capture; the empty
+//! program and the 1-int capture (slot, then register) on the emulated instruction placement
+//! picks; wakeup per event vs batched; after detaching (asleep); and the same logpoint through
+//! lldb-dap. Then sustained throughput with exact loss accounting and the user-space decode
+//! rate.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -137,7 +139,7 @@ impl Drain {
     }
 }
 
-fn request(pid: u32, line: u32, expr: &str, placement: bool) -> Request {
+fn request(pid: u32, line: u32, expr: &str, placement: bool, forwarding: bool) -> Request {
     Request {
         pid,
         file: "bench_loop.c".into(),
@@ -152,6 +154,7 @@ fn request(pid: u32, line: u32, expr: &str, placement: bool) -> Request {
         burst: 0,
         cpu_budget: 1.0,
         placement,
+        forwarding,
         stack: false,
         locals: false,
     }
@@ -180,10 +183,14 @@ fn main() -> Result<()> {
     let base = fx.measure()?;
     rows.push(Row { name: "no probe (never attached)".into(), ns_per_call: base, note: String::new() });
 
-    let first = capture::prepare(&request(pid, line, "v", false))?;
-    let placed = capture::prepare(&request(pid, line, "v", true))?;
-    let string = capture::prepare(&request(pid, line, "name", false))?;
+    let first_mem = capture::prepare(&request(pid, line, "v", false, false))?;
+    let first = capture::prepare(&request(pid, line, "v", false, true))?;
+    let placed_mem = capture::prepare(&request(pid, line, "v", true, false))?;
+    let placed = capture::prepare(&request(pid, line, "v", true, true))?;
+    let string = capture::prepare(&request(pid, line, "name", false, true))?;
+    let (_, fmplan, _) = first_mem.plans().next().context("no probe point")?;
     let (fp, fplan, fpl) = first.plans().next().context("no probe point")?;
+    let (_, pmplan, _) = placed_mem.plans().next().context("no probe point")?;
     let (pp, pplan, ppl) = placed.plans().next().context("no probe point")?;
     let (_, splan, _) = string.plans().next().context("no probe point")?;
     let exe = first.target().exe.clone();
@@ -196,12 +203,14 @@ fn main() -> Result<()> {
     rows.push(Row { name: format!("empty BPF program @ {} ({:?}) = floor", fp.addr, fpl.kind), ns_per_call: fx.measure()?, note: String::new() });
     probes.remove_noops()?;
     let ctx = Ctx { fx: &fx, exe: &exe, pid };
-    rows.push(ctx.capture(&mut probes, &mut ring, fplan, fp.file_offset, &format!("agent 1-int (v) @ {} placement off", fp.addr))?);
+    rows.push(ctx.capture(&mut probes, &mut ring, fmplan, fp.file_offset, &format!("agent 1-int (v) @ {} placement off, memory read", fp.addr))?);
+    rows.push(ctx.capture(&mut probes, &mut ring, fplan, fp.file_offset, &format!("agent 1-int (v) @ {} placement off, forwarded", fp.addr))?);
     rows.push(ctx.capture(&mut probes, &mut ring, splan, fp.file_offset, &format!("agent string (name) @ {} placement off", fp.addr))?);
     probes.install_noop(&at(pp.file_offset))?;
     rows.push(Row { name: format!("empty BPF program @ {} ({:?}) = placed floor", pp.addr, ppl.kind), ns_per_call: fx.measure()?, note: String::new() });
     probes.remove_noops()?;
-    rows.push(ctx.capture(&mut probes, &mut ring, pplan, pp.file_offset, &format!("agent 1-int (v) @ {} placement on", pp.addr))?);
+    rows.push(ctx.capture(&mut probes, &mut ring, pmplan, pp.file_offset, &format!("agent 1-int (v) @ {} placement on, memory read", pp.addr))?);
+    rows.push(ctx.capture(&mut probes, &mut ring, pplan, pp.file_offset, &format!("agent 1-int (v) @ {} placement on, forwarded", pp.addr))?);
     drop(probes);
     {
         let (mut eager, ring2) = Probes::load(LoadOptions { wakeup_bytes: 0, ..LoadOptions::default() })?;
@@ -222,7 +231,7 @@ fn main() -> Result<()> {
     let go_rows = go_rows.unwrap_or_else(|e| vec![Row { name: "Go section".into(), ns_per_call: f64::NAN, note: format!("not measured: {e:#}") }]);
 
     let floor = rows[1].ns_per_call - base;
-    let placed_floor = rows[4].ns_per_call - base;
+    let placed_floor = rows[5].ns_per_call - base;
     println!("\nper-hit cost on {} (fixture {}, {} windows of {WINDOW_S} s per row, median)\n", line_desc(line), bin.display(), SAMPLES);
     println!("{:<62} {:>11} {:>11} {:>9} {:>9}", "probe", "ns/call", "ns/hit", "x floor", "x placed");
     for r in &rows {
@@ -230,13 +239,21 @@ fn main() -> Result<()> {
         let show = |den: f64| if hit.is_finite() && den > 0.0 { format!("{:.2}", hit / den) } else { "-".into() };
         println!("{:<62} {:>11.1} {:>11.1} {:>9} {:>9}  {}", r.name, r.ns_per_call, hit, show(floor), show(placed_floor), r.note);
     }
-    let agent_first = rows[2].ns_per_call - base;
-    let agent_placed = rows[5].ns_per_call - base;
+    let agent_first_mem = rows[2].ns_per_call - base;
+    let agent_first = rows[3].ns_per_call - base;
+    let agent_placed_mem = rows[6].ns_per_call - base;
+    let agent_placed = rows[7].ns_per_call - base;
     if let Some(l) = rows.iter().find(|r| r.name.starts_with("lldb")).filter(|r| r.ns_per_call.is_finite()) {
         let dbg = l.ns_per_call - base;
         println!("\ndebugger logpoint / agent 1-int: {:.0}x on the single-stepped instruction, {:.0}x with placement", dbg / agent_first, dbg / agent_placed);
     }
-    println!("agent 1-int / floor on the same instruction: {:.2}x (single-stepped), {:.2}x (emulated)", agent_first / floor, agent_placed / placed_floor);
+    println!(
+        "agent 1-int / floor on the same instruction: {:.2}x (single-stepped), {:.2}x (emulated); reading the stack slot instead of the register: {:.2}x, {:.2}x",
+        agent_first / floor,
+        agent_placed / placed_floor,
+        agent_first_mem / floor,
+        agent_placed_mem / placed_floor
+    );
 
     if let [g_base, g_floor, g_agent, rest @ ..] = go_rows.as_slice() {
         let gb = g_base.ns_per_call;
@@ -284,7 +301,7 @@ fn go_section() -> Result<Vec<Row>> {
     std::thread::sleep(Duration::from_millis(300));
     let mut rows = Vec::new();
     rows.push(Row { name: "no probe (never attached)".into(), ns_per_call: fx.measure()?, note: String::new() });
-    let mut req = request(pid, line, "v", true);
+    let mut req = request(pid, line, "v", true, true);
     req.file = "main.go".into();
     let prepared = capture::prepare(&req)?;
     let (p, plan, pl) = prepared.plans().next().context("no probe point")?;

@@ -46,6 +46,8 @@ pub struct Request {
     pub cpu_budget: f64,
     /// Move probes to an emulated instruction of the same statement when the values allow.
     pub placement: bool,
+    /// Read values from registers holding copies of their stack slots at the probe.
+    pub forwarding: bool,
     /// Also capture the user stack at each hit.
     pub stack: bool,
     /// Also capture every parameter and local in scope at each hit.
@@ -111,6 +113,7 @@ fn options(req: &Request) -> EngineOptions {
         rate_per_sec: req.rate_per_sec,
         burst: req.burst,
         placement: req.placement,
+        forwarding: req.forwarding,
         ..EngineOptions::default()
     }
 }

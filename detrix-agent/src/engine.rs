@@ -16,6 +16,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::debuginfo::{Binary, Language, ProbePoint, ResolveError};
 use crate::expr::{self, ExprError};
+use crate::forward;
 use crate::place::{self, Placement};
 use crate::plan::{self, BuiltPlan, PlanError, PlanOptions, Value};
 use crate::probe::{self, AttachSpec, LoadOptions, ProbeError, Probes};
@@ -51,12 +52,15 @@ pub struct EngineOptions {
     pub burst: u32,
     /// Move probes to emulated instructions when the values allow (see [`place`]).
     pub placement: bool,
+    /// Read values from registers that hold copies of their stack slots at the probe (see
+    /// [`forward`]).
+    pub forwarding: bool,
     pub load: LoadOptions,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { string_cap: 256, elem_cap: plan::DEFAULT_ELEM_CAP, rate_per_sec: 10_000, burst: 1_000, placement: true, load: LoadOptions::default() }
+        Self { string_cap: 256, elem_cap: plan::DEFAULT_ELEM_CAP, rate_per_sec: 10_000, burst: 1_000, placement: true, forwarding: true, load: LoadOptions::default() }
     }
 }
 
@@ -244,8 +248,8 @@ impl Resolver {
                 locals: if spec.capture_locals { bin.locals_in_scope(&p)? } else { Vec::new() },
                 stack: spec.capture_stack,
             };
-            let built = plan::build_with(&bin, &p, &spec.exprs, condition.as_ref(), &extras, opts)?;
-            let placement = if self.opts.placement {
+            let mut built = plan::build_with(&bin, &p, &spec.exprs, condition.as_ref(), &extras, opts)?;
+            let mut placement = if self.opts.placement {
                 let rebuild = |q: &ProbePoint| plan::build_with(&bin, q, &spec.exprs, condition.as_ref(), &extras, opts).ok().map(|b| b.plan);
                 place::place(&bin, &p, &built.plan, &rebuild)
             } else {
@@ -256,6 +260,9 @@ impl Resolver {
                 }
             };
             let point = if placement.chosen == p.addr { p } else { bin.point_at(&p, placement.chosen).unwrap_or(p) };
+            if self.opts.forwarding {
+                placement.explain.extend(forward::forward(&bin, &point, &mut built.plan));
+            }
             out.push(Prepared { point, plan: built, placement, object: object.clone() });
         }
         Ok(out)
@@ -301,7 +308,13 @@ pub fn describe(bin: &Binary, file: &str, line: u32, exprs: &[String], strip_pre
         let placement = plan_all.as_ref().map(|b| {
             let rebuild = |q: &ProbePoint| plan::build(bin, q, &ok, None, opts).ok().map(|b| b.plan);
             let pl = place::place(bin, p, &b.plan, &rebuild);
-            serde_json::json!({ "chosen": pl.chosen.to_string(), "kind": format!("{:?}", pl.kind) })
+            let mut placed = b.plan.clone();
+            let forwarded = bin.point_at(p, pl.chosen).map(|q| forward::forward(bin, &q, &mut placed)).unwrap_or_default();
+            if forwarded.is_empty() {
+                serde_json::json!({ "chosen": pl.chosen.to_string(), "kind": format!("{:?}", pl.kind) })
+            } else {
+                serde_json::json!({ "chosen": pl.chosen.to_string(), "kind": format!("{:?}", pl.kind), "forwarded": forwarded })
+            }
         });
         out.push(serde_json::json!({
             "function": p.function,

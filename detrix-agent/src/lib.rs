@@ -12,6 +12,7 @@ pub mod debuginfo;
 pub mod engine;
 pub mod expr;
 pub mod fallback;
+pub mod forward;
 pub mod place;
 pub mod plan;
 pub mod probe;

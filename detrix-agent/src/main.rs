@@ -145,6 +145,10 @@ struct CaptureArgs {
     /// Keep each probe on its line's first instruction even when an emulated one would do.
     #[arg(long)]
     no_placement: bool,
+    /// Read every value from where the debug info says it is, even when a register holds a
+    /// copy at the probe (saves a user-memory read per value; `--explain` lists each).
+    #[arg(long)]
+    no_forwarding: bool,
     /// Print, for each probe, the instructions considered and why its address was chosen.
     #[arg(long)]
     explain: bool,
@@ -324,6 +328,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 burst: args.burst,
                 cpu_budget: args.cpu_budget / 100.0,
                 placement: !args.no_placement,
+                forwarding: !args.no_forwarding,
                 stack: args.stack,
                 locals: args.locals,
             };

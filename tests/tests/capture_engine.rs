@@ -679,12 +679,12 @@ fn placement_moves_to_emulated_and_values_still_match() {
         .take_while(|l| l.starts_with(' '))
         .copied()
         .collect();
+    // After the verdict come only the reads moved from memory to registers there.
     let chose = format!("chose {:#x}:", p.addr);
+    let verdict = explain.iter().rposition(|l| !l.trim_start().starts_with("forwarded "));
     assert!(
-        explain
-            .last()
-            .is_some_and(|l| l.trim_start().starts_with(&chose)),
-        "--explain should end with `{chose} …`; got:\n{}",
+        verdict.is_some_and(|v| explain[v].trim_start().starts_with(&chose)),
+        "--explain should end with `{chose} …` (then `forwarded …` lines); got:\n{}",
         explain.join("\n")
     );
     assert!(
@@ -694,6 +694,31 @@ fn placement_moves_to_emulated_and_values_still_match() {
         "--explain should list the line's first instruction {:#x}:\n{}",
         f.addr,
         explain.join("\n")
+    );
+    fixture.assert_keeps_running(3);
+}
+
+/// At `-O0` the placed instruction finds `round` (and more) already loaded into registers: the
+/// plan reads those instead of the stack slots, `--explain` says so per value, and the values
+/// are the program's. `--no-forwarding` reads the slots, with the same values.
+#[test]
+fn forwarding_reads_registers_and_values_still_match() {
+    require_root();
+    agent_bin();
+    let mut fixture = Fixture::orders(DELAY_MS);
+    let cols = [ROUND, ID, QTY, COST, CUSTOMER, G_COUNTER, S_TOTAL];
+    let (_, _, fwd) = capture_checked(&fixture, &cols, 3, &["--explain"]);
+    let forwarded: Vec<&str> = fwd.stderr.lines().map(str::trim_start).filter(|l| l.starts_with("forwarded v")).collect();
+    assert!(
+        forwarded.iter().any(|l| l.starts_with("forwarded v0: 4 bytes at rbp-")),
+        "`round` (v0, an int in a stack slot) should be read from the register that holds it:\n{}",
+        fwd.stderr
+    );
+    let (_, _, slots) = capture_checked(&fixture, &cols, 3, &["--explain", "--no-forwarding"]);
+    assert!(
+        !slots.stderr.lines().any(|l| l.trim_start().starts_with("forwarded ")),
+        "--no-forwarding must read every value where the debug info puts it:\n{}",
+        slots.stderr
     );
     fixture.assert_keeps_running(3);
 }
