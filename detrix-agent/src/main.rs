@@ -41,6 +41,10 @@ struct ResolveArgs {
     /// Show source paths relative to this prefix.
     #[arg(long, default_value = "")]
     strip_prefix: String,
+    /// Also print to stderr how long opening the binary, the first resolution (cold) and a
+    /// second one on the same parsed binary (warm, what every later logpoint pays) took.
+    #[arg(long)]
+    timing: bool,
 }
 
 /// Options and environment variables as the Go client's (same names, same defaults).
@@ -296,8 +300,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Resolve(args) => {
             let (file, line) = parse_at(&args.at)?;
+            let t0 = std::time::Instant::now();
             let bin = detrix_agent::debuginfo::Binary::open(&args.binary)?;
+            let t1 = std::time::Instant::now();
             let out = detrix_agent::engine::describe(&bin, &file, line, &args.exprs, &args.strip_prefix);
+            if args.timing {
+                let t2 = std::time::Instant::now();
+                let again = detrix_agent::engine::describe(&bin, &file, line, &args.exprs, &args.strip_prefix);
+                let t3 = std::time::Instant::now();
+                std::hint::black_box(again);
+                eprintln!(
+                    "timing: open {:.6} s, first resolve {:.6} s, warm resolve {:.6} s",
+                    (t1 - t0).as_secs_f64(),
+                    (t2 - t1).as_secs_f64(),
+                    (t3 - t2).as_secs_f64()
+                );
+            }
             let failed = out.get("error").is_some();
             // A closed pipe (`| head`) is not an error worth a panic.
             let mut stdout = std::io::stdout().lock();

@@ -112,17 +112,28 @@ impl Binary {
     /// [`ResolveError::NoDebugInfo`] or malformed line programs.
     pub fn source_files(&self) -> Result<Vec<String>, ResolveError> {
         self.require_debug_info()?;
-        let mut all = BTreeSet::new();
-        for unit in &self.units {
-            let Some(program) = &unit.line_program else { continue };
-            let header = program.header();
-            for index in 0..=header.file_names().len() as u64 {
-                if let Some(p) = self.file_entry_path(unit, header, index) {
-                    all.insert(p);
+        Ok(self.file_units().keys().cloned().collect())
+    }
+
+    /// Source file → the units whose line-table headers name it, built once per binary (the
+    /// headers' file tables are the expensive part of finding a file in a large binary).
+    fn file_units(&self) -> &BTreeMap<String, Vec<usize>> {
+        self.files.get_or_init(|| {
+            let mut all: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+            for (ui, unit) in self.units.iter().enumerate() {
+                let Some(program) = &unit.line_program else { continue };
+                let header = program.header();
+                for index in 0..=header.file_names().len() as u64 {
+                    if let Some(p) = self.file_entry_path(unit, header, index) {
+                        let units = all.entry(p).or_default();
+                        if units.last() != Some(&ui) {
+                            units.push(ui);
+                        }
+                    }
                 }
             }
-        }
-        Ok(all.into_iter().collect())
+            all
+        })
     }
 
     /// Rows of `unit` grouped by the file they belong to (only files matching `pick`), plus
@@ -178,8 +189,9 @@ impl Binary {
         let pick = |p: &str| file_matches(file, p);
         let mut matched: BTreeSet<String> = BTreeSet::new();
         let mut per_unit = Vec::new();
-        for (ui, unit) in self.units.iter().enumerate() {
-            let (by_file, addrs) = self.unit_rows(unit, &pick)?;
+        let candidates: BTreeSet<usize> = self.file_units().iter().filter(|(p, _)| pick(p)).flat_map(|(_, u)| u.iter().copied()).collect();
+        for ui in candidates {
+            let (by_file, addrs) = self.unit_rows(&self.units[ui], &pick)?;
             matched.extend(by_file.keys().cloned());
             per_unit.push((ui, by_file, addrs));
         }

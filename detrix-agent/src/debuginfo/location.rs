@@ -7,7 +7,6 @@
 //! approximated.
 
 use gimli::constants as dw;
-use gimli::UnwindSection as _;
 
 use super::{Binary, LinkAddr, ProbePoint, ResolveError, R};
 
@@ -64,22 +63,11 @@ impl AddrValue {
 impl Binary {
     /// The CFA rule at `pc` as register + offset, from `.debug_frame` (Go) or `.eh_frame`.
     fn cfa_at(&self, pc: u64) -> Result<AddrValue, ResolveError> {
-        let mut ctx = gimli::UnwindContext::new();
-        if let Some((section, bases)) = &self.debug_frame {
-            if let Ok(row) = gimli::UnwindSection::unwind_info_for_address(section, bases, &mut ctx, pc, gimli::DebugFrame::cie_from_offset) {
-                if let gimli::CfaRule::RegisterAndOffset { register, offset } = row.cfa() {
-                    return Ok(AddrValue::plain(AddrBase::Register(register.0), *offset));
-                }
-            }
-        }
-        if let Some((section, bases)) = &self.eh_frame {
-            if let Ok(row) = gimli::UnwindSection::unwind_info_for_address(section, bases, &mut ctx, pc, gimli::EhFrame::cie_from_offset) {
-                if let gimli::CfaRule::RegisterAndOffset { register, offset } = row.cfa() {
-                    return Ok(AddrValue::plain(AddrBase::Register(register.0), *offset));
-                }
-            }
-        }
-        Err(ResolveError::NoCfi { binary: self.path.clone(), pc: LinkAddr(pc) })
+        let cfa = self.cfi_row(pc, |row| match row.cfa() {
+            gimli::CfaRule::RegisterAndOffset { register, offset } => Some(AddrValue::plain(AddrBase::Register(register.0), *offset)),
+            gimli::CfaRule::Expression(_) => None,
+        });
+        cfa.flatten().ok_or_else(|| ResolveError::NoCfi { binary: self.path.clone(), pc: LinkAddr(pc) })
     }
 
     /// The frame base (`DW_AT_frame_base`) of the point's function, as an address.

@@ -150,9 +150,17 @@ pub struct Binary {
     units: Vec<gimli::Unit<R>>,
     eh_frame: Option<(gimli::EhFrame<R>, gimli::BaseAddresses)>,
     debug_frame: Option<(gimli::DebugFrame<R>, gimli::BaseAddresses)>,
+    /// Every FDE of `.eh_frame` / `.debug_frame`, sorted by address: built by the first CFI
+    /// lookup (each lookup was a linear walk of the section, the largest cost of resolving a
+    /// line in a big Rust binary).
+    eh_fdes: std::sync::OnceLock<Vec<unwind::Fde>>,
+    debug_fdes: std::sync::OnceLock<Vec<unwind::Fde>>,
     has_debug_info: bool,
     goid_offset: std::sync::OnceLock<Option<u64>>,
     language: std::sync::OnceLock<Language>,
+    /// Every source file the line tables name → the units whose line tables name it. Built by
+    /// the first request, so later ones run only the line programs of the units they need.
+    files: std::sync::OnceLock<std::collections::BTreeMap<String, Vec<usize>>>,
     /// GNU build-id as hex, when the binary has one.
     pub build_id: Option<String>,
     /// Symbolized addresses (stack frames repeat at every hit).
@@ -337,9 +345,12 @@ impl Binary {
             units,
             eh_frame,
             debug_frame,
+            eh_fdes: std::sync::OnceLock::new(),
+            debug_fdes: std::sync::OnceLock::new(),
             has_debug_info,
             goid_offset: std::sync::OnceLock::new(),
             language: std::sync::OnceLock::new(),
+            files: std::sync::OnceLock::new(),
             build_id,
             symbols: std::sync::Mutex::default(),
         })

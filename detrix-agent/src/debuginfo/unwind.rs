@@ -4,9 +4,53 @@
 //! C++ and Rust code usually does not keep. The eBPF program instead copies the registers and a
 //! bounded slice of the stack at the hit; this walks it afterwards, as a debugger would.
 
-use gimli::UnwindSection as _;
+use gimli::UnwindSection;
 
-use super::Binary;
+use super::{Binary, R};
+
+/// Where one FDE's code range is and where the FDE is in its section: 24 bytes, so the index
+/// of a large binary stays small (a parsed FDE, with its CIE, is ten times that).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Fde {
+    start: u64,
+    end: u64,
+    offset: usize,
+}
+
+/// Every FDE of `section`, sorted by start address. A malformed entry ends the list (what
+/// came before is still used).
+fn index<S: UnwindSection<R>>(section: &S, bases: &gimli::BaseAddresses) -> Vec<Fde> {
+    let mut out = Vec::new();
+    let mut entries = section.entries(bases);
+    while let Ok(Some(e)) = entries.next() {
+        if let gimli::CieOrFde::Fde(partial) = e {
+            if let Ok(fde) = partial.parse(S::cie_from_offset) {
+                out.push(Fde { start: fde.initial_address(), end: fde.end_address(), offset: fde.offset() });
+            }
+        }
+    }
+    out.sort_by_key(|f| f.start);
+    out.shrink_to_fit();
+    out
+}
+
+/// The row of `fdes` (an [`index`] of `section`) for `pc`, through `f`.
+fn row_in<S: UnwindSection<R>, T>(
+    section: &S,
+    bases: &gimli::BaseAddresses,
+    fdes: &[Fde],
+    pc: u64,
+    f: impl FnOnce(&gimli::UnwindTableRow<usize>) -> T,
+) -> Option<T> {
+    let i = fdes.partition_point(|d| d.start <= pc);
+    let at = fdes.get(i.checked_sub(1)?)?;
+    if pc >= at.end {
+        return None;
+    }
+    let fde = section.fde_from_offset(bases, S::Offset::from(at.offset), S::cie_from_offset).ok()?;
+    let mut ctx = gimli::UnwindContext::new();
+    fde.unwind_info_for_address(section, bases, &mut ctx, pc).ok().map(f)
+}
 
 /// The registers unwinding needs, as runtime values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,20 +65,26 @@ const RSP: u16 = 7;
 const RA: u16 = 16;
 
 impl Binary {
+    /// The CFI row for `pc` (a link address), through `f`: from `.debug_frame` (Go) if it has
+    /// one, else from `.eh_frame`.
+    pub(super) fn cfi_row<T>(&self, pc: u64, f: impl Fn(&gimli::UnwindTableRow<usize>) -> T) -> Option<T> {
+        let from_debug = self.debug_frame.as_ref().and_then(|(s, b)| {
+            let fdes = self.debug_fdes.get_or_init(|| index(s, b));
+            row_in(s, b, fdes, pc, &f)
+        });
+        from_debug.or_else(|| {
+            self.eh_frame.as_ref().and_then(|(s, b)| {
+                let fdes = self.eh_fdes.get_or_init(|| index(s, b));
+                row_in(s, b, fdes, pc, &f)
+            })
+        })
+    }
+
     /// The caller's registers, from the frame at `regs` (whose `pc` is given as a link address
     /// in `link_pc`), reading stack memory through `read`. `None` where the CFI has no row for
     /// the address or a needed slot is outside what `read` can see.
     pub fn unwind_step(&self, link_pc: u64, regs: UnwindRegs, read: &dyn Fn(u64) -> Option<u64>) -> Option<UnwindRegs> {
-        let mut ctx = gimli::UnwindContext::new();
-        let from_debug = self.debug_frame.as_ref().and_then(|(s, b)| {
-            s.unwind_info_for_address(b, &mut ctx, link_pc, gimli::DebugFrame::cie_from_offset).ok().map(|r| (r.cfa().clone(), rule(r, RA), rule(r, RBP)))
-        });
-        let row = from_debug.or_else(|| {
-            let mut ctx = gimli::UnwindContext::new();
-            self.eh_frame.as_ref().and_then(|(s, b)| {
-                s.unwind_info_for_address(b, &mut ctx, link_pc, gimli::EhFrame::cie_from_offset).ok().map(|r| (r.cfa().clone(), rule(r, RA), rule(r, RBP)))
-            })
-        })?;
+        let row = self.cfi_row(link_pc, |r| (r.cfa().clone(), rule(r, RA), rule(r, RBP)))?;
         let (cfa_rule, ra_rule, bp_rule) = row;
         let cfa = match cfa_rule {
             gimli::CfaRule::RegisterAndOffset { register, offset } => {

@@ -156,6 +156,8 @@ fn sections(binary: &Path) -> Vec<Section> {
 
 struct Run {
     wall: Duration,
+    /// From `resolve --timing`: (open, first resolve, warm resolve) in seconds.
+    timing: Option<(f64, f64, f64)>,
     maxrss_bytes: u64,
     status: i32,
     summary: String,
@@ -179,7 +181,8 @@ fn run_once(args: &Args, at: &str, exprs: &[String], out_path: &Path) -> Run {
         .arg("--binary")
         .arg(&args.binary)
         .arg("--at")
-        .arg(at);
+        .arg(at)
+        .arg("--timing");
     for e in exprs {
         cmd.arg("--expr").arg(e);
     }
@@ -218,9 +221,20 @@ fn run_once(args: &Args, at: &str, exprs: &[String], out_path: &Path) -> Run {
     let summary = summarize(&stdout, &stderr);
     Run {
         wall,
+        timing: parse_timing(&stderr),
         maxrss_bytes: u64::try_from(usage_out.ru_maxrss).unwrap_or(0) * 1024,
         status: exit,
         summary,
+    }
+}
+
+/// `timing: open A s, first resolve B s, warm resolve C s` from resolve's stderr.
+fn parse_timing(stderr: &str) -> Option<(f64, f64, f64)> {
+    let line = stderr.lines().find_map(|l| l.strip_prefix("timing: "))?;
+    let nums: Vec<f64> = line.split(", ").filter_map(|part| part.trim_end_matches(" s").rsplit(' ').next()?.parse().ok()).collect();
+    match nums[..] {
+        [a, b, c] => Some((a, b, c)),
+        _ => None,
     }
 }
 
@@ -330,8 +344,8 @@ fn main() {
     );
     println!();
     println!(
-        "{:>4}  {:>9}  {:>13}  {:>4}  result",
-        "run", "wall (s)", "peak RSS (MB)", "exit"
+        "{:>4}  {:>9}  {:>13}  {:>8}  {:>8}  {:>8}  {:>4}  result",
+        "run", "wall (s)", "peak RSS (MB)", "open", "first", "warm", "exit"
     );
 
     let out_path = std::env::temp_dir().join(format!("resolve_bench-{}.json", std::process::id()));
@@ -341,10 +355,14 @@ fn main() {
             drop_caches();
         }
         let r = run_once(&args, &at, &exprs, &out_path);
+        let t = |f: fn(&(f64, f64, f64)) -> f64| r.timing.as_ref().map_or_else(|| "-".to_owned(), |x| format!("{:.3}", f(x)));
         println!(
-            "{i:>4}  {:>9.3}  {:>13.1}  {:>4}  {}",
+            "{i:>4}  {:>9.3}  {:>13.1}  {:>8}  {:>8}  {:>8}  {:>4}  {}",
             r.wall.as_secs_f64(),
             r.maxrss_bytes as f64 / 1e6,
+            t(|x| x.0),
+            t(|x| x.1),
+            t(|x| x.2),
             r.status,
             r.summary
         );
@@ -370,6 +388,11 @@ fn main() {
             "NON-ZERO in some run"
         }
     );
+    let mut warm: Vec<f64> = runs.iter().filter_map(|r| r.timing.map(|t| t.2)).collect();
+    warm.sort_by(f64::total_cmp);
+    if let Some(w) = warm.get(warm.len() / 2) {
+        println!("warm (a second resolve on the parsed binary, in the same process): median {w:.3} s");
+    }
     let verdict = |ok: bool| if ok { "ok" } else { "MISSED" };
     println!("goal (issue #4): ≥ 200 MB debug info, ≤ 2 s cold, ≤ 256 MiB peak RSS");
     println!(
