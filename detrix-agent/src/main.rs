@@ -315,6 +315,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     (t2 - t1).as_secs_f64(),
                     (t3 - t2).as_secs_f64()
                 );
+                // Where the memory is: the heap (parsed units, indexes) vs the mapped file.
+                if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+                    let kb = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_owned()).unwrap_or_default();
+                    eprintln!("memory: peak {}, now: heap {}, mapped file {}", kb("VmHWM:"), kb("RssAnon:"), kb("RssFile:"));
+                }
             }
             let failed = out.get("error").is_some();
             // A closed pipe (`| head`) is not an error worth a panic.
