@@ -49,26 +49,9 @@ impl Slot {
     }
 }
 
+/// The `pt_regs` index of a 64-bit general register.
 fn pt_reg(r: Register) -> Option<u8> {
-    Some(match r {
-        Register::RAX => pt_regs::RAX,
-        Register::RBX => pt_regs::RBX,
-        Register::RCX => pt_regs::RCX,
-        Register::RDX => pt_regs::RDX,
-        Register::RSI => pt_regs::RSI,
-        Register::RDI => pt_regs::RDI,
-        Register::RBP => pt_regs::RBP,
-        Register::RSP => pt_regs::RSP,
-        Register::R8 => pt_regs::R8,
-        Register::R9 => pt_regs::R9,
-        Register::R10 => pt_regs::R10,
-        Register::R11 => pt_regs::R11,
-        Register::R12 => pt_regs::R12,
-        Register::R13 => pt_regs::R13,
-        Register::R14 => pt_regs::R14,
-        Register::R15 => pt_regs::R15,
-        _ => return None,
-    })
+    (0..detrix_common::PT_REGS_COUNT as u8).find(|&p| crate::place::iced_register(p) == Some(r))
 }
 
 fn frame_register(pt: u8) -> Option<Register> {

@@ -64,7 +64,8 @@ fn trap_kind(i: &Instruction) -> TrapKind {
     if emulated { TrapKind::Emulated } else { TrapKind::SingleStepped }
 }
 
-fn iced_register(pt: u8) -> Option<Register> {
+/// The general register at `pt_regs` index `pt`, as iced-x86 names it.
+pub(crate) fn iced_register(pt: u8) -> Option<Register> {
     Some(match pt {
         pt_regs::RAX => Register::RAX,
         pt_regs::RBX => Register::RBX,

@@ -610,53 +610,40 @@ fn has_holes(shape: &Shape) -> bool {
 /// each as (path to the node, offset of its header). Payloads already placed are not entered:
 /// elements get their data from `expand`'s element steps.
 fn holes(shape: &Shape, at: usize, path: &mut Vec<usize>, out: &mut Vec<(Vec<usize>, usize)>) {
-    match shape {
-        Shape::Counted { layout, data: None, .. } if layout.style.is_go() => out.push((path.clone(), at)),
-        Shape::GoStruct { members, .. } => {
-            for (k, (_, off, m)) in members.iter().enumerate() {
-                path.push(k);
-                holes(m, at + *off as usize, path, out);
-                path.pop();
-            }
-        }
-        Shape::GoArray { items, stride, .. } => {
-            for (k, m) in items.iter().enumerate() {
-                path.push(k);
-                holes(m, at + k * *stride as usize, path, out);
-                path.pop();
-            }
-        }
-        Shape::GoPtr { target: Some((off, t)), .. } => {
-            path.push(0);
-            holes(t, at + *off as usize, path, out);
-            path.pop();
-        }
-        _ => {}
-    }
+    go_nodes(shape, at, path, out, &|s| matches!(s, Shape::Counted { layout, data: None, .. } if layout.style.is_go()));
 }
 
 /// The copied Go slices inside `shape` whose elements point to data of their own, as
 /// (path, offset of the slice's header): their elements are expanded one index at a time.
 fn holey_slices(shape: &Shape, at: usize, path: &mut Vec<usize>, out: &mut Vec<(Vec<usize>, usize)>) {
+    go_nodes(shape, at, path, out, &|s| matches!(s, Shape::Counted { data: Some(Payload { items: Some(_), .. }), .. }));
+}
+
+/// The nodes of a Go value's shape that `pick` wants, as (path, byte offset), looking through
+/// structs, arrays and followed pointers (not into what `pick` took).
+fn go_nodes(shape: &Shape, at: usize, path: &mut Vec<usize>, out: &mut Vec<(Vec<usize>, usize)>, pick: &dyn Fn(&Shape) -> bool) {
+    if pick(shape) {
+        out.push((path.clone(), at));
+        return;
+    }
     match shape {
-        Shape::Counted { data: Some(Payload { items: Some(_), .. }), .. } => out.push((path.clone(), at)),
         Shape::GoStruct { members, .. } => {
             for (k, (_, off, m)) in members.iter().enumerate() {
                 path.push(k);
-                holey_slices(m, at + *off as usize, path, out);
+                go_nodes(m, at + *off as usize, path, out, pick);
                 path.pop();
             }
         }
         Shape::GoArray { items, stride, .. } => {
             for (k, m) in items.iter().enumerate() {
                 path.push(k);
-                holey_slices(m, at + k * *stride as usize, path, out);
+                go_nodes(m, at + k * *stride as usize, path, out, pick);
                 path.pop();
             }
         }
         Shape::GoPtr { target: Some((off, t)), .. } => {
             path.push(0);
-            holey_slices(t, at + *off as usize, path, out);
+            go_nodes(t, at + *off as usize, path, out, pick);
             path.pop();
         }
         _ => {}
