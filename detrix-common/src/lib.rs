@@ -469,6 +469,8 @@ pub const fn record_span(event_bytes: usize) -> usize {
 pub struct Counters {
     pub hits: u64,
     pub emitted: u64,
+    /// Hits not emitted because this CPU's [`CpuRing`] had no room for the event (or, on a
+    /// preemptible kernel only, was being written by a run this one preempted).
     pub dropped_ring_full: u64,
     pub read_faults: u64,
     pub rate_limited: u64,
