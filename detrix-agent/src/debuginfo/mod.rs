@@ -195,6 +195,9 @@ impl Binary {
         // is mapped, reads fault (SIGBUS); binaries of running processes are not rewritten in
         // place (the kernel refuses writes to a running executable: ETXTBSY).
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        // Requests read scattered pieces (unit headers, names, one unit's DIEs): without this
+        // the kernel maps 64 KiB around every page touched, and RSS counts all of it.
+        let _ = map.advise(memmap2::Advice::Random);
         Self::parse(name, &Arc::new(map))
     }
 
@@ -275,6 +278,9 @@ impl Binary {
                 // SAFETY: as for the executable: a private read-only mapping of a file nobody
                 // rewrites in place.
                 .and_then(|f| unsafe { memmap2::Mmap::map(&f) }.ok())
+                .inspect(|m| {
+                    let _ = m.advise(memmap2::Advice::Random);
+                })
                 .map(Arc::new),
             None => None,
         };
