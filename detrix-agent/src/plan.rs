@@ -40,9 +40,15 @@ enum Shape {
     Enum { size: u8, signed: bool, values: Vec<(String, i64)> },
     Pointer,
     /// A Go pointer, shown as Delve shows it: `*main.Order {…}` when the pointee was copied
-    /// too (at byte `target.0` of the value, after the pointer), `*main.Order nil`, else
-    /// `*(*main.Order)(0xc000012000)`.
-    GoPtr { name: String, target: Option<(u64, Box<Shape>)> },
+    /// too (`size` bytes, at byte `target` from the value's first byte), `*main.Order nil`
+    /// (`*nil` as an element), else `*(*main.Order)(0xc000012000)`. `pointee` is how the
+    /// pointee is shown when Delve loads it (everything but a struct past its depth); it is
+    /// copied at the hit while the plan has room (see [`expand`]).
+    GoPtr { name: String, pointee: Option<Box<Shape>>, size: u64, target: Option<u64> },
+    /// A Go struct past Delve's depth (see [`Builder::go_shape`]): nothing copied, shown by
+    /// its address, `(*main.Line)(0xc000010000)`, when that is known (behind a pointer, an
+    /// element of a slice).
+    GoUnloaded { name: String },
     /// A Go struct: `main.Order {ID: 1, Customer: "alice"}` (without the name as an element).
     GoStruct { name: String, members: Vec<(String, u64, Shape)> },
     /// A Go array: `[3]string ["a","b","c"]`; one shape per element shown (their strings'
@@ -86,6 +92,10 @@ pub const NESTED_STRING_CAP: u32 = 64;
 /// Most elements of a Go slice shown when each has data of its own (`[]string`): each costs
 /// three plan ops. Delve shows 64.
 pub const EXPANDED_ELEMS: u64 = 8;
+/// Most elements expanded of a slice inside an element of another (the `[]string` field of a
+/// `[]main.Line`'s elements): elements are expanded whole, one after the other, so this leaves
+/// the later elements of the outer slice a share of the plan's ops.
+pub const NESTED_EXPANDED_ELEMS: u64 = 4;
 /// Most elements of a Go array shown, and of a slice of plain elements rendered, as Delve does.
 pub const GO_SHOWN_ELEMS: u64 = 64;
 
@@ -199,8 +209,6 @@ struct Builder<'a> {
     point: &'a ProbePoint,
     opts: PlanOptions,
     expr_text: String,
-    /// A Go binary: composites are shaped to be shown as Delve shows them.
-    go: bool,
 }
 
 impl Builder<'_> {
@@ -522,7 +530,51 @@ impl Builder<'_> {
         })
     }
 
-    /// The shape of a value of type `ty` stored in place (no pointer following).
+    /// The shape of a Go value of type `ty` as Delve 1.20 shows it in a logpoint, at its load
+    /// level `level` (0 for the value asked for). Delve loads with `MaxVariableRecurse: 1`:
+    /// a struct's fields only at levels 0 and 1 (deeper, `(*main.T)(0xc000…)`), the elements
+    /// of an array or slice one level down, what a pointer points to at the pointer's own
+    /// level (so `*(*main.T)(0xc000…)` for a struct past the depth), and scalars and strings
+    /// at every level. `depth` only bounds the recursion (pointers to pointers).
+    fn go_shape(&self, ty: Option<TypeRef>, level: u32, depth: u32) -> Result<Shape, PlanError> {
+        if let Some((layout, elem)) = self.counted_layout(ty)? {
+            let elem = if layout.style == CountedStyle::GoSlice && depth < 8 {
+                self.go_shape(elem, level + 1, depth + 1)?
+            } else {
+                Shape::Char { size: 1 }
+            };
+            return Ok(Shape::Counted { layout, elem: Box::new(elem), data: None });
+        }
+        let go_name = || self.bin.dwarf_type_name(ty).unwrap_or_else(|| self.bin.type_name(ty));
+        Ok(match self.bin.type_of(ty)? {
+            Type::Pointer { pointee } => {
+                let size = pointee_size(self.bin, pointee)?;
+                let past_depth = level > 1 && matches!(self.bin.type_of(pointee)?, Type::Struct { .. }) && self.counted_layout(pointee)?.is_none();
+                let shown = match size {
+                    Some(_) if !past_depth && depth < 8 => Some(Box::new(self.go_shape(pointee, level, depth + 1)?)),
+                    _ => None,
+                };
+                Shape::GoPtr { name: go_name(), pointee: shown, size: size.unwrap_or(0), target: None }
+            }
+            Type::Array { elem, count: Some(count) } if depth < 8 => {
+                let stride = self.bin.size_of(elem)?.unwrap_or(0);
+                let one = self.go_shape(elem, level + 1, depth + 1)?;
+                Shape::GoArray { name: go_name(), items: vec![one; count.min(GO_SHOWN_ELEMS) as usize], count, stride }
+            }
+            Type::Struct { members, name, .. } if level <= 1 && depth < 8 => {
+                let mut out = Vec::new();
+                for m in members {
+                    out.push((m.name.clone(), m.offset, self.go_shape(m.ty, level + 1, depth + 1)?));
+                }
+                Shape::GoStruct { name, members: out }
+            }
+            Type::Struct { name, .. } => Shape::GoUnloaded { name },
+            _ => self.shape_in_place(ty, depth)?,
+        })
+    }
+
+    /// The shape of a value of type `ty` stored in place (no pointer following); Go values
+    /// take [`Builder::go_shape`].
     fn shape_in_place(&self, ty: Option<TypeRef>, depth: u32) -> Result<Shape, PlanError> {
         if let Some((layout, elem)) = self.counted_layout(ty)? {
             // Go shows the elements of a nested slice; other languages only its length.
@@ -533,21 +585,7 @@ impl Builder<'_> {
             };
             return Ok(Shape::Counted { layout, elem: Box::new(elem), data: None });
         }
-        let go_name = || self.bin.dwarf_type_name(ty).unwrap_or_else(|| self.bin.type_name(ty));
         Ok(match self.bin.type_of(ty)? {
-            Type::Pointer { .. } if self.go => Shape::GoPtr { name: go_name(), target: None },
-            Type::Array { elem, count: Some(count) } if self.go => {
-                let stride = self.bin.size_of(elem)?.unwrap_or(0);
-                let one = self.shape_in_place(elem, depth + 1)?;
-                Shape::GoArray { name: go_name(), items: vec![one; count.min(GO_SHOWN_ELEMS) as usize], count, stride }
-            }
-            Type::Struct { members, name, .. } if self.go && depth < 6 => {
-                let mut out = Vec::new();
-                for m in members {
-                    out.push((m.name.clone(), m.offset, self.shape_in_place(m.ty, depth + 1)?));
-                }
-                Shape::GoStruct { name, members: out }
-            }
             Type::Int { size, signed, .. } if size <= 8 => Shape::Int { size: size as u8, signed },
             Type::Float { size, .. } if size == 4 || size == 8 => Shape::Float { size: size as u8 },
             Type::Bool { size } => Shape::Bool { size: size.clamp(1, 8) as u8 },
@@ -599,18 +637,23 @@ fn pointee_size(bin: &Binary, pointee: Option<TypeRef>) -> Result<Option<u64>, P
     })
 }
 
-/// Whether a shape holds Go strings or slices whose data is not copied yet.
+/// Whether a shape holds Go strings, slices or pointers whose data is not copied yet.
 fn has_holes(shape: &Shape) -> bool {
     let mut found = Vec::new();
     holes(shape, 0, &mut Vec::new(), &mut found);
     !found.is_empty()
 }
 
-/// The Go strings and slices inside `shape` (its bytes at `at`) whose data is not copied:
-/// each as (path to the node, offset of its header). Payloads already placed are not entered:
-/// elements get their data from `expand`'s element steps.
+/// The nodes of a Go value that point to data not copied yet: strings and slices (not a slice
+/// of structs past Delve's depth, shown from its header alone) and pointers Delve follows, each
+/// as (path to the node, offset of its header or pointer). Payloads already placed are not
+/// entered: elements get their data from `fill_round`.
 fn holes(shape: &Shape, at: usize, path: &mut Vec<usize>, out: &mut Vec<(Vec<usize>, usize)>) {
-    go_nodes(shape, at, path, out, &|s| matches!(s, Shape::Counted { layout, data: None, .. } if layout.style.is_go()));
+    go_nodes(shape, at, path, out, &|s| match s {
+        Shape::Counted { layout, data: None, elem } => layout.style.is_go() && !matches!(**elem, Shape::GoUnloaded { .. }),
+        Shape::GoPtr { pointee: Some(_), target: None, .. } => true,
+        _ => false,
+    });
 }
 
 /// The copied Go slices inside `shape` whose elements point to data of their own, as
@@ -619,8 +662,9 @@ fn holey_slices(shape: &Shape, at: usize, path: &mut Vec<usize>, out: &mut Vec<(
     go_nodes(shape, at, path, out, &|s| matches!(s, Shape::Counted { data: Some(Payload { items: Some(_), .. }), .. }));
 }
 
-/// The nodes of a Go value's shape that `pick` wants, as (path, byte offset), looking through
-/// structs, arrays and followed pointers (not into what `pick` took).
+/// The nodes of a Go value's shape that `pick` wants, as (path, byte offset from the value's
+/// first byte), looking through structs, arrays and followed pointers (not into what `pick`
+/// took). `at` is the offset of `shape` itself.
 fn go_nodes(shape: &Shape, at: usize, path: &mut Vec<usize>, out: &mut Vec<(Vec<usize>, usize)>, pick: &dyn Fn(&Shape) -> bool) {
     if pick(shape) {
         out.push((path.clone(), at));
@@ -641,49 +685,59 @@ fn go_nodes(shape: &Shape, at: usize, path: &mut Vec<usize>, out: &mut Vec<(Vec<
                 path.pop();
             }
         }
-        Shape::GoPtr { target: Some((off, t)), .. } => {
+        // The pointee was placed after every value's own bytes; `target` says where.
+        Shape::GoPtr { pointee: Some(t), target: Some(off), .. } => {
             path.push(0);
-            go_nodes(t, at + *off as usize, path, out, pick);
+            go_nodes(t, *off as usize, path, out, pick);
             path.pop();
         }
         _ => {}
     }
 }
 
-/// The node at `path` (as [`holes`] numbers children).
+/// The node at `path` (as [`go_nodes`] numbers children).
 fn node_mut<'s>(shape: &'s mut Shape, path: &[usize]) -> Option<&'s mut Shape> {
     let Some((&k, rest)) = path.split_first() else { return Some(shape) };
     let child = match shape {
         Shape::GoStruct { members, .. } => &mut members.get_mut(k)?.2,
         Shape::GoArray { items, .. } => items.get_mut(k)?,
-        Shape::GoPtr { target: Some((_, t)), .. } => t.as_mut(),
+        Shape::GoPtr { pointee: Some(t), target: Some(_), .. } => t.as_mut(),
         _ => return None,
     };
     node_mut(child, rest)
 }
 
 /// Bytes copied for the data of a nested Go string or slice.
-fn nested_cap(layout: &CountedLayout, elem: &Shape, string_cap: u32, elem_cap: u32) -> u64 {
+fn nested_cap(layout: &CountedLayout, elem: &Shape, caps: Caps) -> u64 {
     if layout.style.is_text() {
-        u64::from(string_cap.min(NESTED_STRING_CAP))
+        u64::from(caps.string.min(NESTED_STRING_CAP))
     } else if has_holes(elem) {
-        layout.stride * EXPANDED_ELEMS.min(u64::from(elem_cap))
+        layout.stride * EXPANDED_ELEMS.min(u64::from(caps.elems))
     } else {
-        layout.stride * u64::from(elem_cap)
+        layout.stride * u64::from(caps.elems)
     }
     .min(MAX_COPY_BYTES as u64)
 }
 
+/// [`PlanOptions::string_cap`] and [`PlanOptions::elem_cap`], for the nested data.
+#[derive(Debug, Clone, Copy)]
+struct Caps {
+    string: u32,
+    elems: u32,
+}
+
 /// The plan's remaining room, shared by the nested data of every value.
-struct Room<'a> {
-    ops: &'a mut Vec<PlanOp>,
+struct Room {
+    /// Ops added here, to follow the plan's `before` ops.
+    ops: Vec<PlanOp>,
+    before: usize,
     /// First free byte of the event's data.
     end: usize,
 }
 
-impl Room<'_> {
+impl Room {
     fn fits(&self, n_ops: usize, bytes: u64) -> bool {
-        self.ops.len() + n_ops <= MAX_OPS && self.end as u64 + bytes <= EVENT_DATA_BYTES as u64
+        self.before + self.ops.len() + n_ops <= MAX_OPS && self.end as u64 + bytes <= EVENT_DATA_BYTES as u64
     }
 
     /// Places `bytes` of data; returns its offset in the event.
@@ -691,6 +745,19 @@ impl Room<'_> {
         let at = self.end;
         self.end = (self.end + bytes as usize + 7) & !7;
         at
+    }
+
+    /// An empty room for ops that will follow one guard op of this one ([`Room::commit`]).
+    fn guarded(&self) -> Room {
+        Room { ops: Vec::new(), before: self.before + self.ops.len() + 1, end: self.end }
+    }
+
+    /// Adds `guard`, a `SKIP_LE` skipping all of `sub`'s ops, then them.
+    fn commit(&mut self, mut guard: PlanOp, sub: Room) {
+        guard.len = sub.ops.len() as u16;
+        self.ops.push(guard);
+        self.ops.extend(sub.ops);
+        self.end = sub.end;
     }
 
     /// The `HDR` + `EMIT_VAR` pair copying the data of the header at `hdr` (event offset) of
@@ -706,84 +773,113 @@ impl Room<'_> {
         self.ops.push(var);
         Payload { at: at - base, cap, items: items.then(Vec::new) }
     }
+
+    /// The `HDR` + `EMIT_MEM` pair copying the `size` bytes the pointer at `ptr` (event offset)
+    /// of value `vi` points to, zeros when it is nil, to a new place; returns its offset from
+    /// `base`. The zeros keep what is followed from inside a nil pointee empty: lengths 0, nil.
+    fn follow(&mut self, vi: usize, base: usize, ptr: usize, size: u64) -> u64 {
+        let at = self.place(size);
+        let mut h = with_dst(mk(op::HDR, 0, 0, 0), ptr as u16);
+        h.value = vi as u8;
+        let mut mem = with_dst(mk(op::EMIT_MEM, op::EMIT_MEM_NIL_ZEROS, size as u16, 0), at as u16);
+        mem.value = vi as u8;
+        self.ops.push(h);
+        self.ops.push(mem);
+        (at - base) as u64
+    }
 }
 
-/// Adds the ops that copy, at the hit, the data of the Go strings and slices inside the
-/// values (a struct's string fields, a `[]string`'s elements): pointer and length are read
-/// back from the copied header (`HDR`), the bytes copied after every value's own (`EMIT_VAR`).
-///
-/// What fits the plan's ops and the event's bytes is copied, in this order: the data of every
-/// header a value holds in place (value by value), then element 0 of every slice of such
-/// elements, element 1, … (each behind a `SKIP_LE` on the slice's length, since the headers
-/// past it are stale). What does not fit is shown as Delve shows what it did not load:
-/// `"...+5 more"`, `[...+3 more]`. Nothing fails.
-fn expand(values: &mut [ValueDecoder], room: &mut Room<'_>, string_cap: u32, elem_cap: u32) {
-    for (vi, v) in values.iter_mut().enumerate() {
-        if !matches!(v.role, Role::Shown | Role::Local) {
+/// Copies what the nodes of `shape` (at offset `at` of value `vi`, whose first byte is at
+/// event offset `base`) point to, as far as `room` lasts: the data of its strings and slices,
+/// the pointees of its pointers, then theirs, and so on; not the elements of slices whose
+/// elements need copies of their own (see [`fill_round`]).
+fn fill_direct(shape: &mut Shape, at: usize, vi: usize, base: usize, room: &mut Room, caps: Caps) {
+    loop {
+        let mut found = Vec::new();
+        holes(shape, at, &mut Vec::new(), &mut found);
+        let mut progress = false;
+        for (path, off) in found {
+            match node_mut(shape, &path) {
+                Some(Shape::Counted { layout, elem, data }) => {
+                    let cap = nested_cap(layout, elem, caps);
+                    if room.fits(2, cap) {
+                        *data = Some(room.copy_data(vi, base, base + off, layout, cap, has_holes(elem)));
+                        progress = true;
+                    }
+                }
+                Some(Shape::GoPtr { size, target, .. }) if room.fits(2, *size) => {
+                    *target = Some(room.follow(vi, base, base + off, *size));
+                    progress = true;
+                }
+                _ => {}
+            }
+        }
+        if !progress {
+            return;
+        }
+    }
+}
+
+/// Expands element `i` of every copied slice in `shape` whose elements need copies of their
+/// own (a `[]string`, a `[]main.Line` of structs with strings): the element's own data, then
+/// its slices' first [`NESTED_EXPANDED_ELEMS`] elements, recursively, behind one `SKIP_LE` on
+/// the slice's length,
+/// since the headers past it are stale. An element whose data does not fit at all is not
+/// shown, nor any after it (Delve's `...+N more`); one that fits in part shows what was copied.
+fn fill_round(shape: &mut Shape, at: usize, i: u64, vi: usize, base: usize, room: &mut Room, caps: Caps) {
+    let mut slices = Vec::new();
+    holey_slices(shape, at, &mut Vec::new(), &mut slices);
+    for (path, hdr) in slices {
+        let Some(Shape::Counted { layout, elem, data: Some(p) }) = node_mut(shape, &path) else { continue };
+        let Some(items) = &mut p.items else { continue };
+        // Element i's header was copied, and the ones before it are shown.
+        if items.len() as u64 != i || (i + 1) * layout.stride > p.cap {
             continue;
         }
-        let mut found = Vec::new();
-        holes(&v.shape, 0, &mut Vec::new(), &mut found);
-        for (path, hdr) in found {
-            let Some(Shape::Counted { layout, elem, data }) = node_mut(&mut v.shape, &path) else { continue };
-            let cap = nested_cap(layout, elem, string_cap, elem_cap);
-            if !room.fits(2, cap) {
-                continue;
+        let mut e = (**elem).clone();
+        let mut sub = room.guarded();
+        let e_at = p.at + (i * layout.stride) as usize;
+        fill_direct(&mut e, e_at, vi, base, &mut sub, caps);
+        for j in 0..NESTED_EXPANDED_ELEMS {
+            fill_round(&mut e, e_at, j, vi, base, &mut sub, caps);
+        }
+        if sub.ops.is_empty() {
+            // Nothing copied: shown from its header alone if it needs nothing more.
+            if !has_holes(&e) {
+                items.push(e);
             }
-            *data = Some(room.copy_data(vi, v.dst, v.dst + hdr, layout, cap, has_holes(elem)));
+            continue;
+        }
+        let mut guard = with_dst(mk(op::SKIP_LE, 0, 0, i as i64), (base + hdr + layout.len_off as usize) as u16);
+        guard.value = vi as u8;
+        room.commit(guard, sub);
+        items.push(e);
+    }
+}
+
+/// Adds the ops that copy, at the hit, what the values point to as Delve shows it: the data of
+/// the Go strings and slices inside them (a struct's string fields, a `[]string`'s elements),
+/// pointer and length read back from the copied header (`HDR`) and the bytes copied after
+/// every value's own (`EMIT_VAR`); the structs their pointers point to (`HDR` + `EMIT_MEM`,
+/// zeros for nil), and in turn what those hold.
+///
+/// What fits the plan's ops and the event's bytes is copied, in this order: what every value
+/// points to directly (value by value, then what that points to), then element 0 of every
+/// slice of elements with data of their own, element 1, … (each behind a `SKIP_LE` on the
+/// slice's length, since the headers past it are stale). What does not fit is shown as Delve
+/// shows what it did not load: `"...+5 more"`, `[...+3 more]`, `*(*main.T)(0xc000…)`.
+/// Nothing fails.
+fn expand(values: &mut [ValueDecoder], room: &mut Room, caps: Caps) {
+    let shown = |v: &ValueDecoder| matches!(v.role, Role::Shown | Role::Local);
+    for (vi, v) in values.iter_mut().enumerate() {
+        if shown(v) {
+            fill_direct(&mut v.shape, 0, vi, v.dst, room, caps);
         }
     }
     for i in 0..EXPANDED_ELEMS {
         for (vi, v) in values.iter_mut().enumerate() {
-            if !matches!(v.role, Role::Shown | Role::Local) {
-                continue;
-            }
-            let mut slices = Vec::new();
-            holey_slices(&v.shape, 0, &mut Vec::new(), &mut slices);
-            for (path, hdr) in slices {
-                let Some(Shape::Counted { layout, elem, data: Some(p) }) = node_mut(&mut v.shape, &path) else { continue };
-                let Some(items) = &p.items else { continue };
-                // Element i's header was copied, and the ones before it are shown.
-                if items.len() as u64 != i || (i + 1) * layout.stride > p.cap {
-                    continue;
-                }
-                let mut e = (**elem).clone();
-                let elem_at = p.at + (i * layout.stride) as usize;
-                let mut inner = Vec::new();
-                holes(&e, elem_at, &mut Vec::new(), &mut inner);
-                // One level down only: a slice of such elements inside an element stays unloaded.
-                let mut parts: Vec<(Vec<usize>, usize, CountedLayout, u64)> = Vec::new();
-                for (ipath, ihdr) in inner {
-                    if let Some(Shape::Counted { layout: l, elem: ie, .. }) = node_mut(&mut e, &ipath) {
-                        if !has_holes(ie) {
-                            parts.push((ipath, ihdr, l.clone(), nested_cap(l, ie, string_cap, elem_cap)));
-                        }
-                    }
-                }
-                if parts.is_empty() {
-                    // Nothing of its own to copy: shown from its header alone.
-                    if let Some(items) = &mut p.items {
-                        items.push(e);
-                    }
-                    continue;
-                }
-                let bytes: u64 = parts.iter().map(|p| (p.3 + 7) & !7).sum();
-                if !room.fits(1 + 2 * parts.len(), bytes) {
-                    continue;
-                }
-                let mut guard = mk(op::SKIP_LE, 0, (2 * parts.len()) as u16, i as i64);
-                guard.dst = (v.dst + hdr + layout.len_off as usize) as u16;
-                guard.value = vi as u8;
-                room.ops.push(guard);
-                for (ipath, ihdr, l, cap) in parts {
-                    let payload = room.copy_data(vi, v.dst, v.dst + ihdr, &l, cap, false);
-                    if let Some(Shape::Counted { data, .. }) = node_mut(&mut e, &ipath) {
-                        *data = Some(payload);
-                    }
-                }
-                if let Some(items) = &mut p.items {
-                    items.push(e);
-                }
+            if shown(v) {
+                fill_round(&mut v.shape, 0, i, vi, v.dst, room, caps);
             }
         }
     }
@@ -793,7 +889,7 @@ fn expand(values: &mut [ValueDecoder], room: &mut Room<'_>, string_cap: u32, ele
 fn lower_value(bin: &Binary, point: &ProbePoint, opts: PlanOptions, text: &str) -> Result<(Vec<PlanOp>, Shape, usize), PlanError> {
     let e = expr::parse(text)?;
     let go = bin.language().ok() == Some(crate::debuginfo::Language::Go);
-    let b = Builder { bin, point, opts, expr_text: text.to_owned(), go };
+    let b = Builder { bin, point, opts, expr_text: text.to_owned() };
     let (place, ty) = b.lower(&e)?;
     let stripped = bin.type_of(ty)?;
     let lowered = match stripped {
@@ -807,7 +903,13 @@ fn lower_value(bin: &Binary, point: &ProbePoint, opts: PlanOptions, text: &str) 
         Type::Struct { .. } if b.counted_layout(ty)?.is_some() => {
             let Some((layout, elem)) = b.counted_layout(ty)? else { unreachable!("checked above") };
 
-            let elem_shape = if layout.style.is_text() { Shape::Char { size: 1 } } else { b.shape_in_place(elem, 1)? };
+            let elem_shape = if layout.style.is_text() {
+                Shape::Char { size: 1 }
+            } else if go {
+                b.go_shape(elem, 1, 1)?
+            } else {
+                b.shape_in_place(elem, 1)?
+            };
             // Elements with data of their own (`[]string`) are shown only as far as that data
             // is copied too (by the ops `expand` adds), so copy only as many headers.
             let holey = has_holes(&elem_shape);
@@ -839,14 +941,15 @@ fn lower_value(bin: &Binary, point: &ProbePoint, opts: PlanOptions, text: &str) 
             o.push(mk(op::EMIT_ACC, 0, 8, 0));
             o.push(mk(op::END_LE, 0, 0, 0));
             o.push(with_dst(mk(op::EMIT_MEM, 0, size as u16, 0), 8));
-            let target = b.shape_in_place(pointee, 1)?;
+            // Delve loads what the pointer asked for points to at level 0, as the value itself.
+            let target = b.go_shape(pointee, 0, 1)?;
             let name = bin.dwarf_type_name(ty).unwrap_or_else(|| bin.type_name(ty));
-            (o, Shape::GoPtr { name, target: Some((8, Box::new(target))) }, 8 + size as usize)
+            (o, Shape::GoPtr { name, pointee: Some(Box::new(target)), size, target: Some(8) }, 8 + size as usize)
         }
         Type::Void => return Err(b.type_err("it has type void; nothing to capture".to_owned())),
         Type::Unsupported { what } => return Err(b.type_err(format!("its type ({what}) is not supported yet"))),
         _ => {
-            let mut shape = b.shape_in_place(ty, 0)?;
+            let mut shape = if go { b.go_shape(ty, 0, 0)? } else { b.shape_in_place(ty, 0)? };
             let size = bin.size_of(ty)?.ok_or_else(|| b.type_err(format!("its type {} has no known size", bin.type_name(ty))))?;
             let mut len = size;
             if let Shape::CharArray { count, copied } = &mut shape {
@@ -1021,9 +1124,10 @@ pub fn build_with(
     if ops.len() > MAX_OPS {
         return Err(PlanError::OverBudget { what: format!("{} plan steps (at most {MAX_OPS})", ops.len()) });
     }
-    let mut room = Room { ops: &mut ops, end: dst };
-    expand(&mut values, &mut room, opts.string_cap, opts.elem_cap);
+    let mut room = Room { ops: Vec::new(), before: ops.len(), end: dst };
+    expand(&mut values, &mut room, Caps { string: opts.string_cap, elems: opts.elem_cap });
     let dst = room.end;
+    ops.extend(room.ops);
     plan.ops[..ops.len()].copy_from_slice(&ops);
     plan.n_ops = ops.len() as u32;
     plan.n_values = values.len() as u32;
@@ -1185,6 +1289,7 @@ pub fn describe_ops(plan: &Plan) -> Vec<String> {
                 op::ADD => format!("v{v}: add {:+}", o.imm),
                 op::DEREF => format!("v{v}: deref {} {:+}", o.len, o.imm),
                 op::EMIT_ACC => format!("v{v}: emit_acc {} @{}", o.len, o.dst),
+                op::EMIT_MEM if o.reg & op::EMIT_MEM_NIL_ZEROS != 0 => format!("v{v}: emit_mem {} {:+} @{} (nil: zeros)", o.len, o.imm, o.dst),
                 op::EMIT_MEM => format!("v{v}: emit_mem {} {:+} @{}", o.len, o.imm, o.dst),
                 op::EMIT_STR => format!("v{v}: emit_str {} {:+} @{}", o.len, o.imm, o.dst),
                 op::EMIT_VAR => format!("v{v}: emit_var {} @{}", o.len, o.dst),
@@ -1253,8 +1358,9 @@ pub fn decode(values: &[ValueDecoder], header: &EventHeader, data: &[u8]) -> Vec
 }
 
 /// A counted sequence from its header (`hdr`, copied in place) and, when copied, its data:
-/// `min(len × stride, cap)` bytes at `rest[data.at..]`.
-fn decode_counted(layout: &CountedLayout, elem: &Shape, data: Option<&Payload>, hdr: &[u8], rest: &[u8]) -> Value {
+/// `min(len × stride, cap)` bytes at `rest[data.at..]`. A Go slice shows its type, length and
+/// capacity when `typed` (not as an element: `[][]string len: 2, cap: 2, [["a"],nil]`).
+fn decode_counted(layout: &CountedLayout, elem: &Shape, data: Option<&Payload>, hdr: &[u8], rest: &[u8], typed: bool) -> Value {
     let field = |off: u64| le_u64(hdr.get(off as usize..).unwrap_or(&[]), 8);
     let len = field(layout.len_off);
     let copied: &[u8] = match data {
@@ -1274,6 +1380,12 @@ fn decode_counted(layout: &CountedLayout, elem: &Shape, data: Option<&Payload>, 
         shown = shown.min(items.len() as u64);
     }
     let go = layout.style == CountedStyle::GoSlice;
+    let ptr = field(layout.ptr_off);
+    // Structs past Delve's depth are shown by their addresses, from the header alone.
+    let by_address = go && matches!(elem, Shape::GoUnloaded { .. });
+    if by_address {
+        shown = len;
+    }
     if go {
         shown = shown.min(GO_SHOWN_ELEMS);
     }
@@ -1284,14 +1396,15 @@ fn decode_counted(layout: &CountedLayout, elem: &Shape, data: Option<&Payload>, 
                 Some(Payload { items: Some(items), .. }) => items.get(i as usize).unwrap_or(elem),
                 _ => elem,
             };
-            if go { render_go_elem(shape, b, rest) } else { render(shape, b, rest) }
+            if go { go_text(shape, b, rest, Some(ptr.wrapping_add(i * stride)), false) } else { render(shape, b, rest) }
         })
         .collect();
     let more = len - shown;
     if go {
         let cap = layout.cap_off.map_or(len, field);
-        if field(layout.ptr_off) == 0 && len == 0 {
-            return Value::Text(format!("{} len: 0, cap: {cap}, nil", layout.type_name));
+        let head = if typed { format!("{} len: {len}, cap: {cap}, ", layout.type_name) } else { String::new() };
+        if ptr == 0 && len == 0 {
+            return Value::Text(format!("{head}nil"));
         }
         // Delve: `[1,2,...+3 more]`, and `[...+3 more]` when nothing was loaded.
         let tail = match (more, items.is_empty()) {
@@ -1299,7 +1412,7 @@ fn decode_counted(layout: &CountedLayout, elem: &Shape, data: Option<&Payload>, 
             (_, true) => format!("...+{more} more"),
             (_, false) => format!(",...+{more} more"),
         };
-        Value::Text(format!("{} len: {len}, cap: {cap}, [{}{tail}]", layout.type_name, items.join(",")))
+        Value::Text(format!("{head}[{}{tail}]", items.join(",")))
     } else {
         let tail = if more > 0 { format!(", ...+{more} more") } else { String::new() };
         Value::Text(format!("[{}{tail}]", items.join(", ")))
@@ -1365,14 +1478,15 @@ fn decode_shape(shape: &Shape, bytes: &[u8], rest: &[u8]) -> Value {
         Shape::Stack => Value::Text(
             bytes.chunks_exact(8).map(|c| format!("{:#x}", le_u64(c, 8))).collect::<Vec<_>>().join(" "),
         ),
-        Shape::Counted { layout, elem, data } => decode_counted(layout, elem, data.as_ref(), bytes, rest),
+        Shape::Counted { layout, elem, data } => decode_counted(layout, elem, data.as_ref(), bytes, rest, true),
         Shape::Struct { .. }
         | Shape::Array { .. }
         | Shape::Opaque { .. }
         | Shape::Variants { .. }
         | Shape::GoPtr { .. }
         | Shape::GoStruct { .. }
-        | Shape::GoArray { .. } => Value::Text(render(shape, bytes, rest)),
+        | Shape::GoArray { .. }
+        | Shape::GoUnloaded { .. } => Value::Text(render(shape, bytes, rest)),
     }
 }
 
@@ -1426,34 +1540,16 @@ fn render(shape: &Shape, bytes: &[u8], rest: &[u8]) -> String {
                 }
             }
         }
-        Shape::GoStruct { name, .. } => format!("{name} {}", render_go_elem(shape, bytes, rest)),
-        Shape::GoArray { name, .. } => format!("{name} {}", render_go_elem(shape, bytes, rest)),
-        Shape::GoPtr { name, target } => {
-            let ptr = le_u64(bytes, 8);
-            match target {
-                _ if ptr == 0 => format!("{name} nil"),
-                Some((off, t)) => format!("*{}", render(t, bytes.get(*off as usize..).unwrap_or(&[]), rest)),
-                // Not followed (inside a composite): as Delve shows a pointer past its depth.
-                None => format!("*({name})({ptr:#x})"),
-            }
-        }
+        Shape::GoStruct { .. } | Shape::GoArray { .. } | Shape::GoPtr { .. } | Shape::GoUnloaded { .. } => go_text(shape, bytes, rest, None, true),
         // Inside a composite of another language only the header was copied: the length.
         Shape::Counted { layout, data: None, .. } if !layout.style.is_go() => {
             format!("{} len: {}", layout.type_name, le_u64(bytes.get(layout.len_off as usize..).unwrap_or(&[]), 8))
         }
         Shape::Counted { layout, elem, data } => {
-            if layout.style == CountedStyle::GoText {
-                let len = le_u64(bytes.get(layout.len_off as usize..).unwrap_or(&[]), 8);
-                let copied = match data {
-                    Some(p) => {
-                        let n = len.min(p.cap) as usize;
-                        rest.get(p.at..).map_or(&[][..], |r| &r[..n.min(r.len())])
-                    }
-                    None => &[],
-                };
-                return go_quote(copied, len - copied.len() as u64);
+            if layout.style.is_go() {
+                return go_text(shape, bytes, rest, None, true);
             }
-            match decode_counted(layout, elem, data.as_ref(), bytes, rest) {
+            match decode_counted(layout, elem, data.as_ref(), bytes, rest, true) {
                 Value::Str { text, .. } => format!("{text:?}"),
                 other => other.to_string(),
             }
@@ -1469,23 +1565,29 @@ fn render(shape: &Shape, bytes: &[u8], rest: &[u8]) -> String {
     }
 }
 
-/// A Go value as Delve shows it as an element (or after its type name): a struct's fields
-/// without the struct's name, `{ID: 1, Tags: []string len: 1, cap: 1, ["a"]}`; an array's
-/// elements, `[1,2,...+3 more]`; floats as Go formats them.
-fn render_go_elem(shape: &Shape, bytes: &[u8], rest: &[u8]) -> String {
+/// A Go value as Delve 1.20 prints it in a logpoint. `typed`: with its type's name, as Delve
+/// shows the value asked for, a struct's fields and what a typed pointer points to
+/// (`main.Order {ID: 1}`, `*main.T nil`, `[]int len: 1, cap: 1, [1]`); without, as it shows
+/// the elements of arrays and slices (`{ID: 1}`, `*nil`, `[1]`). `addr`: where `bytes` are in
+/// the target, when known (behind a pointer, an element of a slice), for what Delve shows by
+/// address: structs past its depth, `(*main.Line)(0xc000010000)`.
+fn go_text(shape: &Shape, bytes: &[u8], rest: &[u8], addr: Option<u64>, typed: bool) -> String {
+    let at = |off: u64| bytes.get(off as usize..).unwrap_or(&[]);
+    let plus = |off: u64| addr.map(|a| a.wrapping_add(off));
+    let named = |name: &str, body: String| if typed { format!("{name} {body}") } else { body };
     match shape {
-        Shape::GoStruct { members, .. } => {
-            let parts: Vec<String> = members
-                .iter()
-                .map(|(name, off, s)| format!("{name}: {}", render_go(s, bytes.get(*off as usize..).unwrap_or(&[]), rest)))
-                .collect();
-            format!("{{{}}}", parts.join(", "))
+        Shape::GoStruct { name, members } => {
+            let parts: Vec<String> = members.iter().map(|(n, off, s)| format!("{n}: {}", go_text(s, at(*off), rest, plus(*off), true))).collect();
+            named(name, format!("{{{}}}", parts.join(", ")))
         }
-        Shape::GoArray { items, count, stride, .. } => {
+        Shape::GoArray { name, items, count, stride } => {
             let parts: Vec<String> = items
                 .iter()
                 .enumerate()
-                .map(|(i, s)| render_go_elem(s, bytes.get(i * *stride as usize..).unwrap_or(&[]), rest))
+                .map(|(i, s)| {
+                    let off = i as u64 * stride;
+                    go_text(s, at(off), rest, plus(off), false)
+                })
                 .collect();
             let more = count.saturating_sub(items.len() as u64);
             let tail = match (more, parts.is_empty()) {
@@ -1493,20 +1595,42 @@ fn render_go_elem(shape: &Shape, bytes: &[u8], rest: &[u8]) -> String {
                 (_, true) => format!("...+{more} more"),
                 (_, false) => format!(",...+{more} more"),
             };
-            format!("[{}{tail}]", parts.join(","))
+            named(name, format!("[{}{tail}]", parts.join(",")))
         }
-        other => render_go(other, bytes, rest),
-    }
-}
-
-/// A Go value inside a composite: [`render`], with Go's float spelling.
-fn render_go(shape: &Shape, bytes: &[u8], rest: &[u8]) -> String {
-    match shape {
+        // Only a struct inside a value not reached through a pointer lacks an address (its
+        // fields' fields' fields): the agent does not copy where such a value is.
+        Shape::GoUnloaded { name } => match addr {
+            Some(a) => format!("(*{name})({a:#x})"),
+            None => format!("(*{name})(?)"),
+        },
+        Shape::GoPtr { name, pointee, target, .. } => {
+            let ptr = le_u64(bytes, 8);
+            if ptr == 0 {
+                return if typed { format!("{name} nil") } else { "*nil".to_owned() };
+            }
+            match (pointee, target) {
+                (Some(s), Some(off)) => format!("*{}", go_text(s, rest.get(*off as usize..).unwrap_or(&[]), rest, Some(ptr), typed)),
+                // Past Delve's depth, or not copied (the plan ran out of room).
+                _ => format!("*({name})({ptr:#x})"),
+            }
+        }
         Shape::Float { size: 4 } => go_float(f64::from(f32::from_bits(le_u64(bytes, 4) as u32)), f32::from_bits(le_u64(bytes, 4) as u32).to_string()),
         Shape::Float { .. } => {
             let f = f64::from_bits(le_u64(bytes, 8));
             go_float(f, f.to_string())
         }
+        Shape::Counted { layout, data, .. } if layout.style == CountedStyle::GoText => {
+            let len = le_u64(bytes.get(layout.len_off as usize..).unwrap_or(&[]), 8);
+            let copied = match data {
+                Some(p) => {
+                    let n = len.min(p.cap) as usize;
+                    rest.get(p.at..).map_or(&[][..], |r| &r[..n.min(r.len())])
+                }
+                None => &[],
+            };
+            go_quote(copied, len - copied.len() as u64)
+        }
+        Shape::Counted { layout, elem, data } => decode_counted(layout, elem, data.as_ref(), bytes, rest, typed).to_string(),
         other => render(other, bytes, rest),
     }
 }
@@ -1700,7 +1824,7 @@ mod tests {
             name: "main.Order".into(),
             members: vec![("ID".into(), 0, Shape::Int { size: 8, signed: true }), ("Name".into(), 8, name), ("Tags".into(), 24, tags)],
         };
-        let ptr = |t: Shape| Shape::GoPtr { name: "*main.Order".into(), target: Some((8, Box::new(t))) };
+        let ptr = |t: Shape| Shape::GoPtr { name: "*main.Order".into(), pointee: Some(Box::new(t)), size: 48, target: Some(8) };
         // Layout of the value: pointer @0, struct @8 (ID @8, Name @16, Tags @32), then data.
         let mut b = 0x1000u64.to_le_bytes().to_vec();
         b.extend(7i64.to_le_bytes());
@@ -1739,7 +1863,7 @@ mod tests {
         // A nil slice, and a pointer inside a composite, which is not followed.
         let s = Shape::GoStruct {
             name: "main.T".into(),
-            members: vec![("S".into(), 0, Shape::Counted { layout: go_layout("[]int", CountedStyle::GoSlice, 8), elem: Box::new(Shape::Int { size: 8, signed: true }), data: None }), ("P".into(), 24, Shape::GoPtr { name: "*main.T".into(), target: None })],
+            members: vec![("S".into(), 0, Shape::Counted { layout: go_layout("[]int", CountedStyle::GoSlice, 8), elem: Box::new(Shape::Int { size: 8, signed: true }), data: None }), ("P".into(), 24, Shape::GoPtr { name: "*main.T".into(), pointee: None, size: 0, target: None })],
         };
         let mut b = header(0, 0, Some(0));
         b.extend(0xc000_0100u64.to_le_bytes());
@@ -1755,11 +1879,10 @@ mod tests {
         };
         let mut values = vec![ValueDecoder { expr: "tags".into(), hidden: false, role: Role::Shown, shape: slice, dst: 0, size: 24 + 128 }];
         // Room for one element (3 ops) but not two.
-        let mut ops = vec![mk(op::CONST, 0, 0, 0); MAX_OPS - 5];
-        let mut room = Room { ops: &mut ops, end: 152 };
-        expand(&mut values, &mut room, 256, DEFAULT_ELEM_CAP);
-        assert_eq!(ops.len(), MAX_OPS - 2, "one element's guard, HDR and EMIT_VAR");
-        let tail: Vec<String> = describe(&ops[MAX_OPS - 5..]);
+        let mut room = Room { ops: Vec::new(), before: MAX_OPS - 5, end: 152 };
+        expand(&mut values, &mut room, Caps { string: 256, elems: DEFAULT_ELEM_CAP });
+        assert_eq!(room.ops.len(), 3, "one element's guard, HDR and EMIT_VAR");
+        let tail: Vec<String> = describe(&room.ops);
         assert_eq!(tail, ["v0: skip 2 if @8 <= 0", "v0: hdr @24 ptr+0 len+8 x1", "v0: emit_var 64 @152"]);
         // Three tags at the hit: the first shown, the rest counted, as Delve marks a cut.
         let mut data = header(0x1000, 3, Some(3));
@@ -1769,6 +1892,38 @@ mod tests {
         let h = EventHeader::default();
         let got = decode(&values, &h, &data);
         assert_eq!(got, vec![Value::Text(r#"[]string len: 3, cap: 3, ["alice",...+2 more]"#.into())]);
+    }
+
+    #[test]
+    fn pointer_fields_are_followed_as_delve_does() {
+        // main.T {P *main.A, L []main.A} with main.A {S string}: P followed (its pointee's
+        // string too), L's elements past Delve's depth, shown by address from the header.
+        let a = Shape::GoStruct { name: "main.A".into(), members: vec![("S".into(), 0, go_string())] };
+        let p = Shape::GoPtr { name: "*main.A".into(), pointee: Some(Box::new(a)), size: 16, target: None };
+        let l = Shape::Counted { layout: go_layout("[]main.A", CountedStyle::GoSlice, 16), elem: Box::new(Shape::GoUnloaded { name: "main.A".into() }), data: None };
+        let t = Shape::GoStruct { name: "main.T".into(), members: vec![("P".into(), 0, p), ("L".into(), 8, l)] };
+        let mut values = vec![ValueDecoder { expr: "t".into(), hidden: false, role: Role::Shown, shape: t, dst: 0, size: 32 }];
+        let mut room = Room { ops: Vec::new(), before: 0, end: 32 };
+        expand(&mut values, &mut room, Caps { string: 256, elems: DEFAULT_ELEM_CAP });
+        assert_eq!(
+            describe(&room.ops),
+            ["v0: hdr @0 ptr+0 len+0 x0", "v0: emit_mem 16 +0 @32 (nil: zeros)", "v0: hdr @32 ptr+0 len+8 x1", "v0: emit_var 64 @48"]
+        );
+        let mut data = 0x1000u64.to_le_bytes().to_vec();
+        data.extend(header(0x2000, 2, Some(2)));
+        data.extend(header(0x3000, 1, None));
+        data.extend(b"x");
+        let got = decode(&values, &EventHeader::default(), &data);
+        assert_eq!(got, vec![Value::Text(r#"main.T {P: *main.A {S: "x"}, L: []main.A len: 2, cap: 2, [(*main.A)(0x2000),(*main.A)(0x2010)]}"#.into())]);
+        // Nil: the pointee read zeros, not a fault; its string is empty, nothing is shown of it.
+        let mut data = vec![0u8; 8];
+        data.extend(header(0, 0, Some(0)));
+        data.resize(64, 0);
+        let got = decode(&values, &EventHeader::default(), &data);
+        assert_eq!(got, vec![Value::Text("main.T {P: *main.A nil, L: []main.A len: 0, cap: 0, nil}".into())]);
+        // As elements, without type names: `*nil`, `*{…}`.
+        let elem = Shape::GoArray { name: "[1]*main.A".into(), items: vec![Shape::GoPtr { name: "*main.A".into(), pointee: None, size: 0, target: None }], count: 1, stride: 8 };
+        assert_eq!(go_text(&elem, &[0u8; 8], &[], None, true), "[1]*main.A [*nil]");
     }
 
     fn describe(ops: &[PlanOp]) -> Vec<String> {

@@ -14,7 +14,7 @@
 
 /// Version of every layout in this crate. Bump on any change; the agent checks that the
 /// embedded eBPF object was built with the same number.
-pub const PLAN_ABI: u32 = 3;
+pub const PLAN_ABI: u32 = 4;
 
 /// Maximum number of probes (plan slots) one loaded program serves.
 pub const MAX_PROBES: u32 = 512;
@@ -43,8 +43,16 @@ pub mod op {
     pub const DEREF: u8 = 4;
     /// Write the low `len` bytes of `acc` to `data[dst..]` (a value held in a register).
     pub const EMIT_ACC: u8 = 5;
-    /// Copy `len` bytes of user memory at `acc + imm` to `data[dst..]`.
+    /// Copy `len` bytes of user memory at `acc + imm` to `data[dst..]`. With
+    /// [`EMIT_MEM_NIL_ZEROS`] in `reg`, a failed read from `acc == 0` (a nil pointer) is not a
+    /// fault: the bytes are zeros (`bpf_probe_read_user` zeroes its destination when it
+    /// fails), so headers inside them read as empty and whatever the plan follows from them
+    /// later copies nothing.
     pub const EMIT_MEM: u8 = 6;
+    /// `PlanOp::reg` flag of [`EMIT_MEM`]: a nil source gives zeros, not a fault (ABI 4). For
+    /// a pointer inside a copied value, followed after it with `HDR` + `EMIT_MEM`: Delve shows
+    /// a nil one as `*main.T nil`, the capture goes on.
+    pub const EMIT_MEM_NIL_ZEROS: u8 = 1;
     /// Copy a NUL-terminated user string at `acc + imm` to `data[dst..]`, at most `len` bytes
     /// including the NUL; the value's length is the string length; `TRUNCATED` when it filled.
     pub const EMIT_STR: u8 = 7;
@@ -149,7 +157,8 @@ pub mod event_flags {
 pub struct PlanOp {
     /// One of [`op`].
     pub kind: u8,
-    /// `pt_regs` index for [`op::REG`].
+    /// `pt_regs` index for [`op::REG`]; flags for [`op::EMIT_MEM`]
+    /// ([`op::EMIT_MEM_NIL_ZEROS`]).
     pub reg: u8,
     /// Which value (0..[`MAX_VALUES`]) this op belongs to: a fault skips the rest of its ops.
     pub value: u8,

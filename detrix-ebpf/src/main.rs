@@ -519,7 +519,8 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
                 bpf_probe_read_user(ev.data.as_mut_ptr().add(dst).cast::<c_void>(), n as u32, st.acc.wrapping_add(o.imm as u64) as *const c_void)
             };
             if rc < 0 {
-                fault = true;
+                // A nil pointer followed from a copied value: the helper zeroed the bytes.
+                fault = !(o.reg & op::EMIT_MEM_NIL_ZEROS != 0 && st.acc == 0);
             } else {
                 meta(ev, mo, vi).len = n as u16;
             }

@@ -638,8 +638,10 @@ pub fn probes(build: &FixtureBuild) -> Vec<Probe> {
                     ],
                 },
                 Probe {
-                    // The same line with the logpoint `{o} {o.Tags} {o.Customer} {*o}`, captured
-                    // alone: the whole Order as Delve shows it, pointer followed and strings copied.
+                    // The same line with the logpoint `{o} {o.Tags} {*o}`, captured alone: the
+                    // whole Order as Delve shows it, pointers followed and strings copied, all of
+                    // it in the plan's 64 ops (with `{o.Customer}` too, 65 in the -N -l builds,
+                    // and the last tag of `*o` shows as `...+1 more`; `process` checks it).
                     name: "delve",
                     printed: "process",
                     keys: &[("round", "round")],
@@ -649,9 +651,20 @@ pub fn probes(build: &FixtureBuild) -> Vec<Probe> {
                         ("round", Int("round")),
                         ("o", Fmt("*$order")),
                         ("o.Tags", GoStrs("tags")),
-                        ("o.Customer", Text("customer")),
                         ("*o", Text("order")),
                     ],
+                },
+                Probe {
+                    // The same line again: a slice of structs holding a []string and a pointer
+                    // (elements at Delve's level 1: strings copied, the pointer past its depth
+                    // shown by address), and a pointer to a struct holding a pointer (followed
+                    // twice, then by address), nil every third round.
+                    name: "nested",
+                    printed: "process",
+                    keys: &[("round", "round")],
+                    copies: &[],
+                    points: 1,
+                    exprs: vec![("round", Int("round")), ("o.Lines", Text("lines")), ("o.Ship", Text("ship"))],
                 },
             ]
         }
