@@ -14,12 +14,12 @@
 
 /// Version of every layout in this crate. Bump on any change; the agent checks that the
 /// embedded eBPF object was built with the same number.
-pub const PLAN_ABI: u32 = 4;
+pub const PLAN_ABI: u32 = 5;
 
 /// Maximum number of probes (plan slots) one loaded program serves.
 pub const MAX_PROBES: u32 = 512;
 /// Maximum ops in one plan. The eBPF interpreter loop is bounded by this.
-pub const MAX_OPS: usize = 64;
+pub const MAX_OPS: usize = 128;
 /// Maximum captured values per event.
 pub const MAX_VALUES: usize = 16;
 /// Bytes of captured data per event (all values together).

@@ -638,10 +638,9 @@ pub fn probes(build: &FixtureBuild) -> Vec<Probe> {
                     ],
                 },
                 Probe {
-                    // The same line with the logpoint `{o} {o.Tags} {*o}`, captured alone: the
-                    // whole Order as Delve shows it, pointers followed and strings copied, all of
-                    // it in the plan's 64 ops (with `{o.Customer}` too, 65 in the -N -l builds,
-                    // and the last tag of `*o` shows as `...+1 more`; `process` checks it).
+                    // The same line with the logpoint `{o} {o.Tags} {o.Customer} {*o}`, captured
+                    // alone: the whole Order as Delve shows it, pointers followed and strings
+                    // copied, all of it within one plan's ops and bytes.
                     name: "delve",
                     printed: "process",
                     keys: &[("round", "round")],
@@ -651,6 +650,7 @@ pub fn probes(build: &FixtureBuild) -> Vec<Probe> {
                         ("round", Int("round")),
                         ("o", Fmt("*$order")),
                         ("o.Tags", GoStrs("tags")),
+                        ("o.Customer", Text("customer")),
                         ("*o", Text("order")),
                     ],
                 },
