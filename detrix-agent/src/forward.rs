@@ -152,6 +152,15 @@ impl Facts {
     }
 }
 
+/// Whether `i` ends a straight-line run: it does not simply fall through (branches, calls,
+/// returns), cannot be decoded, or is a system call, which may write any memory it was given
+/// (a `read` into a stack buffer) that its operands do not show.
+fn is_barrier(i: &Instruction) -> bool {
+    i.flow_control() != FlowControl::Next
+        || i.is_invalid()
+        || matches!(i.mnemonic(), Mnemonic::Syscall | Mnemonic::Sysenter | Mnemonic::Int | Mnemonic::Int1 | Mnemonic::Int3 | Mnemonic::Into)
+}
+
 /// The facts in force when execution reaches `at`, or `None` when they cannot be known.
 fn facts_at(bin: &Binary, point: &ProbePoint, at: u64) -> Option<Facts> {
     let code = bin.code(point.func_start, point.func_end)?;
@@ -189,7 +198,7 @@ fn facts_at(bin: &Binary, point: &ProbePoint, at: u64) -> Option<Facts> {
         if targets.contains(&i.ip()) {
             facts.0.clear();
         }
-        if i.flow_control() == FlowControl::Next && !i.is_invalid() {
+        if !is_barrier(i) {
             facts.step(i, &mut info);
         } else {
             facts.0.clear();
@@ -278,6 +287,17 @@ mod tests {
         // mov -0x14(%rbp),%eax: 4 bytes
         let f = run(&[0x8b, 0x45, 0xec]);
         assert_eq!(slot(&f, Register::RAX), Some((Register::RBP, -0x14, 4)));
+    }
+
+    #[test]
+    fn a_system_call_ends_the_run() {
+        // mov -0x8(%rbp),%rax ; syscall ; (probe) — a read(2) may have filled the slot.
+        let code = [0x48, 0x8b, 0x45, 0xf8, 0x0f, 0x05, 0x90];
+        let mut d = Decoder::with_ip(64, &code, 0x1000, DecoderOptions::NONE);
+        let instrs: Vec<Instruction> = std::iter::from_fn(|| d.can_decode().then(|| d.decode())).collect();
+        assert_eq!(instrs[1].mnemonic(), Mnemonic::Syscall);
+        assert!(is_barrier(&instrs[1]), "syscall must end the straight-line run");
+        assert!(!is_barrier(&instrs[0]), "a load does not");
     }
 
     #[test]
