@@ -94,7 +94,7 @@ impl Facts {
 
     /// Applies one instruction that falls through.
     fn step(&mut self, i: &Instruction, info: &mut InstructionInfoFactory) {
-        let gpr = |k: OpKind, r: Register| k == OpKind::Register && r.is_gpr64() || k == OpKind::Register && r.is_gpr32();
+        let gpr = |k: OpKind, r: Register| k == OpKind::Register && (r.is_gpr64() || r.is_gpr32());
         // What the instruction does to the facts, before any new one.
         let mut new_fact: Option<(Register, Slot)> = None;
         match i.mnemonic() {

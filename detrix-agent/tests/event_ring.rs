@@ -46,8 +46,9 @@ fn pin_to_cpu0() {
 #[test]
 fn full_ring_counts_every_drop_and_keeps_exactly_what_fit() {
     // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        unsafe { libc::geteuid() },
+        euid,
         0,
         "this test attaches uprobes: run it as root (CAP_BPF and CAP_PERFMON), e.g. `sudo -E cargo xtask test`"
     );

@@ -183,7 +183,7 @@ impl Binary {
                     }
                 }
                 // A pointer-sized load: the address on the stack becomes the pointer stored there.
-                gimli::Operation::Deref { size, space: false, .. } if size == 8 => match stack.last_mut() {
+                gimli::Operation::Deref { size: 8, space: false, .. } => match stack.last_mut() {
                     Some(top) if top.deref.is_none() && constant.is_none() => {
                         *top = AddrValue { base: top.base, offset: 0, deref: Some(top.offset) };
                     }
