@@ -16,7 +16,6 @@ use detrix_e2e::{
     require_root, run_agent, single_probe_line, single_summary, Event, Fixture, Output, ProbeLine,
     Running, AGENT_TIMEOUT,
 };
-use serde_json as _;
 
 /// Delay between the fixture's rounds.
 const DELAY_MS: u32 = 20;
@@ -721,6 +720,65 @@ fn forwarding_reads_registers_and_values_still_match() {
         slots.stderr
     );
     fixture.assert_keeps_running(3);
+}
+
+/// Forwarding never changes a value: at every line of `process` and of `main`'s loop, two
+/// captures of every local in scope, one forwarding and one not, attached to the same process
+/// at once (so they see the same hits), must agree on every value of every common round.
+#[test]
+fn forwarding_never_changes_a_value() {
+    require_root();
+    agent_bin();
+    // Rounds slow enough that the two captures, which attach a few hundred ms apart at most,
+    // share several hits.
+    let fixture = Fixture::orders(100);
+    let src = std::fs::read_to_string(c_fixture_source("orders")).expect("read orders.c");
+    let lines: Vec<&str> = src.lines().collect();
+    let start_of = |text: &str| lines.iter().position(|l| l.contains(text)).unwrap_or_else(|| panic!("orders.c has no `{text}`")) + 1;
+    // 1-based line numbers: the body of `process`, and `main`'s loop body.
+    let process = (start_of("static double process(") + 1)..start_of("return cost;") + 1;
+    let main_loop = (start_of("for (int round = 0;") + 1)..start_of("usleep(delay_ms") + 1;
+    let by_round = |out: &Output| -> HashMap<i64, serde_json::Value> {
+        out.stdout_lines()
+            .into_iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .map(|v| (v["values"]["round"].as_i64().unwrap_or_else(|| panic!("no round: {v}")), v["locals"].clone()))
+            .collect()
+    };
+    let (mut lines_compared, mut values_compared, mut forwarded_lines) = (0, 0, 0);
+    for line in process.chain(main_loop) {
+        let at = format!("orders.c:{line}");
+        let spawn = |extra: &[&str]| {
+            let mut args = capture_args(fixture.pid(), &at, &["round"], &["--locals", "--count", "6", "--format", "json", "--explain"]);
+            args.extend(extra.iter().map(|s| s.to_string()));
+            let mut cmd = Command::new(agent_bin());
+            cmd.args(args);
+            Running::spawn(cmd)
+        };
+        let (fwd, slots) = (spawn(&[]), spawn(&["--no-forwarding"]));
+        let (fwd, slots) = (fwd.wait(AGENT_TIMEOUT), slots.wait(AGENT_TIMEOUT));
+        if !fwd.status.success() || !slots.status.success() {
+            // A line without code (a continuation line): both must refuse it, for that reason.
+            let first = |o: &Output| o.stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_default().to_owned();
+            assert_eq!(first(&fwd), first(&slots), "at {at} the two captures disagree on whether the line can be captured");
+            assert!(first(&fwd).contains("has no code"), "at {at}: unexpected failure:\n{}", fwd.stderr);
+            continue;
+        }
+        if fwd.stderr.lines().any(|l| l.trim_start().starts_with("forwarded ")) {
+            forwarded_lines += 1;
+        }
+        let (a, b) = (by_round(&fwd), by_round(&slots));
+        let common: Vec<i64> = a.keys().filter(|r| b.contains_key(r)).copied().collect();
+        assert!(common.len() >= 2, "at {at} the two captures share too few hits ({common:?}):\n{}\n{}", fwd.stdout, slots.stdout);
+        for r in common {
+            assert_eq!(a[&r], b[&r], "at {at}, round {r}: the locals differ with and without forwarding");
+            values_compared += a[&r].as_object().map_or(0, serde_json::Map::len);
+        }
+        lines_compared += 1;
+    }
+    assert!(lines_compared >= 15, "only {lines_compared} lines could be compared");
+    assert!(forwarded_lines >= 5, "forwarding applied on only {forwarded_lines} lines; the comparison proves little");
+    eprintln!("compared {values_compared} values on {lines_compared} lines ({forwarded_lines} with forwarded reads)");
 }
 
 // ---------------------------------------------------------------------------------------------
