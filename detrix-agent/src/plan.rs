@@ -1554,6 +1554,11 @@ fn render(shape: &Shape, bytes: &[u8], rest: &[u8]) -> String {
                 other => other.to_string(),
             }
         }
+        // A char member as lldb and Rust's `{:?}` show it: `'B'`, `'\0'`, `'中'`.
+        Shape::Char { size } => {
+            let code = le_u64(bytes, usize::from(*size)) as u32;
+            char::from_u32(code).map_or_else(|| format!("'\\u{{{code:x}}}'"), |c| format!("{c:?}"))
+        }
         other => match decode_shape(other, bytes, rest) {
             Value::Int(v) => v.to_string(),
             Value::UInt(v) => v.to_string(),
@@ -1783,6 +1788,10 @@ mod tests {
         let s = Shape::Struct { members: vec![("ok".into(), 0, Shape::Bool { size: 1 }), ("id".into(), 4, Shape::Int { size: 4, signed: true })] };
         let b = [0, 0, 0, 0, 7, 0, 0, 0];
         assert_eq!(decode_shape(&s, &b, &b), Value::Text("{ok = false, id = 7}".into()));
+        // A char member in quotes as a char, not a string: lldb's `grade = 'B'`.
+        let s = Shape::Struct { members: vec![("grade".into(), 0, Shape::Char { size: 1 }), ("nul".into(), 1, Shape::Char { size: 1 })] };
+        let b = [b'B', 0];
+        assert_eq!(decode_shape(&s, &b, &b), Value::Text("{grade = 'B', nul = '\\0'}".into()));
     }
 
     fn go_layout(name: &str, style: CountedStyle, stride: u64) -> CountedLayout {
