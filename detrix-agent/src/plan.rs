@@ -54,12 +54,15 @@ enum Shape {
     /// A Go array: `[3]string ["a","b","c"]`; one shape per element shown (their strings'
     /// data is placed per element), at most [`GO_SHOWN_ELEMS`], of `count`.
     GoArray { name: String, items: Vec<Shape>, count: u64, stride: u64 },
-    /// Bytes from `EMIT_STR` read with room for `cap + 1` characters: more than `cap` means
-    /// the string was longer than the cap.
+    /// A `char *`: the pointer (8 bytes), then, unless it is null, the bytes `EMIT_STR` read
+    /// with room for `cap + 1` characters (more than `cap`: the string was longer than the cap).
+    /// Shown as lldb-dap shows it, `0x0000555555556012 "alice"`.
     CString { cap: u32 },
     /// `char[N]`, copied in place (`copied` ≤ N bytes).
     CharArray { count: u64, copied: u32 },
-    Struct { members: Vec<(String, u64, Shape)> },
+    /// A struct: lldb-dap shows it by its type's display name (`order`, `orders::Order`,
+    /// `const Order`); the members are kept for Rust enum payloads (`Percent(6)`).
+    Struct { name: String, members: Vec<(String, u64, Shape)> },
     /// Return addresses from `bpf_get_stack` (innermost first).
     Stack,
     /// A Rust enum: discriminant `(offset, size)` and each variant's value, name, payload.
@@ -68,7 +71,9 @@ enum Shape {
     /// `data` says where, the elements (or text) it points to (see [`CountedLayout`]). Nested
     /// in a composite of another language only the header is copied.
     Counted { layout: CountedLayout, elem: Box<Shape>, data: Option<Payload> },
-    Array { elem: Box<Shape>, count: u64, stride: u64 },
+    /// An array of non-chars: lldb-dap shows its type's display name (`const char *[3]`); the
+    /// elements are kept for Rust enum payloads.
+    Array { name: String, elem: Box<Shape>, count: u64, stride: u64 },
     Opaque { what: String },
 }
 
@@ -597,7 +602,7 @@ impl Builder<'_> {
                     Shape::CharArray { count, copied: u32::try_from(count).unwrap_or(u32::MAX) }
                 } else {
                     let stride = self.bin.size_of(elem)?.unwrap_or(0);
-                    Shape::Array { elem: Box::new(self.shape_in_place(elem, depth + 1)?), count, stride }
+                    Shape::Array { name: self.bin.display_type_name(ty), elem: Box::new(self.shape_in_place(elem, depth + 1)?), count, stride }
                 }
             }
             Type::Variants { discr, variants, .. } if depth < 6 => {
@@ -612,7 +617,7 @@ impl Builder<'_> {
                 for m in members {
                     out.push((m.name.clone(), m.offset, self.shape_in_place(m.ty, depth + 1)?));
                 }
-                Shape::Struct { members: out }
+                Shape::Struct { name: self.bin.display_type_name(ty), members: out }
             }
             other => Shape::Opaque { what: match other {
                 Type::Struct { .. } => "...".to_owned(),
@@ -894,11 +899,14 @@ fn lower_value(bin: &Binary, point: &ProbePoint, opts: PlanOptions, text: &str) 
     let stripped = bin.type_of(ty)?;
     let lowered = match stripped {
         Type::Pointer { pointee } if matches!(bin.type_of(pointee)?, Type::Char { size: 1, .. }) => {
+            // The pointer, then (unless null) the string it points to: lldb-dap shows both.
             let mut o = b.pointer_value(place)?;
-            let len = opts.string_cap.saturating_add(2).min(MAX_COPY_BYTES as u32);
+            let len = opts.string_cap.saturating_add(2).min(MAX_COPY_BYTES as u32 - 8);
             let cap = len - 2;
-            o.push(mk(op::EMIT_STR, 0, len as u16, 0));
-            (o, Shape::CString { cap }, len as usize)
+            o.push(mk(op::EMIT_ACC, 0, 8, 0));
+            o.push(mk(op::END_LE, 0, 0, 0));
+            o.push(with_dst(mk(op::EMIT_STR, 0, len as u16, 0), 8));
+            (o, Shape::CString { cap }, 8 + len as usize)
         }
         Type::Struct { .. } if b.counted_layout(ty)?.is_some() => {
             let Some((layout, elem)) = b.counted_layout(ty)? else { unreachable!("checked above") };
@@ -1265,7 +1273,12 @@ fn lower_condition(c: &expr::Condition, vi: usize, v: &ValueDecoder) -> Result<C
             string_condition(&mut k, c, &err)?;
             k.dst = (v.dst + layout.header as usize) as u16;
         }
-        Shape::CString { .. } | Shape::CharArray { .. } => string_condition(&mut k, c, &err)?,
+        Shape::CString { .. } => {
+            // The string follows the pointer in the value's data.
+            string_condition(&mut k, c, &err)?;
+            k.dst = (v.dst + 8) as u16;
+        }
+        Shape::CharArray { .. } => string_condition(&mut k, c, &err)?,
         other => return Err(err(format!("values of this kind ({other:?}) cannot be compared in the kernel"))),
     }
     Ok(k)
@@ -1347,7 +1360,9 @@ pub fn decode(values: &[ValueDecoder], header: &EventHeader, data: &[u8]) -> Vec
             let rest = data.get(v.dst..).unwrap_or(&[]);
             // Strings read with a cap report how much they read; everything else has its size.
             let len = match v.shape {
-                Shape::CString { .. } => usize::from(meta.len),
+                // The pointer, then the string when it is not null (`meta.len` is its length).
+                Shape::CString { .. } if le_u64(rest, 8) == 0 => 8,
+                Shape::CString { .. } => 8 + usize::from(meta.len),
                 Shape::Stack if v.role == Role::Stack => usize::from(meta.len),
                 _ => v.size,
             };
@@ -1373,6 +1388,10 @@ fn decode_counted(layout: &CountedLayout, elem: &Shape, data: Option<&Payload>, 
     if layout.style.is_text() {
         let text = String::from_utf8_lossy(copied).into_owned();
         return Value::Str { text, truncated: (copied.len() as u64) < len };
+    }
+    // A Rust `Vec`/slice as the Rust formatters' summary shows it in lldb-dap: its length.
+    if layout.style == CountedStyle::RustSeq {
+        return Value::Text(format!("size={len}"));
     }
     let stride = layout.stride.max(1);
     let mut shown = (copied.len() as u64 / stride).min(len);
@@ -1434,10 +1453,107 @@ fn sign_extend(v: u64, size: usize) -> i64 {
     ((v << shift) as i64) >> shift
 }
 
-fn char_text(code: u32) -> String {
-    match char::from_u32(code) {
-        Some(c) if !c.is_control() => c.to_string(),
-        _ => format!("\\x{code:02x}"),
+/// A pointer as lldb shows it: `0x` and 16 hex digits.
+fn lldb_pointer(p: u64) -> String {
+    format!("{p:#018x}")
+}
+
+/// A character as lldb-dap shows it: a C `char` as `'A'`, `'\n'`, `'\xc8'`; a Rust `char`
+/// (4 bytes) as its value and summary, `U+0x00000078 U+0x00000078 U'x'`, as lldb-22 prints
+/// them with the Rust formatters the daemon loads.
+fn lldb_char(code: u32, size: u8) -> String {
+    if size >= 2 {
+        let c = char::from_u32(code).map_or_else(|| format!("\\U{code:08x}"), |c| c.to_string());
+        return format!("U+{code:#010x} U+{code:#010x} U'{c}'");
+    }
+    format!("'{}'", lldb_escape_byte(code as u8, b'\''))
+}
+
+/// One byte of C text as lldb escapes it; `quote` (`'` or `"`) is escaped too.
+fn lldb_escape_byte(b: u8, quote: u8) -> String {
+    match b {
+        0 => "\\0".to_owned(),
+        7 => "\\a".to_owned(),
+        8 => "\\b".to_owned(),
+        9 => "\\t".to_owned(),
+        10 => "\\n".to_owned(),
+        11 => "\\v".to_owned(),
+        12 => "\\f".to_owned(),
+        13 => "\\r".to_owned(),
+        0x1b => "\\e".to_owned(),
+        b'\\' => "\\\\".to_owned(),
+        b if b == quote => format!("\\{}", b as char),
+        0x20..=0x7e => (b as char).to_string(),
+        b => format!("\\x{b:02x}"),
+    }
+}
+
+/// A C string as lldb's summary quotes it, `"a\"b"`, with `...` after the closing quote
+/// when it was longer than what was copied. UTF-8 text is kept; other bytes are `\xNN`.
+fn lldb_quote(bytes: &[u8], cut: bool) -> String {
+    let mut out = String::from("\"");
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_ascii() {
+                out.push_str(&lldb_escape_byte(c as u8, b'"'));
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out.push('"');
+    if cut {
+        out.push_str("...");
+    }
+    out
+}
+
+/// Most zeros lldb pads a float with before it switches to scientific notation (its
+/// `target.max-zero-padding-in-float-format`, 6 by default).
+const LLDB_FLOAT_PADDING: i64 = 6;
+
+/// A float as lldb prints it: `llvm::APFloat::toString` with the type's full precision
+/// (`precision` significant digits: 17 for a double, 9 for a float), trailing zeros dropped,
+/// scientific past 6 zeros of padding: `11`, `2.75`, `0.83333333333333337`, `2.5E+20`,
+/// `1.0E+10`, `2.4999999999999999E-7`, `+Inf`, `NaN`, `-0`.
+fn lldb_float(f: f64, precision: usize) -> String {
+    if f.is_nan() {
+        return "NaN".to_owned();
+    }
+    let sign = if f.is_sign_negative() { "-" } else { "" };
+    if f.is_infinite() {
+        return if sign.is_empty() { "+Inf".to_owned() } else { "-Inf".to_owned() };
+    }
+    if f == 0.0 {
+        return format!("{sign}0");
+    }
+    // `d.ddd…e±x`: the significant digits, correctly rounded, and the power of the first.
+    let sci = format!("{:.*e}", precision.saturating_sub(1), f.abs());
+    let (mantissa, e10) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let e10: i64 = e10.parse().unwrap_or(0);
+    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    let digits = digits.trim_end_matches('0');
+    let digits = if digits.is_empty() { "0" } else { digits };
+    let n = digits.len() as i64;
+    // APFloat's convention: the value is `digits × 10^exp`.
+    let exp = e10 - (n - 1);
+    let scientific = if exp >= 0 { exp > LLDB_FLOAT_PADDING || n + exp > precision as i64 } else { e10 < 0 && -e10 > LLDB_FLOAT_PADDING };
+    if scientific {
+        let rest = if n == 1 { "0" } else { &digits[1..] };
+        let esign = if e10 >= 0 { '+' } else { '-' };
+        return format!("{sign}{}.{rest}E{esign}{}", &digits[..1], e10.abs());
+    }
+    if exp >= 0 {
+        return format!("{sign}{digits}{}", "0".repeat(exp as usize));
+    }
+    let whole = n + exp;
+    if whole > 0 {
+        format!("{sign}{}.{}", &digits[..whole as usize], &digits[whole as usize..])
+    } else {
+        format!("{sign}0.{}{digits}", "0".repeat((-whole) as usize))
     }
 }
 
@@ -1453,7 +1569,7 @@ fn decode_shape(shape: &Shape, bytes: &[u8], rest: &[u8]) -> Value {
         Shape::Float { .. } => Value::Float(f64::from_bits(le_u64(bytes, 8))),
         // Only its own bytes: inside a composite `bytes` runs on past it.
         Shape::Bool { size } => Value::Bool(bytes.iter().take(usize::from(*size)).any(|b| *b != 0)),
-        Shape::Char { size } => Value::Str { text: char_text(le_u64(bytes, usize::from(*size)) as u32), truncated: false },
+        Shape::Char { size } => Value::Text(lldb_char(le_u64(bytes, usize::from(*size)) as u32, *size)),
         Shape::Enum { size, signed, values } => {
             let raw = le_u64(bytes, usize::from(*size));
             let v = if *signed { sign_extend(raw, usize::from(*size)) } else { raw as i64 };
@@ -1462,12 +1578,15 @@ fn decode_shape(shape: &Shape, bytes: &[u8], rest: &[u8]) -> Value {
                 None => Value::Int(v),
             }
         }
-        Shape::Pointer => Value::Text(format!("{:#x}", le_u64(bytes, 8))),
+        Shape::Pointer => Value::Text(lldb_pointer(le_u64(bytes, 8))),
         Shape::CString { cap } => {
+            let ptr = le_u64(bytes, 8);
+            if ptr == 0 {
+                return Value::Text(lldb_pointer(0));
+            }
+            let s = bytes.get(8..).unwrap_or(&[]);
             let cap = *cap as usize;
-            let truncated = bytes.len() > cap;
-            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(cap)]).into_owned();
-            Value::Str { text, truncated }
+            Value::Text(format!("{} {}", lldb_pointer(ptr), lldb_quote(&s[..s.len().min(cap)], s.len() > cap)))
         }
         Shape::CharArray { count, copied } => {
             let bytes = &bytes[..bytes.len().min(*copied as usize)];
@@ -1495,22 +1614,9 @@ fn decode_shape(shape: &Shape, bytes: &[u8], rest: &[u8]) -> Value {
 /// `bytes` are the node's own, `rest` the value's from its first byte on.
 fn render(shape: &Shape, bytes: &[u8], rest: &[u8]) -> String {
     match shape {
-        Shape::Struct { members } => {
-            let parts: Vec<String> = members
-                .iter()
-                .map(|(name, off, s)| {
-                    let b = bytes.get(*off as usize..).unwrap_or(&[]);
-                    format!("{name} = {}", render(s, b, rest))
-                })
-                .collect();
-            format!("{{{}}}", parts.join(", "))
-        }
-        Shape::Array { elem, count, stride } => {
-            let parts: Vec<String> = (0..*count)
-                .map(|i| render(elem, bytes.get((i * stride) as usize..).unwrap_or(&[]), rest))
-                .collect();
-            format!("[{}]", parts.join(", "))
-        }
+        // lldb-dap shows a value with neither value nor summary by its type's name (its
+        // `VariableDescription::display_value` without auto summaries).
+        Shape::Struct { name, .. } | Shape::Array { name, .. } => name.clone(),
         Shape::Opaque { what } => format!("<{what}>"),
         Shape::Variants { discr, variants } => {
             let d = discr.map(|(off, size)| le_u64(bytes.get(off as usize..).unwrap_or(&[]), size as usize));
@@ -1525,7 +1631,7 @@ fn render(shape: &Shape, bytes: &[u8], rest: &[u8]) -> String {
                     let b = bytes.get(*off as usize..).unwrap_or(&[]);
                     match payload {
                         // Tuple variants name their fields __0, __1, …: `Some(5)`.
-                        Shape::Struct { members } if members.iter().all(|(n, ..)| n.starts_with("__")) => {
+                        Shape::Struct { members, .. } if members.iter().all(|(n, ..)| n.starts_with("__")) => {
                             if members.is_empty() {
                                 name.clone()
                             } else {
@@ -1534,7 +1640,7 @@ fn render(shape: &Shape, bytes: &[u8], rest: &[u8]) -> String {
                                 format!("{name}({})", parts.join(", "))
                             }
                         }
-                        Shape::Struct { members } if members.is_empty() => name.clone(),
+                        Shape::Struct { members, .. } if members.is_empty() => name.clone(),
                         other => format!("{name} {}", render(other, b, rest)),
                     }
                 }
@@ -1542,6 +1648,9 @@ fn render(shape: &Shape, bytes: &[u8], rest: &[u8]) -> String {
         }
         Shape::GoStruct { .. } | Shape::GoArray { .. } | Shape::GoPtr { .. } | Shape::GoUnloaded { .. } => go_text(shape, bytes, rest, None, true),
         // Inside a composite of another language only the header was copied: the length.
+        Shape::Counted { layout, data: None, .. } if layout.style == CountedStyle::RustSeq => {
+            format!("size={}", le_u64(bytes.get(layout.len_off as usize..).unwrap_or(&[]), 8))
+        }
         Shape::Counted { layout, data: None, .. } if !layout.style.is_go() => {
             format!("{} len: {}", layout.type_name, le_u64(bytes.get(layout.len_off as usize..).unwrap_or(&[]), 8))
         }
@@ -1554,11 +1663,9 @@ fn render(shape: &Shape, bytes: &[u8], rest: &[u8]) -> String {
                 other => other.to_string(),
             }
         }
-        // A char member as lldb and Rust's `{:?}` show it: `'B'`, `'\0'`, `'中'`.
-        Shape::Char { size } => {
-            let code = le_u64(bytes, usize::from(*size)) as u32;
-            char::from_u32(code).map_or_else(|| format!("'\\u{{{code:x}}}'"), |c| format!("{c:?}"))
-        }
+        Shape::Char { size } => lldb_char(le_u64(bytes, usize::from(*size)) as u32, *size),
+        Shape::Float { size: 4 } => lldb_float(f64::from(f32::from_bits(le_u64(bytes, 4) as u32)), 9),
+        Shape::Float { .. } => lldb_float(f64::from_bits(le_u64(bytes, 8)), 17),
         other => match decode_shape(other, bytes, rest) {
             Value::Int(v) => v.to_string(),
             Value::UInt(v) => v.to_string(),
@@ -1765,11 +1872,46 @@ mod tests {
     }
 
     #[test]
-    fn strings_cut_at_cap_say_so() {
+    fn c_strings_show_pointer_and_text_like_lldb() {
         let s = Shape::CString { cap: 5 };
-        assert_eq!(decode_shape(&s, b"carol-", b"carol-"), Value::Str { text: "carol".into(), truncated: true });
-        assert_eq!(decode_shape(&s, b"carol", b"carol"), Value::Str { text: "carol".into(), truncated: false });
-        assert_eq!(Value::Str { text: "carol".into(), truncated: true }.to_json(), serde_json::json!("carol...(truncated)"));
+        let with = |p: u64, text: &[u8]| -> Vec<u8> { p.to_le_bytes().iter().chain(text).copied().collect() };
+        let b = with(0x5555_5555_6012, b"carol-");
+        assert_eq!(decode_shape(&s, &b, &b), Value::Text("0x0000555555556012 \"carol\"...".into()));
+        let b = with(0x5555_5555_6012, b"a\"b\n");
+        assert_eq!(decode_shape(&s, &b, &b), Value::Text("0x0000555555556012 \"a\\\"b\\n\"".into()));
+        // A null `char *` is its address alone, as lldb-dap shows it.
+        let b = with(0, b"");
+        assert_eq!(decode_shape(&s, &b, &b), Value::Text("0x0000000000000000".into()));
+    }
+
+    #[test]
+    fn chars_and_floats_render_like_lldb() {
+        // Verified against lldb-dap-22 logpoints (C `char`, Rust `char`, `double`, `float`);
+        // the doubles as lldb computed them from `o->price` = 2.5 (`{o->price * 1e-6}`).
+        assert_eq!(lldb_char(u32::from(b'A'), 1), "'A'");
+        assert_eq!(lldb_char(10, 1), "'\\n'");
+        assert_eq!(lldb_char(0xc8, 1), "'\\xc8'");
+        assert_eq!(lldb_char(0, 1), "'\\0'");
+        assert_eq!(lldb_char(0x4e2d, 4), "U+0x00004e2d U+0x00004e2d U'中'");
+        let cases = [
+            (11.0, "11"),
+            (2.75, "2.75"),
+            (2.5 / 3.0, "0.83333333333333337"),
+            (2.5 * 1e20, "2.5E+20"),
+            (2.5 * 1e-7, "2.4999999999999999E-7"),
+            (2.5 * 1e-6, "0.0000024999999999999998"),
+            (2.5 * 1e7, "25000000"),
+            (2.5 * 1e8, "2.5E+8"),
+            (0.0, "0"),
+            (-0.0, "-0"),
+            (f64::INFINITY, "+Inf"),
+            (f64::NAN, "NaN"),
+        ];
+        for (f, want) in cases {
+            assert_eq!(lldb_float(f, 17), want, "{f:e}");
+        }
+        assert_eq!(lldb_float(f64::from(2.5f32 / 3.0), 9), "0.833333313");
+        assert_eq!(lldb_float(1e10, 9), "1.0E+10");
     }
 
     #[test]
@@ -1779,19 +1921,21 @@ mod tests {
     }
 
     #[test]
-    fn structs_render_like_lldb() {
-        let s = Shape::Struct { members: vec![("id".into(), 0, Shape::Int { size: 4, signed: true }), ("ok".into(), 4, Shape::Bool { size: 1 })] };
-        let mut b = 7i32.to_le_bytes().to_vec();
-        b.push(1);
-        assert_eq!(decode_shape(&s, &b, &b), Value::Text("{id = 7, ok = true}".into()));
-        // A bool reads only its own byte, not the members after it.
-        let s = Shape::Struct { members: vec![("ok".into(), 0, Shape::Bool { size: 1 }), ("id".into(), 4, Shape::Int { size: 4, signed: true })] };
-        let b = [0, 0, 0, 0, 7, 0, 0, 0];
-        assert_eq!(decode_shape(&s, &b, &b), Value::Text("{ok = false, id = 7}".into()));
-        // A char member in quotes as a char, not a string: lldb's `grade = 'B'`.
-        let s = Shape::Struct { members: vec![("grade".into(), 0, Shape::Char { size: 1 }), ("nul".into(), 1, Shape::Char { size: 1 })] };
-        let b = [b'B', 0];
-        assert_eq!(decode_shape(&s, &b, &b), Value::Text("{grade = 'B', nul = '\\0'}".into()));
+    fn structs_render_like_lldb_dap() {
+        // lldb-dap shows a struct by its type's display name, not its members.
+        let s = Shape::Struct { name: "orders::Order".into(), members: vec![("id".into(), 0, Shape::Int { size: 4, signed: true })] };
+        let b = 7i32.to_le_bytes();
+        assert_eq!(decode_shape(&s, &b, &b), Value::Text("orders::Order".into()));
+        // A pointer is its address, 16 hex digits.
+        assert_eq!(decode_shape(&Shape::Pointer, &0x7fff_ffff_e4c0u64.to_le_bytes(), &[]), Value::Text("0x00007fffffffe4c0".into()));
+        // A tuple variant's payload still renders: `Percent(6)`, `Some(2.5)`.
+        let v = Shape::Variants {
+            discr: Some((0, 4)),
+            variants: vec![(Some(1), "Some".into(), 8, Shape::Struct { name: "Some".into(), members: vec![("__0".into(), 0, Shape::Float { size: 8 })] })],
+        };
+        let mut b = 1u64.to_le_bytes().to_vec();
+        b.extend(2.5f64.to_le_bytes());
+        assert_eq!(decode_shape(&v, &b, &b), Value::Text("Some(2.5)".into()));
     }
 
     fn go_layout(name: &str, style: CountedStyle, stride: u64) -> CountedLayout {

@@ -198,7 +198,8 @@ fn c_breakpoint_answers_from_the_snapshot_without_pausing() {
         let z: i64 = locals["z"].parse().unwrap_or_else(|_| panic!("z: {locals:?}"));
         let kv = printed(&s.fixture, z);
         assert_eq!(locals["w"], kv["w"], "w as printed");
-        assert_eq!(locals["name"], format!("\"{}\"", kv["name"]), "name as printed: {locals:?}");
+        // A `char *` as lldb-dap shows it: its address and its quoted text.
+        assert_eq!(locals["name"], format!("{} \"{}\"", kv["pname"], kv["name"]), "name as printed: {locals:?}");
         assert_eq!(evals[0]["body"]["result"], json!(kv["w"]), "{:?}", evals[0]);
         assert_eq!(evals[1]["body"]["result"], json!(z.to_string()));
         cycles += 1;

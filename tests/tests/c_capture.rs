@@ -21,10 +21,13 @@ enum Kind {
     Int,
     /// A JSON number equal (as f64) to the printed `%.17g`.
     Float,
-    /// A one-character JSON string equal to the printed `%c`.
+    /// A JSON string equal to the printed `'%c'`: the char quoted, as lldb-dap shows it.
     Char,
     /// A JSON string equal to the printed `%s`.
     Str,
+    /// A `char *` as lldb-dap shows it, `0x0000555555556012 "alice"`: a JSON string equal to
+    /// the pointer printed under this key, a space, and the printed `%s` quoted.
+    CStr(&'static str),
 }
 
 /// Checks one captured value against the printed text, panicking with both on a mismatch.
@@ -64,8 +67,8 @@ fn check(event: &Event, expr: &str, kind: Kind, printed: &str, line: &str) {
                 .unwrap_or_else(|| panic!("`{expr}` = {v} is not a JSON string{}", ctx()));
             assert_eq!(
                 got.chars().count(),
-                1,
-                "`{expr}` = {v} is not a one-char string{}",
+                3,
+                "`{expr}` = {v} is not a quoted char{}",
                 ctx()
             );
             assert_eq!(
@@ -75,7 +78,7 @@ fn check(event: &Event, expr: &str, kind: Kind, printed: &str, line: &str) {
                 ctx()
             );
         }
-        Kind::Str => {
+        Kind::Str | Kind::CStr(_) => {
             let got = v
                 .as_str()
                 .unwrap_or_else(|| panic!("`{expr}` = {v} is not a JSON string{}", ctx()));
@@ -156,14 +159,14 @@ fn process_line_values_match_printed() {
         ("o->flags", "flags", Kind::Int),
         ("o->price", "price", Kind::Float),
         ("o->grade", "grade", Kind::Char),
-        ("o->customer", "customer", Kind::Str),
+        ("o->customer", "customer", Kind::CStr("pcust")),
         ("o->code", "code", Kind::Str),
         ("cost", "cost", Kind::Float),
         ("g_counter", "g_counter", Kind::Int),
         ("s_total", "s_total", Kind::Int),
         ("copy.qty", "copy.qty", Kind::Int),
         ("first", "first", Kind::Char),
-        ("g_label", "label", Kind::Str),
+        ("g_label", "label", Kind::CStr("plabel")),
     ];
     let names: Vec<&str> = exprs.iter().map(|(e, _, _)| *e).collect();
     let out = run_agent(&capture_args(
@@ -187,13 +190,11 @@ fn process_line_values_match_printed() {
         let printed_line = fixture.process_line(round, PRINT_WAIT);
         let kv = parse_kv(&printed_line);
         for (expr, key, kind) in exprs {
-            check(
-                event,
-                expr,
-                *kind,
-                printed(&kv, key, &printed_line),
-                &printed_line,
-            );
+            let want = match kind {
+                Kind::CStr(ptr) => format!("{} \"{}\"", printed(&kv, ptr, &printed_line), printed(&kv, key, &printed_line)),
+                _ => printed(&kv, key, &printed_line).to_owned(),
+            };
+            check(event, expr, *kind, &want, &printed_line);
         }
     }
 
@@ -378,7 +379,9 @@ fn string_cap_truncates_long_strings() {
         let printed_line = fixture.process_line(round, PRINT_WAIT);
         let kv = parse_kv(&printed_line);
         let customer = printed(&kv, "customer", &printed_line);
-        let want = capped(customer, 5);
+        // lldb-dap's form: the pointer, the quoted text, `...` after it when it was cut.
+        let cut = if customer.len() > 5 { format!("\"{}\"...", &customer[..5]) } else { format!("\"{customer}\"") };
+        let want = format!("{} {cut}", printed(&kv, "pcust", &printed_line));
         let got = event
             .value("o->customer")
             .as_str()

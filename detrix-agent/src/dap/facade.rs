@@ -350,7 +350,7 @@ impl<P: ProbeSet> Facade<P> {
                         s.locals
                             .iter()
                             .filter(|(n, _)| !(n.starts_with("__") && n.ends_with("__")))
-                            .map(|(n, v)| json!({"name": n, "value": template::render_value(v), "type": type_name(lang, v), "variablesReference": 0}))
+                            .map(|(n, v)| json!({"name": n, "value": shown_value(lang, v), "type": type_name(lang, v), "variablesReference": 0}))
                             .collect()
                     } else {
                         Vec::new()
@@ -400,7 +400,7 @@ impl<P: ProbeSet> Facade<P> {
         }
         let lang = self.opts.target;
         if let Some(v) = lookup(&stop, expr) {
-            let body = json!({"result": template::render_value(v), "type": type_name(lang, v), "variablesReference": 0});
+            let body = json!({"result": shown_value(lang, v), "type": type_name(lang, v), "variablesReference": 0});
             return vec![self.response(request_seq, CMD, Ok(Some(body)))];
         }
         if said_call || has_call(expr) {
@@ -767,6 +767,16 @@ fn debugger_value(text: &str) -> String {
 }
 
 /// A type name in the target language's spelling, as far as a captured value tells.
+/// A value as a `variables` or `evaluate` response shows it. lldb-dap puts its display text
+/// there as is (`0x0000555555556012 "alice"`, `order`), so C, C++ and Rust composites go out
+/// raw; scalars and strings, and every Go value, as in `output` events.
+fn shown_value(lang: Language, v: &V) -> String {
+    match v {
+        V::Text(t) if lang != Language::Go => t.clone(),
+        other => template::render_value(other),
+    }
+}
+
 fn type_name(lang: Language, v: &V) -> &'static str {
     let go = lang == Language::Go;
     match v {

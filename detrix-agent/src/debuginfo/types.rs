@@ -183,6 +183,68 @@ impl Binary {
         self.die_name(r.unit, &e)
     }
 
+    /// A type's name as lldb's `SBType::GetDisplayTypeName` spells it, which lldb-dap shows for
+    /// a value with neither value nor summary (a struct, an array of non-chars): qualifiers
+    /// kept (`const Order`), typedef names kept, names qualified by their namespaces
+    /// (`orders::Order`), no `struct` keyword (`order`), `T *` and `T[N]`.
+    #[must_use]
+    pub fn display_type_name(&self, t: Option<TypeRef>) -> String {
+        self.display_name_at(t, 0)
+    }
+
+    fn display_name_at(&self, t: Option<TypeRef>, depth: u32) -> String {
+        let Some(r) = t else { return "void".to_owned() };
+        let Ok(e) = self.entry_of(r) else { return "?".to_owned() };
+        if depth > 16 {
+            return "?".to_owned();
+        }
+        let inner = || self.display_name_at(self.type_attr(r.unit, &e), depth + 1);
+        match e.tag() {
+            dw::DW_TAG_const_type => format!("const {}", inner()),
+            dw::DW_TAG_volatile_type => format!("volatile {}", inner()),
+            dw::DW_TAG_restrict_type | dw::DW_TAG_atomic_type => inner(),
+            dw::DW_TAG_pointer_type => format!("{} *", inner()),
+            dw::DW_TAG_reference_type => format!("{} &", inner()),
+            dw::DW_TAG_rvalue_reference_type => format!("{} &&", inner()),
+            dw::DW_TAG_array_type => {
+                let count = match self.type_of(Some(r)) {
+                    Ok(Type::Array { count: Some(n), .. }) => n.to_string(),
+                    _ => String::new(),
+                };
+                // `const char *` + `[3]`: lldb writes no space before the brackets.
+                format!("{}[{count}]", inner())
+            }
+            _ => {
+                let name = self.die_name(r.unit, &e).unwrap_or_default();
+                let mut path = self.namespaces_of(r);
+                path.push(name);
+                path.join("::")
+            }
+        }
+    }
+
+    /// The names of the namespaces (and types) enclosing the DIE `r`, outermost first.
+    fn namespaces_of(&self, r: TypeRef) -> Vec<String> {
+        let unit = &self.units[r.unit];
+        let mut cursor = unit.entries();
+        // (depth, name) of each open scope on the path to the current entry.
+        let mut scopes: Vec<(isize, Option<String>)> = Vec::new();
+        while let Ok(Some(e)) = cursor.next_dfs() {
+            let depth = e.depth();
+            while scopes.last().is_some_and(|(d, _)| *d >= depth) {
+                scopes.pop();
+            }
+            if e.offset().0 == r.offset {
+                return scopes.into_iter().filter_map(|(_, n)| n).collect();
+            }
+            let scope = matches!(e.tag(), dw::DW_TAG_namespace | dw::DW_TAG_structure_type | dw::DW_TAG_class_type | dw::DW_TAG_union_type);
+            if scope && e.has_children() {
+                scopes.push((depth, self.die_name(r.unit, e)));
+            }
+        }
+        Vec::new()
+    }
+
     /// A C-like spelling of a type, for messages (`struct order *`, `char[8]`).
     #[must_use]
     pub fn type_name(&self, t: Option<TypeRef>) -> String {

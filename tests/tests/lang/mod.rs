@@ -405,13 +405,8 @@ pub fn probes(build: &FixtureBuild) -> Vec<Probe> {
                     ("round", Int("round")),
                     ("p.a", Int("a")),
                     ("p.b", Int("b")),
-                    (
-                        "p",
-                        Expect::AgentBug(
-                            &Fmt("{a = $a, b = $b}"),
-                            "a struct assembled from DW_OP_piece registers reads its second piece as 0",
-                        ),
-                    ),
+                    // lldb-dap shows a struct by its type's name; its pieces are checked above.
+                    ("p", Fmt("pair")),
                     ("k", Int("k")),
                     ("base", Error("`base` is optimized out at 0x1305 ({at}); try a line where it is live")),
                     ("sum", Error("`sum` is optimized out at 0x1305 ({at}); try a line where it is live")),
@@ -463,14 +458,15 @@ pub fn probes(build: &FixtureBuild) -> Vec<Probe> {
             },
         ],
         Lang::C => {
-            let (cost, copy_qty, first) = if build.optimized {
+            let (cost, copy_qty, copy, first) = if build.optimized {
                 (
                     Error("expression `cost`: `cost` lives in DWARF register 18 (a vector/FP register), which a uprobe cannot read"),
-                    Error("`copy` is optimized out at 0x1247 ({at}); try a line where it is live"),
-                    Error("`first` is optimized out at 0x1247 ({at}); try a line where it is live"),
+                    Error("`copy` is optimized out at 0x1248 ({at}); try a line where it is live"),
+                    Error("`copy` is optimized out at 0x1248 ({at}); try a line where it is live"),
+                    Error("`first` is optimized out at 0x1248 ({at}); try a line where it is live"),
                 )
             } else {
-                (Float("cost"), Int("copy.qty"), Text("first"))
+                (Float("cost"), Int("copy.qty"), Fmt("order"), Text("first"))
             };
             vec![
                 Probe {
@@ -485,15 +481,34 @@ pub fn probes(build: &FixtureBuild) -> Vec<Probe> {
                         ("o->qty", Int("qty")),
                         ("o->flags", Int("flags")),
                         ("o->price", Float("price")),
+                        // As lldb-dap shows them: a char quoted, a `char *` as its pointer and its
+                        // quoted text (copied at the hit), a char array as its quoted text.
                         ("o->grade", Text("grade")),
-                        ("o->customer", Text("customer")),
+                        ("o->customer", Fmt("$pcust \"$customer\"")),
                         ("o->code", Text("code")),
                         ("cost", cost),
                         ("g_counter", Int("g_counter")),
                         ("s_total", Int("s_total")),
                         ("copy.qty", copy_qty),
                         ("first", first),
-                        ("g_label", Text("label")),
+                        ("g_label", Fmt("$plabel \"$label\"")),
+                    ],
+                },
+                Probe {
+                    // The same line again, with whole structs and a pointer to one, as
+                    // lldb-dap shows them: a struct by its type's name, a pointer by its
+                    // address (a plan holds at most 16 values, so not with the ones above).
+                    name: "lldb",
+                    printed: "process",
+                    keys: &[("round", "round")],
+                    copies: &[],
+                    points: 1,
+                    exprs: vec![
+                        ("round", Int("round")),
+                        ("o", Text("o")),
+                        ("*o", Fmt("order")),
+                        ("copy", copy),
+                        ("o->customer", Fmt("$pcust \"$customer\"")),
                     ],
                 },
                 Probe {
@@ -567,12 +582,17 @@ pub fn probes(build: &FixtureBuild) -> Vec<Probe> {
                     ("o.kind", Text("kind")),
                     ("o.discount", Text("discount")),
                     ("o.rush", Bool("rush")),
-                    ("o.tag", Text("tag")),
+                    // As lldb-dap shows them with the Rust formatters the daemon loads: a char
+                    // by its code point twice and quoted, a Vec by its length, a struct by its
+                    // type's name, a reference by its address.
+                    ("o.tag", Fmt("U+0x$ctag U+0x$ctag U'$tag'")),
                     ("o.customer", Text("customer")),
                     ("o.note", Text("note")),
-                    ("o.items", Text("items")),
+                    ("o.items", Fmt("size=$nitems")),
                     ("o.coupon", Text("coupon")),
                     ("cost", Float("cost")),
+                    ("o", Text("o")),
+                    ("*o", Fmt("orders::Order")),
                 ],
             },
             Probe {
