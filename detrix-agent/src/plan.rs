@@ -1389,10 +1389,6 @@ fn decode_counted(layout: &CountedLayout, elem: &Shape, data: Option<&Payload>, 
         let text = String::from_utf8_lossy(copied).into_owned();
         return Value::Str { text, truncated: (copied.len() as u64) < len };
     }
-    // A Rust `Vec`/slice as the Rust formatters' summary shows it in lldb-dap: its length.
-    if layout.style == CountedStyle::RustSeq {
-        return Value::Text(format!("size={len}"));
-    }
     let stride = layout.stride.max(1);
     let mut shown = (copied.len() as u64 / stride).min(len);
     if let Some(Payload { items: Some(items), .. }) = data {
@@ -1614,9 +1610,25 @@ fn decode_shape(shape: &Shape, bytes: &[u8], rest: &[u8]) -> Value {
 /// `bytes` are the node's own, `rest` the value's from its first byte on.
 fn render(shape: &Shape, bytes: &[u8], rest: &[u8]) -> String {
     match shape {
-        // lldb-dap shows a value with neither value nor summary by its type's name (its
-        // `VariableDescription::display_value` without auto summaries).
-        Shape::Struct { name, .. } | Shape::Array { name, .. } => name.clone(),
+        // lldb-dap's logpoint shows only a struct's type name (it has no summary without the
+        // auto summaries the daemon does not turn on); the agent copied the members, so it shows
+        // them as lldb's `frame variable` does, each value in lldb-dap's own format.
+        Shape::Struct { members, .. } => {
+            let parts: Vec<String> = members
+                .iter()
+                .map(|(name, off, s)| {
+                    let b = bytes.get(*off as usize..).unwrap_or(&[]);
+                    format!("{name} = {}", render(s, b, rest))
+                })
+                .collect();
+            format!("{{{}}}", parts.join(", "))
+        }
+        Shape::Array { elem, count, stride, .. } => {
+            let parts: Vec<String> = (0..*count)
+                .map(|i| render(elem, bytes.get((i * stride) as usize..).unwrap_or(&[]), rest))
+                .collect();
+            format!("[{}]", parts.join(", "))
+        }
         Shape::Opaque { what } => format!("<{what}>"),
         Shape::Variants { discr, variants } => {
             let d = discr.map(|(off, size)| le_u64(bytes.get(off as usize..).unwrap_or(&[]), size as usize));
@@ -1648,9 +1660,6 @@ fn render(shape: &Shape, bytes: &[u8], rest: &[u8]) -> String {
         }
         Shape::GoStruct { .. } | Shape::GoArray { .. } | Shape::GoPtr { .. } | Shape::GoUnloaded { .. } => go_text(shape, bytes, rest, None, true),
         // Inside a composite of another language only the header was copied: the length.
-        Shape::Counted { layout, data: None, .. } if layout.style == CountedStyle::RustSeq => {
-            format!("size={}", le_u64(bytes.get(layout.len_off as usize..).unwrap_or(&[]), 8))
-        }
         Shape::Counted { layout, data: None, .. } if !layout.style.is_go() => {
             format!("{} len: {}", layout.type_name, le_u64(bytes.get(layout.len_off as usize..).unwrap_or(&[]), 8))
         }
@@ -1922,10 +1931,16 @@ mod tests {
 
     #[test]
     fn structs_render_like_lldb_dap() {
-        // lldb-dap shows a struct by its type's display name, not its members.
-        let s = Shape::Struct { name: "orders::Order".into(), members: vec![("id".into(), 0, Shape::Int { size: 4, signed: true })] };
-        let b = 7i32.to_le_bytes();
-        assert_eq!(decode_shape(&s, &b, &b), Value::Text("orders::Order".into()));
+        // The members, as lldb's `frame variable` shows them, each in lldb-dap's format.
+        let int = Shape::Int { size: 4, signed: true };
+        let s = Shape::Struct { name: "order".into(), members: vec![("id".into(), 0, int.clone()), ("ok".into(), 4, Shape::Bool { size: 1 }), ("grade".into(), 5, Shape::Char { size: 1 })] };
+        let mut b = 7i32.to_le_bytes().to_vec();
+        b.extend([1, b'B']);
+        assert_eq!(decode_shape(&s, &b, &b), Value::Text("{id = 7, ok = true, grade = 'B'}".into()));
+        // A bool reads only its own byte, not the members after it.
+        let s = Shape::Struct { name: "pair".into(), members: vec![("ok".into(), 0, Shape::Bool { size: 1 }), ("id".into(), 4, int)] };
+        let b = [0, 0, 0, 0, 7, 0, 0, 0];
+        assert_eq!(decode_shape(&s, &b, &b), Value::Text("{ok = false, id = 7}".into()));
         // A pointer is its address, 16 hex digits.
         assert_eq!(decode_shape(&Shape::Pointer, &0x7fff_ffff_e4c0u64.to_le_bytes(), &[]), Value::Text("0x00007fffffffe4c0".into()));
         // A tuple variant's payload still renders: `Percent(6)`, `Some(2.5)`.

@@ -451,12 +451,10 @@ fn max_elements_cut(build: FixtureBuild, expr: &str, key: &str) {
                 capped(&items, 2, ",", ",")
             )
         } else {
-            // lldb-dap shows a Rust Vec by its length alone, however many elements were copied.
-            let n = printed(&f, "nitems", &line);
-            if n.parse::<u64>().is_ok_and(|n| n > 2) {
-                longer += 1;
-            }
-            format!("size={n}")
+            let printed = printed(&f, key, &line);
+            let inner = printed.trim_start_matches('[').trim_end_matches(']');
+            let items: Vec<&str> = inner.split(", ").collect();
+            capped(&items, 2, ", ", ", ")
         };
         if want.contains("more") {
             longer += 1;
