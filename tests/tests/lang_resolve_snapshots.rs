@@ -15,7 +15,7 @@ use lang::{error_text, marker_line, probes, Expect, FixtureBuild};
 
 fn resolve_all(build: FixtureBuild) {
     let exe = build.build();
-    let src_dir = build.src_dir();
+    let src_dir = build.debug_dir();
     let prefix = src_dir.to_str().expect("fixture path is UTF-8").to_string();
     let toolchain = build.toolchain();
     for probe in probes(&build) {

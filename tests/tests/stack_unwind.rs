@@ -146,7 +146,7 @@ fn rust_opt_inlined_frames_match_addr2line() {
     let events: Vec<serde_json::Value> = out.stdout.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).expect("JSON event line")).collect();
     assert_eq!(events.len(), 2, "{}", out.stderr);
     let bias = load_bias(fixture.pid(), &exe);
-    let src = src.to_string_lossy().into_owned();
+    let src = build.debug_source().to_string_lossy().into_owned();
     for e in &events {
         // Frames in the executable, grouped by pc: one group per machine frame, several frames
         // in a group when its pc is in inlined code.

@@ -193,6 +193,21 @@ impl FixtureBuild {
         self.src_dir().join(self.file)
     }
 
+    /// The fixture directory as the build's debug info names it. Rust builds remap it to a
+    /// fixed path: rustc lays the code out differently for checkout paths of other lengths (the
+    /// path is in panic locations), which moved every address in the snapshots between machines.
+    pub fn debug_dir(&self) -> PathBuf {
+        match self.compiler {
+            Compiler::Rustc(_) => PathBuf::from("/detrix-fixtures").join(self.dir),
+            _ => self.src_dir(),
+        }
+    }
+
+    /// The source file as the build's debug info names it (see [`FixtureBuild::debug_dir`]).
+    pub fn debug_source(&self) -> PathBuf {
+        self.debug_dir().join(self.file)
+    }
+
     /// Every input whose change means a rebuild.
     fn inputs(&self) -> Vec<PathBuf> {
         match self.compiler {
@@ -269,6 +284,9 @@ impl FixtureBuild {
                 // The absolute source path goes into the debug info, so --strip-prefix with the
                 // fixture directory leaves only the file name.
                 cmd.args(flags).arg("-o").arg(&tmp).arg(&src);
+                if matches!(self.compiler, Compiler::Rustc(_)) {
+                    cmd.arg(format!("--remap-path-prefix={}={}", self.src_dir().display(), self.debug_dir().display()));
+                }
                 cmd
             }
             Compiler::Go { go, no_opt } => {
