@@ -430,24 +430,11 @@ impl Dap {
         let outputs = Arc::new(AtomicU64::new(0));
         let o = outputs.clone();
         std::thread::spawn(move || loop {
-            let mut len = 0usize;
-            loop {
-                let mut h = String::new();
-                if stdout.read_line(&mut h).unwrap_or(0) == 0 {
-                    return;
-                }
-                let h = h.trim();
-                if h.is_empty() {
-                    break;
-                }
-                if let Some(v) = h.strip_prefix("Content-Length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; len];
-            if stdout.read_exact(&mut body).is_err() {
-                return;
-            }
+            let body = match detrix_e2e::read_dap_body(&mut stdout) {
+                Ok(Some(body)) => body,
+                Ok(None) => return,
+                Err(_) => continue,
+            };
             let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else { continue };
             if v["event"] == "output" && v["body"]["category"] != "telemetry" {
                 o.fetch_add(1, Ordering::Relaxed);

@@ -806,6 +806,88 @@ impl Event {
     }
 }
 
+/// Reads one DAP frame's body (`Content-Length: N`, a blank line, N bytes) from a blocking
+/// reader. `Ok(None)` at the end of the stream; `Err` names a frame without a usable length.
+/// Shared by the tests' strict daemon-side reader and the benchmarks' debugger clients.
+pub fn read_dap_body(r: &mut impl BufRead) -> Result<Option<Vec<u8>>, String> {
+    let mut len = None;
+    loop {
+        let mut line = String::new();
+        match r.read_line(&mut line) {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some(v) = l.strip_prefix("Content-Length:") {
+            len = Some(v.trim().parse::<usize>().map_err(|e| format!("bad Content-Length {l:?}: {e}"))?);
+        }
+    }
+    let len = len.ok_or("frame without Content-Length")?;
+    let mut body = vec![0; len];
+    if r.read_exact(&mut body).is_err() {
+        return Ok(None);
+    }
+    Ok(Some(body))
+}
+
+/// How a captured value compares with the text the fixture printed for it.
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    /// A JSON integer equal to the printed decimal.
+    Int,
+    /// A JSON number equal (as f64) to the printed `%.17g`.
+    Float,
+    /// A JSON string equal to the printed `'%c'`: the char quoted, as lldb-dap shows it.
+    Char,
+    /// A JSON string equal to the printed `%s`.
+    Str,
+    /// A `char *` as lldb-dap shows it, `0x0000555555556012 "alice"`: a JSON string equal to
+    /// the pointer printed under this key, a space, and the printed `%s` quoted.
+    CStr(&'static str),
+}
+
+/// The printed line's value for `key`, panicking if the line lacks it.
+pub fn printed_field<'a>(kv: &'a HashMap<String, String>, key: &str, line: &str) -> &'a str {
+    kv.get(key).unwrap_or_else(|| panic!("printed line lacks `{key}=`: {line}"))
+}
+
+/// What a value of `kind` printed under `key` must be captured as: the printed text, or for a
+/// `char *` the printed pointer and the quoted text.
+pub fn expected_text(kind: Kind, key: &str, kv: &HashMap<String, String>, line: &str) -> String {
+    match kind {
+        Kind::CStr(ptr) => format!("{} \"{}\"", printed_field(kv, ptr, line), printed_field(kv, key, line)),
+        _ => printed_field(kv, key, line).to_owned(),
+    }
+}
+
+/// Checks one captured value against the printed text, panicking with both on a mismatch.
+pub fn check_value(event: &Event, expr: &str, kind: Kind, printed: &str, line: &str) {
+    let v = event.value(expr);
+    let ctx = || format!("\n  event:   {}\n  printed: {line}", event.raw);
+    match kind {
+        Kind::Int => {
+            let want: i128 = printed.parse().unwrap_or_else(|e| panic!("printed `{printed}` for `{expr}` is not an integer: {e}"));
+            let got = json_int(v).unwrap_or_else(|| panic!("`{expr}` = {v} is not a JSON integer{}", ctx()));
+            assert_eq!(got, want, "`{expr}` captured {got}, program printed {want}{}", ctx());
+        }
+        Kind::Float => {
+            let want: f64 = printed.parse().unwrap_or_else(|e| panic!("printed `{printed}` for `{expr}` is not a number: {e}"));
+            let got = v.as_f64().unwrap_or_else(|| panic!("`{expr}` = {v} is not a JSON number{}", ctx()));
+            assert!(got == want, "`{expr}` captured {got:?}, program printed {want:?}{}", ctx());
+        }
+        Kind::Char | Kind::Str | Kind::CStr(_) => {
+            let got = v.as_str().unwrap_or_else(|| panic!("`{expr}` = {v} is not a JSON string{}", ctx()));
+            if matches!(kind, Kind::Char) {
+                assert_eq!(got.chars().count(), 3, "`{expr}` = {v} is not a quoted char{}", ctx());
+            }
+            assert_eq!(got, printed, "`{expr}` captured {got:?}, program printed {printed:?}{}", ctx());
+        }
+    }
+}
+
 /// The value as an integer, if it is a JSON integer (not a float).
 pub fn json_int(v: &Value) -> Option<i128> {
     v.as_i64()

@@ -1,12 +1,12 @@
 //! Captures values inside the running `orders` C fixture and checks each one against what the
 //! fixture printed for the same round.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use detrix_e2e::{
-    agent_bin, c_fixture_source, capped, capture_args, json_int, marker_line, parse_events,
-    parse_kv, require_root, run_agent, Event, Fixture, Running, Value, AGENT_TIMEOUT,
+    agent_bin, c_fixture_source, capped, capture_args, check_value as check, expected_text, marker_line,
+    parse_events, parse_kv, printed_field as printed, require_root, run_agent, Event, Fixture, Kind, Running,
+    Value, AGENT_TIMEOUT,
 };
 use serde_json as _;
 
@@ -14,89 +14,6 @@ use serde_json as _;
 const DELAY_MS: u32 = 20;
 /// How long to wait for the fixture to print the round an event came from.
 const PRINT_WAIT: Duration = Duration::from_secs(5);
-
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    /// A JSON integer equal to the printed decimal.
-    Int,
-    /// A JSON number equal (as f64) to the printed `%.17g`.
-    Float,
-    /// A JSON string equal to the printed `'%c'`: the char quoted, as lldb-dap shows it.
-    Char,
-    /// A JSON string equal to the printed `%s`.
-    Str,
-    /// A `char *` as lldb-dap shows it, `0x0000555555556012 "alice"`: a JSON string equal to
-    /// the pointer printed under this key, a space, and the printed `%s` quoted.
-    CStr(&'static str),
-}
-
-/// Checks one captured value against the printed text, panicking with both on a mismatch.
-fn check(event: &Event, expr: &str, kind: Kind, printed: &str, line: &str) {
-    let v = event.value(expr);
-    let ctx = || format!("\n  event:   {}\n  printed: {line}", event.raw);
-    match kind {
-        Kind::Int => {
-            let want: i128 = printed.parse().unwrap_or_else(|e| {
-                panic!("printed `{printed}` for `{expr}` is not an integer: {e}")
-            });
-            let got = json_int(v)
-                .unwrap_or_else(|| panic!("`{expr}` = {v} is not a JSON integer{}", ctx()));
-            assert_eq!(
-                got,
-                want,
-                "`{expr}` captured {got}, program printed {want}{}",
-                ctx()
-            );
-        }
-        Kind::Float => {
-            let want: f64 = printed.parse().unwrap_or_else(|e| {
-                panic!("printed `{printed}` for `{expr}` is not a number: {e}")
-            });
-            let got = v
-                .as_f64()
-                .unwrap_or_else(|| panic!("`{expr}` = {v} is not a JSON number{}", ctx()));
-            assert!(
-                got == want,
-                "`{expr}` captured {got:?}, program printed {want:?}{}",
-                ctx()
-            );
-        }
-        Kind::Char => {
-            let got = v
-                .as_str()
-                .unwrap_or_else(|| panic!("`{expr}` = {v} is not a JSON string{}", ctx()));
-            assert_eq!(
-                got.chars().count(),
-                3,
-                "`{expr}` = {v} is not a quoted char{}",
-                ctx()
-            );
-            assert_eq!(
-                got,
-                printed,
-                "`{expr}` captured {got:?}, program printed {printed:?}{}",
-                ctx()
-            );
-        }
-        Kind::Str | Kind::CStr(_) => {
-            let got = v
-                .as_str()
-                .unwrap_or_else(|| panic!("`{expr}` = {v} is not a JSON string{}", ctx()));
-            assert_eq!(
-                got,
-                printed,
-                "`{expr}` captured {got:?}, program printed {printed:?}{}",
-                ctx()
-            );
-        }
-    }
-}
-
-/// The printed line's value for `key`, panicking if the line lacks it.
-fn printed<'a>(kv: &'a HashMap<String, String>, key: &str, line: &str) -> &'a str {
-    kv.get(key)
-        .unwrap_or_else(|| panic!("printed line lacks `{key}=`: {line}"))
-}
 
 /// Asserts the events came from `fixture`, were reported at `at`, and have strictly increasing
 /// `round`s; returns the rounds.
@@ -190,10 +107,7 @@ fn process_line_values_match_printed() {
         let printed_line = fixture.process_line(round, PRINT_WAIT);
         let kv = parse_kv(&printed_line);
         for (expr, key, kind) in exprs {
-            let want = match kind {
-                Kind::CStr(ptr) => format!("{} \"{}\"", printed(&kv, ptr, &printed_line), printed(&kv, key, &printed_line)),
-                _ => printed(&kv, key, &printed_line).to_owned(),
-            };
+            let want = expected_text(*kind, key, &kv, &printed_line);
             check(event, expr, *kind, &want, &printed_line);
         }
     }

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use detrix_e2e::{
     run_with_timeout,
-    agent_bin, c_fixture_source, capture_args, hex_bytes, json_int, load_bias, marker_line,
-    parse_event, parse_events, parse_kv, parse_probe_line, read_file_bytes, read_process_mem,
-    require_root, run_agent, single_probe_line, single_summary, Event, Fixture, Output, ProbeLine,
-    Running, AGENT_TIMEOUT,
+    agent_bin, c_fixture_source, capture_args, check_value as check, expected_text, hex_bytes, load_bias,
+    marker_line, parse_event, parse_events, parse_kv, parse_probe_line, printed_field as printed,
+    read_file_bytes, read_process_mem, require_root, run_agent, single_probe_line, single_summary,
+    Event, Fixture, Kind, Output, ProbeLine, Running, AGENT_TIMEOUT,
 };
 
 /// Delay between the fixture's rounds.
@@ -25,17 +25,6 @@ const PRINT_WAIT: Duration = Duration::from_secs(5);
 const RESTORE_WAIT: Duration = Duration::from_secs(3);
 /// The x86 breakpoint instruction a uprobe writes over the probed instruction's first byte.
 const INT3: u8 = 0xCC;
-
-#[derive(Clone, Copy, Debug)]
-enum Kind {
-    /// A JSON integer equal to the printed decimal.
-    Int,
-    /// A JSON number equal (as f64) to the printed `%.17g`.
-    Float,
-    /// A `char *` as lldb-dap shows it, `0x0000555555556012 "alice"`: a JSON string equal to
-    /// the pointer printed under this key, a space, and the printed `%s` quoted.
-    CStr(&'static str),
-}
 
 /// (expression, key in the printed `process` line, kind)
 type Col = (&'static str, &'static str, Kind);
@@ -62,57 +51,6 @@ fn exprs(cols: &[Col]) -> Vec<&'static str> {
 /// whole form is checked against the printed pointer by [`check_events`]).
 fn c_text(shown: &str) -> &str {
     shown.split_once(' ').map_or(shown, |(_, quoted)| quoted.trim_start_matches('"').trim_end_matches('"'))
-}
-
-/// The printed line's value for `key`, panicking if the line lacks it.
-fn printed<'a>(kv: &'a HashMap<String, String>, key: &str, line: &str) -> &'a str {
-    kv.get(key)
-        .unwrap_or_else(|| panic!("printed line lacks `{key}=`: {line}"))
-}
-
-/// Checks one captured value against the printed text, panicking with both on a mismatch.
-fn check(event: &Event, expr: &str, kind: Kind, printed: &str, line: &str) {
-    let v = event.value(expr);
-    let ctx = || format!("\n  event:   {}\n  printed: {line}", event.raw);
-    match kind {
-        Kind::Int => {
-            let want: i128 = printed.parse().unwrap_or_else(|e| {
-                panic!("printed `{printed}` for `{expr}` is not an integer: {e}")
-            });
-            let got = json_int(v)
-                .unwrap_or_else(|| panic!("`{expr}` = {v} is not a JSON integer{}", ctx()));
-            assert_eq!(
-                got,
-                want,
-                "`{expr}` captured {got}, program printed {want}{}",
-                ctx()
-            );
-        }
-        Kind::Float => {
-            let want: f64 = printed.parse().unwrap_or_else(|e| {
-                panic!("printed `{printed}` for `{expr}` is not a number: {e}")
-            });
-            let got = v
-                .as_f64()
-                .unwrap_or_else(|| panic!("`{expr}` = {v} is not a JSON number{}", ctx()));
-            assert!(
-                got == want,
-                "`{expr}` captured {got:?}, program printed {want:?}{}",
-                ctx()
-            );
-        }
-        Kind::CStr(_) => {
-            let got = v
-                .as_str()
-                .unwrap_or_else(|| panic!("`{expr}` = {v} is not a JSON string{}", ctx()));
-            assert_eq!(
-                got,
-                printed,
-                "`{expr}` captured {got:?}, program printed {printed:?}{}",
-                ctx()
-            );
-        }
-    }
 }
 
 /// The printed `process` line of the event's round, parsed.
@@ -167,10 +105,7 @@ fn check_events(
         last_round = Some(round);
         let (line, kv) = printed_for(fixture, e);
         for (expr, key, kind) in cols {
-            let want = match kind {
-                Kind::CStr(ptr) => format!("{} \"{}\"", printed(&kv, ptr, &line), printed(&kv, key, &line)),
-                _ => printed(&kv, key, &line).to_owned(),
-            };
+            let want = expected_text(*kind, key, &kv, &line);
             check(e, expr, *kind, &want, &line);
         }
         out.push(kv);

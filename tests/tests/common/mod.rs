@@ -93,23 +93,7 @@ pub fn frame(msg: &Value) -> Vec<u8> {
 
 /// Reads one frame strictly as the daemon's reader does: a malformed frame panics the test.
 fn read_frame(r: &mut impl BufRead) -> Option<Value> {
-    let mut len = None;
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some(v) = l.strip_prefix("Content-Length:") {
-            len = Some(v.trim().parse::<usize>().unwrap_or_else(|e| panic!("bad Content-Length {l:?}: {e}")));
-        }
-    }
-    let len = len.expect("frame without Content-Length");
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).ok()?;
+    let body = detrix_e2e::read_dap_body(r).unwrap_or_else(|e| panic!("{e}"))?;
     let v: Value = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("agent sent a malformed frame ({e}): {}", String::from_utf8_lossy(&body)));
     assert!(v["seq"].is_i64(), "every message needs an integer seq (the daemon's reader dies otherwise): {v}");
     match v["type"].as_str() {
