@@ -28,7 +28,10 @@ const WINDOW_S: &str = "0.2";
 const SAMPLES: usize = 5;
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 fn build_fixture() -> Result<PathBuf> {
@@ -36,7 +39,12 @@ fn build_fixture() -> Result<PathBuf> {
     let out_dir = workspace().join("target/fixtures");
     std::fs::create_dir_all(&out_dir)?;
     let out = out_dir.join("bench_loop_O0");
-    let st = Command::new("gcc").args(["-g", "-O0", "-o"]).arg(&out).arg(&src).status().context("run gcc")?;
+    let st = Command::new("gcc")
+        .args(["-g", "-O0", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .context("run gcc")?;
     if !st.success() {
         bail!("gcc failed on {}", src.display());
     }
@@ -45,7 +53,10 @@ fn build_fixture() -> Result<PathBuf> {
 
 fn marker_line(marker: &str) -> Result<u32> {
     let src = std::fs::read_to_string(workspace().join("tests/fixtures/c/bench_loop.c"))?;
-    let idx = src.lines().position(|l| l.contains(marker)).with_context(|| format!("marker {marker}"))?;
+    let idx = src
+        .lines()
+        .position(|l| l.contains(marker))
+        .with_context(|| format!("marker {marker}"))?;
     Ok(idx as u32 + 1)
 }
 
@@ -56,12 +67,20 @@ struct Fixture {
 
 impl Fixture {
     fn start(bin: &Path) -> Result<Self> {
-        let mut child = Command::new(bin).arg(WINDOW_S).stdout(Stdio::piped()).spawn().context("start fixture")?;
+        let mut child = Command::new(bin)
+            .arg(WINDOW_S)
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("start fixture")?;
         let stdout = child.stdout.take().context("fixture stdout")?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(v) = line.strip_prefix("ns_per_call=").and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse::<f64>().ok()) {
+                if let Some(v) = line
+                    .strip_prefix("ns_per_call=")
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|v| v.parse::<f64>().ok())
+                {
                     if tx.send(v).is_err() {
                         break;
                     }
@@ -74,8 +93,13 @@ impl Fixture {
     /// Median ns/call over SAMPLES fresh windows (one window discarded as a transition).
     fn measure(&self) -> Result<f64> {
         while self.samples.try_recv().is_ok() {}
-        self.samples.recv_timeout(Duration::from_secs(15)).context("fixture stopped reporting")?;
-        let mut v: Vec<f64> = (0..SAMPLES).map(|_| self.samples.recv_timeout(Duration::from_secs(15))).collect::<Result<_, _>>().context("fixture stopped reporting")?;
+        self.samples
+            .recv_timeout(Duration::from_secs(15))
+            .context("fixture stopped reporting")?;
+        let mut v: Vec<f64> = (0..SAMPLES)
+            .map(|_| self.samples.recv_timeout(Duration::from_secs(15)))
+            .collect::<Result<_, _>>()
+            .context("fixture stopped reporting")?;
         v.sort_by(f64::total_cmp);
         Ok(v[v.len() / 2])
     }
@@ -111,7 +135,11 @@ impl Drain {
             let fd = ring.as_raw_fd();
             while !s.load(Ordering::Relaxed) {
                 // As the agent does: sleep until a wakeup or the 10 ms flush timer.
-                let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
                 // SAFETY: one valid pollfd for the duration of the call.
                 unsafe { libc::poll(&mut pfd, 1, 10) };
                 let t = Instant::now();
@@ -130,12 +158,20 @@ impl Drain {
             }
             ring
         });
-        Self { stop, events, decode_ns, handle: Some(handle) }
+        Self {
+            stop,
+            events,
+            decode_ns,
+            handle: Some(handle),
+        }
     }
 
     fn finish(mut self) -> probe::EventRings {
         self.stop.store(true, Ordering::Relaxed);
-        self.handle.take().and_then(|h| h.join().ok()).expect("drain thread")
+        self.handle
+            .take()
+            .and_then(|h| h.join().ok())
+            .expect("drain thread")
     }
 }
 
@@ -181,7 +217,11 @@ fn main() -> Result<()> {
     let mut rows: Vec<Row> = Vec::new();
 
     let base = fx.measure()?;
-    rows.push(Row { name: "no probe (never attached)".into(), ns_per_call: base, note: String::new() });
+    rows.push(Row {
+        name: "no probe (never attached)".into(),
+        ns_per_call: base,
+        note: String::new(),
+    });
 
     let first_mem = capture::prepare(&request(pid, line, "v", false, false))?;
     let first = capture::prepare(&request(pid, line, "v", false, true))?;
@@ -194,56 +234,177 @@ fn main() -> Result<()> {
     let (pp, pplan, ppl) = placed.plans().next().context("no probe point")?;
     let (_, splan, _) = string.plans().next().context("no probe point")?;
     let exe = first.target().exe.clone();
-    let at = |offset| AttachSpec { binary: &exe, offset, pid };
-    eprintln!("bench: line {line}: first instruction {} ({:?}), placed at {} ({:?})", fp.addr, fpl.kind, pp.addr, ppl.kind);
+    let at = |offset| AttachSpec {
+        binary: &exe,
+        offset,
+        pid,
+    };
+    eprintln!(
+        "bench: line {line}: first instruction {} ({:?}), placed at {} ({:?})",
+        fp.addr, fpl.kind, pp.addr, ppl.kind
+    );
 
     let (mut probes, ring) = Probes::load(LoadOptions::default())?;
     let mut ring = Some(ring);
     probes.install_noop(&at(fp.file_offset))?;
-    rows.push(Row { name: format!("empty BPF program @ {} ({:?}) = floor", fp.addr, fpl.kind), ns_per_call: fx.measure()?, note: String::new() });
+    rows.push(Row {
+        name: format!("empty BPF program @ {} ({:?}) = floor", fp.addr, fpl.kind),
+        ns_per_call: fx.measure()?,
+        note: String::new(),
+    });
     probes.remove_noops()?;
-    let ctx = Ctx { fx: &fx, exe: &exe, pid };
-    rows.push(ctx.capture(&mut probes, &mut ring, fmplan, fp.file_offset, &format!("agent 1-int (v) @ {} placement off, memory read", fp.addr))?);
-    rows.push(ctx.capture(&mut probes, &mut ring, fplan, fp.file_offset, &format!("agent 1-int (v) @ {} placement off, forwarded", fp.addr))?);
-    rows.push(ctx.capture(&mut probes, &mut ring, splan, fp.file_offset, &format!("agent string (name) @ {} placement off", fp.addr))?);
+    let ctx = Ctx {
+        fx: &fx,
+        exe: &exe,
+        pid,
+    };
+    rows.push(ctx.capture(
+        &mut probes,
+        &mut ring,
+        fmplan,
+        fp.file_offset,
+        &format!("agent 1-int (v) @ {} placement off, memory read", fp.addr),
+    )?);
+    rows.push(ctx.capture(
+        &mut probes,
+        &mut ring,
+        fplan,
+        fp.file_offset,
+        &format!("agent 1-int (v) @ {} placement off, forwarded", fp.addr),
+    )?);
+    rows.push(ctx.capture(
+        &mut probes,
+        &mut ring,
+        splan,
+        fp.file_offset,
+        &format!("agent string (name) @ {} placement off", fp.addr),
+    )?);
     probes.install_noop(&at(pp.file_offset))?;
-    rows.push(Row { name: format!("empty BPF program @ {} ({:?}) = placed floor", pp.addr, ppl.kind), ns_per_call: fx.measure()?, note: String::new() });
+    rows.push(Row {
+        name: format!(
+            "empty BPF program @ {} ({:?}) = placed floor",
+            pp.addr, ppl.kind
+        ),
+        ns_per_call: fx.measure()?,
+        note: String::new(),
+    });
     probes.remove_noops()?;
-    rows.push(ctx.capture(&mut probes, &mut ring, pmplan, pp.file_offset, &format!("agent 1-int (v) @ {} placement on, memory read", pp.addr))?);
-    rows.push(ctx.capture(&mut probes, &mut ring, pplan, pp.file_offset, &format!("agent 1-int (v) @ {} placement on, forwarded", pp.addr))?);
+    rows.push(ctx.capture(
+        &mut probes,
+        &mut ring,
+        pmplan,
+        pp.file_offset,
+        &format!("agent 1-int (v) @ {} placement on, memory read", pp.addr),
+    )?);
+    rows.push(ctx.capture(
+        &mut probes,
+        &mut ring,
+        pplan,
+        pp.file_offset,
+        &format!("agent 1-int (v) @ {} placement on, forwarded", pp.addr),
+    )?);
     drop(probes);
     {
-        let (mut eager, ring2) = Probes::load(LoadOptions { wakeup_bytes: 0, ..LoadOptions::default() })?;
+        let (mut eager, ring2) = Probes::load(LoadOptions {
+            wakeup_bytes: 0,
+            ..LoadOptions::default()
+        })?;
         let mut ring2 = Some(ring2);
-        rows.push(ctx.capture(&mut eager, &mut ring2, pplan, pp.file_offset, &format!("agent 1-int (v) @ {} placement on, wakeup per event", pp.addr))?);
+        rows.push(ctx.capture(
+            &mut eager,
+            &mut ring2,
+            pplan,
+            pp.file_offset,
+            &format!(
+                "agent 1-int (v) @ {} placement on, wakeup per event",
+                pp.addr
+            ),
+        )?);
     }
     let asleep = fx.measure()?;
-    rows.push(Row { name: "asleep (all probes detached)".into(), ns_per_call: asleep, note: format!("ratio to never attached {:.3}", asleep / base) });
+    rows.push(Row {
+        name: "asleep (all probes detached)".into(),
+        ns_per_call: asleep,
+        note: format!("ratio to never attached {:.3}", asleep / base),
+    });
 
-    let lldb = if quick { Err(anyhow::anyhow!("skipped (DETRIX_BENCH_QUICK=1)")) } else { lldb_logpoint(pid, &workspace().join("tests/fixtures/c/bench_loop.c"), line, &fx) };
+    let lldb = if quick {
+        Err(anyhow::anyhow!("skipped (DETRIX_BENCH_QUICK=1)"))
+    } else {
+        lldb_logpoint(
+            pid,
+            &workspace().join("tests/fixtures/c/bench_loop.c"),
+            line,
+            &fx,
+        )
+    };
     match lldb {
-        Ok(ns) => rows.push(Row { name: "lldb-dap-22 logpoint {v} (C)".into(), ns_per_call: ns, note: String::new() }),
-        Err(e) => rows.push(Row { name: "lldb-dap-22 logpoint {v} (C)".into(), ns_per_call: f64::NAN, note: format!("not measured: {e:#}") }),
+        Ok(ns) => rows.push(Row {
+            name: "lldb-dap-22 logpoint {v} (C)".into(),
+            ns_per_call: ns,
+            note: String::new(),
+        }),
+        Err(e) => rows.push(Row {
+            name: "lldb-dap-22 logpoint {v} (C)".into(),
+            ns_per_call: f64::NAN,
+            note: format!("not measured: {e:#}"),
+        }),
     }
 
     drop(fx);
-    let go_rows = if quick { Err(anyhow::anyhow!("skipped (DETRIX_BENCH_QUICK=1)")) } else { go_section() };
-    let go_rows = go_rows.unwrap_or_else(|e| vec![Row { name: "Go section".into(), ns_per_call: f64::NAN, note: format!("not measured: {e:#}") }]);
+    let go_rows = if quick {
+        Err(anyhow::anyhow!("skipped (DETRIX_BENCH_QUICK=1)"))
+    } else {
+        go_section()
+    };
+    let go_rows = go_rows.unwrap_or_else(|e| {
+        vec![Row {
+            name: "Go section".into(),
+            ns_per_call: f64::NAN,
+            note: format!("not measured: {e:#}"),
+        }]
+    });
 
     let floor = rows[1].ns_per_call - base;
     let placed_floor = rows[5].ns_per_call - base;
-    println!("\nper-hit cost on {} (fixture {}, {} windows of {WINDOW_S} s per row, median)\n", line_desc(line), bin.display(), SAMPLES);
-    println!("{:<62} {:>11} {:>11} {:>9} {:>9}", "probe", "ns/call", "ns/hit", "x floor", "x placed");
+    println!(
+        "\nper-hit cost on {} (fixture {}, {} windows of {WINDOW_S} s per row, median)\n",
+        line_desc(line),
+        bin.display(),
+        SAMPLES
+    );
+    println!(
+        "{:<62} {:>11} {:>11} {:>9} {:>9}",
+        "probe", "ns/call", "ns/hit", "x floor", "x placed"
+    );
     for r in &rows {
         let hit = r.ns_per_call - base;
-        let show = |den: f64| if hit.is_finite() && den > 0.0 { format!("{:.2}", hit / den) } else { "-".into() };
-        println!("{:<62} {:>11.1} {:>11.1} {:>9} {:>9}  {}", r.name, r.ns_per_call, hit, show(floor), show(placed_floor), r.note);
+        let show = |den: f64| {
+            if hit.is_finite() && den > 0.0 {
+                format!("{:.2}", hit / den)
+            } else {
+                "-".into()
+            }
+        };
+        println!(
+            "{:<62} {:>11.1} {:>11.1} {:>9} {:>9}  {}",
+            r.name,
+            r.ns_per_call,
+            hit,
+            show(floor),
+            show(placed_floor),
+            r.note
+        );
     }
     let agent_first_mem = rows[2].ns_per_call - base;
     let agent_first = rows[3].ns_per_call - base;
     let agent_placed_mem = rows[6].ns_per_call - base;
     let agent_placed = rows[7].ns_per_call - base;
-    if let Some(l) = rows.iter().find(|r| r.name.starts_with("lldb")).filter(|r| r.ns_per_call.is_finite()) {
+    if let Some(l) = rows
+        .iter()
+        .find(|r| r.name.starts_with("lldb"))
+        .filter(|r| r.ns_per_call.is_finite())
+    {
         let dbg = l.ns_per_call - base;
         println!("\ndebugger logpoint / agent 1-int: {:.0}x on the single-stepped instruction, {:.0}x with placement", dbg / agent_first, dbg / agent_placed);
     }
@@ -259,14 +420,30 @@ fn main() -> Result<()> {
         let gb = g_base.ns_per_call;
         let gf = g_floor.ns_per_call - gb;
         println!("\nGo (Go 1.19, -N -l; work() line is single-stepped)\n");
-        println!("{:<62} {:>11} {:>11} {:>9}", "probe", "ns/call", "ns/hit", "x floor");
+        println!(
+            "{:<62} {:>11} {:>11} {:>9}",
+            "probe", "ns/call", "ns/hit", "x floor"
+        );
         for r in [g_base, g_floor, g_agent].into_iter().chain(rest) {
             let hit = r.ns_per_call - gb;
-            let x = if hit.is_finite() && gf > 0.0 { format!("{:.2}", hit / gf) } else { "-".into() };
-            println!("{:<62} {:>11.1} {:>11.1} {:>9}  {}", r.name, r.ns_per_call, hit, x, r.note);
+            let x = if hit.is_finite() && gf > 0.0 {
+                format!("{:.2}", hit / gf)
+            } else {
+                "-".into()
+            };
+            println!(
+                "{:<62} {:>11.1} {:>11.1} {:>9}  {}",
+                r.name, r.ns_per_call, hit, x, r.note
+            );
         }
-        if let Some(d) = rest.iter().find(|r| r.name.starts_with("Delve") && r.ns_per_call.is_finite()) {
-            println!("\nDelve logpoint / agent 1-int (Go): {:.0}x", (d.ns_per_call - gb) / (g_agent.ns_per_call - gb));
+        if let Some(d) = rest
+            .iter()
+            .find(|r| r.name.starts_with("Delve") && r.ns_per_call.is_finite())
+        {
+            println!(
+                "\nDelve logpoint / agent 1-int (Go): {:.0}x",
+                (d.ns_per_call - gb) / (g_agent.ns_per_call - gb)
+            );
         }
     } else {
         for r in &go_rows {
@@ -295,12 +472,20 @@ fn go_section() -> Result<Vec<Row>> {
         bail!("go build failed in {}", dir.display());
     }
     let src = dir.join("main.go");
-    let line = std::fs::read_to_string(&src)?.lines().position(|l| l.contains("// PROBE:work")).context("marker")? as u32 + 1;
+    let line = std::fs::read_to_string(&src)?
+        .lines()
+        .position(|l| l.contains("// PROBE:work"))
+        .context("marker")? as u32
+        + 1;
     let fx = Fixture::start(&out)?;
     let pid = fx.pid();
     std::thread::sleep(Duration::from_millis(300));
     let mut rows = Vec::new();
-    rows.push(Row { name: "no probe (never attached)".into(), ns_per_call: fx.measure()?, note: String::new() });
+    rows.push(Row {
+        name: "no probe (never attached)".into(),
+        ns_per_call: fx.measure()?,
+        note: String::new(),
+    });
     let mut req = request(pid, line, "v", true, true);
     req.file = "main.go".into();
     let prepared = capture::prepare(&req)?;
@@ -308,19 +493,52 @@ fn go_section() -> Result<Vec<Row>> {
     let exe = prepared.target().exe.clone();
     let (mut probes, ring) = Probes::load(LoadOptions::default())?;
     let mut ring = Some(ring);
-    probes.install_noop(&AttachSpec { binary: &exe, offset: p.file_offset, pid })?;
-    rows.push(Row { name: format!("empty BPF program @ {} ({:?}) = floor", p.addr, pl.kind), ns_per_call: fx.measure()?, note: String::new() });
+    probes.install_noop(&AttachSpec {
+        binary: &exe,
+        offset: p.file_offset,
+        pid,
+    })?;
+    rows.push(Row {
+        name: format!("empty BPF program @ {} ({:?}) = floor", p.addr, pl.kind),
+        ns_per_call: fx.measure()?,
+        note: String::new(),
+    });
     probes.remove_noops()?;
-    let ctx = Ctx { fx: &fx, exe: &exe, pid };
-    rows.push(ctx.capture(&mut probes, &mut ring, plan, p.file_offset, &format!("agent 1-int (v) @ {}", p.addr))?);
+    let ctx = Ctx {
+        fx: &fx,
+        exe: &exe,
+        pid,
+    };
+    rows.push(ctx.capture(
+        &mut probes,
+        &mut ring,
+        plan,
+        p.file_offset,
+        &format!("agent 1-int (v) @ {}", p.addr),
+    )?);
     drop(probes);
     match delve_logpoint(pid, &src, line, &fx) {
-        Ok(ns) => rows.push(Row { name: "Delve 1.20 logpoint {v} (Go)".into(), ns_per_call: ns, note: String::new() }),
-        Err(e) => rows.push(Row { name: "Delve 1.20 logpoint {v} (Go)".into(), ns_per_call: f64::NAN, note: format!("not measured: {e:#}") }),
+        Ok(ns) => rows.push(Row {
+            name: "Delve 1.20 logpoint {v} (Go)".into(),
+            ns_per_call: ns,
+            note: String::new(),
+        }),
+        Err(e) => rows.push(Row {
+            name: "Delve 1.20 logpoint {v} (Go)".into(),
+            ns_per_call: f64::NAN,
+            note: format!("not measured: {e:#}"),
+        }),
     }
     // The target must still be running (Delve has left targets in tracing stop before).
-    let after = fx.measure().map(|v| format!("target still running after Delve detached: {v:.1} ns/call")).unwrap_or_else(|e| format!("TARGET STOPPED after Delve: {e:#}"));
-    rows.push(Row { name: "after Delve detached".into(), ns_per_call: f64::NAN, note: after });
+    let after = fx
+        .measure()
+        .map(|v| format!("target still running after Delve detached: {v:.1} ns/call"))
+        .unwrap_or_else(|e| format!("TARGET STOPPED after Delve: {e:#}"));
+    rows.push(Row {
+        name: "after Delve detached".into(),
+        ns_per_call: f64::NAN,
+        note: after,
+    });
     Ok(rows)
 }
 
@@ -341,7 +559,14 @@ impl Ctx<'_> {
         label: &str,
     ) -> Result<Row> {
         let drain = Drain::start(ring.take().context("ring")?, plan.values.clone());
-        let slot = probes.install(&plan.plan, &AttachSpec { binary: self.exe, offset, pid: self.pid })?;
+        let slot = probes.install(
+            &plan.plan,
+            &AttachSpec {
+                binary: self.exe,
+                offset,
+                pid: self.pid,
+            },
+        )?;
         let t = Instant::now();
         let ns = self.fx.measure()?;
         let secs = t.elapsed().as_secs_f64();
@@ -352,7 +577,12 @@ impl Ctx<'_> {
         let events = drain.events.load(Ordering::Relaxed);
         let dns = drain.decode_ns.load(Ordering::Relaxed);
         *ring = Some(drain.finish());
-        let accounted = c.emitted + c.dropped_ring_full + c.rate_limited + c.condition_false + c.no_plan + c.other_process;
+        let accounted = c.emitted
+            + c.dropped_ring_full
+            + c.rate_limited
+            + c.condition_false
+            + c.no_plan
+            + c.other_process;
         Ok(Row {
             name: label.into(),
             ns_per_call: ns,
@@ -400,7 +630,12 @@ impl Drop for Dap {
 impl Dap {
     /// lldb-dap speaks DAP on stdio.
     fn spawn_lldb() -> Result<Self> {
-        let mut child = Command::new("lldb-dap-22").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().context("start lldb-dap-22")?;
+        let mut child = Command::new("lldb-dap-22")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start lldb-dap-22")?;
         let stdin = child.stdin.take().context("stdin")?;
         let stdout = child.stdout.take().context("stdout")?;
         Ok(Self::over(child, Box::new(stdin), Box::new(stdout)))
@@ -417,9 +652,16 @@ impl Dap {
         let mut out = BufReader::new(child.stdout.take().context("stdout")?);
         let mut line = String::new();
         out.read_line(&mut line)?;
-        let addr = line.rsplit(' ').next().map(str::trim).filter(|a| a.contains(':')).with_context(|| format!("dlv dap said: {line}"))?.to_owned();
+        let addr = line
+            .rsplit(' ')
+            .next()
+            .map(str::trim)
+            .filter(|a| a.contains(':'))
+            .with_context(|| format!("dlv dap said: {line}"))?
+            .to_owned();
         std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-        let sock = std::net::TcpStream::connect(&addr).with_context(|| format!("connect to dlv at {addr}"))?;
+        let sock = std::net::TcpStream::connect(&addr)
+            .with_context(|| format!("connect to dlv at {addr}"))?;
         let reader = sock.try_clone()?;
         Ok(Self::over(child, Box::new(sock), Box::new(reader)))
     }
@@ -435,7 +677,9 @@ impl Dap {
                 Ok(None) => return,
                 Err(_) => continue,
             };
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else { continue };
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+                continue;
+            };
             if v["event"] == "output" && v["body"]["category"] != "telemetry" {
                 o.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -444,18 +688,30 @@ impl Dap {
                 return;
             }
         });
-        Self { child, writer, seq: 0, frames: rx, pending: std::cell::RefCell::default(), outputs }
+        Self {
+            child,
+            writer,
+            seq: 0,
+            frames: rx,
+            pending: std::cell::RefCell::default(),
+            outputs,
+        }
     }
 
     fn send(&mut self, command: &str, arguments: serde_json::Value) -> Result<i64> {
         self.seq += 1;
         let msg = serde_json::json!({"seq": self.seq, "type": "request", "command": command, "arguments": arguments});
-        self.writer.write_all(&detrix_agent::dap::codec::encode_frame(&msg))?;
+        self.writer
+            .write_all(&detrix_agent::dap::codec::encode_frame(&msg))?;
         self.writer.flush()?;
         Ok(self.seq)
     }
 
-    fn wait(&self, what: &dyn Fn(&serde_json::Value) -> bool, label: &str) -> Result<serde_json::Value> {
+    fn wait(
+        &self,
+        what: &dyn Fn(&serde_json::Value) -> bool,
+        label: &str,
+    ) -> Result<serde_json::Value> {
         let found = self.pending.borrow().iter().position(|v| what(v));
         if let Some(i) = found {
             return Ok(self.pending.borrow_mut().remove(i));
@@ -463,7 +719,10 @@ impl Dap {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let v = self.frames.recv_timeout(left).with_context(|| format!("debugger: no {label}"))?;
+            let v = self
+                .frames
+                .recv_timeout(left)
+                .with_context(|| format!("debugger: no {label}"))?;
             if what(&v) {
                 return Ok(v);
             }
@@ -472,7 +731,10 @@ impl Dap {
     }
 
     fn response(&self, seq: i64, label: &str) -> Result<serde_json::Value> {
-        let v = self.wait(&|v| v["type"] == "response" && v["request_seq"] == seq, label)?;
+        let v = self.wait(
+            &|v| v["type"] == "response" && v["request_seq"] == seq,
+            label,
+        )?;
         if v["success"] != true {
             bail!("debugger {label} failed: {}", v["message"]);
         }
@@ -486,7 +748,10 @@ fn delve_logpoint(pid: u32, source: &Path, line: u32, fx: &Fixture) -> Result<f6
     let mut dap = Dap::spawn_delve()?;
     let s = dap.send("initialize", serde_json::json!({"adapterID": "go", "clientID": "detrix-bench", "linesStartAt1": true, "columnsStartAt1": true, "pathFormat": "path"}))?;
     dap.response(s, "initialize response")?;
-    let s = dap.send("attach", serde_json::json!({"mode": "local", "processId": pid, "stopOnEntry": false}))?;
+    let s = dap.send(
+        "attach",
+        serde_json::json!({"mode": "local", "processId": pid, "stopOnEntry": false}),
+    )?;
     dap.response(s, "attach response")?;
     dap.wait(&|v| v["event"] == "initialized", "initialized event")?;
     let s = dap.send("setBreakpoints", serde_json::json!({"source": {"path": source}, "breakpoints": [{"line": line, "logMessage": "{v}"}]}))?;
@@ -502,9 +767,15 @@ fn delve_logpoint(pid: u32, source: &Path, line: u32, fx: &Fixture) -> Result<f6
     let before = dap.outputs.load(Ordering::Relaxed);
     let ns = fx.measure();
     let hits = dap.outputs.load(Ordering::Relaxed) - before;
-    let s = dap.send("setBreakpoints", serde_json::json!({"source": {"path": source}, "breakpoints": []}))?;
+    let s = dap.send(
+        "setBreakpoints",
+        serde_json::json!({"source": {"path": source}, "breakpoints": []}),
+    )?;
     dap.response(s, "clearing breakpoints")?;
-    let s = dap.send("disconnect", serde_json::json!({"terminateDebuggee": false}))?;
+    let s = dap.send(
+        "disconnect",
+        serde_json::json!({"terminateDebuggee": false}),
+    )?;
     let _ = dap.response(s, "disconnect response");
     eprintln!("bench: Delve logged {hits} hits while measuring");
     if hits == 0 {
@@ -531,11 +802,16 @@ fn lldb_logpoint(pid: u32, source: &Path, line: u32, fx: &Fixture) -> Result<f64
     let ns = fx.measure();
     let hits = dap.outputs.load(Ordering::Relaxed) - before;
     // Detach safely: no breakpoints, stopped, then disconnect without killing.
-    let s = dap.send("setBreakpoints", serde_json::json!({"source": {"path": source}, "breakpoints": []}))?;
+    let s = dap.send(
+        "setBreakpoints",
+        serde_json::json!({"source": {"path": source}, "breakpoints": []}),
+    )?;
     dap.response(s, "clearing breakpoints")?;
     let s = dap.send("threads", serde_json::json!({}))?;
     let threads = dap.response(s, "threads response")?;
-    let tid = threads["body"]["threads"][0]["id"].as_i64().unwrap_or(i64::from(pid));
+    let tid = threads["body"]["threads"][0]["id"]
+        .as_i64()
+        .unwrap_or(i64::from(pid));
     let s = dap.send("pause", serde_json::json!({"threadId": tid}))?;
     // A refused pause (lldb-dap answers success:false with no message when the process is
     // between states) only means the detach below is riskier; the measurement stands.
@@ -544,7 +820,10 @@ fn lldb_logpoint(pid: u32, source: &Path, line: u32, fx: &Fixture) -> Result<f64
     } else {
         eprintln!("bench: lldb-dap refused pause before detach; disconnecting anyway");
     }
-    let s = dap.send("disconnect", serde_json::json!({"terminateDebuggee": false}))?;
+    let s = dap.send(
+        "disconnect",
+        serde_json::json!({"terminateDebuggee": false}),
+    )?;
     let _ = dap.response(s, "disconnect response");
     eprintln!("bench: lldb-dap logged {hits} hits while measuring");
     if hits == 0 {

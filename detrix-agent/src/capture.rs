@@ -96,8 +96,18 @@ impl Prepared {
 
     /// Each copy of the line: point, plan and placement (for tools that drive
     /// [`crate::probe::Probes`] themselves, such as the benchmark).
-    pub fn plans(&self) -> impl Iterator<Item = (&crate::debuginfo::ProbePoint, &crate::plan::BuiltPlan, &Placement)> {
-        self.copies.iter().map(|c| (&c.point, &c.plan, &c.placement))
+    pub fn plans(
+        &self,
+    ) -> impl Iterator<
+        Item = (
+            &crate::debuginfo::ProbePoint,
+            &crate::plan::BuiltPlan,
+            &Placement,
+        ),
+    > {
+        self.copies
+            .iter()
+            .map(|c| (&c.point, &c.plan, &c.placement))
     }
 
     /// The probe points the request resolved to, with where each probe goes and why.
@@ -119,7 +129,13 @@ fn options(req: &Request) -> EngineOptions {
 }
 
 fn spec(req: &Request) -> LogpointSpec {
-    LogpointSpec { line: req.line, exprs: req.exprs.clone(), condition: req.when.clone(), capture_stack: req.stack, capture_locals: req.locals }
+    LogpointSpec {
+        line: req.line,
+        exprs: req.exprs.clone(),
+        condition: req.when.clone(),
+        capture_stack: req.stack,
+        capture_locals: req.locals,
+    }
 }
 
 /// Checks the request against the process and its debug info and builds one plan per copy.
@@ -140,13 +156,20 @@ const BUDGET_WINDOW: Duration = Duration::from_secs(1);
 ///
 /// # Errors
 /// Attach failures (nothing is left attached) and output errors.
-pub async fn run(req: &Request, prepared: Prepared, out: &mut dyn Write) -> Result<Summary, CaptureError> {
+pub async fn run(
+    req: &Request,
+    prepared: Prepared,
+    out: &mut dyn Write,
+) -> Result<Summary, CaptureError> {
     let (mut engine, mut reader) = Engine::start(prepared.resolver)?;
     let id = engine.install(&req.file, req.line, prepared.copies)?;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(EngineError::Io)?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(EngineError::Io)?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(EngineError::Io)?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(EngineError::Io)?;
     let mut liveness = tokio::time::interval(Duration::from_millis(200));
-    let mut budget = tokio::time::interval_at(tokio::time::Instant::now() + BUDGET_WINDOW, BUDGET_WINDOW);
+    let mut budget =
+        tokio::time::interval_at(tokio::time::Instant::now() + BUDGET_WINDOW, BUDGET_WINDOW);
     let mut printed = 0u64;
     let mut switched_off = None;
     let mut emit = |hits: Vec<engine::Hit>, printed: &mut u64| -> Result<bool, CaptureError> {
@@ -184,14 +207,25 @@ pub async fn run(req: &Request, prepared: Prepared, out: &mut dyn Write) -> Resu
     };
     // Detach before reading the counters: a hit still in flight would show in `hits` but not
     // yet in its outcome, and the summary's sum must be exact.
-    let counters = if switched_off.is_some() { None } else { engine.remove(id)? };
-    let counters = counters.or_else(|| engine.last_removed(id)).unwrap_or_default();
+    let counters = if switched_off.is_some() {
+        None
+    } else {
+        engine.remove(id)?
+    };
+    let counters = counters
+        .or_else(|| engine.last_removed(id))
+        .unwrap_or_default();
     // What was emitted before the detach is still in the ring: print it, or it would be lost
     // silently (only a reached --count leaves events unprinted, and the summary shows them).
     if reason != StopReason::CountReached {
         emit(reader.drain_now(), &mut printed)?;
     }
-    Ok(Summary { printed, counters, switched_off, reason })
+    Ok(Summary {
+        printed,
+        counters,
+        switched_off,
+        reason,
+    })
 }
 
 fn write_hit(out: &mut dyn Write, req: &Request, hit: &engine::Hit) -> std::io::Result<()> {
@@ -202,7 +236,8 @@ fn write_hit(out: &mut dyn Write, req: &Request, hit: &engine::Hit) -> std::io::
             for (e, v) in &hit.values {
                 map.insert(e.clone(), v.to_json());
             }
-            let mut obj = serde_json::json!({ "at": at, "pid": hit.pid, "tid": hit.tid, "values": map });
+            let mut obj =
+                serde_json::json!({ "at": at, "pid": hit.pid, "tid": hit.tid, "values": map });
             if hit.goid != 0 {
                 obj["goid"] = hit.goid.into();
             }
@@ -214,7 +249,12 @@ fn write_hit(out: &mut dyn Write, req: &Request, hit: &engine::Hit) -> std::io::
                     .collect();
             }
             if req.locals {
-                obj["locals"] = hit.locals.iter().map(|(n, v)| (n.clone(), v.to_json())).collect::<serde_json::Map<_, _>>().into();
+                obj["locals"] = hit
+                    .locals
+                    .iter()
+                    .map(|(n, v)| (n.clone(), v.to_json()))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into();
             }
             writeln!(out, "{obj}")?;
         }
@@ -231,7 +271,12 @@ fn write_hit(out: &mut dyn Write, req: &Request, hit: &engine::Hit) -> std::io::
             }
             for (i, f) in hit.stack.iter().enumerate() {
                 let at = match (&f.file, f.line) {
-                    (Some(file), Some(l)) => format!("{}:{l}", std::path::Path::new(file).file_name().map_or_else(|| file.clone(), |n| n.to_string_lossy().into_owned())),
+                    (Some(file), Some(l)) => format!(
+                        "{}:{l}",
+                        std::path::Path::new(file)
+                            .file_name()
+                            .map_or_else(|| file.clone(), |n| n.to_string_lossy().into_owned())
+                    ),
                     _ => f.module.clone().unwrap_or_else(|| format!("{:#x}", f.pc)),
                 };
                 line.push_str(&format!(" #{i}={}@{at}", f.function));

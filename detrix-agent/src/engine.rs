@@ -60,7 +60,15 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { string_cap: 256, elem_cap: plan::DEFAULT_ELEM_CAP, rate_per_sec: 10_000, burst: 1_000, placement: true, forwarding: true, load: LoadOptions::default() }
+        Self {
+            string_cap: 256,
+            elem_cap: plan::DEFAULT_ELEM_CAP,
+            rate_per_sec: 10_000,
+            burst: 1_000,
+            placement: true,
+            forwarding: true,
+            load: LoadOptions::default(),
+        }
     }
 }
 
@@ -161,21 +169,42 @@ struct SharedObject {
 impl SharedObject {
     /// The library's parsed debug info, or `None` when it has none (most system libraries).
     fn binary(&self) -> Option<&Arc<Binary>> {
-        self.bin.get_or_init(|| Binary::open_cached(&self.path, &self.name).ok().filter(|b| b.language().is_ok())).as_ref()
+        self.bin
+            .get_or_init(|| {
+                Binary::open_cached(&self.path, &self.name)
+                    .ok()
+                    .filter(|b| b.language().is_ok())
+            })
+            .as_ref()
     }
 }
 
 /// File-backed mappings at file offset 0 of objects other than the executable.
 fn shared_objects(target: &Target) -> Vec<SharedObject> {
-    let Ok(maps) = std::fs::read_to_string(format!("/proc/{}/maps", target.pid)) else { return Vec::new() };
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{}/maps", target.pid)) else {
+        return Vec::new();
+    };
     let mut out: Vec<SharedObject> = Vec::new();
     for line in maps.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
-        let (Some(range), Some(offset), Some(inode), Some(path)) = (f.first(), f.get(2), f.get(4), f.get(5)) else { continue };
-        if !path.starts_with('/') || *offset != "00000000" || inode.parse::<u64>().ok() == Some(target.dev_ino.1) {
+        let (Some(range), Some(offset), Some(inode), Some(path)) =
+            (f.first(), f.get(2), f.get(4), f.get(5))
+        else {
+            continue;
+        };
+        if !path.starts_with('/')
+            || *offset != "00000000"
+            || inode.parse::<u64>().ok() == Some(target.dev_ino.1)
+        {
             continue;
         }
-        let Some(base) = range.split('-').next().and_then(|a| u64::from_str_radix(a, 16).ok()) else { continue };
+        let Some(base) = range
+            .split('-')
+            .next()
+            .and_then(|a| u64::from_str_radix(a, 16).ok())
+        else {
+            continue;
+        };
         if out.iter().any(|o| o.name == Path::new(path)) {
             continue;
         }
@@ -197,9 +226,19 @@ impl Resolver {
     pub fn open(pid: u32, opts: EngineOptions) -> Result<Self, EngineError> {
         let target = Target::open(pid)?;
         let bin = Binary::open_cached(&target.exe, &target.exe_name)?;
-        let load_bias = if bin.is_dyn { target.load_bias(bin.first_segment_vaddr())? } else { 0 };
+        let load_bias = if bin.is_dyn {
+            target.load_bias(bin.first_segment_vaddr())?
+        } else {
+            0
+        };
         let libs = shared_objects(&target);
-        Ok(Self { target, bin, load_bias, opts, libs })
+        Ok(Self {
+            target,
+            bin,
+            load_bias,
+            opts,
+            libs,
+        })
     }
 
     /// Source language of the target (from its DWARF).
@@ -227,13 +266,22 @@ impl Resolver {
                     }
                 });
                 match found {
-                    Some((lib, b, points)) => (b, lib.base.wrapping_sub(b.first_segment_vaddr() & !0xfff), lib.path.clone(), points?),
+                    Some((lib, b, points)) => (
+                        b,
+                        lib.base.wrapping_sub(b.first_segment_vaddr() & !0xfff),
+                        lib.path.clone(),
+                        points?,
+                    ),
                     None => return Err(unknown.into()),
                 }
             }
             Err(other) => return Err(other.into()),
         };
-        let condition = spec.condition.as_deref().map(expr::parse_condition).transpose()?;
+        let condition = spec
+            .condition
+            .as_deref()
+            .map(expr::parse_condition)
+            .transpose()?;
         let opts = PlanOptions {
             tgid: self.target.pid,
             load_bias,
@@ -245,25 +293,48 @@ impl Resolver {
         let mut out = Vec::new();
         for p in points {
             let extras = plan::Extras {
-                locals: if spec.capture_locals { bin.locals_in_scope(&p)? } else { Vec::new() },
+                locals: if spec.capture_locals {
+                    bin.locals_in_scope(&p)?
+                } else {
+                    Vec::new()
+                },
                 stack: spec.capture_stack,
             };
-            let mut built = plan::build_with(&bin, &p, &spec.exprs, condition.as_ref(), &extras, opts)?;
+            let mut built =
+                plan::build_with(&bin, &p, &spec.exprs, condition.as_ref(), &extras, opts)?;
             let mut placement = if self.opts.placement {
-                let rebuild = |q: &ProbePoint| plan::build_with(&bin, q, &spec.exprs, condition.as_ref(), &extras, opts).ok().map(|b| b.plan);
+                let rebuild = |q: &ProbePoint| {
+                    plan::build_with(&bin, q, &spec.exprs, condition.as_ref(), &extras, opts)
+                        .ok()
+                        .map(|b| b.plan)
+                };
                 place::place(&bin, &p, &built.plan, &rebuild)
             } else {
                 Placement {
                     chosen: p.addr,
                     kind: place::classify(&bin, &p),
-                    explain: vec![format!("placement off: probe at the line's first instruction {}", p.addr)],
+                    explain: vec![format!(
+                        "placement off: probe at the line's first instruction {}",
+                        p.addr
+                    )],
                 }
             };
-            let point = if placement.chosen == p.addr { p } else { bin.point_at(&p, placement.chosen).unwrap_or(p) };
+            let point = if placement.chosen == p.addr {
+                p
+            } else {
+                bin.point_at(&p, placement.chosen).unwrap_or(p)
+            };
             if self.opts.forwarding {
-                placement.explain.extend(forward::forward(&bin, &point, &mut built.plan));
+                placement
+                    .explain
+                    .extend(forward::forward(&bin, &point, &mut built.plan));
             }
-            out.push(Prepared { point, plan: built, placement, object: object.clone() });
+            out.push(Prepared {
+                point,
+                plan: built,
+                placement,
+                object: object.clone(),
+            });
         }
         Ok(out)
     }
@@ -275,20 +346,43 @@ impl Resolver {
 ///
 /// This is what `detrix-agent resolve` prints and what the snapshot tests pin.
 #[must_use]
-pub fn describe(bin: &Binary, file: &str, line: u32, exprs: &[String], strip_prefix: &str) -> serde_json::Value {
+pub fn describe(
+    bin: &Binary,
+    file: &str,
+    line: u32,
+    exprs: &[String],
+    strip_prefix: &str,
+) -> serde_json::Value {
     let rel = |s: &str| {
         if strip_prefix.is_empty() {
             return s.to_owned();
         }
-        s.strip_prefix(strip_prefix).map_or_else(|| s.to_owned(), |r| r.trim_start_matches('/').to_owned())
+        s.strip_prefix(strip_prefix)
+            .map_or_else(|| s.to_owned(), |r| r.trim_start_matches('/').to_owned())
     };
     // Machine paths out of messages, so the output is the same on every machine.
-    let scrub = |s: String| if strip_prefix.is_empty() { s } else { s.replace(&format!("{strip_prefix}/"), "").replace(strip_prefix, "") };
+    let scrub = |s: String| {
+        if strip_prefix.is_empty() {
+            s
+        } else {
+            s.replace(&format!("{strip_prefix}/"), "")
+                .replace(strip_prefix, "")
+        }
+    };
     let points = match bin.resolve_line(file, line) {
         Ok(p) => p,
-        Err(e) => return serde_json::json!({ "at": format!("{file}:{line}"), "error": scrub(e.to_string()) }),
+        Err(e) => {
+            return serde_json::json!({ "at": format!("{file}:{line}"), "error": scrub(e.to_string()) })
+        }
     };
-    let opts = PlanOptions { tgid: 0, load_bias: 0, string_cap: 64, elem_cap: plan::DEFAULT_ELEM_CAP, rate_per_sec: 0, burst: 0 };
+    let opts = PlanOptions {
+        tgid: 0,
+        load_bias: 0,
+        string_cap: 64,
+        elem_cap: plan::DEFAULT_ELEM_CAP,
+        rate_per_sec: 0,
+        burst: 0,
+    };
     let mut out = Vec::new();
     for p in &points {
         let mut values = serde_json::Map::new();
@@ -356,19 +450,31 @@ impl Symbolizer {
         if let Ok(text) = std::fs::read_to_string(format!("/proc/{}/maps", resolver.target.pid)) {
             for line in text.lines() {
                 let f: Vec<&str> = line.split_whitespace().collect();
-                let (Some(range), Some(perms), Some(inode)) = (f.first(), f.get(1), f.get(4)) else { continue };
+                let (Some(range), Some(perms), Some(inode)) = (f.first(), f.get(1), f.get(4))
+                else {
+                    continue;
+                };
                 if !perms.contains('x') {
                     continue;
                 }
-                let mut r = range.split('-').filter_map(|x| u64::from_str_radix(x, 16).ok());
-                let (Some(a), Some(b)) = (r.next(), r.next()) else { continue };
+                let mut r = range
+                    .split('-')
+                    .filter_map(|x| u64::from_str_radix(x, 16).ok());
+                let (Some(a), Some(b)) = (r.next(), r.next()) else {
+                    continue;
+                };
                 if inode.parse::<u64>().ok() == Some(resolver.target.dev_ino.1) {
                     exe_ranges.push((a, b));
                 }
                 maps.push((a, b, f.get(5).map_or_else(String::new, |p| (*p).to_owned())));
             }
         }
-        Self { bin: resolver.bin.clone(), load_bias: resolver.load_bias, maps, exe_ranges }
+        Self {
+            bin: resolver.bin.clone(),
+            load_bias: resolver.load_bias,
+            maps,
+            exe_ranges,
+        }
     }
 
     /// The frames at one return address (or the hit's PC): several when it is inside
@@ -376,18 +482,47 @@ impl Symbolizer {
     fn frames(&self, pc: u64, innermost: bool) -> Vec<Frame> {
         // A return address points after the call: look up the call itself.
         let lookup = if innermost { pc } else { pc.wrapping_sub(1) };
-        let in_exe = self.exe_ranges.iter().any(|(a, b)| lookup >= *a && lookup < *b) || self.exe_ranges.is_empty();
+        let in_exe = self
+            .exe_ranges
+            .iter()
+            .any(|(a, b)| lookup >= *a && lookup < *b)
+            || self.exe_ranges.is_empty();
         if in_exe {
-            let link = if self.bin.is_dyn { lookup.wrapping_sub(self.load_bias) } else { lookup };
+            let link = if self.bin.is_dyn {
+                lookup.wrapping_sub(self.load_bias)
+            } else {
+                lookup
+            };
             let syms = self.bin.symbolize(link);
             if !syms.is_empty() {
-                return syms.into_iter().map(|s| Frame { pc, function: s.function, file: s.file, line: s.line, module: None }).collect();
+                return syms
+                    .into_iter()
+                    .map(|s| Frame {
+                        pc,
+                        function: s.function,
+                        file: s.file,
+                        line: s.line,
+                        module: None,
+                    })
+                    .collect();
             }
         }
-        let module = self.maps.iter().find(|(a, b, _)| lookup >= *a && lookup < *b).map(|(_, _, p)| {
-            std::path::Path::new(p).file_name().map_or_else(|| p.clone(), |n| n.to_string_lossy().into_owned())
-        });
-        vec![Frame { pc, function: "??".to_owned(), file: None, line: None, module }]
+        let module = self
+            .maps
+            .iter()
+            .find(|(a, b, _)| lookup >= *a && lookup < *b)
+            .map(|(_, _, p)| {
+                std::path::Path::new(p)
+                    .file_name()
+                    .map_or_else(|| p.clone(), |n| n.to_string_lossy().into_owned())
+            });
+        vec![Frame {
+            pc,
+            function: "??".to_owned(),
+            file: None,
+            line: None,
+            module,
+        }]
     }
 }
 
@@ -413,7 +548,10 @@ const RETIRE_AFTER: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("pid", &self.resolver.target.pid).field("logpoints", &self.logpoints.len()).finish_non_exhaustive()
+        f.debug_struct("Engine")
+            .field("pid", &self.resolver.target.pid)
+            .field("logpoints", &self.logpoints.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -444,11 +582,31 @@ impl Engine {
     /// The kernel refused the program.
     pub fn start(resolver: Resolver) -> Result<(Self, HitReader), EngineError> {
         let (probes, ring) = Probes::load(resolver.opts.load)?;
-        #[allow(deprecated, reason = "tokio 1.54 deprecates AsyncFd::new for I/O-safety; the ring's fd lives as long as the AsyncFd (toolchain.md E7)")]
+        #[allow(
+            deprecated,
+            reason = "tokio 1.54 deprecates AsyncFd::new for I/O-safety; the ring's fd lives as long as the AsyncFd (toolchain.md E7)"
+        )]
         let ring = AsyncFd::new(ring).map_err(EngineError::Io)?;
         let slots: SlotTable = Arc::default();
-        let reader = HitReader { ring, slots: slots.clone(), symbolizer: Symbolizer::new(&resolver), flush: tokio::time::interval(FLUSH_INTERVAL) };
-        Ok((Self { resolver, probes, slots, logpoints: BTreeMap::new(), next_id: 1, last: HashMap::new(), removed: HashMap::new(), retired: Vec::new() }, reader))
+        let reader = HitReader {
+            ring,
+            slots: slots.clone(),
+            symbolizer: Symbolizer::new(&resolver),
+            flush: tokio::time::interval(FLUSH_INTERVAL),
+        };
+        Ok((
+            Self {
+                resolver,
+                probes,
+                slots,
+                logpoints: BTreeMap::new(),
+                next_id: 1,
+                last: HashMap::new(),
+                removed: HashMap::new(),
+                retired: Vec::new(),
+            },
+            reader,
+        ))
     }
 
     /// The resolver (target, binary) behind this engine.
@@ -461,18 +619,36 @@ impl Engine {
     ///
     /// # Errors
     /// The process exec'd, or the kernel refused an attach.
-    pub fn install(&mut self, file: &str, line: u32, copies: Vec<Prepared>) -> Result<LogpointId, EngineError> {
+    pub fn install(
+        &mut self,
+        file: &str,
+        line: u32,
+        copies: Vec<Prepared>,
+    ) -> Result<LogpointId, EngineError> {
         if !self.resolver.target.same_binary() {
-            return Err(EngineError::BinaryChanged { pid: self.resolver.target.pid });
+            return Err(EngineError::BinaryChanged {
+                pid: self.resolver.target.pid,
+            });
         }
         let id = LogpointId(self.next_id);
         self.next_id += 1;
         let mut slots = Vec::new();
         for c in &copies {
-            let spec = AttachSpec { binary: &c.object, offset: c.point.file_offset, pid: self.resolver.target.pid };
+            let spec = AttachSpec {
+                binary: &c.object,
+                offset: c.point.file_offset,
+                pid: self.resolver.target.pid,
+            };
             match self.probes.install(&c.plan.plan, &spec) {
                 Ok(slot) => {
-                    self.slot_table().insert(slot, SlotInfo { logpoint: id, values: c.plan.values.clone(), local_errors: c.plan.local_errors.clone() });
+                    self.slot_table().insert(
+                        slot,
+                        SlotInfo {
+                            logpoint: id,
+                            values: c.plan.values.clone(),
+                            local_errors: c.plan.local_errors.clone(),
+                        },
+                    );
                     slots.push(slot);
                 }
                 Err(e) => {
@@ -484,7 +660,16 @@ impl Engine {
                 }
             }
         }
-        self.logpoints.insert(id, Logpoint { id, file: file.to_owned(), line, copies, slots });
+        self.logpoints.insert(
+            id,
+            Logpoint {
+                id,
+                file: file.to_owned(),
+                line,
+                copies,
+                slots,
+            },
+        );
         Ok(id)
     }
 
@@ -502,7 +687,9 @@ impl Engine {
     /// # Errors
     /// A kernel error on detach.
     pub fn remove(&mut self, id: LogpointId) -> Result<Option<Counters>, EngineError> {
-        let Some(lp) = self.logpoints.remove(&id) else { return Ok(None) };
+        let Some(lp) = self.logpoints.remove(&id) else {
+            return Ok(None);
+        };
         let mut first_err = None;
         for s in &lp.slots {
             if let Err(e) = self.probes.remove(*s) {
@@ -520,8 +707,14 @@ impl Engine {
         // (generation), so a stale entry cannot decode another probe's records.
         let now = std::time::Instant::now();
         self.retired.extend(lp.slots.iter().map(|s| (*s, now)));
-        let expired: Vec<u32> = self.retired.iter().filter(|(_, t)| now.duration_since(*t) > RETIRE_AFTER).map(|(s, _)| *s).collect();
-        self.retired.retain(|(_, t)| now.duration_since(*t) <= RETIRE_AFTER);
+        let expired: Vec<u32> = self
+            .retired
+            .iter()
+            .filter(|(_, t)| now.duration_since(*t) > RETIRE_AFTER)
+            .map(|(s, _)| *s)
+            .collect();
+        self.retired
+            .retain(|(_, t)| now.duration_since(*t) <= RETIRE_AFTER);
         let mut table = self.slot_table();
         for s in expired {
             table.remove(&s);
@@ -564,7 +757,9 @@ impl Engine {
     /// Counters of a logpoint, summed over its copies and CPUs.
     #[must_use]
     pub fn counters(&self, id: LogpointId) -> Option<Counters> {
-        self.logpoints.get(&id).map(|lp| self.sum_counters(&lp.slots))
+        self.logpoints
+            .get(&id)
+            .map(|lp| self.sum_counters(&lp.slots))
     }
 
     fn sum_counters(&self, slots: &[u32]) -> Counters {
@@ -584,8 +779,13 @@ impl Engine {
         for lp in self.logpoints.values() {
             let (mut dh, mut db, mut trap_ns) = (0, 0, 0);
             for (s, c) in lp.slots.iter().zip(&lp.copies) {
-                let Ok(now) = self.probes.counters(*s) else { continue };
-                let (h0, b0) = self.last.insert(*s, (now.hits, now.bpf_ns)).unwrap_or((0, 0));
+                let Ok(now) = self.probes.counters(*s) else {
+                    continue;
+                };
+                let (h0, b0) = self
+                    .last
+                    .insert(*s, (now.hits, now.bpf_ns))
+                    .unwrap_or((0, 0));
                 let h = now.hits - h0;
                 dh += h;
                 db += now.bpf_ns - b0;
@@ -662,11 +862,24 @@ fn decode_all(ring: &mut probe::EventRings, slots: &SlotTable, sym: &Symbolizer)
     // Bounded: a hot probe refills the ring as fast as it is read, and an unbounded drain would
     // never return to the caller's loop (signals, the CPU breaker, DAP requests).
     ring.drain(MAX_BATCH, |item| {
-        let Some((h, data)) = probe::parse_record(item) else { return };
+        let Some((h, data)) = probe::parse_record(item) else {
+            return;
+        };
         // A record for a probe retired long ago is dropped here: its logpoint is gone.
-        let Some(info) = table.get(&h.probe_id) else { return };
+        let Some(info) = table.get(&h.probe_id) else {
+            return;
+        };
         let decoded = plan::decode(&info.values, &h, data);
-        let mut hit = Hit { logpoint: info.logpoint, pid: h.pid, tid: h.tid, goid: h.goid, ktime_ns: h.ktime_ns, values: Vec::new(), stack: Vec::new(), locals: Vec::new() };
+        let mut hit = Hit {
+            logpoint: info.logpoint,
+            pid: h.pid,
+            tid: h.tid,
+            goid: h.goid,
+            ktime_ns: h.ktime_ns,
+            values: Vec::new(),
+            stack: Vec::new(),
+            locals: Vec::new(),
+        };
         for (d, v) in info.values.iter().zip(decoded) {
             match d.role {
                 plan::Role::Shown => hit.values.push((d.expr.clone(), v)),
@@ -687,11 +900,24 @@ fn decode_all(ring: &mut probe::EventRings, slots: &SlotTable, sym: &Symbolizer)
 }
 
 /// Unwinds the captured registers and stack slices with the binary's CFI, innermost first.
-fn unwind_frames(all: &[plan::ValueDecoder], h: &detrix_common::EventHeader, data: &[u8], sym: &Symbolizer) -> Vec<Frame> {
-    let u64_at = |b: &[u8], o: usize| b.get(o..o + 8).map(|x| u64::from_le_bytes(x.try_into().unwrap_or([0; 8])));
-    let Some(ri) = all.iter().position(|d| d.role == plan::Role::UnwindRegs) else { return Vec::new() };
+fn unwind_frames(
+    all: &[plan::ValueDecoder],
+    h: &detrix_common::EventHeader,
+    data: &[u8],
+    sym: &Symbolizer,
+) -> Vec<Frame> {
+    let u64_at = |b: &[u8], o: usize| {
+        b.get(o..o + 8)
+            .map(|x| u64::from_le_bytes(x.try_into().unwrap_or([0; 8])))
+    };
+    let Some(ri) = all.iter().position(|d| d.role == plan::Role::UnwindRegs) else {
+        return Vec::new();
+    };
     let regs = plan::value_bytes(all, ri, h, data);
-    let (Some(pc), Some(sp0), Some(bp)) = (u64_at(regs, 0), u64_at(regs, 8), u64_at(regs, 16)) else { return Vec::new() };
+    let (Some(pc), Some(sp0), Some(bp)) = (u64_at(regs, 0), u64_at(regs, 8), u64_at(regs, 16))
+    else {
+        return Vec::new();
+    };
     let mut chunks: Vec<(u64, &[u8])> = Vec::new();
     for (i, d) in all.iter().enumerate() {
         if let plan::Role::UnwindStack(k) = d.role {
@@ -711,14 +937,24 @@ fn unwind_frames(all: &[plan::ValueDecoder], h: &detrix_common::EventHeader, dat
     let mut regs = crate::debuginfo::UnwindRegs { pc, sp: sp0, bp };
     for i in 0..plan::STACK_FRAMES {
         let here = sym.frames(regs.pc, i == 0);
-        let in_exe = here.last().is_some_and(|f| f.module.is_none() && f.function != "??");
+        let in_exe = here
+            .last()
+            .is_some_and(|f| f.module.is_none() && f.function != "??");
         frames.extend(here);
         if !in_exe {
             break;
         }
         // CFI rows are found by the call site, not the return address.
-        let lookup = if i == 0 { regs.pc } else { regs.pc.wrapping_sub(1) };
-        let link = if sym.bin.is_dyn { lookup.wrapping_sub(sym.load_bias) } else { lookup };
+        let lookup = if i == 0 {
+            regs.pc
+        } else {
+            regs.pc.wrapping_sub(1)
+        };
+        let link = if sym.bin.is_dyn {
+            lookup.wrapping_sub(sym.load_bias)
+        } else {
+            lookup
+        };
         match sym.bin.unwind_step(link, regs, &read) {
             Some(next) if next.pc != 0 && next.sp > regs.sp => regs = next,
             _ => break,
@@ -728,7 +964,13 @@ fn unwind_frames(all: &[plan::ValueDecoder], h: &detrix_common::EventHeader, dat
 }
 
 /// The return addresses a stack value holds, symbolized.
-fn stack_frames(all: &[plan::ValueDecoder], d: &plan::ValueDecoder, h: &detrix_common::EventHeader, data: &[u8], sym: &Symbolizer) -> Vec<Frame> {
+fn stack_frames(
+    all: &[plan::ValueDecoder],
+    d: &plan::ValueDecoder,
+    h: &detrix_common::EventHeader,
+    data: &[u8],
+    sym: &Symbolizer,
+) -> Vec<Frame> {
     let idx = all.iter().position(|x| std::ptr::eq(x, d)).unwrap_or(0);
     plan::value_bytes(all, idx, h, data)
         .chunks_exact(8)
@@ -738,4 +980,3 @@ fn stack_frames(all: &[plan::ValueDecoder], d: &plan::ValueDecoder, h: &detrix_c
         .flat_map(|(i, pc)| sym.frames(pc, i == 0))
         .collect()
 }
-

@@ -22,7 +22,11 @@ pub enum Expr {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExprError {
     #[error("invalid expression `{expr}`: {what} at column {column}")]
-    Syntax { expr: String, what: String, column: usize },
+    Syntax {
+        expr: String,
+        what: String,
+        column: usize,
+    },
     #[error(
         "expression `{expr}` calls a function (`{function}`); eBPF capture reads memory and cannot \
          call into the target; capture the arguments instead"
@@ -35,7 +39,11 @@ pub enum ExprError {
 /// # Errors
 /// [`ExprError`] naming the column and what was expected.
 pub fn parse(text: &str) -> Result<Expr, ExprError> {
-    let mut p = Parser { src: text, chars: text.char_indices().collect(), pos: 0 };
+    let mut p = Parser {
+        src: text,
+        chars: text.char_indices().collect(),
+        pos: 0,
+    };
     let e = p.unary()?;
     p.skip_ws();
     if p.pos < p.chars.len() {
@@ -52,7 +60,11 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn err(&self, what: &str) -> ExprError {
-        ExprError::Syntax { expr: self.src.to_owned(), what: what.to_owned(), column: self.pos + 1 }
+        ExprError::Syntax {
+            expr: self.src.to_owned(),
+            what: what.to_owned(),
+            column: self.pos + 1,
+        }
     }
 
     fn peek(&self) -> Option<char> {
@@ -68,7 +80,13 @@ impl Parser<'_> {
     fn eat(&mut self, s: &str) -> bool {
         self.skip_ws();
         let n = s.chars().count();
-        let got: String = self.chars.iter().skip(self.pos).take(n).map(|c| c.1).collect();
+        let got: String = self
+            .chars
+            .iter()
+            .skip(self.pos)
+            .take(n)
+            .map(|c| c.1)
+            .collect();
         if got == s {
             self.pos += n;
             true
@@ -102,7 +120,10 @@ impl Parser<'_> {
                     Expr::Var(n) => n.clone(),
                     _ => self.src.to_owned(),
                 };
-                return Err(ExprError::FunctionCall { expr: self.src.to_owned(), function });
+                return Err(ExprError::FunctionCall {
+                    expr: self.src.to_owned(),
+                    function,
+                });
             } else {
                 return Ok(e);
             }
@@ -124,7 +145,8 @@ impl Parser<'_> {
         self.skip_ws();
         let start = self.pos;
         while let Some(c) = self.peek() {
-            let ok = c == '_' || c.is_ascii_alphabetic() || (self.pos > start && c.is_ascii_digit());
+            let ok =
+                c == '_' || c.is_ascii_alphabetic() || (self.pos > start && c.is_ascii_digit());
             if !ok {
                 break;
             }
@@ -146,9 +168,7 @@ impl Parser<'_> {
             self.pos += 1;
         }
         let s: String = self.chars[start..self.pos].iter().map(|c| c.1).collect();
-        s.parse().map_err(|_| {
-            self.err("expected an integer index")
-        })
+        s.parse().map_err(|_| self.err("expected an integer index"))
     }
 }
 
@@ -193,7 +213,11 @@ pub struct Condition {
 /// # Errors
 /// [`ExprError::Syntax`] naming what is missing.
 pub fn parse_condition(text: &str) -> Result<Condition, ExprError> {
-    let err = |what: &str, column: usize| ExprError::Syntax { expr: text.to_owned(), what: what.to_owned(), column };
+    let err = |what: &str, column: usize| ExprError::Syntax {
+        expr: text.to_owned(),
+        what: what.to_owned(),
+        column,
+    };
     let bytes = text.as_bytes();
     let mut i = 0;
     let mut found = None;
@@ -206,9 +230,17 @@ pub fn parse_condition(text: &str) -> Result<Condition, ExprError> {
             i += 2;
             continue;
         }
-        let op = [("==", CmpOp::Eq), ("!=", CmpOp::Ne), ("<=", CmpOp::Le), (">=", CmpOp::Ge), ("^=", CmpOp::Prefix), ("<", CmpOp::Lt), (">", CmpOp::Gt)]
-            .into_iter()
-            .find(|(t, _)| rest.starts_with(t));
+        let op = [
+            ("==", CmpOp::Eq),
+            ("!=", CmpOp::Ne),
+            ("<=", CmpOp::Le),
+            (">=", CmpOp::Ge),
+            ("^=", CmpOp::Prefix),
+            ("<", CmpOp::Lt),
+            (">", CmpOp::Gt),
+        ]
+        .into_iter()
+        .find(|(t, _)| rest.starts_with(t));
         if let Some((t, op)) = op {
             found = Some((i, t.len(), op));
             break;
@@ -216,7 +248,10 @@ pub fn parse_condition(text: &str) -> Result<Condition, ExprError> {
         i += 1;
     }
     let Some((at, len, op)) = found else {
-        return Err(err("expected a comparison (== != < <= > >= ^=) followed by a constant", text.len() + 1));
+        return Err(err(
+            "expected a comparison (== != < <= > >= ^=) followed by a constant",
+            text.len() + 1,
+        ));
     };
     let expr_text = text[..at].trim().to_owned();
     let expr = parse(&expr_text)?;
@@ -224,23 +259,36 @@ pub fn parse_condition(text: &str) -> Result<Condition, ExprError> {
     let column = at + len + 1;
     let literal = if lit.is_empty() {
         return Err(err("expected a constant after the operator", column));
-    } else if (lit.starts_with('"') && lit.ends_with('"') && lit.len() >= 2) || (lit.starts_with('\'') && lit.ends_with('\'') && lit.len() >= 2) {
+    } else if (lit.starts_with('"') && lit.ends_with('"') && lit.len() >= 2)
+        || (lit.starts_with('\'') && lit.ends_with('\'') && lit.len() >= 2)
+    {
         Literal::Str(lit[1..lit.len() - 1].to_owned())
     } else if lit == "true" || lit == "false" {
         Literal::Bool(lit == "true")
     } else if let Some(hex) = lit.strip_prefix("0x").or_else(|| lit.strip_prefix("0X")) {
-        Literal::Int(i128::from_str_radix(hex, 16).map_err(|_| err("invalid hex constant", column))?)
+        Literal::Int(
+            i128::from_str_radix(hex, 16).map_err(|_| err("invalid hex constant", column))?,
+        )
     } else if let Ok(v) = lit.parse::<i128>() {
         Literal::Int(v)
     } else if let Ok(v) = lit.parse::<f64>() {
         Literal::Float(v)
     } else {
-        return Err(err("expected a number, a quoted string, true or false", column));
+        return Err(err(
+            "expected a number, a quoted string, true or false",
+            column,
+        ));
     };
     if op == CmpOp::Prefix && !matches!(literal, Literal::Str(_)) {
         return Err(err("`^=` (starts with) needs a quoted string", column));
     }
-    Ok(Condition { text: text.trim().to_owned(), expr_text, expr, op, literal })
+    Ok(Condition {
+        text: text.trim().to_owned(),
+        expr_text,
+        expr,
+        op,
+        literal,
+    })
 }
 
 impl std::fmt::Display for Expr {
@@ -267,10 +315,19 @@ mod tests {
     fn parses_chains() {
         assert_eq!(parse("x").unwrap(), Expr::Var("x".into()));
         assert_eq!(parse("o->qty").unwrap(), Expr::Arrow(v("o"), "qty".into()));
-        assert_eq!(parse("s.a.b").unwrap(), Expr::Field(Box::new(Expr::Field(v("s"), "a".into())), "b".into()));
+        assert_eq!(
+            parse("s.a.b").unwrap(),
+            Expr::Field(Box::new(Expr::Field(v("s"), "a".into())), "b".into())
+        );
         assert_eq!(parse("*p").unwrap(), Expr::Deref(v("p")));
-        assert_eq!(parse("*p->next").unwrap(), Expr::Deref(Box::new(Expr::Arrow(v("p"), "next".into()))));
-        assert_eq!(parse("(*p).x").unwrap(), Expr::Field(Box::new(Expr::Deref(v("p"))), "x".into()));
+        assert_eq!(
+            parse("*p->next").unwrap(),
+            Expr::Deref(Box::new(Expr::Arrow(v("p"), "next".into())))
+        );
+        assert_eq!(
+            parse("(*p).x").unwrap(),
+            Expr::Field(Box::new(Expr::Deref(v("p"))), "x".into())
+        );
         assert_eq!(parse(" a [ 3 ] ").unwrap(), Expr::Index(v("a"), 3));
         assert_eq!(parse("self.x").unwrap(), Expr::Field(v("self"), "x".into()));
     }
@@ -278,8 +335,14 @@ mod tests {
     #[test]
     fn rejects_with_column() {
         let e = parse("o->").unwrap_err();
-        assert_eq!(e.to_string(), "invalid expression `o->`: expected a field name after `->` at column 4");
-        assert!(matches!(parse("a b"), Err(ExprError::Syntax { column: 3, .. })));
+        assert_eq!(
+            e.to_string(),
+            "invalid expression `o->`: expected a field name after `->` at column 4"
+        );
+        assert!(matches!(
+            parse("a b"),
+            Err(ExprError::Syntax { column: 3, .. })
+        ));
         assert!(matches!(parse("a[x]"), Err(ExprError::Syntax { .. })));
         assert!(matches!(parse("9x"), Err(ExprError::Syntax { .. })));
     }
@@ -287,13 +350,28 @@ mod tests {
     #[test]
     fn parses_conditions() {
         let c = parse_condition("o->qty > 10").unwrap();
-        assert_eq!((c.expr_text.as_str(), c.op, c.literal), ("o->qty", CmpOp::Gt, Literal::Int(10)));
+        assert_eq!(
+            (c.expr_text.as_str(), c.op, c.literal),
+            ("o->qty", CmpOp::Gt, Literal::Int(10))
+        );
         let c = parse_condition("name ^= \"al\"").unwrap();
-        assert_eq!((c.op, c.literal), (CmpOp::Prefix, Literal::Str("al".into())));
+        assert_eq!(
+            (c.op, c.literal),
+            (CmpOp::Prefix, Literal::Str("al".into()))
+        );
         let c = parse_condition("price<=2.5").unwrap();
-        assert_eq!((c.expr_text.as_str(), c.op, c.literal), ("price", CmpOp::Le, Literal::Float(2.5)));
-        assert_eq!(parse_condition("f != 0x10").unwrap().literal, Literal::Int(16));
-        assert_eq!(parse_condition("g == 'A'").unwrap().literal, Literal::Str("A".into()));
+        assert_eq!(
+            (c.expr_text.as_str(), c.op, c.literal),
+            ("price", CmpOp::Le, Literal::Float(2.5))
+        );
+        assert_eq!(
+            parse_condition("f != 0x10").unwrap().literal,
+            Literal::Int(16)
+        );
+        assert_eq!(
+            parse_condition("g == 'A'").unwrap().literal,
+            Literal::Str("A".into())
+        );
         assert!(parse_condition("qty").is_err());
         assert!(parse_condition("qty >").is_err());
         assert!(parse_condition("qty ^= 3").is_err());
@@ -302,6 +380,12 @@ mod tests {
     #[test]
     fn names_function_calls() {
         let e = parse("strlen(name)").unwrap_err();
-        assert_eq!(e, ExprError::FunctionCall { expr: "strlen(name)".into(), function: "strlen".into() });
+        assert_eq!(
+            e,
+            ExprError::FunctionCall {
+                expr: "strlen(name)".into(),
+                function: "strlen".into()
+            }
+        );
     }
 }

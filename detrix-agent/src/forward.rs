@@ -20,7 +20,10 @@
 use std::collections::{HashMap, HashSet};
 
 use detrix_common::{op, pt_regs, Plan};
-use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register};
+use iced_x86::{
+    Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, Mnemonic, OpAccess,
+    OpKind, Register,
+};
 
 use crate::debuginfo::{Binary, ProbePoint};
 
@@ -63,13 +66,19 @@ fn frame_register(pt: u8) -> Option<Register> {
 }
 
 fn is_write(a: OpAccess) -> bool {
-    matches!(a, OpAccess::Write | OpAccess::ReadWrite | OpAccess::CondWrite | OpAccess::ReadCondWrite)
+    matches!(
+        a,
+        OpAccess::Write | OpAccess::ReadWrite | OpAccess::CondWrite | OpAccess::ReadCondWrite
+    )
 }
 
 /// `[rbp + d]` / `[rsp + d]` with no index, as (base, displacement).
 fn frame_slot(i: &Instruction) -> Option<(Register, i64)> {
     let base = i.memory_base();
-    if !matches!(base, Register::RBP | Register::RSP) || i.memory_index() != Register::None || i.segment_prefix() != Register::None {
+    if !matches!(base, Register::RBP | Register::RSP)
+        || i.memory_index() != Register::None
+        || i.segment_prefix() != Register::None
+    {
         return None;
     }
     Some((base, i.memory_displacement64() as i64))
@@ -107,24 +116,48 @@ impl Facts {
                     let full = i.op0_register().full_register();
                     // A 32-bit `mov` zero-extends: the low 4 bytes are the slot's.
                     if matches!(size, 1 | 2 | 4 | 8) && full != base {
-                        new_fact = Some((full, Slot { base, disp, size, at: i.ip() }));
+                        new_fact = Some((
+                            full,
+                            Slot {
+                                base,
+                                disp,
+                                size,
+                                at: i.ip(),
+                            },
+                        ));
                     }
                 }
             }
             // store: [frame slot] ← reg
-            Mnemonic::Mov if i.op0_kind() == OpKind::Memory && gpr(i.op1_kind(), i.op1_register()) => {
+            Mnemonic::Mov
+                if i.op0_kind() == OpKind::Memory && gpr(i.op1_kind(), i.op1_register()) =>
+            {
                 if let Some((base, disp)) = frame_slot(i) {
                     let size = i.memory_size().size() as u8;
                     if matches!(size, 4 | 8) {
-                        new_fact = Some((i.op1_register().full_register(), Slot { base, disp, size, at: i.ip() }));
+                        new_fact = Some((
+                            i.op1_register().full_register(),
+                            Slot {
+                                base,
+                                disp,
+                                size,
+                                at: i.ip(),
+                            },
+                        ));
                     }
                 }
             }
             // copy: reg ← reg, the same width (64 or 32 bits)
-            Mnemonic::Mov if gpr(i.op0_kind(), i.op0_register()) && gpr(i.op1_kind(), i.op1_register()) => {
+            Mnemonic::Mov
+                if gpr(i.op0_kind(), i.op0_register()) && gpr(i.op1_kind(), i.op1_register()) =>
+            {
                 let (dst, src) = (i.op0_register(), i.op1_register());
                 if let Some(s) = self.0.get(&src.full_register()).copied() {
-                    let size = if dst.is_gpr32() { s.size.min(4) } else { s.size };
+                    let size = if dst.is_gpr32() {
+                        s.size.min(4)
+                    } else {
+                        s.size
+                    };
                     if dst.is_gpr64() == src.is_gpr64() && dst.full_register() != s.base {
                         new_fact = Some((dst.full_register(), Slot { size, ..s }));
                     }
@@ -138,7 +171,10 @@ impl Facts {
                 let frame = m.index() == Register::None
                     && matches!(m.base(), Register::RBP | Register::RSP)
                     && !matches!(m.segment(), Register::FS | Register::GS);
-                self.kill_memory(frame.then(|| (m.base(), m.displacement() as i64)), m.memory_size().size() as u64);
+                self.kill_memory(
+                    frame.then(|| (m.base(), m.displacement() as i64)),
+                    m.memory_size().size() as u64,
+                );
             }
         }
         for r in info.used_registers() {
@@ -158,7 +194,15 @@ impl Facts {
 fn is_barrier(i: &Instruction) -> bool {
     i.flow_control() != FlowControl::Next
         || i.is_invalid()
-        || matches!(i.mnemonic(), Mnemonic::Syscall | Mnemonic::Sysenter | Mnemonic::Int | Mnemonic::Int1 | Mnemonic::Int3 | Mnemonic::Into)
+        || matches!(
+            i.mnemonic(),
+            Mnemonic::Syscall
+                | Mnemonic::Sysenter
+                | Mnemonic::Int
+                | Mnemonic::Int1
+                | Mnemonic::Int3
+                | Mnemonic::Into
+        )
 }
 
 /// The facts in force when execution reaches `at`, or `None` when they cannot be known.
@@ -176,7 +220,10 @@ fn facts_at(bin: &Binary, point: &ProbePoint, at: u64) -> Option<Facts> {
         match i.flow_control() {
             FlowControl::IndirectBranch => return None,
             FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch => {
-                if matches!(i.op0_kind(), OpKind::NearBranch64 | OpKind::NearBranch32 | OpKind::NearBranch16) {
+                if matches!(
+                    i.op0_kind(),
+                    OpKind::NearBranch64 | OpKind::NearBranch32 | OpKind::NearBranch16
+                ) {
                     targets.insert(i.near_branch_target());
                 } else {
                     return None;
@@ -212,7 +259,9 @@ fn facts_at(bin: &Binary, point: &ProbePoint, at: u64) -> Option<Facts> {
 /// `--explain`.
 pub fn forward(bin: &Binary, point: &ProbePoint, plan: &mut Plan) -> Vec<String> {
     let mut out = Vec::new();
-    let Some(facts) = facts_at(bin, point, point.addr.0) else { return out };
+    let Some(facts) = facts_at(bin, point, point.addr.0) else {
+        return out;
+    };
     if facts.0.is_empty() {
         return out;
     }
@@ -220,18 +269,27 @@ pub fn forward(bin: &Binary, point: &ProbePoint, plan: &mut Plan) -> Vec<String>
     // In register order, so the choice (and `resolve`'s output) is the same every run.
     let mut sorted: Vec<(Register, Slot)> = facts.0.iter().map(|(r, s)| (*r, *s)).collect();
     sorted.sort_by_key(|(r, _)| *r as u32);
-    let find = |base: Register, disp: i64, min: u8| sorted.iter().find(|(_, s)| s.base == base && s.disp == disp && s.size >= min).copied();
+    let find = |base: Register, disp: i64, min: u8| {
+        sorted
+            .iter()
+            .find(|(_, s)| s.base == base && s.disp == disp && s.size >= min)
+            .copied()
+    };
     for k in 0..n.saturating_sub(1) {
         let (a, b) = (plan.ops[k], plan.ops[k + 1]);
         // Only the first op of a value: a REG there starts an address walk from scratch.
         if a.kind != op::REG || (k > 0 && plan.ops[k - 1].value == a.value) || b.value != a.value {
             continue;
         }
-        let Some(base) = frame_register(a.reg) else { continue };
+        let Some(base) = frame_register(a.reg) else {
+            continue;
+        };
         let disp = a.imm.wrapping_add(b.imm);
         match b.kind {
             op::EMIT_MEM if matches!(b.len, 1 | 2 | 4 | 8) => {
-                let Some((r, s)) = find(base, disp, b.len as u8) else { continue };
+                let Some((r, s)) = find(base, disp, b.len as u8) else {
+                    continue;
+                };
                 let Some(pr) = pt_reg(r) else { continue };
                 plan.ops[k].reg = pr;
                 plan.ops[k].imm = 0;
@@ -240,7 +298,9 @@ pub fn forward(bin: &Binary, point: &ProbePoint, plan: &mut Plan) -> Vec<String>
                 out.push(format!("forwarded v{}: {} bytes at {base:?}{disp:+} read from {r:?}, which holds them since {:#x}", a.value, b.len, s.at).to_lowercase());
             }
             op::DEREF if b.len == 8 => {
-                let Some((r, s)) = find(base, disp, 8) else { continue };
+                let Some((r, s)) = find(base, disp, 8) else {
+                    continue;
+                };
                 let Some(pr) = pt_reg(r) else { continue };
                 plan.ops[k].reg = pr;
                 plan.ops[k].imm = 0;
@@ -294,27 +354,74 @@ mod tests {
         // mov -0x8(%rbp),%rax ; syscall ; (probe) — a read(2) may have filled the slot.
         let code = [0x48, 0x8b, 0x45, 0xf8, 0x0f, 0x05, 0x90];
         let mut d = Decoder::with_ip(64, &code, 0x1000, DecoderOptions::NONE);
-        let instrs: Vec<Instruction> = std::iter::from_fn(|| d.can_decode().then(|| d.decode())).collect();
+        let instrs: Vec<Instruction> =
+            std::iter::from_fn(|| d.can_decode().then(|| d.decode())).collect();
         assert_eq!(instrs[1].mnemonic(), Mnemonic::Syscall);
-        assert!(is_barrier(&instrs[1]), "syscall must end the straight-line run");
+        assert!(
+            is_barrier(&instrs[1]),
+            "syscall must end the straight-line run"
+        );
         assert!(!is_barrier(&instrs[0]), "a load does not");
     }
 
     #[test]
     fn writes_kill_facts() {
         // mov -0x8(%rbp),%rax ; add %rax,%rax
-        assert_eq!(slot(&run(&[0x48, 0x8b, 0x45, 0xf8, 0x48, 0x01, 0xc0]), Register::RAX), None, "rax written");
+        assert_eq!(
+            slot(
+                &run(&[0x48, 0x8b, 0x45, 0xf8, 0x48, 0x01, 0xc0]),
+                Register::RAX
+            ),
+            None,
+            "rax written"
+        );
         // mov -0x8(%rbp),%rax ; mov %rdx,-0x8(%rbp)   (the slot is overwritten)
-        assert_eq!(slot(&run(&[0x48, 0x8b, 0x45, 0xf8, 0x48, 0x89, 0x55, 0xf8]), Register::RAX), None, "slot written");
+        assert_eq!(
+            slot(
+                &run(&[0x48, 0x8b, 0x45, 0xf8, 0x48, 0x89, 0x55, 0xf8]),
+                Register::RAX
+            ),
+            None,
+            "slot written"
+        );
         // mov -0x8(%rbp),%rax ; mov %rdx,-0x10(%rbp)  (another slot)
-        assert_eq!(slot(&run(&[0x48, 0x8b, 0x45, 0xf8, 0x48, 0x89, 0x55, 0xf0]), Register::RAX), Some((Register::RBP, -8, 8)), "other slot");
+        assert_eq!(
+            slot(
+                &run(&[0x48, 0x8b, 0x45, 0xf8, 0x48, 0x89, 0x55, 0xf0]),
+                Register::RAX
+            ),
+            Some((Register::RBP, -8, 8)),
+            "other slot"
+        );
         // mov -0x8(%rbp),%rax ; mov %rdx,(%rcx)        (unknown address)
-        assert_eq!(slot(&run(&[0x48, 0x8b, 0x45, 0xf8, 0x48, 0x89, 0x11]), Register::RAX), None, "store through a pointer");
+        assert_eq!(
+            slot(
+                &run(&[0x48, 0x8b, 0x45, 0xf8, 0x48, 0x89, 0x11]),
+                Register::RAX
+            ),
+            None,
+            "store through a pointer"
+        );
         // mov -0x8(%rbp),%rax ; mov %rsp,%rbp          (base moved)
-        assert_eq!(slot(&run(&[0x48, 0x8b, 0x45, 0xf8, 0x48, 0x89, 0xe5]), Register::RAX), None, "base written");
+        assert_eq!(
+            slot(
+                &run(&[0x48, 0x8b, 0x45, 0xf8, 0x48, 0x89, 0xe5]),
+                Register::RAX
+            ),
+            None,
+            "base written"
+        );
         // mov -0x8(%rbp),%rax ; mov $1,%al             (partial write)
-        assert_eq!(slot(&run(&[0x48, 0x8b, 0x45, 0xf8, 0xb0, 0x01]), Register::RAX), None, "al written");
+        assert_eq!(
+            slot(&run(&[0x48, 0x8b, 0x45, 0xf8, 0xb0, 0x01]), Register::RAX),
+            None,
+            "al written"
+        );
         // mov 0x8(%rsp),%rax ; push %rbx              (rsp moves)
-        assert_eq!(slot(&run(&[0x48, 0x8b, 0x44, 0x24, 0x08, 0x53]), Register::RAX), None, "rsp moved");
+        assert_eq!(
+            slot(&run(&[0x48, 0x8b, 0x44, 0x24, 0x08, 0x53]), Register::RAX),
+            None,
+            "rsp moved"
+        );
     }
 }

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use detrix_agent::capture::{self, Format, StopReason};
 
 #[derive(Parser, Debug)]
-#[command(name = "detrix-agent", version, about = "Watch values inside a running native program at any source line, without stopping it")]
+#[command(
+    name = "detrix-agent",
+    version,
+    about = "Watch values inside a running native program at any source line, without stopping it"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -57,7 +61,11 @@ struct AttachArgs {
     #[arg(long, env = "DETRIX_NAME")]
     name: Option<String>,
     /// The Detrix daemon's REST address.
-    #[arg(long, env = "DETRIX_DAEMON_URL", default_value = "http://127.0.0.1:8090")]
+    #[arg(
+        long,
+        env = "DETRIX_DAEMON_URL",
+        default_value = "http://127.0.0.1:8090"
+    )]
     daemon_url: String,
     /// Address the control plane listens on.
     #[arg(long, env = "DETRIX_CONTROL_HOST", default_value = "127.0.0.1")]
@@ -174,15 +182,22 @@ fn parse_at(at: &str) -> anyhow::Result<(String, u32)> {
     let (file, line) = at
         .rsplit_once(':')
         .with_context(|| format!("--at `{at}` is not FILE:LINE (e.g. orders.c:42)"))?;
-    let line: u32 = line.parse().with_context(|| format!("--at `{at}`: `{line}` is not a line number"))?;
-    anyhow::ensure!(!file.is_empty() && line > 0, "--at `{at}` is not FILE:LINE with a line ≥ 1");
+    let line: u32 = line
+        .parse()
+        .with_context(|| format!("--at `{at}`: `{line}` is not a line number"))?;
+    anyhow::ensure!(
+        !file.is_empty() && line > 0,
+        "--at `{at}` is not FILE:LINE with a line ≥ 1"
+    );
     Ok((file.to_owned(), line))
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .init();
     let cli = Cli::parse();
     match run(cli) {
@@ -209,44 +224,69 @@ fn render_error(e: &anyhow::Error) -> String {
 }
 
 fn seconds(what: &str, s: f64) -> anyhow::Result<std::time::Duration> {
-    anyhow::ensure!(s.is_finite() && s > 0.0, "{what} must be a positive number of seconds, got {s}");
+    anyhow::ensure!(
+        s.is_finite() && s > 0.0,
+        "{what} must be a positive number of seconds, got {s}"
+    );
     Ok(std::time::Duration::from_secs_f64(s))
 }
 
 fn attach(args: AttachArgs) -> anyhow::Result<ExitCode> {
     use detrix_agent::daemon::{self, Agent, AttachConfig, ExitReason};
     use detrix_agent::engine::{Engine, EngineOptions, Resolver};
-    let opts = EngineOptions { string_cap: args.string_cap, elem_cap: args.max_elements, ..EngineOptions::default() };
-    let resolver = Resolver::open(args.pid, opts).with_context(|| format!("attaching to process {}", args.pid))?;
+    let opts = EngineOptions {
+        string_cap: args.string_cap,
+        elem_cap: args.max_elements,
+        ..EngineOptions::default()
+    };
+    let resolver = Resolver::open(args.pid, opts)
+        .with_context(|| format!("attaching to process {}", args.pid))?;
     let language = match args.language {
         LanguageArg::Go => "go",
         LanguageArg::Rust => "rust",
         LanguageArg::Auto => resolver
             .language()
-            .with_context(|| format!("detecting the language of process {} (pass --language go|rust to choose)", args.pid))?
+            .with_context(|| {
+                format!(
+                    "detecting the language of process {} (pass --language go|rust to choose)",
+                    args.pid
+                )
+            })?
             .daemon_name(),
     };
     let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
     let env_token = std::env::var("DETRIX_TOKEN").ok();
     let cfg = AttachConfig {
         pid: args.pid,
-        name: args.name.filter(|n| !n.is_empty()).unwrap_or_else(|| format!("detrix-client-{}", args.pid)),
+        name: args
+            .name
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| format!("detrix-client-{}", args.pid)),
         daemon_url: args.daemon_url,
         control_host: args.control_host.clone(),
         control_port: args.control_port,
         debug_port: args.debug_port,
         safe_mode: args.safe_mode,
         language,
-        workspace_root: args.workspace_root.unwrap_or_else(|| daemon::target_cwd(args.pid)),
+        workspace_root: args
+            .workspace_root
+            .unwrap_or_else(|| daemon::target_cwd(args.pid)),
         advertise_host: args.advertise_host,
         hostname: daemon::hostname(),
-        token: daemon::discover_token(env_token.as_deref(), home.as_deref(), args.detrix_home.as_deref()),
+        token: daemon::discover_token(
+            env_token.as_deref(),
+            home.as_deref(),
+            args.detrix_home.as_deref(),
+        ),
         health_timeout: seconds("DETRIX_HEALTH_CHECK_TIMEOUT", args.health_check_timeout)?,
         register_timeout: seconds("DETRIX_REGISTER_TIMEOUT", args.register_timeout)?,
         unregister_timeout: seconds("DETRIX_UNREGISTER_TIMEOUT", args.unregister_timeout)?,
     };
     let dap_record = args.dap_record.clone();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("start the event loop")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the event loop")?;
     let reason = rt.block_on(async move {
         let (engine, reader) = Engine::start(resolver).context("loading the eBPF program")?;
         let (mut agent, handle) = Agent::new(cfg.clone(), engine, reader);
@@ -290,7 +330,10 @@ fn attach(args: AttachArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(reason)
     })?;
     match reason {
-        ExitReason::TargetExited => eprintln!("attach: process {} exited; unregistered, all probes removed", args.pid),
+        ExitReason::TargetExited => eprintln!(
+            "attach: process {} exited; unregistered, all probes removed",
+            args.pid
+        ),
         ExitReason::Shutdown => eprintln!("attach: stopped; unregistered, all probes removed"),
     }
     Ok(ExitCode::SUCCESS)
@@ -303,10 +346,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let t0 = std::time::Instant::now();
             let bin = detrix_agent::debuginfo::Binary::open(&args.binary)?;
             let t1 = std::time::Instant::now();
-            let out = detrix_agent::engine::describe(&bin, &file, line, &args.exprs, &args.strip_prefix);
+            let out =
+                detrix_agent::engine::describe(&bin, &file, line, &args.exprs, &args.strip_prefix);
             if args.timing {
                 let t2 = std::time::Instant::now();
-                let again = detrix_agent::engine::describe(&bin, &file, line, &args.exprs, &args.strip_prefix);
+                let again = detrix_agent::engine::describe(
+                    &bin,
+                    &file,
+                    line,
+                    &args.exprs,
+                    &args.strip_prefix,
+                );
                 let t3 = std::time::Instant::now();
                 std::hint::black_box(again);
                 eprintln!(
@@ -317,8 +367,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 // Where the memory is: the heap (parsed units, indexes) vs the mapped file.
                 if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
-                    let kb = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_owned()).unwrap_or_default();
-                    eprintln!("memory: peak {}, now: heap {}, mapped file {}", kb("VmHWM:"), kb("RssAnon:"), kb("RssFile:"));
+                    let kb = |k: &str| {
+                        status
+                            .lines()
+                            .find_map(|l| l.strip_prefix(k))
+                            .map(|v| v.trim().to_owned())
+                            .unwrap_or_default()
+                    };
+                    eprintln!(
+                        "memory: peak {}, now: heap {}, mapped file {}",
+                        kb("VmHWM:"),
+                        kb("RssAnon:"),
+                        kb("RssFile:")
+                    );
                 }
             }
             let failed = out.get("error").is_some();
@@ -329,7 +390,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Err(e.into());
                 }
             }
-            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Attach(args) => attach(args),
         Command::Capture(args) => {
@@ -367,9 +432,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            let functions = prepared.points().map(|(p, _)| p.function.clone()).collect::<Vec<_>>().join(",");
-            let addrs = prepared.points().map(|(p, _)| p.addr.to_string()).collect::<Vec<_>>().join(",");
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("start the event loop")?;
+            let functions = prepared
+                .points()
+                .map(|(p, _)| p.function.clone())
+                .collect::<Vec<_>>()
+                .join(",");
+            let addrs = prepared
+                .points()
+                .map(|(p, _)| p.addr.to_string())
+                .collect::<Vec<_>>()
+                .join(",");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("start the event loop")?;
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
             let summary = rt.block_on(capture::run(&req, prepared, &mut out))?;

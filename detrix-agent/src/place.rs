@@ -17,7 +17,10 @@
 //! nothing the plan reads changed, not where the line table draws its boundaries.
 
 use detrix_common::{op, pt_regs, Plan};
-use iced_x86::{Decoder, DecoderOptions, FlowControl, Formatter as _, GasFormatter, Instruction, InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register};
+use iced_x86::{
+    Decoder, DecoderOptions, FlowControl, Formatter as _, GasFormatter, Instruction,
+    InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register,
+};
 
 use crate::debuginfo::{Binary, LinkAddr, ProbePoint};
 
@@ -59,9 +62,17 @@ fn trap_kind(i: &Instruction) -> TrapKind {
     let emulated = match i.mnemonic() {
         Mnemonic::Nop => true,
         Mnemonic::Push => i.op0_kind() == OpKind::Register && i.op0_register().size() == 8,
-        _ => i.is_call_near() && i.op0_kind() == OpKind::NearBranch64 || i.is_jmp_short_or_near() || i.is_jcc_short_or_near(),
+        _ => {
+            i.is_call_near() && i.op0_kind() == OpKind::NearBranch64
+                || i.is_jmp_short_or_near()
+                || i.is_jcc_short_or_near()
+        }
     };
-    if emulated { TrapKind::Emulated } else { TrapKind::SingleStepped }
+    if emulated {
+        TrapKind::Emulated
+    } else {
+        TrapKind::SingleStepped
+    }
 }
 
 /// The general register at `pt_regs` index `pt`, as iced-x86 names it.
@@ -88,23 +99,42 @@ pub(crate) fn iced_register(pt: u8) -> Option<Register> {
 }
 
 fn plan_registers(plan: &Plan) -> Vec<Register> {
-    plan.ops[..plan.n_ops as usize].iter().filter(|o| o.kind == op::REG).filter_map(|o| iced_register(o.reg)).collect()
+    plan.ops[..plan.n_ops as usize]
+        .iter()
+        .filter(|o| o.kind == op::REG)
+        .filter_map(|o| iced_register(o.reg))
+        .collect()
 }
 
 /// Why `i`, executed before the probe, would change what the plan reads; `None` if it cannot.
-fn clobbers(i: &Instruction, info: &mut InstructionInfoFactory, regs: &[Register]) -> Option<String> {
+fn clobbers(
+    i: &Instruction,
+    info: &mut InstructionInfoFactory,
+    regs: &[Register],
+) -> Option<String> {
     if i.flow_control() != FlowControl::Next {
         return Some("control flow".to_owned());
     }
     let is_push = i.mnemonic() == Mnemonic::Push;
     let info = info.info(i);
-    let writes = |a: OpAccess| matches!(a, OpAccess::Write | OpAccess::ReadWrite | OpAccess::CondWrite | OpAccess::ReadCondWrite);
+    let writes = |a: OpAccess| {
+        matches!(
+            a,
+            OpAccess::Write | OpAccess::ReadWrite | OpAccess::CondWrite | OpAccess::ReadCondWrite
+        )
+    };
     if !is_push && info.used_memory().iter().any(|m| writes(m.access())) {
         return Some("writes memory".to_owned());
     }
     for r in info.used_registers() {
         if writes(r.access()) && regs.contains(&r.register().full_register()) {
-            return Some(format!("writes {:?}, which the plan reads", r.register().full_register()).to_lowercase());
+            return Some(
+                format!(
+                    "writes {:?}, which the plan reads",
+                    r.register().full_register()
+                )
+                .to_lowercase(),
+            );
         }
     }
     None
@@ -113,11 +143,26 @@ fn clobbers(i: &Instruction, info: &mut InstructionInfoFactory, regs: &[Register
 /// Chooses the probe address for `point`. `plan_at` rebuilds the plan at another address of
 /// the same scope (or `None` when it cannot be built there).
 #[must_use]
-pub fn place(bin: &Binary, point: &ProbePoint, plan: &Plan, plan_at: &dyn Fn(&ProbePoint) -> Option<Plan>) -> Placement {
+pub fn place(
+    bin: &Binary,
+    point: &ProbePoint,
+    plan: &Plan,
+    plan_at: &dyn Fn(&ProbePoint) -> Option<Plan>,
+) -> Placement {
     let mut explain = Vec::new();
-    let Some(code) = bin.code(point.addr, point.func_end).filter(|c| !c.is_empty()) else {
-        explain.push(format!("{}: no code bytes for {}..{}; probe stays at the line's first instruction", point.addr, point.addr, point.func_end));
-        return Placement { chosen: point.addr, kind: TrapKind::Unknown, explain };
+    let Some(code) = bin
+        .code(point.addr, point.func_end)
+        .filter(|c| !c.is_empty())
+    else {
+        explain.push(format!(
+            "{}: no code bytes for {}..{}; probe stays at the line's first instruction",
+            point.addr, point.addr, point.func_end
+        ));
+        return Placement {
+            chosen: point.addr,
+            kind: TrapKind::Unknown,
+            explain,
+        };
     };
     let targets = branch_targets(bin, point);
     let regs = plan_registers(plan);
@@ -138,7 +183,9 @@ pub fn place(bin: &Binary, point: &ProbePoint, plan: &Plan, plan_at: &dyn Fn(&Pr
         let first_kind = *first.get_or_insert((addr, kind));
         if addr != point.addr && targets.contains(&addr.0) {
             explain.push(format!("{addr}  {text:<40} a branch lands here"));
-            explain.push(format!("stop: {addr} is a branch target; a probe here would also fire on other paths"));
+            explain.push(format!(
+                "stop: {addr} is a branch target; a probe here would also fire on other paths"
+            ));
             break;
         }
         let verdict = if kind != TrapKind::Emulated {
@@ -147,7 +194,9 @@ pub fn place(bin: &Binary, point: &ProbePoint, plan: &Plan, plan_at: &dyn Fn(&Pr
             "emulated".to_owned()
         } else {
             match bin.point_at(point, addr).and_then(|p| plan_at(&p)) {
-                Some(other) if other.ops == plan.ops && other.cond == plan.cond => "emulated, same plan".to_owned(),
+                Some(other) if other.ops == plan.ops && other.cond == plan.cond => {
+                    "emulated, same plan".to_owned()
+                }
                 Some(_) => "emulated, but the variables' locations differ here".to_owned(),
                 None => "emulated, but the plan cannot be built here".to_owned(),
             }
@@ -155,7 +204,9 @@ pub fn place(bin: &Binary, point: &ProbePoint, plan: &Plan, plan_at: &dyn Fn(&Pr
         explain.push(format!("{addr}  {text:<40} {verdict}"));
         if verdict == "emulated" || verdict == "emulated, same plan" {
             if addr == point.addr {
-                explain.push(format!("chose {addr}: the line's first instruction is emulated"));
+                explain.push(format!(
+                    "chose {addr}: the line's first instruction is emulated"
+                ));
             } else {
                 explain.push(format!(
                     "chose {addr}: emulated (~{} ns/hit) instead of {} at {} (~{} ns/hit); the instructions between read the same values",
@@ -165,36 +216,59 @@ pub fn place(bin: &Binary, point: &ProbePoint, plan: &Plan, plan_at: &dyn Fn(&Pr
                     first_kind.1.cost_ns()
                 ));
             }
-            return Placement { chosen: addr, kind: TrapKind::Emulated, explain };
+            return Placement {
+                chosen: addr,
+                kind: TrapKind::Emulated,
+                explain,
+            };
         }
         if let Some(why) = clobbers(&instr, &mut factory, &regs) {
-            explain.push(format!("stop: {addr} {why}; later instructions may see other values"));
+            explain.push(format!(
+                "stop: {addr} {why}; later instructions may see other values"
+            ));
             break;
         }
     }
     let (addr, kind) = first.unwrap_or((point.addr, TrapKind::Unknown));
-    explain.push(format!("chose {addr}: no emulated instruction reads the same values in this statement"));
-    Placement { chosen: addr, kind, explain }
+    explain.push(format!(
+        "chose {addr}: no emulated instruction reads the same values in this statement"
+    ));
+    Placement {
+        chosen: addr,
+        kind,
+        explain,
+    }
 }
 
 /// How the kernel will run the instruction at `point.addr` (no placement).
 #[must_use]
 pub fn classify(bin: &Binary, point: &ProbePoint) -> TrapKind {
-    let Some(code) = bin.code(point.addr, point.func_end).filter(|c| !c.is_empty()) else { return TrapKind::Unknown };
+    let Some(code) = bin
+        .code(point.addr, point.func_end)
+        .filter(|c| !c.is_empty())
+    else {
+        return TrapKind::Unknown;
+    };
     trap_kind(&Decoder::with_ip(64, code, point.addr.0, DecoderOptions::NONE).decode())
 }
 
 /// Targets of the direct branches in the point's function.
 fn branch_targets(bin: &Binary, point: &ProbePoint) -> std::collections::HashSet<u64> {
     let mut out = std::collections::HashSet::new();
-    let Some(code) = bin.code(point.func_start, point.func_end) else { return out };
+    let Some(code) = bin.code(point.func_start, point.func_end) else {
+        return out;
+    };
     let mut decoder = Decoder::with_ip(64, code, point.func_start.0, DecoderOptions::NONE);
     let mut i = Instruction::default();
     while decoder.can_decode() {
         decoder.decode_out(&mut i);
-        if matches!(i.flow_control(), FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch)
-            && matches!(i.op0_kind(), OpKind::NearBranch64 | OpKind::NearBranch32 | OpKind::NearBranch16)
-        {
+        if matches!(
+            i.flow_control(),
+            FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch
+        ) && matches!(
+            i.op0_kind(),
+            OpKind::NearBranch64 | OpKind::NearBranch32 | OpKind::NearBranch16
+        ) {
             out.insert(i.near_branch_target());
         }
     }
@@ -220,24 +294,72 @@ mod tests {
     #[test]
     fn classifies_what_the_kernel_emulates() {
         assert_eq!(trap_kind(&decode(&[0x55])), TrapKind::Emulated, "push %rbp");
-        assert_eq!(trap_kind(&decode(&[0x41, 0x54])), TrapKind::Emulated, "push %r12");
-        assert_eq!(trap_kind(&decode(&[0x0f, 0x1f, 0x44, 0x00, 0x00])), TrapKind::Emulated, "nopl");
-        assert_eq!(trap_kind(&decode(&[0xe8, 0, 0, 0, 0])), TrapKind::Emulated, "call rel32");
-        assert_eq!(trap_kind(&decode(&[0x74, 0x05])), TrapKind::Emulated, "je rel8");
-        assert_eq!(trap_kind(&decode(&[0x48, 0x8b, 0x45, 0xe8])), TrapKind::SingleStepped, "mov -0x18(%rbp),%rax");
-        assert_eq!(trap_kind(&decode(&[0xff, 0x75, 0xe8])), TrapKind::SingleStepped, "push mem");
-        assert_eq!(trap_kind(&decode(&[0xff, 0xd0])), TrapKind::SingleStepped, "call *%rax");
+        assert_eq!(
+            trap_kind(&decode(&[0x41, 0x54])),
+            TrapKind::Emulated,
+            "push %r12"
+        );
+        assert_eq!(
+            trap_kind(&decode(&[0x0f, 0x1f, 0x44, 0x00, 0x00])),
+            TrapKind::Emulated,
+            "nopl"
+        );
+        assert_eq!(
+            trap_kind(&decode(&[0xe8, 0, 0, 0, 0])),
+            TrapKind::Emulated,
+            "call rel32"
+        );
+        assert_eq!(
+            trap_kind(&decode(&[0x74, 0x05])),
+            TrapKind::Emulated,
+            "je rel8"
+        );
+        assert_eq!(
+            trap_kind(&decode(&[0x48, 0x8b, 0x45, 0xe8])),
+            TrapKind::SingleStepped,
+            "mov -0x18(%rbp),%rax"
+        );
+        assert_eq!(
+            trap_kind(&decode(&[0xff, 0x75, 0xe8])),
+            TrapKind::SingleStepped,
+            "push mem"
+        );
+        assert_eq!(
+            trap_kind(&decode(&[0xff, 0xd0])),
+            TrapKind::SingleStepped,
+            "call *%rax"
+        );
     }
 
     #[test]
     fn knows_what_changes_the_values() {
         let mut f = InstructionInfoFactory::new();
         let rbp = [Register::RBP];
-        assert_eq!(clobbers(&decode(&[0x48, 0x8b, 0x45, 0xe8]), &mut f, &rbp), None, "a load into rax");
-        assert!(clobbers(&decode(&[0x48, 0x89, 0x45, 0xe8]), &mut f, &rbp).is_some(), "a store");
-        assert!(clobbers(&decode(&[0x48, 0x89, 0xe5]), &mut f, &rbp).is_some(), "mov %rsp,%rbp");
-        assert_eq!(clobbers(&decode(&[0x50]), &mut f, &rbp), None, "push %rax only writes below rsp");
-        assert!(clobbers(&decode(&[0x50]), &mut f, &[Register::RSP]).is_some(), "push moves rsp");
-        assert!(clobbers(&decode(&[0x74, 0x05]), &mut f, &rbp).is_some(), "a branch");
+        assert_eq!(
+            clobbers(&decode(&[0x48, 0x8b, 0x45, 0xe8]), &mut f, &rbp),
+            None,
+            "a load into rax"
+        );
+        assert!(
+            clobbers(&decode(&[0x48, 0x89, 0x45, 0xe8]), &mut f, &rbp).is_some(),
+            "a store"
+        );
+        assert!(
+            clobbers(&decode(&[0x48, 0x89, 0xe5]), &mut f, &rbp).is_some(),
+            "mov %rsp,%rbp"
+        );
+        assert_eq!(
+            clobbers(&decode(&[0x50]), &mut f, &rbp),
+            None,
+            "push %rax only writes below rsp"
+        );
+        assert!(
+            clobbers(&decode(&[0x50]), &mut f, &[Register::RSP]).is_some(),
+            "push moves rsp"
+        );
+        assert!(
+            clobbers(&decode(&[0x74, 0x05]), &mut f, &rbp).is_some(),
+            "a branch"
+        );
     }
 }

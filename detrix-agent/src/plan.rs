@@ -7,8 +7,8 @@
 //! error can name the expression, rather than found by the verifier.
 
 use detrix_common::{
-    cond, op, pt_regs, value_flags, Condition, EventHeader, Plan, PlanOp, COND_STR_BYTES, EVENT_DATA_BYTES, MAX_COPY_BYTES,
-    MAX_OPS, MAX_VALUES, PLAN_ABI,
+    cond, op, pt_regs, value_flags, Condition, EventHeader, Plan, PlanOp, COND_STR_BYTES,
+    EVENT_DATA_BYTES, MAX_COPY_BYTES, MAX_OPS, MAX_VALUES, PLAN_ABI,
 };
 
 use crate::debuginfo::{AddrBase, Binary, Location, ProbePoint, ResolveError, Type, TypeRef};
@@ -23,7 +23,9 @@ pub enum PlanError {
     Expr(#[from] ExprError),
     #[error("expression `{expr}`: {what}")]
     Type { expr: String, what: String },
-    #[error("too much to capture at one point: {what}; split the expressions over several captures")]
+    #[error(
+        "too much to capture at one point: {what}; split the expressions over several captures"
+    )]
     OverBudget { what: String },
     #[error("condition `{cond}`: {what}")]
     Condition { cond: String, what: String },
@@ -32,49 +34,99 @@ pub enum PlanError {
 /// How the bytes of one captured value are turned back into a value.
 #[derive(Debug, Clone, PartialEq)]
 enum Shape {
-    Int { size: u8, signed: bool },
-    Float { size: u8 },
+    Int {
+        size: u8,
+        signed: bool,
+    },
+    Float {
+        size: u8,
+    },
     /// `size` bytes, true when any is not 0.
-    Bool { size: u8 },
-    Char { size: u8 },
-    Enum { size: u8, signed: bool, values: Vec<(String, i64)> },
+    Bool {
+        size: u8,
+    },
+    Char {
+        size: u8,
+    },
+    Enum {
+        size: u8,
+        signed: bool,
+        values: Vec<(String, i64)>,
+    },
     Pointer,
     /// A Go pointer, shown as Delve shows it: `*main.Order {…}` when the pointee was copied
     /// too (`size` bytes, at byte `target` from the value's first byte), `*main.Order nil`
     /// (`*nil` as an element), else `*(*main.Order)(0xc000012000)`. `pointee` is how the
     /// pointee is shown when Delve loads it (everything but a struct past its depth); it is
     /// copied at the hit while the plan has room (see [`expand`]).
-    GoPtr { name: String, pointee: Option<Box<Shape>>, size: u64, target: Option<u64> },
+    GoPtr {
+        name: String,
+        pointee: Option<Box<Shape>>,
+        size: u64,
+        target: Option<u64>,
+    },
     /// A Go struct past Delve's depth (see [`Builder::go_shape`]): nothing copied, shown by
     /// its address, `(*main.Line)(0xc000010000)`, when that is known (behind a pointer, an
     /// element of a slice).
-    GoUnloaded { name: String },
+    GoUnloaded {
+        name: String,
+    },
     /// A Go struct: `main.Order {ID: 1, Customer: "alice"}` (without the name as an element).
-    GoStruct { name: String, members: Vec<(String, u64, Shape)> },
+    GoStruct {
+        name: String,
+        members: Vec<(String, u64, Shape)>,
+    },
     /// A Go array: `[3]string ["a","b","c"]`; one shape per element shown (their strings'
     /// data is placed per element), at most [`GO_SHOWN_ELEMS`], of `count`.
-    GoArray { name: String, items: Vec<Shape>, count: u64, stride: u64 },
+    GoArray {
+        name: String,
+        items: Vec<Shape>,
+        count: u64,
+        stride: u64,
+    },
     /// A `char *`: the pointer (8 bytes), then, unless it is null, the bytes `EMIT_STR` read
     /// with room for `cap + 1` characters (more than `cap`: the string was longer than the cap).
     /// Shown as lldb-dap shows it, `0x0000555555556012 "alice"`.
-    CString { cap: u32 },
+    CString {
+        cap: u32,
+    },
     /// `char[N]`, copied in place (`copied` ≤ N bytes).
-    CharArray { count: u64, copied: u32 },
+    CharArray {
+        count: u64,
+        copied: u32,
+    },
     /// A struct: lldb-dap shows it by its type's display name (`order`, `orders::Order`,
     /// `const Order`); the members are kept for Rust enum payloads (`Percent(6)`).
-    Struct { name: String, members: Vec<(String, u64, Shape)> },
+    Struct {
+        name: String,
+        members: Vec<(String, u64, Shape)>,
+    },
     /// Return addresses from `bpf_get_stack` (innermost first).
     Stack,
     /// A Rust enum: discriminant `(offset, size)` and each variant's value, name, payload.
-    Variants { discr: Option<(u64, u64)>, variants: Vec<(Option<u64>, String, u64, Shape)> },
+    Variants {
+        discr: Option<(u64, u64)>,
+        variants: Vec<(Option<u64>, String, u64, Shape)>,
+    },
     /// A counted sequence: a header (pointer, length[, capacity]) copied in place, and, when
     /// `data` says where, the elements (or text) it points to (see [`CountedLayout`]). Nested
     /// in a composite of another language only the header is copied.
-    Counted { layout: CountedLayout, elem: Box<Shape>, data: Option<Payload> },
+    Counted {
+        layout: CountedLayout,
+        elem: Box<Shape>,
+        data: Option<Payload>,
+    },
     /// An array of non-chars: lldb-dap shows its type's display name (`const char *[3]`); the
     /// elements are kept for Rust enum payloads.
-    Array { name: String, elem: Box<Shape>, count: u64, stride: u64 },
-    Opaque { what: String },
+    Array {
+        name: String,
+        elem: Box<Shape>,
+        count: u64,
+        stride: u64,
+    },
+    Opaque {
+        what: String,
+    },
 }
 
 /// Where the elements (or text) of a counted sequence were copied at the hit.
@@ -206,7 +258,15 @@ fn with_dst(mut o: PlanOp, dst: u16) -> PlanOp {
 }
 
 fn mk(kind: u8, reg: u8, len: u16, imm: i64) -> PlanOp {
-    PlanOp { kind, reg, value: 0, _pad: 0, len, dst: 0, imm }
+    PlanOp {
+        kind,
+        reg,
+        value: 0,
+        _pad: 0,
+        len,
+        dst: 0,
+        imm,
+    }
 }
 
 struct Builder<'a> {
@@ -218,7 +278,10 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     fn type_err(&self, what: String) -> PlanError {
-        PlanError::Type { expr: self.expr_text.clone(), what }
+        PlanError::Type {
+            expr: self.expr_text.clone(),
+            what,
+        }
     }
 
     fn lower(&self, e: &Expr) -> Result<(Place, Option<TypeRef>), PlanError> {
@@ -278,23 +341,35 @@ impl Builder<'_> {
                     Type::Array { elem, count } => {
                         if let Some(c) = count {
                             if *index < 0 || (*index as u64) >= c {
-                                return Err(self.type_err(format!("index {index} is out of bounds for `{inner}` ({} elements)", c)));
+                                return Err(self.type_err(format!(
+                                    "index {index} is out of bounds for `{inner}` ({} elements)",
+                                    c
+                                )));
                             }
                         }
                         let Place::Mem(mut ops) = place else {
-                            return Err(self.type_err(format!("`{inner}` is held in a register; it cannot be indexed")));
+                            return Err(self.type_err(format!(
+                                "`{inner}` is held in a register; it cannot be indexed"
+                            )));
                         };
-                        let stride = self.bin.size_of(elem)?.ok_or_else(|| self.type_err(format!("elements of `{inner}` have no known size")))?;
+                        let stride = self.bin.size_of(elem)?.ok_or_else(|| {
+                            self.type_err(format!("elements of `{inner}` have no known size"))
+                        })?;
                         ops.push(mk(op::ADD, 0, 0, index.wrapping_mul(stride as i64)));
                         Ok((Place::Mem(ops), elem))
                     }
                     Type::Pointer { pointee } => {
                         let mut ops = self.pointer_value(place)?;
-                        let stride = self.bin.size_of(pointee)?.ok_or_else(|| self.type_err(format!("`{inner}` points to a type without a size")))?;
+                        let stride = self.bin.size_of(pointee)?.ok_or_else(|| {
+                            self.type_err(format!("`{inner}` points to a type without a size"))
+                        })?;
                         ops.push(mk(op::ADD, 0, 0, index.wrapping_mul(stride as i64)));
                         Ok((Place::Mem(ops), pointee))
                     }
-                    _ => Err(self.type_err(format!("`{inner}` is a {}, not an array or pointer", self.bin.type_name(ty)))),
+                    _ => Err(self.type_err(format!(
+                        "`{inner}` is a {}, not an array or pointer",
+                        self.bin.type_name(ty)
+                    ))),
                 }
             }
         }
@@ -348,18 +423,37 @@ impl Builder<'_> {
     }
 
     /// The piece holding bytes `[off, off + size)` of a split value, and the offset within it.
-    fn piece_at<'p>(&self, pieces: &'p [(u64, u64, Option<Place>)], off: u64, size: u64, what: &str) -> Result<(&'p Place, u64), PlanError> {
-        let Some((start, _, place)) = pieces.iter().find(|(start, len, _)| off >= *start && off + size <= start + len) else {
-            return Err(self.type_err(format!("{what} straddles the pieces the compiler split this value into")));
+    fn piece_at<'p>(
+        &self,
+        pieces: &'p [(u64, u64, Option<Place>)],
+        off: u64,
+        size: u64,
+        what: &str,
+    ) -> Result<(&'p Place, u64), PlanError> {
+        let Some((start, _, place)) = pieces
+            .iter()
+            .find(|(start, len, _)| off >= *start && off + size <= start + len)
+        else {
+            return Err(self.type_err(format!(
+                "{what} straddles the pieces the compiler split this value into"
+            )));
         };
         let Some(place) = place else {
-            return Err(self.type_err(format!("{what} is optimized out at this point (that piece of the value has no location)")));
+            return Err(self.type_err(format!(
+                "{what} is optimized out at this point (that piece of the value has no location)"
+            )));
         };
         Ok((place, off - start))
     }
 
     /// Ops that leave the `size`-byte integer at byte `off` of `place` in the accumulator.
-    fn value_at(&self, place: &Place, off: u64, size: u16, what: &str) -> Result<Vec<PlanOp>, PlanError> {
+    fn value_at(
+        &self,
+        place: &Place,
+        off: u64,
+        size: u16,
+        what: &str,
+    ) -> Result<Vec<PlanOp>, PlanError> {
         match place {
             Place::Reg(r) if off == 0 => Ok(vec![mk(op::REG, *r, 0, 0)]),
             Place::Reg(_) => Err(self.type_err(format!("{what} is in the middle of a register"))),
@@ -384,7 +478,10 @@ impl Builder<'_> {
                 if size > 8 {
                     return Err(self.type_err(format!("{size}-byte value held in a register")));
                 }
-                Ok(vec![mk(op::REG, *r, 0, 0), mk(op::EMIT_ACC, 0, size as u16, 0)])
+                Ok(vec![
+                    mk(op::REG, *r, 0, 0),
+                    mk(op::EMIT_ACC, 0, size as u16, 0),
+                ])
             }
             Place::Mem(ops) => {
                 let mut o = ops.clone();
@@ -403,7 +500,10 @@ impl Builder<'_> {
                 let mut out = Vec::new();
                 for (start, len, p) in pieces {
                     let Some(p) = p else {
-                        return Err(self.type_err(format!("bytes {start}..{} of it are optimized out at this point", start + len)));
+                        return Err(self.type_err(format!(
+                            "bytes {start}..{} of it are optimized out at this point",
+                            start + len
+                        )));
                     };
                     let mut o = self.emit_in_place(p, *len)?;
                     for x in &mut o {
@@ -423,33 +523,70 @@ impl Builder<'_> {
         self.value_at(&place, 0, 8, "the pointer")
     }
 
-    fn pointer_target(&self, inner: &Expr, how: &str) -> Result<(Vec<PlanOp>, Option<TypeRef>), PlanError> {
+    fn pointer_target(
+        &self,
+        inner: &Expr,
+        how: &str,
+    ) -> Result<(Vec<PlanOp>, Option<TypeRef>), PlanError> {
         let (place, ty) = self.lower(inner)?;
         match self.bin.type_of(ty)? {
             Type::Pointer { pointee } => Ok((self.pointer_value(place)?, pointee)),
-            _ => Err(self.type_err(format!("`{how}` needs a pointer, but `{inner}` is a {}", self.bin.type_name(ty)))),
+            _ => Err(self.type_err(format!(
+                "`{how}` needs a pointer, but `{inner}` is a {}",
+                self.bin.type_name(ty)
+            ))),
         }
     }
 
-    fn member(&self, ty: Option<TypeRef>, field: &str, inner: &Expr) -> Result<(u64, Option<TypeRef>), PlanError> {
+    fn member(
+        &self,
+        ty: Option<TypeRef>,
+        field: &str,
+        inner: &Expr,
+    ) -> Result<(u64, Option<TypeRef>), PlanError> {
         match self.bin.type_of(ty)? {
-            Type::Struct { members, name, .. } => members.iter().find(|m| m.name == field).map(|m| (m.offset, m.ty)).ok_or_else(|| {
-                let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
-                self.type_err(format!("struct {name} has no field `{field}`; fields: {}", names.join(", ")))
-            }),
-            _ => Err(self.type_err(format!("`{inner}` is a {}, not a struct", self.bin.type_name(ty)))),
+            Type::Struct { members, name, .. } => members
+                .iter()
+                .find(|m| m.name == field)
+                .map(|m| (m.offset, m.ty))
+                .ok_or_else(|| {
+                    let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+                    self.type_err(format!(
+                        "struct {name} has no field `{field}`; fields: {}",
+                        names.join(", ")
+                    ))
+                }),
+            _ => Err(self.type_err(format!(
+                "`{inner}` is a {}, not a struct",
+                self.bin.type_name(ty)
+            ))),
         }
     }
 
     /// Recognizes the counted sequences of Go, Rust and C++ by their DWARF names and members.
     /// Only layouts whose pointer and length sit in the first 256 bytes of the header, where
     /// the `HDR` op can name them.
-    fn counted_layout(&self, ty: Option<TypeRef>) -> Result<Option<(CountedLayout, Option<TypeRef>)>, PlanError> {
-        Ok(self.counted_layout_any(ty)?.filter(|(l, _)| l.ptr_off < 256 && l.len_off < 256 && l.header <= MAX_COPY_BYTES as u64))
+    fn counted_layout(
+        &self,
+        ty: Option<TypeRef>,
+    ) -> Result<Option<(CountedLayout, Option<TypeRef>)>, PlanError> {
+        Ok(self.counted_layout_any(ty)?.filter(|(l, _)| {
+            l.ptr_off < 256 && l.len_off < 256 && l.header <= MAX_COPY_BYTES as u64
+        }))
     }
 
-    fn counted_layout_any(&self, ty: Option<TypeRef>) -> Result<Option<(CountedLayout, Option<TypeRef>)>, PlanError> {
-        let Type::Struct { name, size, members } = self.bin.type_of(ty)? else { return Ok(None) };
+    fn counted_layout_any(
+        &self,
+        ty: Option<TypeRef>,
+    ) -> Result<Option<(CountedLayout, Option<TypeRef>)>, PlanError> {
+        let Type::Struct {
+            name,
+            size,
+            members,
+        } = self.bin.type_of(ty)?
+        else {
+            return Ok(None);
+        };
         let member = |n: &str| members.iter().find(|m| m.name == n);
         let pointee = |m: &crate::debuginfo::Member| -> Result<Option<TypeRef>, PlanError> {
             Ok(match self.bin.type_of(m.ty)? {
@@ -457,19 +594,41 @@ impl Builder<'_> {
                 _ => None,
             })
         };
-        let stride_of = |t: Option<TypeRef>| -> Result<u64, PlanError> { Ok(self.bin.size_of(t)?.unwrap_or(1).max(1)) };
-        let mk_layout = |ptr_off, len_off, cap_off, stride, style| CountedLayout { header: size, ptr_off, len_off, cap_off, stride, style, type_name: name.clone() };
+        let stride_of = |t: Option<TypeRef>| -> Result<u64, PlanError> {
+            Ok(self.bin.size_of(t)?.unwrap_or(1).max(1))
+        };
+        let mk_layout = |ptr_off, len_off, cap_off, stride, style| CountedLayout {
+            header: size,
+            ptr_off,
+            len_off,
+            cap_off,
+            stride,
+            style,
+            type_name: name.clone(),
+        };
         // Go `string` {str *uint8; len int}.
         if name == "string" {
             if let (Some(p), Some(l)) = (member("str"), member("len")) {
-                return Ok(Some((mk_layout(p.offset, l.offset, None, 1, CountedStyle::GoText), None)));
+                return Ok(Some((
+                    mk_layout(p.offset, l.offset, None, 1, CountedStyle::GoText),
+                    None,
+                )));
             }
         }
         // Go slice `[]T` {array *T; len int; cap int}.
         if name.starts_with("[]") {
             if let (Some(p), Some(l), Some(c)) = (member("array"), member("len"), member("cap")) {
                 let elem = pointee(p)?;
-                return Ok(Some((mk_layout(p.offset, l.offset, Some(c.offset), stride_of(elem)?, CountedStyle::GoSlice), elem)));
+                return Ok(Some((
+                    mk_layout(
+                        p.offset,
+                        l.offset,
+                        Some(c.offset),
+                        stride_of(elem)?,
+                        CountedStyle::GoSlice,
+                    ),
+                    elem,
+                )));
             }
         }
         // Rust `&str` / `&[T]` {data_ptr, length}.
@@ -477,9 +636,21 @@ impl Builder<'_> {
             if let (Some(p), Some(l)) = (member("data_ptr"), member("length")) {
                 let elem = pointee(p)?;
                 return Ok(Some(if name == "&str" {
-                    (mk_layout(p.offset, l.offset, None, 1, CountedStyle::Text), None)
+                    (
+                        mk_layout(p.offset, l.offset, None, 1, CountedStyle::Text),
+                        None,
+                    )
                 } else {
-                    (mk_layout(p.offset, l.offset, None, stride_of(elem)?, CountedStyle::RustSeq), elem)
+                    (
+                        mk_layout(
+                            p.offset,
+                            l.offset,
+                            None,
+                            stride_of(elem)?,
+                            CountedStyle::RustSeq,
+                        ),
+                        elem,
+                    )
                 }));
             }
         }
@@ -500,15 +671,30 @@ impl Builder<'_> {
             if let (Some(buf), Some(l)) = (member("buf"), member("len")) {
                 if let Some(ptr_off) = self.first_pointer(buf.ty, 0)? {
                     let elem = self.bin.template_param(ty, "T")?;
-                    return Ok(Some((mk_layout(buf.offset + ptr_off, l.offset, None, stride_of(elem)?, CountedStyle::RustSeq), elem)));
+                    return Ok(Some((
+                        mk_layout(
+                            buf.offset + ptr_off,
+                            l.offset,
+                            None,
+                            stride_of(elem)?,
+                            CountedStyle::RustSeq,
+                        ),
+                        elem,
+                    )));
                 }
             }
         }
         // libstdc++ `std::string` { _M_dataplus { _M_p }, _M_string_length, .. }.
-        if name.starts_with("std::__cxx11::basic_string<char") || name.starts_with("basic_string<char") || name == "string" {
+        if name.starts_with("std::__cxx11::basic_string<char")
+            || name.starts_with("basic_string<char")
+            || name == "string"
+        {
             if let (Some(d), Some(l)) = (member("_M_dataplus"), member("_M_string_length")) {
                 if let Some(p) = self.first_pointer(d.ty, 0)? {
-                    return Ok(Some((mk_layout(d.offset + p, l.offset, None, 1, CountedStyle::Text), None)));
+                    return Ok(Some((
+                        mk_layout(d.offset + p, l.offset, None, 1, CountedStyle::Text),
+                        None,
+                    )));
                 }
             }
         }
@@ -548,28 +734,57 @@ impl Builder<'_> {
             } else {
                 Shape::Char { size: 1 }
             };
-            return Ok(Shape::Counted { layout, elem: Box::new(elem), data: None });
+            return Ok(Shape::Counted {
+                layout,
+                elem: Box::new(elem),
+                data: None,
+            });
         }
-        let go_name = || self.bin.dwarf_type_name(ty).unwrap_or_else(|| self.bin.type_name(ty));
+        let go_name = || {
+            self.bin
+                .dwarf_type_name(ty)
+                .unwrap_or_else(|| self.bin.type_name(ty))
+        };
         Ok(match self.bin.type_of(ty)? {
             Type::Pointer { pointee } => {
                 let size = pointee_size(self.bin, pointee)?;
-                let past_depth = level > 1 && matches!(self.bin.type_of(pointee)?, Type::Struct { .. }) && self.counted_layout(pointee)?.is_none();
+                let past_depth = level > 1
+                    && matches!(self.bin.type_of(pointee)?, Type::Struct { .. })
+                    && self.counted_layout(pointee)?.is_none();
                 let shown = match size {
-                    Some(_) if !past_depth && depth < 8 => Some(Box::new(self.go_shape(pointee, level, depth + 1)?)),
+                    Some(_) if !past_depth && depth < 8 => {
+                        Some(Box::new(self.go_shape(pointee, level, depth + 1)?))
+                    }
                     _ => None,
                 };
-                Shape::GoPtr { name: go_name(), pointee: shown, size: size.unwrap_or(0), target: None }
+                Shape::GoPtr {
+                    name: go_name(),
+                    pointee: shown,
+                    size: size.unwrap_or(0),
+                    target: None,
+                }
             }
-            Type::Array { elem, count: Some(count) } if depth < 8 => {
+            Type::Array {
+                elem,
+                count: Some(count),
+            } if depth < 8 => {
                 let stride = self.bin.size_of(elem)?.unwrap_or(0);
                 let one = self.go_shape(elem, level + 1, depth + 1)?;
-                Shape::GoArray { name: go_name(), items: vec![one; count.min(GO_SHOWN_ELEMS) as usize], count, stride }
+                Shape::GoArray {
+                    name: go_name(),
+                    items: vec![one; count.min(GO_SHOWN_ELEMS) as usize],
+                    count,
+                    stride,
+                }
             }
             Type::Struct { members, name, .. } if level <= 1 && depth < 8 => {
                 let mut out = Vec::new();
                 for m in members {
-                    out.push((m.name.clone(), m.offset, self.go_shape(m.ty, level + 1, depth + 1)?));
+                    out.push((
+                        m.name.clone(),
+                        m.offset,
+                        self.go_shape(m.ty, level + 1, depth + 1)?,
+                    ));
                 }
                 Shape::GoStruct { name, members: out }
             }
@@ -588,41 +803,89 @@ impl Builder<'_> {
             } else {
                 Shape::Char { size: 1 }
             };
-            return Ok(Shape::Counted { layout, elem: Box::new(elem), data: None });
+            return Ok(Shape::Counted {
+                layout,
+                elem: Box::new(elem),
+                data: None,
+            });
         }
         Ok(match self.bin.type_of(ty)? {
-            Type::Int { size, signed, .. } if size <= 8 => Shape::Int { size: size as u8, signed },
+            Type::Int { size, signed, .. } if size <= 8 => Shape::Int {
+                size: size as u8,
+                signed,
+            },
             Type::Float { size, .. } if size == 4 || size == 8 => Shape::Float { size: size as u8 },
-            Type::Bool { size } => Shape::Bool { size: size.clamp(1, 8) as u8 },
+            Type::Bool { size } => Shape::Bool {
+                size: size.clamp(1, 8) as u8,
+            },
             Type::Char { size, .. } if size <= 4 => Shape::Char { size: size as u8 },
-            Type::Enum { size, signed, values, .. } if size <= 8 => Shape::Enum { size: size as u8, signed, values },
+            Type::Enum {
+                size,
+                signed,
+                values,
+                ..
+            } if size <= 8 => Shape::Enum {
+                size: size as u8,
+                signed,
+                values,
+            },
             Type::Pointer { .. } => Shape::Pointer,
-            Type::Array { elem, count: Some(count) } => {
+            Type::Array {
+                elem,
+                count: Some(count),
+            } => {
                 if matches!(self.bin.type_of(elem)?, Type::Char { size: 1, .. }) {
-                    Shape::CharArray { count, copied: u32::try_from(count).unwrap_or(u32::MAX) }
+                    Shape::CharArray {
+                        count,
+                        copied: u32::try_from(count).unwrap_or(u32::MAX),
+                    }
                 } else {
                     let stride = self.bin.size_of(elem)?.unwrap_or(0);
-                    Shape::Array { name: self.bin.display_type_name(ty), elem: Box::new(self.shape_in_place(elem, depth + 1)?), count, stride }
+                    Shape::Array {
+                        name: self.bin.display_type_name(ty),
+                        elem: Box::new(self.shape_in_place(elem, depth + 1)?),
+                        count,
+                        stride,
+                    }
                 }
             }
-            Type::Variants { discr, variants, .. } if depth < 6 => {
+            Type::Variants {
+                discr, variants, ..
+            } if depth < 6 => {
                 let mut out = Vec::new();
                 for v in variants {
-                    out.push((v.discr_value, v.name.clone(), v.offset, self.shape_in_place(v.ty, depth + 1)?));
+                    out.push((
+                        v.discr_value,
+                        v.name.clone(),
+                        v.offset,
+                        self.shape_in_place(v.ty, depth + 1)?,
+                    ));
                 }
-                Shape::Variants { discr, variants: out }
+                Shape::Variants {
+                    discr,
+                    variants: out,
+                }
             }
             Type::Struct { members, .. } if depth < 6 => {
                 let mut out = Vec::new();
                 for m in members {
-                    out.push((m.name.clone(), m.offset, self.shape_in_place(m.ty, depth + 1)?));
+                    out.push((
+                        m.name.clone(),
+                        m.offset,
+                        self.shape_in_place(m.ty, depth + 1)?,
+                    ));
                 }
-                Shape::Struct { name: self.bin.display_type_name(ty), members: out }
+                Shape::Struct {
+                    name: self.bin.display_type_name(ty),
+                    members: out,
+                }
             }
-            other => Shape::Opaque { what: match other {
-                Type::Struct { .. } => "...".to_owned(),
-                _ => self.bin.type_name(ty),
-            } },
+            other => Shape::Opaque {
+                what: match other {
+                    Type::Struct { .. } => "...".to_owned(),
+                    _ => self.bin.type_name(ty),
+                },
+            },
         })
     }
 }
@@ -638,7 +901,9 @@ fn hdr_op(layout: &CountedLayout, at: u16) -> PlanOp {
 fn pointee_size(bin: &Binary, pointee: Option<TypeRef>) -> Result<Option<u64>, PlanError> {
     Ok(match bin.type_of(pointee)? {
         Type::Void | Type::Unsupported { .. } => None,
-        _ => bin.size_of(pointee)?.filter(|s| *s > 0 && *s + 8 <= MAX_COPY_BYTES as u64),
+        _ => bin
+            .size_of(pointee)?
+            .filter(|s| *s > 0 && *s + 8 <= MAX_COPY_BYTES as u64),
     })
 }
 
@@ -655,22 +920,49 @@ fn has_holes(shape: &Shape) -> bool {
 /// entered: elements get their data from `fill_round`.
 fn holes(shape: &Shape, at: usize, path: &mut Vec<usize>, out: &mut Vec<(Vec<usize>, usize)>) {
     go_nodes(shape, at, path, out, &|s| match s {
-        Shape::Counted { layout, data: None, elem } => layout.style.is_go() && !matches!(**elem, Shape::GoUnloaded { .. }),
-        Shape::GoPtr { pointee: Some(_), target: None, .. } => true,
+        Shape::Counted {
+            layout,
+            data: None,
+            elem,
+        } => layout.style.is_go() && !matches!(**elem, Shape::GoUnloaded { .. }),
+        Shape::GoPtr {
+            pointee: Some(_),
+            target: None,
+            ..
+        } => true,
         _ => false,
     });
 }
 
 /// The copied Go slices inside `shape` whose elements point to data of their own, as
 /// (path, offset of the slice's header): their elements are expanded one index at a time.
-fn holey_slices(shape: &Shape, at: usize, path: &mut Vec<usize>, out: &mut Vec<(Vec<usize>, usize)>) {
-    go_nodes(shape, at, path, out, &|s| matches!(s, Shape::Counted { data: Some(Payload { items: Some(_), .. }), .. }));
+fn holey_slices(
+    shape: &Shape,
+    at: usize,
+    path: &mut Vec<usize>,
+    out: &mut Vec<(Vec<usize>, usize)>,
+) {
+    go_nodes(shape, at, path, out, &|s| {
+        matches!(
+            s,
+            Shape::Counted {
+                data: Some(Payload { items: Some(_), .. }),
+                ..
+            }
+        )
+    });
 }
 
 /// The nodes of a Go value's shape that `pick` wants, as (path, byte offset from the value's
 /// first byte), looking through structs, arrays and followed pointers (not into what `pick`
 /// took). `at` is the offset of `shape` itself.
-fn go_nodes(shape: &Shape, at: usize, path: &mut Vec<usize>, out: &mut Vec<(Vec<usize>, usize)>, pick: &dyn Fn(&Shape) -> bool) {
+fn go_nodes(
+    shape: &Shape,
+    at: usize,
+    path: &mut Vec<usize>,
+    out: &mut Vec<(Vec<usize>, usize)>,
+    pick: &dyn Fn(&Shape) -> bool,
+) {
     if pick(shape) {
         out.push((path.clone(), at));
         return;
@@ -691,7 +983,11 @@ fn go_nodes(shape: &Shape, at: usize, path: &mut Vec<usize>, out: &mut Vec<(Vec<
             }
         }
         // The pointee was placed after every value's own bytes; `target` says where.
-        Shape::GoPtr { pointee: Some(t), target: Some(off), .. } => {
+        Shape::GoPtr {
+            pointee: Some(t),
+            target: Some(off),
+            ..
+        } => {
             path.push(0);
             go_nodes(t, *off as usize, path, out, pick);
             path.pop();
@@ -702,11 +998,17 @@ fn go_nodes(shape: &Shape, at: usize, path: &mut Vec<usize>, out: &mut Vec<(Vec<
 
 /// The node at `path` (as [`go_nodes`] numbers children).
 fn node_mut<'s>(shape: &'s mut Shape, path: &[usize]) -> Option<&'s mut Shape> {
-    let Some((&k, rest)) = path.split_first() else { return Some(shape) };
+    let Some((&k, rest)) = path.split_first() else {
+        return Some(shape);
+    };
     let child = match shape {
         Shape::GoStruct { members, .. } => &mut members.get_mut(k)?.2,
         Shape::GoArray { items, .. } => items.get_mut(k)?,
-        Shape::GoPtr { pointee: Some(t), target: Some(_), .. } => t.as_mut(),
+        Shape::GoPtr {
+            pointee: Some(t),
+            target: Some(_),
+            ..
+        } => t.as_mut(),
         _ => return None,
     };
     node_mut(child, rest)
@@ -742,7 +1044,8 @@ struct Room {
 
 impl Room {
     fn fits(&self, n_ops: usize, bytes: u64) -> bool {
-        self.before + self.ops.len() + n_ops <= MAX_OPS && self.end as u64 + bytes <= EVENT_DATA_BYTES as u64
+        self.before + self.ops.len() + n_ops <= MAX_OPS
+            && self.end as u64 + bytes <= EVENT_DATA_BYTES as u64
     }
 
     /// Places `bytes` of data; returns its offset in the event.
@@ -754,7 +1057,11 @@ impl Room {
 
     /// An empty room for ops that will follow one guard op of this one ([`Room::commit`]).
     fn guarded(&self) -> Room {
-        Room { ops: Vec::new(), before: self.before + self.ops.len() + 1, end: self.end }
+        Room {
+            ops: Vec::new(),
+            before: self.before + self.ops.len() + 1,
+            end: self.end,
+        }
     }
 
     /// Adds `guard`, a `SKIP_LE` skipping all of `sub`'s ops, then them.
@@ -768,7 +1075,15 @@ impl Room {
     /// The `HDR` + `EMIT_VAR` pair copying the data of the header at `hdr` (event offset) of
     /// value `vi` to a new place; returns that place's payload (offsets relative to `base`,
     /// the value's first byte).
-    fn copy_data(&mut self, vi: usize, base: usize, hdr: usize, layout: &CountedLayout, cap: u64, items: bool) -> Payload {
+    fn copy_data(
+        &mut self,
+        vi: usize,
+        base: usize,
+        hdr: usize,
+        layout: &CountedLayout,
+        cap: u64,
+        items: bool,
+    ) -> Payload {
         let at = self.place(cap);
         let mut h = hdr_op(layout, hdr as u16);
         h.value = vi as u8;
@@ -776,7 +1091,11 @@ impl Room {
         var.value = vi as u8;
         self.ops.push(h);
         self.ops.push(var);
-        Payload { at: at - base, cap, items: items.then(Vec::new) }
+        Payload {
+            at: at - base,
+            cap,
+            items: items.then(Vec::new),
+        }
     }
 
     /// The `HDR` + `EMIT_MEM` pair copying the `size` bytes the pointer at `ptr` (event offset)
@@ -786,7 +1105,10 @@ impl Room {
         let at = self.place(size);
         let mut h = with_dst(mk(op::HDR, 0, 0, 0), ptr as u16);
         h.value = vi as u8;
-        let mut mem = with_dst(mk(op::EMIT_MEM, op::EMIT_MEM_NIL_ZEROS, size as u16, 0), at as u16);
+        let mut mem = with_dst(
+            mk(op::EMIT_MEM, op::EMIT_MEM_NIL_ZEROS, size as u16, 0),
+            at as u16,
+        );
         mem.value = vi as u8;
         self.ops.push(h);
         self.ops.push(mem);
@@ -808,7 +1130,14 @@ fn fill_direct(shape: &mut Shape, at: usize, vi: usize, base: usize, room: &mut 
                 Some(Shape::Counted { layout, elem, data }) => {
                     let cap = nested_cap(layout, elem, caps);
                     if room.fits(2, cap) {
-                        *data = Some(room.copy_data(vi, base, base + off, layout, cap, has_holes(elem)));
+                        *data = Some(room.copy_data(
+                            vi,
+                            base,
+                            base + off,
+                            layout,
+                            cap,
+                            has_holes(elem),
+                        ));
                         progress = true;
                     }
                 }
@@ -831,11 +1160,26 @@ fn fill_direct(shape: &mut Shape, at: usize, vi: usize, base: usize, room: &mut 
 /// the slice's length,
 /// since the headers past it are stale. An element whose data does not fit at all is not
 /// shown, nor any after it (Delve's `...+N more`); one that fits in part shows what was copied.
-fn fill_round(shape: &mut Shape, at: usize, i: u64, vi: usize, base: usize, room: &mut Room, caps: Caps) {
+fn fill_round(
+    shape: &mut Shape,
+    at: usize,
+    i: u64,
+    vi: usize,
+    base: usize,
+    room: &mut Room,
+    caps: Caps,
+) {
     let mut slices = Vec::new();
     holey_slices(shape, at, &mut Vec::new(), &mut slices);
     for (path, hdr) in slices {
-        let Some(Shape::Counted { layout, elem, data: Some(p) }) = node_mut(shape, &path) else { continue };
+        let Some(Shape::Counted {
+            layout,
+            elem,
+            data: Some(p),
+        }) = node_mut(shape, &path)
+        else {
+            continue;
+        };
         let Some(items) = &mut p.items else { continue };
         // Element i's header was copied, and the ones before it are shown.
         if items.len() as u64 != i || (i + 1) * layout.stride > p.cap {
@@ -855,7 +1199,10 @@ fn fill_round(shape: &mut Shape, at: usize, i: u64, vi: usize, base: usize, room
             }
             continue;
         }
-        let mut guard = with_dst(mk(op::SKIP_LE, 0, 0, i as i64), (base + hdr + layout.len_off as usize) as u16);
+        let mut guard = with_dst(
+            mk(op::SKIP_LE, 0, 0, i as i64),
+            (base + hdr + layout.len_off as usize) as u16,
+        );
         guard.value = vi as u8;
         room.commit(guard, sub);
         items.push(e);
@@ -891,17 +1238,32 @@ fn expand(values: &mut [ValueDecoder], room: &mut Room, caps: Caps) {
 }
 
 /// Lowers one expression to its ops (offsets relative to the value), shape and data size.
-fn lower_value(bin: &Binary, point: &ProbePoint, opts: PlanOptions, text: &str) -> Result<(Vec<PlanOp>, Shape, usize), PlanError> {
+fn lower_value(
+    bin: &Binary,
+    point: &ProbePoint,
+    opts: PlanOptions,
+    text: &str,
+) -> Result<(Vec<PlanOp>, Shape, usize), PlanError> {
     let e = expr::parse(text)?;
     let go = bin.language().ok() == Some(crate::debuginfo::Language::Go);
-    let b = Builder { bin, point, opts, expr_text: text.to_owned() };
+    let b = Builder {
+        bin,
+        point,
+        opts,
+        expr_text: text.to_owned(),
+    };
     let (place, ty) = b.lower(&e)?;
     let stripped = bin.type_of(ty)?;
     let lowered = match stripped {
-        Type::Pointer { pointee } if matches!(bin.type_of(pointee)?, Type::Char { size: 1, .. }) => {
+        Type::Pointer { pointee }
+            if matches!(bin.type_of(pointee)?, Type::Char { size: 1, .. }) =>
+        {
             // The pointer, then (unless null) the string it points to: lldb-dap shows both.
             let mut o = b.pointer_value(place)?;
-            let len = opts.string_cap.saturating_add(2).min(MAX_COPY_BYTES as u32 - 8);
+            let len = opts
+                .string_cap
+                .saturating_add(2)
+                .min(MAX_COPY_BYTES as u32 - 8);
             let cap = len - 2;
             o.push(mk(op::EMIT_ACC, 0, 8, 0));
             o.push(mk(op::END_LE, 0, 0, 0));
@@ -909,7 +1271,9 @@ fn lower_value(bin: &Binary, point: &ProbePoint, opts: PlanOptions, text: &str) 
             (o, Shape::CString { cap }, 8 + len as usize)
         }
         Type::Struct { .. } if b.counted_layout(ty)?.is_some() => {
-            let Some((layout, elem)) = b.counted_layout(ty)? else { unreachable!("checked above") };
+            let Some((layout, elem)) = b.counted_layout(ty)? else {
+                unreachable!("checked above")
+            };
 
             let elem_shape = if layout.style.is_text() {
                 Shape::Char { size: 1 }
@@ -938,8 +1302,20 @@ fn lower_value(bin: &Binary, point: &ProbePoint, opts: PlanOptions, text: &str) 
             var.dst = layout.header as u16;
             o.push(var);
             let len = (layout.header + cap_bytes) as usize;
-            let data = Payload { at: layout.header as usize, cap: cap_bytes, items: holey.then(Vec::new) };
-            (o, Shape::Counted { layout, elem: Box::new(elem_shape), data: Some(data) }, len)
+            let data = Payload {
+                at: layout.header as usize,
+                cap: cap_bytes,
+                items: holey.then(Vec::new),
+            };
+            (
+                o,
+                Shape::Counted {
+                    layout,
+                    elem: Box::new(elem_shape),
+                    data: Some(data),
+                },
+                len,
+            )
         }
         // A Go pointer is followed once, as Delve does: the pointer, then (unless nil) the
         // pointee it points to, both copied at the hit.
@@ -952,21 +1328,42 @@ fn lower_value(bin: &Binary, point: &ProbePoint, opts: PlanOptions, text: &str) 
             // Delve loads what the pointer asked for points to at level 0, as the value itself.
             let target = b.go_shape(pointee, 0, 1)?;
             let name = bin.dwarf_type_name(ty).unwrap_or_else(|| bin.type_name(ty));
-            (o, Shape::GoPtr { name, pointee: Some(Box::new(target)), size, target: Some(8) }, 8 + size as usize)
+            (
+                o,
+                Shape::GoPtr {
+                    name,
+                    pointee: Some(Box::new(target)),
+                    size,
+                    target: Some(8),
+                },
+                8 + size as usize,
+            )
         }
         Type::Void => return Err(b.type_err("it has type void; nothing to capture".to_owned())),
-        Type::Unsupported { what } => return Err(b.type_err(format!("its type ({what}) is not supported yet"))),
+        Type::Unsupported { what } => {
+            return Err(b.type_err(format!("its type ({what}) is not supported yet")))
+        }
         _ => {
-            let mut shape = if go { b.go_shape(ty, 0, 0)? } else { b.shape_in_place(ty, 0)? };
-            let size = bin.size_of(ty)?.ok_or_else(|| b.type_err(format!("its type {} has no known size", bin.type_name(ty))))?;
+            let mut shape = if go {
+                b.go_shape(ty, 0, 0)?
+            } else {
+                b.shape_in_place(ty, 0)?
+            };
+            let size = bin.size_of(ty)?.ok_or_else(|| {
+                b.type_err(format!("its type {} has no known size", bin.type_name(ty)))
+            })?;
             let mut len = size;
             if let Shape::CharArray { count, copied } = &mut shape {
-                let c = (*count).min(u64::from(opts.string_cap) + 1).min(MAX_COPY_BYTES as u64);
+                let c = (*count)
+                    .min(u64::from(opts.string_cap) + 1)
+                    .min(MAX_COPY_BYTES as u64);
                 *copied = c as u32;
                 len = c;
             }
             if len > MAX_COPY_BYTES as u64 {
-                return Err(PlanError::OverBudget { what: format!("`{text}` is {size} bytes (at most {MAX_COPY_BYTES} per value)") });
+                return Err(PlanError::OverBudget {
+                    what: format!("`{text}` is {size} bytes (at most {MAX_COPY_BYTES} per value)"),
+                });
             }
             let o = match place {
                 Place::Mem(mut o) if len != size => {
@@ -1052,12 +1449,17 @@ pub fn build_with(
         }
     }
     if all.len() > MAX_VALUES {
-        return Err(PlanError::OverBudget { what: format!("{} expressions (at most {MAX_VALUES})", all.len()) });
+        return Err(PlanError::OverBudget {
+            what: format!("{} expressions (at most {MAX_VALUES})", all.len()),
+        });
     }
     let mut plan = Plan::empty();
     plan.tgid = opts.tgid;
     if bin.language().ok() == Some(crate::debuginfo::Language::Go) {
-        plan.goid_offset = bin.go_goid_offset().and_then(|o| u32::try_from(o).ok()).unwrap_or(0);
+        plan.goid_offset = bin
+            .go_goid_offset()
+            .and_then(|o| u32::try_from(o).ok())
+            .unwrap_or(0);
     }
     let mut lowered: Vec<(String, Role, Vec<PlanOp>, Shape, usize)> = Vec::new();
     for (text, role) in &all {
@@ -1075,13 +1477,21 @@ pub fn build_with(
         STACK_FRAMES * 8
     };
     let mut budget_ops: usize = lowered.iter().map(|l| l.2.len()).sum::<usize>();
-    let mut budget_bytes: usize = lowered.iter().map(|l| (l.4 + 7) & !7).sum::<usize>() + stack_bytes;
+    let mut budget_bytes: usize =
+        lowered.iter().map(|l| (l.4 + 7) & !7).sum::<usize>() + stack_bytes;
     for name in &extras.locals {
         match lower_value(bin, point, opts, name) {
             Ok((o, shape, len)) => {
                 let o = fold(o);
-                if lowered.len() + usize::from(extras.stack) >= MAX_VALUES || budget_ops + o.len() > MAX_OPS || budget_bytes + len > EVENT_DATA_BYTES {
-                    local_errors.push((name.clone(), "not captured: the per-hit budget is used up by the values before it".to_owned()));
+                if lowered.len() + usize::from(extras.stack) >= MAX_VALUES
+                    || budget_ops + o.len() > MAX_OPS
+                    || budget_bytes + len > EVENT_DATA_BYTES
+                {
+                    local_errors.push((
+                        name.clone(),
+                        "not captured: the per-hit budget is used up by the values before it"
+                            .to_owned(),
+                    ));
                     continue;
                 }
                 budget_ops += o.len();
@@ -1100,21 +1510,44 @@ pub fn build_with(
             mk(op::REG, pt_regs::RBP, 0, 0),
             with_dst(mk(op::EMIT_ACC, 0, 8, 0), 16),
         ];
-        lowered.push(("<regs>".to_owned(), Role::UnwindRegs, regs, Shape::Stack, 24));
+        lowered.push((
+            "<regs>".to_owned(),
+            Role::UnwindRegs,
+            regs,
+            Shape::Stack,
+            24,
+        ));
         for k in 0..UNWIND_CHUNKS {
-            let ops = vec![mk(op::REG, pt_regs::RSP, 0, (k * UNWIND_CHUNK) as i64), mk(op::EMIT_MEM, 0, UNWIND_CHUNK as u16, 0)];
-            lowered.push((format!("<stack{k}>"), Role::UnwindStack(k as u8), ops, Shape::Stack, UNWIND_CHUNK));
+            let ops = vec![
+                mk(op::REG, pt_regs::RSP, 0, (k * UNWIND_CHUNK) as i64),
+                mk(op::EMIT_MEM, 0, UNWIND_CHUNK as u16, 0),
+            ];
+            lowered.push((
+                format!("<stack{k}>"),
+                Role::UnwindStack(k as u8),
+                ops,
+                Shape::Stack,
+                UNWIND_CHUNK,
+            ));
         }
     } else if extras.stack {
         // No ops: the program captures the stack once after the ops (Plan::stack).
-        lowered.push(("<stack>".to_owned(), Role::Stack, Vec::new(), Shape::Stack, stack_bytes));
+        lowered.push((
+            "<stack>".to_owned(),
+            Role::Stack,
+            Vec::new(),
+            Shape::Stack,
+            stack_bytes,
+        ));
     }
     let mut ops: Vec<PlanOp> = Vec::new();
     let mut values = Vec::new();
     let mut dst = 0usize;
     for (vi, (text, role, value_ops, shape, len)) in lowered.into_iter().enumerate() {
         if dst + len > EVENT_DATA_BYTES {
-            return Err(PlanError::OverBudget { what: format!("{} bytes of values (at most {EVENT_DATA_BYTES})", dst + len) });
+            return Err(PlanError::OverBudget {
+                what: format!("{} bytes of values (at most {EVENT_DATA_BYTES})", dst + len),
+            });
         }
         let mut value_ops = fold(value_ops);
         for o in &mut value_ops {
@@ -1124,16 +1557,41 @@ pub fn build_with(
         }
         ops.extend(value_ops);
         if role == Role::Stack {
-            plan.stack = detrix_common::StackCapture { dst: dst as u16, len: len as u16, value: vi as u8, _pad: [0; 3] };
+            plan.stack = detrix_common::StackCapture {
+                dst: dst as u16,
+                len: len as u16,
+                value: vi as u8,
+                _pad: [0; 3],
+            };
         }
-        values.push(ValueDecoder { expr: text, hidden: role != Role::Shown, role, shape, dst, size: len });
+        values.push(ValueDecoder {
+            expr: text,
+            hidden: role != Role::Shown,
+            role,
+            shape,
+            dst,
+            size: len,
+        });
         dst = (dst + len + 7) & !7;
     }
     if ops.len() > MAX_OPS {
-        return Err(PlanError::OverBudget { what: format!("{} plan steps (at most {MAX_OPS})", ops.len()) });
+        return Err(PlanError::OverBudget {
+            what: format!("{} plan steps (at most {MAX_OPS})", ops.len()),
+        });
     }
-    let mut room = Room { ops: Vec::new(), before: ops.len(), end: dst };
-    expand(&mut values, &mut room, Caps { string: opts.string_cap, elems: opts.elem_cap });
+    let mut room = Room {
+        ops: Vec::new(),
+        before: ops.len(),
+        end: dst,
+    };
+    expand(
+        &mut values,
+        &mut room,
+        Caps {
+            string: opts.string_cap,
+            elems: opts.elem_cap,
+        },
+    );
     let dst = room.end;
     ops.extend(room.ops);
     plan.ops[..ops.len()].copy_from_slice(&ops);
@@ -1141,7 +1599,10 @@ pub fn build_with(
     plan.n_values = values.len() as u32;
     plan.data_len = dst.min(EVENT_DATA_BYTES) as u32;
     if let Some(c) = condition {
-        let vi = values.iter().position(|v| v.expr.trim() == c.expr_text).unwrap_or(values.len() - 1);
+        let vi = values
+            .iter()
+            .position(|v| v.expr.trim() == c.expr_text)
+            .unwrap_or(values.len() - 1);
         plan.cond = lower_condition(c, vi, &values[vi])?;
     }
     if opts.rate_per_sec > 0 {
@@ -1149,7 +1610,11 @@ pub fn build_with(
         plan.rate_burst_ns = u64::from(opts.burst.max(1)) * plan.rate_interval_ns;
     }
     debug_assert_eq!(plan.abi, PLAN_ABI);
-    Ok(BuiltPlan { plan, values, local_errors })
+    Ok(BuiltPlan {
+        plan,
+        values,
+        local_errors,
+    })
 }
 
 /// Folds every `ADD` into its neighbour: into a preceding `REG`/`CONST`/`ADD` (their `imm` is
@@ -1162,7 +1627,9 @@ fn fold(ops: Vec<PlanOp>) -> Vec<PlanOp> {
     for o in ops {
         if o.kind == op::ADD {
             match out.last_mut() {
-                Some(prev) if pending == 0 && matches!(prev.kind, op::REG | op::CONST) => prev.imm = prev.imm.wrapping_add(o.imm),
+                Some(prev) if pending == 0 && matches!(prev.kind, op::REG | op::CONST) => {
+                    prev.imm = prev.imm.wrapping_add(o.imm)
+                }
                 _ => pending = pending.wrapping_add(o.imm),
             }
             continue;
@@ -1185,25 +1652,47 @@ fn fold(ops: Vec<PlanOp>) -> Vec<PlanOp> {
 }
 
 /// Fills a string comparison (`==`, `!=`, `^=`) into `k`.
-fn string_condition(k: &mut Condition, c: &expr::Condition, err: &dyn Fn(String) -> PlanError) -> Result<(), PlanError> {
+fn string_condition(
+    k: &mut Condition,
+    c: &expr::Condition,
+    err: &dyn Fn(String) -> PlanError,
+) -> Result<(), PlanError> {
     let Literal::Str(s) = &c.literal else {
-        return Err(err(format!("`{}` is a string; compare it with a quoted string", c.expr_text)));
+        return Err(err(format!(
+            "`{}` is a string; compare it with a quoted string",
+            c.expr_text
+        )));
     };
     if !matches!(c.op, CmpOp::Eq | CmpOp::Ne | CmpOp::Prefix) {
-        return Err(err("strings compare with ==, != or ^= (starts with)".to_owned()));
+        return Err(err(
+            "strings compare with ==, != or ^= (starts with)".to_owned()
+        ));
     }
     if s.len() > COND_STR_BYTES {
-        return Err(err(format!("string constants are at most {COND_STR_BYTES} bytes")));
+        return Err(err(format!(
+            "string constants are at most {COND_STR_BYTES} bytes"
+        )));
     }
-    k.kind = if c.op == CmpOp::Prefix { cond::STR_PREFIX } else { cond::STR_EQ };
+    k.kind = if c.op == CmpOp::Prefix {
+        cond::STR_PREFIX
+    } else {
+        cond::STR_EQ
+    };
     k.len = s.len() as u16;
     k.bytes[..s.len()].copy_from_slice(s.as_bytes());
     Ok(())
 }
 
 /// Turns a parsed condition on value `vi` into the kernel's [`Condition`].
-fn lower_condition(c: &expr::Condition, vi: usize, v: &ValueDecoder) -> Result<Condition, PlanError> {
-    let err = |what: String| PlanError::Condition { cond: c.text.clone(), what };
+fn lower_condition(
+    c: &expr::Condition,
+    vi: usize,
+    v: &ValueDecoder,
+) -> Result<Condition, PlanError> {
+    let err = |what: String| PlanError::Condition {
+        cond: c.text.clone(),
+        what,
+    };
     let mut k = Condition::NONE;
     k.value = vi as u8;
     k.dst = v.dst as u16;
@@ -1219,18 +1708,36 @@ fn lower_condition(c: &expr::Condition, vi: usize, v: &ValueDecoder) -> Result<C
         let v = match lit {
             Literal::Int(i) => *i,
             Literal::Bool(b) => i128::from(*b),
-            Literal::Str(s) if s.chars().count() == 1 => i128::from(u32::from(s.chars().next().unwrap_or('\0'))),
-            other => return Err(err(format!("`{}` is an integer; compare it with an integer, not {other:?}", c.expr_text))),
+            Literal::Str(s) if s.chars().count() == 1 => {
+                i128::from(u32::from(s.chars().next().unwrap_or('\0')))
+            }
+            other => {
+                return Err(err(format!(
+                    "`{}` is an integer; compare it with an integer, not {other:?}",
+                    c.expr_text
+                )))
+            }
         };
         let bits = 8 * u32::from(size);
-        let (lo, hi) = if signed { (-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1) } else { (0, (1i128 << bits) - 1) };
+        let (lo, hi) = if signed {
+            (-(1i128 << (bits - 1)), (1i128 << (bits - 1)) - 1)
+        } else {
+            (0, (1i128 << bits) - 1)
+        };
         if v < lo || v > hi {
-            return Err(err(format!("{v} does not fit the {size}-byte type of `{}`", c.expr_text)));
+            return Err(err(format!(
+                "{v} does not fit the {size}-byte type of `{}`",
+                c.expr_text
+            )));
         }
         Ok(v as i64)
     };
     let numeric_only = || -> Result<(), PlanError> {
-        if c.op == CmpOp::Prefix { Err(err("`^=` compares strings only".to_owned())) } else { Ok(()) }
+        if c.op == CmpOp::Prefix {
+            Err(err("`^=` compares strings only".to_owned()))
+        } else {
+            Ok(())
+        }
     };
     match &v.shape {
         Shape::Int { size, signed } | Shape::Enum { size, signed, .. } => {
@@ -1262,7 +1769,12 @@ fn lower_condition(c: &expr::Condition, vi: usize, v: &ValueDecoder) -> Result<C
             let f = match c.literal {
                 Literal::Float(f) => f,
                 Literal::Int(i) => i as f64,
-                _ => return Err(err(format!("`{}` is a double; compare it with a number", c.expr_text))),
+                _ => {
+                    return Err(err(format!(
+                        "`{}` is a double; compare it with a number",
+                        c.expr_text
+                    )))
+                }
             };
             k.kind = cond::F64;
             k.size = 8;
@@ -1279,7 +1791,11 @@ fn lower_condition(c: &expr::Condition, vi: usize, v: &ValueDecoder) -> Result<C
             k.dst = (v.dst + 8) as u16;
         }
         Shape::CharArray { .. } => string_condition(&mut k, c, &err)?,
-        other => return Err(err(format!("values of this kind ({other:?}) cannot be compared in the kernel"))),
+        other => {
+            return Err(err(format!(
+                "values of this kind ({other:?}) cannot be compared in the kernel"
+            )))
+        }
     }
     Ok(k)
 }
@@ -1289,30 +1805,48 @@ fn lower_condition(c: &expr::Condition, vi: usize, v: &ValueDecoder) -> Result<C
 #[must_use]
 pub fn describe_ops(plan: &Plan) -> Vec<String> {
     const REGS: [&str; 21] = [
-        "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx", "rsi", "rdi", "orig_rax", "rip", "cs",
-        "eflags", "rsp", "ss",
+        "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx",
+        "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss",
     ];
     plan.ops[..(plan.n_ops as usize).min(MAX_OPS)]
         .iter()
         .map(|o| {
             let v = o.value;
             match o.kind {
-                op::REG => format!("v{v}: reg {} {:+}", REGS.get(usize::from(o.reg)).unwrap_or(&"?"), o.imm),
+                op::REG => format!(
+                    "v{v}: reg {} {:+}",
+                    REGS.get(usize::from(o.reg)).unwrap_or(&"?"),
+                    o.imm
+                ),
                 op::CONST => format!("v{v}: const {:#x}", o.imm),
                 op::ADD => format!("v{v}: add {:+}", o.imm),
                 op::DEREF => format!("v{v}: deref {} {:+}", o.len, o.imm),
                 op::EMIT_ACC => format!("v{v}: emit_acc {} @{}", o.len, o.dst),
-                op::EMIT_MEM if o.reg & op::EMIT_MEM_NIL_ZEROS != 0 => format!("v{v}: emit_mem {} {:+} @{} (nil: zeros)", o.len, o.imm, o.dst),
+                op::EMIT_MEM if o.reg & op::EMIT_MEM_NIL_ZEROS != 0 => format!(
+                    "v{v}: emit_mem {} {:+} @{} (nil: zeros)",
+                    o.len, o.imm, o.dst
+                ),
                 op::EMIT_MEM => format!("v{v}: emit_mem {} {:+} @{}", o.len, o.imm, o.dst),
                 op::EMIT_STR => format!("v{v}: emit_str {} {:+} @{}", o.len, o.imm, o.dst),
                 op::EMIT_VAR => format!("v{v}: emit_var {} @{}", o.len, o.dst),
-                op::HDR => format!("v{v}: hdr @{} ptr+{} len+{} x{}", o.dst, o.len & 0xff, o.len >> 8, o.imm),
+                op::HDR => format!(
+                    "v{v}: hdr @{} ptr+{} len+{} x{}",
+                    o.dst,
+                    o.len & 0xff,
+                    o.len >> 8,
+                    o.imm
+                ),
                 op::SKIP_LE => format!("v{v}: skip {} if @{} <= {}", o.len, o.dst, o.imm),
                 op::END_LE => format!("v{v}: end if @{} <= {}", o.dst, o.imm),
                 k => format!("v{v}: op {k}"),
             }
         })
-        .chain((plan.stack.len != 0).then(|| format!("v{}: ustack {} @{}", plan.stack.value, plan.stack.len, plan.stack.dst)))
+        .chain((plan.stack.len != 0).then(|| {
+            format!(
+                "v{}: ustack {} @{}",
+                plan.stack.value, plan.stack.len, plan.stack.dst
+            )
+        }))
         .collect()
 }
 
@@ -1324,7 +1858,10 @@ pub enum Value {
     Float(f64),
     Bool(bool),
     /// A string; `truncated` when the target's string was longer than the cap.
-    Str { text: String, truncated: bool },
+    Str {
+        text: String,
+        truncated: bool,
+    },
     /// A composite rendered as text (`{id = 1, qty = 3}`), or a pointer (`0x…`).
     Text(String),
     /// The read failed at this hit.
@@ -1333,15 +1870,25 @@ pub enum Value {
 
 /// The raw captured bytes of value `i` of a record (e.g. the stack's return addresses).
 #[must_use]
-pub fn value_bytes<'a>(values: &[ValueDecoder], i: usize, header: &EventHeader, data: &'a [u8]) -> &'a [u8] {
+pub fn value_bytes<'a>(
+    values: &[ValueDecoder],
+    i: usize,
+    header: &EventHeader,
+    data: &'a [u8],
+) -> &'a [u8] {
     let Some(v) = values.get(i) else { return &[] };
     let meta = header.values.get(i).copied().unwrap_or_default();
     if meta.flags & value_flags::READ_FAULT != 0 {
         return &[];
     }
     // Fixed-size values decode by their planned size (several emits may have written them).
-    let len = if v.role == Role::Stack { usize::from(meta.len) } else { v.size };
-    data.get(v.dst..(v.dst + len).min(data.len())).unwrap_or(&[])
+    let len = if v.role == Role::Stack {
+        usize::from(meta.len)
+    } else {
+        v.size
+    };
+    data.get(v.dst..(v.dst + len).min(data.len()))
+        .unwrap_or(&[])
 }
 
 /// Decodes one record's values, in the order of `values`.
@@ -1375,7 +1922,14 @@ pub fn decode(values: &[ValueDecoder], header: &EventHeader, data: &[u8]) -> Vec
 /// A counted sequence from its header (`hdr`, copied in place) and, when copied, its data:
 /// `min(len × stride, cap)` bytes at `rest[data.at..]`. A Go slice shows its type, length and
 /// capacity when `typed` (not as an element: `[][]string len: 2, cap: 2, [["a"],nil]`).
-fn decode_counted(layout: &CountedLayout, elem: &Shape, data: Option<&Payload>, hdr: &[u8], rest: &[u8], typed: bool) -> Value {
+fn decode_counted(
+    layout: &CountedLayout,
+    elem: &Shape,
+    data: Option<&Payload>,
+    hdr: &[u8],
+    rest: &[u8],
+    typed: bool,
+) -> Value {
     let field = |off: u64| le_u64(hdr.get(off as usize..).unwrap_or(&[]), 8);
     let len = field(layout.len_off);
     let copied: &[u8] = match data {
@@ -1387,11 +1941,17 @@ fn decode_counted(layout: &CountedLayout, elem: &Shape, data: Option<&Payload>, 
     };
     if layout.style.is_text() {
         let text = String::from_utf8_lossy(copied).into_owned();
-        return Value::Str { text, truncated: (copied.len() as u64) < len };
+        return Value::Str {
+            text,
+            truncated: (copied.len() as u64) < len,
+        };
     }
     let stride = layout.stride.max(1);
     let mut shown = (copied.len() as u64 / stride).min(len);
-    if let Some(Payload { items: Some(items), .. }) = data {
+    if let Some(Payload {
+        items: Some(items), ..
+    }) = data
+    {
         shown = shown.min(items.len() as u64);
     }
     let go = layout.style == CountedStyle::GoSlice;
@@ -1408,16 +1968,26 @@ fn decode_counted(layout: &CountedLayout, elem: &Shape, data: Option<&Payload>, 
         .map(|i| {
             let b = copied.get((i * stride) as usize..).unwrap_or(&[]);
             let shape = match data {
-                Some(Payload { items: Some(items), .. }) => items.get(i as usize).unwrap_or(elem),
+                Some(Payload {
+                    items: Some(items), ..
+                }) => items.get(i as usize).unwrap_or(elem),
                 _ => elem,
             };
-            if go { go_text(shape, b, rest, Some(ptr.wrapping_add(i * stride)), false) } else { render(shape, b, rest) }
+            if go {
+                go_text(shape, b, rest, Some(ptr.wrapping_add(i * stride)), false)
+            } else {
+                render(shape, b, rest)
+            }
         })
         .collect();
     let more = len - shown;
     if go {
         let cap = layout.cap_off.map_or(len, field);
-        let head = if typed { format!("{} len: {len}, cap: {cap}, ", layout.type_name) } else { String::new() };
+        let head = if typed {
+            format!("{} len: {len}, cap: {cap}, ", layout.type_name)
+        } else {
+            String::new()
+        };
         if ptr == 0 && len == 0 {
             return Value::Text(format!("{head}nil"));
         }
@@ -1429,7 +1999,11 @@ fn decode_counted(layout: &CountedLayout, elem: &Shape, data: Option<&Payload>, 
         };
         Value::Text(format!("{head}[{}{tail}]", items.join(",")))
     } else {
-        let tail = if more > 0 { format!(", ...+{more} more") } else { String::new() };
+        let tail = if more > 0 {
+            format!(", ...+{more} more")
+        } else {
+            String::new()
+        };
         Value::Text(format!("[{}{tail}]", items.join(", ")))
     }
 }
@@ -1521,7 +2095,11 @@ fn lldb_float(f: f64, precision: usize) -> String {
     }
     let sign = if f.is_sign_negative() { "-" } else { "" };
     if f.is_infinite() {
-        return if sign.is_empty() { "+Inf".to_owned() } else { "-Inf".to_owned() };
+        return if sign.is_empty() {
+            "+Inf".to_owned()
+        } else {
+            "-Inf".to_owned()
+        };
     }
     if f == 0.0 {
         return format!("{sign}0");
@@ -1536,7 +2114,11 @@ fn lldb_float(f: f64, precision: usize) -> String {
     let n = digits.len() as i64;
     // APFloat's convention: the value is `digits × 10^exp`.
     let exp = e10 - (n - 1);
-    let scientific = if exp >= 0 { exp > LLDB_FLOAT_PADDING || n + exp > precision as i64 } else { e10 < 0 && -e10 > LLDB_FLOAT_PADDING };
+    let scientific = if exp >= 0 {
+        exp > LLDB_FLOAT_PADDING || n + exp > precision as i64
+    } else {
+        e10 < 0 && -e10 > LLDB_FLOAT_PADDING
+    };
     if scientific {
         let rest = if n == 1 { "0" } else { &digits[1..] };
         let esign = if e10 >= 0 { '+' } else { '-' };
@@ -1547,7 +2129,11 @@ fn lldb_float(f: f64, precision: usize) -> String {
     }
     let whole = n + exp;
     if whole > 0 {
-        format!("{sign}{}.{}", &digits[..whole as usize], &digits[whole as usize..])
+        format!(
+            "{sign}{}.{}",
+            &digits[..whole as usize],
+            &digits[whole as usize..]
+        )
     } else {
         format!("{sign}0.{}{digits}", "0".repeat((-whole) as usize))
     }
@@ -1559,16 +2145,32 @@ fn decode_shape(shape: &Shape, bytes: &[u8], rest: &[u8]) -> Value {
     match shape {
         Shape::Int { size, signed } => {
             let raw = le_u64(bytes, usize::from(*size));
-            if *signed { Value::Int(sign_extend(raw, usize::from(*size))) } else { Value::UInt(raw) }
+            if *signed {
+                Value::Int(sign_extend(raw, usize::from(*size)))
+            } else {
+                Value::UInt(raw)
+            }
         }
-        Shape::Float { size: 4 } => Value::Float(f64::from(f32::from_bits(le_u64(bytes, 4) as u32))),
+        Shape::Float { size: 4 } => {
+            Value::Float(f64::from(f32::from_bits(le_u64(bytes, 4) as u32)))
+        }
         Shape::Float { .. } => Value::Float(f64::from_bits(le_u64(bytes, 8))),
         // Only its own bytes: inside a composite `bytes` runs on past it.
         Shape::Bool { size } => Value::Bool(bytes.iter().take(usize::from(*size)).any(|b| *b != 0)),
-        Shape::Char { size } => Value::Text(lldb_char(le_u64(bytes, usize::from(*size)) as u32, *size)),
-        Shape::Enum { size, signed, values } => {
+        Shape::Char { size } => {
+            Value::Text(lldb_char(le_u64(bytes, usize::from(*size)) as u32, *size))
+        }
+        Shape::Enum {
+            size,
+            signed,
+            values,
+        } => {
             let raw = le_u64(bytes, usize::from(*size));
-            let v = if *signed { sign_extend(raw, usize::from(*size)) } else { raw as i64 };
+            let v = if *signed {
+                sign_extend(raw, usize::from(*size))
+            } else {
+                raw as i64
+            };
             match values.iter().find(|(_, x)| *x == v) {
                 Some((name, _)) => Value::Text(name.clone()),
                 None => Value::Int(v),
@@ -1582,18 +2184,31 @@ fn decode_shape(shape: &Shape, bytes: &[u8], rest: &[u8]) -> Value {
             }
             let s = bytes.get(8..).unwrap_or(&[]);
             let cap = *cap as usize;
-            Value::Text(format!("{} {}", lldb_pointer(ptr), lldb_quote(&s[..s.len().min(cap)], s.len() > cap)))
+            Value::Text(format!(
+                "{} {}",
+                lldb_pointer(ptr),
+                lldb_quote(&s[..s.len().min(cap)], s.len() > cap)
+            ))
         }
         Shape::CharArray { count, copied } => {
             let bytes = &bytes[..bytes.len().min(*copied as usize)];
             let end = bytes.iter().position(|b| *b == 0);
             let text = String::from_utf8_lossy(&bytes[..end.unwrap_or(bytes.len())]).into_owned();
-            Value::Str { text, truncated: end.is_none() && u64::from(*copied) < *count }
+            Value::Str {
+                text,
+                truncated: end.is_none() && u64::from(*copied) < *count,
+            }
         }
         Shape::Stack => Value::Text(
-            bytes.chunks_exact(8).map(|c| format!("{:#x}", le_u64(c, 8))).collect::<Vec<_>>().join(" "),
+            bytes
+                .chunks_exact(8)
+                .map(|c| format!("{:#x}", le_u64(c, 8)))
+                .collect::<Vec<_>>()
+                .join(" "),
         ),
-        Shape::Counted { layout, elem, data } => decode_counted(layout, elem, data.as_ref(), bytes, rest, true),
+        Shape::Counted { layout, elem, data } => {
+            decode_counted(layout, elem, data.as_ref(), bytes, rest, true)
+        }
         Shape::Struct { .. }
         | Shape::Array { .. }
         | Shape::Opaque { .. }
@@ -1623,32 +2238,56 @@ fn render(shape: &Shape, bytes: &[u8], rest: &[u8]) -> String {
                 .collect();
             format!("{{{}}}", parts.join(", "))
         }
-        Shape::Array { elem, count, stride, .. } => {
+        Shape::Array {
+            elem,
+            count,
+            stride,
+            ..
+        } => {
             let parts: Vec<String> = (0..*count)
-                .map(|i| render(elem, bytes.get((i * stride) as usize..).unwrap_or(&[]), rest))
+                .map(|i| {
+                    render(
+                        elem,
+                        bytes.get((i * stride) as usize..).unwrap_or(&[]),
+                        rest,
+                    )
+                })
                 .collect();
             format!("[{}]", parts.join(", "))
         }
         Shape::Opaque { what } => format!("<{what}>"),
         Shape::Variants { discr, variants } => {
-            let d = discr.map(|(off, size)| le_u64(bytes.get(off as usize..).unwrap_or(&[]), size as usize));
+            let d = discr
+                .map(|(off, size)| le_u64(bytes.get(off as usize..).unwrap_or(&[]), size as usize));
             let chosen = variants
                 .iter()
                 .find(|(v, ..)| v.is_some() && *v == d)
                 .or_else(|| variants.iter().find(|(v, ..)| v.is_none()))
-                .or_else(|| if discr.is_none() { variants.first() } else { None });
+                .or_else(|| {
+                    if discr.is_none() {
+                        variants.first()
+                    } else {
+                        None
+                    }
+                });
             match chosen {
                 None => format!("<unknown variant {}>", d.unwrap_or(0)),
                 Some((_, name, off, payload)) => {
                     let b = bytes.get(*off as usize..).unwrap_or(&[]);
                     match payload {
                         // Tuple variants name their fields __0, __1, …: `Some(5)`.
-                        Shape::Struct { members, .. } if members.iter().all(|(n, ..)| n.starts_with("__")) => {
+                        Shape::Struct { members, .. }
+                            if members.iter().all(|(n, ..)| n.starts_with("__")) =>
+                        {
                             if members.is_empty() {
                                 name.clone()
                             } else {
-                                let parts: Vec<String> =
-                                    members.iter().map(|(_, o, s)| render(s, b.get(*o as usize..).unwrap_or(&[]), rest)).collect();
+                                let parts: Vec<String> = members
+                                    .iter()
+                                    .map(|(_, o, s)| {
+                                        render(s, b.get(*o as usize..).unwrap_or(&[]), rest)
+                                    })
+                                    .collect();
                                 format!("{name}({})", parts.join(", "))
                             }
                         }
@@ -1658,10 +2297,19 @@ fn render(shape: &Shape, bytes: &[u8], rest: &[u8]) -> String {
                 }
             }
         }
-        Shape::GoStruct { .. } | Shape::GoArray { .. } | Shape::GoPtr { .. } | Shape::GoUnloaded { .. } => go_text(shape, bytes, rest, None, true),
+        Shape::GoStruct { .. }
+        | Shape::GoArray { .. }
+        | Shape::GoPtr { .. }
+        | Shape::GoUnloaded { .. } => go_text(shape, bytes, rest, None, true),
         // Inside a composite of another language only the header was copied: the length.
-        Shape::Counted { layout, data: None, .. } if !layout.style.is_go() => {
-            format!("{} len: {}", layout.type_name, le_u64(bytes.get(layout.len_off as usize..).unwrap_or(&[]), 8))
+        Shape::Counted {
+            layout, data: None, ..
+        } if !layout.style.is_go() => {
+            format!(
+                "{} len: {}",
+                layout.type_name,
+                le_u64(bytes.get(layout.len_off as usize..).unwrap_or(&[]), 8)
+            )
         }
         Shape::Counted { layout, elem, data } => {
             if layout.style.is_go() {
@@ -1673,7 +2321,9 @@ fn render(shape: &Shape, bytes: &[u8], rest: &[u8]) -> String {
             }
         }
         Shape::Char { size } => lldb_char(le_u64(bytes, usize::from(*size)) as u32, *size),
-        Shape::Float { size: 4 } => lldb_float(f64::from(f32::from_bits(le_u64(bytes, 4) as u32)), 9),
+        Shape::Float { size: 4 } => {
+            lldb_float(f64::from(f32::from_bits(le_u64(bytes, 4) as u32)), 9)
+        }
         Shape::Float { .. } => lldb_float(f64::from_bits(le_u64(bytes, 8)), 17),
         other => match decode_shape(other, bytes, rest) {
             Value::Int(v) => v.to_string(),
@@ -1695,13 +2345,27 @@ fn render(shape: &Shape, bytes: &[u8], rest: &[u8]) -> String {
 fn go_text(shape: &Shape, bytes: &[u8], rest: &[u8], addr: Option<u64>, typed: bool) -> String {
     let at = |off: u64| bytes.get(off as usize..).unwrap_or(&[]);
     let plus = |off: u64| addr.map(|a| a.wrapping_add(off));
-    let named = |name: &str, body: String| if typed { format!("{name} {body}") } else { body };
+    let named = |name: &str, body: String| {
+        if typed {
+            format!("{name} {body}")
+        } else {
+            body
+        }
+    };
     match shape {
         Shape::GoStruct { name, members } => {
-            let parts: Vec<String> = members.iter().map(|(n, off, s)| format!("{n}: {}", go_text(s, at(*off), rest, plus(*off), true))).collect();
+            let parts: Vec<String> = members
+                .iter()
+                .map(|(n, off, s)| format!("{n}: {}", go_text(s, at(*off), rest, plus(*off), true)))
+                .collect();
             named(name, format!("{{{}}}", parts.join(", ")))
         }
-        Shape::GoArray { name, items, count, stride } => {
+        Shape::GoArray {
+            name,
+            items,
+            count,
+            stride,
+        } => {
             let parts: Vec<String> = items
                 .iter()
                 .enumerate()
@@ -1724,18 +2388,39 @@ fn go_text(shape: &Shape, bytes: &[u8], rest: &[u8], addr: Option<u64>, typed: b
             Some(a) => format!("(*{name})({a:#x})"),
             None => format!("(*{name})(?)"),
         },
-        Shape::GoPtr { name, pointee, target, .. } => {
+        Shape::GoPtr {
+            name,
+            pointee,
+            target,
+            ..
+        } => {
             let ptr = le_u64(bytes, 8);
             if ptr == 0 {
-                return if typed { format!("{name} nil") } else { "*nil".to_owned() };
+                return if typed {
+                    format!("{name} nil")
+                } else {
+                    "*nil".to_owned()
+                };
             }
             match (pointee, target) {
-                (Some(s), Some(off)) => format!("*{}", go_text(s, rest.get(*off as usize..).unwrap_or(&[]), rest, Some(ptr), typed)),
+                (Some(s), Some(off)) => format!(
+                    "*{}",
+                    go_text(
+                        s,
+                        rest.get(*off as usize..).unwrap_or(&[]),
+                        rest,
+                        Some(ptr),
+                        typed
+                    )
+                ),
                 // Past Delve's depth, or not copied (the plan ran out of room).
                 _ => format!("*({name})({ptr:#x})"),
             }
         }
-        Shape::Float { size: 4 } => go_float(f64::from(f32::from_bits(le_u64(bytes, 4) as u32)), f32::from_bits(le_u64(bytes, 4) as u32).to_string()),
+        Shape::Float { size: 4 } => go_float(
+            f64::from(f32::from_bits(le_u64(bytes, 4) as u32)),
+            f32::from_bits(le_u64(bytes, 4) as u32).to_string(),
+        ),
         Shape::Float { .. } => {
             let f = f64::from_bits(le_u64(bytes, 8));
             go_float(f, f.to_string())
@@ -1751,7 +2436,9 @@ fn go_text(shape: &Shape, bytes: &[u8], rest: &[u8], addr: Option<u64>, typed: b
             };
             go_quote(copied, len - copied.len() as u64)
         }
-        Shape::Counted { layout, elem, data } => decode_counted(layout, elem, data.as_ref(), bytes, rest, typed).to_string(),
+        Shape::Counted { layout, elem, data } => {
+            decode_counted(layout, elem, data.as_ref(), bytes, rest, typed).to_string()
+        }
         other => render(other, bytes, rest),
     }
 }
@@ -1760,7 +2447,11 @@ fn go_text(shape: &Shape, bytes: &[u8], rest: &[u8], addr: Option<u64>, typed: b
 /// (`shortest`, for the float's own width) except for the infinities.
 fn go_float(f: f64, shortest: String) -> String {
     if f.is_infinite() {
-        if f > 0.0 { "+Inf".to_owned() } else { "-Inf".to_owned() }
+        if f > 0.0 {
+            "+Inf".to_owned()
+        } else {
+            "-Inf".to_owned()
+        }
     } else {
         shortest
     }
@@ -1827,9 +2518,15 @@ impl Value {
         match self {
             Value::Int(v) => J::from(*v),
             Value::UInt(v) => J::from(*v),
-            Value::Float(v) => serde_json::Number::from_f64(*v).map_or_else(|| J::String(v.to_string()), J::Number),
+            Value::Float(v) => {
+                serde_json::Number::from_f64(*v).map_or_else(|| J::String(v.to_string()), J::Number)
+            }
             Value::Bool(v) => J::Bool(*v),
-            Value::Str { text, truncated } => J::String(if *truncated { format!("{text}...(truncated)") } else { text.clone() }),
+            Value::Str { text, truncated } => J::String(if *truncated {
+                format!("{text}...(truncated)")
+            } else {
+                text.clone()
+            }),
             Value::Text(t) => J::String(t.clone()),
             Value::Error(e) => serde_json::json!({ "error": e }),
         }
@@ -1866,9 +2563,20 @@ mod tests {
             mk(op::EMIT_MEM, 0, 4, 0),
         ];
         let f = fold(ops);
-        assert_eq!(f, vec![mk(op::REG, pt_regs::RBP, 0, -24), mk(op::DEREF, 0, 8, 0), mk(op::EMIT_MEM, 0, 4, 12)]);
+        assert_eq!(
+            f,
+            vec![
+                mk(op::REG, pt_regs::RBP, 0, -24),
+                mk(op::DEREF, 0, 8, 0),
+                mk(op::EMIT_MEM, 0, 4, 12)
+            ]
+        );
         // An ADD before EMIT_ACC cannot fold forward and stays.
-        let f = fold(vec![mk(op::DEREF, 0, 8, 0), mk(op::ADD, 0, 0, 3), mk(op::EMIT_ACC, 0, 8, 0)]);
+        let f = fold(vec![
+            mk(op::DEREF, 0, 8, 0),
+            mk(op::ADD, 0, 0, 3),
+            mk(op::EMIT_ACC, 0, 8, 0),
+        ]);
         assert_eq!(f.len(), 3);
     }
 
@@ -1883,14 +2591,25 @@ mod tests {
     #[test]
     fn c_strings_show_pointer_and_text_like_lldb() {
         let s = Shape::CString { cap: 5 };
-        let with = |p: u64, text: &[u8]| -> Vec<u8> { p.to_le_bytes().iter().chain(text).copied().collect() };
+        let with = |p: u64, text: &[u8]| -> Vec<u8> {
+            p.to_le_bytes().iter().chain(text).copied().collect()
+        };
         let b = with(0x5555_5555_6012, b"carol-");
-        assert_eq!(decode_shape(&s, &b, &b), Value::Text("0x0000555555556012 \"carol\"...".into()));
+        assert_eq!(
+            decode_shape(&s, &b, &b),
+            Value::Text("0x0000555555556012 \"carol\"...".into())
+        );
         let b = with(0x5555_5555_6012, b"a\"b\n");
-        assert_eq!(decode_shape(&s, &b, &b), Value::Text("0x0000555555556012 \"a\\\"b\\n\"".into()));
+        assert_eq!(
+            decode_shape(&s, &b, &b),
+            Value::Text("0x0000555555556012 \"a\\\"b\\n\"".into())
+        );
         // A null `char *` is its address alone, as lldb-dap shows it.
         let b = with(0, b"");
-        assert_eq!(decode_shape(&s, &b, &b), Value::Text("0x0000000000000000".into()));
+        assert_eq!(
+            decode_shape(&s, &b, &b),
+            Value::Text("0x0000000000000000".into())
+        );
     }
 
     #[test]
@@ -1925,28 +2644,70 @@ mod tests {
 
     #[test]
     fn char_arrays_stop_at_nul() {
-        let s = Shape::CharArray { count: 8, copied: 8 };
-        assert_eq!(decode_shape(&s, b"C12\0\0\0\0\0", b""), Value::Str { text: "C12".into(), truncated: false });
+        let s = Shape::CharArray {
+            count: 8,
+            copied: 8,
+        };
+        assert_eq!(
+            decode_shape(&s, b"C12\0\0\0\0\0", b""),
+            Value::Str {
+                text: "C12".into(),
+                truncated: false
+            }
+        );
     }
 
     #[test]
     fn structs_render_like_lldb_dap() {
         // The members, as lldb's `frame variable` shows them, each in lldb-dap's format.
-        let int = Shape::Int { size: 4, signed: true };
-        let s = Shape::Struct { name: "order".into(), members: vec![("id".into(), 0, int.clone()), ("ok".into(), 4, Shape::Bool { size: 1 }), ("grade".into(), 5, Shape::Char { size: 1 })] };
+        let int = Shape::Int {
+            size: 4,
+            signed: true,
+        };
+        let s = Shape::Struct {
+            name: "order".into(),
+            members: vec![
+                ("id".into(), 0, int.clone()),
+                ("ok".into(), 4, Shape::Bool { size: 1 }),
+                ("grade".into(), 5, Shape::Char { size: 1 }),
+            ],
+        };
         let mut b = 7i32.to_le_bytes().to_vec();
         b.extend([1, b'B']);
-        assert_eq!(decode_shape(&s, &b, &b), Value::Text("{id = 7, ok = true, grade = 'B'}".into()));
+        assert_eq!(
+            decode_shape(&s, &b, &b),
+            Value::Text("{id = 7, ok = true, grade = 'B'}".into())
+        );
         // A bool reads only its own byte, not the members after it.
-        let s = Shape::Struct { name: "pair".into(), members: vec![("ok".into(), 0, Shape::Bool { size: 1 }), ("id".into(), 4, int)] };
+        let s = Shape::Struct {
+            name: "pair".into(),
+            members: vec![
+                ("ok".into(), 0, Shape::Bool { size: 1 }),
+                ("id".into(), 4, int),
+            ],
+        };
         let b = [0, 0, 0, 0, 7, 0, 0, 0];
-        assert_eq!(decode_shape(&s, &b, &b), Value::Text("{ok = false, id = 7}".into()));
+        assert_eq!(
+            decode_shape(&s, &b, &b),
+            Value::Text("{ok = false, id = 7}".into())
+        );
         // A pointer is its address, 16 hex digits.
-        assert_eq!(decode_shape(&Shape::Pointer, &0x7fff_ffff_e4c0u64.to_le_bytes(), &[]), Value::Text("0x00007fffffffe4c0".into()));
+        assert_eq!(
+            decode_shape(&Shape::Pointer, &0x7fff_ffff_e4c0u64.to_le_bytes(), &[]),
+            Value::Text("0x00007fffffffe4c0".into())
+        );
         // A tuple variant's payload still renders: `Percent(6)`, `Some(2.5)`.
         let v = Shape::Variants {
             discr: Some((0, 4)),
-            variants: vec![(Some(1), "Some".into(), 8, Shape::Struct { name: "Some".into(), members: vec![("__0".into(), 0, Shape::Float { size: 8 })] })],
+            variants: vec![(
+                Some(1),
+                "Some".into(),
+                8,
+                Shape::Struct {
+                    name: "Some".into(),
+                    members: vec![("__0".into(), 0, Shape::Float { size: 8 })],
+                },
+            )],
         };
         let mut b = 1u64.to_le_bytes().to_vec();
         b.extend(2.5f64.to_le_bytes());
@@ -1956,11 +2717,23 @@ mod tests {
     fn go_layout(name: &str, style: CountedStyle, stride: u64) -> CountedLayout {
         let cap_off = (style == CountedStyle::GoSlice).then_some(16);
         let header = if cap_off.is_some() { 24 } else { 16 };
-        CountedLayout { header, ptr_off: 0, len_off: 8, cap_off, stride, style, type_name: name.into() }
+        CountedLayout {
+            header,
+            ptr_off: 0,
+            len_off: 8,
+            cap_off,
+            stride,
+            style,
+            type_name: name.into(),
+        }
     }
 
     fn go_string() -> Shape {
-        Shape::Counted { layout: go_layout("string", CountedStyle::GoText, 1), elem: Box::new(Shape::Char { size: 1 }), data: None }
+        Shape::Counted {
+            layout: go_layout("string", CountedStyle::GoText, 1),
+            elem: Box::new(Shape::Char { size: 1 }),
+            data: None,
+        }
     }
 
     fn header(ptr: u64, len: u64, cap: Option<u64>) -> Vec<u8> {
@@ -1975,7 +2748,10 @@ mod tests {
     #[test]
     fn go_strings_quote_like_delve() {
         assert_eq!(go_quote(b"alice", 0), r#""alice""#);
-        assert_eq!(go_quote("in\"q\\\n\u{1}é\u{200b}".as_bytes(), 0), r#""in\"q\\\n\x01é\u200b""#);
+        assert_eq!(
+            go_quote("in\"q\\\n\u{1}é\u{200b}".as_bytes(), 0),
+            r#""in\"q\\\n\x01é\u200b""#
+        );
         // Cut inside a character: the partial byte is shown as Delve shows it.
         assert_eq!(go_quote(&"é".as_bytes()[..1], 1), r#""\xc3...+1 more""#);
         assert_eq!(go_quote(b"carol", 24), r#""carol...+24 more""#);
@@ -1986,13 +2762,33 @@ mod tests {
         // *main.Order {ID, Name string, Tags []string} with Name copied, Tags' one element copied.
         let mut name = go_string();
         let mut tags_elem = go_string();
-        let strings = Shape::Counted { layout: go_layout("[]string", CountedStyle::GoSlice, 16), elem: Box::new(go_string()), data: None };
+        let strings = Shape::Counted {
+            layout: go_layout("[]string", CountedStyle::GoSlice, 16),
+            elem: Box::new(go_string()),
+            data: None,
+        };
         let mut tags = strings.clone();
         let order = |name: Shape, tags: Shape| Shape::GoStruct {
             name: "main.Order".into(),
-            members: vec![("ID".into(), 0, Shape::Int { size: 8, signed: true }), ("Name".into(), 8, name), ("Tags".into(), 24, tags)],
+            members: vec![
+                (
+                    "ID".into(),
+                    0,
+                    Shape::Int {
+                        size: 8,
+                        signed: true,
+                    },
+                ),
+                ("Name".into(), 8, name),
+                ("Tags".into(), 24, tags),
+            ],
         };
-        let ptr = |t: Shape| Shape::GoPtr { name: "*main.Order".into(), pointee: Some(Box::new(t)), size: 48, target: Some(8) };
+        let ptr = |t: Shape| Shape::GoPtr {
+            name: "*main.Order".into(),
+            pointee: Some(Box::new(t)),
+            size: 48,
+            target: Some(8),
+        };
         // Layout of the value: pointer @0, struct @8 (ID @8, Name @16, Tags @32), then data.
         let mut b = 0x1000u64.to_le_bytes().to_vec();
         b.extend(7i64.to_le_bytes());
@@ -2005,13 +2801,25 @@ mod tests {
         b.extend(header(0x5000, 8, None));
         b.extend(b"bob\0\0\0\0\0");
         if let Shape::Counted { data, .. } = &mut name {
-            *data = Some(Payload { at: 56, cap: 4, items: None });
+            *data = Some(Payload {
+                at: 56,
+                cap: 4,
+                items: None,
+            });
         }
         if let Shape::Counted { data, .. } = &mut tags_elem {
-            *data = Some(Payload { at: 96, cap: 8, items: None });
+            *data = Some(Payload {
+                at: 96,
+                cap: 8,
+                items: None,
+            });
         }
         if let Shape::Counted { data, .. } = &mut tags {
-            *data = Some(Payload { at: 64, cap: 32, items: Some(vec![tags_elem]) });
+            *data = Some(Payload {
+                at: 64,
+                cap: 32,
+                items: Some(vec![tags_elem]),
+            });
         }
         let v = ptr(order(name, tags));
         assert_eq!(
@@ -2027,15 +2835,44 @@ mod tests {
         );
         // A nil pointer: the pointee was not read.
         let nil = [0u8; 56];
-        assert_eq!(decode_shape(&v, &nil, &nil), Value::Text("*main.Order nil".into()));
+        assert_eq!(
+            decode_shape(&v, &nil, &nil),
+            Value::Text("*main.Order nil".into())
+        );
         // A nil slice, and a pointer inside a composite, which is not followed.
         let s = Shape::GoStruct {
             name: "main.T".into(),
-            members: vec![("S".into(), 0, Shape::Counted { layout: go_layout("[]int", CountedStyle::GoSlice, 8), elem: Box::new(Shape::Int { size: 8, signed: true }), data: None }), ("P".into(), 24, Shape::GoPtr { name: "*main.T".into(), pointee: None, size: 0, target: None })],
+            members: vec![
+                (
+                    "S".into(),
+                    0,
+                    Shape::Counted {
+                        layout: go_layout("[]int", CountedStyle::GoSlice, 8),
+                        elem: Box::new(Shape::Int {
+                            size: 8,
+                            signed: true,
+                        }),
+                        data: None,
+                    },
+                ),
+                (
+                    "P".into(),
+                    24,
+                    Shape::GoPtr {
+                        name: "*main.T".into(),
+                        pointee: None,
+                        size: 0,
+                        target: None,
+                    },
+                ),
+            ],
         };
         let mut b = header(0, 0, Some(0));
         b.extend(0xc000_0100u64.to_le_bytes());
-        assert_eq!(decode_shape(&s, &b, &b), Value::Text("main.T {S: []int len: 0, cap: 0, nil, P: *(*main.T)(0xc0000100)}".into()));
+        assert_eq!(
+            decode_shape(&s, &b, &b),
+            Value::Text("main.T {S: []int len: 0, cap: 0, nil, P: *(*main.T)(0xc0000100)}".into())
+        );
     }
 
     #[test]
@@ -2043,15 +2880,44 @@ mod tests {
         let slice = Shape::Counted {
             layout: go_layout("[]string", CountedStyle::GoSlice, 16),
             elem: Box::new(go_string()),
-            data: Some(Payload { at: 24, cap: 16 * EXPANDED_ELEMS, items: Some(Vec::new()) }),
+            data: Some(Payload {
+                at: 24,
+                cap: 16 * EXPANDED_ELEMS,
+                items: Some(Vec::new()),
+            }),
         };
-        let mut values = vec![ValueDecoder { expr: "tags".into(), hidden: false, role: Role::Shown, shape: slice, dst: 0, size: 24 + 128 }];
+        let mut values = vec![ValueDecoder {
+            expr: "tags".into(),
+            hidden: false,
+            role: Role::Shown,
+            shape: slice,
+            dst: 0,
+            size: 24 + 128,
+        }];
         // Room for one element (3 ops) but not two.
-        let mut room = Room { ops: Vec::new(), before: MAX_OPS - 5, end: 152 };
-        expand(&mut values, &mut room, Caps { string: 256, elems: DEFAULT_ELEM_CAP });
+        let mut room = Room {
+            ops: Vec::new(),
+            before: MAX_OPS - 5,
+            end: 152,
+        };
+        expand(
+            &mut values,
+            &mut room,
+            Caps {
+                string: 256,
+                elems: DEFAULT_ELEM_CAP,
+            },
+        );
         assert_eq!(room.ops.len(), 3, "one element's guard, HDR and EMIT_VAR");
         let tail: Vec<String> = describe(&room.ops);
-        assert_eq!(tail, ["v0: skip 2 if @8 <= 0", "v0: hdr @24 ptr+0 len+8 x1", "v0: emit_var 64 @152"]);
+        assert_eq!(
+            tail,
+            [
+                "v0: skip 2 if @8 <= 0",
+                "v0: hdr @24 ptr+0 len+8 x1",
+                "v0: emit_var 64 @152"
+            ]
+        );
         // Three tags at the hit: the first shown, the rest counted, as Delve marks a cut.
         let mut data = header(0x1000, 3, Some(3));
         data.extend(header(0x2000, 5, None));
@@ -2059,23 +2925,68 @@ mod tests {
         data.extend(b"alice");
         let h = EventHeader::default();
         let got = decode(&values, &h, &data);
-        assert_eq!(got, vec![Value::Text(r#"[]string len: 3, cap: 3, ["alice",...+2 more]"#.into())]);
+        assert_eq!(
+            got,
+            vec![Value::Text(
+                r#"[]string len: 3, cap: 3, ["alice",...+2 more]"#.into()
+            )]
+        );
     }
 
     #[test]
     fn pointer_fields_are_followed_as_delve_does() {
         // main.T {P *main.A, L []main.A} with main.A {S string}: P followed (its pointee's
         // string too), L's elements past Delve's depth, shown by address from the header.
-        let a = Shape::GoStruct { name: "main.A".into(), members: vec![("S".into(), 0, go_string())] };
-        let p = Shape::GoPtr { name: "*main.A".into(), pointee: Some(Box::new(a)), size: 16, target: None };
-        let l = Shape::Counted { layout: go_layout("[]main.A", CountedStyle::GoSlice, 16), elem: Box::new(Shape::GoUnloaded { name: "main.A".into() }), data: None };
-        let t = Shape::GoStruct { name: "main.T".into(), members: vec![("P".into(), 0, p), ("L".into(), 8, l)] };
-        let mut values = vec![ValueDecoder { expr: "t".into(), hidden: false, role: Role::Shown, shape: t, dst: 0, size: 32 }];
-        let mut room = Room { ops: Vec::new(), before: 0, end: 32 };
-        expand(&mut values, &mut room, Caps { string: 256, elems: DEFAULT_ELEM_CAP });
+        let a = Shape::GoStruct {
+            name: "main.A".into(),
+            members: vec![("S".into(), 0, go_string())],
+        };
+        let p = Shape::GoPtr {
+            name: "*main.A".into(),
+            pointee: Some(Box::new(a)),
+            size: 16,
+            target: None,
+        };
+        let l = Shape::Counted {
+            layout: go_layout("[]main.A", CountedStyle::GoSlice, 16),
+            elem: Box::new(Shape::GoUnloaded {
+                name: "main.A".into(),
+            }),
+            data: None,
+        };
+        let t = Shape::GoStruct {
+            name: "main.T".into(),
+            members: vec![("P".into(), 0, p), ("L".into(), 8, l)],
+        };
+        let mut values = vec![ValueDecoder {
+            expr: "t".into(),
+            hidden: false,
+            role: Role::Shown,
+            shape: t,
+            dst: 0,
+            size: 32,
+        }];
+        let mut room = Room {
+            ops: Vec::new(),
+            before: 0,
+            end: 32,
+        };
+        expand(
+            &mut values,
+            &mut room,
+            Caps {
+                string: 256,
+                elems: DEFAULT_ELEM_CAP,
+            },
+        );
         assert_eq!(
             describe(&room.ops),
-            ["v0: hdr @0 ptr+0 len+0 x0", "v0: emit_mem 16 +0 @32 (nil: zeros)", "v0: hdr @32 ptr+0 len+8 x1", "v0: emit_var 64 @48"]
+            [
+                "v0: hdr @0 ptr+0 len+0 x0",
+                "v0: emit_mem 16 +0 @32 (nil: zeros)",
+                "v0: hdr @32 ptr+0 len+8 x1",
+                "v0: emit_var 64 @48"
+            ]
         );
         let mut data = 0x1000u64.to_le_bytes().to_vec();
         data.extend(header(0x2000, 2, Some(2)));
@@ -2088,10 +2999,28 @@ mod tests {
         data.extend(header(0, 0, Some(0)));
         data.resize(64, 0);
         let got = decode(&values, &EventHeader::default(), &data);
-        assert_eq!(got, vec![Value::Text("main.T {P: *main.A nil, L: []main.A len: 0, cap: 0, nil}".into())]);
+        assert_eq!(
+            got,
+            vec![Value::Text(
+                "main.T {P: *main.A nil, L: []main.A len: 0, cap: 0, nil}".into()
+            )]
+        );
         // As elements, without type names: `*nil`, `*{…}`.
-        let elem = Shape::GoArray { name: "[1]*main.A".into(), items: vec![Shape::GoPtr { name: "*main.A".into(), pointee: None, size: 0, target: None }], count: 1, stride: 8 };
-        assert_eq!(go_text(&elem, &[0u8; 8], &[], None, true), "[1]*main.A [*nil]");
+        let elem = Shape::GoArray {
+            name: "[1]*main.A".into(),
+            items: vec![Shape::GoPtr {
+                name: "*main.A".into(),
+                pointee: None,
+                size: 0,
+                target: None,
+            }],
+            count: 1,
+            stride: 8,
+        };
+        assert_eq!(
+            go_text(&elem, &[0u8; 8], &[], None, true),
+            "[1]*main.A [*nil]"
+        );
     }
 
     fn describe(ops: &[PlanOp]) -> Vec<String> {

@@ -14,8 +14,9 @@ use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
 use aya::programs::UProbe;
 use detrix_common::{
-    metas_bytes, record_span, Counters, CpuRing, Event, EventHeader, Plan, RateState, ValueMeta, WireHeader,
-    CPU_RING_BYTES, CPU_RING_DATA_OFFSET, MAX_PROBES, MAX_VALUES, PLAN_ABI, RECORD_PREFIX_BYTES, WIRE_HEADER_BYTES,
+    metas_bytes, record_span, Counters, CpuRing, Event, EventHeader, Plan, RateState, ValueMeta,
+    WireHeader, CPU_RING_BYTES, CPU_RING_DATA_OFFSET, MAX_PROBES, MAX_VALUES, PLAN_ABI,
+    RECORD_PREFIX_BYTES, WIRE_HEADER_BYTES,
 };
 
 use crate::debuginfo::FileOffset;
@@ -37,9 +38,18 @@ pub enum ProbeError {
     #[error("the eBPF object has no {0}; rebuild it with `cargo xtask build-ebpf`")]
     Missing(&'static str),
     #[error("eBPF map {name}: {source}")]
-    Map { name: &'static str, #[source] source: aya::maps::MapError },
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
     #[error("cannot attach a uprobe at offset {offset} of {binary}: {source}")]
-    Attach { binary: String, offset: FileOffset, #[source] source: aya::programs::ProgramError },
+    Attach {
+        binary: String,
+        offset: FileOffset,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
     #[error("all {MAX_PROBES} probe slots are in use; remove some probes first")]
     NoSlot,
     #[error("no probe in slot {0}")]
@@ -62,7 +72,10 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { ring_bytes: 1 << 16, wakeup_bytes: detrix_common::DEFAULT_WAKEUP_BYTES }
+        Self {
+            ring_bytes: 1 << 16,
+            wakeup_bytes: detrix_common::DEFAULT_WAKEUP_BYTES,
+        }
     }
 }
 
@@ -82,7 +95,9 @@ unsafe impl Send for EventRings {}
 
 impl std::fmt::Debug for EventRings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventRings").field("cpus", &self.ncpus).finish_non_exhaustive()
+        f.debug_struct("EventRings")
+            .field("cpus", &self.ncpus)
+            .finish_non_exhaustive()
     }
 }
 
@@ -106,12 +121,28 @@ impl EventRings {
         let fd = rings.fd().as_fd().as_raw_fd();
         // SAFETY: maps the BPF_F_MMAPABLE array map's values, `ncpus` × size_of::<CpuRing>()
         // bytes (a whole number of pages), shared with the kernel; checked for MAP_FAILED.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0) };
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
         if p == libc::MAP_FAILED {
             return Err(ProbeError::Mmap(std::io::Error::last_os_error()));
         }
-        let base = std::ptr::NonNull::new(p.cast::<u8>()).ok_or_else(|| ProbeError::Mmap(std::io::Error::other("mmap returned null")))?;
-        Ok(Self { doorbell, _rings: rings, base, len, ncpus })
+        let base = std::ptr::NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| ProbeError::Mmap(std::io::Error::other("mmap returned null")))?;
+        Ok(Self {
+            doorbell,
+            _rings: rings,
+            base,
+            len,
+            ncpus,
+        })
     }
 
     /// Hands at most `max` published records to `f` (the [`Event`] bytes of each: header and
@@ -133,7 +164,9 @@ impl EventRings {
             unsafe {
                 let ring = self.base.as_ptr().add(cpu * std::mem::size_of::<CpuRing>());
                 let head = AtomicU64::from_ptr(ring.cast::<u64>()).load(Ordering::Acquire);
-                let tail_word = AtomicU64::from_ptr(ring.add(std::mem::offset_of!(CpuRing, tail)).cast::<u64>());
+                let tail_word = AtomicU64::from_ptr(
+                    ring.add(std::mem::offset_of!(CpuRing, tail)).cast::<u64>(),
+                );
                 let mut tail = tail_word.load(Ordering::Relaxed);
                 let data = ring.add(CPU_RING_DATA_OFFSET);
                 while tail < head && n < max {
@@ -142,11 +175,18 @@ impl EventRings {
                     if !(WIRE_HEADER_BYTES..=std::mem::size_of::<Event>()).contains(&len) {
                         // Never written by the program: give up on this CPU's backlog rather
                         // than misread it (cannot happen unless the protocol is broken).
-                        tracing::error!(cpu, len, "corrupt event ring record; skipping this CPU's backlog");
+                        tracing::error!(
+                            cpu,
+                            len,
+                            "corrupt event ring record; skipping this CPU's backlog"
+                        );
                         tail = head;
                         break;
                     }
-                    f(std::slice::from_raw_parts(data.add(pos + RECORD_PREFIX_BYTES), len));
+                    f(std::slice::from_raw_parts(
+                        data.add(pos + RECORD_PREFIX_BYTES),
+                        len,
+                    ));
                     tail += record_span(len) as u64;
                     n += 1;
                 }
@@ -173,7 +213,9 @@ pub struct Probes {
 
 impl std::fmt::Debug for Probes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Probes").field("attached", &self.links.keys().collect::<Vec<_>>()).finish_non_exhaustive()
+        f.debug_struct("Probes")
+            .field("attached", &self.links.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
     }
 }
 
@@ -196,19 +238,50 @@ impl Probes {
         let ncpus = aya::util::nr_cpus().map_err(|(_, e)| ProbeError::Cpus(e))?;
         let mut ebpf = aya::EbpfLoader::new()
             .map_max_entries("EVENTS", opts.ring_bytes)
-            .map_max_entries("RINGS", u32::try_from(ncpus).map_err(|_| ProbeError::Cpus(std::io::Error::other("too many CPUs")))?)
+            .map_max_entries(
+                "RINGS",
+                u32::try_from(ncpus)
+                    .map_err(|_| ProbeError::Cpus(std::io::Error::other("too many CPUs")))?,
+            )
             .override_global("WAKEUP_BYTES", &opts.wakeup_bytes, true)
             .load(EBPF_OBJECT)
             .map_err(ProbeError::Load)?;
-        let plans = Array::try_from(ebpf.take_map("PLANS").ok_or(ProbeError::Missing("PLANS map"))?)
-            .map_err(|source| ProbeError::Map { name: "PLANS", source })?;
-        let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or(ProbeError::Missing("COUNTERS map"))?)
-            .map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
-        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(ProbeError::Missing("EVENTS map"))?)
-            .map_err(|source| ProbeError::Map { name: "EVENTS", source })?;
-        let rate = Array::try_from(ebpf.take_map("RATE").ok_or(ProbeError::Missing("RATE map"))?)
-            .map_err(|source| ProbeError::Map { name: "RATE", source })?;
-        let rings = match ebpf.take_map("RINGS").ok_or(ProbeError::Missing("RINGS map"))? {
+        let plans = Array::try_from(
+            ebpf.take_map("PLANS")
+                .ok_or(ProbeError::Missing("PLANS map"))?,
+        )
+        .map_err(|source| ProbeError::Map {
+            name: "PLANS",
+            source,
+        })?;
+        let counters = PerCpuArray::try_from(
+            ebpf.take_map("COUNTERS")
+                .ok_or(ProbeError::Missing("COUNTERS map"))?,
+        )
+        .map_err(|source| ProbeError::Map {
+            name: "COUNTERS",
+            source,
+        })?;
+        let ring = RingBuf::try_from(
+            ebpf.take_map("EVENTS")
+                .ok_or(ProbeError::Missing("EVENTS map"))?,
+        )
+        .map_err(|source| ProbeError::Map {
+            name: "EVENTS",
+            source,
+        })?;
+        let rate = Array::try_from(
+            ebpf.take_map("RATE")
+                .ok_or(ProbeError::Missing("RATE map"))?,
+        )
+        .map_err(|source| ProbeError::Map {
+            name: "RATE",
+            source,
+        })?;
+        let rings = match ebpf
+            .take_map("RINGS")
+            .ok_or(ProbeError::Missing("RINGS map"))?
+        {
             aya::maps::Map::Array(data) => data,
             _ => return Err(ProbeError::Missing("RINGS array map")),
         };
@@ -219,9 +292,25 @@ impl Probes {
             .try_into()
             .map_err(ProbeError::Program)?;
         program.load().map_err(ProbeError::Program)?;
-        let noop: &mut UProbe = ebpf.program_mut(NOOP).ok_or(ProbeError::Missing("detrix_noop program"))?.try_into().map_err(ProbeError::Program)?;
+        let noop: &mut UProbe = ebpf
+            .program_mut(NOOP)
+            .ok_or(ProbeError::Missing("detrix_noop program"))?
+            .try_into()
+            .map_err(ProbeError::Program)?;
         noop.load().map_err(ProbeError::Program)?;
-        Ok((Self { ebpf, plans, counters, rate, links: BTreeMap::new(), noop_links: Vec::new(), generation: 0, ncpus }, ring))
+        Ok((
+            Self {
+                ebpf,
+                plans,
+                counters,
+                rate,
+                links: BTreeMap::new(),
+                noop_links: Vec::new(),
+                generation: 0,
+                ncpus,
+            },
+            ring,
+        ))
     }
 
     fn program(&mut self) -> Result<&mut UProbe, ProbeError> {
@@ -241,22 +330,47 @@ impl Probes {
     /// No free slot, map write failure, or the kernel refused the attach.
     #[tracing::instrument(skip_all, fields(pid = spec.pid, offset = %spec.offset))]
     pub fn install(&mut self, plan: &Plan, spec: &AttachSpec<'_>) -> Result<u32, ProbeError> {
-        let slot = (0..MAX_PROBES).find(|s| !self.links.keys().any(|id| slot_of(*id) == *s)).ok_or(ProbeError::NoSlot)?;
+        let slot = (0..MAX_PROBES)
+            .find(|s| !self.links.keys().any(|id| slot_of(*id) == *s))
+            .ok_or(ProbeError::NoSlot)?;
         self.generation = (self.generation + 1) & 0xffff;
         let id = slot | (self.generation << 16);
         // Counters and the rate limiter start from zero for every new probe in the slot.
-        let zero = aya::maps::PerCpuValues::try_from(vec![Counters::default(); self.ncpus]).map_err(ProbeError::Cpus)?;
-        self.counters.set(slot, zero, 0).map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
-        self.rate.set(slot, RateState::default(), 0).map_err(|source| ProbeError::Map { name: "RATE", source })?;
-        self.plans.set(slot, plan, 0).map_err(|source| ProbeError::Map { name: "PLANS", source })?;
-        let pid = NonZeroU32::new(spec.pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
-        let point = UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(spec.offset.0), cookie: Some(u64::from(id)) };
+        let zero = aya::maps::PerCpuValues::try_from(vec![Counters::default(); self.ncpus])
+            .map_err(ProbeError::Cpus)?;
+        self.counters
+            .set(slot, zero, 0)
+            .map_err(|source| ProbeError::Map {
+                name: "COUNTERS",
+                source,
+            })?;
+        self.rate
+            .set(slot, RateState::default(), 0)
+            .map_err(|source| ProbeError::Map {
+                name: "RATE",
+                source,
+            })?;
+        self.plans
+            .set(slot, plan, 0)
+            .map_err(|source| ProbeError::Map {
+                name: "PLANS",
+                source,
+            })?;
+        let pid =
+            NonZeroU32::new(spec.pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(spec.offset.0),
+            cookie: Some(u64::from(id)),
+        };
         let binary = spec.binary.to_owned();
-        let link = self.program()?.attach(point, &binary, pid).map_err(|source| ProbeError::Attach {
-            binary: binary.display().to_string(),
-            offset: spec.offset,
-            source,
-        })?;
+        let link = self
+            .program()?
+            .attach(point, &binary, pid)
+            .map_err(|source| ProbeError::Attach {
+                binary: binary.display().to_string(),
+                offset: spec.offset,
+                source,
+            })?;
         tracing::debug!(slot, id, "uprobe attached");
         self.links.insert(id, link);
         Ok(id)
@@ -267,14 +381,25 @@ impl Probes {
     /// # Errors
     /// The kernel refused the attach.
     pub fn install_noop(&mut self, spec: &AttachSpec<'_>) -> Result<(), ProbeError> {
-        let noop: &mut UProbe = self.ebpf.program_mut(NOOP).ok_or(ProbeError::Missing("detrix_noop program"))?.try_into().map_err(ProbeError::Program)?;
-        let pid = NonZeroU32::new(spec.pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
-        let point = UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(spec.offset.0), cookie: None };
-        let link = noop.attach(point, spec.binary, pid).map_err(|source| ProbeError::Attach {
-            binary: spec.binary.display().to_string(),
-            offset: spec.offset,
-            source,
-        })?;
+        let noop: &mut UProbe = self
+            .ebpf
+            .program_mut(NOOP)
+            .ok_or(ProbeError::Missing("detrix_noop program"))?
+            .try_into()
+            .map_err(ProbeError::Program)?;
+        let pid =
+            NonZeroU32::new(spec.pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(spec.offset.0),
+            cookie: None,
+        };
+        let link = noop
+            .attach(point, spec.binary, pid)
+            .map_err(|source| ProbeError::Attach {
+                binary: spec.binary.display().to_string(),
+                offset: spec.offset,
+                source,
+            })?;
         self.noop_links.push(link);
         Ok(())
     }
@@ -285,7 +410,12 @@ impl Probes {
     /// A kernel error on detach.
     pub fn remove_noops(&mut self) -> Result<(), ProbeError> {
         let links = std::mem::take(&mut self.noop_links);
-        let noop: &mut UProbe = self.ebpf.program_mut(NOOP).ok_or(ProbeError::Missing("detrix_noop program"))?.try_into().map_err(ProbeError::Program)?;
+        let noop: &mut UProbe = self
+            .ebpf
+            .program_mut(NOOP)
+            .ok_or(ProbeError::Missing("detrix_noop program"))?
+            .try_into()
+            .map_err(ProbeError::Program)?;
         for l in links {
             noop.detach(l).map_err(ProbeError::Program)?;
         }
@@ -301,7 +431,12 @@ impl Probes {
         self.program()?.detach(link).map_err(ProbeError::Program)?;
         let mut dead = Plan::empty();
         dead.abi = 0;
-        self.plans.set(slot_of(id), dead, 0).map_err(|source| ProbeError::Map { name: "PLANS", source })?;
+        self.plans
+            .set(slot_of(id), dead, 0)
+            .map_err(|source| ProbeError::Map {
+                name: "PLANS",
+                source,
+            })?;
         Ok(())
     }
 
@@ -339,7 +474,13 @@ impl Probes {
     /// # Errors
     /// Map read failure.
     pub fn counters(&self, id: u32) -> Result<Counters, ProbeError> {
-        let per_cpu = self.counters.get(&slot_of(id), 0).map_err(|source| ProbeError::Map { name: "COUNTERS", source })?;
+        let per_cpu = self
+            .counters
+            .get(&slot_of(id), 0)
+            .map_err(|source| ProbeError::Map {
+                name: "COUNTERS",
+                source,
+            })?;
         let mut sum = Counters::default();
         for c in per_cpu.iter() {
             sum.add(c);
@@ -368,12 +509,20 @@ pub fn parse_record(bytes: &[u8]) -> Option<(EventHeader, &[u8])> {
     if w.abi != PLAN_ABI {
         return None;
     }
-    let n = usize::try_from(w.n_values).ok().filter(|&n| n <= MAX_VALUES)?;
-    let metas_at = bytes.len().checked_sub(metas_bytes(n)).filter(|&at| at >= WIRE_HEADER_BYTES)?;
+    let n = usize::try_from(w.n_values)
+        .ok()
+        .filter(|&n| n <= MAX_VALUES)?;
+    let metas_at = bytes
+        .len()
+        .checked_sub(metas_bytes(n))
+        .filter(|&at| at >= WIRE_HEADER_BYTES)?;
     let mut values = [ValueMeta::default(); MAX_VALUES];
     for (i, v) in values.iter_mut().take(n).enumerate() {
         let m = &bytes[metas_at + 4 * i..metas_at + 4 * i + 4];
-        *v = ValueMeta { len: u16::from_le_bytes([m[0], m[1]]), flags: u16::from_le_bytes([m[2], m[3]]) };
+        *v = ValueMeta {
+            len: u16::from_le_bytes([m[0], m[1]]),
+            flags: u16::from_le_bytes([m[2], m[3]]),
+        };
     }
     let header = EventHeader {
         abi: w.abi,

@@ -17,7 +17,11 @@ pub enum TargetError {
     )]
     NoPermission { have: String },
     #[error("cannot read {what} of process {pid}: {source}; are you root?")]
-    Proc { pid: u32, what: &'static str, source: std::io::Error },
+    Proc {
+        pid: u32,
+        what: &'static str,
+        source: std::io::Error,
+    },
     #[error("process {pid} does not map its own executable {exe} (maps has no entry with inode {inode})")]
     NotMapped { pid: u32, exe: PathBuf, inode: u64 },
 }
@@ -40,7 +44,10 @@ pub struct Target {
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // Field 3 (after the parenthesised comm, which may contain spaces) is the state.
-        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|s| s != "Z" && s != "X"),
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|s| s != "Z" && s != "X"),
         Err(_) => false,
     }
 }
@@ -58,10 +65,23 @@ impl Target {
         check_privileges()?;
         let exe = PathBuf::from(format!("/proc/{pid}/exe"));
         let meta = std::fs::metadata(&exe).map_err(|source| {
-            if alive(pid) { TargetError::Proc { pid, what: "the executable", source } } else { TargetError::NoSuchProcess { pid } }
+            if alive(pid) {
+                TargetError::Proc {
+                    pid,
+                    what: "the executable",
+                    source,
+                }
+            } else {
+                TargetError::NoSuchProcess { pid }
+            }
         })?;
         let exe_name = std::fs::read_link(&exe).unwrap_or_else(|_| exe.clone());
-        Ok(Self { pid, exe, exe_name, dev_ino: (meta.dev(), meta.ino()) })
+        Ok(Self {
+            pid,
+            exe,
+            exe_name,
+            dev_ino: (meta.dev(), meta.ino()),
+        })
     }
 
     /// Whether `/proc/PID/exe` still names the same file (the process may have exec'd).
@@ -76,21 +96,39 @@ impl Target {
     /// # Errors
     /// `/proc/PID/maps` unreadable, or the executable not mapped.
     pub fn load_bias(&self, first_segment_vaddr: u64) -> Result<u64, TargetError> {
-        let maps = std::fs::read_to_string(format!("/proc/{}/maps", self.pid))
-            .map_err(|source| TargetError::Proc { pid: self.pid, what: "maps", source })?;
+        let maps =
+            std::fs::read_to_string(format!("/proc/{}/maps", self.pid)).map_err(|source| {
+                TargetError::Proc {
+                    pid: self.pid,
+                    what: "maps",
+                    source,
+                }
+            })?;
         for line in maps.lines() {
             // start-end perms offset dev inode path
             let mut f = line.split_whitespace();
-            let (Some(range), Some(_perms), Some(offset), Some(_dev), Some(inode)) = (f.next(), f.next(), f.next(), f.next(), f.next()) else {
+            let (Some(range), Some(_perms), Some(offset), Some(_dev), Some(inode)) =
+                (f.next(), f.next(), f.next(), f.next(), f.next())
+            else {
                 continue;
             };
-            if inode.parse::<u64>().ok() != Some(self.dev_ino.1) || u64::from_str_radix(offset, 16).ok() != Some(0) {
+            if inode.parse::<u64>().ok() != Some(self.dev_ino.1)
+                || u64::from_str_radix(offset, 16).ok() != Some(0)
+            {
                 continue;
             }
-            let start = range.split('-').next().and_then(|s| u64::from_str_radix(s, 16).ok()).unwrap_or(0);
+            let start = range
+                .split('-')
+                .next()
+                .and_then(|s| u64::from_str_radix(s, 16).ok())
+                .unwrap_or(0);
             return Ok(start.wrapping_sub(first_segment_vaddr & !0xfff));
         }
-        Err(TargetError::NotMapped { pid: self.pid, exe: self.exe.clone(), inode: self.dev_ino.1 })
+        Err(TargetError::NotMapped {
+            pid: self.pid,
+            exe: self.exe.clone(),
+            inode: self.dev_ino.1,
+        })
     }
 }
 
@@ -116,5 +154,7 @@ pub fn check_privileges() -> Result<(), TargetError> {
     }
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    Err(TargetError::NoPermission { have: format!("uid {euid}, effective capabilities {eff:#x}") })
+    Err(TargetError::NoPermission {
+        have: format!("uid {euid}, effective capabilities {eff:#x}"),
+    })
 }

@@ -9,7 +9,9 @@ use std::path::Path;
 
 use detrix_agent::debuginfo::FileOffset;
 use detrix_agent::probe::{self, AttachSpec, LoadOptions, Probes};
-use detrix_common::{metas_bytes, op, pt_regs, record_span, Plan, PlanOp, CPU_RING_BYTES, WIRE_HEADER_BYTES};
+use detrix_common::{
+    metas_bytes, op, pt_regs, record_span, Plan, PlanOp, CPU_RING_BYTES, WIRE_HEADER_BYTES,
+};
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 
 /// The probed function: the argument arrives in `rdi`, which the plan copies.
@@ -23,7 +25,10 @@ pub extern "C" fn detrix_event_ring_test_hot(x: u64) -> u64 {
 fn file_offset_of(path: &Path, name: &str) -> u64 {
     let bytes = std::fs::read(path).expect("read own executable");
     let file = object::File::parse(&*bytes).expect("parse own executable");
-    let sym = file.symbols().find(|s| s.name() == Ok(name)).unwrap_or_else(|| panic!("symbol {name} not in {}", path.display()));
+    let sym = file
+        .symbols()
+        .find(|s| s.name() == Ok(name))
+        .unwrap_or_else(|| panic!("symbol {name} not in {}", path.display()));
     let addr = sym.address();
     let seg = file
         .segments()
@@ -39,7 +44,11 @@ fn pin_to_cpu0() {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(0, &mut set);
-        assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0, "pin to CPU 0");
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pin to CPU 0"
+        );
     }
 }
 
@@ -59,14 +68,32 @@ fn full_ring_counts_every_drop_and_keeps_exactly_what_fit() {
 
     let mut plan = Plan::empty();
     plan.tgid = pid;
-    plan.ops[0] = PlanOp { kind: op::REG, reg: pt_regs::RDI, ..PlanOp::default() };
-    plan.ops[1] = PlanOp { kind: op::EMIT_ACC, len: 8, ..PlanOp::default() };
+    plan.ops[0] = PlanOp {
+        kind: op::REG,
+        reg: pt_regs::RDI,
+        ..PlanOp::default()
+    };
+    plan.ops[1] = PlanOp {
+        kind: op::EMIT_ACC,
+        len: 8,
+        ..PlanOp::default()
+    };
     plan.n_ops = 2;
     plan.n_values = 1;
     plan.data_len = 8;
 
-    let (mut probes, mut rings) = Probes::load(LoadOptions::default()).expect("load the eBPF program");
-    let id = probes.install(&plan, &AttachSpec { binary: &exe, offset: FileOffset(offset), pid }).expect("attach to own function");
+    let (mut probes, mut rings) =
+        Probes::load(LoadOptions::default()).expect("load the eBPF program");
+    let id = probes
+        .install(
+            &plan,
+            &AttachSpec {
+                binary: &exe,
+                offset: FileOffset(offset),
+                pid,
+            },
+        )
+        .expect("attach to own function");
 
     // One record: prefix + header + 8 data bytes + one meta (padded): 64 bytes.
     let span = record_span(WIRE_HEADER_BYTES + 8 + metas_bytes(1));
@@ -80,9 +107,17 @@ fn full_ring_counts_every_drop_and_keeps_exactly_what_fit() {
     let c = probes.counters(id).expect("counters");
 
     assert_eq!(c.hits, calls, "every call hit the probe: {c:?}");
-    assert_eq!(c.hits, c.emitted + c.dropped_ring_full, "every hit accounted for: {c:?}");
+    assert_eq!(
+        c.hits,
+        c.emitted + c.dropped_ring_full,
+        "every hit accounted for: {c:?}"
+    );
     assert_eq!(c.emitted, fit, "exactly a ring's worth kept: {c:?}");
-    assert_eq!(c.dropped_ring_full, calls - fit, "the rest counted as dropped: {c:?}");
+    assert_eq!(
+        c.dropped_ring_full,
+        calls - fit,
+        "the rest counted as dropped: {c:?}"
+    );
 
     let mut got = Vec::new();
     while rings.drain(4096, |rec| {
@@ -95,11 +130,27 @@ fn full_ring_counts_every_drop_and_keeps_exactly_what_fit() {
     }) > 0
     {}
     let want: Vec<u64> = (0..fit).collect();
-    assert_eq!(got.len(), want.len(), "drained as many events as were emitted");
-    assert!(got == want, "the kept events are the first {fit} calls' arguments, in order");
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "drained as many events as were emitted"
+    );
+    assert!(
+        got == want,
+        "the kept events are the first {fit} calls' arguments, in order"
+    );
 
     // Drained, the ring takes events again.
-    let id = probes.install(&plan, &AttachSpec { binary: &exe, offset: FileOffset(offset), pid }).expect("attach again");
+    let id = probes
+        .install(
+            &plan,
+            &AttachSpec {
+                binary: &exe,
+                offset: FileOffset(offset),
+                pid,
+            },
+        )
+        .expect("attach again");
     std::hint::black_box(detrix_event_ring_test_hot(777));
     probes.remove(id).expect("detach");
     let mut again = Vec::new();

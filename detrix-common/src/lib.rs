@@ -232,14 +232,27 @@ const _: () = assert!(core::mem::offset_of!(Condition, imm) == 8);
 
 impl Condition {
     /// No condition.
-    pub const NONE: Self = Self { kind: cond::NONE, cmp: 0, value: 0, size: 0, len: 0, dst: 0, imm: 0, bytes: [0; COND_STR_BYTES] };
+    pub const NONE: Self = Self {
+        kind: cond::NONE,
+        cmp: 0,
+        value: 0,
+        size: 0,
+        len: 0,
+        dst: 0,
+        imm: 0,
+        bytes: [0; COND_STR_BYTES],
+    };
 }
 
 /// Maps an IEEE-754 double's bits to a u64 whose unsigned order is the doubles' numeric order
 /// (negative numbers flipped entirely, positive ones get the sign bit set).
 #[must_use]
 pub const fn f64_key(bits: u64) -> u64 {
-    if bits >> 63 == 1 { !bits } else { bits | (1 << 63) }
+    if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | (1 << 63)
+    }
 }
 
 /// What the eBPF program does at a hit of the probe whose cookie is this plan's slot.
@@ -307,8 +320,21 @@ impl Plan {
             rate_interval_ns: 0,
             rate_burst_ns: 0,
             cond: Condition::NONE,
-            stack: StackCapture { dst: 0, len: 0, value: 0, _pad: [0; 3] },
-            ops: [PlanOp { kind: 0, reg: 0, value: 0, _pad: 0, len: 0, dst: 0, imm: 0 }; MAX_OPS],
+            stack: StackCapture {
+                dst: 0,
+                len: 0,
+                value: 0,
+                _pad: [0; 3],
+            },
+            ops: [PlanOp {
+                kind: 0,
+                reg: 0,
+                value: 0,
+                _pad: 0,
+                len: 0,
+                dst: 0,
+                imm: 0,
+            }; MAX_OPS],
         }
     }
 }
@@ -391,7 +417,9 @@ pub struct WireHeader {
 /// Size of [`WireHeader`].
 pub const WIRE_HEADER_BYTES: usize = 40;
 const _: () = assert!(core::mem::size_of::<WireHeader>() == WIRE_HEADER_BYTES);
-const _: () = assert!(core::mem::offset_of!(WireHeader, n_values) == core::mem::offset_of!(EventHeader, n_values));
+const _: () = assert!(
+    core::mem::offset_of!(WireHeader, n_values) == core::mem::offset_of!(EventHeader, n_values)
+);
 
 /// Where the metas start in a record's data area, for a plan with `data_len` bytes of values.
 #[must_use]
@@ -549,7 +577,12 @@ mod tests {
     fn f64_keys_keep_numeric_order() {
         let xs: [f64; 8] = [-1e300, -2.5, -0.0, 0.0, 1e-300, 2.5, 3.0, 1e300];
         for w in xs.windows(2) {
-            assert!(f64_key(w[0].to_bits()) <= f64_key(w[1].to_bits()), "{} vs {}", w[0], w[1]);
+            assert!(
+                f64_key(w[0].to_bits()) <= f64_key(w[1].to_bits()),
+                "{} vs {}",
+                w[0],
+                w[1]
+            );
         }
         assert!(f64_key((-1.0f64).to_bits()) < f64_key(1.0f64.to_bits()));
     }

@@ -20,7 +20,8 @@ use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP},
     cty::c_void,
     helpers::{
-        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_get_smp_processor_id,
+        bpf_ktime_get_ns,
         generated::{bpf_get_stack, bpf_loop, bpf_probe_read_user, bpf_probe_read_user_str},
     },
     macros::{map, uprobe},
@@ -28,13 +29,13 @@ use aya_ebpf::{
     programs::ProbeContext,
     EbpfContext,
 };
+use core::intrinsics::{atomic_xadd, atomic_xchg, AtomicOrdering};
 use detrix_common::{
     cond, event_flags, f64_key, meta_offset, metas_bytes, op, record_span, value_flags, Condition,
     Counters, CpuRing, Event, Plan, RateState, ValueMeta, COND_STR_BYTES, CPU_RING_BYTES,
     EVENT_DATA_BYTES, MAX_COPY_BYTES, MAX_OPS, MAX_PROBES, MAX_VALUES, PLAN_ABI, PT_REGS_COUNT,
     RECORD_PREFIX_BYTES, WIRE_HEADER_BYTES,
 };
-use core::intrinsics::{atomic_xadd, atomic_xchg, AtomicOrdering};
 
 /// Plans by slot; the slot is the uprobe's cookie.
 #[map]
@@ -130,7 +131,19 @@ fn capture(ctx: &ProbeContext) {
         return;
     }
     // SAFETY: `busy` makes this run the ring's only writer until it is released.
-    fill(ctx, plan, counters, unsafe { &mut *ring }, cpu, cookie, slot, tgid, pid_tgid as u32, start, has_cond);
+    fill(
+        ctx,
+        plan,
+        counters,
+        unsafe { &mut *ring },
+        cpu,
+        cookie,
+        slot,
+        tgid,
+        pid_tgid as u32,
+        start,
+        has_cond,
+    );
     // SAFETY: as above.
     unsafe { atomic_xchg::<u64, { AtomicOrdering::Release }>(busy, 0) };
     counters.bpf_ns += elapsed(start);
@@ -165,7 +178,12 @@ fn fill(
     let span = record_span(event_len) as u64;
     // SAFETY: plain reads of ring words; `tail` is written by the agent from another CPU, and
     // a stale value only makes the ring look fuller than it is.
-    let (head, tail) = unsafe { (core::ptr::read_volatile(&ring.head), core::ptr::read_volatile(&ring.tail)) };
+    let (head, tail) = unsafe {
+        (
+            core::ptr::read_volatile(&ring.head),
+            core::ptr::read_volatile(&ring.tail),
+        )
+    };
     if head.wrapping_sub(tail).wrapping_add(span) > CPU_RING_BYTES as u64 {
         counters.dropped_ring_full += 1;
         return;
@@ -204,7 +222,12 @@ fn fill(
     if n_values <= 2 {
         // The common case inline: one word holds both metas (and the padding after one).
         // SAFETY: the metas area is 8-byte aligned, ≤ EVENT_DATA_BYTES + 64 into `data`.
-        unsafe { core::ptr::write((meta(ev, meta_off, 0) as *mut ValueMeta).cast::<u64>(), OK_PAIR) };
+        unsafe {
+            core::ptr::write(
+                (meta(ev, meta_off, 0) as *mut ValueMeta).cast::<u64>(),
+                OK_PAIR,
+            )
+        };
     } else {
         init_metas(ev, meta_off, n_values);
     }
@@ -230,7 +253,12 @@ fn fill(
     // Publish: the record's bytes are all written; an atomic add orders them before the new
     // head (a full barrier on x86) for the agent reading on another CPU.
     // SAFETY: an aligned u64 inside the map value.
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Release }>(core::ptr::addr_of_mut!(ring.head), span) };
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Release }>(
+            core::ptr::addr_of_mut!(ring.head),
+            span,
+        )
+    };
     counters.emitted += 1;
 
     // SAFETY: a plain read of a global the loader may have rewritten before load.
@@ -280,7 +308,11 @@ const OK_PAIR: u64 = (value_flags::OK as u64) << 16 | (value_flags::OK as u64) <
 /// Value `vi`'s meta, in the record after the data (see `detrix_common::WireHeader`).
 #[inline(always)]
 fn meta(ev: &mut Event, meta_off: usize, vi: usize) -> &mut ValueMeta {
-    let off = if meta_off > EVENT_DATA_BYTES { EVENT_DATA_BYTES } else { meta_off };
+    let off = if meta_off > EVENT_DATA_BYTES {
+        EVENT_DATA_BYTES
+    } else {
+        meta_off
+    };
     let at = (off & (2 * EVENT_DATA_BYTES - 1)) + (vi & (MAX_VALUES - 1)) * 4;
     // SAFETY: at ≤ EVENT_DATA_BYTES + 60, and `data` has MAX_COPY_BYTES of slack past that.
     unsafe { &mut *ev.data.as_mut_ptr().add(at).cast::<ValueMeta>() }
@@ -292,7 +324,14 @@ fn capture_stack(ctx: &ProbeContext, plan: &Plan, ev: &mut Event, meta_off: usiz
     let vi = (plan.stack.value as usize) & (MAX_VALUES - 1);
     let (dst, n) = copy_bounds(plan.stack.dst, plan.stack.len);
     // SAFETY: dst < EVENT_DATA_BYTES and n ≤ MAX_COPY_BYTES, within `data`'s slack.
-    let rc = unsafe { bpf_get_stack(ctx.as_ptr(), ev.data.as_mut_ptr().add(dst).cast::<c_void>(), n as u32, u64::from(BPF_F_USER_STACK)) };
+    let rc = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            ev.data.as_mut_ptr().add(dst).cast::<c_void>(),
+            n as u32,
+            u64::from(BPF_F_USER_STACK),
+        )
+    };
     if rc < 0 {
         meta(ev, meta_off, vi).flags = value_flags::READ_FAULT;
         true
@@ -326,7 +365,11 @@ fn take_token(plan: &Plan, slot: u32, now: u64) -> bool {
     };
     // SAFETY: a map value valid for this run; concurrent writers only make the limit approximate.
     let state = unsafe { &mut *state };
-    let tat = if state.tat_ns > now { state.tat_ns } else { now };
+    let tat = if state.tat_ns > now {
+        state.tat_ns
+    } else {
+        now
+    };
     if tat - now > plan.rate_burst_ns {
         return false;
     }
@@ -357,7 +400,11 @@ fn condition_holds(c: &Condition, ev: &mut Event, meta_off: usize) -> bool {
             }
             let ord = match c.kind {
                 cond::INT => {
-                    let shift = if size >= 8 || size == 0 { 0 } else { 64 - 8 * size as u32 };
+                    let shift = if size >= 8 || size == 0 {
+                        0
+                    } else {
+                        64 - 8 * size as u32
+                    };
                     let v = ((raw << shift) as i64) >> shift;
                     cmp_i64(v, c.imm)
                 }
@@ -376,7 +423,11 @@ fn condition_holds(c: &Condition, ev: &mut Event, meta_off: usize) -> bool {
         }
         cond::STR_EQ | cond::STR_PREFIX => {
             let n = (c.len as usize) & (COND_STR_BYTES * 2 - 1);
-            let mut same = if c.kind == cond::STR_EQ { meta.len as usize == n } else { meta.len as usize >= n };
+            let mut same = if c.kind == cond::STR_EQ {
+                meta.len as usize == n
+            } else {
+                meta.len as usize >= n
+            };
             let mut k = 0;
             while k < COND_STR_BYTES {
                 if k < n && ev.data[dst + k] != c.bytes[k] {
@@ -384,7 +435,11 @@ fn condition_holds(c: &Condition, ev: &mut Event, meta_off: usize) -> bool {
                 }
                 k += 1;
             }
-            if c.cmp == cond::NE { !same } else { same }
+            if c.cmp == cond::NE {
+                !same
+            } else {
+                same
+            }
         }
         _ => true,
     }
@@ -392,12 +447,24 @@ fn condition_holds(c: &Condition, ev: &mut Event, meta_off: usize) -> bool {
 
 #[inline(always)]
 fn cmp_i64(a: i64, b: i64) -> i32 {
-    if a < b { -1 } else if a > b { 1 } else { 0 }
+    if a < b {
+        -1
+    } else if a > b {
+        1
+    } else {
+        0
+    }
 }
 
 #[inline(always)]
 fn cmp_u64(a: u64, b: u64) -> i32 {
-    if a < b { -1 } else if a > b { 1 } else { 0 }
+    if a < b {
+        -1
+    } else if a > b {
+        1
+    } else {
+        0
+    }
 }
 
 /// State of one run of the interpreter, on the program's stack and handed to each step.
@@ -440,13 +507,24 @@ fn run_ops(ctx: &ProbeContext, slot: u32, n_ops: u32, cpu: u32, pos: u32, meta_o
         done: 0,
         skip_to: 0,
         regs: [
-            r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx,
-            r.rsi, r.rdi, r.orig_rax, r.rip, r.cs, r.eflags, r.rsp, r.ss,
+            r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx,
+            r.rdx, r.rsi, r.rdi, r.orig_rax, r.rip, r.cs, r.eflags, r.rsp, r.ss,
         ],
     };
-    let n = if n_ops as usize > MAX_OPS { MAX_OPS as u32 } else { n_ops };
+    let n = if n_ops as usize > MAX_OPS {
+        MAX_OPS as u32
+    } else {
+        n_ops
+    };
     // SAFETY: `step` has the callback signature bpf_loop expects; `st` outlives the call.
-    unsafe { bpf_loop(n, step as *mut c_void, (&mut st as *mut Interp).cast::<c_void>(), 0) };
+    unsafe {
+        bpf_loop(
+            n,
+            step as *mut c_void,
+            (&mut st as *mut Interp).cast::<c_void>(),
+            0,
+        )
+    };
     st.bad != 0
 }
 
@@ -455,11 +533,22 @@ fn run_ops(ctx: &ProbeContext, slot: u32, n_ops: u32, cpu: u32, pos: u32, meta_o
 extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: ctx is the `Interp` run_ops passed to bpf_loop.
     let st = unsafe { &mut *ctx.cast::<Interp>() };
-    let Some(plan) = PLANS.get(st.slot) else { return 1 };
-    let Some(ring) = RINGS.get_ptr_mut(st.cpu) else { return 1 };
+    let Some(plan) = PLANS.get(st.slot) else {
+        return 1;
+    };
+    let Some(ring) = RINGS.get_ptr_mut(st.cpu) else {
+        return 1;
+    };
     // SAFETY: the ring this run owns (`busy`); the record at `pos` is the one being built, and
     // the ring's slack holds a whole Event past any masked position.
-    let ev = unsafe { &mut *(*ring).data.as_mut_ptr().add((st.pos as usize) & (CPU_RING_BYTES - 1)).add(RECORD_PREFIX_BYTES).cast::<Event>() };
+    let ev = unsafe {
+        &mut *(*ring)
+            .data
+            .as_mut_ptr()
+            .add((st.pos as usize) & (CPU_RING_BYTES - 1))
+            .add(RECORD_PREFIX_BYTES)
+            .cast::<Event>()
+    };
     let i = index as usize;
     if i >= MAX_OPS || i >= plan.n_ops as usize {
         return 1;
@@ -488,7 +577,11 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
             let n = if n > 8 { 8 } else { n };
             // SAFETY: reads at most 8 bytes into an 8-byte local; the helper checks `acc`.
             let rc = unsafe {
-                bpf_probe_read_user((&mut tmp as *mut u64).cast::<c_void>(), n, st.acc.wrapping_add(o.imm as u64) as *const c_void)
+                bpf_probe_read_user(
+                    (&mut tmp as *mut u64).cast::<c_void>(),
+                    n,
+                    st.acc.wrapping_add(o.imm as u64) as *const c_void,
+                )
             };
             if rc < 0 {
                 fault = true;
@@ -516,7 +609,11 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
             let (dst, n) = copy_bounds(o.dst, o.len);
             // SAFETY: dst < EVENT_DATA_BYTES and n ≤ MAX_COPY_BYTES, within `data`'s slack.
             let rc = unsafe {
-                bpf_probe_read_user(ev.data.as_mut_ptr().add(dst).cast::<c_void>(), n as u32, st.acc.wrapping_add(o.imm as u64) as *const c_void)
+                bpf_probe_read_user(
+                    ev.data.as_mut_ptr().add(dst).cast::<c_void>(),
+                    n as u32,
+                    st.acc.wrapping_add(o.imm as u64) as *const c_void,
+                )
             };
             if rc < 0 {
                 // A nil pointer followed from a copied value: the helper zeroed the bytes.
@@ -549,12 +646,22 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
                 ev.header.flags |= event_flags::TRUNCATED;
             }
             let n = n & (2 * MAX_COPY_BYTES - 1);
-            let n = if n > MAX_COPY_BYTES { MAX_COPY_BYTES } else { n };
+            let n = if n > MAX_COPY_BYTES {
+                MAX_COPY_BYTES
+            } else {
+                n
+            };
             // SAFETY: dst < EVENT_DATA_BYTES and n ≤ MAX_COPY_BYTES, within `data`'s slack.
             let rc = if n == 0 {
                 0
             } else {
-                unsafe { bpf_probe_read_user(ev.data.as_mut_ptr().add(dst).cast::<c_void>(), n as u32, st.acc as *const c_void) }
+                unsafe {
+                    bpf_probe_read_user(
+                        ev.data.as_mut_ptr().add(dst).cast::<c_void>(),
+                        n as u32,
+                        st.acc as *const c_void,
+                    )
+                }
             };
             if rc < 0 {
                 fault = true;
@@ -566,7 +673,11 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
             let (dst, n) = copy_bounds(o.dst, o.len);
             // SAFETY: as for EMIT_MEM; the helper NUL-terminates within `n`.
             let rc = unsafe {
-                bpf_probe_read_user_str(ev.data.as_mut_ptr().add(dst).cast::<c_void>(), n as u32, st.acc.wrapping_add(o.imm as u64) as *const c_void)
+                bpf_probe_read_user_str(
+                    ev.data.as_mut_ptr().add(dst).cast::<c_void>(),
+                    n as u32,
+                    st.acc.wrapping_add(o.imm as u64) as *const c_void,
+                )
             };
             if rc < 0 {
                 fault = true;

@@ -822,7 +822,11 @@ pub fn read_dap_body(r: &mut impl BufRead) -> Result<Option<Vec<u8>>, String> {
             break;
         }
         if let Some(v) = l.strip_prefix("Content-Length:") {
-            len = Some(v.trim().parse::<usize>().map_err(|e| format!("bad Content-Length {l:?}: {e}"))?);
+            len = Some(
+                v.trim()
+                    .parse::<usize>()
+                    .map_err(|e| format!("bad Content-Length {l:?}: {e}"))?,
+            );
         }
     }
     let len = len.ok_or("frame without Content-Length")?;
@@ -851,14 +855,19 @@ pub enum Kind {
 
 /// The printed line's value for `key`, panicking if the line lacks it.
 pub fn printed_field<'a>(kv: &'a HashMap<String, String>, key: &str, line: &str) -> &'a str {
-    kv.get(key).unwrap_or_else(|| panic!("printed line lacks `{key}=`: {line}"))
+    kv.get(key)
+        .unwrap_or_else(|| panic!("printed line lacks `{key}=`: {line}"))
 }
 
 /// What a value of `kind` printed under `key` must be captured as: the printed text, or for a
 /// `char *` the printed pointer and the quoted text.
 pub fn expected_text(kind: Kind, key: &str, kv: &HashMap<String, String>, line: &str) -> String {
     match kind {
-        Kind::CStr(ptr) => format!("{} \"{}\"", printed_field(kv, ptr, line), printed_field(kv, key, line)),
+        Kind::CStr(ptr) => format!(
+            "{} \"{}\"",
+            printed_field(kv, ptr, line),
+            printed_field(kv, key, line)
+        ),
         _ => printed_field(kv, key, line).to_owned(),
     }
 }
@@ -869,21 +878,49 @@ pub fn check_value(event: &Event, expr: &str, kind: Kind, printed: &str, line: &
     let ctx = || format!("\n  event:   {}\n  printed: {line}", event.raw);
     match kind {
         Kind::Int => {
-            let want: i128 = printed.parse().unwrap_or_else(|e| panic!("printed `{printed}` for `{expr}` is not an integer: {e}"));
-            let got = json_int(v).unwrap_or_else(|| panic!("`{expr}` = {v} is not a JSON integer{}", ctx()));
-            assert_eq!(got, want, "`{expr}` captured {got}, program printed {want}{}", ctx());
+            let want: i128 = printed.parse().unwrap_or_else(|e| {
+                panic!("printed `{printed}` for `{expr}` is not an integer: {e}")
+            });
+            let got = json_int(v)
+                .unwrap_or_else(|| panic!("`{expr}` = {v} is not a JSON integer{}", ctx()));
+            assert_eq!(
+                got,
+                want,
+                "`{expr}` captured {got}, program printed {want}{}",
+                ctx()
+            );
         }
         Kind::Float => {
-            let want: f64 = printed.parse().unwrap_or_else(|e| panic!("printed `{printed}` for `{expr}` is not a number: {e}"));
-            let got = v.as_f64().unwrap_or_else(|| panic!("`{expr}` = {v} is not a JSON number{}", ctx()));
-            assert!(got == want, "`{expr}` captured {got:?}, program printed {want:?}{}", ctx());
+            let want: f64 = printed.parse().unwrap_or_else(|e| {
+                panic!("printed `{printed}` for `{expr}` is not a number: {e}")
+            });
+            let got = v
+                .as_f64()
+                .unwrap_or_else(|| panic!("`{expr}` = {v} is not a JSON number{}", ctx()));
+            assert!(
+                got == want,
+                "`{expr}` captured {got:?}, program printed {want:?}{}",
+                ctx()
+            );
         }
         Kind::Char | Kind::Str | Kind::CStr(_) => {
-            let got = v.as_str().unwrap_or_else(|| panic!("`{expr}` = {v} is not a JSON string{}", ctx()));
+            let got = v
+                .as_str()
+                .unwrap_or_else(|| panic!("`{expr}` = {v} is not a JSON string{}", ctx()));
             if matches!(kind, Kind::Char) {
-                assert_eq!(got.chars().count(), 3, "`{expr}` = {v} is not a quoted char{}", ctx());
+                assert_eq!(
+                    got.chars().count(),
+                    3,
+                    "`{expr}` = {v} is not a quoted char{}",
+                    ctx()
+                );
             }
-            assert_eq!(got, printed, "`{expr}` captured {got:?}, program printed {printed:?}{}", ctx());
+            assert_eq!(
+                got,
+                printed,
+                "`{expr}` captured {got:?}, program printed {printed:?}{}",
+                ctx()
+            );
         }
     }
 }

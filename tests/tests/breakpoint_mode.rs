@@ -20,13 +20,24 @@ const GO_GOLDEN: &str = "shared/go-delve.jsonl";
 const RUST_GOLDEN: &str = "shared/rust-stub.jsonl";
 
 fn src(name: &str) -> PathBuf {
-    workspace_root().join("tests/fixtures/bp").join(name).canonicalize().unwrap()
+    workspace_root()
+        .join("tests/fixtures/bp")
+        .join(name)
+        .canonicalize()
+        .unwrap()
 }
 
 /// The line carrying `marker` (`PROBE:c`, `CALL:b`…) in `path`.
 fn line_of(path: &Path, marker: &str) -> u64 {
     let text = std::fs::read_to_string(path).unwrap();
-    let hits: Vec<u64> = text.lines().enumerate().filter(|(_, l)| l.contains(&format!("{marker} */")) || l.ends_with(&format!("// {marker}"))).map(|(i, _)| i as u64 + 1).collect();
+    let hits: Vec<u64> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            l.contains(&format!("{marker} */")) || l.ends_with(&format!("// {marker}"))
+        })
+        .map(|(i, _)| i as u64 + 1)
+        .collect();
     assert_eq!(hits.len(), 1, "{marker} in {}", path.display());
     hits[0]
 }
@@ -45,7 +56,10 @@ fn build(kind: &str) -> PathBuf {
     match kind {
         "c" => {
             let exe = out.join("bp_chain_c");
-            run(Command::new("gcc").args(["-g", "-O0", "-pthread", "-o"]).arg(&exe).arg(src("chain.c")));
+            run(Command::new("gcc")
+                .args(["-g", "-O0", "-pthread", "-o"])
+                .arg(&exe)
+                .arg(src("chain.c")));
             exe
         }
         _ => {
@@ -72,26 +86,54 @@ fn req(seq: i64, command: &str, arguments: Value) -> Value {
 
 /// Largest gap between consecutive `beat ns=` lines printed after `from_line`.
 fn largest_gap_ms(fixture: &Fixture, from_line: usize) -> f64 {
-    let beats: Vec<i64> = fixture.stdout().snapshot()[from_line..].iter().filter_map(|l| l.strip_prefix("beat ns=")?.parse().ok()).collect();
-    assert!(beats.len() > 20, "too few heartbeats ({}) to measure", beats.len());
-    beats.windows(2).map(|w| (w[1] - w[0]) as f64 / 1e6).fold(0.0, f64::max)
+    let beats: Vec<i64> = fixture.stdout().snapshot()[from_line..]
+        .iter()
+        .filter_map(|l| l.strip_prefix("beat ns=")?.parse().ok())
+        .collect();
+    assert!(
+        beats.len() > 20,
+        "too few heartbeats ({}) to measure",
+        beats.len()
+    );
+    beats
+        .windows(2)
+        .map(|w| (w[1] - w[0]) as f64 / 1e6)
+        .fold(0.0, f64::max)
 }
 
 /// The fixture's own `c z=<z> …` line for round `z`.
 fn printed(fixture: &Fixture, z: i64) -> HashMap<String, String> {
-    let l = fixture.stdout().wait_for(Duration::from_secs(5), |l| l.starts_with(&format!("c z={z} "))).unwrap_or_else(|| panic!("the fixture printed no round z={z}"));
+    let l = fixture
+        .stdout()
+        .wait_for(Duration::from_secs(5), |l| {
+            l.starts_with(&format!("c z={z} "))
+        })
+        .unwrap_or_else(|| panic!("the fixture printed no round z={z}"));
     parse_kv(&l)
 }
 
 fn child_processes(parent: u32) -> Vec<(u32, String)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some((_, rest)) = stat.rsplit_once(") ") else { continue };
-        let ppid: u32 = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let ppid: u32 = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
         if ppid == parent {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_owned();
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .unwrap_or_default()
+                .trim()
+                .to_owned();
             out.push((pid, comm));
         }
     }
@@ -100,7 +142,13 @@ fn child_processes(parent: u32) -> Vec<(u32, String)> {
 
 fn status_of(pid: u32) -> (String, u32) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let f = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).unwrap().trim().to_owned();
+    let f = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
     (f("State:"), f("TracerPid:").parse().unwrap())
 }
 
@@ -113,14 +161,30 @@ fn assert_debugger_gone_and_target_running(agent: &AttachedAgent, fixture: &mut 
         if kids.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "debugger processes left under the agent: {kids:?}");
+        assert!(
+            Instant::now() < deadline,
+            "debugger processes left under the agent: {kids:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let (state, tracer) = status_of(fixture.pid());
     assert_eq!(tracer, 0, "the target is still traced ({state})");
-    assert!(!state.starts_with('t') && !state.starts_with('T'), "the target is stopped: {state}");
-    let n = fixture.stdout().snapshot().iter().filter(|l| l.starts_with("c z=")).count();
-    assert!(fixture.stdout().wait_count(n + 3, Duration::from_secs(5), |l| l.starts_with("c z=")), "the target printed no new rounds after the debugger left");
+    assert!(
+        !state.starts_with('t') && !state.starts_with('T'),
+        "the target is stopped: {state}"
+    );
+    let n = fixture
+        .stdout()
+        .snapshot()
+        .iter()
+        .filter(|l| l.starts_with("c z="))
+        .count();
+    assert!(
+        fixture
+            .stdout()
+            .wait_count(n + 3, Duration::from_secs(5), |l| l.starts_with("c z=")),
+        "the target printed no new rounds after the debugger left"
+    );
     assert!(fixture.is_running());
 }
 
@@ -135,7 +199,9 @@ struct Session {
 
 fn start(kind: &str, extra: &[&str]) -> Session {
     require_root();
-    let turn = TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let turn = TURN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let exe = build(kind);
     let fixture = Fixture::start(&exe, &["20"]);
     let stub = RestStub::start(GO_GOLDEN, RUST_GOLDEN);
@@ -146,11 +212,21 @@ fn start(kind: &str, extra: &[&str]) -> Session {
     let (s, wake) = agent.post("/detrix/wake", None);
     assert_eq!(s, 200, "{wake}\n{}", agent.stderr.text());
     let (_, dap) = stub.take_session();
-    Session { _turn: turn, fixture, agent, dap, _stub: stub }
+    Session {
+        _turn: turn,
+        fixture,
+        agent,
+        dap,
+        _stub: stub,
+    }
 }
 
 /// One full stop cycle as the daemon runs it; returns (frames, locals by name).
-fn stop_cycle(dap: &mut Dap, seq: &mut i64, eval: &[&str]) -> (Vec<(String, u64)>, HashMap<String, String>, Vec<Value>) {
+fn stop_cycle(
+    dap: &mut Dap,
+    seq: &mut i64,
+    eval: &[&str],
+) -> (Vec<(String, u64)>, HashMap<String, String>, Vec<Value>) {
     let stops = dap.events(1, STEP_TIMEOUT, |e| e["event"] == "stopped");
     assert_eq!(stops.len(), 1, "no stopped event");
     let thread = stops[0]["body"]["threadId"].clone();
@@ -158,14 +234,46 @@ fn stop_cycle(dap: &mut Dap, seq: &mut i64, eval: &[&str]) -> (Vec<(String, u64)
         *seq += 1;
         *seq
     };
-    let top = dap.request(&req(next(), "stackTrace", json!({"threadId": thread, "startFrame": 0, "levels": 1})));
+    let top = dap.request(&req(
+        next(),
+        "stackTrace",
+        json!({"threadId": thread, "startFrame": 0, "levels": 1}),
+    ));
     let frame_id = top["body"]["stackFrames"][0]["id"].clone();
-    let all = dap.request(&req(next(), "stackTrace", json!({"threadId": thread, "startFrame": 0, "levels": 1000})));
-    let frames = all["body"]["stackFrames"].as_array().unwrap().iter().map(|f| (f["name"].as_str().unwrap().to_owned(), f["line"].as_u64().unwrap())).collect();
+    let all = dap.request(&req(
+        next(),
+        "stackTrace",
+        json!({"threadId": thread, "startFrame": 0, "levels": 1000}),
+    ));
+    let frames = all["body"]["stackFrames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap().to_owned(),
+                f["line"].as_u64().unwrap(),
+            )
+        })
+        .collect();
     let scopes = dap.request(&req(next(), "scopes", json!({"frameId": frame_id})));
     let r = scopes["body"]["scopes"][0]["variablesReference"].clone();
-    let vars = dap.request(&req(next(), "variables", json!({"variablesReference": r, "count": 100})));
-    let locals = vars["body"]["variables"].as_array().unwrap().iter().map(|v| (v["name"].as_str().unwrap().to_owned(), v["value"].as_str().unwrap().to_owned())).collect();
+    let vars = dap.request(&req(
+        next(),
+        "variables",
+        json!({"variablesReference": r, "count": 100}),
+    ));
+    let locals = vars["body"]["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap().to_owned(),
+                v["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
     let mut evals = Vec::new();
     for e in eval {
         evals.push(dap.request(&req(next(), "evaluate", json!({"expression": e, "frameId": frame_id, "context": if e.starts_with("call ") { "repl" } else { "watch" }}))));
@@ -180,26 +288,49 @@ fn c_breakpoint_answers_from_the_snapshot_without_pausing() {
     let mut s = start("c", &[]);
     let path = src("chain.c");
     let p = path.to_string_lossy().into_owned();
-    let want: Vec<(String, u64)> = [("c", "PROBE:c"), ("b", "CALL:b"), ("a", "CALL:a"), ("main", "CALL:main")].iter().map(|(f, m)| ((*f).to_owned(), line_of(&path, m))).collect();
+    let want: Vec<(String, u64)> = [
+        ("c", "PROBE:c"),
+        ("b", "CALL:b"),
+        ("a", "CALL:a"),
+        ("main", "CALL:main"),
+    ]
+    .iter()
+    .map(|(f, m)| ((*f).to_owned(), line_of(&path, m)))
+    .collect();
     // Baseline: the heartbeat's largest gap with no probe at all.
     let mark = s.fixture.stdout().len();
     std::thread::sleep(Duration::from_millis(1500));
     let baseline = largest_gap_ms(&s.fixture, mark);
 
     let r = s.dap.request(&set_bps(1, &p, json!([{"line": want[0].1}])));
-    assert_eq!(r["body"]["breakpoints"][0]["verified"], true, "{r}\n{}", s.agent.stderr.text());
+    assert_eq!(
+        r["body"]["breakpoints"][0]["verified"],
+        true,
+        "{r}\n{}",
+        s.agent.stderr.text()
+    );
     let mark = s.fixture.stdout().len();
     let mut seq = 10;
     let started = Instant::now();
     let mut cycles = 0;
     while started.elapsed() < Duration::from_millis(1500) {
         let (frames, locals, evals) = stop_cycle(&mut s.dap, &mut seq, &["(w)", "z"]);
-        assert_eq!(&frames[..4], &want[..], "frames c → b → a → main with their lines: {frames:?}");
-        let z: i64 = locals["z"].parse().unwrap_or_else(|_| panic!("z: {locals:?}"));
+        assert_eq!(
+            &frames[..4],
+            &want[..],
+            "frames c → b → a → main with their lines: {frames:?}"
+        );
+        let z: i64 = locals["z"]
+            .parse()
+            .unwrap_or_else(|_| panic!("z: {locals:?}"));
         let kv = printed(&s.fixture, z);
         assert_eq!(locals["w"], kv["w"], "w as printed");
         // A `char *` as lldb-dap shows it: its address and its quoted text.
-        assert_eq!(locals["name"], format!("{} \"{}\"", kv["pname"], kv["name"]), "name as printed: {locals:?}");
+        assert_eq!(
+            locals["name"],
+            format!("{} \"{}\"", kv["pname"], kv["name"]),
+            "name as printed: {locals:?}"
+        );
         assert_eq!(evals[0]["body"]["result"], json!(kv["w"]), "{:?}", evals[0]);
         assert_eq!(evals[1]["body"]["result"], json!(z.to_string()));
         cycles += 1;
@@ -209,8 +340,14 @@ fn c_breakpoint_answers_from_the_snapshot_without_pausing() {
     // A debugger stop shows as a gap of hundreds of ms (attach alone is 0.2–0.4 s); snapshots
     // leave the heartbeat alone. The margin is this 2-core VM's scheduling noise with other
     // test binaries running, not time the target spent paused.
-    assert!(during <= baseline + 25.0, "largest heartbeat gap {during:.2} ms during capture vs {baseline:.2} ms without probes");
-    assert!(!patched_code(s.fixture.pid()).is_empty(), "the probe is a uprobe in the target");
+    assert!(
+        during <= baseline + 25.0,
+        "largest heartbeat gap {during:.2} ms during capture vs {baseline:.2} ms without probes"
+    );
+    assert!(
+        !patched_code(s.fixture.pid()).is_empty(),
+        "the probe is a uprobe in the target"
+    );
     let _ = writeln(&format!("c breakpoint: {cycles} stop cycles, heartbeat gap {during:.2} ms (baseline {baseline:.2} ms)"));
 }
 
@@ -227,33 +364,84 @@ fn c_call_logpoint_uses_lldb_then_detaches_and_logpoints_in_the_same_file_keep_w
     let probe = line_of(&path, "PROBE:c");
     let call_b = line_of(&path, "CALL:b");
     // Mixed modes in one file: a call logpoint (debugger), a plain logpoint (eBPF), a breakpoint (snapshot).
-    let r = s.dap.request(&set_bps(1, &p, json!([
-        {"line": probe, "logMessage": "DETRICS:name_len={(z)}\u{1f}{(long)strlen(name)}"},
-        {"line": call_b, "logMessage": "DETRICS:y={(y)}"},
-        {"line": line_of(&path, "CALL:a")},
-    ])));
+    let r = s.dap.request(&set_bps(
+        1,
+        &p,
+        json!([
+            {"line": probe, "logMessage": "DETRICS:name_len={(z)}\u{1f}{(long)strlen(name)}"},
+            {"line": call_b, "logMessage": "DETRICS:y={(y)}"},
+            {"line": line_of(&path, "CALL:a")},
+        ]),
+    ));
     for b in r["body"]["breakpoints"].as_array().unwrap() {
         assert_eq!(b["verified"], true, "{r}");
     }
-    let outs = s.dap.events(2, Duration::from_secs(20), |e| e["event"] == "output" && e["body"]["output"].as_str().unwrap_or("").contains("name_len="));
-    assert!(outs.len() >= 2, "two debugger rounds; agent stderr:\n{}", s.agent.stderr.text());
+    let outs = s.dap.events(2, Duration::from_secs(20), |e| {
+        e["event"] == "output"
+            && e["body"]["output"]
+                .as_str()
+                .unwrap_or("")
+                .contains("name_len=")
+    });
+    assert!(
+        outs.len() >= 2,
+        "two debugger rounds; agent stderr:\n{}",
+        s.agent.stderr.text()
+    );
     for o in &outs {
         let text = o["body"]["output"].as_str().unwrap();
-        let vals: Vec<i64> = text.trim_end().split_once('=').unwrap().1.split('\u{1f}').map(|v| v.parse().unwrap()).collect();
+        let vals: Vec<i64> = text
+            .trim_end()
+            .split_once('=')
+            .unwrap()
+            .1
+            .split('\u{1f}')
+            .map(|v| v.parse().unwrap())
+            .collect();
         let kv = printed(&s.fixture, vals[0]);
-        assert_eq!(vals[1].to_string(), kv["len"], "strlen(name) as the program computed it: {text:?}");
+        assert_eq!(
+            vals[1].to_string(),
+            kv["len"],
+            "strlen(name) as the program computed it: {text:?}"
+        );
     }
-    let ys = s.dap.events(3, STEP_TIMEOUT, |e| e["event"] == "output" && e["body"]["output"].as_str().unwrap_or("").contains("DETRICS:y="));
-    assert!(ys.len() >= 3, "the eBPF logpoint keeps producing events between debugger rounds");
+    let ys = s.dap.events(3, STEP_TIMEOUT, |e| {
+        e["event"] == "output"
+            && e["body"]["output"]
+                .as_str()
+                .unwrap_or("")
+                .contains("DETRICS:y=")
+    });
+    assert!(
+        ys.len() >= 3,
+        "the eBPF logpoint keeps producing events between debugger rounds"
+    );
     // For contrast with the snapshot test: a debugger round does pause the target.
-    let _ = writeln(&format!("c call logpoint: heartbeat gap {:.1} ms with lldb rounds", largest_gap_ms(&s.fixture, 0)));
+    let _ = writeln(&format!(
+        "c call logpoint: heartbeat gap {:.1} ms with lldb rounds",
+        largest_gap_ms(&s.fixture, 0)
+    ));
     let stops = s.dap.events(1, STEP_TIMEOUT, |e| e["event"] == "stopped");
-    assert_eq!(stops.len(), 1, "the breakpoint in the same file produces stops");
+    assert_eq!(
+        stops.len(),
+        1,
+        "the breakpoint in the same file produces stops"
+    );
     // Remove the call logpoint; the rest stays and the debugger is gone.
-    s.dap.request(&set_bps(2, &p, json!([{"line": call_b, "logMessage": "DETRICS:y={(y)}"}])));
+    s.dap.request(&set_bps(
+        2,
+        &p,
+        json!([{"line": call_b, "logMessage": "DETRICS:y={(y)}"}]),
+    ));
     std::thread::sleep(Duration::from_millis(1500));
     assert_debugger_gone_and_target_running(&s.agent, &mut s.fixture);
-    let ys = s.dap.events(3, STEP_TIMEOUT, |e| e["event"] == "output" && e["body"]["output"].as_str().unwrap_or("").contains("DETRICS:y="));
+    let ys = s.dap.events(3, STEP_TIMEOUT, |e| {
+        e["event"] == "output"
+            && e["body"]["output"]
+                .as_str()
+                .unwrap_or("")
+                .contains("DETRICS:y=")
+    });
     assert!(ys.len() >= 3);
 }
 
@@ -262,22 +450,60 @@ fn go_call_expressions_are_evaluated_by_delve_which_then_leaves() {
     let mut s = start("go", &[]);
     let path = src("chain.go");
     let p = path.to_string_lossy().into_owned();
-    let want: Vec<(String, u64)> = [("main.c", "PROBE:c"), ("main.b", "CALL:b"), ("main.a", "CALL:a"), ("main.main", "CALL:main")].iter().map(|(f, m)| ((*f).to_owned(), line_of(&path, m))).collect();
+    let want: Vec<(String, u64)> = [
+        ("main.c", "PROBE:c"),
+        ("main.b", "CALL:b"),
+        ("main.a", "CALL:a"),
+        ("main.main", "CALL:main"),
+    ]
+    .iter()
+    .map(|(f, m)| ((*f).to_owned(), line_of(&path, m)))
+    .collect();
     let r = s.dap.request(&set_bps(1, &p, json!([{"line": want[0].1}])));
     assert_eq!(r["body"]["breakpoints"][0]["verified"], true, "{r}");
     let mut seq = 10;
-    let (frames, locals, evals) = stop_cycle(&mut s.dap, &mut seq, &["call len(name)", "call u.GetBalance()", "call fmt.Sprintf(\"%d\", z)"]);
+    let (frames, locals, evals) = stop_cycle(
+        &mut s.dap,
+        &mut seq,
+        &[
+            "call len(name)",
+            "call u.GetBalance()",
+            "call fmt.Sprintf(\"%d\", z)",
+        ],
+    );
     assert_eq!(&frames[..4], &want[..], "{frames:?}");
     let z: i64 = locals["z"].parse().unwrap();
     let kv = printed(&s.fixture, z);
     assert_eq!(locals["w"], kv["w"]);
-    assert_eq!(evals[0]["body"]["result"], json!(kv["name"].len().to_string()), "len(name) from the snapshot");
+    assert_eq!(
+        evals[0]["body"]["result"],
+        json!(kv["name"].len().to_string()),
+        "len(name) from the snapshot"
+    );
     // The call ran in a later round (the snapshot's round has passed): balance = (round+2)*10 = z*10.
-    let bal: i64 = evals[1]["body"]["result"].as_str().unwrap_or_else(|| panic!("{:?}\n{}", evals[1], s.agent.stderr.text())).parse().unwrap();
-    assert!(bal % 10 == 0 && bal / 10 > z, "GetBalance() of a later round: {bal} after z={z}");
-    assert_eq!(printed(&s.fixture, bal / 10)["balance"], bal.to_string(), "as the program computed it");
+    let bal: i64 = evals[1]["body"]["result"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{:?}\n{}", evals[1], s.agent.stderr.text()))
+        .parse()
+        .unwrap();
+    assert!(
+        bal % 10 == 0 && bal / 10 > z,
+        "GetBalance() of a later round: {bal} after z={z}"
+    );
+    assert_eq!(
+        printed(&s.fixture, bal / 10)["balance"],
+        bal.to_string(),
+        "as the program computed it"
+    );
     assert_eq!(evals[2]["success"], false, "a variadic call fails in Delve");
-    assert!(evals[2]["body"]["error"]["format"].as_str().unwrap().starts_with("Unable to evaluate expression"), "Delve's message: {:?}", evals[2]);
+    assert!(
+        evals[2]["body"]["error"]["format"]
+            .as_str()
+            .unwrap()
+            .starts_with("Unable to evaluate expression"),
+        "Delve's message: {:?}",
+        evals[2]
+    );
     assert_debugger_gone_and_target_running(&s.agent, &mut s.fixture);
     // Snapshots keep working after the debugger left (the probe was put back).
     let (frames, _, _) = stop_cycle(&mut s.dap, &mut seq, &[]);
@@ -290,17 +516,34 @@ fn safe_mode_refuses_calls_and_keeps_snapshots() {
     let path = src("chain.c");
     let p = path.to_string_lossy().into_owned();
     let probe = line_of(&path, "PROBE:c");
-    let r = s.dap.request(&set_bps(1, &p, json!([
-        {"line": probe},
-        {"line": line_of(&path, "CALL:b"), "logMessage": "DETRICS:n={(long)strlen(name)}"},
-    ])));
+    let r = s.dap.request(&set_bps(
+        1,
+        &p,
+        json!([
+            {"line": probe},
+            {"line": line_of(&path, "CALL:b"), "logMessage": "DETRICS:n={(long)strlen(name)}"},
+        ]),
+    ));
     let b = &r["body"]["breakpoints"];
     assert_eq!(b[0]["verified"], true, "{r}");
     assert_eq!(b[1]["verified"], false);
-    assert!(b[1]["message"].as_str().unwrap().contains("SafeMode"), "{r}");
+    assert!(
+        b[1]["message"].as_str().unwrap().contains("SafeMode"),
+        "{r}"
+    );
     let mut seq = 10;
     let (frames, _, evals) = stop_cycle(&mut s.dap, &mut seq, &["(long)strlen(name)"]);
     assert_eq!(frames[0], ("c".to_owned(), probe));
-    assert!(evals[0]["message"].as_str().unwrap().starts_with("SafeMode:"), "{:?}", evals[0]);
-    assert!(child_processes(s.agent.child.id()).is_empty(), "SafeMode never spawns a debugger");
+    assert!(
+        evals[0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("SafeMode:"),
+        "{:?}",
+        evals[0]
+    );
+    assert!(
+        child_processes(s.agent.child.id()).is_empty(),
+        "SafeMode never spawns a debugger"
+    );
 }

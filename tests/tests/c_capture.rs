@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use detrix_e2e::{
-    agent_bin, c_fixture_source, capped, capture_args, check_value as check, expected_text, marker_line,
-    parse_events, parse_kv, printed_field as printed, require_root, run_agent, Event, Fixture, Kind, Running,
-    Value, AGENT_TIMEOUT,
+    agent_bin, c_fixture_source, capped, capture_args, check_value as check, expected_text,
+    marker_line, parse_events, parse_kv, printed_field as printed, require_root, run_agent, Event,
+    Fixture, Kind, Running, Value, AGENT_TIMEOUT,
 };
 use serde_json as _;
 
@@ -294,7 +294,11 @@ fn string_cap_truncates_long_strings() {
         let kv = parse_kv(&printed_line);
         let customer = printed(&kv, "customer", &printed_line);
         // lldb-dap's form: the pointer, the quoted text, `...` after it when it was cut.
-        let cut = if customer.len() > 5 { format!("\"{}\"...", &customer[..5]) } else { format!("\"{customer}\"") };
+        let cut = if customer.len() > 5 {
+            format!("\"{}\"...", &customer[..5])
+        } else {
+            format!("\"{customer}\"")
+        };
         let want = format!("{} {cut}", printed(&kv, "pcust", &printed_line));
         let got = event
             .value("o->customer")

@@ -10,11 +10,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use detrix_e2e::{
-    run_with_timeout,
-    agent_bin, c_fixture_source, capture_args, check_value as check, expected_text, hex_bytes, load_bias,
-    marker_line, parse_event, parse_events, parse_kv, parse_probe_line, printed_field as printed,
-    read_file_bytes, read_process_mem, require_root, run_agent, single_probe_line, single_summary,
-    Event, Fixture, Kind, Output, ProbeLine, Running, AGENT_TIMEOUT,
+    agent_bin, c_fixture_source, capture_args, check_value as check, expected_text, hex_bytes,
+    load_bias, marker_line, parse_event, parse_events, parse_kv, parse_probe_line,
+    printed_field as printed, read_file_bytes, read_process_mem, require_root, run_agent,
+    run_with_timeout, single_probe_line, single_summary, Event, Fixture, Kind, Output, ProbeLine,
+    Running, AGENT_TIMEOUT,
 };
 
 /// Delay between the fixture's rounds.
@@ -50,7 +50,9 @@ fn exprs(cols: &[Col]) -> Vec<&'static str> {
 /// The text of a `char *` as lldb-dap shows it: `0x0000555555556018 "bob"` → `bob` (the
 /// whole form is checked against the printed pointer by [`check_events`]).
 fn c_text(shown: &str) -> &str {
-    shown.split_once(' ').map_or(shown, |(_, quoted)| quoted.trim_start_matches('"').trim_end_matches('"'))
+    shown.split_once(' ').map_or(shown, |(_, quoted)| {
+        quoted.trim_start_matches('"').trim_end_matches('"')
+    })
 }
 
 /// The printed `process` line of the event's round, parsed.
@@ -433,7 +435,11 @@ fn rate_limit_counts_every_hit() {
     );
     // The limit is the probe's total whatever CPU its hits land on: a thread hitting ~1000
     // times a second must get close to the rate, not rate/ncpus.
-    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "small positive")]
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "small positive"
+    )]
     let min = (0.7 * rate as f64 * secs) as u64;
     assert!(
         emitted >= min,
@@ -627,7 +633,9 @@ fn placement_moves_to_emulated_and_values_still_match() {
         .collect();
     // After the verdict come only the reads moved from memory to registers there.
     let chose = format!("chose {:#x}:", p.addr);
-    let verdict = explain.iter().rposition(|l| !l.trim_start().starts_with("forwarded "));
+    let verdict = explain
+        .iter()
+        .rposition(|l| !l.trim_start().starts_with("forwarded "));
     assert!(
         verdict.is_some_and(|v| explain[v].trim_start().starts_with(&chose)),
         "--explain should end with `{chose} …` (then `forwarded …` lines); got:\n{}",
@@ -654,15 +662,25 @@ fn forwarding_reads_registers_and_values_still_match() {
     let mut fixture = Fixture::orders(DELAY_MS);
     let cols = [ROUND, ID, QTY, COST, CUSTOMER, G_COUNTER, S_TOTAL];
     let (_, _, fwd) = capture_checked(&fixture, &cols, 3, &["--explain"]);
-    let forwarded: Vec<&str> = fwd.stderr.lines().map(str::trim_start).filter(|l| l.starts_with("forwarded v")).collect();
+    let forwarded: Vec<&str> = fwd
+        .stderr
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with("forwarded v"))
+        .collect();
     assert!(
-        forwarded.iter().any(|l| l.starts_with("forwarded v0: 4 bytes at rbp-")),
+        forwarded
+            .iter()
+            .any(|l| l.starts_with("forwarded v0: 4 bytes at rbp-")),
         "`round` (v0, an int in a stack slot) should be read from the register that holds it:\n{}",
         fwd.stderr
     );
     let (_, _, slots) = capture_checked(&fixture, &cols, 3, &["--explain", "--no-forwarding"]);
     assert!(
-        !slots.stderr.lines().any(|l| l.trim_start().starts_with("forwarded ")),
+        !slots
+            .stderr
+            .lines()
+            .any(|l| l.trim_start().starts_with("forwarded ")),
         "--no-forwarding must read every value where the debug info puts it:\n{}",
         slots.stderr
     );
@@ -681,22 +699,43 @@ fn forwarding_never_changes_a_value() {
     let fixture = Fixture::orders(100);
     let src = std::fs::read_to_string(c_fixture_source("orders")).expect("read orders.c");
     let lines: Vec<&str> = src.lines().collect();
-    let start_of = |text: &str| lines.iter().position(|l| l.contains(text)).unwrap_or_else(|| panic!("orders.c has no `{text}`")) + 1;
+    let start_of = |text: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(text))
+            .unwrap_or_else(|| panic!("orders.c has no `{text}`"))
+            + 1
+    };
     // 1-based line numbers: the body of `process`, and `main`'s loop body.
     let process = (start_of("static double process(") + 1)..start_of("return cost;") + 1;
     let main_loop = (start_of("for (int round = 0;") + 1)..start_of("usleep(delay_ms") + 1;
     let by_round = |out: &Output| -> HashMap<i64, serde_json::Value> {
         out.stdout_lines()
             .into_iter()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .map(|v| (v["values"]["round"].as_i64().unwrap_or_else(|| panic!("no round: {v}")), v["locals"].clone()))
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
+            })
+            .map(|v| {
+                (
+                    v["values"]["round"]
+                        .as_i64()
+                        .unwrap_or_else(|| panic!("no round: {v}")),
+                    v["locals"].clone(),
+                )
+            })
             .collect()
     };
     let (mut lines_compared, mut values_compared, mut forwarded_lines) = (0, 0, 0);
     for line in process.chain(main_loop) {
         let at = format!("orders.c:{line}");
         let spawn = |extra: &[&str]| {
-            let mut args = capture_args(fixture.pid(), &at, &["round"], &["--locals", "--count", "6", "--format", "json", "--explain"]);
+            let mut args = capture_args(
+                fixture.pid(),
+                &at,
+                &["round"],
+                &["--locals", "--count", "6", "--format", "json", "--explain"],
+            );
             args.extend(extra.iter().map(|s| s.to_string()));
             let mut cmd = Command::new(agent_bin());
             cmd.args(args);
@@ -706,25 +745,57 @@ fn forwarding_never_changes_a_value() {
         let (fwd, slots) = (fwd.wait(AGENT_TIMEOUT), slots.wait(AGENT_TIMEOUT));
         if !fwd.status.success() || !slots.status.success() {
             // A line without code (a continuation line): both must refuse it, for that reason.
-            let first = |o: &Output| o.stderr.lines().find(|l| l.starts_with("error: ")).unwrap_or_default().to_owned();
-            assert_eq!(first(&fwd), first(&slots), "at {at} the two captures disagree on whether the line can be captured");
-            assert!(first(&fwd).contains("has no code"), "at {at}: unexpected failure:\n{}", fwd.stderr);
+            let first = |o: &Output| {
+                o.stderr
+                    .lines()
+                    .find(|l| l.starts_with("error: "))
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            assert_eq!(
+                first(&fwd),
+                first(&slots),
+                "at {at} the two captures disagree on whether the line can be captured"
+            );
+            assert!(
+                first(&fwd).contains("has no code"),
+                "at {at}: unexpected failure:\n{}",
+                fwd.stderr
+            );
             continue;
         }
-        if fwd.stderr.lines().any(|l| l.trim_start().starts_with("forwarded ")) {
+        if fwd
+            .stderr
+            .lines()
+            .any(|l| l.trim_start().starts_with("forwarded "))
+        {
             forwarded_lines += 1;
         }
         let (a, b) = (by_round(&fwd), by_round(&slots));
         let common: Vec<i64> = a.keys().filter(|r| b.contains_key(r)).copied().collect();
-        assert!(common.len() >= 2, "at {at} the two captures share too few hits ({common:?}):\n{}\n{}", fwd.stdout, slots.stdout);
+        assert!(
+            common.len() >= 2,
+            "at {at} the two captures share too few hits ({common:?}):\n{}\n{}",
+            fwd.stdout,
+            slots.stdout
+        );
         for r in common {
-            assert_eq!(a[&r], b[&r], "at {at}, round {r}: the locals differ with and without forwarding");
+            assert_eq!(
+                a[&r], b[&r],
+                "at {at}, round {r}: the locals differ with and without forwarding"
+            );
             values_compared += a[&r].as_object().map_or(0, serde_json::Map::len);
         }
         lines_compared += 1;
     }
-    assert!(lines_compared >= 15, "only {lines_compared} lines could be compared");
-    assert!(forwarded_lines >= 5, "forwarding applied on only {forwarded_lines} lines; the comparison proves little");
+    assert!(
+        lines_compared >= 15,
+        "only {lines_compared} lines could be compared"
+    );
+    assert!(
+        forwarded_lines >= 5,
+        "forwarding applied on only {forwarded_lines} lines; the comparison proves little"
+    );
     eprintln!("compared {values_compared} values on {lines_compared} lines ({forwarded_lines} with forwarded reads)");
 }
 
@@ -781,19 +852,44 @@ fn cpu_breaker_switches_a_hot_probe_off_and_says_why() {
     let at = process_at();
     // ~1000 hits/s at several µs each is ~0.1-1 % of a CPU: far over a 0.01 % budget.
     let mut cmd = Command::new(bin);
-    cmd.args(capture_args(fixture.pid(), &at, &["round"], &["--format", "json", "--cpu-budget", "0.01"]));
+    cmd.args(capture_args(
+        fixture.pid(),
+        &at,
+        &["round"],
+        &["--format", "json", "--cpu-budget", "0.01"],
+    ));
     let out = run_with_timeout(cmd, AGENT_TIMEOUT);
-    assert_eq!(out.status.code(), Some(3), "over-budget exit code\n{}", out.stderr);
-    assert!(out.stderr.contains("switched off: cost"), "reason printed: {}", out.stderr);
-    assert!(out.stderr.contains("exceeds the 0.01% budget"), "budget named: {}", out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "over-budget exit code\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("switched off: cost"),
+        "reason printed: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("exceeds the 0.01% budget"),
+        "budget named: {}",
+        out.stderr
+    );
     let s = single_summary(&out.stderr);
-    assert!(s.raw.contains("switched_off=\""), "summary names the breaker: {}", s.raw);
+    assert!(
+        s.raw.contains("switched_off=\""),
+        "summary names the breaker: {}",
+        s.raw
+    );
     assert!(s.get("hits") > 0, "{}", s.raw);
     s.assert_hits_accounted();
     // What was printed before the switch-off is still exact.
     for e in parse_events(&out) {
         let round = e.int("round");
-        let printed = fixture.process_line(i64::try_from(round).expect("round fits"), Duration::from_secs(5));
+        let printed = fixture.process_line(
+            i64::try_from(round).expect("round fits"),
+            Duration::from_secs(5),
+        );
         assert!(printed.contains(&format!("round={round} ")), "{printed}");
     }
     fixture.assert_keeps_running(3);

@@ -22,10 +22,17 @@ fn st001_ep001_ep002_initial_state_and_shapes() {
     require_root();
     let fixture = Fixture::orders_private(50);
     let stub = stub();
-    let agent = AttachedAgent::start(fixture.pid(), &["--name", "conf-shapes"], &[("DETRIX_DAEMON_URL", stub.url.as_str())]);
+    let agent = AttachedAgent::start(
+        fixture.pid(),
+        &["--name", "conf-shapes"],
+        &[("DETRIX_DAEMON_URL", stub.url.as_str())],
+    );
     let port: u64 = agent.control.rsplit(':').next().unwrap().parse().unwrap();
     assert!(port > 0);
-    assert_eq!(agent.get("/detrix/health"), (200, json!({"status":"ok","service":"detrix-client"})));
+    assert_eq!(
+        agent.get("/detrix/health"),
+        (200, json!({"status":"ok","service":"detrix-client"}))
+    );
     let (s, status) = agent.get("/detrix/status");
     assert_eq!(s, 200);
     assert_eq!(
@@ -36,15 +43,29 @@ fn st001_ep001_ep002_initial_state_and_shapes() {
     );
     let (s, info) = agent.get("/detrix/info");
     assert_eq!(s, 200);
-    assert_eq!((info["name"].clone(), info["pid"].clone(), info["language"].clone()), (json!("conf-shapes"), json!(fixture.pid()), json!("rust")), "{info}");
+    assert_eq!(
+        (
+            info["name"].clone(),
+            info["pid"].clone(),
+            info["language"].clone()
+        ),
+        (json!("conf-shapes"), json!(fixture.pid()), json!("rust")),
+        "{info}"
+    );
     // Unknown path or method: 404 {"error":"not found"}, as the Rust SDK.
-    assert_eq!(agent.get("/detrix/wake"), (404, json!({"error":"not found"})));
+    assert_eq!(
+        agent.get("/detrix/wake"),
+        (404, json!({"error":"not found"}))
+    );
     assert_eq!(agent.get("/nope"), (404, json!({"error":"not found"})));
     // A wake body that is not JSON is a 400 that says what to send.
     let (s, e) = agent.post("/detrix/wake", Some("{nope"));
     assert_eq!(s, 400);
     assert!(e["error"].as_str().unwrap().contains("daemon_url"), "{e}");
-    assert!(stub.lock().registrations.is_empty(), "nothing registers while asleep");
+    assert!(
+        stub.lock().registrations.is_empty(),
+        "nothing registers while asleep"
+    );
 }
 
 #[test]
@@ -52,22 +73,52 @@ fn st002_st004_st005_wake_and_sleep_are_idempotent() {
     require_root();
     let fixture = Fixture::orders_private(50);
     let stub = stub();
-    let agent = AttachedAgent::start(fixture.pid(), &["--daemon-url", &stub.url, "--name", "conf-idem"], &[]);
-    assert_eq!(agent.post("/detrix/sleep", None), (200, json!({"status":"already_sleeping"})));
+    let agent = AttachedAgent::start(
+        fixture.pid(),
+        &["--daemon-url", &stub.url, "--name", "conf-idem"],
+        &[],
+    );
+    assert_eq!(
+        agent.post("/detrix/sleep", None),
+        (200, json!({"status":"already_sleeping"}))
+    );
     let (s, first) = agent.post("/detrix/wake", Some("{}"));
-    assert_eq!((s, first["status"].clone()), (200, json!("awake")), "{first}");
+    assert_eq!(
+        (s, first["status"].clone()),
+        (200, json!("awake")),
+        "{first}"
+    );
     let port = first["debug_port"].as_u64().unwrap();
     assert!((1024..=65535).contains(&port), "{first}");
     let (s, again) = agent.post("/detrix/wake", None);
     assert_eq!(s, 200);
-    assert_eq!(again, json!({"status":"already_awake","debug_port":port,"connection_id":first["connection_id"],"daemon_url":stub.url}));
-    assert_eq!(stub.lock().registrations.len(), 1, "already_awake does not register again");
-    assert_eq!(agent.post("/detrix/sleep", None), (200, json!({"status":"sleeping"})));
-    assert_eq!(agent.post("/detrix/sleep", None), (200, json!({"status":"already_sleeping"})));
-    assert_eq!(stub.lock().unregistrations, vec![first["connection_id"].as_str().unwrap().to_string()]);
+    assert_eq!(
+        again,
+        json!({"status":"already_awake","debug_port":port,"connection_id":first["connection_id"],"daemon_url":stub.url})
+    );
+    assert_eq!(
+        stub.lock().registrations.len(),
+        1,
+        "already_awake does not register again"
+    );
+    assert_eq!(
+        agent.post("/detrix/sleep", None),
+        (200, json!({"status":"sleeping"}))
+    );
+    assert_eq!(
+        agent.post("/detrix/sleep", None),
+        (200, json!({"status":"already_sleeping"}))
+    );
+    assert_eq!(
+        stub.lock().unregistrations,
+        vec![first["connection_id"].as_str().unwrap().to_string()]
+    );
     // Wake after sleep: a new registration with the same identity, so the same id.
     let (s, third) = agent.post("/detrix/wake", None);
-    assert_eq!((s, third["status"].clone(), third["connection_id"].clone()), (200, json!("awake"), first["connection_id"].clone()));
+    assert_eq!(
+        (s, third["status"].clone(), third["connection_id"].clone()),
+        (200, json!("awake"), first["connection_id"].clone())
+    );
     assert_eq!(stub.lock().registrations.len(), 2);
 }
 
@@ -77,13 +128,30 @@ fn eh001_unreachable_daemon_fails_clearly_and_stays_asleep() {
     let fixture = Fixture::orders_private(50);
     let stub = stub();
     let agent = AttachedAgent::start(fixture.pid(), &["--daemon-url", &stub.url], &[]);
-    let (s, e) = agent.post("/detrix/wake", Some(r#"{"daemon_url":"http://127.0.0.1:1"}"#));
+    let (s, e) = agent.post(
+        "/detrix/wake",
+        Some(r#"{"daemon_url":"http://127.0.0.1:1"}"#),
+    );
     assert_eq!(s, 503, "{e}");
     let msg = e["error"].as_str().unwrap();
-    assert!(msg.starts_with("daemon not reachable at http://127.0.0.1:1: ") && msg.contains("/health"), "{msg}");
+    assert!(
+        msg.starts_with("daemon not reachable at http://127.0.0.1:1: ") && msg.contains("/health"),
+        "{msg}"
+    );
     let (_, status) = agent.get("/detrix/status");
-    assert_eq!((status["state"].clone(), status["debug_port"].clone(), status["connection_id"].clone()), (json!("sleeping"), json!(0), Value::Null));
-    assert_eq!(stub.lock().health_checks, 0, "the override URL was used, not the configured one");
+    assert_eq!(
+        (
+            status["state"].clone(),
+            status["debug_port"].clone(),
+            status["connection_id"].clone()
+        ),
+        (json!("sleeping"), json!(0), Value::Null)
+    );
+    assert_eq!(
+        stub.lock().health_checks,
+        0,
+        "the override URL was used, not the configured one"
+    );
 }
 
 #[test]
@@ -105,10 +173,19 @@ fn cc001_five_concurrent_wakes_make_one_registration() {
         })
         .collect();
     let results: Vec<(u16, Value)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    let awake = results.iter().filter(|(s, b)| *s == 200 && b["status"] == "awake").count();
-    let already = results.iter().filter(|(s, b)| *s == 200 && b["status"] == "already_awake").count();
+    let awake = results
+        .iter()
+        .filter(|(s, b)| *s == 200 && b["status"] == "awake")
+        .count();
+    let already = results
+        .iter()
+        .filter(|(s, b)| *s == 200 && b["status"] == "already_awake")
+        .count();
     assert_eq!((awake, already), (1, 4), "{results:?}");
-    let ids: std::collections::BTreeSet<String> = results.iter().map(|(_, b)| b["connection_id"].as_str().unwrap().to_string()).collect();
+    let ids: std::collections::BTreeSet<String> = results
+        .iter()
+        .map(|(_, b)| b["connection_id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids.len(), 1, "{results:?}");
     assert_eq!(stub.lock().registrations.len(), 1, "one daemon connection");
 }
@@ -130,7 +207,11 @@ fn remote_callers_need_the_bearer_token() {
     };
     let fixture = Fixture::orders_private(50);
     let stub = stub();
-    let agent = AttachedAgent::start(fixture.pid(), &["--daemon-url", &stub.url, "--control-host", "0.0.0.0"], &[("DETRIX_TOKEN", "s3cret")]);
+    let agent = AttachedAgent::start(
+        fixture.pid(),
+        &["--daemon-url", &stub.url, "--control-host", "0.0.0.0"],
+        &[("DETRIX_TOKEN", "s3cret")],
+    );
     let port = agent.control.rsplit(':').next().unwrap();
     let remote = format!("http://{ip}:{port}");
     let get = |path: &str, auth: &[(&str, &str)]| {
@@ -138,10 +219,27 @@ fn remote_callers_need_the_bearer_token() {
         (s, json_body(&b))
     };
     assert_eq!(get("/detrix/health", &[]).0, 200, "health never needs auth");
-    assert_eq!(get("/detrix/status", &[]), (401, json!({"error":"unauthorized"})));
-    assert_eq!(get("/detrix/nope", &[]), (401, json!({"error":"unauthorized"})), "auth before routing");
-    assert_eq!(get("/detrix/status", &[("Authorization", "Bearer wrong")]).0, 401);
-    assert_eq!(get("/detrix/status", &[("Authorization", "Bearer s3cret")]).0, 200);
-    assert_eq!(agent.get("/detrix/status").0, 200, "loopback passes without a token");
+    assert_eq!(
+        get("/detrix/status", &[]),
+        (401, json!({"error":"unauthorized"}))
+    );
+    assert_eq!(
+        get("/detrix/nope", &[]),
+        (401, json!({"error":"unauthorized"})),
+        "auth before routing"
+    );
+    assert_eq!(
+        get("/detrix/status", &[("Authorization", "Bearer wrong")]).0,
+        401
+    );
+    assert_eq!(
+        get("/detrix/status", &[("Authorization", "Bearer s3cret")]).0,
+        200
+    );
+    assert_eq!(
+        agent.get("/detrix/status").0,
+        200,
+        "loopback passes without a token"
+    );
     thread::sleep(Duration::from_millis(10));
 }

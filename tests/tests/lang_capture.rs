@@ -226,7 +226,11 @@ fn capture_probe(build: &FixtureBuild, fixture: &Fixture, probe: &Probe, known_b
     let names: Vec<&str> = values.iter().map(|(e, _)| *e).collect();
     // The copies of a line are attached one after another, tens of ms apart on a loaded
     // machine: with several copies, take enough hits that every copy fires after the last attach.
-    let count = if probe.copies.is_empty() { COUNT } else { 4 * COUNT };
+    let count = if probe.copies.is_empty() {
+        COUNT
+    } else {
+        4 * COUNT
+    };
 
     let out: Output = run_agent(&capture_args(
         fixture.pid(),
@@ -235,7 +239,11 @@ fn capture_probe(build: &FixtureBuild, fixture: &Fixture, probe: &Probe, known_b
         &["--count", &count.to_string(), "--format", "json"],
     ));
     out.assert_success();
-    let hits: Vec<Hit> = out.stdout_lines().into_iter().map(detrix_e2e::parse_event_allowing_goid).collect();
+    let hits: Vec<Hit> = out
+        .stdout_lines()
+        .into_iter()
+        .map(detrix_e2e::parse_event_allowing_goid)
+        .collect();
     assert_eq!(
         hits.len(),
         count,
@@ -419,7 +427,11 @@ fn capture_go123_opt() {
 fn capped(items: &[&str], cap: usize, sep: &str, more_sep: &str) -> String {
     let shown = items.len().min(cap);
     let more = items.len() - shown;
-    let tail = if more > 0 { format!("{more_sep}...+{more} more") } else { String::new() };
+    let tail = if more > 0 {
+        format!("{more_sep}...+{more} more")
+    } else {
+        String::new()
+    };
     format!("[{}{tail}]", items[..shown].join(sep))
 }
 
@@ -439,12 +451,27 @@ fn max_elements_cut(build: FixtureBuild, expr: &str, key: &str) {
         &["--count", "8", "--format", "json", "--max-elements", "2"],
     ));
     out.assert_success();
-    let probe = Probe { name: "process", printed: "process", keys: &[("round", "round")], copies: &[], points: 1, exprs: Vec::new() };
+    let probe = Probe {
+        name: "process",
+        printed: "process",
+        keys: &[("round", "round")],
+        copies: &[],
+        points: 1,
+        exprs: Vec::new(),
+    };
     let mut longer = 0;
-    for hit in out.stdout_lines().into_iter().map(detrix_e2e::parse_event_allowing_goid) {
+    for hit in out
+        .stdout_lines()
+        .into_iter()
+        .map(detrix_e2e::parse_event_allowing_goid)
+    {
         let line = printed_line_of(fixture.stdout(), &probe, &hit);
         let f = fields(&line);
-        let got = hit.values.get(expr).and_then(Value::as_str).unwrap_or_else(|| panic!("`{expr}` is not text: {}", hit.raw));
+        let got = hit
+            .values
+            .get(expr)
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("`{expr}` is not text: {}", hit.raw));
         let want = if build.lang == Lang::Go {
             let items: Vec<&str> = printed(&f, key, &line).split(',').collect();
             format!(
@@ -462,9 +489,17 @@ fn max_elements_cut(build: FixtureBuild, expr: &str, key: &str) {
         if want.contains("more") {
             longer += 1;
         }
-        assert_eq!(got, want, "`{expr}` with --max-elements 2\n  event:   {}\n  printed: {line}", hit.raw);
+        assert_eq!(
+            got, want,
+            "`{expr}` with --max-elements 2\n  event:   {}\n  printed: {line}",
+            hit.raw
+        );
     }
-    assert!(longer > 0, "no hit had more than 2 elements, so the cut was never shown:\n{}", out.stdout);
+    assert!(
+        longer > 0,
+        "no hit had more than 2 elements, so the cut was never shown:\n{}",
+        out.stdout
+    );
 }
 
 #[test]

@@ -20,9 +20,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{daemon_bin, golden_dir, http, json_body, patched_code, AttachedAgent, Daemon};
-use detrix_e2e::{build_c_fixture, fixtures_out_dir, marker_line, parse_kv, require_root, workspace_root, Build, Fixture};
+use detrix_e2e::{
+    build_c_fixture, fixtures_out_dir, marker_line, parse_kv, require_root, workspace_root, Build,
+    Fixture,
+};
 use serde_json::{json, Value};
-
 
 /// One fixture program and the metrics put on it.
 struct Case {
@@ -60,13 +62,26 @@ fn build(kind: &'static str) -> Case {
                 .env("GOCACHE", out.join("gocache"))
                 .env("GOFLAGS", "-mod=mod")
                 .current_dir(src.parent().unwrap()));
-            Case { src, exe, id_expr: "o.ID", after_exprs: ["round", "cost", "o.Customer"] }
+            Case {
+                src,
+                exe,
+                id_expr: "o.ID",
+                after_exprs: ["round", "cost", "o.Customer"],
+            }
         }
         _ => {
             let exe = out.join("orders_rs");
             let src = root.join("rust/orders.rs").canonicalize().unwrap();
-            run(Command::new("rustc").args(["-g", "-C", "opt-level=0", "-o"]).arg(&exe).arg(&src));
-            Case { src, exe, id_expr: "o.id", after_exprs: ["round", "cost", "o.customer"] }
+            run(Command::new("rustc")
+                .args(["-g", "-C", "opt-level=0", "-o"])
+                .arg(&exe)
+                .arg(&src));
+            Case {
+                src,
+                exe,
+                id_expr: "o.id",
+                after_exprs: ["round", "cost", "o.customer"],
+            }
         }
     }
 }
@@ -80,21 +95,37 @@ fn events(d: &Daemon, metric: &str, n: usize) -> Vec<Value> {
         if s == 200 && list.len() >= n {
             return list;
         }
-        assert!(Instant::now() < deadline, "metric {metric}: {} events after 15 s, wanted {n}; last answer {s} {v}", list.len());
+        assert!(
+            Instant::now() < deadline,
+            "metric {metric}: {} events after 15 s, wanted {n}; last answer {s} {v}",
+            list.len()
+        );
         thread::sleep(Duration::from_millis(250));
     }
 }
 
 fn value(ev: &Value, i: usize) -> Value {
-    let raw = ev["values"][i]["valueJson"].as_str().unwrap_or_else(|| panic!("no values[{i}].valueJson in {ev}"));
+    let raw = ev["values"][i]["valueJson"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no values[{i}].valueJson in {ev}"));
     serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()))
 }
 
 fn normalize(text: &str, case: &Case, pid: u32) -> String {
     let dir = case.src.parent().unwrap().to_string_lossy().into_owned();
-    let sysroot = Command::new("rustc").args(["--print", "sysroot"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
-    let text = if sysroot.is_empty() { text.to_string() } else { text.replace(&sysroot, "$RUST_SYSROOT") };
-    text.replace(&dir, "$SRC").replace(&format!("\"pid\":{pid}"), "\"pid\":\"$PID\"").replace(&format!("[thread {pid}]"), "[thread $PID]")
+    let sysroot = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let text = if sysroot.is_empty() {
+        text.to_string()
+    } else {
+        text.replace(&sysroot, "$RUST_SYSROOT")
+    };
+    text.replace(&dir, "$SRC")
+        .replace(&format!("\"pid\":{pid}"), "\"pid\":\"$PID\"")
+        .replace(&format!("[thread {pid}]"), "[thread $PID]")
 }
 
 fn run_case(d: &Daemon, kind: &'static str) {
@@ -105,25 +136,59 @@ fn run_case(d: &Daemon, kind: &'static str) {
     let name = format!("real-{kind}");
     let ws = case.src.parent().unwrap().to_string_lossy().into_owned();
     let record_s = record.to_string_lossy().into_owned();
-    let mut agent = AttachedAgent::start(pid, &["--daemon-url", &d.url, "--name", &name, "--workspace-root", &ws, "--dap-record", &record_s], &[]);
+    let mut agent = AttachedAgent::start(
+        pid,
+        &[
+            "--daemon-url",
+            &d.url,
+            "--name",
+            &name,
+            "--workspace-root",
+            &ws,
+            "--dap-record",
+            &record_s,
+        ],
+        &[],
+    );
     let (s, wake) = agent.post("/detrix/wake", None);
-    assert_eq!((s, wake["status"].clone()), (200, json!("awake")), "{kind}: {wake}\nagent: {}", agent.stderr.text());
+    assert_eq!(
+        (s, wake["status"].clone()),
+        (200, json!("awake")),
+        "{kind}: {wake}\nagent: {}",
+        agent.stderr.text()
+    );
     let id = wake["connection_id"].as_str().unwrap().to_string();
     let (_, row) = d.get(&format!("/api/v1/connections/{id}"));
     let want_lang = if kind == "go" { "go" } else { "rust" };
-    assert_eq!((row["status"].clone(), row["language"].clone(), row["name"].clone()), (json!(3), json!(want_lang), json!(name)), "{row}");
+    assert_eq!(
+        (
+            row["status"].clone(),
+            row["language"].clone(),
+            row["name"].clone()
+        ),
+        (json!(3), json!(want_lang), json!(name)),
+        "{row}"
+    );
 
     let src = case.src.to_string_lossy().into_owned();
     let single = format!("{kind}_order_id");
     let triple = format!("{kind}_after");
-    for (metric, marker, exprs) in [(&single, "process", vec![case.id_expr]), (&triple, "after", case.after_exprs.to_vec())] {
+    for (metric, marker, exprs) in [
+        (&single, "process", vec![case.id_expr]),
+        (&triple, "after", case.after_exprs.to_vec()),
+    ] {
         let line = marker_line(&case.src, marker);
         let (s, r) = d.post(
             "/api/v1/metrics",
             &json!({"name": metric, "connectionId": id, "location": format!("@{src}#{line}"), "expressions": exprs, "enabled": true}),
         );
         assert_eq!(s, 201, "{kind}: adding {metric}: {r}");
-        let _ = writeln!(std::io::stderr(), "real-daemon {kind}: added {metric} at {}:{line} {exprs:?}: warnings {}", case.src.display(), r.get("warnings").unwrap_or(&Value::Null));
+        let _ = writeln!(
+            std::io::stderr(),
+            "real-daemon {kind}: added {metric} at {}:{line} {exprs:?}: warnings {}",
+            case.src.display(),
+            r.get("warnings").unwrap_or(&Value::Null)
+        );
     }
 
     // The single-expression metric: each stored id is one the program printed.
@@ -131,56 +196,111 @@ fn run_case(d: &Daemon, kind: &'static str) {
     for ev in evs.iter().take(5) {
         assert_eq!(ev["values"][0]["expression"], case.id_expr);
         assert!(ev["error"].is_null(), "{ev}");
-        let idv = value(ev, 0).as_i64().unwrap_or_else(|| panic!("{kind}: id is not an integer: {ev}"));
-        assert!(ev["values"][0]["typedValue"]["numericValue"].is_number(), "typed as a number: {ev}");
+        let idv = value(ev, 0)
+            .as_i64()
+            .unwrap_or_else(|| panic!("{kind}: id is not an integer: {ev}"));
+        assert!(
+            ev["values"][0]["typedValue"]["numericValue"].is_number(),
+            "typed as a number: {ev}"
+        );
         let round = idv - 1000;
         let printed = fixture.process_line(round, Duration::from_secs(5));
-        assert_eq!(parse_kv(&printed)["id"], idv.to_string(), "{kind}: stored {ev}\nprinted {printed}");
-        let want_thread = if kind == "go" { "goroutine-1".to_string() } else { format!("thread-{pid}") };
+        assert_eq!(
+            parse_kv(&printed)["id"],
+            idv.to_string(),
+            "{kind}: stored {ev}\nprinted {printed}"
+        );
+        let want_thread = if kind == "go" {
+            "goroutine-1".to_string()
+        } else {
+            format!("thread-{pid}")
+        };
         assert_eq!(ev["threadName"], want_thread, "{ev}");
     }
     // The three-expression metric: round, cost and customer of the same round as printed.
     let evs = events(d, &triple, 3);
     for ev in evs.iter().take(5) {
         assert_eq!(ev["values"].as_array().map(Vec::len), Some(3), "{ev}");
-        let round = value(ev, 0).as_i64().unwrap_or_else(|| panic!("{kind}: round: {ev}"));
+        let round = value(ev, 0)
+            .as_i64()
+            .unwrap_or_else(|| panic!("{kind}: round: {ev}"));
         let printed = fixture.process_line(round, Duration::from_secs(5));
         let kv = parse_kv(&printed);
-        assert_eq!(value(ev, 1).as_f64(), Some(kv["cost"].parse::<f64>().unwrap()), "{kind} cost: stored {ev}\nprinted {printed}");
+        assert_eq!(
+            value(ev, 1).as_f64(),
+            Some(kv["cost"].parse::<f64>().unwrap()),
+            "{kind} cost: stored {ev}\nprinted {printed}"
+        );
         // A C `char *` as lldb-dap shows it: its address, then the quoted text (the C fixture
         // prints the address as `pcust`); Go and Rust strings are their text.
         let customer = match kv.get("pcust") {
             Some(p) if kind == "c" => format!("{p} \"{}\"", kv["customer"]),
             _ => kv["customer"].to_string(),
         };
-        assert_eq!(value(ev, 2), json!(customer), "{kind} customer: stored {ev}\nprinted {printed}");
-        assert_eq!(ev["values"][2]["typedValue"]["stringValue"], json!(customer), "typed as a string: {ev}");
+        assert_eq!(
+            value(ev, 2),
+            json!(customer),
+            "{kind} customer: stored {ev}\nprinted {printed}"
+        );
+        assert_eq!(
+            ev["values"][2]["typedValue"]["stringValue"],
+            json!(customer),
+            "typed as a string: {ev}"
+        );
     }
-    assert!(!patched_code(pid).is_empty(), "{kind}: probes are in the target while awake");
+    assert!(
+        !patched_code(pid).is_empty(),
+        "{kind}: probes are in the target while awake"
+    );
 
     // Sleep: the row is disconnected, no probe is left, the program keeps running.
-    assert_eq!(agent.post("/detrix/sleep", None), (200, json!({"status":"sleeping"})));
+    assert_eq!(
+        agent.post("/detrix/sleep", None),
+        (200, json!({"status":"sleeping"}))
+    );
     let (_, row) = d.get(&format!("/api/v1/connections/{id}"));
-    assert_eq!(row["status"], 1, "{kind}: the connection is gone after sleep: {row}");
-    assert_eq!(patched_code(pid), Vec::<u64>::new(), "{kind}: no probe left in the target after sleep");
+    assert_eq!(
+        row["status"], 1,
+        "{kind}: the connection is gone after sleep: {row}"
+    );
+    assert_eq!(
+        patched_code(pid),
+        Vec::<u64>::new(),
+        "{kind}: no probe left in the target after sleep"
+    );
     fixture.assert_keeps_running(2);
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };
-    assert_eq!(agent.wait_exit(Duration::from_secs(10)), Some(0), "agent stderr:\n{}", agent.stderr.text());
+    assert_eq!(
+        agent.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "agent stderr:\n{}",
+        agent.stderr.text()
+    );
 
     let text = std::fs::read_to_string(&record).unwrap();
     if std::env::var_os("DETRIX_GOLDEN_REWRITE").is_some() {
         let dir = golden_dir().join("real");
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("agent-{kind}.jsonl")), normalize(&text, &case, pid)).unwrap();
+        std::fs::write(
+            dir.join(format!("agent-{kind}.jsonl")),
+            normalize(&text, &case, pid),
+        )
+        .unwrap();
     }
 }
 
 #[test]
 fn real_daemon_stores_the_values_the_programs_printed() {
-    let Some(bin) = daemon_bin("real_daemon_stores_the_values_the_programs_printed") else { return };
+    let Some(bin) = daemon_bin("real_daemon_stores_the_values_the_programs_printed") else {
+        return;
+    };
     require_root();
-    let d = Daemon::start(&bin, "values", &workspace_root().join("tests").join("fixtures"));
+    let d = Daemon::start(
+        &bin,
+        "values",
+        &workspace_root().join("tests").join("fixtures"),
+    );
     for kind in ["c", "go", "rust"] {
         run_case(&d, kind);
     }
@@ -188,39 +308,91 @@ fn real_daemon_stores_the_values_the_programs_printed() {
 
 #[test]
 fn real_daemon_client_conformance() {
-    let Some(bin) = daemon_bin("real_daemon_client_conformance") else { return };
+    let Some(bin) = daemon_bin("real_daemon_client_conformance") else {
+        return;
+    };
     require_root();
-    let d = Daemon::start(&bin, "conformance", &workspace_root().join("tests").join("fixtures"));
+    let d = Daemon::start(
+        &bin,
+        "conformance",
+        &workspace_root().join("tests").join("fixtures"),
+    );
     let fixture = Fixture::orders_private(50);
-    let agent = AttachedAgent::start(fixture.pid(), &["--daemon-url", &d.url, "--name", "conformance"], &[]);
+    let agent = AttachedAgent::start(
+        fixture.pid(),
+        &["--daemon-url", &d.url, "--name", "conformance"],
+        &[],
+    );
     // ST001 / EP001 / EP002
     let (s, st) = agent.get("/detrix/status");
-    assert_eq!((s, st["state"].clone(), st["connection_id"].clone()), (200, json!("sleeping"), Value::Null));
+    assert_eq!(
+        (s, st["state"].clone(), st["connection_id"].clone()),
+        (200, json!("sleeping"), Value::Null)
+    );
     assert!(st["control_port"].as_u64().unwrap() > 0);
-    assert_eq!(agent.get("/detrix/health"), (200, json!({"status":"ok","service":"detrix-client"})));
+    assert_eq!(
+        agent.get("/detrix/health"),
+        (200, json!({"status":"ok","service":"detrix-client"}))
+    );
     // EH001
-    let (s, e) = agent.post("/detrix/wake", Some(r#"{"daemon_url":"http://127.0.0.1:1"}"#));
+    let (s, e) = agent.post(
+        "/detrix/wake",
+        Some(r#"{"daemon_url":"http://127.0.0.1:1"}"#),
+    );
     assert_eq!(s, 503, "{e}");
-    assert!(e["error"].as_str().unwrap().starts_with("daemon not reachable at http://127.0.0.1:1: "), "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("daemon not reachable at http://127.0.0.1:1: "),
+        "{e}"
+    );
     assert_eq!(agent.get("/detrix/status").1["state"], "sleeping");
     // CC001: five concurrent wakes, one awake, one connected row.
     let url = format!("{}/detrix/wake", agent.control);
-    let hs: Vec<_> = (0..5).map(|_| {
-        let url = url.clone();
-        thread::spawn(move || json_body(&http("POST", &url, None).1))
-    }).collect();
+    let hs: Vec<_> = (0..5)
+        .map(|_| {
+            let url = url.clone();
+            thread::spawn(move || json_body(&http("POST", &url, None).1))
+        })
+        .collect();
     let rs: Vec<Value> = hs.into_iter().map(|h| h.join().unwrap()).collect();
-    assert_eq!(rs.iter().filter(|r| r["status"] == "awake").count(), 1, "{rs:?}");
-    assert_eq!(rs.iter().filter(|r| r["status"] == "already_awake").count(), 4, "{rs:?}");
+    assert_eq!(
+        rs.iter().filter(|r| r["status"] == "awake").count(),
+        1,
+        "{rs:?}"
+    );
+    assert_eq!(
+        rs.iter().filter(|r| r["status"] == "already_awake").count(),
+        4,
+        "{rs:?}"
+    );
     let id = rs[0]["connection_id"].as_str().unwrap().to_string();
     // ST002: listed by the daemon
     let (_, rows) = d.get("/api/v1/connections");
-    let ours: Vec<&Value> = rows.as_array().unwrap().iter().filter(|r| r["name"] == "conformance").collect();
+    let ours: Vec<&Value> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["name"] == "conformance")
+        .collect();
     assert_eq!(ours.len(), 1, "{rows}");
-    assert_eq!((ours[0]["connectionId"].clone(), ours[0]["status"].clone()), (json!(id), json!(3)));
+    assert_eq!(
+        (ours[0]["connectionId"].clone(), ours[0]["status"].clone()),
+        (json!(id), json!(3))
+    );
     // ST004 / ST005 / ST003
-    assert_eq!(agent.post("/detrix/wake", None).1["status"], "already_awake");
-    assert_eq!(agent.post("/detrix/sleep", None), (200, json!({"status":"sleeping"})));
-    assert_eq!(agent.post("/detrix/sleep", None), (200, json!({"status":"already_sleeping"})));
+    assert_eq!(
+        agent.post("/detrix/wake", None).1["status"],
+        "already_awake"
+    );
+    assert_eq!(
+        agent.post("/detrix/sleep", None),
+        (200, json!({"status":"sleeping"}))
+    );
+    assert_eq!(
+        agent.post("/detrix/sleep", None),
+        (200, json!({"status":"already_sleeping"}))
+    );
     assert_eq!(d.get(&format!("/api/v1/connections/{id}")).1["status"], 1);
 }

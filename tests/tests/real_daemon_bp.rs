@@ -23,9 +23,11 @@ use common::{daemon_bin, patched_code, AttachedAgent, Daemon};
 use detrix_e2e::{fixtures_out_dir, parse_kv, require_root, workspace_root, Fixture};
 use serde_json::{json, Value};
 
-
 fn chain_src() -> PathBuf {
-    workspace_root().join("tests/fixtures/bp/chain.go").canonicalize().unwrap()
+    workspace_root()
+        .join("tests/fixtures/bp/chain.go")
+        .canonicalize()
+        .unwrap()
 }
 
 fn build_chain_go() -> PathBuf {
@@ -49,39 +51,67 @@ fn build_chain_go() -> PathBuf {
 /// The line carrying `// <marker>` in `path`.
 fn line_of(path: &Path, marker: &str) -> u64 {
     let text = std::fs::read_to_string(path).unwrap();
-    let hits: Vec<u64> = text.lines().enumerate().filter(|(_, l)| l.ends_with(&format!("// {marker}"))).map(|(i, _)| i as u64 + 1).collect();
+    let hits: Vec<u64> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.ends_with(&format!("// {marker}")))
+        .map(|(i, _)| i as u64 + 1)
+        .collect();
     assert_eq!(hits.len(), 1, "{marker} in {}", path.display());
     hits[0]
 }
 
 /// Line `n` (1-based) of `path`, trimmed.
 fn text_at(path: &Path, n: u64) -> String {
-    std::fs::read_to_string(path).unwrap().lines().nth(usize::try_from(n - 1).unwrap()).unwrap().trim().to_owned()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .nth(usize::try_from(n - 1).unwrap())
+        .unwrap()
+        .trim()
+        .to_owned()
 }
 
 /// A stored value, parsed as JSON when it is JSON.
 fn value(ev: &Value, i: usize) -> Value {
-    let raw = ev["values"][i]["valueJson"].as_str().unwrap_or_else(|| panic!("no values[{i}].valueJson in {ev}"));
+    let raw = ev["values"][i]["valueJson"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no values[{i}].valueJson in {ev}"));
     serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()))
 }
 
 fn int(ev: &Value, i: usize) -> i64 {
-    value(ev, i).as_i64().unwrap_or_else(|| panic!("values[{i}] is not an integer: {ev}"))
+    value(ev, i)
+        .as_i64()
+        .unwrap_or_else(|| panic!("values[{i}] is not an integer: {ev}"))
 }
 
 /// The fixture's own `c z=<z> w=<w> name=<name> balance=<b>` line of the round with `z`.
 fn printed(fixture: &Fixture, z: i64) -> HashMap<String, String> {
-    let l = fixture.stdout().wait_for(Duration::from_secs(5), |l| l.starts_with(&format!("c z={z} "))).unwrap_or_else(|| panic!("the fixture printed no round z={z}"));
+    let l = fixture
+        .stdout()
+        .wait_for(Duration::from_secs(5), |l| {
+            l.starts_with(&format!("c z={z} "))
+        })
+        .unwrap_or_else(|| panic!("the fixture printed no round z={z}"));
     parse_kv(&l)
 }
 
 fn rounds_printed(fixture: &Fixture) -> usize {
-    fixture.stdout().snapshot().iter().filter(|l| l.starts_with("c z=")).count()
+    fixture
+        .stdout()
+        .snapshot()
+        .iter()
+        .filter(|l| l.starts_with("c z="))
+        .count()
 }
 
 #[test]
 fn real_daemon_breakpoint_mode_stores_what_the_go_program_printed() {
-    let Some(bin) = daemon_bin("real_daemon_breakpoint_mode_stores_what_the_go_program_printed") else { return };
+    let Some(bin) = daemon_bin("real_daemon_breakpoint_mode_stores_what_the_go_program_printed")
+    else {
+        return;
+    };
     require_root();
     let src = chain_src();
     let exe = build_chain_go();
@@ -90,26 +120,70 @@ fn real_daemon_breakpoint_mode_stores_what_the_go_program_printed() {
     let pid = fixture.pid();
     let ws = src.parent().unwrap().to_string_lossy().into_owned();
     let record = d.dir.join("bp-go.jsonl").to_string_lossy().into_owned();
-    let mut agent = AttachedAgent::start(pid, &["--daemon-url", &d.url, "--name", "real-bp-go", "--workspace-root", &ws, "--dap-record", &record], &[]);
+    let mut agent = AttachedAgent::start(
+        pid,
+        &[
+            "--daemon-url",
+            &d.url,
+            "--name",
+            "real-bp-go",
+            "--workspace-root",
+            &ws,
+            "--dap-record",
+            &record,
+        ],
+        &[],
+    );
     let (s, wake) = agent.post("/detrix/wake", None);
-    assert_eq!((s, wake["status"].clone()), (200, json!("awake")), "{wake}\nagent: {}", agent.stderr.text());
+    assert_eq!(
+        (s, wake["status"].clone()),
+        (200, json!("awake")),
+        "{wake}\nagent: {}",
+        agent.stderr.text()
+    );
     let id = wake["connection_id"].as_str().unwrap().to_string();
     let (_, row) = d.get(&format!("/api/v1/connections/{id}"));
-    assert_eq!((row["status"].clone(), row["language"].clone()), (json!(3), json!("go")), "{row}");
+    assert_eq!(
+        (row["status"].clone(), row["language"].clone()),
+        (json!(3), json!("go")),
+        "{row}"
+    );
 
     // Lines of the chain: c's first statement, its PROBE line and its return; the call sites.
     let probe_c = line_of(&src, "PROBE:c");
     let (assign_w, return_w) = (probe_c - 1, probe_c + 1);
-    assert_eq!((text_at(&src, assign_w).as_str(), text_at(&src, return_w).as_str()), ("w := z * 3", "return w"), "chain.go changed shape");
-    let (call_b, call_a, call_main) = (line_of(&src, "CALL:b"), line_of(&src, "CALL:a"), line_of(&src, "CALL:main"));
+    assert_eq!(
+        (
+            text_at(&src, assign_w).as_str(),
+            text_at(&src, return_w).as_str()
+        ),
+        ("w := z * 3", "return w"),
+        "chain.go changed shape"
+    );
+    let (call_b, call_a, call_main) = (
+        line_of(&src, "CALL:b"),
+        line_of(&src, "CALL:a"),
+        line_of(&src, "CALL:main"),
+    );
     let path = src.to_string_lossy().into_owned();
     let add = |name: &str, line: u64, exprs: &[&str], stack: bool| {
         let body = json!({"name": name, "connectionId": id, "location": format!("@{path}#{line}"), "expressions": exprs,
                           "enabled": true, "captureStackTrace": stack, "captureMemorySnapshot": false});
         let (s, r) = d.post("/api/v1/metrics", &body);
         assert_eq!(s, 201, "adding {name}: {r}\nagent: {}", agent.stderr.text());
-        assert_eq!((r["metric"]["language"].clone(), r["metric"]["captureStackTrace"].clone()), (json!("go"), json!(stack)), "{r}");
-        let _ = writeln!(std::io::stderr(), "real-daemon bp: added {name} at chain.go:{line} {exprs:?} stack={stack}: warnings {}", r.get("warnings").unwrap_or(&Value::Null));
+        assert_eq!(
+            (
+                r["metric"]["language"].clone(),
+                r["metric"]["captureStackTrace"].clone()
+            ),
+            (json!("go"), json!(stack)),
+            "{r}"
+        );
+        let _ = writeln!(
+            std::io::stderr(),
+            "real-daemon bp: added {name} at chain.go:{line} {exprs:?} stack={stack}: warnings {}",
+            r.get("warnings").unwrap_or(&Value::Null)
+        );
     };
     // Upstream's wake scenario, on the chain: (a) one-expression logpoint, (b) three-expression
     // logpoint, (c) a call (breakpoint + `evaluate "call len(name)"` on a go connection), (d) a
@@ -123,7 +197,10 @@ fn real_daemon_breakpoint_mode_stores_what_the_go_program_printed() {
     for ev in d.events("bp_z", 5).iter().take(10) {
         assert!(ev["error"].is_null() && ev["stackTrace"].is_null(), "{ev}");
         assert_eq!(ev["values"][0]["expression"], "z");
-        assert!(ev["values"][0]["typedValue"]["numericValue"].is_number(), "typed as a number: {ev}");
+        assert!(
+            ev["values"][0]["typedValue"]["numericValue"].is_number(),
+            "typed as a number: {ev}"
+        );
         let z = int(ev, 0);
         assert_eq!(printed(&fixture, z)["z"], z.to_string());
         assert_eq!(ev["threadName"], "goroutine-1", "{ev}");
@@ -133,76 +210,185 @@ fn real_daemon_breakpoint_mode_stores_what_the_go_program_printed() {
         assert!(ev["error"].is_null(), "{ev}");
         assert_eq!(ev["values"].as_array().map(Vec::len), Some(3), "{ev}");
         let kv = printed(&fixture, int(ev, 0));
-        assert_eq!(int(ev, 1).to_string(), kv["w"], "w: stored {ev}\nprinted {kv:?}");
-        assert_eq!(value(ev, 2), json!(kv["name"]), "name: stored {ev}\nprinted {kv:?}");
-        assert_eq!(ev["values"][2]["typedValue"]["stringValue"], json!(kv["name"]), "typed as a string: {ev}");
+        assert_eq!(
+            int(ev, 1).to_string(),
+            kv["w"],
+            "w: stored {ev}\nprinted {kv:?}"
+        );
+        assert_eq!(
+            value(ev, 2),
+            json!(kv["name"]),
+            "name: stored {ev}\nprinted {kv:?}"
+        );
+        assert_eq!(
+            ev["values"][2]["typedValue"]["stringValue"],
+            json!(kv["name"]),
+            "typed as a string: {ev}"
+        );
     }
     // (c) breakpoint mode: y is b's parameter (c gets y + 1), len(name) is the length of the
     // name the program printed in that round.
     for ev in d.events("bp_name_len", 5).iter().take(10) {
         assert!(ev["error"].is_null(), "{ev}");
-        assert_eq!((ev["values"][0]["expression"].clone(), ev["values"][1]["expression"].clone()), (json!("y"), json!("len(name)")), "{ev}");
+        assert_eq!(
+            (
+                ev["values"][0]["expression"].clone(),
+                ev["values"][1]["expression"].clone()
+            ),
+            (json!("y"), json!("len(name)")),
+            "{ev}"
+        );
         let kv = printed(&fixture, int(ev, 0) + 1);
-        assert_eq!(int(ev, 1), i64::try_from(kv["name"].len()).unwrap(), "len(name): stored {ev}\nprinted {kv:?}");
-        assert!(ev["values"][1]["typedValue"]["numericValue"].is_number(), "typed as a number: {ev}");
+        assert_eq!(
+            int(ev, 1),
+            i64::try_from(kv["name"].len()).unwrap(),
+            "len(name): stored {ev}\nprinted {kv:?}"
+        );
+        assert!(
+            ev["values"][1]["typedValue"]["numericValue"].is_number(),
+            "typed as a number: {ev}"
+        );
         assert!(ev["stackTrace"].is_null(), "no stack asked for: {ev}");
     }
     // (d) the stack is the fixture's chain c → b → a → main with the exact lines, in this file;
     // z and w as printed.
-    let want: Vec<(String, u64)> = vec![("main.c".into(), probe_c), ("main.b".into(), call_b), ("main.a".into(), call_a), ("main.main".into(), call_main)];
+    let want: Vec<(String, u64)> = vec![
+        ("main.c".into(), probe_c),
+        ("main.b".into(), call_b),
+        ("main.a".into(), call_a),
+        ("main.main".into(), call_main),
+    ];
     let stack_events = d.events("bp_stack", 5);
     for ev in stack_events.iter().take(10) {
         assert!(ev["error"].is_null(), "{ev}");
         let kv = printed(&fixture, int(ev, 0));
-        assert_eq!(int(ev, 1).to_string(), kv["w"], "w: stored {ev}\nprinted {kv:?}");
-        let frames = ev["stackTrace"]["frames"].as_array().unwrap_or_else(|| panic!("no stackTrace.frames: {ev}"));
-        let got: Vec<(String, u64)> = frames.iter().map(|f| (f["name"].as_str().unwrap_or("").to_owned(), f["line"].as_u64().unwrap_or(0))).collect();
+        assert_eq!(
+            int(ev, 1).to_string(),
+            kv["w"],
+            "w: stored {ev}\nprinted {kv:?}"
+        );
+        let frames = ev["stackTrace"]["frames"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no stackTrace.frames: {ev}"));
+        let got: Vec<(String, u64)> = frames
+            .iter()
+            .map(|f| {
+                (
+                    f["name"].as_str().unwrap_or("").to_owned(),
+                    f["line"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect();
         assert!(got.len() >= 4, "{got:?}");
-        assert_eq!(&got[..4], &want[..], "frames c → b → a → main with their lines: {ev}");
+        assert_eq!(
+            &got[..4],
+            &want[..],
+            "frames c → b → a → main with their lines: {ev}"
+        );
         for (i, f) in frames.iter().take(4).enumerate() {
-            assert_eq!((f["index"].as_u64(), f["file"].as_str()), (Some(i as u64), Some(path.as_str())), "frame {i}: {f}");
+            assert_eq!(
+                (f["index"].as_u64(), f["file"].as_str()),
+                (Some(i as u64), Some(path.as_str())),
+                "frame {i}: {f}"
+            );
         }
     }
-    let _ = writeln!(std::io::stderr(), "real-daemon bp: stored stack trace: {}", stack_events[0]["stackTrace"]);
+    let _ = writeln!(
+        std::io::stderr(),
+        "real-daemon bp: stored stack trace: {}",
+        stack_events[0]["stackTrace"]
+    );
     // The daemon really took the breakpoint path for the call: `evaluate "call len(name)"` in
     // the repl context, answered with success (from the snapshot: no debugger was spawned).
-    let rec: Vec<Value> = std::fs::read_to_string(&record).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rec: Vec<Value> = std::fs::read_to_string(&record)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let calls: Vec<i64> = rec
         .iter()
-        .filter(|l| l["dir"] == "daemon->adapter" && l["msg"]["command"] == "evaluate" && l["msg"]["arguments"]["expression"] == "call len(name)")
+        .filter(|l| {
+            l["dir"] == "daemon->adapter"
+                && l["msg"]["command"] == "evaluate"
+                && l["msg"]["arguments"]["expression"] == "call len(name)"
+        })
         .map(|l| {
             assert_eq!(l["msg"]["arguments"]["context"], "repl", "{l}");
             l["msg"]["seq"].as_i64().unwrap()
         })
         .collect();
-    assert!(!calls.is_empty(), "the daemon sent no `call len(name)`; record {record}");
-    for l in rec.iter().filter(|l| l["dir"] == "adapter->daemon" && l["msg"]["command"] == "evaluate" && calls.contains(&l["msg"]["request_seq"].as_i64().unwrap_or(-1))) {
+    assert!(
+        !calls.is_empty(),
+        "the daemon sent no `call len(name)`; record {record}"
+    );
+    for l in rec.iter().filter(|l| {
+        l["dir"] == "adapter->daemon"
+            && l["msg"]["command"] == "evaluate"
+            && calls.contains(&l["msg"]["request_seq"].as_i64().unwrap_or(-1))
+    }) {
         assert_eq!(l["msg"]["success"], true, "{l}");
     }
-    assert!(child_processes(agent.child.id()).is_empty(), "len(name) needs no debugger");
-    assert!(!patched_code(pid).is_empty(), "probes are in the target while awake");
+    assert!(
+        child_processes(agent.child.id()).is_empty(),
+        "len(name) needs no debugger"
+    );
+    assert!(
+        !patched_code(pid).is_empty(),
+        "probes are in the target while awake"
+    );
 
     // Sleep: the row is disconnected, no int3 is left, the program keeps running.
-    assert_eq!(agent.post("/detrix/sleep", None), (200, json!({"status":"sleeping"})));
+    assert_eq!(
+        agent.post("/detrix/sleep", None),
+        (200, json!({"status":"sleeping"}))
+    );
     let (_, row) = d.get(&format!("/api/v1/connections/{id}"));
-    assert_eq!(row["status"], 1, "the connection is gone after sleep: {row}");
-    assert_eq!(patched_code(pid), Vec::<u64>::new(), "no probe left in the target after sleep");
+    assert_eq!(
+        row["status"], 1,
+        "the connection is gone after sleep: {row}"
+    );
+    assert_eq!(
+        patched_code(pid),
+        Vec::<u64>::new(),
+        "no probe left in the target after sleep"
+    );
     let n = rounds_printed(&fixture);
-    assert!(fixture.stdout().wait_count(n + 3, Duration::from_secs(5), |l| l.starts_with("c z=")), "the target printed no new rounds after sleep");
+    assert!(
+        fixture
+            .stdout()
+            .wait_count(n + 3, Duration::from_secs(5), |l| l.starts_with("c z=")),
+        "the target printed no new rounds after sleep"
+    );
     assert!(fixture.is_running());
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };
-    assert_eq!(agent.wait_exit(Duration::from_secs(10)), Some(0), "agent stderr:\n{}", agent.stderr.text());
+    assert_eq!(
+        agent.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "agent stderr:\n{}",
+        agent.stderr.text()
+    );
 }
 
 /// Processes whose parent is `parent` (a spawned debugger would be one).
 fn child_processes(parent: u32) -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some((_, rest)) = stat.rsplit_once(") ") else { continue };
-        if rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent) {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        if rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok())
+            == Some(parent)
+        {
             out.push(pid);
         }
     }

@@ -9,7 +9,10 @@ mod lang;
 use std::path::Path;
 use std::process::Command;
 
-use detrix_e2e::{agent_bin, build_c_fixture, c_fixture_source, capture_args, marker_line, require_root, run_with_timeout, Build, Fixture, AGENT_TIMEOUT};
+use detrix_e2e::{
+    agent_bin, build_c_fixture, c_fixture_source, capture_args, marker_line, require_root,
+    run_with_timeout, Build, Fixture, AGENT_TIMEOUT,
+};
 
 /// `(function, line)` of each frame in the event's `stack`, up to the first frame outside the
 /// executable.
@@ -18,7 +21,12 @@ fn frames(v: &serde_json::Value) -> Vec<(String, i64)> {
     stack
         .iter()
         .take_while(|f| f["module"].is_null())
-        .map(|f| (f["function"].as_str().unwrap_or("?").to_owned(), f["line"].as_i64().unwrap_or(0)))
+        .map(|f| {
+            (
+                f["function"].as_str().unwrap_or("?").to_owned(),
+                f["line"].as_i64().unwrap_or(0),
+            )
+        })
         .collect()
 }
 
@@ -31,20 +39,45 @@ fn check(build: Build) {
     let at = format!("orders.c:{}", marker_line(&src, "process"));
     // The caller's frame is at main's call of process().
     let text = std::fs::read_to_string(&src).expect("fixture source");
-    let call_line = text.lines().position(|l| l.contains("= process(&o, round);")).expect("call site in orders.c") + 1;
+    let call_line = text
+        .lines()
+        .position(|l| l.contains("= process(&o, round);"))
+        .expect("call site in orders.c")
+        + 1;
     let mut cmd = Command::new(bin);
-    cmd.args(capture_args(fixture.pid(), &at, &["round"], &["--format", "json", "--count", "3", "--stack"]));
+    cmd.args(capture_args(
+        fixture.pid(),
+        &at,
+        &["round"],
+        &["--format", "json", "--count", "3", "--stack"],
+    ));
     let out = run_with_timeout(cmd, AGENT_TIMEOUT);
     out.assert_success();
-    let events: Vec<serde_json::Value> = out.stdout.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).expect("JSON event line")).collect();
+    let events: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("JSON event line"))
+        .collect();
     assert_eq!(events.len(), 3, "{}", out.stderr);
     for e in &events {
         let got = frames(e);
-        let want = vec![("process".to_owned(), i64::from(marker_line(&src, "process"))), ("main".to_owned(), call_line as i64)];
+        let want = vec![
+            (
+                "process".to_owned(),
+                i64::from(marker_line(&src, "process")),
+            ),
+            ("main".to_owned(), call_line as i64),
+        ];
         assert_eq!(got, want, "stack of {e} ({build:?})");
         // The first frame outside the executable is libc's, named by module.
         let stack = e["stack"].as_array().cloned().unwrap_or_default();
-        assert!(stack.iter().any(|f| f["module"].as_str().is_some_and(|m| m.starts_with("libc"))), "libc frame in {e}");
+        assert!(
+            stack
+                .iter()
+                .any(|f| f["module"].as_str().is_some_and(|m| m.starts_with("libc"))),
+            "libc frame in {e}"
+        );
     }
     fixture.assert_keeps_running(3);
 }
@@ -76,20 +109,28 @@ fn load_bias(pid: u32, exe: &Path) -> u64 {
     if u16_at(16) != 3 {
         return 0;
     }
-    let (phoff, phsize, phnum) = (u64_at(32) as usize, usize::from(u16_at(54)), usize::from(u16_at(56)));
+    let (phoff, phsize, phnum) = (
+        u64_at(32) as usize,
+        usize::from(u16_at(54)),
+        usize::from(u16_at(56)),
+    );
     let link = (0..phnum)
         .map(|i| phoff + i * phsize)
         .find(|&ph| u32_at(ph) == 1 && u64_at(ph + 8) == 0)
         .map(|ph| u64_at(ph + 16))
         .expect("a PT_LOAD segment at file offset 0");
     let exe = exe.canonicalize().expect("canonical fixture path");
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("read the fixture's maps");
+    let maps =
+        std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("read the fixture's maps");
     let start = maps
         .lines()
         .find_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            let at_zero = f.get(2).is_some_and(|o| u64::from_str_radix(o, 16) == Ok(0));
-            (at_zero && f.get(5).is_some_and(|p| Path::new(p) == exe)).then(|| f[0].split('-').next().expect("a range"))
+            let at_zero = f
+                .get(2)
+                .is_some_and(|o| u64::from_str_radix(o, 16) == Ok(0));
+            (at_zero && f.get(5).is_some_and(|p| Path::new(p) == exe))
+                .then(|| f[0].split('-').next().expect("a range"))
         })
         .unwrap_or_else(|| panic!("no mapping of {} at offset 0 in:\n{maps}", exe.display()));
     u64::from_str_radix(start, 16).expect("hex start address") - link
@@ -97,7 +138,9 @@ fn load_bias(pid: u32, exe: &Path) -> u64 {
 
 /// `N` bytes of `elf` at `at`.
 fn elf_bytes<const N: usize>(elf: &[u8], at: usize) -> [u8; N] {
-    elf.get(at..at + N).and_then(|b| b.try_into().ok()).unwrap_or_else(|| panic!("ELF field at {at} is past the end"))
+    elf.get(at..at + N)
+        .and_then(|b| b.try_into().ok())
+        .unwrap_or_else(|| panic!("ELF field at {at} is past the end"))
 }
 
 /// addr2line's `file:line` for each frame (innermost first, inlined calls included) at each
@@ -109,7 +152,11 @@ fn reference_frames(exe: &Path, addrs: &[u64]) -> Vec<Vec<(String, i64)>> {
         .args(addrs.iter().map(|a| format!("{a:#x}")))
         .output()
         .unwrap_or_else(|e| panic!("cannot run {REFERENCE} (binutils; `cargo xtask setup` installs gcc, which needs it): {e}"));
-    assert!(out.status.success(), "{REFERENCE}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{REFERENCE}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut all: Vec<Vec<(String, i64)>> = Vec::new();
     for l in String::from_utf8_lossy(&out.stdout).lines() {
         if l.starts_with("0x") {
@@ -118,8 +165,12 @@ fn reference_frames(exe: &Path, addrs: &[u64]) -> Vec<Vec<(String, i64)>> {
         }
         // `file:line`, sometimes followed by ` (discriminator N)`; `??:?` or `??:0` when unknown.
         let l = l.split(" (discriminator").next().unwrap_or(l);
-        let (file, line) = l.rsplit_once(':').unwrap_or_else(|| panic!("{REFERENCE} printed {l:?}"));
-        all.last_mut().expect("an address line first").push((file.to_owned(), line.parse().unwrap_or(0)));
+        let (file, line) = l
+            .rsplit_once(':')
+            .unwrap_or_else(|| panic!("{REFERENCE} printed {l:?}"));
+        all.last_mut()
+            .expect("an address line first")
+            .push((file.to_owned(), line.parse().unwrap_or(0)));
     }
     assert_eq!(all.len(), addrs.len(), "{REFERENCE} answered every address");
     all
@@ -137,13 +188,27 @@ fn rust_opt_inlined_frames_match_addr2line() {
     let fixture = Fixture::start(&exe, &["-1", "20"]);
     let probe_line = lang::marker_line(&src, "process");
     let text = std::fs::read_to_string(&src).expect("fixture source");
-    let call_line = text.lines().position(|l| l.contains("= process(black_box(&o), round);")).expect("call site in orders.rs") + 1;
+    let call_line = text
+        .lines()
+        .position(|l| l.contains("= process(black_box(&o), round);"))
+        .expect("call site in orders.rs")
+        + 1;
     let at = format!("{}:{probe_line}", build.file);
     let mut cmd = Command::new(agent_bin());
-    cmd.args(capture_args(fixture.pid(), &at, &["round"], &["--format", "json", "--count", "2", "--stack"]));
+    cmd.args(capture_args(
+        fixture.pid(),
+        &at,
+        &["round"],
+        &["--format", "json", "--count", "2", "--stack"],
+    ));
     let out = run_with_timeout(cmd, AGENT_TIMEOUT);
     out.assert_success();
-    let events: Vec<serde_json::Value> = out.stdout.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).expect("JSON event line")).collect();
+    let events: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("JSON event line"))
+        .collect();
     assert_eq!(events.len(), 2, "{}", out.stderr);
     let bias = load_bias(fixture.pid(), &exe);
     let src = build.debug_source().to_string_lossy().into_owned();
@@ -151,24 +216,46 @@ fn rust_opt_inlined_frames_match_addr2line() {
         // Frames in the executable, grouped by pc: one group per machine frame, several frames
         // in a group when its pc is in inlined code.
         let mut groups: Vec<(u64, Vec<(String, i64)>)> = Vec::new();
-        for f in e["stack"].as_array().expect("a stack").iter().take_while(|f| f["module"].is_null()) {
-            let pc = u64::from_str_radix(f["pc"].as_str().expect("pc").trim_start_matches("0x"), 16).expect("hex pc");
-            let frame = (f["file"].as_str().unwrap_or("??").to_owned(), f["line"].as_i64().unwrap_or(0));
+        for f in e["stack"]
+            .as_array()
+            .expect("a stack")
+            .iter()
+            .take_while(|f| f["module"].is_null())
+        {
+            let pc =
+                u64::from_str_radix(f["pc"].as_str().expect("pc").trim_start_matches("0x"), 16)
+                    .expect("hex pc");
+            let frame = (
+                f["file"].as_str().unwrap_or("??").to_owned(),
+                f["line"].as_i64().unwrap_or(0),
+            );
             match groups.last_mut() {
                 Some((last, frames)) if *last == pc => frames.push(frame),
                 _ => groups.push((pc, vec![frame])),
             }
         }
         // The hit's pc is the instruction itself; a return address follows its call.
-        let addrs: Vec<u64> = groups.iter().enumerate().map(|(i, (pc, _))| pc - u64::from(i > 0) - bias).collect();
+        let addrs: Vec<u64> = groups
+            .iter()
+            .enumerate()
+            .map(|(i, (pc, _))| pc - u64::from(i > 0) - bias)
+            .collect();
         let got: Vec<Vec<(String, i64)>> = groups.into_iter().map(|(_, f)| f).collect();
         let want = reference_frames(&exe, &addrs);
         assert_eq!(got, want, "frames at link addresses {addrs:#x?} of {e}");
         // Not vacuous: the hit's frame and main's are where the source says, and at least one
         // machine frame holds an inlined call from one file into another (in std's start-up
         // code, which calls main).
-        assert_eq!(got[0][0], (src.clone(), i64::from(probe_line)), "the hit's frame");
-        assert_eq!(got[1][got[1].len() - 1], (src.clone(), call_line as i64), "main's frame at the call of process");
+        assert_eq!(
+            got[0][0],
+            (src.clone(), i64::from(probe_line)),
+            "the hit's frame"
+        );
+        assert_eq!(
+            got[1][got[1].len() - 1],
+            (src.clone(), call_line as i64),
+            "main's frame at the call of process"
+        );
         assert!(
             got.iter().any(|g| g.windows(2).any(|w| w[0].0 != w[1].0)),
             "no inlined call across files among {got:?}"

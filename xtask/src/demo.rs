@@ -87,29 +87,50 @@ pub fn run_with_daemon(url: &str) -> Result<()> {
     let root = util::workspace_root()?;
     let (status, body) = http("GET", &format!("{url}/health"), None)
         .with_context(|| format!("the daemon at {url} is not reachable; start it (`detrix serve`) or pass its REST address"))?;
-    ensure!(status == 200 && body.contains("\"detrix\""), "{url}/health answered {status} {body}; is {url} a Detrix daemon?");
+    ensure!(
+        status == 200 && body.contains("\"detrix\""),
+        "{url}/health answered {status} {body}; is {url} a Detrix daemon?"
+    );
     setup::run()?;
     let obj = builds::ebpf(&root)?;
     println!("demo: building detrix-agent");
     let agent_bin = builds::agent(&root, &obj)?;
     let fixture = compile_fixture(&root)?;
-    let src = root.join(FIXTURE_SRC).canonicalize().context("finding the fixture source")?;
+    let src = root
+        .join(FIXTURE_SRC)
+        .canonicalize()
+        .context("finding the fixture source")?;
     let text = fs::read_to_string(&src).with_context(|| format!("reading {}", src.display()))?;
-    let line_of = |marker: &str| text.lines().position(|l| l.contains(marker)).map(|i| i + 1).with_context(|| format!("no `{marker}` in {}", src.display()));
+    let line_of = |marker: &str| {
+        text.lines()
+            .position(|l| l.contains(marker))
+            .map(|i| i + 1)
+            .with_context(|| format!("no `{marker}` in {}", src.display()))
+    };
     let (process_line, after_line) = (line_of("PROBE:process")?, line_of("PROBE:after")?);
 
     let mut program = Fixture::start(&fixture)?;
     let pid = program.pid();
     let mut cmd = Command::new(&agent_bin);
-    cmd.args(["attach", "--pid", &pid.to_string(), "--daemon-url", url, "--name", "detrix-agent-demo"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    cmd.args([
+        "attach",
+        "--pid",
+        &pid.to_string(),
+        "--daemon-url",
+        url,
+        "--name",
+        "detrix-agent-demo",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
     println!("demo: {}", util::describe(&cmd));
     let mut agent = Agent(cmd.spawn().context("starting detrix-agent attach")?);
     let lines = read_lines(agent.0.stdout.take().context("agent stdout not piped")?);
     let control = loop {
-        let l = lines.recv_timeout(Duration::from_secs(30)).context("the agent printed no `Control plane:` line within 30 s")?;
+        let l = lines
+            .recv_timeout(Duration::from_secs(30))
+            .context("the agent printed no `Control plane:` line within 30 s")?;
         if let Some(c) = l.strip_prefix("Control plane: ") {
             break c.to_string();
         }
@@ -118,37 +139,89 @@ pub fn run_with_daemon(url: &str) -> Result<()> {
     let (status, wake) = http("POST", &format!("{control}/detrix/wake"), None)?;
     ensure!(status == 200, "wake failed: {status} {wake}");
     let wake: Value = serde_json::from_str(&wake).context("wake answer is not JSON")?;
-    let id = wake["connection_id"].as_str().context("wake answer has no connection_id")?.to_string();
-    println!("demo: registered with the daemon as connection {id} (DAP port {})", wake["debug_port"]);
+    let id = wake["connection_id"]
+        .as_str()
+        .context("wake answer has no connection_id")?
+        .to_string();
+    println!(
+        "demo: registered with the daemon as connection {id} (DAP port {})",
+        wake["debug_port"]
+    );
 
     let metrics = [
-        (format!("demo_order_id_{pid}"), process_line, vec!["(*o).id"]),
-        (format!("demo_after_{pid}"), after_line, vec!["(round)", "(cost)", "o.customer"]),
+        (
+            format!("demo_order_id_{pid}"),
+            process_line,
+            vec!["(*o).id"],
+        ),
+        (
+            format!("demo_after_{pid}"),
+            after_line,
+            vec!["(round)", "(cost)", "o.customer"],
+        ),
     ];
     let mut metric_ids = Vec::new();
     for (name, line, exprs) in &metrics {
         let body = serde_json::json!({"name": name, "connectionId": id, "location": format!("@{}#{line}", src.display()), "expressions": exprs, "enabled": true});
         println!("demo: POST {url}/api/v1/metrics {body}");
-        let (status, answer) = http("POST", &format!("{url}/api/v1/metrics"), Some(&body.to_string()))?;
-        ensure!(status == 201, "adding metric {name} failed: {status} {answer}");
+        let (status, answer) = http(
+            "POST",
+            &format!("{url}/api/v1/metrics"),
+            Some(&body.to_string()),
+        )?;
+        ensure!(
+            status == 201,
+            "adding metric {name} failed: {status} {answer}"
+        );
         let v: Value = serde_json::from_str(&answer).unwrap_or(Value::Null);
         metric_ids.push(v["metricId"].clone());
     }
     thread::sleep(Duration::from_secs(2));
     let mut shown = 0;
     for (name, _, _) in &metrics {
-        let (status, events) = http("GET", &format!("{url}/api/v1/events?metricName={name}&limit=3"), None)?;
+        let (status, events) = http(
+            "GET",
+            &format!("{url}/api/v1/events?metricName={name}&limit=3"),
+            None,
+        )?;
         ensure!(status == 200, "reading events of {name}: {status} {events}");
-        let events: Vec<Value> = serde_json::from_str(&events).context("events answer is not a JSON list")?;
-        println!("\ndemo: GET {url}/api/v1/events?metricName={name}&limit=3 → {} events (newest first)", events.len());
+        let events: Vec<Value> =
+            serde_json::from_str(&events).context("events answer is not a JSON list")?;
+        println!(
+            "\ndemo: GET {url}/api/v1/events?metricName={name}&limit=3 → {} events (newest first)",
+            events.len()
+        );
         for e in &events {
-            let values: Vec<String> = e["values"].as_array().map(|vs| vs.iter().map(|v| format!("{}={}", v["expression"].as_str().unwrap_or("?"), v["valueJson"].as_str().unwrap_or("?"))).collect()).unwrap_or_default();
-            println!("  stored:  {} {} {}", e["threadName"].as_str().unwrap_or("?"), e["timestamp"], values.join(" "));
+            let values: Vec<String> = e["values"]
+                .as_array()
+                .map(|vs| {
+                    vs.iter()
+                        .map(|v| {
+                            format!(
+                                "{}={}",
+                                v["expression"].as_str().unwrap_or("?"),
+                                v["valueJson"].as_str().unwrap_or("?")
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            println!(
+                "  stored:  {} {} {}",
+                e["threadName"].as_str().unwrap_or("?"),
+                e["timestamp"],
+                values.join(" ")
+            );
             // Both metrics identify their round: (*o).id is 1000 + round; the other starts with round.
-            let first = e["values"][0]["valueJson"].as_str().and_then(|v| v.parse::<i64>().ok());
+            let first = e["values"][0]["valueJson"]
+                .as_str()
+                .and_then(|v| v.parse::<i64>().ok());
             let round = first.map(|v| if v >= 1000 { v - 1000 } else { v });
             let printed = round.and_then(|r| program.lines_for_rounds(&[r]).get(&r).cloned());
-            println!("  program: {}", printed.as_deref().unwrap_or("(no line for this round)"));
+            println!(
+                "  program: {}",
+                printed.as_deref().unwrap_or("(no line for this round)")
+            );
             shown += 1;
         }
     }
@@ -159,7 +232,10 @@ pub fn run_with_daemon(url: &str) -> Result<()> {
         let _ = http("DELETE", &format!("{url}/api/v1/metrics/{m}"), None);
     }
     drop(agent);
-    ensure!(shown > 0, "the daemon stored no events for the demo metrics");
+    ensure!(
+        shown > 0,
+        "the daemon stored no events for the demo metrics"
+    );
     Ok(())
 }
 
@@ -185,18 +261,39 @@ impl Drop for Agent {
 /// status and body.
 fn http(method: &str, url: &str, body: Option<&str>) -> Result<(u16, String)> {
     use std::io::Write as _;
-    let rest = url.strip_prefix("http://").with_context(|| format!("{url} is not an http:// URL"))?;
-    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
-    let mut s = std::net::TcpStream::connect(authority).with_context(|| format!("connecting to {authority}"))?;
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("{url} is not an http:// URL"))?;
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let mut s = std::net::TcpStream::connect(authority)
+        .with_context(|| format!("connecting to {authority}"))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let body = body.unwrap_or("");
     write!(s, "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
     let mut raw = String::new();
-    s.read_to_string(&mut raw).with_context(|| format!("reading the answer of {method} {url}"))?;
-    let (head, rest) = raw.split_once("\r\n\r\n").with_context(|| format!("malformed HTTP answer from {url}"))?;
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).with_context(|| format!("no status in the answer from {url}"))?;
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    Ok((status, if chunked { dechunk(rest) } else { rest.to_string() }))
+    s.read_to_string(&mut raw)
+        .with_context(|| format!("reading the answer of {method} {url}"))?;
+    let (head, rest) = raw
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("malformed HTTP answer from {url}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no status in the answer from {url}"))?;
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    Ok((
+        status,
+        if chunked {
+            dechunk(rest)
+        } else {
+            rest.to_string()
+        },
+    ))
 }
 
 fn dechunk(mut s: &str) -> String {

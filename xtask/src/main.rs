@@ -68,19 +68,33 @@ fn bench() -> anyhow::Result<()> {
         .env("DETRIX_EBPF_OBJ", &obj);
     util::run(&mut cmd)?;
     let mut cmd = std::process::Command::new("cargo");
-    cmd.current_dir(&root).args(["build", "--release", "-p", "detrix-agent"]).env("DETRIX_EBPF_OBJ", &obj);
+    cmd.current_dir(&root)
+        .args(["build", "--release", "-p", "detrix-agent"])
+        .env("DETRIX_EBPF_OBJ", &obj);
     util::run(&mut cmd)?;
     let agent = util::target_dir(&root)?.join("release/detrix-agent");
     for bin in ["bp_bench", "resolve_bench"] {
         let mut cmd = std::process::Command::new("cargo");
         cmd.current_dir(&root)
-            .args(["run", "--release", "-p", "detrix-e2e", "--bin", bin, "--", "--agent"])
+            .args([
+                "run",
+                "--release",
+                "-p",
+                "detrix-e2e",
+                "--bin",
+                bin,
+                "--",
+                "--agent",
+            ])
             .arg(&agent)
             .env("DETRIX_EBPF_OBJ", &obj);
         // The resolve goal is about ≥ 200 MB of debug info; the agent's own debug build (the
         // default target) has less. Any larger binary can be named here, with a line in it.
         if bin == "resolve_bench" {
-            for (var, flag) in [("DETRIX_BENCH_RESOLVE_BINARY", "--binary"), ("DETRIX_BENCH_RESOLVE_AT", "--at")] {
+            for (var, flag) in [
+                ("DETRIX_BENCH_RESOLVE_BINARY", "--binary"),
+                ("DETRIX_BENCH_RESOLVE_AT", "--at"),
+            ] {
                 if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
                     cmd.arg(flag).arg(v);
                 }

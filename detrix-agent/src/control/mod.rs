@@ -38,9 +38,11 @@ impl IntoResponse for ControlError {
             ControlError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ControlError::Wake(e) => {
                 let status = match &e {
-                    WakeError::Daemon(DaemonError::Unreachable { .. } | DaemonError::NotDetrix { .. } | DaemonError::RegisterRefused { .. }) => {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    }
+                    WakeError::Daemon(
+                        DaemonError::Unreachable { .. }
+                        | DaemonError::NotDetrix { .. }
+                        | DaemonError::RegisterRefused { .. },
+                    ) => StatusCode::SERVICE_UNAVAILABLE,
                     _ => StatusCode::INTERNAL_SERVER_ERROR,
                 };
                 (status, e.to_string())
@@ -55,7 +57,9 @@ impl IntoResponse for ControlError {
 pub fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -69,7 +73,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Whether a request with this peer, path and `Authorization` header may proceed.
 #[must_use]
-pub fn authorized(peer: IpAddr, path: &str, authorization: Option<&str>, token: Option<&str>) -> bool {
+pub fn authorized(
+    peer: IpAddr,
+    path: &str,
+    authorization: Option<&str>,
+    token: Option<&str>,
+) -> bool {
     if path == "/detrix/health" || path == "/detrix/discover" || is_loopback(peer) {
         return true;
     }
@@ -79,8 +88,16 @@ pub fn authorized(peer: IpAddr, path: &str, authorization: Option<&str>, token: 
     }
 }
 
-async fn auth(State(agent): State<AgentHandle>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request, next: Next) -> Response {
-    let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+async fn auth(
+    State(agent): State<AgentHandle>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     if authorized(peer.ip(), req.uri().path(), header, agent.token.as_deref()) {
         next.run(req).await
     } else {
@@ -122,11 +139,19 @@ async fn wake(State(agent): State<AgentHandle>, body: Bytes) -> Result<Json<Valu
     let daemon_url = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
-        let v: Value = serde_json::from_slice(&body).map_err(|e| ControlError::BadRequest(format!("wake body is not JSON ({e}); send {{}} or {{\"daemon_url\":\"http://host:port\"}}")))?;
+        let v: Value = serde_json::from_slice(&body).map_err(|e| {
+            ControlError::BadRequest(format!(
+                "wake body is not JSON ({e}); send {{}} or {{\"daemon_url\":\"http://host:port\"}}"
+            ))
+        })?;
         match v.get("daemon_url") {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) => Some(s.clone()),
-            Some(_) => return Err(ControlError::BadRequest("wake body's daemon_url is not a string".into())),
+            Some(_) => {
+                return Err(ControlError::BadRequest(
+                    "wake body's daemon_url is not a string".into(),
+                ))
+            }
         }
     };
     let r = agent.wake(daemon_url).await.map_err(ControlError::Wake)?;
@@ -145,7 +170,11 @@ async fn sleep(State(agent): State<AgentHandle>) -> Json<Value> {
 
 async fn discover(State(agent): State<AgentHandle>) -> Json<Value> {
     let v = agent.view();
-    let host = if v.control_host == "0.0.0.0" || v.control_host == "::" { None } else { Some(&v.control_host) };
+    let host = if v.control_host == "0.0.0.0" || v.control_host == "::" {
+        None
+    } else {
+        Some(&v.control_host)
+    };
     let mut body = json!({"name": v.name, "daemon_url": v.daemon_url});
     if let Some(h) = host {
         body["control_plane_url"] = format!("http://{h}:{}", v.control_port).into();
@@ -176,8 +205,17 @@ pub fn router(agent: AgentHandle) -> Router {
 ///
 /// # Errors
 /// The server failed.
-pub async fn serve(listener: tokio::net::TcpListener, agent: AgentHandle, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, router(agent).into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown).await
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    agent: AgentHandle,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(agent).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 #[cfg(test)]
@@ -196,11 +234,35 @@ mod tests {
         assert!(authorized(remote, "/detrix/health", None, Some("t")));
         assert!(authorized(remote, "/detrix/discover", None, None));
         assert!(!authorized(remote, "/detrix/wake", None, Some("t")));
-        assert!(!authorized(remote, "/detrix/wake", Some("Bearer t"), None), "no configured token refuses remote callers");
-        assert!(!authorized(remote, "/detrix/wake", Some("bearer t"), Some("t")), "`Bearer ` is case-sensitive");
-        assert!(!authorized(remote, "/detrix/wake", Some("Bearer u"), Some("t")));
-        assert!(!authorized(remote, "/nope", None, Some("t")), "auth is checked before routing");
-        assert!(authorized(remote, "/detrix/wake", Some("Bearer t"), Some("t")));
-        assert!(!authorized("0.0.0.0".parse().unwrap(), "/detrix/wake", None, None));
+        assert!(
+            !authorized(remote, "/detrix/wake", Some("Bearer t"), None),
+            "no configured token refuses remote callers"
+        );
+        assert!(
+            !authorized(remote, "/detrix/wake", Some("bearer t"), Some("t")),
+            "`Bearer ` is case-sensitive"
+        );
+        assert!(!authorized(
+            remote,
+            "/detrix/wake",
+            Some("Bearer u"),
+            Some("t")
+        ));
+        assert!(
+            !authorized(remote, "/nope", None, Some("t")),
+            "auth is checked before routing"
+        );
+        assert!(authorized(
+            remote,
+            "/detrix/wake",
+            Some("Bearer t"),
+            Some("t")
+        ));
+        assert!(!authorized(
+            "0.0.0.0".parse().unwrap(),
+            "/detrix/wake",
+            None,
+            None
+        ));
     }
 }

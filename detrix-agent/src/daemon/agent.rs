@@ -46,8 +46,13 @@ pub enum AgentError {
 /// A control request for the actor.
 #[derive(Debug)]
 pub enum Command {
-    Wake { daemon_url: Option<String>, reply: oneshot::Sender<Result<WakeReply, WakeError>> },
-    Sleep { reply: oneshot::Sender<SleepReply> },
+    Wake {
+        daemon_url: Option<String>,
+        reply: oneshot::Sender<Result<WakeReply, WakeError>>,
+    },
+    Sleep {
+        reply: oneshot::Sender<SleepReply>,
+    },
 }
 
 /// What `/detrix/status` shows (contract §2.2 `StatusResponse`).
@@ -86,12 +91,18 @@ impl AgentHandle {
     /// The current status.
     #[must_use]
     pub fn view(&self) -> View {
-        self.view.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.view
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Records the control plane's bound port (known only after it binds).
     pub fn set_control_port(&self, port: u16) {
-        self.view.lock().unwrap_or_else(PoisonError::into_inner).control_port = port;
+        self.view
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .control_port = port;
     }
 
     /// Wakes the agent (or reports it already is).
@@ -100,7 +111,10 @@ impl AgentHandle {
     /// As [`WakeError`]; [`WakeError::TargetGone`] once the agent has stopped.
     pub async fn wake(&self, daemon_url: Option<String>) -> Result<WakeReply, WakeError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Wake { daemon_url, reply }).await.map_err(|_| WakeError::TargetGone)?;
+        self.tx
+            .send(Command::Wake { daemon_url, reply })
+            .await
+            .map_err(|_| WakeError::TargetGone)?;
         rx.await.map_err(|_| WakeError::TargetGone)?
     }
 
@@ -137,7 +151,10 @@ impl DapRecorder {
     /// # Errors
     /// The file cannot be created.
     pub fn create(path: &std::path::Path) -> std::io::Result<Self> {
-        Ok(Self { out: Arc::new(Mutex::new(std::fs::File::create(path)?)), start: std::time::Instant::now() })
+        Ok(Self {
+            out: Arc::new(Mutex::new(std::fs::File::create(path)?)),
+            start: std::time::Instant::now(),
+        })
     }
 
     fn write(&self, dir: &str, msg: &Value) {
@@ -150,7 +167,10 @@ impl DapRecorder {
     }
 
     fn note(&self, note: &str, generation: u64) {
-        self.write("note", &serde_json::json!({"note": note, "conn": generation + 1}));
+        self.write(
+            "note",
+            &serde_json::json!({"note": note, "conn": generation + 1}),
+        );
     }
 }
 
@@ -173,8 +193,12 @@ impl ProbeSet for EngineProbes {
     fn add(&mut self, file: &str, spec: &LogpointSpec) -> Result<LogpointId, String> {
         let r = lock(&self.engine).add(file, spec);
         match &r {
-            Ok(id) => tracing::info!(file, line = spec.line, exprs = ?spec.exprs, logpoint = id.0, "logpoint installed"),
-            Err(e) => tracing::info!(file, line = spec.line, exprs = ?spec.exprs, error = %e, "logpoint refused"),
+            Ok(id) => {
+                tracing::info!(file, line = spec.line, exprs = ?spec.exprs, logpoint = id.0, "logpoint installed")
+            }
+            Err(e) => {
+                tracing::info!(file, line = spec.line, exprs = ?spec.exprs, error = %e, "logpoint refused")
+            }
         }
         r.map_err(|e| e.to_string())
     }
@@ -209,19 +233,46 @@ impl Hub {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn join(self: &Arc<Self>) -> (SlotGuard, mpsc::Receiver<Arc<Vec<Hit>>>, oneshot::Receiver<()>) {
-        let generation = self.next_generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    fn join(
+        self: &Arc<Self>,
+    ) -> (
+        SlotGuard,
+        mpsc::Receiver<Arc<Vec<Hit>>>,
+        oneshot::Receiver<()>,
+    ) {
+        let generation = self
+            .next_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (hits, hits_rx) = mpsc::channel(SESSION_HIT_QUEUE);
         let (cancel, cancel_rx) = oneshot::channel();
-        self.slots().push(Slot { generation, hits, cancel: Some(cancel) });
-        (SlotGuard { hub: self.clone(), generation }, hits_rx, cancel_rx)
+        self.slots().push(Slot {
+            generation,
+            hits,
+            cancel: Some(cancel),
+        });
+        (
+            SlotGuard {
+                hub: self.clone(),
+                generation,
+            },
+            hits_rx,
+            cancel_rx,
+        )
     }
 
     /// `generation` spoke first: every other session ends.
     fn claim(&self, generation: u64) {
-        for s in self.slots().iter_mut().filter(|s| s.generation != generation) {
+        for s in self
+            .slots()
+            .iter_mut()
+            .filter(|s| s.generation != generation)
+        {
             if s.cancel.take().is_some() {
-                tracing::info!(old = s.generation, new = generation, "a newer DAP session replaces an older one");
+                tracing::info!(
+                    old = s.generation,
+                    new = generation,
+                    "a newer DAP session replaces an older one"
+                );
             }
         }
     }
@@ -229,7 +280,11 @@ impl Hub {
     fn publish(&self, batch: &Arc<Vec<Hit>>) {
         for s in self.slots().iter() {
             if s.hits.try_send(batch.clone()).is_err() {
-                tracing::debug!(session = s.generation, hits = batch.len(), "session is not keeping up; hit batch dropped");
+                tracing::debug!(
+                    session = s.generation,
+                    hits = batch.len(),
+                    "session is not keeping up; hit batch dropped"
+                );
             }
         }
     }
@@ -274,7 +329,12 @@ impl Agent {
     /// inside a tokio runtime.
     #[must_use]
     pub fn new(cfg: AttachConfig, engine: Engine, mut reader: HitReader) -> (Self, AgentHandle) {
-        let executable = engine.resolver().target.exe_name.to_string_lossy().into_owned();
+        let executable = engine
+            .resolver()
+            .target
+            .exe_name
+            .to_string_lossy()
+            .into_owned();
         let target_language = engine.resolver().language().unwrap_or(Language::Other);
         let engine = Arc::new(Mutex::new(Registry::new(engine)));
         let hub = Arc::new(Hub::default());
@@ -309,12 +369,26 @@ impl Agent {
             connection_id: None,
         }));
         let (tx, rx) = mpsc::channel(64);
-        let info = Arc::new(Info { name: cfg.name.clone(), pid: cfg.pid, language: cfg.language, executable });
-        let handle = AgentHandle { tx, view: view.clone(), info, token: cfg.token.clone() };
+        let info = Arc::new(Info {
+            name: cfg.name.clone(),
+            pid: cfg.pid,
+            language: cfg.language,
+            executable,
+        });
+        let handle = AgentHandle {
+            tx,
+            view: view.clone(),
+            info,
+            token: cfg.token.clone(),
+        };
         let (exit_tx, _) = watch::channel(false);
         let client = DaemonClient::new(cfg.token.clone());
         let fallback = spawn_fallback_worker(engine.clone(), cfg.pid, target_language);
-        let session_opts = Options { prefix: Prefix::for_language(cfg.language), target: target_language, safe_mode: cfg.safe_mode };
+        let session_opts = Options {
+            prefix: Prefix::for_language(cfg.language),
+            target: target_language,
+            safe_mode: cfg.safe_mode,
+        };
         let agent = Self {
             cfg,
             life,
@@ -341,7 +415,10 @@ impl Agent {
 
     /// The control plane's URL, sent to the daemon as `controlPlaneUrl`.
     pub fn set_control_url(&self, url: String) {
-        *self.control_url.lock().unwrap_or_else(PoisonError::into_inner) = Some(url);
+        *self
+            .control_url
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(url);
     }
 
     /// Handles control requests until the target exits or `shutdown` resolves; then sleeps
@@ -385,7 +462,11 @@ impl Agent {
         v.debug_port = self.life.debug_port;
         v.debug_port_active = self.life.listening;
         v.connection_id = self.life.connection_id.clone();
-        v.daemon_url = if self.life.connection_id.is_some() { self.life.active_url.clone() } else { self.life.daemon_url.clone() };
+        v.daemon_url = if self.life.connection_id.is_some() {
+            self.life.active_url.clone()
+        } else {
+            self.life.daemon_url.clone()
+        };
     }
 
     /// Steps the lifecycle and performs its effects until nothing is left to do.
@@ -398,21 +479,41 @@ impl Agent {
             for fx in effects {
                 tracing::debug!(?fx, "effect");
                 match fx {
-                    Effect::CheckHealth { url } => queue.push_back(Input::HealthChecked(self.client.health(&url, self.cfg.health_timeout).await)),
-                    Effect::StartListener => queue.push_back(Input::ListenerStarted(self.start_listener().await)),
+                    Effect::CheckHealth { url } => queue.push_back(Input::HealthChecked(
+                        self.client.health(&url, self.cfg.health_timeout).await,
+                    )),
+                    Effect::StartListener => {
+                        queue.push_back(Input::ListenerStarted(self.start_listener().await))
+                    }
                     Effect::Register { url, port } => {
                         let reg = self.registration(port);
-                        let r = self.client.register(&url, &reg, self.cfg.register_timeout).await;
+                        let r = self
+                            .client
+                            .register(&url, &reg, self.cfg.register_timeout)
+                            .await;
                         match &r {
-                            Ok(id) => tracing::info!(url, connection_id = id, port, "registered with the daemon"),
+                            Ok(id) => tracing::info!(
+                                url,
+                                connection_id = id,
+                                port,
+                                "registered with the daemon"
+                            ),
                             Err(e) => tracing::warn!(url, error = %e, "registration failed"),
                         }
                         queue.push_back(Input::Registered(r));
                     }
                     Effect::Unregister { url, connection_id } => {
-                        match self.client.unregister(&url, &connection_id, self.cfg.unregister_timeout).await {
-                            Ok(()) => tracing::info!(url, connection_id, "unregistered from the daemon"),
-                            Err(e) => tracing::warn!(error = %e, "unregistering failed; the daemon will see the DAP socket close"),
+                        match self
+                            .client
+                            .unregister(&url, &connection_id, self.cfg.unregister_timeout)
+                            .await
+                        {
+                            Ok(()) => {
+                                tracing::info!(url, connection_id, "unregistered from the daemon")
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "unregistering failed; the daemon will see the DAP socket close")
+                            }
                         }
                     }
                     Effect::StopListener => self.stop_listener(),
@@ -441,23 +542,37 @@ impl Agent {
             hostname: self.cfg.hostname.clone(),
             pid: (self.cfg.language == "rust").then_some(self.cfg.pid),
             safe_mode: self.cfg.safe_mode,
-            control_plane_url: self.control_url.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+            control_plane_url: self
+                .control_url
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
         }
     }
 
     async fn start_listener(&mut self) -> Result<u16, String> {
-        let ip: IpAddr = self
-            .cfg
-            .advertise_host
-            .parse()
-            .map_err(|_| format!("advertise host `{}` is not an IP address; pass an IP literal such as 127.0.0.1", self.cfg.advertise_host))?;
+        let ip: IpAddr = self.cfg.advertise_host.parse().map_err(|_| {
+            format!(
+                "advertise host `{}` is not an IP address; pass an IP literal such as 127.0.0.1",
+                self.cfg.advertise_host
+            )
+        })?;
         let addr = SocketAddr::new(ip, self.cfg.debug_port);
-        let listener = TcpListener::bind(addr).await.map_err(|e| format!("binding {addr}: {e} (choose another --debug-port or 0 for any)"))?;
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            format!("binding {addr}: {e} (choose another --debug-port or 0 for any)")
+        })?;
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();
         tracing::info!(%addr, port, "DAP listener serving");
         let hub = self.hub.clone();
         let engine = self.engine.clone();
-        let ctx = SessionCtx { hub, engine, opts: self.session_opts, exit_rx: self.exit_tx.subscribe(), recorder: self.recorder.clone(), fallback: self.fallback.clone() };
+        let ctx = SessionCtx {
+            hub,
+            engine,
+            opts: self.session_opts,
+            exit_rx: self.exit_tx.subscribe(),
+            recorder: self.recorder.clone(),
+            fallback: self.fallback.clone(),
+        };
         self.listener = Some(tokio::spawn(accept_loop(listener, ctx)));
         Ok(port)
     }
@@ -509,7 +624,11 @@ const FALLBACK_HIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs debugger jobs one at a time (one debugger per process at a time), taking the agent's
 /// uprobes off the process for each and putting them back after.
-fn spawn_fallback_worker(engine: SharedEngine, pid: u32, language: Language) -> mpsc::UnboundedSender<JobRequest> {
+fn spawn_fallback_worker(
+    engine: SharedEngine,
+    pid: u32,
+    language: Language,
+) -> mpsc::UnboundedSender<JobRequest> {
     let (tx, mut rx) = mpsc::unbounded_channel::<JobRequest>();
     tokio::spawn(async move {
         while let Some(JobRequest { job, reply }) = rx.recv().await {
@@ -522,8 +641,19 @@ fn spawn_fallback_worker(engine: SharedEngine, pid: u32, language: Language) -> 
                     continue;
                 }
             }
-            let debugger = if language == Language::Go { Debugger::Delve } else { Debugger::Lldb };
-            let req = fallback::Request { pid, debugger, file: job.file.clone(), line: job.line, exprs: job.exprs.clone(), hit_timeout: FALLBACK_HIT_TIMEOUT };
+            let debugger = if language == Language::Go {
+                Debugger::Delve
+            } else {
+                Debugger::Lldb
+            };
+            let req = fallback::Request {
+                pid,
+                debugger,
+                file: job.file.clone(),
+                line: job.line,
+                exprs: job.exprs.clone(),
+                hit_timeout: FALLBACK_HIT_TIMEOUT,
+            };
             if let Err(e) = lock(&engine).suspend() {
                 tracing::warn!(error = %e, "taking the uprobes off before a debugger round failed");
             }
@@ -563,7 +693,11 @@ async fn accept_loop(listener: TcpListener, ctx: SessionCtx) {
 }
 
 /// Writes messages as complete frames in one write, so a frame is never interleaved or cut.
-async fn send(wr: &mut tokio::net::tcp::OwnedWriteHalf, msgs: &[Value], recorder: Option<&DapRecorder>) -> std::io::Result<()> {
+async fn send(
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    msgs: &[Value],
+    recorder: Option<&DapRecorder>,
+) -> std::io::Result<()> {
     if msgs.is_empty() {
         return Ok(());
     }
@@ -580,7 +714,14 @@ async fn send(wr: &mut tokio::net::tcp::OwnedWriteHalf, msgs: &[Value], recorder
 }
 
 async fn serve_session(stream: TcpStream, ctx: SessionCtx) {
-    let SessionCtx { hub, engine, opts, mut exit_rx, recorder, fallback } = ctx;
+    let SessionCtx {
+        hub,
+        engine,
+        opts,
+        mut exit_rx,
+        recorder,
+        fallback,
+    } = ctx;
     let (jobs_tx, mut jobs_rx) = mpsc::unbounded_channel();
     let (guard, mut hits_rx, mut cancel_rx) = hub.join();
     let generation = guard.generation;
@@ -653,7 +794,10 @@ async fn serve_session(stream: TcpStream, ctx: SessionCtx) {
         };
         for job in facade.take_jobs() {
             tracing::info!(session = generation, file = job.file, line = job.line, exprs = ?job.exprs, "function call: a debugger round is queued");
-            let _ = fallback.send(JobRequest { job, reply: jobs_tx.clone() });
+            let _ = fallback.send(JobRequest {
+                job,
+                reply: jobs_tx.clone(),
+            });
         }
         if let Err(e) = send(&mut wr, &out, rec).await {
             tracing::info!(session = generation, error = %e, "writing to the daemon failed; closing the session");

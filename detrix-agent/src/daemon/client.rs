@@ -14,13 +14,22 @@ pub enum DaemonError {
     #[error("daemon not reachable at {url}: {detail}")]
     Unreachable { url: String, detail: String },
     #[error("daemon not reachable at {url}: {what} answered {status} {body}; is DETRIX_DAEMON_URL the Detrix daemon's REST address?")]
-    NotDetrix { url: String, what: &'static str, status: u16, body: String },
+    NotDetrix {
+        url: String,
+        what: &'static str,
+        status: u16,
+        body: String,
+    },
     #[error("failed to register with daemon: status {status}: {body}")]
     RegisterRefused { status: u16, body: String },
     #[error("failed to register with daemon at {url}: {detail}")]
     RegisterFailed { url: String, detail: String },
     #[error("failed to unregister connection {connection_id} from daemon at {url}: {detail}")]
-    UnregisterFailed { url: String, connection_id: String, detail: String },
+    UnregisterFailed {
+        url: String,
+        connection_id: String,
+        detail: String,
+    },
 }
 
 /// What the daemon is told about this target (the `POST /api/v1/connections` body).
@@ -96,7 +105,10 @@ impl DaemonClient {
         // No proxy: the daemon is reached directly (an `http_proxy` in the environment must not
         // reroute loopback traffic). Builder errors cannot happen without TLS options; fall back
         // to the default client anyway rather than panic.
-        let http = reqwest::Client::builder().no_proxy().build().unwrap_or_default();
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap_or_default();
         Self { http, token }
     }
 
@@ -118,14 +130,24 @@ impl DaemonClient {
             .timeout(timeout)
             .send()
             .await
-            .map_err(|e| DaemonError::Unreachable { url: base.to_owned(), detail: chain(&e) })?;
+            .map_err(|e| DaemonError::Unreachable {
+                url: base.to_owned(),
+                detail: chain(&e),
+            })?;
         let status = resp.status().as_u16();
         let body = resp.text().await.unwrap_or_default();
-        let service = serde_json::from_str::<Value>(&body).ok().and_then(|v| v.get("service").and_then(Value::as_str).map(str::to_owned));
+        let service = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("service").and_then(Value::as_str).map(str::to_owned));
         if status == 200 && service.as_deref() == Some("detrix") {
             Ok(())
         } else {
-            Err(DaemonError::NotDetrix { url: base.to_owned(), what: "GET /health", status, body: truncate(&body) })
+            Err(DaemonError::NotDetrix {
+                url: base.to_owned(),
+                what: "GET /health",
+                status,
+                body: truncate(&body),
+            })
         }
     }
 
@@ -135,7 +157,12 @@ impl DaemonClient {
     ///
     /// # Errors
     /// Transport errors, timeouts, a non-2xx status or a body without `connectionId`.
-    pub async fn register(&self, url: &str, reg: &Registration, timeout: Duration) -> Result<String, DaemonError> {
+    pub async fn register(
+        &self,
+        url: &str,
+        reg: &Registration,
+        timeout: Duration,
+    ) -> Result<String, DaemonError> {
         let base = trim_url(url);
         let resp = self
             .auth(self.http.post(format!("{base}/api/v1/connections")).json(&reg.body()))
@@ -157,24 +184,46 @@ impl DaemonClient {
         let status = resp.status().as_u16();
         let body = resp.text().await.unwrap_or_default();
         if !(200..300).contains(&status) {
-            return Err(DaemonError::RegisterRefused { status, body: truncate(&body) });
+            return Err(DaemonError::RegisterRefused {
+                status,
+                body: truncate(&body),
+            });
         }
         serde_json::from_str::<Value>(&body)
             .ok()
-            .and_then(|v| v.get("connectionId").and_then(Value::as_str).map(str::to_owned))
+            .and_then(|v| {
+                v.get("connectionId")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
             .filter(|id| !id.is_empty())
-            .ok_or_else(|| DaemonError::RegisterFailed { url: base.to_owned(), detail: format!("201 body has no connectionId: {}", truncate(&body)) })
+            .ok_or_else(|| DaemonError::RegisterFailed {
+                url: base.to_owned(),
+                detail: format!("201 body has no connectionId: {}", truncate(&body)),
+            })
     }
 
     /// `DELETE {url}/api/v1/connections/{id}`; 2xx and 404 count as done.
     ///
     /// # Errors
     /// Transport errors, timeouts, other statuses.
-    pub async fn unregister(&self, url: &str, connection_id: &str, timeout: Duration) -> Result<(), DaemonError> {
+    pub async fn unregister(
+        &self,
+        url: &str,
+        connection_id: &str,
+        timeout: Duration,
+    ) -> Result<(), DaemonError> {
         let base = trim_url(url);
-        let err = |detail: String| DaemonError::UnregisterFailed { url: base.to_owned(), connection_id: connection_id.to_owned(), detail };
+        let err = |detail: String| DaemonError::UnregisterFailed {
+            url: base.to_owned(),
+            connection_id: connection_id.to_owned(),
+            detail,
+        };
         let resp = self
-            .auth(self.http.delete(format!("{base}/api/v1/connections/{connection_id}")))
+            .auth(
+                self.http
+                    .delete(format!("{base}/api/v1/connections/{connection_id}")),
+            )
             .timeout(timeout)
             .send()
             .await
@@ -183,7 +232,10 @@ impl DaemonClient {
         if (200..300).contains(&status) || status == 404 {
             Ok(())
         } else {
-            Err(err(format!("status {status}: {}", truncate(&resp.text().await.unwrap_or_default()))))
+            Err(err(format!(
+                "status {status}: {}",
+                truncate(&resp.text().await.unwrap_or_default())
+            )))
         }
     }
 }
@@ -227,7 +279,15 @@ mod tests {
         assert_eq!(b["pid"], 29089);
         assert_eq!(b["safeMode"], false);
         assert_eq!(b["controlPlaneUrl"], "http://127.0.0.1:41601");
-        let go = Registration { language: "go".into(), pid: None, ..r };
-        assert!(go.body().get("pid").is_none(), "go registrations carry no pid: {}", go.body());
+        let go = Registration {
+            language: "go".into(),
+            pid: None,
+            ..r
+        };
+        assert!(
+            go.body().get("pid").is_none(),
+            "go registrations carry no pid: {}",
+            go.body()
+        );
     }
 }

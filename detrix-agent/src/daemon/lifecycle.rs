@@ -60,7 +60,9 @@ pub struct SleepReply(pub &'static str);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     /// `POST /detrix/wake`, optionally with another daemon URL for this wake.
-    Wake { daemon_url: Option<String> },
+    Wake {
+        daemon_url: Option<String>,
+    },
     HealthChecked(Result<(), DaemonError>),
     ListenerStarted(Result<u16, String>),
     Registered(Result<String, DaemonError>),
@@ -73,13 +75,21 @@ pub enum Input {
 /// What the driver must do, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    CheckHealth { url: String },
+    CheckHealth {
+        url: String,
+    },
     /// Bind the DAP listener (configured port or ephemeral) and start serving it.
     StartListener,
     /// `POST /api/v1/connections` while the listener serves.
-    Register { url: String, port: u16 },
+    Register {
+        url: String,
+        port: u16,
+    },
     /// `DELETE /api/v1/connections/{id}`, best effort.
-    Unregister { url: String, connection_id: String },
+    Unregister {
+        url: String,
+        connection_id: String,
+    },
     /// Close the listener and every DAP session; their probes are removed.
     StopListener,
     /// Remove any probe still installed (belt and braces after the sessions are gone).
@@ -111,21 +121,37 @@ pub struct Lifecycle {
 impl Lifecycle {
     #[must_use]
     pub fn new(daemon_url: String) -> Self {
-        Self { phase: Phase::Sleeping, active_url: daemon_url.clone(), daemon_url, debug_port: 0, listening: false, connection_id: None, target_gone: false }
+        Self {
+            phase: Phase::Sleeping,
+            active_url: daemon_url.clone(),
+            daemon_url,
+            debug_port: 0,
+            listening: false,
+            connection_id: None,
+            target_gone: false,
+        }
     }
 
     /// One transition.
     pub fn step(&mut self, input: Input) -> Vec<Effect> {
         use Effect as E;
         match (self.phase, input) {
-            (_, Input::Wake { .. }) if self.target_gone => vec![E::ReplyWake(Err(WakeError::TargetGone))],
+            (_, Input::Wake { .. }) if self.target_gone => {
+                vec![E::ReplyWake(Err(WakeError::TargetGone))]
+            }
             (Phase::Sleeping, Input::Wake { daemon_url }) => {
                 self.phase = Phase::Waking;
-                self.active_url = daemon_url.filter(|u| !u.is_empty()).unwrap_or_else(|| self.daemon_url.clone());
-                vec![E::CheckHealth { url: self.active_url.clone() }]
+                self.active_url = daemon_url
+                    .filter(|u| !u.is_empty())
+                    .unwrap_or_else(|| self.daemon_url.clone());
+                vec![E::CheckHealth {
+                    url: self.active_url.clone(),
+                }]
             }
             (Phase::Waking, Input::Wake { .. }) => vec![E::ReplyWake(Err(WakeError::InProgress))],
-            (Phase::Awake, Input::Wake { .. }) => vec![E::ReplyWake(Ok(self.reply("already_awake")))],
+            (Phase::Awake, Input::Wake { .. }) => {
+                vec![E::ReplyWake(Ok(self.reply("already_awake")))]
+            }
             (Phase::Waking, Input::HealthChecked(Ok(()))) => vec![E::StartListener],
             (Phase::Waking, Input::HealthChecked(Err(e))) => {
                 self.phase = Phase::Sleeping;
@@ -134,7 +160,10 @@ impl Lifecycle {
             (Phase::Waking, Input::ListenerStarted(Ok(port))) => {
                 self.debug_port = port;
                 self.listening = true;
-                vec![E::Register { url: self.active_url.clone(), port }]
+                vec![E::Register {
+                    url: self.active_url.clone(),
+                    port,
+                }]
             }
             (Phase::Waking, Input::ListenerStarted(Err(e))) => {
                 self.phase = Phase::Sleeping;
@@ -153,7 +182,11 @@ impl Lifecycle {
             (Phase::Sleeping, Input::Sleep) => vec![E::ReplySleep(SleepReply("already_sleeping"))],
             (Phase::Awake | Phase::Waking, Input::Sleep) => {
                 let mut fx = self.unregister();
-                fx.extend([E::StopListener, E::DropProbes, E::ReplySleep(SleepReply("sleeping"))]);
+                fx.extend([
+                    E::StopListener,
+                    E::DropProbes,
+                    E::ReplySleep(SleepReply("sleeping")),
+                ]);
                 self.go_to_sleep();
                 fx
             }
@@ -171,14 +204,19 @@ impl Lifecycle {
             }
             // Results that arrive in a phase that no longer expects them (cannot happen with the
             // one-request-at-a-time driver) change nothing.
-            (_, Input::HealthChecked(_) | Input::ListenerStarted(_) | Input::Registered(_)) => Vec::new(),
+            (_, Input::HealthChecked(_) | Input::ListenerStarted(_) | Input::Registered(_)) => {
+                Vec::new()
+            }
         }
     }
 
     fn unregister(&self) -> Vec<Effect> {
         self.connection_id
             .iter()
-            .map(|id| Effect::Unregister { url: self.active_url.clone(), connection_id: id.clone() })
+            .map(|id| Effect::Unregister {
+                url: self.active_url.clone(),
+                connection_id: id.clone(),
+            })
             .collect()
     }
 
@@ -217,36 +255,68 @@ mod tests {
     #[test]
     fn wake_checks_health_then_listens_then_registers() {
         let mut l = Lifecycle::new(URL.into());
-        assert_eq!(l.step(Input::Wake { daemon_url: None }), vec![E::CheckHealth { url: URL.into() }]);
+        assert_eq!(
+            l.step(Input::Wake { daemon_url: None }),
+            vec![E::CheckHealth { url: URL.into() }]
+        );
         assert_eq!(l.phase, Phase::Waking);
         assert_eq!(l.step(Input::HealthChecked(Ok(()))), vec![E::StartListener]);
-        assert_eq!(l.step(Input::ListenerStarted(Ok(42137))), vec![E::Register { url: URL.into(), port: 42137 }]);
+        assert_eq!(
+            l.step(Input::ListenerStarted(Ok(42137))),
+            vec![E::Register {
+                url: URL.into(),
+                port: 42137
+            }]
+        );
         let fx = l.step(Input::Registered(Ok("abc".into())));
         assert_eq!(
             fx,
-            vec![E::ReplyWake(Ok(WakeReply { status: "awake", debug_port: 42137, connection_id: "abc".into(), daemon_url: URL.into() }))]
+            vec![E::ReplyWake(Ok(WakeReply {
+                status: "awake",
+                debug_port: 42137,
+                connection_id: "abc".into(),
+                daemon_url: URL.into()
+            }))]
         );
-        assert_eq!((l.phase, l.listening, l.connection_id.as_deref()), (Phase::Awake, true, Some("abc")));
+        assert_eq!(
+            (l.phase, l.listening, l.connection_id.as_deref()),
+            (Phase::Awake, true, Some("abc"))
+        );
     }
 
     #[test]
     fn second_wake_is_already_awake_with_the_same_port_and_id() {
         let mut l = awake();
-        let fx = l.step(Input::Wake { daemon_url: Some("http://elsewhere:1".into()) });
+        let fx = l.step(Input::Wake {
+            daemon_url: Some("http://elsewhere:1".into()),
+        });
         assert_eq!(
             fx,
-            vec![E::ReplyWake(Ok(WakeReply { status: "already_awake", debug_port: 42137, connection_id: "abc".into(), daemon_url: URL.into() }))]
+            vec![E::ReplyWake(Ok(WakeReply {
+                status: "already_awake",
+                debug_port: 42137,
+                connection_id: "abc".into(),
+                daemon_url: URL.into()
+            }))]
         );
     }
 
     #[test]
     fn unreachable_daemon_leaves_it_sleeping_and_untouched() {
         let mut l = Lifecycle::new(URL.into());
-        l.step(Input::Wake { daemon_url: Some("http://127.0.0.1:1".into()) });
-        let err = DaemonError::Unreachable { url: "http://127.0.0.1:1".into(), detail: "connection refused".into() };
+        l.step(Input::Wake {
+            daemon_url: Some("http://127.0.0.1:1".into()),
+        });
+        let err = DaemonError::Unreachable {
+            url: "http://127.0.0.1:1".into(),
+            detail: "connection refused".into(),
+        };
         let fx = l.step(Input::HealthChecked(Err(err.clone())));
         assert_eq!(fx, vec![E::ReplyWake(Err(WakeError::Daemon(err)))]);
-        assert_eq!((l.phase, l.debug_port, l.connection_id.clone()), (Phase::Sleeping, 0, None));
+        assert_eq!(
+            (l.phase, l.debug_port, l.connection_id.clone()),
+            (Phase::Sleeping, 0, None)
+        );
     }
 
     #[test]
@@ -255,9 +325,19 @@ mod tests {
         l.step(Input::Wake { daemon_url: None });
         l.step(Input::HealthChecked(Ok(())));
         l.step(Input::ListenerStarted(Ok(40000)));
-        let err = DaemonError::RegisterRefused { status: 500, body: "no".into() };
+        let err = DaemonError::RegisterRefused {
+            status: 500,
+            body: "no".into(),
+        };
         let fx = l.step(Input::Registered(Err(err.clone())));
-        assert_eq!(fx, vec![E::StopListener, E::DropProbes, E::ReplyWake(Err(WakeError::Daemon(err)))]);
+        assert_eq!(
+            fx,
+            vec![
+                E::StopListener,
+                E::DropProbes,
+                E::ReplyWake(Err(WakeError::Daemon(err)))
+            ]
+        );
         assert_eq!((l.phase, l.listening), (Phase::Sleeping, false));
     }
 
@@ -268,21 +348,33 @@ mod tests {
         assert_eq!(
             fx,
             vec![
-                E::Unregister { url: URL.into(), connection_id: "abc".into() },
+                E::Unregister {
+                    url: URL.into(),
+                    connection_id: "abc".into()
+                },
                 E::StopListener,
                 E::DropProbes,
                 E::ReplySleep(SleepReply("sleeping"))
             ]
         );
-        assert_eq!((l.phase, l.listening, l.debug_port, l.connection_id.clone()), (Phase::Sleeping, false, 42137, None));
-        assert_eq!(l.step(Input::Sleep), vec![E::ReplySleep(SleepReply("already_sleeping"))]);
+        assert_eq!(
+            (l.phase, l.listening, l.debug_port, l.connection_id.clone()),
+            (Phase::Sleeping, false, 42137, None)
+        );
+        assert_eq!(
+            l.step(Input::Sleep),
+            vec![E::ReplySleep(SleepReply("already_sleeping"))]
+        );
     }
 
     #[test]
     fn wake_while_waking_is_refused() {
         let mut l = Lifecycle::new(URL.into());
         l.step(Input::Wake { daemon_url: None });
-        assert_eq!(l.step(Input::Wake { daemon_url: None }), vec![E::ReplyWake(Err(WakeError::InProgress))]);
+        assert_eq!(
+            l.step(Input::Wake { daemon_url: None }),
+            vec![E::ReplyWake(Err(WakeError::InProgress))]
+        );
     }
 
     #[test]
@@ -291,9 +383,21 @@ mod tests {
         let fx = l.step(Input::TargetExited);
         assert_eq!(
             fx,
-            vec![E::AnnounceExit, E::Unregister { url: URL.into(), connection_id: "abc".into() }, E::StopListener, E::DropProbes, E::Exit]
+            vec![
+                E::AnnounceExit,
+                E::Unregister {
+                    url: URL.into(),
+                    connection_id: "abc".into()
+                },
+                E::StopListener,
+                E::DropProbes,
+                E::Exit
+            ]
         );
-        assert_eq!(l.step(Input::Wake { daemon_url: None }), vec![E::ReplyWake(Err(WakeError::TargetGone))]);
+        assert_eq!(
+            l.step(Input::Wake { daemon_url: None }),
+            vec![E::ReplyWake(Err(WakeError::TargetGone))]
+        );
         let mut asleep = Lifecycle::new(URL.into());
         assert_eq!(asleep.step(Input::TargetExited), vec![E::Exit]);
     }

@@ -43,7 +43,11 @@ pub struct AttachConfig {
 /// of contract.md §2.4: `DETRIX_TOKEN`, then `auth-token`, then `mcp-token`, each in
 /// `$HOME/detrix/` and then `$DETRIX_HOME/`.
 #[must_use]
-pub fn discover_token(env_token: Option<&str>, home: Option<&Path>, detrix_home: Option<&Path>) -> Option<String> {
+pub fn discover_token(
+    env_token: Option<&str>,
+    home: Option<&Path>,
+    detrix_home: Option<&Path>,
+) -> Option<String> {
     if let Some(t) = env_token.map(str::trim).filter(|t| !t.is_empty()) {
         return Some(t.to_owned());
     }
@@ -57,7 +61,9 @@ pub fn discover_token(env_token: Option<&str>, home: Option<&Path>, detrix_home:
     for file in ["auth-token", "mcp-token"] {
         for dir in &dirs {
             let path = dir.join(file);
-            let Ok(text) = std::fs::read_to_string(&path) else { continue };
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
             warn_if_readable_by_others(&path);
             let t = text.trim();
             if !t.is_empty() {
@@ -81,13 +87,19 @@ fn warn_if_readable_by_others(path: &Path) {
 /// This machine's host name (identity field `hostname`).
 #[must_use]
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "unknown".to_owned())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 /// The target's working directory: the `workspaceRoot` its own embedded client would send.
 #[must_use]
 pub fn target_cwd(pid: u32) -> String {
-    std::fs::read_link(format!("/proc/{pid}/cwd")).map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|_| "/unknown".to_owned())
+    std::fs::read_link(format!("/proc/{pid}/cwd"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "/unknown".to_owned())
 }
 
 #[cfg(test)]
@@ -103,14 +115,29 @@ mod tests {
         std::fs::create_dir_all(&dh).unwrap();
         assert_eq!(discover_token(None, Some(&home), Some(&dh)), None);
         std::fs::write(dh.join("mcp-token"), "mcp-dh\n").unwrap();
-        assert_eq!(discover_token(None, Some(&home), Some(&dh)).as_deref(), Some("mcp-dh"));
+        assert_eq!(
+            discover_token(None, Some(&home), Some(&dh)).as_deref(),
+            Some("mcp-dh")
+        );
         std::fs::write(home.join("detrix/mcp-token"), "mcp-home").unwrap();
-        assert_eq!(discover_token(None, Some(&home), Some(&dh)).as_deref(), Some("mcp-home"));
+        assert_eq!(
+            discover_token(None, Some(&home), Some(&dh)).as_deref(),
+            Some("mcp-home")
+        );
         std::fs::write(dh.join("auth-token"), "auth-dh").unwrap();
-        assert_eq!(discover_token(None, Some(&home), Some(&dh)).as_deref(), Some("auth-dh"));
+        assert_eq!(
+            discover_token(None, Some(&home), Some(&dh)).as_deref(),
+            Some("auth-dh")
+        );
         std::fs::write(home.join("detrix/auth-token"), "auth-home").unwrap();
-        assert_eq!(discover_token(None, Some(&home), Some(&dh)).as_deref(), Some("auth-home"));
-        assert_eq!(discover_token(Some(" env "), Some(&home), Some(&dh)).as_deref(), Some("env"));
+        assert_eq!(
+            discover_token(None, Some(&home), Some(&dh)).as_deref(),
+            Some("auth-home")
+        );
+        assert_eq!(
+            discover_token(Some(" env "), Some(&home), Some(&dh)).as_deref(),
+            Some("env")
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

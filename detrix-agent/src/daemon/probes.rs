@@ -27,7 +27,13 @@ pub struct Registry {
 impl Registry {
     #[must_use]
     pub fn new(engine: Engine) -> Self {
-        Self { engine, entries: BTreeMap::new(), by_engine: HashMap::new(), next: 1, suspended: false }
+        Self {
+            engine,
+            entries: BTreeMap::new(),
+            by_engine: HashMap::new(),
+            next: 1,
+            suspended: false,
+        }
     }
 
     /// The engine underneath (resolver, counters).
@@ -53,7 +59,14 @@ impl Registry {
         if let Some(e) = engine_id {
             self.by_engine.insert(e, id);
         }
-        self.entries.insert(id, Entry { file: file.to_owned(), spec: spec.clone(), engine_id });
+        self.entries.insert(
+            id,
+            Entry {
+                file: file.to_owned(),
+                spec: spec.clone(),
+                engine_id,
+            },
+        );
         Ok(id)
     }
 
@@ -62,7 +75,9 @@ impl Registry {
     /// # Errors
     /// A kernel error on detach.
     pub fn remove(&mut self, id: LogpointId) -> Result<(), EngineError> {
-        let Some(e) = self.entries.remove(&id) else { return Ok(()) };
+        let Some(e) = self.entries.remove(&id) else {
+            return Ok(());
+        };
         if let Some(eid) = e.engine_id {
             self.by_engine.remove(&eid);
             self.engine.remove(eid)?;

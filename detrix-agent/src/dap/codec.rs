@@ -41,20 +41,35 @@ pub enum CodecError {
 ///
 /// # Errors
 /// I/O errors and malformed frames, see [`CodecError`].
-pub async fn read_frame<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<Option<Value>, CodecError> {
+pub async fn read_frame<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+) -> Result<Option<Value>, CodecError> {
     let mut content_length: Option<usize> = None;
     let mut saw_header = false;
     let mut line = Vec::new();
     loop {
         line.clear();
-        let n = (&mut *reader).take(MAX_HEADER_LINE as u64 + 1).read_until(b'\n', &mut line).await?;
+        let n = (&mut *reader)
+            .take(MAX_HEADER_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await?;
         if n == 0 {
-            return if saw_header { Err(CodecError::Truncated) } else { Ok(None) };
+            return if saw_header {
+                Err(CodecError::Truncated)
+            } else {
+                Ok(None)
+            };
         }
         if line.len() > MAX_HEADER_LINE || !line.ends_with(b"\n") {
-            return Err(if line.ends_with(b"\n") || line.len() > MAX_HEADER_LINE { CodecError::BadHeader } else { CodecError::Truncated });
+            return Err(if line.ends_with(b"\n") || line.len() > MAX_HEADER_LINE {
+                CodecError::BadHeader
+            } else {
+                CodecError::Truncated
+            });
         }
-        let text = std::str::from_utf8(&line).map_err(|_| CodecError::BadHeader)?.trim_end_matches(['\r', '\n']);
+        let text = std::str::from_utf8(&line)
+            .map_err(|_| CodecError::BadHeader)?
+            .trim_end_matches(['\r', '\n']);
         if text.is_empty() {
             if !saw_header {
                 // Blank lines before a header: tolerated, as the daemon's own reader does.
@@ -66,7 +81,10 @@ pub async fn read_frame<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<Optio
         if let Some((name, value)) = text.split_once(':') {
             if name.trim().eq_ignore_ascii_case("content-length") {
                 let v = value.trim();
-                content_length = Some(v.parse().map_err(|_| CodecError::BadContentLength(v.to_owned()))?);
+                content_length = Some(
+                    v.parse()
+                        .map_err(|_| CodecError::BadContentLength(v.to_owned()))?,
+                );
             }
         }
     }
@@ -76,7 +94,11 @@ pub async fn read_frame<R: AsyncBufRead + Unpin>(reader: &mut R) -> Result<Optio
     }
     let mut body = vec![0u8; len];
     reader.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof { CodecError::Truncated } else { CodecError::Io(e) }
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            CodecError::Truncated
+        } else {
+            CodecError::Io(e)
+        }
     })?;
     match serde_json::from_slice::<Value>(&body) {
         Ok(v @ Value::Object(_)) => Ok(Some(v)),
@@ -126,7 +148,9 @@ mod tests {
     }
 
     fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread().build().unwrap()
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
     }
 
     #[test]
@@ -154,15 +178,35 @@ mod tests {
     #[test]
     fn malformed_frames_are_named_errors() {
         let cases: [(&[u8], &str); 5] = [
-            (b"Content-Length: 5\r\n\r\n{\"a\"", "connection closed in the middle of a DAP frame"),
-            (b"Content-Length: 3\r\n\r\n[1]", "DAP frame body is not a JSON object: got an array"),
-            (b"X-Other: 1\r\n\r\n{}", "DAP frame has no Content-Length header; the peer does not speak DAP"),
-            (b"Content-Length: ten\r\n\r\n", "DAP Content-Length `ten` is not a byte count"),
-            (b"Content-Length: 99999999999\r\n\r\n", "DAP frame of 99999999999 bytes exceeds the 16777216-byte limit"),
+            (
+                b"Content-Length: 5\r\n\r\n{\"a\"",
+                "connection closed in the middle of a DAP frame",
+            ),
+            (
+                b"Content-Length: 3\r\n\r\n[1]",
+                "DAP frame body is not a JSON object: got an array",
+            ),
+            (
+                b"X-Other: 1\r\n\r\n{}",
+                "DAP frame has no Content-Length header; the peer does not speak DAP",
+            ),
+            (
+                b"Content-Length: ten\r\n\r\n",
+                "DAP Content-Length `ten` is not a byte count",
+            ),
+            (
+                b"Content-Length: 99999999999\r\n\r\n",
+                "DAP frame of 99999999999 bytes exceeds the 16777216-byte limit",
+            ),
         ];
         for (bytes, want) in cases {
             let got = rt().block_on(read_all(bytes));
-            assert_eq!(got.last(), Some(&Err(want.to_owned())), "input {:?}", String::from_utf8_lossy(bytes));
+            assert_eq!(
+                got.last(),
+                Some(&Err(want.to_owned())),
+                "input {:?}",
+                String::from_utf8_lossy(bytes)
+            );
         }
     }
 }

@@ -84,7 +84,15 @@ impl Options {
     #[must_use]
     pub fn for_language(daemon_language: &str) -> Self {
         let prefix = Prefix::for_language(daemon_language);
-        Self { prefix, target: if prefix == Prefix::Go { Language::Go } else { Language::C }, safe_mode: false }
+        Self {
+            prefix,
+            target: if prefix == Prefix::Go {
+                Language::Go
+            } else {
+                Language::C
+            },
+            safe_mode: false,
+        }
     }
 }
 
@@ -134,7 +142,11 @@ enum Kind {
     /// for that are captured as values.
     Snapshot { learned: Vec<String> },
     /// A template with a function call, served by debugger rounds (no probe).
-    CallLogpoint { log_message: String, name: String, exprs: Vec<String> },
+    CallLogpoint {
+        log_message: String,
+        name: String,
+        exprs: Vec<String>,
+    },
 }
 
 /// One installed entry of the session.
@@ -150,7 +162,10 @@ impl Installed {
     fn same_entry(&self, line: u32, log_message: Option<&str>) -> bool {
         self.line == line
             && match (&self.kind, log_message) {
-                (Kind::Logpoint { log_message: m } | Kind::CallLogpoint { log_message: m, .. }, Some(want)) => m == want,
+                (
+                    Kind::Logpoint { log_message: m } | Kind::CallLogpoint { log_message: m, .. },
+                    Some(want),
+                ) => m == want,
                 (Kind::Snapshot { .. }, None) => true,
                 _ => false,
             }
@@ -161,8 +176,15 @@ impl Installed {
 #[derive(Debug, Clone)]
 enum Route {
     /// `exprs`: the template's expressions; the ones with calls are not captured.
-    Output { name: String, exprs: Vec<String> },
-    Stop { path: String, line: u32, bp_id: i64 },
+    Output {
+        name: String,
+        exprs: Vec<String>,
+    },
+    Stop {
+        path: String,
+        line: u32,
+        bp_id: i64,
+    },
 }
 
 /// One synthetic stop: what the kernel captured at one hit.
@@ -254,7 +276,12 @@ impl<P: ProbeSet> Facade<P> {
         self.seq
     }
 
-    fn response(&mut self, request_seq: i64, command: &str, result: Result<Option<Value>, String>) -> Value {
+    fn response(
+        &mut self,
+        request_seq: i64,
+        command: &str,
+        result: Result<Option<Value>, String>,
+    ) -> Value {
         let seq = self.next_seq();
         let mut m = Map::new();
         m.insert("seq".into(), seq.into());
@@ -271,7 +298,10 @@ impl<P: ProbeSet> Facade<P> {
             Err(message) => {
                 m.insert("success".into(), false.into());
                 // `error.format` is what the daemon shows first (`<evaluation failed: …>`).
-                m.insert("body".into(), json!({"error": {"id": 1, "format": message}}));
+                m.insert(
+                    "body".into(),
+                    json!({"error": {"id": 1, "format": message}}),
+                );
                 m.insert("message".into(), message.into());
             }
         }
@@ -299,7 +329,11 @@ impl<P: ProbeSet> Facade<P> {
             return Vec::new();
         }
         let request_seq = msg.get("seq").and_then(Value::as_i64).unwrap_or(0);
-        let command = msg.get("command").and_then(Value::as_str).unwrap_or("").to_owned();
+        let command = msg
+            .get("command")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
         let args = msg.get("arguments").cloned().unwrap_or(Value::Null);
         match command.as_str() {
             "initialize" => {
@@ -370,13 +404,23 @@ impl<P: ProbeSet> Facade<P> {
     }
 
     fn with_stop(&self, f: impl FnOnce(&Stop) -> Value) -> Result<Value, String> {
-        self.current.as_ref().map(f).ok_or_else(|| NOT_STOPPED.to_owned())
+        self.current
+            .as_ref()
+            .map(f)
+            .ok_or_else(|| NOT_STOPPED.to_owned())
     }
 
     fn stack_trace(&self, args: &Value) -> Result<Value, String> {
-        let stop = self.current.as_ref().ok_or_else(|| NOT_STOPPED.to_owned())?;
+        let stop = self
+            .current
+            .as_ref()
+            .ok_or_else(|| NOT_STOPPED.to_owned())?;
         let start = args.get("startFrame").and_then(Value::as_u64).unwrap_or(0);
-        let levels = args.get("levels").and_then(Value::as_u64).filter(|l| *l > 0).unwrap_or(u64::MAX);
+        let levels = args
+            .get("levels")
+            .and_then(Value::as_u64)
+            .filter(|l| *l > 0)
+            .unwrap_or(u64::MAX);
         let start = usize::try_from(start).unwrap_or(usize::MAX);
         let levels = usize::try_from(levels).unwrap_or(usize::MAX);
         let frames = stop_frames(stop);
@@ -387,7 +431,11 @@ impl<P: ProbeSet> Facade<P> {
 
     fn evaluate(&mut self, request_seq: i64, args: &Value) -> Vec<Value> {
         const CMD: &str = "evaluate";
-        let raw = args.get("expression").and_then(Value::as_str).unwrap_or("").trim();
+        let raw = args
+            .get("expression")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .trim();
         let Some(stop) = self.current.clone() else {
             return vec![self.response(request_seq, CMD, Err(NOT_STOPPED.to_owned()))];
         };
@@ -396,7 +444,11 @@ impl<P: ProbeSet> Facade<P> {
             None => (raw, false),
         };
         if expr.is_empty() {
-            return vec![self.response(request_seq, CMD, Err("evaluate without an expression".into()))];
+            return vec![self.response(
+                request_seq,
+                CMD,
+                Err("evaluate without an expression".into()),
+            )];
         }
         let lang = self.opts.target;
         if let Some(v) = lookup(&stop, expr) {
@@ -405,7 +457,13 @@ impl<P: ProbeSet> Facade<P> {
         }
         if said_call || has_call(expr) {
             if let Some(n) = builtin_len(&stop, expr, lang) {
-                return vec![self.response(request_seq, CMD, Ok(Some(json!({"result": n.to_string(), "type": "int", "variablesReference": 0}))))];
+                return vec![self.response(
+                    request_seq,
+                    CMD,
+                    Ok(Some(
+                        json!({"result": n.to_string(), "type": "int", "variablesReference": 0}),
+                    )),
+                )];
             }
             if self.opts.safe_mode {
                 return vec![self.response(request_seq, CMD, Err(SAFE_MODE_CALL_MESSAGE.into()))];
@@ -414,7 +472,13 @@ impl<P: ProbeSet> Facade<P> {
                 return vec![self.response(request_seq, CMD, Err(RUST_CALL_MESSAGE.into()))];
             }
             let token = self.new_job(&stop.path, stop.line, vec![expr.to_owned()], Duration::ZERO);
-            self.pending.insert(token, JobFor::Evaluate { request_seq, expr: expr.to_owned() });
+            self.pending.insert(
+                token,
+                JobFor::Evaluate {
+                    request_seq,
+                    expr: expr.to_owned(),
+                },
+            );
             return Vec::new();
         }
         let answer = self.learn(&stop, expr);
@@ -425,26 +489,45 @@ impl<P: ProbeSet> Facade<P> {
     /// stop's (failed) answer.
     fn learn(&mut self, stop: &Stop, expr: &str) -> String {
         let Some(entries) = self.files.get(&stop.path) else {
-            return format!("`{expr}` was not captured at this hit, and its breakpoint was removed since");
+            return format!(
+                "`{expr}` was not captured at this hit, and its breakpoint was removed since"
+            );
         };
         let Some(ix) = entries.iter().position(|i| i.bp_id == stop.bp_id) else {
-            return format!("`{expr}` was not captured at this hit, and its breakpoint was removed since");
+            return format!(
+                "`{expr}` was not captured at this hit, and its breakpoint was removed since"
+            );
         };
         let entry = entries[ix].clone();
-        let Kind::Snapshot { learned } = &entry.kind else { return format!("`{expr}` is not a value captured at this line") };
+        let Kind::Snapshot { learned } = &entry.kind else {
+            return format!("`{expr}` is not a value captured at this line");
+        };
         if learned.iter().any(|e| e == expr) {
             return format!("`{expr}` could not be read at this hit");
         }
         let mut exprs = learned.clone();
         exprs.push(expr.to_owned());
-        let spec = LogpointSpec { line: entry.line, exprs: exprs.clone(), condition: None, capture_stack: true, capture_locals: true };
+        let spec = LogpointSpec {
+            line: entry.line,
+            exprs: exprs.clone(),
+            condition: None,
+            capture_stack: true,
+            capture_locals: true,
+        };
         match self.probes.add(&stop.path, &spec) {
             Ok(id) => {
                 if let Some(old) = entry.logpoint {
                     self.probes.remove(old);
                     self.routes.remove(&old);
                 }
-                self.routes.insert(id, Route::Stop { path: stop.path.clone(), line: entry.line, bp_id: entry.bp_id });
+                self.routes.insert(
+                    id,
+                    Route::Stop {
+                        path: stop.path.clone(),
+                        line: entry.line,
+                        bp_id: entry.bp_id,
+                    },
+                );
                 if let Some(e) = self.files.get_mut(&stop.path).and_then(|v| v.get_mut(ix)) {
                     e.logpoint = Some(id);
                     e.kind = Kind::Snapshot { learned: exprs };
@@ -460,38 +543,69 @@ impl<P: ProbeSet> Facade<P> {
     fn new_job(&mut self, file: &str, line: u32, exprs: Vec<String>, delay: Duration) -> u64 {
         let token = self.next_token;
         self.next_token += 1;
-        self.jobs.push(Job { token, file: file.to_owned(), line, exprs, delay });
+        self.jobs.push(Job {
+            token,
+            file: file.to_owned(),
+            line,
+            exprs,
+            delay,
+        });
         token
     }
 
     /// A job's outcome: `Ok` with one result per expression, or `Err` with why the debugger
     /// could not be used at all. Returns the messages to send.
     pub fn job_done(&mut self, token: u64, outcome: Result<Vec<Evaluated>, String>) -> Vec<Value> {
-        let Some(what) = self.pending.remove(&token) else { return Vec::new() };
+        let Some(what) = self.pending.remove(&token) else {
+            return Vec::new();
+        };
         match what {
             JobFor::Evaluate { request_seq, expr } => {
-                let r = match outcome.and_then(|mut v| if v.is_empty() { Err(format!("the debugger returned nothing for `{expr}`")) } else { v.swap_remove(0) }) {
-                    Ok((result, ty)) => Ok(Some(json!({"result": result, "type": ty.unwrap_or_default(), "variablesReference": 0}))),
+                let r = match outcome.and_then(|mut v| {
+                    if v.is_empty() {
+                        Err(format!("the debugger returned nothing for `{expr}`"))
+                    } else {
+                        v.swap_remove(0)
+                    }
+                }) {
+                    Ok((result, ty)) => Ok(Some(
+                        json!({"result": result, "type": ty.unwrap_or_default(), "variablesReference": 0}),
+                    )),
                     Err(e) => Err(e),
                 };
                 vec![self.response(request_seq, "evaluate", r)]
             }
             JobFor::CallLogpoint { bp_id } => {
-                let Some((path, entry)) = self.files.iter().find_map(|(p, v)| v.iter().find(|i| i.bp_id == bp_id).map(|i| (p.clone(), i.clone()))) else {
+                let Some((path, entry)) = self.files.iter().find_map(|(p, v)| {
+                    v.iter()
+                        .find(|i| i.bp_id == bp_id)
+                        .map(|i| (p.clone(), i.clone()))
+                }) else {
                     return Vec::new();
                 };
-                let Kind::CallLogpoint { name, exprs, .. } = &entry.kind else { return Vec::new() };
+                let Kind::CallLogpoint { name, exprs, .. } = &entry.kind else {
+                    return Vec::new();
+                };
                 let rendered: Vec<String> = match outcome {
-                    Ok(values) => values.into_iter().map(|v| match v {
-                        Ok((text, _)) => debugger_value(&text),
-                        Err(e) => template::json_string(&format!("<evaluation failed: {e}>")),
-                    }).collect(),
-                    Err(e) => exprs.iter().map(|_| template::json_string(&format!("<evaluation failed: {e}>"))).collect(),
+                    Ok(values) => values
+                        .into_iter()
+                        .map(|v| match v {
+                            Ok((text, _)) => debugger_value(&text),
+                            Err(e) => template::json_string(&format!("<evaluation failed: {e}>")),
+                        })
+                        .collect(),
+                    Err(e) => exprs
+                        .iter()
+                        .map(|_| template::json_string(&format!("<evaluation failed: {e}>")))
+                        .collect(),
                 };
                 // The thread of a debugger round is not known to the daemon's prefix parser in
                 // any useful way; the target's pid stands in, as for single-threaded hits.
                 let text = template::output_text_rendered(self.opts.prefix, 1, name, &rendered);
-                let out = self.event("output", Some(json!({"category": "console", "output": text})));
+                let out = self.event(
+                    "output",
+                    Some(json!({"category": "console", "output": text})),
+                );
                 let token = self.new_job(&path, entry.line, exprs.clone(), CALL_LOGPOINT_INTERVAL);
                 self.pending.insert(token, JobFor::CallLogpoint { bp_id });
                 vec![out]
@@ -520,16 +634,26 @@ impl<P: ProbeSet> Facade<P> {
         // the stale ones before installing new ones keeps a line from ever having two probes.
         let mut plan: Vec<Option<Installed>> = Vec::with_capacity(requested.len());
         for entry in &requested {
-            let line = entry.get("line").and_then(Value::as_u64).and_then(|l| u32::try_from(l).ok());
+            let line = entry
+                .get("line")
+                .and_then(Value::as_u64)
+                .and_then(|l| u32::try_from(l).ok());
             let msg = entry.get("logMessage").and_then(Value::as_str);
-            let reuse = line.and_then(|line| old.iter().position(|i| i.same_entry(line, msg)).map(|ix| old.swap_remove(ix)));
+            let reuse = line.and_then(|line| {
+                old.iter()
+                    .position(|i| i.same_entry(line, msg))
+                    .map(|ix| old.swap_remove(ix))
+            });
             plan.push(reuse);
         }
         for stale in old {
             self.uninstall(&stale);
         }
         for (entry, reuse) in requested.iter().zip(plan) {
-            let line = entry.get("line").and_then(Value::as_u64).and_then(|l| u32::try_from(l).ok());
+            let line = entry
+                .get("line")
+                .and_then(Value::as_u64)
+                .and_then(|l| u32::try_from(l).ok());
             let Some(line) = line.filter(|l| *l > 0) else {
                 answers.push(json!({"verified": false, "message": "breakpoint entry without a line number ≥ 1"}));
                 continue;
@@ -547,7 +671,9 @@ impl<P: ProbeSet> Facade<P> {
                     answers.push(json!({"id": i.bp_id, "verified": true, "line": line, "source": {"name": basename, "path": path}}));
                     kept.push(i);
                 }
-                Err(message) => answers.push(json!({"verified": false, "line": line, "message": message})),
+                Err(message) => {
+                    answers.push(json!({"verified": false, "line": line, "message": message}))
+                }
             }
         }
         if !kept.is_empty() {
@@ -562,7 +688,8 @@ impl<P: ProbeSet> Facade<P> {
             self.routes.remove(&id);
         }
         self.queued.retain(|s| s.bp_id != i.bp_id);
-        self.pending.retain(|_, j| !matches!(j, JobFor::CallLogpoint { bp_id } if *bp_id == i.bp_id));
+        self.pending
+            .retain(|_, j| !matches!(j, JobFor::CallLogpoint { bp_id } if *bp_id == i.bp_id));
     }
 
     fn take_bp_id(&mut self) -> i64 {
@@ -572,19 +699,47 @@ impl<P: ProbeSet> Facade<P> {
     }
 
     fn install_snapshot(&mut self, path: &str, line: u32) -> Result<Installed, String> {
-        let spec = LogpointSpec { line, exprs: Vec::new(), condition: None, capture_stack: true, capture_locals: true };
+        let spec = LogpointSpec {
+            line,
+            exprs: Vec::new(),
+            condition: None,
+            capture_stack: true,
+            capture_locals: true,
+        };
         let logpoint = self.probes.add(path, &spec)?;
         let bp_id = self.take_bp_id();
-        self.routes.insert(logpoint, Route::Stop { path: path.to_owned(), line, bp_id });
-        Ok(Installed { line, kind: Kind::Snapshot { learned: Vec::new() }, logpoint: Some(logpoint), bp_id })
+        self.routes.insert(
+            logpoint,
+            Route::Stop {
+                path: path.to_owned(),
+                line,
+                bp_id,
+            },
+        );
+        Ok(Installed {
+            line,
+            kind: Kind::Snapshot {
+                learned: Vec::new(),
+            },
+            logpoint: Some(logpoint),
+            bp_id,
+        })
     }
 
-    fn install_logpoint(&mut self, path: &str, line: u32, log_message: &str) -> Result<Installed, String> {
+    fn install_logpoint(
+        &mut self,
+        path: &str,
+        line: u32,
+        log_message: &str,
+    ) -> Result<Installed, String> {
         let template = template::parse(log_message).map_err(|e| e.to_string())?;
         let calls: Vec<&String> = template.exprs.iter().filter(|e| has_call(e)).collect();
         if !calls.is_empty() {
             if self.opts.safe_mode {
-                return Err(format!("`{}` calls a function. {SAFE_MODE_CALL_MESSAGE}", calls[0]));
+                return Err(format!(
+                    "`{}` calls a function. {SAFE_MODE_CALL_MESSAGE}",
+                    calls[0]
+                ));
             }
             if self.opts.target != Language::Rust {
                 let bp_id = self.take_bp_id();
@@ -592,7 +747,11 @@ impl<P: ProbeSet> Facade<P> {
                 self.pending.insert(token, JobFor::CallLogpoint { bp_id });
                 return Ok(Installed {
                     line,
-                    kind: Kind::CallLogpoint { log_message: log_message.to_owned(), name: template.name, exprs: template.exprs },
+                    kind: Kind::CallLogpoint {
+                        log_message: log_message.to_owned(),
+                        name: template.name,
+                        exprs: template.exprs,
+                    },
                     logpoint: None,
                     bp_id,
                 });
@@ -600,14 +759,42 @@ impl<P: ProbeSet> Facade<P> {
             // Rust: the calls cannot be evaluated by anyone; the rest is captured as usual and
             // the calls' values say why (see `on_hits`).
         }
-        let exprs: Vec<String> = template.exprs.iter().filter(|e| !has_call(e)).cloned().collect();
-        let spec = LogpointSpec { line, exprs, condition: None, capture_stack: false, capture_locals: false };
-        let logpoint = if spec.exprs.is_empty() { None } else { Some(self.probes.add(path, &spec)?) };
+        let exprs: Vec<String> = template
+            .exprs
+            .iter()
+            .filter(|e| !has_call(e))
+            .cloned()
+            .collect();
+        let spec = LogpointSpec {
+            line,
+            exprs,
+            condition: None,
+            capture_stack: false,
+            capture_locals: false,
+        };
+        let logpoint = if spec.exprs.is_empty() {
+            None
+        } else {
+            Some(self.probes.add(path, &spec)?)
+        };
         let bp_id = self.take_bp_id();
         if let Some(id) = logpoint {
-            self.routes.insert(id, Route::Output { name: template.name.clone(), exprs: template.exprs.clone() });
+            self.routes.insert(
+                id,
+                Route::Output {
+                    name: template.name.clone(),
+                    exprs: template.exprs.clone(),
+                },
+            );
         }
-        Ok(Installed { line, kind: Kind::Logpoint { log_message: log_message.to_owned() }, logpoint, bp_id })
+        Ok(Installed {
+            line,
+            kind: Kind::Logpoint {
+                log_message: log_message.to_owned(),
+            },
+            logpoint,
+            bp_id,
+        })
     }
 
     /// `output` events for logpoint hits and `stopped` for breakpoint-mode hits of this
@@ -616,7 +803,9 @@ impl<P: ProbeSet> Facade<P> {
     pub fn on_hits(&mut self, hits: &[Hit]) -> Vec<Value> {
         let mut out = Vec::new();
         for h in hits {
-            let Some(route) = self.routes.get(&h.logpoint).cloned() else { continue };
+            let Some(route) = self.routes.get(&h.logpoint).cloned() else {
+                continue;
+            };
             let thread = match self.opts.prefix {
                 Prefix::Go if h.goid != 0 => h.goid,
                 _ => u64::from(h.tid),
@@ -626,10 +815,22 @@ impl<P: ProbeSet> Facade<P> {
                     let mut captured = h.values.iter();
                     let values: Vec<V> = exprs
                         .iter()
-                        .map(|e| if has_call(e) { V::Error(RUST_CALL_MESSAGE.to_owned()) } else { captured.next().map_or_else(|| V::Error("not captured".into()), |(_, v)| v.clone()) })
+                        .map(|e| {
+                            if has_call(e) {
+                                V::Error(RUST_CALL_MESSAGE.to_owned())
+                            } else {
+                                captured.next().map_or_else(
+                                    || V::Error("not captured".into()),
+                                    |(_, v)| v.clone(),
+                                )
+                            }
+                        })
                         .collect();
                     let text = template::output_text(self.opts.prefix, thread, &name, &values);
-                    out.push(self.event("output", Some(json!({"category": "console", "output": text}))));
+                    out.push(self.event(
+                        "output",
+                        Some(json!({"category": "console", "output": text})),
+                    ));
                 }
                 Route::Stop { path, line, bp_id } => {
                     let stop = Stop {
@@ -656,7 +857,9 @@ impl<P: ProbeSet> Facade<P> {
     }
 
     fn next_stop(&mut self) -> Vec<Value> {
-        let Some(stop) = self.queued.pop_front() else { return Vec::new() };
+        let Some(stop) = self.queued.pop_front() else {
+            return Vec::new();
+        };
         let body = json!({"reason": "breakpoint", "threadId": stop.thread_id, "allThreadsStopped": true, "hitBreakpointIds": [stop.bp_id]});
         self.current = Some(stop);
         vec![self.event("stopped", Some(body))]
@@ -743,7 +946,10 @@ fn builtin_len(stop: &Stop, expr: &str, lang: Language) -> Option<usize> {
     let arg = expr.strip_prefix("len(")?.strip_suffix(')')?.trim();
     match lookup(stop, arg)? {
         // A replacement character may stand for bytes that were not UTF-8: length unknown.
-        V::Str { text, truncated: false } if !text.contains('\u{fffd}') => Some(text.len()),
+        V::Str {
+            text,
+            truncated: false,
+        } if !text.contains('\u{fffd}') => Some(text.len()),
         _ => None,
     }
 }
@@ -753,7 +959,9 @@ fn builtin_len(stop: &Stop, expr: &str, lang: Language) -> Option<usize> {
 #[must_use]
 pub fn has_call(expr: &str) -> bool {
     let b = expr.as_bytes();
-    (1..b.len()).any(|i| b[i] == b'(' && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_' || b[i - 1] == b'.'))
+    (1..b.len()).any(|i| {
+        b[i] == b'(' && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_' || b[i - 1] == b'.')
+    })
 }
 
 /// A debugger's result text as a template value: kept when it is JSON (Delve quotes strings,
@@ -780,11 +988,35 @@ fn shown_value(lang: Language, v: &V) -> String {
 fn type_name(lang: Language, v: &V) -> &'static str {
     let go = lang == Language::Go;
     match v {
-        V::Int(_) => if go { "int" } else { "i64" },
-        V::UInt(_) => if go { "uint" } else { "u64" },
-        V::Float(_) => if go { "float64" } else { "f64" },
+        V::Int(_) => {
+            if go {
+                "int"
+            } else {
+                "i64"
+            }
+        }
+        V::UInt(_) => {
+            if go {
+                "uint"
+            } else {
+                "u64"
+            }
+        }
+        V::Float(_) => {
+            if go {
+                "float64"
+            } else {
+                "f64"
+            }
+        }
         V::Bool(_) => "bool",
-        V::Str { .. } => if go { "string" } else { "&str" },
+        V::Str { .. } => {
+            if go {
+                "string"
+            } else {
+                "&str"
+            }
+        }
         V::Text(_) | V::Error(_) => "",
     }
 }

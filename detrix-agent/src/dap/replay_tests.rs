@@ -26,23 +26,38 @@ struct Recorder {
 impl ProbeSet for Recorder {
     fn add(&mut self, file: &str, spec: &LogpointSpec) -> Result<LogpointId, String> {
         if Some(spec.line) == self.refuse_line {
-            return Err(format!("{file}:{} has no code; nearest lines with code: 17, 18", spec.line));
+            return Err(format!(
+                "{file}:{} has no code; nearest lines with code: 17, 18",
+                spec.line
+            ));
         }
         self.next += 1;
         self.adds += 1;
-        self.live.insert(LogpointId(self.next), (file.to_owned(), spec.line, spec.exprs.clone()));
+        self.live.insert(
+            LogpointId(self.next),
+            (file.to_owned(), spec.line, spec.exprs.clone()),
+        );
         Ok(LogpointId(self.next))
     }
     fn remove(&mut self, id: LogpointId) {
-        assert!(self.live.remove(&id).is_some(), "removed logpoint {id:?} twice or never installed it");
+        assert!(
+            self.live.remove(&id).is_some(),
+            "removed logpoint {id:?} twice or never installed it"
+        );
         self.removes += 1;
     }
 }
 
 fn golden(name: &str) -> Vec<Value> {
-    let path = format!("{}/../tests/golden/shared/{name}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("golden transcript {path}: {e}"));
-    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{path}: bad line {l}: {e}"))).collect()
+    let path = format!(
+        "{}/../tests/golden/shared/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("golden transcript {path}: {e}"));
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{path}: bad line {l}: {e}")))
+        .collect()
 }
 
 /// The daemon's messages per DAP session (split at the recorder's `daemon connected` notes).
@@ -51,7 +66,10 @@ fn daemon_sessions(lines: &[Value]) -> Vec<Vec<Value>> {
     for l in lines {
         match l["dir"].as_str() {
             Some("note") if l["msg"]["note"] == "daemon connected" => sessions.push(Vec::new()),
-            Some("daemon->adapter") => sessions.last_mut().expect("a message before any connection").push(l["msg"].clone()),
+            Some("daemon->adapter") => sessions
+                .last_mut()
+                .expect("a message before any connection")
+                .push(l["msg"].clone()),
             _ => {}
         }
     }
@@ -72,7 +90,12 @@ fn wanted(req: &Value) -> BTreeSet<(u32, Vec<String>)> {
             match b["logMessage"].as_str() {
                 None => Some((line, Vec::new())),
                 Some(m) => {
-                    let exprs: Vec<String> = super::template::parse(m).unwrap().exprs.into_iter().filter(|e| !super::facade::has_call(e)).collect();
+                    let exprs: Vec<String> = super::template::parse(m)
+                        .unwrap()
+                        .exprs
+                        .into_iter()
+                        .filter(|e| !super::facade::has_call(e))
+                        .collect();
                     (!exprs.is_empty()).then_some((line, exprs))
                 }
             }
@@ -100,7 +123,11 @@ fn replay(file: &str, language: &str) -> usize {
                 last_seq = seq;
             }
             let responses: Vec<&Value> = out.iter().filter(|m| m["type"] == "response").collect();
-            assert_eq!(responses.len(), 1, "exactly one response to {req}, got {out:?}");
+            assert_eq!(
+                responses.len(),
+                1,
+                "exactly one response to {req}, got {out:?}"
+            );
             let r = responses[0];
             assert_eq!(r["request_seq"], req["seq"]);
             assert_eq!(r["command"], req["command"]);
@@ -113,9 +140,17 @@ fn replay(file: &str, language: &str) -> usize {
                 // once with a sentence, never time out.
                 "stackTrace" | "scopes" | "variables" | "evaluate" => {
                     assert_eq!(r["success"], false, "{r}");
-                    assert!(r["message"].as_str().unwrap().starts_with("no thread is stopped"), "{r}");
+                    assert!(
+                        r["message"]
+                            .as_str()
+                            .unwrap()
+                            .starts_with("no thread is stopped"),
+                        "{r}"
+                    );
                 }
-                other => panic!("the daemon sent `{other}`, which the contract says it never sends"),
+                other => {
+                    panic!("the daemon sent `{other}`, which the contract says it never sends")
+                }
             }
             if cmd == "initialize" {
                 assert_eq!(out.len(), 2);
@@ -124,19 +159,38 @@ fn replay(file: &str, language: &str) -> usize {
             if cmd == "setBreakpoints" {
                 let asked = req["arguments"]["breakpoints"].as_array().unwrap();
                 let got = r["body"]["breakpoints"].as_array().unwrap();
-                assert_eq!(asked.len(), got.len(), "one answer per requested breakpoint");
+                assert_eq!(
+                    asked.len(),
+                    got.len(),
+                    "one answer per requested breakpoint"
+                );
                 for (a, g) in asked.iter().zip(got) {
                     assert_eq!(a["line"], g["line"], "answers in request order");
-                    assert_eq!(g["verified"], true, "logpoints and breakpoint-mode entries alike: {g}");
+                    assert_eq!(
+                        g["verified"], true,
+                        "logpoints and breakpoint-mode entries alike: {g}"
+                    );
                     assert_eq!(g["source"]["path"], req["arguments"]["source"]["path"]);
                 }
-                let live: BTreeSet<(u32, Vec<String>)> = f.probes().live.values().map(|(_, l, e)| (*l, e.clone())).collect();
-                assert_eq!(live, wanted(req), "after {req} the installed probes are exactly the file's logpoints");
+                let live: BTreeSet<(u32, Vec<String>)> = f
+                    .probes()
+                    .live
+                    .values()
+                    .map(|(_, l, e)| (*l, e.clone()))
+                    .collect();
+                assert_eq!(
+                    live,
+                    wanted(req),
+                    "after {req} the installed probes are exactly the file's logpoints"
+                );
             }
         }
         let before = f.probes().live.len();
         f.close();
-        assert!(f.probes().live.is_empty(), "closing the session removes all {before} probes");
+        assert!(
+            f.probes().live.is_empty(),
+            "closing the session removes all {before} probes"
+        );
     }
     requests
 }
@@ -153,8 +207,15 @@ fn replays_the_daemons_rust_pid_session() {
 
 #[test]
 fn replays_the_startup_retry_and_the_eof_and_badframe_runs() {
-    for f in ["go-delve-startup-retry.jsonl", "rust-stub-eof.jsonl", "rust-stub-badframe.jsonl"] {
-        assert!(replay(f, if f.starts_with("go") { "go" } else { "rust" }) >= 4, "{f}");
+    for f in [
+        "go-delve-startup-retry.jsonl",
+        "rust-stub-eof.jsonl",
+        "rust-stub-badframe.jsonl",
+    ] {
+        assert!(
+            replay(f, if f.starts_with("go") { "go" } else { "rust" }) >= 4,
+            "{f}"
+        );
     }
 }
 
@@ -162,7 +223,11 @@ fn replays_the_startup_retry_and_the_eof_and_badframe_runs() {
 fn setbreakpoints_answers_have_delves_shape() {
     // Delve's answer to the first setBreakpoints of go-delve.jsonl, paths as recorded.
     let lines = golden("go-delve.jsonl");
-    let req = lines.iter().find(|l| l["dir"] == "daemon->adapter" && l["msg"]["command"] == "setBreakpoints").unwrap()["msg"].clone();
+    let req = lines
+        .iter()
+        .find(|l| l["dir"] == "daemon->adapter" && l["msg"]["command"] == "setBreakpoints")
+        .unwrap()["msg"]
+        .clone();
     let delve = lines
         .iter()
         .find(|l| l["dir"] == "adapter->daemon" && l["msg"]["request_seq"] == req["seq"])
@@ -171,15 +236,27 @@ fn setbreakpoints_answers_have_delves_shape() {
     let mut f = Facade::new(Recorder::default(), "go");
     f.handle(&json!({"type":"request","seq":1,"command":"initialize","arguments":{}}));
     let ours = f.handle(&req).remove(0);
-    assert_eq!(ours["body"], delve["body"], "same body as Delve for the same request");
+    assert_eq!(
+        ours["body"], delve["body"],
+        "same body as Delve for the same request"
+    );
 }
 
 #[test]
 fn unchanged_entries_keep_their_probe_and_failures_carry_the_resolvers_message() {
-    let mut f = Facade::new(Recorder { refuse_line: Some(20), ..Recorder::default() }, "rust");
+    let mut f = Facade::new(
+        Recorder {
+            refuse_line: Some(20),
+            ..Recorder::default()
+        },
+        "rust",
+    );
     let src = json!({"path": "/src/orders.c", "name": "/src/orders.c"});
     let req = |seq: i64, bps: Value| json!({"type":"request","seq":seq,"command":"setBreakpoints","arguments":{"source":src,"breakpoints":bps,"sourceModified":false}});
-    let r = f.handle(&req(1, json!([{"line":33,"logMessage":"DETRICS:a={(round)}"}])));
+    let r = f.handle(&req(
+        1,
+        json!([{"line":33,"logMessage":"DETRICS:a={(round)}"}]),
+    ));
     assert_eq!(r[0]["body"]["breakpoints"][0]["verified"], true);
     let r = f.handle(&req(2, json!([{"line":20,"logMessage":"DETRICS:b={x}"},{"line":33,"logMessage":"DETRICS:a={(round)}"},{"line":34}])));
     assert_eq!(
@@ -190,10 +267,17 @@ fn unchanged_entries_keep_their_probe_and_failures_carry_the_resolvers_message()
             {"id":2,"verified":true,"line":34,"source":{"name":"orders.c","path":"/src/orders.c"}},
         ])
     );
-    assert_eq!((f.probes().adds, f.probes().removes), (2, 0), "the unchanged line-33 probe stays attached");
+    assert_eq!(
+        (f.probes().adds, f.probes().removes),
+        (2, 0),
+        "the unchanged line-33 probe stays attached"
+    );
     // A changed template on the same line replaces its probe (and the dropped line-34
     // breakpoint goes); an empty list removes them all.
-    f.handle(&req(3, json!([{"line":33,"logMessage":"DETRICS:a={(round)}\u{1f}{(cost)}"}])));
+    f.handle(&req(
+        3,
+        json!([{"line":33,"logMessage":"DETRICS:a={(round)}\u{1f}{(cost)}"}]),
+    ));
     assert_eq!((f.probes().adds, f.probes().removes), (3, 2));
     let r = f.handle(&req(4, json!([])));
     assert_eq!(r[0]["body"], json!({"breakpoints": []}));
@@ -206,11 +290,18 @@ fn unchanged_entries_keep_their_probe_and_failures_carry_the_resolvers_message()
 #[test]
 fn launch_and_unknown_requests_fail_at_once() {
     let mut f = Facade::new(Recorder::default(), "rust");
-    let r = f.handle(&json!({"type":"request","seq":9,"command":"launch","arguments":{"program":"/bin/x"}}));
-    assert_eq!((r[0]["success"].clone(), r[0]["request_seq"].clone()), (json!(false), json!(9)));
+    let r = f.handle(
+        &json!({"type":"request","seq":9,"command":"launch","arguments":{"program":"/bin/x"}}),
+    );
+    assert_eq!(
+        (r[0]["success"].clone(), r[0]["request_seq"].clone()),
+        (json!(false), json!(9))
+    );
     let r = f.handle(&json!({"type":"request","seq":10,"command":"threads"}));
     assert_eq!(r[0]["message"], "unsupported");
-    assert!(f.handle(&json!({"type":"event","seq":11,"event":"x"})).is_empty());
+    assert!(f
+        .handle(&json!({"type":"event","seq":11,"event":"x"}))
+        .is_empty());
 }
 
 #[test]
@@ -219,20 +310,31 @@ fn hits_become_the_exact_output_delve_sent() {
     let lines = golden("go-delve.jsonl");
     let mut checked = 0;
     for l in &lines {
-        let Some(text) = l["msg"]["body"]["output"].as_str().filter(|t| t.contains("DETRICS:")) else { continue };
+        let Some(text) = l["msg"]["body"]["output"]
+            .as_str()
+            .filter(|t| t.contains("DETRICS:"))
+        else {
+            continue;
+        };
         let rest = text.strip_prefix("> [Go ").unwrap();
         let (goid, rest) = rest.split_once("]: DETRICS:").unwrap();
         let (name, vals) = rest.trim_end().split_once('=').unwrap();
         let values: Vec<V> = vals
             .split('\u{1f}')
             .map(|v| match serde_json::from_str::<Value>(v).unwrap() {
-                Value::String(s) => V::Str { text: s, truncated: false },
+                Value::String(s) => V::Str {
+                    text: s,
+                    truncated: false,
+                },
                 Value::Number(n) if n.is_i64() => V::Int(n.as_i64().unwrap()),
                 Value::Number(n) => V::Float(n.as_f64().unwrap()),
                 other => panic!("unexpected value {other}"),
             })
             .collect();
-        assert_eq!(output_text(Prefix::Go, goid.parse().unwrap(), name, &values), text);
+        assert_eq!(
+            output_text(Prefix::Go, goid.parse().unwrap(), name, &values),
+            text
+        );
         checked += 1;
     }
     assert!(checked > 50, "only {checked} outputs checked");
@@ -248,17 +350,36 @@ fn hits_become_the_exact_output_delve_sent() {
         goid: 1,
         ktime_ns: 0,
         values: vec![
-            ("name".into(), V::Str { text: "carol".into(), truncated: false }),
+            (
+                "name".into(),
+                V::Str {
+                    text: "carol".into(),
+                    truncated: false,
+                },
+            ),
             ("price".into(), V::Float(21.25)),
             ("o.Qty".into(), V::Int(3)),
         ],
         stack: Vec::new(),
         locals: Vec::new(),
     };
-    let stray = Hit { logpoint: LogpointId(99), ..hit.clone() };
+    let stray = Hit {
+        logpoint: LogpointId(99),
+        ..hit.clone()
+    };
     let out = f.on_hits(&[hit, stray]);
-    assert_eq!(out.len(), 1, "hits of logpoints this session does not own are dropped");
-    assert_eq!(out[0]["body"], json!({"category":"console","output":"> [Go 1]: DETRICS:order_details=\"carol\"\u{1f}21.25\u{1f}3\n"}));
+    assert_eq!(
+        out.len(),
+        1,
+        "hits of logpoints this session does not own are dropped"
+    );
+    assert_eq!(
+        out[0]["body"],
+        json!({"category":"console","output":"> [Go 1]: DETRICS:order_details=\"carol\"\u{1f}21.25\u{1f}3\n"})
+    );
     let end = f.target_exited();
-    assert_eq!((end[0]["event"].clone(), end[1]["event"].clone()), (json!("exited"), json!("terminated")));
+    assert_eq!(
+        (end[0]["event"].clone(), end[1]["event"].clone()),
+        (json!("exited"), json!("terminated"))
+    );
 }

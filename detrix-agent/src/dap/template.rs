@@ -26,7 +26,9 @@ pub struct Template {
 pub enum TemplateError {
     #[error("logMessage `{0}` does not start with `DETRICS:`; only Detrix metric templates are supported")]
     NotDetrics(String),
-    #[error("logMessage `{0}` has no `=` after the metric name; expected `DETRICS:<name>={{expr}}`")]
+    #[error(
+        "logMessage `{0}` has no `=` after the metric name; expected `DETRICS:<name>={{expr}}`"
+    )]
     NoEquals(String),
     #[error("logMessage `{0}` has an empty metric name")]
     EmptyName(String),
@@ -40,27 +42,43 @@ pub enum TemplateError {
 /// # Errors
 /// Anything that is not that shape.
 pub fn parse(log_message: &str) -> Result<Template, TemplateError> {
-    let rest = log_message.strip_prefix("DETRICS:").ok_or_else(|| TemplateError::NotDetrics(log_message.to_owned()))?;
-    let (name, blocks) = rest.split_once('=').ok_or_else(|| TemplateError::NoEquals(log_message.to_owned()))?;
+    let rest = log_message
+        .strip_prefix("DETRICS:")
+        .ok_or_else(|| TemplateError::NotDetrics(log_message.to_owned()))?;
+    let (name, blocks) = rest
+        .split_once('=')
+        .ok_or_else(|| TemplateError::NoEquals(log_message.to_owned()))?;
     if name.is_empty() {
         return Err(TemplateError::EmptyName(log_message.to_owned()));
     }
     let mut exprs = Vec::new();
     for (index, block) in blocks.split(UNIT_SEPARATOR).enumerate() {
-        let e = block.strip_prefix('{').and_then(|b| b.strip_suffix('}')).unwrap_or(block).trim();
+        let e = block
+            .strip_prefix('{')
+            .and_then(|b| b.strip_suffix('}'))
+            .unwrap_or(block)
+            .trim();
         if e.is_empty() {
-            return Err(TemplateError::EmptyExpr { msg: log_message.to_owned(), index });
+            return Err(TemplateError::EmptyExpr {
+                msg: log_message.to_owned(),
+                index,
+            });
         }
         exprs.push(e.to_owned());
     }
-    Ok(Template { name: name.to_owned(), exprs })
+    Ok(Template {
+        name: name.to_owned(),
+        exprs,
+    })
 }
 
 /// A string as a JSON string literal the daemon keeps whole: JSON escaping plus `|` → `\u007c`
 /// (U+001F is a control character, which JSON already escapes as `\u001f`).
 #[must_use]
 pub fn json_string(s: &str) -> String {
-    serde_json::Value::String(s.to_owned()).to_string().replace('|', "\\u007c")
+    serde_json::Value::String(s.to_owned())
+        .to_string()
+        .replace('|', "\\u007c")
 }
 
 /// One captured value in the form the daemon types right: integers in decimal, floats in their
@@ -100,7 +118,11 @@ impl Prefix {
     /// The prefix for a daemon language name (`go` or anything else).
     #[must_use]
     pub fn for_language(daemon_name: &str) -> Self {
-        if daemon_name == "go" { Prefix::Go } else { Prefix::Thread }
+        if daemon_name == "go" {
+            Prefix::Go
+        } else {
+            Prefix::Thread
+        }
     }
 }
 
@@ -128,15 +150,39 @@ mod tests {
     #[test]
     fn parses_the_daemons_templates() {
         // Both verbatim from the recorded daemon (shared/transcripts/go-delve.jsonl, rust-stub.jsonl).
-        assert_eq!(parse("DETRICS:order_id={id}"), Ok(Template { name: "order_id".into(), exprs: vec!["id".into()] }));
+        assert_eq!(
+            parse("DETRICS:order_id={id}"),
+            Ok(Template {
+                name: "order_id".into(),
+                exprs: vec!["id".into()]
+            })
+        );
         assert_eq!(
             parse("DETRICS:order_details={name}\u{1f}{price}\u{1f}{o.Qty}"),
-            Ok(Template { name: "order_details".into(), exprs: vec!["name".into(), "price".into(), "o.Qty".into()] })
+            Ok(Template {
+                name: "order_details".into(),
+                exprs: vec!["name".into(), "price".into(), "o.Qty".into()]
+            })
         );
         // Only one outer brace pair is stripped; inner braces and `=` stay part of the expression.
-        assert_eq!(parse("DETRICS:m={a == {b}}"), Ok(Template { name: "m".into(), exprs: vec!["a == {b}".into()] }));
-        assert_eq!(parse("x = {y}"), Err(TemplateError::NotDetrics("x = {y}".into())));
-        assert_eq!(parse("DETRICS:m={a}\u{1f}{}"), Err(TemplateError::EmptyExpr { msg: "DETRICS:m={a}\u{1f}{}".into(), index: 1 }));
+        assert_eq!(
+            parse("DETRICS:m={a == {b}}"),
+            Ok(Template {
+                name: "m".into(),
+                exprs: vec!["a == {b}".into()]
+            })
+        );
+        assert_eq!(
+            parse("x = {y}"),
+            Err(TemplateError::NotDetrics("x = {y}".into()))
+        );
+        assert_eq!(
+            parse("DETRICS:m={a}\u{1f}{}"),
+            Err(TemplateError::EmptyExpr {
+                msg: "DETRICS:m={a}\u{1f}{}".into(),
+                index: 1
+            })
+        );
     }
 
     #[test]
@@ -144,22 +190,60 @@ mod tests {
         assert_eq!(render_value(&Value::Int(-42)), "-42");
         assert_eq!(render_value(&Value::UInt(u64::MAX)), "18446744073709551615");
         assert_eq!(render_value(&Value::Float(2.75)), "2.75");
-        assert_eq!(render_value(&Value::Float(0.1 + 0.2)), "0.30000000000000004");
+        assert_eq!(
+            render_value(&Value::Float(0.1 + 0.2)),
+            "0.30000000000000004"
+        );
         assert_eq!(render_value(&Value::Float(f64::NAN)), "\"NaN\"");
         assert_eq!(render_value(&Value::Bool(false)), "false");
-        assert_eq!(render_value(&Value::Str { text: "bob|7\u{1f}\"q\"\\".into(), truncated: false }), r#""bob\u007c7\u001f\"q\"\\""#);
-        assert_eq!(render_value(&Value::Str { text: "car".into(), truncated: true }), "\"car...(truncated)\"");
-        assert_eq!(render_value(&Value::Text("0x7ffd1000".into())), "\"0x7ffd1000\"");
-        assert_eq!(render_value(&Value::Error("optimized out".into())), "\"<error: optimized out>\"");
+        assert_eq!(
+            render_value(&Value::Str {
+                text: "bob|7\u{1f}\"q\"\\".into(),
+                truncated: false
+            }),
+            r#""bob\u007c7\u001f\"q\"\\""#
+        );
+        assert_eq!(
+            render_value(&Value::Str {
+                text: "car".into(),
+                truncated: true
+            }),
+            "\"car...(truncated)\""
+        );
+        assert_eq!(
+            render_value(&Value::Text("0x7ffd1000".into())),
+            "\"0x7ffd1000\""
+        );
+        assert_eq!(
+            render_value(&Value::Error("optimized out".into())),
+            "\"<error: optimized out>\""
+        );
         // Every rendered string parses back as JSON to the original text.
-        let back: String = serde_json::from_str(&render_value(&Value::Str { text: "a|b\u{1f}c".into(), truncated: false })).unwrap();
+        let back: String = serde_json::from_str(&render_value(&Value::Str {
+            text: "a|b\u{1f}c".into(),
+            truncated: false,
+        }))
+        .unwrap();
         assert_eq!(back, "a|b\u{1f}c");
     }
 
     #[test]
     fn output_lines_match_the_recorded_forms() {
-        let v = [Value::Str { text: "alice".into(), truncated: false }, Value::Float(42.5), Value::Int(3)];
-        assert_eq!(output_text(Prefix::Thread, 13171, "order_details", &v), "[thread 13171] DETRICS:order_details=\"alice\"\u{1f}42.5\u{1f}3\n");
-        assert_eq!(output_text(Prefix::Go, 1, "order_id", &[Value::Int(23)]), "> [Go 1]: DETRICS:order_id=23\n");
+        let v = [
+            Value::Str {
+                text: "alice".into(),
+                truncated: false,
+            },
+            Value::Float(42.5),
+            Value::Int(3),
+        ];
+        assert_eq!(
+            output_text(Prefix::Thread, 13171, "order_details", &v),
+            "[thread 13171] DETRICS:order_details=\"alice\"\u{1f}42.5\u{1f}3\n"
+        );
+        assert_eq!(
+            output_text(Prefix::Go, 1, "order_id", &[Value::Int(23)]),
+            "> [Go 1]: DETRICS:order_id=23\n"
+        );
     }
 }

@@ -27,13 +27,23 @@ impl Bytes {
     pub(crate) fn from_map(map: &Arc<memmap2::Mmap>, slice: &[u8]) -> Self {
         let base = map.as_ptr() as usize;
         let start = (slice.as_ptr() as usize).wrapping_sub(base);
-        let range = if start <= map.len() && start + slice.len() <= map.len() { start..start + slice.len() } else { 0..0 };
-        Self { backing: Backing::Map(map.clone()), range }
+        let range = if start <= map.len() && start + slice.len() <= map.len() {
+            start..start + slice.len()
+        } else {
+            0..0
+        };
+        Self {
+            backing: Backing::Map(map.clone()),
+            range,
+        }
     }
 
     pub(crate) fn owned(data: Vec<u8>) -> Self {
         let len = data.len();
-        Self { backing: Backing::Owned(Arc::from(data)), range: 0..len }
+        Self {
+            backing: Backing::Owned(Arc::from(data)),
+            range: 0..len,
+        }
     }
 
     pub(crate) fn empty() -> Self {

@@ -46,8 +46,14 @@ fn file_matches(query: &str, candidate: &str) -> bool {
         return normalize(q) == normalize(c);
     }
     // Path suffix on component boundaries ("fixtures/c/orders.c", or a bare basename).
-    let qc: Vec<_> = normalize(q).components().map(|c| c.as_os_str().to_owned()).collect();
-    let cc: Vec<_> = normalize(c).components().map(|c| c.as_os_str().to_owned()).collect();
+    let qc: Vec<_> = normalize(q)
+        .components()
+        .map(|c| c.as_os_str().to_owned())
+        .collect();
+    let cc: Vec<_> = normalize(c)
+        .components()
+        .map(|c| c.as_os_str().to_owned())
+        .collect();
     !qc.is_empty() && cc.len() >= qc.len() && cc[cc.len() - qc.len()..] == qc[..]
 }
 
@@ -121,7 +127,9 @@ impl Binary {
         self.files.get_or_init(|| {
             let mut all: BTreeMap<String, Vec<usize>> = BTreeMap::new();
             for (ui, unit) in self.units.iter().enumerate() {
-                let Some(program) = &unit.line_program else { continue };
+                let Some(program) = &unit.line_program else {
+                    continue;
+                };
                 let header = program.header();
                 for index in 0..=header.file_names().len() as u64 {
                     if let Some(p) = self.file_entry_path(unit, header, index) {
@@ -145,11 +153,16 @@ impl Binary {
     ) -> Result<(HashMap<String, Vec<Row>>, Vec<u64>), ResolveError> {
         let mut by_file: HashMap<String, Vec<Row>> = HashMap::new();
         let mut addrs = Vec::new();
-        let Some(program) = unit.line_program.clone() else { return Ok((by_file, addrs)) };
+        let Some(program) = unit.line_program.clone() else {
+            return Ok((by_file, addrs));
+        };
         // Most units never mention the file: look at the header's file table before running
         // the line program (the costly part on a large binary).
         let header = program.header();
-        let mentions = (0..=header.file_names().len() as u64).any(|i| self.file_entry_path(unit, header, i).is_some_and(|p| pick(&p)));
+        let mentions = (0..=header.file_names().len() as u64).any(|i| {
+            self.file_entry_path(unit, header, i)
+                .is_some_and(|p| pick(&p))
+        });
         if !mentions {
             return Ok((by_file, addrs));
         }
@@ -160,9 +173,10 @@ impl Binary {
                 continue;
             }
             addrs.push(row.address());
-            let path = paths
-                .entry(row.file_index())
-                .or_insert_with(|| self.file_entry_path(unit, header, row.file_index()).filter(|p| pick(p)));
+            let path = paths.entry(row.file_index()).or_insert_with(|| {
+                self.file_entry_path(unit, header, row.file_index())
+                    .filter(|p| pick(p))
+            });
             if let (Some(path), Some(line)) = (path.as_ref(), row.line()) {
                 by_file.entry(path.clone()).or_default().push(Row {
                     addr: row.address(),
@@ -189,7 +203,12 @@ impl Binary {
         let pick = |p: &str| file_matches(file, p);
         let mut matched: BTreeSet<String> = BTreeSet::new();
         let mut per_unit = Vec::new();
-        let candidates: BTreeSet<usize> = self.file_units().iter().filter(|(p, _)| pick(p)).flat_map(|(_, u)| u.iter().copied()).collect();
+        let candidates: BTreeSet<usize> = self
+            .file_units()
+            .iter()
+            .filter(|(p, _)| pick(p))
+            .flat_map(|(_, u)| u.iter().copied())
+            .collect();
         for ui in candidates {
             let (by_file, addrs) = self.unit_rows(&self.units[ui], &pick)?;
             matched.extend(by_file.keys().cloned());
@@ -199,23 +218,33 @@ impl Binary {
             return Err(self.unknown_file(file)?);
         }
         if matched.len() > 1 {
-            return Err(ResolveError::AmbiguousFile { file: file.to_owned(), candidates: matched.into_iter().collect() });
+            return Err(ResolveError::AmbiguousFile {
+                file: file.to_owned(),
+                candidates: matched.into_iter().collect(),
+            });
         }
         let path = matched.into_iter().next().unwrap_or_default();
 
         let mut lines_with_code = BTreeSet::new();
         // (unit, scope) → (best addr, is_stmt, scope)
-        let mut groups: BTreeMap<(usize, usize), (u64, bool, super::scope::Function)> = BTreeMap::new();
+        let mut groups: BTreeMap<(usize, usize), (u64, bool, super::scope::Function)> =
+            BTreeMap::new();
         let mut unit_addrs: HashMap<usize, Vec<u64>> = HashMap::new();
         for (ui, by_file, addrs) in per_unit {
-            let Some(rows) = by_file.get(&path) else { continue };
+            let Some(rows) = by_file.get(&path) else {
+                continue;
+            };
             for r in rows {
                 lines_with_code.insert(r.line);
             }
             for r in rows.iter().filter(|r| r.line == line) {
-                let Some(func) = self.function_at(ui, r.addr)? else { continue };
+                let Some(func) = self.function_at(ui, r.addr)? else {
+                    continue;
+                };
                 let key = (ui, func.scope);
-                let better = |(a, s, _): &(u64, bool, super::scope::Function)| (r.is_stmt && !*s) || (r.is_stmt == *s && r.addr < *a);
+                let better = |(a, s, _): &(u64, bool, super::scope::Function)| {
+                    (r.is_stmt && !*s) || (r.is_stmt == *s && r.addr < *a)
+                };
                 match groups.get(&key) {
                     Some(cur) if !better(cur) => {}
                     _ => {
@@ -227,7 +256,11 @@ impl Binary {
         }
         lines_with_code.remove(&0);
         if groups.is_empty() {
-            return Err(ResolveError::NoCodeAtLine { file: file.to_owned(), line, nearest: nearest_lines(&lines_with_code, line) });
+            return Err(ResolveError::NoCodeAtLine {
+                file: file.to_owned(),
+                line,
+                nearest: nearest_lines(&lines_with_code, line),
+            });
         }
         let mut points = Vec::new();
         for ((ui, scope), (mut addr, _, func)) in groups {
@@ -235,11 +268,18 @@ impl Binary {
             // A real function's first instruction is its prologue: parameters are not in their
             // home slots yet. An inlined copy has none.
             if addr == low && !func.inlined {
-                if let Some(next) = unit_addrs.get(&ui).and_then(|a| a.iter().copied().find(|&a| a > low && a < high)) {
+                if let Some(next) = unit_addrs
+                    .get(&ui)
+                    .and_then(|a| a.iter().copied().find(|&a| a > low && a < high))
+                {
                     addr = next;
                 }
             }
-            let line_end = unit_addrs.get(&ui).and_then(|a| a.iter().copied().find(|&a| a > addr)).unwrap_or(addr).min(high);
+            let line_end = unit_addrs
+                .get(&ui)
+                .and_then(|a| a.iter().copied().find(|&a| a > addr))
+                .unwrap_or(addr)
+                .min(high);
             let line_end = LinkAddr(line_end);
             let addr = LinkAddr(addr);
             let Some(file_offset) = self.file_offset(addr) else {
@@ -248,7 +288,11 @@ impl Binary {
                     reason: format!("address {addr} of {path}:{line} is in no loadable segment"),
                 });
             };
-            let function = if func.inlined { format!("{} (inlined)", func.name) } else { func.name.clone() };
+            let function = if func.inlined {
+                format!("{} (inlined)", func.name)
+            } else {
+                func.name.clone()
+            };
             points.push(ProbePoint {
                 addr,
                 file_offset,
@@ -267,19 +311,29 @@ impl Binary {
     }
 
     fn unknown_file(&self, file: &str) -> Result<ResolveError, ResolveError> {
-        let want = Path::new(file).file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let want = Path::new(file)
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let mut scored: Vec<(usize, String)> = self
             .source_files()?
             .into_iter()
             .filter(|p| !p.starts_with("/usr/include") && !p.starts_with("/usr/lib"))
             .map(|p| {
-                let base = Path::new(&p).file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                let base = Path::new(&p)
+                    .file_name()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 (levenshtein(&want, &base), p)
             })
             .collect();
         scored.sort();
         let closest = scored.into_iter().take(3).map(|(_, p)| p).collect();
-        Ok(ResolveError::UnknownFile { binary: self.path.clone(), file: file.to_owned(), closest })
+        Ok(ResolveError::UnknownFile {
+            binary: self.path.clone(),
+            file: file.to_owned(),
+            closest,
+        })
     }
 }
 
@@ -304,7 +358,10 @@ mod tests {
         assert!(file_matches("fixtures/c/orders.c", c));
         assert!(file_matches("/work/tests/fixtures/c/orders.c", c));
         assert!(file_matches("/work/tests/fixtures/c/../c/orders.c", c));
-        assert!(!file_matches("ders.c", c), "suffix must end on a component boundary");
+        assert!(
+            !file_matches("ders.c", c),
+            "suffix must end on a component boundary"
+        );
         assert!(!file_matches("/other/orders.c", c));
     }
 

@@ -28,7 +28,11 @@ pub enum Location {
     Memory { base: AddrBase, offset: i64 },
     /// The value is in memory at `*(base + at) + offset`: its address is a pointer stored at
     /// `base + at` (`DW_OP_deref`).
-    Indirect { base: AddrBase, at: i64, offset: i64 },
+    Indirect {
+        base: AddrBase,
+        at: i64,
+        offset: i64,
+    },
     /// The value itself is computed (`DW_OP_stack_value`): a register plus a constant, or a
     /// constant (`reg: None`). Optimised code describes `i + 1` or a folded constant this way.
     Computed { reg: Option<u16>, offset: i64 },
@@ -49,13 +53,24 @@ struct AddrValue {
 
 impl AddrValue {
     fn plain(base: AddrBase, offset: i64) -> Self {
-        Self { base, offset, deref: None }
+        Self {
+            base,
+            offset,
+            deref: None,
+        }
     }
 
     fn location(self) -> Location {
         match self.deref {
-            None => Location::Memory { base: self.base, offset: self.offset },
-            Some(at) => Location::Indirect { base: self.base, at, offset: self.offset },
+            None => Location::Memory {
+                base: self.base,
+                offset: self.offset,
+            },
+            Some(at) => Location::Indirect {
+                base: self.base,
+                at,
+                offset: self.offset,
+            },
         }
     }
 }
@@ -64,26 +79,43 @@ impl Binary {
     /// The CFA rule at `pc` as register + offset, from `.debug_frame` (Go) or `.eh_frame`.
     fn cfa_at(&self, pc: u64) -> Result<AddrValue, ResolveError> {
         let cfa = self.cfi_row(pc, |row| match row.cfa() {
-            gimli::CfaRule::RegisterAndOffset { register, offset } => Some(AddrValue::plain(AddrBase::Register(register.0), *offset)),
+            gimli::CfaRule::RegisterAndOffset { register, offset } => {
+                Some(AddrValue::plain(AddrBase::Register(register.0), *offset))
+            }
             gimli::CfaRule::Expression(_) => None,
         });
-        cfa.flatten().ok_or_else(|| ResolveError::NoCfi { binary: self.path.clone(), pc: LinkAddr(pc) })
+        cfa.flatten().ok_or_else(|| ResolveError::NoCfi {
+            binary: self.path.clone(),
+            pc: LinkAddr(pc),
+        })
     }
 
     /// The frame base (`DW_AT_frame_base`) of the point's function, as an address.
     fn frame_base(&self, point: &ProbePoint, var: &str) -> Result<AddrValue, ResolveError> {
         let unit = &self.units[point.unit];
-        let entry = unit.entry(gimli::UnitOffset(point.subprogram)).map_err(self.dwarf_err("a function DIE"))?;
+        let entry = unit
+            .entry(gimli::UnitOffset(point.subprogram))
+            .map_err(self.dwarf_err("a function DIE"))?;
         let Some(attr) = entry.attr_value(dw::DW_AT_frame_base) else {
             return Err(self.unsupported(point, var, "DW_OP_fbreg without DW_AT_frame_base"));
         };
         match self.eval_at(point, point.unit, attr, var, None)? {
             // DW_OP_reg<n> as a frame base means "the address held in that register".
-            Location::Register { dwarf_reg } => Ok(AddrValue::plain(AddrBase::Register(dwarf_reg), 0)),
+            Location::Register { dwarf_reg } => {
+                Ok(AddrValue::plain(AddrBase::Register(dwarf_reg), 0))
+            }
             Location::Memory { base, offset } => Ok(AddrValue::plain(base, offset)),
-            Location::Indirect { base, at, offset } => Ok(AddrValue { base, offset, deref: Some(at) }),
-            Location::Pieces(_) => Err(self.unsupported(point, var, "DW_OP_piece in DW_AT_frame_base")),
-            Location::Computed { .. } => Err(self.unsupported(point, var, "DW_OP_stack_value in DW_AT_frame_base")),
+            Location::Indirect { base, at, offset } => Ok(AddrValue {
+                base,
+                offset,
+                deref: Some(at),
+            }),
+            Location::Pieces(_) => {
+                Err(self.unsupported(point, var, "DW_OP_piece in DW_AT_frame_base"))
+            }
+            Location::Computed { .. } => {
+                Err(self.unsupported(point, var, "DW_OP_stack_value in DW_AT_frame_base"))
+            }
         }
     }
 
@@ -112,8 +144,16 @@ impl Binary {
         let expr = match attr {
             gimli::AttributeValue::Exprloc(e) => e,
             other => {
-                let Some(mut list) = self.dwarf.attr_locations(unit, other).map_err(self.dwarf_err("a location list"))? else {
-                    return Err(self.unsupported(point, var, "a location attribute of an unknown form"));
+                let Some(mut list) = self
+                    .dwarf
+                    .attr_locations(unit, other)
+                    .map_err(self.dwarf_err("a location list"))?
+                else {
+                    return Err(self.unsupported(
+                        point,
+                        var,
+                        "a location attribute of an unknown form",
+                    ));
                 };
                 let mut found = None;
                 while let Some(entry) = list.next().map_err(self.dwarf_err("a location list"))? {
@@ -138,39 +178,72 @@ impl Binary {
         // A constant on the stack (DW_OP_lit*, DW_OP_const*): only meaningful with stack_value.
         let mut constant: Option<i64> = None;
         let mut computed: Option<Location> = None;
-        while let Some(op) = ops.next().map_err(self.dwarf_err("a location expression"))? {
+        while let Some(op) = ops
+            .next()
+            .map_err(self.dwarf_err("a location expression"))?
+        {
             if in_register.is_some() && !matches!(op, gimli::Operation::Piece { .. }) {
-                return Err(self.unsupported(point, var, "an operation after DW_OP_reg other than DW_OP_piece"));
+                return Err(self.unsupported(
+                    point,
+                    var,
+                    "an operation after DW_OP_reg other than DW_OP_piece",
+                ));
             }
             if computed.is_some() && !matches!(op, gimli::Operation::Piece { .. }) {
-                return Err(self.unsupported(point, var, "an operation after DW_OP_stack_value other than DW_OP_piece"));
+                return Err(self.unsupported(
+                    point,
+                    var,
+                    "an operation after DW_OP_stack_value other than DW_OP_piece",
+                ));
             }
             match op {
                 gimli::Operation::Address { address } => {
                     stack.push(AddrValue::plain(AddrBase::Absolute, address as i64));
                 }
                 gimli::Operation::AddressIndex { index } => {
-                    let a = self.dwarf.address(unit, index).map_err(self.dwarf_err("an address index"))?;
+                    let a = self
+                        .dwarf
+                        .address(unit, index)
+                        .map_err(self.dwarf_err("an address index"))?;
                     stack.push(AddrValue::plain(AddrBase::Absolute, a as i64));
                 }
                 gimli::Operation::FrameOffset { offset } => {
                     if allow_fbreg.is_none() {
-                        return Err(self.unsupported(point, var, "DW_OP_fbreg inside DW_AT_frame_base"));
+                        return Err(self.unsupported(
+                            point,
+                            var,
+                            "DW_OP_fbreg inside DW_AT_frame_base",
+                        ));
                     }
                     let fb = self.frame_base(point, var)?;
-                    stack.push(AddrValue { offset: fb.offset.wrapping_add(offset), ..fb });
+                    stack.push(AddrValue {
+                        offset: fb.offset.wrapping_add(offset),
+                        ..fb
+                    });
                 }
-                gimli::Operation::RegisterOffset { register, offset, .. } => {
+                gimli::Operation::RegisterOffset {
+                    register, offset, ..
+                } => {
                     stack.push(AddrValue::plain(AddrBase::Register(register.0), offset));
                 }
                 gimli::Operation::Register { register } => in_register = Some(register.0),
                 gimli::Operation::CallFrameCFA => stack.push(self.cfa_at(pc)?),
                 gimli::Operation::PlusConstant { value } => match stack.last_mut() {
                     Some(top) => top.offset = top.offset.wrapping_add(value as i64),
-                    None => return Err(self.unsupported(point, var, "DW_OP_plus_uconst on an empty stack")),
+                    None => {
+                        return Err(self.unsupported(
+                            point,
+                            var,
+                            "DW_OP_plus_uconst on an empty stack",
+                        ))
+                    }
                 },
-                gimli::Operation::UnsignedConstant { value } if constant.is_none() => constant = Some(value as i64),
-                gimli::Operation::SignedConstant { value } if constant.is_none() => constant = Some(value),
+                gimli::Operation::UnsignedConstant { value } if constant.is_none() => {
+                    constant = Some(value as i64)
+                }
+                gimli::Operation::SignedConstant { value } if constant.is_none() => {
+                    constant = Some(value)
+                }
                 // `DW_OP_consts c; DW_OP_plus` / `DW_OP_minus` on an address: an offset.
                 gimli::Operation::Plus if constant.is_some() && !stack.is_empty() => {
                     if let (Some(top), Some(c)) = (stack.last_mut(), constant.take()) {
@@ -183,25 +256,75 @@ impl Binary {
                     }
                 }
                 // A pointer-sized load: the address on the stack becomes the pointer stored there.
-                gimli::Operation::Deref { size: 8, space: false, .. } => match stack.last_mut() {
+                gimli::Operation::Deref {
+                    size: 8,
+                    space: false,
+                    ..
+                } => match stack.last_mut() {
                     Some(top) if top.deref.is_none() && constant.is_none() => {
-                        *top = AddrValue { base: top.base, offset: 0, deref: Some(top.offset) };
+                        *top = AddrValue {
+                            base: top.base,
+                            offset: 0,
+                            deref: Some(top.offset),
+                        };
                     }
-                    Some(_) => return Err(self.unsupported(point, var, "DW_OP_deref of an address itself loaded by DW_OP_deref")),
-                    None => return Err(self.unsupported(point, var, "DW_OP_deref on an empty stack")),
+                    Some(_) => {
+                        return Err(self.unsupported(
+                            point,
+                            var,
+                            "DW_OP_deref of an address itself loaded by DW_OP_deref",
+                        ))
+                    }
+                    None => {
+                        return Err(self.unsupported(point, var, "DW_OP_deref on an empty stack"))
+                    }
                 },
                 gimli::Operation::StackValue => {
-                    computed = Some(match (stack.pop(), constant.take(), stack.is_empty()) {
-                        // `addr; DW_OP_deref; DW_OP_stack_value`: the value stored at addr.
-                        (Some(AddrValue { base, offset: 0, deref: Some(at) }), None, true) => Location::Memory { base, offset: at },
-                        (Some(AddrValue { base: AddrBase::Register(r), offset, deref: None }), None, true) => Location::Computed { reg: Some(r), offset },
-                        (None, Some(c), true) => Location::Computed { reg: None, offset: c },
-                        _ => return Err(self.unsupported(point, var, "DW_OP_stack_value over an expression beyond register + constant")),
-                    });
+                    computed =
+                        Some(match (stack.pop(), constant.take(), stack.is_empty()) {
+                            // `addr; DW_OP_deref; DW_OP_stack_value`: the value stored at addr.
+                            (
+                                Some(AddrValue {
+                                    base,
+                                    offset: 0,
+                                    deref: Some(at),
+                                }),
+                                None,
+                                true,
+                            ) => Location::Memory { base, offset: at },
+                            (
+                                Some(AddrValue {
+                                    base: AddrBase::Register(r),
+                                    offset,
+                                    deref: None,
+                                }),
+                                None,
+                                true,
+                            ) => Location::Computed {
+                                reg: Some(r),
+                                offset,
+                            },
+                            (None, Some(c), true) => Location::Computed {
+                                reg: None,
+                                offset: c,
+                            },
+                            _ => return Err(self.unsupported(
+                                point,
+                                var,
+                                "DW_OP_stack_value over an expression beyond register + constant",
+                            )),
+                        });
                 }
-                gimli::Operation::Piece { size_in_bits, bit_offset } => {
+                gimli::Operation::Piece {
+                    size_in_bits,
+                    bit_offset,
+                } => {
                     if size_in_bits % 8 != 0 || bit_offset.is_some_and(|b| b != 0) {
-                        return Err(self.unsupported(point, var, "DW_OP_bit_piece (a value split at bit boundaries)"));
+                        return Err(self.unsupported(
+                            point,
+                            var,
+                            "DW_OP_bit_piece (a value split at bit boundaries)",
+                        ));
                     }
                     let loc = match (in_register.take(), computed.take(), stack.pop()) {
                         (Some(dwarf_reg), _, _) => Some(Location::Register { dwarf_reg }),
@@ -213,7 +336,11 @@ impl Binary {
                     pieces.push((size_in_bits / 8, loc));
                 }
                 gimli::Operation::EntryValue { .. } => {
-                    return Err(self.unsupported(point, var, "DW_OP_entry_value (value at function entry)"));
+                    return Err(self.unsupported(
+                        point,
+                        var,
+                        "DW_OP_entry_value (value at function entry)",
+                    ));
                 }
                 gimli::Operation::ImplicitValue { .. } => {
                     return Err(self.unsupported(point, var, "DW_OP_implicit_value"));
@@ -242,7 +369,11 @@ impl Binary {
         }
         if let Some(dwarf_reg) = in_register {
             if !stack.is_empty() {
-                return Err(self.unsupported(point, var, "a register location mixed with an address"));
+                return Err(self.unsupported(
+                    point,
+                    var,
+                    "a register location mixed with an address",
+                ));
             }
             return Ok(Location::Register { dwarf_reg });
         }
@@ -253,6 +384,11 @@ impl Binary {
     }
 
     fn unsupported(&self, point: &ProbePoint, var: &str, op: &str) -> ResolveError {
-        ResolveError::UnsupportedLocation { var: var.to_owned(), file: point.file.clone(), line: point.line, op: op.to_owned() }
+        ResolveError::UnsupportedLocation {
+            var: var.to_owned(),
+            file: point.file.clone(),
+            line: point.line,
+            op: op.to_owned(),
+        }
     }
 }

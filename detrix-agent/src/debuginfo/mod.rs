@@ -31,7 +31,10 @@ pub(crate) type R = gimli::EndianReader<gimli::RunTimeEndian, bytes::Bytes>;
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     #[error("cannot read {binary}: {source}")]
-    Io { binary: PathBuf, source: std::io::Error },
+    Io {
+        binary: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{binary} is not an ELF file this agent can read: {reason}")]
     Elf { binary: PathBuf, reason: String },
     #[error(
@@ -41,25 +44,59 @@ pub enum ResolveError {
     )]
     NoDebugInfo { binary: PathBuf },
     #[error("no source file `{file}` in the debug info of {binary}; closest: {}", list_or_none(.closest))]
-    UnknownFile { binary: PathBuf, file: String, closest: Vec<String> },
+    UnknownFile {
+        binary: PathBuf,
+        file: String,
+        closest: Vec<String>,
+    },
     #[error("`{file}` matches several source files; give more of the path: {}", .candidates.join(", "))]
-    AmbiguousFile { file: String, candidates: Vec<String> },
+    AmbiguousFile {
+        file: String,
+        candidates: Vec<String>,
+    },
     #[error("{file}:{line} has no code; nearest lines with code: {}", join_lines(.nearest))]
-    NoCodeAtLine { file: String, line: u32, nearest: Vec<u32> },
+    NoCodeAtLine {
+        file: String,
+        line: u32,
+        nearest: Vec<u32>,
+    },
     #[error("`{var}` is not in scope at {file}:{line}; in scope: {}", list_or_none(.in_scope))]
-    NotInScope { var: String, file: String, line: u32, in_scope: Vec<String> },
+    NotInScope {
+        var: String,
+        file: String,
+        line: u32,
+        in_scope: Vec<String>,
+    },
     #[error("`{var}` is optimized out at {pc} ({file}:{line}); try a line where it is live")]
-    OptimizedOut { var: String, pc: LinkAddr, file: String, line: u32 },
+    OptimizedOut {
+        var: String,
+        pc: LinkAddr,
+        file: String,
+        line: u32,
+    },
     #[error("`{var}` at {file}:{line} uses the DWARF location operation {op}, which the agent cannot capture yet")]
-    UnsupportedLocation { var: String, file: String, line: u32, op: String },
+    UnsupportedLocation {
+        var: String,
+        file: String,
+        line: u32,
+        op: String,
+    },
     #[error("no call frame information covers {pc} in {binary}; cannot find the frame base there")]
     NoCfi { binary: PathBuf, pc: LinkAddr },
     #[error("malformed DWARF in {binary} while reading {what}: {source}")]
-    Dwarf { binary: PathBuf, what: &'static str, source: gimli::Error },
+    Dwarf {
+        binary: PathBuf,
+        what: &'static str,
+        source: gimli::Error,
+    },
 }
 
 fn list_or_none(v: &[String]) -> String {
-    if v.is_empty() { "(none)".to_owned() } else { v.join(", ") }
+    if v.is_empty() {
+        "(none)".to_owned()
+    } else {
+        v.join(", ")
+    }
 }
 
 fn join_lines(v: &[u32]) -> String {
@@ -110,7 +147,11 @@ fn separate_debug_file(exe: &Path, file: &object::File<'_>) -> Option<PathBuf> {
         if id.len() > 1 {
             let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
             for root in debug_roots() {
-                candidates.push(root.join(".build-id").join(&hex[..2]).join(format!("{}.debug", &hex[2..])));
+                candidates.push(
+                    root.join(".build-id")
+                        .join(&hex[..2])
+                        .join(format!("{}.debug", &hex[2..])),
+                );
             }
         }
     }
@@ -169,7 +210,10 @@ pub struct Binary {
 
 impl std::fmt::Debug for Binary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Binary").field("path", &self.path).field("units", &self.units.len()).finish_non_exhaustive()
+        f.debug_struct("Binary")
+            .field("path", &self.path)
+            .field("units", &self.units.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -189,7 +233,10 @@ impl Binary {
     /// # Errors
     /// As [`Binary::open`].
     pub fn open_named(path: &Path, name: &Path) -> Result<Self, ResolveError> {
-        let io = |source| ResolveError::Io { binary: name.to_owned(), source };
+        let io = |source| ResolveError::Io {
+            binary: name.to_owned(),
+            source,
+        };
         let file = std::fs::File::open(path).map_err(io)?;
         // SAFETY: a private read-only mapping. If another process truncates the file while it
         // is mapped, reads fault (SIGBUS); binaries of running processes are not rewritten in
@@ -209,18 +256,38 @@ impl Binary {
     /// As [`Binary::open`].
     pub fn open_cached(path: &Path, name: &Path) -> Result<Arc<Self>, ResolveError> {
         use std::os::unix::fs::MetadataExt as _;
-        static CACHE: std::sync::Mutex<Vec<(String, std::sync::Weak<Binary>)>> = std::sync::Mutex::new(Vec::new());
-        let io = |source| ResolveError::Io { binary: name.to_owned(), source };
+        static CACHE: std::sync::Mutex<Vec<(String, std::sync::Weak<Binary>)>> =
+            std::sync::Mutex::new(Vec::new());
+        let io = |source| ResolveError::Io {
+            binary: name.to_owned(),
+            source,
+        };
         let meta = std::fs::metadata(path).map_err(io)?;
-        let file_key = format!("{}:{}:{}:{}", meta.dev(), meta.ino(), meta.size(), meta.mtime());
-        let mut cache = CACHE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let file_key = format!(
+            "{}:{}:{}:{}",
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.mtime()
+        );
+        let mut cache = CACHE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         cache.retain(|(_, w)| w.strong_count() > 0);
-        if let Some(b) = cache.iter().find(|(k, _)| *k == file_key).and_then(|(_, w)| w.upgrade()) {
+        if let Some(b) = cache
+            .iter()
+            .find(|(k, _)| *k == file_key)
+            .and_then(|(_, w)| w.upgrade())
+        {
             return Ok(b);
         }
         let bin = Arc::new(Self::open_named(path, name)?);
         if let Some(id) = &bin.build_id {
-            if let Some(b) = cache.iter().find(|(k, _)| k == id).and_then(|(_, w)| w.upgrade()) {
+            if let Some(b) = cache
+                .iter()
+                .find(|(k, _)| k == id)
+                .and_then(|(_, w)| w.upgrade())
+            {
                 return Ok(b);
             }
             cache.push((id.clone(), Arc::downgrade(&bin)));
@@ -231,21 +298,36 @@ impl Binary {
 
     fn parse(path: &Path, map: &Arc<memmap2::Mmap>) -> Result<Self, ResolveError> {
         let bytes: &[u8] = map;
-        let elf_err = |reason: String| ResolveError::Elf { binary: path.to_owned(), reason };
+        let elf_err = |reason: String| ResolveError::Elf {
+            binary: path.to_owned(),
+            reason,
+        };
         let file = object::File::parse(bytes).map_err(|e| elf_err(e.to_string()))?;
         if file.format() != object::BinaryFormat::Elf {
             return Err(elf_err(format!("format is {:?}", file.format())));
         }
         if file.architecture() != object::Architecture::X86_64 {
-            return Err(elf_err(format!("architecture {:?} (only x86-64 is supported)", file.architecture())));
+            return Err(elf_err(format!(
+                "architecture {:?} (only x86-64 is supported)",
+                file.architecture()
+            )));
         }
-        let endian = if file.is_little_endian() { gimli::RunTimeEndian::Little } else { gimli::RunTimeEndian::Big };
+        let endian = if file.is_little_endian() {
+            gimli::RunTimeEndian::Little
+        } else {
+            gimli::RunTimeEndian::Big
+        };
         let is_dyn = file.kind() == object::ObjectKind::Dynamic;
         let segments: Vec<Segment> = file
             .segments()
             .map(|s| {
                 let (offset, filesz) = s.file_range();
-                Segment { vaddr: s.address(), memsz: s.size(), offset, filesz }
+                Segment {
+                    vaddr: s.address(),
+                    memsz: s.size(),
+                    offset,
+                    filesz,
+                }
             })
             .collect();
         let code = file
@@ -257,7 +339,9 @@ impl Binary {
         let section_data = |name: &str| -> Result<Option<(bytes::Bytes, u64)>, ResolveError> {
             match file.section_by_name(name) {
                 Some(s) => {
-                    let data = s.uncompressed_data().map_err(|e| elf_err(format!("section {name}: {e}")))?;
+                    let data = s
+                        .uncompressed_data()
+                        .map_err(|e| elf_err(format!("section {name}: {e}")))?;
                     let b = match data {
                         std::borrow::Cow::Borrowed(slice) => bytes::Bytes::from_map(map, slice),
                         std::borrow::Cow::Owned(v) => bytes::Bytes::owned(v),
@@ -271,7 +355,11 @@ impl Binary {
         let empty = bytes::Bytes::empty();
 
         // Distributions strip DWARF into a separate file found by build-id or debuglink.
-        let separate = if file.section_by_name(".debug_info").is_none() { separate_debug_file(path, &file) } else { None };
+        let separate = if file.section_by_name(".debug_info").is_none() {
+            separate_debug_file(path, &file)
+        } else {
+            None
+        };
         let debug_map = match &separate {
             Some(p) => std::fs::File::open(p)
                 .ok()
@@ -285,14 +373,25 @@ impl Binary {
             None => None,
         };
         let debug_file = match &debug_map {
-            Some(m) => Some(object::File::parse(&m[..]).map_err(|e| elf_err(format!("separate debug file {}: {e}", separate.as_ref().map_or_else(String::new, |p| p.display().to_string()))))?),
+            Some(m) => Some(object::File::parse(&m[..]).map_err(|e| {
+                elf_err(format!(
+                    "separate debug file {}: {e}",
+                    separate
+                        .as_ref()
+                        .map_or_else(String::new, |p| p.display().to_string())
+                ))
+            })?),
             None => None,
         };
         let debug_section_data = |name: &str| -> Result<Option<(bytes::Bytes, u64)>, ResolveError> {
-            let (Some(df), Some(m)) = (&debug_file, &debug_map) else { return section_data(name) };
+            let (Some(df), Some(m)) = (&debug_file, &debug_map) else {
+                return section_data(name);
+            };
             match df.section_by_name(name) {
                 Some(s) => {
-                    let data = s.uncompressed_data().map_err(|e| elf_err(format!("section {name} of the debug file: {e}")))?;
+                    let data = s
+                        .uncompressed_data()
+                        .map_err(|e| elf_err(format!("section {name} of the debug file: {e}")))?;
                     let b = match data {
                         std::borrow::Cow::Borrowed(slice) => bytes::Bytes::from_map(m, slice),
                         std::borrow::Cow::Owned(v) => bytes::Bytes::owned(v),
@@ -336,12 +435,24 @@ impl Binary {
         let mut units = Vec::new();
         if has_debug_info {
             let mut headers = dwarf.units();
-            let dwarf_err = |what, source| ResolveError::Dwarf { binary: path.to_owned(), what, source };
+            let dwarf_err = |what, source| ResolveError::Dwarf {
+                binary: path.to_owned(),
+                what,
+                source,
+            };
             while let Some(header) = headers.next().map_err(|e| dwarf_err("unit headers", e))? {
-                units.push(dwarf.unit(header).map_err(|e| dwarf_err("a compilation unit", e))?);
+                units.push(
+                    dwarf
+                        .unit(header)
+                        .map_err(|e| dwarf_err("a compilation unit", e))?,
+                );
             }
         }
-        let build_id = file.build_id().ok().flatten().map(|id| id.iter().map(|b| format!("{b:02x}")).collect());
+        let build_id = file
+            .build_id()
+            .ok()
+            .flatten()
+            .map(|id| id.iter().map(|b| format!("{b:02x}")).collect());
         Ok(Self {
             path: path.to_owned(),
             is_dyn,
@@ -386,8 +497,11 @@ impl Binary {
     fn detect_language(&self) -> Language {
         let mut seen = Vec::new();
         for unit in &self.units {
-            let Ok(root) = unit.entry(unit.header.root_offset()) else { continue };
-            if let Some(gimli::AttributeValue::Language(l)) = root.attr_value(gimli::DW_AT_language) {
+            let Ok(root) = unit.entry(unit.header.root_offset()) else {
+                continue;
+            };
+            if let Some(gimli::AttributeValue::Language(l)) = root.attr_value(gimli::DW_AT_language)
+            {
                 seen.push(l);
             }
         }
@@ -396,9 +510,19 @@ impl Binary {
             Language::Go
         } else if has(&[gimli::DW_LANG_Rust]) {
             Language::Rust
-        } else if has(&[gimli::DW_LANG_C_plus_plus, gimli::DW_LANG_C_plus_plus_03, gimli::DW_LANG_C_plus_plus_11, gimli::DW_LANG_C_plus_plus_14]) {
+        } else if has(&[
+            gimli::DW_LANG_C_plus_plus,
+            gimli::DW_LANG_C_plus_plus_03,
+            gimli::DW_LANG_C_plus_plus_11,
+            gimli::DW_LANG_C_plus_plus_14,
+        ]) {
             Language::Cpp
-        } else if has(&[gimli::DW_LANG_C, gimli::DW_LANG_C89, gimli::DW_LANG_C99, gimli::DW_LANG_C11]) {
+        } else if has(&[
+            gimli::DW_LANG_C,
+            gimli::DW_LANG_C89,
+            gimli::DW_LANG_C99,
+            gimli::DW_LANG_C11,
+        ]) {
             Language::C
         } else {
             Language::Other
@@ -409,12 +533,18 @@ impl Binary {
         if self.has_debug_info && !self.units.is_empty() {
             Ok(())
         } else {
-            Err(ResolveError::NoDebugInfo { binary: self.path.clone() })
+            Err(ResolveError::NoDebugInfo {
+                binary: self.path.clone(),
+            })
         }
     }
 
     fn dwarf_err(&self, what: &'static str) -> impl Fn(gimli::Error) -> ResolveError + '_ {
-        move |source| ResolveError::Dwarf { binary: self.path.clone(), what, source }
+        move |source| ResolveError::Dwarf {
+            binary: self.path.clone(),
+            what,
+            source,
+        }
     }
 
     /// Translates a link address to the file offset a uprobe attaches to:
@@ -440,14 +570,23 @@ impl Binary {
     /// The same scope as `point`, at another address of its function (for placement).
     #[must_use]
     pub fn point_at(&self, point: &ProbePoint, addr: LinkAddr) -> Option<ProbePoint> {
-        Some(ProbePoint { addr, file_offset: self.file_offset(addr)?, ..point.clone() })
+        Some(ProbePoint {
+            addr,
+            file_offset: self.file_offset(addr)?,
+            ..point.clone()
+        })
     }
 
     /// The link address of the segment mapped at file offset 0, used with `/proc/PID/maps` to
     /// find the load bias of an `ET_DYN` object.
     #[must_use]
     pub fn first_segment_vaddr(&self) -> u64 {
-        self.segments.iter().filter(|s| s.offset == 0).map(|s| s.vaddr).min().unwrap_or(0)
+        self.segments
+            .iter()
+            .filter(|s| s.offset == 0)
+            .map(|s| s.vaddr)
+            .min()
+            .unwrap_or(0)
     }
 }
 

@@ -69,7 +69,11 @@ struct Candidate {
 
 impl Binary {
     /// `DW_AT_name`, following `DW_AT_abstract_origin` / `DW_AT_specification` when absent.
-    pub(super) fn die_name(&self, ui: usize, entry: &gimli::DebuggingInformationEntry<R>) -> Option<String> {
+    pub(super) fn die_name(
+        &self,
+        ui: usize,
+        entry: &gimli::DebuggingInformationEntry<R>,
+    ) -> Option<String> {
         let mut ui = ui;
         let mut offset = entry.offset();
         for _ in 0..4 {
@@ -79,7 +83,9 @@ impl Binary {
                 let s = self.dwarf.attr_string(unit, v).ok()?;
                 return Some(s.to_string_lossy().ok()?.into_owned());
             }
-            let next = e.attr_value(dw::DW_AT_abstract_origin).or_else(|| e.attr_value(dw::DW_AT_specification))?;
+            let next = e
+                .attr_value(dw::DW_AT_abstract_origin)
+                .or_else(|| e.attr_value(dw::DW_AT_specification))?;
             let r = self.resolve_ref(ui, &next)?;
             ui = r.unit;
             offset = gimli::UnitOffset(r.offset);
@@ -88,8 +94,16 @@ impl Binary {
     }
 
     /// Code ranges of a DIE: (lowest, highest, whether any range contains `addr`).
-    fn ranges_hit(&self, unit: &gimli::Unit<R>, entry: &gimli::DebuggingInformationEntry<R>, addr: u64) -> Result<(u64, u64, bool), ResolveError> {
-        let mut ranges = self.dwarf.die_ranges(unit, entry).map_err(self.dwarf_err("code ranges"))?;
+    fn ranges_hit(
+        &self,
+        unit: &gimli::Unit<R>,
+        entry: &gimli::DebuggingInformationEntry<R>,
+        addr: u64,
+    ) -> Result<(u64, u64, bool), ResolveError> {
+        let mut ranges = self
+            .dwarf
+            .die_ranges(unit, entry)
+            .map_err(self.dwarf_err("code ranges"))?;
         let (mut low, mut high, mut hit) = (u64::MAX, 0, false);
         while let Some(r) = ranges.next().map_err(self.dwarf_err("code ranges"))? {
             low = low.min(r.begin);
@@ -100,13 +114,19 @@ impl Binary {
     }
 
     /// The innermost scope (function or inlined copy) whose ranges contain `addr`.
-    pub(super) fn function_at(&self, ui: usize, addr: u64) -> Result<Option<Function>, ResolveError> {
+    pub(super) fn function_at(
+        &self,
+        ui: usize,
+        addr: u64,
+    ) -> Result<Option<Function>, ResolveError> {
         let unit = &self.units[ui];
         let mut cursor = unit.entries();
         let mut best: Option<Function> = None;
         let mut best_depth = -1;
         loop {
-            let Some(entry) = cursor.next_dfs().map_err(self.dwarf_err("DIEs"))? else { break };
+            let Some(entry) = cursor.next_dfs().map_err(self.dwarf_err("DIEs"))? else {
+                break;
+            };
             let tag = entry.tag();
             if tag != dw::DW_TAG_subprogram && tag != dw::DW_TAG_inlined_subroutine {
                 continue;
@@ -120,9 +140,18 @@ impl Binary {
             if !hit {
                 continue;
             }
-            let name = self.die_name(ui, &entry).unwrap_or_else(|| "<anonymous>".to_owned());
+            let name = self
+                .die_name(ui, &entry)
+                .unwrap_or_else(|| "<anonymous>".to_owned());
             if tag == dw::DW_TAG_subprogram {
-                best = Some(Function { scope: entry.offset().0, subprogram: entry.offset().0, name, inlined: false, low_pc: low, high_pc: high });
+                best = Some(Function {
+                    scope: entry.offset().0,
+                    subprogram: entry.offset().0,
+                    name,
+                    inlined: false,
+                    low_pc: low,
+                    high_pc: high,
+                });
                 best_depth = depth;
             } else if let Some(b) = best.as_mut() {
                 if depth > best_depth {
@@ -138,7 +167,9 @@ impl Binary {
 
     fn scope_candidates(&self, point: &ProbePoint) -> Result<Vec<Candidate>, ResolveError> {
         let unit = &self.units[point.unit];
-        let mut tree = unit.entries_tree(Some(gimli::UnitOffset(point.scope))).map_err(self.dwarf_err("a function's DIEs"))?;
+        let mut tree = unit
+            .entries_tree(Some(gimli::UnitOffset(point.scope)))
+            .map_err(self.dwarf_err("a function's DIEs"))?;
         let root = tree.root().map_err(self.dwarf_err("a function's DIEs"))?;
         let mut out = Vec::new();
         self.walk_scope(point, root, 1, &mut out)?;
@@ -154,7 +185,10 @@ impl Binary {
     ) -> Result<(), ResolveError> {
         let unit = &self.units[point.unit];
         let mut children = node.children();
-        while let Some(child) = children.next().map_err(self.dwarf_err("a function's DIEs"))? {
+        while let Some(child) = children
+            .next()
+            .map_err(self.dwarf_err("a function's DIEs"))?
+        {
             let entry = child.entry();
             match entry.tag() {
                 dw::DW_TAG_formal_parameter | dw::DW_TAG_variable => {
@@ -168,7 +202,10 @@ impl Binary {
                     }
                 }
                 dw::DW_TAG_lexical_block => {
-                    let mut ranges = self.dwarf.die_ranges(unit, entry).map_err(self.dwarf_err("block ranges"))?;
+                    let mut ranges = self
+                        .dwarf
+                        .die_ranges(unit, entry)
+                        .map_err(self.dwarf_err("block ranges"))?;
                     let (mut any, mut hit) = (false, false);
                     while let Some(r) = ranges.next().map_err(self.dwarf_err("block ranges"))? {
                         any = true;
@@ -185,9 +222,14 @@ impl Binary {
     }
 
     /// Unit-level variables with a name, as (unit, offset, name, defined-here).
-    fn unit_globals(&self, ui: usize) -> Result<Vec<(gimli::UnitOffset<usize>, String, bool)>, ResolveError> {
+    fn unit_globals(
+        &self,
+        ui: usize,
+    ) -> Result<Vec<(gimli::UnitOffset<usize>, String, bool)>, ResolveError> {
         let unit = &self.units[ui];
-        let mut tree = unit.entries_tree(None).map_err(self.dwarf_err("unit DIEs"))?;
+        let mut tree = unit
+            .entries_tree(None)
+            .map_err(self.dwarf_err("unit DIEs"))?;
         let root = tree.root().map_err(self.dwarf_err("unit DIEs"))?;
         let mut children = root.children();
         let mut out = Vec::new();
@@ -211,7 +253,12 @@ impl Binary {
     pub fn locals_in_scope(&self, point: &ProbePoint) -> Result<Vec<String>, ResolveError> {
         let mut seen = std::collections::HashSet::new();
         // Go names results `~r0`: not something a user can write, and not a local yet.
-        Ok(self.scope_candidates(point)?.into_iter().map(|c| c.name).filter(|n| !n.starts_with('~') && seen.insert(n.clone())).collect())
+        Ok(self
+            .scope_candidates(point)?
+            .into_iter()
+            .map(|c| c.name)
+            .filter(|n| !n.starts_with('~') && seen.insert(n.clone()))
+            .collect())
     }
 
     /// Function, file and line of a link address (for stack frames), innermost first: an
@@ -232,7 +279,9 @@ impl Binary {
 
     fn symbolize_uncached(&self, addr: u64) -> Vec<Symbol> {
         for (ui, unit) in self.units.iter().enumerate() {
-            let Ok(mut ranges) = self.dwarf.unit_ranges(unit) else { continue };
+            let Ok(mut ranges) = self.dwarf.unit_ranges(unit) else {
+                continue;
+            };
             let mut inside = false;
             while let Ok(Some(r)) = ranges.next() {
                 inside |= r.begin <= addr && addr < r.end;
@@ -249,8 +298,17 @@ impl Binary {
             // Innermost first: each inlined scope at the current position, then its call site
             // becomes the position in the scope around it.
             for sc in chain.iter().rev() {
-                let name = if sc.inlined { sc.name.clone() } else { self.linkage_name(ui, sc.offset).unwrap_or_else(|| sc.name.clone()) };
-                out.push(Symbol { function: name, file: file.clone(), line });
+                let name = if sc.inlined {
+                    sc.name.clone()
+                } else {
+                    self.linkage_name(ui, sc.offset)
+                        .unwrap_or_else(|| sc.name.clone())
+                };
+                out.push(Symbol {
+                    function: name,
+                    file: file.clone(),
+                    line,
+                });
                 if sc.inlined {
                     // The call site, or nothing: the callee's file is never the caller's answer.
                     file = sc.call_file.clone();
@@ -269,14 +327,18 @@ impl Binary {
         let mut cursor = unit.entries();
         let mut chain: Vec<(isize, ChainScope)> = Vec::new();
         loop {
-            let Ok(Some(entry)) = cursor.next_dfs() else { break };
+            let Ok(Some(entry)) = cursor.next_dfs() else {
+                break;
+            };
             let tag = entry.tag();
             if tag != dw::DW_TAG_subprogram && tag != dw::DW_TAG_inlined_subroutine {
                 continue;
             }
             let entry = entry.clone();
             let depth = cursor.depth();
-            let Ok((_, _, hit)) = self.ranges_hit(unit, &entry, addr) else { continue };
+            let Ok((_, _, hit)) = self.ranges_hit(unit, &entry, addr) else {
+                continue;
+            };
             if !hit {
                 continue;
             }
@@ -285,22 +347,33 @@ impl Binary {
             if !inlined {
                 chain.clear();
             }
-            let call_line = entry.attr_value(dw::DW_AT_call_line).and_then(|v| v.udata_value()).and_then(|l| u32::try_from(l).ok());
+            let call_line = entry
+                .attr_value(dw::DW_AT_call_line)
+                .and_then(|v| v.udata_value())
+                .and_then(|l| u32::try_from(l).ok());
             // gimli reads DW_AT_call_file as `FileIndex`, never as plain data: an index into the
             // file table of this unit's line program (the unit holding the inlined_subroutine
             // DIE), 1-based in DWARF 4 and 0-based in DWARF 5, which `LineProgramHeader::file`
             // handles.
             let call_file = match entry.attr_value(dw::DW_AT_call_file) {
-                Some(gimli::AttributeValue::FileIndex(f)) => unit.line_program.as_ref().and_then(|p| self.file_entry_path(unit, p.header(), f)),
+                Some(gimli::AttributeValue::FileIndex(f)) => unit
+                    .line_program
+                    .as_ref()
+                    .and_then(|p| self.file_entry_path(unit, p.header(), f)),
                 _ => None,
             };
-            chain.push((depth, ChainScope {
-                offset: entry.offset().0,
-                name: self.die_name(ui, &entry).unwrap_or_else(|| "<anonymous>".to_owned()),
-                inlined,
-                call_file,
-                call_line,
-            }));
+            chain.push((
+                depth,
+                ChainScope {
+                    offset: entry.offset().0,
+                    name: self
+                        .die_name(ui, &entry)
+                        .unwrap_or_else(|| "<anonymous>".to_owned()),
+                    inlined,
+                    call_file,
+                    call_line,
+                },
+            ));
         }
         chain.into_iter().map(|(_, c)| c).collect()
     }
@@ -309,7 +382,9 @@ impl Binary {
     fn linkage_name(&self, ui: usize, offset: usize) -> Option<String> {
         let unit = &self.units[ui];
         let e = unit.entry(gimli::UnitOffset(offset)).ok()?;
-        let v = e.attr_value(dw::DW_AT_linkage_name).or_else(|| e.attr_value(dw::DW_AT_MIPS_linkage_name))?;
+        let v = e
+            .attr_value(dw::DW_AT_linkage_name)
+            .or_else(|| e.attr_value(dw::DW_AT_MIPS_linkage_name))?;
         let raw = self.dwarf.attr_string(unit, v).ok()?;
         let raw = raw.to_string_lossy().ok()?;
         let d = rustc_demangle::try_demangle(&raw).ok()?;
@@ -328,7 +403,15 @@ impl Binary {
                     return Some((file, pl));
                 }
             }
-            prev = if row.end_sequence() { None } else { Some((row.address(), row.file_index(), row.line().map_or(0, |l| l.get() as u32))) };
+            prev = if row.end_sequence() {
+                None
+            } else {
+                Some((
+                    row.address(),
+                    row.file_index(),
+                    row.line().map_or(0, |l| l.get() as u32),
+                ))
+            };
         }
         None
     }
@@ -339,7 +422,11 @@ impl Binary {
     /// # Errors
     /// Malformed DWARF.
     pub fn names_in_scope(&self, point: &ProbePoint) -> Result<Vec<String>, ResolveError> {
-        let mut names: Vec<String> = self.scope_candidates(point)?.into_iter().map(|c| c.name).collect();
+        let mut names: Vec<String> = self
+            .scope_candidates(point)?
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
         // Compiler-made globals (`<T as Debug>::{vtable}`) resolve but are noise in a list.
         let mut globals: Vec<String> = self
             .unit_globals(point.unit)?
@@ -362,17 +449,32 @@ impl Binary {
     /// location covers the point, or an unsupported location operation.
     pub fn variable(&self, point: &ProbePoint, name: &str) -> Result<Variable, ResolveError> {
         let cands = self.scope_candidates(point)?;
-        if let Some(c) = cands.iter().filter(|c| c.name == name).max_by_key(|c| c.depth) {
-            let kind = if c.is_param { VariableKind::Parameter } else { VariableKind::Local };
+        if let Some(c) = cands
+            .iter()
+            .filter(|c| c.name == name)
+            .max_by_key(|c| c.depth)
+        {
+            let kind = if c.is_param {
+                VariableKind::Parameter
+            } else {
+                VariableKind::Local
+            };
             return self.variable_at(point, point.unit, c.offset, name, kind);
         }
         let mut units: Vec<usize> = vec![point.unit];
         units.extend((0..self.units.len()).filter(|&u| u != point.unit));
         // Go and Rust qualify globals (`main.total`, `orders::TOTAL`): an unqualified name
         // matches the qualified global of the point's own package first, then any package.
-        let package = point.function.rsplit_once("::").map(|(p, _)| format!("{p}::")).or_else(|| {
-            point.function.rsplit_once('.').map(|(p, _)| format!("{p}."))
-        });
+        let package = point
+            .function
+            .rsplit_once("::")
+            .map(|(p, _)| format!("{p}::"))
+            .or_else(|| {
+                point
+                    .function
+                    .rsplit_once('.')
+                    .map(|(p, _)| format!("{p}."))
+            });
         let mut qualified = None;
         for ui in units {
             for (off, gname, defined) in self.unit_globals(ui)? {
@@ -382,11 +484,18 @@ impl Binary {
                 if gname == name {
                     return self.variable_at(point, ui, off, name, VariableKind::Global);
                 }
-                let tail_match = gname.strip_suffix(name).is_some_and(|p| p.ends_with('.') || p.ends_with("::"));
+                let tail_match = gname
+                    .strip_suffix(name)
+                    .is_some_and(|p| p.ends_with('.') || p.ends_with("::"));
                 if tail_match {
-                    let own = package.as_ref().is_some_and(|p| gname.strip_prefix(p.as_str()) == Some(name));
+                    let own = package
+                        .as_ref()
+                        .is_some_and(|p| gname.strip_prefix(p.as_str()) == Some(name));
                     if own || qualified.is_none() {
-                        let better = own || qualified.as_ref().is_none_or(|(_, _, o): &(usize, gimli::UnitOffset<usize>, bool)| !*o);
+                        let better = own
+                            || qualified.as_ref().is_none_or(
+                                |(_, _, o): &(usize, gimli::UnitOffset<usize>, bool)| !*o,
+                            );
                         if better {
                             qualified = Some((ui, off, own));
                         }
@@ -414,7 +523,9 @@ impl Binary {
         kind: VariableKind,
     ) -> Result<Variable, ResolveError> {
         let unit = &self.units[ui];
-        let entry = unit.entry(offset).map_err(self.dwarf_err("a variable DIE"))?;
+        let entry = unit
+            .entry(offset)
+            .map_err(self.dwarf_err("a variable DIE"))?;
         let ty = self.type_attr(ui, &entry);
         if entry.attr_value(dw::DW_AT_const_value).is_some() {
             return Err(ResolveError::UnsupportedLocation {
@@ -428,10 +539,20 @@ impl Binary {
             return Err(self.optimized_out(point, name));
         };
         let location = self.location_at(point, ui, attr, name)?;
-        Ok(Variable { name: name.to_owned(), kind, location, ty })
+        Ok(Variable {
+            name: name.to_owned(),
+            kind,
+            location,
+            ty,
+        })
     }
 
     pub(super) fn optimized_out(&self, point: &ProbePoint, name: &str) -> ResolveError {
-        ResolveError::OptimizedOut { var: name.to_owned(), pc: point.addr, file: point.file.clone(), line: point.line }
+        ResolveError::OptimizedOut {
+            var: name.to_owned(),
+            pc: point.addr,
+            file: point.file.clone(),
+            line: point.line,
+        }
     }
 }

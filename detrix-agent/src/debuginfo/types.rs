@@ -38,33 +38,76 @@ pub struct Variant {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Type {
     Void,
-    Int { name: String, size: u64, signed: bool },
-    Float { name: String, size: u64 },
-    Bool { size: u64 },
+    Int {
+        name: String,
+        size: u64,
+        signed: bool,
+    },
+    Float {
+        name: String,
+        size: u64,
+    },
+    Bool {
+        size: u64,
+    },
     /// `char`, `signed char`, `unsigned char` (1 byte), or a UTF code point type.
-    Char { name: String, size: u64, signed: bool },
-    Enum { name: String, size: u64, signed: bool, values: Vec<(String, i64)> },
-    Pointer { pointee: Option<TypeRef> },
-    Struct { name: String, size: u64, members: Vec<Member> },
+    Char {
+        name: String,
+        size: u64,
+        signed: bool,
+    },
+    Enum {
+        name: String,
+        size: u64,
+        signed: bool,
+        values: Vec<(String, i64)>,
+    },
+    Pointer {
+        pointee: Option<TypeRef>,
+    },
+    Struct {
+        name: String,
+        size: u64,
+        members: Vec<Member>,
+    },
     /// A Rust enum (`DW_TAG_variant_part`): the discriminant's place and each variant with the
     /// discriminant value that selects it (`None`: the default variant, e.g. the dataful one
     /// of a niche-optimised `Option<&T>`).
-    Variants { name: String, size: u64, discr: Option<(u64, u64)>, variants: Vec<Variant> },
-    Array { elem: Option<TypeRef>, count: Option<u64> },
-    Unsupported { what: String },
+    Variants {
+        name: String,
+        size: u64,
+        discr: Option<(u64, u64)>,
+        variants: Vec<Variant>,
+    },
+    Array {
+        elem: Option<TypeRef>,
+        count: Option<u64>,
+    },
+    Unsupported {
+        what: String,
+    },
 }
 
 impl Binary {
     /// Resolves a reference attribute (same unit or `DW_FORM_ref_addr`) to a [`TypeRef`].
     pub(super) fn resolve_ref(&self, ui: usize, v: &gimli::AttributeValue<R>) -> Option<TypeRef> {
         match v {
-            gimli::AttributeValue::UnitRef(o) => Some(TypeRef { unit: ui, offset: o.0 }),
+            gimli::AttributeValue::UnitRef(o) => Some(TypeRef {
+                unit: ui,
+                offset: o.0,
+            }),
             gimli::AttributeValue::DebugInfoRef(o) => {
-                let (idx, unit) = self.units.iter().enumerate().rev().find(|(_, u)| {
-                    u.header.offset().0 <= o.0
-                })?;
+                let (idx, unit) = self
+                    .units
+                    .iter()
+                    .enumerate()
+                    .rev()
+                    .find(|(_, u)| u.header.offset().0 <= o.0)?;
                 let uo = o.to_unit_offset(&unit.header)?;
-                Some(TypeRef { unit: idx, offset: uo.0 })
+                Some(TypeRef {
+                    unit: idx,
+                    offset: uo.0,
+                })
             }
             _ => None,
         }
@@ -73,18 +116,26 @@ impl Binary {
     /// The `DW_AT_type` of a DIE.
     /// The `DW_AT_type` of a DIE, following `DW_AT_abstract_origin` (an inlined copy's
     /// variables carry only their location; name and type are on the abstract instance).
-    pub(super) fn type_attr(&self, ui: usize, entry: &gimli::DebuggingInformationEntry<R>) -> Option<TypeRef> {
+    pub(super) fn type_attr(
+        &self,
+        ui: usize,
+        entry: &gimli::DebuggingInformationEntry<R>,
+    ) -> Option<TypeRef> {
         if let Some(t) = entry.attr_value(dw::DW_AT_type) {
             return self.resolve_ref(ui, &t);
         }
         let origin = self.resolve_ref(ui, &entry.attr_value(dw::DW_AT_abstract_origin)?)?;
-        let e = self.units[origin.unit].entry(gimli::UnitOffset(origin.offset)).ok()?;
+        let e = self.units[origin.unit]
+            .entry(gimli::UnitOffset(origin.offset))
+            .ok()?;
         let t = e.attr_value(dw::DW_AT_type)?;
         self.resolve_ref(origin.unit, &t)
     }
 
     fn entry_of(&self, t: TypeRef) -> Result<gimli::DebuggingInformationEntry<R>, ResolveError> {
-        self.units[t.unit].entry(gimli::UnitOffset(t.offset)).map_err(self.dwarf_err("a type DIE"))
+        self.units[t.unit]
+            .entry(gimli::UnitOffset(t.offset))
+            .map_err(self.dwarf_err("a type DIE"))
     }
 
     fn udata(entry: &gimli::DebuggingInformationEntry<R>, at: gimli::DwAt) -> Option<u64> {
@@ -101,7 +152,11 @@ impl Binary {
             let Some(r) = cur else { return Ok(None) };
             let e = self.entry_of(r)?;
             match e.tag() {
-                dw::DW_TAG_typedef | dw::DW_TAG_const_type | dw::DW_TAG_volatile_type | dw::DW_TAG_restrict_type | dw::DW_TAG_atomic_type => {
+                dw::DW_TAG_typedef
+                | dw::DW_TAG_const_type
+                | dw::DW_TAG_volatile_type
+                | dw::DW_TAG_restrict_type
+                | dw::DW_TAG_atomic_type => {
                     cur = self.type_attr(r.unit, &e);
                 }
                 _ => return Ok(Some(r)),
@@ -115,7 +170,9 @@ impl Binary {
     /// # Errors
     /// Malformed DWARF.
     pub fn type_of(&self, t: Option<TypeRef>) -> Result<Type, ResolveError> {
-        let Some(r) = self.strip(t)? else { return Ok(Type::Void) };
+        let Some(r) = self.strip(t)? else {
+            return Ok(Type::Void);
+        };
         let e = self.entry_of(r)?;
         let name = self.die_name(r.unit, &e).unwrap_or_default();
         let size = Self::udata(&e, dw::DW_AT_byte_size).unwrap_or(0);
@@ -124,36 +181,83 @@ impl Binary {
                 let enc = e.attr_value(dw::DW_AT_encoding);
                 match enc {
                     Some(gimli::AttributeValue::Encoding(enc)) => match enc {
-                        dw::DW_ATE_signed => Type::Int { name, size, signed: true },
-                        dw::DW_ATE_unsigned => Type::Int { name, size, signed: false },
+                        dw::DW_ATE_signed => Type::Int {
+                            name,
+                            size,
+                            signed: true,
+                        },
+                        dw::DW_ATE_unsigned => Type::Int {
+                            name,
+                            size,
+                            signed: false,
+                        },
                         dw::DW_ATE_float => Type::Float { name, size },
                         dw::DW_ATE_boolean => Type::Bool { size },
-                        dw::DW_ATE_signed_char => Type::Char { name, size, signed: true },
-                        dw::DW_ATE_unsigned_char => Type::Char { name, size, signed: false },
-                        dw::DW_ATE_UTF => Type::Char { name, size, signed: false },
-                        other => Type::Unsupported { what: format!("base type `{name}` with encoding {other}") },
+                        dw::DW_ATE_signed_char => Type::Char {
+                            name,
+                            size,
+                            signed: true,
+                        },
+                        dw::DW_ATE_unsigned_char => Type::Char {
+                            name,
+                            size,
+                            signed: false,
+                        },
+                        dw::DW_ATE_UTF => Type::Char {
+                            name,
+                            size,
+                            signed: false,
+                        },
+                        other => Type::Unsupported {
+                            what: format!("base type `{name}` with encoding {other}"),
+                        },
                     },
-                    _ => Type::Unsupported { what: format!("base type `{name}` without encoding") },
+                    _ => Type::Unsupported {
+                        what: format!("base type `{name}` without encoding"),
+                    },
                 }
             }
-            dw::DW_TAG_pointer_type | dw::DW_TAG_reference_type | dw::DW_TAG_rvalue_reference_type => {
-                Type::Pointer { pointee: self.type_attr(r.unit, &e) }
-            }
-            dw::DW_TAG_structure_type | dw::DW_TAG_class_type | dw::DW_TAG_union_type => match self.variant_part(r)? {
-                Some((discr, variants)) => Type::Variants { name, size, discr, variants },
-                None => Type::Struct { name, size, members: self.members(r)? },
+            dw::DW_TAG_pointer_type
+            | dw::DW_TAG_reference_type
+            | dw::DW_TAG_rvalue_reference_type => Type::Pointer {
+                pointee: self.type_attr(r.unit, &e),
             },
+            dw::DW_TAG_structure_type | dw::DW_TAG_class_type | dw::DW_TAG_union_type => {
+                match self.variant_part(r)? {
+                    Some((discr, variants)) => Type::Variants {
+                        name,
+                        size,
+                        discr,
+                        variants,
+                    },
+                    None => Type::Struct {
+                        name,
+                        size,
+                        members: self.members(r)?,
+                    },
+                }
+            }
             dw::DW_TAG_enumeration_type => {
                 let (values, any_negative) = self.enumerators(r)?;
                 let signed = match self.type_of(self.type_attr(r.unit, &e))? {
                     Type::Int { signed, .. } => signed,
                     _ => any_negative,
                 };
-                Type::Enum { name, size, signed, values }
+                Type::Enum {
+                    name,
+                    size,
+                    signed,
+                    values,
+                }
             }
-            dw::DW_TAG_array_type => Type::Array { elem: self.type_attr(r.unit, &e), count: self.array_count(r)? },
+            dw::DW_TAG_array_type => Type::Array {
+                elem: self.type_attr(r.unit, &e),
+                count: self.array_count(r)?,
+            },
             dw::DW_TAG_unspecified_type => Type::Void,
-            other => Type::Unsupported { what: format!("{other}") },
+            other => Type::Unsupported {
+                what: format!("{other}"),
+            },
         })
     }
 
@@ -164,7 +268,13 @@ impl Binary {
     pub fn size_of(&self, t: Option<TypeRef>) -> Result<Option<u64>, ResolveError> {
         Ok(match self.type_of(t)? {
             Type::Void | Type::Unsupported { .. } => None,
-            Type::Int { size, .. } | Type::Float { size, .. } | Type::Bool { size } | Type::Char { size, .. } | Type::Enum { size, .. } | Type::Struct { size, .. } | Type::Variants { size, .. } => Some(size),
+            Type::Int { size, .. }
+            | Type::Float { size, .. }
+            | Type::Bool { size }
+            | Type::Char { size, .. }
+            | Type::Enum { size, .. }
+            | Type::Struct { size, .. }
+            | Type::Variants { size, .. } => Some(size),
             Type::Pointer { .. } => Some(8),
             Type::Array { elem, count } => match (self.size_of(elem)?, count) {
                 (Some(s), Some(c)) => Some(s * c),
@@ -194,7 +304,9 @@ impl Binary {
 
     fn display_name_at(&self, t: Option<TypeRef>, depth: u32) -> String {
         let Some(r) = t else { return "void".to_owned() };
-        let Ok(e) = self.entry_of(r) else { return "?".to_owned() };
+        let Ok(e) = self.entry_of(r) else {
+            return "?".to_owned();
+        };
         if depth > 16 {
             return "?".to_owned();
         }
@@ -237,7 +349,13 @@ impl Binary {
             if e.offset().0 == r.offset {
                 return scopes.into_iter().filter_map(|(_, n)| n).collect();
             }
-            let scope = matches!(e.tag(), dw::DW_TAG_namespace | dw::DW_TAG_structure_type | dw::DW_TAG_class_type | dw::DW_TAG_union_type);
+            let scope = matches!(
+                e.tag(),
+                dw::DW_TAG_namespace
+                    | dw::DW_TAG_structure_type
+                    | dw::DW_TAG_class_type
+                    | dw::DW_TAG_union_type
+            );
             if scope && e.has_children() {
                 scopes.push((depth, self.die_name(r.unit, e)));
             }
@@ -248,13 +366,23 @@ impl Binary {
     /// A C-like spelling of a type, for messages (`struct order *`, `char[8]`).
     #[must_use]
     pub fn type_name(&self, t: Option<TypeRef>) -> String {
-        let Ok(stripped) = self.strip(t) else { return "?".to_owned() };
+        let Ok(stripped) = self.strip(t) else {
+            return "?".to_owned();
+        };
         match self.type_of(stripped) {
             Ok(Type::Void) => "void".to_owned(),
             Ok(Type::Pointer { pointee }) => format!("{} *", self.type_name(pointee)),
-            Ok(Type::Array { elem, count }) => format!("{}[{}]", self.type_name(elem), count.map(|c| c.to_string()).unwrap_or_default()),
+            Ok(Type::Array { elem, count }) => format!(
+                "{}[{}]",
+                self.type_name(elem),
+                count.map(|c| c.to_string()).unwrap_or_default()
+            ),
             Ok(Type::Struct { name, .. }) => {
-                if name.is_empty() { "struct <anonymous>".to_owned() } else { format!("struct {name}") }
+                if name.is_empty() {
+                    "struct <anonymous>".to_owned()
+                } else {
+                    format!("struct {name}")
+                }
             }
             Ok(Type::Enum { name, .. } | Type::Variants { name, .. }) => format!("enum {name}"),
             Ok(Type::Int { name, .. } | Type::Float { name, .. } | Type::Char { name, .. }) => name,
@@ -269,15 +397,28 @@ impl Binary {
     ///
     /// # Errors
     /// Malformed DWARF.
-    pub fn template_param(&self, t: Option<TypeRef>, name: &str) -> Result<Option<TypeRef>, ResolveError> {
-        let Some(r) = self.strip(t)? else { return Ok(None) };
+    pub fn template_param(
+        &self,
+        t: Option<TypeRef>,
+        name: &str,
+    ) -> Result<Option<TypeRef>, ResolveError> {
+        let Some(r) = self.strip(t)? else {
+            return Ok(None);
+        };
         let unit = &self.units[r.unit];
-        let mut tree = unit.entries_tree(Some(gimli::UnitOffset(r.offset))).map_err(self.dwarf_err("template parameters"))?;
+        let mut tree = unit
+            .entries_tree(Some(gimli::UnitOffset(r.offset)))
+            .map_err(self.dwarf_err("template parameters"))?;
         let root = tree.root().map_err(self.dwarf_err("template parameters"))?;
         let mut children = root.children();
-        while let Some(child) = children.next().map_err(self.dwarf_err("template parameters"))? {
+        while let Some(child) = children
+            .next()
+            .map_err(self.dwarf_err("template parameters"))?
+        {
             let e = child.entry();
-            if e.tag() == dw::DW_TAG_template_type_parameter && self.die_name(r.unit, e).as_deref() == Some(name) {
+            if e.tag() == dw::DW_TAG_template_type_parameter
+                && self.die_name(r.unit, e).as_deref() == Some(name)
+            {
                 return Ok(self.type_attr(r.unit, e));
             }
         }
@@ -292,9 +433,19 @@ impl Binary {
             for (ui, unit) in self.units.iter().enumerate() {
                 let mut cursor = unit.entries();
                 while let Ok(Some(e)) = cursor.next_dfs() {
-                    if e.tag() == dw::DW_TAG_structure_type && self.die_name(ui, e).as_deref() == Some("runtime.g") {
-                        let r = TypeRef { unit: ui, offset: e.offset().0 };
-                        return self.members(r).ok()?.into_iter().find(|m| m.name == "goid").map(|m| m.offset);
+                    if e.tag() == dw::DW_TAG_structure_type
+                        && self.die_name(ui, e).as_deref() == Some("runtime.g")
+                    {
+                        let r = TypeRef {
+                            unit: ui,
+                            offset: e.offset().0,
+                        };
+                        return self
+                            .members(r)
+                            .ok()?
+                            .into_iter()
+                            .find(|m| m.name == "goid")
+                            .map(|m| m.offset);
                     }
                 }
             }
@@ -303,9 +454,14 @@ impl Binary {
     }
 
     /// The `DW_TAG_variant_part` of a Rust enum, if `r` has one.
-    fn variant_part(&self, r: TypeRef) -> Result<Option<(Option<(u64, u64)>, Vec<Variant>)>, ResolveError> {
+    fn variant_part(
+        &self,
+        r: TypeRef,
+    ) -> Result<Option<(Option<(u64, u64)>, Vec<Variant>)>, ResolveError> {
         let unit = &self.units[r.unit];
-        let mut tree = unit.entries_tree(Some(gimli::UnitOffset(r.offset))).map_err(self.dwarf_err("enum variants"))?;
+        let mut tree = unit
+            .entries_tree(Some(gimli::UnitOffset(r.offset)))
+            .map_err(self.dwarf_err("enum variants"))?;
         let root = tree.root().map_err(self.dwarf_err("enum variants"))?;
         let mut children = root.children();
         while let Some(child) = children.next().map_err(self.dwarf_err("enum variants"))? {
@@ -314,7 +470,9 @@ impl Binary {
             }
             let discr = match child.entry().attr_value(dw::DW_AT_discr) {
                 Some(gimli::AttributeValue::UnitRef(o)) => {
-                    let d = unit.entry(o).map_err(self.dwarf_err("an enum discriminant"))?;
+                    let d = unit
+                        .entry(o)
+                        .map_err(self.dwarf_err("an enum discriminant"))?;
                     let off = Self::udata(&d, dw::DW_AT_data_member_location).unwrap_or(0);
                     let size = self.size_of(self.type_attr(r.unit, &d))?.unwrap_or(8);
                     Some((off, size))
@@ -327,10 +485,13 @@ impl Binary {
                 if v.entry().tag() != dw::DW_TAG_variant {
                     continue;
                 }
-                let discr_value = v.entry().attr_value(dw::DW_AT_discr_value).and_then(|a| match a {
-                    gimli::AttributeValue::Sdata(x) => Some(x as u64),
-                    other => other.udata_value(),
-                });
+                let discr_value =
+                    v.entry()
+                        .attr_value(dw::DW_AT_discr_value)
+                        .and_then(|a| match a {
+                            gimli::AttributeValue::Sdata(x) => Some(x as u64),
+                            other => other.udata_value(),
+                        });
                 let mut ms = v.children();
                 while let Some(m) = ms.next().map_err(self.dwarf_err("enum variants"))? {
                     let e = m.entry();
@@ -351,7 +512,9 @@ impl Binary {
 
     fn members(&self, r: TypeRef) -> Result<Vec<Member>, ResolveError> {
         let unit = &self.units[r.unit];
-        let mut tree = unit.entries_tree(Some(gimli::UnitOffset(r.offset))).map_err(self.dwarf_err("struct members"))?;
+        let mut tree = unit
+            .entries_tree(Some(gimli::UnitOffset(r.offset)))
+            .map_err(self.dwarf_err("struct members"))?;
         let root = tree.root().map_err(self.dwarf_err("struct members"))?;
         let mut children = root.children();
         let mut out = Vec::new();
@@ -362,14 +525,20 @@ impl Binary {
             }
             let name = self.die_name(r.unit, e).unwrap_or_default();
             let offset = Self::udata(e, dw::DW_AT_data_member_location).unwrap_or(0);
-            out.push(Member { name, offset, ty: self.type_attr(r.unit, e) });
+            out.push(Member {
+                name,
+                offset,
+                ty: self.type_attr(r.unit, e),
+            });
         }
         Ok(out)
     }
 
     fn enumerators(&self, r: TypeRef) -> Result<(Vec<(String, i64)>, bool), ResolveError> {
         let unit = &self.units[r.unit];
-        let mut tree = unit.entries_tree(Some(gimli::UnitOffset(r.offset))).map_err(self.dwarf_err("enumerators"))?;
+        let mut tree = unit
+            .entries_tree(Some(gimli::UnitOffset(r.offset)))
+            .map_err(self.dwarf_err("enumerators"))?;
         let root = tree.root().map_err(self.dwarf_err("enumerators"))?;
         let mut children = root.children();
         let (mut out, mut negative) = (Vec::new(), false);
@@ -392,7 +561,9 @@ impl Binary {
 
     fn array_count(&self, r: TypeRef) -> Result<Option<u64>, ResolveError> {
         let unit = &self.units[r.unit];
-        let mut tree = unit.entries_tree(Some(gimli::UnitOffset(r.offset))).map_err(self.dwarf_err("array bounds"))?;
+        let mut tree = unit
+            .entries_tree(Some(gimli::UnitOffset(r.offset)))
+            .map_err(self.dwarf_err("array bounds"))?;
         let root = tree.root().map_err(self.dwarf_err("array bounds"))?;
         let mut children = root.children();
         while let Some(child) = children.next().map_err(self.dwarf_err("array bounds"))? {
@@ -412,4 +583,3 @@ impl Binary {
         Ok(None)
     }
 }
-

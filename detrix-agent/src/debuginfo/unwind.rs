@@ -25,7 +25,11 @@ fn index<S: UnwindSection<R>>(section: &S, bases: &gimli::BaseAddresses) -> Vec<
     while let Ok(Some(e)) = entries.next() {
         if let gimli::CieOrFde::Fde(partial) = e {
             if let Ok(fde) = partial.parse(S::cie_from_offset) {
-                out.push(Fde { start: fde.initial_address(), end: fde.end_address(), offset: fde.offset() });
+                out.push(Fde {
+                    start: fde.initial_address(),
+                    end: fde.end_address(),
+                    offset: fde.offset(),
+                });
             }
         }
     }
@@ -47,9 +51,13 @@ fn row_in<S: UnwindSection<R>, T>(
     if pc >= at.end {
         return None;
     }
-    let fde = section.fde_from_offset(bases, S::Offset::from(at.offset), S::cie_from_offset).ok()?;
+    let fde = section
+        .fde_from_offset(bases, S::Offset::from(at.offset), S::cie_from_offset)
+        .ok()?;
     let mut ctx = gimli::UnwindContext::new();
-    fde.unwind_info_for_address(section, bases, &mut ctx, pc).ok().map(f)
+    fde.unwind_info_for_address(section, bases, &mut ctx, pc)
+        .ok()
+        .map(f)
 }
 
 /// The registers unwinding needs, as runtime values.
@@ -67,7 +75,11 @@ const RA: u16 = 16;
 impl Binary {
     /// The CFI row for `pc` (a link address), through `f`: from `.debug_frame` (Go) if it has
     /// one, else from `.eh_frame`.
-    pub(super) fn cfi_row<T>(&self, pc: u64, f: impl Fn(&gimli::UnwindTableRow<usize>) -> T) -> Option<T> {
+    pub(super) fn cfi_row<T>(
+        &self,
+        pc: u64,
+        f: impl Fn(&gimli::UnwindTableRow<usize>) -> T,
+    ) -> Option<T> {
         let from_debug = self.debug_frame.as_ref().and_then(|(s, b)| {
             let fdes = self.debug_fdes.get_or_init(|| index(s, b));
             row_in(s, b, fdes, pc, &f)
@@ -83,7 +95,12 @@ impl Binary {
     /// The caller's registers, from the frame at `regs` (whose `pc` is given as a link address
     /// in `link_pc`), reading stack memory through `read`. `None` where the CFI has no row for
     /// the address or a needed slot is outside what `read` can see.
-    pub fn unwind_step(&self, link_pc: u64, regs: UnwindRegs, read: &dyn Fn(u64) -> Option<u64>) -> Option<UnwindRegs> {
+    pub fn unwind_step(
+        &self,
+        link_pc: u64,
+        regs: UnwindRegs,
+        read: &dyn Fn(u64) -> Option<u64>,
+    ) -> Option<UnwindRegs> {
         let row = self.cfi_row(link_pc, |r| (r.cfa().clone(), rule(r, RA), rule(r, RBP)))?;
         let (cfa_rule, ra_rule, bp_rule) = row;
         let cfa = match cfa_rule {
@@ -105,7 +122,11 @@ impl Binary {
             Some(gimli::RegisterRule::Offset(o)) => read(cfa.wrapping_add(o as u64))?,
             _ => regs.bp,
         };
-        Some(UnwindRegs { pc: ra, sp: cfa, bp })
+        Some(UnwindRegs {
+            pc: ra,
+            sp: cfa,
+            bp,
+        })
     }
 }
 

@@ -40,7 +40,15 @@ impl DapClient {
     pub fn new(stream: TcpStream) -> Self {
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
-        Self { rd: BufReader::new(rd), wr, seq: 0, events: Vec::new(), responses: Vec::new(), stopped: false, closed: false }
+        Self {
+            rd: BufReader::new(rd),
+            wr,
+            seq: 0,
+            events: Vec::new(),
+            responses: Vec::new(),
+            stopped: false,
+            closed: false,
+        }
     }
 
     /// Whether the last execution event was a `stopped` (not followed by `continued`).
@@ -86,7 +94,11 @@ impl DapClient {
         }
     }
 
-    pub async fn wait_response(&mut self, seq: i64, timeout: Duration) -> Result<Value, ClientError> {
+    pub async fn wait_response(
+        &mut self,
+        seq: i64,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
         if let Some(i) = self.responses.iter().position(|r| r["request_seq"] == seq) {
             return Ok(self.responses.swap_remove(i));
         }
@@ -105,10 +117,21 @@ impl DapClient {
             }
         };
         let secs = timeout.as_secs();
-        tokio::time::timeout(timeout, fut).await.unwrap_or_else(|_| Err(ClientError::Timeout { what: format!("response to request {seq}"), secs }))
+        tokio::time::timeout(timeout, fut)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ClientError::Timeout {
+                    what: format!("response to request {seq}"),
+                    secs,
+                })
+            })
     }
 
-    pub async fn wait_event(&mut self, pred: impl Fn(&Value) -> bool, timeout: Duration) -> Result<Value, ClientError> {
+    pub async fn wait_event(
+        &mut self,
+        pred: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
         if let Some(i) = self.events.iter().position(&pred) {
             return Ok(self.events.remove(i));
         }
@@ -124,6 +147,13 @@ impl DapClient {
             }
         };
         let secs = timeout.as_secs();
-        tokio::time::timeout(timeout, fut).await.unwrap_or_else(|_| Err(ClientError::Timeout { what: "event".into(), secs }))
+        tokio::time::timeout(timeout, fut)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ClientError::Timeout {
+                    what: "event".into(),
+                    secs,
+                })
+            })
     }
 }

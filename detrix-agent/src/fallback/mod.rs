@@ -51,7 +51,9 @@ impl Debugger {
             Debugger::Lldb => ("DETRIX_LLDB_DAP", "lldb-dap-22"),
             Debugger::Delve => ("DETRIX_DLV", "dlv"),
         };
-        std::env::var_os(var).filter(|v| !v.is_empty()).map_or_else(|| PathBuf::from(default), PathBuf::from)
+        std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map_or_else(|| PathBuf::from(default), PathBuf::from)
     }
 
     fn name(self) -> &'static str {
@@ -79,19 +81,42 @@ pub struct Request {
 #[derive(Debug, thiserror::Error)]
 pub enum FallbackError {
     #[error("cannot start {name} ({program}): {source}; install it (apt-get install {package}) or point {var} at it")]
-    Spawn { name: &'static str, program: String, package: &'static str, var: &'static str, source: std::io::Error },
+    Spawn {
+        name: &'static str,
+        program: String,
+        package: &'static str,
+        var: &'static str,
+        source: std::io::Error,
+    },
     #[error("{name} did not accept a DAP connection on 127.0.0.1:{port} within {secs} s; check that it runs on this machine")]
-    NoListener { name: &'static str, port: u16, secs: u64 },
+    NoListener {
+        name: &'static str,
+        port: u16,
+        secs: u64,
+    },
     #[error("{name} could not attach to process {pid}: {message}; the agent must run as root (ptrace), and no other debugger may be attached")]
-    Attach { name: &'static str, pid: u32, message: String },
+    Attach {
+        name: &'static str,
+        pid: u32,
+        message: String,
+    },
     #[error("{name} could not set a breakpoint at {file}:{line}: {message}")]
-    Breakpoint { name: &'static str, file: String, line: u32, message: String },
+    Breakpoint {
+        name: &'static str,
+        file: String,
+        line: u32,
+        message: String,
+    },
     #[error("{file}:{line} did not run within {secs} s, so nothing was evaluated; the value is read the next time the line runs")]
     NotHit { file: String, line: u32, secs: u64 },
     #[error("talking to {name}: {0}", name = .1)]
     Client(#[source] ClientError, &'static str),
     #[error("after detaching {name}, process {pid} is {state}; it was sent SIGCONT")]
-    LeftStopped { name: &'static str, pid: u32, state: String },
+    LeftStopped {
+        name: &'static str,
+        pid: u32,
+        state: String,
+    },
 }
 
 /// A spawned debugger process; killed and reaped on drop.
@@ -107,7 +132,9 @@ impl Drop for Spawned {
 }
 
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn spawn(dbg: Debugger) -> Result<(Spawned, u16), FallbackError> {
@@ -115,18 +142,33 @@ fn spawn(dbg: Debugger) -> Result<(Spawned, u16), FallbackError> {
     let spawn_err = |source| FallbackError::Spawn {
         name: dbg.name(),
         program: program.display().to_string(),
-        package: if dbg == Debugger::Lldb { "lldb-22" } else { "delve" },
-        var: if dbg == Debugger::Lldb { "DETRIX_LLDB_DAP" } else { "DETRIX_DLV" },
+        package: if dbg == Debugger::Lldb {
+            "lldb-22"
+        } else {
+            "delve"
+        },
+        var: if dbg == Debugger::Lldb {
+            "DETRIX_LLDB_DAP"
+        } else {
+            "DETRIX_DLV"
+        },
         source,
     };
     let port = free_port().map_err(spawn_err)?;
     let mut cmd = Command::new(&program);
     match dbg {
-        Debugger::Lldb => cmd.arg("--connection").arg(format!("listen://127.0.0.1:{port}")),
+        Debugger::Lldb => cmd
+            .arg("--connection")
+            .arg(format!("listen://127.0.0.1:{port}")),
         // Go ≥ 1.21 binaries need the version check off with Delve 1.20 (toolchain.md E10).
-        Debugger::Delve => cmd.arg("dap").arg(format!("--listen=127.0.0.1:{port}")).arg("--check-go-version=false"),
+        Debugger::Delve => cmd
+            .arg("dap")
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .arg("--check-go-version=false"),
     };
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     let child = cmd.spawn().map_err(spawn_err)?;
     Ok((Spawned { child }, port))
 }
@@ -144,8 +186,16 @@ pub async fn evaluate_at(req: &Request) -> Result<Vec<Evaluated>, FallbackError>
     let mut client = loop {
         match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
             Ok(s) => break DapClient::new(s),
-            Err(_) if Instant::now() < connect_deadline => tokio::time::sleep(Duration::from_millis(20)).await,
-            Err(_) => return Err(FallbackError::NoListener { name: dbg.name(), port, secs: 10 }),
+            Err(_) if Instant::now() < connect_deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(_) => {
+                return Err(FallbackError::NoListener {
+                    name: dbg.name(),
+                    port,
+                    secs: 10,
+                })
+            }
         }
     };
     let out = session(&mut client, req).await;
@@ -173,26 +223,49 @@ async fn session(c: &mut DapClient, req: &Request) -> Result<Vec<Evaluated>, Fal
     // lldb-dap holds the attach response until configurationDone (contract.md §0 rule 10):
     // send it, set the breakpoint after `initialized`, then collect the answer.
     let attach_seq = c.send("attach", attach_args).await.map_err(cl)?;
-    c.wait_event(|e| e["event"] == "initialized", Duration::from_secs(15)).await.map_err(cl)?;
+    c.wait_event(|e| e["event"] == "initialized", Duration::from_secs(15))
+        .await
+        .map_err(cl)?;
     if dbg == Debugger::Delve {
-        let r = c.wait_response(attach_seq, Duration::from_secs(15)).await.map_err(cl)?;
+        let r = c
+            .wait_response(attach_seq, Duration::from_secs(15))
+            .await
+            .map_err(cl)?;
         check_attach(&r, req)?;
     }
     set_breakpoint(c, req, true).await?;
-    c.request("configurationDone", Value::Null).await.map_err(cl)?;
+    c.request("configurationDone", Value::Null)
+        .await
+        .map_err(cl)?;
     if dbg == Debugger::Lldb {
-        let r = c.wait_response(attach_seq, Duration::from_secs(15)).await.map_err(cl)?;
+        let r = c
+            .wait_response(attach_seq, Duration::from_secs(15))
+            .await
+            .map_err(cl)?;
         check_attach(&r, req)?;
     }
     let stopped = c
-        .wait_event(|e| e["event"] == "stopped" && e["body"]["reason"] == "breakpoint", req.hit_timeout)
+        .wait_event(
+            |e| e["event"] == "stopped" && e["body"]["reason"] == "breakpoint",
+            req.hit_timeout,
+        )
         .await
         .map_err(|e| match e {
-            ClientError::Timeout { .. } => FallbackError::NotHit { file: req.file.clone(), line: req.line, secs: req.hit_timeout.as_secs() },
+            ClientError::Timeout { .. } => FallbackError::NotHit {
+                file: req.file.clone(),
+                line: req.line,
+                secs: req.hit_timeout.as_secs(),
+            },
             other => cl(other),
         })?;
     let thread = stopped["body"]["threadId"].as_i64().unwrap_or(1);
-    let st = c.request("stackTrace", json!({"threadId": thread, "startFrame": 0, "levels": 1})).await.map_err(cl)?;
+    let st = c
+        .request(
+            "stackTrace",
+            json!({"threadId": thread, "startFrame": 0, "levels": 1}),
+        )
+        .await
+        .map_err(cl)?;
     let frame_id = st["body"]["stackFrames"][0]["id"].as_i64().unwrap_or(0);
     let mut values = Vec::with_capacity(req.exprs.len());
     for e in &req.exprs {
@@ -205,39 +278,72 @@ fn check_attach(r: &Value, req: &Request) -> Result<(), FallbackError> {
     if r["success"] == true {
         return Ok(());
     }
-    Err(FallbackError::Attach { name: req.debugger.name(), pid: req.pid, message: error_text(r) })
+    Err(FallbackError::Attach {
+        name: req.debugger.name(),
+        pid: req.pid,
+        message: error_text(r),
+    })
 }
 
 async fn set_breakpoint(c: &mut DapClient, req: &Request, on: bool) -> Result<(), FallbackError> {
-    let bps = if on { json!([{"line": req.line}]) } else { json!([]) };
+    let bps = if on {
+        json!([{"line": req.line}])
+    } else {
+        json!([])
+    };
     let r = c
-        .request("setBreakpoints", json!({"source": {"path": req.file}, "breakpoints": bps}))
+        .request(
+            "setBreakpoints",
+            json!({"source": {"path": req.file}, "breakpoints": bps}),
+        )
         .await
         .map_err(|e| FallbackError::Client(e, req.debugger.name()))?;
     let ok = r["success"] == true && (!on || r["body"]["breakpoints"][0]["verified"] == true);
     if ok {
         Ok(())
     } else {
-        let message = r["body"]["breakpoints"][0]["message"].as_str().map_or_else(|| error_text(&r), str::to_owned);
-        Err(FallbackError::Breakpoint { name: req.debugger.name(), file: req.file.clone(), line: req.line, message })
+        let message = r["body"]["breakpoints"][0]["message"]
+            .as_str()
+            .map_or_else(|| error_text(&r), str::to_owned);
+        Err(FallbackError::Breakpoint {
+            name: req.debugger.name(),
+            file: req.file.clone(),
+            line: req.line,
+            message,
+        })
     }
 }
 
 /// One expression by the debugger's rules.
-async fn evaluate(c: &mut DapClient, dbg: Debugger, frame_id: i64, expr: &str) -> Result<Evaluated, ClientError> {
+async fn evaluate(
+    c: &mut DapClient,
+    dbg: Debugger,
+    frame_id: i64,
+    expr: &str,
+) -> Result<Evaluated, ClientError> {
     let (text, context) = match dbg {
         Debugger::Delve if crate::dap::facade::has_call(expr) => (format!("call {expr}"), "repl"),
         Debugger::Delve => (expr.to_owned(), "repl"),
         Debugger::Lldb => (expr.to_owned(), "watch"),
     };
-    let r = c.request("evaluate", json!({"expression": text, "frameId": frame_id, "context": context})).await?;
+    let r = c
+        .request(
+            "evaluate",
+            json!({"expression": text, "frameId": frame_id, "context": context}),
+        )
+        .await?;
     if r["success"] == true {
         return Ok(Ok(result_of(&r)));
     }
     let err = error_text(&r);
     if dbg == Debugger::Lldb && err.contains("cast the call to its declared return type") {
         let cast = format!("(long){expr}");
-        let r = c.request("evaluate", json!({"expression": cast, "frameId": frame_id, "context": context})).await?;
+        let r = c
+            .request(
+                "evaluate",
+                json!({"expression": cast, "frameId": frame_id, "context": context}),
+            )
+            .await?;
         if r["success"] == true {
             return Ok(Ok(result_of(&r)));
         }
@@ -247,15 +353,25 @@ async fn evaluate(c: &mut DapClient, dbg: Debugger, frame_id: i64, expr: &str) -
 }
 
 fn result_of(r: &Value) -> (String, Option<String>) {
-    (r["body"]["result"].as_str().unwrap_or("").to_owned(), r["body"]["type"].as_str().map(str::to_owned))
+    (
+        r["body"]["result"].as_str().unwrap_or("").to_owned(),
+        r["body"]["type"].as_str().map(str::to_owned),
+    )
 }
 
 /// A failed response's sentence: `body.error.format` first (what the daemon shows), then
 /// `message`, trimmed to its meaningful lines.
 fn error_text(r: &Value) -> String {
-    let raw = r["body"]["error"]["format"].as_str().or_else(|| r["message"].as_str()).unwrap_or("the debugger gave no reason");
+    let raw = r["body"]["error"]["format"]
+        .as_str()
+        .or_else(|| r["message"].as_str())
+        .unwrap_or("the debugger gave no reason");
     // lldb prefixes C with a note and appends the source excerpt; keep the error line.
-    let line = raw.lines().find(|l| l.trim_start().starts_with("error:")).unwrap_or(raw).trim();
+    let line = raw
+        .lines()
+        .find(|l| l.trim_start().starts_with("error:"))
+        .unwrap_or(raw)
+        .trim();
     line.strip_prefix("error: ").unwrap_or(line).to_owned()
 }
 
@@ -271,9 +387,16 @@ async fn detach(c: &mut DapClient, req: &Request) -> Result<(), FallbackError> {
         // lldb-dap may kill a running target with SIGTRAP on disconnect (toolchain.md E14).
         let seq = c.send("pause", json!({"threadId": 0})).await.map_err(cl)?;
         let _ = c.wait_response(seq, Duration::from_secs(5)).await;
-        let _ = c.wait_event(|e| e["event"] == "stopped", Duration::from_secs(5)).await;
+        let _ = c
+            .wait_event(|e| e["event"] == "stopped", Duration::from_secs(5))
+            .await;
     }
-    let r = c.request("disconnect", json!({"terminateDebuggee": false, "restart": false})).await;
+    let r = c
+        .request(
+            "disconnect",
+            json!({"terminateDebuggee": false, "restart": false}),
+        )
+        .await;
     removed?;
     r.map(|_| ()).map_err(cl)
 }
@@ -282,7 +405,9 @@ async fn detach(c: &mut DapClient, req: &Request) -> Result<(), FallbackError> {
 async fn settle(pid: u32, dbg: Debugger) -> Result<(), FallbackError> {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let Some((state, tracer)) = proc_state(pid) else { return Ok(()) }; // exited: nothing to settle
+        let Some((state, tracer)) = proc_state(pid) else {
+            return Ok(());
+        }; // exited: nothing to settle
         let stopped = state.starts_with('T') || state.starts_with('t');
         if !stopped && tracer == 0 {
             return Ok(());
@@ -292,7 +417,11 @@ async fn settle(pid: u32, dbg: Debugger) -> Result<(), FallbackError> {
                 // SAFETY: kill has no memory-safety preconditions; pid is the target.
                 unsafe { libc::kill(i32::try_from(pid).unwrap_or(0), libc::SIGCONT) };
             }
-            return Err(FallbackError::LeftStopped { name: dbg.name(), pid, state: format!("{state} (tracer pid {tracer})") });
+            return Err(FallbackError::LeftStopped {
+                name: dbg.name(),
+                pid,
+                state: format!("{state} (tracer pid {tracer})"),
+            });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -302,9 +431,15 @@ async fn settle(pid: u32, dbg: Debugger) -> Result<(), FallbackError> {
 #[must_use]
 pub fn proc_state(pid: u32) -> Option<(String, u32)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_owned());
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_owned())
+    };
     let state = field("State:")?;
-    let tracer = field("TracerPid:").and_then(|t| t.parse().ok()).unwrap_or(0);
+    let tracer = field("TracerPid:")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
     Some((state, tracer))
 }
 
@@ -317,7 +452,13 @@ mod tests {
         let lldb = json!({"success": false, "body": {"error": {"format": "Expression evaluation in pure C not supported. Ran expression as 'ISO C++'.\nerror: <user expression 0>:1:1: 'strlen' has unknown return type; cast the call to its declared return type\n    1 | strlen(name)\n"}}});
         assert_eq!(error_text(&lldb), "<user expression 0>:1:1: 'strlen' has unknown return type; cast the call to its declared return type");
         let delve = json!({"success": false, "message": "Unable to evaluate expression", "body": {"error": {"id": 2009, "format": "Unable to evaluate expression: could not find symbol value for fmt"}}});
-        assert_eq!(error_text(&delve), "Unable to evaluate expression: could not find symbol value for fmt");
-        assert_eq!(error_text(&json!({"success": false, "message": "nope"})), "nope");
+        assert_eq!(
+            error_text(&delve),
+            "Unable to evaluate expression: could not find symbol value for fmt"
+        );
+        assert_eq!(
+            error_text(&json!({"success": false, "message": "nope"})),
+            "nope"
+        );
     }
 }

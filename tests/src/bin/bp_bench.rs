@@ -55,7 +55,8 @@ static NO_PIN: AtomicBool = AtomicBool::new(false);
 
 /// Runs `cmd` on `cpu` only (when the machine has more than one).
 fn pin(cmd: &mut Command, cpu: usize) -> &mut Command {
-    if NO_PIN.load(Ordering::Relaxed) || thread::available_parallelism().map_or(1, usize::from) < 2 {
+    if NO_PIN.load(Ordering::Relaxed) || thread::available_parallelism().map_or(1, usize::from) < 2
+    {
         return cmd;
     }
     // SAFETY: the closure runs in the forked child before exec and only calls
@@ -97,9 +98,16 @@ fn main() {
         match section(lang, &agent) {
             Ok(rows) => {
                 let ebpf = rows.iter().find(|r| r.kind == Kind::Ebpf).map(|r| r.ns_hit);
-                let dbg = rows.iter().find(|r| r.kind == Kind::Debugger).map(|r| r.ns_hit);
+                let dbg = rows
+                    .iter()
+                    .find(|r| r.kind == Kind::Debugger)
+                    .map(|r| r.ns_hit);
                 if let (Some(e), Some(d)) = (ebpf, dbg) {
-                    ratios.push(format!("{}: debugger breakpoint / eBPF stack snapshot = {:.0}x per hit", lang.name(), d / e));
+                    ratios.push(format!(
+                        "{}: debugger breakpoint / eBPF stack snapshot = {:.0}x per hit",
+                        lang.name(),
+                        d / e
+                    ));
                 }
                 table.extend(rows);
             }
@@ -116,10 +124,20 @@ fn main() {
         if NO_PIN.load(Ordering::Relaxed) { "not pinned".to_owned() } else { format!("target on CPU {TARGET_CPU}, agent/debugger on CPU {TOOL_CPU}") },
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
-    println!("{:<4} {:<44} {:>12} {:>12}  note", "lang", "row", "ns/call", "ns/hit");
+    println!(
+        "{:<4} {:<44} {:>12} {:>12}  note",
+        "lang", "row", "ns/call", "ns/hit"
+    );
     for r in &table {
-        let hit = if r.kind == Kind::Baseline { "-".to_owned() } else { format!("{:.1}", r.ns_hit) };
-        println!("{:<4} {:<44} {:>12.1} {:>12}  {}", r.lang, r.name, r.ns_call, hit, r.note);
+        let hit = if r.kind == Kind::Baseline {
+            "-".to_owned()
+        } else {
+            format!("{:.1}", r.ns_hit)
+        };
+        println!(
+            "{:<4} {:<44} {:>12.1} {:>12}  {}",
+            r.lang, r.name, r.ns_call, hit, r.note
+        );
     }
     println!();
     for r in &ratios {
@@ -171,7 +189,11 @@ fn build(lang: Lang) -> Res<(PathBuf, PathBuf)> {
         Lang::C => {
             let src = bp.join("bench_chain.c");
             let exe = out.join("bp_bench_chain_c");
-            let st = Command::new("gcc").args(["-g", "-O0", "-o"]).arg(&exe).arg(&src).status();
+            let st = Command::new("gcc")
+                .args(["-g", "-O0", "-o"])
+                .arg(&exe)
+                .arg(&src)
+                .status();
             (exe, src, st)
         }
         Lang::Go => {
@@ -196,7 +218,12 @@ fn build(lang: Lang) -> Res<(PathBuf, PathBuf)> {
 
 fn line_of(src: &Path, marker: &str) -> Res<u32> {
     let text = std::fs::read_to_string(src).map_err(|e| e.to_string())?;
-    let hits: Vec<usize> = text.lines().enumerate().filter(|(_, l)| l.contains(marker)).map(|(i, _)| i + 1).collect();
+    let hits: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(marker))
+        .map(|(i, _)| i + 1)
+        .collect();
     match hits.as_slice() {
         [one] => u32::try_from(*one).map_err(|e| e.to_string()),
         _ => Err(format!("{marker} in {}: {hits:?}", src.display())),
@@ -212,14 +239,23 @@ struct Fixture {
 
 impl Fixture {
     fn start(exe: &Path) -> Res<Self> {
-        let mut child = pin(&mut Command::new(exe), TARGET_CPU).arg(WINDOW_S).stdin(Stdio::null()).stdout(Stdio::piped()).spawn().map_err(|e| format!("start {}: {e}", exe.display()))?;
+        let mut child = pin(&mut Command::new(exe), TARGET_CPU)
+            .arg(WINDOW_S)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("start {}: {e}", exe.display()))?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let (tx, rx) = mpsc::channel();
         let windows = Arc::new(AtomicU64::new(0));
         let w = windows.clone();
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(v) = line.strip_prefix("ns_per_call=").and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse::<f64>().ok()) {
+                if let Some(v) = line
+                    .strip_prefix("ns_per_call=")
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|v| v.parse::<f64>().ok())
+                {
                     w.fetch_add(1, Ordering::Relaxed);
                     if tx.send(v).is_err() {
                         break;
@@ -227,7 +263,11 @@ impl Fixture {
                 }
             }
         });
-        Ok(Self { child, samples: rx, windows })
+        Ok(Self {
+            child,
+            samples: rx,
+            windows,
+        })
     }
 
     fn pid(&self) -> u32 {
@@ -239,10 +279,16 @@ impl Fixture {
     fn measure(&self) -> Res<f64> {
         while self.samples.try_recv().is_ok() {}
         let wait = Duration::from_secs(30);
-        self.samples.recv_timeout(wait).map_err(|_| "the fixture stopped reporting".to_owned())?;
+        self.samples
+            .recv_timeout(wait)
+            .map_err(|_| "the fixture stopped reporting".to_owned())?;
         let mut v = Vec::with_capacity(SAMPLES);
         for _ in 0..SAMPLES {
-            v.push(self.samples.recv_timeout(wait).map_err(|_| "the fixture stopped reporting".to_owned())?);
+            v.push(
+                self.samples
+                    .recv_timeout(wait)
+                    .map_err(|_| "the fixture stopped reporting".to_owned())?,
+            );
         }
         v.sort_by(f64::total_cmp);
         Ok(v[v.len() / 2])
@@ -257,9 +303,16 @@ impl Fixture {
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.windows.load(Ordering::Relaxed) < n + 3 {
             if Instant::now() > deadline {
-                let st = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-                let state = st.lines().filter(|l| l.starts_with("State:") || l.starts_with("TracerPid:")).collect::<Vec<_>>().join(", ");
-                return Err(format!("the target printed no new windows after {after} ({state})"));
+                let st = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+                    .unwrap_or_default();
+                let state = st
+                    .lines()
+                    .filter(|l| l.starts_with("State:") || l.starts_with("TracerPid:"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(format!(
+                    "the target printed no new windows after {after} ({state})"
+                ));
             }
             thread::sleep(Duration::from_millis(20));
         }
@@ -277,30 +330,71 @@ impl Drop for Fixture {
 fn section(lang: Lang, agent: &Path) -> Res<Vec<Row>> {
     let (exe, src) = build(lang)?;
     let (probe, call_b, call_a, call_main) = match lang {
-        Lang::C => (line_of(&src, "/* PROBE:work */")?, line_of(&src, "/* CALL:b */")?, line_of(&src, "/* CALL:a */")?, line_of(&src, "/* CALL:main */")?),
-        Lang::Go => (line_of(&src, "// PROBE:work")?, line_of(&src, "// CALL:b")?, line_of(&src, "// CALL:a")?, line_of(&src, "// CALL:main")?),
+        Lang::C => (
+            line_of(&src, "/* PROBE:work */")?,
+            line_of(&src, "/* CALL:b */")?,
+            line_of(&src, "/* CALL:a */")?,
+            line_of(&src, "/* CALL:main */")?,
+        ),
+        Lang::Go => (
+            line_of(&src, "// PROBE:work")?,
+            line_of(&src, "// CALL:b")?,
+            line_of(&src, "// CALL:a")?,
+            line_of(&src, "// CALL:main")?,
+        ),
     };
     let want_chain: Vec<(String, u32)> = match lang {
-        Lang::C => vec![("work".into(), probe), ("b".into(), call_b), ("a".into(), call_a), ("main".into(), call_main)],
-        Lang::Go => vec![("main.work".into(), probe), ("main.b".into(), call_b), ("main.a".into(), call_a), ("main.main".into(), call_main)],
+        Lang::C => vec![
+            ("work".into(), probe),
+            ("b".into(), call_b),
+            ("a".into(), call_a),
+            ("main".into(), call_main),
+        ],
+        Lang::Go => vec![
+            ("main.work".into(), probe),
+            ("main.b".into(), call_b),
+            ("main.a".into(), call_a),
+            ("main.main".into(), call_main),
+        ],
     };
     let mut fx = Fixture::start(&exe)?;
     thread::sleep(Duration::from_millis(300));
     let l = lang.name();
     let mut rows = Vec::new();
     let base = fx.measure()?;
-    rows.push(Row { lang: l, kind: Kind::Baseline, name: "no probe".into(), ns_call: base, ns_hit: 0.0, note: String::new() });
+    rows.push(Row {
+        lang: l,
+        kind: Kind::Baseline,
+        name: "no probe".into(),
+        ns_call: base,
+        ns_hit: 0.0,
+        note: String::new(),
+    });
     eprintln!("bp_bench: {l}: no probe {base:.1} ns/call");
 
     // For reference: the same probe capturing one int (the trap and plan, no snapshot).
     let (ns, note) = ebpf_snapshot(agent, &fx, &src, probe, &want_chain, false)?;
     eprintln!("bp_bench: {l}: 1-int capture {ns:.1} ns/call");
-    rows.push(Row { lang: l, kind: Kind::Reference, name: "eBPF 1-int capture (v), no stack/locals".into(), ns_call: ns, ns_hit: ns - base, note });
+    rows.push(Row {
+        lang: l,
+        kind: Kind::Reference,
+        name: "eBPF 1-int capture (v), no stack/locals".into(),
+        ns_call: ns,
+        ns_hit: ns - base,
+        note,
+    });
     fx.assert_running("the capture ended")?;
     // eBPF stack + locals snapshot at every hit.
     let (ns, note) = ebpf_snapshot(agent, &fx, &src, probe, &want_chain, true)?;
     eprintln!("bp_bench: {l}: snapshot {ns:.1} ns/call");
-    rows.push(Row { lang: l, kind: Kind::Ebpf, name: "eBPF stack+locals snapshot (detrix-agent)".into(), ns_call: ns, ns_hit: ns - base, note });
+    rows.push(Row {
+        lang: l,
+        kind: Kind::Ebpf,
+        name: "eBPF stack+locals snapshot (detrix-agent)".into(),
+        ns_call: ns,
+        ns_hit: ns - base,
+        note,
+    });
     fx.assert_running("the capture ended")?;
 
     // The same breakpoint through the debugger.
@@ -310,18 +404,51 @@ fn section(lang: Lang, agent: &Path) -> Res<Vec<Row>> {
     };
     let (ns, note) = debugger_breakpoint(dbg, &fx, &src, probe, &want_chain)?;
     eprintln!("bp_bench: {l}: debugger {ns:.1} ns/call");
-    rows.push(Row { lang: l, kind: Kind::Debugger, name: format!("{} breakpoint + stackTrace + continue", dbg.name()), ns_call: ns, ns_hit: ns - base, note });
+    rows.push(Row {
+        lang: l,
+        kind: Kind::Debugger,
+        name: format!("{} breakpoint + stackTrace + continue", dbg.name()),
+        ns_call: ns,
+        ns_hit: ns - base,
+        note,
+    });
     fx.assert_running(&format!("{} detached", dbg.name()))?;
     let after = fx.measure()?;
-    rows.push(Row { lang: l, kind: Kind::After, name: format!("after {} detached", dbg.name()), ns_call: after, ns_hit: after - base, note: format!("target running; {:.2}x no probe", after / base) });
+    rows.push(Row {
+        lang: l,
+        kind: Kind::After,
+        name: format!("after {} detached", dbg.name()),
+        ns_call: after,
+        ns_hit: after - base,
+        note: format!("target running; {:.2}x no probe", after / base),
+    });
     Ok(rows)
 }
 
 /// `detrix-agent capture --stack --locals` on the line while the fixture measures.
-fn ebpf_snapshot(agent: &Path, fx: &Fixture, src: &Path, line: u32, want: &[(String, u32)], snapshot: bool) -> Res<(f64, String)> {
+fn ebpf_snapshot(
+    agent: &Path,
+    fx: &Fixture,
+    src: &Path,
+    line: u32,
+    want: &[(String, u32)],
+    snapshot: bool,
+) -> Res<(f64, String)> {
     let mut child = pin(&mut Command::new(agent), TOOL_CPU)
-        .args(["capture", "--pid", &fx.pid().to_string(), "--at", &format!("{}:{line}", src.display()), "--expr", "v"])
-        .args(if snapshot { &["--stack", "--locals"][..] } else { &[] })
+        .args([
+            "capture",
+            "--pid",
+            &fx.pid().to_string(),
+            "--at",
+            &format!("{}:{line}", src.display()),
+            "--expr",
+            "v",
+        ])
+        .args(if snapshot {
+            &["--stack", "--locals"][..]
+        } else {
+            &[]
+        })
         .args(["--rate", "0", "--cpu-budget", "100000", "--format", "json"])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -352,13 +479,36 @@ fn ebpf_snapshot(agent: &Path, fx: &Fixture, src: &Path, line: u32, want: &[(Str
     };
     let Ok(first) = first_rx.recv_timeout(Duration::from_secs(30)) else {
         stop(&mut child);
-        return Err(format!("the capture printed no event; stderr:\n{}", stderr.text()));
+        return Err(format!(
+            "the capture printed no event; stderr:\n{}",
+            stderr.text()
+        ));
     };
     let ev: Value = serde_json::from_str(&first).map_err(|e| format!("{e}: {first}"))?;
-    let chain: Vec<(String, u32)> = ev["stack"].as_array().map(|f| f.iter().take(4).map(|f| (f["function"].as_str().unwrap_or("").to_owned(), f["line"].as_u64().and_then(|l| u32::try_from(l).ok()).unwrap_or(0))).collect()).unwrap_or_default();
-    if ev["values"]["v"].is_null() || (snapshot && (chain != want || ev["locals"]["name"].is_null())) {
+    let chain: Vec<(String, u32)> = ev["stack"]
+        .as_array()
+        .map(|f| {
+            f.iter()
+                .take(4)
+                .map(|f| {
+                    (
+                        f["function"].as_str().unwrap_or("").to_owned(),
+                        f["line"]
+                            .as_u64()
+                            .and_then(|l| u32::try_from(l).ok())
+                            .unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if ev["values"]["v"].is_null()
+        || (snapshot && (chain != want || ev["locals"]["name"].is_null()))
+    {
         stop(&mut child);
-        return Err(format!("the snapshot is not the chain {want:?} with locals: {first}"));
+        return Err(format!(
+            "the snapshot is not the chain {want:?} with locals: {first}"
+        ));
     }
     let ns = fx.measure();
     stop(&mut child);
@@ -366,10 +516,23 @@ fn ebpf_snapshot(agent: &Path, fx: &Fixture, src: &Path, line: u32, want: &[(Str
     // The summary is the last thing the agent writes; read it all.
     stderr.wait_eof(Duration::from_secs(10));
     let text = stderr.text();
-    let placed = text.lines().find(|l| l.contains(" → ")).and_then(|l| l.rsplit_once(", ")).map_or("", |(_, k)| k.trim_end_matches(')')).to_owned();
-    let Some(s) = text.lines().find_map(parse_summary) else { return Err(format!("no summary line from the capture:\n{text}")) };
-    if s.switched_off.is_some() || s.get("rate_limited") != 0 || s.get("hits") != s.get("emitted") + s.get("dropped_ring_full") {
-        return Err(format!("not every hit took the full snapshot path: {}", s.raw));
+    let placed = text
+        .lines()
+        .find(|l| l.contains(" → "))
+        .and_then(|l| l.rsplit_once(", "))
+        .map_or("", |(_, k)| k.trim_end_matches(')'))
+        .to_owned();
+    let Some(s) = text.lines().find_map(parse_summary) else {
+        return Err(format!("no summary line from the capture:\n{text}"));
+    };
+    if s.switched_off.is_some()
+        || s.get("rate_limited") != 0
+        || s.get("hits") != s.get("emitted") + s.get("dropped_ring_full")
+    {
+        return Err(format!(
+            "not every hit took the full snapshot path: {}",
+            s.raw
+        ));
     }
     Ok((
         ns,
@@ -419,7 +582,12 @@ impl Dap {
     fn spawn(dbg: Debugger) -> Res<Self> {
         match dbg {
             Debugger::Lldb => {
-                let mut child = pin(&mut Command::new("lldb-dap-22"), TOOL_CPU).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().map_err(|e| format!("start lldb-dap-22: {e}"))?;
+                let mut child = pin(&mut Command::new("lldb-dap-22"), TOOL_CPU)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(|e| format!("start lldb-dap-22: {e}"))?;
                 let stdin = child.stdin.take().ok_or("stdin")?;
                 let stdout = child.stdout.take().ok_or("stdout")?;
                 Ok(Self::over(child, Box::new(stdin), Box::new(stdout)))
@@ -434,9 +602,16 @@ impl Dap {
                 let mut out = BufReader::new(child.stdout.take().ok_or("stdout")?);
                 let mut line = String::new();
                 out.read_line(&mut line).map_err(|e| e.to_string())?;
-                let addr = line.rsplit(' ').next().map(str::trim).filter(|a| a.contains(':')).ok_or_else(|| format!("dlv dap said: {line}"))?.to_owned();
+                let addr = line
+                    .rsplit(' ')
+                    .next()
+                    .map(str::trim)
+                    .filter(|a| a.contains(':'))
+                    .ok_or_else(|| format!("dlv dap said: {line}"))?
+                    .to_owned();
                 thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-                let sock = std::net::TcpStream::connect(&addr).map_err(|e| format!("connect to dlv at {addr}: {e}"))?;
+                let sock = std::net::TcpStream::connect(&addr)
+                    .map_err(|e| format!("connect to dlv at {addr}: {e}"))?;
                 let reader = sock.try_clone().map_err(|e| e.to_string())?;
                 Ok(Self::over(child, Box::new(sock), Box::new(reader)))
             }
@@ -452,7 +627,9 @@ impl Dap {
                 Ok(None) => return,
                 Err(_) => continue,
             };
-            let Ok(v) = serde_json::from_slice::<Value>(&body) else { continue };
+            let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+                continue;
+            };
             if v["event"] == "output" {
                 continue;
             }
@@ -460,24 +637,40 @@ impl Dap {
                 return;
             }
         });
-        Self { child, writer, seq: 0, frames: rx }
+        Self {
+            child,
+            writer,
+            seq: 0,
+            frames: rx,
+        }
     }
 
     fn send(&mut self, command: &str, arguments: Value) -> Res<i64> {
         self.seq += 1;
-        let body = json!({"seq": self.seq, "type": "request", "command": command, "arguments": arguments}).to_string();
-        write!(self.writer, "Content-Length: {}\r\n\r\n{body}", body.len()).map_err(|e| e.to_string())?;
+        let body =
+            json!({"seq": self.seq, "type": "request", "command": command, "arguments": arguments})
+                .to_string();
+        write!(self.writer, "Content-Length: {}\r\n\r\n{body}", body.len())
+            .map_err(|e| e.to_string())?;
         self.writer.flush().map_err(|e| e.to_string())?;
         Ok(self.seq)
     }
 
     /// The next message satisfying `what`; messages before it that are `stopped` events are
     /// returned too (a stop must never be lost, or the target stays stopped).
-    fn wait(&self, what: &dyn Fn(&Value) -> bool, label: &str, stops: &mut Vec<Value>) -> Res<Value> {
+    fn wait(
+        &self,
+        what: &dyn Fn(&Value) -> bool,
+        label: &str,
+        stops: &mut Vec<Value>,
+    ) -> Res<Value> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let v = self.frames.recv_timeout(left).map_err(|_| format!("debugger: no {label} within 30 s"))?;
+            let v = self
+                .frames
+                .recv_timeout(left)
+                .map_err(|_| format!("debugger: no {label} within 30 s"))?;
             if what(&v) {
                 return Ok(v);
             }
@@ -489,7 +682,11 @@ impl Dap {
 
     fn request(&mut self, command: &str, arguments: Value, stops: &mut Vec<Value>) -> Res<Value> {
         let s = self.send(command, arguments)?;
-        let r = self.wait(&|v| v["type"] == "response" && v["request_seq"] == s, &format!("{command} response"), stops)?;
+        let r = self.wait(
+            &|v| v["type"] == "response" && v["request_seq"] == s,
+            &format!("{command} response"),
+            stops,
+        )?;
         if r["success"] != true {
             return Err(format!("debugger {command} failed: {r}"));
         }
@@ -499,21 +696,41 @@ impl Dap {
 
 /// A plain breakpoint on the line; each stop answered with stackTrace then continue while the
 /// fixture measures; then a clean detach that leaves the target running.
-fn debugger_breakpoint(dbg: Debugger, fx: &Fixture, src: &Path, line: u32, want: &[(String, u32)]) -> Res<(f64, String)> {
+fn debugger_breakpoint(
+    dbg: Debugger,
+    fx: &Fixture,
+    src: &Path,
+    line: u32,
+    want: &[(String, u32)],
+) -> Res<(f64, String)> {
     let mut dap = Dap::spawn(dbg)?;
     let mut stops = Vec::new();
-    let adapter = if dbg == Debugger::Delve { "go" } else { "lldb-dap" };
+    let adapter = if dbg == Debugger::Delve {
+        "go"
+    } else {
+        "lldb-dap"
+    };
     dap.request("initialize", json!({"adapterID": adapter, "clientID": "detrix-bp-bench", "linesStartAt1": true, "columnsStartAt1": true, "pathFormat": "path"}), &mut stops)?;
     let pid = fx.pid();
     // lldb-dap answers attach only after configurationDone; Delve at once (target halted).
     let attach = match dbg {
         Debugger::Lldb => dap.send("attach", json!({"pid": pid}))?,
-        Debugger::Delve => dap.send("attach", json!({"mode": "local", "processId": pid, "stopOnEntry": false}))?,
+        Debugger::Delve => dap.send(
+            "attach",
+            json!({"mode": "local", "processId": pid, "stopOnEntry": false}),
+        )?,
     };
     // Delve sends `initialized` before its attach response, lldb-dap only the event for now.
     let mut seen = (false, dbg == Debugger::Lldb);
     while !(seen.0 && seen.1) {
-        let v = dap.wait(&|v| v["event"] == "initialized" || (v["type"] == "response" && v["request_seq"] == attach), "initialized event and attach response", &mut stops)?;
+        let v = dap.wait(
+            &|v| {
+                v["event"] == "initialized"
+                    || (v["type"] == "response" && v["request_seq"] == attach)
+            },
+            "initialized event and attach response",
+            &mut stops,
+        )?;
         if v["event"] == "initialized" {
             seen.0 = true;
         } else if v["success"] == true {
@@ -522,13 +739,25 @@ fn debugger_breakpoint(dbg: Debugger, fx: &Fixture, src: &Path, line: u32, want:
             return Err(format!("{} attach failed: {v}", dbg.name()));
         }
     }
-    let bp = dap.request("setBreakpoints", json!({"source": {"path": src}, "breakpoints": [{"line": line}]}), &mut stops)?;
+    let bp = dap.request(
+        "setBreakpoints",
+        json!({"source": {"path": src}, "breakpoints": [{"line": line}]}),
+        &mut stops,
+    )?;
     if bp["body"]["breakpoints"][0]["verified"] != true {
-        return Err(format!("{} did not verify the breakpoint: {}", dbg.name(), bp["body"]));
+        return Err(format!(
+            "{} did not verify the breakpoint: {}",
+            dbg.name(),
+            bp["body"]
+        ));
     }
     let _ = dap.request("configurationDone", json!({}), &mut stops);
     if dbg == Debugger::Lldb {
-        dap.wait(&|v| v["type"] == "response" && v["request_seq"] == attach, "attach response", &mut stops)?;
+        dap.wait(
+            &|v| v["type"] == "response" && v["request_seq"] == attach,
+            "attach response",
+            &mut stops,
+        )?;
     } else {
         // Delve attached with the target halted: run it.
         let _ = dap.request("continue", json!({"threadId": 1}), &mut stops);
@@ -556,15 +785,36 @@ fn debugger_breakpoint(dbg: Debugger, fx: &Fixture, src: &Path, line: u32, want:
             };
             let tid = stop["body"]["threadId"].clone();
             let t0 = Instant::now();
-            let st = dap.request("stackTrace", json!({"threadId": tid, "startFrame": 0, "levels": 1000}), &mut stops)?;
+            let st = dap.request(
+                "stackTrace",
+                json!({"threadId": tid, "startFrame": 0, "levels": 1000}),
+                &mut stops,
+            )?;
             if checked.is_empty() {
                 let got: Vec<(String, u32)> = st["body"]["stackFrames"]
                     .as_array()
-                    .map(|f| f.iter().take(4).map(|f| (f["name"].as_str().unwrap_or("").to_owned(), f["line"].as_u64().and_then(|l| u32::try_from(l).ok()).unwrap_or(0))).collect())
+                    .map(|f| {
+                        f.iter()
+                            .take(4)
+                            .map(|f| {
+                                (
+                                    f["name"].as_str().unwrap_or("").to_owned(),
+                                    f["line"]
+                                        .as_u64()
+                                        .and_then(|l| u32::try_from(l).ok())
+                                        .unwrap_or(0),
+                                )
+                            })
+                            .collect()
+                    })
                     .unwrap_or_default();
                 checked = format!("{got:?}");
-                if got.iter().map(|(_, l)| *l).collect::<Vec<_>>() != want.iter().map(|(_, l)| *l).collect::<Vec<_>>() {
-                    return Err(format!("the debugger's stack is not the chain {want:?}: {st}"));
+                if got.iter().map(|(_, l)| *l).collect::<Vec<_>>()
+                    != want.iter().map(|(_, l)| *l).collect::<Vec<_>>()
+                {
+                    return Err(format!(
+                        "the debugger's stack is not the chain {want:?}: {st}"
+                    ));
                 }
             }
             let t1 = Instant::now();
@@ -579,7 +829,12 @@ fn debugger_breakpoint(dbg: Debugger, fx: &Fixture, src: &Path, line: u32, want:
             h.fetch_add(1, Ordering::Relaxed);
         }
         let n = h.load(Ordering::Relaxed).max(2) as f64;
-        let timing = format!("per stop: run to the stop {:.0} µs, stackTrace {:.0} µs, continue {:.0} µs", spent[0] * 1e6 / (n - 1.0), spent[1] * 1e6 / n, spent[2] * 1e6 / n);
+        let timing = format!(
+            "per stop: run to the stop {:.0} µs, stackTrace {:.0} µs, continue {:.0} µs",
+            spent[0] * 1e6 / (n - 1.0),
+            spent[1] * 1e6 / n,
+            spent[2] * 1e6 / n
+        );
         Ok((dap, stops, format!("{checked}; {timing}")))
     });
     let t = Instant::now();
@@ -588,13 +843,19 @@ fn debugger_breakpoint(dbg: Debugger, fx: &Fixture, src: &Path, line: u32, want:
     let stops_measured = handled.load(Ordering::Relaxed) - before;
     let secs = t.elapsed().as_secs_f64();
     done.store(true, Ordering::Relaxed);
-    let (mut dap, mut stops, chain) = worker.join().map_err(|_| "the stop loop panicked".to_owned())??;
+    let (mut dap, mut stops, chain) = worker
+        .join()
+        .map_err(|_| "the stop loop panicked".to_owned())??;
     let ns = ns?;
 
     // Detach: no breakpoints, any stop that came meanwhile continued, then disconnect without
     // killing. lldb-dap must see the target stopped before disconnect (it can kill a running
     // target with SIGTRAP, toolchain.md E14); Delve resumes the target on disconnect.
-    dap.request("setBreakpoints", json!({"source": {"path": src}, "breakpoints": []}), &mut stops)?;
+    dap.request(
+        "setBreakpoints",
+        json!({"source": {"path": src}, "breakpoints": []}),
+        &mut stops,
+    )?;
     thread::sleep(Duration::from_millis(50));
     while let Ok(v) = dap.frames.try_recv() {
         if v["event"] == "stopped" {
@@ -602,17 +863,31 @@ fn debugger_breakpoint(dbg: Debugger, fx: &Fixture, src: &Path, line: u32, want:
         }
     }
     for s in std::mem::take(&mut stops) {
-        let _ = dap.request("continue", json!({"threadId": s["body"]["threadId"]}), &mut Vec::new());
+        let _ = dap.request(
+            "continue",
+            json!({"threadId": s["body"]["threadId"]}),
+            &mut Vec::new(),
+        );
     }
     if dbg == Debugger::Lldb {
         let threads = dap.request("threads", json!({}), &mut stops)?;
-        let tid = threads["body"]["threads"][0]["id"].as_i64().unwrap_or(i64::from(pid));
+        let tid = threads["body"]["threads"][0]["id"]
+            .as_i64()
+            .unwrap_or(i64::from(pid));
         dap.request("pause", json!({"threadId": tid}), &mut stops)?;
         if stops.is_empty() {
-            dap.wait(&|v| v["event"] == "stopped", "stopped after pause", &mut stops)?;
+            dap.wait(
+                &|v| v["event"] == "stopped",
+                "stopped after pause",
+                &mut stops,
+            )?;
         }
     }
-    let _ = dap.request("disconnect", json!({"terminateDebuggee": false}), &mut stops);
+    let _ = dap.request(
+        "disconnect",
+        json!({"terminateDebuggee": false}),
+        &mut stops,
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while matches!(dap.child.try_wait(), Ok(None)) && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
@@ -621,5 +896,11 @@ fn debugger_breakpoint(dbg: Debugger, fx: &Fixture, src: &Path, line: u32, want:
     if stops_measured == 0 {
         return Err(format!("{} handled no stops while measuring", dbg.name()));
     }
-    Ok((ns, format!("{stops_measured} stops ({:.0}/s) handled while measuring; top frames {chain}", stops_measured as f64 / secs)))
+    Ok((
+        ns,
+        format!(
+            "{stops_measured} stops ({:.0}/s) handled while measuring; top frames {chain}",
+            stops_measured as f64 / secs
+        ),
+    ))
 }

@@ -231,7 +231,10 @@ fn run_once(args: &Args, at: &str, exprs: &[String], out_path: &Path) -> Run {
 /// `timing: open A s, first resolve B s, warm resolve C s` from resolve's stderr.
 fn parse_timing(stderr: &str) -> Option<(f64, f64, f64)> {
     let line = stderr.lines().find_map(|l| l.strip_prefix("timing: "))?;
-    let nums: Vec<f64> = line.split(", ").filter_map(|part| part.trim_end_matches(" s").rsplit(' ').next()?.parse().ok()).collect();
+    let nums: Vec<f64> = line
+        .split(", ")
+        .filter_map(|part| part.trim_end_matches(" s").rsplit(' ').next()?.parse().ok())
+        .collect();
     match nums[..] {
         [a, b, c] => Some((a, b, c)),
         _ => None,
@@ -355,7 +358,11 @@ fn main() {
             drop_caches();
         }
         let r = run_once(&args, &at, &exprs, &out_path);
-        let t = |f: fn(&(f64, f64, f64)) -> f64| r.timing.as_ref().map_or_else(|| "-".to_owned(), |x| format!("{:.3}", f(x)));
+        let t = |f: fn(&(f64, f64, f64)) -> f64| {
+            r.timing
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |x| format!("{:.3}", f(x)))
+        };
         println!(
             "{i:>4}  {:>9.3}  {:>13.1}  {:>8}  {:>8}  {:>8}  {:>4}  {}",
             r.wall.as_secs_f64(),
@@ -391,7 +398,9 @@ fn main() {
     let mut warm: Vec<f64> = runs.iter().filter_map(|r| r.timing.map(|t| t.2)).collect();
     warm.sort_by(f64::total_cmp);
     if let Some(w) = warm.get(warm.len() / 2) {
-        println!("warm (a second resolve on the parsed binary, in the same process): median {w:.3} s");
+        println!(
+            "warm (a second resolve on the parsed binary, in the same process): median {w:.3} s"
+        );
     }
     let verdict = |ok: bool| if ok { "ok" } else { "MISSED" };
     println!("goal (issue #4): ≥ 200 MB debug info, ≤ 2 s cold, ≤ 256 MiB peak RSS");

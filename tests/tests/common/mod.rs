@@ -3,7 +3,10 @@
 //! during the registration and replays a handshake recorded from the real daemon
 //! (`tests/golden/`), plus a small DAP client and HTTP client. std only, so it also runs where
 //! nothing but the agent binary exists.
-#![allow(dead_code, reason = "each test binary uses a different part of the emulator")]
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the emulator"
+)]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -30,16 +33,31 @@ pub fn http(method: &str, url: &str, body: Option<&str>) -> (u16, String) {
 }
 
 /// [`http`] with extra headers.
-pub fn http_with(method: &str, url: &str, body: Option<&str>, headers: &[(&str, &str)]) -> (u16, String) {
+pub fn http_with(
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     try_http(method, url, body, headers).unwrap_or_else(|e| panic!("{method} {url}: {e}"))
 }
 
 /// [`http_with`] returning transport errors.
-pub fn try_http(method: &str, url: &str, body: Option<&str>, headers: &[(&str, &str)]) -> Result<(u16, String), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| format!("not an http:// url: {url}"))?;
-    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+pub fn try_http(
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("not an http:// url: {url}"))?;
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
     let mut s = TcpStream::connect(authority).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
     let body = body.unwrap_or("");
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     if !body.is_empty() {
@@ -54,10 +72,23 @@ pub fn try_http(method: &str, url: &str, body: Option<&str>, headers: &[(&str, &
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no header end in {text:?}"))?;
-    let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| format!("bad status line in {head:?}"))?;
-    let chunked = head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked"));
-    let body = if chunked { dechunk(rest) } else { rest.to_string() };
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no header end in {text:?}"))?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line in {head:?}"))?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:")
+            && l.to_ascii_lowercase().contains("chunked")
+    });
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
     Ok((status, body))
 }
 
@@ -94,10 +125,21 @@ pub fn frame(msg: &Value) -> Vec<u8> {
 /// Reads one frame strictly as the daemon's reader does: a malformed frame panics the test.
 fn read_frame(r: &mut impl BufRead) -> Option<Value> {
     let body = detrix_e2e::read_dap_body(r).unwrap_or_else(|e| panic!("{e}"))?;
-    let v: Value = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("agent sent a malformed frame ({e}): {}", String::from_utf8_lossy(&body)));
-    assert!(v["seq"].is_i64(), "every message needs an integer seq (the daemon's reader dies otherwise): {v}");
+    let v: Value = serde_json::from_slice(&body).unwrap_or_else(|e| {
+        panic!(
+            "agent sent a malformed frame ({e}): {}",
+            String::from_utf8_lossy(&body)
+        )
+    });
+    assert!(
+        v["seq"].is_i64(),
+        "every message needs an integer seq (the daemon's reader dies otherwise): {v}"
+    );
     match v["type"].as_str() {
-        Some("response") => assert!(v["request_seq"].is_i64() && v["command"].is_string() && v["success"].is_boolean(), "response lacks request_seq/command/success: {v}"),
+        Some("response") => assert!(
+            v["request_seq"].is_i64() && v["command"].is_string() && v["success"].is_boolean(),
+            "response lacks request_seq/command/success: {v}"
+        ),
         Some("event") => assert!(v["event"].is_string(), "event without a name: {v}"),
         _ => panic!("unknown message type from the agent: {v}"),
     }
@@ -117,7 +159,8 @@ pub struct Dap {
 
 impl Dap {
     pub fn connect(port: u16) -> Dap {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect to the DAP port {port}: {e}"));
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("connect to the DAP port {port}: {e}"));
         stream.set_nodelay(true).ok();
         let rd = stream.try_clone().expect("clone the DAP socket");
         let (tx, rx) = mpsc::channel();
@@ -129,11 +172,19 @@ impl Dap {
                 }
             }
         });
-        Dap { stream, rx, received: Vec::new(), pending_events: Vec::new(), closed: false }
+        Dap {
+            stream,
+            rx,
+            received: Vec::new(),
+            pending_events: Vec::new(),
+            closed: false,
+        }
     }
 
     pub fn send(&mut self, msg: &Value) {
-        self.stream.write_all(&frame(msg)).unwrap_or_else(|e| panic!("send {msg}: {e}"));
+        self.stream
+            .write_all(&frame(msg))
+            .unwrap_or_else(|e| panic!("send {msg}: {e}"));
     }
 
     fn recv(&mut self, deadline: Instant) -> Option<Value> {
@@ -156,9 +207,14 @@ impl Dap {
         self.send(msg);
         let deadline = Instant::now() + STEP_TIMEOUT;
         loop {
-            let v = self.recv(deadline).unwrap_or_else(|| panic!("no response to {msg} within {STEP_TIMEOUT:?} (the daemon would wait 30 s)"));
+            let v = self.recv(deadline).unwrap_or_else(|| {
+                panic!("no response to {msg} within {STEP_TIMEOUT:?} (the daemon would wait 30 s)")
+            });
             if v["type"] == "response" && v["request_seq"] == msg["seq"] {
-                assert_eq!(v["command"], msg["command"], "response names another command");
+                assert_eq!(
+                    v["command"], msg["command"],
+                    "response names another command"
+                );
                 return v;
             }
             if v["type"] == "event" {
@@ -168,7 +224,12 @@ impl Dap {
     }
 
     /// Waits until `n` events satisfying `pred` arrived (or the timeout); returns them all.
-    pub fn events(&mut self, n: usize, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+    pub fn events(
+        &mut self,
+        n: usize,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         while self.pending_events.iter().filter(|e| pred(e)).count() < n {
             match self.recv(deadline) {
@@ -177,7 +238,8 @@ impl Dap {
                 None => break,
             }
         }
-        let (take, keep): (Vec<Value>, Vec<Value>) = self.pending_events.drain(..).partition(|e| pred(e));
+        let (take, keep): (Vec<Value>, Vec<Value>) =
+            self.pending_events.drain(..).partition(|e| pred(e));
         self.pending_events = keep;
         take
     }
@@ -265,7 +327,12 @@ impl RestStub {
         let url = format!("http://{}", listener.local_addr().expect("stub address"));
         let state: Arc<(Mutex<StubState>, Condvar)> = Arc::default();
         let shared = state.clone();
-        let handshakes: HashMap<&'static str, Vec<Value>> = [("go", recorded_handshake(golden_go)), ("rust", recorded_handshake(golden_rust))].into_iter().collect();
+        let handshakes: HashMap<&'static str, Vec<Value>> = [
+            ("go", recorded_handshake(golden_go)),
+            ("rust", recorded_handshake(golden_rust)),
+        ]
+        .into_iter()
+        .collect();
         let handshakes = Arc::new(handshakes);
         thread::spawn(move || {
             for conn in listener.incoming() {
@@ -294,13 +361,21 @@ impl RestStub {
             if now >= deadline {
                 return false;
             }
-            g = self.state.1.wait_timeout(g, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
+            g = self
+                .state
+                .1
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
     /// Takes the DAP connection of the newest registration.
     pub fn take_session(&self) -> (String, Dap) {
-        self.lock().sessions.pop().expect("no DAP session: nothing registered")
+        self.lock()
+            .sessions
+            .pop()
+            .expect("no DAP session: nothing registered")
     }
 }
 
@@ -342,22 +417,39 @@ fn respond(mut conn: &TcpStream, status: u16, body: &str) {
     let _ = write!(conn, "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
 }
 
-fn serve_http(conn: TcpStream, state: &Arc<(Mutex<StubState>, Condvar)>, handshakes: &HashMap<&'static str, Vec<Value>>) {
-    let Some((method, path, body)) = read_http_request(&conn) else { return };
+fn serve_http(
+    conn: TcpStream,
+    state: &Arc<(Mutex<StubState>, Condvar)>,
+    handshakes: &HashMap<&'static str, Vec<Value>>,
+) {
+    let Some((method, path, body)) = read_http_request(&conn) else {
+        return;
+    };
     let lock = || state.0.lock().unwrap_or_else(PoisonError::into_inner);
     match (method.as_str(), path.as_str()) {
         ("GET", "/health") => {
             lock().health_checks += 1;
             state.1.notify_all();
-            respond(&conn, 200, r#"{"service":"detrix","status":"ok","uptimeSeconds":1,"adapterConnected":false}"#);
+            respond(
+                &conn,
+                200,
+                r#"{"service":"detrix","status":"ok","uptimeSeconds":1,"adapterConnected":false}"#,
+            );
         }
         ("POST", "/api/v1/connections") => {
             let reg: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
             lock().registrations.push(reg.clone());
             state.1.notify_all();
             // Like the daemon (contract §3.3): dial 127.0.0.1:<port>, handshake, then answer.
-            let port = reg["port"].as_u64().and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
-            let language = if reg["language"] == "go" { "go" } else { "rust" };
+            let port = reg["port"]
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+                .unwrap_or(0);
+            let language = if reg["language"] == "go" {
+                "go"
+            } else {
+                "rust"
+            };
             let mut dap = Dap::connect(port);
             let mut replies = Vec::new();
             for req in &handshakes[language] {
@@ -368,14 +460,24 @@ fn serve_http(conn: TcpStream, state: &Arc<(Mutex<StubState>, Condvar)>, handsha
                 let r = dap.request(&req);
                 replies.push(r);
             }
-            let id = format!("{:032x}", fnv(&format!("{}|{}|{}|{}", reg["name"], reg["language"], reg["workspaceRoot"], reg["hostname"])));
+            let id = format!(
+                "{:032x}",
+                fnv(&format!(
+                    "{}|{}|{}|{}",
+                    reg["name"], reg["language"], reg["workspaceRoot"], reg["hostname"]
+                ))
+            );
             {
                 let mut g = lock();
                 g.handshake_replies.push(replies);
                 g.sessions.push((id.clone(), dap));
             }
             state.1.notify_all();
-            respond(&conn, 201, &json!({"connectionId": id, "status": "created"}).to_string());
+            respond(
+                &conn,
+                201,
+                &json!({"connectionId": id, "status": "created"}).to_string(),
+            );
         }
         ("DELETE", p) if p.starts_with("/api/v1/connections/") => {
             let id = p.trim_start_matches("/api/v1/connections/").to_string();
@@ -421,21 +523,54 @@ impl AttachedAgent {
     /// Starts `detrix-agent attach --pid PID ARGS…` and waits for its `Control plane:` line.
     pub fn start(pid: u32, args: &[&str], envs: &[(&str, &str)]) -> AttachedAgent {
         let mut cmd = Command::new(agent_bin());
-        cmd.arg("attach").arg("--pid").arg(pid.to_string()).args(args);
-        for k in ["DETRIX_NAME", "DETRIX_DAEMON_URL", "DETRIX_CONTROL_HOST", "DETRIX_CONTROL_PORT", "DETRIX_DEBUG_PORT", "DETRIX_TOKEN", "DETRIX_HOME"] {
+        cmd.arg("attach")
+            .arg("--pid")
+            .arg(pid.to_string())
+            .args(args);
+        for k in [
+            "DETRIX_NAME",
+            "DETRIX_DAEMON_URL",
+            "DETRIX_CONTROL_HOST",
+            "DETRIX_CONTROL_PORT",
+            "DETRIX_DEBUG_PORT",
+            "DETRIX_TOKEN",
+            "DETRIX_HOME",
+        ] {
             cmd.env_remove(k);
         }
-        cmd.envs(envs.iter().copied()).env("RUST_LOG", "detrix_agent=info").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {}: {e}", agent_bin().display()));
+        cmd.envs(envs.iter().copied())
+            .env("RUST_LOG", "detrix_agent=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", agent_bin().display()));
         let (stdout, _) = Lines::collect(child.stdout.take().expect("piped"));
         let (stderr, _) = Lines::collect(child.stderr.take().expect("piped"));
-        let line = stdout.wait_for(Duration::from_secs(30), |l| l.starts_with("Control plane: ")).unwrap_or_else(|| {
-            let _ = child.kill();
-            panic!("the agent printed no `Control plane:` line; stdout:\n{}\nstderr:\n{}", stdout.text(), stderr.text())
-        });
+        let line = stdout
+            .wait_for(Duration::from_secs(30), |l| {
+                l.starts_with("Control plane: ")
+            })
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!(
+                    "the agent printed no `Control plane:` line; stdout:\n{}\nstderr:\n{}",
+                    stdout.text(),
+                    stderr.text()
+                )
+            });
         let control = line.trim_start_matches("Control plane: ").to_string();
-        assert!(control.starts_with("http://127.0.0.1:"), "control plane URL as the upstream harness reads it: {line}");
-        AttachedAgent { child, control, stdout, stderr }
+        assert!(
+            control.starts_with("http://127.0.0.1:"),
+            "control plane URL as the upstream harness reads it: {line}"
+        );
+        AttachedAgent {
+            child,
+            control,
+            stdout,
+            stderr,
+        }
     }
 
     pub fn get(&self, path: &str) -> (u16, Value) {
@@ -490,12 +625,16 @@ pub fn patched_code(pid: u32) -> Vec<u64> {
             continue;
         }
         let (start, end) = f[0].split_once('-').expect("range");
-        let (start, end) = (u64::from_str_radix(start, 16).unwrap(), u64::from_str_radix(end, 16).unwrap());
+        let (start, end) = (
+            u64::from_str_radix(start, 16).unwrap(),
+            u64::from_str_radix(end, 16).unwrap(),
+        );
         let off = u64::from_str_radix(f[2], 16).unwrap();
         let len = usize::try_from(end - start).unwrap();
         let mut in_mem = vec![0u8; len];
         let mut on_disk = vec![0u8; len];
-        mem.read_exact_at(&mut in_mem, start).expect("read process code");
+        mem.read_exact_at(&mut in_mem, start)
+            .expect("read process code");
         let n = file.read_at(&mut on_disk, off).expect("read executable");
         for i in 0..n {
             if in_mem[i] != on_disk[i] {
@@ -515,7 +654,11 @@ pub fn daemon_bin(test: &str) -> Option<PathBuf> {
     match std::env::var_os("DETRIX_BIN").filter(|v| !v.is_empty()) {
         Some(p) => {
             let p = PathBuf::from(p);
-            assert!(p.is_file(), "DETRIX_BIN={} is not a file; point it at a `detrix` daemon binary", p.display());
+            assert!(
+                p.is_file(),
+                "DETRIX_BIN={} is not a file; point it at a `detrix` daemon binary",
+                p.display()
+            );
             Some(p)
         }
         None => {
@@ -530,7 +673,11 @@ pub fn daemon_bin(test: &str) -> Option<PathBuf> {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A daemon on loopback with a scratch directory (the configuration of real_daemon.rs); killed
@@ -543,7 +690,10 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(bin: &Path, tag: &str, base_path: &Path) -> Daemon {
-        let dir = workspace_root().join("target").join("real-daemon").join(format!("{tag}-{}", std::process::id()));
+        let dir = workspace_root()
+            .join("target")
+            .join("real-daemon")
+            .join(format!("{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("home")).unwrap();
         std::fs::create_dir_all(dir.join("log")).unwrap();
@@ -569,10 +719,20 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
-        let daemon = Daemon { child, url: format!("http://127.0.0.1:{rest}"), dir };
+        let daemon = Daemon {
+            child,
+            url: format!("http://127.0.0.1:{rest}"),
+            dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while try_http("GET", &format!("{}/health", daemon.url), None, &[]).map(|(s, _)| s) != Ok(200) {
-            assert!(Instant::now() < deadline, "the daemon did not answer /health within 30 s; its log: {}", daemon.dir.join("daemon.out").display());
+        while try_http("GET", &format!("{}/health", daemon.url), None, &[]).map(|(s, _)| s)
+            != Ok(200)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not answer /health within 30 s; its log: {}",
+                daemon.dir.join("daemon.out").display()
+            );
             thread::sleep(Duration::from_millis(100));
         }
         daemon
@@ -580,12 +740,30 @@ impl Daemon {
 
     pub fn get(&self, path: &str) -> (u16, Value) {
         let (s, b) = http("GET", &format!("{}{path}", self.url), None);
-        (s, if b.is_empty() { Value::Null } else { json_body(&b) })
+        (
+            s,
+            if b.is_empty() {
+                Value::Null
+            } else {
+                json_body(&b)
+            },
+        )
     }
 
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let (s, b) = http("POST", &format!("{}{path}", self.url), Some(&body.to_string()));
-        (s, if b.is_empty() { Value::Null } else { serde_json::from_str(&b).unwrap_or(Value::String(b)) })
+        let (s, b) = http(
+            "POST",
+            &format!("{}{path}", self.url),
+            Some(&body.to_string()),
+        );
+        (
+            s,
+            if b.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&b).unwrap_or(Value::String(b))
+            },
+        )
     }
 
     /// Stored events of a metric (newest first), waiting until at least `n` exist.

@@ -285,7 +285,11 @@ impl FixtureBuild {
                 // fixture directory leaves only the file name.
                 cmd.args(flags).arg("-o").arg(&tmp).arg(&src);
                 if matches!(self.compiler, Compiler::Rustc(_)) {
-                    cmd.arg(format!("--remap-path-prefix={}={}", self.src_dir().display(), self.debug_dir().display()));
+                    cmd.arg(format!(
+                        "--remap-path-prefix={}={}",
+                        self.src_dir().display(),
+                        self.debug_dir().display()
+                    ));
                 }
                 cmd
             }
