@@ -694,8 +694,9 @@ fn forwarding_reads_registers_and_values_still_match() {
 fn forwarding_never_changes_a_value() {
     require_root();
     agent_bin();
-    // Rounds slow enough that the two captures, which attach a few hundred ms apart at most,
-    // share several hits.
+    // Rounds slow enough, and captures long enough (20 hits = 2 s), that the two captures
+    // share several hits even when one attaches over a second after the other, as on a loaded
+    // two-core machine (with 6 hits, a 0.6 s window, they once shared none there).
     let fixture = Fixture::orders(100);
     let src = std::fs::read_to_string(c_fixture_source("orders")).expect("read orders.c");
     let lines: Vec<&str> = src.lines().collect();
@@ -734,7 +735,7 @@ fn forwarding_never_changes_a_value() {
                 fixture.pid(),
                 &at,
                 &["round"],
-                &["--locals", "--count", "6", "--format", "json", "--explain"],
+                &["--locals", "--count", "20", "--format", "json", "--explain"],
             );
             args.extend(extra.iter().map(|s| s.to_string()));
             let mut cmd = Command::new(agent_bin());

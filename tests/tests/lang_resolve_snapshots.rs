@@ -4,20 +4,112 @@
 //! the plan steps or the reason it cannot be captured. No process and no root needed.
 //!
 //! Source paths are shown relative to the fixture directory (`--strip-prefix`), so no machine
-//! path is in a snapshot; addresses depend on the compilers, which the Debian image pins (the
-//! toolchain is in each snapshot's description). Review a change with `cargo insta review`, or
-//! rerun with `INSTA_UPDATE=always` and read the diff of `tests/snapshots/`.
+//! path is in a snapshot. No absolute address is either: where code and data land in a binary
+//! moves with things no test controls (the standard library a toolchain build links, the linker's
+//! section order), so every address is shown as the ELF symbol that holds it plus an offset
+//! (`process+0x33`, `g_counter+0x0`; [`symbolic`]) and the file offset as its distance from the
+//! address. What the snapshot pins is what the agent chose: which instruction of the function,
+//! which registers, which plan steps. The toolchain is in each snapshot's description. Review a
+//! change with `cargo insta review`, or rerun with `INSTA_UPDATE=always` and read the diff of
+//! `tests/snapshots/`.
 
 mod lang;
 
+use std::path::Path;
+
 use detrix_e2e::{run_agent, workspace_root, Value};
 use lang::{error_text, marker_line, probes, Expect, FixtureBuild};
+use object::{Object, ObjectSymbol, SymbolKind};
+
+/// The binary's function and data symbols as `(start, size, name)`, sorted by start. Rust's
+/// legacy mangling ends in a hash of the crate's metadata (`17h<16 hex>E`); it is cut so the
+/// name is the same wherever the fixture was built.
+fn symbols(exe: &Path) -> Vec<(u64, u64, String)> {
+    let bytes = std::fs::read(exe).expect("read the fixture binary");
+    let file = object::File::parse(&*bytes).expect("the fixture is an ELF file");
+    let hash = |name: &str| -> String {
+        match name.len().checked_sub(20) {
+            Some(at) if name[at..].starts_with("17h") && name.ends_with('E') => {
+                name[..at].to_string()
+            }
+            _ => name.to_string(),
+        }
+    };
+    let mut out: Vec<(u64, u64, String)> = file
+        .symbols()
+        .filter(|s| matches!(s.kind(), SymbolKind::Text | SymbolKind::Data) && s.size() > 0)
+        .filter_map(|s| Some((s.address(), s.size(), hash(s.name().ok()?))))
+        .collect();
+    out.sort();
+    out
+}
+
+/// `addr` as `symbol+0xOFF` when a symbol holds it.
+fn symbolic(syms: &[(u64, u64, String)], addr: u64) -> Option<String> {
+    let i = syms.partition_point(|(start, _, _)| *start <= addr);
+    syms[..i]
+        .iter()
+        .rev()
+        .find(|(start, size, _)| addr < start + size)
+        .map(|(start, _, name)| format!("{name}+{:#x}", addr - start))
+}
+
+/// Rewrites every address in the resolve output (see the module header): the `addr` and
+/// `chosen` fields, `file_offset` as `addr-0x…`, and every `0x…` of at least 0x1000 inside a
+/// text (forwarding's "since", a global's `const`, an error's "at") that a symbol holds.
+fn machine_independent(v: &mut Value, syms: &[(u64, u64, String)]) {
+    let parse = |s: &str| u64::from_str_radix(s.strip_prefix("0x")?, 16).ok();
+    match v {
+        Value::Object(map) => {
+            let addr = map.get("addr").and_then(Value::as_str).and_then(parse);
+            let offset = map
+                .get("file_offset")
+                .and_then(Value::as_str)
+                .and_then(parse);
+            if let (Some(a), Some(o)) = (addr, offset) {
+                let delta = if a >= o {
+                    format!("addr-{:#x}", a - o)
+                } else {
+                    format!("addr+{:#x}", o - a)
+                };
+                map.insert("file_offset".into(), Value::from(delta));
+            }
+            for (_, field) in map.iter_mut() {
+                machine_independent(field, syms);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|x| machine_independent(x, syms)),
+        Value::String(text) => {
+            let mut out = String::with_capacity(text.len());
+            let mut rest = text.as_str();
+            while let Some(at) = rest.find("0x") {
+                out.push_str(&rest[..at]);
+                let digits = rest[at + 2..]
+                    .find(|c: char| !c.is_ascii_hexdigit())
+                    .map_or(rest.len(), |n| at + 2 + n);
+                let token = &rest[at..digits];
+                match parse(token)
+                    .filter(|a| *a >= 0x1000)
+                    .and_then(|a| symbolic(syms, a))
+                {
+                    Some(named) => out.push_str(&named),
+                    None => out.push_str(token),
+                }
+                rest = &rest[digits..];
+            }
+            out.push_str(rest);
+            *text = out;
+        }
+        _ => {}
+    }
+}
 
 fn resolve_all(build: FixtureBuild) {
     let exe = build.build();
     let src_dir = build.debug_dir();
     let prefix = src_dir.to_str().expect("fixture path is UTF-8").to_string();
     let toolchain = build.toolchain();
+    let syms = symbols(&exe);
     for probe in probes(&build) {
         let line = marker_line(&build.source(), probe.name);
         let at = format!("{}:{line}", build.file);
@@ -112,6 +204,8 @@ fn resolve_all(build: FixtureBuild) {
             }
         }
 
+        let mut v = v;
+        machine_independent(&mut v, &syms);
         let name = format!("{}__{}", build.id, probe.name);
         insta::with_settings!({
             snapshot_path => "../snapshots",
