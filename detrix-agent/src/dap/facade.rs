@@ -511,8 +511,18 @@ impl Facade {
                 }
             }
         }
-        // Installs still under way are removed as their results come in.
-        self.awaiting = None;
+        // A `setBreakpoints` under way holds the file's kept entries; installs still under way
+        // are removed as their results come in.
+        if let Some(Awaiting::SetBreakpoints { entries, .. }) = self.awaiting.take() {
+            for e in entries {
+                if let breakpoints::Entry::Reused(Installed {
+                    logpoint: Some(id), ..
+                }) = e
+                {
+                    out.push(Effect::Remove(id));
+                }
+            }
+        }
         self.held.clear();
         self.routes.clear();
         self.queued.clear();

@@ -16,6 +16,8 @@ pub mod template;
 #[cfg(test)]
 mod bp_tests;
 #[cfg(test)]
+mod effect_tests;
+#[cfg(test)]
 mod fake;
 #[cfg(test)]
 mod replay_tests;
