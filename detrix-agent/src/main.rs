@@ -291,7 +291,7 @@ fn attach(args: AttachArgs) -> anyhow::Result<ExitCode> {
         let (engine, reader) = Engine::start(resolver).context("loading the eBPF program")?;
         let (mut agent, handle) = Agent::new(cfg.clone(), engine, reader);
         if let Some(path) = &dap_record {
-            let rec = daemon::agent::DapRecorder::create(path).with_context(|| format!("creating the DAP recording {}", path.display()))?;
+            let rec = daemon::DapRecorder::create(path).with_context(|| format!("creating the DAP recording {}", path.display()))?;
             agent.record_dap(rec);
         }
         let listener = tokio::net::TcpListener::bind((cfg.control_host.as_str(), cfg.control_port))

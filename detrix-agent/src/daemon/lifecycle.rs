@@ -1,5 +1,5 @@
 //! The control plane's state machine (contract.md §2.3) as a pure function: an [`Input`] in,
-//! [`Effect`]s out. No sockets, no clock; the driver in [`super::agent`] performs the effects
+//! [`Effect`]s out. No sockets, no clock; the driver in [`super::actor`] performs the effects
 //! and feeds their results back, so orderings (wake/sleep/exit, failures at each step) are
 //! tested here without a daemon or a kernel.
 //!

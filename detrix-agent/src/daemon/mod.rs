@@ -1,18 +1,29 @@
 //! Being a Detrix client for one target: registration with the daemon ([`client`]), the
-//! wake/sleep state machine ([`lifecycle`], pure), and the I/O shell that runs it, serves the
-//! daemon's DAP connections and routes hits to them ([`agent`]).
+//! wake/sleep state machine ([`lifecycle`], pure) and the actor that runs it ([`actor`]), the
+//! one owner of the engine ([`registry`]), the fan-out of hits to DAP sessions ([`hub`]), the
+//! sessions' I/O shell around the pure DAP facade ([`session`]), the debugger worker
+//! ([`debugger`]) and the DAP recording ([`recorder`]).
+//!
+//! Data flows one way: hits go engine → registry → hub → session → facade → daemon; requests
+//! go daemon → session → facade, whose effects the session performs through the registry and
+//! the debugger worker. Nothing here shares the engine behind a lock.
 
-pub mod agent;
+pub mod actor;
 pub mod client;
+pub mod debugger;
+pub mod hub;
 pub mod lifecycle;
-pub mod probes;
+pub mod recorder;
+pub mod registry;
+pub mod session;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use agent::{Agent, AgentError, AgentHandle, Command, ExitReason, Info, View};
+pub use actor::{Agent, AgentError, AgentHandle, Command, ExitReason, Info, View};
 pub use client::{DaemonClient, DaemonError, Registration};
 pub use lifecycle::{Effect, Input, Lifecycle, Phase, SleepReply, WakeError, WakeReply};
+pub use recorder::DapRecorder;
 
 /// Everything `detrix-agent attach` was told, with the Go client's defaults already applied.
 #[derive(Debug, Clone)]

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use super::facade::{Facade, Job, Options, ProbeSet, MAX_QUEUED_STOPS, RUST_CALL_MESSAGE};
+use super::facade::{Job, Options, ProbeHit, ProbeId, MAX_QUEUED_STOPS, RUST_CALL_MESSAGE};
+use super::fake::{Driven as Facade, FakeProbes};
 use super::template::Prefix;
 use crate::debuginfo::Language;
 use crate::engine::{Frame, Hit, LogpointId, LogpointSpec};
@@ -14,27 +15,24 @@ use crate::plan::Value as V;
 
 #[derive(Default)]
 struct Probes {
-    next: u64,
-    live: HashMap<LogpointId, (String, LogpointSpec)>,
+    live: HashMap<ProbeId, (String, LogpointSpec)>,
 }
 
-impl ProbeSet for Probes {
-    fn add(&mut self, file: &str, spec: &LogpointSpec) -> Result<LogpointId, String> {
+impl FakeProbes for Probes {
+    fn add(&mut self, id: ProbeId, file: &str, spec: &LogpointSpec) -> Result<(), String> {
         if spec.exprs.iter().any(|e| e == "nope") {
             return Err("no variable `nope` in scope at orders.go:23; in scope: id, name".into());
         }
-        self.next += 1;
-        self.live
-            .insert(LogpointId(self.next), (file.to_owned(), spec.clone()));
-        Ok(LogpointId(self.next))
+        self.live.insert(id, (file.to_owned(), spec.clone()));
+        Ok(())
     }
-    fn remove(&mut self, id: LogpointId) {
+    fn remove(&mut self, id: ProbeId) {
         assert!(self.live.remove(&id).is_some(), "removed {id:?} twice");
     }
 }
 
 impl Probes {
-    fn at(&self, line: u32) -> (LogpointId, LogpointSpec) {
+    fn at(&self, line: u32) -> (ProbeId, LogpointSpec) {
         let v: Vec<_> = self
             .live
             .iter()
@@ -67,9 +65,16 @@ fn frame(function: &str, file: &str, line: u32) -> Frame {
     }
 }
 
-fn hit(id: LogpointId, stack: Vec<Frame>, locals: Vec<(&str, V)>, values: Vec<(&str, V)>) -> Hit {
+fn hit(id: ProbeId, stack: Vec<Frame>, locals: Vec<(&str, V)>, values: Vec<(&str, V)>) -> ProbeHit {
+    ProbeHit {
+        probe: id,
+        hit: hit_of(id, stack, locals, values),
+    }
+}
+
+fn hit_of(id: ProbeId, stack: Vec<Frame>, locals: Vec<(&str, V)>, values: Vec<(&str, V)>) -> Hit {
     Hit {
-        logpoint: id,
+        logpoint: LogpointId(id.n),
         pid: 7,
         tid: 7,
         goid: 1,
@@ -339,7 +344,7 @@ fn one_stop_at_a_time_queued_hits_follow_each_continue() {
     let none = only_response(&f.handle(&req(10, "stackTrace", json!({"threadId":7,"levels":1}))));
     assert_eq!(none["success"], false);
     // A flood while stopped: the queue is bounded, the excess counted.
-    let many: Vec<Hit> = (0..100)
+    let many: Vec<ProbeHit> = (0..100)
         .map(|i| hit(id, vec![], vec![("z", V::Int(i))], vec![]))
         .collect();
     f.on_hits(&many);

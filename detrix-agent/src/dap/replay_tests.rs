@@ -8,7 +8,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde_json::{json, Value};
 
-use super::facade::{Facade, ProbeSet};
+use super::facade::{ProbeHit, ProbeId};
+use super::fake::{Driven as Facade, FakeProbes};
 use super::template::{output_text, Prefix};
 use crate::engine::{Hit, LogpointId, LogpointSpec};
 use crate::plan::Value as V;
@@ -16,30 +17,26 @@ use crate::plan::Value as V;
 /// Records every add and remove; refuses `refuse_line`.
 #[derive(Default)]
 struct Recorder {
-    next: u64,
-    live: HashMap<LogpointId, (String, u32, Vec<String>)>,
+    live: HashMap<ProbeId, (String, u32, Vec<String>)>,
     adds: usize,
     removes: usize,
     refuse_line: Option<u32>,
 }
 
-impl ProbeSet for Recorder {
-    fn add(&mut self, file: &str, spec: &LogpointSpec) -> Result<LogpointId, String> {
+impl FakeProbes for Recorder {
+    fn add(&mut self, id: ProbeId, file: &str, spec: &LogpointSpec) -> Result<(), String> {
         if Some(spec.line) == self.refuse_line {
             return Err(format!(
                 "{file}:{} has no code; nearest lines with code: 17, 18",
                 spec.line
             ));
         }
-        self.next += 1;
         self.adds += 1;
-        self.live.insert(
-            LogpointId(self.next),
-            (file.to_owned(), spec.line, spec.exprs.clone()),
-        );
-        Ok(LogpointId(self.next))
+        self.live
+            .insert(id, (file.to_owned(), spec.line, spec.exprs.clone()));
+        Ok(())
     }
-    fn remove(&mut self, id: LogpointId) {
+    fn remove(&mut self, id: ProbeId) {
         assert!(
             self.live.remove(&id).is_some(),
             "removed logpoint {id:?} twice or never installed it"
@@ -343,6 +340,8 @@ fn hits_become_the_exact_output_delve_sent() {
     let mut f = Facade::new(Recorder::default(), "go");
     let req = json!({"type":"request","seq":1,"command":"setBreakpoints","arguments":{"source":{"path":"/s/orders.go"},"breakpoints":[{"line":18,"logMessage":"DETRICS:order_details={name}\u{1f}{price}\u{1f}{o.Qty}"}]}});
     f.handle(&req);
+    // The probe the facade named for that logpoint.
+    let probe = *f.probes().live.keys().next().unwrap();
     let hit = Hit {
         logpoint: LogpointId(1),
         pid: 7,
@@ -363,11 +362,11 @@ fn hits_become_the_exact_output_delve_sent() {
         stack: Vec::new(),
         locals: Vec::new(),
     };
-    let stray = Hit {
-        logpoint: LogpointId(99),
-        ..hit.clone()
+    let stray = ProbeHit {
+        probe: ProbeId { n: 99, ..probe },
+        hit: hit.clone(),
     };
-    let out = f.on_hits(&[hit, stray]);
+    let out = f.on_hits(&[ProbeHit { probe, hit }, stray]);
     assert_eq!(
         out.len(),
         1,

@@ -1,0 +1,423 @@
+//! The agent's actor: the I/O shell around [`Lifecycle`]. It owns the lifecycle and performs
+//! its effects (HTTP calls to the daemon, the DAP listener, probe removal), publishes the
+//! [`View`] the control plane reads, and wires the other parts together at start: the
+//! registry thread that owns the engine ([`super::registry`]), the hit pump feeding it, the
+//! [`Hub`], the debugger worker ([`super::debugger`]) and the sessions ([`super::session`]).
+//!
+//! Shape: one actor task handles control requests one at a time (so five concurrent wakes
+//! give one registration and four `already_awake`); the control plane reads a published
+//! [`View`] for `/status`, so it answers `waking` while a wake is under way. The DAP listener
+//! runs in its own task, so the daemon's connect-back during `POST /api/v1/connections` is
+//! served while the actor waits for the 201 (contract §0 rule 2).
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use super::client::{DaemonClient, Registration};
+use super::debugger::{spawn_fallback_worker, JobRequest};
+use super::hub::Hub;
+use super::lifecycle::{Effect, Input, Lifecycle, SleepReply, WakeError, WakeReply};
+use super::recorder::DapRecorder;
+use super::registry::{Probes, Registry};
+use super::session::{accept_loop, SessionCtx};
+use super::AttachConfig;
+use crate::dap::facade::Options;
+use crate::dap::template::Prefix;
+use crate::debuginfo::Language;
+use crate::engine::{Engine, EngineError, HitReader};
+use crate::target;
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// A control request for the actor.
+#[derive(Debug)]
+pub enum Command {
+    Wake {
+        daemon_url: Option<String>,
+        reply: oneshot::Sender<Result<WakeReply, WakeError>>,
+    },
+    Sleep {
+        reply: oneshot::Sender<SleepReply>,
+    },
+}
+
+/// What `/detrix/status` shows (contract §2.2 `StatusResponse`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    pub state: &'static str,
+    pub name: String,
+    pub control_host: String,
+    pub control_port: u16,
+    pub debug_port: u16,
+    pub debug_port_active: bool,
+    pub daemon_url: String,
+    pub connection_id: Option<String>,
+}
+
+/// What `/detrix/info` shows.
+#[derive(Debug, Clone)]
+pub struct Info {
+    pub name: String,
+    pub pid: u32,
+    pub language: &'static str,
+    pub executable: String,
+}
+
+/// The control plane's side of the agent: send commands, read the view.
+#[derive(Debug, Clone)]
+pub struct AgentHandle {
+    tx: mpsc::Sender<Command>,
+    view: Arc<Mutex<View>>,
+    pub info: Arc<Info>,
+    /// The token remote control-plane callers must present.
+    pub token: Option<String>,
+}
+
+impl AgentHandle {
+    /// The current status.
+    #[must_use]
+    pub fn view(&self) -> View {
+        self.view
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records the control plane's bound port (known only after it binds).
+    pub fn set_control_port(&self, port: u16) {
+        self.view
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .control_port = port;
+    }
+
+    /// Wakes the agent (or reports it already is).
+    ///
+    /// # Errors
+    /// As [`WakeError`]; [`WakeError::TargetGone`] once the agent has stopped.
+    pub async fn wake(&self, daemon_url: Option<String>) -> Result<WakeReply, WakeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Wake { daemon_url, reply })
+            .await
+            .map_err(|_| WakeError::TargetGone)?;
+        rx.await.map_err(|_| WakeError::TargetGone)?
+    }
+
+    /// Puts the agent to sleep (or reports it already is).
+    pub async fn sleep(&self) -> SleepReply {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Sleep { reply }).await.is_err() {
+            return SleepReply("already_sleeping");
+        }
+        rx.await.unwrap_or(SleepReply("already_sleeping"))
+    }
+}
+
+/// Why [`Agent::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitReason {
+    TargetExited,
+    Shutdown,
+}
+
+/// The agent for one target.
+pub struct Agent {
+    cfg: AttachConfig,
+    life: Lifecycle,
+    probes: Probes,
+    hub: Arc<Hub>,
+    client: DaemonClient,
+    view: Arc<Mutex<View>>,
+    listener: Option<JoinHandle<()>>,
+    exit_tx: watch::Sender<bool>,
+    pump: JoinHandle<()>,
+    rx: mpsc::Receiver<Command>,
+    control_url: Arc<Mutex<Option<String>>>,
+    recorder: Option<DapRecorder>,
+    fallback: mpsc::UnboundedSender<JobRequest>,
+    session_opts: Options,
+}
+
+impl Agent {
+    /// Starts the engine-side tasks (the registry thread that owns the engine, the hit pump
+    /// feeding it, the debugger worker) and returns the agent and its handle. Must run inside a
+    /// tokio runtime.
+    #[must_use]
+    pub fn new(cfg: AttachConfig, engine: Engine, mut reader: HitReader) -> (Self, AgentHandle) {
+        let executable = engine
+            .resolver()
+            .target
+            .exe_name
+            .to_string_lossy()
+            .into_owned();
+        let target_language = engine.resolver().language().unwrap_or(Language::Other);
+        let hub = Arc::new(Hub::default());
+        let pump_hub = hub.clone();
+        let probes = Probes::spawn(Registry::new(engine), move |hits| {
+            pump_hub.publish(&Arc::new(hits));
+        });
+        let pump_probes = probes.clone();
+        let pump = tokio::spawn(async move {
+            loop {
+                match reader.next_batch().await {
+                    Ok(hits) if hits.is_empty() => {}
+                    Ok(hits) => pump_probes.hits(hits),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading hits failed; no more values will be delivered");
+                        break;
+                    }
+                }
+            }
+        });
+        let life = Lifecycle::new(cfg.daemon_url.clone());
+        let view = Arc::new(Mutex::new(View {
+            state: life.phase.as_str(),
+            name: cfg.name.clone(),
+            control_host: cfg.control_host.clone(),
+            control_port: 0,
+            debug_port: 0,
+            debug_port_active: false,
+            daemon_url: cfg.daemon_url.clone(),
+            connection_id: None,
+        }));
+        let (tx, rx) = mpsc::channel(64);
+        let info = Arc::new(Info {
+            name: cfg.name.clone(),
+            pid: cfg.pid,
+            language: cfg.language,
+            executable,
+        });
+        let handle = AgentHandle {
+            tx,
+            view: view.clone(),
+            info,
+            token: cfg.token.clone(),
+        };
+        let (exit_tx, _) = watch::channel(false);
+        let client = DaemonClient::new(cfg.token.clone());
+        let fallback = spawn_fallback_worker(probes.clone(), cfg.pid, target_language);
+        let session_opts = Options {
+            prefix: Prefix::for_language(cfg.language),
+            target: target_language,
+            safe_mode: cfg.safe_mode,
+        };
+        let agent = Self {
+            cfg,
+            life,
+            probes,
+            hub,
+            client,
+            view,
+            listener: None,
+            exit_tx,
+            pump,
+            rx,
+            control_url: Arc::default(),
+            recorder: None,
+            fallback,
+            session_opts,
+        };
+        (agent, handle)
+    }
+
+    /// Records every DAP message of every session to `recorder`.
+    pub fn record_dap(&mut self, recorder: DapRecorder) {
+        self.recorder = Some(recorder);
+    }
+
+    /// The control plane's URL, sent to the daemon as `controlPlaneUrl`.
+    pub fn set_control_url(&self, url: String) {
+        *self
+            .control_url
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(url);
+    }
+
+    /// Handles control requests until the target exits or `shutdown` resolves; then sleeps
+    /// (unregisters, removes every probe) and returns.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> ExitReason {
+        tokio::pin!(shutdown);
+        let mut liveness = tokio::time::interval(Duration::from_millis(200));
+        let reason = loop {
+            tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    Some(Command::Wake { daemon_url, reply }) => {
+                        let out = self.drive(Input::Wake { daemon_url }).await;
+                        let _ = reply.send(out.wake.unwrap_or(Err(WakeError::InProgress)));
+                    }
+                    Some(Command::Sleep { reply }) => {
+                        let out = self.drive(Input::Sleep).await;
+                        let _ = reply.send(out.sleep.unwrap_or(SleepReply("already_sleeping")));
+                    }
+                    None => break ExitReason::Shutdown,
+                },
+                _ = liveness.tick() => {
+                    if !target::alive(self.cfg.pid) {
+                        tracing::info!(pid = self.cfg.pid, "target process exited");
+                        self.drive(Input::TargetExited).await;
+                        break ExitReason::TargetExited;
+                    }
+                }
+                () = &mut shutdown => {
+                    self.drive(Input::Sleep).await;
+                    break ExitReason::Shutdown;
+                }
+            }
+        };
+        self.pump.abort();
+        reason
+    }
+
+    fn publish_view(&self) {
+        let mut v = self.view.lock().unwrap_or_else(PoisonError::into_inner);
+        v.state = self.life.phase.as_str();
+        v.debug_port = self.life.debug_port;
+        v.debug_port_active = self.life.listening;
+        v.connection_id = self.life.connection_id.clone();
+        v.daemon_url = if self.life.connection_id.is_some() {
+            self.life.active_url.clone()
+        } else {
+            self.life.daemon_url.clone()
+        };
+    }
+
+    /// Steps the lifecycle and performs its effects until nothing is left to do.
+    async fn drive(&mut self, input: Input) -> Outcome {
+        let mut out = Outcome::default();
+        let mut queue = VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
+            let effects = self.life.step(input);
+            self.publish_view();
+            for fx in effects {
+                tracing::debug!(?fx, "effect");
+                match fx {
+                    Effect::CheckHealth { url } => queue.push_back(Input::HealthChecked(
+                        self.client.health(&url, self.cfg.health_timeout).await,
+                    )),
+                    Effect::StartListener => {
+                        queue.push_back(Input::ListenerStarted(self.start_listener().await))
+                    }
+                    Effect::Register { url, port } => {
+                        let reg = self.registration(port);
+                        let r = self
+                            .client
+                            .register(&url, &reg, self.cfg.register_timeout)
+                            .await;
+                        match &r {
+                            Ok(id) => tracing::info!(
+                                url,
+                                connection_id = id,
+                                port,
+                                "registered with the daemon"
+                            ),
+                            Err(e) => tracing::warn!(url, error = %e, "registration failed"),
+                        }
+                        queue.push_back(Input::Registered(r));
+                    }
+                    Effect::Unregister { url, connection_id } => {
+                        match self
+                            .client
+                            .unregister(&url, &connection_id, self.cfg.unregister_timeout)
+                            .await
+                        {
+                            Ok(()) => {
+                                tracing::info!(url, connection_id, "unregistered from the daemon")
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "unregistering failed; the daemon will see the DAP socket close")
+                            }
+                        }
+                    }
+                    Effect::StopListener => self.stop_listener(),
+                    Effect::DropProbes => self.probes.remove_all().await,
+                    Effect::AnnounceExit => self.announce_exit().await,
+                    Effect::ReplyWake(r) => out.wake = Some(r),
+                    Effect::ReplySleep(r) => out.sleep = Some(r),
+                    Effect::Exit => out.exit = true,
+                }
+            }
+        }
+        out
+    }
+
+    fn registration(&self, port: u16) -> Registration {
+        Registration {
+            host: self.cfg.advertise_host.clone(),
+            port,
+            language: self.cfg.language.to_owned(),
+            name: self.cfg.name.clone(),
+            workspace_root: self.cfg.workspace_root.clone(),
+            hostname: self.cfg.hostname.clone(),
+            pid: (self.cfg.language == "rust").then_some(self.cfg.pid),
+            safe_mode: self.cfg.safe_mode,
+            control_plane_url: self
+                .control_url
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+        }
+    }
+
+    async fn start_listener(&mut self) -> Result<u16, String> {
+        let ip: IpAddr = self.cfg.advertise_host.parse().map_err(|_| {
+            format!(
+                "advertise host `{}` is not an IP address; pass an IP literal such as 127.0.0.1",
+                self.cfg.advertise_host
+            )
+        })?;
+        let addr = SocketAddr::new(ip, self.cfg.debug_port);
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            format!("binding {addr}: {e} (choose another --debug-port or 0 for any)")
+        })?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        tracing::info!(%addr, port, "DAP listener serving");
+        let hub = self.hub.clone();
+        let probes = self.probes.clone();
+        let ctx = SessionCtx {
+            hub,
+            probes,
+            opts: self.session_opts,
+            exit_rx: self.exit_tx.subscribe(),
+            recorder: self.recorder.clone(),
+            fallback: self.fallback.clone(),
+        };
+        self.listener = Some(tokio::spawn(accept_loop(listener, ctx)));
+        Ok(port)
+    }
+
+    fn stop_listener(&mut self) {
+        if let Some(l) = self.listener.take() {
+            // Aborting the accept loop drops its JoinSet, which aborts every session; each
+            // session's facade then removes its probes as it is dropped.
+            l.abort();
+        }
+    }
+
+    /// Sends `exited` + `terminated` on every session and gives them a moment to flush.
+    async fn announce_exit(&mut self) {
+        let _ = self.exit_tx.send(true);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while self.hub.live() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Outcome {
+    wake: Option<Result<WakeReply, WakeError>>,
+    sleep: Option<SleepReply>,
+    exit: bool,
+}
