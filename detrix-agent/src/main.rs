@@ -29,6 +29,33 @@ enum Command {
     /// Show, without a process or privileges, how FILE:LINE and each expression resolve in a
     /// binary: probe points (every inlined copy), placement, plan steps or the reason not.
     Resolve(ResolveArgs),
+    /// One agent for the host: every process a rule selects (containers included) becomes a
+    /// target with its own daemon connection, found as it starts and dropped as it exits.
+    Serve(ServeArgs),
+}
+
+/// `serve`'s flags; they add to the config file (see `detrix_agent::serve::config`).
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// TOML file with `[[rule]]`s and serve-wide defaults.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// One more rule: key=value[,key=value…], keys exe, comm, cmdline, cgroup, container, user
+    /// (all must match). Repeatable.
+    #[arg(long = "select", value_name = "RULE")]
+    select: Vec<String>,
+    /// manual: targets sleep until woken; auto: each registers with the daemon when found.
+    #[arg(long, value_name = "manual|auto")]
+    wake: Option<String>,
+    /// The Detrix daemon's REST address (default http://127.0.0.1:8090).
+    #[arg(long, env = "DETRIX_DAEMON_URL")]
+    daemon_url: Option<String>,
+    /// Address the host control plane listens on (default 127.0.0.1).
+    #[arg(long, env = "DETRIX_CONTROL_HOST")]
+    control_host: Option<String>,
+    /// Host control plane port (default 0: any free port).
+    #[arg(long, env = "DETRIX_CONTROL_PORT")]
+    control_port: Option<u16>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -339,6 +366,21 @@ fn attach(args: AttachArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    use detrix_agent::serve::config;
+    let flags = config::Flags {
+        config: args.config,
+        select: args.select,
+        wake: args.wake,
+        daemon_url: args.daemon_url,
+        control_host: args.control_host,
+        control_port: args.control_port,
+    };
+    let cfg = config::load(&flags)?;
+    eprintln!("serve: {} rule(s) loaded", cfg.rules.len());
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Resolve(args) => {
@@ -397,6 +439,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Attach(args) => attach(args),
+        Command::Serve(args) => serve(args),
         Command::Capture(args) => {
             let (file, line) = parse_at(&args.at)?;
             let req = capture::Request {
