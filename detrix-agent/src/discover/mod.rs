@@ -7,8 +7,7 @@
 
 pub mod cgroup;
 pub mod connector;
-
-use std::path::Path;
+pub mod tracker;
 
 /// What a rule can match on, about one process (a thread group), as of one read of `/proc`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +54,9 @@ pub enum ProcError {
     },
 }
 
+/// `PF_KTHREAD` in `/proc/PID/stat`'s flags (include/linux/sched.h).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
 fn read(pid: u32, what: &'static str) -> Result<String, ProcError> {
     std::fs::read_to_string(format!("/proc/{pid}/{what}")).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound
@@ -98,21 +100,23 @@ impl Process {
     /// threads, or an unreadable file.
     pub fn read(pid: u32) -> Result<Self, ProcError> {
         let stat = read(pid, "stat")?;
-        let after_comm = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-        // Fields after the comm start at field 3 (state); start time is field 22.
-        let start_time = after_comm
-            .split_whitespace()
-            .nth(19)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        // Fields after the comm (which may hold spaces and parentheses) start at field 3.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.split_whitespace().collect())
+            .unwrap_or_default();
+        let field = |n: usize| fields.get(n - 3).copied().unwrap_or_default();
+        if matches!(field(3), "Z" | "X" | "") {
+            return Err(ProcError::Gone { pid });
+        }
+        if field(9).parse::<u64>().unwrap_or(0) & PF_KTHREAD != 0 {
+            return Err(ProcError::KernelThread { pid });
+        }
+        let start_time = field(22).parse().unwrap_or(0);
         let exe_link = match std::fs::read_link(format!("/proc/{pid}/exe")) {
             Ok(p) => p.to_string_lossy().into_owned(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(if Path::new(&format!("/proc/{pid}")).exists() {
-                    ProcError::KernelThread { pid }
-                } else {
-                    ProcError::Gone { pid }
-                })
+                return Err(ProcError::Gone { pid })
             }
             Err(source) => {
                 return Err(ProcError::Io {
@@ -240,5 +244,26 @@ mod tests {
             Process::read(u32::MAX - 1),
             Err(ProcError::Gone { .. })
         ));
+    }
+
+    #[test]
+    fn a_zombie_is_gone() {
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        }) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "child {pid} never became a zombie"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert!(matches!(Process::read(pid), Err(ProcError::Gone { pid: p }) if p == pid));
+        child.wait().expect("reap");
     }
 }
