@@ -56,6 +56,21 @@ struct ServeArgs {
     /// Host control plane port (default 0: any free port).
     #[arg(long, env = "DETRIX_CONTROL_PORT")]
     control_port: Option<u16>,
+    /// IP literal each target registers as `host` and binds its DAP listener to.
+    #[arg(long, default_value = "127.0.0.1")]
+    advertise_host: String,
+    /// Where token files are looked for after $HOME/detrix.
+    #[arg(long, env = "DETRIX_HOME")]
+    detrix_home: Option<std::path::PathBuf>,
+    /// Seconds to wait for the daemon's /health.
+    #[arg(long, env = "DETRIX_HEALTH_CHECK_TIMEOUT", default_value_t = 2.0)]
+    health_check_timeout: f64,
+    /// Seconds to wait for a registration.
+    #[arg(long, env = "DETRIX_REGISTER_TIMEOUT", default_value_t = 5.0)]
+    register_timeout: f64,
+    /// Seconds to wait for an unregistration.
+    #[arg(long, env = "DETRIX_UNREGISTER_TIMEOUT", default_value_t = 2.0)]
+    unregister_timeout: f64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -367,7 +382,9 @@ fn attach(args: AttachArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    use detrix_agent::serve::config;
+    use detrix_agent::daemon;
+    use detrix_agent::discover::tracker::Tracker;
+    use detrix_agent::serve::{config, control, host};
     let flags = config::Flags {
         config: args.config,
         select: args.select,
@@ -377,7 +394,83 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         control_port: args.control_port,
     };
     let cfg = config::load(&flags)?;
-    eprintln!("serve: {} rule(s) loaded", cfg.rules.len());
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let env_token = std::env::var("DETRIX_TOKEN").ok();
+    let token = daemon::discover_token(
+        env_token.as_deref(),
+        home.as_deref(),
+        args.detrix_home.as_deref(),
+    );
+    let health_timeout = seconds("DETRIX_HEALTH_CHECK_TIMEOUT", args.health_check_timeout)?;
+    let register_timeout = seconds("DETRIX_REGISTER_TIMEOUT", args.register_timeout)?;
+    let unregister_timeout = seconds("DETRIX_UNREGISTER_TIMEOUT", args.unregister_timeout)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the event loop")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((cfg.control_host.as_str(), cfg.control_port))
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the control plane to {}:{} (choose another --control-port, or 0 for any)",
+                    cfg.control_host, cfg.control_port
+                )
+            })?;
+        let port = listener.local_addr().context("reading the control plane's port")?.port();
+        let shown_host = if cfg.control_host == "0.0.0.0" || cfg.control_host == "::" {
+            "127.0.0.1"
+        } else {
+            cfg.control_host.as_str()
+        };
+        let control_url = format!("http://{shown_host}:{port}");
+        let tracker = Tracker::open().context(
+            "subscribing to process events (the netlink process connector needs root or CAP_NET_ADMIN, in the host's PID namespace)",
+        )?;
+        let host = host::Host::new(host::Settings {
+            control_host: cfg.control_host.clone(),
+            control_port: port,
+            control_url: control_url.clone(),
+            advertise_host: args.advertise_host,
+            hostname: daemon::hostname(),
+            token,
+            health_timeout,
+            register_timeout,
+            unregister_timeout,
+        });
+        {
+            // The one line the upstream conformance harness reads to find the control plane.
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "Control plane: {control_url}").context("writing to stdout")?;
+            out.flush().context("writing to stdout")?;
+        }
+        eprintln!(
+            "serve: {} rule(s), wake {:?}, daemon {}; GET /detrix/targets to list targets",
+            cfg.rules.len(),
+            cfg.wake,
+            cfg.daemon_url
+        );
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(control::serve(listener, host.clone(), async move {
+            let _ = stop_rx.await;
+        }));
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing a SIGTERM handler")?;
+        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .context("installing a SIGINT handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = sigterm.recv() => {}
+                _ = sigint.recv() => {}
+            }
+        };
+        let result = host::run(host, cfg, tracker, shutdown).await;
+        let _ = stop_tx.send(());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), server).await;
+        result.context("process events stopped")?;
+        eprintln!("serve: stopped; every target unregistered, all probes removed");
+        anyhow::Ok(())
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 

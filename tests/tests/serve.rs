@@ -1,0 +1,361 @@
+//! `detrix-agent serve` end to end, with the daemon emulator: a rule selects two instances of
+//! a fixture, both are listed with distinct names, one is woken (registers, gets a DAP
+//! session), and when it is killed the daemon gets `exited` + `terminated`, its registration
+//! goes and it leaves the list. Also: the host control plane's error shapes and the drop-in
+//! single-target endpoints.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{http, json_body, try_http, RestStub};
+use detrix_e2e::{
+    agent_bin, build_c_fixture, fixtures_out_dir, require_root, Build, Fixture, Lines,
+};
+use serde_json::{json, Value};
+
+struct Serve {
+    child: Child,
+    control: String,
+    stderr: Lines,
+}
+
+impl Serve {
+    fn start(args: &[&str], envs: &[(&str, &str)]) -> Serve {
+        let mut cmd = Command::new(agent_bin());
+        cmd.arg("serve").args(args);
+        for k in [
+            "DETRIX_DAEMON_URL",
+            "DETRIX_CONTROL_HOST",
+            "DETRIX_CONTROL_PORT",
+            "DETRIX_TOKEN",
+            "DETRIX_HOME",
+        ] {
+            cmd.env_remove(k);
+        }
+        cmd.envs(envs.iter().copied())
+            .env("RUST_LOG", "detrix_agent=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start detrix-agent serve");
+        let (stdout, _) = Lines::collect(child.stdout.take().expect("piped"));
+        let (stderr, _) = Lines::collect(child.stderr.take().expect("piped"));
+        let line = stdout
+            .wait_for(Duration::from_secs(30), |l| {
+                l.starts_with("Control plane: ")
+            })
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!(
+                    "serve printed no `Control plane:` line; stderr:\n{}",
+                    stderr.text()
+                )
+            });
+        let control = line.trim_start_matches("Control plane: ").to_owned();
+        assert!(control.starts_with("http://127.0.0.1:"), "{line}");
+        Serve {
+            child,
+            control,
+            stderr,
+        }
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        let (s, b) = http("GET", &format!("{}{path}", self.control), None);
+        (s, json_body(&b))
+    }
+
+    fn post(&self, path: &str, body: Option<&str>) -> (u16, Value) {
+        let (s, b) = http("POST", &format!("{}{path}", self.control), body);
+        (s, json_body(&b))
+    }
+
+    fn targets(&self) -> Vec<Value> {
+        let (s, v) = self.get("/detrix/targets");
+        assert_eq!(s, 200, "{v}");
+        v["targets"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until `pred` holds on the target list; returns the list.
+    fn wait_targets(&self, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let t = self.targets();
+            if pred(&t) {
+                return t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: targets {t:#?}\nserve stderr:\n{}",
+                self.stderr.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A copy of the orders fixture under a name only this test uses, so the rule selects no
+/// other test's processes.
+struct Exe(std::path::PathBuf);
+
+impl Exe {
+    fn copy(tag: &str) -> Exe {
+        let src = build_c_fixture("orders", Build::Debug);
+        let dst = fixtures_out_dir().join(format!("serve-{tag}-{}", std::process::id()));
+        let status = Command::new("cp").arg(&src).arg(&dst).status().expect("cp");
+        assert!(status.success());
+        Exe(dst)
+    }
+}
+
+impl Drop for Exe {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn by_pid(targets: &[Value], pid: u32) -> Option<&Value> {
+    targets.iter().find(|t| t["pid"] == json!(pid))
+}
+
+#[test]
+fn two_instances_listed_one_woken_killed_and_gone() {
+    require_root();
+    let exe = Exe::copy("two");
+    let stub = RestStub::start("shared/go-delve.jsonl", "shared/rust-stub.jsonl");
+    let serve = Serve::start(
+        &[
+            "--select",
+            &format!("exe={}", exe.0.display()),
+            "--daemon-url",
+            &stub.url,
+        ],
+        &[],
+    );
+    let base = exe.0.file_name().unwrap().to_string_lossy().into_owned();
+    let a = Fixture::start(&exe.0, &["-1", "50"]);
+    let t0 = Instant::now();
+    let b = Fixture::start(&exe.0, &["-1", "50"]);
+    let list = serve.wait_targets("both instances sleeping", |t| {
+        [a.pid(), b.pid()]
+            .iter()
+            .all(|&p| by_pid(t, p).is_some_and(|x| x["state"] == "sleeping"))
+    });
+    println!(
+        "both targets sleeping {} ms after the first started",
+        t0.elapsed().as_millis()
+    );
+    assert_eq!(list.len(), 2, "only the selected processes: {list:#?}");
+    let ta = by_pid(&list, a.pid()).unwrap().clone();
+    let tb = by_pid(&list, b.pid()).unwrap().clone();
+    assert_eq!(
+        ta["name"],
+        json!(base),
+        "the first instance gets the plain name"
+    );
+    assert_eq!(
+        tb["name"],
+        json!(format!("{base}-2")),
+        "a second live instance is told apart"
+    );
+    for (t, f) in [(&ta, &a), (&tb, &b)] {
+        assert_eq!(t["ns_pid"], json!(f.pid()), "no PID namespace: same pid");
+        assert_eq!(t["exe"], json!(exe.0.display().to_string()));
+        assert_eq!(t["comm"], json!(&base[..base.len().min(15)]));
+        assert_eq!(t["container"], Value::Null);
+        assert_eq!(t["language"], json!("rust"), "C is presented as rust");
+        assert_eq!(t["connection_id"], Value::Null);
+        assert_eq!(t["debug_port"], json!(0));
+        assert_eq!(t["rule"], json!("--select #1"));
+    }
+    assert!(
+        stub.lock().registrations.is_empty(),
+        "manual wake: nothing registers by itself"
+    );
+
+    // Wake A: it registers under its name and the daemon's DAP session opens.
+    let id = ta["id"].as_str().unwrap().to_owned();
+    let (s, w) = serve.post(&format!("/detrix/targets/{id}/wake"), None);
+    assert_eq!(s, 200, "{w}");
+    assert_eq!(w["status"], "awake");
+    let port = w["debug_port"].as_u64().unwrap();
+    assert!(port > 0);
+    {
+        let st = stub.lock();
+        assert_eq!(st.registrations.len(), 1);
+        assert_eq!(st.registrations[0]["name"], json!(base));
+        assert_eq!(st.registrations[0]["port"], json!(port));
+        assert_eq!(
+            st.registrations[0]["controlPlaneUrl"],
+            json!(format!("{}/targets/{id}", serve.control))
+        );
+    }
+    let list = serve.targets();
+    let now_a = by_pid(&list, a.pid()).unwrap();
+    assert_eq!(now_a["state"], "awake");
+    assert_eq!(now_a["connection_id"], w["connection_id"]);
+    assert_eq!(now_a["debug_port"], json!(port));
+    assert_eq!(by_pid(&list, b.pid()).unwrap()["state"], "sleeping");
+    // Its drop-in endpoints answer exactly as `attach`'s control plane.
+    let (s, st) = serve.get(&format!("/targets/{id}/detrix/status"));
+    assert_eq!(s, 200);
+    assert_eq!(st["state"], "awake");
+    assert_eq!(st["name"], json!(base));
+    assert_eq!(st["connection_id"], w["connection_id"]);
+    let (s, again) = serve.post(&format!("/targets/{id}/detrix/wake"), None);
+    assert_eq!((s, &again["status"]), (200, &json!("already_awake")));
+    let (_, mut dap) = stub.take_session();
+
+    // Kill A: exited + terminated on its session, unregistered, gone from the list; B stays.
+    let pid_a = a.pid();
+    drop(a);
+    let events = dap.events(2, Duration::from_secs(5), |e| {
+        e["event"] == "exited" || e["event"] == "terminated"
+    });
+    let names: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(names, ["exited", "terminated"], "{events:?}");
+    let conn = w["connection_id"].as_str().unwrap().to_owned();
+    assert!(
+        stub.wait(Duration::from_secs(5), |s| s
+            .unregistrations
+            .contains(&conn)),
+        "the registration is deleted"
+    );
+    let list = serve.wait_targets("the killed target leaves", |t| by_pid(t, pid_a).is_none());
+    assert_eq!(list.len(), 1);
+    assert_eq!(by_pid(&list, b.pid()).unwrap()["state"], "sleeping");
+    drop(b);
+    serve.wait_targets("both gone", <[Value]>::is_empty);
+}
+
+#[test]
+fn host_control_plane_shapes() {
+    require_root();
+    let serve = Serve::start(&["--select", "comm=no-such-comm-x"], &[]);
+    let (s, h) = serve.get("/detrix/health");
+    assert_eq!(
+        (s, h),
+        (
+            200,
+            json!({"status":"ok","service":"detrix-agent-serve","targets":0})
+        )
+    );
+    assert_eq!(serve.get("/detrix/targets"), (200, json!({"targets": []})));
+    assert_eq!(
+        serve.post("/detrix/targets/9/wake", None),
+        (
+            404,
+            json!({"error": "no target `9`; GET /detrix/targets lists them"})
+        )
+    );
+    assert_eq!(
+        serve.post("/detrix/targets/x/sleep", None),
+        (
+            404,
+            json!({"error": "no target `x`; GET /detrix/targets lists them"})
+        )
+    );
+    assert_eq!(
+        serve.get("/targets/3/detrix/status"),
+        (
+            404,
+            json!({"error": "no target `3`; GET /detrix/targets lists them"})
+        )
+    );
+    assert_eq!(serve.get("/nope"), (404, json!({"error": "not found"})));
+    assert_eq!(
+        serve.get("/detrix/targets/1/wake"),
+        (404, json!({"error": "not found"}))
+    );
+}
+
+#[test]
+fn bad_rules_exit_non_zero_with_one_sentence() {
+    let out = Command::new(agent_bin())
+        .args(["serve", "--select", "colour=red"])
+        .output()
+        .expect("run serve");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        "error: --select #1 `colour=red`: `colour` is not a select key; use exe, comm, cmdline, cgroup, container, user"
+    );
+    assert!(out.stdout.is_empty(), "no control plane for a bad config");
+}
+
+/// This machine's address on a non-loopback interface, if it has one.
+fn own_remote_ip() -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    Some(s.local_addr().ok()?.ip()).filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+}
+
+#[test]
+fn remote_callers_need_the_bearer_token() {
+    require_root();
+    let Some(ip) = own_remote_ip() else {
+        println!("NOT RUN: remote_callers_need_the_bearer_token: no non-loopback address to call from (the rule is unit-tested in control::tests)");
+        return;
+    };
+    let exe = Exe::copy("remote");
+    let serve = Serve::start(
+        &[
+            "--select",
+            &format!("exe={}", exe.0.display()),
+            "--control-host",
+            "0.0.0.0",
+        ],
+        &[("DETRIX_TOKEN", "s3cret")],
+    );
+    let fixture = Fixture::start(&exe.0, &["-1", "50"]);
+    let list = serve.wait_targets("the fixture sleeping", |t| {
+        by_pid(t, fixture.pid()).is_some_and(|x| x["state"] == "sleeping")
+    });
+    let id = list[0]["id"].as_str().unwrap().to_owned();
+    let port = serve.control.rsplit(':').next().unwrap().to_owned();
+    let remote = format!("http://{ip}:{port}");
+    let call = |method: &str, path: &str, auth: &[(&str, &str)]| {
+        let (s, b) = try_http(method, &format!("{remote}{path}"), None, auth).unwrap();
+        (s, json_body(&b))
+    };
+    let bearer: &[(&str, &str)] = &[("Authorization", "Bearer s3cret")];
+    let wrong: &[(&str, &str)] = &[("Authorization", "Bearer nope")];
+    assert_eq!(
+        call("GET", "/detrix/health", &[]).0,
+        200,
+        "health never needs auth"
+    );
+    let refused = (401, json!({"error":"unauthorized"}));
+    assert_eq!(call("GET", "/detrix/targets", &[]), refused);
+    assert_eq!(call("GET", "/detrix/targets", wrong), refused);
+    assert_eq!(
+        call("POST", &format!("/detrix/targets/{id}/wake"), &[]),
+        refused
+    );
+    assert_eq!(
+        call("POST", &format!("/detrix/targets/{id}/sleep"), &[]),
+        refused
+    );
+    assert_eq!(
+        call("GET", &format!("/targets/{id}/detrix/status"), &[]),
+        refused
+    );
+    assert_eq!(
+        call("POST", &format!("/targets/{id}/detrix/wake"), &[]),
+        refused
+    );
+    let (s, v) = call("GET", "/detrix/targets", bearer);
+    assert_eq!(s, 200);
+    assert_eq!(v["targets"][0]["pid"], json!(fixture.pid()));
+    let (s, st) = call("GET", &format!("/targets/{id}/detrix/status"), bearer);
+    assert_eq!((s, &st["state"]), (200, &json!("sleeping")));
+}
