@@ -404,8 +404,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let health_timeout = seconds("DETRIX_HEALTH_CHECK_TIMEOUT", args.health_check_timeout)?;
     let register_timeout = seconds("DETRIX_REGISTER_TIMEOUT", args.register_timeout)?;
     let unregister_timeout = seconds("DETRIX_UNREGISTER_TIMEOUT", args.unregister_timeout)?;
+    // Debug info is read on blocking threads (one per target starting); they go 2 s after
+    // the last start rather than tokio's default 10 s.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .thread_keep_alive(std::time::Duration::from_secs(2))
         .build()
         .context("start the event loop")?;
     rt.block_on(async move {

@@ -359,3 +359,97 @@ fn remote_callers_need_the_bearer_token() {
     let (s, st) = call("GET", &format!("/targets/{id}/detrix/status"), bearer);
     assert_eq!((s, &st["state"]), (200, &json!("sleeping")));
 }
+
+fn count(dir: &str) -> usize {
+    std::fs::read_dir(dir).map_or(0, Iterator::count)
+}
+
+/// The value of an unlabelled sample, or of `name{labels}`, in a Prometheus exposition.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample `{name}` in:\n{text}"))
+}
+
+#[test]
+fn churn_of_200_processes_every_one_a_target_nothing_left() {
+    require_root();
+    const N: usize = 200;
+    // A copy of `sleep` under a name only this test uses; it has no debug info, so each
+    // target is listed `failed` until it exits, exercising the whole add → remove path.
+    let sleep = which("sleep");
+    let exe = fixtures_out_dir().join(format!("serve-churn-{}", std::process::id()));
+    std::fs::copy(&sleep, &exe).expect("copy sleep");
+    let _cleanup = Exe(exe.clone());
+    let serve = Serve::start(&["--select", &format!("exe={}", exe.display())], &[]);
+    let pid = serve.child.id();
+    let (fd_dir, task_dir) = (format!("/proc/{pid}/fd"), format!("/proc/{pid}/task"));
+    std::thread::sleep(Duration::from_millis(300));
+    let (fds0, threads0) = (count(&fd_dir), count(&task_dir));
+    let mut children = Vec::new();
+    for _ in 0..N {
+        children.push(Command::new(&exe).arg("0.05").spawn().expect("spawn"));
+        std::thread::sleep(Duration::from_millis(3));
+        children.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+    }
+    for mut c in children {
+        let _ = c.wait();
+    }
+    serve.wait_targets("every churned target gone", <[Value]>::is_empty);
+    let (s, text) = http("GET", &format!("{}/metrics", serve.control), None);
+    assert_eq!(s, 200);
+    assert_eq!(
+        sample(&text, "detrix_serve_targets_found_total"),
+        N as f64,
+        "every one seen"
+    );
+    assert_eq!(
+        sample(&text, "detrix_serve_exec_to_target_seconds_count"),
+        N as f64
+    );
+    let max = sample(&text, "detrix_serve_exec_to_target_max_seconds");
+    let within = |le: &str| {
+        sample(
+            &text,
+            &format!("detrix_serve_exec_to_target_seconds_bucket{{le=\"{le}\"}}"),
+        )
+    };
+    let median_bucket = ["0.001", "0.002", "0.005", "0.01", "0.025", "0.05", "0.1"]
+        .into_iter()
+        .find(|le| within(le) >= N as f64 / 2.0)
+        .unwrap_or("+Inf");
+    println!(
+        "serve churn: exec → target over {N}: median ≤ {median_bucket} s, max {:.3} ms, mean {:.3} ms",
+        max * 1000.0,
+        sample(&text, "detrix_serve_exec_to_target_seconds_sum") / N as f64 * 1000.0
+    );
+    assert!(
+        max < 0.1,
+        "a target appeared {:.1} ms after its exec (limit 100 ms)",
+        max * 1000.0
+    );
+    // Descriptors and threads back where they were (blocking threads idle out after 2 s).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (count(&fd_dir), count(&task_dir)) != (fds0, threads0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        count(&fd_dir),
+        fds0,
+        "serve's file descriptors back to the start"
+    );
+    assert_eq!(
+        count(&task_dir),
+        threads0,
+        "serve's threads back to the start"
+    );
+}
+
+fn which(name: &str) -> std::path::PathBuf {
+    ["/usr/bin", "/bin"]
+        .iter()
+        .map(|d| std::path::Path::new(d).join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("no `{name}` in /usr/bin or /bin"))
+}

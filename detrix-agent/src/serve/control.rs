@@ -1,6 +1,6 @@
 //! The host control plane of `serve`: the target list, wake and sleep per target, and each
 //! target's own single-target control plane under `/targets/{id}` (the very router `attach`
-//! serves, so its JSON is the same byte for byte).
+//! serves, so its JSON is the same byte for byte), and `/metrics` for Prometheus.
 //!
 //! Who may call: the same rule as `attach`'s control plane — loopback callers, or others with
 //! `Authorization: Bearer <token>`; `/detrix/health` is open. It is one layer, applied in
@@ -44,6 +44,17 @@ fn lookup(host: &Host, id: &str) -> Result<crate::daemon::AgentHandle, (StatusCo
 
 async fn health(State(host): State<Arc<Host>>) -> Json<Value> {
     Json(json!({"status": "ok", "service": "detrix-agent-serve", "targets": host.list().len()}))
+}
+
+async fn metrics(State(host): State<Arc<Host>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        super::metrics::render(&host.metrics()),
+    )
+        .into_response()
 }
 
 async fn targets(State(host): State<Arc<Host>>) -> Json<Value> {
@@ -109,6 +120,7 @@ pub fn router(host: Arc<Host>) -> Router {
     Router::new()
         .route("/detrix/health", get(health))
         .route("/detrix/targets", get(targets))
+        .route("/metrics", get(metrics))
         .route("/detrix/targets/{id}/wake", post(wake))
         .route("/detrix/targets/{id}/sleep", post(sleep))
         .route("/targets/{id}/detrix/{*rest}", any(drop_in))

@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use super::config::Config;
+use super::metrics::{Histogram, Snapshot};
 use super::rule::{LanguageChoice, Rule, Wake};
 use crate::daemon::{self, Agent, AgentHandle, AttachConfig};
 use crate::discover::tracker::{ms_since, Change, Tracker};
@@ -49,14 +50,13 @@ pub struct Settings {
 }
 
 /// Discovery counters for `/metrics`.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct DiscoveryStats {
     pub started: u64,
     pub exited: u64,
     pub selected: u64,
-    /// Exec → entry in the table, the last and the largest, in microseconds.
-    pub last_latency_us: u64,
-    pub max_latency_us: u64,
+    /// Exec → entry in the table.
+    pub latency: Histogram,
 }
 
 /// One target as the control plane sees it.
@@ -132,6 +132,23 @@ impl Host {
             *m.entry(state_of(e)).or_default() += 1;
         }
         m
+    }
+
+    /// What `/metrics` shows now.
+    #[must_use]
+    pub fn metrics(&self) -> Snapshot {
+        let st = self
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        Snapshot {
+            processes_started: st.started,
+            processes_exited: st.exited,
+            targets_found: st.selected,
+            targets_by_state: self.by_state().into_iter().collect(),
+            latency: st.latency,
+        }
     }
 
     fn unique_name(&self, wanted: &str) -> String {
@@ -377,9 +394,7 @@ pub async fn run(
                     let mut st = host.stats.lock().unwrap_or_else(PoisonError::into_inner);
                     st.selected += 1;
                     if let Some(ns) = exec_ns {
-                        let us = (ms_since(ns) * 1000.0) as u64;
-                        st.last_latency_us = us;
-                        st.max_latency_us = st.max_latency_us.max(us);
+                        st.latency.observe(ms_since(ns) / 1000.0);
                     }
                 }
                 Ok(Change::Exited { pid }) => {
