@@ -453,3 +453,114 @@ fn which(name: &str) -> std::path::PathBuf {
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("no `{name}` in /usr/bin or /bin"))
 }
+
+#[test]
+fn systemd_unit_verifies() {
+    let unit = detrix_e2e::workspace_root().join("deploy/systemd/detrix-agent.service");
+    let text = std::fs::read_to_string(&unit).expect("the unit is in the repository");
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("NOT RUN: systemd_unit_verifies: systemd-analyze is not installed");
+        return;
+    }
+    // Point ExecStart at the agent just built, in a scratch copy.
+    let dir = fixtures_out_dir().join(format!("unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let copy = dir.join("detrix-agent.service");
+    let bin = agent_bin();
+    std::fs::write(
+        &copy,
+        text.replace("/usr/local/bin/detrix-agent", &bin.display().to_string()),
+    )
+    .expect("write the copy");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .expect("run systemd-analyze");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed: {stderr}"
+    );
+    assert_eq!(stderr.trim(), "", "verify is clean");
+}
+
+#[test]
+fn wake_auto_reregisters_a_restart_under_the_same_id_and_sigterm_unregisters() {
+    require_root();
+    let exe = Exe::copy("auto");
+    let stub = RestStub::start("shared/go-delve.jsonl", "shared/rust-stub.jsonl");
+    let mut serve = Serve::start(
+        &[
+            "--select",
+            &format!("exe={}", exe.0.display()),
+            "--wake",
+            "auto",
+            "--daemon-url",
+            &stub.url,
+        ],
+        &[],
+    );
+    let base = exe.0.file_name().unwrap().to_string_lossy().into_owned();
+    let awake = |serve: &Serve, pid: u32| {
+        serve.wait_targets("the target awake by itself", |t| {
+            by_pid(t, pid).is_some_and(|x| x["state"] == "awake")
+        });
+        by_pid(&serve.targets(), pid).unwrap()["connection_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let a = Fixture::start(&exe.0, &["-1", "50"]);
+    let first = awake(&serve, a.pid());
+    assert_eq!(stub.lock().registrations.len(), 1);
+    assert_eq!(stub.lock().registrations[0]["name"], json!(base));
+    drop(a);
+    assert!(
+        stub.wait(Duration::from_secs(5), |s| s
+            .unregistrations
+            .contains(&first)),
+        "the exited target's registration is deleted"
+    );
+    // The service restarts: same name, so the daemon derives the same connection id (and
+    // re-sends its stored metrics).
+    let t0 = Instant::now();
+    let b = Fixture::start(&exe.0, &["-1", "50"]);
+    let second = awake(&serve, b.pid());
+    println!(
+        "restart → registered again in {} ms",
+        t0.elapsed().as_millis()
+    );
+    assert_eq!(second, first, "same connection id after a restart");
+    assert_eq!(stub.lock().registrations[1]["name"], json!(base));
+    // SIGTERM: every target sleeps (unregisters), exit 0 within 2 s.
+    let t0 = Instant::now();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(serve.child.id() as i32, libc::SIGTERM) };
+    let code = loop {
+        if let Ok(Some(st)) = serve.child.try_wait() {
+            break st.code();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "serve still running 2 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(code, Some(0), "stderr:\n{}", serve.stderr.text());
+    assert_eq!(
+        stub.lock()
+            .unregistrations
+            .iter()
+            .filter(|c| **c == first)
+            .count(),
+        2,
+        "both registrations deleted, the last by the SIGTERM"
+    );
+    drop(b);
+}

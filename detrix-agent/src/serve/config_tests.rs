@@ -271,3 +271,32 @@ fn passwd_lookup() {
     assert_eq!(users("app"), Some(1001));
     assert_eq!(users("ap"), None);
 }
+
+#[test]
+fn the_shipped_sample_config_is_valid() {
+    let text = include_str!("../../../deploy/systemd/serve.toml");
+    let c = merge(&Flags::default(), Some(("serve.toml", text)), &users).expect("sample parses");
+    assert_eq!(c.daemon_url, "http://127.0.0.1:8090");
+    assert_eq!(c.wake, Wake::Manual);
+    assert_eq!(
+        (c.control_host.as_str(), c.control_port),
+        ("127.0.0.1", 8091)
+    );
+    assert_eq!(c.rules.len(), 2);
+    let mut p = proc_();
+    p.exe = "/srv/orders/v2/bin/orders-service".into();
+    p.host_exe = p.exe.clone();
+    assert!(c.rules[0].select.matches(&p));
+    assert_eq!(c.rules[0].wake, Some(Wake::Auto));
+    assert_eq!(c.rules[0].name.render(&p), "orders-service");
+    let mut q = proc_();
+    q.uid = 1000;
+    q.cmdline = vec!["/app/orders".into(), "--serve".into()];
+    assert!(c.rules[1].select.matches(&q));
+    assert!(c.rules[1].safe_mode);
+    assert_eq!(c.rules[1].name.render(&q), "orders-3f4e2a8bd1c0");
+    assert_eq!(
+        c.rules[1].daemon_url.as_deref(),
+        Some("http://10.0.0.5:8090")
+    );
+}
