@@ -233,6 +233,52 @@ fn two_instances_listed_one_woken_killed_and_gone() {
     let list = serve.wait_targets("the killed target leaves", |t| by_pid(t, pid_a).is_none());
     assert_eq!(list.len(), 1);
     assert_eq!(by_pid(&list, b.pid()).unwrap()["state"], "sleeping");
+    // Bulk wake and sleep by selector: one answer per target, as its own endpoint gave.
+    let idb = by_pid(&list, b.pid()).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sel = format!(r#"{{"select":"exe={},user=0"}}"#, exe.0.display());
+    let (s, v) = serve.post("/detrix/wake", Some(&sel));
+    assert_eq!(s, 200, "{v}");
+    let t = v["targets"].as_array().unwrap();
+    assert_eq!(t.len(), 1, "{v}");
+    assert_eq!(
+        (&t[0]["id"], &t[0]["status"], &t[0]["body"]["status"]),
+        (&json!(idb), &json!(200), &json!("awake"))
+    );
+    assert_eq!(stub.lock().registrations.len(), 2);
+    let (s, v) = serve.post("/detrix/sleep", Some("{}"));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v,
+        json!({"targets": [{"id": idb, "status": 200, "body": {"status": "sleeping"}}]})
+    );
+    let (s, v) = serve.post("/detrix/wake", Some(r#"{"select":"comm=nothing-here"}"#));
+    assert_eq!(
+        (s, v),
+        (200, json!({"targets": []})),
+        "a selector matching nothing wakes nothing"
+    );
+    assert_eq!(
+        serve.post("/detrix/wake", Some(r#"{"select":"colour=red"}"#)),
+        (
+            400,
+            json!({"error": "select `colour=red`: `colour` is not a select key; use exe, comm, cmdline, cgroup, container, user"})
+        )
+    );
+    assert_eq!(
+        serve.post("/detrix/sleep", Some("[1]")),
+        (
+            400,
+            json!({"error": "the sleep body is not {} or {\"select\":\"key=value,…\"} (keys: exe, comm, cmdline, cgroup, container, user)"})
+        )
+    );
+    assert_eq!(
+        stub.lock().registrations.len(),
+        2,
+        "nothing more registered"
+    );
     drop(b);
     serve.wait_targets("both gone", <[Value]>::is_empty);
 }
@@ -337,6 +383,9 @@ fn remote_callers_need_the_bearer_token() {
     let refused = (401, json!({"error":"unauthorized"}));
     assert_eq!(call("GET", "/detrix/targets", &[]), refused);
     assert_eq!(call("GET", "/detrix/targets", wrong), refused);
+    assert_eq!(call("POST", "/detrix/wake", &[]), refused);
+    assert_eq!(call("POST", "/detrix/sleep", &[]), refused);
+    assert_eq!(call("GET", "/metrics", &[]), refused);
     assert_eq!(
         call("POST", &format!("/detrix/targets/{id}/wake"), &[]),
         refused

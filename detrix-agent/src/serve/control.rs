@@ -1,4 +1,5 @@
-//! The host control plane of `serve`: the target list, wake and sleep per target, and each
+//! The host control plane of `serve`: the target list, wake and sleep per target or for every
+//! target a selector picks (`POST /detrix/wake` / `sleep`), and each
 //! target's own single-target control plane under `/targets/{id}` (the very router `attach`
 //! serves, so its JSON is the same byte for byte), and `/metrics` for Prometheus.
 //!
@@ -93,6 +94,91 @@ async fn drop_in(
     forward(&host, &id, &format!("/detrix/{rest}"), req).await
 }
 
+/// `POST /detrix/wake` and `/detrix/sleep` for many targets: the body is `{}` (every target)
+/// or `{"select": "RULE"}` (the `--select` syntax), the answer one entry per target with the
+/// status and body its own `/detrix/{wake,sleep}` gave.
+async fn bulk(
+    host: Arc<Host>,
+    action: &'static str,
+    peer: ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let auth = req.headers().get(header::AUTHORIZATION).cloned();
+    let body = match axum::body::to_bytes(req.into_body(), 64 * 1024).await {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
+    };
+    let select = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let bad = || {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the {action} body is not {{}} or {{\"select\":\"key=value,…\"}} (keys: {})",
+                    super::rule::SELECT_KEYS.join(", ")
+                ),
+            )
+        };
+        let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+            return bad();
+        };
+        match v.get("select") {
+            None | Some(Value::Null) if v.is_object() => None,
+            Some(Value::String(rule)) => {
+                let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+                match super::config::parse_select_flag(1, rule, &|n| {
+                    super::config::uid_in_passwd(&passwd, n)
+                }) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        let msg = e.0.replacen("--select #1", "select", 1);
+                        return error(StatusCode::BAD_REQUEST, msg);
+                    }
+                }
+            }
+            _ => return bad(),
+        }
+    };
+    let mut out = Vec::new();
+    for id in host.select(select.as_ref()) {
+        let mut one = Request::builder()
+            .method("POST")
+            .uri(format!("/detrix/{action}"))
+            .body(axum::body::Body::empty())
+            .unwrap_or_default();
+        one.extensions_mut().insert(peer);
+        if let Some(a) = &auth {
+            one.headers_mut().insert(header::AUTHORIZATION, a.clone());
+        }
+        let r = forward(&host, &id.to_string(), &format!("/detrix/{action}"), one).await;
+        let status = r.status().as_u16();
+        let body = axum::body::to_bytes(r.into_body(), 64 * 1024)
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .unwrap_or(Value::Null);
+        out.push(json!({"id": id.to_string(), "status": status, "body": body}));
+    }
+    Json(json!({ "targets": out })).into_response()
+}
+
+async fn wake_all(
+    State(host): State<Arc<Host>>,
+    peer: ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    bulk(host, "wake", peer, req).await
+}
+
+async fn sleep_all(
+    State(host): State<Arc<Host>>,
+    peer: ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    bulk(host, "sleep", peer, req).await
+}
+
 /// The caller check `attach` applies ([`control::authorized`]), over the host's token.
 async fn caller_check(
     State(host): State<Arc<Host>>,
@@ -121,6 +207,8 @@ pub fn router(host: Arc<Host>) -> Router {
         .route("/detrix/health", get(health))
         .route("/detrix/targets", get(targets))
         .route("/metrics", get(metrics))
+        .route("/detrix/wake", post(wake_all))
+        .route("/detrix/sleep", post(sleep_all))
         .route("/detrix/targets/{id}/wake", post(wake))
         .route("/detrix/targets/{id}/sleep", post(sleep))
         .route("/targets/{id}/detrix/{*rest}", any(drop_in))

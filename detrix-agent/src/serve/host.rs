@@ -112,6 +112,16 @@ impl Host {
             .collect()
     }
 
+    /// Ids of the targets whose processes `select` selects (every target for `None`).
+    #[must_use]
+    pub fn select(&self, select: Option<&super::rule::Select>) -> Vec<u64> {
+        self.table()
+            .iter()
+            .filter(|(_, e)| !e.exited && select.is_none_or(|s| s.matches(&e.process)))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// The agent handle of target `id`, if it is running.
     #[must_use]
     pub fn handle(&self, id: u64) -> Option<Result<AgentHandle, String>> {
