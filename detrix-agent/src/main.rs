@@ -467,7 +467,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 _ = sigint.recv() => {}
             }
         };
-        let result = host::run(host, cfg, tracker, shutdown).await;
+        // SIGHUP: read the rules again (same file, same flags); a bad file keeps the old ones.
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+        let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing a SIGHUP handler")?;
+        tokio::spawn(async move {
+            while sighup.recv().await.is_some() {
+                match config::load(&flags) {
+                    Ok(new) => {
+                        eprintln!("serve: rules reloaded: {} rule(s)", new.rules.len());
+                        if reload_tx.send(new).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => eprintln!("serve: reload refused, the old rules stay: {e}"),
+                }
+            }
+        });
+        let result = host::run(host, cfg, tracker, reload_rx, shutdown).await;
         let _ = stop_tx.send(());
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), server).await;
         result.context("process events stopped")?;

@@ -613,3 +613,78 @@ fn wake_auto_reregisters_a_restart_under_the_same_id_and_sigterm_unregisters() {
     );
     drop(b);
 }
+
+#[test]
+fn sighup_reloads_rules_without_touching_targets_still_selected() {
+    require_root();
+    let (ea, eb) = (Exe::copy("hup-a"), Exe::copy("hup-b"));
+    let stub = RestStub::start("shared/go-delve.jsonl", "shared/rust-stub.jsonl");
+    let conf = fixtures_out_dir().join(format!("serve-hup-{}.toml", std::process::id()));
+    let rule = |e: &Exe| format!("[[rule]]\nselect = {{ exe = \"{}\" }}\n", e.0.display());
+    let write = |text: &str| std::fs::write(&conf, text).expect("write the config");
+    write(&format!("daemon_url = \"{}\"\n{}", stub.url, rule(&ea)));
+    let serve = Serve::start(&["--config", &conf.display().to_string()], &[]);
+    let a = Fixture::start(&ea.0, &["-1", "50"]);
+    let b = Fixture::start(&eb.0, &["-1", "50"]);
+    let list = serve.wait_targets("A sleeping", |t| {
+        by_pid(t, a.pid()).is_some_and(|x| x["state"] == "sleeping")
+    });
+    assert!(by_pid(&list, b.pid()).is_none(), "B is not selected yet");
+    let id_a = by_pid(&list, a.pid()).unwrap()["id"].clone();
+    let (s, w) = serve.post(
+        &format!("/detrix/targets/{}/wake", id_a.as_str().unwrap()),
+        None,
+    );
+    assert_eq!((s, &w["status"]), (200, &json!("awake")));
+    let hup = || {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(serve.child.id() as i32, libc::SIGHUP) };
+    };
+    // Both selected now (A by a rule in another place): A untouched, B found.
+    write(&format!(
+        "daemon_url = \"{}\"\n{}{}",
+        stub.url,
+        rule(&eb),
+        rule(&ea)
+    ));
+    hup();
+    let list = serve.wait_targets("B found after the reload", |t| {
+        by_pid(t, b.pid()).is_some_and(|x| x["state"] == "sleeping")
+    });
+    let now_a = by_pid(&list, a.pid()).unwrap();
+    assert_eq!(now_a["id"], id_a, "A is the same target");
+    assert_eq!(now_a["state"], "awake", "A still awake");
+    assert_eq!(now_a["connection_id"], w["connection_id"]);
+    assert_eq!(
+        stub.lock().registrations.len(),
+        1,
+        "A did not register again"
+    );
+    // A bad file: refused with its sentence, the rules stay.
+    write("[[rule]]\nselect = { colour = \"red\" }\n");
+    hup();
+    assert!(
+        serve
+            .stderr
+            .wait_for(Duration::from_secs(5), |l| l.contains("reload refused"))
+            .is_some_and(|l| l.ends_with(&format!(
+                "serve: reload refused, the old rules stay: {} line 2: select `colour` is not a select key; use exe, comm, cmdline, cgroup, container, user",
+                conf.display()
+            ))),
+        "stderr:\n{}",
+        serve.stderr.text()
+    );
+    assert_eq!(serve.targets().len(), 2);
+    // Only B selected: A is let go (unregistered), B untouched.
+    let id_b = by_pid(&serve.targets(), b.pid()).unwrap()["id"].clone();
+    write(&format!("daemon_url = \"{}\"\n{}", stub.url, rule(&eb)));
+    hup();
+    let list = serve.wait_targets("A let go", |t| by_pid(t, a.pid()).is_none());
+    assert_eq!(list.len(), 1);
+    assert_eq!(by_pid(&list, b.pid()).unwrap()["id"], id_b);
+    let conn = w["connection_id"].as_str().unwrap().to_owned();
+    assert!(stub.wait(Duration::from_secs(5), |s| s
+        .unregistrations
+        .contains(&conn)));
+    let _ = std::fs::remove_file(&conf);
+}

@@ -260,9 +260,15 @@ impl Host {
             Err(why) => {
                 tracing::warn!(target = id, pid = plan.pid, error = %why, "target cannot be attached");
                 self.set(id, |e| e.error = Some(why));
-                // Listed as failed until the process exits.
-                while crate::target::alive(plan.pid) {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                // Listed as failed until the process exits or serve lets it go.
+                let gone = async {
+                    while crate::target::alive(plan.pid) {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                };
+                tokio::select! {
+                    () = gone => {}
+                    _ = stop_rx => {}
                 }
                 self.table().remove(&id);
             }
@@ -375,14 +381,54 @@ fn entry_json(id: u64, e: &Entry) -> Value {
     })
 }
 
-/// Feeds `host` from `tracker` until `shutdown` resolves, then stops every target.
+impl Host {
+    /// Applies reloaded rules: targets no rule selects any more are let go (they sleep,
+    /// unregister and leave); those still selected are not touched, whatever rule now
+    /// selects them; running processes the new rules select become targets.
+    pub fn reload(self: &Arc<Self>, cfg: &Config) {
+        let mut kept = std::collections::HashSet::new();
+        for e in self.table().values_mut() {
+            if e.exited {
+                continue;
+            }
+            if cfg.rules.iter().any(|r| r.select.matches(&e.process)) {
+                kept.insert(e.process.pid);
+            } else if let Some(stop) = e.stop.take() {
+                tracing::info!(
+                    pid = e.process.pid,
+                    name = e.name,
+                    "no rule selects this target any more; letting it go"
+                );
+                let _ = stop.send(());
+            }
+        }
+        let me = std::process::id();
+        for pid in crate::discover::scan().unwrap_or_default() {
+            if pid == me || kept.contains(&pid) {
+                continue;
+            }
+            let Ok(p) = Process::read(pid) else { continue };
+            if let Some(rule) = cfg.rules.iter().find(|r| r.select.matches(&p)) {
+                self.add(p, rule, cfg);
+                self.stats
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .selected += 1;
+            }
+        }
+    }
+}
+
+/// Feeds `host` from `tracker` until `shutdown` resolves, then stops every target. Each
+/// config from `reloads` replaces the rules ([`Host::reload`]).
 ///
 /// # Errors
 /// The tracker's socket failed.
 pub async fn run(
     host: Arc<Host>,
-    cfg: Config,
+    mut cfg: Config,
     mut tracker: Tracker,
+    mut reloads: tokio::sync::mpsc::Receiver<Config>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     tokio::pin!(shutdown);
@@ -390,6 +436,10 @@ pub async fn run(
     let result = loop {
         tokio::select! {
             () = &mut shutdown => break Ok(()),
+            Some(new) = reloads.recv() => {
+                host.reload(&new);
+                cfg = new;
+            }
             change = tracker.next() => match change {
                 Err(e) => break Err(e),
                 Ok(Change::Started { process, exec_ns }) => {
