@@ -688,3 +688,117 @@ fn sighup_reloads_rules_without_touching_targets_still_selected() {
         .contains(&conn)));
     let _ = std::fs::remove_file(&conf);
 }
+
+/// Runs `exe` as `/app/<name>` under another root and in new PID and mount namespaces:
+/// `unshare --pid --mount --fork`, the system's library directories bound read-only into the
+/// root, then `chroot`. Returns the unshare child and the fixture's stdout.
+fn start_in_namespaces(exe: &std::path::Path, root: &std::path::Path) -> (Child, Lines) {
+    let name = exe.file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::create_dir_all(root.join("app")).expect("root/app");
+    std::fs::copy(exe, root.join("app").join(&name)).expect("copy the fixture into the root");
+    let mut binds = String::new();
+    for d in ["/lib", "/lib64", "/usr"] {
+        let p = std::path::Path::new(d);
+        if p.is_dir() && !p.is_symlink() {
+            std::fs::create_dir_all(root.join(&d[1..])).expect("mount point");
+            binds.push_str(&format!(
+                "mount --bind -o ro {d} {}/{} && ",
+                root.display(),
+                &d[1..]
+            ));
+        } else if p.is_symlink() {
+            let target = std::fs::read_link(p).expect("symlink");
+            let _ = std::os::unix::fs::symlink(target, root.join(&d[1..]));
+        }
+    }
+    let script = format!(
+        "mount --make-rprivate / && {binds}exec chroot {} /app/{name} -1 50",
+        root.display()
+    );
+    let mut child = Command::new("unshare")
+        .args(["--pid", "--mount", "--fork", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run unshare");
+    let (lines, _) = Lines::collect(child.stdout.take().expect("piped"));
+    assert!(
+        lines
+            .wait_for(Duration::from_secs(10), |l| l == "ready pid=1")
+            .is_some(),
+        "the fixture did not start as pid 1 of its namespace: {}",
+        lines.text()
+    );
+    (child, lines)
+}
+
+#[test]
+fn a_process_in_other_pid_and_mount_namespaces_under_another_root() {
+    require_root();
+    if Command::new("unshare").arg("--version").output().is_err() {
+        println!(
+            "NOT RUN: a_process_in_other_pid_and_mount_namespaces: `unshare` is not installed"
+        );
+        return;
+    }
+    let exe = Exe::copy("ns");
+    let name = exe.0.file_name().unwrap().to_string_lossy().into_owned();
+    let root = fixtures_out_dir().join(format!("serve-root-{}", std::process::id()));
+    let host_path = root.join("app").join(&name);
+    // One rule by the path inside the root, one by the host's path to the same file.
+    let stub = RestStub::start("shared/go-delve.jsonl", "shared/rust-stub.jsonl");
+    let conf = fixtures_out_dir().join(format!("serve-ns-{}.toml", std::process::id()));
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon_url = \"{}\"\n[[rule]]\nselect = {{ exe = \"/app/{name}\" }}\nname = \"inside-{{ns_pid}}\"\n[[rule]]\nselect = {{ exe = \"{}\" }}\nname = \"host\"\n",
+            stub.url,
+            host_path.display()
+        ),
+    )
+    .expect("config");
+    let serve = Serve::start(&["--config", &conf.display().to_string()], &[]);
+    let (mut child, _out) = start_in_namespaces(&exe.0, &root);
+    let list = serve.wait_targets("the namespaced fixture sleeping", |t| {
+        t.iter().any(|x| x["state"] == "sleeping")
+    });
+    assert_eq!(list.len(), 1, "{list:#?}");
+    let t = &list[0];
+    assert_eq!(t["ns_pid"], json!(1), "pid in its own namespace");
+    let host_pid = t["pid"].as_u64().unwrap();
+    assert!(host_pid > 1);
+    assert_eq!(
+        t["exe"],
+        json!(format!("/app/{name}")),
+        "the path as the process sees it"
+    );
+    assert_eq!(
+        t["name"],
+        json!("inside-1"),
+        "the first rule (inside path) selected it"
+    );
+    assert_eq!(t["language"], json!("rust"));
+    // It is a working target: it wakes and registers with its host pid.
+    let id = t["id"].as_str().unwrap();
+    let (s, w) = serve.post(&format!("/detrix/targets/{id}/wake"), None);
+    assert_eq!((s, &w["status"]), (200, &json!("awake")), "{w}");
+    assert_eq!(stub.lock().registrations[0]["pid"], json!(host_pid));
+    let _ = child.kill();
+    let _ = child.wait();
+    // SAFETY: kill(2) on the fixture, whose namespace's init we just killed anyway.
+    unsafe { libc::kill(host_pid as i32, libc::SIGKILL) };
+    serve.wait_targets("the namespaced fixture gone", <[Value]>::is_empty);
+    let _ = std::fs::remove_file(&conf);
+    // Never recursive: were a bind mount still there, only empty directories go.
+    let _ = std::fs::remove_file(&host_path);
+    for d in ["app", "lib", "lib64", "usr", "bin", "sbin"] {
+        let p = root.join(d);
+        if p.is_symlink() {
+            let _ = std::fs::remove_file(&p);
+        } else {
+            let _ = std::fs::remove_dir(&p);
+        }
+    }
+    let _ = std::fs::remove_dir(&root);
+}
