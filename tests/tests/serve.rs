@@ -438,7 +438,7 @@ fn churn_of_200_processes_every_one_a_target_nothing_left() {
     let (fds0, threads0) = (count(&fd_dir), count(&task_dir));
     let mut children = Vec::new();
     for _ in 0..N {
-        children.push(Command::new(&exe).arg("0.05").spawn().expect("spawn"));
+        children.push(Command::new(&exe).arg("0.2").spawn().expect("spawn"));
         std::thread::sleep(Duration::from_millis(3));
         children.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
     }
@@ -478,21 +478,19 @@ fn churn_of_200_processes_every_one_a_target_nothing_left() {
         "a target appeared {:.1} ms after its exec (limit 100 ms)",
         max * 1000.0
     );
-    // Descriptors and threads back where they were (blocking threads idle out after 2 s).
+    // Descriptors and threads back where they were (blocking threads idle out after 2 s). A
+    // descriptor fewer is no leak (the runtime may close one it held at the start).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while (count(&fd_dir), count(&task_dir)) != (fds0, threads0) && Instant::now() < deadline {
+    while (count(&fd_dir) > fds0 || count(&task_dir) != threads0) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(
-        count(&fd_dir),
-        fds0,
-        "serve's file descriptors back to the start"
+    let (fds1, threads1) = (count(&fd_dir), count(&task_dir));
+    println!("serve churn: fds {fds0} → {fds1}, threads {threads0} → {threads1}");
+    assert!(
+        fds1 <= fds0,
+        "serve holds {fds1} file descriptors after the churn, {fds0} before"
     );
-    assert_eq!(
-        count(&task_dir),
-        threads0,
-        "serve's threads back to the start"
-    );
+    assert_eq!(threads1, threads0, "serve's threads back to the start");
 }
 
 fn which(name: &str) -> std::path::PathBuf {
@@ -801,4 +799,29 @@ fn a_process_in_other_pid_and_mount_namespaces_under_another_root() {
         }
     }
     let _ = std::fs::remove_dir(&root);
+}
+
+#[test]
+fn a_target_that_execs_another_program_is_let_go() {
+    require_root();
+    // A copy of `sh` under a name only this test uses; after a moment it becomes `sleep`.
+    let exe = fixtures_out_dir().join(format!("serve-sh-{}", std::process::id()));
+    std::fs::copy(which("sh"), &exe).expect("copy sh");
+    let _cleanup = Exe(exe.clone());
+    let serve = Serve::start(&["--select", &format!("exe={}", exe.display())], &[]);
+    let mut child = Command::new(&exe)
+        .args(["-c", "sleep 0.5; exec sleep 30"])
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    serve.wait_targets("the shell listed", |t| by_pid(t, pid).is_some());
+    serve.wait_targets("the shell let go once it is `sleep`", |t| {
+        by_pid(t, pid).is_none()
+    });
+    assert!(
+        matches!(child.try_wait(), Ok(None)),
+        "the process itself still runs"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -219,11 +219,19 @@ impl Host {
         id
     }
 
-    /// Marks the target of `pid` exited (its agent notices by itself and ends).
+    /// Marks the target of `pid` exited. Its agent notices the exit by itself and ends (and
+    /// tells the daemon); but when the pid is still alive the process ran `execve` — another
+    /// program now, whose facts the tracker reports afresh — and the old target is let go.
     pub fn exited(&self, pid: u32) {
+        let still_alive = crate::target::alive(pid);
         for e in self.table().values_mut() {
-            if e.process.pid == pid {
+            if e.process.pid == pid && !e.exited {
                 e.exited = true;
+                if still_alive {
+                    if let Some(stop) = e.stop.take() {
+                        let _ = stop.send(());
+                    }
+                }
             }
         }
     }
