@@ -29,6 +29,48 @@ enum Command {
     /// Show, without a process or privileges, how FILE:LINE and each expression resolve in a
     /// binary: probe points (every inlined copy), placement, plan steps or the reason not.
     Resolve(ResolveArgs),
+    /// One agent for the host: every process a rule selects (containers included) becomes a
+    /// target with its own daemon connection, found as it starts and dropped as it exits.
+    Serve(ServeArgs),
+}
+
+/// `serve`'s flags; they add to the config file (see `detrix_agent::serve::config`).
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// TOML file with `[[rule]]`s and serve-wide defaults.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// One more rule: key=value[,key=value…], keys exe, comm, cmdline, cgroup, container, user
+    /// (all must match). Repeatable.
+    #[arg(long = "select", value_name = "RULE")]
+    select: Vec<String>,
+    /// manual: targets sleep until woken; auto: each registers with the daemon when found.
+    #[arg(long, value_name = "manual|auto")]
+    wake: Option<String>,
+    /// The Detrix daemon's REST address (default http://127.0.0.1:8090).
+    #[arg(long, env = "DETRIX_DAEMON_URL")]
+    daemon_url: Option<String>,
+    /// Address the host control plane listens on (default 127.0.0.1).
+    #[arg(long, env = "DETRIX_CONTROL_HOST")]
+    control_host: Option<String>,
+    /// Host control plane port (default 0: any free port).
+    #[arg(long, env = "DETRIX_CONTROL_PORT")]
+    control_port: Option<u16>,
+    /// IP literal each target registers as `host` and binds its DAP listener to.
+    #[arg(long, default_value = "127.0.0.1")]
+    advertise_host: String,
+    /// Where token files are looked for after $HOME/detrix.
+    #[arg(long, env = "DETRIX_HOME")]
+    detrix_home: Option<std::path::PathBuf>,
+    /// Seconds to wait for the daemon's /health.
+    #[arg(long, env = "DETRIX_HEALTH_CHECK_TIMEOUT", default_value_t = 2.0)]
+    health_check_timeout: f64,
+    /// Seconds to wait for a registration.
+    #[arg(long, env = "DETRIX_REGISTER_TIMEOUT", default_value_t = 5.0)]
+    register_timeout: f64,
+    /// Seconds to wait for an unregistration.
+    #[arg(long, env = "DETRIX_UNREGISTER_TIMEOUT", default_value_t = 2.0)]
+    unregister_timeout: f64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -339,6 +381,119 @@ fn attach(args: AttachArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    use detrix_agent::daemon;
+    use detrix_agent::discover::tracker::Tracker;
+    use detrix_agent::serve::{config, control, host};
+    let flags = config::Flags {
+        config: args.config,
+        select: args.select,
+        wake: args.wake,
+        daemon_url: args.daemon_url,
+        control_host: args.control_host,
+        control_port: args.control_port,
+    };
+    let cfg = config::load(&flags)?;
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let env_token = std::env::var("DETRIX_TOKEN").ok();
+    let token = daemon::discover_token(
+        env_token.as_deref(),
+        home.as_deref(),
+        args.detrix_home.as_deref(),
+    );
+    let health_timeout = seconds("DETRIX_HEALTH_CHECK_TIMEOUT", args.health_check_timeout)?;
+    let register_timeout = seconds("DETRIX_REGISTER_TIMEOUT", args.register_timeout)?;
+    let unregister_timeout = seconds("DETRIX_UNREGISTER_TIMEOUT", args.unregister_timeout)?;
+    // Debug info is read on blocking threads (one per target starting); they go 2 s after
+    // the last start rather than tokio's default 10 s.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_keep_alive(std::time::Duration::from_secs(2))
+        .build()
+        .context("start the event loop")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((cfg.control_host.as_str(), cfg.control_port))
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the control plane to {}:{} (choose another --control-port, or 0 for any)",
+                    cfg.control_host, cfg.control_port
+                )
+            })?;
+        let port = listener.local_addr().context("reading the control plane's port")?.port();
+        let shown_host = if cfg.control_host == "0.0.0.0" || cfg.control_host == "::" {
+            "127.0.0.1"
+        } else {
+            cfg.control_host.as_str()
+        };
+        let control_url = format!("http://{shown_host}:{port}");
+        let tracker = Tracker::open().context(
+            "subscribing to process events (the netlink process connector needs root or CAP_NET_ADMIN, in the host's PID namespace)",
+        )?;
+        let host = host::Host::new(host::Settings {
+            control_host: cfg.control_host.clone(),
+            control_port: port,
+            control_url: control_url.clone(),
+            advertise_host: args.advertise_host,
+            hostname: daemon::hostname(),
+            token,
+            health_timeout,
+            register_timeout,
+            unregister_timeout,
+        });
+        {
+            // The one line the upstream conformance harness reads to find the control plane.
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "Control plane: {control_url}").context("writing to stdout")?;
+            out.flush().context("writing to stdout")?;
+        }
+        eprintln!(
+            "serve: {} rule(s), wake {:?}, daemon {}; GET /detrix/targets to list targets",
+            cfg.rules.len(),
+            cfg.wake,
+            cfg.daemon_url
+        );
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(control::serve(listener, host.clone(), async move {
+            let _ = stop_rx.await;
+        }));
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing a SIGTERM handler")?;
+        let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .context("installing a SIGINT handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = sigterm.recv() => {}
+                _ = sigint.recv() => {}
+            }
+        };
+        // SIGHUP: read the rules again (same file, same flags); a bad file keeps the old ones.
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+        let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing a SIGHUP handler")?;
+        tokio::spawn(async move {
+            while sighup.recv().await.is_some() {
+                match config::load(&flags) {
+                    Ok(new) => {
+                        eprintln!("serve: rules reloaded: {} rule(s)", new.rules.len());
+                        if reload_tx.send(new).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => eprintln!("serve: reload refused, the old rules stay: {e}"),
+                }
+            }
+        });
+        let result = host::run(host, cfg, tracker, reload_rx, shutdown).await;
+        let _ = stop_tx.send(());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), server).await;
+        result.context("process events stopped")?;
+        eprintln!("serve: stopped; every target unregistered, all probes removed");
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Resolve(args) => {
@@ -397,6 +552,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Attach(args) => attach(args),
+        Command::Serve(args) => serve(args),
         Command::Capture(args) => {
             let (file, line) = parse_at(&args.at)?;
             let req = capture::Request {

@@ -1,0 +1,477 @@
+//! The host's targets: every process a rule selects gets an entry here and a task running the
+//! very agent `attach --pid` runs ([`Agent`] over its own [`Engine`]), so registration, DAP,
+//! wake/sleep and exit behave exactly as for one target. The table is what the host control
+//! plane reads and acts on; the run loop ([`run`]) feeds it from the discovery tracker.
+//!
+//! Lifetime of an entry: `starting` (debug info being read, off the event loop) → the agent's
+//! own states (`sleeping`, `waking`, `awake`) → gone. When the process exits the agent sees it
+//! (as under `attach`), sends the daemon `exited` + `terminated`, unregisters and drops every
+//! probe; its task then ends and the entry is removed. A target that cannot be attached (no
+//! debug info, unknown language) stays listed as `failed` with the reason until it exits.
+//!
+//! Connection names: the rule's template, rendered; when another live target already has that
+//! name, `-2`, `-3`, … (the lowest free). The default template is `{exe}`, so one instance of
+//! a service is `orders` however often it restarts (its old entry is gone before or shortly
+//! after the new one appears, and the daemon's connection id — a hash of name, language,
+//! working directory and host name — comes back with its stored metrics), and a second live
+//! instance is `orders-2`. A blue/green restart, where the new instance starts before the old
+//! exits, gets `-2` for that run: set a template with `{container}` or an argument-derived
+//! name when that matters.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use super::config::Config;
+use super::metrics::{Histogram, Snapshot};
+use super::rule::{LanguageChoice, Rule, Wake};
+use crate::daemon::{self, Agent, AgentHandle, AttachConfig};
+use crate::discover::tracker::{ms_since, Change, Tracker};
+use crate::discover::Process;
+use crate::engine::{Engine, EngineOptions, Resolver};
+
+/// What every target's agent shares, from the command line and the environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub control_host: String,
+    /// The host control plane's bound port.
+    pub control_port: u16,
+    /// `http://host:port` of the host control plane, as shown.
+    pub control_url: String,
+    pub advertise_host: String,
+    pub hostname: String,
+    pub token: Option<String>,
+    pub health_timeout: Duration,
+    pub register_timeout: Duration,
+    pub unregister_timeout: Duration,
+}
+
+/// Discovery counters for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct DiscoveryStats {
+    pub started: u64,
+    pub exited: u64,
+    pub selected: u64,
+    /// Exec → entry in the table.
+    pub latency: Histogram,
+}
+
+/// One target as the control plane sees it.
+#[derive(Debug)]
+struct Entry {
+    process: Process,
+    name: String,
+    rule: String,
+    language: Option<&'static str>,
+    handle: Option<AgentHandle>,
+    error: Option<String>,
+    /// Dropping it (or sending) stops the agent: it sleeps (unregisters) and ends.
+    stop: Option<oneshot::Sender<()>>,
+    exited: bool,
+}
+
+/// The table of targets.
+#[derive(Debug)]
+pub struct Host {
+    targets: Mutex<BTreeMap<u64, Entry>>,
+    next_id: std::sync::atomic::AtomicU64,
+    settings: Settings,
+    pub stats: Mutex<DiscoveryStats>,
+}
+
+impl Host {
+    #[must_use]
+    pub fn new(settings: Settings) -> Arc<Self> {
+        Arc::new(Self {
+            targets: Mutex::default(),
+            next_id: std::sync::atomic::AtomicU64::new(1),
+            settings,
+            stats: Mutex::default(),
+        })
+    }
+
+    fn table(&self) -> MutexGuard<'_, BTreeMap<u64, Entry>> {
+        self.targets.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The token remote control-plane callers must present.
+    #[must_use]
+    pub fn token(&self) -> Option<&str> {
+        self.settings.token.as_deref()
+    }
+
+    /// Every target, in id order, as `GET /detrix/targets` lists them.
+    #[must_use]
+    pub fn list(&self) -> Vec<Value> {
+        self.table()
+            .iter()
+            .map(|(id, e)| entry_json(*id, e))
+            .collect()
+    }
+
+    /// Ids of the targets whose processes `select` selects (every target for `None`).
+    #[must_use]
+    pub fn select(&self, select: Option<&super::rule::Select>) -> Vec<u64> {
+        self.table()
+            .iter()
+            .filter(|(_, e)| !e.exited && select.is_none_or(|s| s.matches(&e.process)))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The agent handle of target `id`, if it is running.
+    #[must_use]
+    pub fn handle(&self, id: u64) -> Option<Result<AgentHandle, String>> {
+        let t = self.table();
+        let e = t.get(&id)?;
+        Some(match (&e.handle, &e.error) {
+            (Some(h), _) => Ok(h.clone()),
+            (None, Some(err)) => Err(err.clone()),
+            (None, None) => Err(format!("target {id} is still starting; try again shortly")),
+        })
+    }
+
+    /// Counts of targets by state.
+    #[must_use]
+    pub fn by_state(&self) -> BTreeMap<String, u64> {
+        let mut m = BTreeMap::new();
+        for e in self.table().values() {
+            *m.entry(state_of(e)).or_default() += 1;
+        }
+        m
+    }
+
+    /// What `/metrics` shows now.
+    #[must_use]
+    pub fn metrics(&self) -> Snapshot {
+        let st = self
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        Snapshot {
+            processes_started: st.started,
+            processes_exited: st.exited,
+            targets_found: st.selected,
+            targets_by_state: self.by_state().into_iter().collect(),
+            latency: st.latency,
+        }
+    }
+
+    fn unique_name(&self, wanted: &str) -> String {
+        let t = self.table();
+        let taken = |n: &str| t.values().any(|e| !e.exited && e.name == n);
+        if !taken(wanted) {
+            return wanted.to_owned();
+        }
+        (2..)
+            .map(|i| format!("{wanted}-{i}"))
+            .find(|n| !taken(n))
+            .unwrap_or_else(|| wanted.to_owned())
+    }
+
+    /// Adds `process`, selected by `rule`, and starts its agent.
+    pub fn add(self: &Arc<Self>, process: Process, rule: &Rule, cfg: &Config) -> u64 {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = self.unique_name(&rule.name.render(&process));
+        let (stop, stop_rx) = oneshot::channel();
+        tracing::info!(
+            id,
+            pid = process.pid,
+            name,
+            rule = rule.origin,
+            "target found"
+        );
+        self.table().insert(
+            id,
+            Entry {
+                process: process.clone(),
+                name: name.clone(),
+                rule: rule.origin.clone(),
+                language: None,
+                handle: None,
+                error: None,
+                stop: Some(stop),
+                exited: false,
+            },
+        );
+        let host = self.clone();
+        let plan = TargetPlan {
+            id,
+            pid: process.pid,
+            name,
+            language: rule.language,
+            safe_mode: rule.safe_mode,
+            daemon_url: rule
+                .daemon_url
+                .clone()
+                .unwrap_or_else(|| cfg.daemon_url.clone()),
+            wake: rule.wake.unwrap_or(cfg.wake),
+        };
+        tokio::spawn(async move {
+            host.run_target(plan, stop_rx).await;
+        });
+        id
+    }
+
+    /// Marks the target of `pid` exited. Its agent notices the exit by itself and ends (and
+    /// tells the daemon); but when the pid is still alive the process ran `execve` — another
+    /// program now, whose facts the tracker reports afresh — and the old target is let go.
+    pub fn exited(&self, pid: u32) {
+        let still_alive = crate::target::alive(pid);
+        for e in self.table().values_mut() {
+            if e.process.pid == pid && !e.exited {
+                e.exited = true;
+                if still_alive {
+                    if let Some(stop) = e.stop.take() {
+                        let _ = stop.send(());
+                    }
+                }
+            }
+        }
+    }
+
+    fn set(&self, id: u64, f: impl FnOnce(&mut Entry)) {
+        if let Some(e) = self.table().get_mut(&id) {
+            f(e);
+        }
+    }
+
+    async fn run_target(self: Arc<Self>, plan: TargetPlan, stop_rx: oneshot::Receiver<()>) {
+        let id = plan.id;
+        match self.start_agent(&plan).await {
+            Ok((agent, handle)) => {
+                self.set(id, |e| {
+                    e.handle = Some(handle.clone());
+                    e.language = Some(handle.info.language);
+                });
+                if plan.wake == Wake::Auto {
+                    tokio::spawn(async move {
+                        if let Err(e) = handle.wake(None).await {
+                            tracing::warn!(target = id, error = %e, "automatic wake failed; POST /detrix/targets/{id}/wake to retry");
+                        }
+                    });
+                }
+                let reason = agent
+                    .run(async move {
+                        let _ = stop_rx.await;
+                    })
+                    .await;
+                tracing::info!(target = id, pid = plan.pid, ?reason, "target's agent ended");
+                self.table().remove(&id);
+            }
+            Err(why) => {
+                tracing::warn!(target = id, pid = plan.pid, error = %why, "target cannot be attached");
+                self.set(id, |e| e.error = Some(why));
+                // Listed as failed until the process exits or serve lets it go.
+                let gone = async {
+                    while crate::target::alive(plan.pid) {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                };
+                tokio::select! {
+                    () = gone => {}
+                    _ = stop_rx => {}
+                }
+                self.table().remove(&id);
+            }
+        }
+    }
+
+    async fn start_agent(&self, plan: &TargetPlan) -> Result<(Agent, AgentHandle), String> {
+        let pid = plan.pid;
+        let choice = plan.language;
+        let resolved = tokio::task::spawn_blocking(move || {
+            let resolver = Resolver::open(pid, EngineOptions::default())
+                .map_err(|e| format!("attaching to process {pid}: {e}"))?;
+            let language = match choice {
+                LanguageChoice::Go => "go",
+                LanguageChoice::Rust => "rust",
+                LanguageChoice::Auto => resolver
+                    .language()
+                    .map_err(|e| {
+                        format!("detecting the language of process {pid}: {e} (set `language` in the rule)")
+                    })?
+                    .daemon_name(),
+            };
+            Ok::<_, String>((resolver, language))
+        })
+        .await
+        .map_err(|e| format!("reading the debug info of process {pid} failed: {e}"))??;
+        let (resolver, language) = resolved;
+        let (engine, reader) =
+            Engine::start(resolver).map_err(|e| format!("loading the eBPF program: {e}"))?;
+        let s = &self.settings;
+        let cfg = AttachConfig {
+            pid,
+            name: plan.name.clone(),
+            daemon_url: plan.daemon_url.clone(),
+            control_host: s.control_host.clone(),
+            control_port: s.control_port,
+            debug_port: 0,
+            safe_mode: plan.safe_mode,
+            language,
+            workspace_root: daemon::target_cwd(pid),
+            advertise_host: s.advertise_host.clone(),
+            hostname: s.hostname.clone(),
+            token: s.token.clone(),
+            health_timeout: s.health_timeout,
+            register_timeout: s.register_timeout,
+            unregister_timeout: s.unregister_timeout,
+        };
+        let (agent, handle) = Agent::new(cfg, engine, reader);
+        handle.set_control_port(s.control_port);
+        // The daemon reaches this target's own control plane under its prefix.
+        agent.set_control_url(format!("{}/targets/{}", s.control_url, plan.id));
+        Ok((agent, handle))
+    }
+
+    /// Stops every target (each sleeps: unregisters, drops its probes) and waits for the
+    /// table to empty, at most `within`.
+    pub async fn stop_all(&self, within: Duration) {
+        for e in self.table().values_mut() {
+            if let Some(s) = e.stop.take() {
+                let _ = s.send(());
+            }
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline
+            && self.table().values().any(|e| e.handle.is_some())
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// What a target's task needs to start its agent.
+struct TargetPlan {
+    id: u64,
+    pid: u32,
+    name: String,
+    language: LanguageChoice,
+    safe_mode: bool,
+    daemon_url: String,
+    wake: Wake,
+}
+
+fn state_of(e: &Entry) -> String {
+    if e.exited {
+        return "exited".to_owned();
+    }
+    match (&e.handle, &e.error) {
+        (Some(h), _) => h.view().state.to_owned(),
+        (None, Some(_)) => "failed".to_owned(),
+        (None, None) => "starting".to_owned(),
+    }
+}
+
+fn entry_json(id: u64, e: &Entry) -> Value {
+    let view = e.handle.as_ref().map(AgentHandle::view);
+    json!({
+        "id": id.to_string(),
+        "pid": e.process.pid,
+        "ns_pid": e.process.ns_pid,
+        "exe": e.process.exe,
+        "comm": e.process.comm,
+        "container": e.process.container,
+        "language": e.language,
+        "state": state_of(e),
+        "name": e.name,
+        "connection_id": view.as_ref().and_then(|v| v.connection_id.clone()),
+        "debug_port": view.as_ref().map_or(0, |v| v.debug_port),
+        "rule": e.rule,
+        "error": e.error,
+    })
+}
+
+impl Host {
+    /// Applies reloaded rules: targets no rule selects any more are let go (they sleep,
+    /// unregister and leave); those still selected are not touched, whatever rule now
+    /// selects them; running processes the new rules select become targets.
+    pub fn reload(self: &Arc<Self>, cfg: &Config) {
+        let mut kept = std::collections::HashSet::new();
+        for e in self.table().values_mut() {
+            if e.exited {
+                continue;
+            }
+            if cfg.rules.iter().any(|r| r.select.matches(&e.process)) {
+                kept.insert(e.process.pid);
+            } else if let Some(stop) = e.stop.take() {
+                tracing::info!(
+                    pid = e.process.pid,
+                    name = e.name,
+                    "no rule selects this target any more; letting it go"
+                );
+                let _ = stop.send(());
+            }
+        }
+        let me = std::process::id();
+        for pid in crate::discover::scan().unwrap_or_default() {
+            if pid == me || kept.contains(&pid) {
+                continue;
+            }
+            let Ok(p) = Process::read(pid) else { continue };
+            if let Some(rule) = cfg.rules.iter().find(|r| r.select.matches(&p)) {
+                self.add(p, rule, cfg);
+                self.stats
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .selected += 1;
+            }
+        }
+    }
+}
+
+/// Feeds `host` from `tracker` until `shutdown` resolves, then stops every target. Each
+/// config from `reloads` replaces the rules ([`Host::reload`]).
+///
+/// # Errors
+/// The tracker's socket failed.
+pub async fn run(
+    host: Arc<Host>,
+    mut cfg: Config,
+    mut tracker: Tracker,
+    mut reloads: tokio::sync::mpsc::Receiver<Config>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    tokio::pin!(shutdown);
+    let me = std::process::id();
+    let result = loop {
+        tokio::select! {
+            () = &mut shutdown => break Ok(()),
+            Some(new) = reloads.recv() => {
+                host.reload(&new);
+                cfg = new;
+            }
+            change = tracker.next() => match change {
+                Err(e) => break Err(e),
+                Ok(Change::Started { process, exec_ns }) => {
+                    host.stats.lock().unwrap_or_else(PoisonError::into_inner).started += 1;
+                    if process.pid == me {
+                        continue;
+                    }
+                    let Some(rule) = cfg.rules.iter().find(|r| r.select.matches(&process)) else {
+                        continue;
+                    };
+                    host.add(process, rule, &cfg);
+                    let mut st = host.stats.lock().unwrap_or_else(PoisonError::into_inner);
+                    st.selected += 1;
+                    if let Some(ns) = exec_ns {
+                        st.latency.observe(ms_since(ns) / 1000.0);
+                    }
+                }
+                Ok(Change::Exited { pid }) => {
+                    host.stats.lock().unwrap_or_else(PoisonError::into_inner).exited += 1;
+                    host.exited(pid);
+                }
+            }
+        }
+    };
+    host.stop_all(Duration::from_millis(1500)).await;
+    result
+}
