@@ -510,8 +510,18 @@ fn files_read_from_a_remote_caller_needs_the_token_and_discover_does_not() {
     );
 }
 
+/// The ELF build-id as `readelf -n` prints it.
+fn readelf_build_id(exe: &Path) -> String {
+    let text = run(Command::new("readelf").arg("-n").arg(exe));
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .expect("a build-id note (gcc links one by default)")
+        .trim()
+        .to_owned()
+}
+
 #[test]
-fn discover_names_the_control_plane_when_bound_to_a_routable_host() {
+fn discover_names_the_control_plane_and_info_the_c_binarys_build_id_and_checkout() {
     require_root();
     let fixture = Fixture::orders_private(50);
     let agent = AttachedAgent::start(
@@ -525,5 +535,39 @@ fn discover_names_the_control_plane_when_bound_to_a_routable_host() {
             200,
             json!({"name": "disc", "daemon_url": "http://127.0.0.1:18090", "control_plane_url": agent.control})
         )
+    );
+    let i = info(&agent);
+    assert_eq!(i["build_id"], json!(readelf_build_id(fixture.exe())), "{i}");
+    // The fixture runs in this test's directory and environment: the commit is the
+    // environment's if CI set one, else this checkout's HEAD (a worktree's `.git` file too),
+    // else none (a source tree without git).
+    let cwd =
+        std::fs::read_link(format!("/proc/{}/cwd", fixture.pid())).expect("the fixture's cwd");
+    let env_var = [
+        "DETRIX_BUILD_COMMIT",
+        "GIT_COMMIT",
+        "CI_COMMIT_SHA",
+        "GITHUB_SHA",
+    ]
+    .into_iter()
+    .find(|k| std::env::var(k).is_ok_and(|v| !v.trim().is_empty()));
+    let head = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(&cwd)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let expected = match (env_var, head) {
+        (Some(k), _) => {
+            json!({"commit": std::env::var(k).expect("set").trim(), "source": format!("env:{k}")})
+        }
+        (None, Some(h)) => json!({"commit": h, "source": "git"}),
+        (None, None) => json!({"commit": null, "source": null}),
+    };
+    assert_eq!(
+        json!({"commit": i["build_commit"], "source": i["build_source"]}),
+        expected,
+        "{i}"
     );
 }
