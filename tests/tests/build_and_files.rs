@@ -191,6 +191,10 @@ fn go_binary_in_its_checkout_reports_the_embedded_revision_and_the_tag_at_head()
         Value::Null,
         "Go links no GNU build-id without -B: {i}"
     );
+    let go_version = run(Command::new(go())
+        .args(["env", "GOVERSION"])
+        .env("GOTOOLCHAIN", "local"));
+    assert_eq!(i["go_version"], json!(go_version), "{i}");
     assert_eq!(i["workspace_root"], json!(dir.to_str().unwrap()));
     // Registration carries the same values.
     let (s, w) = agent.post("/detrix/wake", None);

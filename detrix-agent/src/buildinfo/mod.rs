@@ -77,6 +77,8 @@ pub struct BuildInfo {
     pub modified: Option<bool>,
     /// The executable's GNU build-id, hex.
     pub build_id: Option<String>,
+    /// The Go toolchain that built the executable (`go1.23.5`), for Go targets.
+    pub go_version: Option<String>,
 }
 
 impl BuildInfo {
@@ -135,6 +137,7 @@ pub fn resolve(s: &Sources) -> BuildInfo {
         tag_source,
         modified,
         build_id: s.binary.build_id.clone(),
+        go_version: go.map(|g| g.go_version.clone()).filter(|v| !v.is_empty()),
     }
 }
 

@@ -114,7 +114,14 @@ fn become_target(c: &Creds) -> io::Result<()> {
         )
     };
     if r != 0 {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!(
+                "could not take the target's groups {:?} ({e}); the agent needs CAP_SETGID",
+                c.groups
+            ),
+        ));
     }
     // setfsgid/setfsuid return the previous value and never fail loudly: set, then set again
     // and read back what the first call left.
@@ -243,5 +250,53 @@ mod tests {
             })
         );
         assert_eq!(parse_creds("Uid:\t1\n"), None);
+    }
+
+    /// The thread really reads as the target: a root-only file refuses it, a world-readable
+    /// one does not, and the caller's own credentials are untouched afterwards.
+    #[test]
+    fn run_as_reads_with_the_targets_permissions() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("NOT RUN: run_as_reads_with_the_targets_permissions: needs root to switch credentials");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("detrix-runas-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for (name, mode) in [("secret", 0o600), ("open", 0o644)] {
+            std::fs::write(dir.join(name), name).unwrap();
+            std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(mode))
+                .unwrap();
+        }
+        let nobody = Creds {
+            fsuid: 65534,
+            fsgid: 65534,
+            groups: vec![],
+        };
+        let d = OwnedFd::from(File::open(&dir).unwrap());
+        let out = run_as(&nobody, move || {
+            let read = |n: &str| match read_regular(&d, n, BENEATH, 100) {
+                Ok(ReadOutcome::Bytes(b)) => Ok(b),
+                Ok(other) => Err(format!("{other:?}")),
+                Err(e) => Err(format!("errno {:?}", e.raw_os_error())),
+            };
+            (read("secret"), read("open"))
+        })
+        .unwrap();
+        assert_eq!(
+            out,
+            (
+                Err(format!("errno {:?}", Some(libc::EACCES))),
+                Ok(b"open".to_vec())
+            )
+        );
+        assert_eq!(
+            std::fs::read(dir.join("secret")).unwrap(),
+            b"secret",
+            "this thread is still root"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -127,7 +127,7 @@ async fn status(State(agent): State<AgentHandle>) -> Json<Value> {
 
 async fn info(State(agent): State<AgentHandle>) -> Json<Value> {
     let i = &agent.info;
-    Json(json!({
+    let mut body = json!({
         "name": i.name,
         "pid": i.pid,
         "agent": concat!("detrix-agent ", env!("CARGO_PKG_VERSION")),
@@ -141,7 +141,12 @@ async fn info(State(agent): State<AgentHandle>) -> Json<Value> {
         "build_tag_source": i.build.tag_source.map(crate::buildinfo::Source::name),
         "build_modified": i.build.modified,
         "build_id": i.build.build_id,
-    }))
+    });
+    // InfoResponse's optional go_version (contract §2.2): the target's, from its binary.
+    if let Some(v) = &i.build.go_version {
+        body["go_version"] = v.clone().into();
+    }
+    Json(body)
 }
 
 async fn wake(State(agent): State<AgentHandle>, body: Bytes) -> Result<Json<Value>, ControlError> {
