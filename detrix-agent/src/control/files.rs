@@ -15,6 +15,10 @@
 //! workspace directory, so a symlink that leads out is refused (`EXDEV` → 403) wherever it is
 //! in the path. A file the target's user may not read → 403; missing or not a regular file →
 //! 404 (empty body, as the SDKs); over 10 MiB → 413; bad JSON or an empty path → 400.
+//! `commit` is accepted and ignored, as the SDKs do: the file served is the one on disk.
+//!
+//! What a caller gets is at most what the target's user can read in that workspace; which
+//! local users may ask is the caller check's business, not this handler's.
 
 use std::io;
 
