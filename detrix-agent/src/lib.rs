@@ -4,6 +4,7 @@
 //! Data flows one way: request → [`debuginfo`] (resolve) → [`plan`] (build) → [`probe`]
 //! (attach, drain) → [`plan::decode`] → output. [`capture`] chains them for the one-shot CLI.
 
+pub mod buildinfo;
 pub mod capture;
 pub mod control;
 pub mod daemon;

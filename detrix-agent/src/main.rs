@@ -151,6 +151,13 @@ struct AttachArgs {
     /// Write every DAP message, both ways, to FILE as JSON lines (for golden transcripts).
     #[arg(long, value_name = "FILE")]
     dap_record: Option<std::path::PathBuf>,
+    /// The target's build commit, sent as buildCommit (default: the target's environment,
+    /// then its binary's Go build info, then the git checkout it runs in).
+    #[arg(long, value_name = "SHA")]
+    build_commit: Option<String>,
+    /// The target's build tag, sent as buildTag (default: found as for --build-commit).
+    #[arg(long, value_name = "TAG")]
+    build_tag: Option<String>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -323,6 +330,13 @@ fn attach(args: AttachArgs) -> anyhow::Result<ExitCode> {
         health_timeout: seconds("DETRIX_HEALTH_CHECK_TIMEOUT", args.health_check_timeout)?,
         register_timeout: seconds("DETRIX_REGISTER_TIMEOUT", args.register_timeout)?,
         unregister_timeout: seconds("DETRIX_UNREGISTER_TIMEOUT", args.unregister_timeout)?,
+        build: detrix_agent::buildinfo::for_process(
+            args.pid,
+            &detrix_agent::buildinfo::Explicit {
+                commit: args.build_commit.clone(),
+                tag: args.build_tag.clone(),
+            },
+        ),
     };
     let dap_record = args.dap_record.clone();
     let rt = tokio::runtime::Builder::new_current_thread()

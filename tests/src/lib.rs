@@ -363,8 +363,16 @@ pub struct Fixture {
 impl Fixture {
     /// Spawns `exe args...` with stdout collected and waits for its `ready pid=N` line.
     pub fn start(exe: &Path, args: &[&str]) -> Fixture {
-        let mut child = Command::new(exe)
-            .args(args)
+        let mut cmd = Command::new(exe);
+        cmd.args(args);
+        Fixture::spawn(cmd)
+    }
+
+    /// [`Fixture::start`] for a prepared command (its own environment, directory or user).
+    pub fn spawn(mut cmd: Command) -> Fixture {
+        let exe = PathBuf::from(cmd.get_program());
+        let exe = exe.as_path();
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

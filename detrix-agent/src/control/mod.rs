@@ -8,6 +8,8 @@
 //! <token>` (compared in constant time), and no configured token means remote callers are
 //! refused. `/detrix/health` and `/detrix/discover` never need auth.
 
+pub mod files;
+
 use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Bytes;
@@ -125,14 +127,26 @@ async fn status(State(agent): State<AgentHandle>) -> Json<Value> {
 
 async fn info(State(agent): State<AgentHandle>) -> Json<Value> {
     let i = &agent.info;
-    Json(json!({
+    let mut body = json!({
         "name": i.name,
         "pid": i.pid,
         "agent": concat!("detrix-agent ", env!("CARGO_PKG_VERSION")),
         "agent_pid": std::process::id(),
         "language": i.language,
         "executable": i.executable,
-    }))
+        "workspace_root": i.workspace_root,
+        "build_commit": i.build.commit,
+        "build_tag": i.build.tag,
+        "build_source": i.build.source(),
+        "build_tag_source": i.build.tag_source.map(crate::buildinfo::Source::name),
+        "build_modified": i.build.modified,
+        "build_id": i.build.build_id,
+    });
+    // InfoResponse's optional go_version (contract §2.2): the target's, from its binary.
+    if let Some(v) = &i.build.go_version {
+        body["go_version"] = v.clone().into();
+    }
+    Json(body)
 }
 
 async fn wake(State(agent): State<AgentHandle>, body: Bytes) -> Result<Json<Value>, ControlError> {
@@ -195,6 +209,7 @@ pub fn router(agent: AgentHandle) -> Router {
         .route("/detrix/wake", post(wake))
         .route("/detrix/sleep", post(sleep))
         .route("/detrix/discover", get(discover))
+        .route("/detrix/files/read", post(files::files_read))
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .layer(middleware::from_fn_with_state(agent.clone(), auth))

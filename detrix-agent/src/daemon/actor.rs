@@ -72,6 +72,9 @@ pub struct Info {
     pub pid: u32,
     pub language: &'static str,
     pub executable: String,
+    /// The registered `workspaceRoot`: what `/detrix/files/read` serves.
+    pub workspace_root: String,
+    pub build: crate::buildinfo::BuildInfo,
 }
 
 /// The control plane's side of the agent: send commands, read the view.
@@ -198,6 +201,8 @@ impl Agent {
             pid: cfg.pid,
             language: cfg.language,
             executable,
+            workspace_root: cfg.workspace_root.clone(),
+            build: cfg.build.clone(),
         });
         let handle = AgentHandle {
             tx,
@@ -367,6 +372,8 @@ impl Agent {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
+            build_commit: self.cfg.build.commit.clone(),
+            build_tag: self.cfg.build.tag.clone(),
         }
     }
 

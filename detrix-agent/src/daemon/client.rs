@@ -46,6 +46,9 @@ pub struct Registration {
     pub pid: Option<u32>,
     pub safe_mode: bool,
     pub control_plane_url: Option<String>,
+    /// The target's build (buildinfo), sent as `buildCommit` / `buildTag` when known.
+    pub build_commit: Option<String>,
+    pub build_tag: Option<String>,
 }
 
 impl Registration {
@@ -60,8 +63,13 @@ impl Registration {
             "workspaceRoot": self.workspace_root,
             "hostname": self.hostname,
             "safeMode": self.safe_mode,
-            "buildTag": concat!("detrix-agent-", env!("CARGO_PKG_VERSION")),
         });
+        if let Some(c) = &self.build_commit {
+            b["buildCommit"] = c.clone().into();
+        }
+        if let Some(t) = &self.build_tag {
+            b["buildTag"] = t.clone().into();
+        }
         if let Some(pid) = self.pid {
             b["pid"] = pid.into();
         }
@@ -268,6 +276,8 @@ mod tests {
             pid: Some(29089),
             safe_mode: false,
             control_plane_url: Some("http://127.0.0.1:41601".into()),
+            build_commit: Some("0123abc".into()),
+            build_tag: None,
         };
         let b = r.body();
         assert_eq!(b["host"], "127.0.0.1");
@@ -279,6 +289,8 @@ mod tests {
         assert_eq!(b["pid"], 29089);
         assert_eq!(b["safeMode"], false);
         assert_eq!(b["controlPlaneUrl"], "http://127.0.0.1:41601");
+        assert_eq!(b["buildCommit"], "0123abc");
+        assert!(b.get("buildTag").is_none(), "no tag known, none sent: {b}");
         let go = Registration {
             language: "go".into(),
             pid: None,

@@ -48,6 +48,8 @@ pub struct AttachConfig {
     pub health_timeout: Duration,
     pub register_timeout: Duration,
     pub unregister_timeout: Duration,
+    /// The target's build identity (`buildinfo::for_process`).
+    pub build: crate::buildinfo::BuildInfo,
 }
 
 /// The token sent to the daemon and required from remote control-plane callers, in the order

@@ -323,6 +323,9 @@ impl Host {
             health_timeout: s.health_timeout,
             register_timeout: s.register_timeout,
             unregister_timeout: s.unregister_timeout,
+            // Build identity from the target itself (environment, Go build info, git checkout),
+            // in the Go client's order; rules carry no explicit commit/tag yet.
+            build: crate::buildinfo::for_process(pid, &crate::buildinfo::Explicit::default()),
         };
         let (agent, handle) = Agent::new(cfg, engine, reader);
         handle.set_control_port(s.control_port);
