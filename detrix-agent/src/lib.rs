@@ -13,6 +13,7 @@ pub mod engine;
 pub mod expr;
 pub mod fallback;
 pub mod forward;
+pub mod peer;
 pub mod place;
 pub mod plan;
 pub mod probe;

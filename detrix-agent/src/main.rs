@@ -109,6 +109,14 @@ struct AttachArgs {
     /// Write every DAP message, both ways, to FILE as JSON lines (for golden transcripts).
     #[arg(long, value_name = "FILE")]
     dap_record: Option<std::path::PathBuf>,
+    /// A daemon URL a wake body may name besides --daemon-url (repeatable); any other is
+    /// refused with 403, so the token is only ever sent where the operator said.
+    #[arg(long = "allow-daemon-url", value_name = "URL")]
+    allow_daemon_urls: Vec<String>,
+    /// An address that may connect to the DAP port from another host (repeatable); required
+    /// when --advertise-host is not loopback. Loopback peers must be root or the daemon's user.
+    #[arg(long = "dap-allow-peer", value_name = "ADDR")]
+    dap_allow_peers: Vec<std::net::IpAddr>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -278,6 +286,8 @@ fn attach(args: AttachArgs) -> anyhow::Result<ExitCode> {
             home.as_deref(),
             args.detrix_home.as_deref(),
         ),
+        allow_daemon_urls: args.allow_daemon_urls,
+        dap_allow_peers: args.dap_allow_peers,
         health_timeout: seconds("DETRIX_HEALTH_CHECK_TIMEOUT", args.health_check_timeout)?,
         register_timeout: seconds("DETRIX_REGISTER_TIMEOUT", args.register_timeout)?,
         unregister_timeout: seconds("DETRIX_UNREGISTER_TIMEOUT", args.unregister_timeout)?,

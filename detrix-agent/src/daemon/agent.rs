@@ -8,9 +8,11 @@
 //! listener runs in its own task, so the daemon's connect-back during `POST
 //! /api/v1/connections` is served while the actor waits for the 201 (contract §0 rule 2).
 //!
-//! Sessions: a connection becomes the current session when it sends its first request; older
-//! ones are then ended (newest wins, Appendix B), while a connect-and-close probe never
-//! displaces anyone. Each session's probes go when it ends, whatever the reason.
+//! Sessions (issue #12 point 1): a connection is served only if [`DapGate`] admits its peer
+//! (root or the daemon's user on loopback, a `--dap-allow-peer` address otherwise), and at most
+//! one at a time: a second connection waits [`SECOND_SESSION_GRACE`] for the live one to end (a
+//! daemon reconnecting, a connect-and-close probe) and is otherwise closed with a logged reason;
+//! it never cancels the live one. Each session's probes go when it ends, whatever the reason.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +36,7 @@ use crate::dap::{Facade, ProbeSet};
 use crate::debuginfo::Language;
 use crate::engine::{Engine, EngineError, Hit, HitReader, LogpointId, LogpointSpec};
 use crate::fallback::{self, Debugger};
+use crate::peer::DapGate;
 use crate::target;
 
 /// Why the agent could not start.
@@ -85,6 +88,9 @@ pub struct AgentHandle {
     pub info: Arc<Info>,
     /// The token remote control-plane callers must present.
     pub token: Option<String>,
+    /// The configured daemon URL and those named by `--allow-daemon-url`: the only URLs a wake
+    /// may name (the token is sent to it).
+    pub daemon_urls: Arc<[String]>,
 }
 
 impl AgentHandle {
@@ -103,6 +109,15 @@ impl AgentHandle {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .control_port = port;
+    }
+
+    /// Whether a wake may name `url` (trailing `/` ignored).
+    #[must_use]
+    pub fn daemon_url_allowed(&self, url: &str) -> bool {
+        let url = url.trim_end_matches('/');
+        self.daemon_urls
+            .iter()
+            .any(|u| u.trim_end_matches('/') == url)
     }
 
     /// Wakes the agent (or reports it already is).
@@ -214,11 +229,9 @@ impl ProbeSet for EngineProbes {
 struct Slot {
     generation: u64,
     hits: mpsc::Sender<Arc<Vec<Hit>>>,
-    /// Dropping it ends the session.
-    cancel: Option<oneshot::Sender<()>>,
 }
 
-/// Routes hits to the live sessions and picks the current one.
+/// Routes hits to the live session (at most one).
 #[derive(Default)]
 struct Hub {
     slots: Mutex<Vec<Slot>>,
@@ -228,52 +241,48 @@ struct Hub {
 /// How many hit batches may wait for a slow session before newer ones are dropped.
 const SESSION_HIT_QUEUE: usize = 1024;
 
+/// How long a second DAP connection waits for the live session to end before it is refused.
+const SECOND_SESSION_GRACE: Duration = Duration::from_secs(2);
+
 impl Hub {
     fn slots(&self) -> MutexGuard<'_, Vec<Slot>> {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn join(
-        self: &Arc<Self>,
-    ) -> (
-        SlotGuard,
-        mpsc::Receiver<Arc<Vec<Hit>>>,
-        oneshot::Receiver<()>,
-    ) {
+    /// Becomes the one live session, or `None` while another is live.
+    fn join(self: &Arc<Self>) -> Option<(SlotGuard, mpsc::Receiver<Arc<Vec<Hit>>>)> {
+        let mut slots = self.slots();
+        if !slots.is_empty() {
+            return None;
+        }
         let generation = self
             .next_generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (hits, hits_rx) = mpsc::channel(SESSION_HIT_QUEUE);
-        let (cancel, cancel_rx) = oneshot::channel();
-        self.slots().push(Slot {
-            generation,
-            hits,
-            cancel: Some(cancel),
-        });
-        (
+        slots.push(Slot { generation, hits });
+        drop(slots);
+        Some((
             SlotGuard {
                 hub: self.clone(),
                 generation,
             },
             hits_rx,
-            cancel_rx,
-        )
+        ))
     }
 
-    /// `generation` spoke first: every other session ends.
-    fn claim(&self, generation: u64) {
-        for s in self
-            .slots()
-            .iter_mut()
-            .filter(|s| s.generation != generation)
-        {
-            if s.cancel.take().is_some() {
-                tracing::info!(
-                    old = s.generation,
-                    new = generation,
-                    "a newer DAP session replaces an older one"
-                );
+    /// [`Hub::join`], waiting up to [`SECOND_SESSION_GRACE`] for a live session to end.
+    async fn join_when_free(
+        self: &Arc<Self>,
+    ) -> Option<(SlotGuard, mpsc::Receiver<Arc<Vec<Hit>>>)> {
+        let deadline = tokio::time::Instant::now() + SECOND_SESSION_GRACE;
+        loop {
+            if let Some(j) = self.join() {
+                return Some(j);
             }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -380,6 +389,9 @@ impl Agent {
             view: view.clone(),
             info,
             token: cfg.token.clone(),
+            daemon_urls: std::iter::once(cfg.daemon_url.clone())
+                .chain(cfg.allow_daemon_urls.iter().cloned())
+                .collect(),
         };
         let (exit_tx, _) = watch::channel(false);
         let client = DaemonClient::new(cfg.token.clone());
@@ -557,6 +569,9 @@ impl Agent {
                 self.cfg.advertise_host
             )
         })?;
+        if !crate::peer::is_loopback(ip) && self.cfg.dap_allow_peers.is_empty() {
+            return Err(format!("advertise host {ip} is not loopback: the DAP port would be open to the network; name the daemon's address with --dap-allow-peer ADDR"));
+        }
         let addr = SocketAddr::new(ip, self.cfg.debug_port);
         let listener = TcpListener::bind(addr).await.map_err(|e| {
             format!("binding {addr}: {e} (choose another --debug-port or 0 for any)")
@@ -572,6 +587,10 @@ impl Agent {
             exit_rx: self.exit_tx.subscribe(),
             recorder: self.recorder.clone(),
             fallback: self.fallback.clone(),
+            gate: DapGate {
+                daemon_url: self.life.active_url.clone(),
+                remote_peers: self.cfg.dap_allow_peers.clone(),
+            },
         };
         self.listener = Some(tokio::spawn(accept_loop(listener, ctx)));
         Ok(port)
@@ -611,6 +630,7 @@ struct SessionCtx {
     exit_rx: watch::Receiver<bool>,
     recorder: Option<DapRecorder>,
     fallback: mpsc::UnboundedSender<JobRequest>,
+    gate: DapGate,
 }
 
 /// A debugger job and where its outcome goes.
@@ -678,9 +698,19 @@ async fn accept_loop(listener: TcpListener, ctx: SessionCtx) {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    tracing::info!(%peer, "daemon connected to the DAP port");
-                    let _ = stream.set_nodelay(true);
-                    sessions.spawn(serve_session(stream, ctx.clone()));
+                    let ctx = ctx.clone();
+                    sessions.spawn(async move {
+                        let local = stream.local_addr().unwrap_or(peer);
+                        match ctx.gate.admit(local, peer) {
+                            Ok(who) => tracing::info!(peer = who, "daemon connected to the DAP port"),
+                            Err(why) => {
+                                tracing::warn!(reason = why, "DAP connection refused");
+                                return;
+                            }
+                        }
+                        let _ = stream.set_nodelay(true);
+                        serve_session(stream, ctx).await;
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a DAP connection failed");
@@ -721,9 +751,13 @@ async fn serve_session(stream: TcpStream, ctx: SessionCtx) {
         mut exit_rx,
         recorder,
         fallback,
+        gate: _,
     } = ctx;
     let (jobs_tx, mut jobs_rx) = mpsc::unbounded_channel();
-    let (guard, mut hits_rx, mut cancel_rx) = hub.join();
+    let Some((guard, mut hits_rx)) = hub.join_when_free().await else {
+        tracing::warn!("DAP connection refused: a session is already live (one session per agent; it is not replaced)");
+        return;
+    };
     let generation = guard.generation;
     let rec = recorder.as_ref();
     if let Some(r) = rec {
@@ -744,7 +778,6 @@ async fn serve_session(stream: TcpStream, ctx: SessionCtx) {
         }
     });
     let mut facade = Facade::with_options(EngineProbes { engine }, opts);
-    let mut claimed = false;
     if *exit_rx.borrow() {
         let _ = send(&mut wr, &facade.target_exited(), rec).await;
         reader.abort();
@@ -753,10 +786,6 @@ async fn serve_session(stream: TcpStream, ctx: SessionCtx) {
     loop {
         let out = tokio::select! {
             biased;
-            _ = &mut cancel_rx => {
-                tracing::debug!(session = generation, "session ended by a newer one or by sleep");
-                break;
-            }
             changed = exit_rx.changed() => {
                 if changed.is_err() || *exit_rx.borrow() {
                     let _ = send(&mut wr, &facade.target_exited(), rec).await;
@@ -767,10 +796,6 @@ async fn serve_session(stream: TcpStream, ctx: SessionCtx) {
             }
             frame = frames_rx.recv() => match frame {
                 Some(Ok(Some(msg))) => {
-                    if !claimed {
-                        hub.claim(generation);
-                        claimed = true;
-                    }
                     if let Some(r) = rec {
                         r.write("daemon->adapter", &msg);
                     }

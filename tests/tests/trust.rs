@@ -1,0 +1,374 @@
+//! The trust boundary (issue #12 points 1–2), tried the way a local non-root user would: the
+//! agent runs as root with the daemon emulator as its daemon, the intruder runs as `nobody`
+//! (`setpriv`, then bash's `/dev/tcp`), and every test asserts the intruder got nothing while
+//! the daemon's own session goes on.
+
+mod common;
+
+use std::io::Read as _;
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{frame, http_with, json_body, AttachedAgent, Dap, RestStub, STEP_TIMEOUT};
+use detrix_e2e::{c_fixture_source, marker_line, require_root, Fixture};
+use serde_json::{json, Value};
+
+const GO_GOLDEN: &str = "shared/go-delve.jsonl";
+const RUST_GOLDEN: &str = "shared/rust-stub.jsonl";
+
+/// Runs `script` under bash as `nobody:nogroup` with no supplementary groups; returns (exit
+/// code, stdout bytes, stderr). The script's first stderr line is its uid, checked here, so a
+/// test can never pass because the intruder was accidentally root.
+fn as_nobody(script: &str, args: &[&str]) -> (i32, Vec<u8>, String) {
+    let mut child = Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--",
+            "bash",
+            "-c",
+        ])
+        .arg(format!("echo \"uid $(id -u)\" >&2\n{script}"))
+        .arg("intruder")
+        .args(args)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run setpriv (util-linux) to become nobody");
+    let mut out = Vec::new();
+    let mut err = String::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let code = child.wait().unwrap().code().unwrap_or(-1);
+    assert!(
+        err.starts_with("uid 65534\n"),
+        "the intruder must run as nobody: {err}"
+    );
+    (code, out, err)
+}
+
+/// As `nobody`: connect to 127.0.0.1:$1, send the DAP frames $2…, print every byte received
+/// within 4 s (or until the agent closes the connection).
+const DAP_INTRUDER: &str = r#"
+trap '' PIPE
+port=$1; shift
+exec 3<>/dev/tcp/127.0.0.1/$port || { echo "connect failed" >&2; exit 2; }
+for m in "$@"; do printf '%s' "$m" >&3 2>/dev/null; done
+timeout 4 cat <&3
+exit 0
+"#;
+
+/// As `nobody`: one HTTP/1.1 request ($1 method, $2 port, $3 path, $4 body, $5 extra header
+/// line or empty); prints the raw response.
+const HTTP_INTRUDER: &str = r#"
+trap '' PIPE
+exec 3<>/dev/tcp/127.0.0.1/$2 || { echo "connect failed" >&2; exit 2; }
+extra=""; [ -n "$5" ] && extra="$5"$'\r\n'
+printf '%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n%s' "$1" "$3" "$extra" "${#4}" "$4" >&3
+timeout 5 cat <&3
+"#;
+
+/// (status, JSON body) of a raw HTTP response.
+fn parse_http(raw: &[u8]) -> (u16, Value) {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status: {head:?}"));
+    (status, json_body(body))
+}
+
+fn nobody_http(
+    method: &str,
+    agent: &AttachedAgent,
+    path: &str,
+    body: &str,
+    header: &str,
+) -> (u16, Value) {
+    let port = agent.control.rsplit(':').next().unwrap();
+    let (code, out, err) = as_nobody(HTTP_INTRUDER, &[method, port, path, body, header]);
+    assert_eq!(code, 0, "{err}");
+    parse_http(&out)
+}
+
+fn logpoint(seq: i64, path: &str, line: u32) -> Value {
+    json!({"type":"request","seq":seq,"command":"setBreakpoints","arguments":{"source":{"path":path,"name":"orders.c"},
+        "breakpoints":[{"line":line,"logMessage":"DETRICS:order_c={(o->id)}"}],"sourceModified":false}})
+}
+
+fn outputs(dap: &mut Dap, n: usize) -> Vec<Value> {
+    dap.events(n, STEP_TIMEOUT, |e| {
+        e["event"] == "output"
+            && e["body"]["output"]
+                .as_str()
+                .is_some_and(|o| o.contains("order_c="))
+    })
+}
+
+struct Awake {
+    fixture: Fixture,
+    stub: RestStub,
+    agent: AttachedAgent,
+    dap: Dap,
+    debug_port: u16,
+}
+
+/// A root agent on a root target, woken by the emulated daemon, with one logpoint delivering.
+fn awake(envs: &[(&str, &str)], extra: &[&str]) -> Awake {
+    require_root();
+    let fixture = Fixture::orders_private(20);
+    let stub = RestStub::start(GO_GOLDEN, RUST_GOLDEN);
+    let mut args = vec!["--daemon-url", stub.url.as_str()];
+    args.extend_from_slice(extra);
+    let agent = AttachedAgent::start(fixture.pid(), &args, envs);
+    let (s, wake) = agent.post("/detrix/wake", None);
+    assert_eq!(s, 200, "{wake}\n{}", agent.stderr.text());
+    let debug_port = u16::try_from(wake["debug_port"].as_u64().unwrap()).unwrap();
+    let (_, mut dap) = stub.take_session();
+    let src = c_fixture_source("orders");
+    let r = dap.request(&logpoint(
+        100,
+        &src.to_string_lossy(),
+        marker_line(&src, "process"),
+    ));
+    assert_eq!(r["body"]["breakpoints"][0]["verified"], true, "{r}");
+    assert!(outputs(&mut dap, 2).len() >= 2, "{}", agent.stderr.text());
+    Awake {
+        fixture,
+        stub,
+        agent,
+        dap,
+        debug_port,
+    }
+}
+
+#[test]
+fn a_local_stranger_gets_nothing_from_the_dap_port_and_the_daemons_session_goes_on() {
+    let mut a = awake(&[], &[]);
+    let src = c_fixture_source("orders");
+    let line = marker_line(&src, "process");
+    let msgs: Vec<String> = [
+        json!({"seq":1,"type":"request","command":"initialize","arguments":{"adapterID":"go"}}),
+        json!({"seq":2,"type":"request","command":"attach","arguments":{"mode":"remote"}}),
+        logpoint(3, &src.to_string_lossy(), line),
+    ]
+    .iter()
+    .map(|m| String::from_utf8(frame(m)).unwrap())
+    .collect();
+    let mut args = vec![a.debug_port.to_string()];
+    args.extend(msgs);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    let (code, got, err) = as_nobody(DAP_INTRUDER, &args);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "",
+        "the intruder received nothing"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the agent closed the intruder's connection at once"
+    );
+    assert!(
+        a.agent
+            .stderr
+            .wait_for(STEP_TIMEOUT, |l| l.contains("DAP connection refused")
+                && l.contains("uid 65534")
+                && l.contains("neither root nor the user of the daemon"))
+            .is_some(),
+        "the refusal is logged with its reason:\n{}",
+        a.agent.stderr.text()
+    );
+    // The daemon's session was not cancelled: values keep coming.
+    let n = a.dap.received.len();
+    assert!(
+        outputs(&mut a.dap, 3).len() >= 3,
+        "{}",
+        a.agent.stderr.text()
+    );
+    assert!(a.dap.received.len() > n);
+
+    // A second connection even from root never replaces the live session: closed, nothing sent.
+    let mut second = Dap::connect(a.debug_port);
+    second.send(&json!({"seq":1,"type":"request","command":"initialize","arguments":{}}));
+    assert!(
+        second.wait_closed(Duration::from_secs(10)),
+        "a second session is closed"
+    );
+    assert_eq!(second.received, Vec::<Value>::new());
+    assert!(
+        a.agent
+            .stderr
+            .wait_for(STEP_TIMEOUT, |l| l
+                .contains("DAP connection refused: a session is already live"))
+            .is_some(),
+        "{}",
+        a.agent.stderr.text()
+    );
+    assert!(
+        outputs(&mut a.dap, 3).len() >= 3,
+        "the live session goes on"
+    );
+    a.fixture.assert_keeps_running(2);
+}
+
+/// A plain HTTP server that records every request it receives, raw.
+fn recording_server() -> (String, Arc<Mutex<Vec<String>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let mut c = c;
+            c.set_read_timeout(Some(Duration::from_millis(500))).ok();
+            let mut buf = vec![0; 65536];
+            let n = c.read(&mut buf).unwrap_or(0);
+            log.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            use std::io::Write as _;
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 36\r\nConnection: close\r\n\r\n{\"service\":\"detrix\",\"status\":\"ok\"}  ");
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn a_local_stranger_cannot_drive_the_control_plane_and_the_token_goes_nowhere_else() {
+    let (foreign, seen) = recording_server();
+    let mut a = awake(&[("DETRIX_TOKEN", "s3cret")], &[]);
+    let refusal = json!({"error": "unauthorized: only root, the agent's user and the daemon's user may call without a token; send Authorization: Bearer <token>"});
+    assert_eq!(
+        nobody_http("POST", &a.agent, "/detrix/sleep", "", ""),
+        (401, refusal.clone())
+    );
+    assert_eq!(
+        nobody_http("GET", &a.agent, "/detrix/status", "", ""),
+        (401, refusal.clone())
+    );
+    assert_eq!(
+        nobody_http("GET", &a.agent, "/detrix/nope", "", ""),
+        (401, refusal.clone()),
+        "auth before routing"
+    );
+    let body = json!({"daemon_url": foreign}).to_string();
+    assert_eq!(
+        nobody_http("POST", &a.agent, "/detrix/wake", &body, ""),
+        (401, refusal.clone())
+    );
+    assert_eq!(
+        nobody_http(
+            "GET",
+            &a.agent,
+            "/detrix/status",
+            "",
+            "Authorization: Bearer s3cre"
+        )
+        .0,
+        401,
+        "a prefix of the token is not the token"
+    );
+    assert_eq!(
+        nobody_http("GET", &a.agent, "/detrix/health", "", "").0,
+        200,
+        "health is open"
+    );
+    // Still awake: the daemon's probes are in place and delivering.
+    assert_eq!(a.agent.get("/detrix/status").1["state"], "awake");
+    assert!(outputs(&mut a.dap, 3).len() >= 3);
+    // Even root may not point the agent at a daemon the operator did not name.
+    let (s, e) = a.agent.post("/detrix/sleep", None);
+    assert_eq!((s, e), (200, json!({"status":"sleeping"})));
+    let (s, e) = a.agent.post("/detrix/wake", Some(&body));
+    assert_eq!(
+        (s, e),
+        (
+            403,
+            json!({"error": format!("daemon_url `{foreign}` is not the configured daemon; start the agent with --allow-daemon-url {foreign} to allow it")})
+        )
+    );
+    assert_eq!(a.agent.get("/detrix/status").1["state"], "sleeping");
+    // The token holder may drive it from any uid.
+    let (s, w) = nobody_http(
+        "POST",
+        &a.agent,
+        "/detrix/wake",
+        "{}",
+        "Authorization: Bearer s3cret",
+    );
+    assert_eq!((s, w["status"].clone()), (200, json!("awake")), "{w}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        seen.lock().unwrap().clone(),
+        Vec::<String>::new(),
+        "the foreign server was never contacted, so no Authorization header reached it"
+    );
+    assert_eq!(a.stub.lock().registrations.len(), 2);
+}
+
+#[test]
+fn an_allowed_daemon_url_is_honoured() {
+    require_root();
+    let fixture = Fixture::orders_private(50);
+    let (other, seen) = recording_server();
+    let stub = RestStub::start(GO_GOLDEN, RUST_GOLDEN);
+    let agent = AttachedAgent::start(
+        fixture.pid(),
+        &["--daemon-url", &stub.url, "--allow-daemon-url", &other],
+        &[("DETRIX_TOKEN", "s3cret")],
+    );
+    // The named one is used (it answers /health, then refuses the registration as a non-daemon).
+    let (s, _) = agent.post(
+        "/detrix/wake",
+        Some(&json!({"daemon_url": format!("{other}/")}).to_string()),
+    );
+    assert_ne!(s, 403);
+    let seen = seen.lock().unwrap().clone();
+    assert!(!seen.is_empty(), "the allowed URL was contacted");
+    assert!(
+        seen[0].starts_with("GET /health ")
+            && seen[0]
+                .to_ascii_lowercase()
+                .contains("authorization: bearer s3cret"),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn http_with_a_token_from_root_still_works() {
+    // Root needs no token; a wrong token from root changes nothing (root is trusted by uid).
+    require_root();
+    let fixture = Fixture::orders_private(50);
+    let stub = RestStub::start(GO_GOLDEN, RUST_GOLDEN);
+    let agent = AttachedAgent::start(
+        fixture.pid(),
+        &["--daemon-url", &stub.url],
+        &[("DETRIX_TOKEN", "s3cret")],
+    );
+    let (s, b) = http_with(
+        "GET",
+        &format!("{}/detrix/status", agent.control),
+        None,
+        &[("Authorization", "Bearer wrong")],
+    );
+    assert_eq!(
+        (s, json_body(&b)["state"].clone()),
+        (200, json!("sleeping"))
+    );
+}
