@@ -1,4 +1,4 @@
-//! The trust boundary (issue #12 points 1–2), tried the way a local non-root user would: the
+//! The trust boundary (issue #12 points 1–3), tried the way a local non-root user would: the
 //! agent runs as root with the daemon emulator as its daemon, the intruder runs as `nobody`
 //! (`setpriv`, then bash's `/dev/tcp`), and every test asserts the intruder got nothing while
 //! the daemon's own session goes on.
@@ -7,12 +7,15 @@ mod common;
 
 use std::io::Read as _;
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{frame, http_with, json_body, AttachedAgent, Dap, RestStub, STEP_TIMEOUT};
-use detrix_e2e::{c_fixture_source, marker_line, require_root, Fixture};
+use detrix_e2e::{
+    c_fixture_source, fixtures_out_dir, marker_line, require_root, workspace_root, Fixture,
+};
 use serde_json::{json, Value};
 
 const GO_GOLDEN: &str = "shared/go-delve.jsonl";
@@ -348,6 +351,141 @@ fn an_allowed_daemon_url_is_honoured() {
                 .contains("authorization: bearer s3cret"),
         "{seen:?}"
     );
+}
+
+/// The C chain fixture of the breakpoint-mode tests, built under its own name.
+fn chain_c() -> PathBuf {
+    let out = fixtures_out_dir();
+    std::fs::create_dir_all(&out).unwrap();
+    let exe = out.join("trust_chain_c");
+    let st = Command::new("gcc")
+        .args(["-g", "-O0", "-pthread", "-o"])
+        .arg(&exe)
+        .arg(workspace_root().join("tests/fixtures/bp/chain.c"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    exe
+}
+
+fn children(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(") ")?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse::<u32>()
+                        .ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+/// TCP sockets (local address, state) held by `pid`.
+fn tcp_sockets_of(pid: u32) -> Vec<(String, String)> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|f| std::fs::read_link(f.path()).ok())
+                .filter_map(|l| {
+                    l.to_str()?
+                        .strip_prefix("socket:[")?
+                        .strip_suffix(']')
+                        .map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for t in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for l in std::fs::read_to_string(t).unwrap().lines().skip(1) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() > 9 && inodes.iter().any(|i| i == f[9]) {
+                out.push((f[1].to_owned(), f[3].to_owned()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_fallback_debugger_has_no_port_anyone_could_reach() {
+    require_root();
+    let exe = chain_c();
+    let fixture = Fixture::start(&exe, &["20"]);
+    let stub = RestStub::start(GO_GOLDEN, RUST_GOLDEN);
+    let agent = AttachedAgent::start(fixture.pid(), &["--daemon-url", &stub.url], &[]);
+    assert_eq!(agent.post("/detrix/wake", None).0, 200);
+    let (_, mut dap) = stub.take_session();
+    let path = workspace_root()
+        .join("tests/fixtures/bp/chain.c")
+        .canonicalize()
+        .unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let probe = text.lines().position(|l| l.contains("PROBE:c */")).unwrap() + 1;
+    let p = path.to_string_lossy().into_owned();
+    let r = dap.request(&json!({"type":"request","seq":1,"command":"setBreakpoints","arguments":{"source":{"path":p,"name":p},
+        "breakpoints":[{"line":probe,"logMessage":"DETRICS:name_len={(z)}\u{1f}{(long)strlen(name)}"}],"sourceModified":false}}));
+    assert_eq!(r["body"]["breakpoints"][0]["verified"], true, "{r}");
+    // Catch the debugger while a round runs and look at what it holds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = None;
+    while seen.is_none() && Instant::now() < deadline {
+        for kid in children(agent.child.id()) {
+            let comm = std::fs::read_to_string(format!("/proc/{kid}/comm")).unwrap_or_default();
+            if comm.contains("lldb") {
+                let stdin = std::fs::read_link(format!("/proc/{kid}/fd/0")).ok();
+                let stdout = std::fs::read_link(format!("/proc/{kid}/fd/1")).ok();
+                let tcp = tcp_sockets_of(kid);
+                if stdin.is_some() {
+                    seen = Some((kid, stdin, stdout, tcp));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (kid, stdin, stdout, tcp) = seen.unwrap_or_else(|| {
+        panic!(
+            "no lldb-dap child seen during a round:\n{}",
+            agent.stderr.text()
+        )
+    });
+    let link = |l: &Option<PathBuf>| {
+        l.as_ref()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    assert!(
+        link(&stdin).starts_with("socket:["),
+        "lldb-dap {kid} speaks over a socketpair on stdin: {stdin:?}"
+    );
+    assert_eq!(
+        link(&stdin),
+        link(&stdout),
+        "one socketpair end as stdin and stdout"
+    );
+    assert_eq!(
+        tcp.iter().filter(|(_, st)| st == "0A").count(),
+        0,
+        "lldb-dap listens on no TCP port: {tcp:?}"
+    );
+    // And its values still arrive.
+    let outs = dap.events(1, Duration::from_secs(20), |e| {
+        e["event"] == "output"
+            && e["body"]["output"]
+                .as_str()
+                .unwrap_or("")
+                .contains("name_len=")
+    });
+    assert_eq!(outs.len(), 1, "{}", agent.stderr.text());
 }
 
 #[test]
