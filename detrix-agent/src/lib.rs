@@ -16,5 +16,6 @@ pub mod forward;
 pub mod peer;
 pub mod place;
 pub mod plan;
+pub mod privs;
 pub mod probe;
 pub mod target;

@@ -247,6 +247,7 @@ fn attach(args: AttachArgs) -> anyhow::Result<ExitCode> {
         elem_cap: args.max_elements,
         ..EngineOptions::default()
     };
+    detrix_agent::privs::check_target_owner(args.pid)?;
     let resolver = Resolver::open(args.pid, opts)
         .with_context(|| format!("attaching to process {}", args.pid))?;
     let language = match args.language {
@@ -311,6 +312,9 @@ fn attach(args: AttachArgs) -> anyhow::Result<ExitCode> {
         handle.set_control_port(port);
         let shown_host = if cfg.control_host == "0.0.0.0" || cfg.control_host == "::" { "127.0.0.1" } else { cfg.control_host.as_str() };
         agent.set_control_url(format!("http://{shown_host}:{port}"));
+        // Everything that needed more is done (files opened, sockets bound, eBPF loaded).
+        let r = detrix_agent::privs::restrict().context("dropping the capabilities the agent does not use")?;
+        tracing::info!(kept = ?r.kept, missing = ?r.missing, "capabilities reduced; no_new_privs set");
         {
             use std::io::Write as _;
             // The one line the upstream conformance harness reads to find the control plane.

@@ -510,3 +510,98 @@ fn http_with_a_token_from_root_still_works() {
         (200, json!("sleeping"))
     );
 }
+
+#[test]
+fn the_running_agent_keeps_six_capabilities_and_no_new_privs() {
+    require_root();
+    let fixture = Fixture::orders_private(50);
+    let stub = RestStub::start(GO_GOLDEN, RUST_GOLDEN);
+    let dir = std::env::temp_dir().join(format!("detrix-trust-rec-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let rec = dir.join("rec.jsonl");
+    let rec_s = rec.to_string_lossy().into_owned();
+    let agent = AttachedAgent::start(
+        fixture.pid(),
+        &["--daemon-url", &stub.url, "--dap-record", &rec_s],
+        &[],
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.child.id())).unwrap();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap_or_else(|| panic!("{k} in {status}"))
+            .trim()
+            .to_owned()
+    };
+    // CAP_DAC_READ_SEARCH (2), CAP_KILL (5), CAP_SYS_PTRACE (19), CAP_SYS_ADMIN (21),
+    // CAP_PERFMON (38), CAP_BPF (39).
+    let want = format!(
+        "{:016x}",
+        (1u64 << 2) | (1 << 5) | (1 << 19) | (1 << 21) | (1 << 38) | (1 << 39)
+    );
+    assert_eq!(
+        (
+            field("CapEff:"),
+            field("CapPrm:"),
+            field("CapBnd:"),
+            field("CapInh:"),
+            field("CapAmb:"),
+            field("NoNewPrivs:")
+        ),
+        (
+            want.clone(),
+            want.clone(),
+            want,
+            "0000000000000000".to_owned(),
+            "0000000000000000".to_owned(),
+            "1".to_owned()
+        )
+    );
+    // With only those, it still wakes, serves the daemon and captures.
+    let (s, wake) = agent.post("/detrix/wake", None);
+    assert_eq!(s, 200, "{wake}\n{}", agent.stderr.text());
+    let (_, mut dap) = stub.take_session();
+    let src = c_fixture_source("orders");
+    let r = dap.request(&logpoint(
+        100,
+        &src.to_string_lossy(),
+        marker_line(&src, "process"),
+    ));
+    assert_eq!(r["body"]["breakpoints"][0]["verified"], true, "{r}");
+    assert!(outputs(&mut dap, 2).len() >= 2, "{}", agent.stderr.text());
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&rec).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "the DAP recording is private"
+    );
+    drop(agent);
+    // A recording path that is a symlink is refused, and its target untouched.
+    let target = dir.join("target");
+    std::fs::write(&target, "keep").unwrap();
+    let link = dir.join("link.jsonl");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let out = Command::new(detrix_e2e::agent_bin())
+        .args([
+            "attach",
+            "--pid",
+            &fixture.pid().to_string(),
+            "--dap-record",
+        ])
+        .arg(&link)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!(
+            "{} is a symbolic link; the recording is never written through one",
+            link.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+    let _ = std::fs::remove_dir_all(&dir);
+}
