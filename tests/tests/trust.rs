@@ -605,3 +605,84 @@ fn the_running_agent_keeps_six_capabilities_and_no_new_privs() {
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn hostile_peers_get_a_sentence_and_the_agent_keeps_serving() {
+    use std::io::Write as _;
+    let mut a = awake(&[], &[]);
+    // 200 idle connections: at most 16 are held, the rest closed at accept; the session goes on.
+    let idle: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", a.debug_port)).unwrap())
+        .collect();
+    assert!(
+        a.agent
+            .stderr
+            .wait_for(STEP_TIMEOUT, |l| l.contains(
+                "DAP connection refused: 16 connections are already open (MAX_DAP_CONNECTIONS)"
+            ))
+            .is_some(),
+        "{}",
+        a.agent.stderr.text()
+    );
+    assert!(outputs(&mut a.dap, 3).len() >= 3, "the session goes on");
+    drop(idle);
+    // 10 000 breakpoints in one request: one answer each, those past the cap say so.
+    let src = c_fixture_source("orders");
+    let path = src.to_string_lossy().into_owned();
+    let line = marker_line(&src, "process");
+    let mut bps: Vec<Value> = (1..=10_000u32).map(|l| json!({"line": l + 1000})).collect();
+    bps[0] = json!({"line": line, "logMessage": "DETRICS:order_c={(o->id)}"});
+    let r = a.dap.request(
+        &json!({"type":"request","seq":200,"command":"setBreakpoints",
+        "arguments":{"source":{"path":path},"breakpoints":bps}}),
+    );
+    let answers = r["body"]["breakpoints"].as_array().unwrap();
+    assert_eq!(answers.len(), 10_000);
+    assert_eq!(answers[0]["verified"], true, "{}", answers[0]);
+    assert_eq!(
+        answers[9_999],
+        json!({"verified": false, "line": 11_000, "message": "entry 10000 of 10000 is over the limit of 256 breakpoints per file (MAX_BREAKPOINTS_PER_FILE); the first 256 are set"})
+    );
+    // An expression nested 100 000 deep: refused with the parser's sentence, no stack overflow.
+    let deep = format!("DETRICS:deep={{({}o)}}", "*".repeat(100_000));
+    let r = a.dap.request(
+        &json!({"type":"request","seq":201,"command":"setBreakpoints",
+        "arguments":{"source":{"path":path},"breakpoints":[{"line": line, "logMessage": deep}]}}),
+    );
+    let b = &r["body"]["breakpoints"][0];
+    assert_eq!(b["verified"], false, "{b}");
+    assert!(
+        b["message"].as_str().unwrap().contains(
+            "more than 128 operators (`*`, `(`, `.`, `->`, `[`); the limit keeps evaluation bounded"
+        ),
+        "{b}"
+    );
+    // A frame over 16 MiB ends that connection with a logged sentence; the agent serves the next.
+    a.dap.close();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut big = std::net::TcpStream::connect(("127.0.0.1", a.debug_port)).unwrap();
+    big.write_all(b"Content-Length: 16777217\r\n\r\n{").unwrap();
+    big.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        big.read(&mut buf).unwrap_or(0),
+        0,
+        "closed without an answer"
+    );
+    assert!(
+        a.agent
+            .stderr
+            .wait_for(STEP_TIMEOUT, |l| l.contains(
+                "DAP frame of 16777217 bytes exceeds the 16777216-byte limit"
+            ))
+            .is_some(),
+        "{}",
+        a.agent.stderr.text()
+    );
+    let mut next = Dap::connect(a.debug_port);
+    let r = next.request(
+        &json!({"seq":1,"type":"request","command":"initialize","arguments":{"adapterID":"go"}}),
+    );
+    assert_eq!(r["success"], true, "{r}");
+    a.fixture.assert_keeps_running(2);
+}

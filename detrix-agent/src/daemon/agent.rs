@@ -244,6 +244,14 @@ const SESSION_HIT_QUEUE: usize = 1024;
 /// How long a second DAP connection waits for the live session to end before it is refused.
 const SECOND_SESSION_GRACE: Duration = Duration::from_secs(2);
 
+/// Most DAP connections held at once (the live session plus those being checked or waiting
+/// for it); more are closed at accept, so thousands of idle connections cost nothing.
+const MAX_DAP_CONNECTIONS: usize = 16;
+
+/// A session that sends no request within this long after it is admitted is closed, so an
+/// idle connection cannot hold the one session slot (the daemon sends `initialize` at once).
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Hub {
     fn slots(&self) -> MutexGuard<'_, Vec<Slot>> {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
@@ -694,12 +702,22 @@ fn spawn_fallback_worker(
 
 async fn accept_loop(listener: TcpListener, ctx: SessionCtx) {
     let mut sessions = JoinSet::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_DAP_CONNECTIONS));
+    let mut over_cap = 0u64;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        over_cap += 1;
+                        if over_cap.is_power_of_two() {
+                            tracing::warn!(%peer, refused = over_cap, "DAP connection refused: {MAX_DAP_CONNECTIONS} connections are already open (MAX_DAP_CONNECTIONS)");
+                        }
+                        continue;
+                    };
                     let ctx = ctx.clone();
                     sessions.spawn(async move {
+                        let _permit = permit;
                         let local = stream.local_addr().unwrap_or(peer);
                         match ctx.gate.admit(local, peer) {
                             Ok(who) => tracing::info!(peer = who, "daemon connected to the DAP port"),
@@ -778,6 +796,9 @@ async fn serve_session(stream: TcpStream, ctx: SessionCtx) {
         }
     });
     let mut facade = Facade::with_options(EngineProbes { engine }, opts);
+    let first_request = tokio::time::sleep(FIRST_REQUEST_TIMEOUT);
+    tokio::pin!(first_request);
+    let mut spoke = false;
     if *exit_rx.borrow() {
         let _ = send(&mut wr, &facade.target_exited(), rec).await;
         reader.abort();
@@ -786,6 +807,10 @@ async fn serve_session(stream: TcpStream, ctx: SessionCtx) {
     loop {
         let out = tokio::select! {
             biased;
+            () = &mut first_request, if !spoke => {
+                tracing::warn!(session = generation, "DAP connection closed: no request within {FIRST_REQUEST_TIMEOUT:?} of connecting");
+                break;
+            }
             changed = exit_rx.changed() => {
                 if changed.is_err() || *exit_rx.borrow() {
                     let _ = send(&mut wr, &facade.target_exited(), rec).await;
@@ -796,6 +821,7 @@ async fn serve_session(stream: TcpStream, ctx: SessionCtx) {
             }
             frame = frames_rx.recv() => match frame {
                 Some(Ok(Some(msg))) => {
+                    spoke = true;
                     if let Some(r) = rec {
                         r.write("daemon->adapter", &msg);
                     }

@@ -57,6 +57,10 @@ pub trait ProbeSet {
 /// needs ~2 ms per stop, a hot line hits far more often.
 pub const MAX_QUEUED_STOPS: usize = 32;
 
+/// Most breakpoints one `setBreakpoints` may set in one file: each is a uprobe, and a peer
+/// sending 10 000 must get an answer naming this limit, not an agent busy for minutes.
+pub const MAX_BREAKPOINTS_PER_FILE: usize = 256;
+
 /// Frame ids of a stop are `FRAME_ID_BASE + index`, the locals scope is [`LOCALS_REF`] (the
 /// numbers Delve uses; the daemon reuses the first stackTrace's frame id for the whole stop).
 pub const FRAME_ID_BASE: i64 = 1000;
@@ -613,7 +617,8 @@ impl<P: ProbeSet> Facade<P> {
         }
     }
 
-    /// Replaces the probe set of `arguments.source.path` with `arguments.breakpoints`.
+    /// Replaces the probe set of `arguments.source.path` with `arguments.breakpoints` (at most
+    /// [`MAX_BREAKPOINTS_PER_FILE`]; each entry past it is answered unverified, naming the cap).
     fn set_breakpoints(&mut self, args: &Value) -> Result<Value, String> {
         let path = args
             .pointer("/source/path")
@@ -649,7 +654,7 @@ impl<P: ProbeSet> Facade<P> {
         for stale in old {
             self.uninstall(&stale);
         }
-        for (entry, reuse) in requested.iter().zip(plan) {
+        for (n, (entry, reuse)) in requested.iter().zip(plan).enumerate() {
             let line = entry
                 .get("line")
                 .and_then(Value::as_u64)
@@ -658,6 +663,12 @@ impl<P: ProbeSet> Facade<P> {
                 answers.push(json!({"verified": false, "message": "breakpoint entry without a line number ≥ 1"}));
                 continue;
             };
+            if n >= MAX_BREAKPOINTS_PER_FILE {
+                answers.push(json!({"verified": false, "line": line, "message": format!(
+                    "entry {} of {} is over the limit of {MAX_BREAKPOINTS_PER_FILE} breakpoints per file (MAX_BREAKPOINTS_PER_FILE); the first {MAX_BREAKPOINTS_PER_FILE} are set",
+                    n + 1, requested.len())}));
+                continue;
+            }
             let installed = if let Some(i) = reuse {
                 Ok(i)
             } else {
