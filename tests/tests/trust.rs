@@ -686,3 +686,42 @@ fn hostile_peers_get_a_sentence_and_the_agent_keeps_serving() {
     assert_eq!(r["success"], true, "{r}");
     a.fixture.assert_keeps_running(2);
 }
+
+#[test]
+fn the_control_plane_holds_at_most_64_connections_and_serves_again_after() {
+    require_root();
+    let fixture = Fixture::orders_private(50);
+    let stub = RestStub::start(GO_GOLDEN, RUST_GOLDEN);
+    let agent = AttachedAgent::start(fixture.pid(), &["--daemon-url", &stub.url], &[]);
+    let addr = agent.control.trim_start_matches("http://").to_owned();
+    let idle: Vec<std::net::TcpStream> = (0..64)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut over = std::net::TcpStream::connect(&addr).unwrap();
+    over.set_read_timeout(Some(STEP_TIMEOUT)).unwrap();
+    let _ = std::io::Write::write_all(
+        &mut over,
+        b"GET /detrix/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let mut got = Vec::new();
+    let _ = over.read_to_end(&mut got);
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "",
+        "the 65th connection is closed unanswered"
+    );
+    assert!(
+        agent
+            .stderr
+            .wait_for(STEP_TIMEOUT, |l| l.contains(
+                "control-plane connection refused: 64 are already open (MAX_CONNECTIONS)"
+            ))
+            .is_some(),
+        "{}",
+        agent.stderr.text()
+    );
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(agent.get("/detrix/status").1["state"], "sleeping");
+}

@@ -44,6 +44,15 @@ impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Conn {
     }
 }
 
+impl Connected<IncomingStream<'_, super::listener::Capped>> for Conn {
+    fn connect_info(stream: IncomingStream<'_, super::listener::Capped>) -> Self {
+        Self {
+            local: stream.io().local_addr().ok(),
+            peer: *stream.remote_addr(),
+        }
+    }
+}
+
 /// Who is calling, as the layer established it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {

@@ -10,6 +10,7 @@
 //! `--allow-daemon-url` (403 otherwise), so the token goes nowhere the operator did not name.
 
 pub mod auth;
+pub mod listener;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -160,7 +161,8 @@ pub fn router(agent: AgentHandle) -> Router {
     auth::protect(routes, policy).with_state(agent)
 }
 
-/// Serves the control plane on `listener` until `shutdown` resolves.
+/// Serves the control plane on `listener` until `shutdown` resolves, with [`listener`]'s
+/// connection cap and answer timeout.
 ///
 /// # Errors
 /// The server failed.
@@ -170,7 +172,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(
-        listener,
+        listener::Capped::new(listener),
         router(agent).into_make_service_with_connect_info::<auth::Conn>(),
     )
     .with_graceful_shutdown(shutdown)
