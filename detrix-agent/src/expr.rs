@@ -268,7 +268,8 @@ pub fn parse_condition(text: &str) -> Result<Condition, ExprError> {
             found = Some((i, t.len(), op));
             break;
         }
-        i += 1;
+        // By whole characters: slicing inside a multi-byte one would panic.
+        i += rest.chars().next().map_or(1, char::len_utf8);
     }
     let Some((at, len, op)) = found else {
         return Err(err(
@@ -389,6 +390,20 @@ mod tests {
         let ok = "*".repeat(64) + "p" + &".f".repeat(64);
         assert!(parse(&ok).is_ok(), "128 operators are fine");
         assert!(parse(&(ok + ".g")).is_err(), "129 are not");
+    }
+
+    #[test]
+    fn non_ascii_conditions_are_errors_not_panics() {
+        assert_eq!(
+            parse_condition("rounδ > 1").unwrap_err().to_string(),
+            parse("rounδ").unwrap_err().to_string()
+        );
+        let c = parse_condition("name ^= \"été\"").unwrap();
+        assert_eq!(
+            (c.expr_text.as_str(), c.literal),
+            ("name", Literal::Str("été".into()))
+        );
+        assert!(parse_condition("ééé").is_err());
     }
 
     #[test]

@@ -233,8 +233,8 @@ fn render_error(e: &anyhow::Error) -> String {
 
 fn seconds(what: &str, s: f64) -> anyhow::Result<std::time::Duration> {
     anyhow::ensure!(
-        s.is_finite() && s > 0.0,
-        "{what} must be a positive number of seconds, got {s}"
+        s.is_finite() && s > 0.0 && s <= 3600.0,
+        "{what} must be a number of seconds above 0 and at most 3600, got {s:?}"
     );
     Ok(std::time::Duration::from_secs_f64(s))
 }

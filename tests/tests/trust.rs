@@ -725,3 +725,39 @@ fn the_control_plane_holds_at_most_64_connections_and_serves_again_after() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(agent.get("/detrix/status").1["state"], "sleeping");
 }
+
+#[test]
+fn absurd_timeouts_and_non_ascii_conditions_get_a_sentence_not_a_panic() {
+    require_root();
+    let fixture = Fixture::orders_private(50);
+    let out = Command::new(detrix_e2e::agent_bin())
+        .args(["attach", "--pid", &fixture.pid().to_string()])
+        .env("DETRIX_HEALTH_CHECK_TIMEOUT", "1e300")
+        .output()
+        .unwrap();
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        (
+            Some(1),
+            "error: DETRIX_HEALTH_CHECK_TIMEOUT must be a number of seconds above 0 and at most 3600, got 1e300"
+        )
+    );
+    let out = Command::new(detrix_e2e::agent_bin())
+        .args(detrix_e2e::capture_args(
+            fixture.pid(),
+            "orders.c:33",
+            &["round"],
+            &["--count", "1", "--when", "rounδ > 1"],
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("error: invalid expression `rounδ`") && !err.contains("panicked"),
+        "{err}"
+    );
+}
