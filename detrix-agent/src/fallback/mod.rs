@@ -541,6 +541,20 @@ mod tests {
     async fn the_dial_in_port_takes_only_the_spawned_child() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
+        // A local non-root user tries first (when we can become one), then this process.
+        // SAFETY: geteuid has no preconditions.
+        let nobody = (unsafe { libc::geteuid() } == 0).then(|| {
+            std::process::Command::new("setpriv")
+                .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", "bash", "-c"])
+                .arg(format!("trap '' PIPE; exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected && printf x >&3; timeout 5 cat <&3"))
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        });
+        if nobody.is_none() {
+            println!("NOT RUN: the dial-in port's test with a `nobody` intruder: not root, so it cannot become nobody");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let mut stranger = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .unwrap();
@@ -564,6 +578,14 @@ mod tests {
             .await
             .unwrap_or(0);
         assert_eq!(n, 0, "the stranger's connection was closed without a byte");
+        if let Some(nobody) = nobody {
+            let out = nobody.wait_with_output().unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "connected\n",
+                "nobody connected, got nothing and was closed"
+            );
+        }
         let _ = child.kill();
         let _ = child.wait();
         let err = accept_child(&l, 1, "Delve", 1).await.unwrap_err();
