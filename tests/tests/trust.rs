@@ -292,6 +292,12 @@ fn a_local_stranger_cannot_drive_the_control_plane_and_the_token_goes_nowhere_el
         200,
         "health is open"
     );
+    let (s, d) = nobody_http("GET", &a.agent, "/detrix/discover", "", "");
+    assert_eq!(
+        (s, d["name"].clone()),
+        (200, json!(format!("detrix-client-{}", a.fixture.pid()))),
+        "discover is open (contract §2.4): {d}"
+    );
     // Still awake: the daemon's probes are in place and delivering.
     assert_eq!(a.agent.get("/detrix/status").1["state"], "awake");
     assert!(outputs(&mut a.dap, 3).len() >= 3);

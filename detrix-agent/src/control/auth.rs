@@ -8,7 +8,8 @@
 //! user and every remote host — must send `Authorization: Bearer <token>`, compared in time that
 //! depends only on the caller's own input ([`token_matches`]); without a configured token they
 //! cannot pass at all. A refusal is a 401 with one sentence saying what to do. Only
-//! `/detrix/health` is open to all (it says "ok" and nothing else).
+//! [`OPEN_PATHS`] are open to all, as contract.md §2.4 requires: `/detrix/health` says "ok",
+//! `/detrix/discover` the connection name and URLs, neither anything about the target.
 //!
 //! The handler sees the outcome as a [`Caller`] request extension.
 
@@ -60,9 +61,12 @@ pub enum Caller {
     Trusted { uid: u32 },
     /// Anyone who presented the token.
     Token,
-    /// A path open to all (`/detrix/health`).
+    /// A path open to all ([`OPEN_PATHS`]).
     Anyone,
 }
+
+/// Paths that never need auth (contract.md §2.4).
+pub const OPEN_PATHS: [&str; 2] = ["/detrix/health", "/detrix/discover"];
 
 /// What the layer checks against.
 #[derive(Debug, Clone)]
@@ -117,7 +121,7 @@ pub fn decide(
     authorization: Option<&str>,
     token: Option<&str>,
 ) -> Option<Caller> {
-    if path == "/detrix/health" {
+    if OPEN_PATHS.contains(&path) {
         return Some(Caller::Anyone);
     }
     if let Some(o) = peer_uids.filter(|o| o.all_in(trusted)) {
@@ -230,6 +234,15 @@ mod tests {
         assert_eq!(
             decide("/detrix/health", None, &trusted, None, None),
             Some(Caller::Anyone)
+        );
+        assert_eq!(
+            decide("/detrix/discover", None, &trusted, None, None),
+            Some(Caller::Anyone)
+        );
+        assert_eq!(
+            decide("/detrix/discover/x", None, &trusted, None, t),
+            None,
+            "exact paths only"
         );
     }
 

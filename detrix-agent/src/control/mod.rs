@@ -6,7 +6,7 @@
 //! 503 when the daemon is unreachable or refuses the registration, 500 otherwise. Who may call
 //! is [`auth`]'s one layer over the whole router, checked before routing (issue #12): root, the
 //! agent's uid and the daemon's uid pass; everyone else needs the token; only `/detrix/health`
-//! is open. A wake's `daemon_url` must be the configured one or one named by
+//! and `/detrix/discover` are open (§2.4). A wake's `daemon_url` must be the configured one or one named by
 //! `--allow-daemon-url` (403 otherwise), so the token goes nowhere the operator did not name.
 
 pub mod auth;
