@@ -78,7 +78,9 @@ pub struct Policy {
     pub daemon_urls: Vec<String>,
 }
 
-/// Puts the auth layer in front of every route (and the fallback) of `router`.
+/// Puts the auth layer in front of every route (and the fallback) of `router`. Serve the
+/// result with `into_make_service_with_connect_info::<Conn>()` (over a plain `TcpListener` or
+/// [`super::listener::Capped`]); without [`Conn`] every request is refused by axum's extractor.
 pub fn protect<S: Clone + Send + Sync + 'static>(router: Router<S>, policy: Policy) -> Router<S> {
     router.layer(middleware::from_fn_with_state(Arc::new(policy), check))
 }
