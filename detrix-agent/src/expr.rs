@@ -43,6 +43,7 @@ pub fn parse(text: &str) -> Result<Expr, ExprError> {
         src: text,
         chars: text.char_indices().collect(),
         pos: 0,
+        steps: 0,
     };
     let e = p.unary()?;
     p.skip_ws();
@@ -52,10 +53,16 @@ pub fn parse(text: &str) -> Result<Expr, ExprError> {
     Ok(e)
 }
 
+/// Most operators (`*`, `(`, `.`, `->`, `[`) one expression may hold. Parsing, the plan and
+/// dropping the tree all recurse once per operator, so a hostile expression nested 100 000
+/// deep must stop here, not overflow the stack; real expressions use a handful.
+pub const MAX_OPERATORS: usize = 128;
+
 struct Parser<'a> {
     src: &'a str,
     chars: Vec<(usize, char)>,
     pos: usize,
+    steps: usize,
 }
 
 impl Parser<'_> {
@@ -95,8 +102,20 @@ impl Parser<'_> {
         }
     }
 
+    /// Counts one operator; refuses past [`MAX_OPERATORS`].
+    fn step(&mut self) -> Result<(), ExprError> {
+        self.steps += 1;
+        if self.steps > MAX_OPERATORS {
+            return Err(self.err(&format!(
+                "more than {MAX_OPERATORS} operators (`*`, `(`, `.`, `->`, `[`); the limit keeps evaluation bounded"
+            )));
+        }
+        Ok(())
+    }
+
     fn unary(&mut self) -> Result<Expr, ExprError> {
         if self.eat("*") {
+            self.step()?;
             return Ok(Expr::Deref(Box::new(self.unary()?)));
         }
         self.postfix()
@@ -106,10 +125,13 @@ impl Parser<'_> {
         let mut e = self.primary()?;
         loop {
             if self.eat("->") {
+                self.step()?;
                 e = Expr::Arrow(Box::new(e), self.ident("a field name after `->`")?);
             } else if self.eat(".") {
+                self.step()?;
                 e = Expr::Field(Box::new(e), self.ident("a field name after `.`")?);
             } else if self.eat("[") {
+                self.step()?;
                 let i = self.integer()?;
                 if !self.eat("]") {
                     return Err(self.err("expected `]`"));
@@ -132,6 +154,7 @@ impl Parser<'_> {
 
     fn primary(&mut self) -> Result<Expr, ExprError> {
         if self.eat("(") {
+            self.step()?;
             let e = self.unary()?;
             if !self.eat(")") {
                 return Err(self.err("expected `)`"));
@@ -245,7 +268,8 @@ pub fn parse_condition(text: &str) -> Result<Condition, ExprError> {
             found = Some((i, t.len(), op));
             break;
         }
-        i += 1;
+        // By whole characters: slicing inside a multi-byte one would panic.
+        i += rest.chars().next().map_or(1, char::len_utf8);
     }
     let Some((at, len, op)) = found else {
         return Err(err(
@@ -345,6 +369,41 @@ mod tests {
         ));
         assert!(matches!(parse("a[x]"), Err(ExprError::Syntax { .. })));
         assert!(matches!(parse("9x"), Err(ExprError::Syntax { .. })));
+    }
+
+    #[test]
+    fn nesting_100_000_deep_is_refused_not_a_stack_overflow() {
+        for text in [
+            "*".repeat(100_000) + "p",
+            "(".repeat(100_000) + "x" + &")".repeat(100_000),
+            "o".to_owned() + &"->next".repeat(100_000),
+            "a".to_owned() + &"[0]".repeat(100_000),
+        ] {
+            let Err(ExprError::Syntax { what, .. }) = parse(&text) else {
+                panic!("accepted a {}-char expression", text.len());
+            };
+            assert_eq!(
+                what,
+                "more than 128 operators (`*`, `(`, `.`, `->`, `[`); the limit keeps evaluation bounded"
+            );
+        }
+        let ok = "*".repeat(64) + "p" + &".f".repeat(64);
+        assert!(parse(&ok).is_ok(), "128 operators are fine");
+        assert!(parse(&(ok + ".g")).is_err(), "129 are not");
+    }
+
+    #[test]
+    fn non_ascii_conditions_are_errors_not_panics() {
+        assert_eq!(
+            parse_condition("rounδ > 1").unwrap_err().to_string(),
+            parse("rounδ").unwrap_err().to_string()
+        );
+        let c = parse_condition("name ^= \"été\"").unwrap();
+        assert_eq!(
+            (c.expr_text.as_str(), c.literal),
+            ("name", Literal::Str("été".into()))
+        );
+        assert!(parse_condition("ééé").is_err());
     }
 
     #[test]

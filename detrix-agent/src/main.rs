@@ -158,6 +158,14 @@ struct AttachArgs {
     /// The target's build tag, sent as buildTag (default: found as for --build-commit).
     #[arg(long, value_name = "TAG")]
     build_tag: Option<String>,
+    /// A daemon URL a wake body may name besides --daemon-url (repeatable); any other is
+    /// refused with 403, so the token is only ever sent where the operator said.
+    #[arg(long = "allow-daemon-url", value_name = "URL")]
+    allow_daemon_urls: Vec<String>,
+    /// An address that may connect to the DAP port from another host (repeatable); required
+    /// when --advertise-host is not loopback. Loopback peers must be root or the daemon's user.
+    #[arg(long = "dap-allow-peer", value_name = "ADDR")]
+    dap_allow_peers: Vec<std::net::IpAddr>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -274,8 +282,8 @@ fn render_error(e: &anyhow::Error) -> String {
 
 fn seconds(what: &str, s: f64) -> anyhow::Result<std::time::Duration> {
     anyhow::ensure!(
-        s.is_finite() && s > 0.0,
-        "{what} must be a positive number of seconds, got {s}"
+        s.is_finite() && s > 0.0 && s <= 3600.0,
+        "{what} must be a number of seconds above 0 and at most 3600, got {s:?}"
     );
     Ok(std::time::Duration::from_secs_f64(s))
 }
@@ -288,6 +296,7 @@ fn attach(args: AttachArgs) -> anyhow::Result<ExitCode> {
         elem_cap: args.max_elements,
         ..EngineOptions::default()
     };
+    detrix_agent::privs::check_target_owner(args.pid)?;
     let resolver = Resolver::open(args.pid, opts)
         .with_context(|| format!("attaching to process {}", args.pid))?;
     let language = match args.language {
@@ -327,6 +336,8 @@ fn attach(args: AttachArgs) -> anyhow::Result<ExitCode> {
             home.as_deref(),
             args.detrix_home.as_deref(),
         ),
+        allow_daemon_urls: args.allow_daemon_urls,
+        dap_allow_peers: args.dap_allow_peers,
         health_timeout: seconds("DETRIX_HEALTH_CHECK_TIMEOUT", args.health_check_timeout)?,
         register_timeout: seconds("DETRIX_REGISTER_TIMEOUT", args.register_timeout)?,
         unregister_timeout: seconds("DETRIX_UNREGISTER_TIMEOUT", args.unregister_timeout)?,
@@ -357,6 +368,9 @@ fn attach(args: AttachArgs) -> anyhow::Result<ExitCode> {
         handle.set_control_port(port);
         let shown_host = if cfg.control_host == "0.0.0.0" || cfg.control_host == "::" { "127.0.0.1" } else { cfg.control_host.as_str() };
         agent.set_control_url(format!("http://{shown_host}:{port}"));
+        // Everything that needed more is done (files opened, sockets bound, eBPF loaded).
+        let r = detrix_agent::privs::restrict().context("dropping the capabilities the agent does not use")?;
+        tracing::info!(kept = ?r.kept, missing = ?r.missing, "capabilities reduced; no_new_privs set");
         {
             use std::io::Write as _;
             // The one line the upstream conformance harness reads to find the control plane.
@@ -468,7 +482,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             cfg.daemon_url
         );
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(control::serve(listener, host.clone(), async move {
+        // Daemons whose users may call the host control plane without the token.
+        let daemon_urls: Vec<String> = std::iter::once(cfg.daemon_url.clone())
+            .chain(cfg.rules.iter().filter_map(|r| r.daemon_url.clone()))
+            .collect();
+        // Sockets bound, the process connector subscribed: keep only what serve uses.
+        let r = detrix_agent::privs::restrict_with(detrix_agent::privs::SERVE_EXTRA)
+            .context("dropping the capabilities the agent does not use")?;
+        tracing::info!(kept = ?r.kept, missing = ?r.missing, "capabilities reduced; no_new_privs set");
+        let server = tokio::spawn(control::serve(listener, host.clone(), daemon_urls, async move {
             let _ = stop_rx.await;
         }));
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -42,13 +42,32 @@ pub struct Target {
 /// Whether `pid` names a live (non-zombie) process.
 #[must_use]
 pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+    alive_from(pid, std::fs::read_to_string(format!("/proc/{pid}/stat")))
+}
+
+/// [`alive`] from the read of `/proc/PID/stat`. Only "no such file" means gone: when the read
+/// fails otherwise (EMFILE: the agent is out of file descriptors, ENOMEM), `kill(pid, 0)`,
+/// which needs no descriptor, decides, so running out of fds is never taken for the target's
+/// exit (issue #12 point 5).
+fn alive_from(pid: u32, stat: std::io::Result<String>) -> bool {
+    match stat {
         // Field 3 (after the parenthesised comm, which may contain spaces) is the state.
         Ok(stat) => stat
             .rsplit_once(')')
             .and_then(|(_, rest)| rest.split_whitespace().next())
             .is_some_and(|s| s != "Z" && s != "X"),
-        Err(_) => false,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => {
+            let Ok(p) = i32::try_from(pid) else {
+                return false;
+            };
+            // SAFETY: kill with signal 0 only checks that the process exists.
+            let r = unsafe { libc::kill(p, 0) };
+            let gone =
+                r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+            tracing::warn!(pid, error = %e, gone, "reading /proc/PID/stat failed; kill(pid, 0) decided whether the target runs");
+            !gone
+        }
     }
 }
 
@@ -157,4 +176,20 @@ pub fn check_privileges() -> Result<(), TargetError> {
     Err(TargetError::NoPermission {
         have: format!("uid {euid}, effective capabilities {eff:#x}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_file_descriptors_is_not_the_target_exiting() {
+        let me = std::process::id();
+        let emfile = || Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+        assert!(alive_from(me, emfile()), "EMFILE on a live process");
+        let gone = || Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert!(!alive_from(me, gone()));
+        // A pid that cannot exist (above pid_max): EMFILE, then kill says ESRCH.
+        assert!(!alive_from(4_194_305, emfile()));
+    }
 }

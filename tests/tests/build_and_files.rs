@@ -22,6 +22,10 @@ use common::{http, json_body, try_http, AttachedAgent, RestStub};
 use detrix_e2e::{build_c_fixture, fixtures_out_dir, require_root, Build, Fixture};
 use serde_json::{json, Value};
 
+/// The control plane's answer to a caller with no trusted uid and no valid token (issue #12).
+const UNAUTHORIZED: &str =
+    "unauthorized: only root, the agent's user and the daemon's user may call without a token; send Authorization: Bearer <token>";
+
 const NOBODY: u32 = 65534;
 
 fn scratch(tag: &str) -> PathBuf {
@@ -487,7 +491,7 @@ fn files_read_from_a_remote_caller_needs_the_token_and_discover_does_not() {
     let body = json!({"path": "src/main.c"}).to_string();
     assert_eq!(
         try_http("POST", &url, Some(&body), &[]).unwrap(),
-        (401, json!({"error":"unauthorized"}).to_string())
+        (401, json!({"error": UNAUTHORIZED}).to_string())
     );
     assert_eq!(
         try_http(

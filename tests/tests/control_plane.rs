@@ -127,7 +127,16 @@ fn eh001_unreachable_daemon_fails_clearly_and_stays_asleep() {
     require_root();
     let fixture = Fixture::orders_private(50);
     let stub = stub();
-    let agent = AttachedAgent::start(fixture.pid(), &["--daemon-url", &stub.url], &[]);
+    let agent = AttachedAgent::start(
+        fixture.pid(),
+        &[
+            "--daemon-url",
+            &stub.url,
+            "--allow-daemon-url",
+            "http://127.0.0.1:1",
+        ],
+        &[],
+    );
     let (s, e) = agent.post(
         "/detrix/wake",
         Some(r#"{"daemon_url":"http://127.0.0.1:1"}"#),
@@ -198,6 +207,8 @@ fn own_remote_ip() -> Option<std::net::IpAddr> {
     Some(s.local_addr().ok()?.ip()).filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
 }
 
+const REFUSAL: &str = "unauthorized: only root, the agent's user and the daemon's user may call without a token; send Authorization: Bearer <token>";
+
 #[test]
 fn remote_callers_need_the_bearer_token() {
     require_root();
@@ -219,13 +230,10 @@ fn remote_callers_need_the_bearer_token() {
         (s, json_body(&b))
     };
     assert_eq!(get("/detrix/health", &[]).0, 200, "health never needs auth");
-    assert_eq!(
-        get("/detrix/status", &[]),
-        (401, json!({"error":"unauthorized"}))
-    );
+    assert_eq!(get("/detrix/status", &[]), (401, json!({"error": REFUSAL})));
     assert_eq!(
         get("/detrix/nope", &[]),
-        (401, json!({"error":"unauthorized"})),
+        (401, json!({"error": REFUSAL})),
         "auth before routing"
     );
     assert_eq!(
@@ -239,7 +247,7 @@ fn remote_callers_need_the_bearer_token() {
     assert_eq!(
         agent.get("/detrix/status").0,
         200,
-        "loopback passes without a token"
+        "root on loopback passes without a token"
     );
     thread::sleep(Duration::from_millis(10));
 }

@@ -15,6 +15,10 @@ use detrix_e2e::{
 };
 use serde_json::{json, Value};
 
+/// The control plane's answer to a caller with no trusted uid and no valid token (issue #12).
+const UNAUTHORIZED: &str =
+    "unauthorized: only root, the agent's user and the daemon's user may call without a token; send Authorization: Bearer <token>";
+
 struct Serve {
     child: Child,
     control: String,
@@ -380,7 +384,7 @@ fn remote_callers_need_the_bearer_token() {
         200,
         "health never needs auth"
     );
-    let refused = (401, json!({"error":"unauthorized"}));
+    let refused = (401, json!({"error": UNAUTHORIZED}));
     assert_eq!(call("GET", "/detrix/targets", &[]), refused);
     assert_eq!(call("GET", "/detrix/targets", wrong), refused);
     assert_eq!(call("POST", "/detrix/wake", &[]), refused);

@@ -3,19 +3,19 @@
 //!
 //! Field for field as the SDKs: snake_case JSON, `connection_id: null` while asleep (Go and
 //! Python emit it; §13), 404 `{"error":"not found"}` for an unknown path or method (Rust SDK),
-//! 503 when the daemon is unreachable or refuses the registration, 500 otherwise. Auth is
-//! checked before routing: loopback peers always pass, others need `Authorization: Bearer
-//! <token>` (compared in constant time), and no configured token means remote callers are
-//! refused. `/detrix/health` and `/detrix/discover` never need auth.
+//! 503 when the daemon is unreachable or refuses the registration, 500 otherwise. Who may call
+//! is [`auth`]'s one layer over the whole router, checked before routing (issue #12): root, the
+//! agent's uid and the daemon's uid pass; everyone else needs the token; only `/detrix/health`
+//! and `/detrix/discover` are open (§2.4). A wake's `daemon_url` must be the configured one or one named by
+//! `--allow-daemon-url` (403 otherwise), so the token goes nowhere the operator did not name.
 
+pub mod auth;
 pub mod files;
-
-use std::net::{IpAddr, SocketAddr};
+pub mod listener;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -26,8 +26,9 @@ use crate::daemon::{AgentHandle, DaemonError, WakeError};
 /// An error as the control plane answers it: a status and `{"error": "<sentence>"}`.
 #[derive(Debug)]
 pub enum ControlError {
-    Unauthorized,
     NotFound,
+    /// A wake names a daemon the operator did not configure.
+    ForeignDaemon(String),
     BadRequest(String),
     Wake(WakeError),
 }
@@ -35,7 +36,10 @@ pub enum ControlError {
 impl IntoResponse for ControlError {
     fn into_response(self) -> Response {
         let (status, msg) = match self {
-            ControlError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized".to_owned()),
+            ControlError::ForeignDaemon(url) => (
+                StatusCode::FORBIDDEN,
+                format!("daemon_url `{url}` is not the configured daemon; start the agent with --allow-daemon-url {url} to allow it"),
+            ),
             ControlError::NotFound => (StatusCode::NOT_FOUND, "not found".to_owned()),
             ControlError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ControlError::Wake(e) => {
@@ -51,59 +55,6 @@ impl IntoResponse for ControlError {
             }
         };
         (status, Json(json!({ "error": msg }))).into_response()
-    }
-}
-
-/// Whether a peer may skip the token: loopback addresses (IPv4-mapped IPv6 included).
-#[must_use]
-pub fn is_loopback(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-    }
-}
-
-/// Compares in time independent of where the first difference is.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Whether a request with this peer, path and `Authorization` header may proceed.
-#[must_use]
-pub fn authorized(
-    peer: IpAddr,
-    path: &str,
-    authorization: Option<&str>,
-    token: Option<&str>,
-) -> bool {
-    if path == "/detrix/health" || path == "/detrix/discover" || is_loopback(peer) {
-        return true;
-    }
-    match (token, authorization.and_then(|h| h.strip_prefix("Bearer "))) {
-        (Some(want), Some(got)) => constant_time_eq(want.as_bytes(), got.as_bytes()),
-        _ => false,
-    }
-}
-
-async fn auth(
-    State(agent): State<AgentHandle>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let header = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if authorized(peer.ip(), req.uri().path(), header, agent.token.as_deref()) {
-        next.run(req).await
-    } else {
-        ControlError::Unauthorized.into_response()
     }
 }
 
@@ -160,7 +111,12 @@ async fn wake(State(agent): State<AgentHandle>, body: Bytes) -> Result<Json<Valu
         })?;
         match v.get("daemon_url") {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::String(s)) if s.is_empty() => None,
+            Some(Value::String(s)) if agent.daemon_url_allowed(s) => Some(s.clone()),
+            Some(Value::String(s)) => {
+                tracing::warn!(daemon_url = s, "wake refused: daemon_url is neither the configured daemon nor one named by --allow-daemon-url");
+                return Err(ControlError::ForeignDaemon(s.clone()));
+            }
             Some(_) => {
                 return Err(ControlError::BadRequest(
                     "wake body's daemon_url is not a string".into(),
@@ -202,7 +158,11 @@ async fn not_found() -> ControlError {
 
 /// The router, with auth in front of everything.
 pub fn router(agent: AgentHandle) -> Router {
-    Router::new()
+    let policy = auth::Policy {
+        token: agent.token.clone(),
+        daemon_urls: agent.daemon_urls.to_vec(),
+    };
+    let routes = Router::new()
         .route("/detrix/health", get(health))
         .route("/detrix/status", get(status))
         .route("/detrix/info", get(info))
@@ -211,12 +171,12 @@ pub fn router(agent: AgentHandle) -> Router {
         .route("/detrix/discover", get(discover))
         .route("/detrix/files/read", post(files::files_read))
         .fallback(not_found)
-        .method_not_allowed_fallback(not_found)
-        .layer(middleware::from_fn_with_state(agent.clone(), auth))
-        .with_state(agent)
+        .method_not_allowed_fallback(not_found);
+    auth::protect(routes, policy).with_state(agent)
 }
 
-/// Serves the control plane on `listener` until `shutdown` resolves.
+/// Serves the control plane on `listener` until `shutdown` resolves, with [`listener`]'s
+/// connection cap and answer timeout.
 ///
 /// # Errors
 /// The server failed.
@@ -226,58 +186,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(
-        listener,
-        router(agent).into_make_service_with_connect_info::<SocketAddr>(),
+        listener::Capped::new(listener),
+        router(agent).into_make_service_with_connect_info::<auth::Conn>(),
     )
     .with_graceful_shutdown(shutdown)
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn loopback_passes_remote_needs_the_token() {
-        let lo: IpAddr = "127.0.0.1".parse().unwrap();
-        let lo6: IpAddr = "::1".parse().unwrap();
-        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
-        let remote: IpAddr = "10.0.0.7".parse().unwrap();
-        assert!(authorized(lo, "/detrix/wake", None, None));
-        assert!(authorized(lo6, "/detrix/wake", None, Some("t")));
-        assert!(authorized(mapped, "/detrix/status", None, Some("t")));
-        assert!(authorized(remote, "/detrix/health", None, Some("t")));
-        assert!(authorized(remote, "/detrix/discover", None, None));
-        assert!(!authorized(remote, "/detrix/wake", None, Some("t")));
-        assert!(
-            !authorized(remote, "/detrix/wake", Some("Bearer t"), None),
-            "no configured token refuses remote callers"
-        );
-        assert!(
-            !authorized(remote, "/detrix/wake", Some("bearer t"), Some("t")),
-            "`Bearer ` is case-sensitive"
-        );
-        assert!(!authorized(
-            remote,
-            "/detrix/wake",
-            Some("Bearer u"),
-            Some("t")
-        ));
-        assert!(
-            !authorized(remote, "/nope", None, Some("t")),
-            "auth is checked before routing"
-        );
-        assert!(authorized(
-            remote,
-            "/detrix/wake",
-            Some("Bearer t"),
-            Some("t")
-        ));
-        assert!(!authorized(
-            "0.0.0.0".parse().unwrap(),
-            "/detrix/wake",
-            None,
-            None
-        ));
-    }
 }

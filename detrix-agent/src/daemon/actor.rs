@@ -85,6 +85,9 @@ pub struct AgentHandle {
     pub info: Arc<Info>,
     /// The token remote control-plane callers must present.
     pub token: Option<String>,
+    /// The configured daemon URL and those named by `--allow-daemon-url`: the only URLs a wake
+    /// may name (the token is sent to it).
+    pub daemon_urls: Arc<[String]>,
 }
 
 impl AgentHandle {
@@ -95,6 +98,15 @@ impl AgentHandle {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Whether a wake may name `url` (trailing `/` ignored).
+    #[must_use]
+    pub fn daemon_url_allowed(&self, url: &str) -> bool {
+        let url = url.trim_end_matches('/');
+        self.daemon_urls
+            .iter()
+            .any(|u| u.trim_end_matches('/') == url)
     }
 
     /// Records the control plane's bound port (known only after it binds).
@@ -209,6 +221,9 @@ impl Agent {
             view: view.clone(),
             info,
             token: cfg.token.clone(),
+            daemon_urls: std::iter::once(cfg.daemon_url.clone())
+                .chain(cfg.allow_daemon_urls.iter().cloned())
+                .collect(),
         };
         let (exit_tx, _) = watch::channel(false);
         let client = DaemonClient::new(cfg.token.clone());
@@ -384,6 +399,9 @@ impl Agent {
                 self.cfg.advertise_host
             )
         })?;
+        if !crate::peer::is_loopback(ip) && self.cfg.dap_allow_peers.is_empty() {
+            return Err(format!("advertise host {ip} is not loopback: the DAP port would be open to the network; name the daemon's address with --dap-allow-peer ADDR"));
+        }
         let addr = SocketAddr::new(ip, self.cfg.debug_port);
         let listener = TcpListener::bind(addr).await.map_err(|e| {
             format!("binding {addr}: {e} (choose another --debug-port or 0 for any)")
@@ -399,6 +417,10 @@ impl Agent {
             exit_rx: self.exit_tx.subscribe(),
             recorder: self.recorder.clone(),
             fallback: self.fallback.clone(),
+            gate: crate::peer::DapGate {
+                daemon_url: self.life.active_url.clone(),
+                remote_peers: self.cfg.dap_allow_peers.clone(),
+            },
         };
         self.listener = Some(tokio::spawn(accept_loop(listener, ctx)));
         Ok(port)

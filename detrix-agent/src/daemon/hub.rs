@@ -1,17 +1,20 @@
-//! The hub: which DAP sessions are live, which one is current, and the fan-out of hit batches
-//! to them.
+//! The hub: the one live DAP session and the fan-out of hit batches to it.
 //!
-//! A connection becomes the current session when it sends its first request ([`Hub::claim`]);
-//! older ones are then ended (newest wins, Appendix B), while a connect-and-close probe never
-//! displaces anyone. Every live session gets every batch (one `Arc`, no copy) and keeps the
-//! hits of its own probes; a session that does not keep up loses batches rather than slowing
-//! the reader. The session list is the only state here, behind a small lock held for a push,
+//! At most one session is live (issue #12 point 1): a second connection waits
+//! [`SECOND_SESSION_GRACE`] for the live one to end (a daemon reconnecting, a connect-and-close
+//! probe) and is otherwise refused; it never cancels the live one — contract Appendix B's
+//! "newest wins" is deliberately not kept, because on a root agent it let any peer that got in
+//! take the daemon's session over. The live session gets every batch (one `Arc`, no copy) and
+//! keeps the hits of its own probes; a session that does not keep up loses batches rather than
+//! slowing the reader. The session list is the only state here, behind a small lock held for a push,
 //! a scan or a retain — never across I/O.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use tokio::sync::{mpsc, oneshot};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
 
 use crate::dap::ProbeHit;
 
@@ -22,11 +25,9 @@ pub type HitBatch = Arc<Vec<ProbeHit>>;
 struct Slot {
     generation: u64,
     hits: mpsc::Sender<HitBatch>,
-    /// Dropping it ends the session.
-    cancel: Option<oneshot::Sender<()>>,
 }
 
-/// Routes hits to the live sessions and picks the current one.
+/// Routes hits to the live session (at most one).
 #[derive(Default)]
 pub struct Hub {
     slots: Mutex<Vec<Slot>>,
@@ -36,45 +37,45 @@ pub struct Hub {
 /// How many hit batches may wait for a slow session before newer ones are dropped.
 const SESSION_HIT_QUEUE: usize = 1024;
 
+/// How long a second DAP connection waits for the live session to end before it is refused.
+pub const SECOND_SESSION_GRACE: Duration = Duration::from_secs(2);
+
 impl Hub {
     fn slots(&self) -> MutexGuard<'_, Vec<Slot>> {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A new session: its guard (carrying its number), its hits, and its end signal.
-    pub fn join(self: &Arc<Self>) -> (SlotGuard, mpsc::Receiver<HitBatch>, oneshot::Receiver<()>) {
+    /// Becomes the one live session — its guard (carrying its number) and its hits — or
+    /// `None` while another is live.
+    pub fn join(self: &Arc<Self>) -> Option<(SlotGuard, mpsc::Receiver<HitBatch>)> {
+        let mut slots = self.slots();
+        if !slots.is_empty() {
+            return None;
+        }
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let (hits, hits_rx) = mpsc::channel(SESSION_HIT_QUEUE);
-        let (cancel, cancel_rx) = oneshot::channel();
-        self.slots().push(Slot {
-            generation,
-            hits,
-            cancel: Some(cancel),
-        });
-        (
+        slots.push(Slot { generation, hits });
+        drop(slots);
+        Some((
             SlotGuard {
                 hub: self.clone(),
                 generation,
             },
             hits_rx,
-            cancel_rx,
-        )
+        ))
     }
 
-    /// `generation` spoke first: every other session ends.
-    pub fn claim(&self, generation: u64) {
-        for s in self
-            .slots()
-            .iter_mut()
-            .filter(|s| s.generation != generation)
-        {
-            if s.cancel.take().is_some() {
-                tracing::info!(
-                    old = s.generation,
-                    new = generation,
-                    "a newer DAP session replaces an older one"
-                );
+    /// [`Hub::join`], waiting up to [`SECOND_SESSION_GRACE`] for a live session to end.
+    pub async fn join_when_free(self: &Arc<Self>) -> Option<(SlotGuard, mpsc::Receiver<HitBatch>)> {
+        let deadline = tokio::time::Instant::now() + SECOND_SESSION_GRACE;
+        loop {
+            if let Some(j) = self.join() {
+                return Some(j);
             }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

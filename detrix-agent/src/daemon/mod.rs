@@ -45,6 +45,11 @@ pub struct AttachConfig {
     pub advertise_host: String,
     pub hostname: String,
     pub token: Option<String>,
+    /// Daemon URLs a wake body may name besides `daemon_url` (`--allow-daemon-url`).
+    pub allow_daemon_urls: Vec<String>,
+    /// Non-loopback addresses that may connect to the DAP port (`--dap-allow-peer`); empty:
+    /// the DAP listener must be on loopback.
+    pub dap_allow_peers: Vec<std::net::IpAddr>,
     pub health_timeout: Duration,
     pub register_timeout: Duration,
     pub unregister_timeout: Duration,

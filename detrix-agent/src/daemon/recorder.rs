@@ -18,13 +18,13 @@ pub struct DapRecorder {
 }
 
 impl DapRecorder {
-    /// Creates (truncates) `path`.
+    /// Creates (truncates) `path`: mode 0600, never through a symlink ([`crate::privs`]).
     ///
     /// # Errors
     /// The file cannot be created.
     pub fn create(path: &std::path::Path) -> std::io::Result<Self> {
         Ok(Self {
-            out: Arc::new(Mutex::new(std::fs::File::create(path)?)),
+            out: Arc::new(Mutex::new(crate::privs::create_private(path)?)),
             start: std::time::Instant::now(),
         })
     }

@@ -8,6 +8,10 @@
 //! install's result is fed back before anything else, so the facade sees the same sequence a
 //! test harness gives it. A session's probes go when it ends, however it ends: by the facade's
 //! own removes on a clean end, and by [`SessionProbes`] when the task is aborted.
+//!
+//! Who may connect (issue #12 point 1): a connection is served only if [`DapGate`] admits its
+//! peer (root or the daemon's user on loopback, a `--dap-allow-peer` address otherwise), at
+//! most [`MAX_DAP_CONNECTIONS`] are held at once, and only one is live ([`Hub::join_when_free`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -26,6 +30,15 @@ use super::registry::Probes;
 use crate::dap::codec::{encode_frame, read_frame};
 use crate::dap::facade::Options;
 use crate::dap::{Effect, Facade, Input};
+use crate::peer::DapGate;
+
+/// Most DAP connections held at once (the live session plus those being checked or waiting
+/// for it); more are closed at accept, so thousands of idle connections cost nothing.
+const MAX_DAP_CONNECTIONS: usize = 16;
+
+/// A session that sends no request within this long after it is admitted is closed, so an
+/// idle connection cannot hold the one session slot (the daemon sends `initialize` at once).
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every session of a listener shares.
 #[derive(Clone)]
@@ -36,17 +49,38 @@ pub(super) struct SessionCtx {
     pub exit_rx: watch::Receiver<bool>,
     pub recorder: Option<DapRecorder>,
     pub fallback: mpsc::UnboundedSender<JobRequest>,
+    pub gate: DapGate,
 }
 
 pub(super) async fn accept_loop(listener: TcpListener, ctx: SessionCtx) {
     let mut sessions = JoinSet::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_DAP_CONNECTIONS));
+    let mut over_cap = 0u64;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    tracing::info!(%peer, "daemon connected to the DAP port");
-                    let _ = stream.set_nodelay(true);
-                    sessions.spawn(serve_session(stream, ctx.clone()));
+                    let Ok(permit) = slots.clone().try_acquire_owned() else {
+                        over_cap += 1;
+                        if over_cap.is_power_of_two() {
+                            tracing::warn!(%peer, refused = over_cap, "DAP connection refused: {MAX_DAP_CONNECTIONS} connections are already open (MAX_DAP_CONNECTIONS)");
+                        }
+                        continue;
+                    };
+                    let ctx = ctx.clone();
+                    sessions.spawn(async move {
+                        let _permit = permit;
+                        let local = stream.local_addr().unwrap_or(peer);
+                        match ctx.gate.admit(local, peer) {
+                            Ok(who) => tracing::info!(peer = who, "daemon connected to the DAP port"),
+                            Err(why) => {
+                                tracing::warn!(reason = why, "DAP connection refused");
+                                return;
+                            }
+                        }
+                        let _ = stream.set_nodelay(true);
+                        serve_session(stream, ctx).await;
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a DAP connection failed");
@@ -142,9 +176,13 @@ async fn serve_session(stream: TcpStream, ctx: SessionCtx) {
         mut exit_rx,
         recorder,
         fallback,
+        gate: _,
     } = ctx;
     let (jobs_tx, mut jobs_rx) = mpsc::unbounded_channel();
-    let (guard, mut hits_rx, mut cancel_rx) = hub.join();
+    let Some((guard, mut hits_rx)) = hub.join_when_free().await else {
+        tracing::warn!("DAP connection refused: a session is already live (one session per agent; it is not replaced)");
+        return;
+    };
     let generation = guard.generation;
     let _owned = SessionProbes {
         probes: probes.clone(),
@@ -175,7 +213,9 @@ async fn serve_session(stream: TcpStream, ctx: SessionCtx) {
         jobs_tx,
         generation,
     };
-    let mut claimed = false;
+    let first_request = tokio::time::sleep(FIRST_REQUEST_TIMEOUT);
+    tokio::pin!(first_request);
+    let mut spoke = false;
     if *exit_rx.borrow() {
         let out = shell.step(Input::TargetExited).await;
         let _ = send(&mut wr, &out, rec).await;
@@ -185,8 +225,8 @@ async fn serve_session(stream: TcpStream, ctx: SessionCtx) {
     loop {
         let out = tokio::select! {
             biased;
-            _ = &mut cancel_rx => {
-                tracing::debug!(session = generation, "session ended by a newer one or by sleep");
+            () = &mut first_request, if !spoke => {
+                tracing::warn!(session = generation, "DAP connection closed: no request within {FIRST_REQUEST_TIMEOUT:?} of connecting");
                 break;
             }
             changed = exit_rx.changed() => {
@@ -200,10 +240,7 @@ async fn serve_session(stream: TcpStream, ctx: SessionCtx) {
             }
             frame = frames_rx.recv() => match frame {
                 Some(Ok(Some(msg))) => {
-                    if !claimed {
-                        hub.claim(generation);
-                        claimed = true;
-                    }
+                    spoke = true;
                     if let Some(r) = rec {
                         r.write("daemon->adapter", &msg);
                     }

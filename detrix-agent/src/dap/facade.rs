@@ -60,6 +60,10 @@ use crate::plan::Value as V;
 /// needs ~2 ms per stop, a hot line hits far more often.
 pub const MAX_QUEUED_STOPS: usize = 32;
 
+/// Most breakpoints one `setBreakpoints` may set in one file: each is a uprobe, and a peer
+/// sending 10 000 must get an answer naming this limit, not an agent busy for minutes.
+pub const MAX_BREAKPOINTS_PER_FILE: usize = 256;
+
 /// A probe as a session names it: the session's number and a count within it. Stable while
 /// the engine takes probes off and puts them back (the engine's own ids change then).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,12 +1,11 @@
 //! A minimal DAP client for driving a spawned debugger: send a request, wait for its response
-//! or for an event, remembering whether the debuggee is stopped.
+//! or for an event, remembering whether the debuggee is stopped. It speaks over any byte
+//! stream: lldb-dap's stdio (a socketpair) or the TCP connection Delve dials in on.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 use crate::dap::codec::{encode_frame, read_frame, CodecError};
 
@@ -25,8 +24,8 @@ pub enum ClientError {
 
 /// One DAP connection to a debugger.
 pub struct DapClient {
-    rd: BufReader<OwnedReadHalf>,
-    wr: OwnedWriteHalf,
+    rd: Box<dyn AsyncBufRead + Unpin + Send>,
+    wr: Box<dyn AsyncWrite + Unpin + Send>,
     seq: i64,
     /// Events read while waiting for something else.
     events: Vec<Value>,
@@ -37,12 +36,11 @@ pub struct DapClient {
 }
 
 impl DapClient {
-    pub fn new(stream: TcpStream) -> Self {
-        let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
+    pub fn new<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) -> Self {
+        let (rd, wr) = tokio::io::split(stream);
         Self {
-            rd: BufReader::new(rd),
-            wr,
+            rd: Box::new(BufReader::new(rd)),
+            wr: Box::new(wr),
             seq: 0,
             events: Vec::new(),
             responses: Vec::new(),

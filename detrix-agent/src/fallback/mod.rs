@@ -6,7 +6,7 @@
 //! stop), so everything else is answered from in-kernel snapshots ([`crate::dap::facade`]).
 //!
 //! One round ([`evaluate_at`]): spawn the debugger (`lldb-dap-22` for C/C++/Rust, `dlv dap` for
-//! Go) on a loopback port, attach by pid, set one breakpoint at `file:line`, wait for it to be
+//! Go), attach by pid, set one breakpoint at `file:line`, wait for it to be
 //! hit, evaluate each expression in the top frame, then detach safely and reap the debugger.
 //! Each debugger's rules: Delve evaluates calls only as `call <expr>`; lldb needs a cast on a
 //! call to a function without debug info (`(long)strlen(name)`; toolchain.md E12), retried once
@@ -21,6 +21,13 @@
 //!
 //! The caller must take its own uprobes off the process first and put them back after: both
 //! patch `int3` into the same text.
+//!
+//! Nobody else may reach the debugger (issue #12 point 3; it runs as root and attaches to any
+//! process): lldb-dap speaks DAP over its stdio, a socketpair only the agent holds; Delve cannot
+//! (its `dap` mode is TCP only), so the agent listens on a loopback port it keeps bound and
+//! Delve dials in (`--client-addr`); a connection is used only if its socket is held by that
+//! very child, anything else is closed ([`crate::peer`]). Each debugger dies with the agent
+//! (`PR_SET_PDEATHSIG`), and an expression is only ever an expression ([`check_expression`]).
 
 mod client;
 
@@ -88,7 +95,7 @@ pub enum FallbackError {
         var: &'static str,
         source: std::io::Error,
     },
-    #[error("{name} did not accept a DAP connection on 127.0.0.1:{port} within {secs} s; check that it runs on this machine")]
+    #[error("{name} did not dial in to the agent's 127.0.0.1:{port} within {secs} s; check that it runs on this machine")]
     NoListener {
         name: &'static str,
         port: u16,
@@ -131,13 +138,15 @@ impl Drop for Spawned {
     }
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// What the agent speaks DAP over with a spawned debugger.
+enum Channel {
+    /// lldb-dap's stdin/stdout.
+    Stdio(tokio::net::UnixStream),
+    /// Delve will dial in here.
+    DialIn(tokio::net::TcpListener),
 }
 
-fn spawn(dbg: Debugger) -> Result<(Spawned, u16), FallbackError> {
+fn spawn(dbg: Debugger) -> Result<(Spawned, Channel), FallbackError> {
     let program = dbg.program();
     let spawn_err = |source| FallbackError::Spawn {
         name: dbg.name(),
@@ -154,23 +163,106 @@ fn spawn(dbg: Debugger) -> Result<(Spawned, u16), FallbackError> {
         },
         source,
     };
-    let port = free_port().map_err(spawn_err)?;
     let mut cmd = Command::new(&program);
-    match dbg {
-        Debugger::Lldb => cmd
-            .arg("--connection")
-            .arg(format!("listen://127.0.0.1:{port}")),
+    let channel = match dbg {
+        // No `--connection`: lldb-dap then speaks DAP on stdin/stdout, which only we hold.
+        Debugger::Lldb => {
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(spawn_err)?;
+            let theirs_out = theirs.try_clone().map_err(spawn_err)?;
+            cmd.stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+                .stdout(Stdio::from(std::os::fd::OwnedFd::from(theirs_out)));
+            ours.set_nonblocking(true).map_err(spawn_err)?;
+            Channel::Stdio(tokio::net::UnixStream::from_std(ours).map_err(spawn_err)?)
+        }
         // Go ≥ 1.21 binaries need the version check off with Delve 1.20 (toolchain.md E10).
-        Debugger::Delve => cmd
-            .arg("dap")
-            .arg(format!("--listen=127.0.0.1:{port}"))
-            .arg("--check-go-version=false"),
+        Debugger::Delve => {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(spawn_err)?;
+            let port = l.local_addr().map_err(spawn_err)?.port();
+            l.set_nonblocking(true).map_err(spawn_err)?;
+            cmd.arg("dap")
+                .arg(format!("--client-addr=127.0.0.1:{port}"))
+                .arg("--check-go-version=false")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null());
+            Channel::DialIn(tokio::net::TcpListener::from_std(l).map_err(spawn_err)?)
+        }
     };
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.stderr(Stdio::null());
+    die_with_parent(&mut cmd);
     let child = cmd.spawn().map_err(spawn_err)?;
-    Ok((Spawned { child }, port))
+    Ok((Spawned { child }, channel))
+}
+
+/// The debugger gets SIGKILL when the agent's thread that spawned it dies (the agent runs a
+/// single-threaded runtime, so that is the agent), so a killed agent leaves no root debugger.
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: the closure runs in the child between fork and exec and only calls prctl, which
+    // is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Waits `secs` for Delve, pid `child`, to dial in; a connection from any other process is
+/// closed and logged.
+async fn accept_child(
+    l: &tokio::net::TcpListener,
+    child: u32,
+    name: &'static str,
+    secs: u64,
+) -> Result<tokio::net::TcpStream, FallbackError> {
+    let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+    let wait = async {
+        loop {
+            let Ok((s, peer)) = l.accept().await else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let local = s.local_addr().unwrap_or(peer);
+            match crate::peer::peer_owner(local, peer) {
+                Some(o) if o.pids == [child] => return s,
+                other => tracing::warn!(
+                    %peer,
+                    owner = other.as_ref().map(crate::peer::Owner::describe),
+                    "a process other than the spawned debugger connected to its dial-in port; closed"
+                ),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(secs), wait)
+        .await
+        .map_err(|_| FallbackError::NoListener { name, port, secs })
+}
+
+/// An expression must stay an expression: refuses what a debugger would run as one of its own
+/// commands (lldb's command escape `` ` ``, Delve's `dlv …` REPL commands) and control
+/// characters that would start another line.
+///
+/// # Errors
+/// A sentence naming what was refused.
+pub fn check_expression(dbg: Debugger, expr: &str) -> Result<(), String> {
+    if let Some(c) = expr.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "expression `{}` contains the control character {c:?}; an expression is one line",
+            expr.escape_debug()
+        ));
+    }
+    let t = expr.trim_start();
+    match dbg {
+        Debugger::Lldb if expr.contains('`') => Err(format!(
+            "expression `{expr}` contains a backtick, which lldb-dap would run as a debugger command; only expressions are evaluated"
+        )),
+        Debugger::Delve if t == "dlv" || t.starts_with("dlv ") => Err(format!(
+            "expression `{expr}` starts with `dlv`, which Delve would run as a debugger command; only expressions are evaluated"
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Evaluates `req.exprs` at the next hit of `req.file:req.line` in process `req.pid` with a
@@ -181,21 +273,14 @@ fn spawn(dbg: Debugger) -> Result<(Spawned, u16), FallbackError> {
 /// debugger is gone and the target detached in every case.
 pub async fn evaluate_at(req: &Request) -> Result<Vec<Evaluated>, FallbackError> {
     let dbg = req.debugger;
-    let (spawned, port) = spawn(dbg)?;
-    let connect_deadline = Instant::now() + Duration::from_secs(10);
-    let mut client = loop {
-        match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            Ok(s) => break DapClient::new(s),
-            Err(_) if Instant::now() < connect_deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await
-            }
-            Err(_) => {
-                return Err(FallbackError::NoListener {
-                    name: dbg.name(),
-                    port,
-                    secs: 10,
-                })
-            }
+    let (spawned, channel) = spawn(dbg)?;
+    let mut client = match channel {
+        Channel::Stdio(s) => DapClient::new(s),
+        Channel::DialIn(l) => {
+            let s = accept_child(&l, spawned.child.id(), dbg.name(), 10).await?;
+            drop(l);
+            let _ = s.set_nodelay(true);
+            DapClient::new(s)
         }
     };
     let out = session(&mut client, req).await;
@@ -321,6 +406,9 @@ async fn evaluate(
     frame_id: i64,
     expr: &str,
 ) -> Result<Evaluated, ClientError> {
+    if let Err(why) = check_expression(dbg, expr) {
+        return Ok(Err(why));
+    }
     let (text, context) = match dbg {
         Debugger::Delve if crate::dap::facade::has_call(expr) => (format!("call {expr}"), "repl"),
         Debugger::Delve => (expr.to_owned(), "repl"),
@@ -446,6 +534,97 @@ pub fn proc_state(pid: u32) -> Option<(String, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The Delve dial-in port takes only its own child: another process's connection (here
+    /// this test's own) is closed, the child's is used.
+    #[tokio::test]
+    async fn the_dial_in_port_takes_only_the_spawned_child() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        // A local non-root user tries first (when we can become one), then this process.
+        // SAFETY: geteuid has no preconditions.
+        let nobody = (unsafe { libc::geteuid() } == 0).then(|| {
+            std::process::Command::new("setpriv")
+                .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--", "bash", "-c"])
+                .arg(format!("trap '' PIPE; exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected && printf x >&3; timeout 5 cat <&3"))
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        });
+        if nobody.is_none() {
+            println!("NOT RUN: the dial-in port's test with a `nobody` intruder: not root, so it cannot become nobody");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut stranger = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut child = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "sleep 0.3; exec 3<>/dev/tcp/127.0.0.1/{port}; printf child >&3; sleep 2"
+            ))
+            .spawn()
+            .unwrap();
+        let mut s = accept_child(&l, child.id(), "Delve", 5)
+            .await
+            .expect("the child's connection is accepted");
+        let mut got = [0u8; 5];
+        tokio::io::AsyncReadExt::read_exact(&mut s, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(&got, b"child");
+        let mut buf = [0u8; 1];
+        let n = tokio::io::AsyncReadExt::read(&mut stranger, &mut buf)
+            .await
+            .unwrap_or(0);
+        assert_eq!(n, 0, "the stranger's connection was closed without a byte");
+        if let Some(nobody) = nobody {
+            let out = nobody.wait_with_output().unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "connected\n",
+                "nobody connected, got nothing and was closed"
+            );
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let err = accept_child(&l, 1, "Delve", 1).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("Delve did not dial in to the agent's 127.0.0.1:{port} within 1 s; check that it runs on this machine")
+        );
+    }
+
+    #[test]
+    fn expressions_never_become_debugger_commands() {
+        assert_eq!(
+            check_expression(Debugger::Lldb, "(long)strlen(name)"),
+            Ok(())
+        );
+        assert_eq!(
+            check_expression(Debugger::Delve, "fmt.Sprint(o.ID)"),
+            Ok(())
+        );
+        assert_eq!(
+            check_expression(Debugger::Lldb, "`platform shell id"),
+            Err("expression ``platform shell id` contains a backtick, which lldb-dap would run as a debugger command; only expressions are evaluated".to_owned())
+        );
+        assert!(check_expression(Debugger::Lldb, "x + `y`").is_err());
+        assert_eq!(
+            check_expression(Debugger::Delve, " dlv config max-string-len 1"),
+            Err("expression ` dlv config max-string-len 1` starts with `dlv`, which Delve would run as a debugger command; only expressions are evaluated".to_owned())
+        );
+        assert!(check_expression(Debugger::Delve, "dlv").is_err());
+        assert_eq!(
+            check_expression(Debugger::Delve, "dlvVersion()"),
+            Ok(()),
+            "an identifier starting with dlv is fine"
+        );
+        assert_eq!(
+            check_expression(Debugger::Lldb, "x\nplatform shell id"),
+            Err("expression `x\\nplatform shell id` contains the control character '\\n'; an expression is one line".to_owned())
+        );
+    }
 
     #[test]
     fn error_text_keeps_the_debuggers_sentence() {

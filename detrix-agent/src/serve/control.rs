@@ -3,17 +3,16 @@
 //! target's own single-target control plane under `/targets/{id}` (the very router `attach`
 //! serves, so its JSON is the same byte for byte), and `/metrics` for Prometheus.
 //!
-//! Who may call: the same rule as `attach`'s control plane — loopback callers, or others with
-//! `Authorization: Bearer <token>`; `/detrix/health` is open. It is one layer, applied in
-//! [`router`] on the line marked `CALLER CHECK`, so the control plane's shared check can
-//! replace it there in one line.
+//! Who may call: exactly as `attach`'s control plane, through the same layer
+//! ([`control::auth::protect`], issue #12): root, the agent's own uid and the uid that owns a
+//! configured daemon's listening socket pass; everyone else needs `Authorization: Bearer
+//! <token>`; only `/detrix/health` is open. A request forwarded to a target's own router
+//! carries the caller's connection, so that router's check sees the same caller.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{header, StatusCode, Uri};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
@@ -21,6 +20,7 @@ use serde_json::{json, Value};
 use tower::ServiceExt as _;
 
 use super::host::Host;
+use crate::control::auth::{self, Conn};
 use crate::control::{self, ControlError};
 
 fn error(status: StatusCode, msg: String) -> Response {
@@ -100,7 +100,7 @@ async fn drop_in(
 async fn bulk(
     host: Arc<Host>,
     action: &'static str,
-    peer: ConnectInfo<SocketAddr>,
+    peer: ConnectInfo<Conn>,
     req: Request,
 ) -> Response {
     let auth = req.headers().get(header::AUTHORIZATION).cloned();
@@ -165,7 +165,7 @@ async fn bulk(
 
 async fn wake_all(
     State(host): State<Arc<Host>>,
-    peer: ConnectInfo<SocketAddr>,
+    peer: ConnectInfo<Conn>,
     req: Request,
 ) -> Response {
     bulk(host, "wake", peer, req).await
@@ -173,37 +173,24 @@ async fn wake_all(
 
 async fn sleep_all(
     State(host): State<Arc<Host>>,
-    peer: ConnectInfo<SocketAddr>,
+    peer: ConnectInfo<Conn>,
     req: Request,
 ) -> Response {
     bulk(host, "sleep", peer, req).await
-}
-
-/// The caller check `attach` applies ([`control::authorized`]), over the host's token.
-async fn caller_check(
-    State(host): State<Arc<Host>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let auth = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if control::authorized(peer.ip(), req.uri().path(), auth, host.token()) {
-        next.run(req).await
-    } else {
-        ControlError::Unauthorized.into_response()
-    }
 }
 
 async fn not_found() -> ControlError {
     ControlError::NotFound
 }
 
-/// The host control plane's routes.
-pub fn router(host: Arc<Host>) -> Router {
-    Router::new()
+/// The host control plane's routes, behind the control plane's one caller check; the daemons
+/// whose users pass without a token are those at `daemon_urls` (the config's and its rules').
+pub fn router(host: Arc<Host>, daemon_urls: Vec<String>) -> Router {
+    let policy = auth::Policy {
+        token: host.token().map(str::to_owned),
+        daemon_urls,
+    };
+    let routes = Router::new()
         .route("/detrix/health", get(health))
         .route("/detrix/targets", get(targets))
         .route("/metrics", get(metrics))
@@ -213,11 +200,8 @@ pub fn router(host: Arc<Host>) -> Router {
         .route("/detrix/targets/{id}/sleep", post(sleep))
         .route("/targets/{id}/detrix/{*rest}", any(drop_in))
         .fallback(not_found)
-        .method_not_allowed_fallback(not_found)
-        // CALLER CHECK: the one layer that decides who may call; replace with the control
-        // plane's shared check at merge.
-        .layer(middleware::from_fn_with_state(host.clone(), caller_check))
-        .with_state(host)
+        .method_not_allowed_fallback(not_found);
+    auth::protect(routes, policy).with_state(host)
 }
 
 /// Serves the host control plane on `listener` until `shutdown` resolves.
@@ -227,11 +211,12 @@ pub fn router(host: Arc<Host>) -> Router {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     host: Arc<Host>,
+    daemon_urls: Vec<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(
-        listener,
-        router(host).into_make_service_with_connect_info::<SocketAddr>(),
+        control::listener::Capped::new(listener),
+        router(host, daemon_urls).into_make_service_with_connect_info::<Conn>(),
     )
     .with_graceful_shutdown(shutdown)
     .await

@@ -326,6 +326,11 @@ impl Host {
             // Build identity from the target itself (environment, Go build info, git checkout),
             // in the Go client's order; rules carry no explicit commit/tag yet.
             build: crate::buildinfo::for_process(pid, &crate::buildinfo::Explicit::default()),
+            // A wake through this host names no other daemon than the rule's.
+            allow_daemon_urls: Vec::new(),
+            // The DAP listener is on `advertise_host`; a non-loopback one is refused unless a
+            // peer is named, which serve's config cannot do yet.
+            dap_allow_peers: Vec::new(),
         };
         let (agent, handle) = Agent::new(cfg, engine, reader);
         handle.set_control_port(s.control_port);

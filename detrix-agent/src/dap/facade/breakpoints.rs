@@ -11,7 +11,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::{
-    has_call, Effect, Facade, Installed, JobFor, Kind, ProbeId, Route, SAFE_MODE_CALL_MESSAGE,
+    has_call, Effect, Facade, Installed, JobFor, Kind, ProbeId, Route, MAX_BREAKPOINTS_PER_FILE,
+    SAFE_MODE_CALL_MESSAGE,
 };
 use crate::dap::template;
 use crate::debuginfo::Language;
@@ -145,13 +146,19 @@ impl Facade {
         }
         let mut entries = Vec::with_capacity(requested.len());
         let mut results = HashMap::new();
-        for (entry, reuse) in requested.iter().zip(reuse) {
+        for (n, (entry, reuse)) in requested.iter().zip(reuse).enumerate() {
             let Some(line) = entry_line(entry).filter(|l| *l > 0) else {
                 entries.push(Entry::Answered(
                     json!({"verified": false, "message": "breakpoint entry without a line number ≥ 1"}),
                 ));
                 continue;
             };
+            if n >= MAX_BREAKPOINTS_PER_FILE {
+                entries.push(Entry::Answered(json!({"verified": false, "line": line, "message": format!(
+                    "entry {} of {} is over the limit of {MAX_BREAKPOINTS_PER_FILE} breakpoints per file (MAX_BREAKPOINTS_PER_FILE); the first {MAX_BREAKPOINTS_PER_FILE} are set",
+                    n + 1, requested.len())})));
+                continue;
+            }
             let e = if let Some(i) = reuse {
                 Entry::Reused(i)
             } else {
