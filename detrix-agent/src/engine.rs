@@ -869,7 +869,7 @@ fn decode_all(ring: &mut probe::EventRings, slots: &SlotTable, sym: &Symbolizer)
         let Some(info) = table.get(&h.probe_id) else {
             return;
         };
-        let decoded = plan::decode(&info.values, &h, data);
+        let decoded = crate::decode::decode(&info.values, &h, data);
         let mut hit = Hit {
             logpoint: info.logpoint,
             pid: h.pid,
@@ -880,11 +880,12 @@ fn decode_all(ring: &mut probe::EventRings, slots: &SlotTable, sym: &Symbolizer)
             stack: Vec::new(),
             locals: Vec::new(),
         };
-        for (d, v) in info.values.iter().zip(decoded) {
+        for (d, n) in info.values.iter().zip(&decoded) {
+            let v = || crate::render::debugger(n);
             match d.role {
-                plan::Role::Shown => hit.values.push((d.expr.clone(), v)),
+                plan::Role::Shown => hit.values.push((d.expr.clone(), v())),
                 plan::Role::Hidden | plan::Role::UnwindStack(_) => {}
-                plan::Role::Local => hit.locals.push((d.expr.clone(), v)),
+                plan::Role::Local => hit.locals.push((d.expr.clone(), v())),
                 plan::Role::Stack => hit.stack = stack_frames(&info.values, d, &h, data, sym),
                 plan::Role::UnwindRegs => hit.stack = unwind_frames(&info.values, &h, data, sym),
             }

@@ -2,13 +2,14 @@
 //! uprobes and one prebuilt, plan-driven eBPF program.
 //!
 //! Data flows one way: request → [`debuginfo`] (resolve) → [`plan`] (build) → [`probe`]
-//! (attach, drain) → [`plan::decode`] → output. [`capture`] chains them for the one-shot CLI.
+//! (attach, drain) → [`decode`] → [`render`] → output. [`capture`] chains them for the one-shot CLI.
 
 pub mod capture;
 pub mod control;
 pub mod daemon;
 pub mod dap;
 pub mod debuginfo;
+pub mod decode;
 pub mod engine;
 pub mod expr;
 pub mod fallback;
@@ -16,4 +17,5 @@ pub mod forward;
 pub mod place;
 pub mod plan;
 pub mod probe;
+pub mod render;
 pub mod target;

@@ -1,0 +1,157 @@
+//! Decoded value trees ([`Node`]) → text and JSON: [`lldb`] (as lldb-dap prints C, C++ and
+//! Rust values), [`delve`] (as Delve prints Go values in a logpoint) and [`json`] (typed JSON
+//! for programs, the CLI's `--format json`).
+//!
+//! Why here and nowhere else: the daemon parses the debugger's own text out of DAP `output`,
+//! so that text must match lldb-dap / Delve byte for byte, while programs want plain typed
+//! values; keeping every rendering in one place over one tree keeps the two from drifting and
+//! keeps [`crate::decode`] free of text.
+
+pub mod delve;
+
+pub mod lldb;
+
+use crate::decode::Node;
+
+/// A captured value as the debugger shows it: scalars and strings typed, composites as the
+/// debugger's text. This is what DAP `output` events and `evaluate` answers carry.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Bool(bool),
+    /// A string; `truncated` when the target's string was longer than the cap.
+    Str {
+        text: String,
+        truncated: bool,
+    },
+    /// A composite rendered as text (`{id = 1, qty = 3}`), or a pointer (`0x…`).
+    Text(String),
+    /// The read failed at this hit.
+    Error(String),
+}
+
+/// A value asked for, as the debugger of its language shows it: lldb-dap for C, C++ and Rust,
+/// Delve for Go (a Go value's nodes say it is one).
+#[must_use]
+pub fn debugger(node: &Node) -> Value {
+    match node {
+        Node::Int(v) => Value::Int(*v),
+        Node::UInt(v) => Value::UInt(*v),
+        Node::Float { value, .. } => Value::Float(*value),
+        Node::Bool(v) => Value::Bool(*v),
+        Node::Char { code, size } => Value::Text(lldb::character(*code, *size)),
+        Node::Enumerator(name) => Value::Text(name.clone()),
+        Node::Pointer(p) => Value::Text(lldb::pointer(*p)),
+        Node::CString { .. } => Value::Text(lldb::text(node)),
+        Node::CharArray { text, truncated } => Value::Str {
+            text: text.clone(),
+            truncated: *truncated,
+        },
+        Node::Text { len, bytes, .. } => Value::Str {
+            text: String::from_utf8_lossy(bytes).into_owned(),
+            truncated: (bytes.len() as u64) < *len,
+        },
+        Node::Stack(pcs) => Value::Text(
+            pcs.iter()
+                .map(|pc| format!("{pc:#x}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        Node::Seq { .. } => Value::Text(seq_text(node, true)),
+        Node::Error(e) => Value::Error(e.clone()),
+        Node::Struct { .. }
+        | Node::Array { .. }
+        | Node::Variant { .. }
+        | Node::UnknownVariant(_)
+        | Node::Opaque(_)
+        | Node::GoStruct { .. }
+        | Node::GoArray { .. }
+        | Node::GoPtr { .. }
+        | Node::GoUnloaded { .. } => Value::Text(lldb::text(node)),
+    }
+}
+
+/// A counted sequence's text: a Go slice as Delve prints it (`[]int len: 3, cap: 4, [1,2,3]`,
+/// its type, length and capacity only when `typed`, not as an element), a Rust one as `{:?}`
+/// does (`[1, 2, ...+3 more]`). Anything else renders as [`lldb::text`].
+pub(crate) fn seq_text(node: &Node, typed: bool) -> String {
+    let Node::Seq {
+        type_name,
+        go,
+        ptr,
+        len,
+        cap,
+        items,
+        ..
+    } = node
+    else {
+        return lldb::text(node);
+    };
+    let more = len - items.len() as u64;
+    if *go {
+        let head = if typed {
+            format!("{type_name} len: {len}, cap: {cap}, ")
+        } else {
+            String::new()
+        };
+        if *ptr == 0 && *len == 0 {
+            return format!("{head}nil");
+        }
+        let items: Vec<String> = items.iter().map(|n| delve::text(n, false)).collect();
+        // Delve: `[1,2,...+3 more]`, and `[...+3 more]` when nothing was loaded.
+        let tail = match (more, items.is_empty()) {
+            (0, _) => String::new(),
+            (_, true) => format!("...+{more} more"),
+            (_, false) => format!(",...+{more} more"),
+        };
+        format!("{head}[{}{tail}]", items.join(","))
+    } else {
+        let items: Vec<String> = items.iter().map(lldb::text).collect();
+        let tail = if more > 0 {
+            format!(", ...+{more} more")
+        } else {
+            String::new()
+        };
+        format!("[{}{tail}]", items.join(", "))
+    }
+}
+
+impl Value {
+    /// The JSON form used by the capture CLI: numbers, strings and bools as such, a failed
+    /// read as `{"error": …}`, a truncated string with a visible `...(truncated)` suffix.
+    #[must_use]
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match self {
+            Value::Int(v) => J::from(*v),
+            Value::UInt(v) => J::from(*v),
+            Value::Float(v) => {
+                serde_json::Number::from_f64(*v).map_or_else(|| J::String(v.to_string()), J::Number)
+            }
+            Value::Bool(v) => J::Bool(*v),
+            Value::Str { text, truncated } => J::String(if *truncated {
+                format!("{text}...(truncated)")
+            } else {
+                text.clone()
+            }),
+            Value::Text(t) => J::String(t.clone()),
+            Value::Error(e) => serde_json::json!({ "error": e }),
+        }
+    }
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Int(v) => write!(f, "{v}"),
+            Value::UInt(v) => write!(f, "{v}"),
+            Value::Float(v) => write!(f, "{v}"),
+            Value::Bool(v) => write!(f, "{v}"),
+            Value::Str { .. } => write!(f, "{}", self.to_json()),
+            Value::Text(t) => write!(f, "{t}"),
+            Value::Error(e) => write!(f, "<error: {e}>"),
+        }
+    }
+}
