@@ -15,6 +15,7 @@ use detrix_common::Counters;
 use tokio::io::unix::AsyncFd;
 
 use crate::debuginfo::{Binary, Language, ProbePoint, ResolveError};
+use crate::decode::Node;
 use crate::expr::{self, ExprError};
 use crate::forward;
 use crate::place::{self, Placement};
@@ -139,6 +140,12 @@ pub struct Hit {
     /// With [`LogpointSpec::capture_locals`]: every parameter and local in scope, in scope
     /// order; ones that could not be captured carry [`Value::Error`] with the reason.
     pub locals: Vec<(String, Value)>,
+    /// `values` decoded but not rendered, in the same order: `values` are these as the
+    /// target's debugger shows them (for the DAP `output` the daemon parses), these are for
+    /// the other renderers (the CLI's typed JSON, [`crate::render::json`]).
+    pub value_trees: Vec<Node>,
+    /// `locals` decoded but not rendered, in the same order.
+    pub local_trees: Vec<Node>,
 }
 
 /// Resolves and plans against one process, without touching the kernel: every user error is
@@ -879,19 +886,29 @@ fn decode_all(ring: &mut probe::EventRings, slots: &SlotTable, sym: &Symbolizer)
             values: Vec::new(),
             stack: Vec::new(),
             locals: Vec::new(),
+            value_trees: Vec::new(),
+            local_trees: Vec::new(),
         };
-        for (d, n) in info.values.iter().zip(&decoded) {
-            let v = || crate::render::debugger(n);
+        for (d, n) in info.values.iter().zip(decoded) {
             match d.role {
-                plan::Role::Shown => hit.values.push((d.expr.clone(), v())),
+                plan::Role::Shown => {
+                    hit.values
+                        .push((d.expr.clone(), crate::render::debugger(&n)));
+                    hit.value_trees.push(n);
+                }
                 plan::Role::Hidden | plan::Role::UnwindStack(_) => {}
-                plan::Role::Local => hit.locals.push((d.expr.clone(), v())),
+                plan::Role::Local => {
+                    hit.locals
+                        .push((d.expr.clone(), crate::render::debugger(&n)));
+                    hit.local_trees.push(n);
+                }
                 plan::Role::Stack => hit.stack = stack_frames(&info.values, d, &h, data, sym),
                 plan::Role::UnwindRegs => hit.stack = unwind_frames(&info.values, &h, data, sym),
             }
         }
         for (name, why) in &info.local_errors {
             hit.locals.push((name.clone(), Value::Error(why.clone())));
+            hit.local_trees.push(Node::Error(why.clone()));
         }
         out.push(hit);
     });

@@ -8,6 +8,7 @@
 //! keeps [`crate::decode`] free of text.
 
 pub mod delve;
+pub mod json;
 
 pub mod lldb;
 
@@ -118,30 +119,7 @@ pub(crate) fn seq_text(node: &Node, typed: bool) -> String {
     }
 }
 
-impl Value {
-    /// The JSON form used by the capture CLI: numbers, strings and bools as such, a failed
-    /// read as `{"error": …}`, a truncated string with a visible `...(truncated)` suffix.
-    #[must_use]
-    pub fn to_json(&self) -> serde_json::Value {
-        use serde_json::Value as J;
-        match self {
-            Value::Int(v) => J::from(*v),
-            Value::UInt(v) => J::from(*v),
-            Value::Float(v) => {
-                serde_json::Number::from_f64(*v).map_or_else(|| J::String(v.to_string()), J::Number)
-            }
-            Value::Bool(v) => J::Bool(*v),
-            Value::Str { text, truncated } => J::String(if *truncated {
-                format!("{text}...(truncated)")
-            } else {
-                text.clone()
-            }),
-            Value::Text(t) => J::String(t.clone()),
-            Value::Error(e) => serde_json::json!({ "error": e }),
-        }
-    }
-}
-
+/// The CLI's `--format text`, and a non-Go string inside a Go value as Delve shows it.
 impl std::fmt::Display for Value {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -149,7 +127,11 @@ impl std::fmt::Display for Value {
             Value::UInt(v) => write!(f, "{v}"),
             Value::Float(v) => write!(f, "{v}"),
             Value::Bool(v) => write!(f, "{v}"),
-            Value::Str { .. } => write!(f, "{}", self.to_json()),
+            // Quoted, as JSON quotes it, with the visible cut mark.
+            Value::Str { text, truncated } => {
+                let cut = if *truncated { "...(truncated)" } else { "" };
+                write!(f, "{}", serde_json::Value::String(format!("{text}{cut}")))
+            }
             Value::Text(t) => write!(f, "{t}"),
             Value::Error(e) => write!(f, "<error: {e}>"),
         }
