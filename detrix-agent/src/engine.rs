@@ -14,7 +14,8 @@ use std::time::Duration;
 use detrix_common::Counters;
 use tokio::io::unix::AsyncFd;
 
-use crate::debuginfo::{Binary, Language, ProbePoint, ResolveError};
+use crate::addr::{self, RuntimeAddr};
+use crate::debuginfo::{Binary, Language, ProbePoint, ResolveError, Symbolizer};
 use crate::decode::Node;
 use crate::expr::{self, ExprError};
 use crate::forward;
@@ -86,18 +87,7 @@ pub struct LogpointSpec {
     pub capture_locals: bool,
 }
 
-/// One frame of a captured stack, innermost first.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Frame {
-    /// Runtime address (the probe's PC for frame 0, return addresses after).
-    pub pc: u64,
-    /// Function name (Rust demangled, without hash), or `??` outside the target's binary.
-    pub function: String,
-    pub file: Option<String>,
-    pub line: Option<u32>,
-    /// The object the address is in, when not the main executable (`libc.so.6`).
-    pub module: Option<String>,
-}
+pub use crate::debuginfo::Frame;
 
 /// Names one logpoint for as long as it is installed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -169,7 +159,7 @@ struct SharedObject {
     /// The same file through `/proc/PID/root`, valid across mount namespaces.
     path: PathBuf,
     /// Start of its mapping at file offset 0.
-    base: u64,
+    base: RuntimeAddr,
     bin: std::sync::OnceLock<Option<Arc<Binary>>>,
 }
 
@@ -188,37 +178,21 @@ impl SharedObject {
 
 /// File-backed mappings at file offset 0 of objects other than the executable.
 fn shared_objects(target: &Target) -> Vec<SharedObject> {
-    let Ok(maps) = std::fs::read_to_string(format!("/proc/{}/maps", target.pid)) else {
+    let Ok(maps) = target.maps() else {
         return Vec::new();
     };
     let mut out: Vec<SharedObject> = Vec::new();
-    for line in maps.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let (Some(range), Some(offset), Some(inode), Some(path)) =
-            (f.first(), f.get(2), f.get(4), f.get(5))
-        else {
-            continue;
-        };
-        if !path.starts_with('/')
-            || *offset != "00000000"
-            || inode.parse::<u64>().ok() == Some(target.dev_ino.1)
-        {
+    for m in maps {
+        if !m.path.starts_with('/') || m.offset != 0 || m.inode == target.dev_ino.1 {
             continue;
         }
-        let Some(base) = range
-            .split('-')
-            .next()
-            .and_then(|a| u64::from_str_radix(a, 16).ok())
-        else {
-            continue;
-        };
-        if out.iter().any(|o| o.name == Path::new(path)) {
+        if out.iter().any(|o| o.name == Path::new(&m.path)) {
             continue;
         }
         out.push(SharedObject {
-            name: PathBuf::from(path),
-            path: PathBuf::from(format!("/proc/{}/root{path}", target.pid)),
-            base,
+            path: PathBuf::from(format!("/proc/{}/root{}", target.pid, m.path)),
+            name: PathBuf::from(m.path),
+            base: m.start,
             bin: std::sync::OnceLock::new(),
         });
     }
@@ -275,7 +249,7 @@ impl Resolver {
                 match found {
                     Some((lib, b, points)) => (
                         b,
-                        lib.base.wrapping_sub(b.first_segment_vaddr() & !0xfff),
+                        addr::load_bias(lib.base, b.first_segment_vaddr()),
                         lib.path.clone(),
                         points?,
                     ),
@@ -439,100 +413,6 @@ struct SlotInfo {
     local_errors: Vec<(String, String)>,
 }
 
-/// Turns runtime addresses of the target into frames.
-#[derive(Debug)]
-struct Symbolizer {
-    bin: Arc<Binary>,
-    load_bias: u64,
-    /// `/proc/PID/maps` executable mappings: (start, end, path), read once.
-    maps: Vec<(u64, u64, String)>,
-    /// The executable's own executable mappings.
-    exe_ranges: Vec<(u64, u64)>,
-}
-
-impl Symbolizer {
-    fn new(resolver: &Resolver) -> Self {
-        let mut maps = Vec::new();
-        let mut exe_ranges = Vec::new();
-        if let Ok(text) = std::fs::read_to_string(format!("/proc/{}/maps", resolver.target.pid)) {
-            for line in text.lines() {
-                let f: Vec<&str> = line.split_whitespace().collect();
-                let (Some(range), Some(perms), Some(inode)) = (f.first(), f.get(1), f.get(4))
-                else {
-                    continue;
-                };
-                if !perms.contains('x') {
-                    continue;
-                }
-                let mut r = range
-                    .split('-')
-                    .filter_map(|x| u64::from_str_radix(x, 16).ok());
-                let (Some(a), Some(b)) = (r.next(), r.next()) else {
-                    continue;
-                };
-                if inode.parse::<u64>().ok() == Some(resolver.target.dev_ino.1) {
-                    exe_ranges.push((a, b));
-                }
-                maps.push((a, b, f.get(5).map_or_else(String::new, |p| (*p).to_owned())));
-            }
-        }
-        Self {
-            bin: resolver.bin.clone(),
-            load_bias: resolver.load_bias,
-            maps,
-            exe_ranges,
-        }
-    }
-
-    /// The frames at one return address (or the hit's PC): several when it is inside
-    /// inlined code, innermost first.
-    fn frames(&self, pc: u64, innermost: bool) -> Vec<Frame> {
-        // A return address points after the call: look up the call itself.
-        let lookup = if innermost { pc } else { pc.wrapping_sub(1) };
-        let in_exe = self
-            .exe_ranges
-            .iter()
-            .any(|(a, b)| lookup >= *a && lookup < *b)
-            || self.exe_ranges.is_empty();
-        if in_exe {
-            let link = if self.bin.is_dyn {
-                lookup.wrapping_sub(self.load_bias)
-            } else {
-                lookup
-            };
-            let syms = self.bin.symbolize(link);
-            if !syms.is_empty() {
-                return syms
-                    .into_iter()
-                    .map(|s| Frame {
-                        pc,
-                        function: s.function,
-                        file: s.file,
-                        line: s.line,
-                        module: None,
-                    })
-                    .collect();
-            }
-        }
-        let module = self
-            .maps
-            .iter()
-            .find(|(a, b, _)| lookup >= *a && lookup < *b)
-            .map(|(_, _, p)| {
-                std::path::Path::new(p)
-                    .file_name()
-                    .map_or_else(|| p.clone(), |n| n.to_string_lossy().into_owned())
-            });
-        vec![Frame {
-            pc,
-            function: "??".to_owned(),
-            file: None,
-            line: None,
-            module,
-        }]
-    }
-}
-
 type SlotTable = Arc<Mutex<HashMap<u32, SlotInfo>>>;
 
 /// The attached half: owns the probes.
@@ -598,7 +478,12 @@ impl Engine {
         let reader = HitReader {
             ring,
             slots: slots.clone(),
-            symbolizer: Symbolizer::new(&resolver),
+            symbolizer: Symbolizer::new(
+                resolver.bin.clone(),
+                resolver.load_bias,
+                resolver.target.maps().unwrap_or_default(),
+                resolver.target.dev_ino.1,
+            ),
             flush: tokio::time::interval(FLUSH_INTERVAL),
         };
         Ok((
@@ -951,34 +836,7 @@ fn unwind_frames(
             u64_at(b, off)
         })
     };
-    let mut frames = Vec::new();
-    let mut regs = crate::debuginfo::UnwindRegs { pc, sp: sp0, bp };
-    for i in 0..plan::STACK_FRAMES {
-        let here = sym.frames(regs.pc, i == 0);
-        let in_exe = here
-            .last()
-            .is_some_and(|f| f.module.is_none() && f.function != "??");
-        frames.extend(here);
-        if !in_exe {
-            break;
-        }
-        // CFI rows are found by the call site, not the return address.
-        let lookup = if i == 0 {
-            regs.pc
-        } else {
-            regs.pc.wrapping_sub(1)
-        };
-        let link = if sym.bin.is_dyn {
-            lookup.wrapping_sub(sym.load_bias)
-        } else {
-            lookup
-        };
-        match sym.bin.unwind_step(link, regs, &read) {
-            Some(next) if next.pc != 0 && next.sp > regs.sp => regs = next,
-            _ => break,
-        }
-    }
-    frames
+    sym.unwind(crate::debuginfo::UnwindRegs { pc, sp: sp0, bp }, &read)
 }
 
 /// The return addresses a stack value holds, symbolized.
@@ -990,11 +848,9 @@ fn stack_frames(
     sym: &Symbolizer,
 ) -> Vec<Frame> {
     let idx = all.iter().position(|x| std::ptr::eq(x, d)).unwrap_or(0);
-    plan::value_bytes(all, idx, h, data)
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-        .take_while(|pc| *pc != 0)
-        .enumerate()
-        .flat_map(|(i, pc)| sym.frames(pc, i == 0))
-        .collect()
+    sym.return_addresses(
+        plan::value_bytes(all, idx, h, data)
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))),
+    )
 }

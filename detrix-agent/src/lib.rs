@@ -4,6 +4,7 @@
 //! Data flows one way: request → [`debuginfo`] (resolve) → [`plan`] (build) → [`probe`]
 //! (attach, drain) → [`decode`] → [`render`] → output. [`capture`] chains them for the one-shot CLI.
 
+pub mod addr;
 pub mod capture;
 pub mod control;
 pub mod daemon;

@@ -129,7 +129,7 @@ pub struct Extras {
 }
 
 /// Most frames a stack capture keeps.
-pub const STACK_FRAMES: usize = 64;
+pub use crate::debuginfo::STACK_FRAMES;
 
 /// Builds the plan for `exprs` at `point`. Every expression must resolve, or nothing is built.
 ///
