@@ -13,7 +13,7 @@ use crate::plan::Value;
 use crate::render::json;
 use crate::target;
 
-pub use crate::engine::Prepared as PreparedCopy;
+pub use crate::engine::PreparedCopy;
 
 /// Output format of the capture CLI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +85,7 @@ pub enum StopReason {
 #[derive(Debug)]
 pub struct Prepared {
     resolver: Resolver,
-    copies: Vec<engine::Prepared>,
+    copies: Vec<engine::PreparedCopy>,
 }
 
 impl Prepared {
