@@ -104,6 +104,13 @@ impl Facts {
     /// Applies one instruction that falls through.
     fn step(&mut self, i: &Instruction, info: &mut InstructionInfoFactory) {
         let gpr = |k: OpKind, r: Register| k == OpKind::Register && (r.is_gpr64() || r.is_gpr32());
+        // A stack slot this instruction makes a register hold.
+        let slot = |base, disp, size| Slot {
+            base,
+            disp,
+            size,
+            at: i.ip(),
+        };
         // What the instruction does to the facts, before any new one.
         let mut new_fact: Option<(Register, Slot)> = None;
         match i.mnemonic() {
@@ -116,15 +123,7 @@ impl Facts {
                     let full = i.op0_register().full_register();
                     // A 32-bit `mov` zero-extends: the low 4 bytes are the slot's.
                     if matches!(size, 1 | 2 | 4 | 8) && full != base {
-                        new_fact = Some((
-                            full,
-                            Slot {
-                                base,
-                                disp,
-                                size,
-                                at: i.ip(),
-                            },
-                        ));
+                        new_fact = Some((full, slot(base, disp, size)));
                     }
                 }
             }
@@ -135,15 +134,7 @@ impl Facts {
                 if let Some((base, disp)) = frame_slot(i) {
                     let size = i.memory_size().size() as u8;
                     if matches!(size, 4 | 8) {
-                        new_fact = Some((
-                            i.op1_register().full_register(),
-                            Slot {
-                                base,
-                                disp,
-                                size,
-                                at: i.ip(),
-                            },
-                        ));
+                        new_fact = Some((i.op1_register().full_register(), slot(base, disp, size)));
                     }
                 }
             }
@@ -265,7 +256,7 @@ pub fn forward(bin: &Binary, point: &ProbePoint, plan: &mut Plan) -> Vec<String>
     if facts.0.is_empty() {
         return out;
     }
-    let n = (plan.n_ops as usize).min(plan.ops.len());
+    let n = plan.active_ops().len();
     // In register order, so the choice (and `resolve`'s output) is the same every run.
     let mut sorted: Vec<(Register, Slot)> = facts.0.iter().map(|(r, s)| (*r, *s)).collect();
     sorted.sort_by_key(|(r, _)| *r as u32);
@@ -278,10 +269,13 @@ pub fn forward(bin: &Binary, point: &ProbePoint, plan: &mut Plan) -> Vec<String>
     for k in 0..n.saturating_sub(1) {
         let (a, b) = (plan.ops[k], plan.ops[k + 1]);
         // Only the first op of a value: a REG there starts an address walk from scratch.
-        if a.kind != op::REG || (k > 0 && plan.ops[k - 1].value == a.value) || b.value != a.value {
+        let Some(reg) = a.reads_reg() else {
+            continue;
+        };
+        if (k > 0 && plan.ops[k - 1].value == a.value) || b.value != a.value {
             continue;
         }
-        let Some(base) = frame_register(a.reg) else {
+        let Some(base) = frame_register(reg) else {
             continue;
         };
         let disp = a.imm.wrapping_add(b.imm);

@@ -16,7 +16,7 @@
 //! other lines (a call's arguments often sit on the next source lines): what matters is that
 //! nothing the plan reads changed, not where the line table draws its boundaries.
 
-use detrix_common::{op, pt_regs, Plan};
+use detrix_common::{pt_regs, Plan, PlanOp};
 use iced_x86::{
     Decoder, DecoderOptions, FlowControl, Formatter as _, GasFormatter, Instruction,
     InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register,
@@ -99,10 +99,10 @@ pub(crate) fn iced_register(pt: u8) -> Option<Register> {
 }
 
 fn plan_registers(plan: &Plan) -> Vec<Register> {
-    plan.ops[..plan.n_ops as usize]
+    plan.active_ops()
         .iter()
-        .filter(|o| o.kind == op::REG)
-        .filter_map(|o| iced_register(o.reg))
+        .filter_map(PlanOp::reads_reg)
+        .filter_map(iced_register)
         .collect()
 }
 

@@ -354,6 +354,15 @@ mod tests {
     use crate::render::{debugger, delve, Value};
     use detrix_common::{EventHeader, Plan};
 
+    /// [`expand`] with a 256-byte string cap and the default element cap.
+    fn expand_with_default_caps(values: &mut [ValueDecoder], room: &mut Room) {
+        let caps = Caps {
+            string: 256,
+            elems: DEFAULT_ELEM_CAP,
+        };
+        expand(values, room, caps);
+    }
+
     /// A record's values as the debugger shows them.
     fn decode(values: &[ValueDecoder], h: &EventHeader, data: &[u8]) -> Vec<Value> {
         crate::decode::decode(values, h, data)
@@ -392,14 +401,7 @@ mod tests {
             before: MAX_OPS - 5,
             end: 152,
         };
-        expand(
-            &mut values,
-            &mut room,
-            Caps {
-                string: 256,
-                elems: DEFAULT_ELEM_CAP,
-            },
-        );
+        expand_with_default_caps(&mut values, &mut room);
         assert_eq!(room.ops.len(), 3, "one element's guard, HDR and EMIT_VAR");
         let tail: Vec<String> = describe(&room.ops);
         assert_eq!(
@@ -463,14 +465,7 @@ mod tests {
             before: 0,
             end: 32,
         };
-        expand(
-            &mut values,
-            &mut room,
-            Caps {
-                string: 256,
-                elems: DEFAULT_ELEM_CAP,
-            },
-        );
+        expand_with_default_caps(&mut values, &mut room);
         assert_eq!(
             describe(&room.ops),
             [

@@ -4,7 +4,7 @@
 //! Why text: the ops are what the kernel runs; a reviewer reads them to see what a probe
 //! reads, and snapshots catch any change to them.
 
-use detrix_common::{op, Plan, MAX_OPS};
+use detrix_common::{op, Plan};
 
 /// The ops of a plan as text, one per op (plus the stack capture, if any), for `detrix-agent resolve` and snapshots:
 /// `reg rbp -24`, `deref 8 +0`, `emit_mem 4 @0`.
@@ -14,7 +14,7 @@ pub fn describe_ops(plan: &Plan) -> Vec<String> {
         "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx",
         "rsi", "rdi", "orig_rax", "rip", "cs", "eflags", "rsp", "ss",
     ];
-    plan.ops[..(plan.n_ops as usize).min(MAX_OPS)]
+    plan.active_ops()
         .iter()
         .map(|o| {
             let v = o.value;
@@ -35,13 +35,10 @@ pub fn describe_ops(plan: &Plan) -> Vec<String> {
                 op::EMIT_MEM => format!("v{v}: emit_mem {} {:+} @{}", o.len, o.imm, o.dst),
                 op::EMIT_STR => format!("v{v}: emit_str {} {:+} @{}", o.len, o.imm, o.dst),
                 op::EMIT_VAR => format!("v{v}: emit_var {} @{}", o.len, o.dst),
-                op::HDR => format!(
-                    "v{v}: hdr @{} ptr+{} len+{} x{}",
-                    o.dst,
-                    o.len & 0xff,
-                    o.len >> 8,
-                    o.imm
-                ),
+                op::HDR => {
+                    let (ptr, len) = o.hdr_offsets();
+                    format!("v{v}: hdr @{} ptr+{ptr} len+{len} x{}", o.dst, o.imm)
+                }
                 op::SKIP_LE => format!("v{v}: skip {} if @{} <= {}", o.len, o.dst, o.imm),
                 op::END_LE => format!("v{v}: end if @{} <= {}", o.dst, o.imm),
                 k => format!("v{v}: op {k}"),

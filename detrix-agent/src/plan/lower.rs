@@ -29,21 +29,12 @@ pub(super) enum Place {
     Pieces(Vec<(u64, u64, Option<Place>)>),
 }
 
-pub(super) fn with_dst(mut o: PlanOp, dst: u16) -> PlanOp {
-    o.dst = dst;
-    o
+pub(super) fn with_dst(o: PlanOp, dst: u16) -> PlanOp {
+    o.at(dst)
 }
 
 pub(super) fn mk(kind: u8, reg: u8, len: u16, imm: i64) -> PlanOp {
-    PlanOp {
-        kind,
-        reg,
-        value: 0,
-        _pad: 0,
-        len,
-        dst: 0,
-        imm,
-    }
+    PlanOp::new(kind, reg, len, imm)
 }
 
 pub(super) struct Builder<'a> {
@@ -344,8 +335,12 @@ impl Builder<'_> {
 /// The `HDR` op reading the header of `layout` copied at `at` (relative to the value; the
 /// builder relocates it like an emit's destination).
 pub(super) fn hdr_op(layout: &CountedLayout, at: u16) -> PlanOp {
-    let offs = (layout.ptr_off as u16 & 0xff) | ((layout.len_off as u16 & 0xff) << 8);
-    with_dst(mk(op::HDR, 0, offs, layout.stride as i64), at)
+    PlanOp::hdr(
+        layout.ptr_off as u8,
+        layout.len_off as u8,
+        layout.stride as i64,
+        at,
+    )
 }
 
 /// Lowers one expression to its ops (offsets relative to the value), shape and data size.

@@ -348,16 +348,13 @@ impl Builder<'_> {
         depth: u32,
     ) -> Result<Shape, PlanError> {
         if let Some((layout, elem)) = self.counted_layout(ty)? {
-            let elem = if layout.style == CountedStyle::GoSlice && depth < 8 {
-                self.go_shape(elem, level + 1, depth + 1)?
-            } else {
-                Shape::Char { size: 1 }
-            };
-            return Ok(Shape::Counted {
+            let slice = layout.style == CountedStyle::GoSlice && depth < 8;
+            return Ok(counted(
                 layout,
-                elem: Box::new(elem),
-                data: None,
-            });
+                slice
+                    .then(|| self.go_shape(elem, level + 1, depth + 1))
+                    .transpose()?,
+            ));
         }
         let go_name = || {
             self.bin
@@ -421,16 +418,13 @@ impl Builder<'_> {
     ) -> Result<Shape, PlanError> {
         if let Some((layout, elem)) = self.counted_layout(ty)? {
             // Go shows the elements of a nested slice; other languages only its length.
-            let elem = if layout.style == CountedStyle::GoSlice && depth < 6 {
-                self.shape_in_place(elem, depth + 1)?
-            } else {
-                Shape::Char { size: 1 }
-            };
-            return Ok(Shape::Counted {
+            let slice = layout.style == CountedStyle::GoSlice && depth < 6;
+            return Ok(counted(
                 layout,
-                elem: Box::new(elem),
-                data: None,
-            });
+                slice
+                    .then(|| self.shape_in_place(elem, depth + 1))
+                    .transpose()?,
+            ));
         }
         Ok(match self.bin.type_of(ty)? {
             Type::Int { size, signed, .. } if size <= 8 => Shape::Int {
@@ -510,6 +504,16 @@ impl Builder<'_> {
                 },
             },
         })
+    }
+}
+
+/// A counted sequence whose data is not placed yet: its elements shown as `elem`, or (text, a
+/// sequence only counted) as bytes.
+fn counted(layout: CountedLayout, elem: Option<Shape>) -> Shape {
+    Shape::Counted {
+        layout,
+        elem: Box::new(elem.unwrap_or(Shape::Char { size: 1 })),
+        data: None,
     }
 }
 

@@ -142,12 +142,8 @@ mod tests {
     use super::*;
     use crate::plan::shape::fixtures::{go_layout, go_string, header};
     use crate::plan::shape::{CountedStyle, Payload, Shape};
+    use crate::render::decode_shape;
     use crate::render::Value;
-
-    /// The top-level value of `shape` read from `bytes` (and `rest`), as the debugger shows it.
-    fn decode_shape(shape: &Shape, bytes: &[u8], rest: &[u8]) -> Value {
-        debugger(&crate::decode::node(shape, bytes, rest, None))
-    }
 
     #[test]
     fn go_strings_quote_like_delve() {

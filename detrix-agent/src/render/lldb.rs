@@ -201,11 +201,7 @@ pub fn float(f: f64, precision: usize) -> String {
 mod tests {
     use super::*;
     use crate::plan::shape::Shape;
-
-    /// The top-level value of `shape` read from `bytes` (and `rest`), as the debugger shows it.
-    fn decode_shape(shape: &Shape, bytes: &[u8], rest: &[u8]) -> Value {
-        debugger(&crate::decode::node(shape, bytes, rest, None))
-    }
+    use crate::render::decode_shape;
 
     #[test]
     fn c_strings_show_pointer_and_text_like_lldb() {

@@ -74,6 +74,13 @@ pub fn debugger(node: &Node) -> Value {
     }
 }
 
+/// The top-level value of `shape` read from `bytes` (and `rest`), as the debugger shows it:
+/// what the renderers' tests compare.
+#[cfg(test)]
+pub(crate) fn decode_shape(shape: &crate::plan::shape::Shape, bytes: &[u8], rest: &[u8]) -> Value {
+    debugger(&crate::decode::node(shape, bytes, rest, None))
+}
+
 /// A counted sequence's text: a Go slice as Delve prints it (`[]int len: 3, cap: 4, [1,2,3]`,
 /// its type, length and capacity only when `typed`, not as an element), a Rust one as `{:?}`
 /// does (`[1, 2, ...+3 more]`). Anything else renders as [`lldb::text`].
