@@ -22,6 +22,7 @@ use iced_x86::{
     InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register,
 };
 
+use crate::codegen::Function;
 use crate::debuginfo::{Binary, LinkAddr, ProbePoint};
 
 /// Most instructions examined per statement.
@@ -148,6 +149,7 @@ pub fn place(
     point: &ProbePoint,
     plan: &Plan,
     plan_at: &dyn Fn(&ProbePoint) -> Option<Plan>,
+    func: &Function,
 ) -> Placement {
     let mut explain = Vec::new();
     let Some(code) = bin
@@ -164,7 +166,7 @@ pub fn place(
             explain,
         };
     };
-    let targets = branch_targets(bin, point);
+    let targets = func.branch_targets();
     let regs = plan_registers(plan);
     let mut decoder = Decoder::with_ip(64, code, point.addr.0, DecoderOptions::NONE);
     let mut fmt = GasFormatter::new();
@@ -250,29 +252,6 @@ pub fn classify(bin: &Binary, point: &ProbePoint) -> TrapKind {
         return TrapKind::Unknown;
     };
     trap_kind(&Decoder::with_ip(64, code, point.addr.0, DecoderOptions::NONE).decode())
-}
-
-/// Targets of the direct branches in the point's function.
-fn branch_targets(bin: &Binary, point: &ProbePoint) -> std::collections::HashSet<u64> {
-    let mut out = std::collections::HashSet::new();
-    let Some(code) = bin.code(point.func_start, point.func_end) else {
-        return out;
-    };
-    let mut decoder = Decoder::with_ip(64, code, point.func_start.0, DecoderOptions::NONE);
-    let mut i = Instruction::default();
-    while decoder.can_decode() {
-        decoder.decode_out(&mut i);
-        if matches!(
-            i.flow_control(),
-            FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch
-        ) && matches!(
-            i.op0_kind(),
-            OpKind::NearBranch64 | OpKind::NearBranch32 | OpKind::NearBranch16
-        ) {
-            out.insert(i.near_branch_target());
-        }
-    }
-    out
 }
 
 fn text_of(k: &TrapKind) -> &'static str {

@@ -6,6 +6,7 @@
 //! Why one: `Resolver::prepare` (to attach) and [`describe`] (`detrix-agent resolve`, the
 //! snapshot tests) must show and do the same thing; describe only renders the result as JSON.
 
+use crate::codegen::Function;
 use crate::debuginfo::{Binary, ProbePoint};
 use crate::expr;
 use crate::forward;
@@ -45,13 +46,14 @@ pub(super) fn plan_point(
     steps: Steps,
 ) -> Result<Placed, PlanError> {
     let mut built = plan::build_with(bin, &p, exprs, condition, extras, opts)?;
+    let func = Function::of(bin, &p);
     let placement = if steps.placement {
         let rebuild = |q: &ProbePoint| {
             plan::build_with(bin, q, exprs, condition, extras, opts)
                 .ok()
                 .map(|b| b.plan)
         };
-        place::place(bin, &p, &built.plan, &rebuild)
+        place::place(bin, &p, &built.plan, &rebuild, &func)
     } else {
         Placement {
             chosen: p.addr,
@@ -68,7 +70,7 @@ pub(super) fn plan_point(
         bin.point_at(&p, placement.chosen).unwrap_or(p)
     };
     let forwarded = if steps.forwarding {
-        forward::forward(bin, &point, &mut built.plan)
+        forward::forward(&point, &mut built.plan, &func)
     } else {
         Vec::new()
     };
