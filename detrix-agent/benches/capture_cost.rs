@@ -21,8 +21,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use detrix_agent::capture::{self, Format, Request};
+use detrix_agent::decode::decode;
 use detrix_agent::plan::{self, ValueDecoder};
 use detrix_agent::probe::{self, AttachSpec, LoadOptions, Probes};
+use detrix_agent::render::debugger;
 
 const WINDOW_S: &str = "0.2";
 const SAMPLES: usize = 5;
@@ -146,7 +148,10 @@ impl Drain {
                 let mut n = 0u64;
                 while ring.drain(4096, |item| {
                     if let Some((h, data)) = probe::parse_record(item) {
-                        std::hint::black_box(plan::decode(&decoders, &h, data));
+                        // Decoded and rendered as the engine does for the daemon.
+                        let values: Vec<_> =
+                            decode(&decoders, &h, data).iter().map(debugger).collect();
+                        std::hint::black_box(values);
                         n += 1;
                     }
                 }) > 0

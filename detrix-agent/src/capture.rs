@@ -10,9 +10,10 @@ use std::time::Duration;
 use crate::engine::{self, Engine, EngineError, EngineOptions, LogpointSpec, Resolver};
 use crate::place::Placement;
 use crate::plan::Value;
+use crate::render::json;
 use crate::target;
 
-pub use crate::engine::Prepared as PreparedCopy;
+pub use crate::engine::PreparedCopy;
 
 /// Output format of the capture CLI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +85,7 @@ pub enum StopReason {
 #[derive(Debug)]
 pub struct Prepared {
     resolver: Resolver,
-    copies: Vec<engine::Prepared>,
+    copies: Vec<engine::PreparedCopy>,
 }
 
 impl Prepared {
@@ -233,8 +234,9 @@ fn write_hit(out: &mut dyn Write, req: &Request, hit: &engine::Hit) -> std::io::
     match req.format {
         Format::Json => {
             let mut map = serde_json::Map::new();
-            for (e, v) in &hit.values {
-                map.insert(e.clone(), v.to_json());
+            // Typed values for programs, not the debugger's text (that is for the daemon).
+            for ((e, _), n) in hit.values.iter().zip(&hit.value_trees) {
+                map.insert(e.clone(), json::value(n));
             }
             let mut obj =
                 serde_json::json!({ "at": at, "pid": hit.pid, "tid": hit.tid, "values": map });
@@ -252,7 +254,8 @@ fn write_hit(out: &mut dyn Write, req: &Request, hit: &engine::Hit) -> std::io::
                 obj["locals"] = hit
                     .locals
                     .iter()
-                    .map(|(n, v)| (n.clone(), v.to_json()))
+                    .zip(&hit.local_trees)
+                    .map(|((n, _), t)| (n.clone(), json::value(t)))
                     .collect::<serde_json::Map<_, _>>()
                     .into();
             }

@@ -21,11 +21,11 @@ use std::collections::{HashMap, HashSet};
 
 use detrix_common::{op, pt_regs, Plan};
 use iced_x86::{
-    Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, Mnemonic, OpAccess,
-    OpKind, Register,
+    FlowControl, Instruction, InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register,
 };
 
-use crate::debuginfo::{Binary, ProbePoint};
+use crate::codegen::{branch, Branch, Function};
+use crate::debuginfo::ProbePoint;
 
 /// Instructions decoded at most per function (a bound on the work, not on correctness: past
 /// it nothing is forwarded).
@@ -104,6 +104,13 @@ impl Facts {
     /// Applies one instruction that falls through.
     fn step(&mut self, i: &Instruction, info: &mut InstructionInfoFactory) {
         let gpr = |k: OpKind, r: Register| k == OpKind::Register && (r.is_gpr64() || r.is_gpr32());
+        // A stack slot this instruction makes a register hold.
+        let slot = |base, disp, size| Slot {
+            base,
+            disp,
+            size,
+            at: i.ip(),
+        };
         // What the instruction does to the facts, before any new one.
         let mut new_fact: Option<(Register, Slot)> = None;
         match i.mnemonic() {
@@ -116,15 +123,7 @@ impl Facts {
                     let full = i.op0_register().full_register();
                     // A 32-bit `mov` zero-extends: the low 4 bytes are the slot's.
                     if matches!(size, 1 | 2 | 4 | 8) && full != base {
-                        new_fact = Some((
-                            full,
-                            Slot {
-                                base,
-                                disp,
-                                size,
-                                at: i.ip(),
-                            },
-                        ));
+                        new_fact = Some((full, slot(base, disp, size)));
                     }
                 }
             }
@@ -135,15 +134,7 @@ impl Facts {
                 if let Some((base, disp)) = frame_slot(i) {
                     let size = i.memory_size().size() as u8;
                     if matches!(size, 4 | 8) {
-                        new_fact = Some((
-                            i.op1_register().full_register(),
-                            Slot {
-                                base,
-                                disp,
-                                size,
-                                at: i.ip(),
-                            },
-                        ));
+                        new_fact = Some((i.op1_register().full_register(), slot(base, disp, size)));
                     }
                 }
             }
@@ -206,35 +197,21 @@ fn is_barrier(i: &Instruction) -> bool {
 }
 
 /// The facts in force when execution reaches `at`, or `None` when they cannot be known.
-fn facts_at(bin: &Binary, point: &ProbePoint, at: u64) -> Option<Facts> {
-    let code = bin.code(point.func_start, point.func_end)?;
-    let mut decoder = Decoder::with_ip(64, code, point.func_start.0, DecoderOptions::NONE);
-    let mut instrs = Vec::new();
-    let mut i = Instruction::default();
-    while decoder.can_decode() && instrs.len() < MAX_INSTRUCTIONS {
-        decoder.decode_out(&mut i);
-        instrs.push(i);
-    }
+fn facts_at(func: &Function, at: u64) -> Option<Facts> {
+    let instrs = &func.instrs[..func.instrs.len().min(MAX_INSTRUCTIONS)];
     let mut targets = HashSet::new();
-    for i in &instrs {
-        match i.flow_control() {
-            FlowControl::IndirectBranch => return None,
-            FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch => {
-                if matches!(
-                    i.op0_kind(),
-                    OpKind::NearBranch64 | OpKind::NearBranch32 | OpKind::NearBranch16
-                ) {
-                    targets.insert(i.near_branch_target());
-                } else {
-                    return None;
-                }
+    for i in instrs {
+        match branch(i) {
+            Branch::Unknown => return None,
+            Branch::Direct(t) => {
+                targets.insert(t);
             }
-            _ => {}
+            Branch::NotBranch => {}
         }
     }
     let mut info = InstructionInfoFactory::new();
     let mut facts = Facts::default();
-    for i in &instrs {
+    for i in instrs {
         if i.ip() == at {
             return Some(facts);
         }
@@ -257,15 +234,15 @@ fn facts_at(bin: &Binary, point: &ProbePoint, at: u64) -> Option<Facts> {
 /// Rewrites reads of stack slots in `plan` into reads of the registers holding them at the
 /// probe `point` (its `addr` is where the probe fires). Returns one line per rewrite, for
 /// `--explain`.
-pub fn forward(bin: &Binary, point: &ProbePoint, plan: &mut Plan) -> Vec<String> {
+pub fn forward(point: &ProbePoint, plan: &mut Plan, func: &Function) -> Vec<String> {
     let mut out = Vec::new();
-    let Some(facts) = facts_at(bin, point, point.addr.0) else {
+    let Some(facts) = facts_at(func, point.addr.0) else {
         return out;
     };
     if facts.0.is_empty() {
         return out;
     }
-    let n = (plan.n_ops as usize).min(plan.ops.len());
+    let n = plan.active_ops().len();
     // In register order, so the choice (and `resolve`'s output) is the same every run.
     let mut sorted: Vec<(Register, Slot)> = facts.0.iter().map(|(r, s)| (*r, *s)).collect();
     sorted.sort_by_key(|(r, _)| *r as u32);
@@ -278,10 +255,13 @@ pub fn forward(bin: &Binary, point: &ProbePoint, plan: &mut Plan) -> Vec<String>
     for k in 0..n.saturating_sub(1) {
         let (a, b) = (plan.ops[k], plan.ops[k + 1]);
         // Only the first op of a value: a REG there starts an address walk from scratch.
-        if a.kind != op::REG || (k > 0 && plan.ops[k - 1].value == a.value) || b.value != a.value {
+        let Some(reg) = a.reads_reg() else {
+            continue;
+        };
+        if (k > 0 && plan.ops[k - 1].value == a.value) || b.value != a.value {
             continue;
         }
-        let Some(base) = frame_register(a.reg) else {
+        let Some(base) = frame_register(reg) else {
             continue;
         };
         let disp = a.imm.wrapping_add(b.imm);
@@ -320,13 +300,10 @@ mod tests {
     use super::*;
 
     fn run(bytes: &[u8]) -> Facts {
-        let mut d = Decoder::with_ip(64, bytes, 0x1000, DecoderOptions::NONE);
         let mut f = Facts::default();
         let mut info = InstructionInfoFactory::new();
-        let mut i = Instruction::default();
-        while d.can_decode() {
-            d.decode_out(&mut i);
-            f.step(&i, &mut info);
+        for i in &Function::decode(bytes, 0x1000).instrs {
+            f.step(i, &mut info);
         }
         f
     }
@@ -353,9 +330,7 @@ mod tests {
     fn a_system_call_ends_the_run() {
         // mov -0x8(%rbp),%rax ; syscall ; (probe) — a read(2) may have filled the slot.
         let code = [0x48, 0x8b, 0x45, 0xf8, 0x0f, 0x05, 0x90];
-        let mut d = Decoder::with_ip(64, &code, 0x1000, DecoderOptions::NONE);
-        let instrs: Vec<Instruction> =
-            std::iter::from_fn(|| d.can_decode().then(|| d.decode())).collect();
+        let instrs = Function::decode(&code, 0x1000).instrs;
         assert_eq!(instrs[1].mnemonic(), Mnemonic::Syscall);
         assert!(
             is_barrier(&instrs[1]),

@@ -16,12 +16,13 @@
 //! other lines (a call's arguments often sit on the next source lines): what matters is that
 //! nothing the plan reads changed, not where the line table draws its boundaries.
 
-use detrix_common::{op, pt_regs, Plan};
+use detrix_common::{pt_regs, Plan, PlanOp};
 use iced_x86::{
     Decoder, DecoderOptions, FlowControl, Formatter as _, GasFormatter, Instruction,
     InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register,
 };
 
+use crate::codegen::Function;
 use crate::debuginfo::{Binary, LinkAddr, ProbePoint};
 
 /// Most instructions examined per statement.
@@ -99,10 +100,10 @@ pub(crate) fn iced_register(pt: u8) -> Option<Register> {
 }
 
 fn plan_registers(plan: &Plan) -> Vec<Register> {
-    plan.ops[..plan.n_ops as usize]
+    plan.active_ops()
         .iter()
-        .filter(|o| o.kind == op::REG)
-        .filter_map(|o| iced_register(o.reg))
+        .filter_map(PlanOp::reads_reg)
+        .filter_map(iced_register)
         .collect()
 }
 
@@ -148,6 +149,7 @@ pub fn place(
     point: &ProbePoint,
     plan: &Plan,
     plan_at: &dyn Fn(&ProbePoint) -> Option<Plan>,
+    func: &Function,
 ) -> Placement {
     let mut explain = Vec::new();
     let Some(code) = bin
@@ -164,7 +166,7 @@ pub fn place(
             explain,
         };
     };
-    let targets = branch_targets(bin, point);
+    let targets = func.branch_targets();
     let regs = plan_registers(plan);
     let mut decoder = Decoder::with_ip(64, code, point.addr.0, DecoderOptions::NONE);
     let mut fmt = GasFormatter::new();
@@ -250,29 +252,6 @@ pub fn classify(bin: &Binary, point: &ProbePoint) -> TrapKind {
         return TrapKind::Unknown;
     };
     trap_kind(&Decoder::with_ip(64, code, point.addr.0, DecoderOptions::NONE).decode())
-}
-
-/// Targets of the direct branches in the point's function.
-fn branch_targets(bin: &Binary, point: &ProbePoint) -> std::collections::HashSet<u64> {
-    let mut out = std::collections::HashSet::new();
-    let Some(code) = bin.code(point.func_start, point.func_end) else {
-        return out;
-    };
-    let mut decoder = Decoder::with_ip(64, code, point.func_start.0, DecoderOptions::NONE);
-    let mut i = Instruction::default();
-    while decoder.can_decode() {
-        decoder.decode_out(&mut i);
-        if matches!(
-            i.flow_control(),
-            FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch
-        ) && matches!(
-            i.op0_kind(),
-            OpKind::NearBranch64 | OpKind::NearBranch32 | OpKind::NearBranch16
-        ) {
-            out.insert(i.near_branch_target());
-        }
-    }
-    out
 }
 
 fn text_of(k: &TrapKind) -> &'static str {

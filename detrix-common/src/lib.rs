@@ -178,6 +178,66 @@ const _: () = assert!(core::mem::offset_of!(PlanOp, len) == 4);
 const _: () = assert!(core::mem::offset_of!(PlanOp, dst) == 6);
 const _: () = assert!(core::mem::offset_of!(PlanOp, imm) == 8);
 
+/// Building and reading ops, for every user-space reader of the encoding (the agent's plan
+/// builder, placement, forwarding and the op text). The eBPF program reads the fields itself,
+/// in the shape the verifier accepts (its `run_ops` loop): each field once, bounded at the
+/// point of use.
+impl PlanOp {
+    /// An op of `kind` for value 0, writing at offset 0 (see [`op`] for what `reg`, `len`
+    /// and `imm` mean per kind).
+    #[must_use]
+    pub const fn new(kind: u8, reg: u8, len: u16, imm: i64) -> Self {
+        Self {
+            kind,
+            reg,
+            value: 0,
+            _pad: 0,
+            len,
+            dst: 0,
+            imm,
+        }
+    }
+
+    /// The same op with destination (or source, for `HDR`/`SKIP_LE`/`END_LE`) `dst`.
+    #[must_use]
+    pub const fn at(mut self, dst: u16) -> Self {
+        self.dst = dst;
+        self
+    }
+
+    /// [`op::HDR`]: reads a header copied at `dst` whose pointer is at byte `ptr_off` and
+    /// length at byte `len_off` of it (both below 256), elements `stride` bytes each.
+    #[must_use]
+    pub const fn hdr(ptr_off: u8, len_off: u8, stride: i64, dst: u16) -> Self {
+        Self::new(op::HDR, 0, ptr_off as u16 | ((len_off as u16) << 8), stride).at(dst)
+    }
+
+    /// For [`op::HDR`]: the offsets of the pointer and of the length in the header.
+    #[must_use]
+    pub const fn hdr_offsets(&self) -> (u16, u16) {
+        (self.len & 0xff, self.len >> 8)
+    }
+
+    /// The `pt_regs` index an [`op::REG`] reads; `None` for every other op.
+    #[must_use]
+    pub const fn reads_reg(&self) -> Option<u8> {
+        if self.kind == op::REG {
+            Some(self.reg)
+        } else {
+            None
+        }
+    }
+}
+
+impl Plan {
+    /// The ops in use.
+    #[must_use]
+    pub fn active_ops(&self) -> &[PlanOp] {
+        let n = (self.n_ops as usize).min(MAX_OPS);
+        &self.ops[..n]
+    }
+}
+
 /// Condition kinds (`Condition::kind`).
 pub mod cond {
     /// No condition: every hit that passes the rate limit is emitted.

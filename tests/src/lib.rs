@@ -852,13 +852,10 @@ pub enum Kind {
     Int,
     /// A JSON number equal (as f64) to the printed `%.17g`.
     Float,
-    /// A JSON string equal to the printed `'%c'`: the char quoted, as lldb-dap shows it.
+    /// A one-character JSON string equal to the printed `'%c'` without its quotes.
     Char,
-    /// A JSON string equal to the printed `%s`.
+    /// A JSON string equal to the printed `%s` (a `char *`, a `char[N]`).
     Str,
-    /// A `char *` as lldb-dap shows it, `0x0000555555556012 "alice"`: a JSON string equal to
-    /// the pointer printed under this key, a space, and the printed `%s` quoted.
-    CStr(&'static str),
 }
 
 /// The printed line's value for `key`, panicking if the line lacks it.
@@ -867,16 +864,17 @@ pub fn printed_field<'a>(kv: &'a HashMap<String, String>, key: &str, line: &str)
         .unwrap_or_else(|| panic!("printed line lacks `{key}=`: {line}"))
 }
 
-/// What a value of `kind` printed under `key` must be captured as: the printed text, or for a
-/// `char *` the printed pointer and the quoted text.
+/// What a value of `kind` printed under `key` must be captured as: the printed text, for a
+/// char without the quotes the fixture prints around it (`'B'` → `B`).
 pub fn expected_text(kind: Kind, key: &str, kv: &HashMap<String, String>, line: &str) -> String {
+    let printed = printed_field(kv, key, line);
     match kind {
-        Kind::CStr(ptr) => format!(
-            "{} \"{}\"",
-            printed_field(kv, ptr, line),
-            printed_field(kv, key, line)
-        ),
-        _ => printed_field(kv, key, line).to_owned(),
+        Kind::Char => printed
+            .strip_prefix('\'')
+            .and_then(|p| p.strip_suffix('\''))
+            .unwrap_or_else(|| panic!("printed `{key}={printed}` is not a quoted char: {line}"))
+            .to_owned(),
+        _ => printed.to_owned(),
     }
 }
 
@@ -911,15 +909,15 @@ pub fn check_value(event: &Event, expr: &str, kind: Kind, printed: &str, line: &
                 ctx()
             );
         }
-        Kind::Char | Kind::Str | Kind::CStr(_) => {
+        Kind::Char | Kind::Str => {
             let got = v
                 .as_str()
                 .unwrap_or_else(|| panic!("`{expr}` = {v} is not a JSON string{}", ctx()));
             if matches!(kind, Kind::Char) {
                 assert_eq!(
                     got.chars().count(),
-                    3,
-                    "`{expr}` = {v} is not a quoted char{}",
+                    1,
+                    "`{expr}` = {v} is not one character{}",
                     ctx()
                 );
             }

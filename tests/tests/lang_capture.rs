@@ -66,7 +66,7 @@ fn check(hit: &Hit, expr: &str, expect: Expect, f: &HashMap<String, String>, lin
             hit.raw
         );
     }
-    let want: String = match expect {
+    let want: Value = match expect {
         Expect::Int(k) => {
             let want: i128 = printed(f, k, line)
                 .parse()
@@ -111,59 +111,135 @@ fn check(hit: &Hit, expr: &str, expect: Expect, f: &HashMap<String, String>, lin
             );
             return;
         }
-        Expect::Text(k) => {
-            let got = v.as_str().unwrap_or_else(|| {
-                panic!(
-                    "`{expr}` = {v} is not a JSON string\n  event:   {}\n  printed: {line}",
-                    hit.raw
-                )
-            });
-            assert_eq!(
-                got,
-                printed(f, k, line),
-                "`{expr}` differs from what the program printed\n  event:   {}\n  printed: {line}",
-                hit.raw
-            );
-            return;
+        Expect::Text(k) => Value::String(printed(f, k, line).to_owned()),
+        Expect::Char(k) => {
+            let p = printed(f, k, line);
+            let c = p
+                .strip_prefix('\'')
+                .and_then(|c| c.strip_suffix('\''))
+                .unwrap_or_else(|| panic!("printed `{k}={p}` is not a quoted char: {line}"));
+            Value::String(c.to_owned())
         }
-        Expect::Json(k) => {
-            let got = v.to_string();
-            assert_eq!(got, printed(f, k, line), "`{expr}` (as JSON) differs from the program's {{:?}}\n  event:   {}\n  printed: {line}", hit.raw);
-            return;
+        Expect::Json(k) => parse_json(printed(f, k, line), line),
+        Expect::RustDebug(k) => rust_debug(printed(f, k, line), line),
+        Expect::GoInts(k) | Expect::GoStrs(k) => {
+            parse_json(&format!("[{}]", printed(f, k, line)), line)
         }
-        Expect::GoInts(k) => format!(
-            "[]int len: {}, cap: {}, [{}]",
-            printed(f, &format!("{k}.len"), line),
-            printed(f, &format!("{k}.cap"), line),
-            printed(f, k, line)
-        ),
-        Expect::GoStrs(k) => format!(
-            "[]string len: {}, cap: {}, [{}]",
-            printed(f, &format!("{k}.len"), line),
-            printed(f, &format!("{k}.cap"), line),
-            printed(f, k, line)
-        ),
         Expect::Fmt(template) => {
             let mut text = template.to_string();
             for (k, val) in f {
+                // A C char is printed quoted, `'B'`: the template wants its character.
+                let val = match val.strip_prefix('\'').and_then(|c| c.strip_suffix('\'')) {
+                    Some(c) if c.chars().count() == 1 => c,
+                    _ => val,
+                };
                 text = text.replace(&format!("${k}"), val);
             }
             assert!(
                 !text.contains('$'),
                 "template {template} names a key the line lacks: {line}"
             );
-            text
+            parse_json(&text, line)
         }
+        Expect::GoNested(k) => return check_go_nested(hit, expr, v, printed(f, k, line), line),
         Expect::AgentBug(inner, _) => return check(hit, expr, *inner, f, line),
         Expect::Error(_) => unreachable!("errors are checked without a hit"),
     };
-    let got = v.as_str().unwrap_or_else(|| {
-        panic!(
-            "`{expr}` = {v} is not a JSON string\n  event:   {}\n  printed: {line}",
-            hit.raw
-        )
-    });
-    assert_eq!(got, want, "`{expr}` differs from the rendering of what the program printed\n  event:   {}\n  printed: {line}", hit.raw);
+    assert!(
+        json_eq(v, &want),
+        "`{expr}` differs from what the program printed\n  event:   {}\n  printed: {line}\n  want:    {want}",
+        hit.raw
+    );
+}
+
+/// JSON equality with numbers compared by value: a printed `40` equals a captured `40.0`.
+fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            x == y || ((x.is_f64() || y.is_f64()) && x.as_f64() == y.as_f64())
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_eq(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// `text` read as JSON, panicking with the printed line when it is not.
+fn parse_json(text: &str, line: &str) -> Value {
+    serde_json::from_str(text)
+        .unwrap_or_else(|e| panic!("`{text}` is not JSON ({e}); printed: {line}"))
+}
+
+/// A Rust enum's `{:?}` text as the agent's typed JSON shows the value.
+fn rust_debug(text: &str, line: &str) -> Value {
+    if text == "None" {
+        return Value::Null;
+    }
+    match text.split_once('(') {
+        Some(("Some", rest)) => parse_json(rest.strip_suffix(')').unwrap_or(rest), line),
+        Some((name, rest)) => {
+            let mut m = serde_json::Map::new();
+            m.insert(
+                name.to_owned(),
+                parse_json(rest.strip_suffix(')').unwrap_or(rest), line),
+            );
+            Value::Object(m)
+        }
+        None => Value::String(text.to_owned()),
+    }
+}
+
+/// Checks a Go composite's typed JSON against the Delve text the program printed for it:
+/// `null` exactly for a nil, and every leaf of the value (a string Go-quoted, a number, a
+/// bool, an address as `%#x`) found in that text.
+fn check_go_nested(hit: &Hit, expr: &str, v: &Value, printed: &str, line: &str) {
+    let ctx = || format!("\n  event:   {}\n  printed: {line}", hit.raw);
+    let nil = printed.ends_with(" nil") && !printed.contains('{');
+    assert_eq!(
+        v.is_null(),
+        nil,
+        "`{expr}` = {v}: null exactly when the program printed a nil{}",
+        ctx()
+    );
+    let mut leaves = Vec::new();
+    go_leaves(v, &mut leaves);
+    assert!(
+        nil || !leaves.is_empty(),
+        "`{expr}` = {v} holds no values{}",
+        ctx()
+    );
+    for leaf in leaves {
+        assert!(
+            printed.contains(&leaf),
+            "`{expr}`: `{leaf}` is not in what the program printed{}",
+            ctx()
+        );
+    }
+}
+
+/// The leaves of a typed Go value as Delve prints them.
+fn go_leaves(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Null => {}
+        Value::String(s) => match s
+            .strip_prefix("0x")
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+        {
+            Some(addr) => out.push(format!("{addr:#x}")),
+            None => out.push(Value::String(s.clone()).to_string()),
+        },
+        Value::Array(items) => items.iter().for_each(|i| go_leaves(i, out)),
+        // Go prints a float in its shortest form, an integral one without `.0`.
+        Value::Number(n) if n.is_f64() => out.push(n.as_f64().unwrap_or_default().to_string()),
+        Value::Object(m) => m.values().for_each(|i| go_leaves(i, out)),
+        other => out.push(other.to_string()),
+    }
 }
 
 /// The line the fixture printed for `hit`: its first word is the probe's, and every key field
@@ -422,21 +498,7 @@ fn capture_go123_opt() {
     capture_build(lang::GO123_OPT);
 }
 
-/// Renders the first `cap` of `items` (comma-separated as printed) the agent's way, with the
-/// count of the ones past the cap: Rust `[a, b, ...+N more]`, Go `[a,b,...+N more]`.
-fn capped(items: &[&str], cap: usize, sep: &str, more_sep: &str) -> String {
-    let shown = items.len().min(cap);
-    let more = items.len() - shown;
-    let tail = if more > 0 {
-        format!("{more_sep}...+{more} more")
-    } else {
-        String::new()
-    };
-    format!("[{}{tail}]", items[..shown].join(sep))
-}
-
-/// `--max-elements N` copies N elements and says how many more there were, in the rendering
-/// of the language's debugger.
+/// `--max-elements N` copies N elements: the typed value is the array of the first N.
 fn max_elements_cut(build: FixtureBuild, expr: &str, key: &str) {
     require_root();
     agent_bin();
@@ -470,27 +532,23 @@ fn max_elements_cut(build: FixtureBuild, expr: &str, key: &str) {
         let got = hit
             .values
             .get(expr)
-            .and_then(Value::as_str)
-            .unwrap_or_else(|| panic!("`{expr}` is not text: {}", hit.raw));
-        let want = if build.lang == Lang::Go {
-            let items: Vec<&str> = printed(&f, key, &line).split(',').collect();
-            format!(
-                "[]int len: {}, cap: {}, {}",
-                printed(&f, &format!("{key}.len"), &line),
-                printed(&f, &format!("{key}.cap"), &line),
-                capped(&items, 2, ",", ",")
-            )
+            .unwrap_or_else(|| panic!("event has no `{expr}`: {}", hit.raw));
+        let printed = printed(&f, key, &line);
+        let items: Vec<&str> = if build.lang == Lang::Go {
+            printed.split(',').collect()
         } else {
-            let printed = printed(&f, key, &line);
             let inner = printed.trim_start_matches('[').trim_end_matches(']');
-            let items: Vec<&str> = inner.split(", ").collect();
-            capped(&items, 2, ", ", ", ")
+            inner.split(", ").collect()
         };
-        if want.contains("more") {
+        if items.len() > 2 {
             longer += 1;
         }
+        let want = parse_json(
+            &format!("[{}]", items[..items.len().min(2)].join(",")),
+            &line,
+        );
         assert_eq!(
-            got, want,
+            *got, want,
             "`{expr}` with --max-elements 2\n  event:   {}\n  printed: {line}",
             hit.raw
         );

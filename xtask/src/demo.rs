@@ -493,16 +493,8 @@ fn show_event(i: usize, n: usize, event: &Value, printed: Option<&String>) -> us
     let mut bad = 0;
     for expr in EXPRS {
         let captured = event["values"].get(expr).map(show_value);
-        // The program prints `o->id` as `id=…`, the others under their own name; a `char *`
-        // the agent shows as lldb-dap does, its address (printed as `pcust=`) then its text.
-        let theirs: Option<String> = printed.and_then(|l| {
-            let v = field(l, expr.trim_start_matches("o->"))?;
-            Some(match (expr, field(l, "pcust")) {
-                ("o->customer", Some(p)) => format!("{p} \"{v}\""),
-                _ => v.to_owned(),
-            })
-        });
-        let theirs = theirs.as_deref();
+        // The program prints `o->id` as `id=…`, the others under their own name.
+        let theirs = printed.and_then(|l| field(l, expr.trim_start_matches("o->")));
         let same = matches!((&captured, theirs), (Some(c), Some(t)) if same_value(c, t));
         bad += usize::from(!same);
         println!(

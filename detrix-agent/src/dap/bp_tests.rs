@@ -82,6 +82,8 @@ fn hit_of(id: ProbeId, stack: Vec<Frame>, locals: Vec<(&str, V)>, values: Vec<(&
         values: values.into_iter().map(|(e, v)| (e.to_owned(), v)).collect(),
         stack,
         locals: locals.into_iter().map(|(n, v)| (n.to_owned(), v)).collect(),
+        value_trees: Vec::new(),
+        local_trees: Vec::new(),
     }
 }
 

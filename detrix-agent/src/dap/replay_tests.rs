@@ -361,6 +361,8 @@ fn hits_become_the_exact_output_delve_sent() {
         ],
         stack: Vec::new(),
         locals: Vec::new(),
+        value_trees: Vec::new(),
+        local_trees: Vec::new(),
     };
     let stray = ProbeHit {
         probe: ProbeId { n: 99, ..probe },

@@ -90,6 +90,9 @@ fn levenshtein(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// A unit's rows by file, and every row address of the unit.
+type UnitRows = (HashMap<String, Vec<Row>>, Vec<u64>);
+
 impl Binary {
     /// Full path of a line-table file entry: comp_dir / directory / name.
     pub(super) fn file_entry_path(
@@ -150,7 +153,7 @@ impl Binary {
         &self,
         unit: &gimli::Unit<R>,
         pick: &dyn Fn(&str) -> bool,
-    ) -> Result<(HashMap<String, Vec<Row>>, Vec<u64>), ResolveError> {
+    ) -> Result<UnitRows, ResolveError> {
         let mut by_file: HashMap<String, Vec<Row>> = HashMap::new();
         let mut addrs = Vec::new();
         let Some(program) = unit.line_program.clone() else {

@@ -5,11 +5,11 @@
 //! and what to do. A wrong value is worse than none: a location that does not cover the PC is
 //! [`ResolveError::OptimizedOut`], never a read from a stale slot.
 
-mod addr;
 mod bytes;
 mod lines;
 mod location;
 mod scope;
+mod symbolize;
 mod types;
 mod unwind;
 
@@ -18,10 +18,11 @@ use std::sync::Arc;
 
 use object::{Object, ObjectSection, ObjectSegment};
 
-pub use addr::{FileOffset, LinkAddr};
+pub use crate::addr::{FileOffset, LinkAddr};
 pub use lines::ProbePoint;
 pub use location::{AddrBase, Location};
 pub use scope::{Symbol, Variable, VariableKind};
+pub use symbolize::{Frame, Symbolizer, STACK_FRAMES};
 pub use types::{Member, Type, TypeRef, Variant};
 pub use unwind::UnwindRegs;
 
@@ -580,13 +581,15 @@ impl Binary {
     /// The link address of the segment mapped at file offset 0, used with `/proc/PID/maps` to
     /// find the load bias of an `ET_DYN` object.
     #[must_use]
-    pub fn first_segment_vaddr(&self) -> u64 {
-        self.segments
-            .iter()
-            .filter(|s| s.offset == 0)
-            .map(|s| s.vaddr)
-            .min()
-            .unwrap_or(0)
+    pub fn first_segment_vaddr(&self) -> LinkAddr {
+        LinkAddr(
+            self.segments
+                .iter()
+                .filter(|s| s.offset == 0)
+                .map(|s| s.vaddr)
+                .min()
+                .unwrap_or(0),
+        )
     }
 }
 

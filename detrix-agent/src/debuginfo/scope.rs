@@ -123,10 +123,7 @@ impl Binary {
         let mut cursor = unit.entries();
         let mut best: Option<Function> = None;
         let mut best_depth = -1;
-        loop {
-            let Some(entry) = cursor.next_dfs().map_err(self.dwarf_err("DIEs"))? else {
-                break;
-            };
+        while let Some(entry) = cursor.next_dfs().map_err(self.dwarf_err("DIEs"))? {
             let tag = entry.tag();
             if tag != dw::DW_TAG_subprogram && tag != dw::DW_TAG_inlined_subroutine {
                 continue;
@@ -326,10 +323,7 @@ impl Binary {
         let unit = &self.units[ui];
         let mut cursor = unit.entries();
         let mut chain: Vec<(isize, ChainScope)> = Vec::new();
-        loop {
-            let Ok(Some(entry)) = cursor.next_dfs() else {
-                break;
-            };
+        while let Ok(Some(entry)) = cursor.next_dfs() {
             let tag = entry.tag();
             if tag != dw::DW_TAG_subprogram && tag != dw::DW_TAG_inlined_subroutine {
                 continue;

@@ -88,6 +88,9 @@ pub enum Type {
     },
 }
 
+/// A Rust enum's discriminant (offset, size), if it has one, and its variants.
+type VariantPart = (Option<(u64, u64)>, Vec<Variant>);
+
 impl Binary {
     /// Resolves a reference attribute (same unit or `DW_FORM_ref_addr`) to a [`TypeRef`].
     pub(super) fn resolve_ref(&self, ui: usize, v: &gimli::AttributeValue<R>) -> Option<TypeRef> {
@@ -454,10 +457,7 @@ impl Binary {
     }
 
     /// The `DW_TAG_variant_part` of a Rust enum, if `r` has one.
-    fn variant_part(
-        &self,
-        r: TypeRef,
-    ) -> Result<Option<(Option<(u64, u64)>, Vec<Variant>)>, ResolveError> {
+    fn variant_part(&self, r: TypeRef) -> Result<Option<VariantPart>, ResolveError> {
         let unit = &self.units[r.unit];
         let mut tree = unit
             .entries_tree(Some(gimli::UnitOffset(r.offset)))

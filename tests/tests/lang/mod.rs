@@ -366,19 +366,27 @@ pub enum Expect {
     Float(&'static str),
     /// A JSON bool equal to the printed `true`/`false`.
     Bool(&'static str),
-    /// A JSON string equal to the printed text (strings, chars, enum names, rendered values).
+    /// A JSON string equal to the printed text (strings, Rust chars, enum names, addresses).
     Text(&'static str),
-    /// The JSON text of the value equals the printed `{:?}` text (`3`, `"alice"`).
+    /// A one-character JSON string equal to the printed C `'%c'` without its quotes.
+    Char(&'static str),
+    /// The value equals the printed text read as JSON: a Rust `{:?}` of a number, a string or
+    /// a `Vec` (`3`, `"alice"`, `[1, 2]`).
     Json(&'static str),
-    /// A Go `[]int` as Delve renders it, `[]int len: L, cap: C, [a,b]`, from the printed
-    /// `<key>.len`, `<key>.cap` and comma-separated `<key>`.
+    /// A Rust enum printed with `{:?}`, typed: `None` → `null`, `Some(x)` → `x`,
+    /// `Percent(6)` → `{"Percent": 6}`, `Retail` → `"Retail"`.
+    RustDebug(&'static str),
+    /// A Go `[]int` as a JSON array equal to the printed comma-separated `<key>`.
     GoInts(&'static str),
-    /// A Go `[]string` as Delve renders it, `[]string len: L, cap: C, ["a","b"]`, from the
-    /// printed `<key>.len`, `<key>.cap` and the comma-separated Go-quoted strings `<key>`.
+    /// A Go `[]string` as a JSON array equal to the printed comma-separated Go-quoted `<key>`.
     GoStrs(&'static str),
-    /// A JSON string equal to this template with each `$key` replaced by the printed value of
-    /// `key`: `{a = $a, b = $b}` for a struct.
+    /// The value equals this JSON template with each `$key` replaced by the printed value of
+    /// `key` (a printed C char `'B'` by its character): `{"a": $a, "b": $b}` for a struct.
     Fmt(&'static str),
+    /// A Go composite as typed JSON, checked against the Delve text the program printed under
+    /// this key: `null` exactly when that is a nil, and every string, number and bool in the
+    /// value (an address as Delve prints it) is in that text.
+    GoNested(&'static str),
     /// Should be the inner expectation, but a known agent bug breaks it: `lang_capture` checks
     /// it only in its `#[ignore]`d known-bugs test (the reason is the second field).
     AgentBug(&'static Expect, &'static str),
@@ -411,14 +419,15 @@ pub struct Probe {
     pub exprs: Vec<(&'static str, Expect)>,
 }
 
-/// A C `struct order` as the agent shows it, from the `process` line's printed fields: lldb's
-/// `frame variable` layout, each member in lldb-dap's format (`customer` a pointer, since a
-/// member's string is not copied).
-const WHOLE_ORDER: &str = "{id = $id, qty = $qty, flags = $flags, price = $price, grade = $grade, customer = $pcust, code = \"$code\"}";
+/// A C `struct order` as the agent's typed JSON, from the `process` line's printed fields
+/// (`customer` the pointer's address, since a member's string is not copied).
+const WHOLE_ORDER: &str = r#"{"id": $id, "qty": $qty, "flags": $flags, "price": $price, "grade": "$grade", "customer": "$pcust", "code": "$code"}"#;
 
 /// The probes of `build`, with the expected outcome of every expression there.
 pub fn probes(build: &FixtureBuild) -> Vec<Probe> {
-    use Expect::{Bool, Error, Float, Fmt, GoInts, GoStrs, Int, Json, Text};
+    use Expect::{
+        Bool, Char, Error, Float, Fmt, GoInts, GoNested, GoStrs, Int, Json, RustDebug, Text,
+    };
     match build.lang {
         Lang::C if build.file == "optimized.c" => vec![
             Probe {
@@ -435,7 +444,7 @@ pub fn probes(build: &FixtureBuild) -> Vec<Probe> {
                     (
                         "p",
                         Expect::AgentBug(
-                            &Fmt("{a = $a, b = $b}"),
+                            &Fmt(r#"{"a": $a, "b": $b}"#),
                             "a struct assembled from DW_OP_piece registers reads its second piece as 0",
                         ),
                     ),
@@ -498,7 +507,7 @@ pub fn probes(build: &FixtureBuild) -> Vec<Probe> {
                     Error("`first` is optimized out at 0x1248 ({at}); try a line where it is live"),
                 )
             } else {
-                (Float("cost"), Int("copy.qty"), Fmt(WHOLE_ORDER), Text("first"))
+                (Float("cost"), Int("copy.qty"), Fmt(WHOLE_ORDER), Char("first"))
             };
             vec![
                 Probe {
@@ -513,17 +522,17 @@ pub fn probes(build: &FixtureBuild) -> Vec<Probe> {
                         ("o->qty", Int("qty")),
                         ("o->flags", Int("flags")),
                         ("o->price", Float("price")),
-                        // As lldb-dap shows them: a char quoted, a `char *` as its pointer and its
-                        // quoted text (copied at the hit), a char array as its quoted text.
-                        ("o->grade", Text("grade")),
-                        ("o->customer", Fmt("$pcust \"$customer\"")),
+                        // Typed: a char as its character, a `char *` as its text (copied at the
+                        // hit), a char array as its text.
+                        ("o->grade", Char("grade")),
+                        ("o->customer", Text("customer")),
                         ("o->code", Text("code")),
                         ("cost", cost),
                         ("g_counter", Int("g_counter")),
                         ("s_total", Int("s_total")),
                         ("copy.qty", copy_qty),
                         ("first", first),
-                        ("g_label", Fmt("$plabel \"$label\"")),
+                        ("g_label", Text("label")),
                     ],
                 },
                 Probe {
@@ -542,7 +551,7 @@ pub fn probes(build: &FixtureBuild) -> Vec<Probe> {
                         ("o", Text("o")),
                         ("*o", Fmt(WHOLE_ORDER)),
                         ("copy", copy),
-                        ("o->customer", Fmt("$pcust \"$customer\"")),
+                        ("o->customer", Text("customer")),
                     ],
                 },
                 Probe {
@@ -613,17 +622,17 @@ pub fn probes(build: &FixtureBuild) -> Vec<Probe> {
                     ("o.id", Int("id")),
                     ("o.qty", Int("qty")),
                     ("o.price", Float("price")),
-                    ("o.kind", Text("kind")),
-                    ("o.discount", Text("discount")),
+                    ("o.kind", RustDebug("kind")),
+                    ("o.discount", RustDebug("discount")),
                     ("o.rush", Bool("rush")),
                     // As lldb-dap shows them with the Rust formatters the daemon loads: a char
                     // by its code point twice and quoted, a reference by its address; a Vec by
                     // its first elements (lldb-dap: only `size=N`; the agent copied them).
-                    ("o.tag", Fmt("U+0x$ctag U+0x$ctag U'$tag'")),
+                    ("o.tag", Text("tag")),
                     ("o.customer", Text("customer")),
                     ("o.note", Text("note")),
-                    ("o.items", Text("items")),
-                    ("o.coupon", Text("coupon")),
+                    ("o.items", Json("items")),
+                    ("o.coupon", RustDebug("coupon")),
                     ("cost", Float("cost")),
                     ("o", Text("o")),
                 ],
@@ -701,10 +710,10 @@ pub fn probes(build: &FixtureBuild) -> Vec<Probe> {
                     points: 1,
                     exprs: vec![
                         ("round", Int("round")),
-                        ("o", Fmt("*$order")),
+                        ("o", GoNested("order")),
                         ("o.Tags", GoStrs("tags")),
                         ("o.Customer", Text("customer")),
-                        ("*o", Text("order")),
+                        ("*o", GoNested("order")),
                     ],
                 },
                 Probe {
@@ -717,7 +726,7 @@ pub fn probes(build: &FixtureBuild) -> Vec<Probe> {
                     keys: &[("round", "round")],
                     copies: &[],
                     points: 1,
-                    exprs: vec![("round", Int("round")), ("o.Lines", Text("lines")), ("o.Ship", Text("ship"))],
+                    exprs: vec![("round", Int("round")), ("o.Lines", GoNested("lines")), ("o.Ship", GoNested("ship"))],
                 },
             ]
         }

@@ -1,8 +1,16 @@
 //! Facts about a target process from `/proc`: is it there, which binary it runs, where that
 //! binary is loaded, and whether we may attach to it.
+//!
+//! Why one module: every fact about the process comes from `/proc/PID/…` read here, the maps
+//! through the one parser in [`maps`], so the engine and the symbolizer see the same process.
+
+pub mod maps;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+
+use crate::addr::{self, LinkAddr};
+use maps::Mapping;
 
 /// Why a target cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -109,45 +117,33 @@ impl Target {
         std::fs::metadata(&self.exe).is_ok_and(|m| (m.dev(), m.ino()) == self.dev_ino)
     }
 
+    /// The process's mappings (`/proc/PID/maps`).
+    ///
+    /// # Errors
+    /// `/proc/PID/maps` unreadable.
+    pub fn maps(&self) -> Result<Vec<Mapping>, TargetError> {
+        maps::read(self.pid).map_err(|source| TargetError::Proc {
+            pid: self.pid,
+            what: "maps",
+            source,
+        })
+    }
+
     /// Runtime address − link address of the executable: the start of its mapping at file
-    /// offset 0 minus the link address of the segment at offset 0. Zero for `ET_EXEC`.
+    /// offset 0 minus the link address of the segment at offset 0 ([`addr::load_bias`]).
     ///
     /// # Errors
     /// `/proc/PID/maps` unreadable, or the executable not mapped.
-    pub fn load_bias(&self, first_segment_vaddr: u64) -> Result<u64, TargetError> {
-        let maps =
-            std::fs::read_to_string(format!("/proc/{}/maps", self.pid)).map_err(|source| {
-                TargetError::Proc {
-                    pid: self.pid,
-                    what: "maps",
-                    source,
-                }
-            })?;
-        for line in maps.lines() {
-            // start-end perms offset dev inode path
-            let mut f = line.split_whitespace();
-            let (Some(range), Some(_perms), Some(offset), Some(_dev), Some(inode)) =
-                (f.next(), f.next(), f.next(), f.next(), f.next())
-            else {
-                continue;
-            };
-            if inode.parse::<u64>().ok() != Some(self.dev_ino.1)
-                || u64::from_str_radix(offset, 16).ok() != Some(0)
-            {
-                continue;
-            }
-            let start = range
-                .split('-')
-                .next()
-                .and_then(|s| u64::from_str_radix(s, 16).ok())
-                .unwrap_or(0);
-            return Ok(start.wrapping_sub(first_segment_vaddr & !0xfff));
-        }
-        Err(TargetError::NotMapped {
-            pid: self.pid,
-            exe: self.exe.clone(),
-            inode: self.dev_ino.1,
-        })
+    pub fn load_bias(&self, first_segment: LinkAddr) -> Result<u64, TargetError> {
+        self.maps()?
+            .iter()
+            .find(|m| m.inode == self.dev_ino.1 && m.offset == 0)
+            .map(|m| addr::load_bias(m.start, first_segment))
+            .ok_or_else(|| TargetError::NotMapped {
+                pid: self.pid,
+                exe: self.exe.clone(),
+                inode: self.dev_ino.1,
+            })
     }
 }
 

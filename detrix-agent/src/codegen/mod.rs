@@ -1,0 +1,100 @@
+//! The machine code of a function, decoded once (x86-64, iced-x86): its instructions in
+//! address order and what its branches say about control flow.
+//!
+//! Why one decode: placement (which instructions a branch can land on) and forwarding (which
+//! registers hold which stack slots along the function) read the same instructions; decoding
+//! them once per copy of a line, in one place, keeps the two from disagreeing about where the
+//! instruction boundaries are.
+
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, OpKind};
+
+use crate::debuginfo::{Binary, ProbePoint};
+
+/// A function's instructions, decoded linearly from its first byte.
+#[derive(Debug, Default)]
+pub struct Function {
+    pub instrs: Vec<Instruction>,
+}
+
+/// Where a branch goes, as far as the instruction says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Branch {
+    /// Not a branch (calls and returns included).
+    NotBranch,
+    /// A direct branch to this address.
+    Direct(u64),
+    /// A branch whose target the code does not say (indirect, or not a near branch).
+    Unknown,
+}
+
+impl Function {
+    /// The function `point` is in; no instructions when its bytes are not available.
+    #[must_use]
+    pub fn of(bin: &Binary, point: &ProbePoint) -> Self {
+        bin.code(point.func_start, point.func_end)
+            .map_or_else(Self::default, |code| Self::decode(code, point.func_start.0))
+    }
+
+    /// Decodes `code`, whose first byte is at `start`.
+    #[must_use]
+    pub fn decode(code: &[u8], start: u64) -> Self {
+        let mut decoder = Decoder::with_ip(64, code, start, DecoderOptions::NONE);
+        let mut instrs = Vec::new();
+        let mut i = Instruction::default();
+        while decoder.can_decode() {
+            decoder.decode_out(&mut i);
+            instrs.push(i);
+        }
+        Self { instrs }
+    }
+
+    /// Targets of the direct branches.
+    #[must_use]
+    pub fn branch_targets(&self) -> std::collections::HashSet<u64> {
+        self.instrs
+            .iter()
+            .filter_map(|i| match branch(i) {
+                Branch::Direct(t) => Some(t),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Where `i` branches to.
+#[must_use]
+pub fn branch(i: &Instruction) -> Branch {
+    match i.flow_control() {
+        FlowControl::IndirectBranch => Branch::Unknown,
+        FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch => {
+            if matches!(
+                i.op0_kind(),
+                OpKind::NearBranch64 | OpKind::NearBranch32 | OpKind::NearBranch16
+            ) {
+                Branch::Direct(i.near_branch_target())
+            } else {
+                Branch::Unknown
+            }
+        }
+        _ => Branch::NotBranch,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_branches_give_targets_and_indirect_ones_do_not() {
+        // 0x1000: jz +2 (→ 0x1004); 0x1002: jmp *%rax; 0x1004: ret
+        let f = Function::decode(&[0x74, 0x02, 0xff, 0xe0, 0xc3], 0x1000);
+        assert_eq!(f.instrs.len(), 3);
+        assert_eq!(branch(&f.instrs[0]), Branch::Direct(0x1004));
+        assert_eq!(branch(&f.instrs[1]), Branch::Unknown);
+        assert_eq!(branch(&f.instrs[2]), Branch::NotBranch);
+        assert_eq!(
+            f.branch_targets(),
+            std::collections::HashSet::from([0x1004])
+        );
+    }
+}

@@ -1,0 +1,431 @@
+//! The long-lived capture engine for one target: logpoints come and go, hits stream out.
+//!
+//! Both front ends sit on it: the one-shot `capture` CLI and the DAP facade the daemon
+//! drives. It chains the stages (resolve → plan → place → attach; ring → decode) and nothing
+//! else does. It is split in two so a front end can wait for hits while it handles requests:
+//! [`Engine`] owns the probes (and mutates them), [`HitReader`] owns the ring and decodes with
+//! a shared table of the installed plans.
+//!
+//! The modules: [`resolver`] (open a target, resolve a logpoint), [`pipeline`] (plan, place,
+//! forward one copy of a line, shared with `describe`), [`reader`] (ring → hits).
+
+mod pipeline;
+mod reader;
+mod resolver;
+
+pub use pipeline::describe;
+use reader::{DecoderTable, ProbeDecoder};
+pub use reader::{HitReader, FLUSH_INTERVAL};
+pub use resolver::Resolver;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError};
+use std::time::Duration;
+
+use detrix_common::Counters;
+use tokio::io::unix::AsyncFd;
+
+use crate::debuginfo::{ProbePoint, ResolveError, Symbolizer};
+use crate::decode::Node;
+use crate::expr::ExprError;
+use crate::place::Placement;
+use crate::plan::{self, BuiltPlan, PlanError, Value};
+use crate::probe::{AttachSpec, LoadOptions, ProbeError, Probes};
+use crate::target::TargetError;
+
+/// Why the engine could not do what was asked. Messages name the object and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Expr(#[from] ExprError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error("process {pid} exec'd another program; its probes cannot be attached")]
+    BinaryChanged { pid: u32 },
+    #[error("reading events: {0}")]
+    Io(#[source] std::io::Error),
+}
+
+/// Knobs every logpoint shares.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    pub string_cap: u32,
+    /// Most elements of a slice or `Vec` copied (see [`PlanOptions::elem_cap`]).
+    pub elem_cap: u32,
+    /// Events per second per probe (0 = unlimited), and burst.
+    pub rate_per_sec: u32,
+    pub burst: u32,
+    /// Move probes to emulated instructions when the values allow (see [`place`]).
+    pub placement: bool,
+    /// Read values from registers that hold copies of their stack slots at the probe (see
+    /// [`forward`]).
+    pub forwarding: bool,
+    pub load: LoadOptions,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            string_cap: 256,
+            elem_cap: plan::DEFAULT_ELEM_CAP,
+            rate_per_sec: 10_000,
+            burst: 1_000,
+            placement: true,
+            forwarding: true,
+            load: LoadOptions::default(),
+        }
+    }
+}
+
+/// What to capture at one line.
+#[derive(Debug, Clone, Default)]
+pub struct LogpointSpec {
+    pub line: u32,
+    pub exprs: Vec<String>,
+    /// In-kernel filter (see [`expr::parse_condition`]).
+    pub condition: Option<String>,
+    /// Capture the user stack at each hit ([`Hit::stack`]): a frame-pointer walk in the kernel.
+    pub capture_stack: bool,
+    /// Capture every parameter and local in scope at each hit ([`Hit::locals`]).
+    pub capture_locals: bool,
+}
+
+pub use crate::debuginfo::Frame;
+
+/// Names one logpoint for as long as it is installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LogpointId(pub u64);
+
+/// One resolved, planned and placed copy of a logpoint, not yet attached.
+#[derive(Debug, Clone)]
+pub struct PreparedCopy {
+    pub point: ProbePoint,
+    pub plan: BuiltPlan,
+    pub placement: Placement,
+    /// The object file the probe goes into: the executable, or a shared library it mapped.
+    pub object: PathBuf,
+}
+
+/// An installed logpoint.
+#[derive(Debug, Clone)]
+pub struct Logpoint {
+    pub id: LogpointId,
+    pub file: String,
+    pub line: u32,
+    /// One per function copy (inlined, monomorphized) the line has code in.
+    pub copies: Vec<PreparedCopy>,
+    probe_ids: Vec<u32>,
+}
+
+/// One hit, decoded.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub logpoint: LogpointId,
+    pub pid: u32,
+    pub tid: u32,
+    /// Goroutine id for Go targets, else 0.
+    pub goid: u64,
+    pub ktime_ns: u64,
+    /// `(expression, value)` in the order asked, without hidden (condition-only) values.
+    pub values: Vec<(String, Value)>,
+    /// With [`LogpointSpec::capture_stack`]: the user stack, innermost first.
+    pub stack: Vec<Frame>,
+    /// With [`LogpointSpec::capture_locals`]: every parameter and local in scope, in scope
+    /// order; ones that could not be captured carry [`Value::Error`] with the reason.
+    pub locals: Vec<(String, Value)>,
+    /// `values` decoded but not rendered, in the same order: `values` are these as the
+    /// target's debugger shows them (for the DAP `output` the daemon parses), these are for
+    /// the other renderers (the CLI's typed JSON, [`crate::render::json`]).
+    pub value_trees: Vec<Node>,
+    /// `locals` decoded but not rendered, in the same order.
+    pub local_trees: Vec<Node>,
+}
+
+/// The attached half: owns the probes.
+pub struct Engine {
+    resolver: Resolver,
+    probes: Probes,
+    decoders: DecoderTable,
+    logpoints: BTreeMap<LogpointId, Logpoint>,
+    next_id: u64,
+    /// For the CPU breaker: counters at the last look.
+    last: HashMap<u32, (u64, u64)>,
+    /// Final counters of removed logpoints, read after detaching (exact).
+    removed: HashMap<LogpointId, Counters>,
+    /// Probe ids removed recently, whose records may still be in the ring.
+    retired: Vec<(u32, std::time::Instant)>,
+}
+
+/// How long a removed probe's records are still decoded.
+const RETIRE_AFTER: Duration = Duration::from_secs(5);
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("pid", &self.resolver.target.pid)
+            .field("logpoints", &self.logpoints.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Loads the eBPF program for `resolver`'s target. Must run inside a tokio runtime.
+    ///
+    /// # Errors
+    /// The kernel refused the program.
+    pub fn start(resolver: Resolver) -> Result<(Self, HitReader), EngineError> {
+        let (probes, ring) = Probes::load(resolver.opts.load)?;
+        #[allow(
+            deprecated,
+            reason = "tokio 1.54 deprecates AsyncFd::new for I/O-safety; the ring's fd lives as long as the AsyncFd (toolchain.md E7)"
+        )]
+        let ring = AsyncFd::new(ring).map_err(EngineError::Io)?;
+        let decoders: DecoderTable = Arc::default();
+        let reader = HitReader {
+            ring,
+            decoders: decoders.clone(),
+            symbolizer: Symbolizer::new(
+                resolver.bin.clone(),
+                resolver.load_bias,
+                resolver.target.maps().unwrap_or_default(),
+                resolver.target.dev_ino.1,
+            ),
+            flush: tokio::time::interval(FLUSH_INTERVAL),
+        };
+        Ok((
+            Self {
+                resolver,
+                probes,
+                decoders,
+                logpoints: BTreeMap::new(),
+                next_id: 1,
+                last: HashMap::new(),
+                removed: HashMap::new(),
+                retired: Vec::new(),
+            },
+            reader,
+        ))
+    }
+
+    /// The resolver (target, binary) behind this engine.
+    #[must_use]
+    pub fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+
+    /// Attaches prepared copies as one logpoint. All or nothing: on failure nothing stays.
+    ///
+    /// # Errors
+    /// The process exec'd, or the kernel refused an attach.
+    pub fn install(
+        &mut self,
+        file: &str,
+        line: u32,
+        copies: Vec<PreparedCopy>,
+    ) -> Result<LogpointId, EngineError> {
+        if !self.resolver.target.same_binary() {
+            return Err(EngineError::BinaryChanged {
+                pid: self.resolver.target.pid,
+            });
+        }
+        let id = LogpointId(self.next_id);
+        self.next_id += 1;
+        let mut probe_ids = Vec::new();
+        for c in &copies {
+            let spec = AttachSpec {
+                binary: &c.object,
+                offset: c.point.file_offset,
+                pid: self.resolver.target.pid,
+            };
+            match self.probes.install(&c.plan.plan, &spec) {
+                Ok(probe_id) => {
+                    self.decoders().insert(
+                        probe_id,
+                        ProbeDecoder {
+                            logpoint: id,
+                            values: c.plan.values.clone(),
+                            local_errors: c.plan.local_errors.clone(),
+                        },
+                    );
+                    probe_ids.push(probe_id);
+                }
+                Err(e) => {
+                    for s in probe_ids {
+                        let _ = self.probes.remove(s);
+                        self.decoders().remove(&s);
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        self.logpoints.insert(
+            id,
+            Logpoint {
+                id,
+                file: file.to_owned(),
+                line,
+                copies,
+                probe_ids,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Resolves and installs one logpoint.
+    ///
+    /// # Errors
+    /// As [`Resolver::prepare`] and [`Engine::install`].
+    pub fn add(&mut self, file: &str, spec: &LogpointSpec) -> Result<LogpointId, EngineError> {
+        let copies = self.resolver.prepare(file, spec)?;
+        self.install(file, spec.line, copies)
+    }
+
+    /// Removes one logpoint and returns its final counters (summed over copies).
+    ///
+    /// # Errors
+    /// A kernel error on detach.
+    pub fn remove(&mut self, id: LogpointId) -> Result<Option<Counters>, EngineError> {
+        let Some(lp) = self.logpoints.remove(&id) else {
+            return Ok(None);
+        };
+        let mut first_err = None;
+        for s in &lp.probe_ids {
+            if let Err(e) = self.probes.remove(*s) {
+                first_err.get_or_insert(e);
+            }
+        }
+        // Counters after detach: no hit is in flight any more, so the sum is exact.
+        let total = self.sum_counters(&lp.probe_ids);
+        self.removed.insert(id, total);
+        for s in &lp.probe_ids {
+            self.last.remove(s);
+        }
+        // The decode entries stay a while: records emitted before the detach may still be in
+        // the ring, and the reader must still turn them into hits. Probe ids are never reused
+        // (generation), so a stale entry cannot decode another probe's records.
+        let now = std::time::Instant::now();
+        self.retired.extend(lp.probe_ids.iter().map(|s| (*s, now)));
+        let expired: Vec<u32> = self
+            .retired
+            .iter()
+            .filter(|(_, t)| now.duration_since(*t) > RETIRE_AFTER)
+            .map(|(s, _)| *s)
+            .collect();
+        self.retired
+            .retain(|(_, t)| now.duration_since(*t) <= RETIRE_AFTER);
+        let mut table = self.decoders();
+        for s in expired {
+            table.remove(&s);
+        }
+        drop(table);
+        match first_err {
+            Some(e) => Err(e.into()),
+            None => Ok(Some(total)),
+        }
+    }
+
+    /// Removes every logpoint.
+    ///
+    /// # Errors
+    /// The first detach error (the rest are still removed).
+    pub fn remove_all(&mut self) -> Result<(), EngineError> {
+        let ids: Vec<LogpointId> = self.logpoints.keys().copied().collect();
+        let mut first = Ok(());
+        for id in ids {
+            if let Err(e) = self.remove(id) {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+
+    /// Final counters of a removed logpoint (e.g. one the CPU breaker switched off).
+    #[must_use]
+    pub fn last_removed(&self, id: LogpointId) -> Option<Counters> {
+        self.removed.get(&id).copied()
+    }
+
+    /// Installed logpoints.
+    pub fn logpoints(&self) -> impl Iterator<Item = &Logpoint> {
+        self.logpoints.values()
+    }
+
+    /// Counters of a logpoint, summed over its copies and CPUs.
+    #[must_use]
+    pub fn counters(&self, id: LogpointId) -> Option<Counters> {
+        self.logpoints
+            .get(&id)
+            .map(|lp| self.sum_counters(&lp.probe_ids))
+    }
+
+    fn sum_counters(&self, probe_ids: &[u32]) -> Counters {
+        let mut t = Counters::default();
+        for s in probe_ids {
+            t.add(&self.probes.counters(*s).unwrap_or_default());
+        }
+        t
+    }
+
+    /// The CPU circuit breaker: removes every logpoint whose cost over the window since the
+    /// last call (BPF time + estimated trap cost per hit) exceeds `budget` (a fraction of one
+    /// CPU), returning each with the reason.
+    pub fn enforce_budget(&mut self, window: Duration, budget: f64) -> Vec<(LogpointId, String)> {
+        let window_ns = window.as_nanos().max(1) as f64;
+        let mut over = Vec::new();
+        for lp in self.logpoints.values() {
+            let (mut dh, mut db, mut trap_ns) = (0, 0, 0);
+            for (s, c) in lp.probe_ids.iter().zip(&lp.copies) {
+                let Ok(now) = self.probes.counters(*s) else {
+                    continue;
+                };
+                let (h0, b0) = self
+                    .last
+                    .insert(*s, (now.hits, now.bpf_ns))
+                    .unwrap_or((0, 0));
+                let h = now.hits - h0;
+                dh += h;
+                db += now.bpf_ns - b0;
+                trap_ns += h * c.placement.kind.cost_ns();
+            }
+            let cost = (db + trap_ns) as f64 / window_ns;
+            if cost > budget {
+                over.push((
+                    lp.id,
+                    format!(
+                        "cost {:.2}% of a CPU over the last {:.1} s ({} hits, {} ns in BPF, ~{} ns in traps) exceeds the {:.2}% budget",
+                        cost * 100.0,
+                        window_ns / 1e9,
+                        dh,
+                        db,
+                        trap_ns,
+                        budget * 100.0
+                    ),
+                ));
+            }
+        }
+        for (id, why) in &over {
+            tracing::warn!(logpoint = id.0, %why, "logpoint switched off");
+            let _ = self.remove(*id);
+        }
+        over
+    }
+
+    fn decoders(&self) -> std::sync::MutexGuard<'_, HashMap<u32, ProbeDecoder>> {
+        self.decoders.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.remove_all();
+    }
+}

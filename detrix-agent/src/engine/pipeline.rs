@@ -1,0 +1,168 @@
+//! The one pipeline every copy of a line goes through: plan it at the line's first
+//! instruction, place the probe (which re-plans at candidate addresses to compare), take the
+//! point at the chosen address, and forward the plan's stack reads to the registers holding
+//! them there.
+//!
+//! Why one: `Resolver::prepare` (to attach) and [`describe`] (`detrix-agent resolve`, the
+//! snapshot tests) must show and do the same thing; describe only renders the result as JSON.
+
+use crate::codegen::Function;
+use crate::debuginfo::{Binary, ProbePoint};
+use crate::expr;
+use crate::forward;
+use crate::place::{self, Placement};
+use crate::plan::{self, BuiltPlan, PlanError, PlanOptions};
+
+/// Which optional steps run.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Steps {
+    /// Move the probe to a later instruction that reads the same values (else: the line's
+    /// first instruction).
+    pub placement: bool,
+    /// Read values from registers that hold copies of their stack slots.
+    pub forwarding: bool,
+}
+
+/// One copy of a line, planned, placed and forwarded.
+pub(super) struct Placed {
+    pub point: ProbePoint,
+    pub plan: BuiltPlan,
+    pub placement: Placement,
+    /// One sentence per read that forwarding rewrote.
+    pub forwarded: Vec<String>,
+}
+
+/// Plans `exprs` at `p`, places the probe and forwards its reads.
+///
+/// # Errors
+/// The plan cannot be built at `p` (names the expression).
+pub(super) fn plan_point(
+    bin: &Binary,
+    p: ProbePoint,
+    exprs: &[String],
+    condition: Option<&expr::Condition>,
+    extras: &plan::Extras,
+    opts: PlanOptions,
+    steps: Steps,
+) -> Result<Placed, PlanError> {
+    let mut built = plan::build_with(bin, &p, exprs, condition, extras, opts)?;
+    let func = Function::of(bin, &p);
+    let placement = if steps.placement {
+        let rebuild = |q: &ProbePoint| {
+            plan::build_with(bin, q, exprs, condition, extras, opts)
+                .ok()
+                .map(|b| b.plan)
+        };
+        place::place(bin, &p, &built.plan, &rebuild, &func)
+    } else {
+        Placement {
+            chosen: p.addr,
+            kind: place::classify(bin, &p),
+            explain: vec![format!(
+                "placement off: probe at the line's first instruction {}",
+                p.addr
+            )],
+        }
+    };
+    let point = if placement.chosen == p.addr {
+        p
+    } else {
+        bin.point_at(&p, placement.chosen).unwrap_or(p)
+    };
+    let forwarded = if steps.forwarding {
+        forward::forward(&point, &mut built.plan, &func)
+    } else {
+        Vec::new()
+    };
+    Ok(Placed {
+        point,
+        plan: built,
+        placement,
+        forwarded,
+    })
+}
+
+/// What resolving `file:line` and each expression gives on `bin`, without a process: points
+/// (function, address, file offset, placement) and per expression the plan ops or the error.
+/// Paths are shown relative to `strip_prefix` so the result is stable across machines.
+///
+/// This is what `detrix-agent resolve` prints and what the snapshot tests pin.
+#[must_use]
+pub fn describe(
+    bin: &Binary,
+    file: &str,
+    line: u32,
+    exprs: &[String],
+    strip_prefix: &str,
+) -> serde_json::Value {
+    let rel = |s: &str| {
+        if strip_prefix.is_empty() {
+            return s.to_owned();
+        }
+        s.strip_prefix(strip_prefix)
+            .map_or_else(|| s.to_owned(), |r| r.trim_start_matches('/').to_owned())
+    };
+    // Machine paths out of messages, so the output is the same on every machine.
+    let scrub = |s: String| {
+        if strip_prefix.is_empty() {
+            s
+        } else {
+            s.replace(&format!("{strip_prefix}/"), "")
+                .replace(strip_prefix, "")
+        }
+    };
+    let points = match bin.resolve_line(file, line) {
+        Ok(p) => p,
+        Err(e) => {
+            return serde_json::json!({ "at": format!("{file}:{line}"), "error": scrub(e.to_string()) })
+        }
+    };
+    let opts = PlanOptions {
+        tgid: 0,
+        load_bias: 0,
+        string_cap: 64,
+        elem_cap: plan::DEFAULT_ELEM_CAP,
+        rate_per_sec: 0,
+        burst: 0,
+    };
+    let mut out = Vec::new();
+    for p in &points {
+        let mut values = serde_json::Map::new();
+        let mut ok: Vec<String> = Vec::new();
+        for e in exprs {
+            let v = match plan::build(bin, p, std::slice::from_ref(e), None, opts) {
+                Ok(b) => {
+                    ok.push(e.clone());
+                    serde_json::json!({ "ops": plan::describe_ops(&b.plan) })
+                }
+                Err(err) => serde_json::json!({ "error": scrub(err.to_string()) }),
+            };
+            values.insert(e.clone(), v);
+        }
+        // Placement for the expressions that can be captured (what an attach would use).
+        let steps = Steps {
+            placement: true,
+            forwarding: true,
+        };
+        let placement = plan_point(bin, p.clone(), &ok, None, &plan::Extras::default(), opts, steps)
+            .ok()
+            .map(|placed| {
+                let pl = &placed.placement;
+                if placed.forwarded.is_empty() {
+                    serde_json::json!({ "chosen": pl.chosen.to_string(), "kind": format!("{:?}", pl.kind) })
+                } else {
+                    serde_json::json!({ "chosen": pl.chosen.to_string(), "kind": format!("{:?}", pl.kind), "forwarded": placed.forwarded })
+                }
+            });
+        out.push(serde_json::json!({
+            "function": p.function,
+            "file": rel(&p.file),
+            "line": p.line,
+            "addr": p.addr.to_string(),
+            "file_offset": p.file_offset.to_string(),
+            "placement": placement,
+            "values": values,
+        }));
+    }
+    serde_json::json!({ "at": format!("{file}:{line}"), "copies": points.len(), "points": out })
+}

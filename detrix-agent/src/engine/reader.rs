@@ -1,0 +1,188 @@
+//! The reading half of the engine: drains the event ring, decodes each record with the
+//! installed probe's decoders into a [`Hit`] (values as decoded trees and as the debugger
+//! shows them, locals, the stack symbolized by [`crate::debuginfo::Symbolizer`]).
+//!
+//! Why apart: a front end waits for hits while it handles requests, so the ring and the
+//! decoders are owned here and the table of installed plans is shared with the [`Engine`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+
+use crate::debuginfo::Symbolizer;
+use crate::decode::Node;
+use crate::plan::{self, Value};
+use crate::probe;
+
+use super::{EngineError, Frame, Hit, LogpointId};
+
+/// What the reader needs to decode one probe's records.
+#[derive(Debug, Clone)]
+pub(super) struct ProbeDecoder {
+    pub(super) logpoint: LogpointId,
+    pub(super) values: Vec<plan::ValueDecoder>,
+    /// Locals that could not be planned, shown as errors in every hit.
+    pub(super) local_errors: Vec<(String, String)>,
+}
+
+pub(super) type DecoderTable = Arc<Mutex<HashMap<u32, ProbeDecoder>>>;
+
+/// Reads and decodes hits.
+pub struct HitReader {
+    pub(super) ring: AsyncFd<probe::EventRings>,
+    pub(super) decoders: DecoderTable,
+    pub(super) symbolizer: Symbolizer,
+    pub(super) flush: tokio::time::Interval,
+}
+
+impl std::fmt::Debug for HitReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HitReader").finish_non_exhaustive()
+    }
+}
+
+/// Most hits decoded per batch.
+const MAX_BATCH: usize = 4096;
+
+/// How often pending events are collected when no wakeup came (the batching latency bound).
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
+
+impl HitReader {
+    /// Waits for a wakeup or the flush interval and returns every pending hit (possibly none).
+    ///
+    /// # Errors
+    /// The ring's fd failed.
+    pub async fn next_batch(&mut self) -> Result<Vec<Hit>, EngineError> {
+        tokio::select! {
+            guard = self.ring.readable_mut() => {
+                let mut guard = guard.map_err(EngineError::Io)?;
+                let hits = decode_all(guard.get_inner_mut(), &self.decoders, &self.symbolizer);
+                guard.clear_ready();
+                Ok(hits)
+            }
+            _ = self.flush.tick() => Ok(decode_all(self.ring.get_mut(), &self.decoders, &self.symbolizer)),
+        }
+    }
+
+    /// Everything pending now, without waiting. Meant for after a detach, when nothing
+    /// refills the ring; while probes fire it returns once the ring is momentarily empty.
+    pub fn drain_now(&mut self) -> Vec<Hit> {
+        let mut out = Vec::new();
+        loop {
+            let batch = decode_all(self.ring.get_mut(), &self.decoders, &self.symbolizer);
+            if batch.is_empty() {
+                return out;
+            }
+            out.extend(batch);
+        }
+    }
+}
+
+fn decode_all(ring: &mut probe::EventRings, decoders: &DecoderTable, sym: &Symbolizer) -> Vec<Hit> {
+    let table = decoders.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut out = Vec::new();
+    // Bounded: a hot probe refills the ring as fast as it is read, and an unbounded drain would
+    // never return to the caller's loop (signals, the CPU breaker, DAP requests).
+    ring.drain(MAX_BATCH, |item| {
+        let Some((h, data)) = probe::parse_record(item) else {
+            return;
+        };
+        // A record for a probe retired long ago is dropped here: its logpoint is gone.
+        let Some(info) = table.get(&h.probe_id) else {
+            return;
+        };
+        let decoded = crate::decode::decode(&info.values, &h, data);
+        let mut hit = Hit {
+            logpoint: info.logpoint,
+            pid: h.pid,
+            tid: h.tid,
+            goid: h.goid,
+            ktime_ns: h.ktime_ns,
+            values: Vec::new(),
+            stack: Vec::new(),
+            locals: Vec::new(),
+            value_trees: Vec::new(),
+            local_trees: Vec::new(),
+        };
+        for (d, n) in info.values.iter().zip(decoded) {
+            match d.role {
+                plan::Role::Shown => {
+                    hit.values
+                        .push((d.expr.clone(), crate::render::debugger(&n)));
+                    hit.value_trees.push(n);
+                }
+                plan::Role::Hidden | plan::Role::UnwindStack(_) => {}
+                plan::Role::Local => {
+                    hit.locals
+                        .push((d.expr.clone(), crate::render::debugger(&n)));
+                    hit.local_trees.push(n);
+                }
+                plan::Role::Stack => hit.stack = stack_frames(&info.values, d, &h, data, sym),
+                plan::Role::UnwindRegs => hit.stack = unwind_frames(&info.values, &h, data, sym),
+            }
+        }
+        for (name, why) in &info.local_errors {
+            hit.locals.push((name.clone(), Value::Error(why.clone())));
+            hit.local_trees.push(Node::Error(why.clone()));
+        }
+        out.push(hit);
+    });
+    // Each CPU's ring is in time order; a thread that moved between CPUs is put back in order.
+    out.sort_by_key(|h| h.ktime_ns);
+    out
+}
+
+/// Unwinds the captured registers and stack slices with the binary's CFI, innermost first.
+fn unwind_frames(
+    all: &[plan::ValueDecoder],
+    h: &detrix_common::EventHeader,
+    data: &[u8],
+    sym: &Symbolizer,
+) -> Vec<Frame> {
+    let u64_at = |b: &[u8], o: usize| {
+        b.get(o..o + 8)
+            .map(|x| u64::from_le_bytes(x.try_into().unwrap_or([0; 8])))
+    };
+    let Some(ri) = all.iter().position(|d| d.role == plan::Role::UnwindRegs) else {
+        return Vec::new();
+    };
+    let regs = plan::value_bytes(all, ri, h, data);
+    let (Some(pc), Some(sp0), Some(bp)) = (u64_at(regs, 0), u64_at(regs, 8), u64_at(regs, 16))
+    else {
+        return Vec::new();
+    };
+    let mut chunks: Vec<(u64, &[u8])> = Vec::new();
+    for (i, d) in all.iter().enumerate() {
+        if let plan::Role::UnwindStack(k) = d.role {
+            let b = plan::value_bytes(all, i, h, data);
+            if !b.is_empty() {
+                chunks.push((sp0 + (usize::from(k) * plan::UNWIND_CHUNK) as u64, b));
+            }
+        }
+    }
+    let read = |addr: u64| -> Option<u64> {
+        chunks.iter().find_map(|(start, b)| {
+            let off = usize::try_from(addr.checked_sub(*start)?).ok()?;
+            u64_at(b, off)
+        })
+    };
+    sym.unwind(crate::debuginfo::UnwindRegs { pc, sp: sp0, bp }, &read)
+}
+
+/// The return addresses a stack value holds, symbolized.
+fn stack_frames(
+    all: &[plan::ValueDecoder],
+    d: &plan::ValueDecoder,
+    h: &detrix_common::EventHeader,
+    data: &[u8],
+    sym: &Symbolizer,
+) -> Vec<Frame> {
+    let idx = all.iter().position(|x| std::ptr::eq(x, d)).unwrap_or(0);
+    sym.return_addresses(
+        plan::value_bytes(all, idx, h, data)
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))),
+    )
+}

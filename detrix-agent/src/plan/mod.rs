@@ -1,0 +1,334 @@
+//! Resolved variables + expressions → a [`Plan`] for the prebuilt eBPF program, with the
+//! [`ValueDecoder`]s that read its events back (see [`crate::decode`]).
+//!
+//! Why data, not generated programs: one verified object serves every probe, so setting one
+//! costs a map write and an attach, never a compiler or a verifier run. The price is a bounded
+//! interpreter in BPF, so each plan has budgets (ops, values, bytes) checked here, where the
+//! error can name the expression, rather than found by the verifier.
+//!
+//! The jobs, one module each: [`shape`] (what a type's bytes mean), [`lower`] (an expression →
+//! ops), [`budget`] (what values point to, as far as room lasts), [`condition`] (the in-kernel
+//! filter), [`describe`] (ops as text); this file assembles them into one plan.
+
+mod budget;
+mod condition;
+mod describe;
+mod lower;
+pub(crate) mod shape;
+
+use detrix_common::{op, pt_regs, Plan, PlanOp, EVENT_DATA_BYTES, MAX_OPS, MAX_VALUES, PLAN_ABI};
+
+use crate::debuginfo::{Binary, ProbePoint, ResolveError};
+use crate::expr::{self, ExprError};
+
+use budget::{expand, Caps, Room};
+use condition::lower_condition;
+pub use describe::describe_ops;
+use lower::{fold, lower_value, mk, with_dst};
+use shape::Shape;
+pub use shape::{EXPANDED_ELEMS, GO_SHOWN_ELEMS, NESTED_EXPANDED_ELEMS, NESTED_STRING_CAP};
+
+// Kept on their old paths: callers decode and render through `plan::`.
+pub use crate::decode::value_bytes;
+pub use crate::render::Value;
+
+/// Why a plan could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error(transparent)]
+    Expr(#[from] ExprError),
+    #[error("expression `{expr}`: {what}")]
+    Type { expr: String, what: String },
+    #[error(
+        "too much to capture at one point: {what}; split the expressions over several captures"
+    )]
+    OverBudget { what: String },
+    #[error("condition `{cond}`: {what}")]
+    Condition { cond: String, what: String },
+}
+
+/// One captured expression inside a plan.
+#[derive(Debug, Clone)]
+pub struct ValueDecoder {
+    /// The expression as the user wrote it.
+    pub expr: String,
+    /// Not shown as a value (condition-only, a local, the stack).
+    pub hidden: bool,
+    pub role: Role,
+    pub(crate) shape: Shape,
+    pub(crate) dst: usize,
+    /// Bytes the plan writes for this value. For fixed-size shapes this, not the event's
+    /// per-value length, is what to decode: a value assembled from pieces is written by
+    /// several emits, and the length records only the last one.
+    pub(crate) size: usize,
+}
+
+/// A plan ready to load, with what is needed to decode its events.
+#[derive(Debug, Clone)]
+pub struct BuiltPlan {
+    pub plan: Plan,
+    pub values: Vec<ValueDecoder>,
+    /// Locals asked for that are not captured, with the reason (optimized out, budget, …).
+    pub local_errors: Vec<(String, String)>,
+}
+
+/// Default for [`PlanOptions::elem_cap`].
+pub const DEFAULT_ELEM_CAP: u32 = 32;
+
+/// Inputs that are not in the debug info.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanOptions {
+    /// Only hits from this process are captured.
+    pub tgid: u32,
+    /// Runtime address − link address for `ET_DYN` objects (0 otherwise).
+    pub load_bias: u64,
+    /// Longest string captured, in bytes; longer ones are cut and marked truncated.
+    pub string_cap: u32,
+    /// Most elements of a slice, `Vec` or array copied (fewer if their bytes would pass
+    /// `MAX_COPY_BYTES`); the rest are counted and shown as `...+N more`.
+    pub elem_cap: u32,
+    /// Events per second the probe may emit (0 = unlimited), and how many may come at once.
+    pub rate_per_sec: u32,
+    pub burst: u32,
+}
+
+/// What a value of a plan is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Asked for: shown to the user.
+    Shown,
+    /// Read only for the in-kernel condition.
+    Hidden,
+    /// A local of the frame, for snapshots.
+    Local,
+    /// The user stack's return addresses, for stack traces (frame-pointer walk: Go).
+    Stack,
+    /// `rip`, `rsp`, `rbp` at the hit, for unwinding with CFI (C, C++, Rust).
+    UnwindRegs,
+    /// A slice of the stack above `rsp` (chunk `n` of [`UNWIND_CHUNK`] bytes), for the same.
+    UnwindStack(u8),
+}
+
+/// Bytes per stack chunk copied for CFI unwinding. Separate chunks, so a chunk past the top of
+/// the stack faults alone and the ones below still unwind.
+pub const UNWIND_CHUNK: usize = 512;
+/// Chunks copied: the unwinder sees `UNWIND_CHUNKS * UNWIND_CHUNK` bytes above `rsp`.
+pub const UNWIND_CHUNKS: usize = 4;
+
+/// Extra captures for breakpoint-mode metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// Locals (and parameters) to capture best effort; ones that cannot be are reported in
+    /// [`BuiltPlan::local_errors`] instead.
+    pub locals: Vec<String>,
+    /// Capture the user stack: a frame-pointer walk in the kernel for Go (which always keeps
+    /// frame pointers), registers plus stack slices unwound with CFI afterwards for the rest.
+    pub stack: bool,
+}
+
+/// Most frames a stack capture keeps.
+pub use crate::debuginfo::STACK_FRAMES;
+
+/// Builds the plan for `exprs` at `point`. Every expression must resolve, or nothing is built.
+///
+/// # Errors
+/// Parse, scope, type, location or budget errors, each naming the expression.
+pub fn build(
+    bin: &Binary,
+    point: &ProbePoint,
+    exprs: &[String],
+    condition: Option<&expr::Condition>,
+    opts: PlanOptions,
+) -> Result<BuiltPlan, PlanError> {
+    build_with(bin, point, exprs, condition, &Extras::default(), opts)
+}
+
+/// [`build`], plus best-effort locals and the user stack.
+///
+/// # Errors
+/// As [`build`]; locals that cannot be captured are not errors.
+pub fn build_with(
+    bin: &Binary,
+    point: &ProbePoint,
+    exprs: &[String],
+    condition: Option<&expr::Condition>,
+    extras: &Extras,
+    opts: PlanOptions,
+) -> Result<BuiltPlan, PlanError> {
+    // The condition reads a captured value: reuse a shown one, or capture it hidden.
+    let mut all: Vec<(String, Role)> = exprs.iter().map(|e| (e.clone(), Role::Shown)).collect();
+    if let Some(c) = condition {
+        if !exprs.iter().any(|e| e.trim() == c.expr_text) {
+            all.push((c.expr_text.clone(), Role::Hidden));
+        }
+    }
+    if all.len() > MAX_VALUES {
+        return Err(PlanError::OverBudget {
+            what: format!("{} expressions (at most {MAX_VALUES})", all.len()),
+        });
+    }
+    let mut plan = Plan::empty();
+    plan.tgid = opts.tgid;
+    if bin.language().ok() == Some(crate::debuginfo::Language::Go) {
+        plan.goid_offset = bin
+            .go_goid_offset()
+            .and_then(|o| u32::try_from(o).ok())
+            .unwrap_or(0);
+    }
+    let mut lowered: Vec<(String, Role, Vec<PlanOp>, Shape, usize)> = Vec::new();
+    for (text, role) in &all {
+        let (o, shape, len) = lower_value(bin, point, opts, text)?;
+        lowered.push((text.clone(), *role, o, shape, len));
+    }
+    let mut local_errors = Vec::new();
+    // Go keeps frame pointers: the kernel walks them. Elsewhere, copy what CFI unwinding needs.
+    let cfi = extras.stack && bin.language().ok() != Some(crate::debuginfo::Language::Go);
+    let stack_bytes = if !extras.stack {
+        0
+    } else if cfi {
+        24 + UNWIND_CHUNKS * UNWIND_CHUNK
+    } else {
+        STACK_FRAMES * 8
+    };
+    let mut budget_ops: usize = lowered.iter().map(|l| l.2.len()).sum::<usize>();
+    let mut budget_bytes: usize =
+        lowered.iter().map(|l| (l.4 + 7) & !7).sum::<usize>() + stack_bytes;
+    for name in &extras.locals {
+        match lower_value(bin, point, opts, name) {
+            Ok((o, shape, len)) => {
+                let o = fold(o);
+                if lowered.len() + usize::from(extras.stack) >= MAX_VALUES
+                    || budget_ops + o.len() > MAX_OPS
+                    || budget_bytes + len > EVENT_DATA_BYTES
+                {
+                    local_errors.push((
+                        name.clone(),
+                        "not captured: the per-hit budget is used up by the values before it"
+                            .to_owned(),
+                    ));
+                    continue;
+                }
+                budget_ops += o.len();
+                budget_bytes += (len + 7) & !7;
+                lowered.push((name.clone(), Role::Local, o, shape, len));
+            }
+            Err(e) => local_errors.push((name.clone(), e.to_string())),
+        }
+    }
+    if cfi {
+        let regs = vec![
+            mk(op::REG, pt_regs::RIP, 0, 0),
+            mk(op::EMIT_ACC, 0, 8, 0),
+            mk(op::REG, pt_regs::RSP, 0, 0),
+            with_dst(mk(op::EMIT_ACC, 0, 8, 0), 8),
+            mk(op::REG, pt_regs::RBP, 0, 0),
+            with_dst(mk(op::EMIT_ACC, 0, 8, 0), 16),
+        ];
+        lowered.push((
+            "<regs>".to_owned(),
+            Role::UnwindRegs,
+            regs,
+            Shape::Stack,
+            24,
+        ));
+        for k in 0..UNWIND_CHUNKS {
+            let ops = vec![
+                mk(op::REG, pt_regs::RSP, 0, (k * UNWIND_CHUNK) as i64),
+                mk(op::EMIT_MEM, 0, UNWIND_CHUNK as u16, 0),
+            ];
+            lowered.push((
+                format!("<stack{k}>"),
+                Role::UnwindStack(k as u8),
+                ops,
+                Shape::Stack,
+                UNWIND_CHUNK,
+            ));
+        }
+    } else if extras.stack {
+        // No ops: the program captures the stack once after the ops (Plan::stack).
+        lowered.push((
+            "<stack>".to_owned(),
+            Role::Stack,
+            Vec::new(),
+            Shape::Stack,
+            stack_bytes,
+        ));
+    }
+    let mut ops: Vec<PlanOp> = Vec::new();
+    let mut values = Vec::new();
+    let mut dst = 0usize;
+    for (vi, (text, role, value_ops, shape, len)) in lowered.into_iter().enumerate() {
+        if dst + len > EVENT_DATA_BYTES {
+            return Err(PlanError::OverBudget {
+                what: format!("{} bytes of values (at most {EVENT_DATA_BYTES})", dst + len),
+            });
+        }
+        let mut value_ops = fold(value_ops);
+        for o in &mut value_ops {
+            o.value = vi as u8;
+            // Ops carry offsets relative to their value; EMIT_VAR's is past its header.
+            o.dst = (dst + usize::from(o.dst)) as u16;
+        }
+        ops.extend(value_ops);
+        if role == Role::Stack {
+            plan.stack = detrix_common::StackCapture {
+                dst: dst as u16,
+                len: len as u16,
+                value: vi as u8,
+                _pad: [0; 3],
+            };
+        }
+        values.push(ValueDecoder {
+            expr: text,
+            hidden: role != Role::Shown,
+            role,
+            shape,
+            dst,
+            size: len,
+        });
+        dst = (dst + len + 7) & !7;
+    }
+    if ops.len() > MAX_OPS {
+        return Err(PlanError::OverBudget {
+            what: format!("{} plan steps (at most {MAX_OPS})", ops.len()),
+        });
+    }
+    let mut room = Room {
+        ops: Vec::new(),
+        before: ops.len(),
+        end: dst,
+    };
+    expand(
+        &mut values,
+        &mut room,
+        Caps {
+            string: opts.string_cap,
+            elems: opts.elem_cap,
+        },
+    );
+    let dst = room.end;
+    ops.extend(room.ops);
+    plan.ops[..ops.len()].copy_from_slice(&ops);
+    plan.n_ops = ops.len() as u32;
+    plan.n_values = values.len() as u32;
+    plan.data_len = dst.min(EVENT_DATA_BYTES) as u32;
+    if let Some(c) = condition {
+        let vi = values
+            .iter()
+            .position(|v| v.expr.trim() == c.expr_text)
+            .unwrap_or(values.len() - 1);
+        plan.cond = lower_condition(c, vi, &values[vi])?;
+    }
+    if opts.rate_per_sec > 0 {
+        plan.rate_interval_ns = 1_000_000_000 / u64::from(opts.rate_per_sec);
+        plan.rate_burst_ns = u64::from(opts.burst.max(1)) * plan.rate_interval_ns;
+    }
+    debug_assert_eq!(plan.abi, PLAN_ABI);
+    Ok(BuiltPlan {
+        plan,
+        values,
+        local_errors,
+    })
+}
