@@ -19,6 +19,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::intruder::{as_nobody, parse_http, DAP_INTRUDER, HTTP_INTRUDER};
 use common::{daemon_bin, golden_dir, http, json_body, patched_code, AttachedAgent, Daemon};
 use detrix_e2e::{
     build_c_fixture, fixtures_out_dir, marker_line, parse_kv, require_root, workspace_root, Build,
@@ -404,4 +405,94 @@ fn real_daemon_client_conformance() {
         (200, json!({"status":"already_sleeping"}))
     );
     assert_eq!(d.get(&format!("/api/v1/connections/{id}")).1["status"], 1);
+}
+
+/// Issue #12 with the real daemon, as the issue found it: a root agent woken by the daemon and
+/// delivering a metric; a local user (`nobody`) then connects to the DAP port and asks for a
+/// logpoint, posts `/detrix/sleep`, and wakes the agent towards a server of its own. It gets no
+/// byte from the DAP port, 401 twice, and the daemon's session keeps storing values.
+#[test]
+fn real_daemon_session_survives_a_local_stranger() {
+    let Some(bin) = daemon_bin("real_daemon_session_survives_a_local_stranger") else {
+        return;
+    };
+    require_root();
+    let d = Daemon::start(
+        &bin,
+        "stranger",
+        &workspace_root().join("tests").join("fixtures"),
+    );
+    let case = build("c");
+    let fixture = Fixture::start(&case.exe, &["-1", "50"]);
+    let ws = case.src.parent().unwrap().to_string_lossy().into_owned();
+    let agent = AttachedAgent::start(
+        fixture.pid(),
+        &[
+            "--daemon-url",
+            &d.url,
+            "--name",
+            "real-stranger",
+            "--workspace-root",
+            &ws,
+        ],
+        &[("DETRIX_TOKEN", "s3cret")],
+    );
+    let (s, wake) = agent.post("/detrix/wake", None);
+    assert_eq!(s, 200, "{wake}\n{}", agent.stderr.text());
+    let id = wake["connection_id"].as_str().unwrap().to_string();
+    let debug_port = wake["debug_port"].as_u64().unwrap().to_string();
+    let src = case.src.to_string_lossy().into_owned();
+    let line = marker_line(&case.src, "process");
+    let (s, r) = d.post(
+        "/api/v1/metrics",
+        &json!({"name": "stranger_id", "connectionId": id, "location": format!("@{src}#{line}"), "expressions": [case.id_expr], "enabled": true}),
+    );
+    assert_eq!(s, 201, "adding the metric: {r}");
+    let before = events(&d, "stranger_id", 3).len();
+
+    // The DAP port: the stranger's initialize, attach and logpoint get nothing back.
+    let msgs: Vec<String> = [
+        json!({"seq":1,"type":"request","command":"initialize","arguments":{"adapterID":"lldb-dap"}}),
+        json!({"seq":2,"type":"request","command":"attach","arguments":{"pid": fixture.pid()}}),
+        json!({"seq":3,"type":"request","command":"setBreakpoints","arguments":{"source":{"path":src},
+            "breakpoints":[{"line":line,"logMessage":"stolen={o->id}"}]}}),
+    ]
+    .iter()
+    .map(|m| String::from_utf8(common::frame(m)).unwrap())
+    .collect();
+    let mut args = vec![debug_port.as_str()];
+    args.extend(msgs.iter().map(String::as_str));
+    let (code, got, err) = as_nobody(DAP_INTRUDER, &args);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "",
+        "the stranger got DAP bytes"
+    );
+
+    // The control plane: no sleep, no wake towards the stranger's own server.
+    let port = agent.control.rsplit(':').next().unwrap().to_owned();
+    for (path, body) in [
+        ("/detrix/sleep", String::new()),
+        (
+            "/detrix/wake",
+            json!({"daemon_url": "http://127.0.0.1:9"}).to_string(),
+        ),
+    ] {
+        let (code, out, err) = as_nobody(HTTP_INTRUDER, &["POST", &port, path, &body, ""]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(parse_http(&out).0, 401, "{path} as nobody");
+    }
+
+    // The daemon's session went on: still connected, new values stored, the program untouched.
+    let (_, row) = d.get(&format!("/api/v1/connections/{id}"));
+    assert_eq!(row["status"], 3, "still connected: {row}");
+    let after = events(&d, "stranger_id", before + 3).len();
+    assert!(after >= before + 3, "{before} → {after}");
+    assert_eq!(
+        agent.get("/detrix/status").1["state"],
+        json!("awake"),
+        "{}",
+        agent.stderr.text()
+    );
 }

@@ -8,6 +8,8 @@
     reason = "each test binary uses a different part of the emulator"
 )]
 
+pub mod intruder;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
