@@ -180,6 +180,11 @@ fn two_instances_listed_one_woken_killed_and_gone() {
         assert_eq!(t["connection_id"], Value::Null);
         assert_eq!(t["debug_port"], json!(0));
         assert_eq!(t["rule"], json!("--select #1"));
+        assert_eq!(
+            t["build_id"],
+            json!(gnu_build_id(&exe.0)),
+            "the build identity of /detrix/info is in the target list (issue #17)"
+        );
     }
     assert!(
         stub.lock().registrations.is_empty(),
@@ -616,6 +621,52 @@ fn wake_auto_reregisters_a_restart_under_the_same_id_and_sigterm_unregisters() {
     drop(b);
 }
 
+/// `wake = auto` while the daemon is down: the target waits asleep, retrying, and wakes once the
+/// daemon comes up — no operator needed.
+#[test]
+fn wake_auto_retries_until_the_daemon_comes_up() {
+    require_root();
+    let exe = Exe::copy("late");
+    let port = common::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let serve = Serve::start(
+        &[
+            "--select",
+            &format!("exe={}", exe.0.display()),
+            "--wake",
+            "auto",
+            "--daemon-url",
+            &url,
+        ],
+        &[],
+    );
+    let a = Fixture::start(&exe.0, &["-1", "50"]);
+    assert!(
+        serve
+            .stderr
+            .wait_for(Duration::from_secs(20), |l| l
+                .contains("automatic wake failed; retrying"))
+            .is_some(),
+        "the first wake fails while no daemon listens:\n{}",
+        serve.stderr.text()
+    );
+    assert_eq!(
+        by_pid(&serve.targets(), a.pid()).unwrap()["state"],
+        json!("sleeping")
+    );
+    let listener =
+        std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port is still free");
+    let stub = RestStub::start_on(listener, "shared/go-delve.jsonl", "shared/rust-stub.jsonl");
+    serve.wait_targets("the target awake once the daemon is up", |t| {
+        by_pid(t, a.pid()).is_some_and(|x| x["state"] == "awake")
+    });
+    assert_eq!(
+        stub.lock().registrations.len(),
+        1,
+        "registered exactly once"
+    );
+}
+
 #[test]
 fn sighup_reloads_rules_without_touching_targets_still_selected() {
     require_root();
@@ -828,4 +879,18 @@ fn a_target_that_execs_another_program_is_let_go() {
     );
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The GNU build-id `readelf -n` shows for `exe`.
+fn gnu_build_id(exe: &std::path::Path) -> String {
+    let out = std::process::Command::new("readelf")
+        .arg("-n")
+        .arg(exe)
+        .output()
+        .expect("run readelf (binutils)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .unwrap_or_else(|| panic!("{} has no GNU build-id", exe.display()))
+        .to_owned()
 }

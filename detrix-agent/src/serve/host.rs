@@ -251,11 +251,7 @@ impl Host {
                     e.language = Some(handle.info.language);
                 });
                 if plan.wake == Wake::Auto {
-                    tokio::spawn(async move {
-                        if let Err(e) = handle.wake(None).await {
-                            tracing::warn!(target = id, error = %e, "automatic wake failed; POST /detrix/targets/{id}/wake to retry");
-                        }
-                    });
+                    tokio::spawn(auto_wake(id, handle));
                 }
                 let reason = agent
                     .run(async move {
@@ -394,6 +390,11 @@ fn entry_json(id: u64, e: &Entry) -> Value {
         "debug_port": view.as_ref().map_or(0, |v| v.debug_port),
         "rule": e.rule,
         "error": e.error,
+        // The build identity `/detrix/info` shows (issue #17), once the target's agent runs.
+        "build_commit": e.handle.as_ref().and_then(|h| h.info.build.commit.clone()),
+        "build_tag": e.handle.as_ref().and_then(|h| h.info.build.tag.clone()),
+        "build_source": e.handle.as_ref().and_then(|h| h.info.build.source()),
+        "build_id": e.handle.as_ref().and_then(|h| h.info.build.build_id.clone()),
     })
 }
 
@@ -482,4 +483,36 @@ pub async fn run(
     };
     host.stop_all(Duration::from_millis(1500)).await;
     result
+}
+
+/// How many times `wake = auto` tries before it leaves the target asleep for an operator.
+const AUTO_WAKE_ATTEMPTS: u32 = 8;
+/// The longest pause between two automatic wakes.
+const AUTO_WAKE_MAX_DELAY: Duration = Duration::from_secs(30);
+
+/// `wake = auto`: wakes the target, and while the daemon is unreachable or refuses (it may be
+/// starting, restarting or briefly overloaded — a busy daemon's `/health` timing out is the
+/// common case), tries again after 1, 2, 4 … 30 s, [`AUTO_WAKE_ATTEMPTS`] times in all (about
+/// three minutes). A target that exited, or whose DAP port cannot be opened, is not retried:
+/// another try would fail the same way. Each failure is logged with its reason; the last one
+/// says how to wake by hand.
+async fn auto_wake(id: u64, handle: crate::daemon::AgentHandle) {
+    use crate::daemon::lifecycle::WakeError;
+    let mut delay = Duration::from_secs(1);
+    for attempt in 1..=AUTO_WAKE_ATTEMPTS {
+        match handle.wake(None).await {
+            Ok(_) => return,
+            Err(e @ (WakeError::Daemon(_) | WakeError::InProgress))
+                if attempt < AUTO_WAKE_ATTEMPTS =>
+            {
+                tracing::info!(target = id, attempt, retry_in = ?delay, error = %e, "automatic wake failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(AUTO_WAKE_MAX_DELAY);
+            }
+            Err(e) => {
+                tracing::warn!(target = id, attempt, error = %e, "automatic wake failed; POST /detrix/targets/{id}/wake to retry");
+                return;
+            }
+        }
+    }
 }

@@ -326,6 +326,11 @@ impl RestStub {
     /// Starts the stub. Registrations of `language` replay the handshake recorded in `golden`.
     pub fn start(golden_go: &str, golden_rust: &str) -> RestStub {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the REST stub");
+        Self::start_on(listener, golden_go, golden_rust)
+    }
+
+    /// [`RestStub::start`] on a listener the caller bound (a daemon that comes up late).
+    pub fn start_on(listener: TcpListener, golden_go: &str, golden_rust: &str) -> RestStub {
         let url = format!("http://{}", listener.local_addr().expect("stub address"));
         let state: Arc<(Mutex<StubState>, Condvar)> = Arc::default();
         let shared = state.clone();
