@@ -14,103 +14,16 @@
 mod common;
 
 use std::io::Write as _;
-use std::path::PathBuf;
+
 use std::process::Command;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::intruder::{as_nobody, parse_http, DAP_INTRUDER, HTTP_INTRUDER};
+use common::real::{build, events, value, Case};
 use common::{daemon_bin, golden_dir, http, json_body, patched_code, AttachedAgent, Daemon};
-use detrix_e2e::{
-    build_c_fixture, fixtures_out_dir, marker_line, parse_kv, require_root, workspace_root, Build,
-    Fixture,
-};
+use detrix_e2e::{marker_line, parse_kv, require_root, workspace_root, Fixture};
 use serde_json::{json, Value};
-
-/// One fixture program and the metrics put on it.
-struct Case {
-    src: PathBuf,
-    exe: PathBuf,
-    /// Single-expression metric at PROBE:process: the order id (1000 + round).
-    id_expr: &'static str,
-    /// Three-expression metric at PROBE:after: round, cost, customer.
-    after_exprs: [&'static str; 3],
-}
-
-fn build(kind: &'static str) -> Case {
-    let root = workspace_root().join("tests").join("fixtures");
-    let out = fixtures_out_dir();
-    std::fs::create_dir_all(&out).unwrap();
-    let run = |cmd: &mut Command| {
-        let st = cmd.status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-        assert!(st.success(), "{cmd:?} failed: {st}");
-    };
-    match kind {
-        "c" => Case {
-            src: root.join("c/orders.c").canonicalize().unwrap(),
-            exe: build_c_fixture("orders", Build::Debug),
-            id_expr: "(*o).id",
-            after_exprs: ["(round)", "(cost)", "o.customer"],
-        },
-        "go" => {
-            let exe = out.join("orders_go");
-            let src = root.join("go/orders.go").canonicalize().unwrap();
-            run(Command::new("go")
-                .args(["build", "-gcflags=all=-N -l", "-o"])
-                .arg(&exe)
-                .arg(&src)
-                .env("GOTOOLCHAIN", "local")
-                .env("GOCACHE", out.join("gocache"))
-                .env("GOFLAGS", "-mod=mod")
-                .current_dir(src.parent().unwrap()));
-            Case {
-                src,
-                exe,
-                id_expr: "o.ID",
-                after_exprs: ["round", "cost", "o.Customer"],
-            }
-        }
-        _ => {
-            let exe = out.join("orders_rs");
-            let src = root.join("rust/orders.rs").canonicalize().unwrap();
-            run(Command::new("rustc")
-                .args(["-g", "-C", "opt-level=0", "-o"])
-                .arg(&exe)
-                .arg(&src));
-            Case {
-                src,
-                exe,
-                id_expr: "o.id",
-                after_exprs: ["round", "cost", "o.customer"],
-            }
-        }
-    }
-}
-
-/// Stored events of a metric (newest first), waiting until at least `n` exist.
-fn events(d: &Daemon, metric: &str, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (s, v) = d.get(&format!("/api/v1/events?metricName={metric}&limit=100"));
-        let list = v.as_array().cloned().unwrap_or_default();
-        if s == 200 && list.len() >= n {
-            return list;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "metric {metric}: {} events after 15 s, wanted {n}; last answer {s} {v}",
-            list.len()
-        );
-        thread::sleep(Duration::from_millis(250));
-    }
-}
-
-fn value(ev: &Value, i: usize) -> Value {
-    let raw = ev["values"][i]["valueJson"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no values[{i}].valueJson in {ev}"));
-    serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()))
-}
 
 fn normalize(text: &str, case: &Case, pid: u32) -> String {
     let dir = case.src.parent().unwrap().to_string_lossy().into_owned();

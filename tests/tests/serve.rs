@@ -894,3 +894,134 @@ fn gnu_build_id(exe: &std::path::Path) -> String {
         .unwrap_or_else(|| panic!("{} has no GNU build-id", exe.display()))
         .to_owned()
 }
+
+/// Issue #13 points 4 and 5 with the real daemon (`DETRIX_BIN`; the emulator cannot add
+/// metrics): three targets — C, Rust, Go — behind one `serve` with `wake = auto`, each
+/// registered on its own; a metric on each through the daemon's REST API stores exactly the ids
+/// each program printed. Then the C target is killed and started again: it comes back awake
+/// under the same connection id and its events resume (the latency is printed, not asserted:
+/// speed lives in the benchmark).
+#[test]
+fn real_daemon_drives_three_languages_behind_one_serve() {
+    let Some(bin) = common::daemon_bin("real_daemon_drives_three_languages_behind_one_serve")
+    else {
+        return;
+    };
+    require_root();
+    let d = common::Daemon::start(
+        &bin,
+        "serve3",
+        &detrix_e2e::workspace_root().join("tests").join("fixtures"),
+    );
+    let tag = std::process::id();
+    let cases: Vec<(&str, common::real::Case, Exe)> = ["c", "rust", "go"]
+        .into_iter()
+        .map(|kind| {
+            let case = common::real::build(kind);
+            let exe = fixtures_out_dir().join(format!("serve3-{kind}-{tag}"));
+            std::fs::copy(&case.exe, &exe).expect("copy the fixture");
+            (kind, case, Exe(exe))
+        })
+        .collect();
+    let serve = Serve::start(
+        &[
+            "--select",
+            &format!("exe={}/serve3-*-{tag}", fixtures_out_dir().display()),
+            "--wake",
+            "auto",
+            "--daemon-url",
+            &d.url,
+        ],
+        &[],
+    );
+    let mut fixtures: Vec<Fixture> = cases
+        .iter()
+        .map(|(_, _, exe)| Fixture::start(&exe.0, &["-1", "100"]))
+        .collect();
+    let awake_ids = |serve: &Serve, fixtures: &[Fixture]| -> Vec<String> {
+        let list = serve.wait_targets("every target awake by itself", |t| {
+            fixtures
+                .iter()
+                .all(|f| by_pid(t, f.pid()).is_some_and(|x| x["state"] == "awake"))
+        });
+        fixtures
+            .iter()
+            .map(|f| {
+                by_pid(&list, f.pid()).unwrap()["connection_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let ids = awake_ids(&serve, &fixtures);
+    assert_eq!(
+        ids.iter().collect::<std::collections::HashSet<_>>().len(),
+        3,
+        "a daemon connection per target: {ids:?}"
+    );
+    for (((kind, case, _), id), fixture) in cases.iter().zip(&ids).zip(&fixtures) {
+        let (_, row) = d.get(&format!("/api/v1/connections/{id}"));
+        let lang = if *kind == "go" { "go" } else { "rust" };
+        assert_eq!(
+            (row["status"].clone(), row["language"].clone()),
+            (json!(3), json!(lang)),
+            "{kind}: {row}"
+        );
+        let line = detrix_e2e::marker_line(&case.src, "process");
+        let metric = format!("serve3_{kind}");
+        let (s, r) = d.post(
+            "/api/v1/metrics",
+            &json!({"name": metric, "connectionId": id, "location": format!("@{}#{line}", case.src.display()), "expressions": [case.id_expr], "enabled": true}),
+        );
+        assert_eq!(s, 201, "{kind}: {r}");
+        for ev in common::real::events(&d, &metric, 3).iter().take(3) {
+            let idv = common::real::value(ev, 0).as_i64().unwrap();
+            let printed = fixture.process_line(idv - 1000, Duration::from_secs(5));
+            assert_eq!(
+                detrix_e2e::parse_kv(&printed)["id"],
+                idv.to_string(),
+                "{kind}: stored {ev}, printed {printed}"
+            );
+        }
+    }
+
+    // Restart the C target: same name, so the same connection id; the daemon re-sends the
+    // metric and events resume — told apart from the old program's by their thread name, which
+    // carries the new pid.
+    drop(fixtures.remove(0));
+    let t0 = Instant::now();
+    let again = Fixture::start(&cases[0].2 .0, &["-1", "100"]);
+    let id = awake_ids(&serve, std::slice::from_ref(&again)).remove(0);
+    assert_eq!(
+        id, ids[0],
+        "the restarted service has its old connection id"
+    );
+    let thread = format!("thread-{}", again.pid());
+    let newest = loop {
+        let (_, v) = d.get("/api/v1/events?metricName=serve3_c&limit=100");
+        if let Some(ev) = v
+            .as_array()
+            .and_then(|evs| evs.iter().find(|e| e["threadName"] == json!(thread)))
+        {
+            break ev.clone();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no event from the restarted program (pid {}) in 30 s",
+            again.pid()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    println!(
+        "serve3: restart → first event of the new process stored after {} ms",
+        t0.elapsed().as_millis()
+    );
+    let idv = common::real::value(&newest, 0).as_i64().unwrap();
+    let printed = again.process_line(idv - 1000, Duration::from_secs(5));
+    assert_eq!(
+        detrix_e2e::parse_kv(&printed)["id"],
+        idv.to_string(),
+        "the restarted program's event holds what it printed: {newest}"
+    );
+}

@@ -9,6 +9,7 @@
 )]
 
 pub mod intruder;
+pub mod real;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
