@@ -15,6 +15,8 @@
 //! safe_mode = false
 //! daemon_url = "http://10.0.0.5:8090"     # this rule's daemon
 //! wake = "auto"                           # this rule's policy
+//! build_commit = "4f1c2e9"                # reported as the build commit (issue #17);
+//! build_tag = "v1.4.0"                    #   default: found as the Go client finds it
 //! ```
 //!
 //! Every error is one sentence naming the key and where it is: `FILE line N` for the file
@@ -78,6 +80,8 @@ struct RawRule {
     safe_mode: bool,
     daemon_url: Option<Spanned<String>>,
     wake: Option<Spanned<String>>,
+    build_commit: Option<String>,
+    build_tag: Option<String>,
 }
 
 /// 1-based line of byte offset `at` in `text`.
@@ -217,6 +221,10 @@ fn parse_file(
             safe_mode: r.safe_mode,
             daemon_url: r.daemon_url.map(Spanned::into_inner),
             wake,
+            build: crate::buildinfo::Explicit {
+                commit: r.build_commit.filter(|c| !c.is_empty()),
+                tag: r.build_tag.filter(|t| !t.is_empty()),
+            },
         });
     }
     Ok((
@@ -261,6 +269,7 @@ pub fn merge(
             safe_mode: false,
             daemon_url: None,
             wake: None,
+            build: crate::buildinfo::Explicit::default(),
         });
     }
     if rules.is_empty() {

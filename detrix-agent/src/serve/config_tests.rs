@@ -104,6 +104,8 @@ language = "go"
 safe_mode = true
 daemon_url = "http://10.0.0.2:8090"
 wake = "manual"
+build_commit = "4f1c2e9"
+build_tag = "v1.4.0"
 
 [[rule]]
 select = { user = 0 }
@@ -126,14 +128,22 @@ select = { user = 0 }
     assert!(r.safe_mode);
     assert_eq!(r.daemon_url.as_deref(), Some("http://10.0.0.2:8090"));
     assert_eq!(r.wake, Some(Wake::Manual));
+    assert_eq!(
+        r.build,
+        crate::buildinfo::Explicit {
+            commit: Some("4f1c2e9".into()),
+            tag: Some("v1.4.0".into())
+        }
+    );
     let r = &c.rules[1];
-    assert_eq!(r.origin, "serve.toml line 15");
+    assert_eq!(r.origin, "serve.toml line 17");
     assert_eq!(r.select.user, Some(0));
     assert_eq!(r.name.render(&proc_()), "orders");
     assert_eq!(r.language, LanguageChoice::Auto);
     assert!(!r.safe_mode);
     assert_eq!(r.daemon_url, None);
     assert_eq!(r.wake, None);
+    assert_eq!(r.build, crate::buildinfo::Explicit::default());
 }
 
 #[test]
@@ -177,7 +187,7 @@ fn flags_add_rules_and_replace_top_level_values() {
 fn file_errors_name_the_line_and_key() {
     let cases: &[(&str, &str)] = &[
         ("[[rule]]\nselect = { exe = \"/x\" }\ncolour = 1\n",
-         "serve.toml line 3 (`colour = 1`): unknown field `colour`, expected one of `select`, `name`, `language`, `safe_mode`, `daemon_url`, `wake`"),
+         "serve.toml line 3 (`colour = 1`): unknown field `colour`, expected one of `select`, `name`, `language`, `safe_mode`, `daemon_url`, `wake`, `build_commit`, `build_tag`"),
         ("wake = \"sometimes\"\n[[rule]]\nselect = { exe = \"/x\" }\n",
          "serve.toml line 1: `wake` `sometimes` is not a wake policy; use \"manual\" or \"auto\""),
         ("daemon_url = \"10.0.0.1:8090\"\n[[rule]]\nselect = { exe = \"/x\" }\n",

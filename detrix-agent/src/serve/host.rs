@@ -212,6 +212,7 @@ impl Host {
                 .clone()
                 .unwrap_or_else(|| cfg.daemon_url.clone()),
             wake: rule.wake.unwrap_or(cfg.wake),
+            build: rule.build.clone(),
         };
         tokio::spawn(async move {
             host.run_target(plan, stop_rx).await;
@@ -319,9 +320,9 @@ impl Host {
             health_timeout: s.health_timeout,
             register_timeout: s.register_timeout,
             unregister_timeout: s.unregister_timeout,
-            // Build identity from the target itself (environment, Go build info, git checkout),
-            // in the Go client's order; rules carry no explicit commit/tag yet.
-            build: crate::buildinfo::for_process(pid, &crate::buildinfo::Explicit::default()),
+            // Build identity: the rule's `build_commit`/`build_tag`, then the target itself
+            // (environment, Go build info, git checkout), in the Go client's order.
+            build: crate::buildinfo::for_process(pid, &plan.build),
             // A wake through this host names no other daemon than the rule's.
             allow_daemon_urls: Vec::new(),
             // The DAP listener is on `advertise_host`; a non-loopback one is refused unless a
@@ -361,6 +362,7 @@ struct TargetPlan {
     safe_mode: bool,
     daemon_url: String,
     wake: Wake,
+    build: crate::buildinfo::Explicit,
 }
 
 fn state_of(e: &Entry) -> String {

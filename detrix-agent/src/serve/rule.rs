@@ -304,4 +304,7 @@ pub struct Rule {
     pub daemon_url: Option<String>,
     /// `None`: the serve-wide wake policy.
     pub wake: Option<Wake>,
+    /// `build_commit` / `build_tag` of the rule: they come first, as `--build-commit` /
+    /// `--build-tag` do for `attach` (issue #17).
+    pub build: crate::buildinfo::Explicit,
 }
