@@ -148,6 +148,11 @@ impl EventRings {
     /// Hands at most `max` published records to `f` (the [`Event`] bytes of each: header and
     /// data, for [`parse_record`]), oldest first within each CPU, and frees their space.
     /// Returns how many it handed over.
+    #[expect(
+        clippy::cast_ptr_alignment,
+        reason = "the mapping is page-aligned, CpuRing a multiple of 4096 bytes and every record \
+                  starts 8-aligned (`record_span`): the u64 reads are aligned"
+    )]
     pub fn drain(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> usize {
         use std::sync::atomic::{AtomicU64, Ordering};
         // The doorbell's records carry nothing: reading them re-arms the wakeup.
@@ -278,12 +283,11 @@ impl Probes {
             name: "RATE",
             source,
         })?;
-        let rings = match ebpf
+        let aya::maps::Map::Array(rings) = ebpf
             .take_map("RINGS")
             .ok_or(ProbeError::Missing("RINGS map"))?
-        {
-            aya::maps::Map::Array(data) => data,
-            _ => return Err(ProbeError::Missing("RINGS array map")),
+        else {
+            return Err(ProbeError::Missing("RINGS array map"));
         };
         let ring = EventRings::map(ring, rings, ncpus)?;
         let program: &mut UProbe = ebpf

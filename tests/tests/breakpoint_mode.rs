@@ -24,12 +24,12 @@ fn src(name: &str) -> PathBuf {
         .join("tests/fixtures/bp")
         .join(name)
         .canonicalize()
-        .unwrap()
+        .expect("the bp fixture source exists")
 }
 
 /// The line carrying `marker` (`PROBE:c`, `CALL:b`…) in `path`.
 fn line_of(path: &Path, marker: &str) -> u64 {
-    let text = std::fs::read_to_string(path).unwrap();
+    let text = std::fs::read_to_string(path).expect("read the fixture source");
     let hits: Vec<u64> = text
         .lines()
         .enumerate()
@@ -48,7 +48,7 @@ static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn build(kind: &str) -> PathBuf {
     let out = fixtures_out_dir();
-    std::fs::create_dir_all(&out).unwrap();
+    std::fs::create_dir_all(&out).expect("create the fixtures directory");
     let run = |cmd: &mut Command| {
         let st = cmd.status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
         assert!(st.success(), "{cmd:?}: {st}");
@@ -70,18 +70,27 @@ fn build(kind: &str) -> PathBuf {
                 .arg(src("chain.go"))
                 .env("GOTOOLCHAIN", "local")
                 .env("GOCACHE", out.join("gocache"))
-                .current_dir(src("chain.go").parent().unwrap()));
+                .current_dir(
+                    src("chain.go")
+                        .parent()
+                        .expect("a source file has a directory"),
+                ));
             exe
         }
     }
 }
 
 fn set_bps(seq: i64, path: &str, bps: Value) -> Value {
-    json!({"type":"request","seq":seq,"command":"setBreakpoints","arguments":{"source":{"path":path,"name":path},"breakpoints":bps,"sourceModified":false}})
+    let mut args = json!({"source":{"path":path,"name":path}});
+    args["breakpoints"] = bps;
+    args["sourceModified"] = false.into();
+    req(seq, "setBreakpoints", args)
 }
 
 fn req(seq: i64, command: &str, arguments: Value) -> Value {
-    json!({"type":"request","seq":seq,"command":command,"arguments":arguments})
+    let mut r = json!({"type":"request","seq":seq,"command":command});
+    r["arguments"] = arguments;
+    r
 }
 
 /// Largest gap between consecutive `beat ns=` lines printed after `from_line`.
@@ -114,7 +123,7 @@ fn printed(fixture: &Fixture, z: i64) -> HashMap<String, String> {
 
 fn child_processes(parent: u32) -> Vec<(u32, String)> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+    for e in std::fs::read_dir("/proc").expect("list /proc").flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
@@ -141,15 +150,19 @@ fn child_processes(parent: u32) -> Vec<(u32, String)> {
 }
 
 fn status_of(pid: u32) -> (String, u32) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
     let f = |k: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(k))
-            .unwrap()
+            .expect("/proc/PID/status has the field")
             .trim()
             .to_owned()
     };
-    (f("State:"), f("TracerPid:").parse().unwrap())
+    (
+        f("State:"),
+        f("TracerPid:").parse().expect("TracerPid is a number"),
+    )
 }
 
 /// After a debugger round: no debugger child left, the target out of ptrace, running, and
@@ -222,11 +235,10 @@ fn start(kind: &str, extra: &[&str]) -> Session {
 }
 
 /// One full stop cycle as the daemon runs it; returns (frames, locals by name).
-fn stop_cycle(
-    dap: &mut Dap,
-    seq: &mut i64,
-    eval: &[&str],
-) -> (Vec<(String, u64)>, HashMap<String, String>, Vec<Value>) {
+/// What one stop shows: the frames (function, line), the locals by name, the evaluate results.
+type Stop = (Vec<(String, u64)>, HashMap<String, String>, Vec<Value>);
+
+fn stop_cycle(dap: &mut Dap, seq: &mut i64, eval: &[&str]) -> Stop {
     let stops = dap.events(1, STEP_TIMEOUT, |e| e["event"] == "stopped");
     assert_eq!(stops.len(), 1, "no stopped event");
     let thread = stops[0]["body"]["threadId"].clone();
@@ -247,12 +259,12 @@ fn stop_cycle(
     ));
     let frames = all["body"]["stackFrames"]
         .as_array()
-        .unwrap()
+        .expect("stackTrace answers stackFrames")
         .iter()
         .map(|f| {
             (
-                f["name"].as_str().unwrap().to_owned(),
-                f["line"].as_u64().unwrap(),
+                f["name"].as_str().expect("a frame has a name").to_owned(),
+                f["line"].as_u64().expect("a frame has a line"),
             )
         })
         .collect();
@@ -265,12 +277,18 @@ fn stop_cycle(
     ));
     let locals = vars["body"]["variables"]
         .as_array()
-        .unwrap()
+        .expect("variables answers variables")
         .iter()
         .map(|v| {
             (
-                v["name"].as_str().unwrap().to_owned(),
-                v["value"].as_str().unwrap().to_owned(),
+                v["name"]
+                    .as_str()
+                    .expect("a variable has a name")
+                    .to_owned(),
+                v["value"]
+                    .as_str()
+                    .expect("a variable has a value")
+                    .to_owned(),
             )
         })
         .collect();

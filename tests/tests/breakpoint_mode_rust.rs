@@ -32,12 +32,12 @@ fn src() -> PathBuf {
     workspace_root()
         .join("tests/fixtures/bp/chain.rs")
         .canonicalize()
-        .unwrap()
+        .expect("the Rust bp fixture source exists")
 }
 
 /// The line carrying `// <marker>` in `path`.
 fn line_of(path: &Path, marker: &str) -> u64 {
-    let text = std::fs::read_to_string(path).unwrap();
+    let text = std::fs::read_to_string(path).expect("read the fixture source");
     let hits: Vec<u64> = text
         .lines()
         .enumerate()
@@ -52,7 +52,7 @@ fn line_of(path: &Path, marker: &str) -> u64 {
 /// without them rustc's x86_64 code loses b, a and main from the walk.
 fn build() -> PathBuf {
     let out = fixtures_out_dir();
-    std::fs::create_dir_all(&out).unwrap();
+    std::fs::create_dir_all(&out).expect("create the fixtures directory");
     let exe = out.join("bp_chain_rs");
     let st = Command::new("rustc")
         .args([
@@ -72,11 +72,16 @@ fn build() -> PathBuf {
 }
 
 fn set_bps(seq: i64, path: &str, bps: Value) -> Value {
-    json!({"type":"request","seq":seq,"command":"setBreakpoints","arguments":{"source":{"path":path,"name":path},"breakpoints":bps,"sourceModified":false}})
+    let mut args = json!({"source":{"path":path,"name":path}});
+    args["breakpoints"] = bps;
+    args["sourceModified"] = false.into();
+    req(seq, "setBreakpoints", args)
 }
 
 fn req(seq: i64, command: &str, arguments: Value) -> Value {
-    json!({"type":"request","seq":seq,"command":command,"arguments":arguments})
+    let mut r = json!({"type":"request","seq":seq,"command":command});
+    r["arguments"] = arguments;
+    r
 }
 
 /// The fixture's own `c z=<z> …` line for round `z`.
@@ -92,7 +97,7 @@ fn printed(fixture: &Fixture, z: i64) -> HashMap<String, String> {
 
 fn child_processes(parent: u32) -> Vec<(u32, String)> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+    for e in std::fs::read_dir("/proc").expect("list /proc").flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };

@@ -30,7 +30,10 @@ fn template(name: &str) -> String {
 }
 
 fn set_breakpoints(seq: i64, path: &str, bps: Value) -> Value {
-    json!({"type":"request","seq":seq,"command":"setBreakpoints","arguments":{"source":{"path":path,"name":path},"breakpoints":bps,"sourceModified":false}})
+    let mut r = json!({"type":"request","seq":seq,"command":"setBreakpoints","arguments":{"source":{"path":path,"name":path}}});
+    r["arguments"]["breakpoints"] = bps;
+    r["arguments"]["sourceModified"] = false.into();
+    r
 }
 
 /// Splits `<prefix>DETRICS:<name>=v1\x1Fv2…\n` into (thread id, name, JSON values), checking the
@@ -92,12 +95,18 @@ fn check_against_fixture(fixture: &Fixture, values: &[Value], raw: &str) {
     };
     assert_eq!(
         values[1],
-        json!(f("id").parse::<i64>().unwrap()),
+        json!(f("id")
+            .parse::<i64>()
+            .expect("the printed id is an integer")),
         "(*o).id\n output:  {raw:?}\n printed: {line}"
     );
     assert_eq!(
         values[2].as_f64(),
-        Some(f("price").parse::<f64>().unwrap()),
+        Some(
+            f("price")
+                .parse::<f64>()
+                .expect("the printed price is a number")
+        ),
         "(*o).price\n output:  {raw:?}\n printed: {line}"
     );
     assert!(
@@ -112,7 +121,11 @@ fn check_against_fixture(fixture: &Fixture, values: &[Value], raw: &str) {
     );
     assert_eq!(
         values[4].as_f64(),
-        Some(f("cost").parse::<f64>().unwrap()),
+        Some(
+            f("cost")
+                .parse::<f64>()
+                .expect("the printed cost is a number")
+        ),
         "(cost)\n output:  {raw:?}\n printed: {line}"
     );
 }
@@ -135,7 +148,12 @@ fn session(language: &str) {
         ],
         &[],
     );
-    let control_port: u64 = agent.control.rsplit(':').next().unwrap().parse().unwrap();
+    let control_port: u64 = agent
+        .control
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the control address ends in a port");
 
     // Starts asleep, registered nowhere.
     let (s, status) = agent.get("/detrix/status");
@@ -158,11 +176,11 @@ fn session(language: &str) {
     );
     let reg = stub.lock().registrations[0].clone();
     let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
-        .unwrap()
+        .expect("read /proc/PID/cwd")
         .to_string_lossy()
         .into_owned();
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap()
+        .expect("read the hostname")
         .trim()
         .to_string();
     assert_eq!(
@@ -217,7 +235,9 @@ fn session(language: &str) {
         ]),
     ));
     assert_eq!(r["success"], true, "{r}");
-    let bps = r["body"]["breakpoints"].as_array().unwrap();
+    let bps = r["body"]["breakpoints"]
+        .as_array()
+        .expect("setBreakpoints answers breakpoints");
     assert_eq!(bps.len(), 3, "{r}");
     assert_eq!(
         (bps[0]["verified"].clone(), bps[0]["line"].clone()),
@@ -255,7 +275,9 @@ fn session(language: &str) {
     );
     for o in &outs {
         assert_eq!(o["body"]["category"], "console");
-        let text = o["body"]["output"].as_str().unwrap();
+        let text = o["body"]["output"]
+            .as_str()
+            .expect("an output event has output text");
         let (tid, metric, values) = parse_output(language, text);
         assert_eq!(
             (tid, metric.as_str()),

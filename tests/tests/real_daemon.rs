@@ -39,21 +39,27 @@ struct Case {
 fn build(kind: &'static str) -> Case {
     let root = workspace_root().join("tests").join("fixtures");
     let out = fixtures_out_dir();
-    std::fs::create_dir_all(&out).unwrap();
+    std::fs::create_dir_all(&out).expect("create the fixtures directory");
     let run = |cmd: &mut Command| {
         let st = cmd.status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
         assert!(st.success(), "{cmd:?} failed: {st}");
     };
     match kind {
         "c" => Case {
-            src: root.join("c/orders.c").canonicalize().unwrap(),
+            src: root
+                .join("c/orders.c")
+                .canonicalize()
+                .expect("the C fixture source exists"),
             exe: build_c_fixture("orders", Build::Debug),
             id_expr: "(*o).id",
             after_exprs: ["(round)", "(cost)", "o.customer"],
         },
         "go" => {
             let exe = out.join("orders_go");
-            let src = root.join("go/orders.go").canonicalize().unwrap();
+            let src = root
+                .join("go/orders.go")
+                .canonicalize()
+                .expect("the Go fixture source exists");
             run(Command::new("go")
                 .args(["build", "-gcflags=all=-N -l", "-o"])
                 .arg(&exe)
@@ -61,7 +67,7 @@ fn build(kind: &'static str) -> Case {
                 .env("GOTOOLCHAIN", "local")
                 .env("GOCACHE", out.join("gocache"))
                 .env("GOFLAGS", "-mod=mod")
-                .current_dir(src.parent().unwrap()));
+                .current_dir(src.parent().expect("a source file has a directory")));
             Case {
                 src,
                 exe,
@@ -71,7 +77,10 @@ fn build(kind: &'static str) -> Case {
         }
         _ => {
             let exe = out.join("orders_rs");
-            let src = root.join("rust/orders.rs").canonicalize().unwrap();
+            let src = root
+                .join("rust/orders.rs")
+                .canonicalize()
+                .expect("the Rust fixture source exists");
             run(Command::new("rustc")
                 .args(["-g", "-C", "opt-level=0", "-o"])
                 .arg(&exe)
@@ -112,7 +121,12 @@ fn value(ev: &Value, i: usize) -> Value {
 }
 
 fn normalize(text: &str, case: &Case, pid: u32) -> String {
-    let dir = case.src.parent().unwrap().to_string_lossy().into_owned();
+    let dir = case
+        .src
+        .parent()
+        .expect("a source file has a directory")
+        .to_string_lossy()
+        .into_owned();
     let sysroot = Command::new("rustc")
         .args(["--print", "sysroot"])
         .output()
@@ -134,7 +148,12 @@ fn run_case(d: &Daemon, kind: &'static str) {
     let pid = fixture.pid();
     let record = d.dir.join(format!("{kind}.jsonl"));
     let name = format!("real-{kind}");
-    let ws = case.src.parent().unwrap().to_string_lossy().into_owned();
+    let ws = case
+        .src
+        .parent()
+        .expect("a source file has a directory")
+        .to_string_lossy()
+        .into_owned();
     let record_s = record.to_string_lossy().into_owned();
     let mut agent = AttachedAgent::start(
         pid,
@@ -157,7 +176,10 @@ fn run_case(d: &Daemon, kind: &'static str) {
         "{kind}: {wake}\nagent: {}",
         agent.stderr.text()
     );
-    let id = wake["connection_id"].as_str().unwrap().to_string();
+    let id = wake["connection_id"]
+        .as_str()
+        .expect("wake answers a connection_id")
+        .to_string();
     let (_, row) = d.get(&format!("/api/v1/connections/{id}"));
     let want_lang = if kind == "go" { "go" } else { "rust" };
     assert_eq!(
@@ -228,14 +250,18 @@ fn run_case(d: &Daemon, kind: &'static str) {
         let kv = parse_kv(&printed);
         assert_eq!(
             value(ev, 1).as_f64(),
-            Some(kv["cost"].parse::<f64>().unwrap()),
+            Some(
+                kv["cost"]
+                    .parse::<f64>()
+                    .expect("the printed cost is a number")
+            ),
             "{kind} cost: stored {ev}\nprinted {printed}"
         );
         // A C `char *` as lldb-dap shows it: its address, then the quoted text (the C fixture
         // prints the address as `pcust`); Go and Rust strings are their text.
         let customer = match kv.get("pcust") {
             Some(p) if kind == "c" => format!("{p} \"{}\"", kv["customer"]),
-            _ => kv["customer"].to_string(),
+            _ => kv["customer"].clone(),
         };
         assert_eq!(
             value(ev, 2),
@@ -278,15 +304,15 @@ fn run_case(d: &Daemon, kind: &'static str) {
         agent.stderr.text()
     );
 
-    let text = std::fs::read_to_string(&record).unwrap();
+    let text = std::fs::read_to_string(&record).expect("read the DAP recording");
     if std::env::var_os("DETRIX_GOLDEN_REWRITE").is_some() {
         let dir = golden_dir().join("real");
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).expect("create the golden directory");
         std::fs::write(
             dir.join(format!("agent-{kind}.jsonl")),
             normalize(&text, &case, pid),
         )
-        .unwrap();
+        .expect("write the golden recording");
     }
 }
 

@@ -27,12 +27,12 @@ fn chain_src() -> PathBuf {
     workspace_root()
         .join("tests/fixtures/bp/chain.go")
         .canonicalize()
-        .unwrap()
+        .expect("the Go bp fixture source exists")
 }
 
 fn build_chain_go() -> PathBuf {
     let out = fixtures_out_dir();
-    std::fs::create_dir_all(&out).unwrap();
+    std::fs::create_dir_all(&out).expect("create the fixtures directory");
     let exe = out.join("bp_chain_go_real");
     let src = chain_src();
     let st = Command::new("go")
@@ -41,7 +41,7 @@ fn build_chain_go() -> PathBuf {
         .arg(&src)
         .env("GOTOOLCHAIN", "local")
         .env("GOCACHE", out.join("gocache"))
-        .current_dir(src.parent().unwrap())
+        .current_dir(src.parent().expect("a source file has a directory"))
         .status()
         .expect("run go build");
     assert!(st.success(), "go build {}: {st}", src.display());
@@ -50,7 +50,7 @@ fn build_chain_go() -> PathBuf {
 
 /// The line carrying `// <marker>` in `path`.
 fn line_of(path: &Path, marker: &str) -> u64 {
-    let text = std::fs::read_to_string(path).unwrap();
+    let text = std::fs::read_to_string(path).expect("read the fixture source");
     let hits: Vec<u64> = text
         .lines()
         .enumerate()
@@ -64,10 +64,10 @@ fn line_of(path: &Path, marker: &str) -> u64 {
 /// Line `n` (1-based) of `path`, trimmed.
 fn text_at(path: &Path, n: u64) -> String {
     std::fs::read_to_string(path)
-        .unwrap()
+        .expect("read the fixture source")
         .lines()
-        .nth(usize::try_from(n - 1).unwrap())
-        .unwrap()
+        .nth(usize::try_from(n - 1).expect("a line number fits usize"))
+        .expect("the source has that line")
         .trim()
         .to_owned()
 }
@@ -373,7 +373,7 @@ fn real_daemon_breakpoint_mode_stores_what_the_go_program_printed() {
 /// Processes whose parent is `parent` (a spawned debugger would be one).
 fn child_processes(parent: u32) -> Vec<u32> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+    for e in std::fs::read_dir("/proc").expect("list /proc").flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };

@@ -6,7 +6,9 @@
 mod common;
 
 use std::io::Read as _;
+use std::io::Write as _;
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -45,14 +47,23 @@ fn as_nobody(script: &str, args: &[&str]) -> (i32, Vec<u8>, String) {
         .expect("run setpriv (util-linux) to become nobody");
     let mut out = Vec::new();
     let mut err = String::new();
-    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .expect("the intruder's stdout")
+        .read_to_end(&mut out)
+        .expect("read the intruder's stdout");
     child
         .stderr
         .take()
-        .unwrap()
+        .expect("the intruder's stderr")
         .read_to_string(&mut err)
-        .unwrap();
-    let code = child.wait().unwrap().code().unwrap_or(-1);
+        .expect("read the intruder's stderr");
+    let code = child
+        .wait()
+        .expect("wait for the intruder")
+        .code()
+        .unwrap_or(-1);
     assert!(
         err.starts_with("uid 65534\n"),
         "the intruder must run as nobody: {err}"
@@ -102,7 +113,11 @@ fn nobody_http(
     body: &str,
     header: &str,
 ) -> (u16, Value) {
-    let port = agent.control.rsplit(':').next().unwrap();
+    let port = agent
+        .control
+        .rsplit(':')
+        .next()
+        .expect("the control address ends in a port");
     let (code, out, err) = as_nobody(HTTP_INTRUDER, &[method, port, path, body, header]);
     assert_eq!(code, 0, "{err}");
     parse_http(&out)
@@ -140,7 +155,12 @@ fn awake(envs: &[(&str, &str)], extra: &[&str]) -> Awake {
     let agent = AttachedAgent::start(fixture.pid(), &args, envs);
     let (s, wake) = agent.post("/detrix/wake", None);
     assert_eq!(s, 200, "{wake}\n{}", agent.stderr.text());
-    let debug_port = u16::try_from(wake["debug_port"].as_u64().unwrap()).unwrap();
+    let debug_port = u16::try_from(
+        wake["debug_port"]
+            .as_u64()
+            .expect("wake answers a debug_port"),
+    )
+    .expect("a port fits u16");
     let (_, mut dap) = stub.take_session();
     let src = c_fixture_source("orders");
     let r = dap.request(&logpoint(
@@ -232,8 +252,11 @@ fn a_local_stranger_gets_nothing_from_the_dap_port_and_the_daemons_session_goes_
 
 /// A plain HTTP server that records every request it receives, raw.
 fn recording_server() -> (String, Arc<Mutex<Vec<String>>>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let url = format!(
+        "http://{}",
+        l.local_addr().expect("a bound socket has an address")
+    );
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let log = seen.clone();
     std::thread::spawn(move || {
@@ -243,9 +266,8 @@ fn recording_server() -> (String, Arc<Mutex<Vec<String>>>) {
             let mut buf = vec![0; 65536];
             let n = c.read(&mut buf).unwrap_or(0);
             log.lock()
-                .unwrap()
+                .expect("the request log lock")
                 .push(String::from_utf8_lossy(&buf[..n]).into_owned());
-            use std::io::Write as _;
             let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 36\r\nConnection: close\r\n\r\n{\"service\":\"detrix\",\"status\":\"ok\"}  ");
         }
     });
@@ -362,21 +384,21 @@ fn an_allowed_daemon_url_is_honoured() {
 /// The C chain fixture of the breakpoint-mode tests, built under its own name.
 fn chain_c() -> PathBuf {
     let out = fixtures_out_dir();
-    std::fs::create_dir_all(&out).unwrap();
+    std::fs::create_dir_all(&out).expect("create the fixtures directory");
     let exe = out.join("trust_chain_c");
     let st = Command::new("gcc")
         .args(["-g", "-O0", "-pthread", "-o"])
         .arg(&exe)
         .arg(workspace_root().join("tests/fixtures/bp/chain.c"))
         .status()
-        .unwrap();
+        .expect("run gcc");
     assert!(st.success());
     exe
 }
 
 fn children(parent: u32) -> Vec<u32> {
     std::fs::read_dir("/proc")
-        .unwrap()
+        .expect("list /proc")
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
@@ -412,7 +434,11 @@ fn tcp_sockets_of(pid: u32) -> Vec<(String, String)> {
         .unwrap_or_default();
     let mut out = Vec::new();
     for t in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        for l in std::fs::read_to_string(t).unwrap().lines().skip(1) {
+        for l in std::fs::read_to_string(t)
+            .expect("read /proc/net/tcp")
+            .lines()
+            .skip(1)
+        {
             let f: Vec<&str> = l.split_whitespace().collect();
             if f.len() > 9 && inodes.iter().any(|i| i == f[9]) {
                 out.push((f[1].to_owned(), f[3].to_owned()));
@@ -584,7 +610,6 @@ fn the_running_agent_keeps_eight_capabilities_and_no_new_privs() {
     ));
     assert_eq!(r["body"]["breakpoints"][0]["verified"], true, "{r}");
     assert!(outputs(&mut dap, 2).len() >= 2, "{}", agent.stderr.text());
-    use std::os::unix::fs::PermissionsExt as _;
     assert_eq!(
         std::fs::metadata(&rec).unwrap().permissions().mode() & 0o777,
         0o600,

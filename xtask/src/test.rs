@@ -70,7 +70,7 @@ mod tests {
     use super::split_extra;
 
     fn strings(args: &[&str]) -> Vec<String> {
-        args.iter().map(|a| a.to_string()).collect()
+        args.iter().map(ToString::to_string).collect()
     }
 
     #[test]

@@ -44,15 +44,16 @@ impl Probes {
 }
 
 fn req(seq: i64, command: &str, arguments: Value) -> Value {
-    json!({"type":"request","seq":seq,"command":command,"arguments":arguments})
+    let mut r = json!({"type":"request","seq":seq,"command":command});
+    r["arguments"] = arguments;
+    r
 }
 
 fn set_bps(seq: i64, path: &str, bps: Value) -> Value {
-    req(
-        seq,
-        "setBreakpoints",
-        json!({"source":{"path":path,"name":path},"breakpoints":bps,"sourceModified":false}),
-    )
+    let mut args = json!({"source":{"path":path,"name":path}});
+    args["breakpoints"] = bps;
+    args["sourceModified"] = false.into();
+    req(seq, "setBreakpoints", args)
 }
 
 fn frame(function: &str, file: &str, line: u32) -> Frame {
@@ -140,7 +141,7 @@ fn delves_stop_cycles_replayed_give_delves_answers() {
         // A stop cycle starts with the daemon's first stackTrace after Delve's `stopped`.
         if m["command"] == "stackTrace"
             && m["arguments"]["levels"] == 1
-            && f.probes().live.len() > 0
+            && !f.probes().live.is_empty()
             && !f.is_stopped()
         {
             let cycle: Vec<&Value> = daemon[i..]
@@ -183,7 +184,7 @@ fn delves_stop_cycles_replayed_give_delves_answers() {
                 match r["arguments"]["expression"].as_str().unwrap() {
                     "total" => locals.push(("total", V::Float(result.parse().unwrap()))),
                     "call len(name)" => {
-                        locals.push(("name", s(&"x".repeat(result.parse().unwrap()))))
+                        locals.push(("name", s(&"x".repeat(result.parse().unwrap()))));
                     }
                     other => panic!("unexpected expression {other}"),
                 }
@@ -221,7 +222,7 @@ fn delves_stop_cycles_replayed_give_delves_answers() {
                         assert_eq!(o[0]["id"], 1000, "the frame id the daemon then uses");
                     }
                     "evaluate" => {
-                        assert_eq!(ours["body"]["result"], theirs["body"]["result"], "{r}")
+                        assert_eq!(ours["body"]["result"], theirs["body"]["result"], "{r}");
                     }
                     other => panic!("unexpected {other} in a cycle"),
                 }

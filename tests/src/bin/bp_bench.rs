@@ -65,7 +65,9 @@ fn pin(cmd: &mut Command, cpu: usize) -> &mut Command {
         cmd.pre_exec(move || {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
             libc::CPU_SET(cpu, &mut set);
-            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set)
+                != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -647,9 +649,9 @@ impl Dap {
 
     fn send(&mut self, command: &str, arguments: Value) -> Res<i64> {
         self.seq += 1;
-        let body =
-            json!({"seq": self.seq, "type": "request", "command": command, "arguments": arguments})
-                .to_string();
+        let mut body = json!({"seq": self.seq, "type": "request", "command": command});
+        body["arguments"] = arguments;
+        let body = body.to_string();
         write!(self.writer, "Content-Length: {}\r\n\r\n{body}", body.len())
             .map_err(|e| e.to_string())?;
         self.writer.flush().map_err(|e| e.to_string())?;

@@ -339,7 +339,7 @@ impl RestStub {
                 let Ok(conn) = conn else { continue };
                 let shared = shared.clone();
                 let handshakes = handshakes.clone();
-                thread::spawn(move || serve_http(conn, &shared, &handshakes));
+                thread::spawn(move || serve_http(&conn, &shared, &handshakes));
             }
         });
         RestStub { url, state }
@@ -418,11 +418,11 @@ fn respond(mut conn: &TcpStream, status: u16, body: &str) {
 }
 
 fn serve_http(
-    conn: TcpStream,
+    conn: &TcpStream,
     state: &Arc<(Mutex<StubState>, Condvar)>,
     handshakes: &HashMap<&'static str, Vec<Value>>,
 ) {
-    let Some((method, path, body)) = read_http_request(&conn) else {
+    let Some((method, path, body)) = read_http_request(conn) else {
         return;
     };
     let lock = || state.0.lock().unwrap_or_else(PoisonError::into_inner);
@@ -431,7 +431,7 @@ fn serve_http(
             lock().health_checks += 1;
             state.1.notify_all();
             respond(
-                &conn,
+                conn,
                 200,
                 r#"{"service":"detrix","status":"ok","uptimeSeconds":1,"adapterConnected":false}"#,
             );
@@ -474,7 +474,7 @@ fn serve_http(
             }
             state.1.notify_all();
             respond(
-                &conn,
+                conn,
                 201,
                 &json!({"connectionId": id, "status": "created"}).to_string(),
             );
@@ -491,9 +491,9 @@ fn serve_http(
             }
             drop(g);
             state.1.notify_all();
-            respond(&conn, 204, "");
+            respond(conn, 204, "");
         }
-        _ => respond(&conn, 404, r#"{"error":"not found"}"#),
+        _ => respond(conn, 404, r#"{"error":"not found"}"#),
     }
 }
 
@@ -626,11 +626,11 @@ pub fn patched_code(pid: u32) -> Vec<u64> {
         }
         let (start, end) = f[0].split_once('-').expect("range");
         let (start, end) = (
-            u64::from_str_radix(start, 16).unwrap(),
-            u64::from_str_radix(end, 16).unwrap(),
+            u64::from_str_radix(start, 16).expect("hex range start in /proc/PID/maps"),
+            u64::from_str_radix(end, 16).expect("hex range end in /proc/PID/maps"),
         );
-        let off = u64::from_str_radix(f[2], 16).unwrap();
-        let len = usize::try_from(end - start).unwrap();
+        let off = u64::from_str_radix(f[2], 16).expect("hex offset in /proc/PID/maps");
+        let len = usize::try_from(end - start).expect("a mapping fits in memory");
         let mut in_mem = vec![0u8; len];
         let mut on_disk = vec![0u8; len];
         mem.read_exact_at(&mut in_mem, start)
@@ -674,9 +674,9 @@ pub fn daemon_bin(test: &str) -> Option<PathBuf> {
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
-        .unwrap()
+        .expect("bind a loopback port")
         .local_addr()
-        .unwrap()
+        .expect("a bound socket has an address")
         .port()
 }
 
@@ -695,8 +695,8 @@ impl Daemon {
             .join("real-daemon")
             .join(format!("{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("home")).unwrap();
-        std::fs::create_dir_all(dir.join("log")).unwrap();
+        std::fs::create_dir_all(dir.join("home")).expect("create the daemon's home");
+        std::fs::create_dir_all(dir.join("log")).expect("create the daemon's log directory");
         let (rest, grpc) = (free_port(), free_port());
         let d = dir.display();
         let config = format!(
@@ -706,8 +706,9 @@ impl Daemon {
              host = \"127.0.0.1\"\nport = {grpc}\n[api.auth]\nmode = \"disabled\"\n[output.gelf]\nenabled = false\n",
             base_path.display()
         );
-        std::fs::write(dir.join("detrix.toml"), config).unwrap();
-        let log = std::fs::File::create(dir.join("daemon.out")).unwrap();
+        std::fs::write(dir.join("detrix.toml"), config).expect("write the daemon's config");
+        let log =
+            std::fs::File::create(dir.join("daemon.out")).expect("create the daemon's output file");
         let child = Command::new(bin)
             .args(["serve", "--config"])
             .arg(dir.join("detrix.toml"))
@@ -715,7 +716,7 @@ impl Daemon {
             .env("RUST_LOG", "detrix_dap=debug,info")
             .env_remove("DETRIX_TOKEN")
             .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
+            .stdout(log.try_clone().expect("share the daemon's output file"))
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));

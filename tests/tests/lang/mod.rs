@@ -240,6 +240,7 @@ impl FixtureBuild {
     /// The built executable, compiling it first unless it is newer than every input. Each build
     /// is compiled at most once per test binary; different builds compile in parallel.
     pub fn build(&self) -> PathBuf {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
         static LOCKS: OnceLock<Vec<Mutex<()>>> = OnceLock::new();
         let locks = LOCKS.get_or_init(|| ALL.iter().map(|_| Mutex::new(())).collect());
         let index = ALL
@@ -265,7 +266,6 @@ impl FixtureBuild {
             }
         }
 
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
         let tmp = out_dir.join(format!(
             ".{}.tmp-{}-{}",
             self.id,
