@@ -644,6 +644,9 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
             }
         }
         op::EMIT_VAR => {
+            // Verifier-shaped, alike to EMIT_MEM on purpose: each copy stays inline where its
+            // bounds are proven (dst < EVENT_DATA_BYTES, n ≤ MAX_COPY_BYTES); a shared function
+            // would have to re-prove them for every path that calls it.
             let (dst, mut n) = copy_bounds(o.dst, o.len);
             if st.count < n as u64 {
                 n = st.count as usize;

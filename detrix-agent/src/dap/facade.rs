@@ -426,13 +426,19 @@ impl Facade {
             .ok_or_else(|| NOT_STOPPED.to_owned())
     }
 
-    fn new_probe(&mut self) -> ProbeId {
-        let n = self.next_probe;
-        self.next_probe += 1;
-        ProbeId {
+    /// Names the next probe of this session and asks the shell to install it at `path`.
+    fn install(&mut self, path: &str, spec: LogpointSpec, out: &mut Vec<Effect>) -> ProbeId {
+        let probe = ProbeId {
             session: self.session,
-            n,
-        }
+            n: self.next_probe,
+        };
+        self.next_probe += 1;
+        out.push(Effect::Install {
+            probe,
+            file: path.to_owned(),
+            spec,
+        });
+        probe
     }
 
     /// `output` events for logpoint hits and `stopped` for breakpoint-mode hits of this

@@ -179,10 +179,6 @@ async fn sleep_all(
     bulk(host, "sleep", peer, req).await
 }
 
-async fn not_found() -> ControlError {
-    ControlError::NotFound
-}
-
 /// The host control plane's routes, behind the control plane's one caller check; the daemons
 /// whose users pass without a token are those at `daemon_urls` (the config's and its rules').
 pub fn router(host: Arc<Host>, daemon_urls: Vec<String>) -> Router {
@@ -199,8 +195,8 @@ pub fn router(host: Arc<Host>, daemon_urls: Vec<String>) -> Router {
         .route("/detrix/targets/{id}/wake", post(wake))
         .route("/detrix/targets/{id}/sleep", post(sleep))
         .route("/targets/{id}/detrix/{*rest}", any(drop_in))
-        .fallback(not_found)
-        .method_not_allowed_fallback(not_found);
+        .fallback(control::not_found)
+        .method_not_allowed_fallback(control::not_found);
     auth::protect(routes, policy).with_state(host)
 }
 
