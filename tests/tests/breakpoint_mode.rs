@@ -8,12 +8,15 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{patched_code, AttachedAgent, Dap, RestStub, STEP_TIMEOUT};
-use detrix_e2e::{fixtures_out_dir, parse_kv, require_root, workspace_root, Fixture};
+use common::{patched_code, req, set_bps, AttachedAgent, Dap, RestStub, STEP_TIMEOUT};
+use detrix_e2e::{
+    child_processes, fixtures_out_dir, line_of, require_root, round_printed, workspace_root,
+    Fixture,
+};
 use serde_json::{json, Value};
 
 const GO_GOLDEN: &str = "shared/go-delve.jsonl";
@@ -25,21 +28,6 @@ fn src(name: &str) -> PathBuf {
         .join(name)
         .canonicalize()
         .expect("the bp fixture source exists")
-}
-
-/// The line carrying `marker` (`PROBE:c`, `CALL:b`…) in `path`.
-fn line_of(path: &Path, marker: &str) -> u64 {
-    let text = std::fs::read_to_string(path).expect("read the fixture source");
-    let hits: Vec<u64> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| {
-            l.contains(&format!("{marker} */")) || l.ends_with(&format!("// {marker}"))
-        })
-        .map(|(i, _)| i as u64 + 1)
-        .collect();
-    assert_eq!(hits.len(), 1, "{marker} in {}", path.display());
-    hits[0]
 }
 
 /// Tests here take turns: they build the same fixtures, and the heartbeat measurement must not
@@ -80,19 +68,6 @@ fn build(kind: &str) -> PathBuf {
     }
 }
 
-fn set_bps(seq: i64, path: &str, bps: Value) -> Value {
-    let mut args = json!({"source":{"path":path,"name":path}});
-    args["breakpoints"] = bps;
-    args["sourceModified"] = false.into();
-    req(seq, "setBreakpoints", args)
-}
-
-fn req(seq: i64, command: &str, arguments: Value) -> Value {
-    let mut r = json!({"type":"request","seq":seq,"command":command});
-    r["arguments"] = arguments;
-    r
-}
-
 /// Largest gap between consecutive `beat ns=` lines printed after `from_line`.
 fn largest_gap_ms(fixture: &Fixture, from_line: usize) -> f64 {
     let beats: Vec<i64> = fixture.stdout().snapshot()[from_line..]
@@ -108,45 +83,6 @@ fn largest_gap_ms(fixture: &Fixture, from_line: usize) -> f64 {
         .windows(2)
         .map(|w| (w[1] - w[0]) as f64 / 1e6)
         .fold(0.0, f64::max)
-}
-
-/// The fixture's own `c z=<z> …` line for round `z`.
-fn printed(fixture: &Fixture, z: i64) -> HashMap<String, String> {
-    let l = fixture
-        .stdout()
-        .wait_for(Duration::from_secs(5), |l| {
-            l.starts_with(&format!("c z={z} "))
-        })
-        .unwrap_or_else(|| panic!("the fixture printed no round z={z}"));
-    parse_kv(&l)
-}
-
-fn child_processes(parent: u32) -> Vec<(u32, String)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").expect("list /proc").flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let ppid: u32 = rest
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
-        if ppid == parent {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .unwrap_or_default()
-                .trim()
-                .to_owned();
-            out.push((pid, comm));
-        }
-    }
-    out
 }
 
 fn status_of(pid: u32) -> (String, u32) {
@@ -341,7 +277,7 @@ fn c_breakpoint_answers_from_the_snapshot_without_pausing() {
         let z: i64 = locals["z"]
             .parse()
             .unwrap_or_else(|_| panic!("z: {locals:?}"));
-        let kv = printed(&s.fixture, z);
+        let kv = round_printed(&s.fixture, z);
         assert_eq!(locals["w"], kv["w"], "w as printed");
         // A `char *` as lldb-dap shows it: its address and its quoted text.
         assert_eq!(
@@ -416,7 +352,7 @@ fn c_call_logpoint_uses_lldb_then_detaches_and_logpoints_in_the_same_file_keep_w
             .split('\u{1f}')
             .map(|v| v.parse().unwrap())
             .collect();
-        let kv = printed(&s.fixture, vals[0]);
+        let kv = round_printed(&s.fixture, vals[0]);
         assert_eq!(
             vals[1].to_string(),
             kv["len"],
@@ -491,7 +427,7 @@ fn go_call_expressions_are_evaluated_by_delve_which_then_leaves() {
     );
     assert_eq!(&frames[..4], &want[..], "{frames:?}");
     let z: i64 = locals["z"].parse().unwrap();
-    let kv = printed(&s.fixture, z);
+    let kv = round_printed(&s.fixture, z);
     assert_eq!(locals["w"], kv["w"]);
     assert_eq!(
         evals[0]["body"]["result"],
@@ -509,7 +445,7 @@ fn go_call_expressions_are_evaluated_by_delve_which_then_leaves() {
         "GetBalance() of a later round: {bal} after z={z}"
     );
     assert_eq!(
-        printed(&s.fixture, bal / 10)["balance"],
+        round_printed(&s.fixture, bal / 10)["balance"],
         bal.to_string(),
         "as the program computed it"
     );

@@ -10,7 +10,7 @@ mod lang;
 
 use std::time::Duration;
 
-use common::{http, patched_code, AttachedAgent, RestStub, STEP_TIMEOUT};
+use common::{http, patched_code, set_bps, AttachedAgent, RestStub, STEP_TIMEOUT};
 use detrix_e2e::{c_fixture_source, marker_line, parse_kv, require_root, Fixture};
 use serde_json::{json, Value};
 
@@ -27,13 +27,6 @@ const EXPRS: [&str; 5] = [
 fn template(name: &str) -> String {
     let blocks: Vec<String> = EXPRS.iter().map(|e| format!("{{{e}}}")).collect();
     format!("DETRICS:{name}={}", blocks.join("\u{1f}"))
-}
-
-fn set_breakpoints(seq: i64, path: &str, bps: Value) -> Value {
-    let mut r = json!({"type":"request","seq":seq,"command":"setBreakpoints","arguments":{"source":{"path":path,"name":path}}});
-    r["arguments"]["breakpoints"] = bps;
-    r["arguments"]["sourceModified"] = false.into();
-    r
 }
 
 /// Splits `<prefix>DETRICS:<name>=v1\x1Fv2…\n` into (thread id, name, JSON values), checking the
@@ -225,7 +218,7 @@ fn session(language: &str) {
     let src = c_fixture_source("orders");
     let path = src.to_string_lossy().into_owned();
     let line = marker_line(&src, "process");
-    let r = dap.request(&set_breakpoints(
+    let r = dap.request(&set_bps(
         100,
         &path,
         json!([
@@ -313,7 +306,7 @@ fn session(language: &str) {
     let (s, wake2) = agent.post("/detrix/wake", None);
     assert_eq!((s, wake2["connection_id"].clone()), (200, json!(id)));
     let (_, mut dap2) = stub.take_session();
-    let r = dap2.request(&set_breakpoints(
+    let r = dap2.request(&set_bps(
         7,
         &path,
         json!([{"line": line, "logMessage": template("order_c")}]),
@@ -399,7 +392,7 @@ fn go_logpoint_values_read_as_delve_prints_them() {
     let src = build.source();
     let line = lang::marker_line(&src, "delve");
     let msg = ["{round}", "{o}", "{o.Tags}", "{o.Customer}", "{*o}"].join("\u{1f}");
-    let r = dap.request(&set_breakpoints(
+    let r = dap.request(&set_bps(
         100,
         &src.to_string_lossy(),
         json!([{"line": line, "logMessage": format!("DETRICS:delve_order={msg}")}]),

@@ -280,29 +280,9 @@ fn run_case(d: &Daemon, kind: &'static str) {
     );
 
     // Sleep: the row is disconnected, no probe is left, the program keeps running.
-    assert_eq!(
-        agent.post("/detrix/sleep", None),
-        (200, json!({"status":"sleeping"}))
-    );
-    let (_, row) = d.get(&format!("/api/v1/connections/{id}"));
-    assert_eq!(
-        row["status"], 1,
-        "{kind}: the connection is gone after sleep: {row}"
-    );
-    assert_eq!(
-        patched_code(pid),
-        Vec::<u64>::new(),
-        "{kind}: no probe left in the target after sleep"
-    );
+    agent.sleep_leaving_nothing(d, &id, pid, kind);
     fixture.assert_keeps_running(2);
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };
-    assert_eq!(
-        agent.wait_exit(Duration::from_secs(10)),
-        Some(0),
-        "agent stderr:\n{}",
-        agent.stderr.text()
-    );
+    agent.terminate();
 
     let text = std::fs::read_to_string(&record).expect("read the DAP recording");
     if std::env::var_os("DETRIX_GOLDEN_REWRITE").is_some() {

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use common::{frame, http_with, json_body, AttachedAgent, Dap, RestStub, STEP_TIMEOUT};
 use detrix_e2e::{
-    c_fixture_source, fixtures_out_dir, marker_line, require_root, workspace_root, Fixture,
+    c_fixture_source, child_processes, fixtures_out_dir, marker_line, require_root, workspace_root,
+    Fixture,
 };
 use serde_json::{json, Value};
 
@@ -396,27 +397,6 @@ fn chain_c() -> PathBuf {
     exe
 }
 
-fn children(parent: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .expect("list /proc")
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit_once(") ")?
-                        .1
-                        .split_whitespace()
-                        .nth(1)?
-                        .parse::<u32>()
-                        .ok()
-                })
-                == Some(parent)
-        })
-        .collect()
-}
-
 /// TCP sockets (local address, state) held by `pid`.
 fn tcp_sockets_of(pid: u32) -> Vec<(String, String)> {
     let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -471,7 +451,7 @@ fn the_fallback_debugger_has_no_port_anyone_could_reach() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = None;
     while seen.is_none() && Instant::now() < deadline {
-        for kid in children(agent.child.id()) {
+        for (kid, _) in child_processes(agent.child.id()) {
             let comm = std::fs::read_to_string(format!("/proc/{kid}/comm")).unwrap_or_default();
             if comm.contains("lldb") {
                 let stdin = std::fs::read_link(format!("/proc/{kid}/fd/0")).ok();

@@ -23,6 +23,21 @@ use serde_json::{json, Value};
 
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A DAP request message.
+pub fn req(seq: i64, command: &str, arguments: Value) -> Value {
+    let mut r = json!({"type":"request","seq":seq,"command":command});
+    r["arguments"] = arguments;
+    r
+}
+
+/// A `setBreakpoints` request for `path`, as the daemon sends it.
+pub fn set_bps(seq: i64, path: &str, bps: Value) -> Value {
+    let mut args = json!({"source":{"path":path,"name":path}});
+    args["breakpoints"] = bps;
+    args["sourceModified"] = false.into();
+    req(seq, "setBreakpoints", args)
+}
+
 // ---------------------------------------------------------------------------------------------
 // HTTP/1.1 client (Connection: close)
 // ---------------------------------------------------------------------------------------------
@@ -581,6 +596,37 @@ impl AttachedAgent {
     pub fn post(&self, path: &str, body: Option<&str>) -> (u16, Value) {
         let (s, b) = http("POST", &format!("{}{path}", self.control), body);
         (s, json_body(&b))
+    }
+
+    /// Puts the agent to sleep through its control plane; then `daemon`'s row for connection
+    /// `id` is disconnected and no probe is left in process `pid` (`what` names the case).
+    pub fn sleep_leaving_nothing(&self, daemon: &Daemon, id: &str, pid: u32, what: &str) {
+        assert_eq!(
+            self.post("/detrix/sleep", None),
+            (200, json!({"status":"sleeping"}))
+        );
+        let (_, row) = daemon.get(&format!("/api/v1/connections/{id}"));
+        assert_eq!(
+            row["status"], 1,
+            "{what}: the connection is gone after sleep: {row}"
+        );
+        assert_eq!(
+            patched_code(pid),
+            Vec::<u64>::new(),
+            "{what}: no probe left in the target after sleep"
+        );
+    }
+
+    /// SIGTERM: the agent ends with exit 0 within 10 s.
+    pub fn terminate(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(
+            self.wait_exit(Duration::from_secs(10)),
+            Some(0),
+            "agent stderr:\n{}",
+            self.stderr.text()
+        );
     }
 
     /// Waits for the agent to exit; returns its exit code.

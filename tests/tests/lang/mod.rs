@@ -61,6 +61,8 @@ pub struct FixtureBuild {
 const GO119: &str = "/usr/bin/go";
 const GO123: &str = "/usr/lib/go-1.23/bin/go";
 
+// The builds below are a table, one entry per compiler and flags: data, alike by design
+// (`duplicates` lists them; there is no logic to share).
 pub const C_O0: FixtureBuild = FixtureBuild {
     id: "c_O0",
     lang: Lang::C,
