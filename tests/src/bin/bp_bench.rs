@@ -487,23 +487,7 @@ fn ebpf_snapshot(
         ));
     };
     let ev: Value = serde_json::from_str(&first).map_err(|e| format!("{e}: {first}"))?;
-    let chain: Vec<(String, u32)> = ev["stack"]
-        .as_array()
-        .map(|f| {
-            f.iter()
-                .take(4)
-                .map(|f| {
-                    (
-                        f["function"].as_str().unwrap_or("").to_owned(),
-                        f["line"]
-                            .as_u64()
-                            .and_then(|l| u32::try_from(l).ok())
-                            .unwrap_or(0),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let chain = top_frames(&ev["stack"], "function");
     if ev["values"]["v"].is_null()
         || (snapshot && (chain != want || ev["locals"]["name"].is_null()))
     {
@@ -793,23 +777,7 @@ fn debugger_breakpoint(
                 &mut stops,
             )?;
             if checked.is_empty() {
-                let got: Vec<(String, u32)> = st["body"]["stackFrames"]
-                    .as_array()
-                    .map(|f| {
-                        f.iter()
-                            .take(4)
-                            .map(|f| {
-                                (
-                                    f["name"].as_str().unwrap_or("").to_owned(),
-                                    f["line"]
-                                        .as_u64()
-                                        .and_then(|l| u32::try_from(l).ok())
-                                        .unwrap_or(0),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let got = top_frames(&st["body"]["stackFrames"], "name");
                 checked = format!("{got:?}");
                 if got.iter().map(|(_, l)| *l).collect::<Vec<_>>()
                     != want.iter().map(|(_, l)| *l).collect::<Vec<_>>()
@@ -905,4 +873,26 @@ fn debugger_breakpoint(
             stops_measured as f64 / secs
         ),
     ))
+}
+
+/// The top four frames of a JSON frame list as (function, line); `name_key` names the function
+/// field (`function` in the agent's JSON, `name` in DAP).
+fn top_frames(frames: &Value, name_key: &str) -> Vec<(String, u32)> {
+    frames
+        .as_array()
+        .map(|f| {
+            f.iter()
+                .take(4)
+                .map(|f| {
+                    (
+                        f[name_key].as_str().unwrap_or("").to_owned(),
+                        f["line"]
+                            .as_u64()
+                            .and_then(|l| u32::try_from(l).ok())
+                            .unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
