@@ -10,6 +10,7 @@ use super::facade::{Job, Options, ProbeHit, ProbeId, MAX_QUEUED_STOPS, RUST_CALL
 use super::fake::{Driven as Facade, FakeProbes};
 use super::template::Prefix;
 use crate::debuginfo::Language;
+use crate::decode::Node;
 use crate::engine::{Frame, Hit, LogpointId, LogpointSpec};
 use crate::plan::Value as V;
 
@@ -80,11 +81,30 @@ fn hit_of(id: ProbeId, stack: Vec<Frame>, locals: Vec<(&str, V)>, values: Vec<(&
         tid: 7,
         goid: 1,
         ktime_ns: 0,
-        values: values.into_iter().map(|(e, v)| (e.to_owned(), v)).collect(),
+        values: values
+            .into_iter()
+            .map(|(e, v)| (e.to_owned(), node(v)))
+            .collect(),
         stack,
-        locals: locals.into_iter().map(|(n, v)| (n.to_owned(), v)).collect(),
-        value_trees: Vec::new(),
-        local_trees: Vec::new(),
+        locals: locals
+            .into_iter()
+            .map(|(n, v)| (n.to_owned(), node(v)))
+            .collect(),
+    }
+}
+
+/// The decoded value the facade renders (`render::debugger`) as exactly `v`: these tests speak
+/// in what the daemon sees.
+fn node(v: V) -> Node {
+    match v {
+        V::Int(i) => Node::Int(i),
+        V::UInt(u) => Node::UInt(u),
+        V::Float(value) => Node::Float { value, size: 8 },
+        V::Bool(b) => Node::Bool(b),
+        V::Str { text, truncated } => Node::CharArray { text, truncated },
+        // An enumerator is shown as its name, verbatim: any text.
+        V::Text(t) => Node::Enumerator(t),
+        V::Error(e) => Node::Error(e),
     }
 }
 
