@@ -21,13 +21,12 @@ fn main() {
         PathBuf::from,
     );
     println!("cargo:rerun-if-changed={}", object.display());
-    if !object.exists() {
-        panic!(
-            "the eBPF object {} does not exist; run `cargo xtask build-ebpf` first \
-             (or `cargo xtask test`, which does it), or point DETRIX_EBPF_OBJ at it",
-            object.display()
-        );
-    }
+    assert!(
+        object.exists(),
+        "the eBPF object {} does not exist; run `cargo xtask build-ebpf` first \
+         (or `cargo xtask test`, which does it), or point DETRIX_EBPF_OBJ at it",
+        object.display()
+    );
     let out =
         PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("detrix-ebpf");
     std::fs::copy(&object, &out).expect("copy the eBPF object into OUT_DIR");

@@ -143,7 +143,7 @@ impl Drain {
                     revents: 0,
                 };
                 // SAFETY: one valid pollfd for the duration of the call.
-                unsafe { libc::poll(&mut pfd, 1, 10) };
+                unsafe { libc::poll(&raw mut pfd, 1, 10) };
                 let t = Instant::now();
                 let mut n = 0u64;
                 while ring.drain(4096, |item| {
@@ -705,7 +705,8 @@ impl Dap {
 
     fn send(&mut self, command: &str, arguments: serde_json::Value) -> Result<i64> {
         self.seq += 1;
-        let msg = serde_json::json!({"seq": self.seq, "type": "request", "command": command, "arguments": arguments});
+        let mut msg = serde_json::json!({"seq": self.seq, "type": "request", "command": command});
+        msg["arguments"] = arguments;
         self.writer
             .write_all(&detrix_agent::dap::codec::encode_frame(&msg))?;
         self.writer.flush()?;
@@ -717,7 +718,7 @@ impl Dap {
         what: &dyn Fn(&serde_json::Value) -> bool,
         label: &str,
     ) -> Result<serde_json::Value> {
-        let found = self.pending.borrow().iter().position(|v| what(v));
+        let found = self.pending.borrow().iter().position(what);
         if let Some(i) = found {
             return Ok(self.pending.borrow_mut().remove(i));
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::engine::{self, Engine, EngineError, EngineOptions, LogpointSpec, Resolver};
 use crate::place::Placement;
 use crate::plan::Value;
-use crate::render::json;
+use crate::render::{self, json};
 use crate::target;
 
 pub use crate::engine::PreparedCopy;
@@ -235,7 +235,7 @@ fn write_hit(out: &mut dyn Write, req: &Request, hit: &engine::Hit) -> std::io::
         Format::Json => {
             let mut map = serde_json::Map::new();
             // Typed values for programs, not the debugger's text (that is for the daemon).
-            for ((e, _), n) in hit.values.iter().zip(&hit.value_trees) {
+            for (e, n) in &hit.values {
                 map.insert(e.clone(), json::value(n));
             }
             let mut obj =
@@ -254,8 +254,7 @@ fn write_hit(out: &mut dyn Write, req: &Request, hit: &engine::Hit) -> std::io::
                 obj["locals"] = hit
                     .locals
                     .iter()
-                    .zip(&hit.local_trees)
-                    .map(|((n, _), t)| (n.clone(), json::value(t)))
+                    .map(|(n, t)| (n.clone(), json::value(t)))
                     .collect::<serde_json::Map<_, _>>()
                     .into();
             }
@@ -266,11 +265,11 @@ fn write_hit(out: &mut dyn Write, req: &Request, hit: &engine::Hit) -> std::io::
             if hit.goid != 0 {
                 line.push_str(&format!(" goid={}", hit.goid));
             }
-            for (e, v) in &hit.values {
-                line.push_str(&format!(" {e}={}", display(v)));
+            for (e, n) in &hit.values {
+                line.push_str(&format!(" {e}={}", display(&render::debugger(n))));
             }
-            for (e, v) in &hit.locals {
-                line.push_str(&format!(" local:{e}={}", display(v)));
+            for (e, n) in &hit.locals {
+                line.push_str(&format!(" local:{e}={}", display(&render::debugger(n))));
             }
             for (i, f) in hit.stack.iter().enumerate() {
                 let at = match (&f.file, f.line) {

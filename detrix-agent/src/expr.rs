@@ -331,6 +331,10 @@ impl std::fmt::Display for Expr {
 mod tests {
     use super::*;
 
+    #[expect(
+        clippy::unnecessary_box_returns,
+        reason = "builds the boxed operands of `Expr`"
+    )]
     fn v(n: &str) -> Box<Expr> {
         Box::new(Expr::Var(n.into()))
     }

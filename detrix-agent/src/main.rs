@@ -56,7 +56,15 @@ struct ServeArgs {
     /// Host control plane port (default 0: any free port).
     #[arg(long, env = "DETRIX_CONTROL_PORT")]
     control_port: Option<u16>,
-    /// IP literal each target registers as `host` and binds its DAP listener to.
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// What `attach` and `serve` share: how each target is a Detrix client (options and environment
+/// variables as the Go client's).
+#[derive(clap::Args, Debug)]
+struct ClientArgs {
+    /// IP literal registered as `host` and bound by the DAP listener.
     #[arg(long, default_value = "127.0.0.1")]
     advertise_host: String,
     /// Where token files are looked for after $HOME/detrix.
@@ -65,12 +73,35 @@ struct ServeArgs {
     /// Seconds to wait for the daemon's /health.
     #[arg(long, env = "DETRIX_HEALTH_CHECK_TIMEOUT", default_value_t = 2.0)]
     health_check_timeout: f64,
-    /// Seconds to wait for a registration.
+    /// Seconds to wait for the registration (the daemon connects back before it answers).
     #[arg(long, env = "DETRIX_REGISTER_TIMEOUT", default_value_t = 5.0)]
     register_timeout: f64,
-    /// Seconds to wait for an unregistration.
+    /// Seconds to wait for the unregistration.
     #[arg(long, env = "DETRIX_UNREGISTER_TIMEOUT", default_value_t = 2.0)]
     unregister_timeout: f64,
+}
+
+impl ClientArgs {
+    /// The daemon's token: `$DETRIX_TOKEN`, else the token files under `$HOME/detrix`, then
+    /// `--detrix-home`.
+    fn token(&self) -> Option<String> {
+        let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+        let env_token = std::env::var("DETRIX_TOKEN").ok();
+        detrix_agent::daemon::discover_token(
+            env_token.as_deref(),
+            home.as_deref(),
+            self.detrix_home.as_deref(),
+        )
+    }
+
+    /// The health, registration and unregistration timeouts, checked.
+    fn timeouts(&self) -> anyhow::Result<[std::time::Duration; 3]> {
+        Ok([
+            seconds("DETRIX_HEALTH_CHECK_TIMEOUT", self.health_check_timeout)?,
+            seconds("DETRIX_REGISTER_TIMEOUT", self.register_timeout)?,
+            seconds("DETRIX_UNREGISTER_TIMEOUT", self.unregister_timeout)?,
+        ])
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -127,21 +158,8 @@ struct AttachArgs {
     /// Identity field workspaceRoot (default: the target's working directory).
     #[arg(long)]
     workspace_root: Option<String>,
-    /// IP literal registered as `host` and bound by the DAP listener.
-    #[arg(long, default_value = "127.0.0.1")]
-    advertise_host: String,
-    /// Where token files are looked for after $HOME/detrix.
-    #[arg(long, env = "DETRIX_HOME")]
-    detrix_home: Option<std::path::PathBuf>,
-    /// Seconds to wait for the daemon's /health.
-    #[arg(long, env = "DETRIX_HEALTH_CHECK_TIMEOUT", default_value_t = 2.0)]
-    health_check_timeout: f64,
-    /// Seconds to wait for the registration (the daemon connects back before it answers).
-    #[arg(long, env = "DETRIX_REGISTER_TIMEOUT", default_value_t = 5.0)]
-    register_timeout: f64,
-    /// Seconds to wait for the unregistration.
-    #[arg(long, env = "DETRIX_UNREGISTER_TIMEOUT", default_value_t = 2.0)]
-    unregister_timeout: f64,
+    #[command(flatten)]
+    client: ClientArgs,
     /// Longest string captured, in bytes.
     #[arg(long, default_value_t = 256)]
     string_cap: u32,
@@ -312,8 +330,7 @@ fn attach(args: AttachArgs) -> anyhow::Result<ExitCode> {
             })?
             .daemon_name(),
     };
-    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
-    let env_token = std::env::var("DETRIX_TOKEN").ok();
+    let [health_timeout, register_timeout, unregister_timeout] = args.client.timeouts()?;
     let cfg = AttachConfig {
         pid: args.pid,
         name: args
@@ -329,18 +346,14 @@ fn attach(args: AttachArgs) -> anyhow::Result<ExitCode> {
         workspace_root: args
             .workspace_root
             .unwrap_or_else(|| daemon::target_cwd(args.pid)),
-        advertise_host: args.advertise_host,
         hostname: daemon::hostname(),
-        token: daemon::discover_token(
-            env_token.as_deref(),
-            home.as_deref(),
-            args.detrix_home.as_deref(),
-        ),
+        token: args.client.token(),
+        advertise_host: args.client.advertise_host,
         allow_daemon_urls: args.allow_daemon_urls,
         dap_allow_peers: args.dap_allow_peers,
-        health_timeout: seconds("DETRIX_HEALTH_CHECK_TIMEOUT", args.health_check_timeout)?,
-        register_timeout: seconds("DETRIX_REGISTER_TIMEOUT", args.register_timeout)?,
-        unregister_timeout: seconds("DETRIX_UNREGISTER_TIMEOUT", args.unregister_timeout)?,
+        health_timeout,
+        register_timeout,
+        unregister_timeout,
         build: detrix_agent::buildinfo::for_process(
             args.pid,
             &detrix_agent::buildinfo::Explicit {
@@ -422,16 +435,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         control_port: args.control_port,
     };
     let cfg = config::load(&flags)?;
-    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
-    let env_token = std::env::var("DETRIX_TOKEN").ok();
-    let token = daemon::discover_token(
-        env_token.as_deref(),
-        home.as_deref(),
-        args.detrix_home.as_deref(),
-    );
-    let health_timeout = seconds("DETRIX_HEALTH_CHECK_TIMEOUT", args.health_check_timeout)?;
-    let register_timeout = seconds("DETRIX_REGISTER_TIMEOUT", args.register_timeout)?;
-    let unregister_timeout = seconds("DETRIX_UNREGISTER_TIMEOUT", args.unregister_timeout)?;
+    let token = args.client.token();
+    let [health_timeout, register_timeout, unregister_timeout] = args.client.timeouts()?;
     // Debug info is read on blocking threads (one per target starting); they go 2 s after
     // the last start rather than tokio's default 10 s.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -462,7 +467,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             control_host: cfg.control_host.clone(),
             control_port: port,
             control_url: control_url.clone(),
-            advertise_host: args.advertise_host,
+            advertise_host: args.client.advertise_host,
             hostname: daemon::hostname(),
             token,
             health_timeout,

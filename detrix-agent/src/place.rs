@@ -213,7 +213,7 @@ pub fn place(
                 explain.push(format!(
                     "chose {addr}: emulated (~{} ns/hit) instead of {} at {} (~{} ns/hit); the instructions between read the same values",
                     TrapKind::Emulated.cost_ns(),
-                    text_of(&first_kind.1),
+                    text_of(first_kind.1),
                     first_kind.0,
                     first_kind.1.cost_ns()
                 ));
@@ -254,7 +254,7 @@ pub fn classify(bin: &Binary, point: &ProbePoint) -> TrapKind {
     trap_kind(&Decoder::with_ip(64, code, point.addr.0, DecoderOptions::NONE).decode())
 }
 
-fn text_of(k: &TrapKind) -> &'static str {
+fn text_of(k: TrapKind) -> &'static str {
     match k {
         TrapKind::Emulated => "an emulated instruction",
         TrapKind::SingleStepped => "a single-stepped instruction",

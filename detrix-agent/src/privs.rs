@@ -181,6 +181,7 @@ pub fn restrict() -> Result<Restricted, PrivError> {
 /// # Errors
 /// As [`restrict`].
 pub fn restrict_with(extra: &[(u32, &'static str, &'static str)]) -> Result<Restricted, PrivError> {
+    type Entry = (u32, &'static str, &'static str);
     let now = capget()?;
     let permitted = join(&now, |d| d.permitted);
     let list = keep_list(extra);
@@ -190,8 +191,9 @@ pub fn restrict_with(extra: &[(u32, &'static str, &'static str)]) -> Result<Rest
         for cap in 0..=last_cap() {
             if keep & mask([cap]) == 0 {
                 // SAFETY: prctl with integer arguments only.
-                let r =
-                    unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+                let r = unsafe {
+                    libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0)
+                };
                 if r != 0 {
                     return Err(PrivError::Set(std::io::Error::last_os_error()));
                 }
@@ -235,7 +237,6 @@ pub fn restrict_with(extra: &[(u32, &'static str, &'static str)]) -> Result<Rest
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(PrivError::NoNewPrivs(std::io::Error::last_os_error()));
     }
-    type Entry = (u32, &'static str, &'static str);
     let (kept, missing): (Vec<Entry>, Vec<Entry>) =
         list.iter().partition(|k| new & mask([k.0]) != 0);
     Ok(Restricted {

@@ -25,8 +25,10 @@ use crate::debuginfo::FileOffset;
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detrix-ebpf"));
 
 const PROGRAM: &str = "detrix_capture";
+const PROGRAM_MISSING: &str = "detrix_capture program";
 /// The empty program, for cost baselines.
 const NOOP: &str = "detrix_noop";
+const NOOP_MISSING: &str = "detrix_noop program";
 
 /// Why the kernel side failed.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +150,11 @@ impl EventRings {
     /// Hands at most `max` published records to `f` (the [`Event`] bytes of each: header and
     /// data, for [`parse_record`]), oldest first within each CPU, and frees their space.
     /// Returns how many it handed over.
+    #[expect(
+        clippy::cast_ptr_alignment,
+        reason = "the mapping is page-aligned, CpuRing a multiple of 4096 bytes and every record \
+                  starts 8-aligned (`record_span`): the u64 reads are aligned"
+    )]
     pub fn drain(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> usize {
         use std::sync::atomic::{AtomicU64, Ordering};
         // The doorbell's records carry nothing: reading them re-arms the wakeup.
@@ -229,6 +236,32 @@ pub struct AttachSpec<'a> {
     pub pid: u32,
 }
 
+/// The loaded object's uprobe program `name`; `missing` names it for the error.
+fn uprobe<'a>(
+    ebpf: &'a mut aya::Ebpf,
+    name: &str,
+    missing: &'static str,
+) -> Result<&'a mut UProbe, ProbeError> {
+    ebpf.program_mut(name)
+        .ok_or(ProbeError::Missing(missing))?
+        .try_into()
+        .map_err(ProbeError::Program)
+}
+
+/// Takes map `name` out of the loaded object as a `T` (`Array`, `PerCpuArray`, `RingBuf`);
+/// `missing` names it for the error when the object lacks it.
+fn take_map<T>(
+    ebpf: &mut aya::Ebpf,
+    name: &'static str,
+    missing: &'static str,
+) -> Result<T, ProbeError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(ProbeError::Missing(missing))?;
+    T::try_from(map).map_err(|source| ProbeError::Map { name, source })
+}
+
 impl Probes {
     /// Loads and verifies the program, and takes its ring buffer out for the reader.
     ///
@@ -246,58 +279,22 @@ impl Probes {
             .override_global("WAKEUP_BYTES", &opts.wakeup_bytes, true)
             .load(EBPF_OBJECT)
             .map_err(ProbeError::Load)?;
-        let plans = Array::try_from(
-            ebpf.take_map("PLANS")
-                .ok_or(ProbeError::Missing("PLANS map"))?,
-        )
-        .map_err(|source| ProbeError::Map {
-            name: "PLANS",
-            source,
-        })?;
-        let counters = PerCpuArray::try_from(
-            ebpf.take_map("COUNTERS")
-                .ok_or(ProbeError::Missing("COUNTERS map"))?,
-        )
-        .map_err(|source| ProbeError::Map {
-            name: "COUNTERS",
-            source,
-        })?;
-        let ring = RingBuf::try_from(
-            ebpf.take_map("EVENTS")
-                .ok_or(ProbeError::Missing("EVENTS map"))?,
-        )
-        .map_err(|source| ProbeError::Map {
-            name: "EVENTS",
-            source,
-        })?;
-        let rate = Array::try_from(
-            ebpf.take_map("RATE")
-                .ok_or(ProbeError::Missing("RATE map"))?,
-        )
-        .map_err(|source| ProbeError::Map {
-            name: "RATE",
-            source,
-        })?;
-        let rings = match ebpf
+        let plans: Array<_, _> = take_map(&mut ebpf, "PLANS", "PLANS map")?;
+        let counters: PerCpuArray<_, _> = take_map(&mut ebpf, "COUNTERS", "COUNTERS map")?;
+        let ring: RingBuf<_> = take_map(&mut ebpf, "EVENTS", "EVENTS map")?;
+        let rate: Array<_, _> = take_map(&mut ebpf, "RATE", "RATE map")?;
+        let aya::maps::Map::Array(rings) = ebpf
             .take_map("RINGS")
             .ok_or(ProbeError::Missing("RINGS map"))?
-        {
-            aya::maps::Map::Array(data) => data,
-            _ => return Err(ProbeError::Missing("RINGS array map")),
+        else {
+            return Err(ProbeError::Missing("RINGS array map"));
         };
         let ring = EventRings::map(ring, rings, ncpus)?;
-        let program: &mut UProbe = ebpf
-            .program_mut(PROGRAM)
-            .ok_or(ProbeError::Missing("detrix_capture program"))?
-            .try_into()
-            .map_err(ProbeError::Program)?;
-        program.load().map_err(ProbeError::Program)?;
-        let noop: &mut UProbe = ebpf
-            .program_mut(NOOP)
-            .ok_or(ProbeError::Missing("detrix_noop program"))?
-            .try_into()
-            .map_err(ProbeError::Program)?;
-        noop.load().map_err(ProbeError::Program)?;
+        for (name, missing) in [(PROGRAM, PROGRAM_MISSING), (NOOP, NOOP_MISSING)] {
+            uprobe(&mut ebpf, name, missing)?
+                .load()
+                .map_err(ProbeError::Program)?;
+        }
         Ok((
             Self {
                 ebpf,
@@ -314,11 +311,7 @@ impl Probes {
     }
 
     fn program(&mut self) -> Result<&mut UProbe, ProbeError> {
-        self.ebpf
-            .program_mut(PROGRAM)
-            .ok_or(ProbeError::Missing("detrix_capture program"))?
-            .try_into()
-            .map_err(ProbeError::Program)
+        uprobe(&mut self.ebpf, PROGRAM, PROGRAM_MISSING)
     }
 
     /// Writes `plan` into a free slot and attaches a uprobe there, scoped to `spec.pid`.
@@ -381,12 +374,7 @@ impl Probes {
     /// # Errors
     /// The kernel refused the attach.
     pub fn install_noop(&mut self, spec: &AttachSpec<'_>) -> Result<(), ProbeError> {
-        let noop: &mut UProbe = self
-            .ebpf
-            .program_mut(NOOP)
-            .ok_or(ProbeError::Missing("detrix_noop program"))?
-            .try_into()
-            .map_err(ProbeError::Program)?;
+        let noop = uprobe(&mut self.ebpf, NOOP, NOOP_MISSING)?;
         let pid =
             NonZeroU32::new(spec.pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
         let point = UProbeAttachPoint {
@@ -410,12 +398,7 @@ impl Probes {
     /// A kernel error on detach.
     pub fn remove_noops(&mut self) -> Result<(), ProbeError> {
         let links = std::mem::take(&mut self.noop_links);
-        let noop: &mut UProbe = self
-            .ebpf
-            .program_mut(NOOP)
-            .ok_or(ProbeError::Missing("detrix_noop program"))?
-            .try_into()
-            .map_err(ProbeError::Program)?;
+        let noop = uprobe(&mut self.ebpf, NOOP, NOOP_MISSING)?;
         for l in links {
             noop.detach(l).map_err(ProbeError::Program)?;
         }

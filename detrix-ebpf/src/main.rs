@@ -14,7 +14,7 @@
 // The BPF target has no compare-and-swap in core's atomics, but the instructions exist (BPF
 // v3): the intrinsics reach them.
 #![feature(core_intrinsics)]
-#![allow(internal_features)]
+#![allow(internal_features, reason = "core_intrinsics is internal; see above")]
 
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP},
@@ -67,6 +67,10 @@ static RATE: Array<RateState> = Array::with_max_entries(MAX_PROBES, 0);
 static WAKEUP_BYTES: u64 = 0;
 
 #[uprobe]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[uprobe] macro calls this with a ProbeContext by value"
+)]
 pub fn detrix_capture(ctx: ProbeContext) -> u32 {
     capture(&ctx);
     0
@@ -151,7 +155,10 @@ fn capture(ctx: &ProbeContext) {
 
 /// Builds the event in place at the ring's head and publishes it, or counts why not.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "inlined into `capture`: the verifier tracks scalars, not a struct of them"
+)]
 fn fill(
     ctx: &ProbeContext,
     plan: &Plan,
@@ -180,8 +187,8 @@ fn fill(
     // a stale value only makes the ring look fuller than it is.
     let (head, tail) = unsafe {
         (
-            core::ptr::read_volatile(&ring.head),
-            core::ptr::read_volatile(&ring.tail),
+            core::ptr::read_volatile(&raw const ring.head),
+            core::ptr::read_volatile(&raw const ring.tail),
         )
     };
     if head.wrapping_sub(tail).wrapping_add(span) > CPU_RING_BYTES as u64 {
@@ -191,6 +198,7 @@ fn fill(
     let pos = (head as usize) & (CPU_RING_BYTES - 1);
     // SAFETY: pos < CPU_RING_BYTES and the ring has CPU_RING_SLACK ≥ prefix + Event bytes past
     // that; the record's prefix is 8-byte aligned because `head` only grows by spans.
+    #[expect(clippy::cast_ptr_alignment, reason = "8-byte aligned: see SAFETY")]
     let ev = unsafe {
         let rec = ring.data.as_mut_ptr().add(pos);
         core::ptr::write_volatile(rec.cast::<u64>(), event_len as u64);
@@ -208,7 +216,7 @@ fn fill(
         // SAFETY: reads 8 bytes into a local; the helper checks the user address.
         let rc = unsafe {
             bpf_probe_read_user(
-                (&mut goid as *mut u64).cast::<c_void>(),
+                (&raw mut goid).cast::<c_void>(),
                 8,
                 (r_r14(ctx)).wrapping_add(u64::from(plan.goid_offset)) as *const c_void,
             )
@@ -222,11 +230,12 @@ fn fill(
     if n_values <= 2 {
         // The common case inline: one word holds both metas (and the padding after one).
         // SAFETY: the metas area is 8-byte aligned, ≤ EVENT_DATA_BYTES + 64 into `data`.
+        #[expect(clippy::cast_ptr_alignment, reason = "8-byte aligned: see SAFETY")]
         unsafe {
             core::ptr::write(
                 (meta(ev, meta_off, 0) as *mut ValueMeta).cast::<u64>(),
                 OK_PAIR,
-            )
+            );
         };
     } else {
         init_metas(ev, meta_off, n_values);
@@ -262,7 +271,7 @@ fn fill(
     counters.emitted += 1;
 
     // SAFETY: a plain read of a global the loader may have rewritten before load.
-    let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
+    let threshold = unsafe { core::ptr::read_volatile(&raw const WAKEUP_BYTES) };
     let backlog = head.wrapping_sub(tail);
     // Once per crossing: while the agent has not drained, the backlog stays above and later
     // events do not ring again.
@@ -291,6 +300,7 @@ fn copy_bounds(dst: u16, len: u16) -> (usize, usize) {
 fn init_metas(ev: &mut Event, meta_off: usize, n_values: usize) {
     let ok_pair = OK_PAIR;
     let words = n_values.div_ceil(2);
+    #[expect(clippy::cast_ptr_alignment, reason = "written with write_unaligned")]
     let metas = (meta(ev, meta_off, 0) as *mut ValueMeta).cast::<u64>();
     let mut k = 0;
     while k < MAX_VALUES / 2 {
@@ -307,6 +317,7 @@ const OK_PAIR: u64 = (value_flags::OK as u64) << 16 | (value_flags::OK as u64) <
 
 /// Value `vi`'s meta, in the record after the data (see `detrix_common::WireHeader`).
 #[inline(always)]
+#[expect(clippy::cast_ptr_alignment, reason = "2-byte aligned: see SAFETY")]
 fn meta(ev: &mut Event, meta_off: usize, vi: usize) -> &mut ValueMeta {
     let off = if meta_off > EVENT_DATA_BYTES {
         EVENT_DATA_BYTES
@@ -314,7 +325,8 @@ fn meta(ev: &mut Event, meta_off: usize, vi: usize) -> &mut ValueMeta {
         meta_off
     };
     let at = (off & (2 * EVENT_DATA_BYTES - 1)) + (vi & (MAX_VALUES - 1)) * 4;
-    // SAFETY: at ≤ EVENT_DATA_BYTES + 60, and `data` has MAX_COPY_BYTES of slack past that.
+    // SAFETY: at ≤ EVENT_DATA_BYTES + 60, and `data` has MAX_COPY_BYTES of slack past that;
+    // `at` is a multiple of 4 (`meta_offset` is 8-aligned), enough for ValueMeta's 2.
     unsafe { &mut *ev.data.as_mut_ptr().add(at).cast::<ValueMeta>() }
 }
 
@@ -394,7 +406,7 @@ fn condition_holds(c: &Condition, ev: &mut Event, meta_off: usize) -> bool {
             let mut k = 0;
             while k < 8 {
                 if k < size {
-                    raw |= (ev.data[dst + k] as u64) << (8 * k);
+                    raw |= u64::from(ev.data[dst + k]) << (8 * k);
                 }
                 k += 1;
             }
@@ -517,14 +529,7 @@ fn run_ops(ctx: &ProbeContext, slot: u32, n_ops: u32, cpu: u32, pos: u32, meta_o
         n_ops
     };
     // SAFETY: `step` has the callback signature bpf_loop expects; `st` outlives the call.
-    unsafe {
-        bpf_loop(
-            n,
-            step as *mut c_void,
-            (&mut st as *mut Interp).cast::<c_void>(),
-            0,
-        )
-    };
+    unsafe { bpf_loop(n, step as *mut c_void, (&raw mut st).cast::<c_void>(), 0) };
     st.bad != 0
 }
 
@@ -540,7 +545,8 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
         return 1;
     };
     // SAFETY: the ring this run owns (`busy`); the record at `pos` is the one being built, and
-    // the ring's slack holds a whole Event past any masked position.
+    // the ring's slack holds a whole Event past any masked position; records start 8-aligned.
+    #[expect(clippy::cast_ptr_alignment, reason = "8-byte aligned: see SAFETY")]
     let ev = unsafe {
         &mut *(*ring)
             .data
@@ -573,12 +579,12 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
         op::ADD => st.acc = st.acc.wrapping_add(o.imm as u64),
         op::DEREF => {
             let mut tmp: u64 = 0;
-            let n = (o.len as u32) & 0xf;
+            let n = u32::from(o.len) & 0xf;
             let n = if n > 8 { 8 } else { n };
             // SAFETY: reads at most 8 bytes into an 8-byte local; the helper checks `acc`.
             let rc = unsafe {
                 bpf_probe_read_user(
-                    (&mut tmp as *mut u64).cast::<c_void>(),
+                    (&raw mut tmp).cast::<c_void>(),
                     n,
                     st.acc.wrapping_add(o.imm as u64) as *const c_void,
                 )
@@ -638,6 +644,9 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
             }
         }
         op::EMIT_VAR => {
+            // Verifier-shaped, alike to EMIT_MEM on purpose: each copy stays inline where its
+            // bounds are proven (dst < EVENT_DATA_BYTES, n ≤ MAX_COPY_BYTES); a shared function
+            // would have to re-prove them for every path that calls it.
             let (dst, mut n) = copy_bounds(o.dst, o.len);
             if st.count < n as u64 {
                 n = st.count as usize;
@@ -651,10 +660,10 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
             } else {
                 n
             };
-            // SAFETY: dst < EVENT_DATA_BYTES and n ≤ MAX_COPY_BYTES, within `data`'s slack.
             let rc = if n == 0 {
                 0
             } else {
+                // SAFETY: dst < EVENT_DATA_BYTES and n ≤ MAX_COPY_BYTES, within `data`'s slack.
                 unsafe {
                     bpf_probe_read_user(
                         ev.data.as_mut_ptr().add(dst).cast::<c_void>(),
@@ -707,7 +716,7 @@ fn data_u64(ev: &Event, at: usize) -> u64 {
     let mut v: u64 = 0;
     let mut k = 0;
     while k < 8 {
-        v |= (ev.data[at + k] as u64) << (8 * k);
+        v |= u64::from(ev.data[at + k]) << (8 * k);
         k += 1;
     }
     v

@@ -189,6 +189,49 @@ pub fn build_c_fixture(name: &str, build: Build) -> PathBuf {
     out
 }
 
+/// The 1-based line of `path` that carries `marker` (`PROBE:c`, `CALL:b`…) as a comment,
+/// `/* <marker> */` or a trailing `// <marker>`. Panics unless exactly one does.
+pub fn line_of(path: &Path, marker: &str) -> u64 {
+    let text =
+        fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let (c, line_comment) = (format!("{marker} */"), format!("// {marker}"));
+    let hits: Vec<u64> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(&c) || l.ends_with(&line_comment))
+        .map(|(i, _)| i as u64 + 1)
+        .collect();
+    assert_eq!(hits.len(), 1, "{marker} in {}", path.display());
+    hits[0]
+}
+
+/// Processes whose parent is `parent` (a debugger the agent spawned would be one), with their
+/// `comm` names.
+pub fn child_processes(parent: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").expect("list /proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        if rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok())
+            == Some(parent)
+        {
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            out.push((pid, comm.trim().to_owned()));
+        }
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------------------------
 // Probe markers
 // ---------------------------------------------------------------------------------------------
@@ -985,6 +1028,17 @@ fn parse_event_keys(line: &str, goid_allowed: bool) -> Event {
 /// Parses every non-empty stdout line of a `--format json` run.
 pub fn parse_events(out: &Output) -> Vec<Event> {
     out.stdout_lines().into_iter().map(parse_event).collect()
+}
+
+/// The bp fixtures' own `c z=<z> …` line for round `z`, as key=value pairs (waits up to 5 s).
+pub fn round_printed(fixture: &Fixture, z: i64) -> HashMap<String, String> {
+    let l = fixture
+        .stdout()
+        .wait_for(Duration::from_secs(5), |l| {
+            l.starts_with(&format!("c z={z} "))
+        })
+        .unwrap_or_else(|| panic!("the fixture printed no round z={z}"));
+    parse_kv(&l)
 }
 
 /// Parses the `key=value` words of a line (a leading word without `=` is skipped). Values in

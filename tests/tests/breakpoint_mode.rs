@@ -8,12 +8,15 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{patched_code, AttachedAgent, Dap, RestStub, STEP_TIMEOUT};
-use detrix_e2e::{fixtures_out_dir, parse_kv, require_root, workspace_root, Fixture};
+use common::{patched_code, req, set_bps, AttachedAgent, Dap, RestStub, STEP_TIMEOUT};
+use detrix_e2e::{
+    child_processes, fixtures_out_dir, line_of, require_root, round_printed, workspace_root,
+    Fixture,
+};
 use serde_json::{json, Value};
 
 const GO_GOLDEN: &str = "shared/go-delve.jsonl";
@@ -24,22 +27,7 @@ fn src(name: &str) -> PathBuf {
         .join("tests/fixtures/bp")
         .join(name)
         .canonicalize()
-        .unwrap()
-}
-
-/// The line carrying `marker` (`PROBE:c`, `CALL:b`…) in `path`.
-fn line_of(path: &Path, marker: &str) -> u64 {
-    let text = std::fs::read_to_string(path).unwrap();
-    let hits: Vec<u64> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| {
-            l.contains(&format!("{marker} */")) || l.ends_with(&format!("// {marker}"))
-        })
-        .map(|(i, _)| i as u64 + 1)
-        .collect();
-    assert_eq!(hits.len(), 1, "{marker} in {}", path.display());
-    hits[0]
+        .expect("the bp fixture source exists")
 }
 
 /// Tests here take turns: they build the same fixtures, and the heartbeat measurement must not
@@ -48,7 +36,7 @@ static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn build(kind: &str) -> PathBuf {
     let out = fixtures_out_dir();
-    std::fs::create_dir_all(&out).unwrap();
+    std::fs::create_dir_all(&out).expect("create the fixtures directory");
     let run = |cmd: &mut Command| {
         let st = cmd.status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
         assert!(st.success(), "{cmd:?}: {st}");
@@ -70,18 +58,14 @@ fn build(kind: &str) -> PathBuf {
                 .arg(src("chain.go"))
                 .env("GOTOOLCHAIN", "local")
                 .env("GOCACHE", out.join("gocache"))
-                .current_dir(src("chain.go").parent().unwrap()));
+                .current_dir(
+                    src("chain.go")
+                        .parent()
+                        .expect("a source file has a directory"),
+                ));
             exe
         }
     }
-}
-
-fn set_bps(seq: i64, path: &str, bps: Value) -> Value {
-    json!({"type":"request","seq":seq,"command":"setBreakpoints","arguments":{"source":{"path":path,"name":path},"breakpoints":bps,"sourceModified":false}})
-}
-
-fn req(seq: i64, command: &str, arguments: Value) -> Value {
-    json!({"type":"request","seq":seq,"command":command,"arguments":arguments})
 }
 
 /// Largest gap between consecutive `beat ns=` lines printed after `from_line`.
@@ -101,55 +85,20 @@ fn largest_gap_ms(fixture: &Fixture, from_line: usize) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// The fixture's own `c z=<z> …` line for round `z`.
-fn printed(fixture: &Fixture, z: i64) -> HashMap<String, String> {
-    let l = fixture
-        .stdout()
-        .wait_for(Duration::from_secs(5), |l| {
-            l.starts_with(&format!("c z={z} "))
-        })
-        .unwrap_or_else(|| panic!("the fixture printed no round z={z}"));
-    parse_kv(&l)
-}
-
-fn child_processes(parent: u32) -> Vec<(u32, String)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let ppid: u32 = rest
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
-        if ppid == parent {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .unwrap_or_default()
-                .trim()
-                .to_owned();
-            out.push((pid, comm));
-        }
-    }
-    out
-}
-
 fn status_of(pid: u32) -> (String, u32) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
     let f = |k: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(k))
-            .unwrap()
+            .expect("/proc/PID/status has the field")
             .trim()
             .to_owned()
     };
-    (f("State:"), f("TracerPid:").parse().unwrap())
+    (
+        f("State:"),
+        f("TracerPid:").parse().expect("TracerPid is a number"),
+    )
 }
 
 /// After a debugger round: no debugger child left, the target out of ptrace, running, and
@@ -222,11 +171,10 @@ fn start(kind: &str, extra: &[&str]) -> Session {
 }
 
 /// One full stop cycle as the daemon runs it; returns (frames, locals by name).
-fn stop_cycle(
-    dap: &mut Dap,
-    seq: &mut i64,
-    eval: &[&str],
-) -> (Vec<(String, u64)>, HashMap<String, String>, Vec<Value>) {
+/// What one stop shows: the frames (function, line), the locals by name, the evaluate results.
+type Stop = (Vec<(String, u64)>, HashMap<String, String>, Vec<Value>);
+
+fn stop_cycle(dap: &mut Dap, seq: &mut i64, eval: &[&str]) -> Stop {
     let stops = dap.events(1, STEP_TIMEOUT, |e| e["event"] == "stopped");
     assert_eq!(stops.len(), 1, "no stopped event");
     let thread = stops[0]["body"]["threadId"].clone();
@@ -247,12 +195,12 @@ fn stop_cycle(
     ));
     let frames = all["body"]["stackFrames"]
         .as_array()
-        .unwrap()
+        .expect("stackTrace answers stackFrames")
         .iter()
         .map(|f| {
             (
-                f["name"].as_str().unwrap().to_owned(),
-                f["line"].as_u64().unwrap(),
+                f["name"].as_str().expect("a frame has a name").to_owned(),
+                f["line"].as_u64().expect("a frame has a line"),
             )
         })
         .collect();
@@ -265,12 +213,18 @@ fn stop_cycle(
     ));
     let locals = vars["body"]["variables"]
         .as_array()
-        .unwrap()
+        .expect("variables answers variables")
         .iter()
         .map(|v| {
             (
-                v["name"].as_str().unwrap().to_owned(),
-                v["value"].as_str().unwrap().to_owned(),
+                v["name"]
+                    .as_str()
+                    .expect("a variable has a name")
+                    .to_owned(),
+                v["value"]
+                    .as_str()
+                    .expect("a variable has a value")
+                    .to_owned(),
             )
         })
         .collect();
@@ -323,7 +277,7 @@ fn c_breakpoint_answers_from_the_snapshot_without_pausing() {
         let z: i64 = locals["z"]
             .parse()
             .unwrap_or_else(|_| panic!("z: {locals:?}"));
-        let kv = printed(&s.fixture, z);
+        let kv = round_printed(&s.fixture, z);
         assert_eq!(locals["w"], kv["w"], "w as printed");
         // A `char *` as lldb-dap shows it: its address and its quoted text.
         assert_eq!(
@@ -398,7 +352,7 @@ fn c_call_logpoint_uses_lldb_then_detaches_and_logpoints_in_the_same_file_keep_w
             .split('\u{1f}')
             .map(|v| v.parse().unwrap())
             .collect();
-        let kv = printed(&s.fixture, vals[0]);
+        let kv = round_printed(&s.fixture, vals[0]);
         assert_eq!(
             vals[1].to_string(),
             kv["len"],
@@ -473,7 +427,7 @@ fn go_call_expressions_are_evaluated_by_delve_which_then_leaves() {
     );
     assert_eq!(&frames[..4], &want[..], "{frames:?}");
     let z: i64 = locals["z"].parse().unwrap();
-    let kv = printed(&s.fixture, z);
+    let kv = round_printed(&s.fixture, z);
     assert_eq!(locals["w"], kv["w"]);
     assert_eq!(
         evals[0]["body"]["result"],
@@ -491,7 +445,7 @@ fn go_call_expressions_are_evaluated_by_delve_which_then_leaves() {
         "GetBalance() of a later round: {bal} after z={z}"
     );
     assert_eq!(
-        printed(&s.fixture, bal / 10)["balance"],
+        round_printed(&s.fixture, bal / 10)["balance"],
         bal.to_string(),
         "as the program computed it"
     );

@@ -9,13 +9,15 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
-use common::{patched_code, AttachedAgent, Dap, RestStub, STEP_TIMEOUT};
-use detrix_e2e::{fixtures_out_dir, parse_kv, require_root, workspace_root, Fixture};
-use serde_json::{json, Value};
+use common::{patched_code, req, set_bps, AttachedAgent, Dap, RestStub, STEP_TIMEOUT};
+use detrix_e2e::{
+    child_processes, fixtures_out_dir, line_of, require_root, round_printed, workspace_root,
+    Fixture,
+};
+use serde_json::json;
 
 const GO_GOLDEN: &str = "shared/go-delve.jsonl";
 const RUST_GOLDEN: &str = "shared/rust-stub.jsonl";
@@ -32,27 +34,14 @@ fn src() -> PathBuf {
     workspace_root()
         .join("tests/fixtures/bp/chain.rs")
         .canonicalize()
-        .unwrap()
-}
-
-/// The line carrying `// <marker>` in `path`.
-fn line_of(path: &Path, marker: &str) -> u64 {
-    let text = std::fs::read_to_string(path).unwrap();
-    let hits: Vec<u64> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.ends_with(&format!("// {marker}")))
-        .map(|(i, _)| i as u64 + 1)
-        .collect();
-    assert_eq!(hits.len(), 1, "{marker} in {}", path.display());
-    hits[0]
+        .expect("the Rust bp fixture source exists")
 }
 
 /// Debug build with frame pointers forced: the agent's stack walk follows frame pointers, and
 /// without them rustc's x86_64 code loses b, a and main from the walk.
 fn build() -> PathBuf {
     let out = fixtures_out_dir();
-    std::fs::create_dir_all(&out).unwrap();
+    std::fs::create_dir_all(&out).expect("create the fixtures directory");
     let exe = out.join("bp_chain_rs");
     let st = Command::new("rustc")
         .args([
@@ -69,55 +58,6 @@ fn build() -> PathBuf {
         .expect("run rustc");
     assert!(st.success(), "rustc {}: {st}", src().display());
     exe
-}
-
-fn set_bps(seq: i64, path: &str, bps: Value) -> Value {
-    json!({"type":"request","seq":seq,"command":"setBreakpoints","arguments":{"source":{"path":path,"name":path},"breakpoints":bps,"sourceModified":false}})
-}
-
-fn req(seq: i64, command: &str, arguments: Value) -> Value {
-    json!({"type":"request","seq":seq,"command":command,"arguments":arguments})
-}
-
-/// The fixture's own `c z=<z> …` line for round `z`.
-fn printed(fixture: &Fixture, z: i64) -> HashMap<String, String> {
-    let l = fixture
-        .stdout()
-        .wait_for(Duration::from_secs(5), |l| {
-            l.starts_with(&format!("c z={z} "))
-        })
-        .unwrap_or_else(|| panic!("the fixture printed no round z={z}"));
-    parse_kv(&l)
-}
-
-fn child_processes(parent: u32) -> Vec<(u32, String)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        if rest
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse::<u32>().ok())
-            == Some(parent)
-        {
-            out.push((
-                pid,
-                std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .unwrap_or_default()
-                    .trim()
-                    .to_owned(),
-            ));
-        }
-    }
-    out
 }
 
 struct Session {
@@ -260,7 +200,7 @@ fn rust_breakpoint_answers_frames_and_locals_from_the_snapshot_and_refuses_calls
         let z: i64 = locals["z"]
             .parse()
             .unwrap_or_else(|_| panic!("z: {locals:?}"));
-        let kv = printed(&s.fixture, z);
+        let kv = round_printed(&s.fixture, z);
         assert_eq!(locals["w"], kv["w"], "w as printed: {locals:?}");
         assert_eq!(
             locals["name"],
@@ -350,7 +290,7 @@ fn rust_call_in_a_logpoint_says_lldb_cannot_and_the_other_values_are_captured() 
             .unwrap_or_else(|| panic!("rust prefix, one line: {text:?}"));
         let vals: Vec<&str> = rest.split('\u{1f}').collect();
         assert_eq!(vals.len(), 3, "{text:?}");
-        let kv = printed(&s.fixture, vals[0].parse().unwrap());
+        let kv = round_printed(&s.fixture, vals[0].parse().unwrap());
         assert_eq!(vals[1], error_value, "the call's value says why: {text:?}");
         assert_eq!(
             vals[2],

@@ -728,7 +728,7 @@ fn forwarding_never_changes_a_value() {
                 &["round"],
                 &["--locals", "--count", "20", "--format", "json", "--explain"],
             );
-            args.extend(extra.iter().map(|s| s.to_string()));
+            args.extend(extra.iter().map(ToString::to_string));
             let mut cmd = Command::new(agent_bin());
             cmd.args(args);
             Running::spawn(cmd)

@@ -10,7 +10,7 @@ mod lang;
 
 use std::time::Duration;
 
-use common::{http, patched_code, AttachedAgent, RestStub, STEP_TIMEOUT};
+use common::{http, patched_code, set_bps, AttachedAgent, RestStub, STEP_TIMEOUT};
 use detrix_e2e::{c_fixture_source, marker_line, parse_kv, require_root, Fixture};
 use serde_json::{json, Value};
 
@@ -27,10 +27,6 @@ const EXPRS: [&str; 5] = [
 fn template(name: &str) -> String {
     let blocks: Vec<String> = EXPRS.iter().map(|e| format!("{{{e}}}")).collect();
     format!("DETRICS:{name}={}", blocks.join("\u{1f}"))
-}
-
-fn set_breakpoints(seq: i64, path: &str, bps: Value) -> Value {
-    json!({"type":"request","seq":seq,"command":"setBreakpoints","arguments":{"source":{"path":path,"name":path},"breakpoints":bps,"sourceModified":false}})
 }
 
 /// Splits `<prefix>DETRICS:<name>=v1\x1Fv2…\n` into (thread id, name, JSON values), checking the
@@ -92,12 +88,18 @@ fn check_against_fixture(fixture: &Fixture, values: &[Value], raw: &str) {
     };
     assert_eq!(
         values[1],
-        json!(f("id").parse::<i64>().unwrap()),
+        json!(f("id")
+            .parse::<i64>()
+            .expect("the printed id is an integer")),
         "(*o).id\n output:  {raw:?}\n printed: {line}"
     );
     assert_eq!(
         values[2].as_f64(),
-        Some(f("price").parse::<f64>().unwrap()),
+        Some(
+            f("price")
+                .parse::<f64>()
+                .expect("the printed price is a number")
+        ),
         "(*o).price\n output:  {raw:?}\n printed: {line}"
     );
     assert!(
@@ -112,7 +114,11 @@ fn check_against_fixture(fixture: &Fixture, values: &[Value], raw: &str) {
     );
     assert_eq!(
         values[4].as_f64(),
-        Some(f("cost").parse::<f64>().unwrap()),
+        Some(
+            f("cost")
+                .parse::<f64>()
+                .expect("the printed cost is a number")
+        ),
         "(cost)\n output:  {raw:?}\n printed: {line}"
     );
 }
@@ -135,7 +141,12 @@ fn session(language: &str) {
         ],
         &[],
     );
-    let control_port: u64 = agent.control.rsplit(':').next().unwrap().parse().unwrap();
+    let control_port: u64 = agent
+        .control
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the control address ends in a port");
 
     // Starts asleep, registered nowhere.
     let (s, status) = agent.get("/detrix/status");
@@ -158,11 +169,11 @@ fn session(language: &str) {
     );
     let reg = stub.lock().registrations[0].clone();
     let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
-        .unwrap()
+        .expect("read /proc/PID/cwd")
         .to_string_lossy()
         .into_owned();
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap()
+        .expect("read the hostname")
         .trim()
         .to_string();
     assert_eq!(
@@ -207,7 +218,7 @@ fn session(language: &str) {
     let src = c_fixture_source("orders");
     let path = src.to_string_lossy().into_owned();
     let line = marker_line(&src, "process");
-    let r = dap.request(&set_breakpoints(
+    let r = dap.request(&set_bps(
         100,
         &path,
         json!([
@@ -217,7 +228,9 @@ fn session(language: &str) {
         ]),
     ));
     assert_eq!(r["success"], true, "{r}");
-    let bps = r["body"]["breakpoints"].as_array().unwrap();
+    let bps = r["body"]["breakpoints"]
+        .as_array()
+        .expect("setBreakpoints answers breakpoints");
     assert_eq!(bps.len(), 3, "{r}");
     assert_eq!(
         (bps[0]["verified"].clone(), bps[0]["line"].clone()),
@@ -255,7 +268,9 @@ fn session(language: &str) {
     );
     for o in &outs {
         assert_eq!(o["body"]["category"], "console");
-        let text = o["body"]["output"].as_str().unwrap();
+        let text = o["body"]["output"]
+            .as_str()
+            .expect("an output event has output text");
         let (tid, metric, values) = parse_output(language, text);
         assert_eq!(
             (tid, metric.as_str()),
@@ -291,7 +306,7 @@ fn session(language: &str) {
     let (s, wake2) = agent.post("/detrix/wake", None);
     assert_eq!((s, wake2["connection_id"].clone()), (200, json!(id)));
     let (_, mut dap2) = stub.take_session();
-    let r = dap2.request(&set_breakpoints(
+    let r = dap2.request(&set_bps(
         7,
         &path,
         json!([{"line": line, "logMessage": template("order_c")}]),
@@ -377,7 +392,7 @@ fn go_logpoint_values_read_as_delve_prints_them() {
     let src = build.source();
     let line = lang::marker_line(&src, "delve");
     let msg = ["{round}", "{o}", "{o.Tags}", "{o.Customer}", "{*o}"].join("\u{1f}");
-    let r = dap.request(&set_breakpoints(
+    let r = dap.request(&set_bps(
         100,
         &src.to_string_lossy(),
         json!([{"line": line, "logMessage": format!("DETRICS:delve_order={msg}")}]),

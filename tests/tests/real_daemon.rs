@@ -14,7 +14,6 @@
 mod common;
 
 use std::io::Write as _;
-
 use std::process::Command;
 use std::thread;
 use std::time::Duration;
@@ -26,7 +25,12 @@ use detrix_e2e::{marker_line, parse_kv, require_root, workspace_root, Fixture};
 use serde_json::{json, Value};
 
 fn normalize(text: &str, case: &Case, pid: u32) -> String {
-    let dir = case.src.parent().unwrap().to_string_lossy().into_owned();
+    let dir = case
+        .src
+        .parent()
+        .expect("a source file has a directory")
+        .to_string_lossy()
+        .into_owned();
     let sysroot = Command::new("rustc")
         .args(["--print", "sysroot"])
         .output()
@@ -48,7 +52,12 @@ fn run_case(d: &Daemon, kind: &'static str) {
     let pid = fixture.pid();
     let record = d.dir.join(format!("{kind}.jsonl"));
     let name = format!("real-{kind}");
-    let ws = case.src.parent().unwrap().to_string_lossy().into_owned();
+    let ws = case
+        .src
+        .parent()
+        .expect("a source file has a directory")
+        .to_string_lossy()
+        .into_owned();
     let record_s = record.to_string_lossy().into_owned();
     let mut agent = AttachedAgent::start(
         pid,
@@ -71,7 +80,10 @@ fn run_case(d: &Daemon, kind: &'static str) {
         "{kind}: {wake}\nagent: {}",
         agent.stderr.text()
     );
-    let id = wake["connection_id"].as_str().unwrap().to_string();
+    let id = wake["connection_id"]
+        .as_str()
+        .expect("wake answers a connection_id")
+        .to_string();
     let (_, row) = d.get(&format!("/api/v1/connections/{id}"));
     let want_lang = if kind == "go" { "go" } else { "rust" };
     assert_eq!(
@@ -142,14 +154,18 @@ fn run_case(d: &Daemon, kind: &'static str) {
         let kv = parse_kv(&printed);
         assert_eq!(
             value(ev, 1).as_f64(),
-            Some(kv["cost"].parse::<f64>().unwrap()),
+            Some(
+                kv["cost"]
+                    .parse::<f64>()
+                    .expect("the printed cost is a number")
+            ),
             "{kind} cost: stored {ev}\nprinted {printed}"
         );
         // A C `char *` as lldb-dap shows it: its address, then the quoted text (the C fixture
         // prints the address as `pcust`); Go and Rust strings are their text.
         let customer = match kv.get("pcust") {
             Some(p) if kind == "c" => format!("{p} \"{}\"", kv["customer"]),
-            _ => kv["customer"].to_string(),
+            _ => kv["customer"].clone(),
         };
         assert_eq!(
             value(ev, 2),
@@ -168,39 +184,19 @@ fn run_case(d: &Daemon, kind: &'static str) {
     );
 
     // Sleep: the row is disconnected, no probe is left, the program keeps running.
-    assert_eq!(
-        agent.post("/detrix/sleep", None),
-        (200, json!({"status":"sleeping"}))
-    );
-    let (_, row) = d.get(&format!("/api/v1/connections/{id}"));
-    assert_eq!(
-        row["status"], 1,
-        "{kind}: the connection is gone after sleep: {row}"
-    );
-    assert_eq!(
-        patched_code(pid),
-        Vec::<u64>::new(),
-        "{kind}: no probe left in the target after sleep"
-    );
+    agent.sleep_leaving_nothing(d, &id, pid, kind);
     fixture.assert_keeps_running(2);
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };
-    assert_eq!(
-        agent.wait_exit(Duration::from_secs(10)),
-        Some(0),
-        "agent stderr:\n{}",
-        agent.stderr.text()
-    );
+    agent.terminate();
 
-    let text = std::fs::read_to_string(&record).unwrap();
+    let text = std::fs::read_to_string(&record).expect("read the DAP recording");
     if std::env::var_os("DETRIX_GOLDEN_REWRITE").is_some() {
         let dir = golden_dir().join("real");
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).expect("create the golden directory");
         std::fs::write(
             dir.join(format!("agent-{kind}.jsonl")),
             normalize(&text, &case, pid),
         )
-        .unwrap();
+        .expect("write the golden recording");
     }
 }
 

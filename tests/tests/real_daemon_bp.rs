@@ -13,26 +13,28 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use common::{daemon_bin, patched_code, AttachedAgent, Daemon};
-use detrix_e2e::{fixtures_out_dir, parse_kv, require_root, workspace_root, Fixture};
+use detrix_e2e::{
+    child_processes, fixtures_out_dir, line_of, require_root, round_printed, workspace_root,
+    Fixture,
+};
 use serde_json::{json, Value};
 
 fn chain_src() -> PathBuf {
     workspace_root()
         .join("tests/fixtures/bp/chain.go")
         .canonicalize()
-        .unwrap()
+        .expect("the Go bp fixture source exists")
 }
 
 fn build_chain_go() -> PathBuf {
     let out = fixtures_out_dir();
-    std::fs::create_dir_all(&out).unwrap();
+    std::fs::create_dir_all(&out).expect("create the fixtures directory");
     let exe = out.join("bp_chain_go_real");
     let src = chain_src();
     let st = Command::new("go")
@@ -41,33 +43,20 @@ fn build_chain_go() -> PathBuf {
         .arg(&src)
         .env("GOTOOLCHAIN", "local")
         .env("GOCACHE", out.join("gocache"))
-        .current_dir(src.parent().unwrap())
+        .current_dir(src.parent().expect("a source file has a directory"))
         .status()
         .expect("run go build");
     assert!(st.success(), "go build {}: {st}", src.display());
     exe
 }
 
-/// The line carrying `// <marker>` in `path`.
-fn line_of(path: &Path, marker: &str) -> u64 {
-    let text = std::fs::read_to_string(path).unwrap();
-    let hits: Vec<u64> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.ends_with(&format!("// {marker}")))
-        .map(|(i, _)| i as u64 + 1)
-        .collect();
-    assert_eq!(hits.len(), 1, "{marker} in {}", path.display());
-    hits[0]
-}
-
 /// Line `n` (1-based) of `path`, trimmed.
 fn text_at(path: &Path, n: u64) -> String {
     std::fs::read_to_string(path)
-        .unwrap()
+        .expect("read the fixture source")
         .lines()
-        .nth(usize::try_from(n - 1).unwrap())
-        .unwrap()
+        .nth(usize::try_from(n - 1).expect("a line number fits usize"))
+        .expect("the source has that line")
         .trim()
         .to_owned()
 }
@@ -84,17 +73,6 @@ fn int(ev: &Value, i: usize) -> i64 {
     value(ev, i)
         .as_i64()
         .unwrap_or_else(|| panic!("values[{i}] is not an integer: {ev}"))
-}
-
-/// The fixture's own `c z=<z> w=<w> name=<name> balance=<b>` line of the round with `z`.
-fn printed(fixture: &Fixture, z: i64) -> HashMap<String, String> {
-    let l = fixture
-        .stdout()
-        .wait_for(Duration::from_secs(5), |l| {
-            l.starts_with(&format!("c z={z} "))
-        })
-        .unwrap_or_else(|| panic!("the fixture printed no round z={z}"));
-    parse_kv(&l)
 }
 
 fn rounds_printed(fixture: &Fixture) -> usize {
@@ -202,14 +180,14 @@ fn real_daemon_breakpoint_mode_stores_what_the_go_program_printed() {
             "typed as a number: {ev}"
         );
         let z = int(ev, 0);
-        assert_eq!(printed(&fixture, z)["z"], z.to_string());
+        assert_eq!(round_printed(&fixture, z)["z"], z.to_string());
         assert_eq!(ev["threadName"], "goroutine-1", "{ev}");
     }
     // (b) z, w and name of the same round as printed.
     for ev in d.events("bp_details", 5).iter().take(10) {
         assert!(ev["error"].is_null(), "{ev}");
         assert_eq!(ev["values"].as_array().map(Vec::len), Some(3), "{ev}");
-        let kv = printed(&fixture, int(ev, 0));
+        let kv = round_printed(&fixture, int(ev, 0));
         assert_eq!(
             int(ev, 1).to_string(),
             kv["w"],
@@ -238,7 +216,7 @@ fn real_daemon_breakpoint_mode_stores_what_the_go_program_printed() {
             (json!("y"), json!("len(name)")),
             "{ev}"
         );
-        let kv = printed(&fixture, int(ev, 0) + 1);
+        let kv = round_printed(&fixture, int(ev, 0) + 1);
         assert_eq!(
             int(ev, 1),
             i64::try_from(kv["name"].len()).unwrap(),
@@ -261,7 +239,7 @@ fn real_daemon_breakpoint_mode_stores_what_the_go_program_printed() {
     let stack_events = d.events("bp_stack", 5);
     for ev in stack_events.iter().take(10) {
         assert!(ev["error"].is_null(), "{ev}");
-        let kv = printed(&fixture, int(ev, 0));
+        let kv = round_printed(&fixture, int(ev, 0));
         assert_eq!(
             int(ev, 1).to_string(),
             kv["w"],
@@ -338,20 +316,7 @@ fn real_daemon_breakpoint_mode_stores_what_the_go_program_printed() {
     );
 
     // Sleep: the row is disconnected, no int3 is left, the program keeps running.
-    assert_eq!(
-        agent.post("/detrix/sleep", None),
-        (200, json!({"status":"sleeping"}))
-    );
-    let (_, row) = d.get(&format!("/api/v1/connections/{id}"));
-    assert_eq!(
-        row["status"], 1,
-        "the connection is gone after sleep: {row}"
-    );
-    assert_eq!(
-        patched_code(pid),
-        Vec::<u64>::new(),
-        "no probe left in the target after sleep"
-    );
+    agent.sleep_leaving_nothing(&d, &id, pid, "go");
     let n = rounds_printed(&fixture);
     assert!(
         fixture
@@ -360,37 +325,5 @@ fn real_daemon_breakpoint_mode_stores_what_the_go_program_printed() {
         "the target printed no new rounds after sleep"
     );
     assert!(fixture.is_running());
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };
-    assert_eq!(
-        agent.wait_exit(Duration::from_secs(10)),
-        Some(0),
-        "agent stderr:\n{}",
-        agent.stderr.text()
-    );
-}
-
-/// Processes whose parent is `parent` (a spawned debugger would be one).
-fn child_processes(parent: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        if rest
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse::<u32>().ok())
-            == Some(parent)
-        {
-            out.push(pid);
-        }
-    }
-    out
+    agent.terminate();
 }

@@ -432,8 +432,8 @@ fn sample(text: &str, name: &str) -> f64 {
 
 #[test]
 fn churn_of_200_processes_every_one_a_target_nothing_left() {
-    require_root();
     const N: usize = 200;
+    require_root();
     // A copy of `sleep` under a name only this test uses; it has no debug info, so each
     // target is listed `failed` until it exits, exercising the whole add → remove path.
     let sleep = which("sleep");
@@ -746,7 +746,11 @@ fn sighup_reloads_rules_without_touching_targets_still_selected() {
 /// `unshare --pid --mount --fork`, the system's library directories bound read-only into the
 /// root, then `chroot`. Returns the unshare child and the fixture's stdout.
 fn start_in_namespaces(exe: &std::path::Path, root: &std::path::Path) -> (Child, Lines) {
-    let name = exe.file_name().unwrap().to_string_lossy().into_owned();
+    let name = exe
+        .file_name()
+        .expect("the fixture path names a file")
+        .to_string_lossy()
+        .into_owned();
     std::fs::create_dir_all(root.join("app")).expect("root/app");
     std::fs::copy(exe, root.join("app").join(&name)).expect("copy the fixture into the root");
     let mut binds = String::new();

@@ -6,7 +6,9 @@
 mod common;
 
 use std::io::Read as _;
+use std::io::Write as _;
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -15,7 +17,8 @@ use std::time::{Duration, Instant};
 use common::intruder::{as_nobody, parse_http, DAP_INTRUDER, HTTP_INTRUDER};
 use common::{frame, http_with, json_body, AttachedAgent, Dap, RestStub, STEP_TIMEOUT};
 use detrix_e2e::{
-    c_fixture_source, fixtures_out_dir, marker_line, require_root, workspace_root, Fixture,
+    c_fixture_source, child_processes, fixtures_out_dir, marker_line, require_root, workspace_root,
+    Fixture,
 };
 use serde_json::{json, Value};
 
@@ -29,7 +32,11 @@ fn nobody_http(
     body: &str,
     header: &str,
 ) -> (u16, Value) {
-    let port = agent.control.rsplit(':').next().unwrap();
+    let port = agent
+        .control
+        .rsplit(':')
+        .next()
+        .expect("the control address ends in a port");
     let (code, out, err) = as_nobody(HTTP_INTRUDER, &[method, port, path, body, header]);
     assert_eq!(code, 0, "{err}");
     parse_http(&out)
@@ -67,7 +74,12 @@ fn awake(envs: &[(&str, &str)], extra: &[&str]) -> Awake {
     let agent = AttachedAgent::start(fixture.pid(), &args, envs);
     let (s, wake) = agent.post("/detrix/wake", None);
     assert_eq!(s, 200, "{wake}\n{}", agent.stderr.text());
-    let debug_port = u16::try_from(wake["debug_port"].as_u64().unwrap()).unwrap();
+    let debug_port = u16::try_from(
+        wake["debug_port"]
+            .as_u64()
+            .expect("wake answers a debug_port"),
+    )
+    .expect("a port fits u16");
     let (_, mut dap) = stub.take_session();
     let src = c_fixture_source("orders");
     let r = dap.request(&logpoint(
@@ -159,8 +171,11 @@ fn a_local_stranger_gets_nothing_from_the_dap_port_and_the_daemons_session_goes_
 
 /// A plain HTTP server that records every request it receives, raw.
 fn recording_server() -> (String, Arc<Mutex<Vec<String>>>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let url = format!(
+        "http://{}",
+        l.local_addr().expect("a bound socket has an address")
+    );
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let log = seen.clone();
     std::thread::spawn(move || {
@@ -170,9 +185,8 @@ fn recording_server() -> (String, Arc<Mutex<Vec<String>>>) {
             let mut buf = vec![0; 65536];
             let n = c.read(&mut buf).unwrap_or(0);
             log.lock()
-                .unwrap()
+                .expect("the request log lock")
                 .push(String::from_utf8_lossy(&buf[..n]).into_owned());
-            use std::io::Write as _;
             let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 36\r\nConnection: close\r\n\r\n{\"service\":\"detrix\",\"status\":\"ok\"}  ");
         }
     });
@@ -289,37 +303,16 @@ fn an_allowed_daemon_url_is_honoured() {
 /// The C chain fixture of the breakpoint-mode tests, built under its own name.
 fn chain_c() -> PathBuf {
     let out = fixtures_out_dir();
-    std::fs::create_dir_all(&out).unwrap();
+    std::fs::create_dir_all(&out).expect("create the fixtures directory");
     let exe = out.join("trust_chain_c");
     let st = Command::new("gcc")
         .args(["-g", "-O0", "-pthread", "-o"])
         .arg(&exe)
         .arg(workspace_root().join("tests/fixtures/bp/chain.c"))
         .status()
-        .unwrap();
+        .expect("run gcc");
     assert!(st.success());
     exe
-}
-
-fn children(parent: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit_once(") ")?
-                        .1
-                        .split_whitespace()
-                        .nth(1)?
-                        .parse::<u32>()
-                        .ok()
-                })
-                == Some(parent)
-        })
-        .collect()
 }
 
 /// TCP sockets (local address, state) held by `pid`.
@@ -339,7 +332,11 @@ fn tcp_sockets_of(pid: u32) -> Vec<(String, String)> {
         .unwrap_or_default();
     let mut out = Vec::new();
     for t in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        for l in std::fs::read_to_string(t).unwrap().lines().skip(1) {
+        for l in std::fs::read_to_string(t)
+            .expect("read /proc/net/tcp")
+            .lines()
+            .skip(1)
+        {
             let f: Vec<&str> = l.split_whitespace().collect();
             if f.len() > 9 && inodes.iter().any(|i| i == f[9]) {
                 out.push((f[1].to_owned(), f[3].to_owned()));
@@ -372,7 +369,7 @@ fn the_fallback_debugger_has_no_port_anyone_could_reach() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = None;
     while seen.is_none() && Instant::now() < deadline {
-        for kid in children(agent.child.id()) {
+        for (kid, _) in child_processes(agent.child.id()) {
             let comm = std::fs::read_to_string(format!("/proc/{kid}/comm")).unwrap_or_default();
             if comm.contains("lldb") {
                 let stdin = std::fs::read_link(format!("/proc/{kid}/fd/0")).ok();
@@ -511,7 +508,6 @@ fn the_running_agent_keeps_eight_capabilities_and_no_new_privs() {
     ));
     assert_eq!(r["body"]["breakpoints"][0]["verified"], true, "{r}");
     assert!(outputs(&mut dap, 2).len() >= 2, "{}", agent.stderr.text());
-    use std::os::unix::fs::PermissionsExt as _;
     assert_eq!(
         std::fs::metadata(&rec).unwrap().permissions().mode() & 0o777,
         0o600,

@@ -21,22 +21,8 @@ pub const EBPF_OBJ_VAR: &str = "DETRIX_EBPF_OBJ";
 /// Nightly is needed for `-Z build-std=core` (there is no prebuilt `core` for the BPF target).
 pub fn ebpf(root: &Path) -> Result<PathBuf> {
     let start = Instant::now();
-    let mut cmd = Command::new("rustup");
-    cmd.args([
-        "run",
-        "nightly",
-        "cargo",
-        "build",
-        "-p",
-        "detrix-ebpf",
-        "--bins",
-        "--release",
-    ])
-    .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-    .current_dir(root)
-    .env("RUSTFLAGS", EBPF_RUSTFLAGS)
-    .env("PATH", util::path_with_cargo_bin()?);
-    util::scrub_toolchain_env(&mut cmd);
+    let mut cmd = ebpf_cargo(root, "build")?;
+    cmd.arg("--bins");
     println!("build-ebpf: {}", util::describe(&cmd));
     util::run(&mut cmd).context("building the eBPF object (try `cargo xtask setup` first)")?;
 
@@ -50,6 +36,21 @@ pub fn ebpf(root: &Path) -> Result<PathBuf> {
         util::secs(start)
     );
     Ok(obj)
+}
+
+/// `rustup run nightly cargo <subcommand> -p detrix-ebpf --release` for the BPF target, with the
+/// flags and environment of the object's build, so `build` and `clippy` share one set of
+/// artifacts for `core`.
+pub fn ebpf_cargo(root: &Path, subcommand: &str) -> Result<Command> {
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", "nightly", "cargo", subcommand])
+        .args(["-p", "detrix-ebpf", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .current_dir(root)
+        .env("RUSTFLAGS", EBPF_RUSTFLAGS)
+        .env("PATH", util::path_with_cargo_bin()?);
+    util::scrub_toolchain_env(&mut cmd);
+    Ok(cmd)
 }
 
 /// Builds the agent (debug) with the object embedded; returns the agent binary's path.

@@ -6,6 +6,7 @@
 
 mod builds;
 mod demo;
+mod lint;
 mod setup;
 mod test;
 mod util;
@@ -40,6 +41,8 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// rustfmt (check only) and clippy with `-D warnings` over every crate, detrix-ebpf included.
+    Lint,
     /// Capture values from the C fixture with the agent and show them next to what it prints.
     ///
     /// With `--daemon URL`: attach the agent to the C fixture as a Detrix client of the daemon at
@@ -111,6 +114,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::run(),
         Command::BuildEbpf => util::workspace_root().and_then(|root| builds::ebpf(&root).map(drop)),
         Command::Test { args } => test::run(&args),
+        Command::Lint => lint::run(),
         Command::Demo { daemon: None } => demo::run(),
         Command::Demo { daemon: Some(url) } => demo::run_with_daemon(&url),
         Command::Bench => bench(),

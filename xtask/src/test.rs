@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::{builds, util};
 
@@ -43,17 +43,8 @@ pub fn run(extra: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Runs one stage between progress lines, so a failure still says which stage and how long.
 fn stage<T>(index: usize, name: &str, body: impl FnOnce() -> Result<T>) -> Result<T> {
-    println!("test: [{index}/{STAGES}] {name} …");
-    let start = Instant::now();
-    let result = body();
-    let verdict = if result.is_ok() { "ok" } else { "FAILED" };
-    println!(
-        "test: [{index}/{STAGES}] {name} {verdict} ({})",
-        util::secs(start)
-    );
-    result.with_context(|| format!("test stage `{name}`"))
+    util::stage("test", (index, STAGES), name, body)
 }
 
 /// `a -- b` → cargo gets `a`, the test binaries `b`; without an inner `--` everything goes to
@@ -70,7 +61,7 @@ mod tests {
     use super::split_extra;
 
     fn strings(args: &[&str]) -> Vec<String> {
-        args.iter().map(|a| a.to_string()).collect()
+        args.iter().map(ToString::to_string).collect()
     }
 
     #[test]

@@ -108,6 +108,25 @@ pub fn stdout_of(cmd: &mut Command) -> Result<String> {
     String::from_utf8(out.stdout).with_context(|| format!("`{line}` printed non-UTF-8 output"))
 }
 
+/// Runs stage `index` of `total` of `task` between progress lines (`task: [i/n] name …`, then
+/// `ok`/`FAILED` with its time), so a failure still says which stage and how long.
+pub fn stage<T>(
+    task: &str,
+    (index, total): (usize, usize),
+    name: &str,
+    body: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    println!("{task}: [{index}/{total}] {name} …");
+    let start = Instant::now();
+    let result = body();
+    let verdict = if result.is_ok() { "ok" } else { "FAILED" };
+    println!(
+        "{task}: [{index}/{total}] {name} {verdict} ({})",
+        secs(start)
+    );
+    result.with_context(|| format!("{task} stage `{name}`"))
+}
+
 /// Seconds since `start`, formatted for progress lines.
 pub fn secs(start: Instant) -> String {
     format!("{:.1} s", start.elapsed().as_secs_f64())

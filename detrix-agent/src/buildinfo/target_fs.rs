@@ -126,13 +126,13 @@ fn become_target(c: &Creds) -> io::Result<()> {
     // setfsgid/setfsuid return the previous value and never fail loudly: set, then set again
     // and read back what the first call left.
     // SAFETY: no pointers; per-thread credential change.
-    unsafe { libc::syscall(libc::SYS_setfsgid, c.fsgid as libc::c_long) };
+    unsafe { libc::syscall(libc::SYS_setfsgid, libc::c_long::from(c.fsgid)) };
     // SAFETY: as above.
-    let now_gid = unsafe { libc::syscall(libc::SYS_setfsgid, c.fsgid as libc::c_long) };
+    let now_gid = unsafe { libc::syscall(libc::SYS_setfsgid, libc::c_long::from(c.fsgid)) };
     // SAFETY: as above.
-    unsafe { libc::syscall(libc::SYS_setfsuid, c.fsuid as libc::c_long) };
+    unsafe { libc::syscall(libc::SYS_setfsuid, libc::c_long::from(c.fsuid)) };
     // SAFETY: as above.
-    let now_uid = unsafe { libc::syscall(libc::SYS_setfsuid, c.fsuid as libc::c_long) };
+    let now_uid = unsafe { libc::syscall(libc::SYS_setfsuid, libc::c_long::from(c.fsuid)) };
     if now_uid != libc::c_long::from(c.fsuid) || now_gid != libc::c_long::from(c.fsgid) {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
@@ -162,7 +162,7 @@ pub fn openat2(dir: &OwnedFd, path: &str, flags: i32, resolve: u64) -> io::Resul
             libc::SYS_openat2,
             dir.as_raw_fd(),
             c.as_ptr(),
-            &how as *const libc::open_how,
+            &raw const how,
             std::mem::size_of::<libc::open_how>(),
         )
     };
@@ -256,6 +256,7 @@ mod tests {
     /// one does not, and the caller's own credentials are untouched afterwards.
     #[test]
     fn run_as_reads_with_the_targets_permissions() {
+        use std::os::unix::fs::PermissionsExt as _;
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             println!("NOT RUN: run_as_reads_with_the_targets_permissions: needs root to switch credentials");
@@ -263,7 +264,6 @@ mod tests {
         }
         let dir = std::env::temp_dir().join(format!("detrix-runas-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         for (name, mode) in [("secret", 0o600), ("open", 0o644)] {
             std::fs::write(dir.join(name), name).unwrap();

@@ -248,7 +248,7 @@ mod tests {
     use super::*;
 
     fn forbidden(r: Result<String, ReadError>) -> bool {
-        matches!(r, Err(ReadError::Forbidden(_)))
+        matches!(r.err(), Some(ReadError::Forbidden(_)))
     }
 
     #[test]

@@ -152,7 +152,8 @@ async fn discover(State(agent): State<AgentHandle>) -> Json<Value> {
     Json(body)
 }
 
-async fn not_found() -> ControlError {
+/// The answer to a path or method no route takes (also the host control plane's).
+pub(crate) async fn not_found() -> ControlError {
     ControlError::NotFound
 }
 

@@ -327,7 +327,7 @@ impl Agent {
                         self.client.health(&url, self.cfg.health_timeout).await,
                     )),
                     Effect::StartListener => {
-                        queue.push_back(Input::ListenerStarted(self.start_listener().await))
+                        queue.push_back(Input::ListenerStarted(self.start_listener().await));
                     }
                     Effect::Register { url, port } => {
                         let reg = self.registration(port);
@@ -353,10 +353,10 @@ impl Agent {
                             .await
                         {
                             Ok(()) => {
-                                tracing::info!(url, connection_id, "unregistered from the daemon")
+                                tracing::info!(url, connection_id, "unregistered from the daemon");
                             }
                             Err(e) => {
-                                tracing::warn!(error = %e, "unregistering failed; the daemon will see the DAP socket close")
+                                tracing::warn!(error = %e, "unregistering failed; the daemon will see the DAP socket close");
                             }
                         }
                     }

@@ -10,6 +10,7 @@ use super::facade::{Job, Options, ProbeHit, ProbeId, MAX_QUEUED_STOPS, RUST_CALL
 use super::fake::{Driven as Facade, FakeProbes};
 use super::template::Prefix;
 use crate::debuginfo::Language;
+use crate::decode::Node;
 use crate::engine::{Frame, Hit, LogpointId, LogpointSpec};
 use crate::plan::Value as V;
 
@@ -44,15 +45,16 @@ impl Probes {
 }
 
 fn req(seq: i64, command: &str, arguments: Value) -> Value {
-    json!({"type":"request","seq":seq,"command":command,"arguments":arguments})
+    let mut r = json!({"type":"request","seq":seq,"command":command});
+    r["arguments"] = arguments;
+    r
 }
 
 fn set_bps(seq: i64, path: &str, bps: Value) -> Value {
-    req(
-        seq,
-        "setBreakpoints",
-        json!({"source":{"path":path,"name":path},"breakpoints":bps,"sourceModified":false}),
-    )
+    let mut args = json!({"source":{"path":path,"name":path}});
+    args["breakpoints"] = bps;
+    args["sourceModified"] = false.into();
+    req(seq, "setBreakpoints", args)
 }
 
 fn frame(function: &str, file: &str, line: u32) -> Frame {
@@ -79,11 +81,30 @@ fn hit_of(id: ProbeId, stack: Vec<Frame>, locals: Vec<(&str, V)>, values: Vec<(&
         tid: 7,
         goid: 1,
         ktime_ns: 0,
-        values: values.into_iter().map(|(e, v)| (e.to_owned(), v)).collect(),
+        values: values
+            .into_iter()
+            .map(|(e, v)| (e.to_owned(), node(v)))
+            .collect(),
         stack,
-        locals: locals.into_iter().map(|(n, v)| (n.to_owned(), v)).collect(),
-        value_trees: Vec::new(),
-        local_trees: Vec::new(),
+        locals: locals
+            .into_iter()
+            .map(|(n, v)| (n.to_owned(), node(v)))
+            .collect(),
+    }
+}
+
+/// The decoded value the facade renders (`render::debugger`) as exactly `v`: these tests speak
+/// in what the daemon sees.
+fn node(v: V) -> Node {
+    match v {
+        V::Int(i) => Node::Int(i),
+        V::UInt(u) => Node::UInt(u),
+        V::Float(value) => Node::Float { value, size: 8 },
+        V::Bool(b) => Node::Bool(b),
+        V::Str { text, truncated } => Node::CharArray { text, truncated },
+        // An enumerator is shown as its name, verbatim: any text.
+        V::Text(t) => Node::Enumerator(t),
+        V::Error(e) => Node::Error(e),
     }
 }
 
@@ -140,7 +161,7 @@ fn delves_stop_cycles_replayed_give_delves_answers() {
         // A stop cycle starts with the daemon's first stackTrace after Delve's `stopped`.
         if m["command"] == "stackTrace"
             && m["arguments"]["levels"] == 1
-            && f.probes().live.len() > 0
+            && !f.probes().live.is_empty()
             && !f.is_stopped()
         {
             let cycle: Vec<&Value> = daemon[i..]
@@ -183,7 +204,7 @@ fn delves_stop_cycles_replayed_give_delves_answers() {
                 match r["arguments"]["expression"].as_str().unwrap() {
                     "total" => locals.push(("total", V::Float(result.parse().unwrap()))),
                     "call len(name)" => {
-                        locals.push(("name", s(&"x".repeat(result.parse().unwrap()))))
+                        locals.push(("name", s(&"x".repeat(result.parse().unwrap()))));
                     }
                     other => panic!("unexpected expression {other}"),
                 }
@@ -221,7 +242,7 @@ fn delves_stop_cycles_replayed_give_delves_answers() {
                         assert_eq!(o[0]["id"], 1000, "the frame id the daemon then uses");
                     }
                     "evaluate" => {
-                        assert_eq!(ours["body"]["result"], theirs["body"]["result"], "{r}")
+                        assert_eq!(ours["body"]["result"], theirs["body"]["result"], "{r}");
                     }
                     other => panic!("unexpected {other} in a cycle"),
                 }

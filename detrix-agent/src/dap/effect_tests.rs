@@ -6,7 +6,9 @@ use serde_json::{json, Value};
 use super::facade::{Effect, Facade, Input, Options, ProbeId};
 
 fn set_bps(seq: i64, bps: Value) -> Value {
-    json!({"type":"request","seq":seq,"command":"setBreakpoints","arguments":{"source":{"path":"/s/orders.go"},"breakpoints":bps}})
+    let mut r = json!({"type":"request","seq":seq,"command":"setBreakpoints","arguments":{"source":{"path":"/s/orders.go"}}});
+    r["arguments"]["breakpoints"] = bps;
+    r
 }
 
 fn sent(effects: &[Effect]) -> Vec<Value> {

@@ -52,8 +52,10 @@ use super::snapshot::{self, Stop, NOT_STOPPED};
 pub use super::snapshot::{FRAME_ID_BASE, LOCALS_REF};
 use super::template::{self, Prefix};
 use crate::debuginfo::Language;
+use crate::decode::Node;
 use crate::engine::{Hit, LogpointSpec};
 use crate::plan::Value as V;
+use crate::render;
 
 /// How many snapshots may wait while the daemon works on one stop; later hits of
 /// breakpoint-mode probes are counted in [`Facade::dropped_stops`] and dropped. The daemon
@@ -426,13 +428,19 @@ impl Facade {
             .ok_or_else(|| NOT_STOPPED.to_owned())
     }
 
-    fn new_probe(&mut self) -> ProbeId {
-        let n = self.next_probe;
-        self.next_probe += 1;
-        ProbeId {
+    /// Names the next probe of this session and asks the shell to install it at `path`.
+    fn install(&mut self, path: &str, spec: LogpointSpec, out: &mut Vec<Effect>) -> ProbeId {
+        let probe = ProbeId {
             session: self.session,
-            n,
-        }
+            n: self.next_probe,
+        };
+        self.next_probe += 1;
+        out.push(Effect::Install {
+            probe,
+            file: path.to_owned(),
+            spec,
+        });
+        probe
     }
 
     /// `output` events for logpoint hits and `stopped` for breakpoint-mode hits of this
@@ -458,7 +466,7 @@ impl Facade {
                             } else {
                                 captured.next().map_or_else(
                                     || V::Error("not captured".into()),
-                                    |(_, v)| v.clone(),
+                                    |(_, n)| render::debugger(n),
                                 )
                             }
                         })
@@ -481,8 +489,8 @@ impl Facade {
                         bp_id: *bp_id,
                         thread_id: i64::try_from(thread).unwrap_or(1),
                         stack: h.stack.clone(),
-                        locals: h.locals.clone(),
-                        values: h.values.clone(),
+                        locals: rendered(&h.locals),
+                        values: rendered(&h.values),
                     };
                     self.queued.push_back(stop);
                     if self.current.is_none() {
@@ -532,4 +540,13 @@ impl Facade {
         self.queued.clear();
         self.pending.clear();
     }
+}
+
+/// Named values as the target's debugger shows them (what a stop's `variables` and
+/// `evaluate` answer with).
+fn rendered(values: &[(String, Node)]) -> Vec<(String, V)> {
+    values
+        .iter()
+        .map(|(name, n)| (name.clone(), render::debugger(n)))
+        .collect()
 }

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use super::facade::{ProbeHit, ProbeId};
 use super::fake::{Driven as Facade, FakeProbes};
 use super::template::{output_text, Prefix};
+use crate::decode::Node;
 use crate::engine::{Hit, LogpointId, LogpointSpec};
 use crate::plan::Value as V;
 
@@ -351,18 +352,25 @@ fn hits_become_the_exact_output_delve_sent() {
         values: vec![
             (
                 "name".into(),
-                V::Str {
-                    text: "carol".into(),
-                    truncated: false,
+                Node::Text {
+                    type_name: "string".into(),
+                    go: true,
+                    len: 5,
+                    bytes: b"carol".to_vec(),
+                    loaded: true,
                 },
             ),
-            ("price".into(), V::Float(21.25)),
-            ("o.Qty".into(), V::Int(3)),
+            (
+                "price".into(),
+                Node::Float {
+                    value: 21.25,
+                    size: 8,
+                },
+            ),
+            ("o.Qty".into(), Node::Int(3)),
         ],
         stack: Vec::new(),
         locals: Vec::new(),
-        value_trees: Vec::new(),
-        local_trees: Vec::new(),
     };
     let stray = ProbeHit {
         probe: ProbeId { n: 99, ..probe },

@@ -97,7 +97,11 @@ impl Binary {
             .entry(gimli::UnitOffset(point.subprogram))
             .map_err(self.dwarf_err("a function DIE"))?;
         let Some(attr) = entry.attr_value(dw::DW_AT_frame_base) else {
-            return Err(self.unsupported(point, var, "DW_OP_fbreg without DW_AT_frame_base"));
+            return Err(Self::unsupported(
+                point,
+                var,
+                "DW_OP_fbreg without DW_AT_frame_base",
+            ));
         };
         match self.eval_at(point, point.unit, attr, var, None)? {
             // DW_OP_reg<n> as a frame base means "the address held in that register".
@@ -110,12 +114,16 @@ impl Binary {
                 offset,
                 deref: Some(at),
             }),
-            Location::Pieces(_) => {
-                Err(self.unsupported(point, var, "DW_OP_piece in DW_AT_frame_base"))
-            }
-            Location::Computed { .. } => {
-                Err(self.unsupported(point, var, "DW_OP_stack_value in DW_AT_frame_base"))
-            }
+            Location::Pieces(_) => Err(Self::unsupported(
+                point,
+                var,
+                "DW_OP_piece in DW_AT_frame_base",
+            )),
+            Location::Computed { .. } => Err(Self::unsupported(
+                point,
+                var,
+                "DW_OP_stack_value in DW_AT_frame_base",
+            )),
         }
     }
 
@@ -149,7 +157,7 @@ impl Binary {
                     .attr_locations(unit, other)
                     .map_err(self.dwarf_err("a location list"))?
                 else {
-                    return Err(self.unsupported(
+                    return Err(Self::unsupported(
                         point,
                         var,
                         "a location attribute of an unknown form",
@@ -164,12 +172,12 @@ impl Binary {
                 }
                 match found {
                     Some(e) => e,
-                    None => return Err(self.optimized_out(point, var)),
+                    None => return Err(Self::optimized_out(point, var)),
                 }
             }
         };
         if expr.0.is_empty() {
-            return Err(self.optimized_out(point, var));
+            return Err(Self::optimized_out(point, var));
         }
         let mut ops = expr.operations(unit.encoding());
         let mut stack: Vec<AddrValue> = Vec::new();
@@ -183,14 +191,14 @@ impl Binary {
             .map_err(self.dwarf_err("a location expression"))?
         {
             if in_register.is_some() && !matches!(op, gimli::Operation::Piece { .. }) {
-                return Err(self.unsupported(
+                return Err(Self::unsupported(
                     point,
                     var,
                     "an operation after DW_OP_reg other than DW_OP_piece",
                 ));
             }
             if computed.is_some() && !matches!(op, gimli::Operation::Piece { .. }) {
-                return Err(self.unsupported(
+                return Err(Self::unsupported(
                     point,
                     var,
                     "an operation after DW_OP_stack_value other than DW_OP_piece",
@@ -209,7 +217,7 @@ impl Binary {
                 }
                 gimli::Operation::FrameOffset { offset } => {
                     if allow_fbreg.is_none() {
-                        return Err(self.unsupported(
+                        return Err(Self::unsupported(
                             point,
                             var,
                             "DW_OP_fbreg inside DW_AT_frame_base",
@@ -231,7 +239,7 @@ impl Binary {
                 gimli::Operation::PlusConstant { value } => match stack.last_mut() {
                     Some(top) => top.offset = top.offset.wrapping_add(value as i64),
                     None => {
-                        return Err(self.unsupported(
+                        return Err(Self::unsupported(
                             point,
                             var,
                             "DW_OP_plus_uconst on an empty stack",
@@ -239,10 +247,10 @@ impl Binary {
                     }
                 },
                 gimli::Operation::UnsignedConstant { value } if constant.is_none() => {
-                    constant = Some(value as i64)
+                    constant = Some(value as i64);
                 }
                 gimli::Operation::SignedConstant { value } if constant.is_none() => {
-                    constant = Some(value)
+                    constant = Some(value);
                 }
                 // `DW_OP_consts c; DW_OP_plus` / `DW_OP_minus` on an address: an offset.
                 gimli::Operation::Plus if constant.is_some() && !stack.is_empty() => {
@@ -269,14 +277,18 @@ impl Binary {
                         };
                     }
                     Some(_) => {
-                        return Err(self.unsupported(
+                        return Err(Self::unsupported(
                             point,
                             var,
                             "DW_OP_deref of an address itself loaded by DW_OP_deref",
                         ))
                     }
                     None => {
-                        return Err(self.unsupported(point, var, "DW_OP_deref on an empty stack"))
+                        return Err(Self::unsupported(
+                            point,
+                            var,
+                            "DW_OP_deref on an empty stack",
+                        ))
                     }
                 },
                 gimli::Operation::StackValue => {
@@ -308,7 +320,7 @@ impl Binary {
                                 reg: None,
                                 offset: c,
                             },
-                            _ => return Err(self.unsupported(
+                            _ => return Err(Self::unsupported(
                                 point,
                                 var,
                                 "DW_OP_stack_value over an expression beyond register + constant",
@@ -320,7 +332,7 @@ impl Binary {
                     bit_offset,
                 } => {
                     if size_in_bits % 8 != 0 || bit_offset.is_some_and(|b| b != 0) {
-                        return Err(self.unsupported(
+                        return Err(Self::unsupported(
                             point,
                             var,
                             "DW_OP_bit_piece (a value split at bit boundaries)",
@@ -336,28 +348,32 @@ impl Binary {
                     pieces.push((size_in_bits / 8, loc));
                 }
                 gimli::Operation::EntryValue { .. } => {
-                    return Err(self.unsupported(
+                    return Err(Self::unsupported(
                         point,
                         var,
                         "DW_OP_entry_value (value at function entry)",
                     ));
                 }
                 gimli::Operation::ImplicitValue { .. } => {
-                    return Err(self.unsupported(point, var, "DW_OP_implicit_value"));
+                    return Err(Self::unsupported(point, var, "DW_OP_implicit_value"));
                 }
                 gimli::Operation::ImplicitPointer { .. } => {
-                    return Err(self.unsupported(point, var, "DW_OP_implicit_pointer"));
+                    return Err(Self::unsupported(point, var, "DW_OP_implicit_pointer"));
                 }
                 other => {
                     let name = format!("{other:?}");
                     let name = name.split([' ', '{', '(']).next().unwrap_or("?").to_owned();
-                    return Err(self.unsupported(point, var, &format!("DW_OP {name}")));
+                    return Err(Self::unsupported(point, var, &format!("DW_OP {name}")));
                 }
             }
         }
         if !pieces.is_empty() {
             if in_register.is_some() || computed.is_some() || !stack.is_empty() {
-                return Err(self.unsupported(point, var, "a location left over after its pieces"));
+                return Err(Self::unsupported(
+                    point,
+                    var,
+                    "a location left over after its pieces",
+                ));
             }
             return Ok(Location::Pieces(pieces));
         }
@@ -365,11 +381,15 @@ impl Binary {
             return Ok(c);
         }
         if constant.is_some() {
-            return Err(self.unsupported(point, var, "a constant without DW_OP_stack_value"));
+            return Err(Self::unsupported(
+                point,
+                var,
+                "a constant without DW_OP_stack_value",
+            ));
         }
         if let Some(dwarf_reg) = in_register {
             if !stack.is_empty() {
-                return Err(self.unsupported(
+                return Err(Self::unsupported(
                     point,
                     var,
                     "a register location mixed with an address",
@@ -379,11 +399,15 @@ impl Binary {
         }
         match (stack.pop(), stack.is_empty()) {
             (Some(top), true) => Ok(top.location()),
-            _ => Err(self.unsupported(point, var, "an expression that leaves no single address")),
+            _ => Err(Self::unsupported(
+                point,
+                var,
+                "an expression that leaves no single address",
+            )),
         }
     }
 
-    fn unsupported(&self, point: &ProbePoint, var: &str, op: &str) -> ResolveError {
+    fn unsupported(point: &ProbePoint, var: &str, op: &str) -> ResolveError {
         ResolveError::UnsupportedLocation {
             var: var.to_owned(),
             file: point.file.clone(),

@@ -530,7 +530,7 @@ impl Binary {
             });
         }
         let Some(attr) = entry.attr_value(dw::DW_AT_location) else {
-            return Err(self.optimized_out(point, name));
+            return Err(Self::optimized_out(point, name));
         };
         let location = self.location_at(point, ui, attr, name)?;
         Ok(Variable {
@@ -541,7 +541,7 @@ impl Binary {
         })
     }
 
-    pub(super) fn optimized_out(&self, point: &ProbePoint, name: &str) -> ResolveError {
+    pub(super) fn optimized_out(point: &ProbePoint, name: &str) -> ResolveError {
         ResolveError::OptimizedOut {
             var: name.to_owned(),
             pc: point.addr,

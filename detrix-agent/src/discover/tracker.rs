@@ -135,7 +135,7 @@ impl Tracker {
                                 self.exit(pid);
                             }
                             Err(e) => {
-                                tracing::debug!(pid, error = %e, "an exec'd process could not be read")
+                                tracing::debug!(pid, error = %e, "an exec'd process could not be read");
                             }
                         }
                     }

@@ -30,7 +30,7 @@ use crate::debuginfo::{ProbePoint, ResolveError, Symbolizer};
 use crate::decode::Node;
 use crate::expr::ExprError;
 use crate::place::Placement;
-use crate::plan::{self, BuiltPlan, PlanError, Value};
+use crate::plan::{self, BuiltPlan, PlanError};
 use crate::probe::{AttachSpec, LoadOptions, ProbeError, Probes};
 use crate::target::TargetError;
 
@@ -134,18 +134,14 @@ pub struct Hit {
     pub goid: u64,
     pub ktime_ns: u64,
     /// `(expression, value)` in the order asked, without hidden (condition-only) values.
-    pub values: Vec<(String, Value)>,
+    /// Decoded, not rendered: each consumer renders through [`crate::render`] (the DAP
+    /// facade as the target's debugger shows it, the CLI as typed JSON or text).
+    pub values: Vec<(String, Node)>,
     /// With [`LogpointSpec::capture_stack`]: the user stack, innermost first.
     pub stack: Vec<Frame>,
     /// With [`LogpointSpec::capture_locals`]: every parameter and local in scope, in scope
-    /// order; ones that could not be captured carry [`Value::Error`] with the reason.
-    pub locals: Vec<(String, Value)>,
-    /// `values` decoded but not rendered, in the same order: `values` are these as the
-    /// target's debugger shows them (for the DAP `output` the daemon parses), these are for
-    /// the other renderers (the CLI's typed JSON, [`crate::render::json`]).
-    pub value_trees: Vec<Node>,
-    /// `locals` decoded but not rendered, in the same order.
-    pub local_trees: Vec<Node>,
+    /// order; ones that could not be captured are [`Node::Error`] with the reason.
+    pub locals: Vec<(String, Node)>,
 }
 
 /// The attached half: owns the probes.

@@ -13,7 +13,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::debuginfo::Symbolizer;
 use crate::decode::Node;
-use crate::plan::{self, Value};
+use crate::plan;
 use crate::probe;
 
 use super::{EngineError, Frame, Hit, LogpointId};
@@ -103,29 +103,18 @@ fn decode_all(ring: &mut probe::EventRings, decoders: &DecoderTable, sym: &Symbo
             values: Vec::new(),
             stack: Vec::new(),
             locals: Vec::new(),
-            value_trees: Vec::new(),
-            local_trees: Vec::new(),
         };
         for (d, n) in info.values.iter().zip(decoded) {
             match d.role {
-                plan::Role::Shown => {
-                    hit.values
-                        .push((d.expr.clone(), crate::render::debugger(&n)));
-                    hit.value_trees.push(n);
-                }
+                plan::Role::Shown => hit.values.push((d.expr.clone(), n)),
                 plan::Role::Hidden | plan::Role::UnwindStack(_) => {}
-                plan::Role::Local => {
-                    hit.locals
-                        .push((d.expr.clone(), crate::render::debugger(&n)));
-                    hit.local_trees.push(n);
-                }
+                plan::Role::Local => hit.locals.push((d.expr.clone(), n)),
                 plan::Role::Stack => hit.stack = stack_frames(&info.values, d, &h, data, sym),
                 plan::Role::UnwindRegs => hit.stack = unwind_frames(&info.values, &h, data, sym),
             }
         }
         for (name, why) in &info.local_errors {
-            hit.locals.push((name.clone(), Value::Error(why.clone())));
-            hit.local_trees.push(Node::Error(why.clone()));
+            hit.locals.push((name.clone(), Node::Error(why.clone())));
         }
         out.push(hit);
     });

@@ -114,15 +114,7 @@ impl DapClient {
                 }
             }
         };
-        let secs = timeout.as_secs();
-        tokio::time::timeout(timeout, fut)
-            .await
-            .unwrap_or_else(|_| {
-                Err(ClientError::Timeout {
-                    what: format!("response to request {seq}"),
-                    secs,
-                })
-            })
+        within(timeout, || format!("response to request {seq}"), fut).await
     }
 
     pub async fn wait_event(
@@ -144,14 +136,22 @@ impl DapClient {
                 }
             }
         };
-        let secs = timeout.as_secs();
-        tokio::time::timeout(timeout, fut)
-            .await
-            .unwrap_or_else(|_| {
-                Err(ClientError::Timeout {
-                    what: "event".into(),
-                    secs,
-                })
-            })
+        within(timeout, || "event".into(), fut).await
     }
+}
+
+/// `fut`'s result, or [`ClientError::Timeout`] naming `what` once `timeout` has passed.
+async fn within(
+    timeout: Duration,
+    what: impl FnOnce() -> String,
+    fut: impl std::future::Future<Output = Result<Value, ClientError>>,
+) -> Result<Value, ClientError> {
+    tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ClientError::Timeout {
+                what: what(),
+                secs: timeout.as_secs(),
+            })
+        })
 }

@@ -63,7 +63,7 @@ impl Builder<'_> {
                 let (place, ty) = self.lower(inner)?;
                 // `.` through a pointer, as Go and Rust (and lldb for C) allow: `o.ID` on `*Order`.
                 if let Type::Pointer { pointee } = self.bin.type_of(ty)? {
-                    let mut ops = self.pointer_value(place)?;
+                    let mut ops = self.pointer_value(&place)?;
                     let (offset, mty) = self.member(pointee, field, inner)?;
                     ops.push(mk(op::ADD, 0, 0, offset as i64));
                     return Ok((Place::Mem(ops), mty));
@@ -127,7 +127,7 @@ impl Builder<'_> {
                         Ok((Place::Mem(ops), elem))
                     }
                     Type::Pointer { pointee } => {
-                        let mut ops = self.pointer_value(place)?;
+                        let mut ops = self.pointer_value(&place)?;
                         let stride = self.bin.size_of(pointee)?.ok_or_else(|| {
                             self.type_err(format!("`{inner}` points to a type without a size"))
                         })?;
@@ -159,9 +159,8 @@ impl Builder<'_> {
                 Place::Mem(vec![mk(op::CONST, 0, 0, offset.wrapping_add(bias as i64))])
             }
             Location::Indirect { base, at, offset } => {
-                let mut ops = match self.place_of(&Location::Memory { base: *base, offset: *at }, name)? {
-                    Place::Mem(ops) => ops,
-                    _ => return Err(self.type_err(format!("`{name}`: an indirect location that is not in memory"))),
+                let Place::Mem(mut ops) = self.place_of(&Location::Memory { base: *base, offset: *at }, name)? else {
+                    return Err(self.type_err(format!("`{name}`: an indirect location that is not in memory")));
                 };
                 ops.push(mk(op::DEREF, 0, 8, 0));
                 ops.push(mk(op::ADD, 0, 0, *offset));
@@ -287,8 +286,8 @@ impl Builder<'_> {
     }
 
     /// Ops that leave the value of a pointer-typed place in the accumulator.
-    fn pointer_value(&self, place: Place) -> Result<Vec<PlanOp>, PlanError> {
-        self.value_at(&place, 0, 8, "the pointer")
+    fn pointer_value(&self, place: &Place) -> Result<Vec<PlanOp>, PlanError> {
+        self.value_at(place, 0, 8, "the pointer")
     }
 
     fn pointer_target(
@@ -298,7 +297,7 @@ impl Builder<'_> {
     ) -> Result<(Vec<PlanOp>, Option<TypeRef>), PlanError> {
         let (place, ty) = self.lower(inner)?;
         match self.bin.type_of(ty)? {
-            Type::Pointer { pointee } => Ok((self.pointer_value(place)?, pointee)),
+            Type::Pointer { pointee } => Ok((self.pointer_value(&place)?, pointee)),
             _ => Err(self.type_err(format!(
                 "`{how}` needs a pointer, but `{inner}` is a {}",
                 self.bin.type_name(ty)
@@ -365,7 +364,7 @@ pub(super) fn lower_value(
             if matches!(bin.type_of(pointee)?, Type::Char { size: 1, .. }) =>
         {
             // The pointer, then (unless null) the string it points to: lldb-dap shows both.
-            let mut o = b.pointer_value(place)?;
+            let mut o = b.pointer_value(&place)?;
             let len = opts
                 .string_cap
                 .saturating_add(2)
@@ -427,7 +426,7 @@ pub(super) fn lower_value(
         // pointee it points to, both copied at the hit.
         Type::Pointer { pointee } if go && pointee_size(bin, pointee)?.is_some() => {
             let size = pointee_size(bin, pointee)?.unwrap_or(0);
-            let mut o = b.pointer_value(place)?;
+            let mut o = b.pointer_value(&place)?;
             o.push(mk(op::EMIT_ACC, 0, 8, 0));
             o.push(mk(op::END_LE, 0, 0, 0));
             o.push(with_dst(mk(op::EMIT_MEM, 0, size as u16, 0), 8));
@@ -495,7 +494,7 @@ pub(super) fn fold(ops: Vec<PlanOp>) -> Vec<PlanOp> {
         if o.kind == op::ADD {
             match out.last_mut() {
                 Some(prev) if pending == 0 && matches!(prev.kind, op::REG | op::CONST) => {
-                    prev.imm = prev.imm.wrapping_add(o.imm)
+                    prev.imm = prev.imm.wrapping_add(o.imm);
                 }
                 _ => pending = pending.wrapping_add(o.imm),
             }

@@ -23,7 +23,7 @@ use super::host::Host;
 use crate::control::auth::{self, Conn};
 use crate::control::{self, ControlError};
 
-fn error(status: StatusCode, msg: String) -> Response {
+fn error(status: StatusCode, msg: &str) -> Response {
     (status, Json(json!({ "error": msg }))).into_response()
 }
 
@@ -66,7 +66,7 @@ async fn targets(State(host): State<Arc<Host>>) -> Json<Value> {
 async fn forward(host: &Host, id: &str, path: &str, mut req: Request) -> Response {
     let handle = match lookup(host, id) {
         Ok(h) => h,
-        Err((status, msg)) => return error(status, msg),
+        Err((status, msg)) => return error(status, &msg),
     };
     let Ok(uri) = path.parse::<Uri>() else {
         return ControlError::NotFound.into_response();
@@ -106,7 +106,7 @@ async fn bulk(
     let auth = req.headers().get(header::AUTHORIZATION).cloned();
     let body = match axum::body::to_bytes(req.into_body(), 64 * 1024).await {
         Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("reading the body: {e}")),
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")),
     };
     let select = if body.iter().all(u8::is_ascii_whitespace) {
         None
@@ -114,7 +114,7 @@ async fn bulk(
         let bad = || {
             error(
                 StatusCode::BAD_REQUEST,
-                format!(
+                &format!(
                     "the {action} body is not {{}} or {{\"select\":\"key=value,…\"}} (keys: {})",
                     super::rule::SELECT_KEYS.join(", ")
                 ),
@@ -133,7 +133,7 @@ async fn bulk(
                     Ok(s) => Some(s),
                     Err(e) => {
                         let msg = e.0.replacen("--select #1", "select", 1);
-                        return error(StatusCode::BAD_REQUEST, msg);
+                        return error(StatusCode::BAD_REQUEST, &msg);
                     }
                 }
             }
@@ -179,10 +179,6 @@ async fn sleep_all(
     bulk(host, "sleep", peer, req).await
 }
 
-async fn not_found() -> ControlError {
-    ControlError::NotFound
-}
-
 /// The host control plane's routes, behind the control plane's one caller check; the daemons
 /// whose users pass without a token are those at `daemon_urls` (the config's and its rules').
 pub fn router(host: Arc<Host>, daemon_urls: Vec<String>) -> Router {
@@ -199,8 +195,8 @@ pub fn router(host: Arc<Host>, daemon_urls: Vec<String>) -> Router {
         .route("/detrix/targets/{id}/wake", post(wake))
         .route("/detrix/targets/{id}/sleep", post(sleep))
         .route("/targets/{id}/detrix/{*rest}", any(drop_in))
-        .fallback(not_found)
-        .method_not_allowed_fallback(not_found);
+        .fallback(control::not_found)
+        .method_not_allowed_fallback(control::not_found);
     auth::protect(routes, policy).with_state(host)
 }
 

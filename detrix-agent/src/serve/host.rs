@@ -178,19 +178,14 @@ impl Host {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = process.pid;
         let name = self.unique_name(&rule.name.render(&process));
         let (stop, stop_rx) = oneshot::channel();
-        tracing::info!(
-            id,
-            pid = process.pid,
-            name,
-            rule = rule.origin,
-            "target found"
-        );
+        tracing::info!(id, pid, name, rule = rule.origin, "target found");
         self.table().insert(
             id,
             Entry {
-                process: process.clone(),
+                process,
                 name: name.clone(),
                 rule: rule.origin.clone(),
                 language: None,
@@ -203,7 +198,7 @@ impl Host {
         let host = self.clone();
         let plan = TargetPlan {
             id,
-            pid: process.pid,
+            pid,
             name,
             language: rule.language,
             safe_mode: rule.safe_mode,

@@ -65,7 +65,9 @@ fn pin(cmd: &mut Command, cpu: usize) -> &mut Command {
         cmd.pre_exec(move || {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
             libc::CPU_SET(cpu, &mut set);
-            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set)
+                != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -485,23 +487,7 @@ fn ebpf_snapshot(
         ));
     };
     let ev: Value = serde_json::from_str(&first).map_err(|e| format!("{e}: {first}"))?;
-    let chain: Vec<(String, u32)> = ev["stack"]
-        .as_array()
-        .map(|f| {
-            f.iter()
-                .take(4)
-                .map(|f| {
-                    (
-                        f["function"].as_str().unwrap_or("").to_owned(),
-                        f["line"]
-                            .as_u64()
-                            .and_then(|l| u32::try_from(l).ok())
-                            .unwrap_or(0),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let chain = top_frames(&ev["stack"], "function");
     if ev["values"]["v"].is_null()
         || (snapshot && (chain != want || ev["locals"]["name"].is_null()))
     {
@@ -647,9 +633,9 @@ impl Dap {
 
     fn send(&mut self, command: &str, arguments: Value) -> Res<i64> {
         self.seq += 1;
-        let body =
-            json!({"seq": self.seq, "type": "request", "command": command, "arguments": arguments})
-                .to_string();
+        let mut body = json!({"seq": self.seq, "type": "request", "command": command});
+        body["arguments"] = arguments;
+        let body = body.to_string();
         write!(self.writer, "Content-Length: {}\r\n\r\n{body}", body.len())
             .map_err(|e| e.to_string())?;
         self.writer.flush().map_err(|e| e.to_string())?;
@@ -791,23 +777,7 @@ fn debugger_breakpoint(
                 &mut stops,
             )?;
             if checked.is_empty() {
-                let got: Vec<(String, u32)> = st["body"]["stackFrames"]
-                    .as_array()
-                    .map(|f| {
-                        f.iter()
-                            .take(4)
-                            .map(|f| {
-                                (
-                                    f["name"].as_str().unwrap_or("").to_owned(),
-                                    f["line"]
-                                        .as_u64()
-                                        .and_then(|l| u32::try_from(l).ok())
-                                        .unwrap_or(0),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let got = top_frames(&st["body"]["stackFrames"], "name");
                 checked = format!("{got:?}");
                 if got.iter().map(|(_, l)| *l).collect::<Vec<_>>()
                     != want.iter().map(|(_, l)| *l).collect::<Vec<_>>()
@@ -903,4 +873,26 @@ fn debugger_breakpoint(
             stops_measured as f64 / secs
         ),
     ))
+}
+
+/// The top four frames of a JSON frame list as (function, line); `name_key` names the function
+/// field (`function` in the agent's JSON, `name` in DAP).
+fn top_frames(frames: &Value, name_key: &str) -> Vec<(String, u32)> {
+    frames
+        .as_array()
+        .map(|f| {
+            f.iter()
+                .take(4)
+                .map(|f| {
+                    (
+                        f[name_key].as_str().unwrap_or("").to_owned(),
+                        f["line"]
+                            .as_u64()
+                            .and_then(|l| u32::try_from(l).ok())
+                            .unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }

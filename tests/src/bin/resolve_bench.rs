@@ -83,7 +83,7 @@ fn parse_args() -> Args {
             "--runs" => {
                 args.runs = value()
                     .parse()
-                    .unwrap_or_else(|e| usage(&format!("--runs: {e}")))
+                    .unwrap_or_else(|e| usage(&format!("--runs: {e}")));
             }
             "--drop-caches" => args.drop_caches = true,
             "-h" | "--help" => usage("help"),

@@ -33,14 +33,23 @@ pub fn as_nobody(script: &str, args: &[&str]) -> (i32, Vec<u8>, String) {
         .expect("run setpriv (util-linux) to become nobody");
     let mut out = Vec::new();
     let mut err = String::new();
-    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .expect("the intruder's stdout")
+        .read_to_end(&mut out)
+        .expect("read the intruder's stdout");
     child
         .stderr
         .take()
-        .unwrap()
+        .expect("the intruder's stderr")
         .read_to_string(&mut err)
-        .unwrap();
-    let code = child.wait().unwrap().code().unwrap_or(-1);
+        .expect("read the intruder's stderr");
+    let code = child
+        .wait()
+        .expect("wait for the intruder")
+        .code()
+        .unwrap_or(-1);
     assert!(
         err.starts_with("uid 65534\n"),
         "the intruder must run as nobody: {err}"

@@ -26,6 +26,21 @@ use serde_json::{json, Value};
 
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A DAP request message.
+pub fn req(seq: i64, command: &str, arguments: Value) -> Value {
+    let mut r = json!({"type":"request","seq":seq,"command":command});
+    r["arguments"] = arguments;
+    r
+}
+
+/// A `setBreakpoints` request for `path`, as the daemon sends it.
+pub fn set_bps(seq: i64, path: &str, bps: Value) -> Value {
+    let mut args = json!({"source":{"path":path,"name":path}});
+    args["breakpoints"] = bps;
+    args["sourceModified"] = false.into();
+    req(seq, "setBreakpoints", args)
+}
+
 // ---------------------------------------------------------------------------------------------
 // HTTP/1.1 client (Connection: close)
 // ---------------------------------------------------------------------------------------------
@@ -347,7 +362,7 @@ impl RestStub {
                 let Ok(conn) = conn else { continue };
                 let shared = shared.clone();
                 let handshakes = handshakes.clone();
-                thread::spawn(move || serve_http(conn, &shared, &handshakes));
+                thread::spawn(move || serve_http(&conn, &shared, &handshakes));
             }
         });
         RestStub { url, state }
@@ -426,11 +441,11 @@ fn respond(mut conn: &TcpStream, status: u16, body: &str) {
 }
 
 fn serve_http(
-    conn: TcpStream,
+    conn: &TcpStream,
     state: &Arc<(Mutex<StubState>, Condvar)>,
     handshakes: &HashMap<&'static str, Vec<Value>>,
 ) {
-    let Some((method, path, body)) = read_http_request(&conn) else {
+    let Some((method, path, body)) = read_http_request(conn) else {
         return;
     };
     let lock = || state.0.lock().unwrap_or_else(PoisonError::into_inner);
@@ -439,7 +454,7 @@ fn serve_http(
             lock().health_checks += 1;
             state.1.notify_all();
             respond(
-                &conn,
+                conn,
                 200,
                 r#"{"service":"detrix","status":"ok","uptimeSeconds":1,"adapterConnected":false}"#,
             );
@@ -482,7 +497,7 @@ fn serve_http(
             }
             state.1.notify_all();
             respond(
-                &conn,
+                conn,
                 201,
                 &json!({"connectionId": id, "status": "created"}).to_string(),
             );
@@ -499,9 +514,9 @@ fn serve_http(
             }
             drop(g);
             state.1.notify_all();
-            respond(&conn, 204, "");
+            respond(conn, 204, "");
         }
-        _ => respond(&conn, 404, r#"{"error":"not found"}"#),
+        _ => respond(conn, 404, r#"{"error":"not found"}"#),
     }
 }
 
@@ -591,6 +606,37 @@ impl AttachedAgent {
         (s, json_body(&b))
     }
 
+    /// Puts the agent to sleep through its control plane; then `daemon`'s row for connection
+    /// `id` is disconnected and no probe is left in process `pid` (`what` names the case).
+    pub fn sleep_leaving_nothing(&self, daemon: &Daemon, id: &str, pid: u32, what: &str) {
+        assert_eq!(
+            self.post("/detrix/sleep", None),
+            (200, json!({"status":"sleeping"}))
+        );
+        let (_, row) = daemon.get(&format!("/api/v1/connections/{id}"));
+        assert_eq!(
+            row["status"], 1,
+            "{what}: the connection is gone after sleep: {row}"
+        );
+        assert_eq!(
+            patched_code(pid),
+            Vec::<u64>::new(),
+            "{what}: no probe left in the target after sleep"
+        );
+    }
+
+    /// SIGTERM: the agent ends with exit 0 within 10 s.
+    pub fn terminate(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(
+            self.wait_exit(Duration::from_secs(10)),
+            Some(0),
+            "agent stderr:\n{}",
+            self.stderr.text()
+        );
+    }
+
     /// Waits for the agent to exit; returns its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;
@@ -634,11 +680,11 @@ pub fn patched_code(pid: u32) -> Vec<u64> {
         }
         let (start, end) = f[0].split_once('-').expect("range");
         let (start, end) = (
-            u64::from_str_radix(start, 16).unwrap(),
-            u64::from_str_radix(end, 16).unwrap(),
+            u64::from_str_radix(start, 16).expect("hex range start in /proc/PID/maps"),
+            u64::from_str_radix(end, 16).expect("hex range end in /proc/PID/maps"),
         );
-        let off = u64::from_str_radix(f[2], 16).unwrap();
-        let len = usize::try_from(end - start).unwrap();
+        let off = u64::from_str_radix(f[2], 16).expect("hex offset in /proc/PID/maps");
+        let len = usize::try_from(end - start).expect("a mapping fits in memory");
         let mut in_mem = vec![0u8; len];
         let mut on_disk = vec![0u8; len];
         mem.read_exact_at(&mut in_mem, start)
@@ -682,9 +728,9 @@ pub fn daemon_bin(test: &str) -> Option<PathBuf> {
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
-        .unwrap()
+        .expect("bind a loopback port")
         .local_addr()
-        .unwrap()
+        .expect("a bound socket has an address")
         .port()
 }
 
@@ -703,8 +749,8 @@ impl Daemon {
             .join("real-daemon")
             .join(format!("{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("home")).unwrap();
-        std::fs::create_dir_all(dir.join("log")).unwrap();
+        std::fs::create_dir_all(dir.join("home")).expect("create the daemon's home");
+        std::fs::create_dir_all(dir.join("log")).expect("create the daemon's log directory");
         let (rest, grpc) = (free_port(), free_port());
         let d = dir.display();
         let config = format!(
@@ -714,8 +760,9 @@ impl Daemon {
              host = \"127.0.0.1\"\nport = {grpc}\n[api.auth]\nmode = \"disabled\"\n[output.gelf]\nenabled = false\n",
             base_path.display()
         );
-        std::fs::write(dir.join("detrix.toml"), config).unwrap();
-        let log = std::fs::File::create(dir.join("daemon.out")).unwrap();
+        std::fs::write(dir.join("detrix.toml"), config).expect("write the daemon's config");
+        let log =
+            std::fs::File::create(dir.join("daemon.out")).expect("create the daemon's output file");
         let child = Command::new(bin)
             .args(["serve", "--config"])
             .arg(dir.join("detrix.toml"))
@@ -723,7 +770,7 @@ impl Daemon {
             .env("RUST_LOG", "detrix_dap=debug,info")
             .env_remove("DETRIX_TOKEN")
             .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
+            .stdout(log.try_clone().expect("share the daemon's output file"))
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));

@@ -24,21 +24,27 @@ pub struct Case {
 pub fn build(kind: &'static str) -> Case {
     let root = workspace_root().join("tests").join("fixtures");
     let out = fixtures_out_dir();
-    std::fs::create_dir_all(&out).unwrap();
+    std::fs::create_dir_all(&out).expect("create the fixtures directory");
     let run = |cmd: &mut Command| {
         let st = cmd.status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
         assert!(st.success(), "{cmd:?} failed: {st}");
     };
     match kind {
         "c" => Case {
-            src: root.join("c/orders.c").canonicalize().unwrap(),
+            src: root
+                .join("c/orders.c")
+                .canonicalize()
+                .expect("the C fixture source exists"),
             exe: build_c_fixture("orders", Build::Debug),
             id_expr: "(*o).id",
             after_exprs: ["(round)", "(cost)", "o.customer"],
         },
         "go" => {
             let exe = out.join("orders_go");
-            let src = root.join("go/orders.go").canonicalize().unwrap();
+            let src = root
+                .join("go/orders.go")
+                .canonicalize()
+                .expect("the Go fixture source exists");
             run(Command::new("go")
                 .args(["build", "-gcflags=all=-N -l", "-o"])
                 .arg(&exe)
@@ -46,7 +52,7 @@ pub fn build(kind: &'static str) -> Case {
                 .env("GOTOOLCHAIN", "local")
                 .env("GOCACHE", out.join("gocache"))
                 .env("GOFLAGS", "-mod=mod")
-                .current_dir(src.parent().unwrap()));
+                .current_dir(src.parent().expect("a source file has a directory")));
             Case {
                 src,
                 exe,
@@ -56,7 +62,10 @@ pub fn build(kind: &'static str) -> Case {
         }
         _ => {
             let exe = out.join("orders_rs");
-            let src = root.join("rust/orders.rs").canonicalize().unwrap();
+            let src = root
+                .join("rust/orders.rs")
+                .canonicalize()
+                .expect("the Rust fixture source exists");
             run(Command::new("rustc")
                 .args(["-g", "-C", "opt-level=0", "-o"])
                 .arg(&exe)

@@ -61,6 +61,8 @@ pub struct FixtureBuild {
 const GO119: &str = "/usr/bin/go";
 const GO123: &str = "/usr/lib/go-1.23/bin/go";
 
+// The builds below are a table, one entry per compiler and flags: data, alike by design
+// (`duplicates` lists them; there is no logic to share).
 pub const C_O0: FixtureBuild = FixtureBuild {
     id: "c_O0",
     lang: Lang::C,
@@ -240,6 +242,7 @@ impl FixtureBuild {
     /// The built executable, compiling it first unless it is newer than every input. Each build
     /// is compiled at most once per test binary; different builds compile in parallel.
     pub fn build(&self) -> PathBuf {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
         static LOCKS: OnceLock<Vec<Mutex<()>>> = OnceLock::new();
         let locks = LOCKS.get_or_init(|| ALL.iter().map(|_| Mutex::new(())).collect());
         let index = ALL
@@ -265,7 +268,6 @@ impl FixtureBuild {
             }
         }
 
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
         let tmp = out_dir.join(format!(
             ".{}.tmp-{}-{}",
             self.id,

@@ -187,18 +187,17 @@ impl Facade {
     }
 
     pub(super) fn new_snapshot(&mut self, path: &str, line: u32, out: &mut Vec<Effect>) -> Entry {
-        let probe = self.new_probe();
-        out.push(Effect::Install {
-            probe,
-            file: path.to_owned(),
-            spec: LogpointSpec {
+        let probe = self.install(
+            path,
+            LogpointSpec {
                 line,
                 exprs: Vec::new(),
                 condition: None,
                 capture_stack: true,
                 capture_locals: true,
             },
-        });
+            out,
+        );
         Entry::New {
             line,
             kind: Kind::Snapshot {
@@ -249,19 +248,17 @@ impl Facade {
         let probe = if exprs.is_empty() {
             None
         } else {
-            let probe = self.new_probe();
-            out.push(Effect::Install {
-                probe,
-                file: path.to_owned(),
-                spec: LogpointSpec {
+            Some(self.install(
+                path,
+                LogpointSpec {
                     line,
                     exprs,
                     condition: None,
                     capture_stack: false,
                     capture_locals: false,
                 },
-            });
-            Some(probe)
+                out,
+            ))
         };
         Entry::New {
             line,

@@ -99,18 +99,17 @@ impl Facade {
                 let mut exprs = learned.clone();
                 exprs.push(expr.to_owned());
                 let line = entry.map_or(0, |e| e.line);
-                let probe = self.new_probe();
-                out.push(Effect::Install {
-                    probe,
-                    file: path.to_owned(),
-                    spec: LogpointSpec {
+                let probe = self.install(
+                    path,
+                    LogpointSpec {
                         line,
                         exprs: exprs.clone(),
                         condition: None,
                         capture_stack: true,
                         capture_locals: true,
                     },
-                });
+                    out,
+                );
                 self.awaiting = Some(Awaiting::Learn(Learn {
                     request_seq,
                     expr: expr.to_owned(),
