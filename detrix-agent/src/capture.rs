@@ -266,8 +266,13 @@ fn write_hit(out: &mut dyn Write, req: &Request, hit: &engine::Hit) -> std::io::
             if hit.goid != 0 {
                 line.push_str(&format!(" goid={}", hit.goid));
             }
-            for (e, v) in &hit.values {
-                line.push_str(&format!(" {e}={}", display(v)));
+            for ((e, v), n) in hit.values.iter().zip(&hit.value_trees) {
+                // A value that cannot be read here: the agent's sentence, not the debugger's.
+                let text = match n {
+                    crate::decode::Node::Error(why) => format!("<error: {why}>"),
+                    _ => display(v),
+                };
+                line.push_str(&format!(" {e}={text}"));
             }
             for (e, v) in &hit.locals {
                 line.push_str(&format!(" local:{e}={}", display(v)));
