@@ -266,7 +266,14 @@ fn write_hit(out: &mut dyn Write, req: &Request, hit: &engine::Hit) -> std::io::
                 line.push_str(&format!(" goid={}", hit.goid));
             }
             for (e, n) in &hit.values {
-                line.push_str(&format!(" {e}={}", display(&render::debugger(n))));
+                // A value that cannot be read here: the agent's sentence, not the debugger's.
+                let text = match n {
+                    crate::decode::Node::Unavailable { message, .. } => {
+                        format!("<error: {message}>")
+                    }
+                    _ => display(&render::debugger(n)),
+                };
+                line.push_str(&format!(" {e}={text}"));
             }
             for (e, n) in &hit.locals {
                 line.push_str(&format!(" local:{e}={}", display(&render::debugger(n))));

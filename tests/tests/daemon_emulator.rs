@@ -553,3 +553,77 @@ fn replays_the_real_daemons_conversation_with_the_agent() {
         }
     }
 }
+
+/// A logpoint naming a value optimized out at its line (C `-O2`: `base` before it is
+/// computed) is set and its other values flow: the lost one is the text lldb-dap prints for an
+/// unavailable variable, as a JSON string (`"<error: couldn't get the value of variable base:
+/// variable not available>"`; lldb-dap 22 adds a second line that would split the hit).
+#[test]
+fn c_logpoint_with_an_optimized_out_value_keeps_the_others() {
+    require_root();
+    let build = lang::C_OPTIMIZED_O2;
+    let exe = build.build();
+    let fixture = Fixture::start(&exe, &["-1", "20"]);
+    let stub = RestStub::start(GO_GOLDEN, RUST_GOLDEN);
+    let agent = AttachedAgent::start(
+        fixture.pid(),
+        &[
+            "--daemon-url",
+            &stub.url,
+            "--name",
+            "emu-c-optimized-out",
+            "--language",
+            "rust",
+        ],
+        &[],
+    );
+    let (s, wake) = agent.post("/detrix/wake", None);
+    assert_eq!(s, 200, "{wake}");
+    let (_, mut dap) = stub.take_session();
+    let src = build.source();
+    let line = lang::marker_line(&src, "entry");
+    let msg = ["{round}", "{base}", "{k}"].join("\u{1f}");
+    let r = dap.request(&set_bps(
+        100,
+        &src.to_string_lossy(),
+        json!([{"line": line, "logMessage": format!("DETRICS:lost={msg}")}]),
+    ));
+    assert_eq!(r["body"]["breakpoints"][0]["verified"], true, "{r}");
+    let outs = dap.events(3, STEP_TIMEOUT, |e| e["event"] == "output");
+    assert_eq!(
+        outs.len(),
+        3,
+        "expected 3 output events, got {outs:?}\nagent stderr:\n{}",
+        agent.stderr.text()
+    );
+    for o in &outs {
+        let text = o["body"]["output"]
+            .as_str()
+            .unwrap_or_else(|| panic!("output without text: {o}"));
+        let (_, metric, values) = parse_output("rust", text);
+        assert_eq!(metric, "lost", "{text:?}");
+        let round = values[0]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{{round}} is not an integer: {text:?}"));
+        let want_round = format!("round={round}");
+        let printed = fixture
+            .stdout()
+            .wait_for(Duration::from_secs(5), |l| {
+                l.starts_with("mix ") && l.split(' ').any(|f| f == want_round)
+            })
+            .unwrap_or_else(|| panic!("the fixture never printed round {round}"));
+        let k: i64 = printed
+            .split(' ')
+            .find_map(|f| f.strip_prefix("k="))
+            .and_then(|k| k.parse().ok())
+            .unwrap_or_else(|| panic!("no k= in {printed}"));
+        assert_eq!(
+            values[1..],
+            [
+                json!("<error: couldn't get the value of variable base: variable not available>"),
+                json!(k)
+            ],
+            "\n output:  {text:?}\n printed: {printed}"
+        );
+    }
+}

@@ -1,9 +1,10 @@
 //! Captures values from each RUNNING multi-language fixture build (C/C++ -O0/-O2, Rust
 //! debug/opt-level=3, Go 1.19/1.23 with `-N -l` and optimized) at every probe line, and checks
 //! every captured value against what the fixture printed for the same hit. Where a build really
-//! lost a value (optimized out, or in a register a uprobe cannot read), the capture must fail
-//! with exactly the message `lang::probes` names. Go events must carry the goroutine id the
-//! program printed for itself.
+//! lost a value (optimized out, or in a register a uprobe cannot read), every hit must carry
+//! exactly the message `lang::probes` names as that value's `{"error": …}` next to the live
+//! values; a name not in scope must fail the capture with its message. Go events must carry the
+//! goroutine id the program printed for itself.
 
 mod lang;
 
@@ -379,11 +380,17 @@ fn capture_probe(build: &FixtureBuild, fixture: &Fixture, probe: &Probe, known_b
     if known_bugs {
         return;
     }
-    // What this build lost: capturing it must fail, naming why. Without --strip-prefix the
-    // agent names the source by the absolute path the debug info records.
+    // What this build lost: a value lost at the line (optimized out, unreadable) is that
+    // value's error on every hit while the others flow; a name not in scope fails the capture,
+    // naming why. Without --strip-prefix the agent names the source by the absolute path the
+    // debug info records.
     let abs_at = format!("{}:{line}", build.debug_source().display());
     for (expr, expect) in &probe.exprs {
         if let Expect::Error(msg) = expect {
+            if lang::per_value(msg) {
+                check_per_value_error(build, fixture, probe, &at, expr, &error_text(msg, &abs_at));
+                continue;
+            }
             let out = run_agent(&capture_args(
                 fixture.pid(),
                 &at,
@@ -402,6 +409,62 @@ fn capture_probe(build: &FixtureBuild, fixture: &Fixture, probe: &Probe, known_b
                 out.stdout.trim().is_empty(),
                 "a failed capture prints no event: {}",
                 out.stdout
+            );
+        }
+    }
+}
+
+/// Captures the probe's keys with `expr`, which cannot be read at the line: every hit carries
+/// exactly `{"error": want}` for it, and the keys equal what the program printed.
+fn check_per_value_error(
+    build: &FixtureBuild,
+    fixture: &Fixture,
+    probe: &Probe,
+    at: &str,
+    expr: &str,
+    want: &str,
+) {
+    let mut names: Vec<&str> = probe.keys.iter().map(|(e, _)| *e).collect();
+    names.push(expr);
+    let out = run_agent(&capture_args(
+        fixture.pid(),
+        at,
+        &names,
+        &["--count", "2", "--format", "json"],
+    ));
+    out.assert_success();
+    let hits: Vec<Hit> = out
+        .stdout_lines()
+        .into_iter()
+        .map(detrix_e2e::parse_event_allowing_goid)
+        .collect();
+    assert_eq!(
+        hits.len(),
+        2,
+        "{}: `{}`:\n{}",
+        build.id,
+        out.command,
+        out.stdout
+    );
+    for hit in &hits {
+        assert_eq!(
+            hit.values.get(expr),
+            Some(&serde_json::json!({ "error": want })),
+            "{}: `{expr}` should be exactly this error on every hit: {want}\n  event: {}",
+            build.id,
+            hit.raw
+        );
+        let line = printed_line_of(fixture.stdout(), probe, hit);
+        let f = fields(&line);
+        for (key, printed_key) in probe.keys {
+            let want = printed(&f, printed_key, &line);
+            let got = hit.values.get(*key).map(key_text);
+            assert_eq!(
+                got.as_deref(),
+                Some(want),
+                "{}: `{key}` next to the error: {}",
+                build.id,
+                hit.raw
             );
         }
     }

@@ -6,6 +6,8 @@
 //! them once per copy of a line, in one place, keeps the two from disagreeing about where the
 //! instruction boundaries are.
 
+pub mod cfg;
+
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, OpKind};
 
 use crate::debuginfo::{Binary, ProbePoint};

@@ -1,4 +1,11 @@
-//! `file:line` → one probe point per function copy that owns code for the line.
+//! `file:line` → one probe point per function copy that owns code for the line, carrying every
+//! row run of the line in that copy.
+//!
+//! Why the runs: in optimized code a statement's code is often split into several runs of
+//! line-table rows on different paths (a Go `append` that grows the slice, a call on one branch).
+//! Which of them must carry a probe so that every execution passes exactly one is a question
+//! about control flow, answered by [`crate::codegen::cfg`] on the function's decoded code; this
+//! module only reports what the line table says.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Component, Path, PathBuf};
@@ -23,11 +30,25 @@ pub struct ProbePoint {
     /// The enclosing function's code range (for branch-target checks during placement).
     pub func_start: LinkAddr,
     pub func_end: LinkAddr,
+    /// Every row run of the line in this function copy that starts a statement (or, when none
+    /// does, every run), in address order; this point is at one of them.
+    pub runs: Vec<LineRun>,
     pub(super) unit: usize,
     /// Offset of the `DW_TAG_subprogram` in its unit (frame base).
     pub(super) subprogram: usize,
     /// Offset of the innermost scope: the subprogram, or the inlined copy the point is in.
     pub(super) scope: usize,
+}
+
+/// A maximal stretch of consecutive line-table rows (of the file) that belong to the line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineRun {
+    /// Where a probe for this run goes: its first statement row (past the prologue).
+    pub addr: LinkAddr,
+    /// Where the row at `addr` ends (that probe's placement window).
+    pub line_end: LinkAddr,
+    /// Where the run's last row ends.
+    pub end: LinkAddr,
 }
 
 /// One line-table row, reduced to what resolution needs.
@@ -36,6 +57,9 @@ struct Row {
     addr: u64,
     line: u32,
     is_stmt: bool,
+    /// Which sequence of the line program the row is in (rows of different sequences are
+    /// never one run).
+    seq: u32,
 }
 
 /// How a user-given file name matches a path from the debug info.
@@ -171,8 +195,10 @@ impl Binary {
         }
         let mut paths: HashMap<u64, Option<String>> = HashMap::new();
         let mut rows = program.rows();
+        let mut seq = 0u32;
         while let Some((header, row)) = rows.next_row().map_err(self.dwarf_err("the line table"))? {
             if row.end_sequence() {
+                seq += 1;
                 continue;
             }
             addrs.push(row.address());
@@ -185,6 +211,7 @@ impl Binary {
                     addr: row.address(),
                     line: u32::try_from(line.get()).unwrap_or(u32::MAX),
                     is_stmt: row.is_stmt(),
+                    seq,
                 });
             }
         }
@@ -195,9 +222,10 @@ impl Binary {
 
     /// Resolves `file:line` to one probe point per function (copy) with code for that line.
     ///
-    /// Within a function the lowest `is_stmt` address wins; a point at a function's first
-    /// instruction moves past the prologue (to the next row), where parameters are in their
-    /// home slots.
+    /// Each point is at the copy's first run of the line and lists all of them
+    /// ([`ProbePoint::runs`]); a run starts at its first `is_stmt` row (runs without one are
+    /// left out unless no run has one). A run at a function's first instruction moves past the
+    /// prologue (to the next row), where parameters are in their home slots.
     ///
     /// # Errors
     /// Unknown or ambiguous file, line without code, no debug info, malformed DWARF.
@@ -229,33 +257,30 @@ impl Binary {
         let path = matched.into_iter().next().unwrap_or_default();
 
         let mut lines_with_code = BTreeSet::new();
-        // (unit, scope) → (best addr, is_stmt, scope)
-        let mut groups: BTreeMap<(usize, usize), (u64, bool, super::scope::Function)> =
+        // (unit, scope) → (indices of the line's rows in the unit's file rows, scope)
+        let mut groups: BTreeMap<(usize, usize), (Vec<usize>, super::scope::Function)> =
             BTreeMap::new();
         let mut unit_addrs: HashMap<usize, Vec<u64>> = HashMap::new();
-        for (ui, by_file, addrs) in per_unit {
-            let Some(rows) = by_file.get(&path) else {
+        let mut unit_file_rows: HashMap<usize, Vec<Row>> = HashMap::new();
+        for (ui, mut by_file, addrs) in per_unit {
+            let Some(rows) = by_file.remove(&path) else {
                 continue;
             };
-            for r in rows {
+            for r in &rows {
                 lines_with_code.insert(r.line);
             }
-            for r in rows.iter().filter(|r| r.line == line) {
+            for (i, r) in rows.iter().enumerate().filter(|(_, r)| r.line == line) {
                 let Some(func) = self.function_at(ui, r.addr)? else {
                     continue;
                 };
-                let key = (ui, func.scope);
-                let better = |(a, s, _): &(u64, bool, super::scope::Function)| {
-                    (r.is_stmt && !*s) || (r.is_stmt == *s && r.addr < *a)
-                };
-                match groups.get(&key) {
-                    Some(cur) if !better(cur) => {}
-                    _ => {
-                        groups.insert(key, (r.addr, r.is_stmt, func));
-                    }
-                }
+                groups
+                    .entry((ui, func.scope))
+                    .or_insert_with(|| (Vec::new(), func))
+                    .0
+                    .push(i);
             }
             unit_addrs.insert(ui, addrs);
+            unit_file_rows.insert(ui, rows);
         }
         lines_with_code.remove(&0);
         if groups.is_empty() {
@@ -266,25 +291,53 @@ impl Binary {
             });
         }
         let mut points = Vec::new();
-        for ((ui, scope), (mut addr, _, func)) in groups {
+        for ((ui, scope), (indices, func)) in groups {
             let (low, high) = (func.low_pc, func.high_pc);
-            // A real function's first instruction is its prologue: parameters are not in their
-            // home slots yet. An inlined copy has none.
-            if addr == low && !func.inlined {
-                if let Some(next) = unit_addrs
-                    .get(&ui)
-                    .and_then(|a| a.iter().copied().find(|&a| a > low && a < high))
-                {
-                    addr = next;
-                }
-            }
-            let line_end = unit_addrs
+            let addrs = unit_addrs.get(&ui).map(Vec::as_slice).unwrap_or_default();
+            let rows = unit_file_rows
                 .get(&ui)
-                .and_then(|a| a.iter().copied().find(|&a| a > addr))
-                .unwrap_or(addr)
-                .min(high);
-            let line_end = LinkAddr(line_end);
-            let addr = LinkAddr(addr);
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let next_addr = |a: u64| {
+                addrs
+                    .iter()
+                    .copied()
+                    .find(|&n| n > a)
+                    .unwrap_or(a)
+                    .min(high)
+            };
+            let mut runs = Vec::new();
+            let any_stmt = indices.iter().any(|&i| rows[i].is_stmt);
+            for run in split_runs(&indices, rows) {
+                let first = if any_stmt {
+                    match run.iter().find(|&&i| rows[i].is_stmt) {
+                        Some(&i) => rows[i].addr,
+                        None => continue,
+                    }
+                } else {
+                    run.iter().map(|&i| rows[i].addr).min().unwrap_or_default()
+                };
+                let mut addr = first;
+                // A real function's first instruction is its prologue: parameters are not in
+                // their home slots yet. An inlined copy has none.
+                if addr == low && !func.inlined {
+                    if let Some(next) = addrs.iter().copied().find(|&a| a > low && a < high) {
+                        addr = next;
+                    }
+                }
+                let last = run.iter().map(|&i| rows[i].addr).max().unwrap_or(addr);
+                runs.push(LineRun {
+                    addr: LinkAddr(addr),
+                    line_end: LinkAddr(next_addr(addr)),
+                    end: LinkAddr(next_addr(last.max(addr))),
+                });
+            }
+            runs.sort_by_key(|r| r.addr);
+            runs.dedup_by_key(|r| r.addr);
+            let Some(run) = runs.first().copied() else {
+                continue;
+            };
+            let addr = run.addr;
             let Some(file_offset) = self.file_offset(addr) else {
                 return Err(ResolveError::Elf {
                     binary: self.path.clone(),
@@ -302,9 +355,10 @@ impl Binary {
                 function,
                 file: path.clone(),
                 line,
-                line_end,
+                line_end: run.line_end,
                 func_start: LinkAddr(low),
                 func_end: LinkAddr(high),
+                runs,
                 unit: ui,
                 subprogram: func.subprogram,
                 scope,
@@ -338,6 +392,24 @@ impl Binary {
             closest,
         })
     }
+}
+
+/// `indices` (ascending positions in `rows`) cut into runs of consecutive rows of one sequence.
+fn split_runs(indices: &[usize], rows: &[Row]) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    for &i in indices {
+        match out.last_mut() {
+            Some(run)
+                if run
+                    .last()
+                    .is_some_and(|&p| p + 1 == i && rows[p].seq == rows[i].seq) =>
+            {
+                run.push(i);
+            }
+            _ => out.push(vec![i]),
+        }
+    }
+    out
 }
 
 /// Up to two lines with code on each side of `line`.

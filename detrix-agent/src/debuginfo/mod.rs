@@ -19,7 +19,7 @@ use std::sync::Arc;
 use object::{Object, ObjectSection, ObjectSegment};
 
 pub use crate::addr::{FileOffset, LinkAddr};
-pub use lines::ProbePoint;
+pub use lines::{LineRun, ProbePoint};
 pub use location::{AddrBase, Location};
 pub use scope::{Symbol, Variable, VariableKind};
 pub use symbolize::{Frame, Symbolizer, STACK_FRAMES};

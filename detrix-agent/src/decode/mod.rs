@@ -12,6 +12,14 @@ use crate::plan::shape::{CountedLayout, CountedStyle, Payload, Shape, GO_SHOWN_E
 use crate::plan::{Role, ValueDecoder};
 
 /// One decoded value, as read at the hit.
+/// What a debugger prints for a value it cannot read: an lldb-dap `<error: …>` or a Delve
+/// text such as `(unreadable …)`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DebuggerText {
+    Error(String),
+    Text(String),
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Node {
     Int(i64),
@@ -110,6 +118,14 @@ pub enum Node {
     },
     /// The read failed at this hit.
     Error(String),
+    /// A value the plan cannot read at this line at all (optimized out, a DWARF operation not
+    /// supported yet, a register a uprobe cannot read): the same on every hit. `message` is
+    /// the agent's sentence (the CLI's `{"error": …}`); `debugger` is what the target's
+    /// debugger prints for such a value in a logpoint (the DAP `output`).
+    Unavailable {
+        message: String,
+        debugger: DebuggerText,
+    },
 }
 
 /// What a Rust enum variant holds.

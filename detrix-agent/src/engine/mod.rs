@@ -248,6 +248,7 @@ impl Engine {
                             logpoint: id,
                             values: c.plan.values.clone(),
                             local_errors: c.plan.local_errors.clone(),
+                            value_errors: c.plan.value_errors.clone(),
                         },
                     );
                     probe_ids.push(probe_id);

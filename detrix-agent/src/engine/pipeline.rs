@@ -3,9 +3,13 @@
 //! point at the chosen address, and forward the plan's stack reads to the registers holding
 //! them there.
 //!
+//! Before that, [`runs`] picks which row runs of each copy carry a probe (see
+//! [`crate::codegen::cfg`]): each kept run is planned as a point of its own.
+//!
 //! Why one: `Resolver::prepare` (to attach) and [`describe`] (`detrix-agent resolve`, the
 //! snapshot tests) must show and do the same thing; describe only renders the result as JSON.
 
+use crate::codegen::cfg::{choose_runs, Cfg};
 use crate::codegen::Function;
 use crate::debuginfo::{Binary, ProbePoint};
 use crate::expr;
@@ -30,6 +34,36 @@ pub(super) struct Placed {
     pub placement: Placement,
     /// One sentence per read that forwarding rewrote.
     pub forwarded: Vec<String>,
+}
+
+/// Each copy of a line as the probe points its kept runs give, each with one sentence per run
+/// of its copy saying which were kept and why (none when the copy has one run).
+pub(super) fn runs(bin: &Binary, points: Vec<ProbePoint>) -> Vec<(ProbePoint, Vec<String>)> {
+    let mut out = Vec::new();
+    for p in points {
+        if p.runs.len() < 2 {
+            out.push((p, Vec::new()));
+            continue;
+        }
+        let func = Function::of(bin, &p);
+        let cfg = Cfg::of(&func, p.func_start.0, p.func_end.0);
+        let verdicts = choose_runs(&cfg, &p.runs);
+        let why: Vec<String> = verdicts.iter().map(|v| v.why.clone()).collect();
+        for v in verdicts.iter().filter(|v| v.kept) {
+            let point = if v.run.addr == p.addr {
+                Some(p.clone())
+            } else {
+                bin.point_at(&p, v.run.addr).map(|mut q| {
+                    q.line_end = v.run.line_end;
+                    q
+                })
+            };
+            if let Some(point) = point {
+                out.push((point, why.clone()));
+            }
+        }
+    }
+    out
 }
 
 /// Plans `exprs` at `p`, places the probe and forwards its reads.
@@ -112,7 +146,7 @@ pub fn describe(
         }
     };
     let points = match bin.resolve_line(file, line) {
-        Ok(p) => p,
+        Ok(p) => runs(bin, p),
         Err(e) => {
             return serde_json::json!({ "at": format!("{file}:{line}"), "error": scrub(e.to_string()) })
         }
@@ -126,11 +160,16 @@ pub fn describe(
         burst: 0,
     };
     let mut out = Vec::new();
-    for p in &points {
+    for (p, why) in &points {
         let mut values = serde_json::Map::new();
         let mut ok: Vec<String> = Vec::new();
         for e in exprs {
             let v = match plan::build(bin, p, std::slice::from_ref(e), None, opts) {
+                // Captured as an error on every hit: not among the values the plan reads.
+                Ok(b) if !b.value_errors.is_empty() => {
+                    let why = b.value_errors.iter().map(|v| v.message.clone()).collect();
+                    serde_json::json!({ "error": scrub(why) })
+                }
                 Ok(b) => {
                     ok.push(e.clone());
                     serde_json::json!({ "ops": plan::describe_ops(&b.plan) })
@@ -154,7 +193,7 @@ pub fn describe(
                     serde_json::json!({ "chosen": pl.chosen.to_string(), "kind": format!("{:?}", pl.kind), "forwarded": placed.forwarded })
                 }
             });
-        out.push(serde_json::json!({
+        let mut point = serde_json::json!({
             "function": p.function,
             "file": rel(&p.file),
             "line": p.line,
@@ -162,7 +201,11 @@ pub fn describe(
             "file_offset": p.file_offset.to_string(),
             "placement": placement,
             "values": values,
-        }));
+        });
+        if !why.is_empty() {
+            point["runs"] = why.clone().into();
+        }
+        out.push(point);
     }
     serde_json::json!({ "at": format!("{file}:{line}"), "copies": points.len(), "points": out })
 }

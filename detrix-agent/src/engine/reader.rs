@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 
 use crate::debuginfo::Symbolizer;
-use crate::decode::Node;
+use crate::decode::{DebuggerText, Node};
 use crate::plan;
 use crate::probe;
 
@@ -25,6 +25,8 @@ pub(super) struct ProbeDecoder {
     pub(super) values: Vec<plan::ValueDecoder>,
     /// Locals that could not be planned, shown as errors in every hit.
     pub(super) local_errors: Vec<(String, String)>,
+    /// Shown values that cannot be captured at this copy, put in place in every hit.
+    pub(super) value_errors: Vec<plan::ValueError>,
 }
 
 pub(super) type DecoderTable = Arc<Mutex<HashMap<u32, ProbeDecoder>>>;
@@ -112,6 +114,20 @@ fn decode_all(ring: &mut probe::EventRings, decoders: &DecoderTable, sym: &Symbo
                 plan::Role::Stack => hit.stack = stack_frames(&info.values, d, &h, data, sym),
                 plan::Role::UnwindRegs => hit.stack = unwind_frames(&info.values, &h, data, sym),
             }
+        }
+        // In ascending position: each insert lands where the value was asked.
+        for e in &info.value_errors {
+            let at = e.index.min(hit.values.len());
+            let debugger = match &e.debugger {
+                plan::Value::Error(t) => DebuggerText::Error(t.clone()),
+                plan::Value::Text(t) => DebuggerText::Text(t.clone()),
+                other => DebuggerText::Text(other.to_string()),
+            };
+            let node = Node::Unavailable {
+                message: e.message.clone(),
+                debugger,
+            };
+            hit.values.insert(at, (e.expr.clone(), node));
         }
         for (name, why) in &info.local_errors {
             hit.locals.push((name.clone(), Node::Error(why.clone())));

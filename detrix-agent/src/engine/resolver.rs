@@ -13,7 +13,7 @@ use crate::expr;
 use crate::plan::{self, PlanOptions};
 use crate::target::Target;
 
-use super::pipeline::{plan_point, Steps};
+use super::pipeline::{plan_point, runs, Steps};
 use super::{EngineError, EngineOptions, LogpointSpec, PreparedCopy};
 
 /// Resolves and plans against one process, without touching the kernel: every user error is
@@ -158,7 +158,7 @@ impl Resolver {
             forwarding: self.opts.forwarding,
         };
         let mut out = Vec::new();
-        for p in points {
+        for (p, why) in runs(bin, points) {
             let extras = plan::Extras {
                 locals: if spec.capture_locals {
                     bin.locals_in_scope(&p)?
@@ -177,6 +177,7 @@ impl Resolver {
                 steps,
             )?;
             let mut placement = placed.placement;
+            placement.explain.splice(0..0, why);
             placement.explain.extend(placed.forwarded);
             out.push(PreparedCopy {
                 point: placed.point,

@@ -49,6 +49,60 @@ pub enum PlanError {
     Condition { cond: String, what: String },
 }
 
+impl PlanError {
+    /// Whether the error is about one value at this point (optimized out there, or read through
+    /// something the agent cannot read yet), not about the request: such a value becomes an
+    /// error on every hit and the other values still flow.
+    #[must_use]
+    pub fn is_per_value(&self) -> bool {
+        match self {
+            PlanError::Resolve(
+                ResolveError::OptimizedOut { .. } | ResolveError::UnsupportedLocation { .. },
+            ) => true,
+            // A register a uprobe does not save (XMM): the location is known, unreadable.
+            PlanError::Type { what, .. } => what.ends_with("which a uprobe cannot read"),
+            _ => false,
+        }
+    }
+}
+
+/// A shown value that cannot be captured at this point: an error on every hit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValueError {
+    /// Position among the shown expressions, in the order asked.
+    pub index: usize,
+    pub expr: String,
+    /// The sentence naming the problem (the CLI's `{"error": …}`).
+    pub message: String,
+    /// What the target's debugger prints for the value in a logpoint (the DAP `output`): Delve
+    /// `(unreadable …)`; lldb-dap `<error: … variable not available>` (recorded with lldb-dap
+    /// 22 and Delve 1.20.2, see [`debugger_text`]).
+    pub debugger: Value,
+}
+
+/// The DAP text for a value that cannot be read, as the target's debugger prints it.
+///
+/// Recorded: lldb-dap 22 prints, for a C local optimized out at the line, `<error: error:
+/// Couldn't materialize: couldn't get the value of variable base: variable not available` then
+/// a second line `error: errored out in DoExecute, couldn't PrepareToExecuteJITExpression>`;
+/// the second line would split the hit over two `output` events (the daemon would lose the
+/// values after it), so only the first line's message is kept, as the contract's
+/// `"<error: …>"`. Delve 1.20.2 prints `(unreadable could not find loclist entry at 0x1490 for
+/// address 0x492685)`: the agent keeps that shape with its own reason.
+#[must_use]
+pub fn debugger_text(bin: &Binary, err: &PlanError) -> Value {
+    let go = bin.language().ok() == Some(crate::debuginfo::Language::Go);
+    if go {
+        return Value::Text(format!("(unreadable {err})"));
+    }
+    match err {
+        PlanError::Resolve(ResolveError::OptimizedOut { var, .. }) => Value::Error(format!(
+            "couldn't get the value of variable {var}: variable not available"
+        )),
+        other => Value::Error(other.to_string()),
+    }
+}
+
 /// One captured expression inside a plan.
 #[derive(Debug, Clone)]
 pub struct ValueDecoder {
@@ -72,6 +126,8 @@ pub struct BuiltPlan {
     pub values: Vec<ValueDecoder>,
     /// Locals asked for that are not captured, with the reason (optimized out, budget, …).
     pub local_errors: Vec<(String, String)>,
+    /// Shown values that cannot be captured here ([`PlanError::is_per_value`]), by position.
+    pub value_errors: Vec<ValueError>,
 }
 
 /// Default for [`PlanOptions::elem_cap`].
@@ -178,9 +234,26 @@ pub fn build_with(
             .unwrap_or(0);
     }
     let mut lowered: Vec<(String, Role, Vec<PlanOp>, Shape, usize)> = Vec::new();
-    for (text, role) in &all {
-        let (o, shape, len) = lower_value(bin, point, opts, text)?;
-        lowered.push((text.clone(), *role, o, shape, len));
+    let mut value_errors = Vec::new();
+    for (index, (text, role)) in all.iter().enumerate() {
+        match lower_value(bin, point, opts, text) {
+            Ok((o, shape, len)) => lowered.push((text.clone(), *role, o, shape, len)),
+            // One value lost at this point does not lose the others; the condition's must be
+            // there (a filter on a value that cannot be read would silently drop every hit).
+            Err(e)
+                if *role == Role::Shown
+                    && e.is_per_value()
+                    && condition.is_none_or(|c| c.expr_text != text.trim()) =>
+            {
+                value_errors.push(ValueError {
+                    index,
+                    expr: text.clone(),
+                    message: e.to_string(),
+                    debugger: debugger_text(bin, &e),
+                });
+            }
+            Err(e) => return Err(e),
+        }
     }
     let mut local_errors = Vec::new();
     // Go keeps frame pointers: the kernel walks them. Elsewhere, copy what CFI unwinding needs.
@@ -318,7 +391,7 @@ pub fn build_with(
         let vi = values
             .iter()
             .position(|v| v.expr.trim() == c.expr_text)
-            .unwrap_or(values.len() - 1);
+            .unwrap_or(values.len().saturating_sub(1));
         plan.cond = lower_condition(c, vi, &values[vi])?;
     }
     if opts.rate_per_sec > 0 {
@@ -330,5 +403,6 @@ pub fn build_with(
         plan,
         values,
         local_errors,
+        value_errors,
     })
 }

@@ -64,7 +64,7 @@ pub fn value(node: &Node) -> J {
         Node::GoUnloaded { name, addr: None } => {
             json!({ "error": format!("a {name} this deep is not copied, and its address is not known") })
         }
-        Node::Error(e) => json!({ "error": e }),
+        Node::Error(e) | Node::Unavailable { message: e, .. } => json!({ "error": e }),
     }
 }
 

@@ -62,6 +62,10 @@ pub fn debugger(node: &Node) -> Value {
         ),
         Node::Seq { .. } => Value::Text(seq_text(node, true)),
         Node::Error(e) => Value::Error(e.clone()),
+        Node::Unavailable { debugger, .. } => match debugger {
+            crate::decode::DebuggerText::Error(t) => Value::Error(t.clone()),
+            crate::decode::DebuggerText::Text(t) => Value::Text(t.clone()),
+        },
         Node::Struct { .. }
         | Node::Array { .. }
         | Node::Variant { .. }

@@ -164,6 +164,47 @@ pub const GO123_OPT: FixtureBuild = FixtureBuild {
     optimized: true,
 };
 
+/// The split-statement fixtures (`tests/fixtures/split*`): statements whose code an optimizing
+/// compiler splits into several row runs on different paths.
+pub const SPLIT_C_O2: FixtureBuild = FixtureBuild {
+    id: "split_c_O2",
+    lang: Lang::C,
+    dir: "split",
+    file: "split.c",
+    compiler: Compiler::Gcc(&["-g", "-O2"]),
+    optimized: true,
+};
+pub const SPLIT_CPP_O2: FixtureBuild = FixtureBuild {
+    id: "split_cpp_O2",
+    lang: Lang::Cpp,
+    dir: "split",
+    file: "split.cpp",
+    compiler: Compiler::Gxx(&["-g", "-O2"]),
+    optimized: true,
+};
+pub const SPLIT_RUST_O2: FixtureBuild = FixtureBuild {
+    id: "split_rust_O2",
+    lang: Lang::Rust,
+    dir: "split",
+    file: "split.rs",
+    compiler: Compiler::Rustc(&["--edition", "2021", "-g", "-C", "opt-level=2"]),
+    optimized: true,
+};
+pub const SPLIT_GO123_OPT: FixtureBuild = FixtureBuild {
+    id: "split_go1.23_opt",
+    lang: Lang::Go,
+    dir: "split_go",
+    file: "main.go",
+    compiler: Compiler::Go {
+        go: GO123,
+        no_opt: false,
+    },
+    optimized: true,
+};
+
+/// The split-statement builds, after [`ALL`] in the build locks.
+pub const SPLIT: [FixtureBuild; 4] = [SPLIT_C_O2, SPLIT_CPP_O2, SPLIT_RUST_O2, SPLIT_GO123_OPT];
+
 /// Every build, in a fixed order.
 pub const ALL: [FixtureBuild; 11] = [
     C_O0,
@@ -244,11 +285,17 @@ impl FixtureBuild {
     pub fn build(&self) -> PathBuf {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         static LOCKS: OnceLock<Vec<Mutex<()>>> = OnceLock::new();
-        let locks = LOCKS.get_or_init(|| ALL.iter().map(|_| Mutex::new(())).collect());
+        let locks = LOCKS.get_or_init(|| {
+            ALL.iter()
+                .chain(SPLIT.iter())
+                .map(|_| Mutex::new(()))
+                .collect()
+        });
         let index = ALL
             .iter()
+            .chain(SPLIT.iter())
             .position(|b| b.id == self.id)
-            .expect("every build is in ALL");
+            .expect("every build is in ALL or SPLIT");
         let _turn = locks[index].lock().unwrap_or_else(PoisonError::into_inner);
 
         let out_dir = workspace_root()
@@ -392,10 +439,20 @@ pub enum Expect {
     /// Should be the inner expectation, but a known agent bug breaks it: `lang_capture` checks
     /// it only in its `#[ignore]`d known-bugs test (the reason is the second field).
     AgentBug(&'static Expect, &'static str),
-    /// The expression cannot be captured in this build: `resolve` reports, and `capture` fails
-    /// with, exactly this message, `{at}` standing for the probe's FILE:LINE as the agent names
+    /// The expression cannot be captured in this build: `resolve` reports exactly this message,
+    /// and `capture` shows it as the value's `{"error": …}` on every hit ([`per_value`]) or
+    /// fails with it (a name not in scope), `{at}` standing for the probe's FILE:LINE as the agent names
     /// it (see [`error_text`]).
     Error(&'static str),
+}
+
+/// Whether an [`Expect::Error`] is about one value at the line (optimized out, or read through
+/// something the agent cannot read yet): `capture` then shows it as that value's
+/// `{"error": …}` on every hit; any other error (a name not in scope) fails the capture.
+pub fn per_value(msg: &str) -> bool {
+    msg.contains("is optimized out at")
+        || msg.ends_with("which the agent cannot capture yet")
+        || msg.ends_with("which a uprobe cannot read")
 }
 
 /// An [`Expect::Error`] message with `{at}` replaced by `at`.
