@@ -20,7 +20,7 @@ use object::{Object, ObjectSection, ObjectSegment};
 
 pub use crate::addr::{FileOffset, LinkAddr};
 pub use lines::ProbePoint;
-pub use location::{AddrBase, Location};
+pub use location::{alu_code, alu_unary, AddrBase, DwBin, DwExpr, DwUn, Location};
 pub use scope::{Symbol, Variable, VariableKind};
 pub use symbolize::{Frame, Symbolizer, STACK_FRAMES};
 pub use types::{Member, Type, TypeRef, Variant};
