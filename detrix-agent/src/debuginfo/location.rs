@@ -72,7 +72,7 @@ pub enum DwExpr {
 }
 
 impl DwExpr {
-    fn bin(op: DwBin, a: DwExpr, b: DwExpr) -> DwExpr {
+    pub(super) fn bin(op: DwBin, a: DwExpr, b: DwExpr) -> DwExpr {
         // Constants are folded here, with the program's own arithmetic.
         if let (DwExpr::Const(x), DwExpr::Const(y)) = (&a, &b) {
             if let Some(v) = detrix_common::alu::eval(alu_code(op), *x as u64, *y as u64) {
@@ -82,7 +82,7 @@ impl DwExpr {
         DwExpr::Bin(op, Box::new(a), Box::new(b))
     }
 
-    fn plus(self, c: i64) -> DwExpr {
+    pub(super) fn plus(self, c: i64) -> DwExpr {
         if c == 0 {
             self
         } else {
@@ -244,6 +244,34 @@ impl Location {
     }
 }
 
+/// Whose frame an expression describes, which decides what `DW_OP_fbreg`, `DW_OP_call_frame_cfa`
+/// and `DW_OP_entry_value` mean in it.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Frame {
+    /// A variable at the probe.
+    Probe,
+    /// The probed function's `DW_AT_frame_base`.
+    OwnBase,
+    /// A call site's `DW_AT_call_value`, in the caller's frame at the call (`return_pc`), the
+    /// caller's `DW_TAG_subprogram` at `caller` in the same unit.
+    Caller { return_pc: u64, caller: usize },
+    /// The caller's `DW_AT_frame_base` at that call.
+    CallerFrameBase { return_pc: u64 },
+}
+
+impl Frame {
+    /// The PC the expression is evaluated at (a location list entry is chosen by it; the CFA
+    /// rule is looked up there): inside the call instruction for a caller.
+    fn pc(self, point: &ProbePoint) -> u64 {
+        match self {
+            Frame::Probe | Frame::OwnBase => point.addr.0,
+            Frame::Caller { return_pc, .. } | Frame::CallerFrameBase { return_pc } => {
+                return_pc.saturating_sub(1)
+            }
+        }
+    }
+}
+
 /// What one piece (or the whole expression) left behind.
 enum Part {
     Register(u16),
@@ -267,7 +295,7 @@ impl Part {
 
 impl Binary {
     /// The CFA rule at `pc` as register + offset, from `.debug_frame` (Go) or `.eh_frame`.
-    fn cfa_at(&self, pc: u64) -> Result<DwExpr, ResolveError> {
+    pub(super) fn cfa_at(&self, pc: u64) -> Result<DwExpr, ResolveError> {
         let cfa = self.cfi_row(pc, |row| match row.cfa() {
             gimli::CfaRule::RegisterAndOffset { register, offset } => {
                 Some(DwExpr::Reg(register.0).plus(*offset))
@@ -289,7 +317,7 @@ impl Binary {
         let Some(attr) = entry.attr_value(dw::DW_AT_frame_base) else {
             return Err(self.unsupported(point, var, "DW_OP_fbreg without DW_AT_frame_base"));
         };
-        match self.eval_at(point, point.unit, attr, var, None)? {
+        match self.eval_at(point, point.unit, attr, var, Frame::OwnBase)? {
             // DW_OP_reg<n> as a frame base means "the address held in that register".
             Location::Register { dwarf_reg } => Ok(DwExpr::Reg(dwarf_reg)),
             Location::Memory { base, offset } => Ok(match base {
@@ -322,20 +350,20 @@ impl Binary {
         attr: gimli::AttributeValue<R>,
         var: &str,
     ) -> Result<Location, ResolveError> {
-        self.eval_at(point, ui, attr, var, Some(()))
+        self.eval_at(point, ui, attr, var, Frame::Probe)
     }
 
-    /// `allow_fbreg` is `None` while evaluating the frame base itself (no recursion).
-    fn eval_at(
+    /// Evaluates a location attribute (an expression or a location list) in `frame`.
+    pub(super) fn eval_at(
         &self,
         point: &ProbePoint,
         ui: usize,
         attr: gimli::AttributeValue<R>,
         var: &str,
-        allow_fbreg: Option<()>,
+        frame: Frame,
     ) -> Result<Location, ResolveError> {
         let unit = &self.units[ui];
-        let pc = point.addr.0;
+        let pc = frame.pc(point);
         let expr = match attr {
             gimli::AttributeValue::Exprloc(e) => e,
             other => {
@@ -433,10 +461,15 @@ impl Binary {
                 O::UnsignedConstant { value } => stack.push(DwExpr::Const(value as i64)),
                 O::SignedConstant { value } => stack.push(DwExpr::Const(value)),
                 O::FrameOffset { offset } => {
-                    if allow_fbreg.is_none() {
-                        return Err(bad("DW_OP_fbreg inside DW_AT_frame_base"));
-                    }
-                    let fb = self.frame_base(point, var)?;
+                    let fb = match frame {
+                        Frame::Probe => self.frame_base(point, var)?,
+                        Frame::Caller { return_pc, caller } => {
+                            self.caller_frame_base(point, var, return_pc, caller)?
+                        }
+                        Frame::OwnBase | Frame::CallerFrameBase { .. } => {
+                            return Err(bad("DW_OP_fbreg inside DW_AT_frame_base"))
+                        }
+                    };
                     stack.push(fb.plus(offset));
                 }
                 O::RegisterOffset {
@@ -534,8 +567,11 @@ impl Binary {
                     stack.clear();
                     pieces.push((size_in_bits / 8, part.location()));
                 }
-                O::EntryValue { .. } => {
-                    return Err(bad("DW_OP_entry_value (value at function entry)"));
+                O::EntryValue { expression } => {
+                    if !matches!(frame, Frame::Probe) {
+                        return Err(bad("DW_OP_entry_value (value at function entry)"));
+                    }
+                    stack.push(self.entry_value(point, var, gimli::Expression(expression))?);
                 }
                 O::ImplicitPointer { .. } => {
                     return Err(bad("DW_OP_implicit_pointer"));
@@ -563,13 +599,15 @@ impl Binary {
             return end.location().ok_or_else(|| self.optimized_out(point, var));
         }
         match (stack.pop(), stack.is_empty()) {
+            // A call site's value is the stack's top itself (DWARF 5, 3.4.2).
+            (Some(top), true) if matches!(frame, Frame::Caller { .. }) => Ok(Location::Value(top)),
             (Some(DwExpr::Const(_)), true) => Err(bad("a constant without DW_OP_stack_value")),
             (Some(top), true) => Ok(Location::memory_at(top)),
             _ => Err(bad("an expression that leaves no single address")),
         }
     }
 
-    fn unsupported(&self, point: &ProbePoint, var: &str, op: &str) -> ResolveError {
+    pub(super) fn unsupported(&self, point: &ProbePoint, var: &str, op: &str) -> ResolveError {
         ResolveError::UnsupportedLocation {
             var: var.to_owned(),
             file: point.file.clone(),

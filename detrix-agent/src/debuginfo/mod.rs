@@ -6,6 +6,7 @@
 //! [`ResolveError::OptimizedOut`], never a read from a stale slot.
 
 mod bytes;
+mod entry;
 mod lines;
 mod location;
 mod scope;
