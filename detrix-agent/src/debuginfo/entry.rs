@@ -62,7 +62,7 @@ impl Binary {
         };
         let mut usable: Vec<(DwExpr, DwExpr)> = Vec::new();
         let mut why = format!(
-            "DW_OP_entry_value (value at function entry): no call in this unit records what was passed in DWARF register {reg}"
+            "DW_OP_entry_value (value at function entry) of DWARF register {reg}, and no call in this unit records what it was passed there"
         );
         for site in sites {
             let frame = Frame::Caller {
@@ -73,7 +73,7 @@ impl Binary {
                 Ok(loc) => loc,
                 Err(ResolveError::UnsupportedLocation { op, .. }) => {
                     why = format!(
-                        "DW_OP_entry_value (value at function entry): the caller's value uses {op}"
+                        "DW_OP_entry_value (value at function entry), whose caller computed it with {op}"
                     );
                     continue;
                 }
@@ -81,7 +81,7 @@ impl Binary {
             };
             let Some(value) = value_tree(value) else {
                 why =
-                    "DW_OP_entry_value (value at function entry): a call value that is not a value"
+                    "DW_OP_entry_value (value at function entry), whose caller describes a location, not a value"
                         .to_owned();
                 continue;
             };
@@ -92,7 +92,7 @@ impl Binary {
                     usable.push((v, here));
                 }
                 Err(r) => {
-                    why = format!("DW_OP_entry_value (value at function entry): the caller passed it computed from DWARF register {r}, which the call does not preserve");
+                    why = format!("DW_OP_entry_value (value at function entry), whose caller computed it from DWARF register {r}, which the call does not preserve");
                 }
             }
         }

@@ -6,8 +6,9 @@
 //! or a computed value such as `rdi != 0` — is lowered by the plan to ops the eBPF program runs
 //! at the hit (`PUSH`/`ALU`). The common shapes are kept as the simple [`Location`]s
 //! (register, register + offset, a pointer loaded once), so their plans stay as short as they
-//! were. Refused by name, never approximated: `DW_OP_entry_value`, branches (`DW_OP_bra`,
-//! `DW_OP_skip`), typed-stack and TLS operations.
+//! were. `DW_OP_entry_value` is recovered from the callers' call sites (`entry.rs`). Refused
+//! by name, never approximated: branches (`DW_OP_bra`, `DW_OP_skip`), typed-stack and TLS
+//! operations.
 
 use gimli::constants as dw;
 
