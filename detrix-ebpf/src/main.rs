@@ -31,10 +31,10 @@ use aya_ebpf::{
 };
 use core::intrinsics::{atomic_xadd, atomic_xchg, AtomicOrdering};
 use detrix_common::{
-    cond, event_flags, f64_key, meta_offset, metas_bytes, op, record_span, value_flags, Condition,
-    Counters, CpuRing, Event, Plan, RateState, ValueMeta, COND_STR_BYTES, CPU_RING_BYTES,
-    EVENT_DATA_BYTES, MAX_COPY_BYTES, MAX_OPS, MAX_PROBES, MAX_VALUES, PLAN_ABI, PT_REGS_COUNT,
-    RECORD_PREFIX_BYTES, WIRE_HEADER_BYTES,
+    alu, cond, event_flags, f64_key, meta_offset, metas_bytes, op, record_span, value_flags,
+    Condition, Counters, CpuRing, Event, Plan, RateState, ValueMeta, COND_STR_BYTES,
+    CPU_RING_BYTES, EVENT_DATA_BYTES, EXPR_STACK, MAX_COPY_BYTES, MAX_OPS, MAX_PROBES, MAX_VALUES,
+    PLAN_ABI, PT_REGS_COUNT, RECORD_PREFIX_BYTES, WIRE_HEADER_BYTES,
 };
 
 /// Plans by slot; the slot is the uprobe's cookie.
@@ -54,6 +54,82 @@ static RINGS: Array<CpuRing> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 /// which then drains [`RINGS`]. The agent may resize it before load.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 16, 0);
+
+/// The expression stack of `PUSH`/`ALU`, one per CPU; only the run that owns this CPU's ring
+/// (`busy`) uses it.
+///
+/// Why in a map and not in `Interp`: the program's stack is at its 512-byte limit, and the
+/// verifier tracks every value on it exactly — a depth of 0, 1, 2… and ALU results of 0 or 1
+/// made each `bpf_loop` iteration a new state, and verification ran past a million
+/// instructions. Words in a map value are unknown to it, so each state is the same.
+#[map]
+static EXPR: PerCpuArray<ExprStack> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+struct ExprStack {
+    /// Entries in use.
+    sp: u64,
+    /// An ALU result, stored and read back (see [`EXPR`] for why).
+    out: u64,
+    slots: [u64; EXPR_STACK],
+}
+
+/// Empties this CPU's expression stack (at the start of a run, and when a value faults: its
+/// remaining ops, pops included, are skipped).
+#[inline(always)]
+fn reset_expr() {
+    if let Some(x) = EXPR.get_ptr_mut(0) {
+        // SAFETY: this CPU's map value, used only by the run owning this CPU's ring.
+        unsafe { core::ptr::write_volatile(core::ptr::addr_of_mut!((*x).sp), 0) };
+    }
+}
+
+/// `PUSH`: false when the stack is full (a fault).
+#[inline(never)]
+fn push(v: u64) -> bool {
+    let Some(x) = EXPR.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: as in `reset_expr`; the slot index is masked below EXPR_STACK.
+    unsafe {
+        let sp = core::ptr::read_volatile(core::ptr::addr_of!((*x).sp));
+        if sp >= EXPR_STACK as u64 {
+            return false;
+        }
+        (*x).slots[(sp as usize) & (EXPR_STACK - 1)] = v;
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*x).sp), sp + 1);
+    }
+    true
+}
+
+/// `ALU`: the new accumulator, or `None` (a fault) for an empty stack or a division by zero.
+#[inline(never)]
+fn alu_op(reg: u8, acc: u64, imm: u64) -> Option<u64> {
+    let x = EXPR.get_ptr_mut(0)?;
+    let code = reg & !alu::IMM;
+    let (a, b) = if alu::is_unary(code) {
+        (acc, 0)
+    } else if reg & alu::IMM != 0 {
+        (acc, imm)
+    } else {
+        // SAFETY: as in `push`.
+        unsafe {
+            let sp = core::ptr::read_volatile(core::ptr::addr_of!((*x).sp));
+            if sp == 0 || sp > EXPR_STACK as u64 {
+                return None;
+            }
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*x).sp), sp - 1);
+            ((*x).slots[((sp - 1) as usize) & (EXPR_STACK - 1)], acc)
+        }
+    };
+    let v = alu::eval(code, a, b)?;
+    // SAFETY: as in `push`. Stored and read back so every result is the same unknown word to
+    // the verifier.
+    unsafe {
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*x).out), v);
+        Some(core::ptr::read_volatile(core::ptr::addr_of!((*x).out)))
+    }
+}
 
 /// Rate-limiter state per slot, shared by all CPUs so a probe's rate is its total whatever
 /// CPU its hits land on. Updates race between CPUs hitting the same probe at the same moment
@@ -523,6 +599,7 @@ fn run_ops(ctx: &ProbeContext, slot: u32, n_ops: u32, cpu: u32, pos: u32, meta_o
             r.rdx, r.rsi, r.rdi, r.orig_rax, r.rip, r.cs, r.eflags, r.rsp, r.ss,
         ],
     };
+    reset_expr();
     let n = if n_ops as usize > MAX_OPS {
         MAX_OPS as u32
     } else {
@@ -699,9 +776,15 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
                 meta(ev, mo, vi).len = if got > 0 { (got - 1) as u16 } else { 0 };
             }
         }
+        op::PUSH => fault = !push(st.acc),
+        op::ALU => match alu_op(o.reg, st.acc, o.imm as u64) {
+            Some(v) => st.acc = v,
+            None => fault = true,
+        },
         _ => fault = true,
     }
     if fault {
+        reset_expr();
         st.bad |= 1 << vi;
         meta(ev, mo, vi).flags = value_flags::READ_FAULT;
     }

@@ -509,6 +509,13 @@ fn capture_c_o2() {
     capture_build(lang::C_O2);
 }
 
+/// DWARF expressions (`DW_OP_ne`, `mul`, `and`, `shra`, `div`, `mod`, …) evaluated in the
+/// kernel at the hit, equal to what the program printed.
+#[test]
+fn capture_c_dwexpr_o2() {
+    capture_build(lang::C_DWEXPR_O2);
+}
+
 #[test]
 fn capture_c_optimized_o2() {
     capture_build(lang::C_OPTIMIZED_O2);

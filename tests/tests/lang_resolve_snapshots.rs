@@ -228,6 +228,13 @@ fn resolve_c_o2() {
     resolve_all(lang::C_O2);
 }
 
+/// DWARF expressions (`DW_OP_ne`, `mul`, `and`, `shra`, `div`, `mod`, …) evaluated in the
+/// kernel at the hit, equal to what the program printed.
+#[test]
+fn resolve_c_dwexpr_o2() {
+    resolve_all(lang::C_DWEXPR_O2);
+}
+
 #[test]
 fn resolve_c_optimized_o2() {
     resolve_all(lang::C_OPTIMIZED_O2);

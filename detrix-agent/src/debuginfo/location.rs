@@ -1,12 +1,17 @@
 //! DWARF location expressions → where a value lives at one PC, in terms a plan can read.
 //!
-//! Only the subset a plan can express is accepted: a register, or memory at
-//! (register | absolute address | CFA) + constant, possibly through one pointer loaded from
-//! such an address (`DW_OP_deref`: Rust keeps an async fn's locals in its state machine, behind
-//! a pointer). Everything else is refused by name (`DW_OP_entry_value`, …) rather than
-//! approximated.
+//! The whole DWARF stack machine is evaluated **symbolically**: each stack entry is a tree
+//! ([`DwExpr`]) over what only the hit knows (registers, memory), so stack shuffles (`dup`,
+//! `swap`, `pick`, `rot`, …) and constant operands disappear here, and what is left — an address
+//! or a computed value such as `rdi != 0` — is lowered by the plan to ops the eBPF program runs
+//! at the hit (`PUSH`/`ALU`). The common shapes are kept as the simple [`Location`]s
+//! (register, register + offset, a pointer loaded once), so their plans stay as short as they
+//! were. `DW_OP_entry_value` is recovered from the callers' call sites (`entry.rs`). Refused
+//! by name, never approximated: branches (`DW_OP_bra`, `DW_OP_skip`), typed-stack and TLS
+//! operations.
 
 use gimli::constants as dw;
+use gimli::Operation as O;
 
 use super::{Binary, LinkAddr, ProbePoint, ResolveError, R};
 
@@ -17,6 +22,158 @@ pub enum AddrBase {
     Register(u16),
     /// A link-time address (add the load bias for `ET_DYN` objects).
     Absolute,
+}
+
+/// A binary operation of a DWARF expression (`DW_OP_plus` … `DW_OP_ne`), with DWARF's meaning
+/// for the generic type (see `detrix_common::alu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DwBin {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+    And,
+    Or,
+    Xor,
+    Shl,
+    Shr,
+    Shra,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+/// A unary operation of a DWARF expression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DwUn {
+    Not,
+    Neg,
+    Abs,
+}
+
+/// One value on the DWARF stack, as a tree over what the hit knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DwExpr {
+    /// A DWARF-numbered register's value.
+    Reg(u16),
+    /// A constant.
+    Const(i64),
+    /// A link-time address (`DW_OP_addr`): the load bias is added for `ET_DYN` objects.
+    Addr(i64),
+    /// `size` bytes loaded from an address, zero-extended (`DW_OP_deref`, `DW_OP_deref_size`).
+    Deref {
+        addr: Box<DwExpr>,
+        size: u8,
+    },
+    Bin(DwBin, Box<DwExpr>, Box<DwExpr>),
+    Un(DwUn, Box<DwExpr>),
+}
+
+impl DwExpr {
+    pub(super) fn bin(op: DwBin, a: DwExpr, b: DwExpr) -> DwExpr {
+        // Constants are folded here, with the program's own arithmetic.
+        if let (DwExpr::Const(x), DwExpr::Const(y)) = (&a, &b) {
+            if let Some(v) = detrix_common::alu::eval(alu_code(op), *x as u64, *y as u64) {
+                return DwExpr::Const(v as i64);
+            }
+        }
+        DwExpr::Bin(op, Box::new(a), Box::new(b))
+    }
+
+    pub(super) fn plus(self, c: i64) -> DwExpr {
+        if c == 0 {
+            self
+        } else {
+            DwExpr::bin(DwBin::Add, self, DwExpr::Const(c))
+        }
+    }
+
+    /// `base + offset` when the tree is a chain of constant additions on `base`.
+    fn split_offset(&self) -> (&DwExpr, i64) {
+        let mut t = self;
+        let mut off: i64 = 0;
+        loop {
+            match t {
+                DwExpr::Bin(DwBin::Add, a, b) => match (&**a, &**b) {
+                    (x, DwExpr::Const(c)) | (DwExpr::Const(c), x) => {
+                        off = off.wrapping_add(*c);
+                        t = x;
+                    }
+                    _ => return (t, off),
+                },
+                DwExpr::Bin(DwBin::Sub, a, b) => match &**b {
+                    DwExpr::Const(c) => {
+                        off = off.wrapping_sub(*c);
+                        t = a;
+                    }
+                    _ => return (t, off),
+                },
+                _ => return (t, off),
+            }
+        }
+    }
+
+    /// `(base, offset)` when the tree is a register or a link-time address plus a constant.
+    fn plain_address(&self) -> Option<(AddrBase, i64)> {
+        match self.split_offset() {
+            (DwExpr::Reg(r), off) => Some((AddrBase::Register(*r), off)),
+            (DwExpr::Addr(a), off) => Some((AddrBase::Absolute, a.wrapping_add(off))),
+            _ => None,
+        }
+    }
+
+    /// How many operands the program must hold at once to compute the tree (its
+    /// `PUSH`/`ALU` stack depth).
+    #[must_use]
+    pub fn depth(&self) -> usize {
+        match self {
+            DwExpr::Reg(_) | DwExpr::Const(_) | DwExpr::Addr(_) => 0,
+            DwExpr::Deref { addr, .. } => addr.depth(),
+            DwExpr::Un(_, a) => a.depth(),
+            DwExpr::Bin(_, a, b) if matches!(**b, DwExpr::Const(_)) => a.depth(),
+            DwExpr::Bin(_, a, b) => a.depth().max(1 + b.depth()),
+        }
+    }
+}
+
+/// The program's `alu` code of a DWARF binary operation.
+#[must_use]
+pub fn alu_code(op: DwBin) -> u8 {
+    use detrix_common::alu;
+    match op {
+        DwBin::Add => alu::ADD,
+        DwBin::Sub => alu::SUB,
+        DwBin::Mul => alu::MUL,
+        DwBin::Div => alu::DIV,
+        DwBin::Mod => alu::MOD,
+        DwBin::And => alu::AND,
+        DwBin::Or => alu::OR,
+        DwBin::Xor => alu::XOR,
+        DwBin::Shl => alu::SHL,
+        DwBin::Shr => alu::SHR,
+        DwBin::Shra => alu::SHRA,
+        DwBin::Eq => alu::EQ,
+        DwBin::Ne => alu::NE,
+        DwBin::Lt => alu::LT,
+        DwBin::Le => alu::LE,
+        DwBin::Gt => alu::GT,
+        DwBin::Ge => alu::GE,
+    }
+}
+
+/// The program's `alu` code of a DWARF unary operation.
+#[must_use]
+pub fn alu_unary(op: DwUn) -> u8 {
+    use detrix_common::alu;
+    match op {
+        DwUn::Not => alu::NOT,
+        DwUn::Neg => alu::NEG,
+        DwUn::Abs => alu::ABS,
+    }
 }
 
 /// Where a variable's bytes are at a probe point.
@@ -36,51 +193,114 @@ pub enum Location {
     /// The value itself is computed (`DW_OP_stack_value`): a register plus a constant, or a
     /// constant (`reg: None`). Optimised code describes `i + 1` or a folded constant this way.
     Computed { reg: Option<u16>, offset: i64 },
+    /// The value itself is computed by a longer expression (`x != 0`, `(x ^ y) & 0xff`).
+    Value(DwExpr),
+    /// The value is in memory at an address computed by a longer expression.
+    At(DwExpr),
+    /// The value's bytes are in the debug info (`DW_OP_implicit_value`).
+    Implicit(Vec<u8>),
     /// The value is split (`DW_OP_piece`): consecutive pieces of `size` bytes, each in a
     /// register or in memory, or `None` where that part is optimized out. Go passes a string's
     /// pointer and length in two registers this way.
     Pieces(Vec<(u64, Option<Location>)>),
 }
 
-/// An address computed by the expression so far.
-#[derive(Debug, Clone, Copy)]
-struct AddrValue {
-    base: AddrBase,
-    offset: i64,
-    /// `Some(at)`: the address is `*(base + at) + offset` (after a `DW_OP_deref`).
-    deref: Option<i64>,
-}
-
-impl AddrValue {
-    fn plain(base: AddrBase, offset: i64) -> Self {
-        Self {
-            base,
-            offset,
-            deref: None,
+impl Location {
+    /// The simplest location for memory at the address `t`.
+    fn memory_at(t: DwExpr) -> Location {
+        if let Some((base, offset)) = t.plain_address() {
+            return Location::Memory { base, offset };
         }
+        if let (DwExpr::Deref { addr, size: 8 }, offset) = t.split_offset() {
+            if let Some((base, at)) = addr.plain_address() {
+                return Location::Indirect { base, at, offset };
+            }
+        }
+        Location::At(t)
     }
 
-    fn location(self) -> Location {
-        match self.deref {
-            None => Location::Memory {
-                base: self.base,
-                offset: self.offset,
-            },
-            Some(at) => Location::Indirect {
-                base: self.base,
-                at,
-                offset: self.offset,
-            },
+    /// The simplest location for the value `t` (`DW_OP_stack_value`).
+    fn value_of(t: DwExpr) -> Location {
+        match t.split_offset() {
+            (DwExpr::Reg(r), offset) => {
+                return Location::Computed {
+                    reg: Some(*r),
+                    offset,
+                }
+            }
+            (DwExpr::Const(c), offset) => {
+                return Location::Computed {
+                    reg: None,
+                    offset: c.wrapping_add(offset),
+                }
+            }
+            _ => {}
+        }
+        // `addr; DW_OP_deref; DW_OP_stack_value`: the value stored at addr.
+        if let DwExpr::Deref { addr, size: 8 } = &t {
+            if let Some((base, offset)) = addr.plain_address() {
+                return Location::Memory { base, offset };
+            }
+        }
+        Location::Value(t)
+    }
+}
+
+/// Whose frame an expression describes, which decides what `DW_OP_fbreg`, `DW_OP_call_frame_cfa`
+/// and `DW_OP_entry_value` mean in it.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Frame {
+    /// A variable at the probe.
+    Probe,
+    /// The probed function's `DW_AT_frame_base`.
+    OwnBase,
+    /// A call site's `DW_AT_call_value`, in the caller's frame at the call (`return_pc`), the
+    /// caller's `DW_TAG_subprogram` at `caller` in the same unit.
+    Caller { return_pc: u64, caller: usize },
+    /// The caller's `DW_AT_frame_base` at that call.
+    CallerFrameBase { return_pc: u64 },
+}
+
+impl Frame {
+    /// The PC the expression is evaluated at (a location list entry is chosen by it; the CFA
+    /// rule is looked up there): inside the call instruction for a caller.
+    fn pc(self, point: &ProbePoint) -> u64 {
+        match self {
+            Frame::Probe | Frame::OwnBase => point.addr.0,
+            Frame::Caller { return_pc, .. } | Frame::CallerFrameBase { return_pc } => {
+                return_pc.saturating_sub(1)
+            }
+        }
+    }
+}
+
+/// What one piece (or the whole expression) left behind.
+enum Part {
+    Register(u16),
+    Implicit(Vec<u8>),
+    Value(DwExpr),
+    Address(DwExpr),
+    Empty,
+}
+
+impl Part {
+    fn location(self) -> Option<Location> {
+        match self {
+            Part::Register(dwarf_reg) => Some(Location::Register { dwarf_reg }),
+            Part::Implicit(b) => Some(Location::Implicit(b)),
+            Part::Value(t) => Some(Location::value_of(t)),
+            Part::Address(t) => Some(Location::memory_at(t)),
+            Part::Empty => None,
         }
     }
 }
 
 impl Binary {
     /// The CFA rule at `pc` as register + offset, from `.debug_frame` (Go) or `.eh_frame`.
-    fn cfa_at(&self, pc: u64) -> Result<AddrValue, ResolveError> {
+    pub(super) fn cfa_at(&self, pc: u64) -> Result<DwExpr, ResolveError> {
         let cfa = self.cfi_row(pc, |row| match row.cfa() {
             gimli::CfaRule::RegisterAndOffset { register, offset } => {
-                Some(AddrValue::plain(AddrBase::Register(register.0), *offset))
+                Some(DwExpr::Reg(register.0).plus(*offset))
             }
             gimli::CfaRule::Expression(_) => None,
         });
@@ -91,7 +311,7 @@ impl Binary {
     }
 
     /// The frame base (`DW_AT_frame_base`) of the point's function, as an address.
-    fn frame_base(&self, point: &ProbePoint, var: &str) -> Result<AddrValue, ResolveError> {
+    fn frame_base(&self, point: &ProbePoint, var: &str) -> Result<DwExpr, ResolveError> {
         let unit = &self.units[point.unit];
         let entry = unit
             .entry(gimli::UnitOffset(point.subprogram))
@@ -103,27 +323,30 @@ impl Binary {
                 "DW_OP_fbreg without DW_AT_frame_base",
             ));
         };
-        match self.eval_at(point, point.unit, attr, var, None)? {
+        match self.eval_at(point, point.unit, attr, var, Frame::OwnBase)? {
             // DW_OP_reg<n> as a frame base means "the address held in that register".
-            Location::Register { dwarf_reg } => {
-                Ok(AddrValue::plain(AddrBase::Register(dwarf_reg), 0))
-            }
-            Location::Memory { base, offset } => Ok(AddrValue::plain(base, offset)),
-            Location::Indirect { base, at, offset } => Ok(AddrValue {
-                base,
-                offset,
-                deref: Some(at),
+            Location::Register { dwarf_reg } => Ok(DwExpr::Reg(dwarf_reg)),
+            Location::Memory { base, offset } => Ok(match base {
+                AddrBase::Register(r) => DwExpr::Reg(r).plus(offset),
+                AddrBase::Absolute => DwExpr::Addr(offset),
             }),
+            Location::Indirect { base, at, offset } => Ok(DwExpr::Deref {
+                addr: Box::new(match base {
+                    AddrBase::Register(r) => DwExpr::Reg(r).plus(at),
+                    AddrBase::Absolute => DwExpr::Addr(at),
+                }),
+                size: 8,
+            }
+            .plus(offset)),
+            Location::At(t) => Ok(t),
             Location::Pieces(_) => Err(Self::unsupported(
                 point,
                 var,
                 "DW_OP_piece in DW_AT_frame_base",
             )),
-            Location::Computed { .. } => Err(Self::unsupported(
-                point,
-                var,
-                "DW_OP_stack_value in DW_AT_frame_base",
-            )),
+            Location::Computed { .. } | Location::Value(_) | Location::Implicit(_) => Err(
+                Self::unsupported(point, var, "DW_OP_stack_value in DW_AT_frame_base"),
+            ),
         }
     }
 
@@ -135,20 +358,20 @@ impl Binary {
         attr: gimli::AttributeValue<R>,
         var: &str,
     ) -> Result<Location, ResolveError> {
-        self.eval_at(point, ui, attr, var, Some(()))
+        self.eval_at(point, ui, attr, var, Frame::Probe)
     }
 
-    /// `allow_fbreg` is `None` while evaluating the frame base itself (no recursion).
-    fn eval_at(
+    /// Evaluates a location attribute (an expression or a location list) in `frame`.
+    pub(super) fn eval_at(
         &self,
         point: &ProbePoint,
         ui: usize,
         attr: gimli::AttributeValue<R>,
         var: &str,
-        allow_fbreg: Option<()>,
+        frame: Frame,
     ) -> Result<Location, ResolveError> {
         let unit = &self.units[ui];
-        let pc = point.addr.0;
+        let pc = frame.pc(point);
         let expr = match attr {
             gimli::AttributeValue::Exprloc(e) => e,
             other => {
@@ -180,239 +403,334 @@ impl Binary {
             return Err(Self::optimized_out(point, var));
         }
         let mut ops = expr.operations(unit.encoding());
-        let mut stack: Vec<AddrValue> = Vec::new();
-        let mut in_register = None;
+        let mut stack: Vec<DwExpr> = Vec::new();
+        // What ends the current piece: `DW_OP_reg*`, `DW_OP_implicit_value`, `DW_OP_stack_value`.
+        let mut ended: Option<Part> = None;
         let mut pieces: Vec<(u64, Option<Location>)> = Vec::new();
-        // A constant on the stack (DW_OP_lit*, DW_OP_const*): only meaningful with stack_value.
-        let mut constant: Option<i64> = None;
-        let mut computed: Option<Location> = None;
+        let bad = |what: &str| Self::unsupported(point, var, what);
         while let Some(op) = ops
             .next()
             .map_err(self.dwarf_err("a location expression"))?
         {
-            if in_register.is_some() && !matches!(op, gimli::Operation::Piece { .. }) {
-                return Err(Self::unsupported(
-                    point,
-                    var,
-                    "an operation after DW_OP_reg other than DW_OP_piece",
-                ));
+            if let Some(end) = &ended {
+                if !matches!(op, gimli::Operation::Piece { .. }) {
+                    return Err(bad(match end {
+                        Part::Register(_) => "an operation after DW_OP_reg other than DW_OP_piece",
+                        Part::Value(_) => {
+                            "an operation after DW_OP_stack_value other than DW_OP_piece"
+                        }
+                        _ => "an operation after DW_OP_implicit_value other than DW_OP_piece",
+                    }));
+                }
             }
-            if computed.is_some() && !matches!(op, gimli::Operation::Piece { .. }) {
-                return Err(Self::unsupported(
-                    point,
-                    var,
-                    "an operation after DW_OP_stack_value other than DW_OP_piece",
-                ));
+            macro_rules! pop {
+                ($what:expr) => {
+                    stack
+                        .pop()
+                        .ok_or_else(|| bad(&format!("{} on an empty stack", $what)))?
+                };
+            }
+            let binary = match op {
+                O::Plus => Some(DwBin::Add),
+                O::Minus => Some(DwBin::Sub),
+                O::Mul => Some(DwBin::Mul),
+                O::Div => Some(DwBin::Div),
+                O::Mod => Some(DwBin::Mod),
+                O::And => Some(DwBin::And),
+                O::Or => Some(DwBin::Or),
+                O::Xor => Some(DwBin::Xor),
+                O::Shl => Some(DwBin::Shl),
+                O::Shr => Some(DwBin::Shr),
+                O::Shra => Some(DwBin::Shra),
+                O::Eq => Some(DwBin::Eq),
+                O::Ne => Some(DwBin::Ne),
+                O::Lt => Some(DwBin::Lt),
+                O::Le => Some(DwBin::Le),
+                O::Gt => Some(DwBin::Gt),
+                O::Ge => Some(DwBin::Ge),
+                _ => None,
+            };
+            if let Some(b) = binary {
+                let top = pop!(format!("DW_OP {b:?}"));
+                let second = pop!(format!("DW_OP {b:?}"));
+                stack.push(DwExpr::bin(b, second, top));
+                continue;
             }
             match op {
-                gimli::Operation::Address { address } => {
-                    stack.push(AddrValue::plain(AddrBase::Absolute, address as i64));
-                }
-                gimli::Operation::AddressIndex { index } => {
+                O::Address { address } => stack.push(DwExpr::Addr(address as i64)),
+                O::AddressIndex { index } => {
                     let a = self
                         .dwarf
                         .address(unit, index)
                         .map_err(self.dwarf_err("an address index"))?;
-                    stack.push(AddrValue::plain(AddrBase::Absolute, a as i64));
+                    stack.push(DwExpr::Addr(a as i64));
                 }
-                gimli::Operation::FrameOffset { offset } => {
-                    if allow_fbreg.is_none() {
-                        return Err(Self::unsupported(
-                            point,
-                            var,
-                            "DW_OP_fbreg inside DW_AT_frame_base",
-                        ));
+                O::UnsignedConstant { value } => stack.push(DwExpr::Const(value as i64)),
+                O::SignedConstant { value } => stack.push(DwExpr::Const(value)),
+                O::FrameOffset { offset } => {
+                    let fb = match frame {
+                        Frame::Probe => self.frame_base(point, var)?,
+                        Frame::Caller { return_pc, caller } => {
+                            self.caller_frame_base(point, var, return_pc, caller)?
+                        }
+                        Frame::OwnBase | Frame::CallerFrameBase { .. } => {
+                            return Err(bad("DW_OP_fbreg inside DW_AT_frame_base"))
+                        }
+                    };
+                    stack.push(fb.plus(offset));
+                }
+                O::RegisterOffset {
+                    register,
+                    offset,
+                    base_type,
+                } => {
+                    if base_type.0 != 0 {
+                        return Err(bad("DW_OP_bregx with a typed base (DW_OP_regval_type)"));
                     }
-                    let fb = self.frame_base(point, var)?;
-                    stack.push(AddrValue {
-                        offset: fb.offset.wrapping_add(offset),
-                        ..fb
+                    stack.push(DwExpr::Reg(register.0).plus(offset));
+                }
+                O::Register { register } => ended = Some(Part::Register(register.0)),
+                O::CallFrameCFA => stack.push(self.cfa_at(pc)?),
+                O::PlusConstant { value } => {
+                    let top = pop!("DW_OP_plus_uconst");
+                    stack.push(top.plus(value as i64));
+                }
+                O::Deref {
+                    size,
+                    space: false,
+                    base_type,
+                } if base_type.0 == 0 && matches!(size, 1 | 2 | 4 | 8) => {
+                    let top = pop!("DW_OP_deref");
+                    stack.push(DwExpr::Deref {
+                        addr: Box::new(top),
+                        size,
                     });
                 }
-                gimli::Operation::RegisterOffset {
-                    register, offset, ..
-                } => {
-                    stack.push(AddrValue::plain(AddrBase::Register(register.0), offset));
+                O::Pick { index } => {
+                    let i = stack
+                        .len()
+                        .checked_sub(1 + usize::from(index))
+                        .ok_or_else(|| bad("DW_OP_pick (or dup/over) below the stack"))?;
+                    stack.push(stack[i].clone());
                 }
-                gimli::Operation::Register { register } => in_register = Some(register.0),
-                gimli::Operation::CallFrameCFA => stack.push(self.cfa_at(pc)?),
-                gimli::Operation::PlusConstant { value } => match stack.last_mut() {
-                    Some(top) => top.offset = top.offset.wrapping_add(value as i64),
-                    None => {
-                        return Err(Self::unsupported(
-                            point,
-                            var,
-                            "DW_OP_plus_uconst on an empty stack",
-                        ))
-                    }
-                },
-                gimli::Operation::UnsignedConstant { value } if constant.is_none() => {
-                    constant = Some(value as i64);
+                O::Drop => {
+                    pop!("DW_OP_drop");
                 }
-                gimli::Operation::SignedConstant { value } if constant.is_none() => {
-                    constant = Some(value);
+                O::Swap => {
+                    let n = stack.len();
+                    if n < 2 {
+                        return Err(bad("DW_OP_swap on a stack of fewer than two"));
+                    }
+                    stack.swap(n - 1, n - 2);
                 }
-                // `DW_OP_consts c; DW_OP_plus` / `DW_OP_minus` on an address: an offset.
-                gimli::Operation::Plus if constant.is_some() && !stack.is_empty() => {
-                    if let (Some(top), Some(c)) = (stack.last_mut(), constant.take()) {
-                        top.offset = top.offset.wrapping_add(c);
+                O::Rot => {
+                    let n = stack.len();
+                    if n < 3 {
+                        return Err(bad("DW_OP_rot on a stack of fewer than three"));
                     }
+                    // [.., c, b, a(top)] → [.., a, c, b]
+                    stack[n - 3..].rotate_right(1);
                 }
-                gimli::Operation::Minus if constant.is_some() && !stack.is_empty() => {
-                    if let (Some(top), Some(c)) = (stack.last_mut(), constant.take()) {
-                        top.offset = top.offset.wrapping_sub(c);
-                    }
+                O::Not | O::Neg | O::Abs => {
+                    let un = match op {
+                        O::Not => DwUn::Not,
+                        O::Neg => DwUn::Neg,
+                        _ => DwUn::Abs,
+                    };
+                    let top = pop!(format!("DW_OP {un:?}"));
+                    stack.push(match top {
+                        DwExpr::Const(c) => DwExpr::Const(
+                            detrix_common::alu::eval(alu_unary(un), c as u64, 0).unwrap_or(0)
+                                as i64,
+                        ),
+                        t => DwExpr::Un(un, Box::new(t)),
+                    });
                 }
-                // A pointer-sized load: the address on the stack becomes the pointer stored there.
-                gimli::Operation::Deref {
-                    size: 8,
-                    space: false,
-                    ..
-                } => match stack.last_mut() {
-                    Some(top) if top.deref.is_none() && constant.is_none() => {
-                        *top = AddrValue {
-                            base: top.base,
-                            offset: 0,
-                            deref: Some(top.offset),
-                        };
-                    }
-                    Some(_) => {
-                        return Err(Self::unsupported(
-                            point,
-                            var,
-                            "DW_OP_deref of an address itself loaded by DW_OP_deref",
-                        ))
-                    }
-                    None => {
-                        return Err(Self::unsupported(
-                            point,
-                            var,
-                            "DW_OP_deref on an empty stack",
-                        ))
-                    }
-                },
-                gimli::Operation::StackValue => {
-                    computed =
-                        Some(match (stack.pop(), constant.take(), stack.is_empty()) {
-                            // `addr; DW_OP_deref; DW_OP_stack_value`: the value stored at addr.
-                            (
-                                Some(AddrValue {
-                                    base,
-                                    offset: 0,
-                                    deref: Some(at),
-                                }),
-                                None,
-                                true,
-                            ) => Location::Memory { base, offset: at },
-                            (
-                                Some(AddrValue {
-                                    base: AddrBase::Register(r),
-                                    offset,
-                                    deref: None,
-                                }),
-                                None,
-                                true,
-                            ) => Location::Computed {
-                                reg: Some(r),
-                                offset,
-                            },
-                            (None, Some(c), true) => Location::Computed {
-                                reg: None,
-                                offset: c,
-                            },
-                            _ => return Err(Self::unsupported(
-                                point,
-                                var,
-                                "DW_OP_stack_value over an expression beyond register + constant",
-                            )),
-                        });
+                O::Nop => {}
+                O::StackValue => {
+                    let top = pop!("DW_OP_stack_value");
+                    ended = Some(Part::Value(top));
                 }
-                gimli::Operation::Piece {
+                O::ImplicitValue { data } => {
+                    if !stack.is_empty() {
+                        return Err(bad("DW_OP_implicit_value after other operations"));
+                    }
+                    let bytes = gimli::Reader::to_slice(&data)
+                        .map_err(self.dwarf_err("an implicit value"))?;
+                    ended = Some(Part::Implicit(bytes.into_owned()));
+                }
+                O::Piece {
                     size_in_bits,
                     bit_offset,
                 } => {
                     if size_in_bits % 8 != 0 || bit_offset.is_some_and(|b| b != 0) {
-                        return Err(Self::unsupported(
-                            point,
-                            var,
-                            "DW_OP_bit_piece (a value split at bit boundaries)",
-                        ));
+                        return Err(bad("DW_OP_bit_piece (a value split at bit boundaries)"));
                     }
-                    let loc = match (in_register.take(), computed.take(), stack.pop()) {
-                        (Some(dwarf_reg), _, _) => Some(Location::Register { dwarf_reg }),
-                        (None, Some(c), _) => Some(c),
-                        (None, None, Some(top)) => Some(top.location()),
-                        (None, None, None) => None,
+                    let part = match (ended.take(), stack.pop()) {
+                        (Some(p), _) => p,
+                        (None, Some(top)) => Part::Address(top),
+                        (None, None) => Part::Empty,
                     };
                     stack.clear();
-                    pieces.push((size_in_bits / 8, loc));
+                    pieces.push((size_in_bits / 8, part.location()));
                 }
-                gimli::Operation::EntryValue { .. } => {
-                    return Err(Self::unsupported(
-                        point,
-                        var,
-                        "DW_OP_entry_value (value at function entry)",
-                    ));
+                O::EntryValue { expression } => {
+                    if !matches!(frame, Frame::Probe) {
+                        return Err(bad("DW_OP_entry_value (value at function entry)"));
+                    }
+                    stack.push(self.entry_value(point, var, gimli::Expression(expression))?);
                 }
-                gimli::Operation::ImplicitValue { .. } => {
-                    return Err(Self::unsupported(point, var, "DW_OP_implicit_value"));
-                }
-                gimli::Operation::ImplicitPointer { .. } => {
-                    return Err(Self::unsupported(point, var, "DW_OP_implicit_pointer"));
+                O::ImplicitPointer { .. } => {
+                    return Err(bad("DW_OP_implicit_pointer"));
                 }
                 other => {
                     let name = format!("{other:?}");
                     let name = name.split([' ', '{', '(']).next().unwrap_or("?").to_owned();
-                    return Err(Self::unsupported(point, var, &format!("DW_OP {name}")));
+                    return Err(bad(&format!("DW_OP {name}")));
                 }
             }
         }
         if !pieces.is_empty() {
-            if in_register.is_some() || computed.is_some() || !stack.is_empty() {
-                return Err(Self::unsupported(
-                    point,
-                    var,
-                    "a location left over after its pieces",
-                ));
+            if ended.is_some() || !stack.is_empty() {
+                return Err(bad("a location left over after its pieces"));
             }
             return Ok(Location::Pieces(pieces));
         }
-        if let Some(c) = computed {
-            return Ok(c);
-        }
-        if constant.is_some() {
-            return Err(Self::unsupported(
-                point,
-                var,
-                "a constant without DW_OP_stack_value",
-            ));
-        }
-        if let Some(dwarf_reg) = in_register {
+        if let Some(end) = ended {
             if !stack.is_empty() {
-                return Err(Self::unsupported(
-                    point,
-                    var,
-                    "a register location mixed with an address",
-                ));
+                return Err(bad(match end {
+                    Part::Register(_) => "a register location mixed with an address",
+                    _ => "values left on the stack under DW_OP_stack_value",
+                }));
             }
-            return Ok(Location::Register { dwarf_reg });
+            return end
+                .location()
+                .ok_or_else(|| Self::optimized_out(point, var));
         }
         match (stack.pop(), stack.is_empty()) {
-            (Some(top), true) => Ok(top.location()),
-            _ => Err(Self::unsupported(
-                point,
-                var,
-                "an expression that leaves no single address",
-            )),
+            // A call site's value is the stack's top itself (DWARF 5, 3.4.2).
+            (Some(top), true) if matches!(frame, Frame::Caller { .. }) => Ok(Location::Value(top)),
+            (Some(DwExpr::Const(_)), true) => Err(bad("a constant without DW_OP_stack_value")),
+            (Some(top), true) => Ok(Location::memory_at(top)),
+            _ => Err(bad("an expression that leaves no single address")),
         }
     }
 
-    fn unsupported(point: &ProbePoint, var: &str, op: &str) -> ResolveError {
+    pub(super) fn unsupported(point: &ProbePoint, var: &str, op: &str) -> ResolveError {
         ResolveError::UnsupportedLocation {
             var: var.to_owned(),
             file: point.file.clone(),
             line: point.line,
             op: op.to_owned(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(r: u16) -> DwExpr {
+        DwExpr::Reg(r)
+    }
+
+    #[test]
+    fn constant_operands_fold_with_the_programs_arithmetic() {
+        // `DW_OP_lit16 DW_OP_lit12 DW_OP_shl` as gcc writes 0x10000.
+        let t = DwExpr::bin(DwBin::Shl, DwExpr::Const(16), DwExpr::Const(12));
+        assert_eq!(t, DwExpr::Const(0x10000));
+        assert_eq!(
+            DwExpr::bin(DwBin::Div, DwExpr::Const(-100), DwExpr::Const(7)),
+            DwExpr::Const(-14)
+        );
+        // A division by zero is left for the hit to fault on, not folded.
+        assert_eq!(
+            DwExpr::bin(DwBin::Div, DwExpr::Const(1), DwExpr::Const(0)),
+            DwExpr::Bin(
+                DwBin::Div,
+                Box::new(DwExpr::Const(1)),
+                Box::new(DwExpr::Const(0))
+            )
+        );
+        assert_eq!(reg(5).plus(0), reg(5));
+    }
+
+    #[test]
+    fn simple_shapes_stay_the_simple_locations() {
+        // `DW_OP_breg6 -24` as an address.
+        assert_eq!(
+            Location::memory_at(reg(6).plus(-24)),
+            Location::Memory {
+                base: AddrBase::Register(6),
+                offset: -24
+            }
+        );
+        // `DW_OP_breg7 8; DW_OP_deref; DW_OP_plus_uconst 16`.
+        let t = DwExpr::Deref {
+            addr: Box::new(reg(7).plus(8)),
+            size: 8,
+        }
+        .plus(16);
+        assert_eq!(
+            Location::memory_at(t),
+            Location::Indirect {
+                base: AddrBase::Register(7),
+                at: 8,
+                offset: 16
+            }
+        );
+        // `DW_OP_addr a; DW_OP_plus_uconst 4`.
+        assert_eq!(
+            Location::memory_at(DwExpr::Addr(0x4000).plus(4)),
+            Location::Memory {
+                base: AddrBase::Absolute,
+                offset: 0x4004
+            }
+        );
+        // `DW_OP_breg0 1; DW_OP_stack_value` and `DW_OP_lit7; DW_OP_stack_value`.
+        assert_eq!(
+            Location::value_of(reg(0).plus(1)),
+            Location::Computed {
+                reg: Some(0),
+                offset: 1
+            }
+        );
+        assert_eq!(
+            Location::value_of(DwExpr::Const(7)),
+            Location::Computed {
+                reg: None,
+                offset: 7
+            }
+        );
+        // `DW_OP_breg5 0; DW_OP_lit0; DW_OP_ne; DW_OP_stack_value` stays an expression.
+        let ne = DwExpr::bin(DwBin::Ne, reg(5), DwExpr::Const(0));
+        assert_eq!(Location::value_of(ne.clone()), Location::Value(ne));
+    }
+
+    #[test]
+    fn depth_counts_the_operands_held_at_once() {
+        let x = || reg(5);
+        // x != 0: the constant rides in the op, nothing is pushed.
+        assert_eq!(DwExpr::bin(DwBin::Ne, x(), DwExpr::Const(0)).depth(), 0);
+        // x == y: x is pushed while y is computed.
+        assert_eq!(DwExpr::bin(DwBin::Eq, x(), reg(4)).depth(), 1);
+        // (x << 2) + x) + r15: still one at a time.
+        let sum = DwExpr::bin(
+            DwBin::Add,
+            DwExpr::bin(
+                DwBin::Add,
+                DwExpr::bin(DwBin::Shl, x(), DwExpr::Const(2)),
+                x(),
+            ),
+            reg(15),
+        );
+        assert_eq!(sum.depth(), 1);
+        // a - (b - (c - d)): each right operand nests one deeper.
+        let nested = DwExpr::bin(
+            DwBin::Sub,
+            reg(0),
+            DwExpr::bin(DwBin::Sub, reg(1), DwExpr::bin(DwBin::Sub, reg(2), reg(3))),
+        );
+        assert_eq!(nested.depth(), 3);
     }
 }

@@ -6,6 +6,7 @@
 //! [`ResolveError::OptimizedOut`], never a read from a stale slot.
 
 mod bytes;
+mod entry;
 mod lines;
 mod location;
 mod scope;
@@ -20,7 +21,7 @@ use object::{Object, ObjectSection, ObjectSegment};
 
 pub use crate::addr::{FileOffset, LinkAddr};
 pub use lines::{LineRun, ProbePoint};
-pub use location::{AddrBase, Location};
+pub use location::{alu_code, alu_unary, AddrBase, DwBin, DwExpr, DwUn, Location};
 pub use scope::{Symbol, Variable, VariableKind};
 pub use symbolize::{Frame, Symbolizer, STACK_FRAMES};
 pub use types::{Member, Type, TypeRef, Variant};

@@ -4,7 +4,7 @@
 //! Why text: the ops are what the kernel runs; a reviewer reads them to see what a probe
 //! reads, and snapshots catch any change to them.
 
-use detrix_common::{op, Plan};
+use detrix_common::{alu, op, Plan};
 
 /// The ops of a plan as text, one per op (plus the stack capture, if any), for `detrix-agent resolve` and snapshots:
 /// `reg rbp -24`, `deref 8 +0`, `emit_mem 4 @0`.
@@ -41,6 +41,18 @@ pub fn describe_ops(plan: &Plan) -> Vec<String> {
                 }
                 op::SKIP_LE => format!("v{v}: skip {} if @{} <= {}", o.len, o.dst, o.imm),
                 op::END_LE => format!("v{v}: end if @{} <= {}", o.dst, o.imm),
+                op::PUSH => format!("v{v}: push"),
+                op::ALU => {
+                    let code = o.reg & !alu::IMM;
+                    let name = alu::NAMES.get(usize::from(code)).unwrap_or(&"?");
+                    if alu::is_unary(code) {
+                        format!("v{v}: {name}")
+                    } else if o.reg & alu::IMM != 0 {
+                        format!("v{v}: {name} {}", o.imm)
+                    } else {
+                        format!("v{v}: {name} pop")
+                    }
+                }
                 k => format!("v{v}: op {k}"),
             }
         })

@@ -7,9 +7,11 @@
 //! event. [`fold`] merges the `ADD`s the walk leaves behind, which keeps a dozen expressions
 //! inside one plan.
 
-use detrix_common::{op, pt_regs, PlanOp, MAX_COPY_BYTES};
+use detrix_common::{alu, op, pt_regs, PlanOp, EXPR_STACK, MAX_COPY_BYTES};
 
-use crate::debuginfo::{AddrBase, Binary, Location, ProbePoint, Type, TypeRef};
+use crate::debuginfo::{
+    alu_code, alu_unary, AddrBase, Binary, DwExpr, Location, ProbePoint, Type, TypeRef,
+};
 use crate::expr::{self, Expr};
 
 use super::budget::has_holes;
@@ -173,6 +175,21 @@ impl Builder<'_> {
                 Place::Computed(vec![mk(op::REG, reg, 0, *offset)])
             }
             Location::Computed { reg: None, offset } => Place::Computed(vec![mk(op::CONST, 0, 0, *offset)]),
+            Location::Value(t) => Place::Computed(self.dw_expr(t, name)?),
+            Location::At(t) => Place::Mem(self.dw_expr(t, name)?),
+            // Bytes the debug info holds: constants of up to 8 bytes each, emitted as pieces.
+            Location::Implicit(bytes) => Place::Pieces(
+                bytes
+                    .chunks(8)
+                    .enumerate()
+                    .map(|(k, c)| {
+                        let mut w = [0u8; 8];
+                        w[..c.len()].copy_from_slice(c);
+                        let v = i64::from_le_bytes(w);
+                        (8 * k as u64, c.len() as u64, Some(Place::Computed(vec![mk(op::CONST, 0, 0, v)])))
+                    })
+                    .collect(),
+            ),
             Location::Pieces(pieces) => {
                 let mut out = Vec::new();
                 let mut at = 0;
@@ -187,6 +204,67 @@ impl Builder<'_> {
                 Place::Pieces(out)
             }
         })
+    }
+
+    /// Ops that leave the value of a DWARF expression tree in the accumulator: operands in
+    /// order, each but the last pushed, combined by `ALU` (a constant right operand rides in
+    /// the op itself). Refused when it needs a deeper stack than the program has.
+    fn dw_expr(&self, t: &DwExpr, name: &str) -> Result<Vec<PlanOp>, PlanError> {
+        if t.depth() > EXPR_STACK {
+            return Err(self.type_err(format!(
+                "`{name}` is computed by a DWARF expression that needs {} stack entries at the hit (at most {EXPR_STACK})",
+                t.depth()
+            )));
+        }
+        let mut out = Vec::new();
+        self.dw_ops(t, name, &mut out)?;
+        Ok(out)
+    }
+
+    fn dw_ops(&self, t: &DwExpr, name: &str, out: &mut Vec<PlanOp>) -> Result<(), PlanError> {
+        match t {
+            DwExpr::Reg(r) => {
+                let reg = pt_regs::from_dwarf(*r).ok_or_else(|| {
+                    self.type_err(format!(
+                        "`{name}` is computed from DWARF register {r}, which a uprobe cannot read"
+                    ))
+                })?;
+                out.push(mk(op::REG, reg, 0, 0));
+            }
+            DwExpr::Const(c) => out.push(mk(op::CONST, 0, 0, *c)),
+            DwExpr::Addr(a) => {
+                let bias = if self.bin.is_dyn {
+                    self.opts.load_bias
+                } else {
+                    0
+                };
+                out.push(mk(op::CONST, 0, 0, a.wrapping_add(bias as i64)));
+            }
+            DwExpr::Deref { addr, size } => {
+                self.dw_ops(addr, name, out)?;
+                out.push(mk(op::DEREF, 0, u16::from(*size), 0));
+            }
+            DwExpr::Un(u, a) => {
+                self.dw_ops(a, name, out)?;
+                out.push(mk(op::ALU, alu_unary(*u), 0, 0));
+            }
+            DwExpr::Bin(b, x, y) => {
+                self.dw_ops(x, name, out)?;
+                let code = alu_code(*b);
+                if let DwExpr::Const(c) = **y {
+                    if code == alu::ADD {
+                        out.push(mk(op::ADD, 0, 0, c));
+                    } else {
+                        out.push(mk(op::ALU, code | alu::IMM, 0, c));
+                    }
+                } else {
+                    out.push(mk(op::PUSH, 0, 0, 0));
+                    self.dw_ops(y, name, out)?;
+                    out.push(mk(op::ALU, code, 0, 0));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The piece holding bytes `[off, off + size)` of a split value, and the offset within it.
