@@ -24,6 +24,7 @@ pub mod forward;
 pub mod peer;
 pub mod place;
 pub mod plan;
+pub mod pods;
 pub mod privs;
 pub mod probe;
 pub mod render;
