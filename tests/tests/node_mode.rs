@@ -15,12 +15,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{http, json_body};
+use common::{http, json_body, RestStub};
 use detrix_e2e::{agent_bin, require_root, Fixture, Lines};
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube_api::KubeApi;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// The cgroup v2 mount point, from this process's mountinfo.
 fn cgroup2_root() -> Option<PathBuf> {
@@ -41,8 +41,11 @@ struct Cgroups {
 }
 
 impl Cgroups {
-    fn new(root: &Path) -> std::io::Result<Cgroups> {
-        let slice = root.join(format!("detrix-node-test-{}.slice", std::process::id()));
+    fn new(root: &Path, tag: &str) -> std::io::Result<Cgroups> {
+        let slice = root.join(format!(
+            "detrix-node-test-{tag}-{}.slice",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&slice)?;
         Ok(Cgroups {
             slice,
@@ -80,6 +83,24 @@ impl Drop for Cgroups {
             while std::fs::remove_dir(dir).is_err() && dir.exists() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
+        }
+    }
+}
+
+/// The test's cgroups, or `None` (after saying NOT RUN) where none can be made.
+fn cgroups(tag: &str) -> Option<Cgroups> {
+    let Some(root) = cgroup2_root() else {
+        println!("NOT RUN: no cgroup v2 hierarchy mounted (node mode maps containers through it)");
+        return None;
+    };
+    match Cgroups::new(&root, tag) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            println!(
+                "NOT RUN: cannot create a cgroup under {} ({e})",
+                root.display()
+            );
+            None
         }
     }
 }
@@ -138,6 +159,10 @@ struct Serve {
 
 impl Serve {
     fn start(kubeconfig: &Path, node: &str) -> Serve {
+        Serve::start_with(kubeconfig, node, "http://127.0.0.1:9")
+    }
+
+    fn start_with(kubeconfig: &Path, node: &str, daemon_url: &str) -> Serve {
         let mut cmd = Command::new(agent_bin());
         cmd.args([
             "serve",
@@ -147,7 +172,7 @@ impl Serve {
             "--wake",
             "manual",
             "--daemon-url",
-            "http://127.0.0.1:9",
+            daemon_url,
         ]);
         for k in [
             "DETRIX_DAEMON_URL",
@@ -159,7 +184,11 @@ impl Serve {
         ] {
             cmd.env_remove(k);
         }
-        cmd.env("KUBECONFIG", kubeconfig)
+        // Generous daemon timeouts: serve loads each target's eBPF program on its event
+        // loop, which stalls the other targets' timers for seconds on a loaded machine.
+        cmd.env("DETRIX_HEALTH_CHECK_TIMEOUT", "20")
+            .env("DETRIX_REGISTER_TIMEOUT", "20")
+            .env("KUBECONFIG", kubeconfig)
             .env("NODE_NAME", node)
             .env("RUST_LOG", "detrix_agent=info")
             .stdin(Stdio::null())
@@ -266,19 +295,8 @@ fn target(name: &str, pid: u32, language: &str) -> (String, u64, String, String,
 #[test]
 fn pods_of_the_node_become_targets_and_follow_the_api() {
     require_root();
-    let Some(root) = cgroup2_root() else {
-        println!("NOT RUN: no cgroup v2 hierarchy mounted (node mode maps containers through it)");
+    let Some(mut cg) = cgroups("list") else {
         return;
-    };
-    let mut cg = match Cgroups::new(&root) {
-        Ok(c) => c,
-        Err(e) => {
-            println!(
-                "NOT RUN: cannot create a cgroup under {} ({e})",
-                root.display()
-            );
-            return;
-        }
     };
     // Five containers' processes; each fixture is the orders program (C, debug info).
     let fx: Vec<Fixture> = (0..5).map(|_| Fixture::orders(50)).collect();
@@ -377,6 +395,143 @@ fn pods_of_the_node_become_targets_and_follow_the_api() {
         &[target("shop/orders-d/app", fx[3].pid(), "rust")],
     );
     drop(node_b);
+    drop(serve);
+    drop(fx);
+    drop(cg);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Registrations' (name, safeMode) and unregistrations so far.
+fn daemon_saw(stub: &RestStub) -> (Vec<(String, bool)>, Vec<String>) {
+    let st = stub.lock();
+    (
+        st.registrations
+            .iter()
+            .map(|r| {
+                (
+                    r["name"].as_str().unwrap_or_default().to_owned(),
+                    r["safeMode"].as_bool().unwrap_or_default(),
+                )
+            })
+            .collect(),
+        st.unregistrations.clone(),
+    )
+}
+
+#[test]
+fn annotated_wake_registers_each_container_once_across_relists_and_restarts() {
+    require_root();
+    let Some(mut cg) = cgroups("wake") else {
+        return;
+    };
+    let fx: Vec<Fixture> = (0..2).map(|_| Fixture::orders(50)).collect();
+    let ids: Vec<String> = fx
+        .iter()
+        .enumerate()
+        .map(|(i, f)| cg.container(i as u64 + 101, f.pid()))
+        .collect();
+    let stub = RestStub::start("shared/go-delve.jsonl", "shared/rust-stub.jsonl");
+    let api = KubeApi::start();
+    let dir = std::env::temp_dir().join(format!("detrix-node-wake-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let kubeconfig = dir.join("kubeconfig");
+    api.kubeconfig(&kubeconfig);
+    let p1 = pod(
+        "web-1",
+        "node-a",
+        &[],
+        &[("detrix.dev/observe", "true"), ("detrix.dev/wake", "auto")],
+        &ids[0],
+    );
+    let p2 = pod(
+        "orders-2",
+        "node-a",
+        &[("app", "orders")],
+        &[
+            ("detrix.dev/wake", "auto"),
+            ("detrix.dev/safe-mode", "true"),
+        ],
+        &ids[1],
+    );
+    api.apply(&p1);
+    api.apply(&p2);
+
+    let serve = Serve::start_with(&kubeconfig, "node-a", &stub.url);
+    let awake = |name: &str, pid: u32| {
+        let mut t = target(name, pid, "rust");
+        t.4 = "awake".to_owned();
+        t
+    };
+    serve.wait_for(
+        "both awake by their annotation",
+        &[
+            awake("shop/orders-2/app", fx[1].pid()),
+            awake("shop/web-1/app", fx[0].pid()),
+        ],
+    );
+    let connection = |name: &str| -> String {
+        let (_, b) = http("GET", &format!("{}/detrix/targets", serve.control), None);
+        json_body(&b)["targets"]
+            .as_array()
+            .and_then(|ts| ts.iter().find(|t| t["name"] == json!(name)).cloned())
+            .and_then(|t| t["connection_id"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let orders_conn = connection("shop/orders-2/app");
+    assert!(!orders_conn.is_empty());
+    let mut regs = vec![
+        ("shop/orders-2/app".to_owned(), true),
+        ("shop/web-1/app".to_owned(), false),
+    ];
+    let sorted = |mut v: Vec<(String, bool)>| {
+        v.sort();
+        v
+    };
+    assert_eq!(daemon_saw(&stub), (regs.clone(), vec![]));
+
+    // A watch that expires and a fresh list: the targets stay registered, once.
+    api.expire();
+    api.apply(&pod(
+        "web-1",
+        "node-a",
+        &[("tier", "web")],
+        &[("detrix.dev/observe", "true"), ("detrix.dev/wake", "auto")],
+        &ids[0],
+    ));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while api.counts().0 < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no re-list after 410: {:?}",
+            api.counts()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        (sorted(daemon_saw(&stub).0), daemon_saw(&stub).1),
+        (regs.clone(), vec![])
+    );
+
+    // Pod deleted: its target unregisters and leaves.
+    api.delete(&p2);
+    serve.wait_for("pod deleted", &[awake("shop/web-1/app", fx[0].pid())]);
+    assert!(
+        stub.wait(Duration::from_secs(10), |s| s.unregistrations.len() == 1),
+        "{}",
+        serve.stderr.text()
+    );
+    assert_eq!(daemon_saw(&stub).1, vec![orders_conn]);
+
+    // The agent restarted (killed: no goodbye): the remaining pod registers once more, once.
+    drop(serve);
+    let serve = Serve::start_with(&kubeconfig, "node-a", &stub.url);
+    serve.wait_for("after a restart", &[awake("shop/web-1/app", fx[0].pid())]);
+    std::thread::sleep(Duration::from_millis(500));
+    regs.push(("shop/web-1/app".to_owned(), false));
+    let (r, _) = daemon_saw(&stub);
+    assert_eq!(r.len(), 3, "{r:?}");
+    assert_eq!(sorted(r), sorted(regs));
     drop(serve);
     drop(fx);
     drop(cg);
