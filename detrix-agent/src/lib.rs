@@ -20,6 +20,7 @@ pub mod discover;
 pub mod engine;
 pub mod expr;
 pub mod fallback;
+pub mod fleet;
 pub mod forward;
 pub mod peer;
 pub mod place;
