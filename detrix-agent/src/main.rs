@@ -56,6 +56,17 @@ struct ServeArgs {
     /// Host control plane port (default 0: any free port).
     #[arg(long, env = "DETRIX_CONTROL_PORT")]
     control_port: Option<u16>,
+    /// Node mode: the containers of this node's pods, found through the Kubernetes API
+    /// (in-cluster config or KUBECONFIG), are the targets, named <namespace>/<pod>/<container>.
+    #[arg(long)]
+    kubernetes: bool,
+    /// This node's name (in a DaemonSet: the downward API's spec.nodeName). Node mode only.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Label selector (key=value, key!=value, key, !key; comma-joined) of the pods to observe,
+    /// besides those annotated detrix.dev/observe: "true". Node mode only.
+    #[arg(long, env = "DETRIX_POD_SELECTOR")]
+    pod_selector: Option<String>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -433,8 +444,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         daemon_url: args.daemon_url,
         control_host: args.control_host,
         control_port: args.control_port,
+        kubernetes: args.kubernetes,
     };
     let cfg = config::load(&flags)?;
+    let node = if args.kubernetes {
+        let node = args.node_name.clone().filter(|n| !n.is_empty()).context(
+            "--kubernetes needs this node's name: set NODE_NAME (the downward API's spec.nodeName) or --node-name",
+        )?;
+        let selector =
+            detrix_agent::pods::PodSelector::parse(args.pod_selector.as_deref().unwrap_or(""))
+                .map_err(anyhow::Error::msg)?;
+        Some(detrix_agent::pods::watch::Options { node, selector })
+    } else {
+        None
+    };
     let token = args.client.token();
     let [health_timeout, register_timeout, unregister_timeout] = args.client.timeouts()?;
     // Debug info is read on blocking threads (one per target starting); they go 2 s after
@@ -460,6 +483,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             cfg.control_host.as_str()
         };
         let control_url = format!("http://{shown_host}:{port}");
+        // Node mode: the API client reads its configuration (token, CA) while every file is
+        // still readable.
+        let kube = match &node {
+            Some(_) => Some(detrix_agent::pods::watch::client().await?),
+            None => None,
+        };
         let tracker = Tracker::open().context(
             "subscribing to process events (the netlink process connector needs root or CAP_NET_ADMIN, in the host's PID namespace)",
         )?;
@@ -480,12 +509,22 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             writeln!(out, "Control plane: {control_url}").context("writing to stdout")?;
             out.flush().context("writing to stdout")?;
         }
-        eprintln!(
-            "serve: {} rule(s), wake {:?}, daemon {}; GET /detrix/targets to list targets",
-            cfg.rules.len(),
-            cfg.wake,
-            cfg.daemon_url
-        );
+        match &node {
+            Some(n) => eprintln!(
+                "serve: node mode, pods of node {} ({}), {} file rule(s), wake {:?}, daemon {}; GET /detrix/targets to list targets",
+                n.node,
+                if n.selector.is_some() { "label selector or annotation" } else { "annotation detrix.dev/observe only" },
+                cfg.rules.len(),
+                cfg.wake,
+                cfg.daemon_url
+            ),
+            None => eprintln!(
+                "serve: {} rule(s), wake {:?}, daemon {}; GET /detrix/targets to list targets",
+                cfg.rules.len(),
+                cfg.wake,
+                cfg.daemon_url
+            ),
+        }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         // Daemons whose users may call the host control plane without the token.
         let daemon_urls: Vec<String> = std::iter::once(cfg.daemon_url.clone())
@@ -509,7 +548,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         };
         // SIGHUP: read the rules again (same file, same flags); a bad file keeps the old ones.
+        // In node mode the file's config goes to the pod watcher, which adds the pods' rules.
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+        let reload_tx = match (node, kube) {
+            (Some(opts), Some(client)) => {
+                let (base_tx, base_rx) = tokio::sync::mpsc::channel(1);
+                tokio::spawn(detrix_agent::pods::watch::run(client, opts, cfg.clone(), base_rx, reload_tx));
+                base_tx
+            }
+            _ => reload_tx,
+        };
         let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("installing a SIGHUP handler")?;
         tokio::spawn(async move {

@@ -44,6 +44,8 @@ pub struct Flags {
     pub daemon_url: Option<String>,
     pub control_host: Option<String>,
     pub control_port: Option<u16>,
+    /// Node mode: the node's pods supply the rules, so the file and flags may give none.
+    pub kubernetes: bool,
 }
 
 /// The merged configuration.
@@ -249,7 +251,7 @@ struct RawFileValues {
 /// Merges the file (its text given, if any) and the flags.
 ///
 /// # Errors
-/// A bad file, rule or flag, or no rule at all.
+/// A bad file, rule or flag, or no rule at all (outside node mode).
 pub fn merge(
     flags: &Flags,
     file: Option<(&str, &str)>,
@@ -272,7 +274,7 @@ pub fn merge(
             build: crate::buildinfo::Explicit::default(),
         });
     }
-    if rules.is_empty() {
+    if rules.is_empty() && !flags.kubernetes {
         return Err(ConfigError(
             "no rule selects any process; pass --select exe=/path/glob or a --config file with a [[rule]]"
                 .to_owned(),

