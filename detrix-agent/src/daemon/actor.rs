@@ -168,6 +168,8 @@ pub struct Agent {
     recorder: Option<DapRecorder>,
     fallback: mpsc::UnboundedSender<JobRequest>,
     session_opts: Options,
+    /// The process attached to (pid + start time + executable), checked every 200 ms.
+    target: target::Target,
     /// [`Hub::ended`] when last looked at: a change while awake with no live session is a
     /// lost daemon session.
     sessions_ended: u64,
@@ -186,16 +188,27 @@ impl Agent {
             .to_string_lossy()
             .into_owned();
         let target_language = engine.resolver().language().unwrap_or(Language::Other);
+        let target = engine.resolver().target.clone();
         let hub = Arc::new(Hub::default());
         let pump_hub = hub.clone();
         let probes = Probes::spawn(Registry::new(engine), move |hits| {
             pump_hub.publish(&Arc::new(hits));
         });
         let pump_probes = probes.clone();
+        let pump_target = target.clone();
         let pump = tokio::spawn(async move {
             loop {
                 match reader.next_batch().await {
                     Ok(hits) if hits.is_empty() => {}
+                    // The probes filter by pid only: a later process given the target's pid
+                    // (running the same binary) would be captured until the liveness check
+                    // notices. Its hits are checked against the start time here, once a batch.
+                    Ok(hits) if pump_target.gone().is_some() => {
+                        tracing::info!(
+                            hits = hits.len(),
+                            "hits dropped: the target process is gone"
+                        );
+                    }
                     Ok(hits) => pump_probes.hits(hits),
                     Err(e) => {
                         tracing::error!(error = %e, "reading hits failed; no more values will be delivered");
@@ -259,6 +272,7 @@ impl Agent {
             fallback,
             session_opts,
             sessions_ended: 0,
+            target,
         };
         (agent, handle)
     }
@@ -295,8 +309,8 @@ impl Agent {
                     None => break ExitReason::Shutdown,
                 },
                 _ = liveness.tick() => {
-                    if !target::alive(self.cfg.pid) {
-                        tracing::info!(pid = self.cfg.pid, "target process exited");
+                    if let Some(gone) = self.target.gone() {
+                        tracing::info!(pid = self.cfg.pid, "{}", gone.describe());
                         self.drive(Input::TargetExited).await;
                         break ExitReason::TargetExited;
                     }
