@@ -86,6 +86,9 @@ fuzz_target!(|data: &[u8]| {
         }
         let mut inputs: VecDeque<Effect> = facade.step(Input::Request(&msg)).into();
         let mut rounds = 0;
+        // A call logpoint asks for its next round as each one finishes: answer a few per
+        // request, as a debugger taking its time would.
+        let mut answered = 0;
         loop {
             while let Some(fx) = inputs.pop_front() {
                 match fx {
@@ -109,7 +112,9 @@ fuzz_target!(|data: &[u8]| {
                             "facade removed probe {probe:?} that was never installed"
                         );
                     }
+                    Effect::Evaluate(_) if answered >= 4 => {}
                     Effect::Evaluate(job) => {
+                        answered += 1;
                         let outcome = if job.token % 3 == 0 {
                             Err("the debugger could not attach".to_owned())
                         } else {
