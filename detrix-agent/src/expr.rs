@@ -319,10 +319,25 @@ impl std::fmt::Display for Expr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Expr::Var(n) => write!(f, "{n}"),
-            Expr::Field(e, n) => write!(f, "{e}.{n}"),
-            Expr::Arrow(e, n) => write!(f, "{e}->{n}"),
-            Expr::Index(e, i) => write!(f, "{e}[{i}]"),
-            Expr::Deref(e) => write!(f, "(*{e})"),
+            Expr::Field(e, n) => write!(f, "{}.{n}", Operand(e)),
+            Expr::Arrow(e, n) => write!(f, "{}->{n}", Operand(e)),
+            Expr::Index(e, i) => write!(f, "{}[{i}]", Operand(e)),
+            // No parentheses of its own: they count as operators, and `(*(*(*p)))` at depth 43
+            // printed past MAX_OPERATORS, so the text of an accepted expression was refused.
+            Expr::Deref(e) => write!(f, "*{e}"),
+        }
+    }
+}
+
+/// The operand of a postfix operator: a dereference in parentheses (`(*p).x`, not `*p.x`,
+/// which is `*(p.x)`).
+struct Operand<'a>(&'a Expr);
+
+impl std::fmt::Display for Operand<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Expr::Deref(_) => write!(f, "({})", self.0),
+            e => write!(f, "{e}"),
         }
     }
 }
@@ -394,6 +409,30 @@ mod tests {
         let ok = "*".repeat(64) + "p" + &".f".repeat(64);
         assert!(parse(&ok).is_ok(), "128 operators are fine");
         assert!(parse(&(ok + ".g")).is_err(), "129 are not");
+    }
+
+    #[test]
+    fn an_accepted_expression_prints_as_text_that_parses_to_it() {
+        // Found by the `expr` fuzz target: 69 dereferences printed as `(*(*…a))`, 207 operators.
+        for text in [
+            "*".repeat(69) + "a",
+            "(*o).id".into(),
+            "*p->next".into(),
+            "(**pp).x[3]".into(),
+            "*a.b".into(),
+        ] {
+            let e = parse(&text).unwrap_or_else(|err| panic!("{text}: {err}"));
+            let shown = e.to_string();
+            assert_eq!(parse(&shown).ok(), Some(e), "{text} printed as {shown}");
+        }
+        assert_eq!(
+            parse("(*o).id").map(|e| e.to_string()).ok().as_deref(),
+            Some("(*o).id")
+        );
+        assert_eq!(
+            parse("**p").map(|e| e.to_string()).ok().as_deref(),
+            Some("**p")
+        );
     }
 
     #[test]

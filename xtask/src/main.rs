@@ -6,6 +6,7 @@
 
 mod builds;
 mod demo;
+mod fuzz;
 mod lint;
 mod setup;
 mod test;
@@ -51,6 +52,15 @@ enum Command {
     Demo {
         #[arg(long, value_name = "URL")]
         daemon: Option<String>,
+    },
+    /// Run the `cargo fuzz` targets in fuzz/ (nightly, libFuzzer), each for `--seconds`, and
+    /// print executions and crashes per target. Without TARGET, all of them.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run: dap, template, expr, control, decode, elf.
+        targets: Vec<String>,
     },
     /// Per-hit cost table: no probe, empty-program floor, agent captures (placement off/on,
     /// batched vs per-event wakeup), asleep, and an lldb-dap logpoint — one run, as ratios.
@@ -117,6 +127,7 @@ fn main() -> ExitCode {
         Command::Lint => lint::run(),
         Command::Demo { daemon: None } => demo::run(),
         Command::Demo { daemon: Some(url) } => demo::run_with_daemon(&url),
+        Command::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
         Command::Bench => bench(),
     };
     match result {

@@ -61,12 +61,13 @@ impl Step {
 
 type StepFn = fn(&Step) -> Result<Outcome>;
 
-const STEPS: [(&str, StepFn); 6] = [
+const STEPS: [(&str, StepFn); 7] = [
     ("backports source", backports_source),
     ("apt packages", apt_packages),
     ("rust-src (nightly)", rust_src),
     ("nightly LLVM", nightly_llvm),
     ("bpf-linker", bpf_linker),
+    ("cargo-fuzz", cargo_fuzz),
     ("uprobe PMU", uprobe_pmu),
 ];
 
@@ -318,6 +319,35 @@ fn install_bpf_linker() -> Result<()> {
         .env("LLVM_PREFIX", LLVM_PREFIX)
         .stdin(Stdio::null());
     util::run(util::scrub_toolchain_env(&mut cmd))
+}
+
+/// The version `cargo xtask fuzz` runs (libFuzzer through `cargo fuzz run`).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// `cargo-fuzz` for `cargo xtask fuzz` (and CI's short fuzz stage).
+fn cargo_fuzz(step: &Step) -> Result<Outcome> {
+    let path = util::cargo_bin_dir()?.join("cargo-fuzz");
+    let want = format!("cargo-fuzz {CARGO_FUZZ_VERSION}");
+    if path.is_file() {
+        let version =
+            util::stdout_of(Command::new(&path).args(["fuzz", "--version"])).unwrap_or_default();
+        if version.trim() == want {
+            return Ok(Outcome::Present(format!(
+                "already present ({want}, {})",
+                path.display()
+            )));
+        }
+    }
+    step.say("not found; installing (cargo install, about two minutes)");
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", "stable", "cargo", "install", "--locked", "--force"])
+        .arg(format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"))
+        .stdin(Stdio::null());
+    util::run(util::scrub_toolchain_env(&mut cmd))?;
+    Ok(Outcome::Changed(format!(
+        "installed {want} at {}",
+        path.display()
+    )))
 }
 
 /// (f) The agent attaches through the kernel's uprobe PMU; without it nothing can work.

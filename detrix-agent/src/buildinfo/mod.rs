@@ -175,9 +175,8 @@ fn read_binary(pid: u32) -> binary::BinaryFacts {
             return binary::BinaryFacts::default();
         }
     };
-    // SAFETY: a read-only private mapping of the executable; a running executable cannot be
-    // written (ETXTBSY), and the mapping lives only for this call.
-    match unsafe { memmap2::Mmap::map(&file) } {
+    // Mapped only when only root can truncate it under us (SIGBUS), else copied.
+    match crate::debuginfo::map_file(&file) {
         Ok(map) => binary::read(&map),
         Err(e) => {
             tracing::debug!(pid, error = %e, "cannot map the target's executable");

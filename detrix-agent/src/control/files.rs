@@ -203,16 +203,20 @@ pub fn read(
     }
 }
 
-/// The handler. See the module doc for who may call it and what it serves.
-pub async fn files_read(State(agent): State<AgentHandle>, body: Bytes) -> Response {
-    let req: Value = match serde_json::from_slice(&body) {
+/// A `files/read` body's `path` (empty when absent) and `workspace_root`. Apart from the
+/// handler so it is tested and fuzzed without an agent.
+///
+/// # Errors
+/// [`ReadError::BadRequest`] for a body that is not a JSON object or a field that is not a
+/// string.
+pub fn parse_body(body: &[u8]) -> Result<(String, Option<String>), ReadError> {
+    let req: Value = match serde_json::from_slice(body) {
         Ok(v @ Value::Object(_)) => v,
         Ok(_) | Err(_) => {
-            return ReadError::BadRequest(
+            return Err(ReadError::BadRequest(
                 "files/read body must be JSON like {\"path\":\"src/main.go\",\"workspace_root\":\"/src\"}"
                     .into(),
-            )
-            .into_response()
+            ))
         }
     };
     let text = |k: &str| -> Result<Option<String>, ReadError> {
@@ -224,9 +228,14 @@ pub async fn files_read(State(agent): State<AgentHandle>, body: Bytes) -> Respon
             ))),
         }
     };
-    let (path, req_root) = match (text("path"), text("workspace_root")) {
-        (Ok(p), Ok(r)) => (p.unwrap_or_default(), r),
-        (Err(e), _) | (_, Err(e)) => return e.into_response(),
+    Ok((text("path")?.unwrap_or_default(), text("workspace_root")?))
+}
+
+/// The handler. See the module doc for who may call it and what it serves.
+pub async fn files_read(State(agent): State<AgentHandle>, body: Bytes) -> Response {
+    let (path, req_root) = match parse_body(&body) {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
     };
     let (pid, root) = (agent.info.pid, agent.info.workspace_root.clone());
     let result = tokio::task::spawn_blocking(move || read(pid, &root, req_root.as_deref(), &path))

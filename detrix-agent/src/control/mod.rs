@@ -64,7 +64,7 @@ async fn health() -> Json<Value> {
 
 async fn status(State(agent): State<AgentHandle>) -> Json<Value> {
     let v = agent.view();
-    Json(json!({
+    let mut body = json!({
         "state": v.state,
         "name": v.name,
         "control_host": v.control_host,
@@ -73,7 +73,16 @@ async fn status(State(agent): State<AgentHandle>) -> Json<Value> {
         "debug_port_active": v.debug_port_active,
         "daemon_url": v.daemon_url,
         "connection_id": v.connection_id,
-    }))
+    });
+    // Extra keys only when there is something to report (the SDKs' status has neither): a
+    // daemon session lost while awake (issue #12 point 6), hits a slow daemon made us drop.
+    if v.session_lost {
+        body["daemon_session"] = "lost".into();
+    }
+    if v.dropped_hits > 0 {
+        body["dropped_hits"] = v.dropped_hits.into();
+    }
+    Json(body)
 }
 
 async fn info(State(agent): State<AgentHandle>) -> Json<Value> {
@@ -100,30 +109,41 @@ async fn info(State(agent): State<AgentHandle>) -> Json<Value> {
     Json(body)
 }
 
-async fn wake(State(agent): State<AgentHandle>, body: Bytes) -> Result<Json<Value>, ControlError> {
-    let daemon_url = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        let v: Value = serde_json::from_slice(&body).map_err(|e| {
-            ControlError::BadRequest(format!(
-                "wake body is not JSON ({e}); send {{}} or {{\"daemon_url\":\"http://host:port\"}}"
-            ))
-        })?;
-        match v.get("daemon_url") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) if s.is_empty() => None,
-            Some(Value::String(s)) if agent.daemon_url_allowed(s) => Some(s.clone()),
-            Some(Value::String(s)) => {
-                tracing::warn!(daemon_url = s, "wake refused: daemon_url is neither the configured daemon nor one named by --allow-daemon-url");
-                return Err(ControlError::ForeignDaemon(s.clone()));
-            }
-            Some(_) => {
-                return Err(ControlError::BadRequest(
-                    "wake body's daemon_url is not a string".into(),
-                ))
-            }
+/// The daemon a wake body names: `None` for an empty body, `{}`, a null or empty
+/// `daemon_url`; the URL when `allowed` accepts it. Apart from the handler so it is tested and
+/// fuzzed without an agent.
+///
+/// # Errors
+/// [`ControlError::BadRequest`] for a body that is not JSON or a `daemon_url` that is not a
+/// string, [`ControlError::ForeignDaemon`] for a URL `allowed` refuses.
+pub fn wake_daemon_url(
+    body: &[u8],
+    allowed: impl Fn(&str) -> bool,
+) -> Result<Option<String>, ControlError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let v: Value = serde_json::from_slice(body).map_err(|e| {
+        ControlError::BadRequest(format!(
+            "wake body is not JSON ({e}); send {{}} or {{\"daemon_url\":\"http://host:port\"}}"
+        ))
+    })?;
+    match v.get("daemon_url") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) if allowed(s) => Ok(Some(s.clone())),
+        Some(Value::String(s)) => {
+            tracing::warn!(daemon_url = s, "wake refused: daemon_url is neither the configured daemon nor one named by --allow-daemon-url");
+            Err(ControlError::ForeignDaemon(s.clone()))
         }
-    };
+        Some(_) => Err(ControlError::BadRequest(
+            "wake body's daemon_url is not a string".into(),
+        )),
+    }
+}
+
+async fn wake(State(agent): State<AgentHandle>, body: Bytes) -> Result<Json<Value>, ControlError> {
+    let daemon_url = wake_daemon_url(&body, |s| agent.daemon_url_allowed(s))?;
     let r = agent.wake(daemon_url).await.map_err(ControlError::Wake)?;
     Ok(Json(json!({
         "status": r.status,

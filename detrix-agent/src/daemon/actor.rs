@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use super::client::{DaemonClient, Registration};
 use super::debugger::{spawn_fallback_worker, JobRequest};
 use super::hub::Hub;
-use super::lifecycle::{Effect, Input, Lifecycle, SleepReply, WakeError, WakeReply};
+use super::lifecycle::{Effect, Input, Lifecycle, Phase, SleepReply, WakeError, WakeReply};
 use super::recorder::DapRecorder;
 use super::registry::{Probes, Registry};
 use super::session::{accept_loop, SessionCtx};
@@ -63,6 +63,11 @@ pub struct View {
     pub debug_port_active: bool,
     pub daemon_url: String,
     pub connection_id: Option<String>,
+    /// Awake, but the daemon's DAP session ended (it died or closed the socket): its probes are
+    /// gone and the next wake registers again. Shown as `"daemon_session":"lost"`.
+    pub session_lost: bool,
+    /// Hits dropped because the daemon did not read its session fast enough (shown when > 0).
+    pub dropped_hits: u64,
 }
 
 /// What `/detrix/info` shows.
@@ -163,6 +168,11 @@ pub struct Agent {
     recorder: Option<DapRecorder>,
     fallback: mpsc::UnboundedSender<JobRequest>,
     session_opts: Options,
+    /// The process attached to (pid + start time + executable), checked every 200 ms.
+    target: target::Target,
+    /// [`Hub::ended`] when last looked at: a change while awake with no live session is a
+    /// lost daemon session.
+    sessions_ended: u64,
 }
 
 impl Agent {
@@ -178,16 +188,27 @@ impl Agent {
             .to_string_lossy()
             .into_owned();
         let target_language = engine.resolver().language().unwrap_or(Language::Other);
+        let target = engine.resolver().target.clone();
         let hub = Arc::new(Hub::default());
         let pump_hub = hub.clone();
         let probes = Probes::spawn(Registry::new(engine), move |hits| {
             pump_hub.publish(&Arc::new(hits));
         });
         let pump_probes = probes.clone();
+        let pump_target = target.clone();
         let pump = tokio::spawn(async move {
             loop {
                 match reader.next_batch().await {
                     Ok(hits) if hits.is_empty() => {}
+                    // The probes filter by pid only: a later process given the target's pid
+                    // (running the same binary) would be captured until the liveness check
+                    // notices. Its hits are checked against the start time here, once a batch.
+                    Ok(hits) if pump_target.gone().is_some() => {
+                        tracing::info!(
+                            hits = hits.len(),
+                            "hits dropped: the target process is gone"
+                        );
+                    }
                     Ok(hits) => pump_probes.hits(hits),
                     Err(e) => {
                         tracing::error!(error = %e, "reading hits failed; no more values will be delivered");
@@ -206,6 +227,8 @@ impl Agent {
             debug_port_active: false,
             daemon_url: cfg.daemon_url.clone(),
             connection_id: None,
+            session_lost: false,
+            dropped_hits: 0,
         }));
         let (tx, rx) = mpsc::channel(64);
         let info = Arc::new(Info {
@@ -248,6 +271,8 @@ impl Agent {
             recorder: None,
             fallback,
             session_opts,
+            sessions_ended: 0,
+            target,
         };
         (agent, handle)
     }
@@ -284,11 +309,12 @@ impl Agent {
                     None => break ExitReason::Shutdown,
                 },
                 _ = liveness.tick() => {
-                    if !target::alive(self.cfg.pid) {
-                        tracing::info!(pid = self.cfg.pid, "target process exited");
+                    if let Some(gone) = self.target.gone() {
+                        tracing::info!(pid = self.cfg.pid, "{}", gone.describe());
                         self.drive(Input::TargetExited).await;
                         break ExitReason::TargetExited;
                     }
+                    self.watch_sessions().await;
                 }
                 () = &mut shutdown => {
                     self.drive(Input::Sleep).await;
@@ -300,8 +326,31 @@ impl Agent {
         reason
     }
 
+    /// Notices a daemon session that ended while awake (the daemon died, or closed the socket
+    /// without a sleep) and one that came back by itself.
+    async fn watch_sessions(&mut self) {
+        let ended = self.hub.ended();
+        let live = self.hub.live() > 0;
+        if ended != self.sessions_ended && !live && self.life.phase == Phase::Awake {
+            tracing::warn!(
+                connection_id = self.life.connection_id.as_deref().unwrap_or(""),
+                "the daemon's DAP session ended without a sleep; its probes are removed and the next wake registers again"
+            );
+            self.drive(Input::SessionLost).await;
+        } else if live && self.life.session_lost {
+            self.drive(Input::SessionResumed).await;
+        }
+        self.sessions_ended = ended;
+        let dropped = self.hub.dropped_hits();
+        self.view
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .dropped_hits = dropped;
+    }
+
     fn publish_view(&self) {
         let mut v = self.view.lock().unwrap_or_else(PoisonError::into_inner);
+        v.session_lost = self.life.session_lost;
         v.state = self.life.phase.as_str();
         v.debug_port = self.life.debug_port;
         v.debug_port_active = self.life.listening;

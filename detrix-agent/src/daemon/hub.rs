@@ -6,10 +6,13 @@
 //! "newest wins" is deliberately not kept, because on a root agent it let any peer that got in
 //! take the daemon's session over. The live session gets every batch (one `Arc`, no copy) and
 //! keeps the hits of its own probes; a session that does not keep up loses batches rather than
-//! slowing the reader. The session list is the only state here, behind a small lock held for a push,
-//! a scan or a retain — never across I/O.
+//! slowing the reader, and the hits waiting for it are bounded by count ([`MAX_QUEUED_HITS`]), not
+//! only by batches (a batch holds up to thousands), so a daemon that stops reading costs bounded
+//! memory; what is dropped is counted ([`Hub::dropped_hits`], shown by `/detrix/status`). The
+//! session list is the only state here, behind a small lock held for a push, a scan or a
+//! retain — never across I/O.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use std::time::Duration;
@@ -25,6 +28,23 @@ pub type HitBatch = Arc<Vec<ProbeHit>>;
 struct Slot {
     generation: u64,
     hits: mpsc::Sender<HitBatch>,
+    /// Hits sent and not yet received.
+    queued: Arc<AtomicUsize>,
+}
+
+/// A session's end of its hit queue.
+pub struct HitQueue {
+    rx: mpsc::Receiver<HitBatch>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl HitQueue {
+    /// The next batch; `None` once the hub dropped the session.
+    pub async fn recv(&mut self) -> Option<HitBatch> {
+        let b = self.rx.recv().await?;
+        self.queued.fetch_sub(b.len(), Ordering::Relaxed);
+        Some(b)
+    }
 }
 
 /// Routes hits to the live session (at most one).
@@ -32,10 +52,18 @@ struct Slot {
 pub struct Hub {
     slots: Mutex<Vec<Slot>>,
     next_generation: AtomicU64,
+    /// Sessions that have ended, however (for the actor to notice a lost daemon).
+    ended: AtomicU64,
+    /// Hits a session was too slow to take.
+    dropped: AtomicU64,
 }
 
 /// How many hit batches may wait for a slow session before newer ones are dropped.
 const SESSION_HIT_QUEUE: usize = 1024;
+
+/// How many hits may wait for a slow session (a few KiB each at most: values as text, a
+/// stack) before newer batches are dropped: tens of MiB, whatever the daemon does.
+pub const MAX_QUEUED_HITS: usize = 16_384;
 
 /// How long a second DAP connection waits for the live session to end before it is refused.
 pub const SECOND_SESSION_GRACE: Duration = Duration::from_secs(2);
@@ -47,26 +75,31 @@ impl Hub {
 
     /// Becomes the one live session — its guard (carrying its number) and its hits — or
     /// `None` while another is live.
-    pub fn join(self: &Arc<Self>) -> Option<(SlotGuard, mpsc::Receiver<HitBatch>)> {
+    pub fn join(self: &Arc<Self>) -> Option<(SlotGuard, HitQueue)> {
         let mut slots = self.slots();
         if !slots.is_empty() {
             return None;
         }
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        let (hits, hits_rx) = mpsc::channel(SESSION_HIT_QUEUE);
-        slots.push(Slot { generation, hits });
+        let (hits, rx) = mpsc::channel(SESSION_HIT_QUEUE);
+        let queued = Arc::new(AtomicUsize::new(0));
+        slots.push(Slot {
+            generation,
+            hits,
+            queued: queued.clone(),
+        });
         drop(slots);
         Some((
             SlotGuard {
                 hub: self.clone(),
                 generation,
             },
-            hits_rx,
+            HitQueue { rx, queued },
         ))
     }
 
     /// [`Hub::join`], waiting up to [`SECOND_SESSION_GRACE`] for a live session to end.
-    pub async fn join_when_free(self: &Arc<Self>) -> Option<(SlotGuard, mpsc::Receiver<HitBatch>)> {
+    pub async fn join_when_free(self: &Arc<Self>) -> Option<(SlotGuard, HitQueue)> {
         let deadline = tokio::time::Instant::now() + SECOND_SESSION_GRACE;
         loop {
             if let Some(j) = self.join() {
@@ -82,12 +115,20 @@ impl Hub {
     /// Hands `batch` to every live session.
     pub fn publish(&self, batch: &HitBatch) {
         for s in self.slots().iter() {
-            if s.hits.try_send(batch.clone()).is_err() {
+            let n = batch.len();
+            let full = s.queued.load(Ordering::Relaxed) + n > MAX_QUEUED_HITS;
+            if full || s.hits.try_send(batch.clone()).is_err() {
+                let before = self.dropped.fetch_add(n as u64, Ordering::Relaxed);
+                if before == 0 {
+                    tracing::warn!(session = s.generation, hits = n, "the daemon is not reading its DAP session fast enough; hits are dropped (counted in /detrix/status `dropped_hits`)");
+                }
                 tracing::debug!(
                     session = s.generation,
                     hits = batch.len(),
                     "session is not keeping up; hit batch dropped"
                 );
+            } else {
+                s.queued.fetch_add(n, Ordering::Relaxed);
             }
         }
     }
@@ -95,6 +136,16 @@ impl Hub {
     /// How many sessions are live.
     pub fn live(&self) -> usize {
         self.slots().len()
+    }
+
+    /// How many sessions have ended since the agent started.
+    pub fn ended(&self) -> u64 {
+        self.ended.load(Ordering::Relaxed)
+    }
+
+    /// Hits dropped because a session was not keeping up ([`MAX_QUEUED_HITS`]).
+    pub fn dropped_hits(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -107,5 +158,50 @@ pub struct SlotGuard {
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         self.hub.slots().retain(|s| s.generation != self.generation);
+        self.hub.ended.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dap::ProbeId;
+    use crate::engine::{Hit, LogpointId};
+
+    fn batch(n: usize) -> HitBatch {
+        let hit = |i: usize| ProbeHit {
+            probe: ProbeId { session: 0, n: 1 },
+            hit: Hit {
+                logpoint: LogpointId(1),
+                pid: 1,
+                tid: 1,
+                goid: 0,
+                ktime_ns: i as u64,
+                values: Vec::new(),
+                stack: Vec::new(),
+                locals: Vec::new(),
+            },
+        };
+        Arc::new((0..n).map(hit).collect())
+    }
+
+    #[tokio::test]
+    async fn a_session_that_does_not_read_holds_at_most_max_queued_hits_and_the_rest_are_counted() {
+        let hub = Arc::new(Hub::default());
+        let (guard, mut queue) = hub.join().expect("first session joins");
+        // 4096 hits a batch, as the reader's largest: 4 fit, the other 6 are dropped.
+        for _ in 0..10 {
+            hub.publish(&batch(4096));
+        }
+        assert_eq!(hub.dropped_hits(), 6 * 4096);
+        // Reading frees room again.
+        assert_eq!(queue.recv().await.map(|b| b.len()), Some(4096));
+        hub.publish(&batch(4096));
+        assert_eq!(hub.dropped_hits(), 6 * 4096);
+        hub.publish(&batch(1));
+        assert_eq!(hub.dropped_hits(), 6 * 4096 + 1);
+        assert_eq!((hub.live(), hub.ended()), (1, 0));
+        drop(guard);
+        assert_eq!((hub.live(), hub.ended()), (0, 1));
     }
 }

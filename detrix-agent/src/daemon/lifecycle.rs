@@ -70,6 +70,11 @@ pub enum Input {
     Sleep,
     /// The target process is gone.
     TargetExited,
+    /// The daemon's DAP session ended while awake and no other is live (the daemon died or
+    /// closed the socket): its probes are gone, and the next wake registers again.
+    SessionLost,
+    /// A DAP session is live again (a restarted daemon dialled the kept port by itself).
+    SessionResumed,
 }
 
 /// What the driver must do, in order.
@@ -116,6 +121,9 @@ pub struct Lifecycle {
     pub listening: bool,
     pub connection_id: Option<String>,
     pub target_gone: bool,
+    /// Awake, but the daemon's session ended ([`Input::SessionLost`]); cleared by the next
+    /// registration or session.
+    pub session_lost: bool,
 }
 
 impl Lifecycle {
@@ -129,6 +137,7 @@ impl Lifecycle {
             listening: false,
             connection_id: None,
             target_gone: false,
+            session_lost: false,
         }
     }
 
@@ -149,6 +158,25 @@ impl Lifecycle {
                 }]
             }
             (Phase::Waking, Input::Wake { .. }) => vec![E::ReplyWake(Err(WakeError::InProgress))],
+            // The daemon lost the session (it died and may have restarted without the row):
+            // "already awake" would leave it never hearing of us again. Wake anew, on a fresh
+            // listener whose peer check names this wake's daemon.
+            (Phase::Awake, Input::Wake { daemon_url }) if self.session_lost => {
+                self.phase = Phase::Waking;
+                self.listening = false;
+                self.session_lost = false;
+                self.connection_id = None;
+                self.active_url = daemon_url
+                    .filter(|u| !u.is_empty())
+                    .unwrap_or_else(|| self.daemon_url.clone());
+                vec![
+                    E::StopListener,
+                    E::DropProbes,
+                    E::CheckHealth {
+                        url: self.active_url.clone(),
+                    },
+                ]
+            }
             (Phase::Awake, Input::Wake { .. }) => {
                 vec![E::ReplyWake(Ok(self.reply("already_awake")))]
             }
@@ -202,6 +230,15 @@ impl Lifecycle {
                 fx.push(E::Exit);
                 fx
             }
+            (Phase::Awake, Input::SessionLost) => {
+                self.session_lost = true;
+                vec![E::DropProbes]
+            }
+            (_, Input::SessionResumed) => {
+                self.session_lost = false;
+                Vec::new()
+            }
+            (_, Input::SessionLost) => Vec::new(),
             // Results that arrive in a phase that no longer expects them (cannot happen with the
             // one-request-at-a-time driver) change nothing.
             (_, Input::HealthChecked(_) | Input::ListenerStarted(_) | Input::Registered(_)) => {
@@ -222,6 +259,7 @@ impl Lifecycle {
 
     fn go_to_sleep(&mut self) {
         self.phase = Phase::Sleeping;
+        self.session_lost = false;
         self.listening = false;
         self.connection_id = None;
     }
@@ -281,6 +319,69 @@ mod tests {
         assert_eq!(
             (l.phase, l.listening, l.connection_id.as_deref()),
             (Phase::Awake, true, Some("abc"))
+        );
+    }
+
+    #[test]
+    fn a_wake_after_the_daemons_session_was_lost_registers_again() {
+        let mut l = awake();
+        assert_eq!(l.step(Input::SessionLost), vec![E::DropProbes]);
+        assert_eq!((l.phase, l.session_lost), (Phase::Awake, true));
+        assert_eq!(
+            l.step(Input::Wake { daemon_url: None }),
+            vec![
+                E::StopListener,
+                E::DropProbes,
+                E::CheckHealth { url: URL.into() }
+            ]
+        );
+        assert_eq!(
+            (
+                l.phase,
+                l.session_lost,
+                l.listening,
+                l.connection_id.clone()
+            ),
+            (Phase::Waking, false, false, None)
+        );
+        assert_eq!(l.step(Input::HealthChecked(Ok(()))), vec![E::StartListener]);
+        assert_eq!(
+            l.step(Input::ListenerStarted(Ok(42138))),
+            vec![E::Register {
+                url: URL.into(),
+                port: 42138
+            }]
+        );
+        let fx = l.step(Input::Registered(Ok("abc".into())));
+        assert_eq!(
+            fx,
+            vec![E::ReplyWake(Ok(WakeReply {
+                status: "awake",
+                debug_port: 42138,
+                connection_id: "abc".into(),
+                daemon_url: URL.into()
+            }))]
+        );
+    }
+
+    #[test]
+    fn a_session_lost_while_asleep_changes_nothing_and_a_resumed_one_clears_it() {
+        let mut l = Lifecycle::new(URL.into());
+        assert_eq!(l.step(Input::SessionLost), vec![]);
+        assert!(!l.session_lost);
+        let mut l = awake();
+        l.step(Input::SessionLost);
+        assert_eq!(l.step(Input::SessionResumed), vec![]);
+        assert!(!l.session_lost);
+        let fx = l.step(Input::Wake { daemon_url: None });
+        assert_eq!(
+            fx,
+            vec![E::ReplyWake(Ok(WakeReply {
+                status: "already_awake",
+                debug_port: 42137,
+                connection_id: "abc".into(),
+                daemon_url: URL.into()
+            }))]
         );
     }
 

@@ -7,6 +7,7 @@
 
 mod bytes;
 mod entry;
+pub use bytes::map_file;
 mod lines;
 mod location;
 mod scope;
@@ -240,13 +241,24 @@ impl Binary {
             source,
         };
         let file = std::fs::File::open(path).map_err(io)?;
-        // SAFETY: a private read-only mapping. If another process truncates the file while it
-        // is mapped, reads fault (SIGBUS); binaries of running processes are not rewritten in
-        // place (the kernel refuses writes to a running executable: ETXTBSY).
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        // Mapped only when only root can truncate it under us (SIGBUS); see `bytes::map_file`.
+        let map = bytes::map_file(&file).map_err(io)?;
         // Requests read scattered pieces (unit headers, names, one unit's DIEs): without this
         // the kernel maps 64 KiB around every page touched, and RSS counts all of it.
         let _ = map.advise(memmap2::Advice::Random);
+        Self::parse(name, &Arc::new(map))
+    }
+
+    /// Parses a binary held in memory (one built or mutated in place, as the fuzzer does),
+    /// named `name` in messages.
+    ///
+    /// # Errors
+    /// As [`Binary::open`].
+    pub fn from_bytes(name: &Path, data: &[u8]) -> Result<Self, ResolveError> {
+        let map = bytes::anon_copy(data).map_err(|source| ResolveError::Io {
+            binary: name.to_owned(),
+            source,
+        })?;
         Self::parse(name, &Arc::new(map))
     }
 
@@ -365,9 +377,7 @@ impl Binary {
         let debug_map = match &separate {
             Some(p) => std::fs::File::open(p)
                 .ok()
-                // SAFETY: as for the executable: a private read-only mapping of a file nobody
-                // rewrites in place.
-                .and_then(|f| unsafe { memmap2::Mmap::map(&f) }.ok())
+                .and_then(|f| bytes::map_file(&f).ok())
                 .inspect(|m| {
                     let _ = m.advise(memmap2::Advice::Random);
                 })

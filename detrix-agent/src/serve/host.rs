@@ -296,8 +296,12 @@ impl Host {
         .await
         .map_err(|e| format!("reading the debug info of process {pid} failed: {e}"))??;
         let (resolver, language) = resolved;
-        let (engine, reader) =
-            Engine::start(resolver).map_err(|e| format!("loading the eBPF program: {e}"))?;
+        // Loading and verifying the eBPF program takes seconds on a busy host: off serve's one
+        // event-loop thread, or every other target's daemon calls (health checks, wakes) wait.
+        let (engine, reader) = tokio::task::spawn_blocking(move || Engine::start(resolver))
+            .await
+            .map_err(|e| format!("loading the eBPF program failed: {e}"))?
+            .map_err(|e| format!("loading the eBPF program: {e}"))?;
         let s = &self.settings;
         let cfg = AttachConfig {
             pid,

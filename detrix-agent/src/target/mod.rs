@@ -45,6 +45,48 @@ pub struct Target {
     pub exe_name: PathBuf,
     /// Device and inode of the executable, re-checked before attaching.
     pub dev_ino: (u64, u64),
+    /// Start time (`/proc/PID/stat` field 22, clock ticks after boot): with the pid, names this
+    /// process and no later one that reuses the pid.
+    pub start_time: u64,
+}
+
+/// `pid`'s start time (`/proc/PID/stat` field 22), `None` if it is gone or unreadable.
+#[must_use]
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    start_time_from(&stat)
+}
+
+/// Field 22 of a `/proc/PID/stat` line (the 20th after the parenthesised comm).
+fn start_time_from(stat: &str) -> Option<u64> {
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// How the process an agent attached to stopped being that process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gone {
+    Exited,
+    /// The pid now names another process.
+    PidReused,
+    /// It exec'd another program.
+    Execed,
+}
+
+impl Gone {
+    /// For logs: what happened.
+    #[must_use]
+    pub fn describe(self) -> &'static str {
+        match self {
+            Gone::Exited => "the target process exited",
+            Gone::PidReused => "the target process exited and its pid now names another process",
+            Gone::Execed => "the target process exec'd another program; its probes and debug info belong to the old one",
+        }
+    }
 }
 
 /// Whether `pid` names a live (non-zombie) process.
@@ -103,12 +145,36 @@ impl Target {
             }
         })?;
         let exe_name = std::fs::read_link(&exe).unwrap_or_else(|_| exe.clone());
+        let start_time = start_time(pid).ok_or(TargetError::NoSuchProcess { pid })?;
         Ok(Self {
             pid,
             exe,
             exe_name,
             dev_ino: (meta.dev(), meta.ino()),
+            start_time,
         })
+    }
+
+    /// `None` while the process opened is still there and still runs the binary it ran then;
+    /// otherwise how it went: exited (or a zombie), replaced by a later process given the same
+    /// pid (its start time differs), or exec'd into another program (its DWARF, its probes,
+    /// belong to the old one).
+    /// A failed read that is not "gone" (EMFILE) is decided by [`alive`], never taken for an
+    /// exit.
+    #[must_use]
+    pub fn gone(&self) -> Option<Gone> {
+        match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+            Ok(stat) if start_time_from(&stat) != Some(self.start_time) => Some(Gone::PidReused),
+            Ok(stat) if !alive_from(self.pid, Ok(stat.clone())) => Some(Gone::Exited),
+            Ok(_)
+                if std::fs::metadata(&self.exe)
+                    .is_ok_and(|m| (m.dev(), m.ino()) != self.dev_ino) =>
+            {
+                Some(Gone::Execed)
+            }
+            Ok(_) => None,
+            Err(e) => (!alive_from(self.pid, Err(e))).then_some(Gone::Exited),
+        }
     }
 
     /// Whether `/proc/PID/exe` still names the same file (the process may have exec'd).
@@ -187,5 +253,25 @@ mod tests {
         assert!(!alive_from(me, gone()));
         // A pid that cannot exist (above pid_max): EMFILE, then kill says ESRCH.
         assert!(!alive_from(4_194_305, emfile()));
+    }
+
+    #[test]
+    fn start_time_is_field_22_even_with_spaces_and_parens_in_the_name() {
+        let stat =
+            "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(start_time_from(stat), Some(987_654));
+        assert_eq!(start_time_from("4242 (x) S 1"), None);
+    }
+
+    #[test]
+    fn a_process_whose_start_time_differs_is_another_process() {
+        let me = std::process::id();
+        let mut t = Target::open(me).expect("open self");
+        assert_eq!(t.gone(), None);
+        t.start_time += 1;
+        assert_eq!(t.gone(), Some(Gone::PidReused));
+        t.start_time -= 1;
+        t.dev_ino.1 ^= 1;
+        assert_eq!(t.gone(), Some(Gone::Execed));
     }
 }
