@@ -12,11 +12,11 @@ mod kube_api;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{http, json_body, RestStub};
-use detrix_e2e::{agent_bin, require_root, Fixture, Lines};
+use common::serve::Serve;
+use common::RestStub;
+use detrix_e2e::{require_root, Fixture};
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube_api::KubeApi;
@@ -151,21 +151,16 @@ fn pod(
     }
 }
 
-struct Serve {
-    child: Child,
-    control: String,
-    stderr: Lines,
+/// `serve --kubernetes` for node `node` against the stand-in API server at `kubeconfig`,
+/// manual wake, no daemon.
+fn start(kubeconfig: &Path, node: &str) -> Serve {
+    start_with(kubeconfig, node, "http://127.0.0.1:9")
 }
 
-impl Serve {
-    fn start(kubeconfig: &Path, node: &str) -> Serve {
-        Serve::start_with(kubeconfig, node, "http://127.0.0.1:9")
-    }
-
-    fn start_with(kubeconfig: &Path, node: &str, daemon_url: &str) -> Serve {
-        let mut cmd = Command::new(agent_bin());
-        cmd.args([
-            "serve",
+fn start_with(kubeconfig: &Path, node: &str, daemon_url: &str) -> Serve {
+    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
+    Serve::start(
+        &[
             "--kubernetes",
             "--pod-selector",
             "app=orders",
@@ -173,112 +168,65 @@ impl Serve {
             "manual",
             "--daemon-url",
             daemon_url,
-        ]);
-        for k in [
-            "DETRIX_DAEMON_URL",
-            "DETRIX_CONTROL_HOST",
-            "DETRIX_CONTROL_PORT",
-            "DETRIX_TOKEN",
-            "DETRIX_HOME",
-            "DETRIX_POD_SELECTOR",
-        ] {
-            cmd.env_remove(k);
-        }
-        // Generous daemon timeouts: serve loads each target's eBPF program on its event
-        // loop, which stalls the other targets' timers for seconds on a loaded machine.
-        cmd.env("DETRIX_HEALTH_CHECK_TIMEOUT", "20")
-            .env("DETRIX_REGISTER_TIMEOUT", "20")
-            .env("KUBECONFIG", kubeconfig)
-            .env("NODE_NAME", node)
-            .env("RUST_LOG", "detrix_agent=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start detrix-agent serve --kubernetes");
-        let (stdout, _) = Lines::collect(child.stdout.take().expect("piped"));
-        let (stderr, _) = Lines::collect(child.stderr.take().expect("piped"));
-        let line = stdout
-            .wait_for(Duration::from_secs(30), |l| {
-                l.starts_with("Control plane: ")
-            })
-            .unwrap_or_else(|| {
-                let _ = child.kill();
-                panic!(
-                    "serve printed no `Control plane:` line; stderr:\n{}",
-                    stderr.text()
-                )
-            });
-        Serve {
-            child,
-            control: line.trim_start_matches("Control plane: ").to_owned(),
-            stderr,
-        }
-    }
-
-    /// (name, pid, rule, language, state) of every target, by name.
-    fn targets(&self) -> Vec<(String, u64, String, String, String)> {
-        let (s, b) = http("GET", &format!("{}/detrix/targets", self.control), None);
-        let v = json_body(&b);
-        assert_eq!(s, 200, "{v}");
-        let s = |t: &Value, k: &str| t[k].as_str().unwrap_or_default().to_owned();
-        let mut out: Vec<_> = v["targets"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|t| {
-                (
-                    s(t, "name"),
-                    t["pid"].as_u64().unwrap_or(0),
-                    s(t, "rule"),
-                    s(t, "language"),
-                    s(t, "state"),
-                )
-            })
-            .collect();
-        out.sort();
-        out
-    }
-
-    /// Target ids by name.
-    fn ids(&self) -> BTreeMap<String, String> {
-        let (_, b) = http("GET", &format!("{}/detrix/targets", self.control), None);
-        json_body(&b)["targets"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .iter()
-            .map(|t| {
-                (
-                    t["name"].as_str().unwrap_or_default().to_owned(),
-                    t["id"].as_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect()
-    }
-
-    /// Waits until the list (every target settled) equals `want`.
-    fn wait_for(&self, what: &str, want: &[(String, u64, String, String, String)]) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let got = self.targets();
-            if got == want {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}:\n got {got:#?}\nwant {want:#?}\nserve stderr:\n{}",
-                self.stderr.text()
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    }
+        ],
+        &[
+            // Generous daemon timeouts for a loaded test machine.
+            ("DETRIX_HEALTH_CHECK_TIMEOUT", "20"),
+            ("DETRIX_REGISTER_TIMEOUT", "20"),
+            ("KUBECONFIG", &kubeconfig),
+            ("NODE_NAME", node),
+        ],
+    )
 }
 
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// (name, pid, rule, language, state) of every target, by name.
+fn summary(serve: &Serve) -> Vec<(String, u64, String, String, String)> {
+    let s = |t: &Value, k: &str| t[k].as_str().unwrap_or_default().to_owned();
+    let mut out: Vec<_> = serve
+        .targets()
+        .iter()
+        .map(|t| {
+            (
+                s(t, "name"),
+                t["pid"].as_u64().unwrap_or(0),
+                s(t, "rule"),
+                s(t, "language"),
+                s(t, "state"),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Target ids by name.
+fn ids_by_name(serve: &Serve) -> BTreeMap<String, String> {
+    serve
+        .targets()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap_or_default().to_owned(),
+                t["id"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until the list (every target settled) equals `want`.
+fn wait_for(serve: &Serve, what: &str, want: &[(String, u64, String, String, String)]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = summary(serve);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}:\n got {got:#?}\nwant {want:#?}\nserve stderr:\n{}",
+            serve.stderr.text()
+        );
+        std::thread::sleep(Duration::from_millis(25));
     }
 }
 
@@ -334,28 +282,28 @@ fn pods_of_the_node_become_targets_and_follow_the_api() {
         api.apply(p);
     }
 
-    let serve = Serve::start(&kubeconfig, "node-a");
+    let serve = start(&kubeconfig, "node-a");
     // C is presented as Rust when the language is detected; the annotation says go.
     let mut want = vec![
         target("shop/billing-b/app", fx[1].pid(), "go"),
         target("shop/orders-a/app", fx[0].pid(), "rust"),
     ];
-    serve.wait_for("first list", &want);
+    wait_for(&serve, "first list", &want);
     let (lists, _, _) = api.counts();
     assert_eq!(lists, 1, "one list at start");
 
     // Pod deleted: its target goes; its process is untouched.
     api.delete(&by_annotation);
     want.remove(0);
-    serve.wait_for("pod deleted", &want);
+    wait_for(&serve, "pod deleted", &want);
     assert!(Path::new(&format!("/proc/{}", fx[1].pid())).exists());
 
     // A pod that appears for a process already running.
     let late = pod("orders-e", "node-a", &[("app", "orders")], &[], &ids[4]);
     api.apply(&late);
     want.push(target("shop/orders-e/app", fx[4].pid(), "rust"));
-    serve.wait_for("pod added", &want);
-    let before = serve.ids();
+    wait_for(&serve, "pod added", &want);
+    let before = ids_by_name(&serve);
 
     // The watch expires (history compacted, connections dropped): the agent watches from its
     // last resourceVersion, is told 410, lists again — and no target is touched.
@@ -377,20 +325,25 @@ fn pods_of_the_node_become_targets_and_follow_the_api() {
         );
         std::thread::sleep(Duration::from_millis(25));
     }
-    serve.wait_for("after 410 and a fresh list", &want);
-    assert_eq!(serve.ids(), before, "the same targets, not added again");
+    wait_for(&serve, "after 410 and a fresh list", &want);
+    assert_eq!(
+        ids_by_name(&serve),
+        before,
+        "the same targets, not added again"
+    );
     let (lists, _, expired) = api.counts();
     assert_eq!((lists, expired), (2, 1));
 
     // The agent restarted: the same list, each target once.
     drop(serve);
-    let serve = Serve::start(&kubeconfig, "node-a");
-    serve.wait_for("after a restart", &want);
+    let serve = start(&kubeconfig, "node-a");
+    wait_for(&serve, "after a restart", &want);
     assert_eq!(api.counts().0, 3);
 
     // The other node's agent sees only its pod.
-    let node_b = Serve::start(&kubeconfig, "node-b");
-    node_b.wait_for(
+    let node_b = start(&kubeconfig, "node-b");
+    wait_for(
+        &node_b,
         "node-b",
         &[target("shop/orders-d/app", fx[3].pid(), "rust")],
     );
@@ -456,13 +409,14 @@ fn annotated_wake_registers_each_container_once_across_relists_and_restarts() {
     api.apply(&p1);
     api.apply(&p2);
 
-    let serve = Serve::start_with(&kubeconfig, "node-a", &stub.url);
+    let serve = start_with(&kubeconfig, "node-a", &stub.url);
     let awake = |name: &str, pid: u32| {
         let mut t = target(name, pid, "rust");
         t.4 = "awake".to_owned();
         t
     };
-    serve.wait_for(
+    wait_for(
+        &serve,
         "both awake by their annotation",
         &[
             awake("shop/orders-2/app", fx[1].pid()),
@@ -470,10 +424,11 @@ fn annotated_wake_registers_each_container_once_across_relists_and_restarts() {
         ],
     );
     let connection = |name: &str| -> String {
-        let (_, b) = http("GET", &format!("{}/detrix/targets", serve.control), None);
-        json_body(&b)["targets"]
-            .as_array()
-            .and_then(|ts| ts.iter().find(|t| t["name"] == json!(name)).cloned())
+        serve
+            .targets()
+            .iter()
+            .find(|t| t["name"] == json!(name))
+            .cloned()
             .and_then(|t| t["connection_id"].as_str().map(str::to_owned))
             .unwrap_or_default()
     };
@@ -518,7 +473,11 @@ fn annotated_wake_registers_each_container_once_across_relists_and_restarts() {
 
     // Pod deleted: its target unregisters and leaves.
     api.delete(&p2);
-    serve.wait_for("pod deleted", &[awake("shop/web-1/app", fx[0].pid())]);
+    wait_for(
+        &serve,
+        "pod deleted",
+        &[awake("shop/web-1/app", fx[0].pid())],
+    );
     assert!(
         stub.wait(Duration::from_secs(10), |s| s.unregistrations.len() == 1),
         "{}",
@@ -528,8 +487,12 @@ fn annotated_wake_registers_each_container_once_across_relists_and_restarts() {
 
     // The agent restarted (killed: no goodbye): the remaining pod registers once more, once.
     drop(serve);
-    let serve = Serve::start_with(&kubeconfig, "node-a", &stub.url);
-    serve.wait_for("after a restart", &[awake("shop/web-1/app", fx[0].pid())]);
+    let serve = start_with(&kubeconfig, "node-a", &stub.url);
+    wait_for(
+        &serve,
+        "after a restart",
+        &[awake("shop/web-1/app", fx[0].pid())],
+    );
     std::thread::sleep(Duration::from_millis(500));
     regs.push(("shop/web-1/app".to_owned(), false));
     let (r, _) = daemon_saw(&stub);

@@ -9,6 +9,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::serve::Serve;
 use common::{http, json_body, try_http, RestStub};
 use detrix_e2e::{
     agent_bin, build_c_fixture, fixtures_out_dir, require_root, Build, Fixture, Lines,
@@ -18,94 +19,6 @@ use serde_json::{json, Value};
 /// The control plane's answer to a caller with no trusted uid and no valid token (issue #12).
 const UNAUTHORIZED: &str =
     "unauthorized: only root, the agent's user and the daemon's user may call without a token; send Authorization: Bearer <token>";
-
-struct Serve {
-    child: Child,
-    control: String,
-    stderr: Lines,
-}
-
-impl Serve {
-    fn start(args: &[&str], envs: &[(&str, &str)]) -> Serve {
-        let mut cmd = Command::new(agent_bin());
-        cmd.arg("serve").args(args);
-        for k in [
-            "DETRIX_DAEMON_URL",
-            "DETRIX_CONTROL_HOST",
-            "DETRIX_CONTROL_PORT",
-            "DETRIX_TOKEN",
-            "DETRIX_HOME",
-        ] {
-            cmd.env_remove(k);
-        }
-        cmd.envs(envs.iter().copied())
-            .env("RUST_LOG", "detrix_agent=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start detrix-agent serve");
-        let (stdout, _) = Lines::collect(child.stdout.take().expect("piped"));
-        let (stderr, _) = Lines::collect(child.stderr.take().expect("piped"));
-        let line = stdout
-            .wait_for(Duration::from_secs(30), |l| {
-                l.starts_with("Control plane: ")
-            })
-            .unwrap_or_else(|| {
-                let _ = child.kill();
-                panic!(
-                    "serve printed no `Control plane:` line; stderr:\n{}",
-                    stderr.text()
-                )
-            });
-        let control = line.trim_start_matches("Control plane: ").to_owned();
-        assert!(control.starts_with("http://127.0.0.1:"), "{line}");
-        Serve {
-            child,
-            control,
-            stderr,
-        }
-    }
-
-    fn get(&self, path: &str) -> (u16, Value) {
-        let (s, b) = http("GET", &format!("{}{path}", self.control), None);
-        (s, json_body(&b))
-    }
-
-    fn post(&self, path: &str, body: Option<&str>) -> (u16, Value) {
-        let (s, b) = http("POST", &format!("{}{path}", self.control), body);
-        (s, json_body(&b))
-    }
-
-    fn targets(&self) -> Vec<Value> {
-        let (s, v) = self.get("/detrix/targets");
-        assert_eq!(s, 200, "{v}");
-        v["targets"].as_array().cloned().unwrap_or_default()
-    }
-
-    /// Waits until `pred` holds on the target list; returns the list.
-    fn wait_targets(&self, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let t = self.targets();
-            if pred(&t) {
-                return t;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: targets {t:#?}\nserve stderr:\n{}",
-                self.stderr.text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A copy of the orders fixture under a name only this test uses, so the rule selects no
 /// other test's processes.

@@ -10,6 +10,7 @@
 
 pub mod intruder;
 pub mod real;
+pub mod serve;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
