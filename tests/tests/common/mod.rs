@@ -567,28 +567,7 @@ impl AttachedAgent {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", agent_bin().display()));
-        let (stdout, _) = Lines::collect(child.stdout.take().expect("piped"));
-        let (stderr, _) = Lines::collect(child.stderr.take().expect("piped"));
-        let line = stdout
-            .wait_for(Duration::from_secs(30), |l| {
-                l.starts_with("Control plane: ")
-            })
-            .unwrap_or_else(|| {
-                let _ = child.kill();
-                panic!(
-                    "the agent printed no `Control plane:` line; stdout:\n{}\nstderr:\n{}",
-                    stdout.text(),
-                    stderr.text()
-                )
-            });
-        let control = line.trim_start_matches("Control plane: ").to_string();
-        assert!(
-            control.starts_with("http://127.0.0.1:"),
-            "control plane URL as the upstream harness reads it: {line}"
-        );
+        let (child, control, stdout, stderr) = spawn_with_control_plane(&mut cmd);
         AttachedAgent {
             child,
             control,
@@ -733,6 +712,35 @@ pub fn free_port() -> u16 {
         .local_addr()
         .expect("a bound socket has an address")
         .port()
+}
+
+/// Spawns `cmd` (an `attach` or `serve` with piped stdout and stderr) and waits for the
+/// `Control plane: http://127.0.0.1:<port>` line the upstream harness reads; returns the child,
+/// the control plane's URL and its output. Kills it and fails the test when no such line comes.
+pub fn spawn_with_control_plane(cmd: &mut Command) -> (Child, String, Lines, Lines) {
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", agent_bin().display()));
+    let (stdout, _) = Lines::collect(child.stdout.take().expect("piped"));
+    let (stderr, _) = Lines::collect(child.stderr.take().expect("piped"));
+    let line = stdout
+        .wait_for(Duration::from_secs(30), |l| {
+            l.starts_with("Control plane: ")
+        })
+        .unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!(
+                "the agent printed no `Control plane:` line; stdout:\n{}\nstderr:\n{}",
+                stdout.text(),
+                stderr.text()
+            )
+        });
+    let control = line.trim_start_matches("Control plane: ").to_string();
+    assert!(
+        control.starts_with("http://127.0.0.1:"),
+        "control plane URL as the upstream harness reads it: {line}"
+    );
+    (child, control, stdout, stderr)
 }
 
 /// A daemon on loopback with a scratch directory (the configuration of real_daemon.rs); killed

@@ -38,22 +38,7 @@ impl Serve {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start detrix-agent serve");
-        let (stdout, _) = Lines::collect(child.stdout.take().expect("piped"));
-        let (stderr, _) = Lines::collect(child.stderr.take().expect("piped"));
-        let line = stdout
-            .wait_for(Duration::from_secs(30), |l| {
-                l.starts_with("Control plane: ")
-            })
-            .unwrap_or_else(|| {
-                let _ = child.kill();
-                panic!(
-                    "serve printed no `Control plane:` line; stderr:\n{}",
-                    stderr.text()
-                )
-            });
-        let control = line.trim_start_matches("Control plane: ").to_owned();
-        assert!(control.starts_with("http://127.0.0.1:"), "{line}");
+        let (child, control, _stdout, stderr) = super::spawn_with_control_plane(&mut cmd);
         Serve {
             child,
             control,
