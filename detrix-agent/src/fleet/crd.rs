@@ -1,4 +1,4 @@
-//! The `DetrixWake` object (`detrix.dev/v1alpha1`, `deploy/kubernetes/crd.yaml`) as Rust types,
+//! The `DetrixWake` object (`detrix.dev/v1alpha1`, `deploy/kubernetes/base/crd.yaml`) as Rust types,
 //! with the `kube::Resource` impl that lets `kube::Api` list, watch, create and patch it. Written
 //! by hand rather than derived (kube's `derive` feature pulls in schemars and a proc-macro
 //! stack) — the CRD's YAML is the schema, and the manifest test validates the example object

@@ -1,5 +1,5 @@
 //! The `DetrixWake` object as the tests build and read it: typed structs written from the
-//! CRD's schema (`deploy/kubernetes/crd.yaml`), independent of the agent's own types, so a
+//! CRD's schema (`deploy/kubernetes/base/crd.yaml`), independent of the agent's own types, so a
 //! wire-format mistake on either side shows as a failing test rather than agreeing with itself.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
