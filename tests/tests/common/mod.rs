@@ -334,6 +334,8 @@ pub struct StubState {
     /// Connection names whose registration is refused (500, the daemon's error body), as a
     /// daemon that fails to set up the adapter would.
     pub refuse: Vec<String>,
+    /// When each registration arrived (same order as `registrations`).
+    pub registered_at: Vec<Instant>,
 }
 
 /// An emulated daemon on 127.0.0.1.
@@ -468,6 +470,7 @@ fn serve_http(
             let refused = {
                 let mut g = lock();
                 g.registrations.push(reg.clone());
+                g.registered_at.push(Instant::now());
                 g.refuse.iter().any(|n| reg["name"] == json!(n))
             };
             state.1.notify_all();

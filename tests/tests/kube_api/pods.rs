@@ -185,12 +185,13 @@ impl Contained {
 
 impl Drop for Contained {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Path::new(&format!("/proc/{}", self.host_pid)).exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
+        // The fixture first: unshare, its parent, reaps it and exits. (Killing unshare first
+        // would orphan the fixture to the host's pid 1, which may never reap it.)
+        // SAFETY: kill(2) on the pid of a process this struct started and has not reaped.
+        unsafe {
+            libc::kill(i32::try_from(self.host_pid).unwrap_or(0), libc::SIGKILL);
         }
+        let _ = self.child.wait();
     }
 }
 
