@@ -32,6 +32,68 @@ enum Command {
     /// One agent for the host: every process a rule selects (containers included) becomes a
     /// target with its own daemon connection, found as it starts and dropped as it exits.
     Serve(ServeArgs),
+    /// Staged wake of a fleet through the Kubernetes API (a DetrixWake object the node agents
+    /// of `serve --kubernetes` act on): wake, sleep, status.
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum FleetCommand {
+    /// Create a DetrixWake and advance it stage by stage (canary first) while each stage is
+    /// healthy; on a failure or a breaker trip, halt and put every target back to sleep.
+    Wake(FleetWakeArgs),
+    /// Halt a wake: every target it woke sleeps.
+    Sleep(FleetNameArgs),
+    /// Show a wake (or every wake in the namespace) and each node's report.
+    Status(FleetStatusArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct FleetWakeArgs {
+    /// Label selector of the pods to wake (e.g. app=orders).
+    #[arg(long)]
+    selector: String,
+    /// The pods' namespace.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    /// The DetrixWake's name (default wake-<unix seconds>).
+    #[arg(long)]
+    name: Option<String>,
+    /// Targets woken first, alone.
+    #[arg(long, default_value_t = 1)]
+    canary: u32,
+    /// Percentages awake at each stage after the canary, the last 100%.
+    #[arg(long, default_value = "10%,50%,100%")]
+    steps: String,
+    /// Least time a stage stays healthy before the next (e.g. 30s).
+    #[arg(long, default_value = "30s")]
+    interval: String,
+    /// Every target this wake woke sleeps this long after it started, enforced by the nodes.
+    #[arg(long)]
+    ttl: String,
+    /// Register the targets in SafeMode (their pods must carry detrix.dev/safe-mode: "true").
+    #[arg(long)]
+    safe_mode: bool,
+    /// Halt when a stage is not healthy within this time.
+    #[arg(long, default_value = "5m")]
+    stage_timeout: String,
+}
+
+#[derive(clap::Args, Debug)]
+struct FleetNameArgs {
+    /// The DetrixWake's name.
+    name: String,
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+}
+
+#[derive(clap::Args, Debug)]
+struct FleetStatusArgs {
+    /// The DetrixWake's name (default: every one in the namespace).
+    name: Option<String>,
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
 }
 
 /// `serve`'s flags; they add to the config file (see `detrix_agent::serve::config`).
@@ -78,6 +140,10 @@ struct ClientArgs {
     /// IP literal registered as `host` and bound by the DAP listener.
     #[arg(long, default_value = "127.0.0.1")]
     advertise_host: String,
+    /// An address that may connect to the DAP port from another host (repeatable); required
+    /// when --advertise-host is not loopback. Loopback peers must be root or the daemon's user.
+    #[arg(long = "dap-allow-peer", value_name = "ADDR")]
+    dap_allow_peers: Vec<std::net::IpAddr>,
     /// Where token files are looked for after $HOME/detrix.
     #[arg(long, env = "DETRIX_HOME")]
     detrix_home: Option<std::path::PathBuf>,
@@ -191,10 +257,6 @@ struct AttachArgs {
     /// refused with 403, so the token is only ever sent where the operator said.
     #[arg(long = "allow-daemon-url", value_name = "URL")]
     allow_daemon_urls: Vec<String>,
-    /// An address that may connect to the DAP port from another host (repeatable); required
-    /// when --advertise-host is not loopback. Loopback peers must be root or the daemon's user.
-    #[arg(long = "dap-allow-peer", value_name = "ADDR")]
-    dap_allow_peers: Vec<std::net::IpAddr>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -361,7 +423,7 @@ fn attach(args: AttachArgs) -> anyhow::Result<ExitCode> {
         token: args.client.token(),
         advertise_host: args.client.advertise_host,
         allow_daemon_urls: args.allow_daemon_urls,
-        dap_allow_peers: args.dap_allow_peers,
+        dap_allow_peers: args.client.dap_allow_peers,
         health_timeout,
         register_timeout,
         unregister_timeout,
@@ -497,6 +559,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             control_port: port,
             control_url: control_url.clone(),
             advertise_host: args.client.advertise_host,
+            dap_allow_peers: args.client.dap_allow_peers,
             hostname: daemon::hostname(),
             token,
             health_timeout,
@@ -553,6 +616,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let reload_tx = match (node, kube) {
             (Some(opts), Some(client)) => {
                 let (base_tx, base_rx) = tokio::sync::mpsc::channel(1);
+                // Fleet wakes: this node's side of every DetrixWake, over the host's targets.
+                tokio::spawn(detrix_agent::fleet::node::run(client.clone(), opts.node.clone(), host.clone()));
                 tokio::spawn(detrix_agent::pods::watch::run(client, opts, cfg.clone(), base_rx, reload_tx));
                 base_tx
             }
@@ -581,6 +646,47 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn fleet(cmd: FleetCommand) -> anyhow::Result<ExitCode> {
+    use detrix_agent::fleet::cli;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the event loop")?;
+    rt.block_on(async move {
+        let client = detrix_agent::pods::watch::client().await?;
+        let mut out = std::io::stdout();
+        match cmd {
+            FleetCommand::Wake(a) => {
+                let args = cli::WakeArgs {
+                    selector: a.selector,
+                    namespace: a.namespace,
+                    name: a.name,
+                    canary: a.canary,
+                    steps: a.steps,
+                    interval: a.interval,
+                    ttl: a.ttl,
+                    safe_mode: a.safe_mode,
+                    stage_timeout: a.stage_timeout,
+                };
+                let done = cli::wake(client, args, &mut out).await?;
+                Ok(if done {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(3)
+                })
+            }
+            FleetCommand::Sleep(a) => {
+                cli::sleep(client, &a.namespace, &a.name, &mut out).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            FleetCommand::Status(a) => {
+                cli::status(client, &a.namespace, a.name.as_deref(), &mut out).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -642,6 +748,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Attach(args) => attach(args),
         Command::Serve(args) => serve(args),
+        Command::Fleet(cmd) => fleet(cmd),
         Command::Capture(args) => {
             let (file, line) = parse_at(&args.at)?;
             let req = capture::Request {

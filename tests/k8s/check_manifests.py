@@ -47,7 +47,7 @@ def main():
             out["crd"] = [o["spec"]["group"], v["name"], o["spec"]["names"]["kind"]]
         if o["kind"] == "DaemonSet":
             pod = o["spec"]["template"]["spec"]
-            c = pod["containers"][0]
+            c = next(c for c in pod["containers"] if c["name"] == "agent")
             sc = c["securityContext"]
             out["daemonset"] = {
                 "hostPID": pod.get("hostPID", False),
@@ -63,8 +63,23 @@ def main():
                 "strategy": o["spec"]["updateStrategy"]["type"],
                 "config": [v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v],
             }
+        if o["kind"] == "DaemonSet":
+            pod = o["spec"]["template"]["spec"]
+            out["daemonset"]["containers"] = sorted(c["name"] for c in pod["containers"])
+            out["daemonset"]["args"] = c.get("args", [])
+            out["daemonset"]["hostNetwork"] = pod.get("hostNetwork", False)
+        if o["kind"] == "Deployment":
+            pod = o["spec"]["template"]["spec"]
+            out["deployment"] = {
+                "name": md["name"],
+                "hostNetwork": pod.get("hostNetwork", False),
+                "nodeSelector": pod.get("nodeSelector", {}),
+                "args": pod["containers"][0].get("args", []),
+            }
         if o["kind"] == "ClusterRole":
-            out["rules"] = [[r["apiGroups"], r["resources"], r["verbs"]] for r in o["rules"]]
+            out.setdefault("rules", {})[md["name"]] = [
+                [r["apiGroups"], r["resources"], r["verbs"]] for r in o["rules"]
+            ]
         if o["kind"] == "ConfigMap":
             out["configmap"] = [md["name"], sorted(o["data"])]
     validator = jsonschema.Draft7Validator(crd_schema)

@@ -86,6 +86,51 @@ fn caps_in(src: &str, konst: &str) -> Vec<String> {
         .collect()
 }
 
+/// Renders `dir` with `kubectl kustomize`, validates every object (`kubernetes-validate
+/// --strict`) and summarizes it (check_manifests.py, which also checks the example DetrixWake
+/// against the CRD). Returns the objects that passed (a generated ConfigMap's hash shown as
+/// `<hash>`) and the summary.
+fn render_and_check(t: &Tools, dir: &str) -> (Vec<String>, Value) {
+    let root = workspace_root();
+    let rendered = run(Command::new(&t.kubectl)
+        .arg("kustomize")
+        .arg(root.join(dir)));
+    let tmp = std::env::temp_dir().join(format!(
+        "detrix-k8s-manifests-{}-{}",
+        std::process::id(),
+        dir.replace('/', "-")
+    ));
+    std::fs::create_dir_all(&tmp).expect("temp dir");
+    let file = tmp.join("rendered.yaml");
+    std::fs::write(&file, &rendered).expect("write rendered");
+    let report = run(Command::new(&t.validate)
+        .args(["--strict", "--no-warn", "-k", KUBERNETES_VERSION])
+        .arg(&file));
+    let suffix = format!(" against version {}", &KUBERNETES_VERSION[..4]);
+    let passed: Vec<String> = report
+        .lines()
+        .filter_map(|l| l.split_once(" passed for resource ").map(|(_, r)| r))
+        .map(|r| {
+            let r = r.strip_suffix(suffix.as_str()).unwrap_or(r);
+            match r.rsplit_once('-') {
+                Some((name, hash)) if r.starts_with("configmap/") && hash.len() == 10 => {
+                    format!("{name}-<hash>")
+                }
+                _ => r.to_owned(),
+            }
+        })
+        .collect();
+    let summary = run(Command::new(&t.python)
+        .arg(root.join("tests/k8s/check_manifests.py"))
+        .arg(&file)
+        .arg(root.join("deploy/kubernetes/examples/detrixwake.yaml")));
+    let _ = std::fs::remove_dir_all(&tmp);
+    (
+        passed,
+        serde_json::from_str(&summary).expect("summary JSON"),
+    )
+}
+
 #[test]
 fn manifests_render_and_validate() {
     let Some(t) = tools() else {
@@ -101,51 +146,20 @@ fn manifests_render_and_validate() {
         return;
     };
     let root = workspace_root();
-    let rendered = run(Command::new(&t.kubectl)
-        .arg("kustomize")
-        .arg(root.join("deploy/kubernetes")));
-    let dir = std::env::temp_dir().join(format!("detrix-k8s-manifests-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let file = dir.join("rendered.yaml");
-    std::fs::write(&file, &rendered).expect("write rendered");
-
-    // Kubernetes' schemas, strict.
-    let report = run(Command::new(&t.validate)
-        .args(["--strict", "--no-warn", "-k", KUBERNETES_VERSION])
-        .arg(&file));
-    // The ConfigMap's name ends in a hash of its content: shown as <hash>.
-    let passed: Vec<String> = report
-        .lines()
-        .filter_map(|l| l.split_once(" passed for resource ").map(|(_, r)| r))
-        .map(|r| match r.strip_prefix("configmap/detrix-agent-config-") {
-            Some(rest) => format!(
-                "configmap/detrix-agent-config-<hash>{}",
-                &rest[rest.find(' ').unwrap_or(rest.len())..]
-            ),
-            None => r.to_owned(),
-        })
-        .collect();
+    let (passed, s) = render_and_check(&t, "deploy/kubernetes");
     assert_eq!(
         passed,
         [
-            "namespace/detrix-system against version 1.33",
-            "customresourcedefinition/detrixwakes.detrix.dev against version 1.33",
-            "serviceaccount/detrix-agent against version 1.33",
-            "clusterrole/detrix-agent against version 1.33",
-            "clusterrolebinding/detrix-agent against version 1.33",
-            "configmap/detrix-agent-config-<hash> against version 1.33",
-            "daemonset/detrix-agent against version 1.33",
+            "namespace/detrix-system",
+            "customresourcedefinition/detrixwakes.detrix.dev",
+            "serviceaccount/detrix-agent",
+            "clusterrole/detrix-agent",
+            "clusterrole/detrix-fleet",
+            "clusterrolebinding/detrix-agent",
+            "configmap/detrix-agent-config-<hash>",
+            "daemonset/detrix-agent",
         ],
-        "{report}"
     );
-
-    // The CRD's schema, and exact facts.
-    let summary = run(Command::new(&t.python)
-        .arg(root.join("tests/k8s/check_manifests.py"))
-        .arg(&file)
-        .arg(root.join("deploy/kubernetes/examples/detrixwake.yaml")));
-    let _ = std::fs::remove_dir_all(&dir);
-    let s: Value = serde_json::from_str(&summary).expect("summary JSON");
     let cm = s["configmap"][0].as_str().expect("a ConfigMap").to_owned();
     assert!(cm.starts_with("detrix-agent-config-"), "{cm}");
     assert_eq!(
@@ -155,6 +169,7 @@ fn manifests_render_and_validate() {
             ["CustomResourceDefinition", "", "detrixwakes.detrix.dev"],
             ["ServiceAccount", "detrix-system", "detrix-agent"],
             ["ClusterRole", "", "detrix-agent"],
+            ["ClusterRole", "", "detrix-fleet"],
             ["ClusterRoleBinding", "", "detrix-agent"],
             ["ConfigMap", "detrix-system", cm],
             ["DaemonSet", "detrix-system", "detrix-agent"],
@@ -173,18 +188,95 @@ fn manifests_render_and_validate() {
             "spec: required",
         ]})
     );
+    // Exactly what the code calls: the node agent lists and watches pods and DetrixWakes and
+    // server-side-applies its status entry (fleet/node.rs, pods/watch.rs); the fleet CLI
+    // lists pods and creates, gets, lists and merge-patches DetrixWakes (fleet/cli.rs).
     assert_eq!(
         s["rules"],
-        json!([
-            [[""], ["pods"], ["get", "list", "watch"]],
-            [["detrix.dev"], ["detrixwakes"], ["get", "list", "watch"]],
-            [
-                ["detrix.dev"],
-                ["detrixwakes/status"],
-                ["get", "patch", "update"]
+        json!({
+            "detrix-agent": [
+                [[""], ["pods"], ["list", "watch"]],
+                [["detrix.dev"], ["detrixwakes"], ["list", "watch"]],
+                [["detrix.dev"], ["detrixwakes/status"], ["patch"]],
             ],
+            "detrix-fleet": [
+                [[""], ["pods"], ["list"]],
+                [["detrix.dev"], ["detrixwakes"], ["create", "get", "list", "patch"]],
+            ],
+        })
+    );
+    let base_args = json!(["serve", "--kubernetes", "--config=/etc/detrix/serve.toml"]);
+    assert_eq!(s["daemonset"]["args"], base_args);
+    assert_eq!(s["daemonset"]["containers"], json!(["agent"]));
+
+    // Topology 1: the daemon beside the agent in the host-network pod; the agent registers
+    // 127.0.0.1 (no --advertise-host) and dials 127.0.0.1:8090 (serve.toml).
+    let (passed, pn) = render_and_check(&t, "deploy/kubernetes/overlays/daemon-per-node");
+    assert_eq!(
+        &passed[..6],
+        &[
+            "namespace/detrix-system",
+            "customresourcedefinition/detrixwakes.detrix.dev",
+            "serviceaccount/detrix-agent",
+            "clusterrole/detrix-agent",
+            "clusterrole/detrix-fleet",
+            "clusterrolebinding/detrix-agent",
+        ]
+    );
+    assert_eq!(
+        &passed[6..],
+        &[
+            "configmap/detrix-agent-config-<hash>",
+            "configmap/detrix-daemon-config-<hash>",
+            "daemonset/detrix-agent"
+        ]
+    );
+    assert_eq!(pn["daemonset"]["containers"], json!(["agent", "daemon"]));
+    assert_eq!(pn["daemonset"]["hostNetwork"], json!(true));
+    assert_eq!(pn["daemonset"]["args"], base_args);
+    assert_eq!(pn["rules"], s["rules"]);
+
+    // Topology 2: one daemon on a labelled node (host network); every agent registers its
+    // node IP from the downward API and lets only that daemon dial its DAP ports.
+    let (passed, cd) = render_and_check(&t, "deploy/kubernetes/overlays/central-daemon");
+    assert_eq!(
+        &passed[6..],
+        &[
+            "configmap/detrix-agent-config-<hash>",
+            "configmap/detrix-daemon-config-<hash>",
+            "service/detrix-daemon",
+            "deployment/detrix-daemon",
+            "daemonset/detrix-agent",
+        ]
+    );
+    assert_eq!(cd["daemonset"]["containers"], json!(["agent"]));
+    assert_eq!(
+        cd["daemonset"]["args"],
+        json!([
+            "serve",
+            "--kubernetes",
+            "--config=/etc/detrix/serve.toml",
+            "--advertise-host=$(NODE_IP)",
+            "--dap-allow-peer=192.0.2.10",
+            "--daemon-url=http://detrix-daemon.detrix-system.svc:8090",
         ])
     );
+    assert_eq!(cd["daemonset"]["env"]["NODE_IP"], json!("status.hostIP"));
+    assert_eq!(
+        cd["deployment"],
+        json!({"name": "detrix-daemon", "hostNetwork": true, "nodeSelector": {"detrix.dev/daemon": "true"},
+            "args": ["serve", "--config=/etc/detrix-daemon/detrix.toml"]})
+    );
+    // The agent's own flags parse: `--advertise-host` and `--dap-allow-peer` are serve's.
+    let help = run(Command::new(detrix_e2e::agent_bin()).args(["serve", "--help"]));
+    for flag in [
+        "--advertise-host",
+        "--dap-allow-peer",
+        "--daemon-url",
+        "--kubernetes",
+    ] {
+        assert!(help.contains(flag), "serve --help lacks {flag}:\n{help}");
+    }
 
     // Exactly the capabilities the agent keeps after start, in privs.rs's order.
     let privs = std::fs::read_to_string(root.join("detrix-agent/src/privs.rs")).expect("privs.rs");

@@ -11,145 +11,15 @@ mod common;
 mod kube_api;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::serve::Serve;
 use common::RestStub;
 use detrix_e2e::{require_root, Fixture};
-use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodSpec, PodStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube_api::pods::{cgroups, pod};
 use kube_api::KubeApi;
 use serde_json::{json, Value};
-
-/// The cgroup v2 mount point, from this process's mountinfo.
-fn cgroup2_root() -> Option<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        if post.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        pre.split_whitespace().nth(4).map(PathBuf::from)
-    })
-}
-
-/// A directory tree of containerd-named scopes, removed (after its processes) on drop.
-struct Cgroups {
-    slice: PathBuf,
-    scopes: Vec<PathBuf>,
-}
-
-impl Cgroups {
-    fn new(root: &Path, tag: &str) -> std::io::Result<Cgroups> {
-        let slice = root.join(format!(
-            "detrix-node-test-{tag}-{}.slice",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&slice)?;
-        Ok(Cgroups {
-            slice,
-            scopes: Vec::new(),
-        })
-    }
-
-    /// A container id (64 hex digits, unique to this run) with its scope, `pid` moved in.
-    fn container(&mut self, n: u64, pid: u32) -> String {
-        let id = format!(
-            "{:016x}{:016x}{:016x}{:016x}",
-            0xd37c_0000_0000_0000_u64 | u64::from(std::process::id()),
-            n,
-            0x0123_4567_89ab_cdef_u64,
-            0xfedc_ba98_7654_3210_u64 ^ n
-        );
-        let scope = self.slice.join(format!("cri-containerd-{id}.scope"));
-        std::fs::create_dir_all(&scope).expect("create the container's cgroup");
-        std::fs::write(scope.join("cgroup.procs"), pid.to_string())
-            .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", scope.display()));
-        let seen = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
-        assert!(
-            seen.contains(&format!("cri-containerd-{id}.scope")),
-            "{seen}"
-        );
-        self.scopes.push(scope);
-        id
-    }
-}
-
-impl Drop for Cgroups {
-    fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        for dir in self.scopes.iter().chain(std::iter::once(&self.slice)) {
-            while std::fs::remove_dir(dir).is_err() && dir.exists() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-/// The test's cgroups, or `None` (after saying NOT RUN) where none can be made.
-fn cgroups(tag: &str) -> Option<Cgroups> {
-    let Some(root) = cgroup2_root() else {
-        println!("NOT RUN: no cgroup v2 hierarchy mounted (node mode maps containers through it)");
-        return None;
-    };
-    match Cgroups::new(&root, tag) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            println!(
-                "NOT RUN: cannot create a cgroup under {} ({e})",
-                root.display()
-            );
-            None
-        }
-    }
-}
-
-fn pod(
-    name: &str,
-    node: &str,
-    labels: &[(&str, &str)],
-    annotations: &[(&str, &str)],
-    container_id: &str,
-) -> Pod {
-    let map = |p: &[(&str, &str)]| {
-        Some(
-            p.iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect::<BTreeMap<_, _>>(),
-        )
-    };
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some("shop".to_owned()),
-            uid: Some(format!("0000-{name}")),
-            labels: map(labels),
-            annotations: map(annotations),
-            ..ObjectMeta::default()
-        },
-        spec: Some(PodSpec {
-            node_name: Some(node.to_owned()),
-            containers: vec![Container {
-                name: "app".to_owned(),
-                image: Some("registry.example/orders:1".to_owned()),
-                ..Container::default()
-            }],
-            ..PodSpec::default()
-        }),
-        status: Some(PodStatus {
-            phase: Some("Running".to_owned()),
-            container_statuses: Some(vec![ContainerStatus {
-                name: "app".to_owned(),
-                container_id: Some(format!("containerd://{container_id}")),
-                image: "registry.example/orders:1".to_owned(),
-                ready: true,
-                ..ContainerStatus::default()
-            }]),
-            ..PodStatus::default()
-        }),
-    }
-}
 
 /// `serve --kubernetes` for node `node` against the stand-in API server at `kubeconfig`,
 /// manual wake, no daemon.

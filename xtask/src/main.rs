@@ -64,29 +64,48 @@ enum Command {
     },
     /// Per-hit cost table: no probe, empty-program floor, agent captures (placement off/on,
     /// batched vs per-event wakeup), asleep, and an lldb-dap logpoint — one run, as ratios.
-    Bench,
+    ///
+    /// SECTION picks some: capture, bp, resolve, fleet (200 simulated pods over two node
+    /// agents: staged fleet wake per stage, idle API requests). Without one, all of them.
+    Bench { sections: Vec<String> },
 }
 
 /// Builds the eBPF object, then runs the benchmarks, release builds, one table each:
 /// per-hit cost of logpoints (`capture_cost`), of breakpoint-mode stack snapshots against
 /// lldb-dap and Delve (`bp_bench`), and of resolving a line in a large binary
 /// (`resolve_bench`; `DETRIX_BENCH_RESOLVE_BINARY` and `DETRIX_BENCH_RESOLVE_AT` name another
-/// binary and line, e.g. one with more debug info than the agent's own debug build).
-fn bench() -> anyhow::Result<()> {
+/// binary and line, e.g. one with more debug info than the agent's own debug build), and a
+/// staged fleet wake of 200 simulated pods over two node agents (`fleet_bench`). `sections`
+/// (capture, bp, resolve, fleet) runs only those.
+fn bench(sections: &[String]) -> anyhow::Result<()> {
+    const ALL: [&str; 4] = ["capture", "bp", "resolve", "fleet"];
+    if let Some(bad) = sections.iter().find(|s| !ALL.contains(&s.as_str())) {
+        anyhow::bail!("`{bad}` is not a bench section; use {}", ALL.join(", "));
+    }
+    let on = |s: &str| sections.is_empty() || sections.iter().any(|x| x == s);
     let root = util::workspace_root()?;
     let obj = builds::ebpf(&root)?;
-    let mut cmd = std::process::Command::new("cargo");
-    cmd.current_dir(&root)
-        .args(["bench", "-p", "detrix-agent", "--bench", "capture_cost"])
-        .env("DETRIX_EBPF_OBJ", &obj);
-    util::run(&mut cmd)?;
+    if on("capture") {
+        let mut cmd = std::process::Command::new("cargo");
+        cmd.current_dir(&root)
+            .args(["bench", "-p", "detrix-agent", "--bench", "capture_cost"])
+            .env("DETRIX_EBPF_OBJ", &obj);
+        util::run(&mut cmd)?;
+    }
     let mut cmd = std::process::Command::new("cargo");
     cmd.current_dir(&root)
         .args(["build", "--release", "-p", "detrix-agent"])
         .env("DETRIX_EBPF_OBJ", &obj);
     util::run(&mut cmd)?;
     let agent = util::target_dir(&root)?.join("release/detrix-agent");
-    for bin in ["bp_bench", "resolve_bench"] {
+    for (section, bin) in [
+        ("bp", "bp_bench"),
+        ("resolve", "resolve_bench"),
+        ("fleet", "fleet_bench"),
+    ] {
+        if !on(section) {
+            continue;
+        }
         let mut cmd = std::process::Command::new("cargo");
         cmd.current_dir(&root)
             .args([
@@ -128,7 +147,7 @@ fn main() -> ExitCode {
         Command::Demo { daemon: None } => demo::run(),
         Command::Demo { daemon: Some(url) } => demo::run_with_daemon(&url),
         Command::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
-        Command::Bench => bench(),
+        Command::Bench { sections } => bench(&sections),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

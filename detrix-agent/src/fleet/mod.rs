@@ -1,6 +1,12 @@
-//! Fleet wake (issue #14 point 3), the part every node agent and the CLI must compute the same
-//! way: which targets belong to a stage of a `DetrixWake` ([`plan`]). The reconciler (node
-//! agents acting on the object and reporting in its status) and the CLI (`fleet wake`,
-//! `fleet sleep`, `fleet status`) are not built yet.
+//! Fleet wake (issue #14 point 3): a `DetrixWake` object ([`crd`]) asks for a staged wake of
+//! the targets a label selector picks. [`plan`] decides which targets each stage holds, the
+//! same on every node (pod-UID hash order); [`reconcile`] is a node agent's pure state machine
+//! for every object (wake this node's members of the stage, report, sleep on a halt, at the TTL
+//! or when the object goes) and [`node`] its I/O shell inside `serve --kubernetes`; [`cli`] is
+//! `detrix-agent fleet wake | sleep | status`, which only writes the spec and reads the reports.
 
+pub mod cli;
+pub mod crd;
+pub mod node;
 pub mod plan;
+pub mod reconcile;

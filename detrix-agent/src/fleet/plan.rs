@@ -7,7 +7,7 @@
 //! of selected pods (one API list in the object's namespace) to know which of its own targets
 //! are in.
 //!
-//! The textual forms match the CRD's schema (`deploy/kubernetes/crd.yaml`): steps as
+//! The textual forms match the CRD's schema (`deploy/kubernetes/base/crd.yaml`): steps as
 //! percentages (`10%,50%,100%` on the command line, `[10, 50, 100]` in the object) and
 //! Go-style durations (`30s`, `15m`, `1h30m`, `500ms`).
 

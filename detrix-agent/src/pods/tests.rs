@@ -260,7 +260,7 @@ fn pod_rules_track_changes_and_merge_with_the_file() {
 
 #[test]
 fn node_mode_config_needs_no_rule_and_the_shipped_file_parses() {
-    let text = include_str!("../../../deploy/kubernetes/serve.toml");
+    let text = include_str!("../../../deploy/kubernetes/base/serve.toml");
     let flags = crate::serve::config::Flags {
         kubernetes: true,
         ..Default::default()

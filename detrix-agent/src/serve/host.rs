@@ -42,6 +42,8 @@ pub struct Settings {
     /// `http://host:port` of the host control plane, as shown.
     pub control_url: String,
     pub advertise_host: String,
+    /// `--dap-allow-peer`: who may dial a non-loopback DAP port (a central daemon).
+    pub dap_allow_peers: Vec<std::net::IpAddr>,
     pub hostname: String,
     pub token: Option<String>,
     pub health_timeout: Duration,
@@ -325,8 +327,8 @@ impl Host {
             // A wake through this host names no other daemon than the rule's.
             allow_daemon_urls: Vec::new(),
             // The DAP listener is on `advertise_host`; a non-loopback one is refused unless a
-            // peer is named, which serve's config cannot do yet.
-            dap_allow_peers: Vec::new(),
+            // peer is named (`--dap-allow-peer`, the central daemon's address).
+            dap_allow_peers: s.dap_allow_peers.clone(),
         };
         let (agent, handle) = Agent::new(cfg, engine, reader);
         handle.set_control_port(s.control_port);

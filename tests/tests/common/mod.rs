@@ -331,6 +331,11 @@ pub struct StubState {
     pub sessions: Vec<(String, Dap)>,
     /// What the handshake got back, per registration.
     pub handshake_replies: Vec<Vec<Value>>,
+    /// Connection names whose registration is refused (500, the daemon's error body), as a
+    /// daemon that fails to set up the adapter would.
+    pub refuse: Vec<String>,
+    /// When each registration arrived (same order as `registrations`).
+    pub registered_at: Vec<Instant>,
 }
 
 /// An emulated daemon on 127.0.0.1.
@@ -462,8 +467,21 @@ fn serve_http(
         }
         ("POST", "/api/v1/connections") => {
             let reg: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-            lock().registrations.push(reg.clone());
+            let refused = {
+                let mut g = lock();
+                g.registrations.push(reg.clone());
+                g.registered_at.push(Instant::now());
+                g.refuse.iter().any(|n| reg["name"] == json!(n))
+            };
             state.1.notify_all();
+            if refused {
+                respond(
+                    conn,
+                    500,
+                    r#"{"error":"failed to connect to the debug adapter"}"#,
+                );
+                return;
+            }
             // Like the daemon (contract §3.3): dial 127.0.0.1:<port>, handshake, then answer.
             let port = reg["port"]
                 .as_u64()
