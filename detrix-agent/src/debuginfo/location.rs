@@ -6,7 +6,8 @@
 //! or a computed value such as `rdi != 0` — is lowered by the plan to ops the eBPF program runs
 //! at the hit (`PUSH`/`ALU`). The common shapes are kept as the simple [`Location`]s
 //! (register, register + offset, a pointer loaded once), so their plans stay as short as they
-//! were. `DW_OP_entry_value` is recovered from the callers' call sites (`entry.rs`). Refused
+//! were. `DW_OP_entry_value` is read from an entry probe's stash, or recovered from the callers'
+//! call sites (`entry.rs`). Refused
 //! by name, never approximated: branches (`DW_OP_bra`, `DW_OP_skip`), typed-stack and TLS
 //! operations.
 
@@ -71,6 +72,15 @@ pub enum DwExpr {
     },
     Bin(DwBin, Box<DwExpr>, Box<DwExpr>),
     Un(DwUn, Box<DwExpr>),
+    /// DWARF register `reg` (a general one) as it was when the probed frame entered its
+    /// function (`DW_OP_entry_value`), saved by an entry probe: `cfa` is the frame's CFA at
+    /// the probe (which names the frame's slot), `fallback` the same value recovered from the
+    /// callers' call sites, for a frame that has no slot (entered before the probes were).
+    Entry {
+        reg: u16,
+        cfa: Box<DwExpr>,
+        fallback: Option<Box<DwExpr>>,
+    },
 }
 
 impl DwExpr {
@@ -136,6 +146,9 @@ impl DwExpr {
             DwExpr::Un(_, a) => a.depth(),
             DwExpr::Bin(_, a, b) if matches!(**b, DwExpr::Const(_)) => a.depth(),
             DwExpr::Bin(_, a, b) => a.depth().max(1 + b.depth()),
+            DwExpr::Entry { cfa, fallback, .. } => {
+                cfa.depth().max(fallback.as_ref().map_or(0, |f| f.depth()))
+            }
         }
     }
 }
