@@ -571,6 +571,20 @@ pub fn probes(build: &FixtureBuild) -> Vec<Probe> {
                 points: 1,
                 exprs: vec![("round", Int("round")), ("x", Int("x"))],
             },
+            Probe {
+                // gcc's min/max shape: `lt|gt; bra +1; swap; drop` — a branch on a value only
+                // the hit knows, both paths selected between in the kernel.
+                name: "minmax",
+                printed: "minmax",
+                keys: &[("round", "round")],
+                copies: &[],
+                points: 1,
+                exprs: vec![
+                    ("round", Int("round")),
+                    ("lo", Int("lo")),
+                    ("hi", Int("hi")),
+                ],
+            },
         ],
         // Parameters dead at the line (`DW_OP_entry_value`), read from the registers the
         // entry probe saved when each frame entered its function.
