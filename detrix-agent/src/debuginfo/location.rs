@@ -213,6 +213,10 @@ pub enum Location {
     At(DwExpr),
     /// The value's bytes are in the debug info (`DW_OP_implicit_value`).
     Implicit(Vec<u8>),
+    /// A pointer the compiler never made (`DW_OP_implicit_pointer`): it has no value, but what
+    /// it points to is the variable at `target` (its location here), `offset` bytes in. Only
+    /// dereferencing it reads anything.
+    ImplicitPointer { target: Box<Location>, offset: i64 },
     /// The value is split (`DW_OP_piece`): consecutive pieces of `size` bytes, each in a
     /// register or in memory, or `None` where that part is optimized out. Go passes a string's
     /// pointer and length in two registers this way.
@@ -392,6 +396,7 @@ fn select(c: &DwExpr, a: Location, b: &Location) -> Option<Location> {
 enum Part {
     Register(u16),
     Implicit(Vec<u8>),
+    Pointer(Box<Location>, i64),
     Value(DwExpr),
     Address(DwExpr),
     Empty,
@@ -402,6 +407,7 @@ impl Part {
         match self {
             Part::Register(dwarf_reg) => Some(Location::Register { dwarf_reg }),
             Part::Implicit(b) => Some(Location::Implicit(b)),
+            Part::Pointer(target, offset) => Some(Location::ImplicitPointer { target, offset }),
             Part::Value(t) => Some(Location::value_of(t)),
             Part::Address(t) => Some(Location::memory_at(t)),
             Part::Empty => None,
@@ -458,9 +464,14 @@ impl Binary {
                 var,
                 "DW_OP_piece in DW_AT_frame_base",
             )),
-            Location::Computed { .. } | Location::Value(_) | Location::Implicit(_) => Err(
-                Self::unsupported(point, var, "DW_OP_stack_value in DW_AT_frame_base"),
-            ),
+            Location::Computed { .. }
+            | Location::Value(_)
+            | Location::Implicit(_)
+            | Location::ImplicitPointer { .. } => Err(Self::unsupported(
+                point,
+                var,
+                "DW_OP_stack_value in DW_AT_frame_base",
+            )),
         }
     }
 
@@ -729,8 +740,12 @@ impl Binary {
                     }
                     stack.push(self.entry_value(point, var, gimli::Expression(expression))?);
                 }
-                O::ImplicitPointer { .. } => {
-                    return Err(bad("DW_OP_implicit_pointer"));
+                O::ImplicitPointer { value, byte_offset } => {
+                    if !stack.is_empty() {
+                        return Err(bad("DW_OP_implicit_pointer after other operations"));
+                    }
+                    let target = self.implicit_target(point, var, value, frame)?;
+                    ended = Some(Part::Pointer(Box::new(target), byte_offset));
                 }
                 O::Skip { target } => i = code.jump(i, target).ok_or_else(|| bad(JUMP))?,
                 O::Bra { target } => {
@@ -788,6 +803,43 @@ impl Binary {
             (Some(DwExpr::Const(_)), true) => Err(bad("a constant without DW_OP_stack_value")),
             (Some(top), true) => Ok(Location::memory_at(top)),
             _ => Err(bad("an expression that leaves no single address")),
+        }
+    }
+
+    /// Where the variable an implicit pointer points to is at the point: its `DW_AT_location`
+    /// there (a register, memory, a computed value), the DIE found by its `.debug_info` offset.
+    fn implicit_target(
+        &self,
+        point: &ProbePoint,
+        var: &str,
+        die: gimli::DebugInfoOffset<usize>,
+        frame: Frame,
+    ) -> Result<Location, ResolveError> {
+        let bad = |what: &str| Self::unsupported(point, var, what);
+        if !matches!(frame, Frame::Probe) {
+            return Err(bad("DW_OP_implicit_pointer outside a variable's location"));
+        }
+        let found = self
+            .units
+            .iter()
+            .enumerate()
+            .find_map(|(ui, u)| Some((ui, die.to_unit_offset(&u.header)?)));
+        let Some((ui, offset)) = found else {
+            return Err(bad("DW_OP_implicit_pointer to a DIE outside every unit"));
+        };
+        let entry = self.units[ui]
+            .entry(offset)
+            .map_err(self.dwarf_err("an implicit pointer's target"))?;
+        match entry.attr_value(dw::DW_AT_location) {
+            Some(attr) => self.eval_at(point, ui, attr, var, Frame::Probe).map_err(|e| match e {
+                ResolveError::OptimizedOut { .. } => bad(
+                    "DW_OP_implicit_pointer to a variable that is optimized out here",
+                ),
+                other => other,
+            }),
+            None => Err(bad(
+                "DW_OP_implicit_pointer to a variable without a location (a compile-time constant or optimized out)",
+            )),
         }
     }
 

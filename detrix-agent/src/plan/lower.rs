@@ -61,6 +61,20 @@ impl Builder<'_> {
                 let place = self.place_of(&var.location, name)?;
                 Ok((place, var.ty))
             }
+            // `p->f`, `p.f` and `*p` on a pointer the compiler never made read its pointee.
+            Expr::Field(inner, field) | Expr::Arrow(inner, field)
+                if self.implicit_pointee(inner)?.is_some() =>
+            {
+                self.lower(&Expr::Field(
+                    Box::new(Expr::Deref(inner.clone())),
+                    field.clone(),
+                ))
+            }
+            Expr::Deref(inner) if self.implicit_pointee(inner)?.is_some() => {
+                self.implicit_pointee(inner)?.ok_or_else(|| {
+                    self.type_err(format!("`{inner}` is no longer an implicit pointer"))
+                })
+            }
             Expr::Field(inner, field) => {
                 let (place, ty) = self.lower(inner)?;
                 // `.` through a pointer, as Go and Rust (and lldb for C) allow: `o.ID` on `*Order`.
@@ -145,8 +159,45 @@ impl Builder<'_> {
         }
     }
 
+    /// What `inner` points to when it is a variable holding a pointer the compiler never made
+    /// (`DW_OP_implicit_pointer`): the pointee's own place and type; `None` for any other
+    /// expression.
+    fn implicit_pointee(
+        &self,
+        inner: &Expr,
+    ) -> Result<Option<(Place, Option<TypeRef>)>, PlanError> {
+        let Expr::Var(name) = inner else {
+            return Ok(None);
+        };
+        let var = self.bin.variable(self.point, name)?;
+        let Location::ImplicitPointer { target, offset } = &var.location else {
+            return Ok(None);
+        };
+        let Type::Pointer { pointee } = self.bin.type_of(var.ty)? else {
+            return Ok(None);
+        };
+        let place = match self.place_of(target, name)? {
+            Place::Mem(mut ops) => {
+                ops.push(mk(op::ADD, 0, 0, *offset));
+                Place::Mem(ops)
+            }
+            p if *offset == 0 => p,
+            _ => {
+                return Err(self.type_err(format!(
+                    "`{name}` points {offset} bytes into a value held in registers"
+                )))
+            }
+        };
+        Ok(Some((place, pointee)))
+    }
+
     fn place_of(&self, loc: &Location, name: &str) -> Result<Place, PlanError> {
         Ok(match loc {
+            Location::ImplicitPointer { .. } => {
+                return Err(self.type_err(format!(
+                    "`{name}` is a pointer the compiler never stored (DW_OP_implicit_pointer): it has no address to show; `*{name}` or `{name}->field` reads what it points to"
+                )))
+            }
             Location::Register { dwarf_reg } => Place::Reg(pt_regs::from_dwarf(*dwarf_reg).ok_or_else(|| {
                 self.type_err(format!("`{name}` lives in DWARF register {dwarf_reg} (a vector/FP register), which a uprobe cannot read"))
             })?),

@@ -585,6 +585,16 @@ pub fn probes(build: &FixtureBuild) -> Vec<Probe> {
                     ("hi", Int("hi")),
                 ],
             },
+            Probe {
+                // An inlined copy's `s` is `DW_OP_implicit_pointer` to the caller's `v`, which
+                // is in a register: `*s` reads it.
+                name: "implicit",
+                printed: "pointed",
+                keys: &[("round", "round")],
+                copies: &[],
+                points: 1,
+                exprs: vec![("round", Int("round")), ("*s", Int("v"))],
+            },
         ],
         // Parameters dead at the line (`DW_OP_entry_value`), read from the registers the
         // entry probe saved when each frame entered its function.
