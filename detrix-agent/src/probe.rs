@@ -10,13 +10,13 @@ use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::path::Path;
 
-use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
 use aya::programs::UProbe;
 use detrix_common::{
-    metas_bytes, record_span, Counters, CpuRing, Event, EventHeader, Plan, RateState, ValueMeta,
-    WireHeader, CPU_RING_BYTES, CPU_RING_DATA_OFFSET, MAX_PROBES, MAX_VALUES, PLAN_ABI,
-    RECORD_PREFIX_BYTES, WIRE_HEADER_BYTES,
+    metas_bytes, op, record_span, Counters, CpuRing, Event, EventHeader, Plan, RateState, StashKey,
+    StashRegs, ValueMeta, WireHeader, CPU_RING_BYTES, CPU_RING_DATA_OFFSET, MAX_PROBES, MAX_VALUES,
+    PLAN_ABI, RECORD_PREFIX_BYTES, WIRE_HEADER_BYTES,
 };
 
 use crate::debuginfo::FileOffset;
@@ -29,6 +29,9 @@ const PROGRAM_MISSING: &str = "detrix_capture program";
 /// The empty program, for cost baselines.
 const NOOP: &str = "detrix_noop";
 const NOOP_MISSING: &str = "detrix_noop program";
+/// The entry probe of a plan that reads entry values (`op::STASH`).
+const STASH: &str = "detrix_stash";
+const STASH_MISSING: &str = "detrix_stash program";
 
 /// Why the kernel side failed.
 #[derive(Debug, thiserror::Error)]
@@ -212,6 +215,13 @@ pub struct Probes {
     rate: Array<MapData, RateState>,
     /// By probe id (see [`Probes::install`]).
     links: BTreeMap<u32, UProbeLinkId>,
+    /// Saved entry registers (see `detrix-ebpf/src/stash.rs`).
+    stash: HashMap<MapData, StashKey, StashRegs>,
+    /// The entry probe of a probe whose plan reads entry values, by probe id, with its stash id.
+    entry_links: BTreeMap<u32, (UProbeLinkId, u64)>,
+    /// The last stash id given out: each entry probe gets a new one, so a slot an earlier
+    /// probe left is never read by a later one.
+    stash_ids: u64,
     noop_links: Vec<UProbeLinkId>,
     /// Bumped per install, so a reused slot gets a new probe id.
     generation: u32,
@@ -283,6 +293,7 @@ impl Probes {
         let counters: PerCpuArray<_, _> = take_map(&mut ebpf, "COUNTERS", "COUNTERS map")?;
         let ring: RingBuf<_> = take_map(&mut ebpf, "EVENTS", "EVENTS map")?;
         let rate: Array<_, _> = take_map(&mut ebpf, "RATE", "RATE map")?;
+        let stash: HashMap<_, _, _> = take_map(&mut ebpf, "STASH", "STASH map")?;
         let aya::maps::Map::Array(rings) = ebpf
             .take_map("RINGS")
             .ok_or(ProbeError::Missing("RINGS map"))?
@@ -290,7 +301,11 @@ impl Probes {
             return Err(ProbeError::Missing("RINGS array map"));
         };
         let ring = EventRings::map(ring, rings, ncpus)?;
-        for (name, missing) in [(PROGRAM, PROGRAM_MISSING), (NOOP, NOOP_MISSING)] {
+        for (name, missing) in [
+            (PROGRAM, PROGRAM_MISSING),
+            (NOOP, NOOP_MISSING),
+            (STASH, STASH_MISSING),
+        ] {
             uprobe(&mut ebpf, name, missing)?
                 .load()
                 .map_err(ProbeError::Program)?;
@@ -302,6 +317,9 @@ impl Probes {
                 counters,
                 rate,
                 links: BTreeMap::new(),
+                stash,
+                entry_links: BTreeMap::new(),
+                stash_ids: 0,
                 noop_links: Vec::new(),
                 generation: 0,
                 ncpus,
@@ -321,8 +339,104 @@ impl Probes {
     ///
     /// # Errors
     /// No free slot, map write failure, or the kernel refused the attach.
-    #[tracing::instrument(skip_all, fields(pid = spec.pid, offset = %spec.offset))]
     pub fn install(&mut self, plan: &Plan, spec: &AttachSpec<'_>) -> Result<u32, ProbeError> {
+        self.install_stashed(plan, spec, None)
+    }
+
+    /// [`Probes::install`], and when the plan reads entry values (`op::STASH`) and `entry` is
+    /// the function's first instruction, an entry probe there that saves them, attached first
+    /// (so no call entered after the line probe is missed) and removed with the probe. Without
+    /// `entry` those values are computed the other way the plan says, or fault.
+    ///
+    /// # Errors
+    /// As [`Probes::install`]; nothing stays attached on failure.
+    #[tracing::instrument(skip_all, fields(pid = spec.pid, offset = %spec.offset))]
+    pub fn install_stashed(
+        &mut self,
+        plan: &Plan,
+        spec: &AttachSpec<'_>,
+        entry: Option<FileOffset>,
+    ) -> Result<u32, ProbeError> {
+        let stashes = plan.active_ops().iter().any(|o| o.kind == op::STASH);
+        let entry = match entry {
+            Some(offset) if stashes => {
+                self.stash_ids += 1;
+                let id = self.stash_ids;
+                let link = self.attach(STASH, STASH_MISSING, spec, offset, id)?;
+                Some((link, id))
+            }
+            _ => None,
+        };
+        let mut plan = *plan;
+        if let Some((_, id)) = entry {
+            for o in plan.ops.iter_mut().take(plan.n_ops as usize) {
+                if o.kind == op::STASH {
+                    o.imm = id as i64;
+                }
+            }
+        }
+        match self.install_plan(&plan, spec) {
+            Ok(probe) => {
+                if let Some(e) = entry {
+                    tracing::debug!(probe, stash = e.1, "entry probe attached");
+                    self.entry_links.insert(probe, e);
+                }
+                Ok(probe)
+            }
+            Err(err) => {
+                if let Some((link, id)) = entry {
+                    self.drop_entry(link, id);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Attaches program `name` at `offset` of `spec.binary` with `cookie`.
+    fn attach(
+        &mut self,
+        name: &str,
+        missing: &'static str,
+        spec: &AttachSpec<'_>,
+        offset: FileOffset,
+        cookie: u64,
+    ) -> Result<UProbeLinkId, ProbeError> {
+        let pid =
+            NonZeroU32::new(spec.pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(offset.0),
+            cookie: Some(cookie),
+        };
+        uprobe(&mut self.ebpf, name, missing)?
+            .attach(point, spec.binary, pid)
+            .map_err(|source| ProbeError::Attach {
+                binary: spec.binary.display().to_string(),
+                offset,
+                source,
+            })
+    }
+
+    /// Detaches an entry probe and deletes the slots it saved (the map's LRU bound would evict
+    /// them anyway; this frees the room now).
+    fn drop_entry(&mut self, link: UProbeLinkId, id: u64) {
+        if let Ok(p) = uprobe(&mut self.ebpf, STASH, STASH_MISSING) {
+            if let Err(e) = p.detach(link) {
+                tracing::warn!(stash = id, error = %e, "detaching an entry probe failed");
+            }
+        }
+        let stale: Vec<StashKey> = self
+            .stash
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.id == id)
+            .collect();
+        for k in &stale {
+            // Already evicted is fine.
+            let _ = self.stash.remove(k);
+        }
+    }
+
+    fn install_plan(&mut self, plan: &Plan, spec: &AttachSpec<'_>) -> Result<u32, ProbeError> {
         let slot = (0..MAX_PROBES)
             .find(|s| !self.links.keys().any(|id| slot_of(*id) == *s))
             .ok_or(ProbeError::NoSlot)?;
@@ -349,21 +463,7 @@ impl Probes {
                 name: "PLANS",
                 source,
             })?;
-        let pid =
-            NonZeroU32::new(spec.pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
-        let point = UProbeAttachPoint {
-            location: UProbeAttachLocation::AbsoluteOffset(spec.offset.0),
-            cookie: Some(u64::from(id)),
-        };
-        let binary = spec.binary.to_owned();
-        let link = self
-            .program()?
-            .attach(point, &binary, pid)
-            .map_err(|source| ProbeError::Attach {
-                binary: binary.display().to_string(),
-                offset: spec.offset,
-                source,
-            })?;
+        let link = self.attach(PROGRAM, PROGRAM_MISSING, spec, spec.offset, u64::from(id))?;
         tracing::debug!(slot, id, "uprobe attached");
         self.links.insert(id, link);
         Ok(id)
@@ -411,7 +511,11 @@ impl Probes {
     /// Unknown slot or a kernel error on detach.
     pub fn remove(&mut self, id: u32) -> Result<(), ProbeError> {
         let link = self.links.remove(&id).ok_or(ProbeError::UnknownSlot(id))?;
-        self.program()?.detach(link).map_err(ProbeError::Program)?;
+        let detached = self.program()?.detach(link).map_err(ProbeError::Program);
+        if let Some((entry, stash)) = self.entry_links.remove(&id) {
+            self.drop_entry(entry, stash);
+        }
+        detached?;
         let mut dead = Plan::empty();
         dead.abi = 0;
         self.plans
@@ -438,6 +542,14 @@ impl Probes {
             }
         }
         first
+    }
+
+    /// Frames whose entry registers the stash holds now, over every entry probe: bounded by
+    /// the live frames of probed functions (a frame's slot is reused by the next call at the
+    /// same depth) and by `STASH_SLOTS`; 0 once every entry probe is removed.
+    #[must_use]
+    pub fn stash_slots(&self) -> usize {
+        self.stash.keys().filter(Result::is_ok).count()
     }
 
     /// Possible CPUs (the per-CPU maps' width).

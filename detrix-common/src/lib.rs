@@ -14,7 +14,7 @@
 
 /// Version of every layout in this crate. Bump on any change; the agent checks that the
 /// embedded eBPF object was built with the same number.
-pub const PLAN_ABI: u32 = 6;
+pub const PLAN_ABI: u32 = 7;
 
 /// Maximum number of probes (plan slots) one loaded program serves.
 pub const MAX_PROBES: u32 = 512;
@@ -90,7 +90,44 @@ pub mod op {
     /// (no pop). Unary codes use `acc` alone. An empty stack or a division by zero is a
     /// fault (ABI 6).
     pub const ALU: u8 = 17;
+    /// `acc = ` DWARF register `reg` (0..[`crate::STASH_REGS`]) as it was when the frame whose
+    /// CFA is `acc` entered its function, saved there by the entry probe (`detrix_stash`)
+    /// under stash id `imm` ([`crate::StashKey`]): a parameter the code has since clobbered
+    /// (`DW_OP_entry_value`). With `len` > 0 the next `len` ops compute the same value another
+    /// way (from the caller's call site) and are skipped when the slot is found; without a
+    /// slot they run. With `len` 0 a missing slot is a fault (ABI 7).
+    pub const STASH: u8 = 18;
 }
+
+/// Registers an entry probe saves: the general registers by DWARF number (rax, rdx, rcx, rbx,
+/// rsi, rdi, rbp, rsp, r8–r15).
+pub const STASH_REGS: usize = 16;
+/// Frames whose entry registers are kept at once (an LRU map: a slot of a frame that never
+/// reached its line, or of a thread that exited, is evicted by newer ones, never read by
+/// another frame — the key names the frame).
+pub const STASH_SLOTS: u32 = 8192;
+
+/// Which frame a stash slot belongs to: the thread, the entry probe's stash id (unique per
+/// attach, never reused while the program is loaded) and the frame's CFA (the stack pointer
+/// before the call pushed the return address: `rsp + 8` at the function's first instruction,
+/// the CFI's CFA at the line). Live frames of one thread have distinct CFAs, so recursion and
+/// re-entry each find their own slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub struct StashKey {
+    pub pid_tgid: u64,
+    pub id: u64,
+    pub cfa: u64,
+}
+const _: () = assert!(core::mem::size_of::<StashKey>() == 24);
+
+/// The registers saved at a function's entry, by DWARF number.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct StashRegs {
+    pub regs: [u64; STASH_REGS],
+}
+const _: () = assert!(core::mem::size_of::<StashRegs>() == 8 * STASH_REGS);
 
 /// Depth of a value's expression stack ([`op::PUSH`]): the deepest DWARF expression a plan
 /// evaluates in the kernel needs this many saved operands. Small and fixed, so the program's
@@ -733,6 +770,10 @@ mod pod {
     unsafe impl aya::Pod for super::RateState {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::EventHeader {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::StashKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::StashRegs {}
 }
 
 #[cfg(test)]

@@ -16,6 +16,8 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features, reason = "core_intrinsics is internal; see above")]
 
+mod stash;
+
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_USER_STACK, BPF_RB_FORCE_WAKEUP},
     cty::c_void,
@@ -780,6 +782,15 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
         op::ALU => match alu_op(o.reg, st.acc, o.imm as u64) {
             Some(v) => st.acc = v,
             None => fault = true,
+        },
+        // The entry value of a register, saved by the entry probe (`stash.rs`); on a miss,
+        // the `len` ops after it compute the value another way, or the value faults.
+        op::STASH => match stash::read(o.reg, st.acc, o.imm as u64) {
+            Some(v) => {
+                st.acc = v;
+                st.skip_to = index + 1 + u64::from(o.len);
+            }
+            None => fault = o.len == 0,
         },
         _ => fault = true,
     }

@@ -516,6 +516,19 @@ fn capture_c_dwexpr_o2() {
     capture_build(lang::C_DWEXPR_O2);
 }
 
+/// Parameters dead at the line (`DW_OP_entry_value`) with no call site describing them,
+/// from the registers an entry probe saved; a recursive function's every level its own.
+#[test]
+fn capture_stash_c_o2() {
+    capture_build(lang::STASH_C_O2);
+}
+
+/// A Rust release `&mut` parameter whose location at the line is `DW_OP_entry_value`.
+#[test]
+fn capture_stash_rust_o2() {
+    capture_build(lang::STASH_RUST_O2);
+}
+
 #[test]
 fn capture_c_optimized_o2() {
     capture_build(lang::C_OPTIMIZED_O2);

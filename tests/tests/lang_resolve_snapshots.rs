@@ -235,6 +235,17 @@ fn resolve_c_dwexpr_o2() {
     resolve_all(lang::C_DWEXPR_O2);
 }
 
+/// Entry values read from an entry probe's stash (the `entry … of frame at acc` op).
+#[test]
+fn resolve_stash_c_o2() {
+    resolve_all(lang::STASH_C_O2);
+}
+
+#[test]
+fn resolve_stash_rust_o2() {
+    resolve_all(lang::STASH_RUST_O2);
+}
+
 #[test]
 fn resolve_c_optimized_o2() {
     resolve_all(lang::C_OPTIMIZED_O2);

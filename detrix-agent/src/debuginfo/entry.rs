@@ -1,8 +1,11 @@
-//! `DW_OP_entry_value`: a parameter's value when its function was entered, recovered as a
+//! `DW_OP_entry_value`: a parameter's value when its function was entered. Read at the hit
+//! from what an entry probe saved when the frame entered its function (`DwExpr::Entry`; the
+//! engine attaches that probe with the line's), which no debugger can do; and recovered as a
 //! debugger does, from the callers' call sites (`DW_TAG_call_site_parameter`'s
-//! `DW_AT_call_value`).
+//! `DW_AT_call_value`), for a frame entered before the probes were attached, or where no
+//! entry probe can be (Go).
 //!
-//! Why shaped so: a call value is an expression in the caller's registers at the call. At the
+//! Why the call sites are shaped so: a call value is an expression in the caller's registers at the call. At the
 //! probe those are the callee's registers unwound one frame with the CFI at the probe (a
 //! callee-saved register it has not touched, one it saved on the stack, or the stack pointer,
 //! which is the CFA); a register the call clobbers makes that call site unusable. Which call
@@ -54,6 +57,46 @@ impl Binary {
                 ))
             }
         };
+        let from_sites = self.recovered_at_call_sites(point, var, reg);
+        match self.stash_entry(point) {
+            Some(_) if reg < detrix_common::STASH_REGS as u16 => Ok(DwExpr::Entry {
+                reg,
+                cfa: Box::new(self.cfa_at(point.addr.0)?),
+                fallback: from_sites.ok().map(Box::new),
+            }),
+            _ => from_sites,
+        }
+    }
+
+    /// Where an entry probe saves the registers `DW_OP_entry_value` names at the point: the
+    /// first instruction of the point's function (not of an inlined copy: an entry value is
+    /// the physical frame's), when the CFI there says the CFA is `rsp + 8` (what the entry
+    /// probe assumes). `None` for Go, whose goroutines move between threads and whose stacks
+    /// move when they grow, so a frame's thread and CFA do not name it.
+    #[must_use]
+    pub fn stash_entry(&self, point: &ProbePoint) -> Option<super::LinkAddr> {
+        if matches!(self.language(), Ok(super::Language::Go) | Err(_)) {
+            return None;
+        }
+        let unit = &self.units[point.unit];
+        let func = unit.entry(gimli::UnitOffset(point.subprogram)).ok()?;
+        let pc = match func.attr_value(dw::DW_AT_low_pc) {
+            Some(v) => self.dwarf.attr_address(unit, v).ok()??,
+            None => {
+                let v = func.attr_value(dw::DW_AT_entry_pc)?;
+                self.dwarf.attr_address(unit, v).ok()??
+            }
+        };
+        (self.cfa_at(pc).ok()? == DwExpr::Reg(7).plus(8)).then_some(super::LinkAddr(pc))
+    }
+
+    /// The value of `DW_OP_entry_value(reg)` at the probe from the callers' call sites.
+    fn recovered_at_call_sites(
+        &self,
+        point: &ProbePoint,
+        var: &str,
+        reg: u16,
+    ) -> Result<DwExpr, ResolveError> {
         let sites = self.call_sites(point, reg)?;
         let probe_cfa = self.cfa_at(point.addr.0)?;
         let ret = DwExpr::Deref {
@@ -194,6 +237,8 @@ impl Binary {
                 self.in_callee(point, b, cfa)?,
             ),
             DwExpr::Un(op, a) => DwExpr::Un(*op, Box::new(self.in_callee(point, a, cfa)?)),
+            // A caller's expression has no entry values (refused in `eval_at`).
+            DwExpr::Entry { reg, .. } => return Err(*reg),
         })
     }
 

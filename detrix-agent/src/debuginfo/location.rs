@@ -6,9 +6,11 @@
 //! or a computed value such as `rdi != 0` — is lowered by the plan to ops the eBPF program runs
 //! at the hit (`PUSH`/`ALU`). The common shapes are kept as the simple [`Location`]s
 //! (register, register + offset, a pointer loaded once), so their plans stay as short as they
-//! were. `DW_OP_entry_value` is recovered from the callers' call sites (`entry.rs`). Refused
-//! by name, never approximated: branches (`DW_OP_bra`, `DW_OP_skip`), typed-stack and TLS
-//! operations.
+//! were. `DW_OP_entry_value` is read from an entry probe's stash, or recovered from the callers'
+//! call sites (`entry.rs`). A forward branch (`DW_OP_bra` on a value only the hit knows, as
+//! gcc writes `min`/`max`) runs both ways and the two results are selected at the hit with
+//! arithmetic (`select`); a constant branch or `DW_OP_skip` just jumps. Refused by name, never
+//! approximated: loops (backward jumps), typed-stack and TLS operations.
 
 use gimli::constants as dw;
 use gimli::Operation as O;
@@ -71,6 +73,15 @@ pub enum DwExpr {
     },
     Bin(DwBin, Box<DwExpr>, Box<DwExpr>),
     Un(DwUn, Box<DwExpr>),
+    /// DWARF register `reg` (a general one) as it was when the probed frame entered its
+    /// function (`DW_OP_entry_value`), saved by an entry probe: `cfa` is the frame's CFA at
+    /// the probe (which names the frame's slot), `fallback` the same value recovered from the
+    /// callers' call sites, for a frame that has no slot (entered before the probes were).
+    Entry {
+        reg: u16,
+        cfa: Box<DwExpr>,
+        fallback: Option<Box<DwExpr>>,
+    },
 }
 
 impl DwExpr {
@@ -136,6 +147,9 @@ impl DwExpr {
             DwExpr::Un(_, a) => a.depth(),
             DwExpr::Bin(_, a, b) if matches!(**b, DwExpr::Const(_)) => a.depth(),
             DwExpr::Bin(_, a, b) => a.depth().max(1 + b.depth()),
+            DwExpr::Entry { cfa, fallback, .. } => {
+                cfa.depth().max(fallback.as_ref().map_or(0, |f| f.depth()))
+            }
         }
     }
 }
@@ -199,6 +213,10 @@ pub enum Location {
     At(DwExpr),
     /// The value's bytes are in the debug info (`DW_OP_implicit_value`).
     Implicit(Vec<u8>),
+    /// A pointer the compiler never made (`DW_OP_implicit_pointer`): it has no value, but what
+    /// it points to is the variable at `target` (its location here), `offset` bytes in. Only
+    /// dereferencing it reads anything.
+    ImplicitPointer { target: Box<Location>, offset: i64 },
     /// The value is split (`DW_OP_piece`): consecutive pieces of `size` bytes, each in a
     /// register or in memory, or `None` where that part is optimized out. Go passes a string's
     /// pointer and length in two registers this way.
@@ -274,10 +292,111 @@ impl Frame {
     }
 }
 
+/// An expression's operations, for [`Binary::run`]: each with its byte offset (`end` is the
+/// offset past the last), in the unit `ui`, describing `frame`.
+struct Code<'a> {
+    ops: &'a [(u64, O<R>)],
+    end: u64,
+    ui: usize,
+    frame: Frame,
+}
+
+/// Paths a branching expression may take at most (each branch on a value the hit knows runs
+/// both ways).
+const MAX_PATHS: usize = 8;
+/// Why a jump is refused.
+const JUMP: &str =
+    "a backward DW_OP_bra or DW_OP_skip (a loop), or one into the middle of an operation";
+
+impl Code<'_> {
+    /// The index of the operation `target` bytes past the end of the one before `next`; `None`
+    /// for a backward jump (a loop: never evaluated, so every expression ends) or one that
+    /// lands inside an operation.
+    fn jump(&self, next: usize, target: i16) -> Option<usize> {
+        let from = self.ops.get(next).map_or(self.end, |(at, _)| *at);
+        let to = from.checked_add(u64::try_from(target).ok()?)?;
+        if to == self.end {
+            return Some(self.ops.len());
+        }
+        self.ops.iter().position(|(at, _)| *at == to)
+    }
+}
+
+/// The DWARF stack machine's state between operations.
+#[derive(Clone, Default)]
+struct Machine {
+    stack: Vec<DwExpr>,
+    /// What ends the current piece: `DW_OP_reg*`, `DW_OP_implicit_value`, `DW_OP_stack_value`.
+    ended: Option<Part>,
+    pieces: Vec<(u64, Option<Location>)>,
+}
+
+/// `c ? a : b` over two locations a branch ended in: both values (a register, a computed
+/// value, a constant) or both addresses, selected at the hit by arithmetic the program has:
+/// `b + (a - b) * (c != 0)`. `None` when they are different kinds (a value on one path, an
+/// address on the other, or pieces).
+fn select(c: &DwExpr, a: Location, b: &Location) -> Option<Location> {
+    if a == *b {
+        return Some(a);
+    }
+    let pick = |x: DwExpr, y: DwExpr| {
+        if x == y {
+            return x;
+        }
+        let on = DwExpr::bin(DwBin::Ne, c.clone(), DwExpr::Const(0));
+        DwExpr::bin(
+            DwBin::Add,
+            y.clone(),
+            DwExpr::bin(DwBin::Mul, DwExpr::bin(DwBin::Sub, x, y), on),
+        )
+    };
+    let value = |l: &Location| match l {
+        Location::Register { dwarf_reg } => Some(DwExpr::Reg(*dwarf_reg)),
+        Location::Computed {
+            reg: Some(r),
+            offset,
+        } => Some(DwExpr::Reg(*r).plus(*offset)),
+        Location::Computed { reg: None, offset } => Some(DwExpr::Const(*offset)),
+        Location::Value(t) => Some(t.clone()),
+        _ => None,
+    };
+    let address = |l: &Location| match l {
+        Location::Memory {
+            base: AddrBase::Register(r),
+            offset,
+        } => Some(DwExpr::Reg(*r).plus(*offset)),
+        Location::Memory {
+            base: AddrBase::Absolute,
+            offset,
+        } => Some(DwExpr::Addr(*offset)),
+        Location::Indirect { base, at, offset } => Some(
+            DwExpr::Deref {
+                addr: Box::new(match base {
+                    AddrBase::Register(r) => DwExpr::Reg(*r).plus(*at),
+                    AddrBase::Absolute => DwExpr::Addr(*at),
+                }),
+                size: 8,
+            }
+            .plus(*offset),
+        ),
+        Location::At(t) => Some(t.clone()),
+        _ => None,
+    };
+    if let (Some(x), Some(y)) = (value(&a), value(b)) {
+        return Some(Location::value_of(pick(x, y)));
+    }
+    if let (Some(x), Some(y)) = (address(&a), address(b)) {
+        return Some(Location::memory_at(pick(x, y)));
+    }
+    None
+}
+
 /// What one piece (or the whole expression) left behind.
+#[derive(Clone)]
 enum Part {
     Register(u16),
     Implicit(Vec<u8>),
+    Pointer(Box<Location>, i64),
     Value(DwExpr),
     Address(DwExpr),
     Empty,
@@ -288,6 +407,7 @@ impl Part {
         match self {
             Part::Register(dwarf_reg) => Some(Location::Register { dwarf_reg }),
             Part::Implicit(b) => Some(Location::Implicit(b)),
+            Part::Pointer(target, offset) => Some(Location::ImplicitPointer { target, offset }),
             Part::Value(t) => Some(Location::value_of(t)),
             Part::Address(t) => Some(Location::memory_at(t)),
             Part::Empty => None,
@@ -344,9 +464,14 @@ impl Binary {
                 var,
                 "DW_OP_piece in DW_AT_frame_base",
             )),
-            Location::Computed { .. } | Location::Value(_) | Location::Implicit(_) => Err(
-                Self::unsupported(point, var, "DW_OP_stack_value in DW_AT_frame_base"),
-            ),
+            Location::Computed { .. }
+            | Location::Value(_)
+            | Location::Implicit(_)
+            | Location::ImplicitPointer { .. } => Err(Self::unsupported(
+                point,
+                var,
+                "DW_OP_stack_value in DW_AT_frame_base",
+            )),
         }
     }
 
@@ -402,16 +527,51 @@ impl Binary {
         if expr.0.is_empty() {
             return Err(Self::optimized_out(point, var));
         }
-        let mut ops = expr.operations(unit.encoding());
-        let mut stack: Vec<DwExpr> = Vec::new();
-        // What ends the current piece: `DW_OP_reg*`, `DW_OP_implicit_value`, `DW_OP_stack_value`.
-        let mut ended: Option<Part> = None;
-        let mut pieces: Vec<(u64, Option<Location>)> = Vec::new();
+        // The operations with their byte offsets, for the branches' targets.
+        let mut reader = expr.0.clone();
+        let mut ops: Vec<(u64, O<R>)> = Vec::new();
+        while !gimli::Reader::is_empty(&reader) {
+            let at = gimli::Reader::offset_from(&reader, &expr.0) as u64;
+            let op = O::parse(&mut reader, unit.encoding())
+                .map_err(self.dwarf_err("a location expression"))?;
+            ops.push((at, op));
+        }
+        let end = gimli::Reader::len(&expr.0) as u64;
+        let code = Code {
+            ops: &ops,
+            end,
+            ui,
+            frame,
+        };
+        let mut paths = 1;
+        self.run(point, var, &code, 0, Machine::default(), &mut paths)
+    }
+
+    /// Runs the expression's operations from `start` on `m`, to the location it ends with. A
+    /// branch on a value only the hit knows runs both ways and selects between the results
+    /// (see [`select`]); a branch on a constant, or `DW_OP_skip`, jumps.
+    fn run(
+        &self,
+        point: &ProbePoint,
+        var: &str,
+        code: &Code<'_>,
+        start: usize,
+        m: Machine,
+        paths: &mut usize,
+    ) -> Result<Location, ResolveError> {
+        let Machine {
+            mut stack,
+            mut ended,
+            mut pieces,
+        } = m;
+        let (ui, frame) = (code.ui, code.frame);
+        let unit = &self.units[ui];
+        let pc = frame.pc(point);
         let bad = |what: &str| Self::unsupported(point, var, what);
-        while let Some(op) = ops
-            .next()
-            .map_err(self.dwarf_err("a location expression"))?
-        {
+        let mut i = start;
+        while let Some((_, op)) = code.ops.get(i) {
+            let op = op.clone();
+            i += 1;
             if let Some(end) = &ended {
                 if !matches!(op, gimli::Operation::Piece { .. }) {
                     return Err(bad(match end {
@@ -580,8 +740,38 @@ impl Binary {
                     }
                     stack.push(self.entry_value(point, var, gimli::Expression(expression))?);
                 }
-                O::ImplicitPointer { .. } => {
-                    return Err(bad("DW_OP_implicit_pointer"));
+                O::ImplicitPointer { value, byte_offset } => {
+                    if !stack.is_empty() {
+                        return Err(bad("DW_OP_implicit_pointer after other operations"));
+                    }
+                    let target = self.implicit_target(point, var, value, frame)?;
+                    ended = Some(Part::Pointer(Box::new(target), byte_offset));
+                }
+                O::Skip { target } => i = code.jump(i, target).ok_or_else(|| bad(JUMP))?,
+                O::Bra { target } => {
+                    let to = code.jump(i, target).ok_or_else(|| bad(JUMP))?;
+                    match pop!("DW_OP_bra") {
+                        DwExpr::Const(0) => {}
+                        DwExpr::Const(_) => i = to,
+                        c => {
+                            *paths += 2;
+                            if *paths > MAX_PATHS {
+                                return Err(bad(&format!(
+                                    "DW_OP_bra with more than {MAX_PATHS} paths"
+                                )));
+                            }
+                            let m = Machine {
+                                stack,
+                                ended,
+                                pieces,
+                            };
+                            let taken = self.run(point, var, code, to, m.clone(), paths)?;
+                            let fell = self.run(point, var, code, i, m, paths)?;
+                            return select(&c, taken, &fell).ok_or_else(|| {
+                                bad("DW_OP_bra whose two paths end in different kinds of location")
+                            });
+                        }
+                    }
                 }
                 other => {
                     let name = format!("{other:?}");
@@ -613,6 +803,43 @@ impl Binary {
             (Some(DwExpr::Const(_)), true) => Err(bad("a constant without DW_OP_stack_value")),
             (Some(top), true) => Ok(Location::memory_at(top)),
             _ => Err(bad("an expression that leaves no single address")),
+        }
+    }
+
+    /// Where the variable an implicit pointer points to is at the point: its `DW_AT_location`
+    /// there (a register, memory, a computed value), the DIE found by its `.debug_info` offset.
+    fn implicit_target(
+        &self,
+        point: &ProbePoint,
+        var: &str,
+        die: gimli::DebugInfoOffset<usize>,
+        frame: Frame,
+    ) -> Result<Location, ResolveError> {
+        let bad = |what: &str| Self::unsupported(point, var, what);
+        if !matches!(frame, Frame::Probe) {
+            return Err(bad("DW_OP_implicit_pointer outside a variable's location"));
+        }
+        let found = self
+            .units
+            .iter()
+            .enumerate()
+            .find_map(|(ui, u)| Some((ui, die.to_unit_offset(&u.header)?)));
+        let Some((ui, offset)) = found else {
+            return Err(bad("DW_OP_implicit_pointer to a DIE outside every unit"));
+        };
+        let entry = self.units[ui]
+            .entry(offset)
+            .map_err(self.dwarf_err("an implicit pointer's target"))?;
+        match entry.attr_value(dw::DW_AT_location) {
+            Some(attr) => self.eval_at(point, ui, attr, var, Frame::Probe).map_err(|e| match e {
+                ResolveError::OptimizedOut { .. } => bad(
+                    "DW_OP_implicit_pointer to a variable that is optimized out here",
+                ),
+                other => other,
+            }),
+            None => Err(bad(
+                "DW_OP_implicit_pointer to a variable without a location (a compile-time constant or optimized out)",
+            )),
         }
     }
 
@@ -705,6 +932,55 @@ mod tests {
         // `DW_OP_breg5 0; DW_OP_lit0; DW_OP_ne; DW_OP_stack_value` stays an expression.
         let ne = DwExpr::bin(DwBin::Ne, reg(5), DwExpr::Const(0));
         assert_eq!(Location::value_of(ne.clone()), Location::Value(ne));
+    }
+
+    #[test]
+    fn a_branch_on_a_hit_value_selects_between_its_paths() {
+        // gcc's min: `c ? y : x` with c = y < x, as `x + (y - x) * (c != 0)`.
+        let c = DwExpr::bin(DwBin::Lt, reg(4), reg(3));
+        let lo = select(
+            &c,
+            Location::Computed {
+                reg: Some(4),
+                offset: 0,
+            },
+            &Location::Register { dwarf_reg: 3 },
+        );
+        let want = DwExpr::bin(
+            DwBin::Add,
+            reg(3),
+            DwExpr::bin(
+                DwBin::Mul,
+                DwExpr::bin(DwBin::Sub, reg(4), reg(3)),
+                DwExpr::bin(DwBin::Ne, c.clone(), DwExpr::Const(0)),
+            ),
+        );
+        assert_eq!(lo, Some(Location::Value(want)));
+        // Both paths alike: no selection at all.
+        let same = Location::Register { dwarf_reg: 3 };
+        assert_eq!(select(&c, same.clone(), &same), Some(same));
+        // A value on one path and an address on the other: refused, never guessed.
+        let mem = Location::Memory {
+            base: AddrBase::Register(7),
+            offset: 8,
+        };
+        assert_eq!(select(&c, mem, &Location::Register { dwarf_reg: 3 }), None);
+    }
+
+    #[test]
+    fn jumps_go_forward_to_an_operation_or_the_end_only() {
+        let ops = [(0, O::Nop), (1, O::Drop), (2, O::Nop)];
+        let code = Code {
+            ops: &ops,
+            end: 3,
+            ui: 0,
+            frame: Frame::Probe,
+        };
+        // From after op 0 (offset 1): +1 lands on op 2, +2 at the end, -1 is a loop.
+        assert_eq!(code.jump(1, 1), Some(2));
+        assert_eq!(code.jump(1, 2), Some(3));
+        assert_eq!(code.jump(1, -1), None);
+        assert_eq!(code.jump(1, 9), None);
     }
 
     #[test]

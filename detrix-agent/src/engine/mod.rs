@@ -111,6 +111,9 @@ pub struct PreparedCopy {
     pub placement: Placement,
     /// The object file the probe goes into: the executable, or a shared library it mapped.
     pub object: PathBuf,
+    /// When the plan reads entry values (`DW_OP_entry_value`): the file offset of the
+    /// function's first instruction, where an entry probe saves them.
+    pub entry: Option<crate::debuginfo::FileOffset>,
 }
 
 /// An installed logpoint.
@@ -240,7 +243,7 @@ impl Engine {
                 offset: c.point.file_offset,
                 pid: self.resolver.target.pid,
             };
-            match self.probes.install(&c.plan.plan, &spec) {
+            match self.probes.install_stashed(&c.plan.plan, &spec, c.entry) {
                 Ok(probe_id) => {
                     self.decoders().insert(
                         probe_id,
@@ -349,6 +352,12 @@ impl Engine {
     #[must_use]
     pub fn last_removed(&self, id: LogpointId) -> Option<Counters> {
         self.removed.get(&id).copied()
+    }
+
+    /// Frames whose entry registers the entry probes hold now (see [`Probes::stash_slots`]).
+    #[must_use]
+    pub fn stash_slots(&self) -> usize {
+        self.probes.stash_slots()
     }
 
     /// Installed logpoints.

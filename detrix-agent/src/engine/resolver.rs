@@ -176,10 +176,31 @@ impl Resolver {
                 opts,
                 steps,
             )?;
+            let stashes = placed
+                .plan
+                .plan
+                .active_ops()
+                .iter()
+                .any(|o| o.kind == detrix_common::op::STASH);
             let mut placement = placed.placement;
             placement.explain.splice(0..0, why);
             placement.explain.extend(placed.forwarded);
+            let entry = if stashes {
+                let pc = bin.stash_entry(&placed.point);
+                match pc {
+                    Some(pc) => placement.explain.push(format!(
+                        "entry probe at {pc} (the function's first instruction): saves the registers the plan's entry values (DW_OP_entry_value) read"
+                    )),
+                    None => placement.explain.push(
+                        "no entry probe: entry values come from the callers' call sites".to_owned(),
+                    ),
+                }
+                pc.and_then(|pc| bin.file_offset(pc))
+            } else {
+                None
+            };
             out.push(PreparedCopy {
+                entry,
                 point: placed.point,
                 plan: placed.plan,
                 placement,

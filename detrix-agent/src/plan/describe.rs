@@ -53,6 +53,18 @@ pub fn describe_ops(plan: &Plan) -> Vec<String> {
                         format!("v{v}: {name} pop")
                     }
                 }
+                op::STASH => {
+                    const DWARF: [&str; 16] = [
+                        "rax", "rdx", "rcx", "rbx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10",
+                        "r11", "r12", "r13", "r14", "r15",
+                    ];
+                    let reg = DWARF.get(usize::from(o.reg)).unwrap_or(&"?");
+                    if o.len == 0 {
+                        format!("v{v}: entry {reg} of frame at acc")
+                    } else {
+                        format!("v{v}: entry {reg} of frame at acc, else {} ops", o.len)
+                    }
+                }
                 k => format!("v{v}: op {k}"),
             }
         })

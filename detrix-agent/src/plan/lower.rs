@@ -61,6 +61,20 @@ impl Builder<'_> {
                 let place = self.place_of(&var.location, name)?;
                 Ok((place, var.ty))
             }
+            // `p->f`, `p.f` and `*p` on a pointer the compiler never made read its pointee.
+            Expr::Field(inner, field) | Expr::Arrow(inner, field)
+                if self.implicit_pointee(inner)?.is_some() =>
+            {
+                self.lower(&Expr::Field(
+                    Box::new(Expr::Deref(inner.clone())),
+                    field.clone(),
+                ))
+            }
+            Expr::Deref(inner) if self.implicit_pointee(inner)?.is_some() => {
+                self.implicit_pointee(inner)?.ok_or_else(|| {
+                    self.type_err(format!("`{inner}` is no longer an implicit pointer"))
+                })
+            }
             Expr::Field(inner, field) => {
                 let (place, ty) = self.lower(inner)?;
                 // `.` through a pointer, as Go and Rust (and lldb for C) allow: `o.ID` on `*Order`.
@@ -145,8 +159,45 @@ impl Builder<'_> {
         }
     }
 
+    /// What `inner` points to when it is a variable holding a pointer the compiler never made
+    /// (`DW_OP_implicit_pointer`): the pointee's own place and type; `None` for any other
+    /// expression.
+    fn implicit_pointee(
+        &self,
+        inner: &Expr,
+    ) -> Result<Option<(Place, Option<TypeRef>)>, PlanError> {
+        let Expr::Var(name) = inner else {
+            return Ok(None);
+        };
+        let var = self.bin.variable(self.point, name)?;
+        let Location::ImplicitPointer { target, offset } = &var.location else {
+            return Ok(None);
+        };
+        let Type::Pointer { pointee } = self.bin.type_of(var.ty)? else {
+            return Ok(None);
+        };
+        let place = match self.place_of(target, name)? {
+            Place::Mem(mut ops) => {
+                ops.push(mk(op::ADD, 0, 0, *offset));
+                Place::Mem(ops)
+            }
+            p if *offset == 0 => p,
+            _ => {
+                return Err(self.type_err(format!(
+                    "`{name}` points {offset} bytes into a value held in registers"
+                )))
+            }
+        };
+        Ok(Some((place, pointee)))
+    }
+
     fn place_of(&self, loc: &Location, name: &str) -> Result<Place, PlanError> {
         Ok(match loc {
+            Location::ImplicitPointer { .. } => {
+                return Err(self.type_err(format!(
+                    "`{name}` is a pointer the compiler never stored (DW_OP_implicit_pointer): it has no address to show; `*{name}` or `{name}->field` reads what it points to"
+                )))
+            }
             Location::Register { dwarf_reg } => Place::Reg(pt_regs::from_dwarf(*dwarf_reg).ok_or_else(|| {
                 self.type_err(format!("`{name}` lives in DWARF register {dwarf_reg} (a vector/FP register), which a uprobe cannot read"))
             })?),
@@ -247,6 +298,22 @@ impl Builder<'_> {
             DwExpr::Un(u, a) => {
                 self.dw_ops(a, name, out)?;
                 out.push(mk(op::ALU, alu_unary(*u), 0, 0));
+            }
+            // The frame's CFA names its slot; the stash id (`imm`) is set when the entry probe
+            // is attached (`probe::Probes::install`). The call-site ops after it run only
+            // when the slot is missing.
+            DwExpr::Entry { reg, cfa, fallback } => {
+                self.dw_ops(cfa, name, out)?;
+                let mut alt = Vec::new();
+                if let Some(f) = fallback {
+                    self.dw_ops(f, name, &mut alt)?;
+                }
+                let alt = fold(alt);
+                let n = u16::try_from(alt.len()).map_err(|_| {
+                    self.type_err(format!("`{name}`: its entry value takes too many ops"))
+                })?;
+                out.push(mk(op::STASH, *reg as u8, n, 0));
+                out.extend(alt);
             }
             DwExpr::Bin(b, x, y) => {
                 self.dw_ops(x, name, out)?;
@@ -565,13 +632,20 @@ pub(super) fn lower_value(
 /// added to the result), else into the following `DEREF`/`EMIT_MEM`/`EMIT_STR` (their `imm` is
 /// added to the address). `p->a.b[2]` then costs three ops instead of six, which is what keeps
 /// a dozen expressions inside one plan.
+///
+/// A `STASH` op's alternative ops (its `len` after it) are skipped as a block at the hit: they
+/// come folded already, are kept as they are, and nothing folds into or out of them.
 pub(super) fn fold(ops: Vec<PlanOp>) -> Vec<PlanOp> {
     let mut out: Vec<PlanOp> = Vec::with_capacity(ops.len());
     let mut pending: i64 = 0;
-    for o in ops {
+    // `out.len()` just past the last `STASH` block: an ADD never folds into the op before it.
+    let mut fence = 0;
+    let mut ops = ops.into_iter();
+    while let Some(o) = ops.next() {
         if o.kind == op::ADD {
+            let open = out.len() != fence;
             match out.last_mut() {
-                Some(prev) if pending == 0 && matches!(prev.kind, op::REG | op::CONST) => {
+                Some(prev) if pending == 0 && open && matches!(prev.kind, op::REG | op::CONST) => {
                     prev.imm = prev.imm.wrapping_add(o.imm);
                 }
                 _ => pending = pending.wrapping_add(o.imm),
@@ -588,6 +662,10 @@ pub(super) fn fold(ops: Vec<PlanOp>) -> Vec<PlanOp> {
             pending = 0;
         }
         out.push(o);
+        if o.kind == op::STASH {
+            out.extend(ops.by_ref().take(usize::from(o.len)));
+            fence = out.len();
+        }
     }
     if pending != 0 {
         out.push(mk(op::ADD, 0, 0, pending));
@@ -626,5 +704,49 @@ mod tests {
             mk(op::EMIT_ACC, 0, 8, 0),
         ]);
         assert_eq!(f.len(), 3);
+    }
+
+    #[test]
+    fn a_stash_block_is_skipped_whole_so_nothing_folds_across_it() {
+        // cfa + 16; entry rdi, else [deref(rsp + 8) + 4]; + 8; emit.
+        let ops = vec![
+            mk(op::REG, pt_regs::RSP, 0, 0),
+            mk(op::ADD, 0, 0, 16),
+            mk(op::STASH, 5, 3, 0),
+            mk(op::REG, pt_regs::RSP, 0, 8),
+            mk(op::DEREF, 0, 8, 0),
+            mk(op::ADD, 0, 0, 4),
+            mk(op::ADD, 0, 0, 8),
+            mk(op::EMIT_ACC, 0, 8, 0),
+        ];
+        assert_eq!(
+            fold(ops),
+            vec![
+                mk(op::REG, pt_regs::RSP, 0, 16),
+                mk(op::STASH, 5, 3, 0),
+                mk(op::REG, pt_regs::RSP, 0, 8),
+                mk(op::DEREF, 0, 8, 0),
+                mk(op::ADD, 0, 0, 4),
+                // Not folded into the block's last op: a found slot skips the block.
+                mk(op::ADD, 0, 0, 8),
+                mk(op::EMIT_ACC, 0, 8, 0),
+            ]
+        );
+        // Without a block, a following ADD folds into the stash op's result as usual: kept
+        // apart, never into the op before it.
+        let f = fold(vec![
+            mk(op::REG, pt_regs::RSP, 0, 32),
+            mk(op::STASH, 5, 0, 0),
+            mk(op::ADD, 0, 0, 8),
+            mk(op::DEREF, 0, 8, 0),
+        ]);
+        assert_eq!(
+            f,
+            vec![
+                mk(op::REG, pt_regs::RSP, 0, 32),
+                mk(op::STASH, 5, 0, 0),
+                mk(op::DEREF, 0, 8, 8),
+            ]
+        );
     }
 }

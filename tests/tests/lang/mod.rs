@@ -172,6 +172,25 @@ pub const GO123_OPT: FixtureBuild = FixtureBuild {
     optimized: true,
 };
 
+/// The entry-value stash fixtures (`tests/fixtures/stash`): parameters dead at their line,
+/// described only by `DW_OP_entry_value`, in functions no call site describes the first call of.
+pub const STASH_C_O2: FixtureBuild = FixtureBuild {
+    id: "stash_c_O2",
+    lang: Lang::C,
+    dir: "stash",
+    file: "stash.c",
+    compiler: Compiler::Gcc(&["-g", "-O2"]),
+    optimized: true,
+};
+pub const STASH_RUST_O2: FixtureBuild = FixtureBuild {
+    id: "stash_rust_O2",
+    lang: Lang::Rust,
+    dir: "stash",
+    file: "entry_value.rs",
+    compiler: Compiler::Rustc(&["--edition", "2021", "-g", "-C", "opt-level=2"]),
+    optimized: true,
+};
+
 /// The split-statement fixtures (`tests/fixtures/split*`): statements whose code an optimizing
 /// compiler splits into several row runs on different paths.
 pub const SPLIT_C_O2: FixtureBuild = FixtureBuild {
@@ -214,11 +233,13 @@ pub const SPLIT_GO123_OPT: FixtureBuild = FixtureBuild {
 pub const SPLIT: [FixtureBuild; 4] = [SPLIT_C_O2, SPLIT_CPP_O2, SPLIT_RUST_O2, SPLIT_GO123_OPT];
 
 /// Every build, in a fixed order.
-pub const ALL: [FixtureBuild; 12] = [
+pub const ALL: [FixtureBuild; 14] = [
     C_O0,
     C_O2,
     C_OPTIMIZED_O2,
     C_DWEXPR_O2,
+    STASH_C_O2,
+    STASH_RUST_O2,
     CPP_O0,
     CPP_O2,
     RUST_DEBUG,
@@ -550,7 +571,70 @@ pub fn probes(build: &FixtureBuild) -> Vec<Probe> {
                 points: 1,
                 exprs: vec![("round", Int("round")), ("x", Int("x"))],
             },
+            Probe {
+                // gcc's min/max shape: `lt|gt; bra +1; swap; drop` — a branch on a value only
+                // the hit knows, both paths selected between in the kernel.
+                name: "minmax",
+                printed: "minmax",
+                keys: &[("round", "round")],
+                copies: &[],
+                points: 1,
+                exprs: vec![
+                    ("round", Int("round")),
+                    ("lo", Int("lo")),
+                    ("hi", Int("hi")),
+                ],
+            },
+            Probe {
+                // An inlined copy's `s` is `DW_OP_implicit_pointer` to the caller's `v`, which
+                // is in a register: `*s` reads it.
+                name: "implicit",
+                printed: "pointed",
+                keys: &[("round", "round")],
+                copies: &[],
+                points: 1,
+                exprs: vec![("round", Int("round")), ("*s", Int("v"))],
+            },
         ],
+        // Parameters dead at the line (`DW_OP_entry_value`), read from the registers the
+        // entry probe saved when each frame entered its function.
+        Lang::C if build.file == "stash.c" => vec![
+            Probe {
+                // Called through a pointer: no call site describes `x`.
+                name: "viaptr",
+                printed: "viaptr",
+                keys: &[("round", "round")],
+                copies: &[],
+                points: 1,
+                exprs: vec![("round", Int("round")), ("x", Int("x"))],
+            },
+            Probe {
+                // Recursive: four live frames of `down` at once, each hit reads its own `seed`.
+                name: "down",
+                printed: "down",
+                keys: &[("round", "round"), ("level", "level")],
+                copies: &[],
+                points: 1,
+                exprs: vec![
+                    ("round", Int("round")),
+                    ("level", Int("level")),
+                    ("seed", Int("seed")),
+                ],
+            },
+        ],
+        Lang::Rust if build.file == "entry_value.rs" => vec![Probe {
+            // A `&mut` parameter dead at the line, and the tally read through it at the hit.
+            name: "bump",
+            printed: "after",
+            keys: &[("round", "round")],
+            copies: &[],
+            points: 1,
+            exprs: vec![
+                ("round", Int("round")),
+                ("t.total", Int("total")),
+                ("t.count", Int("count")),
+            ],
+        }],
         Lang::C if build.file == "optimized.c" => vec![
             Probe {
                 // Function entry: `p` arrives split over rdi and rsi (DW_OP_piece).
