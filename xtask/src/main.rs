@@ -71,7 +71,8 @@ enum Command {
 /// per-hit cost of logpoints (`capture_cost`), of breakpoint-mode stack snapshots against
 /// lldb-dap and Delve (`bp_bench`), and of resolving a line in a large binary
 /// (`resolve_bench`; `DETRIX_BENCH_RESOLVE_BINARY` and `DETRIX_BENCH_RESOLVE_AT` name another
-/// binary and line, e.g. one with more debug info than the agent's own debug build).
+/// binary and line, e.g. one with more debug info than the agent's own debug build), and the
+/// share of probe points placement puts on an emulated instruction (`coverage_bench`).
 fn bench() -> anyhow::Result<()> {
     let root = util::workspace_root()?;
     let obj = builds::ebpf(&root)?;
@@ -86,7 +87,7 @@ fn bench() -> anyhow::Result<()> {
         .env("DETRIX_EBPF_OBJ", &obj);
     util::run(&mut cmd)?;
     let agent = util::target_dir(&root)?.join("release/detrix-agent");
-    for bin in ["bp_bench", "resolve_bench"] {
+    for bin in ["bp_bench", "resolve_bench", "coverage_bench"] {
         let mut cmd = std::process::Command::new("cargo");
         cmd.current_dir(&root)
             .args([
