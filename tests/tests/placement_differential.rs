@@ -185,6 +185,13 @@ impl Side {
     }
 }
 
+/// Hits in a fixed order (by their text).
+fn sorted(v: &[Locals]) -> Vec<(String, &Locals)> {
+    let mut t: Vec<(String, &Locals)> = v.iter().map(|x| (format!("{x:?}"), x)).collect();
+    t.sort_by(|p, q| p.0.cmp(&q.0));
+    t
+}
+
 fn differential(build: FixtureBuild) {
     require_root();
     let exe = build.build();
@@ -258,11 +265,6 @@ fn differential(build: FixtureBuild) {
         );
         // A line with several copies (inlined) has one probe per copy in the same execution;
         // moving one of them may change the order of the two, so compare in a fixed order.
-        fn sorted(v: &[Locals]) -> Vec<(String, &Locals)> {
-            let mut t: Vec<(String, &Locals)> = v.iter().map(|x| (format!("{x:?}"), x)).collect();
-            t.sort_by(|p, q| p.0.cmp(&q.0));
-            t
-        }
         let (sa, sb) = (sorted(a), sorted(b));
         for (n, ((_, x), (_, y))) in sa.iter().zip(&sb).enumerate() {
             assert_eq!(
