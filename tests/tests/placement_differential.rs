@@ -60,7 +60,7 @@ impl Held {
         std::mem::forget(child);
         let mut status = 0;
         // SAFETY: plain syscall on our own child.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        let r = unsafe { libc::waitpid(pid, &raw mut status, 0) };
         assert!(
             r == pid && libc::WIFSTOPPED(status),
             "{} did not stop at exec (status {status:#x})",
@@ -90,7 +90,7 @@ impl Held {
     fn exited(&self) -> Option<i32> {
         let mut status = 0;
         // SAFETY: plain syscall on our own child.
-        let r = unsafe { libc::waitpid(self.pid, &mut status, libc::WNOHANG) };
+        let r = unsafe { libc::waitpid(self.pid, &raw mut status, libc::WNOHANG) };
         (r == self.pid && libc::WIFEXITED(status)).then(|| libc::WEXITSTATUS(status))
     }
 }
@@ -109,7 +109,7 @@ impl Drop for Held {
                 );
             }
             let mut status = 0;
-            libc::waitpid(self.pid, &mut status, libc::WNOHANG);
+            libc::waitpid(self.pid, &raw mut status, libc::WNOHANG);
         }
     }
 }

@@ -10,6 +10,9 @@
 //! ```sh
 //! cargo run -p detrix-e2e --release --bin coverage_bench -- --agent target/release/detrix-agent
 //! ```
+//!
+//! `--own PATH` names the release binary whose coverage is measured (default: the agent that
+//! runs).
 
 #[path = "../../tests/lang/mod.rs"]
 mod lang;
@@ -66,11 +69,13 @@ fn main() {
     let root = workspace_root();
     let mut args = std::env::args().skip(1);
     let mut agent: Option<PathBuf> = None;
+    let mut own: Option<PathBuf> = None;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--agent" => agent = args.next().map(PathBuf::from),
+            "--own" => own = args.next().map(PathBuf::from),
             other => {
-                eprintln!("coverage_bench: unknown argument `{other}`; usage: coverage_bench [--agent PATH]");
+                eprintln!("coverage_bench: unknown argument `{other}`; usage: coverage_bench [--agent PATH] [--own RELEASE_BINARY]");
                 std::process::exit(2);
             }
         }
@@ -86,11 +91,13 @@ fn main() {
         lang::GO123_NL,
         lang::GO123_OPT,
     ] {
-        rows.push((b.id.to_owned(), b.build(), b.debug_dir()));
+        // The fixture's own file, wherever it was built (the line table's path ends so).
+        let file = PathBuf::from(b.dir).join(b.file);
+        rows.push((b.id.to_owned(), b.build(), file));
     }
     rows.push((
         "detrix-agent (release)".to_owned(),
-        agent.clone(),
+        own.unwrap_or_else(|| agent.clone()),
         root.join("detrix-agent/src"),
     ));
     println!("\nPlacement coverage (probe points on an emulated instruction; statement-only → basic block)");
