@@ -131,8 +131,8 @@ struct ResolveArgs {
     /// totals.
     #[arg(long, conflicts_with_all = ["at", "exprs", "timing"])]
     coverage: bool,
-    /// With --coverage: only source files whose path starts (a directory) or ends (a file)
-    /// with this (repeatable).
+    /// With --coverage: only source files whose path contains this (a directory, or a file's
+    /// `dir/name`; repeatable).
     #[arg(long, value_name = "DIR", requires = "coverage")]
     under: Vec<String>,
     /// With --coverage: plan every parameter and local in scope at each line (else no value).
@@ -620,9 +620,7 @@ fn coverage(args: &ResolveArgs) -> anyhow::Result<ExitCode> {
         if args.under.is_empty() {
             own_source(p)
         } else {
-            args.under
-                .iter()
-                .any(|u| p.starts_with(u.as_str()) || p.ends_with(u.as_str()))
+            args.under.iter().any(|u| p.contains(u.as_str()))
         }
     };
     let opts = CoverageOptions {

@@ -98,7 +98,7 @@ fn main() {
     rows.push((
         "detrix-agent (release)".to_owned(),
         own.unwrap_or_else(|| agent.clone()),
-        root.join("detrix-agent/src"),
+        PathBuf::from("/detrix-agent/src/"),
     ));
     println!("\nPlacement coverage (probe points on an emulated instruction; statement-only → basic block)");
     println!("| build | probe points | emulated, no expressions | emulated, every local |");
