@@ -24,7 +24,7 @@ use iced_x86::{
     FlowControl, Instruction, InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register,
 };
 
-use crate::codegen::{branch, Branch, Function};
+use crate::codegen::{branch, pt_reg, Branch, Function};
 use crate::debuginfo::ProbePoint;
 
 /// Instructions decoded at most per function (a bound on the work, not on correctness: past
@@ -50,11 +50,6 @@ impl Slot {
         let (b0, b1) = (disp, disp.saturating_add(size as i64));
         a0 < b1 && b0 < a1
     }
-}
-
-/// The `pt_regs` index of a 64-bit general register.
-fn pt_reg(r: Register) -> Option<u8> {
-    (0..detrix_common::PT_REGS_COUNT as u8).find(|&p| crate::place::iced_register(p) == Some(r))
 }
 
 fn frame_register(pt: u8) -> Option<Register> {

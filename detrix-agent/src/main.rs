@@ -187,11 +187,27 @@ struct ResolveArgs {
     #[arg(long)]
     binary: std::path::PathBuf,
     /// Source location: FILE:LINE.
-    #[arg(long, value_name = "FILE:LINE")]
-    at: String,
+    #[arg(long, value_name = "FILE:LINE", required_unless_present = "coverage")]
+    at: Option<String>,
     /// Expression to resolve (repeatable).
     #[arg(long = "expr", value_name = "EXPR")]
     exprs: Vec<String>,
+    /// Instead of one line: every statement line of the binary's own source files (or those
+    /// under `--under`), where its probe lands (emulated or single-stepped) and why, then the
+    /// totals.
+    #[arg(long, conflicts_with_all = ["at", "exprs", "timing"])]
+    coverage: bool,
+    /// With --coverage: only source files whose path contains this (a directory, or a file's
+    /// `dir/name`; repeatable).
+    #[arg(long, value_name = "DIR", requires = "coverage")]
+    under: Vec<String>,
+    /// With --coverage: plan every parameter and local in scope at each line (else no value).
+    #[arg(long, requires = "coverage")]
+    locals: bool,
+    /// With --coverage: place as before the basic-block candidates (only later instructions
+    /// of the statement, every value unchanged), for comparison.
+    #[arg(long, requires = "coverage")]
+    statement_only: bool,
     /// Show source paths relative to this prefix.
     #[arg(long, default_value = "")]
     strip_prefix: String,
@@ -689,10 +705,86 @@ fn fleet(cmd: FleetCommand) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// A source file of the binary's own (not the toolchain's, the system's or a registry
+/// crate's), for `resolve --coverage` without `--under`.
+fn own_source(path: &str) -> bool {
+    !(path.starts_with("/usr/")
+        || path.starts_with("/rustc/")
+        || path.contains("/.cargo/registry/")
+        || path.contains("/.cargo/git/")
+        || path.contains("/rustlib/")
+        || path.contains("/go/pkg/mod/")
+        || path.starts_with('<'))
+}
+
+/// `resolve --coverage`: one line per statement line, then the totals.
+fn coverage(args: &ResolveArgs) -> anyhow::Result<ExitCode> {
+    use detrix_agent::engine::coverage::{coverage, CoverageOptions};
+    use std::io::Write as _;
+    let bin = detrix_agent::debuginfo::Binary::open(&args.binary)?;
+    let pick = |p: &str| {
+        if args.under.is_empty() {
+            own_source(p)
+        } else {
+            args.under.iter().any(|u| p.contains(u.as_str()))
+        }
+    };
+    let opts = CoverageOptions {
+        locals: args.locals,
+        scope: if args.statement_only {
+            detrix_agent::place::Scope::Statement
+        } else {
+            detrix_agent::place::Scope::Block
+        },
+    };
+    let (lines, totals) = coverage(&bin, &pick, opts)?;
+    let rel = |s: &str| {
+        s.strip_prefix(args.strip_prefix.as_str())
+            .map_or(s, |r| r.trim_start_matches('/'))
+            .to_owned()
+    };
+    let mut out = std::io::stdout().lock();
+    let mut write = || -> std::io::Result<()> {
+        for l in &lines {
+            match &l.points {
+                Ok(points) => {
+                    for p in points {
+                        writeln!(
+                            out,
+                            "{}:{}\t{}\t{}\t{:?}\t{}",
+                            rel(&l.file),
+                            l.line,
+                            p.function,
+                            p.chosen,
+                            p.kind,
+                            p.why
+                        )?;
+                    }
+                }
+                Err(e) => writeln!(out, "{}:{}\t-\t-\tError\t{e}", rel(&l.file), l.line)?,
+            }
+        }
+        writeln!(
+            out,
+            "total: lines={} failed={} points={} emulated={} ({:.0} %)",
+            totals.lines,
+            totals.failed,
+            totals.points,
+            totals.emulated,
+            totals.emulated_percent()
+        )
+    };
+    match write() {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        other => other.map(|()| ExitCode::SUCCESS).map_err(Into::into),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Resolve(args) if args.coverage => coverage(&args),
         Command::Resolve(args) => {
-            let (file, line) = parse_at(&args.at)?;
+            let (file, line) = parse_at(args.at.as_deref().unwrap_or_default())?;
             let t0 = std::time::Instant::now();
             let bin = detrix_agent::debuginfo::Binary::open(&args.binary)?;
             let t1 = std::time::Instant::now();

@@ -65,7 +65,7 @@ enum Command {
     /// Per-hit cost table: no probe, empty-program floor, agent captures (placement off/on,
     /// batched vs per-event wakeup), asleep, and an lldb-dap logpoint — one run, as ratios.
     ///
-    /// SECTION picks some: capture, bp, resolve, fleet (200 simulated pods over two node
+    /// SECTION picks some: capture, bp, resolve, coverage, fleet (200 simulated pods over two node
     /// agents: staged fleet wake per stage, idle API requests). Without one, all of them.
     Bench { sections: Vec<String> },
 }
@@ -74,11 +74,12 @@ enum Command {
 /// per-hit cost of logpoints (`capture_cost`), of breakpoint-mode stack snapshots against
 /// lldb-dap and Delve (`bp_bench`), and of resolving a line in a large binary
 /// (`resolve_bench`; `DETRIX_BENCH_RESOLVE_BINARY` and `DETRIX_BENCH_RESOLVE_AT` name another
-/// binary and line, e.g. one with more debug info than the agent's own debug build), and a
+/// binary and line, e.g. one with more debug info than the agent's own debug build), the
+/// share of probe points placement puts on an emulated instruction (`coverage_bench`), and a
 /// staged fleet wake of 200 simulated pods over two node agents (`fleet_bench`). `sections`
-/// (capture, bp, resolve, fleet) runs only those.
+/// (capture, bp, resolve, coverage, fleet) runs only those.
 fn bench(sections: &[String]) -> anyhow::Result<()> {
-    const ALL: [&str; 4] = ["capture", "bp", "resolve", "fleet"];
+    const ALL: [&str; 5] = ["capture", "bp", "resolve", "coverage", "fleet"];
     if let Some(bad) = sections.iter().find(|s| !ALL.contains(&s.as_str())) {
         anyhow::bail!("`{bad}` is not a bench section; use {}", ALL.join(", "));
     }
@@ -101,6 +102,7 @@ fn bench(sections: &[String]) -> anyhow::Result<()> {
     for (section, bin) in [
         ("bp", "bp_bench"),
         ("resolve", "resolve_bench"),
+        ("coverage", "coverage_bench"),
         ("fleet", "fleet_bench"),
     ] {
         if !on(section) {

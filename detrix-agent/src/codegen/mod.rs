@@ -6,9 +6,11 @@
 //! them once per copy of a line, in one place, keeps the two from disagreeing about where the
 //! instruction boundaries are.
 
+pub mod block;
 pub mod cfg;
 
-use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, OpKind};
+use detrix_common::pt_regs;
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, OpKind, Register};
 
 use crate::debuginfo::{Binary, ProbePoint};
 
@@ -61,6 +63,36 @@ impl Function {
             })
             .collect()
     }
+}
+
+/// The general register at `pt_regs` index `pt`, as iced-x86 names it.
+#[must_use]
+pub fn iced_register(pt: u8) -> Option<Register> {
+    Some(match pt {
+        pt_regs::RAX => Register::RAX,
+        pt_regs::RBX => Register::RBX,
+        pt_regs::RCX => Register::RCX,
+        pt_regs::RDX => Register::RDX,
+        pt_regs::RSI => Register::RSI,
+        pt_regs::RDI => Register::RDI,
+        pt_regs::RBP => Register::RBP,
+        pt_regs::RSP => Register::RSP,
+        pt_regs::R8 => Register::R8,
+        pt_regs::R9 => Register::R9,
+        pt_regs::R10 => Register::R10,
+        pt_regs::R11 => Register::R11,
+        pt_regs::R12 => Register::R12,
+        pt_regs::R13 => Register::R13,
+        pt_regs::R14 => Register::R14,
+        pt_regs::R15 => Register::R15,
+        _ => return None,
+    })
+}
+
+/// The `pt_regs` index of a 64-bit general register.
+#[must_use]
+pub fn pt_reg(r: Register) -> Option<u8> {
+    (0..detrix_common::PT_REGS_COUNT as u8).find(|&p| iced_register(p) == Some(r))
 }
 
 /// Where `i` branches to.

@@ -220,6 +220,34 @@ impl Binary {
         Ok((by_file, addrs))
     }
 
+    /// Every line of the files `pick` accepts that starts a statement (an `is_stmt` row), as
+    /// `(file, line)`, sorted: what `resolve --coverage` walks.
+    ///
+    /// # Errors
+    /// [`ResolveError::NoDebugInfo`] or malformed line programs.
+    pub fn statement_lines(
+        &self,
+        pick: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<(String, u32)>, ResolveError> {
+        self.require_debug_info()?;
+        let units: BTreeSet<usize> = self
+            .file_units()
+            .iter()
+            .filter(|(p, _)| pick(p))
+            .flat_map(|(_, u)| u.iter().copied())
+            .collect();
+        let mut out: BTreeSet<(String, u32)> = BTreeSet::new();
+        for ui in units {
+            let (by_file, _) = self.unit_rows(&self.units[ui], pick)?;
+            for (file, rows) in by_file {
+                for r in rows.iter().filter(|r| r.is_stmt && r.line > 0) {
+                    out.insert((file.clone(), r.line));
+                }
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
     /// Resolves `file:line` to one probe point per function (copy) with code for that line.
     ///
     /// Each point is at the copy's first run of the line and lists all of them

@@ -9,6 +9,7 @@
 //! The modules: [`resolver`] (open a target, resolve a logpoint), [`pipeline`] (plan, place,
 //! forward one copy of a line, shared with `describe`), [`reader`] (ring → hits).
 
+pub mod coverage;
 mod pipeline;
 mod reader;
 mod resolver;

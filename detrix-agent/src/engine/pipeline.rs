@@ -1,7 +1,7 @@
-//! The one pipeline every copy of a line goes through: plan it at the line's first
-//! instruction, place the probe (which re-plans at candidate addresses to compare), take the
-//! point at the chosen address, and forward the plan's stack reads to the registers holding
-//! them there.
+//! The one pipeline every copy of a line goes through, one way: plan it at the line's first
+//! instruction, place the probe (which proves the plan reads the same values at the chosen
+//! instruction and hands back the plan to run there), take the point at the chosen address,
+//! and forward the plan's stack reads to the registers holding them there.
 //!
 //! Before that, [`runs`] picks which row runs of each copy carry a probe (see
 //! [`crate::codegen::cfg`]): each kept run is planned as a point of its own.
@@ -11,7 +11,7 @@
 
 use crate::codegen::cfg::{choose_runs, Cfg};
 use crate::codegen::Function;
-use crate::debuginfo::{Binary, ProbePoint};
+use crate::debuginfo::{Binary, Language, ProbePoint};
 use crate::expr;
 use crate::forward;
 use crate::place::{self, Placement};
@@ -20,9 +20,10 @@ use crate::plan::{self, BuiltPlan, PlanError, PlanOptions};
 /// Which optional steps run.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Steps {
-    /// Move the probe to a later instruction that reads the same values (else: the line's
-    /// first instruction).
+    /// Move the probe to an emulated instruction of its basic block that reads the same
+    /// values (else: the line's first instruction), among these candidates.
     pub placement: bool,
+    pub scope: place::Scope,
     /// Read values from registers that hold copies of their stack slots.
     pub forwarding: bool,
 }
@@ -82,12 +83,15 @@ pub(super) fn plan_point(
     let mut built = plan::build_with(bin, &p, exprs, condition, extras, opts)?;
     let func = Function::of(bin, &p);
     let placement = if steps.placement {
-        let rebuild = |q: &ProbePoint| {
-            plan::build_with(bin, q, exprs, condition, extras, opts)
-                .ok()
-                .map(|b| b.plan)
+        // Where no landing pad follows a call (C, Go), a block runs on across calls.
+        let abi = match bin.language() {
+            Ok(Language::C) => place::CallAbi::SysV,
+            Ok(Language::Go) => place::CallAbi::Go,
+            _ => place::CallAbi::NoCalls,
         };
-        place::place(bin, &p, &built.plan, &rebuild, &func)
+        let (placement, moved) = place::place(bin, &p, &built.plan, &func, steps.scope, abi);
+        built.plan = moved;
+        placement
     } else {
         Placement {
             chosen: p.addr,
@@ -96,6 +100,7 @@ pub(super) fn plan_point(
                 "placement off: probe at the line's first instruction {}",
                 p.addr
             )],
+            candidates: Vec::new(),
         }
     };
     let point = if placement.chosen == p.addr {
@@ -181,17 +186,21 @@ pub fn describe(
         // Placement for the expressions that can be captured (what an attach would use).
         let steps = Steps {
             placement: true,
+            scope: place::Scope::Block,
             forwarding: true,
         };
         let placement = plan_point(bin, p.clone(), &ok, None, &plan::Extras::default(), opts, steps)
             .ok()
             .map(|placed| {
                 let pl = &placed.placement;
-                if placed.forwarded.is_empty() {
-                    serde_json::json!({ "chosen": pl.chosen.to_string(), "kind": format!("{:?}", pl.kind) })
-                } else {
-                    serde_json::json!({ "chosen": pl.chosen.to_string(), "kind": format!("{:?}", pl.kind), "forwarded": placed.forwarded })
+                let mut v = serde_json::json!({ "chosen": pl.chosen.to_string(), "kind": format!("{:?}", pl.kind) });
+                if !pl.candidates.is_empty() {
+                    v["candidates"] = pl.candidates.iter().map(place::Candidate::sentence).collect();
                 }
+                if !placed.forwarded.is_empty() {
+                    v["forwarded"] = placed.forwarded.clone().into();
+                }
+                v
             });
         let mut point = serde_json::json!({
             "function": p.function,

@@ -155,6 +155,7 @@ impl Resolver {
         };
         let steps = Steps {
             placement: self.opts.placement,
+            scope: crate::place::Scope::Block,
             forwarding: self.opts.forwarding,
         };
         let mut out = Vec::new();

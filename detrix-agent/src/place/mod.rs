@@ -1,0 +1,406 @@
+//! Probe placement: among the instructions of the probe's basic block, pick one the kernel
+//! emulates instead of single-stepping, where the plan provably reads the values the line
+//! starts with.
+//!
+//! Why: a uprobe on an ordinary instruction costs an int3 trap *and* an out-of-line
+//! single-step (~9 µs per hit on this machine kind), while on `push reg`, `nop`,
+//! `call rel32` or a relative jump the kernel emulates the instruction (~0.55 µs)
+//! (toolchain.md §8). It is the largest performance lever we have.
+//!
+//! Which instructions fire on the same executions? Those of the line's basic block
+//! ([`crate::codegen::block`]): control enters it only at its first instruction and leaves
+//! only after its last, so each of them runs exactly as often as the line's first one —
+//! before the statement starts or after it. In a function with a jump table (targets
+//! unknown), only the statement's own row after its first instruction is used: a jump table
+//! lands on the start of a row, never inside one.
+//!
+//! Which of them read the same values? [`proof::prove`] follows the instructions between the
+//! two and either proves every value the plan reads unchanged (or held by another register,
+//! which the plan then reads) or says why not. The plan is built once, at the line's first
+//! instruction; data flows one way: plan → place → forward, and placement never plans again.
+
+mod proof;
+
+pub use proof::{CallAbi, Rules};
+
+use detrix_common::Plan;
+use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+
+use crate::codegen::{block, Function};
+use crate::debuginfo::{Binary, LinkAddr, ProbePoint};
+
+/// Most instructions looked at on each side of the line's first.
+const WINDOW: usize = 256;
+/// Most instructions looked at after the line's first with [`Scope::Statement`].
+const STATEMENT_WINDOW: usize = 64;
+
+/// How the kernel runs a probed instruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrapKind {
+    /// Emulated in the trap handler (push, nop, relative call/jmp/jcc).
+    Emulated,
+    /// Copied out of line and single-stepped.
+    SingleStepped,
+    /// Not decoded (no code bytes available).
+    Unknown,
+}
+
+impl TrapKind {
+    /// Estimated kernel cost per hit on this machine kind (toolchain.md §8, §8a).
+    #[must_use]
+    pub fn cost_ns(self) -> u64 {
+        match self {
+            TrapKind::Emulated => 800,
+            TrapKind::SingleStepped | TrapKind::Unknown => 5_000,
+        }
+    }
+}
+
+/// Where a probe goes and why.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub chosen: LinkAddr,
+    pub kind: TrapKind,
+    /// One line per instruction looked at, plus the verdict: the `--explain` text.
+    pub explain: Vec<String>,
+    /// The emulated instructions of the block other than the line's first, each with its
+    /// proof or refusal (empty when the line's first is emulated or placement is off).
+    pub candidates: Vec<Candidate>,
+}
+
+/// Whether the kernel refuses a uprobe on `i` at all: it rejects an ES, CS, SS or DS segment
+/// prefix and `lock` (`is_prefix_bad` in arch/x86/kernel/uprobes.c), as in the `cs nopw`
+/// padding compilers put before loop heads.
+fn refused_by_kernel(i: &Instruction) -> bool {
+    i.has_lock_prefix()
+        || matches!(
+            i.segment_prefix(),
+            Register::ES | Register::CS | Register::SS | Register::DS
+        )
+}
+
+fn trap_kind(i: &Instruction) -> TrapKind {
+    if refused_by_kernel(i) {
+        return TrapKind::SingleStepped;
+    }
+    let emulated = match i.mnemonic() {
+        Mnemonic::Nop => true,
+        Mnemonic::Push => i.op0_kind() == OpKind::Register && i.op0_register().size() == 8,
+        _ => {
+            i.is_call_near() && i.op0_kind() == OpKind::NearBranch64
+                || i.is_jmp_short_or_near()
+                || i.is_jcc_short_or_near()
+        }
+    };
+    if emulated {
+        TrapKind::Emulated
+    } else {
+        TrapKind::SingleStepped
+    }
+}
+
+/// Which candidates placement considers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Only instructions after the line's first, with every register read unchanged and no
+    /// memory written in between (placement before the basic-block candidates).
+    Statement,
+    /// Every instruction of the basic block, before or after the statement's start.
+    Block,
+}
+
+/// One emulated instruction of the block and whether the values can be read there.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub addr: LinkAddr,
+    /// The instruction, AT&T syntax.
+    pub text: String,
+    /// The proof (`Ok`) or why not.
+    pub verdict: Result<String, String>,
+}
+
+impl Candidate {
+    /// `addr text: proven, …` / `addr text: refused, …` (for `resolve` and `--explain`).
+    #[must_use]
+    pub fn sentence(&self) -> String {
+        match &self.verdict {
+            Ok(p) => format!("{} {}: same values, {p}", self.addr, self.text),
+            Err(e) => format!("{} {}: refused, {e}", self.addr, self.text),
+        }
+    }
+}
+
+/// Chooses the probe address for `point` among the emulated instructions of its basic block
+/// where `plan` (built at `point`) provably reads the same values. Returns the placement and
+/// the plan to run there (registers re-read where copies hold them).
+#[must_use]
+pub fn place(
+    bin: &Binary,
+    point: &ProbePoint,
+    plan: &Plan,
+    func: &Function,
+    scope: Scope,
+    abi: CallAbi,
+) -> (Placement, Plan) {
+    let abi = if scope == Scope::Statement {
+        CallAbi::NoCalls
+    } else {
+        abi
+    };
+    let mut explain = Vec::new();
+    let stay = |explain: Vec<String>, kind| Placement {
+        chosen: point.addr,
+        kind,
+        explain,
+        candidates: Vec::new(),
+    };
+    if bin
+        .code(point.addr, point.func_end)
+        .filter(|c| !c.is_empty())
+        .is_none()
+    {
+        explain.push(format!(
+            "{}: no code bytes for {}..{}; probe stays at the line's first instruction",
+            point.addr, point.addr, point.func_end
+        ));
+        return (stay(explain, TrapKind::Unknown), *plan);
+    }
+    let targets = func.branch_targets();
+    let Some(mut b) = block::around(
+        func,
+        point.addr.0,
+        &targets,
+        WINDOW,
+        abi != CallAbi::NoCalls,
+    ) else {
+        explain.push(format!(
+            "{}: not an instruction boundary of the function's decode; probe stays there",
+            point.addr
+        ));
+        return (stay(explain, classify(bin, point)), *plan);
+    };
+    let instrs = &func.instrs;
+    let first_kind = trap_kind(&instrs[b.at]);
+    if scope == Scope::Statement {
+        b.first = b.at;
+        b.last = b.last.min(b.at + STATEMENT_WINDOW);
+    }
+    if block::has_indirect_branch(func) {
+        b.first = b.at;
+        while b.last > b.at && instrs[b.last].ip() >= point.line_end.0 {
+            b.last -= 1;
+        }
+        explain.push(format!(
+            "the function has an indirect jump (its targets are not known): only the statement's own row {}..{} is used",
+            point.addr, point.line_end
+        ));
+    }
+    explain.push(format!(
+        "basic block {}..={}: {}; {}",
+        LinkAddr(instrs[b.first].ip()),
+        LinkAddr(instrs[b.last].ip()),
+        block_start(func, &targets, b.first),
+        block_end(&instrs[b.last]),
+    ));
+    let escape = block::frame_escape(func);
+    let rules = match scope {
+        Scope::Statement => Rules::Unchanged,
+        Scope::Block => Rules::Tracked,
+    };
+    let mut candidates = Vec::new();
+    let mut best: Option<(usize, usize, Plan)> = None;
+    for idx in b.first..=b.last {
+        let i = &instrs[idx];
+        let addr = LinkAddr(i.ip());
+        let text = proof::text(i);
+        let kind = trap_kind(i);
+        let verdict = if idx == b.at {
+            match kind {
+                TrapKind::Emulated => "the line's first instruction, emulated".to_owned(),
+                _ => "the line's first instruction, single-stepped".to_owned(),
+            }
+        } else if refused_by_kernel(i) {
+            "the kernel refuses a uprobe here (segment or lock prefix)".to_owned()
+        } else if kind != TrapKind::Emulated {
+            "single-stepped".to_owned()
+        } else if first_kind == TrapKind::Emulated {
+            "emulated (not needed)".to_owned()
+        } else {
+            let before = idx < b.at;
+            let between = if before {
+                &instrs[idx..b.at]
+            } else {
+                &instrs[b.at..idx]
+            };
+            let v = proof::prove(plan, between, before, escape, rules, abi);
+            let side = if before { "before" } else { "after" };
+            let line = match &v {
+                Ok((moved, p)) => {
+                    let dist = idx.abs_diff(b.at);
+                    // The nearest; at equal distance the one after the line's start.
+                    if best.as_ref().is_none_or(|(d, j, _)| {
+                        dist < *d || (dist == *d && idx > b.at && *j < b.at)
+                    }) {
+                        best = Some((dist, idx, *moved));
+                    }
+                    format!("emulated, {side} the line's start: same values, {p}")
+                }
+                Err(e) => format!("emulated, {side} the line's start: refused, {e}"),
+            };
+            candidates.push(Candidate {
+                addr,
+                text: text.clone(),
+                verdict: v.map(|(_, p)| p),
+            });
+            line
+        };
+        explain.push(format!("{addr}  {text:<40} {verdict}"));
+    }
+    if first_kind == TrapKind::Emulated {
+        explain.push(format!(
+            "chose {}: the line's first instruction is emulated",
+            point.addr
+        ));
+        return (
+            Placement {
+                chosen: point.addr,
+                kind: TrapKind::Emulated,
+                explain,
+                candidates,
+            },
+            *plan,
+        );
+    }
+    match best {
+        Some((_, idx, moved)) => {
+            let addr = LinkAddr(instrs[idx].ip());
+            explain.push(format!(
+                "chose {addr}: emulated (~{} ns/hit) instead of {} at {} (~{} ns/hit); the values are proven the same there",
+                TrapKind::Emulated.cost_ns(),
+                text_of(first_kind),
+                point.addr,
+                first_kind.cost_ns()
+            ));
+            (
+                Placement {
+                    chosen: addr,
+                    kind: TrapKind::Emulated,
+                    explain,
+                    candidates,
+                },
+                moved,
+            )
+        }
+        None => {
+            explain.push(format!(
+                "chose {}: no emulated instruction of the block reads the same values",
+                point.addr
+            ));
+            (
+                Placement {
+                    chosen: point.addr,
+                    kind: first_kind,
+                    explain,
+                    candidates,
+                },
+                *plan,
+            )
+        }
+    }
+}
+
+/// Why the block starts where it does.
+fn block_start(func: &Function, targets: &std::collections::HashSet<u64>, first: usize) -> String {
+    let i = &func.instrs[first];
+    if first == 0 {
+        "it starts at the function's entry".to_owned()
+    } else if targets.contains(&i.ip()) {
+        format!("a branch lands on {}", LinkAddr(i.ip()))
+    } else if !block::falls_through(&func.instrs[first - 1]) {
+        format!("it starts after `{}`", proof::text(&func.instrs[first - 1]))
+    } else {
+        format!("at most {WINDOW} instructions before the line")
+    }
+}
+
+/// Why the block ends where it does.
+fn block_end(last: &Instruction) -> String {
+    if block::falls_through(last) {
+        "it ends before a branch target (or the look-ahead limit)".to_owned()
+    } else {
+        format!("it ends at `{}`", proof::text(last))
+    }
+}
+
+/// How the kernel will run the instruction at `point.addr` (no placement).
+#[must_use]
+pub fn classify(bin: &Binary, point: &ProbePoint) -> TrapKind {
+    let Some(code) = bin
+        .code(point.addr, point.func_end)
+        .filter(|c| !c.is_empty())
+    else {
+        return TrapKind::Unknown;
+    };
+    trap_kind(&Decoder::with_ip(64, code, point.addr.0, DecoderOptions::NONE).decode())
+}
+
+fn text_of(k: TrapKind) -> &'static str {
+    match k {
+        TrapKind::Emulated => "an emulated instruction",
+        TrapKind::SingleStepped => "a single-stepped instruction",
+        TrapKind::Unknown => "an undecoded instruction",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(bytes: &[u8]) -> Instruction {
+        Decoder::with_ip(64, bytes, 0x1000, DecoderOptions::NONE).decode()
+    }
+
+    #[test]
+    fn classifies_what_the_kernel_emulates() {
+        assert_eq!(trap_kind(&decode(&[0x55])), TrapKind::Emulated, "push %rbp");
+        assert_eq!(
+            trap_kind(&decode(&[0x41, 0x54])),
+            TrapKind::Emulated,
+            "push %r12"
+        );
+        assert_eq!(
+            trap_kind(&decode(&[0x0f, 0x1f, 0x44, 0x00, 0x00])),
+            TrapKind::Emulated,
+            "nopl"
+        );
+        assert_eq!(
+            trap_kind(&decode(&[0xe8, 0, 0, 0, 0])),
+            TrapKind::Emulated,
+            "call rel32"
+        );
+        assert_eq!(
+            trap_kind(&decode(&[0x74, 0x05])),
+            TrapKind::Emulated,
+            "je rel8"
+        );
+        assert_eq!(
+            trap_kind(&decode(&[0x48, 0x8b, 0x45, 0xe8])),
+            TrapKind::SingleStepped,
+            "mov -0x18(%rbp),%rax"
+        );
+        assert_eq!(
+            trap_kind(&decode(&[0xff, 0x75, 0xe8])),
+            TrapKind::SingleStepped,
+            "push mem"
+        );
+        let padding = decode(&[0x66, 0x2e, 0x0f, 0x1f, 0x84, 0, 0, 0, 0, 0]);
+        assert!(refused_by_kernel(&padding), "cs nopw: no uprobe at all");
+        assert_ne!(trap_kind(&padding), TrapKind::Emulated);
+        assert!(!refused_by_kernel(&decode(&[0x0f, 0x1f, 0x44, 0x00, 0x00])));
+        assert_eq!(
+            trap_kind(&decode(&[0xff, 0xd0])),
+            TrapKind::SingleStepped,
+            "call *%rax"
+        );
+    }
+}

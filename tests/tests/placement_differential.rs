@@ -1,0 +1,332 @@
+//! Placement never changes a value: at every line of the C, C++, Rust and Go fixtures, every
+//! local in scope captured twice — placement off (the line's first instruction) and on (an
+//! emulated instruction of the block, proven to read the same values) — by two engines
+//! attached to the same process at once, must give the same hits with equal values.
+//!
+//! So that both see exactly the same executions, the fixture is held at its first instruction
+//! (`PTRACE_TRACEME`: stopped right after `exec`) until both engines have attached every line,
+//! then runs a fixed number of rounds and exits. Hits are compared per line and per thread
+//! (per goroutine for Go): the same count, and the same locals.
+
+mod lang;
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::process::CommandExt as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use detrix_agent::engine::{Engine, EngineOptions, HitReader, LogpointId, LogpointSpec, Resolver};
+use detrix_e2e::require_root;
+use lang::FixtureBuild;
+
+/// Rounds the fixture runs once released, and the pause between them.
+const ROUNDS: &str = "3";
+const DELAY_MS: &str = "5";
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A fixture process stopped right after `exec`, released by [`Held::release`].
+struct Held {
+    pid: i32,
+    released: bool,
+}
+
+impl Held {
+    fn spawn(exe: &std::path::Path) -> Held {
+        let mut cmd = Command::new(exe);
+        cmd.args([ROUNDS, DELAY_MS])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::ptrace(
+                    libc::PTRACE_TRACEME,
+                    0,
+                    std::ptr::null_mut::<libc::c_void>(),
+                    std::ptr::null_mut::<libc::c_void>(),
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
+        let pid = i32::try_from(child.id()).expect("pid fits");
+        // Reaped with waitpid below, not through `child`.
+        std::mem::forget(child);
+        let mut status = 0;
+        // SAFETY: plain syscall on our own child.
+        let r = unsafe { libc::waitpid(pid, &raw mut status, 0) };
+        assert!(
+            r == pid && libc::WIFSTOPPED(status),
+            "{} did not stop at exec (status {status:#x})",
+            exe.display()
+        );
+        Held {
+            pid,
+            released: false,
+        }
+    }
+
+    fn release(&mut self) {
+        // SAFETY: detaching our own traced, stopped child.
+        let r = unsafe {
+            libc::ptrace(
+                libc::PTRACE_DETACH,
+                self.pid,
+                std::ptr::null_mut::<libc::c_void>(),
+                std::ptr::null_mut::<libc::c_void>(),
+            )
+        };
+        assert_eq!(r, 0, "PTRACE_DETACH: {}", std::io::Error::last_os_error());
+        self.released = true;
+    }
+
+    /// The exit status once the process has ended, or `None` while it runs.
+    fn exited(&self) -> Option<i32> {
+        let mut status = 0;
+        // SAFETY: plain syscall on our own child.
+        let r = unsafe { libc::waitpid(self.pid, &raw mut status, libc::WNOHANG) };
+        (r == self.pid && libc::WIFEXITED(status)).then(|| libc::WEXITSTATUS(status))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // SAFETY: signalling and reaping our own child.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            if !self.released {
+                libc::ptrace(
+                    libc::PTRACE_DETACH,
+                    self.pid,
+                    std::ptr::null_mut::<libc::c_void>(),
+                    std::ptr::null_mut::<libc::c_void>(),
+                );
+            }
+            let mut status = 0;
+            libc::waitpid(self.pid, &raw mut status, libc::WNOHANG);
+        }
+    }
+}
+
+/// The locals of one hit, by name.
+type Locals = Vec<(String, detrix_agent::decode::Node)>;
+
+/// One side of the comparison: an engine with a logpoint on every line it accepts.
+struct Side {
+    engine: Engine,
+    reader: HitReader,
+    lines: HashMap<LogpointId, u32>,
+    /// `(line, thread or goroutine)` → the locals of each hit, in order.
+    hits: BTreeMap<(u32, u64), Vec<Locals>>,
+    /// Lines whose probe moved, from `--explain`'s verdict.
+    moved: usize,
+}
+
+impl Side {
+    fn attach(pid: u32, file: &str, last_line: u32, placement: bool) -> Side {
+        let opts = EngineOptions {
+            placement,
+            rate_per_sec: 0,
+            burst: 0,
+            ..EngineOptions::default()
+        };
+        let resolver = Resolver::open(pid, opts).expect("open the fixture process");
+        let (mut engine, reader) = Engine::start(resolver).expect("load the eBPF program");
+        let mut lines = HashMap::new();
+        let mut moved = 0;
+        for line in 1..=last_line {
+            let spec = LogpointSpec {
+                line,
+                capture_locals: true,
+                ..LogpointSpec::default()
+            };
+            let Ok(copies) = engine.resolver().prepare(file, &spec) else {
+                continue;
+            };
+            moved += copies
+                .iter()
+                .filter(|c| {
+                    c.placement
+                        .explain
+                        .iter()
+                        .any(|l| l.starts_with("chose ") && l.contains("proven the same"))
+                })
+                .count();
+            let id = engine
+                .install(file, line, copies)
+                .unwrap_or_else(|e| panic!("attach {file}:{line}: {e}"));
+            lines.insert(id, line);
+        }
+        Side {
+            engine,
+            reader,
+            lines,
+            hits: BTreeMap::new(),
+            moved,
+        }
+    }
+
+    fn drain(&mut self) {
+        for h in self.reader.drain_now() {
+            let line = self.lines[&h.logpoint];
+            let who = if h.goid != 0 {
+                h.goid
+            } else {
+                u64::from(h.tid)
+            };
+            self.hits.entry((line, who)).or_default().push(h.locals);
+        }
+    }
+}
+
+/// Hits in a fixed order (by their text).
+fn sorted(v: &[Locals]) -> Vec<(String, &Locals)> {
+    let mut t: Vec<(String, &Locals)> = v.iter().map(|x| (format!("{x:?}"), x)).collect();
+    t.sort_by(|p, q| p.0.cmp(&q.0));
+    t
+}
+
+fn differential(build: FixtureBuild) {
+    require_root();
+    let exe = build.build();
+    let source = std::fs::read_to_string(build.source()).expect("read the fixture source");
+    let last_line = u32::try_from(source.lines().count()).expect("line count fits");
+    let mut held = Held::spawn(&exe);
+    let pid = u32::try_from(held.pid).expect("pid fits");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _enter = rt.enter();
+    let mut off = Side::attach(pid, build.file, last_line, false);
+    let mut on = Side::attach(pid, build.file, last_line, true);
+    let mut off_lines: Vec<u32> = off.lines.values().copied().collect();
+    let mut on_lines: Vec<u32> = on.lines.values().copied().collect();
+    off_lines.sort_unstable();
+    on_lines.sort_unstable();
+    assert_eq!(
+        off_lines, on_lines,
+        "{}: the two sides attached different lines",
+        build.id
+    );
+    held.release();
+    let start = Instant::now();
+    let status = loop {
+        off.drain();
+        on.drain();
+        if let Some(s) = held.exited() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < RUN_TIMEOUT,
+            "{}: the fixture did not finish its rounds",
+            build.id
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status, 0, "{}: the fixture failed", build.id);
+    for side in [&mut off, &mut on] {
+        let ids: Vec<LogpointId> = side.lines.keys().copied().collect();
+        for id in ids {
+            let c = side.engine.remove(id).ok().flatten().unwrap_or_default();
+            assert_eq!(
+                c.dropped_ring_full, 0,
+                "{}: events lost to a full ring",
+                build.id
+            );
+        }
+        side.drain();
+    }
+    let keys: Vec<&(u32, u64)> = off.hits.keys().collect();
+    assert_eq!(
+        keys,
+        on.hits.keys().collect::<Vec<_>>(),
+        "{}: the two sides saw hits on different lines or threads",
+        build.id
+    );
+    let (mut hits, mut values) = (0, 0);
+    for (key, a) in &off.hits {
+        let b = &on.hits[key];
+        assert_eq!(
+            a.len(),
+            b.len(),
+            "{}:{} ({:?}): placement off saw {} hits, on {}",
+            build.file,
+            key.0,
+            key.1,
+            a.len(),
+            b.len()
+        );
+        // A line with several copies (inlined) has one probe per copy in the same execution;
+        // moving one of them may change the order of the two, so compare in a fixed order.
+        let (sa, sb) = (sorted(a), sorted(b));
+        for (n, ((_, x), (_, y))) in sa.iter().zip(&sb).enumerate() {
+            assert_eq!(
+                x, y,
+                "{}:{}: hit {n} (in sorted order): the locals differ with placement off (left) and on (right)",
+                build.file, key.0
+            );
+            hits += 1;
+            values += x.len();
+        }
+    }
+    let lines_hit: std::collections::BTreeSet<u32> = off.hits.keys().map(|k| k.0).collect();
+    assert!(
+        lines_hit.len() >= 10,
+        "{}: only {} lines were hit; the comparison proves little",
+        build.id,
+        lines_hit.len()
+    );
+    eprintln!(
+        "{}: {hits} hits, {values} values equal on {} lines ({} probe points placed elsewhere)",
+        build.id,
+        lines_hit.len(),
+        on.moved
+    );
+}
+
+#[test]
+fn placement_never_changes_a_value_c_o0() {
+    differential(lang::C_O0);
+}
+
+#[test]
+fn placement_never_changes_a_value_c_o2() {
+    differential(lang::C_O2);
+}
+
+#[test]
+fn placement_never_changes_a_value_cpp_o2() {
+    differential(lang::CPP_O2);
+}
+
+#[test]
+fn placement_never_changes_a_value_rust_debug() {
+    differential(lang::RUST_DEBUG);
+}
+
+#[test]
+fn placement_never_changes_a_value_rust_o3() {
+    differential(lang::RUST_O3);
+}
+
+#[test]
+fn placement_never_changes_a_value_go_nl() {
+    differential(lang::GO123_NL);
+}
+
+#[test]
+fn placement_never_changes_a_value_go_opt() {
+    differential(lang::GO123_OPT);
+}
+
+#[test]
+fn placement_never_changes_a_value_c_optimized_o2() {
+    differential(lang::C_OPTIMIZED_O2);
+}
