@@ -63,30 +63,45 @@ enum Command {
         targets: Vec<String>,
     },
     /// Per-hit cost table: no probe, empty-program floor, agent captures (placement off/on,
-    /// batched vs per-event wakeup), asleep, and an lldb-dap logpoint — one run, as ratios.
-    Bench,
+    /// batched vs per-event wakeup), asleep, and an lldb-dap logpoint — one run, as ratios;
+    /// then breakpoint-mode, resolve and availability tables.
+    Bench {
+        /// Only the availability section: on every statement line of the optimized fixtures,
+        /// the variables the agent captures with a value against those lldb-22 shows.
+        #[arg(long)]
+        availability: bool,
+    },
 }
 
 /// Builds the eBPF object, then runs the benchmarks, release builds, one table each:
 /// per-hit cost of logpoints (`capture_cost`), of breakpoint-mode stack snapshots against
 /// lldb-dap and Delve (`bp_bench`), and of resolving a line in a large binary
 /// (`resolve_bench`; `DETRIX_BENCH_RESOLVE_BINARY` and `DETRIX_BENCH_RESOLVE_AT` name another
-/// binary and line, e.g. one with more debug info than the agent's own debug build).
-fn bench() -> anyhow::Result<()> {
+/// binary and line, e.g. one with more debug info than the agent's own debug build), and of
+/// values available on every statement line of the optimized fixtures against lldb-22
+/// (`avail_bench`; alone with `--availability`).
+fn bench(availability_only: bool) -> anyhow::Result<()> {
     let root = util::workspace_root()?;
     let obj = builds::ebpf(&root)?;
-    let mut cmd = std::process::Command::new("cargo");
-    cmd.current_dir(&root)
-        .args(["bench", "-p", "detrix-agent", "--bench", "capture_cost"])
-        .env("DETRIX_EBPF_OBJ", &obj);
-    util::run(&mut cmd)?;
+    if !availability_only {
+        let mut cmd = std::process::Command::new("cargo");
+        cmd.current_dir(&root)
+            .args(["bench", "-p", "detrix-agent", "--bench", "capture_cost"])
+            .env("DETRIX_EBPF_OBJ", &obj);
+        util::run(&mut cmd)?;
+    }
     let mut cmd = std::process::Command::new("cargo");
     cmd.current_dir(&root)
         .args(["build", "--release", "-p", "detrix-agent"])
         .env("DETRIX_EBPF_OBJ", &obj);
     util::run(&mut cmd)?;
     let agent = util::target_dir(&root)?.join("release/detrix-agent");
-    for bin in ["bp_bench", "resolve_bench"] {
+    let bins: &[&str] = if availability_only {
+        &["avail_bench"]
+    } else {
+        &["bp_bench", "resolve_bench", "avail_bench"]
+    };
+    for &bin in bins {
         let mut cmd = std::process::Command::new("cargo");
         cmd.current_dir(&root)
             .args([
@@ -128,7 +143,7 @@ fn main() -> ExitCode {
         Command::Demo { daemon: None } => demo::run(),
         Command::Demo { daemon: Some(url) } => demo::run_with_daemon(&url),
         Command::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
-        Command::Bench => bench(),
+        Command::Bench { availability } => bench(availability),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
