@@ -19,7 +19,6 @@ mod compare;
 mod lines;
 mod lldb;
 
-use std::collections::BTreeSet;
 use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
@@ -162,16 +161,17 @@ fn main() -> ExitCode {
     let rounds_text = rounds.to_string();
     let prog_args = [rounds_text.as_str(), "0"];
     let mut tallies = Vec::new();
-    let mut findings = Vec::new();
     let mut failed = false;
     for build in BUILDS
         .iter()
         .filter(|b| only.is_empty() || only.iter().any(|o| o == b.id))
     {
         let start = Instant::now();
+        let mut findings = Vec::new();
         match run_build(build, &agent_bin, &prog_args, &mut findings) {
             Ok(t) => {
                 print_build(build, &t, start.elapsed());
+                print_findings(&findings);
                 tallies.push((build.id, t));
             }
             Err(e) => {
@@ -181,7 +181,6 @@ fn main() -> ExitCode {
         }
     }
     print_summary(&tallies);
-    print_findings(&findings);
     if failed {
         ExitCode::FAILURE
     } else {
@@ -416,12 +415,9 @@ fn print_findings(findings: &[Finding]) {
     };
     let mut sorted: Vec<&Finding> = findings.iter().collect();
     sorted.sort_by_key(order);
-    let builds: BTreeSet<&str> = sorted.iter().map(|f| f.build).collect();
-    println!();
     println!(
-        "availability: {} findings in {} build(s): values that differ at the agent's probe; values lldb shows there the agent lacks; values lldb shows only at its own (other) stop; values not compared",
-        sorted.len(),
-        builds.len()
+        "{} findings: values that differ at the agent's probe; values lldb shows there the agent lacks; values lldb shows only at its own (other) stop; values not compared",
+        sorted.len()
     );
     for f in sorted {
         println!("  {}:{} {}: {}", f.build, f.line, f.name, f.what);
