@@ -164,6 +164,8 @@ pub async fn run(
 ) -> Result<Summary, CaptureError> {
     let (mut engine, mut reader) = Engine::start(prepared.resolver)?;
     let id = engine.install(&req.file, req.line, prepared.copies)?;
+    // Tools that start the target themselves wait for this line before letting it run.
+    eprintln!("capture: probes attached");
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(EngineError::Io)?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())

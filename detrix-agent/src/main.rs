@@ -290,8 +290,9 @@ struct CaptureArgs {
     /// Source location: FILE:LINE, FILE absolute, a path suffix, or a unique basename.
     #[arg(long, value_name = "FILE:LINE")]
     at: String,
-    /// Expression to capture (repeatable): x, a.b, p->f, *p, a[3].
-    #[arg(long = "expr", value_name = "EXPR", required = true)]
+    /// Expression to capture (repeatable): x, a.b, p->f, *p, a[3]. Optional with --locals or
+    /// --stack.
+    #[arg(long = "expr", value_name = "EXPR", required_unless_present_any = ["locals", "stack"])]
     exprs: Vec<String>,
     /// Stop after N hits (default: until Ctrl-C, SIGTERM, or the target exits).
     #[arg(long)]

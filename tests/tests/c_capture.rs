@@ -8,7 +8,6 @@ use detrix_e2e::{
     marker_line, parse_events, parse_kv, printed_field as printed, require_root, run_agent, Event,
     Fixture, Kind, Running, Value, AGENT_TIMEOUT,
 };
-use serde_json as _;
 
 /// Delay between the fixture's rounds.
 const DELAY_MS: u32 = 20;
@@ -113,6 +112,75 @@ fn process_line_values_match_printed() {
     }
 
     fixture.assert_keeps_running(3);
+}
+
+/// `--locals` alone, no `--expr`: every parameter and local of `process` at the line, each
+/// equal to what the fixture printed for that round; `capture: probes attached` comes before
+/// any hit (a tool that starts the target itself waits for it).
+#[test]
+fn locals_without_expr_match_printed() {
+    require_root();
+    agent_bin();
+    let src = c_fixture_source("orders");
+    let line = marker_line(&src, "process");
+    let fixture = Fixture::orders(DELAY_MS);
+    let at = format!("orders.c:{line}");
+    let out = run_agent(&capture_args(
+        fixture.pid(),
+        &at,
+        &[],
+        &["--locals", "--count", "2", "--format", "json"],
+    ));
+    out.assert_success();
+    let attached = out
+        .stderr
+        .lines()
+        .position(|l| l == "capture: probes attached");
+    let summary = out.stderr.lines().position(|l| l.contains(": hits="));
+    assert!(
+        attached.is_some() && attached < summary,
+        "`capture: probes attached` should precede the summary:\n{}",
+        out.stderr
+    );
+    let lines = out.stdout_lines();
+    assert_eq!(lines.len(), 2, "two hits:\n{}", out.stdout);
+    for l in lines {
+        let hit: Value = serde_json::from_str(l).expect("a JSON event");
+        assert_eq!(hit["values"], serde_json::json!({}), "no --expr: {l}");
+        let locals = hit["locals"].as_object().expect("locals object");
+        let mut names: Vec<&str> = locals.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["copy", "cost", "first", "o", "round"], "{l}");
+        let round = locals["round"].as_i64().expect("round is an integer");
+        let printed_line = fixture.process_line(round, PRINT_WAIT);
+        let kv = parse_kv(&printed_line);
+        assert_eq!(
+            locals["cost"].as_f64().map(|c| c.to_string()),
+            kv.get("cost")
+                .map(|c| c.parse::<f64>().expect("printed cost").to_string()),
+            "{l}\n{printed_line}"
+        );
+        assert_eq!(
+            Some(locals["first"].as_str().unwrap_or_default()),
+            kv.get("first").map(|f| f.trim_matches('\'')),
+            "{l}\n{printed_line}"
+        );
+        assert_eq!(
+            locals["o"].as_str(),
+            kv.get("o").map(String::as_str),
+            "{l}\n{printed_line}"
+        );
+        assert_eq!(
+            locals["copy"]["qty"].as_i64().map(|q| q.to_string()),
+            kv.get("copy.qty").cloned(),
+            "{l}\n{printed_line}"
+        );
+        assert_eq!(
+            locals["copy"]["id"].as_i64().map(|q| q.to_string()),
+            kv.get("id").cloned(),
+            "{l}\n{printed_line}"
+        );
+    }
 }
 
 #[test]

@@ -652,3 +652,84 @@ fn max_elements_cuts_rust_vec() {
 fn max_elements_cuts_go_slice() {
     max_elements_cut(lang::GO123_NL, "o.Items", "items");
 }
+
+/// Rust release: `*o` whole. Its scalar members equal what the fixture printed; its `String`,
+/// `&str` and `Vec` members, whose contents the plan does not copy inside a struct, are errors
+/// naming their printed lengths — never `"...(truncated)"` or `[]`, which `avail_bench` found
+/// (a `Vec` of three shown as empty).
+#[test]
+fn rust_struct_members_not_copied_say_so_with_their_length() {
+    require_root();
+    agent_bin();
+    let build = lang::RUST_O3;
+    let exe = build.build();
+    let fixture = Fixture::start(&exe, &["-1", DELAY_MS]);
+    let line = marker_line(&build.source(), "process");
+    let at = format!("{}:{line}", build.file);
+    let out: Output = run_agent(&capture_args(
+        fixture.pid(),
+        &at,
+        &["round", "*o"],
+        &["--count", "3", "--format", "json"],
+    ));
+    out.assert_success();
+    let probe = Probe {
+        name: "process",
+        printed: "process",
+        keys: &[("round", "round")],
+        copies: &[],
+        points: 1,
+        exprs: Vec::new(),
+    };
+    let hits: Vec<Hit> = out
+        .stdout_lines()
+        .into_iter()
+        .map(detrix_e2e::parse_event)
+        .collect();
+    assert_eq!(hits.len(), 3, "{}", out.stdout);
+    let not_copied = |ty: &str, n: usize| {
+        format!("not copied inside a struct: {ty} of len {n}; capture the member itself as its own expression")
+    };
+    for hit in &hits {
+        let line = printed_line_of(fixture.stdout(), &probe, hit);
+        let f = fields(&line);
+        let o = &hit.values["*o"];
+        assert_eq!(o["id"].to_string(), printed(&f, "id", &line), "{}", hit.raw);
+        assert_eq!(
+            o["qty"].to_string(),
+            printed(&f, "qty", &line),
+            "{}",
+            hit.raw
+        );
+        let customer = printed(&f, "customer", &line);
+        assert_eq!(
+            o["customer"]["error"],
+            // A `String` is its `Vec<u8>`, named as the agent's lldb-style text names it.
+            not_copied("Vec<u8, alloc::alloc::Global>", customer.len()),
+            "{}",
+            hit.raw
+        );
+        let note = printed(&f, "note", &line);
+        assert_eq!(
+            o["note"]["error"],
+            not_copied("&str", note.len()),
+            "{}",
+            hit.raw
+        );
+        let items = printed(&f, "items", &line);
+        let n = items
+            .trim_matches(['[', ']'])
+            .split(", ")
+            .filter(|s| !s.is_empty())
+            .count();
+        let got = o["items"]["error"].as_str().unwrap_or_default();
+        assert!(
+            got.starts_with("not copied inside a struct: Vec<i32")
+                && got.ends_with(&format!(
+                    " of len {n}; capture the member itself as its own expression"
+                )),
+            "`items` printed {items}: {}",
+            hit.raw
+        );
+    }
+}

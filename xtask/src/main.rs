@@ -65,8 +65,9 @@ enum Command {
     /// Per-hit cost table: no probe, empty-program floor, agent captures (placement off/on,
     /// batched vs per-event wakeup), asleep, and an lldb-dap logpoint — one run, as ratios.
     ///
-    /// SECTION picks some: capture, bp, resolve, coverage, fleet (200 simulated pods over two node
-    /// agents: staged fleet wake per stage, idle API requests). Without one, all of them.
+    /// SECTION picks some: capture, bp, resolve, coverage, availability (values on every
+    /// statement line of the optimized fixtures against lldb-22), fleet (200 simulated pods over
+    /// two node agents: staged fleet wake per stage, idle API requests). Without one, all of them.
     Bench { sections: Vec<String> },
 }
 
@@ -75,11 +76,19 @@ enum Command {
 /// lldb-dap and Delve (`bp_bench`), and of resolving a line in a large binary
 /// (`resolve_bench`; `DETRIX_BENCH_RESOLVE_BINARY` and `DETRIX_BENCH_RESOLVE_AT` name another
 /// binary and line, e.g. one with more debug info than the agent's own debug build), the
-/// share of probe points placement puts on an emulated instruction (`coverage_bench`), and a
-/// staged fleet wake of 200 simulated pods over two node agents (`fleet_bench`). `sections`
-/// (capture, bp, resolve, coverage, fleet) runs only those.
+/// share of probe points placement puts on an emulated instruction (`coverage_bench`), values
+/// available on every statement line of the optimized fixtures against lldb-22 (`avail_bench`),
+/// and a staged fleet wake of 200 simulated pods over two node agents (`fleet_bench`).
+/// `sections` (capture, bp, resolve, coverage, availability, fleet) runs only those.
 fn bench(sections: &[String]) -> anyhow::Result<()> {
-    const ALL: [&str; 5] = ["capture", "bp", "resolve", "coverage", "fleet"];
+    const ALL: [&str; 6] = [
+        "capture",
+        "bp",
+        "resolve",
+        "coverage",
+        "availability",
+        "fleet",
+    ];
     if let Some(bad) = sections.iter().find(|s| !ALL.contains(&s.as_str())) {
         anyhow::bail!("`{bad}` is not a bench section; use {}", ALL.join(", "));
     }
@@ -103,6 +112,7 @@ fn bench(sections: &[String]) -> anyhow::Result<()> {
         ("bp", "bp_bench"),
         ("resolve", "resolve_bench"),
         ("coverage", "coverage_bench"),
+        ("availability", "avail_bench"),
         ("fleet", "fleet_bench"),
     ] {
         if !on(section) {

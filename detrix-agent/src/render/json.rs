@@ -10,7 +10,10 @@
 //!   past 2^53 does not survive a JSON number in most readers);
 //! - a sequence not copied whole is the array of the elements that were: the CLI's
 //!   `--elem-cap` bounds it;
-//! - a read that failed, or a type the agent does not decode, is `{"error": …}`.
+//! - a read that failed, or a type the agent does not decode, is `{"error": …}`;
+//! - a Rust `String`/`&str`/`Vec` or C++ `std::string` nested in a struct, whose data the plan
+//!   does not copy (only its header), is `{"error": …}` naming its length: never `""` or `[]`,
+//!   which would say it is empty (`avail_bench` found `"items": []` for a `Vec` of three).
 
 use serde_json::{json, Map, Value as J};
 
@@ -30,6 +33,20 @@ pub fn value(node: &Node) -> J {
         Node::CString { ptr: 0, .. } => J::Null,
         Node::CString { text, cut, .. } => string(&String::from_utf8_lossy(text), *cut),
         Node::CharArray { text, truncated } => string(text, *truncated),
+        Node::Text {
+            type_name,
+            go: false,
+            len,
+            loaded: false,
+            ..
+        }
+        | Node::Seq {
+            type_name,
+            go: false,
+            len,
+            loaded: false,
+            ..
+        } => not_copied(type_name, *len),
         Node::Text { len, bytes, .. } => {
             string(&String::from_utf8_lossy(bytes), (bytes.len() as u64) < *len)
         }
@@ -98,6 +115,12 @@ fn tagged(name: &str, inner: J) -> J {
 /// strings `"NaN"`, `"inf"`, `"-inf"`.
 fn float(f: f64) -> J {
     serde_json::Number::from_f64(f).map_or_else(|| J::String(f.to_string()), J::Number)
+}
+
+/// A string or sequence inside a composite, of which only the header (length, pointer) was
+/// copied.
+fn not_copied(type_name: &str, len: u64) -> J {
+    json!({ "error": format!("not copied inside a struct: {type_name} of len {len}; capture the member itself as its own expression") })
 }
 
 /// A string, marked when the target's was longer than what was copied.
@@ -213,6 +236,59 @@ mod tests {
         b.extend([1, 0, 0, 0]);
         b.extend(2.75f64.to_le_bytes());
         assert_eq!(typed(&s, &b), json!({"id": -7, "ok": true, "price": 2.75}));
+    }
+
+    /// A Rust `String` and `Vec<i32>` nested in a struct: only their headers are copied, so
+    /// they are errors naming their lengths, not `"...(truncated)"` and `[]`.
+    #[test]
+    fn nested_rust_text_and_vec_not_copied_are_errors_with_their_length() {
+        let layout = |name: &str, style, stride| crate::plan::shape::CountedLayout {
+            header: 24,
+            ptr_off: 8,
+            len_off: 16,
+            cap_off: Some(0),
+            stride,
+            style,
+            type_name: name.into(),
+        };
+        let s = Shape::Struct {
+            name: "Order".into(),
+            members: vec![
+                (
+                    "customer".into(),
+                    0,
+                    Shape::Counted {
+                        layout: layout("alloc::string::String", CountedStyle::Text, 1),
+                        elem: Box::new(Shape::Char { size: 1 }),
+                        data: None,
+                    },
+                ),
+                (
+                    "items".into(),
+                    24,
+                    Shape::Counted {
+                        layout: layout("alloc::vec::Vec<i32>", CountedStyle::RustSeq, 4),
+                        elem: Box::new(Shape::Int {
+                            size: 4,
+                            signed: true,
+                        }),
+                        data: None,
+                    },
+                ),
+            ],
+        };
+        let mut b = [5u64, 0x1000, 5, 3, 0x2000, 3]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>();
+        b.truncate(48);
+        assert_eq!(
+            typed(&s, &b),
+            json!({
+                "customer": {"error": "not copied inside a struct: alloc::string::String of len 5; capture the member itself as its own expression"},
+                "items": {"error": "not copied inside a struct: alloc::vec::Vec<i32> of len 3; capture the member itself as its own expression"},
+            })
+        );
     }
 
     #[test]
