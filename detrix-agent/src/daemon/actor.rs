@@ -24,7 +24,7 @@ use super::debugger::{spawn_fallback_worker, JobRequest};
 use super::hub::Hub;
 use super::lifecycle::{Effect, Input, Lifecycle, Phase, SleepReply, WakeError, WakeReply};
 use super::recorder::DapRecorder;
-use super::registry::{Probes, Registry};
+use super::registry::{Probes, Registry, StatsHandle};
 use super::session::{accept_loop, SessionCtx};
 use super::AttachConfig;
 use crate::dap::facade::Options;
@@ -32,6 +32,9 @@ use crate::dap::template::Prefix;
 use crate::debuginfo::Language;
 use crate::engine::{Engine, EngineError, HitReader};
 use crate::target;
+
+/// How often the CPU breaker looks at each probe's cost.
+const BREAKER_WINDOW: Duration = Duration::from_secs(1);
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +71,9 @@ pub struct View {
     pub session_lost: bool,
     /// Hits dropped because the daemon did not read its session fast enough (shown when > 0).
     pub dropped_hits: u64,
+    /// Probes the CPU breaker switched off, and the last one's reason (shown when > 0).
+    pub switched_off: u64,
+    pub switched_off_reason: Option<String>,
 }
 
 /// What `/detrix/info` shows.
@@ -93,6 +99,8 @@ pub struct AgentHandle {
     /// The configured daemon URL and those named by `--allow-daemon-url`: the only URLs a wake
     /// may name (the token is sent to it).
     pub daemon_urls: Arc<[String]>,
+    /// The engine's counters, per probe and for the target (`/metrics`).
+    pub stats: StatsHandle,
 }
 
 impl AgentHandle {
@@ -229,6 +237,8 @@ impl Agent {
             connection_id: None,
             session_lost: false,
             dropped_hits: 0,
+            switched_off: 0,
+            switched_off_reason: None,
         }));
         let (tx, rx) = mpsc::channel(64);
         let info = Arc::new(Info {
@@ -247,6 +257,7 @@ impl Agent {
             daemon_urls: std::iter::once(cfg.daemon_url.clone())
                 .chain(cfg.allow_daemon_urls.iter().cloned())
                 .collect(),
+            stats: probes.stats_handle(),
         };
         let (exit_tx, _) = watch::channel(false);
         let client = DaemonClient::new(cfg.token.clone());
@@ -295,6 +306,8 @@ impl Agent {
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> ExitReason {
         tokio::pin!(shutdown);
         let mut liveness = tokio::time::interval(Duration::from_millis(200));
+        let mut breaker =
+            tokio::time::interval_at(tokio::time::Instant::now() + BREAKER_WINDOW, BREAKER_WINDOW);
         let reason = loop {
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
@@ -316,6 +329,7 @@ impl Agent {
                     }
                     self.watch_sessions().await;
                 }
+                _ = breaker.tick() => self.enforce_budget().await,
                 () = &mut shutdown => {
                     self.drive(Input::Sleep).await;
                     break ExitReason::Shutdown;
@@ -324,6 +338,22 @@ impl Agent {
         };
         self.pump.abort();
         reason
+    }
+
+    /// The CPU breaker: every probe whose cost over the last window exceeds the per-probe
+    /// budget is switched off; how many and why (those the host's budget switched off too)
+    /// show in `/detrix/status` and `/metrics`.
+    async fn enforce_budget(&mut self) {
+        let off = self
+            .probes
+            .enforce_budget(BREAKER_WINDOW, self.cfg.cpu_budget)
+            .await;
+        if let Some((_, why)) = off.last() {
+            let mut v = self.view.lock().unwrap_or_else(PoisonError::into_inner);
+            v.switched_off += off.len() as u64;
+            v.switched_off_reason =
+                Some(format!("{why}; raise the CPU budget or pick a colder line"));
+        }
     }
 
     /// Notices a daemon session that ended while awake (the daemon died, or closed the socket
