@@ -63,30 +63,54 @@ enum Command {
         targets: Vec<String>,
     },
     /// Per-hit cost table: no probe, empty-program floor, agent captures (placement off/on,
-    /// batched vs per-event wakeup), asleep, and an lldb-dap logpoint — one run, as ratios.
-    Bench,
+    /// batched vs per-event wakeup), asleep, and an lldb-dap logpoint — one run, as ratios;
+    /// then breakpoint mode, resolving, and `serve` on one host.
+    Bench {
+        /// Sections to run (capture, bp, resolve, serve); none: all of them.
+        sections: Vec<String>,
+    },
 }
 
 /// Builds the eBPF object, then runs the benchmarks, release builds, one table each:
 /// per-hit cost of logpoints (`capture_cost`), of breakpoint-mode stack snapshots against
 /// lldb-dap and Delve (`bp_bench`), and of resolving a line in a large binary
 /// (`resolve_bench`; `DETRIX_BENCH_RESOLVE_BINARY` and `DETRIX_BENCH_RESOLVE_AT` name another
-/// binary and line, e.g. one with more debug info than the agent's own debug build).
-fn bench() -> anyhow::Result<()> {
+/// binary and line, e.g. one with more debug info than the agent's own debug build), and of
+/// `serve` on one host (`serve_bench`: exec → target, wake, setBreakpoints, attach of many
+/// probes, RSS with idle targets, per-hit cost with many targets). `cargo xtask bench serve`
+/// runs one section.
+fn bench(sections: &[String]) -> anyhow::Result<()> {
+    const SECTIONS: [&str; 4] = ["capture", "bp", "resolve", "serve"];
+    if let Some(bad) = sections.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+        anyhow::bail!(
+            "`{bad}` is not a bench section; name some of {}",
+            SECTIONS.join(", ")
+        );
+    }
+    let wanted = |s: &str| sections.is_empty() || sections.iter().any(|x| x == s);
     let root = util::workspace_root()?;
     let obj = builds::ebpf(&root)?;
-    let mut cmd = std::process::Command::new("cargo");
-    cmd.current_dir(&root)
-        .args(["bench", "-p", "detrix-agent", "--bench", "capture_cost"])
-        .env("DETRIX_EBPF_OBJ", &obj);
-    util::run(&mut cmd)?;
+    if wanted("capture") {
+        let mut cmd = std::process::Command::new("cargo");
+        cmd.current_dir(&root)
+            .args(["bench", "-p", "detrix-agent", "--bench", "capture_cost"])
+            .env("DETRIX_EBPF_OBJ", &obj);
+        util::run(&mut cmd)?;
+    }
     let mut cmd = std::process::Command::new("cargo");
     cmd.current_dir(&root)
         .args(["build", "--release", "-p", "detrix-agent"])
         .env("DETRIX_EBPF_OBJ", &obj);
     util::run(&mut cmd)?;
     let agent = util::target_dir(&root)?.join("release/detrix-agent");
-    for bin in ["bp_bench", "resolve_bench"] {
+    for (section, bin) in [
+        ("bp", "bp_bench"),
+        ("resolve", "resolve_bench"),
+        ("serve", "serve_bench"),
+    ] {
+        if !wanted(section) {
+            continue;
+        }
         let mut cmd = std::process::Command::new("cargo");
         cmd.current_dir(&root)
             .args([
@@ -128,7 +152,7 @@ fn main() -> ExitCode {
         Command::Demo { daemon: None } => demo::run(),
         Command::Demo { daemon: Some(url) } => demo::run_with_daemon(&url),
         Command::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
-        Command::Bench => bench(),
+        Command::Bench { sections } => bench(&sections),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
