@@ -181,6 +181,8 @@ pub struct Agent {
     /// [`Hub::ended`] when last looked at: a change while awake with no live session is a
     /// lost daemon session.
     sessions_ended: u64,
+    /// The CPU breaker's last run, while it waits for the registry.
+    breaker: Option<JoinHandle<()>>,
 }
 
 impl Agent {
@@ -284,6 +286,7 @@ impl Agent {
             session_opts,
             sessions_ended: 0,
             target,
+            breaker: None,
         };
         (agent, handle)
     }
@@ -329,7 +332,7 @@ impl Agent {
                     }
                     self.watch_sessions().await;
                 }
-                _ = breaker.tick() => self.enforce_budget().await,
+                _ = breaker.tick() => self.enforce_budget(),
                 () = &mut shutdown => {
                     self.drive(Input::Sleep).await;
                     break ExitReason::Shutdown;
@@ -337,23 +340,32 @@ impl Agent {
             }
         };
         self.pump.abort();
+        if let Some(b) = self.breaker.take() {
+            b.abort();
+        }
         reason
     }
 
     /// The CPU breaker: every probe whose cost over the last window exceeds the per-probe
     /// budget is switched off; how many and why (those the host's budget switched off too)
-    /// show in `/detrix/status` and `/metrics`.
-    async fn enforce_budget(&mut self) {
-        let off = self
-            .probes
-            .enforce_budget(BREAKER_WINDOW, self.cfg.cpu_budget)
-            .await;
-        if let Some((_, why)) = off.last() {
-            let mut v = self.view.lock().unwrap_or_else(PoisonError::into_inner);
-            v.switched_off += off.len() as u64;
-            v.switched_off_reason =
-                Some(format!("{why}; raise the CPU budget or pick a colder line"));
+    /// show in `/detrix/status` and `/metrics`. On its own task: the registry may be busy with
+    /// a long install, and wake and sleep must not wait for it.
+    fn enforce_budget(&mut self) {
+        if self.breaker.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
         }
+        let probes = self.probes.clone();
+        let view = self.view.clone();
+        let budget = self.cfg.cpu_budget;
+        self.breaker = Some(tokio::spawn(async move {
+            let off = probes.enforce_budget(BREAKER_WINDOW, budget).await;
+            if let Some((_, why)) = off.last() {
+                let mut v = view.lock().unwrap_or_else(PoisonError::into_inner);
+                v.switched_off += off.len() as u64;
+                v.switched_off_reason =
+                    Some(format!("{why}; raise the CPU budget or pick a colder line"));
+            }
+        }));
     }
 
     /// Notices a daemon session that ended while awake (the daemon died, or closed the socket

@@ -83,6 +83,9 @@ struct Entry {
     exited: bool,
 }
 
+/// The host-wide breaker, over every target's probes by (target, probe).
+type HostBreaker = HostBudget<(u64, ProbeId)>;
+
 /// The table of targets.
 #[derive(Debug)]
 pub struct Host {
@@ -93,7 +96,7 @@ pub struct Host {
     /// The host's one eBPF program, or why the kernel refused it.
     kernel: tokio::sync::OnceCell<Result<Arc<Kernel>, String>>,
     /// The host-wide CPU breaker, by (target, probe).
-    budget: tokio::sync::Mutex<HostBudget<(u64, ProbeId)>>,
+    budget: tokio::sync::Mutex<(HostBreaker, Option<tokio::time::Instant>)>,
 }
 
 impl Host {
@@ -104,15 +107,18 @@ impl Host {
             next_id: std::sync::atomic::AtomicU64::new(1),
             stats: Mutex::default(),
             kernel: tokio::sync::OnceCell::new(),
-            budget: tokio::sync::Mutex::new(HostBudget::new(settings.host_cpu_budget)),
+            budget: tokio::sync::Mutex::new((HostBudget::new(settings.host_cpu_budget), None)),
             settings,
         })
     }
 
     /// The host-wide CPU breaker, once a window: weighs every target's probes together and
-    /// switches the dearest off while they cost more than the host budget.
-    pub async fn enforce_host_budget(&self, window: Duration) {
-        let mut budget = self.budget.lock().await;
+    /// switches the dearest off while they cost more than the host budget. A window in which
+    /// a target's registry did not answer in time (busy with a long install) is not judged:
+    /// the next one spans both, weighed over the time that really passed.
+    pub async fn enforce_host_budget(&self) {
+        let mut guard = self.budget.lock().await;
+        let (budget, since) = &mut *guard;
         if budget.budget <= 0.0 {
             return;
         }
@@ -124,12 +130,19 @@ impl Host {
         let mut costs = Vec::new();
         let mut by_target = HashMap::new();
         for (id, h) in handles {
-            let Some(stats) = h.stats.stats().await else {
-                continue;
-            };
-            costs.extend(stats.probes.iter().map(|p| ((id, p.probe), p.cost_ns)));
-            by_target.insert(id, h);
+            match tokio::time::timeout(STATS_WAIT, h.stats.stats()).await {
+                Ok(Some(stats)) => {
+                    costs.extend(stats.probes.iter().map(|p| ((id, p.probe), p.cost_ns)));
+                    by_target.insert(id, h);
+                }
+                // Ended meanwhile: its probes are gone.
+                Ok(None) => {}
+                Err(_) => return,
+            }
         }
+        let now = tokio::time::Instant::now();
+        let window = since.map_or(HOST_BUDGET_WINDOW, |t| now.duration_since(t));
+        *since = Some(now);
         for ((id, probe), why) in budget.over(window, costs) {
             tracing::warn!(target = id, session = probe.session, probe = probe.n, %why, "host CPU budget exceeded; probe switched off");
             if let Some(h) = by_target.get(&id) {
@@ -140,7 +153,7 @@ impl Host {
 
     /// Windows in which every target's probes together exceeded the host budget.
     pub async fn host_budget_trips(&self) -> u64 {
-        self.budget.lock().await.trips
+        self.budget.lock().await.0.trips
     }
 
     /// The host's eBPF program, loaded on first use (verification takes seconds on a busy
@@ -247,7 +260,9 @@ impl Host {
             .collect();
         let mut targets = Vec::new();
         for (id, name, pid, handle) in running {
-            let Some(stats) = handle.stats.stats().await else {
+            // A target whose registry is busy (a long install) is left out of this scrape.
+            let Ok(Some(stats)) = tokio::time::timeout(STATS_WAIT, handle.stats.stats()).await
+            else {
                 continue;
             };
             targets.push(TargetCounters {
@@ -573,10 +588,20 @@ pub async fn run(
         tokio::time::Instant::now() + HOST_BUDGET_WINDOW,
         HOST_BUDGET_WINDOW,
     );
+    let mut breaker: Option<tokio::task::JoinHandle<()>> = None;
     let result = loop {
         tokio::select! {
             () = &mut shutdown => break Ok(()),
-            _ = budget.tick() => host.enforce_host_budget(HOST_BUDGET_WINDOW).await,
+            _ = budget.tick() => {
+                // On its own task: a target's registry busy with a long install must not hold
+                // up discovery.
+                if breaker.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
+                    let h = host.clone();
+                    breaker = Some(tokio::spawn(async move {
+                        h.enforce_host_budget().await;
+                    }));
+                }
+            }
             Some(new) = reloads.recv() => {
                 host.reload(&new);
                 cfg = new;
@@ -605,9 +630,15 @@ pub async fn run(
             }
         }
     };
+    if let Some(b) = breaker {
+        b.abort();
+    }
     host.stop_all(Duration::from_millis(1500)).await;
     result
 }
+
+/// How long `/metrics` and the host breaker wait for one target's counters.
+const STATS_WAIT: Duration = Duration::from_millis(500);
 
 /// How often the host-wide CPU breaker weighs every probe.
 const HOST_BUDGET_WINDOW: Duration = Duration::from_secs(1);

@@ -39,12 +39,26 @@ const IDLE: usize = 100;
 const BUSY: usize = 50;
 /// Repetitions of the wake and setBreakpoints rows.
 const REPEAT: usize = 10;
+/// The longest a many-probe `setBreakpoints` may take here.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(120);
 
 type Res<T> = Result<T, String>;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The table's rows, each also printed to stderr as it is measured (a run cut short keeps
+/// what it measured).
+#[derive(Default)]
+struct Rows(Vec<(String, String)>);
+
+impl Rows {
+    fn push(&mut self, row: (String, String)) {
+        eprintln!("serve_bench: {}: {}", row.0, row.1);
+        self.0.push(row);
+    }
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -184,7 +198,7 @@ fn main() {
 #[allow(clippy::too_many_lines, reason = "one run, one table, in order")]
 fn run() -> Res<()> {
     detrix_e2e::require_root();
-    let mut rows: Vec<(String, String)> = Vec::new();
+    let mut rows = Rows::default();
     let orders = copy(&build_c_fixture("orders", Build::Debug), "idle");
     let looper = copy(&build_c_fixture("bench_loop", Build::Debug), "loop");
     let (lines_src, lines_exe) = many_lines()?;
@@ -317,7 +331,11 @@ fn run() -> Res<()> {
             .collect();
         seq += 1;
         let t0 = Instant::now();
-        let r = dap.request(&set_bps(seq, &lpath, json!(bps)));
+        let Some(r) = dap.request_within(&set_bps(seq, &lpath, json!(bps)), ATTACH_TIMEOUT) else {
+            return Err(format!(
+                "setBreakpoints with {n} probes unanswered after {ATTACH_TIMEOUT:?}"
+            ));
+        };
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         let verified = r["body"]["breakpoints"].as_array().map_or(0, |b| {
             b.iter().filter(|x| x["verified"] == json!(true)).count()
@@ -333,7 +351,7 @@ fn run() -> Res<()> {
             format!("{ms:.0} ms, {verified} attached{refused}"),
         ));
         seq += 1;
-        dap.request(&set_bps(seq, &lpath, json!([])));
+        dap.request_within(&set_bps(seq, &lpath, json!([])), ATTACH_TIMEOUT);
     }
     drop(dap);
     drop(many);
@@ -415,6 +433,7 @@ fn run() -> Res<()> {
         let _ = std::fs::remove_file(p);
     }
 
+    let rows = rows.0;
     let w = rows
         .iter()
         .map(|(k, _)| k.chars().count())
