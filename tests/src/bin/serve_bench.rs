@@ -135,6 +135,19 @@ fn wake(serve: &Serve, id: &str) -> Res<f64> {
     Ok(ms)
 }
 
+/// [`wake`], tried up to three times (a busy host can time out one health check); for the rows
+/// that need a target awake, not the wake's time.
+fn wake_retrying(serve: &Serve, id: &str) -> Res<f64> {
+    let mut last = Err(String::new());
+    for _ in 0..3 {
+        last = wake(serve, id);
+        if last.is_ok() {
+            break;
+        }
+    }
+    last
+}
+
 /// `bench_loop` started on its own (it prints `ready`, not a pid), and its ns per call.
 struct Loop {
     child: Child,
@@ -213,6 +226,11 @@ fn run() -> Res<()> {
             &format!("exe={}", lines_exe.display()),
             "--daemon-url",
             &stub.url,
+            // The per-hit row keeps a probe on a tight loop: no breaker may switch it off.
+            "--cpu-budget",
+            "0",
+            "--host-cpu-budget",
+            "0",
         ],
         &[],
     );
@@ -316,7 +334,7 @@ fn run() -> Res<()> {
     // Attach time of 1, 100, 1000 probes on one target.
     let many = Fixture::start(&lines_exe, &[]);
     let mid = target_id(&serve, many.pid());
-    wake(&serve, &mid)?;
+    wake_retrying(&serve, &mid)?;
     let (_, mut dap) = stub.take_session();
     let lpath = lines_src.display().to_string();
     let text = std::fs::read_to_string(&lines_src).map_err(|e| e.to_string())?;
@@ -356,10 +374,24 @@ fn run() -> Res<()> {
     drop(dap);
     drop(many);
 
-    // Per-hit cost: bench_loop with a probe, alone and with BUSY - 1 other targets probed.
+    // Per-hit cost: bench_loop with a probe, with BUSY - 1 other targets probed, then alone.
+    // The others are woken and probed first: the probed loop floods its session with events,
+    // and on a small machine the emulator then answers health checks late.
+    let mut others = Vec::new();
+    for id in ids.iter().skip(REPEAT).take(BUSY - 1) {
+        wake_retrying(&serve, id)?;
+        let (_, mut d) = stub.take_session();
+        seq += 1;
+        d.request(&set_bps(
+            seq,
+            &path,
+            json!([{"line": line, "logMessage": "DETRICS:m={o->id}"}]),
+        ));
+        others.push(d);
+    }
     let lp = Loop::start(&looper);
     let lid = target_id(&serve, lp.child.id());
-    wake(&serve, &lid)?;
+    wake_retrying(&serve, &lid)?;
     let (_, mut ldap) = stub.take_session();
     let base = lp.ns_per_call(5);
     let lsrc = detrix_e2e::c_fixture_source("bench_loop");
@@ -370,30 +402,19 @@ fn run() -> Res<()> {
         &lsrc.display().to_string(),
         json!([{"line": lline, "logMessage": "DETRICS:i={i}"}]),
     ));
-    let one = lp.ns_per_call(5) - base;
-    let mut others = Vec::new();
-    for id in ids.iter().skip(REPEAT).take(BUSY - 1) {
-        wake(&serve, id)?;
-        let (_, mut d) = stub.take_session();
+    let fifty = lp.ns_per_call(5) - base;
+    for d in &mut others {
         seq += 1;
-        d.request(&set_bps(
-            seq,
-            &path,
-            json!([{"line": line, "logMessage": "DETRICS:m={o->id}"}]),
-        ));
-        others.push(d);
+        d.request_within(&set_bps(seq, &path, json!([])), ATTACH_TIMEOUT);
     }
-    let base2 = {
-        // The probed loop's pace again, with every other target probed.
-        lp.ns_per_call(5)
-    } - base;
+    let one = lp.ns_per_call(5) - base;
     rows.push((
         "per hit, 1 target probed (ns over no probe)".into(),
         format!("{one:.0} ns"),
     ));
     rows.push((
         format!("per hit, {BUSY} targets probed (ns over no probe)"),
-        format!("{base2:.0} ns ({:.2}× the one-target cost)", base2 / one),
+        format!("{fifty:.0} ns ({:.2}× the one-target cost)", fifty / one),
     ));
     drop(others);
     drop(ldap);
