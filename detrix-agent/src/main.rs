@@ -129,6 +129,10 @@ struct ServeArgs {
     /// besides those annotated detrix.dev/observe: "true". Node mode only.
     #[arg(long, env = "DETRIX_POD_SELECTOR")]
     pod_selector: Option<String>,
+    /// Percent of one CPU every target's probes together may cost before the dearest are
+    /// switched off; 0 = no host budget.
+    #[arg(long, default_value_t = 100.0)]
+    host_cpu_budget: f64,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -156,6 +160,10 @@ struct ClientArgs {
     /// Seconds to wait for the unregistration.
     #[arg(long, env = "DETRIX_UNREGISTER_TIMEOUT", default_value_t = 2.0)]
     unregister_timeout: f64,
+    /// Percent of one CPU a probe may cost (BPF time + trap estimate, over a second) before
+    /// it is switched off; 0 = never.
+    #[arg(long, default_value_t = 20.0)]
+    cpu_budget: f64,
 }
 
 impl ClientArgs {
@@ -169,6 +177,17 @@ impl ClientArgs {
             home.as_deref(),
             self.detrix_home.as_deref(),
         )
+    }
+
+    /// `--cpu-budget` as a fraction of one CPU, checked.
+    fn cpu_budget(&self) -> anyhow::Result<f64> {
+        if !(self.cpu_budget.is_finite() && self.cpu_budget >= 0.0) {
+            anyhow::bail!(
+                "--cpu-budget {} is not a percentage of one CPU; pass a number ≥ 0 (0 = no breaker)",
+                self.cpu_budget
+            );
+        }
+        Ok(self.cpu_budget / 100.0)
     }
 
     /// The health, registration and unregistration timeouts, checked.
@@ -421,6 +440,7 @@ fn attach(args: AttachArgs) -> anyhow::Result<ExitCode> {
             .daemon_name(),
     };
     let [health_timeout, register_timeout, unregister_timeout] = args.client.timeouts()?;
+    let cpu_budget = args.client.cpu_budget()?;
     let cfg = AttachConfig {
         pid: args.pid,
         name: args
@@ -451,6 +471,7 @@ fn attach(args: AttachArgs) -> anyhow::Result<ExitCode> {
                 tag: args.build_tag.clone(),
             },
         ),
+        cpu_budget,
     };
     let dap_record = args.dap_record.clone();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -539,6 +560,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let token = args.client.token();
     let [health_timeout, register_timeout, unregister_timeout] = args.client.timeouts()?;
+    let cpu_budget = args.client.cpu_budget()?;
+    if !(args.host_cpu_budget.is_finite() && args.host_cpu_budget >= 0.0) {
+        anyhow::bail!(
+            "--host-cpu-budget {} is not a percentage of one CPU; pass a number ≥ 0 (0 = no host budget)",
+            args.host_cpu_budget
+        );
+    }
+    let host_cpu_budget = args.host_cpu_budget / 100.0;
     // Debug info is read on blocking threads (one per target starting); they go 2 s after
     // the last start rather than tokio's default 10 s.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -582,7 +611,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             health_timeout,
             register_timeout,
             unregister_timeout,
+            cpu_budget,
+            host_cpu_budget,
         });
+        // One eBPF program for every target, loaded while the rest starts.
+        host.preload();
         {
             // The one line the upstream conformance harness reads to find the control plane.
             let mut out = std::io::stdout().lock();

@@ -150,6 +150,33 @@ impl EventRings {
         })
     }
 
+    /// Bytes published and not yet read in the fullest CPU's ring (of `CPU_RING_BYTES`).
+    #[must_use]
+    #[expect(
+        clippy::cast_ptr_alignment,
+        reason = "the mapping is page-aligned and CpuRing a multiple of 4096 bytes: the u64 \
+                  reads are aligned"
+    )]
+    pub fn backlog_bytes(&self) -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        (0..self.ncpus)
+            .map(|cpu| {
+                // SAFETY: cpu < ncpus, so the ring lies inside the mapping; `head` and `tail`
+                // are aligned u64s of the ring, only read here.
+                unsafe {
+                    let ring = self.base.as_ptr().add(cpu * std::mem::size_of::<CpuRing>());
+                    let head = AtomicU64::from_ptr(ring.cast::<u64>()).load(Ordering::Acquire);
+                    let tail = AtomicU64::from_ptr(
+                        ring.add(std::mem::offset_of!(CpuRing, tail)).cast::<u64>(),
+                    )
+                    .load(Ordering::Relaxed);
+                    head.saturating_sub(tail)
+                }
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Hands at most `max` published records to `f` (the [`Event`] bytes of each: header and
     /// data, for [`parse_record`]), oldest first within each CPU, and frees their space.
     /// Returns how many it handed over.

@@ -356,7 +356,20 @@ fn churn_of_200_processes_every_one_a_target_nothing_left() {
     let serve = Serve::start(&["--select", &format!("exe={}", exe.display())], &[]);
     let pid = serve.child.id();
     let (fd_dir, task_dir) = (format!("/proc/{pid}/fd"), format!("/proc/{pid}/task"));
-    std::thread::sleep(Duration::from_millis(300));
+    // The host's one eBPF program is loaded at start and held for the host (its maps, program
+    // and rings are descriptors): count from when it is, and its loading thread has idled out.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http("GET", &format!("{}/metrics", serve.control), None)
+        .1
+        .contains("\ndetrix_ebpf_load_seconds ")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the host's eBPF program never loaded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(2500));
     let (fds0, threads0) = (count(&fd_dir), count(&task_dir));
     let mut children = Vec::new();
     for _ in 0..N {

@@ -66,8 +66,10 @@ enum Command {
     /// batched vs per-event wakeup), asleep, and an lldb-dap logpoint — one run, as ratios.
     ///
     /// SECTION picks some: capture, bp, resolve, coverage, availability (values on every
-    /// statement line of the optimized fixtures against lldb-22), fleet (200 simulated pods over
-    /// two node agents: staged fleet wake per stage, idle API requests). Without one, all of them.
+    /// statement line of the optimized fixtures against lldb-22), serve (one host agent: exec →
+    /// target, wake, setBreakpoints, many probes, idle RSS, per-hit cost with many targets), fleet
+    /// (200 simulated pods over two node agents: staged fleet wake per stage, idle API requests).
+    /// Without one, all of them.
     Bench { sections: Vec<String> },
 }
 
@@ -78,15 +80,18 @@ enum Command {
 /// binary and line, e.g. one with more debug info than the agent's own debug build), the
 /// share of probe points placement puts on an emulated instruction (`coverage_bench`), values
 /// available on every statement line of the optimized fixtures against lldb-22 (`avail_bench`),
-/// and a staged fleet wake of 200 simulated pods over two node agents (`fleet_bench`).
-/// `sections` (capture, bp, resolve, coverage, availability, fleet) runs only those.
+/// `serve` on one host (`serve_bench`: exec → target, wake, setBreakpoints, attach of many
+/// probes, RSS with idle targets, per-hit cost with many targets), and a staged fleet wake of
+/// 200 simulated pods over two node agents (`fleet_bench`). `sections` (capture, bp, resolve,
+/// coverage, availability, serve, fleet) runs only those.
 fn bench(sections: &[String]) -> anyhow::Result<()> {
-    const ALL: [&str; 6] = [
+    const ALL: [&str; 7] = [
         "capture",
         "bp",
         "resolve",
         "coverage",
         "availability",
+        "serve",
         "fleet",
     ];
     if let Some(bad) = sections.iter().find(|s| !ALL.contains(&s.as_str())) {
@@ -113,6 +118,7 @@ fn bench(sections: &[String]) -> anyhow::Result<()> {
         ("resolve", "resolve_bench"),
         ("coverage", "coverage_bench"),
         ("availability", "avail_bench"),
+        ("serve", "serve_bench"),
         ("fleet", "fleet_bench"),
     ] {
         if !on(section) {

@@ -75,12 +75,17 @@ async fn status(State(agent): State<AgentHandle>) -> Json<Value> {
         "connection_id": v.connection_id,
     });
     // Extra keys only when there is something to report (the SDKs' status has neither): a
-    // daemon session lost while awake (issue #12 point 6), hits a slow daemon made us drop.
+    // daemon session lost while awake (issue #12 point 6), hits a slow daemon made us drop,
+    // probes the CPU breaker switched off.
     if v.session_lost {
         body["daemon_session"] = "lost".into();
     }
     if v.dropped_hits > 0 {
         body["dropped_hits"] = v.dropped_hits.into();
+    }
+    if v.switched_off > 0 {
+        body["probes_switched_off"] = v.switched_off.into();
+        body["probe_switched_off_reason"] = v.switched_off_reason.clone().into();
     }
     Json(body)
 }

@@ -24,7 +24,7 @@ use super::debugger::{spawn_fallback_worker, JobRequest};
 use super::hub::Hub;
 use super::lifecycle::{Effect, Input, Lifecycle, Phase, SleepReply, WakeError, WakeReply};
 use super::recorder::DapRecorder;
-use super::registry::{Probes, Registry};
+use super::registry::{Probes, Registry, StatsHandle};
 use super::session::{accept_loop, SessionCtx};
 use super::AttachConfig;
 use crate::dap::facade::Options;
@@ -32,6 +32,9 @@ use crate::dap::template::Prefix;
 use crate::debuginfo::Language;
 use crate::engine::{Engine, EngineError, HitReader};
 use crate::target;
+
+/// How often the CPU breaker looks at each probe's cost.
+const BREAKER_WINDOW: Duration = Duration::from_secs(1);
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +71,9 @@ pub struct View {
     pub session_lost: bool,
     /// Hits dropped because the daemon did not read its session fast enough (shown when > 0).
     pub dropped_hits: u64,
+    /// Probes the CPU breaker switched off, and the last one's reason (shown when > 0).
+    pub switched_off: u64,
+    pub switched_off_reason: Option<String>,
 }
 
 /// What `/detrix/info` shows.
@@ -93,6 +99,8 @@ pub struct AgentHandle {
     /// The configured daemon URL and those named by `--allow-daemon-url`: the only URLs a wake
     /// may name (the token is sent to it).
     pub daemon_urls: Arc<[String]>,
+    /// The engine's counters, per probe and for the target (`/metrics`).
+    pub stats: StatsHandle,
 }
 
 impl AgentHandle {
@@ -173,6 +181,8 @@ pub struct Agent {
     /// [`Hub::ended`] when last looked at: a change while awake with no live session is a
     /// lost daemon session.
     sessions_ended: u64,
+    /// The CPU breaker's last run, while it waits for the registry.
+    breaker: Option<JoinHandle<()>>,
 }
 
 impl Agent {
@@ -229,6 +239,8 @@ impl Agent {
             connection_id: None,
             session_lost: false,
             dropped_hits: 0,
+            switched_off: 0,
+            switched_off_reason: None,
         }));
         let (tx, rx) = mpsc::channel(64);
         let info = Arc::new(Info {
@@ -247,6 +259,7 @@ impl Agent {
             daemon_urls: std::iter::once(cfg.daemon_url.clone())
                 .chain(cfg.allow_daemon_urls.iter().cloned())
                 .collect(),
+            stats: probes.stats_handle(),
         };
         let (exit_tx, _) = watch::channel(false);
         let client = DaemonClient::new(cfg.token.clone());
@@ -273,6 +286,7 @@ impl Agent {
             session_opts,
             sessions_ended: 0,
             target,
+            breaker: None,
         };
         (agent, handle)
     }
@@ -295,6 +309,8 @@ impl Agent {
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> ExitReason {
         tokio::pin!(shutdown);
         let mut liveness = tokio::time::interval(Duration::from_millis(200));
+        let mut breaker =
+            tokio::time::interval_at(tokio::time::Instant::now() + BREAKER_WINDOW, BREAKER_WINDOW);
         let reason = loop {
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
@@ -316,6 +332,7 @@ impl Agent {
                     }
                     self.watch_sessions().await;
                 }
+                _ = breaker.tick() => self.enforce_budget(),
                 () = &mut shutdown => {
                     self.drive(Input::Sleep).await;
                     break ExitReason::Shutdown;
@@ -323,7 +340,32 @@ impl Agent {
             }
         };
         self.pump.abort();
+        if let Some(b) = self.breaker.take() {
+            b.abort();
+        }
         reason
+    }
+
+    /// The CPU breaker: every probe whose cost over the last window exceeds the per-probe
+    /// budget is switched off; how many and why (those the host's budget switched off too)
+    /// show in `/detrix/status` and `/metrics`. On its own task: the registry may be busy with
+    /// a long install, and wake and sleep must not wait for it.
+    fn enforce_budget(&mut self) {
+        if self.breaker.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let probes = self.probes.clone();
+        let view = self.view.clone();
+        let budget = self.cfg.cpu_budget;
+        self.breaker = Some(tokio::spawn(async move {
+            let off = probes.enforce_budget(BREAKER_WINDOW, budget).await;
+            if let Some((_, why)) = off.last() {
+                let mut v = view.lock().unwrap_or_else(PoisonError::into_inner);
+                v.switched_off += off.len() as u64;
+                v.switched_off_reason =
+                    Some(format!("{why}; raise the CPU budget or pick a colder line"));
+            }
+        }));
     }
 
     /// Notices a daemon session that ended while awake (the daemon died, or closed the socket

@@ -55,6 +55,9 @@ pub struct AttachConfig {
     pub unregister_timeout: Duration,
     /// The target's build identity (`buildinfo::for_process`).
     pub build: crate::buildinfo::BuildInfo,
+    /// Fraction of one CPU a probe may cost (BPF time + trap estimate) before the breaker
+    /// switches it off; 0 = no breaker.
+    pub cpu_budget: f64,
 }
 
 /// The token sent to the daemon and required from remote control-plane callers, in the order

@@ -15,11 +15,35 @@
 //! place that maps the first to the second.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
+use detrix_common::Counters;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::dap::{ProbeHit, ProbeId};
 use crate::engine::{Engine, EngineError, Hit, LogpointId, LogpointSpec};
+
+/// One attached probe's counters, as `/metrics` shows them.
+#[derive(Debug, Clone)]
+pub struct ProbeStats {
+    pub probe: ProbeId,
+    pub file: String,
+    pub line: u32,
+    pub counters: Counters,
+    /// Estimated CPU cost since attached, ns ([`Engine::cost_ns`]).
+    pub cost_ns: u64,
+}
+
+/// What a target's engine has counted: every probe attached now, the target's totals (removed
+/// probes included) and the probes the CPU breaker switched off.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub probes: Vec<ProbeStats>,
+    pub totals: Counters,
+    pub switched_off: u64,
+    /// The last probe switched off, with the reason.
+    pub last_switched_off: Option<(ProbeId, String)>,
+}
 
 #[derive(Debug)]
 struct Entry {
@@ -36,6 +60,10 @@ pub struct Registry {
     entries: BTreeMap<ProbeId, Entry>,
     by_engine: HashMap<LogpointId, ProbeId>,
     suspended: bool,
+    switched_off: u64,
+    last_switched_off: Option<(ProbeId, String)>,
+    /// Switched off by the host's budget, not yet reported by [`Registry::enforce_budget`].
+    unreported: Vec<(ProbeId, String)>,
 }
 
 impl Registry {
@@ -46,7 +74,73 @@ impl Registry {
             entries: BTreeMap::new(),
             by_engine: HashMap::new(),
             suspended: false,
+            switched_off: 0,
+            last_switched_off: None,
+            unreported: Vec::new(),
         }
+    }
+
+    /// The counters of every attached probe and of the target.
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        let probes = self
+            .entries
+            .iter()
+            .filter_map(|(probe, e)| {
+                let eid = e.engine_id?;
+                Some(ProbeStats {
+                    probe: *probe,
+                    file: e.file.clone(),
+                    line: e.spec.line,
+                    counters: self.engine.counters(eid)?,
+                    cost_ns: self.engine.cost_ns(eid)?,
+                })
+            })
+            .collect();
+        Stats {
+            probes,
+            totals: self.engine.totals(),
+            switched_off: self.switched_off,
+            last_switched_off: self.last_switched_off.clone(),
+        }
+    }
+
+    /// Switches `probe` off (removes it) for `why` — the host's CPU budget, which weighs every
+    /// target's probes together. Nothing if it is not attached.
+    pub fn switch_off(&mut self, probe: ProbeId, why: String) {
+        let Some(eid) = self.entries.get(&probe).and_then(|e| e.engine_id) else {
+            return;
+        };
+        self.by_engine.remove(&eid);
+        self.entries.remove(&probe);
+        if let Err(e) = self.engine.remove(eid) {
+            tracing::warn!(error = %e, "removing a switched-off probe failed");
+        }
+        tracing::warn!(session = probe.session, probe = probe.n, %why, "probe switched off by the CPU breaker");
+        self.switched_off += 1;
+        self.last_switched_off = Some((probe, why.clone()));
+        self.unreported.push((probe, why));
+    }
+
+    /// The CPU breaker: switches off (removes) every probe whose cost over `window` exceeds
+    /// `budget` (a fraction of one CPU; see [`Engine::enforce_budget`]; 0 = none) and returns
+    /// each with the reason, after those the host's budget switched off since the last call.
+    pub fn enforce_budget(&mut self, window: Duration, budget: f64) -> Vec<(ProbeId, String)> {
+        let mut out = std::mem::take(&mut self.unreported);
+        if budget <= 0.0 {
+            return out;
+        }
+        for (eid, why) in self.engine.enforce_budget(window, budget) {
+            let Some(probe) = self.by_engine.remove(&eid) else {
+                continue;
+            };
+            self.entries.remove(&probe);
+            tracing::warn!(session = probe.session, probe = probe.n, %why, "probe switched off by the CPU breaker");
+            self.switched_off += 1;
+            self.last_switched_off = Some((probe, why.clone()));
+            out.push((probe, why));
+        }
+        out
     }
 
     /// The engine underneath (resolver, counters).
@@ -189,6 +283,13 @@ enum Request {
     Suspend(oneshot::Sender<()>),
     Resume(oneshot::Sender<Vec<(ProbeId, String)>>),
     Hits(Vec<Hit>),
+    Stats(oneshot::Sender<Stats>),
+    SwitchOff(ProbeId, String),
+    Budget {
+        window: Duration,
+        budget: f64,
+        reply: oneshot::Sender<Vec<(ProbeId, String)>>,
+    },
 }
 
 /// The handle every task holds to reach the registry. Cheap to clone; the thread ends when
@@ -274,9 +375,50 @@ impl Probes {
         self.send(Request::Hits(batch));
     }
 
+    /// Runs the CPU breaker once (see [`Registry::enforce_budget`]).
+    pub async fn enforce_budget(&self, window: Duration, budget: f64) -> Vec<(ProbeId, String)> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Budget {
+            window,
+            budget,
+            reply,
+        });
+        rx.await.unwrap_or_default()
+    }
+
+    /// A handle that reads counters without keeping the registry (and its engine) alive.
+    #[must_use]
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle {
+            tx: self.tx.downgrade(),
+        }
+    }
+
     fn send(&self, req: Request) {
         if self.tx.send(req).is_err() {
             tracing::debug!("the probe registry has stopped; request dropped");
+        }
+    }
+}
+
+/// Reads a registry's counters ([`Registry::stats`]) for as long as it runs.
+#[derive(Debug, Clone)]
+pub struct StatsHandle {
+    tx: mpsc::WeakUnboundedSender<Request>,
+}
+
+impl StatsHandle {
+    /// The counters now; `None` once the registry has stopped.
+    pub async fn stats(&self) -> Option<Stats> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.upgrade()?.send(Request::Stats(reply)).ok()?;
+        rx.await.ok()
+    }
+
+    /// Switches `probe` off for `why` ([`Registry::switch_off`]); nothing once stopped.
+    pub fn switch_off(&self, probe: ProbeId, why: String) {
+        if let Some(tx) = self.tx.upgrade() {
+            let _ = tx.send(Request::SwitchOff(probe, why));
         }
     }
 }
@@ -338,6 +480,17 @@ fn serve(registry: &mut Registry, req: Request, publish: &mut impl FnMut(Vec<Pro
         }
         Request::Resume(reply) => {
             let _ = reply.send(registry.resume());
+        }
+        Request::Stats(reply) => {
+            let _ = reply.send(registry.stats());
+        }
+        Request::SwitchOff(probe, why) => registry.switch_off(probe, why),
+        Request::Budget {
+            window,
+            budget,
+            reply,
+        } => {
+            let _ = reply.send(registry.enforce_budget(window, budget));
         }
     }
 }

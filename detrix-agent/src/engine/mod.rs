@@ -7,21 +7,24 @@
 //! a shared table of the installed plans.
 //!
 //! The modules: [`resolver`] (open a target, resolve a logpoint), [`pipeline`] (plan, place,
-//! forward one copy of a line, shared with `describe`), [`reader`] (ring → hits).
+//! forward one copy of a line, shared with `describe`), [`reader`] (ring → hits), [`kernel`]
+//! (one loaded program for every target of a host, `serve`).
 
 pub mod coverage;
+mod kernel;
 mod pipeline;
 mod reader;
 mod resolver;
 
+pub use kernel::{Kernel, RingUse};
 pub use pipeline::describe;
-use reader::{DecoderTable, ProbeDecoder};
+use reader::{DecoderTable, ProbeDecoder, Source};
 pub use reader::{HitReader, FLUSH_INTERVAL};
 pub use resolver::Resolver;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use detrix_common::Counters;
@@ -151,14 +154,21 @@ pub struct Hit {
 /// The attached half: owns the probes.
 pub struct Engine {
     resolver: Resolver,
-    probes: Probes,
+    /// This engine's own program, or the host's shared one (then other engines' probes are in
+    /// it too; this one touches only its own ids).
+    probes: Arc<Mutex<Probes>>,
     decoders: DecoderTable,
+    /// Names this engine's probes in a shared decoder table.
+    owner: u64,
+    symbolizer: Arc<Symbolizer>,
     logpoints: BTreeMap<LogpointId, Logpoint>,
     next_id: u64,
     /// For the CPU breaker: counters at the last look.
     last: HashMap<u32, (u64, u64)>,
     /// Final counters of removed logpoints, read after detaching (exact).
     removed: HashMap<LogpointId, Counters>,
+    /// The sum of every removed logpoint's final counters (for this target's totals).
+    removed_total: Counters,
     /// Probe ids removed recently, whose records may still be in the ring.
     retired: Vec<(u32, std::time::Instant)>,
 }
@@ -189,29 +199,71 @@ impl Engine {
         let ring = AsyncFd::new(ring).map_err(EngineError::Io)?;
         let decoders: DecoderTable = Arc::default();
         let reader = HitReader {
-            ring,
-            decoders: decoders.clone(),
-            symbolizer: Symbolizer::new(
-                resolver.bin.clone(),
-                resolver.load_bias,
-                resolver.target.maps().unwrap_or_default(),
-                resolver.target.dev_ino.1,
-            ),
-            flush: tokio::time::interval(FLUSH_INTERVAL),
+            source: Source::Ring {
+                ring: Box::new(ring),
+                decoders: decoders.clone(),
+                flush: tokio::time::interval(FLUSH_INTERVAL),
+            },
         };
         Ok((
-            Self {
-                resolver,
-                probes,
-                decoders,
-                logpoints: BTreeMap::new(),
-                next_id: 1,
-                last: HashMap::new(),
-                removed: HashMap::new(),
-                retired: Vec::new(),
-            },
+            Self::with(resolver, Arc::new(Mutex::new(probes)), decoders, 0),
             reader,
         ))
+    }
+
+    /// An engine for `resolver`'s target on the host's one program (`serve`): nothing is
+    /// loaded, so this costs no more than the bookkeeping. The reader receives this target's
+    /// hits from the host's reader.
+    #[must_use]
+    pub fn start_shared(resolver: Resolver, kernel: &Arc<Kernel>) -> (Self, HitReader) {
+        let (owner, rx) = kernel.route();
+        let reader = HitReader {
+            source: Source::Routed {
+                rx,
+                kernel: kernel.clone(),
+                owner,
+            },
+        };
+        (
+            Self::with(
+                resolver,
+                kernel.probes.clone(),
+                kernel.decoders.clone(),
+                owner,
+            ),
+            reader,
+        )
+    }
+
+    fn with(
+        resolver: Resolver,
+        probes: Arc<Mutex<Probes>>,
+        decoders: DecoderTable,
+        owner: u64,
+    ) -> Self {
+        let symbolizer = Arc::new(Symbolizer::new(
+            resolver.bin.clone(),
+            resolver.load_bias,
+            resolver.target.maps().unwrap_or_default(),
+            resolver.target.dev_ino.1,
+        ));
+        Self {
+            resolver,
+            probes,
+            decoders,
+            owner,
+            symbolizer,
+            logpoints: BTreeMap::new(),
+            next_id: 1,
+            last: HashMap::new(),
+            removed: HashMap::new(),
+            removed_total: Counters::default(),
+            retired: Vec::new(),
+        }
+    }
+
+    fn probes(&self) -> MutexGuard<'_, Probes> {
+        self.probes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The resolver (target, binary) behind this engine.
@@ -244,11 +296,14 @@ impl Engine {
                 offset: c.point.file_offset,
                 pid: self.resolver.target.pid,
             };
-            match self.probes.install_stashed(&c.plan.plan, &spec, c.entry) {
+            let installed = self.probes().install_stashed(&c.plan.plan, &spec, c.entry);
+            match installed {
                 Ok(probe_id) => {
                     self.decoders().insert(
                         probe_id,
                         ProbeDecoder {
+                            owner: self.owner,
+                            symbolizer: self.symbolizer.clone(),
                             logpoint: id,
                             values: c.plan.values.clone(),
                             local_errors: c.plan.local_errors.clone(),
@@ -259,7 +314,7 @@ impl Engine {
                 }
                 Err(e) => {
                     for s in probe_ids {
-                        let _ = self.probes.remove(s);
+                        let _ = self.probes().remove(s);
                         self.decoders().remove(&s);
                     }
                     return Err(e.into());
@@ -297,14 +352,17 @@ impl Engine {
             return Ok(None);
         };
         let mut first_err = None;
+        let mut probes = self.probes();
         for s in &lp.probe_ids {
-            if let Err(e) = self.probes.remove(*s) {
+            if let Err(e) = probes.remove(*s) {
                 first_err.get_or_insert(e);
             }
         }
+        drop(probes);
         // Counters after detach: no hit is in flight any more, so the sum is exact.
         let total = self.sum_counters(&lp.probe_ids);
         self.removed.insert(id, total);
+        self.removed_total.add(&total);
         for s in &lp.probe_ids {
             self.last.remove(s);
         }
@@ -358,7 +416,7 @@ impl Engine {
     /// Frames whose entry registers the entry probes hold now (see [`Probes::stash_slots`]).
     #[must_use]
     pub fn stash_slots(&self) -> usize {
-        self.probes.stash_slots()
+        self.probes().stash_slots()
     }
 
     /// Installed logpoints.
@@ -374,10 +432,36 @@ impl Engine {
             .map(|lp| self.sum_counters(&lp.probe_ids))
     }
 
+    /// Estimated CPU cost of logpoint `id` since it was attached, in ns: time in the program
+    /// plus each copy's hits times its placement's trap estimate (what the CPU breaker weighs).
+    #[must_use]
+    pub fn cost_ns(&self, id: LogpointId) -> Option<u64> {
+        let lp = self.logpoints.get(&id)?;
+        let probes = self.probes();
+        let mut ns = 0;
+        for (s, c) in lp.probe_ids.iter().zip(&lp.copies) {
+            let k = probes.counters(*s).unwrap_or_default();
+            ns += k.bpf_ns + k.hits * c.placement.kind.cost_ns();
+        }
+        Some(ns)
+    }
+
+    /// Every counter of this target since its engine started: the logpoints attached now and
+    /// every one removed (summed over copies and CPUs).
+    #[must_use]
+    pub fn totals(&self) -> Counters {
+        let mut t = self.removed_total;
+        for lp in self.logpoints.values() {
+            t.add(&self.sum_counters(&lp.probe_ids));
+        }
+        t
+    }
+
     fn sum_counters(&self, probe_ids: &[u32]) -> Counters {
+        let probes = self.probes();
         let mut t = Counters::default();
         for s in probe_ids {
-            t.add(&self.probes.counters(*s).unwrap_or_default());
+            t.add(&probes.counters(*s).unwrap_or_default());
         }
         t
     }
@@ -388,10 +472,11 @@ impl Engine {
     pub fn enforce_budget(&mut self, window: Duration, budget: f64) -> Vec<(LogpointId, String)> {
         let window_ns = window.as_nanos().max(1) as f64;
         let mut over = Vec::new();
+        let probes = self.probes.lock().unwrap_or_else(PoisonError::into_inner);
         for lp in self.logpoints.values() {
             let (mut dh, mut db, mut trap_ns) = (0, 0, 0);
             for (s, c) in lp.probe_ids.iter().zip(&lp.copies) {
-                let Ok(now) = self.probes.counters(*s) else {
+                let Ok(now) = probes.counters(*s) else {
                     continue;
                 };
                 let (h0, b0) = self
@@ -419,6 +504,7 @@ impl Engine {
                 ));
             }
         }
+        drop(probes);
         for (id, why) in &over {
             tracing::warn!(logpoint = id.0, %why, "logpoint switched off");
             let _ = self.remove(*id);

@@ -4,12 +4,15 @@
 //!
 //! Why apart: a front end waits for hits while it handles requests, so the ring and the
 //! decoders are owned here and the table of installed plans is shared with the [`Engine`].
+//! Under `serve` the host's one ring is drained by [`super::kernel`], and a target's reader
+//! receives its own hits from there instead.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
 
 use crate::debuginfo::Symbolizer;
 use crate::decode::{DebuggerText, Node};
@@ -21,6 +24,10 @@ use super::{EngineError, Frame, Hit, LogpointId};
 /// What the reader needs to decode one probe's records.
 #[derive(Debug, Clone)]
 pub(super) struct ProbeDecoder {
+    /// The engine that installed the probe (one per target on a shared [`super::Kernel`]).
+    pub(super) owner: u64,
+    /// Symbolizes the owner's stacks.
+    pub(super) symbolizer: Arc<Symbolizer>,
     pub(super) logpoint: LogpointId,
     pub(super) values: Vec<plan::ValueDecoder>,
     /// Locals that could not be planned, shown as errors in every hit.
@@ -33,10 +40,32 @@ pub(super) type DecoderTable = Arc<Mutex<HashMap<u32, ProbeDecoder>>>;
 
 /// Reads and decodes hits.
 pub struct HitReader {
-    pub(super) ring: AsyncFd<probe::EventRings>,
-    pub(super) decoders: DecoderTable,
-    pub(super) symbolizer: Symbolizer,
-    pub(super) flush: tokio::time::Interval,
+    pub(super) source: Source,
+}
+
+/// Where a reader's hits come from.
+pub(super) enum Source {
+    /// Its own program's rings (`attach`, `capture`).
+    Ring {
+        /// Boxed: the rings and interval are large next to a channel.
+        ring: Box<AsyncFd<probe::EventRings>>,
+        decoders: DecoderTable,
+        flush: tokio::time::Interval,
+    },
+    /// The host's reader, which routes each target its hits (`serve`).
+    Routed {
+        rx: mpsc::UnboundedReceiver<Vec<Hit>>,
+        kernel: Arc<super::Kernel>,
+        owner: u64,
+    },
+}
+
+impl Drop for HitReader {
+    fn drop(&mut self) {
+        if let Source::Routed { kernel, owner, .. } = &self.source {
+            kernel.unroute(*owner);
+        }
+    }
 }
 
 impl std::fmt::Debug for HitReader {
@@ -57,14 +86,23 @@ impl HitReader {
     /// # Errors
     /// The ring's fd failed.
     pub async fn next_batch(&mut self) -> Result<Vec<Hit>, EngineError> {
-        tokio::select! {
-            guard = self.ring.readable_mut() => {
-                let mut guard = guard.map_err(EngineError::Io)?;
-                let hits = decode_all(guard.get_inner_mut(), &self.decoders, &self.symbolizer);
-                guard.clear_ready();
-                Ok(hits)
-            }
-            _ = self.flush.tick() => Ok(decode_all(self.ring.get_mut(), &self.decoders, &self.symbolizer)),
+        match &mut self.source {
+            Source::Ring {
+                ring,
+                decoders,
+                flush,
+            } => tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard.map_err(EngineError::Io)?;
+                    let hits = hits_only(decode_all(guard.get_inner_mut(), decoders));
+                    guard.clear_ready();
+                    Ok(hits)
+                }
+                _ = flush.tick() => Ok(hits_only(decode_all(ring.get_mut(), decoders))),
+            },
+            Source::Routed { rx, .. } => rx.recv().await.ok_or_else(|| {
+                EngineError::Io(std::io::Error::other("the host's event reader stopped"))
+            }),
         }
     }
 
@@ -73,7 +111,12 @@ impl HitReader {
     pub fn drain_now(&mut self) -> Vec<Hit> {
         let mut out = Vec::new();
         loop {
-            let batch = decode_all(self.ring.get_mut(), &self.decoders, &self.symbolizer);
+            let batch = match &mut self.source {
+                Source::Ring { ring, decoders, .. } => {
+                    hits_only(decode_all(ring.get_mut(), decoders))
+                }
+                Source::Routed { rx, .. } => rx.try_recv().unwrap_or_default(),
+            };
             if batch.is_empty() {
                 return out;
             }
@@ -82,7 +125,13 @@ impl HitReader {
     }
 }
 
-fn decode_all(ring: &mut probe::EventRings, decoders: &DecoderTable, sym: &Symbolizer) -> Vec<Hit> {
+fn hits_only(v: Vec<(u64, Hit)>) -> Vec<Hit> {
+    v.into_iter().map(|(_, h)| h).collect()
+}
+
+/// Drains at most a batch of records and decodes each with its probe's decoder, naming the
+/// owner of each hit.
+pub(super) fn decode_all(ring: &mut probe::EventRings, decoders: &DecoderTable) -> Vec<(u64, Hit)> {
     let table = decoders.lock().unwrap_or_else(PoisonError::into_inner);
     let mut out = Vec::new();
     // Bounded: a hot probe refills the ring as fast as it is read, and an unbounded drain would
@@ -95,6 +144,7 @@ fn decode_all(ring: &mut probe::EventRings, decoders: &DecoderTable, sym: &Symbo
         let Some(info) = table.get(&h.probe_id) else {
             return;
         };
+        let sym = &*info.symbolizer;
         let decoded = crate::decode::decode(&info.values, &h, data);
         let mut hit = Hit {
             logpoint: info.logpoint,
@@ -132,10 +182,10 @@ fn decode_all(ring: &mut probe::EventRings, decoders: &DecoderTable, sym: &Symbo
         for (name, why) in &info.local_errors {
             hit.locals.push((name.clone(), Node::Error(why.clone())));
         }
-        out.push(hit);
+        out.push((info.owner, hit));
     });
     // Each CPU's ring is in time order; a thread that moved between CPUs is put back in order.
-    out.sort_by_key(|h| h.ktime_ns);
+    out.sort_by_key(|(_, h)| h.ktime_ns);
     out
 }
 

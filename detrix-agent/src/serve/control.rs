@@ -53,7 +53,7 @@ async fn metrics(State(host): State<Arc<Host>>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        super::metrics::render(&host.metrics()),
+        super::metrics::render(&host.metrics().await),
     )
         .into_response()
 }

@@ -3,6 +3,10 @@
 //! wake/sleep and exit behave exactly as for one target. The table is what the host control
 //! plane reads and acts on; the run loop ([`run`]) feeds it from the discovery tracker.
 //!
+//! Every target's engine attaches to the host's one eBPF program ([`Kernel`], loaded once
+//! when serve starts, off the event loop): a new target costs its debug info and attaches,
+//! not a program load and verification.
+//!
 //! Lifetime of an entry: `starting` (debug info being read, off the event loop) → the agent's
 //! own states (`sleeping`, `waking`, `awake`) → gone. When the process exits the agent sees it
 //! (as under `attach`), sends the daemon `exited` + `terminated`, unregisters and drops every
@@ -18,20 +22,22 @@
 //! exits, gets `-2` for that run: set a template with `{container}` or an argument-derived
 //! name when that matters.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
+use super::budget::HostBudget;
 use super::config::Config;
-use super::metrics::{Histogram, Snapshot};
+use super::metrics::{Histogram, ProbeCounters, Snapshot, TargetCounters};
 use super::rule::{LanguageChoice, Rule, Wake};
 use crate::daemon::{self, Agent, AgentHandle, AttachConfig};
+use crate::dap::ProbeId;
 use crate::discover::tracker::{ms_since, Change, Tracker};
 use crate::discover::Process;
-use crate::engine::{Engine, EngineOptions, Resolver};
+use crate::engine::{Engine, EngineOptions, Kernel, Resolver};
 
 /// What every target's agent shares, from the command line and the environment.
 #[derive(Debug, Clone)]
@@ -49,6 +55,10 @@ pub struct Settings {
     pub health_timeout: Duration,
     pub register_timeout: Duration,
     pub unregister_timeout: Duration,
+    /// Per-probe CPU budget (fraction of one CPU; 0 = no breaker), as `--cpu-budget`.
+    pub cpu_budget: f64,
+    /// Every target's probes together (fraction of one CPU; 0 = none), `--host-cpu-budget`.
+    pub host_cpu_budget: f64,
 }
 
 /// Discovery counters for `/metrics`.
@@ -75,6 +85,9 @@ struct Entry {
     exited: bool,
 }
 
+/// The host-wide breaker, over every target's probes by (target, probe).
+type HostBreaker = HostBudget<(u64, ProbeId)>;
+
 /// The table of targets.
 #[derive(Debug)]
 pub struct Host {
@@ -82,6 +95,10 @@ pub struct Host {
     next_id: std::sync::atomic::AtomicU64,
     settings: Settings,
     pub stats: Mutex<DiscoveryStats>,
+    /// The host's one eBPF program, or why the kernel refused it.
+    kernel: tokio::sync::OnceCell<Result<Arc<Kernel>, String>>,
+    /// The host-wide CPU breaker, by (target, probe).
+    budget: tokio::sync::Mutex<(HostBreaker, Option<tokio::time::Instant>)>,
 }
 
 impl Host {
@@ -90,9 +107,93 @@ impl Host {
         Arc::new(Self {
             targets: Mutex::default(),
             next_id: std::sync::atomic::AtomicU64::new(1),
-            settings,
             stats: Mutex::default(),
+            kernel: tokio::sync::OnceCell::new(),
+            budget: tokio::sync::Mutex::new((HostBudget::new(settings.host_cpu_budget), None)),
+            settings,
         })
+    }
+
+    /// The host-wide CPU breaker, once a window: weighs every target's probes together and
+    /// switches the dearest off while they cost more than the host budget. A window in which
+    /// a target's registry did not answer in time (busy with a long install) is not judged:
+    /// the next one spans both, weighed over the time that really passed.
+    pub async fn enforce_host_budget(&self) {
+        let mut guard = self.budget.lock().await;
+        let (budget, since) = &mut *guard;
+        if budget.budget <= 0.0 {
+            return;
+        }
+        let handles: Vec<(u64, AgentHandle)> = self
+            .table()
+            .iter()
+            .filter_map(|(id, e)| Some((*id, e.handle.clone()?)))
+            .collect();
+        let mut costs = Vec::new();
+        let mut by_target = HashMap::new();
+        for (id, h) in handles {
+            match tokio::time::timeout(STATS_WAIT, h.stats.stats()).await {
+                Ok(Some(stats)) => {
+                    costs.extend(stats.probes.iter().map(|p| ((id, p.probe), p.cost_ns)));
+                    by_target.insert(id, h);
+                }
+                // Ended meanwhile: its probes are gone.
+                Ok(None) => {}
+                Err(_) => return,
+            }
+        }
+        let now = tokio::time::Instant::now();
+        let window = since.map_or(HOST_BUDGET_WINDOW, |t| now.duration_since(t));
+        *since = Some(now);
+        for ((id, probe), why) in budget.over(window, costs) {
+            tracing::warn!(target = id, session = probe.session, probe = probe.n, %why, "host CPU budget exceeded; probe switched off");
+            if let Some(h) = by_target.get(&id) {
+                h.stats.switch_off(probe, why);
+            }
+        }
+    }
+
+    /// Windows in which every target's probes together exceeded the host budget.
+    pub async fn host_budget_trips(&self) -> u64 {
+        self.budget.lock().await.0.trips
+    }
+
+    /// The host's eBPF program, loaded on first use (verification takes seconds on a busy
+    /// host, so it runs on a blocking thread; callers meanwhile wait here).
+    ///
+    /// # Errors
+    /// The sentence saying why the kernel refused the program.
+    pub async fn kernel(&self) -> Result<Arc<Kernel>, String> {
+        self.kernel
+            .get_or_init(|| async {
+                let loaded = tokio::task::spawn_blocking(|| {
+                    Kernel::load(EngineOptions::default().load)
+                })
+                .await
+                .map_err(|e| format!("loading the eBPF program failed: {e}"))
+                .and_then(|r| r.map_err(|e| format!("loading the eBPF program: {e}")));
+                match &loaded {
+                    Ok(k) => tracing::info!(load_ms = k.load_time.as_millis(), "eBPF program loaded for the host"),
+                    Err(e) => tracing::error!(error = %e, "the host's eBPF program could not be loaded; no target can be attached"),
+                }
+                loaded
+            })
+            .await
+            .clone()
+    }
+
+    /// The host's program if it is loaded (for `/metrics`; never waits).
+    #[must_use]
+    pub fn loaded_kernel(&self) -> Option<Arc<Kernel>> {
+        self.kernel.get().and_then(|r| r.as_ref().ok().cloned())
+    }
+
+    /// Starts loading the host's program now, so the first target does not wait for it.
+    pub fn preload(self: &Arc<Self>) {
+        let host = self.clone();
+        tokio::spawn(async move {
+            let _ = host.kernel().await;
+        });
     }
 
     fn table(&self) -> MutexGuard<'_, BTreeMap<u64, Entry>> {
@@ -146,20 +247,55 @@ impl Host {
         m
     }
 
-    /// What `/metrics` shows now.
-    #[must_use]
-    pub fn metrics(&self) -> Snapshot {
+    /// What `/metrics` shows now: discovery, and each running target's engine counters read
+    /// through its registry.
+    pub async fn metrics(&self) -> Snapshot {
         let st = self
             .stats
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
+        let running: Vec<(u64, String, u32, AgentHandle)> = self
+            .table()
+            .iter()
+            .filter_map(|(id, e)| Some((*id, e.name.clone(), e.process.pid, e.handle.clone()?)))
+            .collect();
+        let mut targets = Vec::new();
+        for (id, name, pid, handle) in running {
+            // A target whose registry is busy (a long install) is left out of this scrape.
+            let Ok(Some(stats)) = tokio::time::timeout(STATS_WAIT, handle.stats.stats()).await
+            else {
+                continue;
+            };
+            targets.push(TargetCounters {
+                id,
+                name,
+                pid,
+                totals: stats.totals,
+                switched_off: stats.switched_off,
+                probes: stats
+                    .probes
+                    .into_iter()
+                    .map(|p| ProbeCounters {
+                        probe: format!("s{}p{}", p.probe.session, p.probe.n),
+                        file: p.file,
+                        line: p.line,
+                        counters: p.counters,
+                    })
+                    .collect(),
+            });
+        }
+        let kernel = self.loaded_kernel();
         Snapshot {
             processes_started: st.started,
             processes_exited: st.exited,
             targets_found: st.selected,
             targets_by_state: self.by_state().into_iter().collect(),
             latency: st.latency,
+            targets,
+            ring: kernel.as_ref().map(|k| k.ring_use()),
+            load_seconds: kernel.map(|k| k.load_time.as_secs_f64()),
+            host_budget_trips: self.host_budget_trips().await,
         }
     }
 
@@ -298,12 +434,8 @@ impl Host {
         .await
         .map_err(|e| format!("reading the debug info of process {pid} failed: {e}"))??;
         let (resolver, language) = resolved;
-        // Loading and verifying the eBPF program takes seconds on a busy host: off serve's one
-        // event-loop thread, or every other target's daemon calls (health checks, wakes) wait.
-        let (engine, reader) = tokio::task::spawn_blocking(move || Engine::start(resolver))
-            .await
-            .map_err(|e| format!("loading the eBPF program failed: {e}"))?
-            .map_err(|e| format!("loading the eBPF program: {e}"))?;
+        let kernel = self.kernel().await?;
+        let (engine, reader) = Engine::start_shared(resolver, &kernel);
         let s = &self.settings;
         let cfg = AttachConfig {
             pid,
@@ -329,6 +461,7 @@ impl Host {
             // The DAP listener is on `advertise_host`; a non-loopback one is refused unless a
             // peer is named (`--dap-allow-peer`, the central daemon's address).
             dap_allow_peers: s.dap_allow_peers.clone(),
+            cpu_budget: s.cpu_budget,
         };
         let (agent, handle) = Agent::new(cfg, engine, reader);
         handle.set_control_port(s.control_port);
@@ -453,9 +586,24 @@ pub async fn run(
 ) -> std::io::Result<()> {
     tokio::pin!(shutdown);
     let me = std::process::id();
+    let mut budget = tokio::time::interval_at(
+        tokio::time::Instant::now() + HOST_BUDGET_WINDOW,
+        HOST_BUDGET_WINDOW,
+    );
+    let mut breaker: Option<tokio::task::JoinHandle<()>> = None;
     let result = loop {
         tokio::select! {
             () = &mut shutdown => break Ok(()),
+            _ = budget.tick() => {
+                // On its own task: a target's registry busy with a long install must not hold
+                // up discovery.
+                if breaker.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
+                    let h = host.clone();
+                    breaker = Some(tokio::spawn(async move {
+                        h.enforce_host_budget().await;
+                    }));
+                }
+            }
             Some(new) = reloads.recv() => {
                 host.reload(&new);
                 cfg = new;
@@ -484,9 +632,18 @@ pub async fn run(
             }
         }
     };
+    if let Some(b) = breaker {
+        b.abort();
+    }
     host.stop_all(Duration::from_millis(1500)).await;
     result
 }
+
+/// How long `/metrics` and the host breaker wait for one target's counters.
+const STATS_WAIT: Duration = Duration::from_millis(500);
+
+/// How often the host-wide CPU breaker weighs every probe.
+const HOST_BUDGET_WINDOW: Duration = Duration::from_secs(1);
 
 /// How many times `wake = auto` tries before it leaves the target asleep for an operator.
 const AUTO_WAKE_ATTEMPTS: u32 = 8;

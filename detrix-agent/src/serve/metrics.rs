@@ -1,9 +1,18 @@
 //! `GET /metrics` of the host control plane, in the Prometheus text exposition format
-//! (version 0.0.4): discovery events, targets by state, and how long a selected process took
-//! from its exec to being a target (a histogram). Per-probe engine counters are not here yet:
-//! they live inside each target's agent, which does not publish them.
+//! (version 0.0.4): discovery events, targets by state, how long a selected process took from
+//! its exec to being a target (a histogram), the engine's counters per target and per probe
+//! (what the eBPF program counted, read through each target's registry), the CPU breaker's
+//! switch-offs, and the host's event rings and probe table.
+//!
+//! Per probe, `hits` = `emitted` + `dropped_ring_full` + `rate_limited` + `condition_false` +
+//! `no_plan` + `other_process` (`read_faults` counts emitted events with a faulted value); a
+//! probe's series go when it is removed, its target's `detrix_target_*` totals keep it.
 
 use std::fmt::Write as _;
+
+use detrix_common::Counters;
+
+use crate::engine::RingUse;
 
 /// Upper bounds (seconds) of the exec → target histogram.
 pub const LATENCY_BUCKETS: [f64; 9] = [0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
@@ -49,6 +58,81 @@ pub struct Snapshot {
     pub targets_found: u64,
     pub targets_by_state: Vec<(String, u64)>,
     pub latency: Histogram,
+    /// Every running target's engine counters.
+    pub targets: Vec<TargetCounters>,
+    /// The host's rings and probe table, once the program is loaded.
+    pub ring: Option<RingUse>,
+    /// How long loading the host's eBPF program took.
+    pub load_seconds: Option<f64>,
+    /// Windows in which every probe together exceeded the host's CPU budget.
+    pub host_budget_trips: u64,
+}
+
+/// One target's counters.
+#[derive(Debug, Clone, Default)]
+pub struct TargetCounters {
+    pub id: u64,
+    pub name: String,
+    pub pid: u32,
+    /// Every probe since the target's engine started, removed ones included.
+    pub totals: Counters,
+    pub switched_off: u64,
+    pub probes: Vec<ProbeCounters>,
+}
+
+/// One attached probe's counters.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeCounters {
+    /// `s<session>p<n>`: the probe as its DAP session named it.
+    pub probe: String,
+    pub file: String,
+    pub line: u32,
+    pub counters: Counters,
+}
+
+/// The engine counters, each with its metric suffix and help.
+const COUNTER_FIELDS: [(&str, &str); 9] = [
+    ("hits_total", "Times the probe's uprobe fired."),
+    ("emitted_total", "Events written to the ring."),
+    (
+        "dropped_ring_full_total",
+        "Hits dropped because the CPU's ring was full.",
+    ),
+    (
+        "rate_limited_total",
+        "Hits dropped by the per-probe rate limit.",
+    ),
+    ("condition_false_total", "Hits whose condition was false."),
+    (
+        "read_faults_total",
+        "Emitted events with a value that could not be read.",
+    ),
+    (
+        "no_plan_total",
+        "Hits racing a detach (no plan in the slot).",
+    ),
+    (
+        "other_process_total",
+        "Hits from another process mapping the binary, filtered in the kernel.",
+    ),
+    (
+        "bpf_nanoseconds_total",
+        "Nanoseconds spent in the eBPF program.",
+    ),
+];
+
+fn field(c: &Counters, i: usize) -> u64 {
+    [
+        c.hits,
+        c.emitted,
+        c.dropped_ring_full,
+        c.rate_limited,
+        c.condition_false,
+        c.read_faults,
+        c.no_plan,
+        c.other_process,
+        c.bpf_ns,
+    ][i]
 }
 
 fn escape(v: &str) -> String {
@@ -114,7 +198,130 @@ pub fn render(s: &Snapshot) -> String {
         "# HELP detrix_serve_exec_to_target_max_seconds The slowest exec to target so far.\n# TYPE detrix_serve_exec_to_target_max_seconds gauge\ndetrix_serve_exec_to_target_max_seconds {}",
         s.latency.max
     );
+    render_engine(&mut o, s);
     o
+}
+
+fn render_engine(o: &mut String, s: &Snapshot) {
+    if !s.targets.is_empty() {
+        render_targets(o, &s.targets);
+    }
+    render_ring(o, s);
+}
+
+fn render_targets(o: &mut String, targets: &[TargetCounters]) {
+    for (i, (suffix, help)) in COUNTER_FIELDS.iter().enumerate() {
+        let name = format!("detrix_target_{suffix}");
+        let _ = writeln!(
+            o,
+            "# HELP {name} {help} Per target, every probe since it started.\n# TYPE {name} counter"
+        );
+        for t in targets {
+            let _ = writeln!(
+                o,
+                "{name}{{target=\"{}\",name=\"{}\",pid=\"{}\"}} {}",
+                t.id,
+                escape(&t.name),
+                t.pid,
+                field(&t.totals, i)
+            );
+        }
+    }
+    let name = "detrix_target_probes_switched_off_total";
+    let _ = writeln!(
+        o,
+        "# HELP {name} Probes the CPU breaker switched off.\n# TYPE {name} counter"
+    );
+    for t in targets {
+        let _ = writeln!(
+            o,
+            "{name}{{target=\"{}\",name=\"{}\",pid=\"{}\"}} {}",
+            t.id,
+            escape(&t.name),
+            t.pid,
+            t.switched_off
+        );
+    }
+    for (i, (suffix, help)) in COUNTER_FIELDS.iter().enumerate() {
+        let name = format!("detrix_probe_{suffix}");
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
+        for t in targets {
+            for p in &t.probes {
+                let _ = writeln!(
+                    o,
+                    "{name}{{target=\"{}\",name=\"{}\",probe=\"{}\",file=\"{}\",line=\"{}\"}} {}",
+                    t.id,
+                    escape(&t.name),
+                    escape(&p.probe),
+                    escape(&p.file),
+                    p.line,
+                    field(&p.counters, i)
+                );
+            }
+        }
+    }
+}
+
+fn render_ring(o: &mut String, s: &Snapshot) {
+    if let Some(r) = &s.ring {
+        let gauges: [(&str, &str, u64); 5] = [
+            (
+                "detrix_ring_capacity_bytes",
+                "Bytes of each CPU's event ring.",
+                r.capacity_bytes,
+            ),
+            (
+                "detrix_ring_used_bytes",
+                "Bytes waiting in the fullest CPU's ring at the last read.",
+                r.used_bytes,
+            ),
+            (
+                "detrix_ring_peak_bytes",
+                "The most bytes ever waiting in one CPU's ring at a read.",
+                r.peak_bytes,
+            ),
+            (
+                "detrix_probes_attached",
+                "Probes attached now, over every target.",
+                r.probes_attached,
+            ),
+            (
+                "detrix_probes_max",
+                "Probes the host's program can hold.",
+                r.probes_max,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        for (name, help, v) in [
+            (
+                "detrix_ring_hits_read_total",
+                "Events read from the rings and decoded.",
+                r.hits_read,
+            ),
+            (
+                "detrix_ring_hits_unrouted_total",
+                "Decoded events whose target had already gone.",
+                r.unrouted,
+            ),
+        ] {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        }
+        let name = "detrix_host_cpu_budget_trips_total";
+        let _ = writeln!(
+            o,
+            "# HELP {name} Windows in which every target's probes together exceeded the host CPU budget.\n# TYPE {name} counter\n{name} {}",
+            s.host_budget_trips
+        );
+    }
+    if let Some(secs) = s.load_seconds {
+        let name = "detrix_ebpf_load_seconds";
+        let _ = writeln!(
+            o,
+            "# HELP {name} How long loading and verifying the host's eBPF program took.\n# TYPE {name} gauge\n{name} {secs}"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -133,6 +340,7 @@ mod tests {
             targets_found: 3,
             targets_by_state: vec![("sleeping".into(), 2), ("awake".into(), 1)],
             latency: h,
+            ..Snapshot::default()
         };
         let want = "\
 # HELP detrix_serve_process_starts_total Processes seen starting (exec events and scans).
@@ -171,5 +379,84 @@ detrix_serve_exec_to_target_seconds_count 3
 detrix_serve_exec_to_target_max_seconds 2
 ";
         assert_eq!(render(&s), want);
+    }
+
+    #[test]
+    fn engine_counters_per_target_and_probe() {
+        let c = Counters {
+            hits: 10,
+            emitted: 6,
+            dropped_ring_full: 1,
+            rate_limited: 1,
+            condition_false: 2,
+            read_faults: 3,
+            no_plan: 0,
+            other_process: 0,
+            bpf_ns: 5000,
+        };
+        let mut totals = c;
+        totals.hits += 4;
+        totals.emitted += 4;
+        let s = Snapshot {
+            targets: vec![TargetCounters {
+                id: 7,
+                name: "orders \"x\"".into(),
+                pid: 42,
+                totals,
+                switched_off: 1,
+                probes: vec![ProbeCounters {
+                    probe: "s1p2".into(),
+                    file: "/src/orders.c".into(),
+                    line: 33,
+                    counters: c,
+                }],
+            }],
+            ring: Some(RingUse {
+                capacity_bytes: 262_144,
+                used_bytes: 128,
+                peak_bytes: 4096,
+                hits_read: 10,
+                unrouted: 2,
+                probes_attached: 1,
+                probes_max: 512,
+            }),
+            load_seconds: Some(1.5),
+            host_budget_trips: 3,
+            ..Snapshot::default()
+        };
+        let text = render(&s);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        let t = r#"{target="7",name="orders \"x\"",pid="42"}"#;
+        let p = r#"{target="7",name="orders \"x\"",probe="s1p2",file="/src/orders.c",line="33"}"#;
+        for want in [
+            format!("detrix_target_hits_total{t} 14"),
+            format!("detrix_target_emitted_total{t} 10"),
+            format!("detrix_target_bpf_nanoseconds_total{t} 5000"),
+            format!("detrix_target_probes_switched_off_total{t} 1"),
+            format!("detrix_probe_hits_total{p} 10"),
+            format!("detrix_probe_emitted_total{p} 6"),
+            format!("detrix_probe_dropped_ring_full_total{p} 1"),
+            format!("detrix_probe_rate_limited_total{p} 1"),
+            format!("detrix_probe_condition_false_total{p} 2"),
+            format!("detrix_probe_read_faults_total{p} 3"),
+            format!("detrix_probe_no_plan_total{p} 0"),
+            format!("detrix_probe_other_process_total{p} 0"),
+            format!("detrix_probe_bpf_nanoseconds_total{p} 5000"),
+            "detrix_ring_capacity_bytes 262144".to_owned(),
+            "detrix_ring_used_bytes 128".to_owned(),
+            "detrix_ring_peak_bytes 4096".to_owned(),
+            "detrix_probes_attached 1".to_owned(),
+            "detrix_probes_max 512".to_owned(),
+            "detrix_ring_hits_read_total 10".to_owned(),
+            "detrix_ring_hits_unrouted_total 2".to_owned(),
+            "detrix_ebpf_load_seconds 1.5".to_owned(),
+            "detrix_host_cpu_budget_trips_total 3".to_owned(),
+        ] {
+            assert!(lines.contains(&want.as_str()), "missing {want} in\n{text}");
+        }
+        // Every sample has its HELP and TYPE: 9 target + 1 breaker + 9 probe + 7 ring + 1 host
+        // budget + 1 load families after the 6 discovery ones.
+        assert_eq!(text.matches("# TYPE ").count(), 6 + 9 + 1 + 9 + 7 + 1 + 1);
+        assert_eq!(lines.len(), 3 + 6 + 12 + 1 + 9 + 1 + 9 + 7 + 1 + 1);
     }
 }

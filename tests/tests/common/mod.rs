@@ -221,6 +221,23 @@ impl Dap {
         }
     }
 
+    /// Sends a request and waits up to `timeout` for its response (events meanwhile are
+    /// kept); `None` when none came (for benchmarks, whose requests may take longer than a
+    /// step).
+    pub fn request_within(&mut self, msg: &Value, timeout: Duration) -> Option<Value> {
+        self.send(msg);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.recv(deadline)?;
+            if v["type"] == "response" && v["request_seq"] == msg["seq"] {
+                return Some(v);
+            }
+            if v["type"] == "event" {
+                self.pending_events.push(v);
+            }
+        }
+    }
+
     /// Sends a request and waits for its response (events meanwhile are kept).
     pub fn request(&mut self, msg: &Value) -> Value {
         self.send(msg);
