@@ -36,6 +36,10 @@ enum Command {
     /// of `serve --kubernetes` act on): wake, sleep, status.
     #[command(subcommand)]
     Fleet(FleetCommand),
+    /// Internal: the guard between the agent and a fallback debugger it spawned
+    /// (`detrix_agent::fallback::guard`).
+    #[command(name = "debugger-guard", hide = true)]
+    DebuggerGuard(GuardArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -94,6 +98,16 @@ struct FleetStatusArgs {
     name: Option<String>,
     #[arg(short = 'n', long, default_value = "default")]
     namespace: String,
+}
+
+#[derive(clap::Args, Debug)]
+struct GuardArgs {
+    #[arg(long)]
+    agent: u32,
+    #[arg(long)]
+    target: u32,
+    #[arg(last = true, required = true)]
+    command: Vec<std::ffi::OsString>,
 }
 
 /// `serve`'s flags; they add to the config file (see `detrix_agent::serve::config`).
@@ -875,6 +889,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Attach(args) => attach(args),
         Command::Serve(args) => serve(args),
         Command::Fleet(cmd) => fleet(cmd),
+        Command::DebuggerGuard(a) => {
+            let code = detrix_agent::fallback::guard::run(&detrix_agent::fallback::guard::Args {
+                agent: a.agent,
+                target: a.target,
+                command: a.command,
+            });
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
         Command::Capture(args) => {
             let (file, line) = parse_at(&args.at)?;
             let req = capture::Request {

@@ -232,6 +232,19 @@ pub fn child_processes(parent: u32) -> Vec<(u32, String)> {
     out
 }
 
+/// Every descendant of `pid` (children, their children, …) with its `comm`.
+pub fn descendants(pid: u32) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for (k, comm) in child_processes(p) {
+            todo.push(k);
+            out.push((k, comm));
+        }
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------------------------
 // Probe markers
 // ---------------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 //! emulator: plain breakpoints answered from in-kernel snapshots (exact frames of the fixture's
 //! main → a → b → c chain, locals equal to what the program printed, the heartbeat thread's
 //! largest gap no larger than without probes), function calls evaluated by a spawned lldb-dap /
-//! Delve that is gone afterwards while the target keeps running, mixed modes in one file, and
-//! SafeMode.
+//! Delve that is gone afterwards while the target keeps running, mixed modes in one file,
+//! SafeMode, and the agent SIGKILLed while its debugger holds the target at the round's
+//! breakpoint (issue #12 point 6).
 
 mod common;
 
@@ -14,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use common::{patched_code, req, set_bps, AttachedAgent, Dap, RestStub, STEP_TIMEOUT};
 use detrix_e2e::{
-    child_processes, fixtures_out_dir, line_of, require_root, round_printed, workspace_root,
-    Fixture,
+    child_processes, descendants, fixtures_out_dir, line_of, require_root, round_printed,
+    workspace_root, Fixture,
 };
 use serde_json::{json, Value};
 
@@ -499,5 +500,155 @@ fn safe_mode_refuses_calls_and_keeps_snapshots() {
     assert!(
         child_processes(s.agent.child.id()).is_empty(),
         "SafeMode never spawns a debugger"
+    );
+}
+
+/// Whether `pid` is gone: no such process, or a zombie (dead, holding nothing, waiting for a
+/// parent to reap it; orphans here go to an init that may never do so).
+fn is_gone(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).map_or(true, |t| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("State:"))
+            .is_some_and(|s| s.trim_start().starts_with('Z'))
+    })
+}
+
+/// Whether one of the target's threads sits in a ptrace stop outside any system call: at the
+/// debugger's breakpoint (the target's threads otherwise wait in `usleep`, `write` or, for Go,
+/// `futex`). For C only the main thread runs `c()`.
+fn stopped_at_breakpoint(pid: u32, any_thread: bool) -> bool {
+    let traced = std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|t| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("TracerPid:"))
+            .is_some_and(|v| v.trim() != "0")
+    });
+    let tasks: Vec<String> = if any_thread {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        vec![pid.to_string()]
+    };
+    traced
+        && tasks.iter().any(|t| {
+            std::fs::read_to_string(format!("/proc/{pid}/task/{t}/syscall"))
+                .is_ok_and(|s| s.starts_with("-1 "))
+        })
+}
+
+/// Issue #12 point 6: the agent SIGKILLed while its debugger holds the target at the round's
+/// breakpoint. Afterwards the debugger (and anything it started) is gone, the target is out of
+/// ptrace, not stopped, and keeps printing rounds: nothing the round patched or stopped is left.
+fn agent_killed_mid_round(kind: &str, logpoint: &str) {
+    let mut s = start(kind, &[]);
+    let file = if kind == "go" { "chain.go" } else { "chain.c" };
+    let path = src(file);
+    let p = path.to_string_lossy().into_owned();
+    let probe = line_of(&path, "PROBE:c");
+    let r = s.dap.request(&set_bps(
+        1,
+        &p,
+        json!([{"line": probe, "logMessage": logpoint}]),
+    ));
+    assert_eq!(r["body"]["breakpoints"][0]["verified"], true, "{r}");
+    let pid = s.fixture.pid();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    loop {
+        for d in descendants(s.agent.child.id()) {
+            if !seen.contains(&d) {
+                seen.push(d);
+            }
+        }
+        // The stop at the breakpoint lasts while the calls run; the attach's own stops are brief.
+        if stopped_at_breakpoint(pid, kind == "go") {
+            std::thread::sleep(Duration::from_millis(30));
+            if stopped_at_breakpoint(pid, kind == "go") {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the debugger never stopped the target at its breakpoint; agent stderr:\n{}",
+            s.agent.stderr.text()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
+    unsafe { libc::kill(s.agent.child.id() as i32, libc::SIGKILL) };
+    let _ = s.agent.wait_exit(Duration::from_secs(5));
+    let _ = writeln(&format!(
+        "{kind}: agent killed with the target at the breakpoint; debugger processes: {seen:?}"
+    ));
+    assert!(!seen.is_empty(), "a debugger was running");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen.iter().all(|(p, _)| is_gone(*p)) {
+        assert!(
+            Instant::now() < deadline,
+            "debugger processes outlived the agent: {:?}",
+            seen.iter()
+                .filter(|(p, _)| !is_gone(*p))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (state, tracer) = status_of(pid);
+        if tracer == 0 && !state.starts_with('t') && !state.starts_with('T') {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "10 s after the agent died the target is {state} (tracer pid {tracer})"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        s.fixture.is_running(),
+        "the target died after the agent (a debugger killed at its breakpoint leaves its trap behind)"
+    );
+    let lines = s.fixture.stdout().len();
+    let rounds = |l: &str| l.starts_with("c z=");
+    let n = s
+        .fixture
+        .stdout()
+        .snapshot()
+        .iter()
+        .filter(|l| rounds(l))
+        .count();
+    assert!(
+        s.fixture
+            .stdout()
+            .wait_count(n + 5, Duration::from_secs(10), rounds),
+        "the target printed no new rounds after the agent died; last lines:\n{}",
+        s.fixture.stdout().snapshot()[lines.saturating_sub(5)..].join("\n")
+    );
+    assert!(s.fixture.is_running(), "the target is alive");
+    assert_eq!(
+        patched_code(pid),
+        Vec::<u64>::new(),
+        "no breakpoint or probe left in the target's code"
+    );
+}
+
+#[test]
+fn agent_killed_during_an_lldb_round_leaves_the_target_running_untraced() {
+    agent_killed_mid_round(
+        "c",
+        "DETRICS:n={(z)}\u{1f}{(long)strlen(name)}\u{1f}{(long)strlen(name)}\u{1f}{(long)strlen(name)}",
+    );
+}
+
+#[test]
+fn agent_killed_during_a_delve_round_leaves_the_target_running_untraced() {
+    agent_killed_mid_round(
+        "go",
+        "DETRICS:n={z}\u{1f}{u.GetBalance()}\u{1f}{u.GetBalance()}\u{1f}{u.GetBalance()}",
     );
 }

@@ -92,6 +92,66 @@ fn stack_without_frame_pointers_o2_unwound_with_cfi() {
     check(Build::Optimized);
 }
 
+/// More than 16 values at one probe (issue #12 point 5): on an -O2 build without frame
+/// pointers the stack takes 5 of the event's 16 value slots (registers and 4 stack chunks for
+/// CFI unwinding), so 16 expressions with `--stack` are refused with a sentence naming the
+/// limit, and 11 (the most that fit) are each captured exactly, with the exact stack.
+#[test]
+fn sixteen_values_and_a_cfi_stack_are_refused_and_eleven_are_exact() {
+    require_root();
+    let exe = build_c_fixture("orders", Build::Optimized);
+    let mut fixture = Fixture::start(&exe, &["-1", "20"]);
+    let src = c_fixture_source("orders");
+    let line = marker_line(&src, "process");
+    let at = format!("orders.c:{line}");
+    // `round`, `(round)`, `((round))`, …: distinct expressions, one value.
+    let exprs: Vec<String> = (0..16)
+        .map(|k| format!("{}round{}", "(".repeat(k), ")".repeat(k)))
+        .collect();
+    let all: Vec<&str> = exprs.iter().map(String::as_str).collect();
+    let run = |exprs: &[&str]| {
+        let mut cmd = Command::new(agent_bin());
+        cmd.args(capture_args(
+            fixture.pid(),
+            &at,
+            exprs,
+            &["--format", "json", "--count", "3", "--stack"],
+        ));
+        run_with_timeout(cmd, AGENT_TIMEOUT)
+    };
+    run(&all).assert_failure_with(
+        "too much to capture at one point: 16 expressions and the stack (5 values) are 21 values (at most 16, so at most 11 expressions with the stack)",
+    );
+    let out = run(&all[..11]);
+    out.assert_success();
+    let events: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("JSON event line"))
+        .collect();
+    assert_eq!(events.len(), 3, "{}", out.stderr);
+    for e in &events {
+        let round = e["values"]["round"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("round in {e}"));
+        for x in &all[..11] {
+            assert_eq!(e["values"][x].as_i64(), Some(round), "{x} in {e}");
+        }
+        assert_eq!(
+            e["values"].as_object().map(serde_json::Map::len),
+            Some(11),
+            "{e}"
+        );
+        // The round the fixture itself printed at that line.
+        fixture.process_line(round, std::time::Duration::from_secs(10));
+        let got = frames(e);
+        assert_eq!(got[0], ("process".to_owned(), i64::from(line)), "{e}");
+        assert_eq!(got.last().map(|f| f.0.as_str()), Some("main"), "{e}");
+    }
+    fixture.assert_keeps_running(3);
+}
+
 /// The reference symbolizer: binutils' addr2line, there wherever gcc builds the C fixtures
 /// (llvm-symbolizer-22 agreed with it on every address of the Rust fixture checked when this
 /// test was written).

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::intruder::{as_nobody, parse_http, DAP_INTRUDER, HTTP_INTRUDER};
 use common::{frame, http_with, json_body, AttachedAgent, Dap, RestStub, STEP_TIMEOUT};
 use detrix_e2e::{
-    c_fixture_source, child_processes, fixtures_out_dir, marker_line, require_root, workspace_root,
+    c_fixture_source, descendants, fixtures_out_dir, marker_line, require_root, workspace_root,
     Fixture,
 };
 use serde_json::{json, Value};
@@ -369,7 +369,8 @@ fn the_fallback_debugger_has_no_port_anyone_could_reach() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = None;
     while seen.is_none() && Instant::now() < deadline {
-        for (kid, _) in child_processes(agent.child.id()) {
+        // lldb-dap runs under its guard (`fallback::guard`), a child of the agent.
+        for (kid, _) in descendants(agent.child.id()) {
             let comm = std::fs::read_to_string(format!("/proc/{kid}/comm")).unwrap_or_default();
             if comm.contains("lldb") {
                 let stdin = std::fs::read_link(format!("/proc/{kid}/fd/0")).ok();

@@ -8,6 +8,8 @@
 mod bytes;
 mod entry;
 pub use bytes::map_file;
+#[cfg(test)]
+mod cyclic_tests;
 mod lines;
 mod location;
 mod scope;

@@ -8,6 +8,11 @@ use gimli::constants as dw;
 
 use super::{Binary, ResolveError, R};
 
+/// How many levels a walk down a type goes (pointer to pointer, array of array, typedef of
+/// typedef) before it stops: real types are a handful deep; a malformed type that refers to
+/// itself would otherwise recurse until the stack overflows.
+pub const MAX_TYPE_DEPTH: u32 = 16;
+
 /// A type DIE somewhere in the binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TypeRef {
@@ -151,7 +156,7 @@ impl Binary {
     /// Malformed DWARF.
     pub fn strip(&self, t: Option<TypeRef>) -> Result<Option<TypeRef>, ResolveError> {
         let mut cur = t;
-        for _ in 0..16 {
+        for _ in 0..MAX_TYPE_DEPTH {
             let Some(r) = cur else { return Ok(None) };
             let e = self.entry_of(r)?;
             match e.tag() {
@@ -166,6 +171,24 @@ impl Binary {
             }
         }
         Ok(cur)
+    }
+
+    /// Whether `t` is a signed integer, if it is a base type (one level, no recursion).
+    fn base_signedness(&self, t: Option<TypeRef>) -> Result<Option<bool>, ResolveError> {
+        let Some(r) = self.strip(t)? else {
+            return Ok(None);
+        };
+        let e = self.entry_of(r)?;
+        if e.tag() != dw::DW_TAG_base_type {
+            return Ok(None);
+        }
+        Ok(match e.attr_value(dw::DW_AT_encoding) {
+            Some(gimli::AttributeValue::Encoding(dw::DW_ATE_signed | dw::DW_ATE_signed_char)) => {
+                Some(true)
+            }
+            Some(gimli::AttributeValue::Encoding(_)) => Some(false),
+            _ => None,
+        })
     }
 
     /// One level of `t` (`None` is `void`).
@@ -242,10 +265,11 @@ impl Binary {
             }
             dw::DW_TAG_enumeration_type => {
                 let (values, any_negative) = self.enumerators(r)?;
-                let signed = match self.type_of(self.type_attr(r.unit, &e))? {
-                    Type::Int { signed, .. } => signed,
-                    _ => any_negative,
-                };
+                // The underlying type is read one level only: a (malformed) enum naming itself
+                // as its own underlying type must not recurse.
+                let signed = self
+                    .base_signedness(self.type_attr(r.unit, &e))?
+                    .unwrap_or(any_negative);
                 Type::Enum {
                     name,
                     size,
@@ -269,6 +293,15 @@ impl Binary {
     /// # Errors
     /// Malformed DWARF.
     pub fn size_of(&self, t: Option<TypeRef>) -> Result<Option<u64>, ResolveError> {
+        self.size_at(t, 0)
+    }
+
+    /// [`Binary::size_of`], arrays of arrays at most [`MAX_TYPE_DEPTH`] deep (a malformed array
+    /// of itself has no size).
+    fn size_at(&self, t: Option<TypeRef>, depth: u32) -> Result<Option<u64>, ResolveError> {
+        if depth > MAX_TYPE_DEPTH {
+            return Ok(None);
+        }
         Ok(match self.type_of(t)? {
             Type::Void | Type::Unsupported { .. } => None,
             Type::Int { size, .. }
@@ -279,8 +312,8 @@ impl Binary {
             | Type::Struct { size, .. }
             | Type::Variants { size, .. } => Some(size),
             Type::Pointer { .. } => Some(8),
-            Type::Array { elem, count } => match (self.size_of(elem)?, count) {
-                (Some(s), Some(c)) => Some(s * c),
+            Type::Array { elem, count } => match (self.size_at(elem, depth + 1)?, count) {
+                (Some(s), Some(c)) => s.checked_mul(c),
                 _ => None,
             },
         })
@@ -310,7 +343,7 @@ impl Binary {
         let Ok(e) = self.entry_of(r) else {
             return "?".to_owned();
         };
-        if depth > 16 {
+        if depth > MAX_TYPE_DEPTH {
             return "?".to_owned();
         }
         let inner = || self.display_name_at(self.type_attr(r.unit, &e), depth + 1);
@@ -369,15 +402,22 @@ impl Binary {
     /// A C-like spelling of a type, for messages (`struct order *`, `char[8]`).
     #[must_use]
     pub fn type_name(&self, t: Option<TypeRef>) -> String {
+        self.type_name_at(t, 0)
+    }
+
+    fn type_name_at(&self, t: Option<TypeRef>, depth: u32) -> String {
+        if depth > MAX_TYPE_DEPTH {
+            return "?".to_owned();
+        }
         let Ok(stripped) = self.strip(t) else {
             return "?".to_owned();
         };
         match self.type_of(stripped) {
             Ok(Type::Void) => "void".to_owned(),
-            Ok(Type::Pointer { pointee }) => format!("{} *", self.type_name(pointee)),
+            Ok(Type::Pointer { pointee }) => format!("{} *", self.type_name_at(pointee, depth + 1)),
             Ok(Type::Array { elem, count }) => format!(
                 "{}[{}]",
-                self.type_name(elem),
+                self.type_name_at(elem, depth + 1),
                 count.map(|c| c.to_string()).unwrap_or_default()
             ),
             Ok(Type::Struct { name, .. }) => {

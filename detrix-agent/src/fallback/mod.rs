@@ -26,10 +26,17 @@
 //! process): lldb-dap speaks DAP over its stdio, a socketpair only the agent holds; Delve cannot
 //! (its `dap` mode is TCP only), so the agent listens on a loopback port it keeps bound and
 //! Delve dials in (`--client-addr`); a connection is used only if its socket is held by that
-//! very child, anything else is closed ([`crate::peer`]). Each debugger dies with the agent
-//! (`PR_SET_PDEATHSIG`), and an expression is only ever an expression ([`check_expression`]).
+//! very child, anything else is closed ([`crate::peer`]). An expression is only ever an
+//! expression ([`check_expression`]).
+//!
+//! An agent killed mid-round (issue #12 point 6): the debugger is not killed with it — a
+//! debugger dying while it holds the target at its breakpoint leaves its `int3` and a pending
+//! `SIGTRAP` behind, and the target dies of it. It runs under a [`guard`] process instead: the
+//! debugger sees its channel close and detaches, the guard kills it if it has not within a few
+//! seconds (it dies with the guard, `PR_SET_PDEATHSIG`) and continues a target left stopped.
 
 mod client;
+pub mod guard;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -126,15 +133,30 @@ pub enum FallbackError {
     },
 }
 
-/// A spawned debugger process; killed and reaped on drop.
+/// A spawned debugger under its [`guard`]; the guard (and with it the debugger) is killed and
+/// reaped on drop.
 struct Spawned {
-    child: Child,
+    guard: Child,
+}
+
+impl Spawned {
+    /// After `disconnect`: the debugger exits once its channel is closed, and the guard with
+    /// it; whatever is still there after `wait` is killed.
+    async fn finish(mut self, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if matches!(self.guard.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for Spawned {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.guard.kill();
+        let _ = self.guard.wait();
     }
 }
 
@@ -146,7 +168,26 @@ enum Channel {
     DialIn(tokio::net::TcpListener),
 }
 
-fn spawn(dbg: Debugger) -> Result<(Spawned, Channel), FallbackError> {
+/// `program` as `Command` would find it (a path, or a name on `$PATH`), checked here because
+/// the guard, not the agent, starts it.
+fn find_program(program: &std::path::Path) -> std::io::Result<PathBuf> {
+    let not_found = || std::io::Error::from(std::io::ErrorKind::NotFound);
+    if program.components().count() > 1 {
+        return if program.is_file() {
+            Ok(program.to_path_buf())
+        } else {
+            Err(not_found())
+        };
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .ok_or_else(not_found)
+}
+
+fn spawn(dbg: Debugger, target: u32) -> Result<(Spawned, Channel), FallbackError> {
     let program = dbg.program();
     let spawn_err = |source| FallbackError::Spawn {
         name: dbg.name(),
@@ -163,7 +204,9 @@ fn spawn(dbg: Debugger) -> Result<(Spawned, Channel), FallbackError> {
         },
         source,
     };
-    let mut cmd = Command::new(&program);
+    let resolved = find_program(&program).map_err(spawn_err)?;
+    let mut command: Vec<std::ffi::OsString> = vec![resolved.into_os_string()];
+    let mut cmd = Command::new("/proc/self/exe");
     let channel = match dbg {
         // No `--connection`: lldb-dap then speaks DAP on stdin/stdout, which only we hold.
         Debugger::Lldb => {
@@ -179,22 +222,29 @@ fn spawn(dbg: Debugger) -> Result<(Spawned, Channel), FallbackError> {
             let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(spawn_err)?;
             let port = l.local_addr().map_err(spawn_err)?.port();
             l.set_nonblocking(true).map_err(spawn_err)?;
-            cmd.arg("dap")
-                .arg(format!("--client-addr=127.0.0.1:{port}"))
-                .arg("--check-go-version=false")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null());
+            command.extend([
+                "dap".into(),
+                format!("--client-addr=127.0.0.1:{port}").into(),
+                "--check-go-version=false".into(),
+            ]);
+            cmd.stdin(Stdio::null()).stdout(Stdio::null());
             Channel::DialIn(tokio::net::TcpListener::from_std(l).map_err(spawn_err)?)
         }
     };
-    cmd.stderr(Stdio::null());
-    die_with_parent(&mut cmd);
-    let child = cmd.spawn().map_err(spawn_err)?;
-    Ok((Spawned { child }, channel))
+    let args = guard::Args {
+        agent: std::process::id(),
+        target,
+        command,
+    };
+    cmd.arg(guard::SUBCOMMAND)
+        .args(args.to_argv())
+        .stderr(Stdio::null());
+    guard::own_session(&mut cmd);
+    let guard = cmd.spawn().map_err(spawn_err)?;
+    Ok((Spawned { guard }, channel))
 }
 
-/// The debugger gets SIGKILL when the agent's thread that spawned it dies (the agent runs a
-/// single-threaded runtime, so that is the agent), so a killed agent leaves no root debugger.
+/// The debugger gets SIGKILL when its guard dies, so no root debugger outlives the guard.
 fn die_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt as _;
     // SAFETY: the closure runs in the child between fork and exec and only calls prctl, which
@@ -209,11 +259,11 @@ fn die_with_parent(cmd: &mut Command) {
     }
 }
 
-/// Waits `secs` for Delve, pid `child`, to dial in; a connection from any other process is
-/// closed and logged.
+/// Waits `secs` for Delve, the child of guard `guard`, to dial in; a connection from any other
+/// process is closed and logged.
 async fn accept_child(
     l: &tokio::net::TcpListener,
-    child: u32,
+    guard: u32,
     name: &'static str,
     secs: u64,
 ) -> Result<tokio::net::TcpStream, FallbackError> {
@@ -226,7 +276,9 @@ async fn accept_child(
             };
             let local = s.local_addr().unwrap_or(peer);
             match crate::peer::peer_owner(local, peer) {
-                Some(o) if o.pids == [child] => return s,
+                Some(o) if o.pids.len() == 1 && guard::parent_of(o.pids[0]) == Some(guard) => {
+                    return s
+                }
                 other => tracing::warn!(
                     %peer,
                     owner = other.as_ref().map(crate::peer::Owner::describe),
@@ -273,11 +325,11 @@ pub fn check_expression(dbg: Debugger, expr: &str) -> Result<(), String> {
 /// debugger is gone and the target detached in every case.
 pub async fn evaluate_at(req: &Request) -> Result<Vec<Evaluated>, FallbackError> {
     let dbg = req.debugger;
-    let (spawned, channel) = spawn(dbg)?;
+    let (spawned, channel) = spawn(dbg, req.pid)?;
     let mut client = match channel {
         Channel::Stdio(s) => DapClient::new(s),
         Channel::DialIn(l) => {
-            let s = accept_child(&l, spawned.child.id(), dbg.name(), 10).await?;
+            let s = accept_child(&l, spawned.guard.id(), dbg.name(), 10).await?;
             drop(l);
             let _ = s.set_nodelay(true);
             DapClient::new(s)
@@ -287,7 +339,7 @@ pub async fn evaluate_at(req: &Request) -> Result<Vec<Evaluated>, FallbackError>
     // Whatever happened, the target must not keep a debugger or our breakpoint.
     let detach = detach(&mut client, req).await;
     drop(client);
-    drop(spawned);
+    spawned.finish(Duration::from_secs(2)).await;
     let state = settle(req.pid, dbg).await;
     let values = out?;
     detach?;
@@ -535,8 +587,8 @@ pub fn proc_state(pid: u32) -> Option<(String, u32)> {
 mod tests {
     use super::*;
 
-    /// The Delve dial-in port takes only its own child: another process's connection (here
-    /// this test's own) is closed, the child's is used.
+    /// The Delve dial-in port takes only the guard's child: another process's connection (here
+    /// this test's own, and the guard's own) is closed, the child's is used.
     #[tokio::test]
     async fn the_dial_in_port_takes_only_the_spawned_child() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -558,10 +610,11 @@ mod tests {
         let mut stranger = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .unwrap();
+        // The "guard" first dials in itself (not its child: closed), then its child does.
         let mut child = std::process::Command::new("bash")
             .arg("-c")
             .arg(format!(
-                "sleep 0.3; exec 3<>/dev/tcp/127.0.0.1/{port}; printf child >&3; sleep 2"
+                "sleep 0.3; exec 4<>/dev/tcp/127.0.0.1/{port}; sleep 0.2; bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}; printf child >&3; sleep 2'; true"
             ))
             .spawn()
             .unwrap();

@@ -220,9 +220,28 @@ pub fn build_with(
             all.push((c.expr_text.clone(), Role::Hidden));
         }
     }
-    if all.len() > MAX_VALUES {
+    // Go keeps frame pointers: the kernel walks them. Elsewhere, copy what CFI unwinding needs.
+    let cfi = extras.stack && bin.language().ok() != Some(crate::debuginfo::Language::Go);
+    // The stack is values too (registers and stack chunks for CFI unwinding, else one): every
+    // value has its own slot in the event, and the eBPF program has MAX_VALUES of them, so more
+    // would overwrite another value's slot (issue #12 point 5: refused, never corrupted).
+    let stack_values = if cfi {
+        1 + UNWIND_CHUNKS
+    } else {
+        usize::from(extras.stack)
+    };
+    if all.len() + stack_values > MAX_VALUES {
         return Err(PlanError::OverBudget {
-            what: format!("{} expressions (at most {MAX_VALUES})", all.len()),
+            what: if stack_values == 0 {
+                format!("{} expressions (at most {MAX_VALUES})", all.len())
+            } else {
+                format!(
+                    "{} expressions and the stack ({stack_values} values) are {} values (at most {MAX_VALUES}, so at most {} expressions with the stack)",
+                    all.len(),
+                    all.len() + stack_values,
+                    MAX_VALUES - stack_values
+                )
+            },
         });
     }
     let mut plan = Plan::empty();
@@ -256,8 +275,6 @@ pub fn build_with(
         }
     }
     let mut local_errors = Vec::new();
-    // Go keeps frame pointers: the kernel walks them. Elsewhere, copy what CFI unwinding needs.
-    let cfi = extras.stack && bin.language().ok() != Some(crate::debuginfo::Language::Go);
     let stack_bytes = if !extras.stack {
         0
     } else if cfi {
@@ -272,7 +289,7 @@ pub fn build_with(
         match lower_value(bin, point, opts, name) {
             Ok((o, shape, len)) => {
                 let o = fold(o);
-                if lowered.len() + usize::from(extras.stack) >= MAX_VALUES
+                if lowered.len() + stack_values >= MAX_VALUES
                     || budget_ops + o.len() > MAX_OPS
                     || budget_bytes + len > EVENT_DATA_BYTES
                 {

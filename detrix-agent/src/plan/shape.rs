@@ -447,10 +447,12 @@ impl Builder<'_> {
                 values,
             },
             Type::Pointer { .. } => Shape::Pointer,
+            // Arrays of arrays are bounded like structs: a malformed array of itself must not
+            // recurse until the stack overflows (issue #12 point 5).
             Type::Array {
                 elem,
                 count: Some(count),
-            } => {
+            } if depth < 6 => {
                 if matches!(self.bin.type_of(elem)?, Type::Char { size: 1, .. }) {
                     Shape::CharArray {
                         count,
