@@ -8,6 +8,7 @@ mod builds;
 mod demo;
 mod fuzz;
 mod lint;
+mod server;
 mod setup;
 mod test;
 mod util;
@@ -64,7 +65,13 @@ enum Command {
     },
     /// Per-hit cost table: no probe, empty-program floor, agent captures (placement off/on,
     /// batched vs per-event wakeup), asleep, and an lldb-dap logpoint — one run, as ratios.
-    Bench,
+    Bench {
+        /// Only the real-server section: Redis built `-O2 -g` from its Debian source (fetched
+        /// and built under target/bench-server on first use) under `redis-benchmark`, with a
+        /// 4-value logpoint on its request handler: throughput probed / unprobed, BPF ns per hit.
+        #[arg(long)]
+        server: bool,
+    },
 }
 
 /// Builds the eBPF object, then runs the benchmarks, release builds, one table each:
@@ -118,6 +125,36 @@ fn bench() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cargo xtask bench --server`: builds the agent (release) and Redis, then runs `server_bench`.
+fn server_bench() -> anyhow::Result<()> {
+    let root = util::workspace_root()?;
+    let obj = builds::ebpf(&root)?;
+    let mut cmd = std::process::Command::new("cargo");
+    cmd.current_dir(&root)
+        .args(["build", "--release", "-p", "detrix-agent"])
+        .env("DETRIX_EBPF_OBJ", &obj);
+    util::run(&mut cmd)?;
+    let agent = util::target_dir(&root)?.join("release/detrix-agent");
+    let redis = server::redis(&root)?;
+    let mut cmd = std::process::Command::new("cargo");
+    cmd.current_dir(&root)
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "detrix-e2e",
+            "--bin",
+            "server_bench",
+            "--",
+        ])
+        .arg("--agent")
+        .arg(&agent)
+        .arg("--redis")
+        .arg(&redis)
+        .env("DETRIX_EBPF_OBJ", &obj);
+    util::run(&mut cmd)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -128,7 +165,8 @@ fn main() -> ExitCode {
         Command::Demo { daemon: None } => demo::run(),
         Command::Demo { daemon: Some(url) } => demo::run_with_daemon(&url),
         Command::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
-        Command::Bench => bench(),
+        Command::Bench { server: false } => bench(),
+        Command::Bench { server: true } => server_bench(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
