@@ -14,8 +14,8 @@ use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
 use aya::programs::UProbe;
 use detrix_common::{
-    metas_bytes, record_span, Counters, CpuRing, Event, EventHeader, Plan, RateState, ValueMeta,
-    WireHeader, CPU_RING_BYTES, CPU_RING_DATA_OFFSET, MAX_PROBES, MAX_VALUES, PLAN_ABI,
+    metas_bytes, record_span, Counters, CpuRing, Event, EventHeader, Plan, RateState, Slot,
+    ValueMeta, WireHeader, CPU_RING_BYTES, CPU_RING_DATA_OFFSET, MAX_PROBES, MAX_VALUES, PLAN_ABI,
     RECORD_PREFIX_BYTES, WIRE_HEADER_BYTES,
 };
 
@@ -207,8 +207,8 @@ impl EventRings {
 /// The loaded program, its maps and the attached probes.
 pub struct Probes {
     ebpf: aya::Ebpf,
-    plans: Array<MapData, Plan>,
-    counters: PerCpuArray<MapData, Counters>,
+    /// Per CPU: each slot's counters and its copy of the plan (`detrix_common::Slot`).
+    slots: PerCpuArray<MapData, Slot>,
     rate: Array<MapData, RateState>,
     /// By probe id (see [`Probes::install`]).
     links: BTreeMap<u32, UProbeLinkId>,
@@ -279,8 +279,7 @@ impl Probes {
             .override_global("WAKEUP_BYTES", &opts.wakeup_bytes, true)
             .load(EBPF_OBJECT)
             .map_err(ProbeError::Load)?;
-        let plans: Array<_, _> = take_map(&mut ebpf, "PLANS", "PLANS map")?;
-        let counters: PerCpuArray<_, _> = take_map(&mut ebpf, "COUNTERS", "COUNTERS map")?;
+        let slots: PerCpuArray<_, _> = take_map(&mut ebpf, "SLOTS", "SLOTS map")?;
         let ring: RingBuf<_> = take_map(&mut ebpf, "EVENTS", "EVENTS map")?;
         let rate: Array<_, _> = take_map(&mut ebpf, "RATE", "RATE map")?;
         let aya::maps::Map::Array(rings) = ebpf
@@ -298,8 +297,7 @@ impl Probes {
         Ok((
             Self {
                 ebpf,
-                plans,
-                counters,
+                slots,
                 rate,
                 links: BTreeMap::new(),
                 noop_links: Vec::new(),
@@ -328,27 +326,19 @@ impl Probes {
             .ok_or(ProbeError::NoSlot)?;
         self.generation = (self.generation + 1) & 0xffff;
         let id = slot | (self.generation << 16);
-        // Counters and the rate limiter start from zero for every new probe in the slot.
-        let zero = aya::maps::PerCpuValues::try_from(vec![Counters::default(); self.ncpus])
-            .map_err(ProbeError::Cpus)?;
-        self.counters
-            .set(slot, zero, 0)
-            .map_err(|source| ProbeError::Map {
-                name: "COUNTERS",
-                source,
-            })?;
+        // Counters and the rate limiter start from zero for every new probe in the slot; every
+        // CPU gets the same plan.
         self.rate
             .set(slot, RateState::default(), 0)
             .map_err(|source| ProbeError::Map {
                 name: "RATE",
                 source,
             })?;
-        self.plans
-            .set(slot, plan, 0)
-            .map_err(|source| ProbeError::Map {
-                name: "PLANS",
-                source,
-            })?;
+        let fresh = Slot {
+            counters: Counters::default(),
+            plan: *plan,
+        };
+        self.write_slot(slot, vec![fresh; self.ncpus])?;
         let pid =
             NonZeroU32::new(spec.pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
         let point = UProbeAttachPoint {
@@ -412,15 +402,30 @@ impl Probes {
     pub fn remove(&mut self, id: u32) -> Result<(), ProbeError> {
         let link = self.links.remove(&id).ok_or(ProbeError::UnknownSlot(id))?;
         self.program()?.detach(link).map_err(ProbeError::Program)?;
-        let mut dead = Plan::empty();
-        dead.abi = 0;
-        self.plans
-            .set(slot_of(id), dead, 0)
+        // The counters stay readable (a removed logpoint's totals); only the plan goes.
+        let mut per_cpu = self.read_slot(slot_of(id))?;
+        for s in &mut per_cpu {
+            s.plan.abi = 0;
+        }
+        self.write_slot(slot_of(id), per_cpu)
+    }
+
+    fn read_slot(&self, slot: u32) -> Result<Vec<Slot>, ProbeError> {
+        let per_cpu = self.slots.get(&slot, 0).map_err(|source| ProbeError::Map {
+            name: "SLOTS",
+            source,
+        })?;
+        Ok(per_cpu.iter().copied().collect())
+    }
+
+    fn write_slot(&mut self, slot: u32, per_cpu: Vec<Slot>) -> Result<(), ProbeError> {
+        let values = aya::maps::PerCpuValues::try_from(per_cpu).map_err(ProbeError::Cpus)?;
+        self.slots
+            .set(slot, values, 0)
             .map_err(|source| ProbeError::Map {
-                name: "PLANS",
+                name: "SLOTS",
                 source,
-            })?;
-        Ok(())
+            })
     }
 
     /// Removes every probe.
@@ -457,16 +462,9 @@ impl Probes {
     /// # Errors
     /// Map read failure.
     pub fn counters(&self, id: u32) -> Result<Counters, ProbeError> {
-        let per_cpu = self
-            .counters
-            .get(&slot_of(id), 0)
-            .map_err(|source| ProbeError::Map {
-                name: "COUNTERS",
-                source,
-            })?;
         let mut sum = Counters::default();
-        for c in per_cpu.iter() {
-            sum.add(c);
+        for s in self.read_slot(slot_of(id))? {
+            sum.add(&s.counters);
         }
         Ok(sum)
     }

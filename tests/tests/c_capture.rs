@@ -115,6 +115,106 @@ fn process_line_values_match_printed() {
     fixture.assert_keeps_running(3);
 }
 
+/// Fields read through one pointer are one copy of the target's memory, not one each
+/// (issue #15): `round` and the slot holding `o` are one read, `o`'s fields another, and the
+/// string `o->customer` points to a third — where each value alone reads 12 times — and every
+/// value is still exactly what the fixture printed. Forwarding is off so every read is a
+/// memory read.
+#[test]
+fn coalesced_reads_keep_exact_values() {
+    require_root();
+    agent_bin();
+    let src = c_fixture_source("orders");
+    let line = marker_line(&src, "process");
+    let mut fixture = Fixture::orders(DELAY_MS);
+    let at = format!("orders.c:{line}");
+    let exprs: &[(&str, &str, Kind)] = &[
+        ("round", "round", Kind::Int),
+        ("o->id", "id", Kind::Int),
+        ("o->qty", "qty", Kind::Int),
+        ("o->flags", "flags", Kind::Int),
+        ("o->price", "price", Kind::Float),
+        ("o->customer", "customer", Kind::Str),
+    ];
+    let names: Vec<&str> = exprs.iter().map(|(e, _, _)| *e).collect();
+    let out = run_agent(&capture_args(
+        fixture.pid(),
+        &at,
+        &names,
+        &[
+            "--count",
+            "5",
+            "--format",
+            "json",
+            "--no-forwarding",
+            "--explain",
+        ],
+    ));
+    out.assert_success();
+    let plan = out
+        .stderr
+        .lines()
+        .find(|l| l.trim_start().starts_with("plan: "))
+        .unwrap_or_else(|| panic!("--explain printed no plan line:\n{}", out.stderr));
+    assert!(
+        plan.contains(" 3 reads of the target's memory"),
+        "expected 3 reads (the frame's slots, o's fields, the customer string): {plan}"
+    );
+    let events = parse_events(&out);
+    let rounds = check_common(&events, &fixture, &at, 5);
+    for (event, round) in events.iter().zip(rounds) {
+        assert_eq!(event.values.len(), exprs.len(), "{}", event.raw);
+        let printed_line = fixture.process_line(round, PRINT_WAIT);
+        let kv = parse_kv(&printed_line);
+        for (expr, key, kind) in exprs {
+            let want = expected_text(*kind, key, &kv, &printed_line);
+            check(event, expr, *kind, &want, &printed_line);
+        }
+    }
+    fixture.assert_keeps_running(3);
+}
+
+/// A value whose read faults says which step of the plan faulted and at which address
+/// (issue #16): `o->customer[99999999]` reads 100 MB past a string literal, where nothing is
+/// mapped; the address is the printed `o->customer` plus that offset, and the other value
+/// still flows.
+#[test]
+fn read_fault_names_the_step_and_address() {
+    require_root();
+    agent_bin();
+    let src = c_fixture_source("orders");
+    let line = marker_line(&src, "process");
+    let mut fixture = Fixture::orders(DELAY_MS);
+    let at = format!("orders.c:{line}");
+    let far = "o->customer[99999999]";
+    let out = run_agent(&capture_args(
+        fixture.pid(),
+        &at,
+        &["round", far],
+        &["--count", "3", "--format", "json", "--no-forwarding"],
+    ));
+    out.assert_success();
+    let events = parse_events(&out);
+    let rounds = check_common(&events, &fixture, &at, 3);
+    for (event, round) in events.iter().zip(rounds) {
+        let printed_line = fixture.process_line(round, PRINT_WAIT);
+        let kv = parse_kv(&printed_line);
+        let pcust = kv
+            .get("pcust")
+            .and_then(|h| u64::from_str_radix(h.trim_start_matches("0x"), 16).ok())
+            .unwrap_or_else(|| panic!("no pcust in {printed_line}"));
+        let err = event.values[far]["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("`{far}` should be an error: {}", event.raw));
+        let want = format!("faulted at address {:#x}", pcust + 99_999_999);
+        assert!(
+            err.contains("(`emit_mem 1 +99999999 @") && err.contains(&want),
+            "the error should name the emit_mem step and {want}: {err}"
+        );
+    }
+    fixture.assert_keeps_running(3);
+}
+
 #[test]
 fn after_line_values_match_printed() {
     require_root();

@@ -364,6 +364,17 @@ impl Engine {
             .map(|lp| self.sum_counters(&lp.probe_ids))
     }
 
+    /// Counters of every installed logpoint, each summed over its copies and CPUs (for
+    /// `/metrics`): `hits`, `emitted`, `dropped_ring_full`, `rate_limited`,
+    /// `condition_false`, `read_faults`, `bpf_ns`, …
+    #[must_use]
+    pub fn all_counters(&self) -> Vec<(LogpointId, Counters)> {
+        self.logpoints
+            .values()
+            .map(|lp| (lp.id, self.sum_counters(&lp.probe_ids)))
+            .collect()
+    }
+
     fn sum_counters(&self, probe_ids: &[u32]) -> Counters {
         let mut t = Counters::default();
         for s in probe_ids {

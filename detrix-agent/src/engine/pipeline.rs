@@ -104,7 +104,21 @@ pub(super) fn plan_point(
         bin.point_at(&p, placement.chosen).unwrap_or(p)
     };
     let forwarded = if steps.forwarding {
-        forward::forward(&point, &mut built.plan, &func)
+        let lines = forward::forward(&point, &mut built.plan, &func);
+        // Coalescing hides the stack slots forwarding could read from registers instead:
+        // keep whichever forwarded plan reads the target's memory fewer times.
+        match plan::build_with_plain_reads(bin, &point, exprs, condition, extras, opts) {
+            Ok(mut plain) => {
+                let plain_lines = forward::forward(&point, &mut plain.plan, &func);
+                if plan::memory_reads(&plain.plan) <= plan::memory_reads(&built.plan) {
+                    built = plain;
+                    plain_lines
+                } else {
+                    lines
+                }
+            }
+            Err(_) => lines,
+        }
     } else {
         Vec::new()
     };
