@@ -176,7 +176,7 @@ fn capture(ctx: &ProbeContext) {
     // Time one hit in TIMED_EVERY (the first included): the closing clock read is a helper
     // call, whose return is itself a good part of a hit's cost on a CPU with return-stack
     // mitigations; `bpf_ns` adds each timed hit TIMED_EVERY times.
-    let timed = counters.hits & (TIMED_EVERY - 1) == 1;
+    let timed = (counters.hits & (TIMED_EVERY - 1)) == 1;
 
     if plan.abi != PLAN_ABI {
         counters.no_plan += 1;

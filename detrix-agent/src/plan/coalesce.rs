@@ -170,7 +170,7 @@ fn make_block(values: &mut Vec<Lowered>, reads: &[Read], start: i64, end: i64) {
     };
     values.push(Lowered {
         ops,
-        len: span as usize,
+        len: usize::from(span),
         eligible: false,
         inside: None,
         refs,
