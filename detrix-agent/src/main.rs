@@ -677,7 +677,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     let steps = detrix_agent::plan::describe_ops(&built.plan);
                     eprintln!(
-                        "  plan: {} steps, {} reads of the target's memory: {}",
+                        "capture: plan: {} steps, {} reads of the target's memory: {}",
                         steps.len(),
                         detrix_agent::plan::memory_reads(&built.plan),
                         steps.join("; ")

@@ -154,7 +154,7 @@ fn coalesced_reads_keep_exact_values() {
     let plan = out
         .stderr
         .lines()
-        .find(|l| l.trim_start().starts_with("plan: "))
+        .find(|l| l.starts_with("capture: plan: "))
         .unwrap_or_else(|| panic!("--explain printed no plan line:\n{}", out.stderr));
     assert!(
         plan.contains(" 3 reads of the target's memory"),

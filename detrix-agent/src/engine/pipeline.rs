@@ -106,11 +106,13 @@ pub(super) fn plan_point(
     let forwarded = if steps.forwarding {
         let lines = forward::forward(&point, &mut built.plan, &func);
         // Coalescing hides the stack slots forwarding could read from registers instead:
-        // keep whichever forwarded plan reads the target's memory fewer times.
+        // where forwarding applies, the plain plan forwarded; else the one with fewer reads.
         match plan::build_with_plain_reads(bin, &point, exprs, condition, extras, opts) {
             Ok(mut plain) => {
                 let plain_lines = forward::forward(&point, &mut plain.plan, &func);
-                if plan::memory_reads(&plain.plan) <= plan::memory_reads(&built.plan) {
+                if !plain_lines.is_empty()
+                    || plan::memory_reads(&plain.plan) <= plan::memory_reads(&built.plan)
+                {
                     built = plain;
                     plain_lines
                 } else {

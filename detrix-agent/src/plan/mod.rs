@@ -277,8 +277,9 @@ pub fn build_with(
 }
 
 /// [`build_with`] without coalescing nearby reads ([`coalesce`]): every value reads its own
-/// bytes, which register forwarding may then replace one by one. The engine keeps whichever
-/// of the two, forwarded, reads the target's memory fewer times ([`memory_reads`]).
+/// bytes, which register forwarding may then replace one by one. The engine keeps this one,
+/// forwarded, where forwarding applies, else whichever reads memory fewer times
+/// ([`memory_reads`]).
 ///
 /// # Errors
 /// As [`build`].
