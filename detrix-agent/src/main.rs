@@ -921,7 +921,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 locals: args.locals,
             };
             let prepared = capture::prepare(&req)?;
-            for (p, placement) in prepared.points() {
+            for (p, built, placement) in prepared.plans() {
                 eprintln!(
                     "capture: {}:{} → {} at {} (file offset {}, {:?})",
                     req.file, req.line, p.function, p.addr, p.file_offset, placement.kind
@@ -930,6 +930,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     for line in &placement.explain {
                         eprintln!("  {line}");
                     }
+                    let steps = detrix_agent::plan::describe_ops(&built.plan);
+                    eprintln!(
+                        "capture: plan: {} steps, {} reads of the target's memory: {}",
+                        steps.len(),
+                        detrix_agent::plan::memory_reads(&built.plan),
+                        steps.join("; ")
+                    );
                 }
             }
             let functions = prepared

@@ -14,9 +14,9 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
 use aya::programs::UProbe;
 use detrix_common::{
-    metas_bytes, op, record_span, Counters, CpuRing, Event, EventHeader, Plan, RateState, StashKey,
-    StashRegs, ValueMeta, WireHeader, CPU_RING_BYTES, CPU_RING_DATA_OFFSET, MAX_PROBES, MAX_VALUES,
-    PLAN_ABI, RECORD_PREFIX_BYTES, WIRE_HEADER_BYTES,
+    metas_bytes, op, record_span, Counters, CpuRing, Event, EventHeader, Plan, RateState, Slot,
+    StashKey, StashRegs, ValueMeta, WireHeader, CPU_RING_BYTES, CPU_RING_DATA_OFFSET, MAX_PROBES,
+    MAX_VALUES, PLAN_ABI, RECORD_PREFIX_BYTES, WIRE_HEADER_BYTES,
 };
 
 use crate::debuginfo::FileOffset;
@@ -237,8 +237,8 @@ impl EventRings {
 /// The loaded program, its maps and the attached probes.
 pub struct Probes {
     ebpf: aya::Ebpf,
-    plans: Array<MapData, Plan>,
-    counters: PerCpuArray<MapData, Counters>,
+    /// Per CPU: each slot's counters and its copy of the plan (`detrix_common::Slot`).
+    slots: PerCpuArray<MapData, Slot>,
     rate: Array<MapData, RateState>,
     /// By probe id (see [`Probes::install`]).
     links: BTreeMap<u32, UProbeLinkId>,
@@ -316,8 +316,7 @@ impl Probes {
             .override_global("WAKEUP_BYTES", &opts.wakeup_bytes, true)
             .load(EBPF_OBJECT)
             .map_err(ProbeError::Load)?;
-        let plans: Array<_, _> = take_map(&mut ebpf, "PLANS", "PLANS map")?;
-        let counters: PerCpuArray<_, _> = take_map(&mut ebpf, "COUNTERS", "COUNTERS map")?;
+        let slots: PerCpuArray<_, _> = take_map(&mut ebpf, "SLOTS", "SLOTS map")?;
         let ring: RingBuf<_> = take_map(&mut ebpf, "EVENTS", "EVENTS map")?;
         let rate: Array<_, _> = take_map(&mut ebpf, "RATE", "RATE map")?;
         let stash: HashMap<_, _, _> = take_map(&mut ebpf, "STASH", "STASH map")?;
@@ -340,8 +339,7 @@ impl Probes {
         Ok((
             Self {
                 ebpf,
-                plans,
-                counters,
+                slots,
                 rate,
                 links: BTreeMap::new(),
                 stash,
@@ -469,27 +467,19 @@ impl Probes {
             .ok_or(ProbeError::NoSlot)?;
         self.generation = (self.generation + 1) & 0xffff;
         let id = slot | (self.generation << 16);
-        // Counters and the rate limiter start from zero for every new probe in the slot.
-        let zero = aya::maps::PerCpuValues::try_from(vec![Counters::default(); self.ncpus])
-            .map_err(ProbeError::Cpus)?;
-        self.counters
-            .set(slot, zero, 0)
-            .map_err(|source| ProbeError::Map {
-                name: "COUNTERS",
-                source,
-            })?;
+        // Counters and the rate limiter start from zero for every new probe in the slot; every
+        // CPU gets the same plan.
         self.rate
             .set(slot, RateState::default(), 0)
             .map_err(|source| ProbeError::Map {
                 name: "RATE",
                 source,
             })?;
-        self.plans
-            .set(slot, plan, 0)
-            .map_err(|source| ProbeError::Map {
-                name: "PLANS",
-                source,
-            })?;
+        let fresh = Slot {
+            counters: Counters::default(),
+            plan: *plan,
+        };
+        self.write_slot(slot, vec![fresh; self.ncpus])?;
         let link = self.attach(PROGRAM, PROGRAM_MISSING, spec, spec.offset, u64::from(id))?;
         tracing::debug!(slot, id, "uprobe attached");
         self.links.insert(id, link);
@@ -543,15 +533,30 @@ impl Probes {
             self.drop_entry(entry, stash);
         }
         detached?;
-        let mut dead = Plan::empty();
-        dead.abi = 0;
-        self.plans
-            .set(slot_of(id), dead, 0)
+        // The counters stay readable (a removed logpoint's totals); only the plan goes.
+        let mut per_cpu = self.read_slot(slot_of(id))?;
+        for s in &mut per_cpu {
+            s.plan.abi = 0;
+        }
+        self.write_slot(slot_of(id), per_cpu)
+    }
+
+    fn read_slot(&self, slot: u32) -> Result<Vec<Slot>, ProbeError> {
+        let per_cpu = self.slots.get(&slot, 0).map_err(|source| ProbeError::Map {
+            name: "SLOTS",
+            source,
+        })?;
+        Ok(per_cpu.iter().copied().collect())
+    }
+
+    fn write_slot(&mut self, slot: u32, per_cpu: Vec<Slot>) -> Result<(), ProbeError> {
+        let values = aya::maps::PerCpuValues::try_from(per_cpu).map_err(ProbeError::Cpus)?;
+        self.slots
+            .set(slot, values, 0)
             .map_err(|source| ProbeError::Map {
-                name: "PLANS",
+                name: "SLOTS",
                 source,
-            })?;
-        Ok(())
+            })
     }
 
     /// Removes every probe.
@@ -596,16 +601,9 @@ impl Probes {
     /// # Errors
     /// Map read failure.
     pub fn counters(&self, id: u32) -> Result<Counters, ProbeError> {
-        let per_cpu = self
-            .counters
-            .get(&slot_of(id), 0)
-            .map_err(|source| ProbeError::Map {
-                name: "COUNTERS",
-                source,
-            })?;
         let mut sum = Counters::default();
-        for c in per_cpu.iter() {
-            sum.add(c);
+        for s in self.read_slot(slot_of(id))? {
+            sum.add(&s.counters);
         }
         Ok(sum)
     }

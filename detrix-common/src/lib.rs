@@ -14,7 +14,7 @@
 
 /// Version of every layout in this crate. Bump on any change; the agent checks that the
 /// embedded eBPF object was built with the same number.
-pub const PLAN_ABI: u32 = 7;
+pub const PLAN_ABI: u32 = 8;
 
 /// Maximum number of probes (plan slots) one loaded program serves.
 pub const MAX_PROBES: u32 = 512;
@@ -297,8 +297,12 @@ pub mod pt_regs {
 pub mod value_flags {
     /// All ops of the value ran.
     pub const OK: u16 = 1;
-    /// A user-memory read failed (bad pointer, page not present); the data is not valid.
+    /// A user-memory read failed (bad pointer, page not present); the data is not valid. The
+    /// meta's `len` is then the index of the step that faulted ([`FAULT_STACK`] for the stack
+    /// copy), and the value's first 8 bytes the address it could not read (ABI 7).
     pub const READ_FAULT: u16 = 2;
+    /// `ValueMeta::len` of a faulted value whose fault was the user stack copy.
+    pub const FAULT_STACK: u16 = 0xffff;
     /// The copy hit its bound; the data is a prefix.
     pub const TRUNCATED: u16 = 4;
 }
@@ -503,13 +507,19 @@ pub struct Plan {
     pub cond: Condition,
     /// The user stack, captured after the ops when `stack.len > 0`.
     pub stack: StackCapture,
+    /// Where each value's bytes start in [`Event::data`] (ABI 7): when a step of value `i`
+    /// faults, the program writes the address it could not read there (8 bytes; the plan
+    /// gives every value with ops at least 8) and the step's index into the value's
+    /// [`ValueMeta::len`], so the agent can say which step failed and where.
+    pub value_dst: [u16; MAX_VALUES],
     pub ops: [PlanOp; MAX_OPS],
 }
 const _: () = assert!(core::mem::offset_of!(Plan, rate_interval_ns) == 24);
 const _: () = assert!(core::mem::offset_of!(Plan, cond) == 40);
 const _: () = assert!(core::mem::offset_of!(Plan, stack) == 88);
-const _: () = assert!(core::mem::offset_of!(Plan, ops) == 96);
-const _: () = assert!(core::mem::size_of::<Plan>() == 96 + 16 * MAX_OPS);
+const _: () = assert!(core::mem::offset_of!(Plan, value_dst) == 96);
+const _: () = assert!(core::mem::offset_of!(Plan, ops) == 128);
+const _: () = assert!(core::mem::size_of::<Plan>() == 128 + 16 * MAX_OPS);
 
 /// Where the user stack's return addresses go (`bpf_get_stack` with `BPF_F_USER_STACK`: a
 /// frame-pointer walk in the kernel, innermost first, 8 bytes a frame).
@@ -546,6 +556,7 @@ impl Plan {
                 value: 0,
                 _pad: [0; 3],
             },
+            value_dst: [0; MAX_VALUES],
             ops: [PlanOp {
                 kind: 0,
                 reg: 0,
@@ -736,7 +747,8 @@ pub struct Counters {
     pub no_plan: u64,
     /// Hits from another process mapping the same binary; filtered in the kernel.
     pub other_process: u64,
-    /// Nanoseconds spent in the program for this probe.
+    /// Nanoseconds spent in the program for this probe, estimated: one hit in eight (the first
+    /// included) is timed and counts eight times (a clock read is a helper call; see the program).
     pub bpf_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<Counters>() == 72);
@@ -756,6 +768,20 @@ impl Counters {
     }
 }
 
+/// One probe slot as the program sees it: this CPU's counters and a copy of the plan, in one
+/// per-CPU map value (ABI 7).
+///
+/// Why together and per CPU: the hot path then does one map lookup for both (the plan was a
+/// second, shared map), and the counters stay exact without atomics. The agent writes the same
+/// plan into every CPU's copy and sums the counters over CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Slot {
+    pub counters: Counters,
+    pub plan: Plan,
+}
+const _: () = assert!(core::mem::offset_of!(Slot, plan) == 72);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY (all four): repr(C), integers and arrays of integers only, no implicit padding
@@ -766,6 +792,8 @@ mod pod {
     unsafe impl aya::Pod for super::Plan {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::Counters {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::Slot {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::RateState {}
     // SAFETY: see above.

@@ -7,8 +7,9 @@
 //! (here when the plan has no condition) → room in this CPU's ring (count a drop if full) →
 //! header and ops, written in place in the ring → condition → rate limit (here when it has
 //! one, so hits the condition rejects never spend tokens meant for the ones it wants) →
-//! publish (or leave unpublished) → doorbell every few events → add the time spent. Every
-//! early exit bumps its own counter, so `hits` always equals the sum of the outcomes.
+//! publish (or leave unpublished) → doorbell every few events → add the time spent (one hit in
+//! eight is timed). Every early exit bumps its own counter, so `hits` always equals the sum of
+//! the outcomes. Counters and plan come from one per-CPU map value (`SLOTS`): one lookup.
 #![no_std]
 #![no_main]
 // The BPF target has no compare-and-swap in core's atomics, but the instructions exist (BPF
@@ -34,18 +35,15 @@ use aya_ebpf::{
 use core::intrinsics::{atomic_xadd, atomic_xchg, AtomicOrdering};
 use detrix_common::{
     alu, cond, event_flags, f64_key, meta_offset, metas_bytes, op, record_span, value_flags,
-    Condition, Counters, CpuRing, Event, Plan, RateState, ValueMeta, COND_STR_BYTES,
+    Condition, Counters, CpuRing, Event, Plan, RateState, Slot, ValueMeta, COND_STR_BYTES,
     CPU_RING_BYTES, EVENT_DATA_BYTES, EXPR_STACK, MAX_COPY_BYTES, MAX_OPS, MAX_PROBES, MAX_VALUES,
     PLAN_ABI, PT_REGS_COUNT, RECORD_PREFIX_BYTES, WIRE_HEADER_BYTES,
 };
 
-/// Plans by slot; the slot is the uprobe's cookie.
+/// Probe slots (the slot is the uprobe's cookie): this CPU's exact outcome counters and its
+/// copy of the plan, so a hit finds both with one lookup and counts without atomics.
 #[map]
-static PLANS: Array<Plan> = Array::with_max_entries(MAX_PROBES, 0);
-
-/// Exact outcome counters per slot, per CPU (no atomics on the hot path).
-#[map]
-static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_PROBES, 0);
+static SLOTS: PerCpuArray<Slot> = PerCpuArray::with_max_entries(MAX_PROBES, 0);
 
 /// Events, one ring per CPU, mapped by the agent (see [`CpuRing`] for why and the protocol).
 /// The agent sets the number of entries to the number of possible CPUs before load.
@@ -170,17 +168,18 @@ fn capture(ctx: &ProbeContext) {
     // Low 16 bits: the map slot; above: a generation, so the agent never decodes a record of
     // a removed probe with the plan of the next one in the same slot.
     let slot = cookie & 0xffff;
-    let Some(counters) = COUNTERS.get_ptr_mut(slot) else {
+    let Some(s) = SLOTS.get_ptr_mut(slot) else {
         return;
     };
-    // SAFETY: a per-CPU map value, valid for this program run and touched by this CPU only.
-    let counters = unsafe { &mut *counters };
+    // SAFETY: a per-CPU map value, valid for this program run and touched by this CPU only
+    // (the agent writes a slot's plan before attaching its probe, and reads counters only).
+    let (counters, plan) = unsafe { (&mut (*s).counters, &(*s).plan) };
     counters.hits += 1;
+    // Time one hit in TIMED_EVERY (the first included): the closing clock read is a helper
+    // call, whose return is itself a good part of a hit's cost on a CPU with return-stack
+    // mitigations; `bpf_ns` adds each timed hit TIMED_EVERY times.
+    let timed = (counters.hits & (TIMED_EVERY - 1)) == 1;
 
-    let Some(plan) = PLANS.get(slot) else {
-        counters.no_plan += 1;
-        return;
-    };
     if plan.abi != PLAN_ABI {
         counters.no_plan += 1;
         return;
@@ -209,7 +208,9 @@ fn capture(ctx: &ProbeContext) {
     if unsafe { atomic_xchg::<u64, { AtomicOrdering::Acquire }>(busy, 1) } != 0 {
         // Another run on this CPU (this one preempted it) owns the ring: drop, counted.
         counters.dropped_ring_full += 1;
-        counters.bpf_ns += elapsed(start);
+        if timed {
+            counters.bpf_ns += elapsed(start) * TIMED_EVERY;
+        }
         return;
     }
     // SAFETY: `busy` makes this run the ring's only writer until it is released.
@@ -226,10 +227,17 @@ fn capture(ctx: &ProbeContext) {
         start,
         has_cond,
     );
+    // Release: a plain store. Only runs on this CPU contend for `busy`, and x86 keeps this
+    // store after the record's (which `fill` already published with an atomic add).
     // SAFETY: as above.
-    unsafe { atomic_xchg::<u64, { AtomicOrdering::Release }>(busy, 0) };
-    counters.bpf_ns += elapsed(start);
+    unsafe { core::ptr::write_volatile(busy, 0) };
+    if timed {
+        counters.bpf_ns += elapsed(start) * TIMED_EVERY;
+    }
 }
+
+/// One hit in this many is timed for [`Counters::bpf_ns`] (a power of two).
+const TIMED_EVERY: u64 = 8;
 
 /// Builds the event in place at the ring's head and publishes it, or counts why not.
 #[inline(always)]
@@ -423,7 +431,9 @@ fn capture_stack(ctx: &ProbeContext, plan: &Plan, ev: &mut Event, meta_off: usiz
         )
     };
     if rc < 0 {
-        meta(ev, meta_off, vi).flags = value_flags::READ_FAULT;
+        let m = meta(ev, meta_off, vi);
+        m.flags = value_flags::READ_FAULT;
+        m.len = value_flags::FAULT_STACK;
         true
     } else {
         meta(ev, meta_off, vi).len = rc as u16;
@@ -617,9 +627,10 @@ fn run_ops(ctx: &ProbeContext, slot: u32, n_ops: u32, cpu: u32, pos: u32, meta_o
 extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: ctx is the `Interp` run_ops passed to bpf_loop.
     let st = unsafe { &mut *ctx.cast::<Interp>() };
-    let Some(plan) = PLANS.get(st.slot) else {
+    let Some(s) = SLOTS.get(st.slot) else {
         return 1;
     };
+    let plan = &s.plan;
     let Some(ring) = RINGS.get_ptr_mut(st.cpu) else {
         return 1;
     };
@@ -645,6 +656,8 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
         return 0;
     }
     let mut fault = false;
+    // The address a faulting step could not read (0 for a step that reads no memory).
+    let mut addr: u64 = 0;
     match o.kind {
         op::REG => {
             let ri = o.reg as usize;
@@ -660,13 +673,10 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
             let mut tmp: u64 = 0;
             let n = u32::from(o.len) & 0xf;
             let n = if n > 8 { 8 } else { n };
+            addr = st.acc.wrapping_add(o.imm as u64);
             // SAFETY: reads at most 8 bytes into an 8-byte local; the helper checks `acc`.
             let rc = unsafe {
-                bpf_probe_read_user(
-                    (&raw mut tmp).cast::<c_void>(),
-                    n,
-                    st.acc.wrapping_add(o.imm as u64) as *const c_void,
-                )
+                bpf_probe_read_user((&raw mut tmp).cast::<c_void>(), n, addr as *const c_void)
             };
             if rc < 0 {
                 fault = true;
@@ -692,12 +702,13 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
         }
         op::EMIT_MEM => {
             let (dst, n) = copy_bounds(o.dst, o.len);
+            addr = st.acc.wrapping_add(o.imm as u64);
             // SAFETY: dst < EVENT_DATA_BYTES and n ≤ MAX_COPY_BYTES, within `data`'s slack.
             let rc = unsafe {
                 bpf_probe_read_user(
                     ev.data.as_mut_ptr().add(dst).cast::<c_void>(),
                     n as u32,
-                    st.acc.wrapping_add(o.imm as u64) as *const c_void,
+                    addr as *const c_void,
                 )
             };
             if rc < 0 {
@@ -739,6 +750,7 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
             } else {
                 n
             };
+            addr = st.acc;
             let rc = if n == 0 {
                 0
             } else {
@@ -759,12 +771,13 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
         }
         op::EMIT_STR => {
             let (dst, n) = copy_bounds(o.dst, o.len);
+            addr = st.acc.wrapping_add(o.imm as u64);
             // SAFETY: as for EMIT_MEM; the helper NUL-terminates within `n`.
             let rc = unsafe {
                 bpf_probe_read_user_str(
                     ev.data.as_mut_ptr().add(dst).cast::<c_void>(),
                     n as u32,
-                    st.acc.wrapping_add(o.imm as u64) as *const c_void,
+                    addr as *const c_void,
                 )
             };
             if rc < 0 {
@@ -797,7 +810,18 @@ extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
     if fault {
         reset_expr();
         st.bad |= 1 << vi;
-        meta(ev, mo, vi).flags = value_flags::READ_FAULT;
+        let m = meta(ev, mo, vi);
+        m.flags = value_flags::READ_FAULT;
+        m.len = index as u16;
+        // Where the value's bytes start (the helper zeroed what it could not copy): the
+        // address that faulted, for the agent's message.
+        let at = (plan.value_dst[vi] as usize) & (EVENT_DATA_BYTES - 1);
+        let bytes = addr.to_le_bytes();
+        let mut k = 0;
+        while k < 8 {
+            ev.data[at + k] = bytes[k];
+            k += 1;
+        }
     }
     0
 }

@@ -183,6 +183,65 @@ fn locals_without_expr_match_printed() {
     }
 }
 
+/// Fields read through one pointer are one copy of the target's memory, not one each
+/// (issue #15): `round` and the slot holding `o` are one read, `o`'s fields another, and the
+/// string `o->customer` points to a third — where each value alone reads 12 times — and every
+/// value is still exactly what the fixture printed. Forwarding is off so every read is a
+/// memory read.
+#[test]
+fn coalesced_reads_keep_exact_values() {
+    require_root();
+    agent_bin();
+    let src = c_fixture_source("orders");
+    let line = marker_line(&src, "process");
+    let mut fixture = Fixture::orders(DELAY_MS);
+    let at = format!("orders.c:{line}");
+    let exprs: &[(&str, &str, Kind)] = &[
+        ("round", "round", Kind::Int),
+        ("o->id", "id", Kind::Int),
+        ("o->qty", "qty", Kind::Int),
+        ("o->flags", "flags", Kind::Int),
+        ("o->price", "price", Kind::Float),
+        ("o->customer", "customer", Kind::Str),
+    ];
+    let names: Vec<&str> = exprs.iter().map(|(e, _, _)| *e).collect();
+    let out = run_agent(&capture_args(
+        fixture.pid(),
+        &at,
+        &names,
+        &[
+            "--count",
+            "5",
+            "--format",
+            "json",
+            "--no-forwarding",
+            "--explain",
+        ],
+    ));
+    out.assert_success();
+    let plan = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("capture: plan: "))
+        .unwrap_or_else(|| panic!("--explain printed no plan line:\n{}", out.stderr));
+    assert!(
+        plan.contains(" 3 reads of the target's memory"),
+        "expected 3 reads (the frame's slots, o's fields, the customer string): {plan}"
+    );
+    let events = parse_events(&out);
+    let rounds = check_common(&events, &fixture, &at, 5);
+    for (event, round) in events.iter().zip(rounds) {
+        assert_eq!(event.values.len(), exprs.len(), "{}", event.raw);
+        let printed_line = fixture.process_line(round, PRINT_WAIT);
+        let kv = parse_kv(&printed_line);
+        for (expr, key, kind) in exprs {
+            let want = expected_text(*kind, key, &kv, &printed_line);
+            check(event, expr, *kind, &want, &printed_line);
+        }
+    }
+    fixture.assert_keeps_running(3);
+}
+
 #[test]
 fn after_line_values_match_printed() {
     require_root();

@@ -8,6 +8,7 @@ mod builds;
 mod demo;
 mod fuzz;
 mod lint;
+mod server;
 mod setup;
 mod test;
 mod util;
@@ -68,8 +69,10 @@ enum Command {
     /// SECTION picks some: capture, bp, resolve, coverage, availability (values on every
     /// statement line of the optimized fixtures against lldb-22), serve (one host agent: exec →
     /// target, wake, setBreakpoints, many probes, idle RSS, per-hit cost with many targets), fleet
-    /// (200 simulated pods over two node agents: staged fleet wake per stage, idle API requests).
-    /// Without one, all of them.
+    /// (200 simulated pods over two node agents: staged fleet wake per stage, idle API requests),
+    /// server (Redis built `-O2 -g` from its Debian source, fetched and built under
+    /// target/bench-server on first use, under `redis-benchmark` with a 4-value logpoint on its
+    /// request handler: throughput probed / unprobed, BPF ns per hit). Without one, all of them.
     Bench { sections: Vec<String> },
 }
 
@@ -82,10 +85,11 @@ enum Command {
 /// available on every statement line of the optimized fixtures against lldb-22 (`avail_bench`),
 /// `serve` on one host (`serve_bench`: exec → target, wake, setBreakpoints, attach of many
 /// probes, RSS with idle targets, per-hit cost with many targets), and a staged fleet wake of
-/// 200 simulated pods over two node agents (`fleet_bench`). `sections` (capture, bp, resolve,
-/// coverage, availability, serve, fleet) runs only those.
+/// 200 simulated pods over two node agents (`fleet_bench`), and a real server under a real load
+/// generator (`server_bench`: Redis and `redis-benchmark`). `sections` (capture, bp, resolve,
+/// coverage, availability, serve, fleet, server) runs only those.
 fn bench(sections: &[String]) -> anyhow::Result<()> {
-    const ALL: [&str; 7] = [
+    const ALL: [&str; 8] = [
         "capture",
         "bp",
         "resolve",
@@ -93,6 +97,7 @@ fn bench(sections: &[String]) -> anyhow::Result<()> {
         "availability",
         "serve",
         "fleet",
+        "server",
     ];
     if let Some(bad) = sections.iter().find(|s| !ALL.contains(&s.as_str())) {
         anyhow::bail!("`{bad}` is not a bench section; use {}", ALL.join(", "));
@@ -120,6 +125,7 @@ fn bench(sections: &[String]) -> anyhow::Result<()> {
         ("availability", "avail_bench"),
         ("serve", "serve_bench"),
         ("fleet", "fleet_bench"),
+        ("server", "server_bench"),
     ] {
         if !on(section) {
             continue;
@@ -149,6 +155,10 @@ fn bench(sections: &[String]) -> anyhow::Result<()> {
                     cmd.arg(flag).arg(v);
                 }
             }
+        }
+        // Redis is fetched (apt-get source) and built on first use, then reused.
+        if bin == "server_bench" {
+            cmd.arg("--redis").arg(server::redis(&root)?);
         }
         util::run(&mut cmd)?;
     }

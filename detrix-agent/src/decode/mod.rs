@@ -149,7 +149,7 @@ pub fn value_bytes<'a>(
 ) -> &'a [u8] {
     let Some(v) = values.get(i) else { return &[] };
     let meta = header.values.get(i).copied().unwrap_or_default();
-    if meta.flags & value_flags::READ_FAULT != 0 {
+    if faulted(values, i, header) {
         return &[];
     }
     // Fixed-size values decode by their planned size (several emits may have written them).
@@ -162,6 +162,66 @@ pub fn value_bytes<'a>(
         .unwrap_or(&[])
 }
 
+/// Whether value `i` could not be read at this hit: its own read faulted, or the one copy that
+/// carries its bytes or pointer did (`plan::coalesce`).
+fn faulted(values: &[ValueDecoder], i: usize, header: &EventHeader) -> bool {
+    fault_of(values, i, header).is_some()
+}
+
+/// The value whose read faulted for value `i`: itself, or the block carrying it.
+fn fault_of(values: &[ValueDecoder], i: usize, header: &EventHeader) -> Option<usize> {
+    let mut at = Some(i);
+    // Carriers are made in rounds, each from earlier ones: the chain is short and ends.
+    for _ in 0..=values.len() {
+        let k = at?;
+        let meta = header.values.get(k).copied().unwrap_or_default();
+        if meta.flags & value_flags::READ_FAULT != 0 {
+            return Some(k);
+        }
+        at = values.get(k).and_then(|v| v.carrier);
+    }
+    None
+}
+
+/// Which step of the plan faulted for value `i` (the fault is value `k`'s: `i` itself or the
+/// shared read carrying it) and at which address, as the program recorded it (the step in the
+/// meta's length, the address in the value's first 8 bytes).
+fn fault_text(
+    values: &[ValueDecoder],
+    i: usize,
+    k: usize,
+    header: &EventHeader,
+    data: &[u8],
+) -> String {
+    let expr = values.get(i).map_or("?", |v| v.expr.as_str());
+    let meta = header.values.get(k).copied().unwrap_or_default();
+    let Some(v) = values.get(k) else {
+        return format!("could not read the target's memory for `{expr}` at this hit");
+    };
+    if meta.len == value_flags::FAULT_STACK {
+        return format!("could not read the target's user stack for `{expr}` at this hit");
+    }
+    let step = usize::from(meta.len);
+    let shared = if k == i {
+        ""
+    } else {
+        ", one read shared with nearby values"
+    };
+    let what = v
+        .steps
+        .get(step)
+        .map_or_else(String::new, |t| format!(" (`{t}`{shared})"));
+    let addr = le_u64(data.get(v.dst..).unwrap_or(&[]), 8);
+    let at = if addr == 0 && !what.contains("deref") && !what.contains("emit_") {
+        String::new()
+    } else {
+        format!(" at address {addr:#x}")
+    };
+    format!(
+        "could not read the target's memory for `{expr}` at this hit: step {step} of the plan{what} faulted{at} (invalid pointer or page not present)"
+    )
+}
+
 /// Decodes one record's values, in the order of `values`.
 #[must_use]
 pub fn decode(values: &[ValueDecoder], header: &EventHeader, data: &[u8]) -> Vec<Node> {
@@ -170,8 +230,8 @@ pub fn decode(values: &[ValueDecoder], header: &EventHeader, data: &[u8]) -> Vec
         .enumerate()
         .map(|(i, v)| {
             let meta = header.values.get(i).copied().unwrap_or_default();
-            if meta.flags & value_flags::READ_FAULT != 0 {
-                return Node::Error(format!("could not read the target's memory for `{}` at this hit (invalid pointer or page not present)", v.expr));
+            if let Some(k) = fault_of(values, i, header) {
+                return Node::Error(fault_text(values, i, k, header, data));
             }
             // The value's own bytes, and everything from them on: the data of its nested
             // strings and slices is placed after every value's own bytes.

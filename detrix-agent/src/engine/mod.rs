@@ -457,6 +457,17 @@ impl Engine {
         t
     }
 
+    /// Counters of every installed logpoint, each summed over its copies and CPUs (for
+    /// `/metrics`): `hits`, `emitted`, `dropped_ring_full`, `rate_limited`,
+    /// `condition_false`, `read_faults`, `bpf_ns`, …
+    #[must_use]
+    pub fn all_counters(&self) -> Vec<(LogpointId, Counters)> {
+        self.logpoints
+            .values()
+            .map(|lp| (lp.id, self.sum_counters(&lp.probe_ids)))
+            .collect()
+    }
+
     fn sum_counters(&self, probe_ids: &[u32]) -> Counters {
         let probes = self.probes();
         let mut t = Counters::default();

@@ -69,6 +69,14 @@ pub(super) fn runs(bin: &Binary, points: Vec<ProbePoint>) -> Vec<(ProbePoint, Ve
 
 /// Plans `exprs` at `p`, places the probe and forwards its reads.
 ///
+/// Two plans are built at the line's own address: the coalesced one (nearby reads through one
+/// pointer are one copy) and, when forwarding is on, the plain one, whose separate stack-slot
+/// reads forwarding can turn into register reads (coalescing hides those slots). Each is placed
+/// and forwarded on its own — placement proves its candidates against the plan it moves, so a
+/// plan is never rebuilt at the address another one was placed at. The plain one is kept where
+/// forwarding applies to it or it reads no more memory, unless it had to stay on a costlier
+/// instruction.
+///
 /// # Errors
 /// The plan cannot be built at `p` (names the expression).
 pub(super) fn plan_point(
@@ -80,8 +88,31 @@ pub(super) fn plan_point(
     opts: PlanOptions,
     steps: Steps,
 ) -> Result<Placed, PlanError> {
-    let mut built = plan::build_with(bin, &p, exprs, condition, extras, opts)?;
+    let built = plan::build_with(bin, &p, exprs, condition, extras, opts)?;
     let func = Function::of(bin, &p);
+    let coalesced = place_and_forward(bin, &p, built, &func, steps);
+    if !steps.forwarding {
+        return Ok(coalesced);
+    }
+    let Ok(plain) = plan::build_with_plain_reads(bin, &p, exprs, condition, extras, opts) else {
+        return Ok(coalesced);
+    };
+    let plain = place_and_forward(bin, &p, plain, &func, steps);
+    let plain_wins = plain.placement.kind.cost_ns() <= coalesced.placement.kind.cost_ns()
+        && (!plain.forwarded.is_empty()
+            || plan::memory_reads(&plain.plan.plan) <= plan::memory_reads(&coalesced.plan.plan));
+    Ok(if plain_wins { plain } else { coalesced })
+}
+
+/// Places one plan built at `p` (moving it within its block where its values are proven the
+/// same) and forwards its reads at the chosen instruction.
+fn place_and_forward(
+    bin: &Binary,
+    p: &ProbePoint,
+    mut built: BuiltPlan,
+    func: &Function,
+    steps: Steps,
+) -> Placed {
     let placement = if steps.placement {
         // Where no landing pad follows a call (C, Go), a block runs on across calls.
         let abi = match bin.language() {
@@ -89,13 +120,13 @@ pub(super) fn plan_point(
             Ok(Language::Go) => place::CallAbi::Go,
             _ => place::CallAbi::NoCalls,
         };
-        let (placement, moved) = place::place(bin, &p, &built.plan, &func, steps.scope, abi);
+        let (placement, moved) = place::place(bin, p, &built.plan, func, steps.scope, abi);
         built.plan = moved;
         placement
     } else {
         Placement {
             chosen: p.addr,
-            kind: place::classify(bin, &p),
+            kind: place::classify(bin, p),
             explain: vec![format!(
                 "placement off: probe at the line's first instruction {}",
                 p.addr
@@ -104,21 +135,22 @@ pub(super) fn plan_point(
         }
     };
     let point = if placement.chosen == p.addr {
-        p
+        p.clone()
     } else {
-        bin.point_at(&p, placement.chosen).unwrap_or(p)
+        bin.point_at(p, placement.chosen)
+            .unwrap_or_else(|| p.clone())
     };
     let forwarded = if steps.forwarding {
-        forward::forward(&point, &mut built.plan, &func)
+        forward::forward(&point, &mut built.plan, func)
     } else {
         Vec::new()
     };
-    Ok(Placed {
+    Placed {
         point,
         plan: built,
         placement,
         forwarded,
-    })
+    }
 }
 
 /// What resolving `file:line` and each expression gives on `bin`, without a process: points

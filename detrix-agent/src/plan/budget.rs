@@ -394,6 +394,8 @@ mod tests {
             shape: slice,
             dst: 0,
             size: 24 + 128,
+            carrier: None,
+            steps: std::sync::Arc::default(),
         }];
         // Room for one element (3 ops) but not two.
         let mut room = Room {
@@ -459,6 +461,8 @@ mod tests {
             shape: t,
             dst: 0,
             size: 32,
+            carrier: None,
+            steps: std::sync::Arc::default(),
         }];
         let mut room = Room {
             ops: Vec::new(),

@@ -8,9 +8,11 @@
 //!
 //! The jobs, one module each: [`shape`] (what a type's bytes mean), [`lower`] (an expression →
 //! ops), [`budget`] (what values point to, as far as room lasts), [`condition`] (the in-kernel
-//! filter), [`describe`] (ops as text); this file assembles them into one plan.
+//! filter), [`describe`] (ops as text), [`coalesce`] (nearby reads through one pointer become
+//! one copy); this file assembles them into one plan.
 
 mod budget;
+mod coalesce;
 mod condition;
 mod describe;
 mod lower;
@@ -22,6 +24,7 @@ use crate::debuginfo::{Binary, ProbePoint, ResolveError};
 use crate::expr::{self, ExprError};
 
 use budget::{expand, Caps, Room};
+use coalesce::Lowered;
 use condition::lower_condition;
 pub use describe::describe_ops;
 use lower::{fold, lower_value, mk, with_dst};
@@ -117,6 +120,12 @@ pub struct ValueDecoder {
     /// per-value length, is what to decode: a value assembled from pieces is written by
     /// several emits, and the length records only the last one.
     pub(crate) size: usize,
+    /// The hidden value whose one copy carries this value's bytes or pointer (see
+    /// `plan::coalesce`): when that copy faulted, so did this value.
+    pub(crate) carrier: Option<usize>,
+    /// The plan's steps as text (`deref 8 +0`), shared by its values: a read fault names the
+    /// step that failed.
+    pub(crate) steps: std::sync::Arc<Vec<String>>,
 }
 
 /// A plan ready to load, with what is needed to decode its events.
@@ -187,6 +196,57 @@ pub struct Extras {
 /// Most frames a stack capture keeps.
 pub use crate::debuginfo::STACK_FRAMES;
 
+/// Places the values in the event and their ops in the plan: each value's bytes at the next
+/// 8-aligned offset (one inside a block at its offset there), the blocks' ops first (a value
+/// reads its pointer back from one), then every value's. Returns the ops (destinations
+/// absolute), each value's offset, and the bytes used.
+fn layout(values: &[Lowered]) -> Result<(Vec<PlanOp>, Vec<usize>, usize), PlanError> {
+    let mut dsts = vec![0usize; values.len()];
+    let mut dst = 0usize;
+    for (vi, v) in values.iter().enumerate() {
+        if v.inside.is_some() {
+            continue;
+        }
+        // A value with steps has 8 bytes at least: a fault writes its address there.
+        let len = if v.ops.is_empty() {
+            v.len
+        } else {
+            v.len.max(8)
+        };
+        if dst + len > EVENT_DATA_BYTES {
+            return Err(PlanError::OverBudget {
+                what: format!("{} bytes of values (at most {EVENT_DATA_BYTES})", dst + len),
+            });
+        }
+        dsts[vi] = dst;
+        dst = (dst + len + 7) & !7;
+    }
+    for (vi, v) in values.iter().enumerate() {
+        if let Some((b, off)) = v.inside {
+            dsts[vi] = dsts[b] + off;
+        }
+    }
+    let order = values
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.block)
+        .chain(values.iter().enumerate().filter(|(_, v)| !v.block));
+    let mut ops = Vec::new();
+    for (vi, v) in order {
+        for (k, o) in v.ops.iter().enumerate() {
+            let mut o = *o;
+            o.value = vi as u8;
+            o.dst = match v.refs.iter().find(|(i, _, _)| *i == k) {
+                Some(&(_, b, off)) => (dsts[b] + off) as u16,
+                // Ops carry offsets relative to their value; EMIT_VAR's is past its header.
+                None => (dsts[vi] + usize::from(o.dst)) as u16,
+            };
+            ops.push(o);
+        }
+    }
+    Ok((ops, dsts, dst))
+}
+
 /// Builds the plan for `exprs` at `point`. Every expression must resolve, or nothing is built.
 ///
 /// # Errors
@@ -212,6 +272,51 @@ pub fn build_with(
     condition: Option<&expr::Condition>,
     extras: &Extras,
     opts: PlanOptions,
+) -> Result<BuiltPlan, PlanError> {
+    build_inner(bin, point, exprs, condition, extras, opts, true)
+}
+
+/// [`build_with`] without coalescing nearby reads ([`coalesce`]): every value reads its own
+/// bytes, which register forwarding may then replace one by one. The engine keeps this one,
+/// forwarded, where forwarding applies, else whichever reads memory fewer times
+/// ([`memory_reads`]).
+///
+/// # Errors
+/// As [`build`].
+pub fn build_with_plain_reads(
+    bin: &Binary,
+    point: &ProbePoint,
+    exprs: &[String],
+    condition: Option<&expr::Condition>,
+    extras: &Extras,
+    opts: PlanOptions,
+) -> Result<BuiltPlan, PlanError> {
+    build_inner(bin, point, exprs, condition, extras, opts, false)
+}
+
+/// Steps of `plan` that read the target's memory (each a `bpf_probe_read_user*`, the costly
+/// part of a hit).
+#[must_use]
+pub fn memory_reads(plan: &Plan) -> usize {
+    plan.active_ops()
+        .iter()
+        .filter(|o| {
+            matches!(
+                o.kind,
+                op::DEREF | op::EMIT_MEM | op::EMIT_STR | op::EMIT_VAR
+            )
+        })
+        .count()
+}
+
+fn build_inner(
+    bin: &Binary,
+    point: &ProbePoint,
+    exprs: &[String],
+    condition: Option<&expr::Condition>,
+    extras: &Extras,
+    opts: PlanOptions,
+    coalesce_reads: bool,
 ) -> Result<BuiltPlan, PlanError> {
     // The condition reads a captured value: reuse a shown one, or capture it hidden.
     let mut all: Vec<(String, Role)> = exprs.iter().map(|e| (e.clone(), Role::Shown)).collect();
@@ -346,25 +451,47 @@ pub fn build_with(
             stack_bytes,
         ));
     }
-    let mut ops: Vec<PlanOp> = Vec::new();
+    // The condition's value keeps its own reads: the kernel checks its flags, not a block's.
+    let cond_vi = condition.and_then(|c| lowered.iter().position(|l| l.0.trim() == c.expr_text));
+    let plain: Vec<Lowered> = lowered
+        .iter()
+        .enumerate()
+        .map(|(vi, (_, role, o, _, len))| {
+            let eligible = matches!(role, Role::Shown | Role::Local) && Some(vi) != cond_vi;
+            Lowered::new(fold(o.clone()), *len, eligible)
+        })
+        .collect();
+    let mut merged = plain.clone();
+    if coalesce_reads {
+        coalesce::coalesce(&mut merged);
+    }
+    // Coalescing never adds ops, but a block's gaps may add bytes: without it if they overflow.
+    let (mut ops, dsts, dst) = match layout(&merged) {
+        Ok(l) => l,
+        Err(_) => {
+            merged = plain;
+            layout(&merged)?
+        }
+    };
     let mut values = Vec::new();
-    let mut dst = 0usize;
-    for (vi, (text, role, value_ops, shape, len)) in lowered.into_iter().enumerate() {
-        if dst + len > EVENT_DATA_BYTES {
-            return Err(PlanError::OverBudget {
-                what: format!("{} bytes of values (at most {EVENT_DATA_BYTES})", dst + len),
-            });
-        }
-        let mut value_ops = fold(value_ops);
-        for o in &mut value_ops {
-            o.value = vi as u8;
-            // Ops carry offsets relative to their value; EMIT_VAR's is past its header.
-            o.dst = (dst + usize::from(o.dst)) as u16;
-        }
-        ops.extend(value_ops);
+    let blocks = merged.iter().skip(lowered.len());
+    let all = lowered
+        .into_iter()
+        .map(|(text, role, _, shape, len)| (text, role, shape, len))
+        .chain(blocks.enumerate().map(|(k, b)| {
+            (
+                format!("<read {k}>"),
+                Role::Hidden,
+                Shape::Opaque {
+                    what: "a shared read".to_owned(),
+                },
+                b.len,
+            )
+        }));
+    for (vi, (text, role, shape, len)) in all.enumerate() {
         if role == Role::Stack {
             plan.stack = detrix_common::StackCapture {
-                dst: dst as u16,
+                dst: dsts[vi] as u16,
                 len: len as u16,
                 value: vi as u8,
                 _pad: [0; 3],
@@ -375,10 +502,14 @@ pub fn build_with(
             hidden: role != Role::Shown,
             role,
             shape,
-            dst,
+            dst: dsts[vi],
             size: len,
+            carrier: merged[vi].carrier,
+            steps: std::sync::Arc::default(),
         });
-        dst = (dst + len + 7) & !7;
+        if let Some(d) = plan.value_dst.get_mut(vi) {
+            *d = dsts[vi] as u16;
+        }
     }
     if ops.len() > MAX_OPS {
         return Err(PlanError::OverBudget {
@@ -414,6 +545,18 @@ pub fn build_with(
     if opts.rate_per_sec > 0 {
         plan.rate_interval_ns = 1_000_000_000 / u64::from(opts.rate_per_sec);
         plan.rate_burst_ns = u64::from(opts.burst.max(1)) * plan.rate_interval_ns;
+    }
+    let steps = std::sync::Arc::new(
+        describe_ops(&plan)
+            .into_iter()
+            .map(|t| {
+                t.split_once(": ")
+                    .map_or(t.clone(), |(_, op)| op.to_owned())
+            })
+            .collect::<Vec<_>>(),
+    );
+    for v in &mut values {
+        v.steps = steps.clone();
     }
     debug_assert_eq!(plan.abi, PLAN_ABI);
     Ok(BuiltPlan {
