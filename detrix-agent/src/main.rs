@@ -8,6 +8,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use detrix_agent::capture::{self, Format, StopReason};
 
+mod cmd;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "detrix-agent",
@@ -35,69 +37,11 @@ enum Command {
     /// Staged wake of a fleet through the Kubernetes API (a DetrixWake object the node agents
     /// of `serve --kubernetes` act on): wake, sleep, status.
     #[command(subcommand)]
-    Fleet(FleetCommand),
+    Fleet(cmd::fleet::FleetCommand),
     /// Internal: the guard between the agent and a fallback debugger it spawned
     /// (`detrix_agent::fallback::guard`).
     #[command(name = "debugger-guard", hide = true)]
     DebuggerGuard(GuardArgs),
-}
-
-#[derive(Subcommand, Debug)]
-enum FleetCommand {
-    /// Create a DetrixWake and advance it stage by stage (canary first) while each stage is
-    /// healthy; on a failure or a breaker trip, halt and put every target back to sleep.
-    Wake(FleetWakeArgs),
-    /// Halt a wake: every target it woke sleeps.
-    Sleep(FleetNameArgs),
-    /// Show a wake (or every wake in the namespace) and each node's report.
-    Status(FleetStatusArgs),
-}
-
-#[derive(clap::Args, Debug)]
-struct FleetWakeArgs {
-    /// Label selector of the pods to wake (e.g. app=orders).
-    #[arg(long)]
-    selector: String,
-    /// The pods' namespace.
-    #[arg(short = 'n', long, default_value = "default")]
-    namespace: String,
-    /// The DetrixWake's name (default wake-<unix seconds>).
-    #[arg(long)]
-    name: Option<String>,
-    /// Targets woken first, alone.
-    #[arg(long, default_value_t = 1)]
-    canary: u32,
-    /// Percentages awake at each stage after the canary, the last 100%.
-    #[arg(long, default_value = "10%,50%,100%")]
-    steps: String,
-    /// Least time a stage stays healthy before the next (e.g. 30s).
-    #[arg(long, default_value = "30s")]
-    interval: String,
-    /// Every target this wake woke sleeps this long after it started, enforced by the nodes.
-    #[arg(long)]
-    ttl: String,
-    /// Register the targets in SafeMode (their pods must carry detrix.dev/safe-mode: "true").
-    #[arg(long)]
-    safe_mode: bool,
-    /// Halt when a stage is not healthy within this time.
-    #[arg(long, default_value = "5m")]
-    stage_timeout: String,
-}
-
-#[derive(clap::Args, Debug)]
-struct FleetNameArgs {
-    /// The DetrixWake's name.
-    name: String,
-    #[arg(short = 'n', long, default_value = "default")]
-    namespace: String,
-}
-
-#[derive(clap::Args, Debug)]
-struct FleetStatusArgs {
-    /// The DetrixWake's name (default: every one in the namespace).
-    name: Option<String>,
-    #[arg(short = 'n', long, default_value = "default")]
-    namespace: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -712,125 +656,9 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn fleet(cmd: FleetCommand) -> anyhow::Result<ExitCode> {
-    use detrix_agent::fleet::cli;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("start the event loop")?;
-    rt.block_on(async move {
-        let client = detrix_agent::pods::watch::client().await?;
-        let mut out = std::io::stdout();
-        match cmd {
-            FleetCommand::Wake(a) => {
-                let args = cli::WakeArgs {
-                    selector: a.selector,
-                    namespace: a.namespace,
-                    name: a.name,
-                    canary: a.canary,
-                    steps: a.steps,
-                    interval: a.interval,
-                    ttl: a.ttl,
-                    safe_mode: a.safe_mode,
-                    stage_timeout: a.stage_timeout,
-                };
-                let done = cli::wake(client, args, &mut out).await?;
-                Ok(if done {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(3)
-                })
-            }
-            FleetCommand::Sleep(a) => {
-                cli::sleep(client, &a.namespace, &a.name, &mut out).await?;
-                Ok(ExitCode::SUCCESS)
-            }
-            FleetCommand::Status(a) => {
-                cli::status(client, &a.namespace, a.name.as_deref(), &mut out).await?;
-                Ok(ExitCode::SUCCESS)
-            }
-        }
-    })
-}
-
-/// A source file of the binary's own (not the toolchain's, the system's or a registry
-/// crate's), for `resolve --coverage` without `--under`.
-fn own_source(path: &str) -> bool {
-    !(path.starts_with("/usr/")
-        || path.starts_with("/rustc/")
-        || path.contains("/.cargo/registry/")
-        || path.contains("/.cargo/git/")
-        || path.contains("/rustlib/")
-        || path.contains("/go/pkg/mod/")
-        || path.starts_with('<'))
-}
-
-/// `resolve --coverage`: one line per statement line, then the totals.
-fn coverage(args: &ResolveArgs) -> anyhow::Result<ExitCode> {
-    use detrix_agent::engine::coverage::{coverage, CoverageOptions};
-    use std::io::Write as _;
-    let bin = detrix_agent::debuginfo::Binary::open(&args.binary)?;
-    let pick = |p: &str| {
-        if args.under.is_empty() {
-            own_source(p)
-        } else {
-            args.under.iter().any(|u| p.contains(u.as_str()))
-        }
-    };
-    let opts = CoverageOptions {
-        locals: args.locals,
-        scope: if args.statement_only {
-            detrix_agent::place::Scope::Statement
-        } else {
-            detrix_agent::place::Scope::Block
-        },
-    };
-    let (lines, totals) = coverage(&bin, &pick, opts)?;
-    let rel = |s: &str| {
-        s.strip_prefix(args.strip_prefix.as_str())
-            .map_or(s, |r| r.trim_start_matches('/'))
-            .to_owned()
-    };
-    let mut out = std::io::stdout().lock();
-    let mut write = || -> std::io::Result<()> {
-        for l in &lines {
-            match &l.points {
-                Ok(points) => {
-                    for p in points {
-                        writeln!(
-                            out,
-                            "{}:{}\t{}\t{}\t{:?}\t{}",
-                            rel(&l.file),
-                            l.line,
-                            p.function,
-                            p.chosen,
-                            p.kind,
-                            p.why
-                        )?;
-                    }
-                }
-                Err(e) => writeln!(out, "{}:{}\t-\t-\tError\t{e}", rel(&l.file), l.line)?,
-            }
-        }
-        writeln!(
-            out,
-            "total: lines={} failed={} points={} emulated={} ({:.0} %)",
-            totals.lines,
-            totals.failed,
-            totals.points,
-            totals.emulated,
-            totals.emulated_percent()
-        )
-    };
-    match write() {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
-        other => other.map(|()| ExitCode::SUCCESS).map_err(Into::into),
-    }
-}
-
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Resolve(args) if args.coverage => coverage(&args),
+        Command::Resolve(args) if args.coverage => cmd::coverage::run(&args),
         Command::Resolve(args) => {
             let (file, line) = parse_at(args.at.as_deref().unwrap_or_default())?;
             let t0 = std::time::Instant::now();
@@ -888,7 +716,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Attach(args) => attach(args),
         Command::Serve(args) => serve(args),
-        Command::Fleet(cmd) => fleet(cmd),
+        Command::Fleet(c) => cmd::fleet::run(c),
         Command::DebuggerGuard(a) => {
             let code = detrix_agent::fallback::guard::run(&detrix_agent::fallback::guard::Args {
                 agent: a.agent,

@@ -103,7 +103,7 @@ pub fn coverage(
                     stack: false,
                 };
                 let function = p.function.clone();
-                let placed = plan_point(bin, p, &[], None, &extras, plan_opts, steps)
+                let placed = plan_point(bin, &p, &[], None, &extras, plan_opts, steps)
                     .map_err(|e| e.to_string())?;
                 let pl = placed.placement;
                 v.push(PointCoverage {

@@ -81,23 +81,23 @@ pub(super) fn runs(bin: &Binary, points: Vec<ProbePoint>) -> Vec<(ProbePoint, Ve
 /// The plan cannot be built at `p` (names the expression).
 pub(super) fn plan_point(
     bin: &Binary,
-    p: ProbePoint,
+    p: &ProbePoint,
     exprs: &[String],
     condition: Option<&expr::Condition>,
     extras: &plan::Extras,
     opts: PlanOptions,
     steps: Steps,
 ) -> Result<Placed, PlanError> {
-    let built = plan::build_with(bin, &p, exprs, condition, extras, opts)?;
-    let func = Function::of(bin, &p);
-    let coalesced = place_and_forward(bin, &p, built, &func, steps);
+    let built = plan::build_with(bin, p, exprs, condition, extras, opts)?;
+    let func = Function::of(bin, p);
+    let coalesced = place_and_forward(bin, p, built, &func, steps);
     if !steps.forwarding {
         return Ok(coalesced);
     }
-    let Ok(plain) = plan::build_with_plain_reads(bin, &p, exprs, condition, extras, opts) else {
+    let Ok(plain) = plan::build_with_plain_reads(bin, p, exprs, condition, extras, opts) else {
         return Ok(coalesced);
     };
-    let plain = place_and_forward(bin, &p, plain, &func, steps);
+    let plain = place_and_forward(bin, p, plain, &func, steps);
     let plain_wins = plain.placement.kind.cost_ns() <= coalesced.placement.kind.cost_ns()
         && (!plain.forwarded.is_empty()
             || plan::memory_reads(&plain.plan.plan) <= plan::memory_reads(&coalesced.plan.plan));
@@ -221,7 +221,7 @@ pub fn describe(
             scope: place::Scope::Block,
             forwarding: true,
         };
-        let placement = plan_point(bin, p.clone(), &ok, None, &plan::Extras::default(), opts, steps)
+        let placement = plan_point(bin, p, &ok, None, &plan::Extras::default(), opts, steps)
             .ok()
             .map(|placed| {
                 let pl = &placed.placement;

@@ -170,7 +170,7 @@ impl Resolver {
             };
             let placed = plan_point(
                 bin,
-                p,
+                &p,
                 &spec.exprs,
                 condition.as_ref(),
                 &extras,
