@@ -11,7 +11,6 @@ use detrix_common::{value_flags, EventHeader};
 use crate::plan::shape::{CountedLayout, CountedStyle, Payload, Shape, GO_SHOWN_ELEMS};
 use crate::plan::{Role, ValueDecoder};
 
-/// One decoded value, as read at the hit.
 /// What a debugger prints for a value it cannot read: an lldb-dap `<error: …>` or a Delve
 /// text such as `(unreadable …)`.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,6 +19,7 @@ pub enum DebuggerText {
     Text(String),
 }
 
+/// One decoded value, as read at the hit.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Node {
     Int(i64),

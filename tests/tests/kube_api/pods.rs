@@ -29,7 +29,13 @@ pub fn cgroup2_root() -> Option<PathBuf> {
 pub struct Cgroups {
     slice: PathBuf,
     scopes: Vec<PathBuf>,
+    /// Which `Cgroups` of this test process this is: tests run in parallel threads of one
+    /// process, and two of them must never name the same container (a node agent would take
+    /// the other test's processes for its pod's).
+    instance: u64,
 }
+
+static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Cgroups {
     pub fn new(root: &Path, tag: &str) -> std::io::Result<Cgroups> {
@@ -41,15 +47,17 @@ impl Cgroups {
         Ok(Cgroups {
             slice,
             scopes: Vec::new(),
+            instance: INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
-    /// A container id (64 hex digits, unique to this run) with its scope, `pid` moved in.
+    /// A container id (64 hex digits, unique to this run and this `Cgroups`) with its scope,
+    /// `pid` moved in.
     pub fn container(&mut self, n: u64, pid: u32) -> String {
         let id = format!(
             "{:016x}{:016x}{:016x}{:016x}",
             0xd37c_0000_0000_0000_u64 | u64::from(std::process::id()),
-            n,
+            (self.instance << 32) | n,
             0x0123_4567_89ab_cdef_u64,
             0xfedc_ba98_7654_3210_u64 ^ n
         );
