@@ -49,6 +49,13 @@ impl RuntimeAddr {
     pub fn to_link(self, bias: u64) -> LinkAddr {
         LinkAddr(self.0.wrapping_sub(bias))
     }
+
+    /// The address one byte before: for a return address, a byte inside the call instruction,
+    /// which is what line tables and CFI rows must be looked up by.
+    #[must_use]
+    pub fn call_site(self) -> Self {
+        Self(self.0.wrapping_sub(1))
+    }
 }
 
 #[cfg(test)]
@@ -68,5 +75,7 @@ mod tests {
             RuntimeAddr(0x5555_5555_5139).to_link(bias),
             LinkAddr(0x1139)
         );
+        assert_eq!(RuntimeAddr(0x1000).call_site(), RuntimeAddr(0xfff));
+        assert_eq!(RuntimeAddr(0).call_site(), RuntimeAddr(u64::MAX));
     }
 }

@@ -249,7 +249,7 @@ fn write_hit(out: &mut dyn Write, req: &Request, hit: &engine::Hit) -> std::io::
                 obj["stack"] = hit
                     .stack
                     .iter()
-                    .map(|f| serde_json::json!({ "function": f.function, "file": f.file, "line": f.line, "pc": format!("{:#x}", f.pc), "module": f.module }))
+                    .map(|f| serde_json::json!({ "function": f.function, "file": f.file, "line": f.line, "pc": f.pc.to_string(), "module": f.module }))
                     .collect();
             }
             if req.locals {
@@ -288,7 +288,7 @@ fn write_hit(out: &mut dyn Write, req: &Request, hit: &engine::Hit) -> std::io::
                             .file_name()
                             .map_or_else(|| file.clone(), |n| n.to_string_lossy().into_owned())
                     ),
-                    _ => f.module.clone().unwrap_or_else(|| format!("{:#x}", f.pc)),
+                    _ => f.module.clone().unwrap_or_else(|| f.pc.to_string()),
                 };
                 line.push_str(&format!(" #{i}={}@{at}", f.function));
             }

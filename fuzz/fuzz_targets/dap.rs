@@ -55,7 +55,7 @@ fn hit(probe: ProbeId, spec: &LogpointSpec) -> ProbeHit {
             values,
             stack: if spec.capture_stack {
                 vec![Frame {
-                    pc: 0x401000,
+                    pc: detrix_agent::addr::RuntimeAddr(0x401000),
                     function: "process".into(),
                     file: Some("/src/orders.c".into()),
                     line: Some(spec.line),

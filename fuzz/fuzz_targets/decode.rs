@@ -6,6 +6,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use detrix_agent::addr::RuntimeAddr;
 use detrix_agent::debuginfo::{Binary, Symbolizer, UnwindRegs};
 use detrix_agent::plan::{self, BuiltPlan, Extras, PlanOptions, Role};
 use detrix_agent::{decode, expr, probe, render};
@@ -94,9 +95,9 @@ fuzz_target!(|data: &[u8]| {
         let bytes = plan::value_bytes(&built.values, i, &h, body);
         match d.role {
             Role::Stack => {
-                let pcs: Vec<u64> = bytes
+                let pcs: Vec<RuntimeAddr> = bytes
                     .chunks_exact(8)
-                    .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                    .map(|c| RuntimeAddr(u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))))
                     .collect();
                 let _ = f.sym.return_addresses(pcs.into_iter());
             }
@@ -111,7 +112,14 @@ fuzz_target!(|data: &[u8]| {
                         .get(off..off + 8)
                         .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
                 };
-                let frames = f.sym.unwind(UnwindRegs { pc, sp, bp }, &read);
+                let frames = f.sym.unwind(
+                    UnwindRegs {
+                        pc: RuntimeAddr(pc),
+                        sp,
+                        bp,
+                    },
+                    &read,
+                );
                 assert!(
                     frames.len() <= plan::STACK_FRAMES + 1,
                     "{} frames",

@@ -59,7 +59,7 @@ fn set_bps(seq: i64, path: &str, bps: Value) -> Value {
 
 fn frame(function: &str, file: &str, line: u32) -> Frame {
     Frame {
-        pc: 0x1000,
+        pc: crate::addr::RuntimeAddr(0x1000),
         function: function.into(),
         file: Some(file.into()),
         line: Some(line),

@@ -6,6 +6,7 @@ use gimli::Reader as _;
 use super::location::Location;
 use super::types::TypeRef;
 use super::{Binary, ProbePoint, ResolveError, R};
+use crate::addr::LinkAddr;
 
 /// The innermost scope that contains an address: a `DW_TAG_subprogram`, or an inlined copy
 /// (`DW_TAG_inlined_subroutine`) inside one.
@@ -263,7 +264,8 @@ impl Binary {
     /// the line-table row, then each caller at its call site), ending with the real function.
     /// Rust names are demangled from linkage names.
     #[must_use]
-    pub fn symbolize(&self, addr: u64) -> Vec<Symbol> {
+    pub fn symbolize(&self, addr: LinkAddr) -> Vec<Symbol> {
+        let addr = addr.0;
         if let Some(hit) = self.symbols.lock().ok().and_then(|c| c.get(&addr).cloned()) {
             return hit;
         }

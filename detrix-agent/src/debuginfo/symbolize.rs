@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::addr::RuntimeAddr;
+use crate::addr::{LinkAddr, RuntimeAddr};
 use crate::target::maps::Mapping;
 
 use super::{Binary, UnwindRegs};
@@ -19,7 +19,7 @@ pub const STACK_FRAMES: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     /// Runtime address (the probe's PC for frame 0, return addresses after).
-    pub pc: u64,
+    pub pc: RuntimeAddr,
     /// Function name (Rust demangled, without hash), or `??` outside the target's binary.
     pub function: String,
     pub file: Option<String>,
@@ -59,21 +59,18 @@ impl Symbolizer {
     }
 
     /// The link address of a runtime address in the executable.
-    fn link(&self, addr: u64) -> u64 {
-        if self.bin.is_dyn {
-            RuntimeAddr(addr).to_link(self.load_bias).0
-        } else {
-            addr
-        }
+    /// (A non-PIE executable runs at its link addresses: bias 0.)
+    fn link(&self, addr: RuntimeAddr) -> LinkAddr {
+        addr.to_link(if self.bin.is_dyn { self.load_bias } else { 0 })
     }
 
     /// The frames at one return address (or the hit's PC): several when it is inside
     /// inlined code, innermost first.
     #[must_use]
-    pub fn frames(&self, pc: u64, innermost: bool) -> Vec<Frame> {
+    pub fn frames(&self, pc: RuntimeAddr, innermost: bool) -> Vec<Frame> {
         // A return address points after the call: look up the call itself.
-        let lookup = if innermost { pc } else { pc.wrapping_sub(1) };
-        let within = |(a, b): (RuntimeAddr, RuntimeAddr)| lookup >= a.0 && lookup < b.0;
+        let lookup = if innermost { pc } else { pc.call_site() };
+        let within = |(a, b): (RuntimeAddr, RuntimeAddr)| lookup >= a && lookup < b;
         let in_exe = self.exe_ranges.iter().any(|r| within(*r)) || self.exe_ranges.is_empty();
         if in_exe {
             let syms = self.bin.symbolize(self.link(lookup));
@@ -110,8 +107,8 @@ impl Symbolizer {
 
     /// The frames of return addresses (a frame-pointer walk), up to the first 0.
     #[must_use]
-    pub fn return_addresses(&self, pcs: impl Iterator<Item = u64>) -> Vec<Frame> {
-        pcs.take_while(|pc| *pc != 0)
+    pub fn return_addresses(&self, pcs: impl Iterator<Item = RuntimeAddr>) -> Vec<Frame> {
+        pcs.take_while(|pc| pc.0 != 0)
             .enumerate()
             .flat_map(|(i, pc)| self.frames(pc, i == 0))
             .collect()
@@ -132,13 +129,9 @@ impl Symbolizer {
                 break;
             }
             // CFI rows are found by the call site, not the return address.
-            let lookup = if i == 0 {
-                regs.pc
-            } else {
-                regs.pc.wrapping_sub(1)
-            };
+            let lookup = if i == 0 { regs.pc } else { regs.pc.call_site() };
             match self.bin.unwind_step(self.link(lookup), regs, read) {
-                Some(next) if next.pc != 0 && next.sp > regs.sp => regs = next,
+                Some(next) if next.pc.0 != 0 && next.sp > regs.sp => regs = next,
                 _ => break,
             }
         }

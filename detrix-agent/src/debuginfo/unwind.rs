@@ -7,6 +7,7 @@
 use gimli::UnwindSection;
 
 use super::{Binary, R};
+use crate::addr::{LinkAddr, RuntimeAddr};
 
 /// Where one FDE's code range is and where the FDE is in its section: 24 bytes, so the index
 /// of a large binary stays small (a parsed FDE, with its CIE, is ten times that).
@@ -63,7 +64,7 @@ fn row_in<S: UnwindSection<R>, T>(
 /// The registers unwinding needs, as runtime values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnwindRegs {
-    pub pc: u64,
+    pub pc: RuntimeAddr,
     pub sp: u64,
     pub bp: u64,
 }
@@ -97,11 +98,11 @@ impl Binary {
     /// the address or a needed slot is outside what `read` can see.
     pub fn unwind_step(
         &self,
-        link_pc: u64,
+        link_pc: LinkAddr,
         regs: UnwindRegs,
         read: &dyn Fn(u64) -> Option<u64>,
     ) -> Option<UnwindRegs> {
-        let row = self.cfi_row(link_pc, |r| (r.cfa().clone(), rule(r, RA), rule(r, RBP)))?;
+        let row = self.cfi_row(link_pc.0, |r| (r.cfa().clone(), rule(r, RA), rule(r, RBP)))?;
         let (cfa_rule, ra_rule, bp_rule) = row;
         let cfa = match cfa_rule {
             gimli::CfaRule::RegisterAndOffset { register, offset } => {
@@ -123,7 +124,7 @@ impl Binary {
             _ => regs.bp,
         };
         Some(UnwindRegs {
-            pc: ra,
+            pc: RuntimeAddr(ra),
             sp: cfa,
             bp,
         })

@@ -8,6 +8,7 @@
 
 use detrix_common::{value_flags, EventHeader};
 
+use crate::addr::RuntimeAddr;
 use crate::plan::shape::{CountedLayout, CountedStyle, Payload, Shape, GO_SHOWN_ELEMS};
 use crate::plan::{Role, ValueDecoder};
 
@@ -53,7 +54,7 @@ pub enum Node {
         truncated: bool,
     },
     /// Return addresses (innermost first).
-    Stack(Vec<u64>),
+    Stack(Vec<RuntimeAddr>),
     /// Counted text (Rust `&str`/`String`, C++ `std::string`, Go `string`): `len` bytes long,
     /// `bytes` the ones copied; `loaded`: whether the data was copied at all (nested in a
     /// composite of a language other than Go only the header is).
@@ -320,7 +321,12 @@ pub(crate) fn node(shape: &Shape, bytes: &[u8], rest: &[u8], addr: Option<u64>) 
                 truncated: end.is_none() && u64::from(*copied) < *count,
             }
         }
-        Shape::Stack => Node::Stack(bytes.chunks_exact(8).map(|c| le_u64(c, 8)).collect()),
+        Shape::Stack => Node::Stack(
+            bytes
+                .chunks_exact(8)
+                .map(|c| RuntimeAddr(le_u64(c, 8)))
+                .collect(),
+        ),
         Shape::Counted { layout, elem, data } => counted(layout, elem, data.as_ref(), bytes, rest),
         Shape::Struct { name, members } => Node::Struct {
             name: name.clone(),

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
+use crate::addr::RuntimeAddr;
 use crate::debuginfo::Symbolizer;
 use crate::decode::{DebuggerText, Node};
 use crate::plan;
@@ -223,6 +224,7 @@ fn unwind_frames(
             u64_at(b, off)
         })
     };
+    let pc = RuntimeAddr(pc);
     sym.unwind(crate::debuginfo::UnwindRegs { pc, sp: sp0, bp }, &read)
 }
 
@@ -238,6 +240,6 @@ fn stack_frames(
     sym.return_addresses(
         plan::value_bytes(all, idx, h, data)
             .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))),
+            .map(|c| RuntimeAddr(u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))),
     )
 }

@@ -50,7 +50,7 @@ pub fn value(node: &Node) -> J {
         Node::Text { len, bytes, .. } => {
             string(&String::from_utf8_lossy(bytes), (bytes.len() as u64) < *len)
         }
-        Node::Stack(pcs) => pcs.iter().map(|pc| address(*pc)).collect(),
+        Node::Stack(pcs) => pcs.iter().map(|pc| address(pc.0)).collect(),
         // Go's own JSON shows a nil slice as `null`.
         Node::Seq {
             go: true,

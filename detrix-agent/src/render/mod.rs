@@ -56,7 +56,7 @@ pub fn debugger(node: &Node) -> Value {
         },
         Node::Stack(pcs) => Value::Text(
             pcs.iter()
-                .map(|pc| format!("{pc:#x}"))
+                .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join(" "),
         ),
