@@ -58,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
                     let _ = b.type_of(v.ty);
                 }
             }
-            let _ = b.symbolize(p.addr.0);
+            let _ = b.symbolize(p.addr);
         }
     }
 });
