@@ -198,6 +198,7 @@ fn request(pid: u32, line: u32, expr: &str, placement: bool, forwarding: bool) -
         forwarding,
         stack: false,
         locals: false,
+        ebpf_log: false,
     }
 }
 

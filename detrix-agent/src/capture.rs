@@ -53,6 +53,8 @@ pub struct Request {
     pub stack: bool,
     /// Also capture every parameter and local in scope at each hit.
     pub locals: bool,
+    /// `--ebpf-log`: the program reports each faulting plan step on stderr.
+    pub ebpf_log: bool,
 }
 
 /// Why a capture failed.
@@ -125,7 +127,10 @@ fn options(req: &Request) -> EngineOptions {
         burst: req.burst,
         placement: req.placement,
         forwarding: req.forwarding,
-        ..EngineOptions::default()
+        load: crate::probe::LoadOptions {
+            ebpf_log: req.ebpf_log,
+            ..crate::probe::LoadOptions::default()
+        },
     }
 }
 

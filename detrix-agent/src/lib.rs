@@ -17,6 +17,7 @@ pub mod dap;
 pub mod debuginfo;
 pub mod decode;
 pub mod discover;
+pub mod ebpflog;
 pub mod engine;
 pub mod expr;
 pub mod fallback;

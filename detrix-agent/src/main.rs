@@ -250,6 +250,9 @@ struct AttachArgs {
     /// refused with 403, so the token is only ever sent where the operator said.
     #[arg(long = "allow-daemon-url", value_name = "URL")]
     allow_daemon_urls: Vec<String>,
+    /// Print each plan step that faults, as the eBPF program reports it (off: no cost).
+    #[arg(long)]
+    ebpf_log: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -312,6 +315,9 @@ struct CaptureArgs {
     /// Also capture every parameter and local in scope at each hit.
     #[arg(long)]
     locals: bool,
+    /// Print each plan step that faults, as the eBPF program reports it (off: no cost).
+    #[arg(long)]
+    ebpf_log: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -379,6 +385,10 @@ fn attach(args: AttachArgs) -> anyhow::Result<ExitCode> {
     let opts = EngineOptions {
         string_cap: args.string_cap,
         elem_cap: args.max_elements,
+        load: detrix_agent::probe::LoadOptions {
+            ebpf_log: args.ebpf_log,
+            ..Default::default()
+        },
         ..EngineOptions::default()
     };
     detrix_agent::privs::check_target_owner(args.pid)?;
@@ -747,6 +757,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 forwarding: !args.no_forwarding,
                 stack: args.stack,
                 locals: args.locals,
+                ebpf_log: args.ebpf_log,
             };
             let prepared = capture::prepare(&req)?;
             for (p, built, placement) in prepared.plans() {

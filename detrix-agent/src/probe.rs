@@ -63,6 +63,8 @@ pub enum ProbeError {
     Cpus(#[source] std::io::Error),
     #[error("cannot map the event rings into memory: {0}")]
     Mmap(#[source] std::io::Error),
+    #[error("cannot start forwarding the program's log (--ebpf-log): {0}")]
+    Log(#[source] std::io::Error),
 }
 
 /// Doorbell sizing and wakeup policy, fixed at load. (Events themselves go to one
@@ -73,6 +75,8 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
     /// Wake the reader when a CPU's backlog passes this many bytes; 0 = for every event.
     pub wakeup_bytes: u64,
+    /// `--ebpf-log`: the program reports each faulting plan step ([`crate::ebpflog`]).
+    pub ebpf_log: bool,
 }
 
 impl Default for LoadOptions {
@@ -80,6 +84,7 @@ impl Default for LoadOptions {
         Self {
             ring_bytes: 1 << 16,
             wakeup_bytes: detrix_common::DEFAULT_WAKEUP_BYTES,
+            ebpf_log: false,
         }
     }
 }
@@ -253,6 +258,8 @@ pub struct Probes {
     /// Bumped per install, so a reused slot gets a new probe id.
     generation: u32,
     ncpus: usize,
+    /// `--ebpf-log`'s reader, when on.
+    _log: Option<crate::ebpflog::Forwarder>,
 }
 
 impl std::fmt::Debug for Probes {
@@ -314,6 +321,12 @@ impl Probes {
                     .map_err(|_| ProbeError::Cpus(std::io::Error::other("too many CPUs")))?,
             )
             .override_global("WAKEUP_BYTES", &opts.wakeup_bytes, true)
+            .override_global(crate::ebpflog::GLOBAL, &u8::from(opts.ebpf_log), true)
+            // Off: the log ring is never written; the smallest ring the kernel takes.
+            .map_max_entries(
+                crate::ebpflog::MAP,
+                if opts.ebpf_log { 1 << 17 } else { 4096 },
+            )
             .load(EBPF_OBJECT)
             .map_err(ProbeError::Load)?;
         let slots: PerCpuArray<_, _> = take_map(&mut ebpf, "SLOTS", "SLOTS map")?;
@@ -327,6 +340,11 @@ impl Probes {
             return Err(ProbeError::Missing("RINGS array map"));
         };
         let ring = EventRings::map(ring, rings, ncpus)?;
+        let log = if opts.ebpf_log {
+            Some(crate::ebpflog::Forwarder::start(&mut ebpf).map_err(ProbeError::Log)?)
+        } else {
+            None
+        };
         for (name, missing) in [
             (PROGRAM, PROGRAM_MISSING),
             (NOOP, NOOP_MISSING),
@@ -348,6 +366,7 @@ impl Probes {
                 noop_links: Vec::new(),
                 generation: 0,
                 ncpus,
+                _log: log,
             },
             ring,
         ))

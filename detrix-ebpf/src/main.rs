@@ -17,6 +17,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features, reason = "core_intrinsics is internal; see above")]
 
+mod log;
 mod stash;
 
 use aya_ebpf::{
@@ -619,6 +620,7 @@ fn run_ops(ctx: &ProbeContext, slot: u32, n_ops: u32, cpu: u32, pos: u32, meta_o
     };
     // SAFETY: `step` has the callback signature bpf_loop expects; `st` outlives the call.
     unsafe { bpf_loop(n, step as *mut c_void, (&raw mut st).cast::<c_void>(), 0) };
+    log::faults(&mut st);
     st.bad != 0
 }
 

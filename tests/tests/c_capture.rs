@@ -242,6 +242,97 @@ fn coalesced_reads_keep_exact_values() {
     fixture.assert_keeps_running(3);
 }
 
+/// Captures `round` and a value whose read faults (`o->customer[99999999]` reads 100 MB past a
+/// string literal, where nothing is mapped) for three hits, with `extra` flags; returns the
+/// output and, per hit, the value's error with the step and address it names, checked
+/// against the printed `o->customer` plus that offset.
+fn capture_fault(extra: &[&str]) -> (detrix_e2e::Output, Vec<(u64, u64)>) {
+    let src = c_fixture_source("orders");
+    let line = marker_line(&src, "process");
+    let mut fixture = Fixture::orders(DELAY_MS);
+    let at = format!("orders.c:{line}");
+    let far = "o->customer[99999999]";
+    let mut flags = vec!["--count", "3", "--format", "json", "--no-forwarding"];
+    flags.extend_from_slice(extra);
+    let out = run_agent(&capture_args(fixture.pid(), &at, &["round", far], &flags));
+    out.assert_success();
+    let events = parse_events(&out);
+    let rounds = check_common(&events, &fixture, &at, 3);
+    let mut faults = Vec::new();
+    for (event, round) in events.iter().zip(rounds) {
+        let printed_line = fixture.process_line(round, PRINT_WAIT);
+        let kv = parse_kv(&printed_line);
+        let pcust = kv
+            .get("pcust")
+            .and_then(|h| u64::from_str_radix(h.trim_start_matches("0x"), 16).ok())
+            .unwrap_or_else(|| panic!("no pcust in {printed_line}"));
+        let err = event.values[far]["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("`{far}` should be an error: {}", event.raw));
+        let addr = pcust + 99_999_999;
+        let want = format!("faulted at address {addr:#x}");
+        assert!(
+            err.contains("(`emit_mem 1 +99999999 @") && err.contains(&want),
+            "the error should name the emit_mem step and {want}: {err}"
+        );
+        let step = err
+            .split("step ")
+            .nth(1)
+            .and_then(|t| t.split(' ').next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("no step number in {err}"));
+        faults.push((step, addr));
+    }
+    fixture.assert_keeps_running(3);
+    (out, faults)
+}
+
+/// A value whose read faults says which step of the plan faulted and at which address
+/// (issue #16), and the other value still flows; without `--ebpf-log` the program reports
+/// nothing itself.
+#[test]
+fn read_fault_names_the_step_and_address() {
+    require_root();
+    agent_bin();
+    let (out, _) = capture_fault(&[]);
+    assert!(
+        !out.stderr.lines().any(|l| l.starts_with("ebpf:")),
+        "no `ebpf:` line without --ebpf-log:\n{}",
+        out.stderr
+    );
+}
+
+/// `--ebpf-log` (issue #16): the program reports each faulting step through aya-log, one
+/// `ebpf: probe P step S (emit_mem) faulted at ADDR` line per hit, with the exact step and
+/// address the value's error names, all from the one probe.
+#[test]
+fn ebpf_log_reports_the_faulting_step() {
+    require_root();
+    agent_bin();
+    let (out, faults) = capture_fault(&["--ebpf-log"]);
+    let logged: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("ebpf:"))
+        .collect();
+    let mut probes = Vec::new();
+    for (step, addr) in faults {
+        let tail = format!(" step {step} (emit_mem) faulted at {addr:#x}");
+        let line = logged
+            .iter()
+            .find(|l| l.ends_with(&tail))
+            .unwrap_or_else(|| panic!("no `ebpf: …{tail}` line:\n{}", out.stderr));
+        let probe = line
+            .strip_prefix("ebpf: probe ")
+            .and_then(|r| r.strip_suffix(tail.as_str()))
+            .and_then(|p| p.parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("`{line}` should read `ebpf: probe N{tail}`"));
+        probes.push(probe);
+    }
+    probes.dedup();
+    assert_eq!(probes.len(), 1, "one probe reports: {logged:?}");
+}
+
 #[test]
 fn after_line_values_match_printed() {
     require_root();

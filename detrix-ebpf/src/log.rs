@@ -1,0 +1,77 @@
+//! `--ebpf-log`: the program reports each value whose plan step faulted (probe slot, step
+//! index, op, address) as one aya-log record; the agent renders it as one `ebpf: …` line.
+//!
+//! Off by default and free when off: `EBPF_LOG` is a read-only global the agent sets at load
+//! (like `WAKEUP_BYTES`), so with it 0 the verifier sees a constant and prunes the reporting;
+//! the interpreter's ops pay nothing. When on, the faults are reported after the ops ran, by a
+//! second `bpf_loop` over the values (verified once): inlined into each op's fault path the
+//! record's code multiplied with every op's branches and the program passed the verifier's
+//! 1 M-instruction limit (`E2BIG`). The step and address are the ones the value's meta and
+//! bytes already carry for the agent. The record holds numbers only; the agent names the op.
+
+use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
+use aya_log_ebpf::error;
+use detrix_common::{Event, CPU_RING_BYTES, EVENT_DATA_BYTES, MAX_OPS, MAX_VALUES};
+
+use super::{data_u64, meta, Interp, RECORD_PREFIX_BYTES, RINGS, SLOTS};
+
+/// 1 = report plan-step faults through aya-log. Set before load; 0 prunes the reporting.
+#[unsafe(no_mangle)]
+static EBPF_LOG: u8 = 0;
+
+/// After the ops ran: one record per value that faulted, when enabled.
+#[inline(always)]
+pub fn faults(st: &mut Interp) {
+    // SAFETY: a plain read of a global the loader fixed before load.
+    if unsafe { core::ptr::read_volatile(&raw const EBPF_LOG) } == 0 || st.bad == 0 {
+        return;
+    }
+    // SAFETY: `report` has the callback signature bpf_loop expects; `st` outlives the call.
+    unsafe {
+        bpf_loop(
+            MAX_VALUES as u32,
+            report as *mut c_void,
+            core::ptr::from_mut(st).cast::<c_void>(),
+            0,
+        )
+    };
+}
+
+/// Value `i`'s fault, if it had one (the callback of the reporting `bpf_loop`).
+#[inline(never)]
+extern "C" fn report(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: ctx is the `Interp` `faults` passed to bpf_loop.
+    let st = unsafe { &mut *ctx.cast::<Interp>() };
+    let vi = (i as usize) & (MAX_VALUES - 1);
+    if st.bad & (1 << vi) == 0 {
+        return 0;
+    }
+    let Some(s) = SLOTS.get(st.slot) else {
+        return 1;
+    };
+    let Some(ring) = RINGS.get_ptr_mut(st.cpu) else {
+        return 1;
+    };
+    // SAFETY: as in `step`: the record this run is building in the ring it owns.
+    #[expect(clippy::cast_ptr_alignment, reason = "8-byte aligned: see `step`")]
+    let ev = unsafe {
+        &mut *(*ring)
+            .data
+            .as_mut_ptr()
+            .add((st.pos as usize) & (CPU_RING_BYTES - 1))
+            .add(RECORD_PREFIX_BYTES)
+            .cast::<Event>()
+    };
+    let index = usize::from(meta(ev, st.meta_off as usize, vi).len) & (MAX_OPS - 1);
+    let op = s.plan.ops[index].kind;
+    let addr = data_u64(
+        ev,
+        usize::from(s.plan.value_dst[vi]) & (EVENT_DATA_BYTES - 1),
+    );
+    // The agent parses exactly this shape (`ebpflog::render`); keep the two in step.
+    error!(
+        &(),
+        "fault slot={} step={} op={} addr={:x}", st.slot, index, op, addr
+    );
+    0
+}
