@@ -4,7 +4,8 @@
 //! while it runs. Two more are unit tests where they can be exact: a library truncated under
 //! the agent (`debuginfo::bytes`: files a target's user can write are copied, never mapped, so
 //! no SIGBUS) and a daemon that stops reading (`daemon::hub`: at most `MAX_QUEUED_HITS` wait,
-//! the rest are counted and shown as `dropped_hits` in `/detrix/status`).
+//! the rest are counted and shown as `dropped_hits` in `/detrix/status`; end to end, with the
+//! exact accounting, in `slow_daemon.rs`).
 
 mod common;
 

@@ -87,7 +87,34 @@ async fn status(State(agent): State<AgentHandle>) -> Json<Value> {
         body["probes_switched_off"] = v.switched_off.into();
         body["probe_switched_off_reason"] = v.switched_off_reason.clone().into();
     }
+    // While awake and once anything hit, the engine's counters for this target since it
+    // started (every logpoint, removed ones included): with `dropped_hits` they account for
+    // every hit — `hits` = events handed to the daemon + `dropped_ring_full` + `rate_limited` +
+    // `condition_false` + `no_plan` + `other_process` + `dropped_hits` (issue #12 point 6).
+    // Asleep, the status is the SDKs' own.
+    if v.state == "awake" {
+        if let Some(t) = agent.stats.stats().await.map(|s| s.totals) {
+            if t.hits > 0 {
+                body["probe_counters"] = probe_counters(&t);
+            }
+        }
+    }
     Json(body)
+}
+
+/// `/detrix/status`'s `probe_counters`: the engine's totals by name (`bpf_ns` left out: an
+/// estimate, and `/metrics`' business).
+fn probe_counters(t: &detrix_common::Counters) -> Value {
+    json!({
+        "hits": t.hits,
+        "emitted": t.emitted,
+        "dropped_ring_full": t.dropped_ring_full,
+        "rate_limited": t.rate_limited,
+        "condition_false": t.condition_false,
+        "read_faults": t.read_faults,
+        "no_plan": t.no_plan,
+        "other_process": t.other_process,
+    })
 }
 
 async fn info(State(agent): State<AgentHandle>) -> Json<Value> {

@@ -174,6 +174,9 @@ pub struct Dap {
     /// Events not yet taken by [`Dap::events`].
     pending_events: Vec<Value>,
     closed: bool,
+    /// While true, the reader thread reads nothing more from the socket (a daemon that stops
+    /// reading; see [`Dap::pause_reading`]).
+    paused: Arc<(Mutex<bool>, Condvar)>,
 }
 
 impl Dap {
@@ -183,9 +186,18 @@ impl Dap {
         stream.set_nodelay(true).ok();
         let rd = stream.try_clone().expect("clone the DAP socket");
         let (tx, rx) = mpsc::channel();
+        let paused: Arc<(Mutex<bool>, Condvar)> = Arc::default();
+        let gate = paused.clone();
         thread::spawn(move || {
             let mut r = BufReader::new(rd);
-            while let Some(v) = read_frame(&mut r) {
+            loop {
+                let (lock, cv) = &*gate;
+                let mut p = lock.lock().unwrap_or_else(PoisonError::into_inner);
+                while *p {
+                    p = cv.wait(p).unwrap_or_else(PoisonError::into_inner);
+                }
+                drop(p);
+                let Some(v) = read_frame(&mut r) else { break };
                 if tx.send(v).is_err() {
                     break;
                 }
@@ -197,7 +209,20 @@ impl Dap {
             received: Vec::new(),
             pending_events: Vec::new(),
             closed: false,
+            paused,
         }
+    }
+
+    /// Stops reading the socket (after the frame being read, and what the reader has buffered):
+    /// the agent's writes then back up as against a daemon that stopped reading.
+    pub fn pause_reading(&self) {
+        *self.paused.0.lock().unwrap_or_else(PoisonError::into_inner) = true;
+    }
+
+    /// Reads the socket again.
+    pub fn resume_reading(&self) {
+        *self.paused.0.lock().unwrap_or_else(PoisonError::into_inner) = false;
+        self.paused.1.notify_all();
     }
 
     pub fn send(&mut self, msg: &Value) {

@@ -1,0 +1,277 @@
+//! A daemon that stops reading its DAP session while a hot logpoint fires (issue #12 point 6),
+//! end to end: the real agent attached to the C `orders` fixture looping without a pause, the
+//! daemon emulator's session paused (`Dap::pause_reading`, the socket left unread) until the
+//! agent reports drops. Asserted: the agent's RSS stays under a stated bound over its RSS before
+//! the pause, the target keeps running (its printed round advances), and every hit is accounted
+//! for exactly from what `/detrix/status` reports — the engine's `hits` equal the `output`
+//! events the peer got once it read again plus every drop (`dropped_ring_full` and the other
+//! kernel-side counters of `probe_counters`, and the agent's bounded queue's `dropped_hits`).
+//! The target is stopped (SIGSTOP) before the count is read, so the totals are final; no
+//! timing is asserted beyond generous waits.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{set_bps, AttachedAgent, RestStub, STEP_TIMEOUT};
+use detrix_e2e::{
+    build_c_fixture, c_fixture_source, fixtures_out_dir, marker_line, require_root, Build,
+};
+use serde_json::{json, Value};
+
+const GO_GOLDEN: &str = "shared/go-delve.jsonl";
+const RUST_GOLDEN: &str = "shared/rust-stub.jsonl";
+
+/// How much the agent's RSS may grow over its RSS before the pause while nothing is read:
+/// the queue holds at most `MAX_QUEUED_HITS` (16 384) hits of a few hundred bytes here.
+const RSS_GROWTH_BOUND_KIB: u64 = 64 * 1024;
+
+/// The `orders` fixture looping with no delay; only its last printed round is kept (its output
+/// is hundreds of MiB over the test).
+struct HotTarget {
+    child: Child,
+    round: Arc<AtomicI64>,
+    copy: PathBuf,
+}
+
+impl HotTarget {
+    fn start() -> HotTarget {
+        let exe = build_c_fixture("orders", Build::Debug);
+        // A private copy (its own inode): no other test's probes land in it.
+        let copy = fixtures_out_dir().join(format!(".orders-slowd-{}", std::process::id()));
+        let st = Command::new("cp")
+            .arg(&exe)
+            .arg(&copy)
+            .status()
+            .expect("run cp");
+        assert!(st.success(), "cp {} failed", exe.display());
+        let mut child = Command::new(&copy)
+            .args(["-1", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", copy.display()));
+        let round = Arc::new(AtomicI64::new(-1));
+        let (seen, out) = (round.clone(), child.stdout.take().expect("piped"));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("ready pid=") {
+                    let _ = ready_tx.send(line.clone());
+                }
+                if let Some(r) = line
+                    .strip_prefix("process round=")
+                    .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+                {
+                    seen.store(r, Ordering::Relaxed);
+                }
+            }
+        });
+        let ready = ready_rx
+            .recv_timeout(STEP_TIMEOUT)
+            .expect("the fixture prints `ready pid=`");
+        assert_eq!(ready, format!("ready pid={}", child.id()));
+        HotTarget { child, round, copy }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The last round the target printed.
+    fn round(&self) -> i64 {
+        self.round.load(Ordering::Relaxed)
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill has no memory-safety preconditions; the child is not reaped yet.
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, sig) }, 0);
+    }
+}
+
+impl Drop for HotTarget {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.copy);
+    }
+}
+
+/// `VmRSS` of `pid`, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+fn is_ours(e: &Value) -> bool {
+    e["event"] == "output"
+        && e["body"]["output"]
+            .as_str()
+            .is_some_and(|t| t.contains("DETRICS:slow="))
+}
+
+/// The round an `output` event carries.
+fn event_round(e: &Value) -> i64 {
+    let t = e["body"]["output"].as_str().unwrap_or_default();
+    t.split_once("DETRICS:slow=")
+        .and_then(|(_, v)| {
+            let digits: String = v.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("an output event without its round: {e}"))
+}
+
+fn num(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("`{key}` is not a count: {v}"))
+}
+
+/// Every hit the status accounts for: (hits, every drop, the body).
+fn accounting(agent: &AttachedAgent) -> (u64, u64, Value) {
+    let (s, st) = agent.get("/detrix/status");
+    assert_eq!(s, 200, "{st}");
+    let c = &st["probe_counters"];
+    let kernel_drops: u64 = [
+        "dropped_ring_full",
+        "rate_limited",
+        "condition_false",
+        "no_plan",
+        "other_process",
+    ]
+    .iter()
+    .map(|k| num(c, k))
+    .sum();
+    let queue_drops = st
+        .get("dropped_hits")
+        .map_or(0, |_| num(&st, "dropped_hits"));
+    (num(c, "hits"), kernel_drops + queue_drops, st)
+}
+
+#[test]
+fn a_daemon_that_stops_reading_costs_bounded_memory_and_every_hit_is_accounted_for() {
+    require_root();
+    let target = HotTarget::start();
+    let stub = RestStub::start(GO_GOLDEN, RUST_GOLDEN);
+    // No CPU breaker: a hot logpoint switched off would end the test's load, not test it.
+    let agent = AttachedAgent::start(
+        target.pid(),
+        &[
+            "--daemon-url",
+            &stub.url,
+            "--name",
+            "slow-daemon",
+            "--language",
+            "rust",
+            "--cpu-budget",
+            "0",
+        ],
+        &[],
+    );
+    let agent_pid = agent.child.id();
+    let (s, wake) = agent.post("/detrix/wake", None);
+    assert_eq!((s, wake["status"].clone()), (200, json!("awake")), "{wake}");
+    let (_, mut dap) = stub.take_session();
+    let src = c_fixture_source("orders");
+    let r = dap.request(&set_bps(
+        10,
+        &src.to_string_lossy(),
+        json!([{"line": marker_line(&src, "process"), "logMessage": "DETRICS:slow={round}"}]),
+    ));
+    assert_eq!(r["body"]["breakpoints"][0]["verified"], true, "{r}");
+
+    // Read normally for a while: values flow, and the RSS before the pause is measured.
+    let mut delivered = dap.events(200, STEP_TIMEOUT, is_ours);
+    assert!(delivered.len() >= 200, "values flow: {}", delivered.len());
+    let rss_before = rss_kib(agent_pid);
+
+    // The daemon stops reading until the agent reports drops, and 3 s more.
+    dap.pause_reading();
+    let round_at_pause = target.round();
+    let paused_at = Instant::now();
+    let mut rss_peak = rss_before;
+    let mut dropped_seen_at = None;
+    loop {
+        rss_peak = rss_peak.max(rss_kib(agent_pid));
+        let (_, st) = agent.get("/detrix/status");
+        if dropped_seen_at.is_none() && st.get("dropped_hits").is_some() {
+            dropped_seen_at = Some(Instant::now());
+        }
+        if dropped_seen_at.is_some_and(|t| t.elapsed() > Duration::from_secs(3)) {
+            break;
+        }
+        assert!(
+            paused_at.elapsed() < Duration::from_secs(180),
+            "no drop reported after 180 s of not reading: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let round_at_end = target.round();
+    let paused_for = paused_at.elapsed();
+    assert!(
+        rss_peak <= rss_before + RSS_GROWTH_BOUND_KIB,
+        "the agent's RSS grew from {rss_before} KiB to {rss_peak} KiB while the daemon did not read (bound: +{RSS_GROWTH_BOUND_KIB} KiB)"
+    );
+    assert!(
+        round_at_end > round_at_pause,
+        "the target kept running while the daemon did not read: round {round_at_pause} → {round_at_end}"
+    );
+
+    // Freeze the target so the engine's totals are final, read again and drain everything.
+    target.signal(libc::SIGSTOP);
+    dap.resume_reading();
+    let drain_start = Instant::now();
+    let (hits, drops, status) = loop {
+        // In slices: `Dap::events` rescans what it holds on every message.
+        let more = dap.events(512, Duration::from_secs(2), is_ours);
+        let quiet = more.len() < 512;
+        delivered.extend(more);
+        let (hits, drops, status) = accounting(&agent);
+        if (quiet && hits == delivered.len() as u64 + drops)
+            || drain_start.elapsed() > Duration::from_secs(90)
+        {
+            break (hits, drops, status);
+        }
+    };
+    let n = delivered.len() as u64;
+    eprintln!(
+        "slow daemon: paused {paused_for:.1?}, target rounds {round_at_pause} → {round_at_end}, \
+         agent RSS {rss_before} KiB → peak {rss_peak} KiB, delivered {n}, status {status}"
+    );
+    assert_eq!(
+        hits,
+        n + drops,
+        "hits = events delivered ({n}) + every drop; status: {status}"
+    );
+    assert!(
+        status
+            .get("dropped_hits")
+            .is_some_and(|d| d.as_u64() > Some(0)),
+        "the queue's drops are reported: {status}"
+    );
+    // Each hit reached the peer at most once, in the order the target made them.
+    let rounds: Vec<i64> = delivered.iter().map(event_round).collect();
+    assert!(
+        rounds.windows(2).all(|w| w[0] < w[1]),
+        "delivered rounds strictly increase"
+    );
+
+    // The session is still live: once the target runs again, values flow again.
+    target.signal(libc::SIGCONT);
+    let after = dap.events(10, STEP_TIMEOUT, is_ours);
+    assert!(
+        after.len() >= 10,
+        "values flow after the pause: {}",
+        after.len()
+    );
+    assert!(event_round(&after[0]) > *rounds.last().expect("delivered"));
+}
