@@ -8,7 +8,7 @@
 
 use crate::debuginfo::Binary;
 use crate::place::{Scope, TrapKind};
-use crate::plan::{self, PlanOptions};
+use crate::plan;
 
 use super::pipeline::{plan_point, runs, Steps};
 
@@ -73,14 +73,7 @@ pub fn coverage(
     pick: &dyn Fn(&str) -> bool,
     opts: CoverageOptions,
 ) -> Result<(Vec<LineCoverage>, Totals), crate::debuginfo::ResolveError> {
-    let plan_opts = PlanOptions {
-        tgid: 0,
-        load_bias: 0,
-        string_cap: 64,
-        elem_cap: plan::DEFAULT_ELEM_CAP,
-        rate_per_sec: 0,
-        burst: 0,
-    };
+    let plan_opts = super::pipeline::without_process();
     let steps = Steps {
         placement: true,
         scope: opts.scope,

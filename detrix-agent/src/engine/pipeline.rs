@@ -153,6 +153,19 @@ fn place_and_forward(
     }
 }
 
+/// Plan options for resolving without a process (`describe`, `coverage`): no tgid or load bias
+/// to check against, no rate limit, short strings.
+pub(super) fn without_process() -> PlanOptions {
+    PlanOptions {
+        tgid: 0,
+        load_bias: 0,
+        string_cap: 64,
+        elem_cap: plan::DEFAULT_ELEM_CAP,
+        rate_per_sec: 0,
+        burst: 0,
+    }
+}
+
 /// What resolving `file:line` and each expression gives on `bin`, without a process: points
 /// (function, address, file offset, placement) and per expression the plan ops or the error.
 /// Paths are shown relative to `strip_prefix` so the result is stable across machines.
@@ -188,14 +201,7 @@ pub fn describe(
             return serde_json::json!({ "at": format!("{file}:{line}"), "error": scrub(e.to_string()) })
         }
     };
-    let opts = PlanOptions {
-        tgid: 0,
-        load_bias: 0,
-        string_cap: 64,
-        elem_cap: plan::DEFAULT_ELEM_CAP,
-        rate_per_sec: 0,
-        burst: 0,
-    };
+    let opts = without_process();
     let mut out = Vec::new();
     for (p, why) in &points {
         let mut values = serde_json::Map::new();
