@@ -296,10 +296,15 @@ impl Engine {
                 offset: c.point.file_offset,
                 pid: self.resolver.target.pid,
             };
+            // The decode table is held across the attach: the reader drops a record whose
+            // probe it does not know, and the first hits come as soon as the uprobe is live —
+            // before this thread could insert the entry after the attach (the slow-daemon test
+            // lost 4 of 83 406 hits that way).
+            let mut table = self.decoders();
             let installed = self.probes().install_stashed(&c.plan.plan, &spec, c.entry);
             match installed {
                 Ok(probe_id) => {
-                    self.decoders().insert(
+                    table.insert(
                         probe_id,
                         ProbeDecoder {
                             owner: self.owner,
@@ -313,6 +318,7 @@ impl Engine {
                     probe_ids.push(probe_id);
                 }
                 Err(e) => {
+                    drop(table);
                     for s in probe_ids {
                         let _ = self.probes().remove(s);
                         self.decoders().remove(&s);
