@@ -1,6 +1,7 @@
 //! The `detrix-agent` binary: argument parsing, logging setup, and error reporting. All the
 //! work is in the library.
 
+use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::ExitCode;
 
@@ -795,23 +796,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
             let summary = rt.block_on(capture::run(&req, prepared, &mut out))?;
-            let c = &summary.counters;
+            // The counters by name, `printed` (what reached stdout) after `emitted`.
+            let mut counts = String::new();
+            for (f, v) in summary.counters.named() {
+                let _ = write!(counts, " {}={v}", f.name);
+                if f.name == "emitted" {
+                    let _ = write!(counts, " printed={}", summary.printed);
+                }
+            }
             eprintln!(
-                "capture: {} @ {}: hits={} emitted={} printed={} dropped_ring_full={} rate_limited={} condition_false={} \
-                 read_faults={} no_plan={} other_process={} bpf_ns={}{}",
-                functions,
-                addrs,
-                c.hits,
-                c.emitted,
-                summary.printed,
-                c.dropped_ring_full,
-                c.rate_limited,
-                c.condition_false,
-                c.read_faults,
-                c.no_plan,
-                c.other_process,
-                c.bpf_ns,
-                summary.switched_off.as_ref().map(|w| format!(" switched_off=\"{w}\"")).unwrap_or_default()
+                "capture: {functions} @ {addrs}:{counts}{}",
+                summary
+                    .switched_off
+                    .as_ref()
+                    .map(|w| format!(" switched_off=\"{w}\""))
+                    .unwrap_or_default()
             );
             match summary.reason {
                 StopReason::CountReached => Ok(ExitCode::SUCCESS),

@@ -1,7 +1,9 @@
-//! The exact per-probe counters the program keeps ([`Counters`]).
+//! The exact per-probe counters the program keeps ([`Counters`]) and the one list of their
+//! names and meanings ([`Counters::FIELDS`]) that `/metrics`, `capture` and `/detrix/status`
+//! show.
 //!
-//! Why a file of their own: they are neither the plan the agent writes nor the record the
-//! program writes, but the third thing the two share, read by the agent at any time.
+//! Why the names live beside the layout: a counter added to the struct and not to the list
+//! would be counted and never shown; here the two are read together.
 
 /// Exact per-probe counters, one copy per CPU (summed by the agent).
 ///
@@ -40,5 +42,85 @@ impl Counters {
         self.no_plan += other.no_plan;
         self.other_process += other.other_process;
         self.bpf_ns += other.bpf_ns;
+    }
+
+    /// Every field, in the order they are shown: the one list of counter names and what they
+    /// count, for `/metrics`, `capture`'s summary line and `/detrix/status`.
+    pub const FIELDS: [CounterField; 9] = [
+        CounterField::new("hits", "hits_total", "Times the probe's uprobe fired."),
+        CounterField::new("emitted", "emitted_total", "Events written to the ring."),
+        CounterField::new(
+            "dropped_ring_full",
+            "dropped_ring_full_total",
+            "Hits dropped because the CPU's ring was full.",
+        ),
+        CounterField::new(
+            "rate_limited",
+            "rate_limited_total",
+            "Hits dropped by the per-probe rate limit.",
+        ),
+        CounterField::new(
+            "condition_false",
+            "condition_false_total",
+            "Hits whose condition was false.",
+        ),
+        CounterField::new(
+            "read_faults",
+            "read_faults_total",
+            "Emitted events with a value that could not be read.",
+        ),
+        CounterField::new(
+            "no_plan",
+            "no_plan_total",
+            "Hits racing a detach (no plan in the slot).",
+        ),
+        CounterField::new(
+            "other_process",
+            "other_process_total",
+            "Hits from another process mapping the binary, filtered in the kernel.",
+        ),
+        CounterField::new(
+            "bpf_ns",
+            "bpf_nanoseconds_total",
+            "Nanoseconds spent in the eBPF program.",
+        ),
+    ];
+
+    /// The values, in the order of [`Counters::FIELDS`].
+    #[must_use]
+    pub const fn values(&self) -> [u64; 9] {
+        [
+            self.hits,
+            self.emitted,
+            self.dropped_ring_full,
+            self.rate_limited,
+            self.condition_false,
+            self.read_faults,
+            self.no_plan,
+            self.other_process,
+            self.bpf_ns,
+        ]
+    }
+
+    /// Each field with its value, in the order of [`Counters::FIELDS`].
+    pub fn named(&self) -> impl Iterator<Item = (&'static CounterField, u64)> {
+        Self::FIELDS.iter().zip(self.values())
+    }
+}
+
+/// One field of [`Counters`] as it is shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CounterField {
+    /// The field's name, as `capture` and `/detrix/status` print it.
+    pub name: &'static str,
+    /// Its Prometheus metric name, after `detrix_probe_` / `detrix_target_`.
+    pub metric: &'static str,
+    /// What it counts (the metric's help).
+    pub help: &'static str,
+}
+
+impl CounterField {
+    const fn new(name: &'static str, metric: &'static str, help: &'static str) -> Self {
+        Self { name, metric, help }
     }
 }

@@ -14,7 +14,7 @@
 //! The layouts by direction, each in its own file and all re-exported here (a caller names
 //! `detrix_common::Plan` wherever it lives): `plan` (agent → program: ops, condition, plan),
 //! `event` (program → agent: records, flags, per-CPU rings), `counters` (what the program
-//! counts), `stash` (entry values), [`alu`] (the DWARF arithmetic both run).
+//! counts, and their names), `stash` (entry values), [`alu`] (the DWARF arithmetic both run).
 #![no_std]
 
 /// Version of every layout in this crate. Bump on any change; the agent checks that the
