@@ -588,6 +588,26 @@ struct Interp {
     regs: [u64; PT_REGS_COUNT],
 }
 
+/// The run's slot and the record it is building in its CPU's ring, as each `bpf_loop`
+/// callback over the run (`step`, `log::report`) finds them; `None` if a lookup fails.
+#[inline(always)]
+fn run_record(st: &Interp) -> Option<(&'static Slot, &'static mut Event)> {
+    let s = SLOTS.get(st.slot)?;
+    let ring = RINGS.get_ptr_mut(st.cpu)?;
+    // SAFETY: the ring this run owns (`busy`); the record at `pos` is the one being built, and
+    // the ring's slack holds a whole Event past any masked position; records start 8-aligned.
+    #[expect(clippy::cast_ptr_alignment, reason = "8-byte aligned: see SAFETY")]
+    let ev = unsafe {
+        &mut *(*ring)
+            .data
+            .as_mut_ptr()
+            .add((st.pos as usize) & (CPU_RING_BYTES - 1))
+            .add(RECORD_PREFIX_BYTES)
+            .cast::<Event>()
+    };
+    Some((s, ev))
+}
+
 /// Interprets the plan's ops; returns whether any value faulted.
 ///
 /// Why `bpf_loop` and not a bounded loop: the verifier walks every path of every iteration of
@@ -629,24 +649,10 @@ fn run_ops(ctx: &ProbeContext, slot: u32, n_ops: u32, cpu: u32, pos: u32, meta_o
 extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: ctx is the `Interp` run_ops passed to bpf_loop.
     let st = unsafe { &mut *ctx.cast::<Interp>() };
-    let Some(s) = SLOTS.get(st.slot) else {
+    let Some((s, ev)) = run_record(st) else {
         return 1;
     };
     let plan = &s.plan;
-    let Some(ring) = RINGS.get_ptr_mut(st.cpu) else {
-        return 1;
-    };
-    // SAFETY: the ring this run owns (`busy`); the record at `pos` is the one being built, and
-    // the ring's slack holds a whole Event past any masked position; records start 8-aligned.
-    #[expect(clippy::cast_ptr_alignment, reason = "8-byte aligned: see SAFETY")]
-    let ev = unsafe {
-        &mut *(*ring)
-            .data
-            .as_mut_ptr()
-            .add((st.pos as usize) & (CPU_RING_BYTES - 1))
-            .add(RECORD_PREFIX_BYTES)
-            .cast::<Event>()
-    };
     let i = index as usize;
     if i >= MAX_OPS || i >= plan.n_ops as usize {
         return 1;
