@@ -13,7 +13,8 @@ use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
 use aya_log_ebpf::error;
 use detrix_common::{EVENT_DATA_BYTES, MAX_OPS, MAX_VALUES};
 
-use super::{data_u64, meta, run_record, Interp};
+use crate::interp::{data_u64, run_record, Interp};
+use crate::meta;
 
 /// 1 = report plan-step faults through aya-log. Set before load; 0 prunes the reporting.
 #[unsafe(no_mangle)]
