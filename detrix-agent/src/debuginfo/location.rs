@@ -430,19 +430,26 @@ impl Binary {
         })
     }
 
-    /// The frame base (`DW_AT_frame_base`) of the point's function, as an address.
-    fn frame_base(&self, point: &ProbePoint, var: &str) -> Result<DwExpr, ResolveError> {
+    /// The `DW_AT_frame_base` of the function whose DIE is at `function` in the point's unit
+    /// (the point's own function, or the caller at an entry value's call site).
+    pub(super) fn frame_base_attr(
+        &self,
+        point: &ProbePoint,
+        var: &str,
+        function: usize,
+    ) -> Result<gimli::AttributeValue<R>, ResolveError> {
         let unit = &self.units[point.unit];
         let entry = unit
-            .entry(gimli::UnitOffset(point.subprogram))
+            .entry(gimli::UnitOffset(function))
             .map_err(self.dwarf_err("a function DIE"))?;
-        let Some(attr) = entry.attr_value(dw::DW_AT_frame_base) else {
-            return Err(Self::unsupported(
-                point,
-                var,
-                "DW_OP_fbreg without DW_AT_frame_base",
-            ));
-        };
+        entry
+            .attr_value(dw::DW_AT_frame_base)
+            .ok_or_else(|| Self::unsupported(point, var, "DW_OP_fbreg without DW_AT_frame_base"))
+    }
+
+    /// The frame base (`DW_AT_frame_base`) of the point's function, as an address.
+    fn frame_base(&self, point: &ProbePoint, var: &str) -> Result<DwExpr, ResolveError> {
+        let attr = self.frame_base_attr(point, var, point.subprogram)?;
         match self.eval_at(point, point.unit, attr, var, Frame::OwnBase)? {
             // DW_OP_reg<n> as a frame base means "the address held in that register".
             Location::Register { dwarf_reg } => Ok(DwExpr::Reg(dwarf_reg)),
