@@ -11,9 +11,10 @@
 
 use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
 use aya_log_ebpf::error;
-use detrix_common::{Event, CPU_RING_BYTES, EVENT_DATA_BYTES, MAX_OPS, MAX_VALUES};
+use detrix_common::{EVENT_DATA_BYTES, MAX_OPS, MAX_VALUES};
 
-use super::{data_u64, meta, Interp, RECORD_PREFIX_BYTES, RINGS, SLOTS};
+use crate::interp::{data_u64, run_record, Interp};
+use crate::meta;
 
 /// 1 = report plan-step faults through aya-log. Set before load; 0 prunes the reporting.
 #[unsafe(no_mangle)]
@@ -46,21 +47,8 @@ extern "C" fn report(i: u64, ctx: *mut c_void) -> i64 {
     if st.bad & (1 << vi) == 0 {
         return 0;
     }
-    let Some(s) = SLOTS.get(st.slot) else {
+    let Some((s, ev)) = run_record(st) else {
         return 1;
-    };
-    let Some(ring) = RINGS.get_ptr_mut(st.cpu) else {
-        return 1;
-    };
-    // SAFETY: as in `step`: the record this run is building in the ring it owns.
-    #[expect(clippy::cast_ptr_alignment, reason = "8-byte aligned: see `step`")]
-    let ev = unsafe {
-        &mut *(*ring)
-            .data
-            .as_mut_ptr()
-            .add((st.pos as usize) & (CPU_RING_BYTES - 1))
-            .add(RECORD_PREFIX_BYTES)
-            .cast::<Event>()
     };
     let index = usize::from(meta(ev, st.meta_off as usize, vi).len) & (MAX_OPS - 1);
     let op = s.plan.ops[index].kind;

@@ -48,7 +48,15 @@ fn fixture() -> &'static Fixture {
                     locals: bin.locals_in_scope(&point).unwrap_or_default(),
                     stack: true,
                 };
-                if let Ok(p) = plan::build_with(&bin, &point, &ok, cond.as_ref(), &extras, opts) {
+                if let Ok(p) = plan::build_with(
+                    &bin,
+                    &point,
+                    &ok,
+                    cond.as_ref(),
+                    &extras,
+                    opts,
+                    plan::Reads::Coalesced,
+                ) {
                     plans.push(p);
                 }
             }

@@ -105,16 +105,11 @@ async fn status(State(agent): State<AgentHandle>) -> Json<Value> {
 /// `/detrix/status`'s `probe_counters`: the engine's totals by name (`bpf_ns` left out: an
 /// estimate, and `/metrics`' business).
 fn probe_counters(t: &detrix_common::Counters) -> Value {
-    json!({
-        "hits": t.hits,
-        "emitted": t.emitted,
-        "dropped_ring_full": t.dropped_ring_full,
-        "rate_limited": t.rate_limited,
-        "condition_false": t.condition_false,
-        "read_faults": t.read_faults,
-        "no_plan": t.no_plan,
-        "other_process": t.other_process,
-    })
+    t.named()
+        .filter(|(f, _)| f.name != "bpf_ns")
+        .map(|(f, v)| (f.name.to_owned(), Value::from(v)))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 async fn info(State(agent): State<AgentHandle>) -> Json<Value> {

@@ -172,17 +172,7 @@ impl Binary {
         return_pc: u64,
         caller: usize,
     ) -> Result<DwExpr, ResolveError> {
-        let unit = &self.units[point.unit];
-        let entry = unit
-            .entry(gimli::UnitOffset(caller))
-            .map_err(self.dwarf_err("a function DIE"))?;
-        let Some(attr) = entry.attr_value(dw::DW_AT_frame_base) else {
-            return Err(Self::unsupported(
-                point,
-                var,
-                "DW_OP_fbreg without DW_AT_frame_base",
-            ));
-        };
+        let attr = self.frame_base_attr(point, var, caller)?;
         match self.eval_at(
             point,
             point.unit,

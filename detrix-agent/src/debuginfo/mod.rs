@@ -10,6 +10,7 @@ mod entry;
 pub use bytes::map_file;
 #[cfg(test)]
 mod cyclic_tests;
+mod dwexpr;
 mod lines;
 mod location;
 mod scope;

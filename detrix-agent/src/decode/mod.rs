@@ -129,6 +129,31 @@ pub enum Node {
     },
 }
 
+impl Node {
+    /// A C, C++ or Rust string or sequence nested in a composite, of which the plan copied only
+    /// the header: its type name and length (the renderers show the length, never "empty").
+    #[must_use]
+    pub fn header_only(&self) -> Option<(&str, u64)> {
+        match self {
+            Node::Text {
+                type_name,
+                go: false,
+                len,
+                loaded: false,
+                ..
+            }
+            | Node::Seq {
+                type_name,
+                go: false,
+                len,
+                loaded: false,
+                ..
+            } => Some((type_name, *len)),
+            _ => None,
+        }
+    }
+}
+
 /// What a Rust enum variant holds.
 #[derive(Debug, Clone, PartialEq)]
 pub enum VariantPayload {

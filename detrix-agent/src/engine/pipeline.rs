@@ -15,7 +15,7 @@ use crate::debuginfo::{Binary, Language, ProbePoint};
 use crate::expr;
 use crate::forward;
 use crate::place::{self, Placement};
-use crate::plan::{self, BuiltPlan, PlanError, PlanOptions};
+use crate::plan::{self, BuiltPlan, PlanError, PlanOptions, Reads};
 
 /// Which optional steps run.
 #[derive(Debug, Clone, Copy)]
@@ -88,13 +88,13 @@ pub(super) fn plan_point(
     opts: PlanOptions,
     steps: Steps,
 ) -> Result<Placed, PlanError> {
-    let built = plan::build_with(bin, p, exprs, condition, extras, opts)?;
+    let built = plan::build_with(bin, p, exprs, condition, extras, opts, Reads::Coalesced)?;
     let func = Function::of(bin, p);
     let coalesced = place_and_forward(bin, p, built, &func, steps);
     if !steps.forwarding {
         return Ok(coalesced);
     }
-    let Ok(plain) = plan::build_with_plain_reads(bin, p, exprs, condition, extras, opts) else {
+    let Ok(plain) = plan::build_with(bin, p, exprs, condition, extras, opts, Reads::Plain) else {
         return Ok(coalesced);
     };
     let plain = place_and_forward(bin, p, plain, &func, steps);

@@ -497,6 +497,19 @@ mod tests {
         Function::decode(bytes, 0x1000).instrs
     }
 
+    /// [`prove`] over `bytes` as most of these tests call it: tracked rules, no call in
+    /// between, the frame's address never escaping.
+    fn tracked(p: &Plan, bytes: &[u8], before: bool) -> Result<(Plan, String), String> {
+        prove(
+            p,
+            &code(bytes),
+            before,
+            None,
+            Rules::Tracked,
+            CallAbi::NoCalls,
+        )
+    }
+
     /// `round` in a stack slot at rbp-0x14, 4 bytes.
     fn slot_plan() -> Plan {
         plan(&[
@@ -508,27 +521,13 @@ mod tests {
     #[test]
     fn a_write_to_the_slot_read_is_refused_another_slot_is_not() {
         // mov %eax,-0x14(%rbp)
-        let e = prove(
-            &slot_plan(),
-            &code(&[0x89, 0x45, 0xec]),
-            false,
-            None,
-            Rules::Tracked,
-            CallAbi::NoCalls,
-        );
+        let e = tracked(&slot_plan(), &[0x89, 0x45, 0xec], false);
         assert_eq!(
             e.unwrap_err(),
             "0x1000 writes 4 bytes at rbp-20, a stack slot the plan reads"
         );
         // mov %eax,-0x18(%rbp)
-        let ok = prove(
-            &slot_plan(),
-            &code(&[0x89, 0x45, 0xe8]),
-            false,
-            None,
-            Rules::Tracked,
-            CallAbi::NoCalls,
-        );
+        let ok = tracked(&slot_plan(), &[0x89, 0x45, 0xe8], false);
         assert!(ok.is_ok(), "{ok:?}");
         // The same store once the frame's address escaped, with a plan following a pointer.
         let mut p = slot_plan();
@@ -545,23 +544,9 @@ mod tests {
         );
         assert!(e.unwrap_err().contains("may point there"), "escape");
         // A store through a pointer, with a plan that reads only a non-escaping slot.
-        let ok = prove(
-            &slot_plan(),
-            &code(&[0x48, 0x89, 0x11]),
-            false,
-            None,
-            Rules::Tracked,
-            CallAbi::NoCalls,
-        );
+        let ok = tracked(&slot_plan(), &[0x48, 0x89, 0x11], false);
         assert!(ok.is_ok(), "{ok:?}");
-        let e = prove(
-            &p,
-            &code(&[0x48, 0x89, 0x11]),
-            false,
-            None,
-            Rules::Tracked,
-            CallAbi::NoCalls,
-        );
+        let e = tracked(&p, &[0x48, 0x89, 0x11], false);
         assert_eq!(
             e.unwrap_err(),
             "0x1000 writes memory through rcx, which may be memory the plan reads"
@@ -594,41 +579,17 @@ mod tests {
             PlanOp::new(op::REG, pt_regs::RSP, 0, 8),
             PlanOp::new(op::EMIT_MEM, 0, 8, 0),
         ]);
-        let (moved, _) = prove(
-            &p,
-            &code(&[0x53]),
-            true,
-            None,
-            Rules::Tracked,
-            CallAbi::NoCalls,
-        )
-        .expect("push");
+        let (moved, _) = tracked(&p, &[0x53], true).expect("push");
         assert_eq!((moved.ops[0].reg, moved.ops[0].imm), (pt_regs::RSP, 0));
         // After the line, the same push writes below the slot: rsp+16 there.
-        let (moved, _) = prove(
-            &p,
-            &code(&[0x53]),
-            false,
-            None,
-            Rules::Tracked,
-            CallAbi::NoCalls,
-        )
-        .expect("push");
+        let (moved, _) = tracked(&p, &[0x53], false).expect("push");
         assert_eq!((moved.ops[0].reg, moved.ops[0].imm), (pt_regs::RSP, 16));
         // `push` over the slot the plan reads (-8 from rsp before it).
         let p = plan(&[
             PlanOp::new(op::REG, pt_regs::RSP, 0, -8),
             PlanOp::new(op::EMIT_MEM, 0, 8, 0),
         ]);
-        let e = prove(
-            &p,
-            &code(&[0x53]),
-            false,
-            None,
-            Rules::Tracked,
-            CallAbi::NoCalls,
-        )
-        .unwrap_err();
+        let e = tracked(&p, &[0x53], false).unwrap_err();
         assert_eq!(
             e,
             "0x1000 writes 8 bytes at rsp-8, a stack slot the plan reads"
@@ -642,25 +603,10 @@ mod tests {
             PlanOp::new(op::EMIT_ACC, 0, 8, 0),
         ]);
         // add $1,%rax before the line: its value there is rax+1, read as such.
-        let (moved, _) = prove(
-            &p,
-            &code(&[0x48, 0x83, 0xc0, 0x01]),
-            true,
-            None,
-            Rules::Tracked,
-            CallAbi::NoCalls,
-        )
-        .expect("add");
+        let (moved, _) = tracked(&p, &[0x48, 0x83, 0xc0, 0x01], true).expect("add");
         assert_eq!((moved.ops[0].reg, moved.ops[0].imm), (pt_regs::RAX, 1));
         // imul %rax,%rax after the line: gone.
-        let e = prove(
-            &p,
-            &code(&[0x48, 0x0f, 0xaf, 0xc0]),
-            false,
-            None,
-            Rules::Tracked,
-            CallAbi::NoCalls,
-        );
+        let e = tracked(&p, &[0x48, 0x0f, 0xaf, 0xc0], false);
         assert!(e.unwrap_err().starts_with("rax is written at 0x1000"));
         let rip = plan(&[PlanOp::new(op::REG, pt_regs::RIP, 0, 0)]);
         assert!(

@@ -258,40 +258,26 @@ pub fn build(
     condition: Option<&expr::Condition>,
     opts: PlanOptions,
 ) -> Result<BuiltPlan, PlanError> {
-    build_with(bin, point, exprs, condition, &Extras::default(), opts)
+    build_with(
+        bin,
+        point,
+        exprs,
+        condition,
+        &Extras::default(),
+        opts,
+        Reads::Coalesced,
+    )
 }
 
-/// [`build`], plus best-effort locals and the user stack.
-///
-/// # Errors
-/// As [`build`]; locals that cannot be captured are not errors.
-pub fn build_with(
-    bin: &Binary,
-    point: &ProbePoint,
-    exprs: &[String],
-    condition: Option<&expr::Condition>,
-    extras: &Extras,
-    opts: PlanOptions,
-) -> Result<BuiltPlan, PlanError> {
-    build_inner(bin, point, exprs, condition, extras, opts, true)
-}
-
-/// [`build_with`] without coalescing nearby reads ([`coalesce`]): every value reads its own
-/// bytes, which register forwarding may then replace one by one. The engine keeps this one,
-/// forwarded, where forwarding applies, else whichever reads memory fewer times
-/// ([`memory_reads`]).
-///
-/// # Errors
-/// As [`build`].
-pub fn build_with_plain_reads(
-    bin: &Binary,
-    point: &ProbePoint,
-    exprs: &[String],
-    condition: Option<&expr::Condition>,
-    extras: &Extras,
-    opts: PlanOptions,
-) -> Result<BuiltPlan, PlanError> {
-    build_inner(bin, point, exprs, condition, extras, opts, false)
+/// How a plan reads nearby memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reads {
+    /// Nearby reads through one pointer are one copy ([`coalesce`]).
+    Coalesced,
+    /// Every value reads its own bytes, which register forwarding may then replace one by one.
+    /// The engine keeps this one, forwarded, where forwarding applies, else whichever reads
+    /// memory fewer times ([`memory_reads`]).
+    Plain,
 }
 
 /// Steps of `plan` that read the target's memory (each a `bpf_probe_read_user*`, the costly
@@ -309,14 +295,18 @@ pub fn memory_reads(plan: &Plan) -> usize {
         .count()
 }
 
-fn build_inner(
+/// [`build`], plus best-effort locals and the user stack, its reads as `reads` says.
+///
+/// # Errors
+/// As [`build`]; locals that cannot be captured are not errors.
+pub fn build_with(
     bin: &Binary,
     point: &ProbePoint,
     exprs: &[String],
     condition: Option<&expr::Condition>,
     extras: &Extras,
     opts: PlanOptions,
-    coalesce_reads: bool,
+    reads: Reads,
 ) -> Result<BuiltPlan, PlanError> {
     // The condition reads a captured value: reuse a shown one, or capture it hidden.
     let mut all: Vec<(String, Role)> = exprs.iter().map(|e| (e.clone(), Role::Shown)).collect();
@@ -462,7 +452,7 @@ fn build_inner(
         })
         .collect();
     let mut merged = plain.clone();
-    if coalesce_reads {
+    if reads == Reads::Coalesced {
         coalesce::coalesce(&mut merged);
     }
     // Coalescing never adds ops, but a block's gaps may add bytes: without it if they overflow.

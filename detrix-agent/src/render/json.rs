@@ -22,6 +22,9 @@ use crate::decode::{Node, VariantPayload};
 /// A decoded value as typed JSON.
 #[must_use]
 pub fn value(node: &Node) -> J {
+    if let Some((type_name, len)) = node.header_only() {
+        return not_copied(type_name, len);
+    }
     match node {
         Node::Int(v) => J::from(*v),
         Node::UInt(v) => J::from(*v),
@@ -33,20 +36,6 @@ pub fn value(node: &Node) -> J {
         Node::CString { ptr: 0, .. } => J::Null,
         Node::CString { text, cut, .. } => string(&String::from_utf8_lossy(text), *cut),
         Node::CharArray { text, truncated } => string(text, *truncated),
-        Node::Text {
-            type_name,
-            go: false,
-            len,
-            loaded: false,
-            ..
-        }
-        | Node::Seq {
-            type_name,
-            go: false,
-            len,
-            loaded: false,
-            ..
-        } => not_copied(type_name, *len),
         Node::Text { len, bytes, .. } => {
             string(&String::from_utf8_lossy(bytes), (bytes.len() as u64) < *len)
         }

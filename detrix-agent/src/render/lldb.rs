@@ -13,6 +13,10 @@ use super::{debugger, delve, seq_text, Value};
 /// in one as Delve does.
 #[must_use]
 pub fn text(node: &Node) -> String {
+    // Inside a composite of another language only the header was copied: the length.
+    if let Some((type_name, len)) = node.header_only() {
+        return format!("{type_name} len: {len}");
+    }
     match node {
         // lldb-dap's logpoint shows only a struct's type name (it has no summary without the
         // auto summaries the daemon does not turn on); the agent copied the members, so it shows
@@ -42,21 +46,6 @@ pub fn text(node: &Node) -> String {
         | Node::GoArray { .. }
         | Node::GoPtr { .. }
         | Node::GoUnloaded { .. } => delve::text(node, true),
-        // Inside a composite of another language only the header was copied: the length.
-        Node::Text {
-            type_name,
-            go: false,
-            len,
-            loaded: false,
-            ..
-        }
-        | Node::Seq {
-            type_name,
-            go: false,
-            len,
-            loaded: false,
-            ..
-        } => format!("{type_name} len: {len}"),
         Node::Text { go: true, .. } | Node::Seq { go: true, .. } => delve::text(node, true),
         Node::Text { bytes, .. } => format!("{:?}", String::from_utf8_lossy(bytes)),
         Node::Seq { .. } => seq_text(node, true),

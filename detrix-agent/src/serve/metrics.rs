@@ -90,51 +90,6 @@ pub struct ProbeCounters {
     pub counters: Counters,
 }
 
-/// The engine counters, each with its metric suffix and help.
-const COUNTER_FIELDS: [(&str, &str); 9] = [
-    ("hits_total", "Times the probe's uprobe fired."),
-    ("emitted_total", "Events written to the ring."),
-    (
-        "dropped_ring_full_total",
-        "Hits dropped because the CPU's ring was full.",
-    ),
-    (
-        "rate_limited_total",
-        "Hits dropped by the per-probe rate limit.",
-    ),
-    ("condition_false_total", "Hits whose condition was false."),
-    (
-        "read_faults_total",
-        "Emitted events with a value that could not be read.",
-    ),
-    (
-        "no_plan_total",
-        "Hits racing a detach (no plan in the slot).",
-    ),
-    (
-        "other_process_total",
-        "Hits from another process mapping the binary, filtered in the kernel.",
-    ),
-    (
-        "bpf_nanoseconds_total",
-        "Nanoseconds spent in the eBPF program.",
-    ),
-];
-
-fn field(c: &Counters, i: usize) -> u64 {
-    [
-        c.hits,
-        c.emitted,
-        c.dropped_ring_full,
-        c.rate_limited,
-        c.condition_false,
-        c.read_faults,
-        c.no_plan,
-        c.other_process,
-        c.bpf_ns,
-    ][i]
-}
-
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -210,40 +165,37 @@ fn render_engine(o: &mut String, s: &Snapshot) {
 }
 
 fn render_targets(o: &mut String, targets: &[TargetCounters]) {
-    for (i, (suffix, help)) in COUNTER_FIELDS.iter().enumerate() {
-        let name = format!("detrix_target_{suffix}");
-        let _ = writeln!(
-            o,
-            "# HELP {name} {help} Per target, every probe since it started.\n# TYPE {name} counter"
-        );
+    // Per target: every engine counter (`Some(field)`), then the CPU breaker's switch-offs.
+    let series = Counters::FIELDS
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            (
+                format!("detrix_target_{}", f.metric),
+                format!("{} Per target, every probe since it started.", f.help),
+                Some(i),
+            )
+        })
+        .chain([(
+            "detrix_target_probes_switched_off_total".to_owned(),
+            "Probes the CPU breaker switched off.".to_owned(),
+            None,
+        )]);
+    for (name, help, field) in series {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
         for t in targets {
+            let v = field.map_or(t.switched_off, |i| t.totals.values()[i]);
             let _ = writeln!(
                 o,
-                "{name}{{target=\"{}\",name=\"{}\",pid=\"{}\"}} {}",
+                "{name}{{target=\"{}\",name=\"{}\",pid=\"{}\"}} {v}",
                 t.id,
                 escape(&t.name),
-                t.pid,
-                field(&t.totals, i)
+                t.pid
             );
         }
     }
-    let name = "detrix_target_probes_switched_off_total";
-    let _ = writeln!(
-        o,
-        "# HELP {name} Probes the CPU breaker switched off.\n# TYPE {name} counter"
-    );
-    for t in targets {
-        let _ = writeln!(
-            o,
-            "{name}{{target=\"{}\",name=\"{}\",pid=\"{}\"}} {}",
-            t.id,
-            escape(&t.name),
-            t.pid,
-            t.switched_off
-        );
-    }
-    for (i, (suffix, help)) in COUNTER_FIELDS.iter().enumerate() {
-        let name = format!("detrix_probe_{suffix}");
+    for (i, f) in Counters::FIELDS.iter().enumerate() {
+        let (name, help) = (format!("detrix_probe_{}", f.metric), f.help);
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
         for t in targets {
             for p in &t.probes {
@@ -255,7 +207,7 @@ fn render_targets(o: &mut String, targets: &[TargetCounters]) {
                     escape(&p.probe),
                     escape(&p.file),
                     p.line,
-                    field(&p.counters, i)
+                    p.counters.values()[i]
                 );
             }
         }
