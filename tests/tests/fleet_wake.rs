@@ -8,7 +8,9 @@
 //! container name, [`rank`]) and compared with what registered with the daemon, in order: a
 //! stage starts only once the one before is healthy, so the daemon's registration log is the
 //! stages one after another. Scenarios: the canary alone first, then the steps (CLI); a failure
-//! in the canary halts the rollout and what was woken sleeps (CLI); agent restarted mid-rollout,
+//! in the canary halts the rollout and what was woken sleeps (CLI); a probe in the canary that
+//! the node agent's CPU breaker switches off halts it, with exactly one trip reported and the
+//! target's own `/detrix/status` saying the same (CLI); agent restarted mid-rollout,
 //! a watch that expires (410) resumed with a fresh list, a pod deleted, the object deleted, and
 //! the TTL enforced by the nodes with no CLI running (the object driven directly).
 //!
@@ -23,11 +25,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::serve::Serve;
-use common::RestStub;
-use detrix_e2e::{agent_bin, require_root, run_with_timeout};
+use common::{set_bps, RestStub};
+use detrix_e2e::{
+    agent_bin, c_fixture_source, marker_line, require_root, run_with_timeout, Running,
+};
 use kube_api::pods::{can_unshare, cgroups, pod, Cgroups, Contained};
 use kube_api::wake::{DetrixWake, Spec};
 use kube_api::{KubeApi, Res};
+use serde_json::json;
 
 /// FNV-1a 64 of `pod_uid`, NUL, `container`: the order stages are taken in (the agent's
 /// `fleet::plan::rank`, written again here from its definition).
@@ -96,17 +101,24 @@ impl Fleet {
 
     /// The node agent of `node`.
     fn agent(&self, node: &str) -> Serve {
+        self.agent_with(node, &[])
+    }
+
+    /// The node agent of `node`, with more flags.
+    fn agent_with(&self, node: &str, more: &[&str]) -> Serve {
         let kubeconfig = self.dir.join(node).to_string_lossy().into_owned();
+        let mut args = vec![
+            "--kubernetes",
+            "--pod-selector",
+            "app=orders",
+            "--wake",
+            "manual",
+            "--daemon-url",
+            &self.stub.url,
+        ];
+        args.extend_from_slice(more);
         Serve::start(
-            &[
-                "--kubernetes",
-                "--pod-selector",
-                "app=orders",
-                "--wake",
-                "manual",
-                "--daemon-url",
-                &self.stub.url,
-            ],
+            &args,
             &[
                 ("DETRIX_HEALTH_CHECK_TIMEOUT", "20"),
                 ("DETRIX_REGISTER_TIMEOUT", "20"),
@@ -561,4 +573,122 @@ impl Fleet {
             });
         }
     }
+}
+
+#[test]
+fn a_breaker_trip_in_the_canary_halts_the_rollout_with_the_exact_count() {
+    let Some(f) = Fleet::new("trip") else {
+        return;
+    };
+    // A per-probe budget of 0.0001 % of a CPU (1 µs a second): any probe that hits trips.
+    let budget = ["--cpu-budget", "0.0001"];
+    let (a, b) = (
+        f.agent_with("node-a", &budget),
+        f.agent_with("node-b", &budget),
+    );
+    Fleet::ready(&[&a, &b]);
+    let ranked = f.ranked();
+    let canary_node = Fleet::node_of(&ranked[0]);
+    let mut cmd = Command::new(agent_bin());
+    cmd.args([
+        "fleet",
+        "wake",
+        "--selector",
+        "app=orders",
+        "-n",
+        "shop",
+        "--name",
+        "trip",
+        "--canary",
+        "1",
+        "--steps",
+        "100%",
+        "--interval",
+        "10m",
+        "--ttl",
+        "10m",
+    ])
+    .env("KUBECONFIG", f.dir.join("cli"))
+    .env("RUST_LOG", "warn");
+    let cli = Running::spawn(cmd);
+    // The canary is awake (its wake's counts are the baseline) and held for the interval.
+    assert!(
+        cli.stdout()
+            .wait_for(Duration::from_secs(120), |l| l
+                .starts_with("canary (1) healthy: 1 awake"))
+            .is_some(),
+        "{}\n{}",
+        cli.stdout().text(),
+        cli.stderr().text()
+    );
+    // The daemon sets one logpoint on the hot line: the target's breaker switches it off.
+    let (_, mut dap) = f.stub.take_session();
+    let src = c_fixture_source("orders");
+    let r = dap.request(&set_bps(
+        10,
+        &src.to_string_lossy(),
+        json!([{"line": marker_line(&src, "process"), "logMessage": "DETRICS:trip={round}"}]),
+    ));
+    assert_eq!(r["body"]["breakpoints"][0]["verified"], true, "{r}");
+    let out = cli.wait(Duration::from_secs(120));
+    assert_eq!(out.status.code(), Some(3), "{}\n{}", out.stdout, out.stderr);
+    let halting = format!(
+        "halting shop/trip: failure in canary (1): {canary_node}: {}: the CPU breaker switched off 1 probe(s) since the wake (",
+        ranked[0]
+    );
+    assert!(
+        out.stdout.lines().any(|l| l.starts_with(&halting)),
+        "{halting}\n{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .trim_end()
+            .ends_with("shop/trip: every target it woke sleeps"),
+        "{}",
+        out.stdout
+    );
+    // Exactly one trip, on the canary's node; the canary alone was woken, and it sleeps.
+    let other = if canary_node == "node-a" {
+        "node-b"
+    } else {
+        "node-a"
+    };
+    f.wait_reports(
+        "trip",
+        "halted after one trip",
+        &[(canary_node, (0, 0, 0, 0, 1)), (other, (0, 0, 0, 0, 0))],
+        &[&a, &b],
+    );
+    assert_eq!(f.registered(), ranked[..1]);
+    assert!(f
+        .stub
+        .wait(Duration::from_secs(20), |s| s.unregistrations.len() == 1));
+    // The count is the target's own: its /detrix/status says one probe switched off.
+    let agent = if canary_node == "node-a" { &a } else { &b };
+    let target = agent
+        .targets()
+        .into_iter()
+        .find(|t| t["name"] == json!(ranked[0]))
+        .expect("the canary's target");
+    let id = target["id"].as_str().expect("id");
+    let (s, st) = agent.get(&format!("/targets/{id}/detrix/status"));
+    assert_eq!(
+        (s, st["probes_switched_off"].clone()),
+        (200, json!(1)),
+        "{st}"
+    );
+    let w = f.wake_obj("trip");
+    assert_eq!((w.spec.stage, w.spec.halted), (0, true));
+    let node = w
+        .status
+        .expect("status")
+        .nodes
+        .into_iter()
+        .find(|n| n.node == canary_node)
+        .expect("the canary node's report");
+    assert_eq!(
+        node.message, "halted: every target this wake woke sleeps",
+        "{node:?}"
+    );
 }

@@ -190,7 +190,8 @@ fn manifests_render_and_validate() {
     );
     // Exactly what the code calls: the node agent lists and watches pods and DetrixWakes and
     // server-side-applies its status entry (fleet/node.rs, pods/watch.rs); the fleet CLI
-    // lists pods and creates, gets, lists and merge-patches DetrixWakes (fleet/cli.rs).
+    // lists pods and creates, gets, lists, watches and merge-patches DetrixWakes (fleet/cli.rs,
+    // fleet/follow.rs).
     assert_eq!(
         s["rules"],
         json!({
@@ -201,7 +202,7 @@ fn manifests_render_and_validate() {
             ],
             "detrix-fleet": [
                 [[""], ["pods"], ["list"]],
-                [["detrix.dev"], ["detrixwakes"], ["create", "get", "list", "patch"]],
+                [["detrix.dev"], ["detrixwakes"], ["create", "get", "list", "watch", "patch"]],
             ],
         })
     );

@@ -69,7 +69,8 @@ enum Command {
     /// SECTION picks some: capture, bp, resolve, coverage, availability (values on every
     /// statement line of the optimized fixtures against lldb-22), serve (one host agent: exec →
     /// target, wake, setBreakpoints, many probes, idle RSS, per-hit cost with many targets), fleet
-    /// (200 simulated pods over two node agents: staged fleet wake per stage, idle API requests),
+    /// (200 simulated pods, DETRIX_BENCH_FLEET_PODS, over two node agents: staged fleet wake per
+    /// stage, the CLI's requests, idle API requests),
     /// server (Redis built `-O2 -g` from its Debian source, fetched and built under
     /// target/bench-server on first use, under `redis-benchmark` with a 4-value logpoint on its
     /// request handler: throughput probed / unprobed, BPF ns per hit). Without one, all of them.
@@ -150,6 +151,17 @@ fn bench(sections: &[String]) -> anyhow::Result<()> {
             for (var, flag) in [
                 ("DETRIX_BENCH_RESOLVE_BINARY", "--binary"),
                 ("DETRIX_BENCH_RESOLVE_AT", "--at"),
+            ] {
+                if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+                    cmd.arg(flag).arg(v);
+                }
+            }
+        }
+        // The fleet's size and idle window (defaults: 200 pods, 300 s).
+        if bin == "fleet_bench" {
+            for (var, flag) in [
+                ("DETRIX_BENCH_FLEET_PODS", "--pods"),
+                ("DETRIX_BENCH_FLEET_IDLE_SECONDS", "--idle-seconds"),
             ] {
                 if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
                     cmd.arg(flag).arg(v);

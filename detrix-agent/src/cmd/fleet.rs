@@ -62,6 +62,9 @@ pub struct FleetStatusArgs {
     name: Option<String>,
     #[arg(short = 'n', long, default_value = "default")]
     namespace: String,
+    /// Follow the named DetrixWake: print it again at each change until it is deleted.
+    #[arg(short = 'w', long)]
+    watch: bool,
 }
 
 /// Runs `fleet wake|sleep|status` against the cluster the kubeconfig (or in-cluster config)
@@ -100,7 +103,7 @@ pub fn run(cmd: FleetCommand) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             FleetCommand::Status(a) => {
-                cli::status(client, &a.namespace, a.name.as_deref(), &mut out).await?;
+                cli::status(client, &a.namespace, a.name.as_deref(), a.watch, &mut out).await?;
                 Ok(ExitCode::SUCCESS)
             }
         }

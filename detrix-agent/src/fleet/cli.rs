@@ -7,8 +7,12 @@
 //! containers, each report about that stage) with no failure and no breaker trip; it must stay
 //! so for `--interval` before the next stage. A failure, a trip, or a stage not healthy within
 //! `--stage-timeout` halts the wake: `spec.halted` is set, every node puts back to sleep what
-//! this object woke, and the CLI waits until the nodes report nothing awake. Progress is one
-//! line per change. The object is polled (a GET every 200 ms) while the CLI runs.
+//! this object woke, and the CLI waits until every node reports the halt with nothing awake
+//! (counted from each report, a wake still under way included). Progress is one
+//! line per change. The CLI follows the object with a watch ([`Follow`]) and reacts to each
+//! new version: no request is made on a timer, except a recount of the pods while every node
+//! reports done but the total is not the plan's (pods came or went). `fleet status --watch`
+//! prints the object again at each change until it is deleted.
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -21,7 +25,9 @@ use kube::{Api, Client};
 use serde_json::json;
 
 use super::crd::{DetrixWake, NodeStatus, WakeSpec};
+use super::follow::{Follow, Next};
 use super::plan::{parse_duration, parse_steps, Plan};
+use super::reconcile;
 
 /// `fleet wake`'s arguments, parsed by the binary.
 #[derive(Debug, Clone)]
@@ -37,7 +43,11 @@ pub struct WakeArgs {
     pub stage_timeout: String,
 }
 
-const POLL: Duration = Duration::from_millis(200);
+/// With every reporting node done but the count not the plan's, the pods are counted again
+/// after this (pods came or went).
+const RECOUNT: Duration = Duration::from_secs(2);
+/// How long `fleet sleep` (and a halt) waits for the nodes to report every target asleep.
+const SLEEP_WAIT: Duration = Duration::from_secs(60);
 
 /// Totals over the nodes' reports about `stage`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -63,9 +73,20 @@ pub fn totals(nodes: &[NodeStatus], stage: u32) -> Totals {
     t
 }
 
-/// Awake targets over every report, whatever its stage.
-fn awake_anywhere(nodes: &[NodeStatus]) -> u32 {
-    nodes.iter().map(|n| n.awake).sum()
+/// Targets not yet asleep after a halt: those reported awake, or on a node that has not
+/// reported the halt yet (its count is not known; at least one wake of its may be under way).
+fn not_asleep(nodes: &[NodeStatus]) -> u32 {
+    nodes
+        .iter()
+        .map(|n| {
+            let ended = n.message == reconcile::HALTED || n.message == reconcile::EXPIRED;
+            if ended {
+                n.awake
+            } else {
+                n.awake.max(1)
+            }
+        })
+        .sum()
 }
 
 fn first_message(nodes: &[NodeStatus]) -> String {
@@ -162,6 +183,8 @@ pub async fn wake(client: Client, a: WakeArgs, out: &mut dyn Write) -> anyhow::R
     )?;
     out.flush()?;
     let started = Instant::now();
+    let mut follow = Follow::new(&api, ns, &name);
+    let mut latest: Option<DetrixWake> = None;
     for stage in 0..=plan.last_stage() {
         if stage > 0 {
             api.patch(
@@ -172,16 +195,13 @@ pub async fn wake(client: Client, a: WakeArgs, out: &mut dyn Write) -> anyhow::R
             .await
             .with_context(|| format!("advancing {ns}/{name} to stage {stage}"))?;
         }
-        let t0 = Instant::now();
+        let deadline = Instant::now() + stage_timeout;
         let mut last = None;
-        let mut relisted = Instant::now();
-        // Wait until the stage is healthy.
+        let mut recount_at: Option<Instant> = None;
+        // Wait until the stage is healthy: each new version of the object is looked at as the
+        // watch brings it.
         loop {
-            let w = api
-                .get(&name)
-                .await
-                .with_context(|| format!("reading {ns}/{name}"))?;
-            let nodes = w.status.map(|s| s.nodes).unwrap_or_default();
+            let nodes = nodes_of(latest.as_ref());
             let t = totals(&nodes, stage);
             let expected = u32::try_from(plan.awake_count(stage, total)).unwrap_or(u32::MAX);
             if last != Some(t) {
@@ -200,39 +220,36 @@ pub async fn wake(client: Client, a: WakeArgs, out: &mut dyn Write) -> anyhow::R
             }
             if t.failed > 0 || t.trips > 0 {
                 let why = first_message(&nodes);
-                return halt(
-                    &api,
-                    ns,
-                    &name,
-                    &format!("failure in {}: {why}", stage_name(&plan, stage)),
-                    out,
-                )
-                .await;
+                let why = format!("failure in {}: {why}", stage_name(&plan, stage));
+                return halt(&api, &mut follow, ns, &name, &why, out).await;
             }
             if t.awake == t.wanted && t.awake == expected {
                 break;
             }
-            // Every node done but the count differs: pods came or went; count again.
-            if t.awake == t.wanted && relisted.elapsed() > Duration::from_secs(2) {
-                total = count_targets(&client, ns, &a.selector).await?;
-                relisted = Instant::now();
+            // The reporting nodes are done but the count differs: pods came or went; count
+            // them again in 2 s unless a new report comes first.
+            if t.nodes > 0 && t.awake == t.wanted && recount_at.is_none() {
+                recount_at = Some(Instant::now() + RECOUNT);
             }
-            if t0.elapsed() > stage_timeout {
-                return halt(
-                    &api,
-                    ns,
-                    &name,
-                    &format!(
+            let until = recount_at.map_or(deadline, |r| r.min(deadline));
+            match follow.next(Some(until)).await {
+                Next::Seen(w) => latest = Some(*w),
+                Next::Gone => bail!("{ns}/{name} was deleted during the wake; the node agents put what it woke back to sleep"),
+                Next::Timeout if recount_at.is_some_and(|r| Instant::now() >= r) => {
+                    total = count_targets(&client, ns, &a.selector).await?;
+                    recount_at = None;
+                }
+                Next::Timeout if Instant::now() >= deadline => {
+                    let why = format!(
                         "{} not healthy within {} ({}/{expected} awake)",
                         stage_name(&plan, stage),
                         a.stage_timeout,
                         t.awake
-                    ),
-                    out,
-                )
-                .await;
+                    );
+                    return halt(&api, &mut follow, ns, &name, &why, out).await;
+                }
+                Next::Timeout => {}
             }
-            tokio::time::sleep(POLL).await;
         }
         writeln!(
             out,
@@ -245,31 +262,26 @@ pub async fn wake(client: Client, a: WakeArgs, out: &mut dyn Write) -> anyhow::R
         if stage == plan.last_stage() {
             break;
         }
-        // Hold the stage for the interval, watching for failures.
-        let hold = Instant::now();
-        while hold.elapsed() < interval {
-            tokio::time::sleep(POLL.min(interval)).await;
-            let w = api
-                .get(&name)
-                .await
-                .with_context(|| format!("reading {ns}/{name}"))?;
-            let nodes = w.status.map(|s| s.nodes).unwrap_or_default();
+        // Hold the stage for the interval, looking at each report for a failure.
+        let hold = Instant::now() + interval;
+        loop {
+            match follow.next(Some(hold)).await {
+                Next::Seen(w) => latest = Some(*w),
+                Next::Gone => bail!("{ns}/{name} was deleted during the wake; the node agents put what it woke back to sleep"),
+                Next::Timeout => break,
+            }
+            let nodes = nodes_of(latest.as_ref());
             let t = totals(&nodes, stage);
             if t.failed > 0 || t.trips > 0 {
                 let why = first_message(&nodes);
-                return halt(
-                    &api,
-                    ns,
-                    &name,
-                    &format!("failure in {}: {why}", stage_name(&plan, stage)),
-                    out,
-                )
-                .await;
+                let why = format!("failure in {}: {why}", stage_name(&plan, stage));
+                return halt(&api, &mut follow, ns, &name, &why, out).await;
             }
         }
     }
-    let w = api.get(&name).await?;
-    let expires = w.status.and_then(|s| s.expires_at).unwrap_or_default();
+    let expires = latest
+        .and_then(|w| w.status?.expires_at)
+        .unwrap_or_default();
     writeln!(
         out,
         "fleet wake {ns}/{name}: every stage reached; the targets sleep at {expires} (ttl {}) or on `detrix-agent fleet sleep {name} -n {ns}`",
@@ -278,9 +290,16 @@ pub async fn wake(client: Client, a: WakeArgs, out: &mut dyn Write) -> anyhow::R
     Ok(true)
 }
 
+fn nodes_of(w: Option<&DetrixWake>) -> Vec<NodeStatus> {
+    w.and_then(|w| w.status.as_ref())
+        .map(|s| s.nodes.clone())
+        .unwrap_or_default()
+}
+
 /// Sets `halted` and waits until no node reports a target awake.
 async fn halt(
     api: &Api<DetrixWake>,
+    follow: &mut Follow,
     ns: &str,
     name: &str,
     why: &str,
@@ -288,36 +307,45 @@ async fn halt(
 ) -> anyhow::Result<bool> {
     writeln!(out, "halting {ns}/{name}: {why}")?;
     out.flush()?;
-    sleep_all(api, ns, name, out).await?;
+    sleep_all(api, follow, ns, name, out).await?;
     Ok(false)
 }
 
+/// Sets `halted`, then follows the object until every node that reported has reported the halt
+/// (or the TTL's end) with nothing awake.
 async fn sleep_all(
     api: &Api<DetrixWake>,
+    follow: &mut Follow,
     ns: &str,
     name: &str,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    api.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"halted": true}})),
-    )
-    .await
-    .with_context(|| format!("halting {ns}/{name}"))?;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let w = api
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"halted": true}})),
+        )
+        .await
+        .with_context(|| format!("halting {ns}/{name}"))?;
+    let mut nodes = nodes_of(Some(&w));
+    let deadline = Instant::now() + SLEEP_WAIT;
     loop {
-        let w = api.get(name).await?;
-        let nodes = w.status.map(|s| s.nodes).unwrap_or_default();
-        let awake = awake_anywhere(&nodes);
+        let awake = not_asleep(&nodes);
         if awake == 0 {
             writeln!(out, "{ns}/{name}: every target it woke sleeps")?;
             return Ok(());
         }
-        if Instant::now() > deadline {
-            bail!("{ns}/{name}: {awake} target(s) still reported awake after 60 s; see `detrix-agent fleet status {name} -n {ns}`");
+        match follow.next(Some(deadline)).await {
+            Next::Seen(w) => nodes = nodes_of(Some(&w)),
+            // Deleted: the nodes put back to sleep what it woke (they do so for a deleted
+            // object as for a halted one).
+            Next::Gone => {
+                writeln!(out, "{ns}/{name}: deleted; the node agents put every target it woke back to sleep")?;
+                return Ok(());
+            }
+            Next::Timeout => bail!("{ns}/{name}: {awake} target(s) not reported asleep after {} s (a node that has not reported the halt counts as one); see `detrix-agent fleet status {name} -n {ns}`", SLEEP_WAIT.as_secs()),
         }
-        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -332,20 +360,29 @@ pub async fn sleep(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let api: Api<DetrixWake> = Api::namespaced(client, ns);
-    sleep_all(&api, ns, name, out).await
+    let mut follow = Follow::new(&api, ns, name);
+    sleep_all(&api, &mut follow, ns, name, out).await
 }
 
-/// `fleet status [NAME]`: the object(s) and every node's report.
+/// `fleet status [NAME]`: the object(s) and every node's report; with `watch`, the named
+/// object again at each change (as the watch brings it) until it is deleted.
 ///
 /// # Errors
-/// The object is missing or the API failed.
+/// The object is missing, `watch` without a name, or the API failed.
 pub async fn status(
     client: Client,
     ns: &str,
     name: Option<&str>,
+    watch: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let api: Api<DetrixWake> = Api::namespaced(client, ns);
+    if watch {
+        let Some(name) = name else {
+            bail!("--watch follows one DetrixWake: name it, e.g. `detrix-agent fleet status wake-1 -n {ns} --watch`");
+        };
+        return follow_status(&api, ns, name, out).await;
+    }
     let objects = match name {
         Some(n) => vec![api
             .get(n)
@@ -360,6 +397,39 @@ pub async fn status(
         write!(out, "{}", render_status(&w))?;
     }
     Ok(())
+}
+
+async fn follow_status(
+    api: &Api<DetrixWake>,
+    ns: &str,
+    name: &str,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let mut follow = Follow::new(api, ns, name);
+    let mut shown = String::new();
+    let mut seen = false;
+    loop {
+        match follow.next(None).await {
+            Next::Seen(w) => {
+                seen = true;
+                let text = render_status(&w);
+                // A new version that reads the same (a report's time only) is not shown.
+                if text != shown {
+                    write!(out, "{text}")?;
+                    out.flush()?;
+                    shown = text;
+                }
+            }
+            Next::Gone if !seen => bail!(
+                "{ns}/{name}: no such DetrixWake (`detrix-agent fleet status -n {ns}` lists them)"
+            ),
+            Next::Gone => {
+                writeln!(out, "{ns}/{name}: deleted")?;
+                return Ok(());
+            }
+            Next::Timeout => {}
+        }
+    }
 }
 
 /// The text `fleet status` prints for one object.

@@ -124,9 +124,14 @@ pub struct NodeStatus {
     /// Failed to wake, or lost their daemon session.
     #[serde(default)]
     pub failed: u32,
-    /// Targets whose agent shed load (hits dropped) since this object woke them.
+    /// Probes the CPU breaker switched off in the targets this object woke, since it woke
+    /// them (their `/detrix/status` `probes_switched_off`, counted from the wake).
     #[serde(default)]
     pub breaker_trips: u32,
+    /// Hits those targets dropped since the wake because the daemon read too slowly
+    /// (`dropped_hits`): reported, not a trip.
+    #[serde(default)]
+    pub dropped_hits: u64,
     /// The first failure, or why every target sleeps (halted, expired).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,

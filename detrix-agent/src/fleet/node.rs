@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 
 use super::crd::{DetrixWake, NodeStatus};
 use super::plan::{parse_duration, Plan};
-use super::reconcile::{Candidate, Desired, Effect, Input, Reconciler, Woken};
+use super::reconcile::{Candidate, Counts, Desired, Effect, Input, Reconciler, Woken};
 use crate::serve::host::Host;
 use crate::serve::rule::Select;
 
@@ -196,7 +196,11 @@ impl Shell {
             .collect();
         Input::Health {
             container_id: container_id.to_owned(),
-            dropped_hits: views.iter().map(|v| v.dropped_hits).sum(),
+            counts: counts(&views),
+            switched_off_reason: views
+                .iter()
+                .rev()
+                .find_map(|v| v.switched_off_reason.clone()),
             session_lost: views.iter().any(|v| v.session_lost),
             gone: ids.is_empty(),
         }
@@ -310,6 +314,17 @@ impl Shell {
     }
 }
 
+/// The targets' counts summed: what their `/detrix/status` shows as `probes_switched_off`
+/// (the CPU breaker's switch-offs, published by each target's breaker task) and
+/// `dropped_hits`. Read from the views, not the registries' async stats: a target busy with a
+/// long install must not hold up the node's clock tick.
+fn counts(views: &[crate::daemon::actor::View]) -> Counts {
+    Counts {
+        switched_off: views.iter().map(|v| v.switched_off).sum(),
+        dropped_hits: views.iter().map(|v| v.dropped_hits).sum(),
+    }
+}
+
 /// The selected containers fleet-wide (pod UID, container name), and those of `node`.
 fn split(pods: &[Pod], node: &str) -> (Vec<(String, String)>, Vec<Candidate>) {
     let mut fleet = Vec::new();
@@ -401,14 +416,15 @@ async fn wake(host: &Host, container_id: &str, name: &str) -> Result<Woken, Stri
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let mut out = Woken {
-        ours: false,
-        dropped_hits: 0,
-    };
-    for h in handles {
+    let mut ours = false;
+    let mut views = Vec::new();
+    for h in &handles {
         let reply = h.wake(None).await.map_err(|e| e.to_string())?;
-        out.ours |= reply.status == "awake";
-        out.dropped_hits += h.view().dropped_hits;
+        ours |= reply.status == "awake";
+        views.push(h.view());
     }
-    Ok(out)
+    Ok(Woken {
+        ours,
+        counts: counts(&views),
+    })
 }

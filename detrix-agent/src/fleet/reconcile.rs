@@ -9,8 +9,11 @@
 //! Per object: the desired stage comes from the object; this node's members of that stage are
 //! [`Plan::members`] of the fleet-wide list of selected containers (the same on every node)
 //! restricted to this node's pods; each member is woken once. A member whose wake fails, or
-//! whose daemon session is lost, is `failed`; one whose agent dropped hits since the wake (it
-//! shed load) is a breaker trip. Only what this object woke is put back to sleep — on a halt,
+//! whose daemon session is lost, is `failed`. Breaker trips are the probes the CPU breaker
+//! switched off in a member's targets since the wake (serve's per-probe `--cpu-budget` and its
+//! host budget; what the target's `/detrix/status` shows as `probes_switched_off`), counted
+//! exactly; hits dropped because the daemon read too slowly are reported beside them
+//! (`droppedHits`) but are not a trip. Only what this object woke is put back to sleep — on a halt,
 //! at the TTL, or when the object is deleted — and a target someone else had already woken is
 //! left awake.
 
@@ -18,6 +21,12 @@ use std::collections::BTreeMap;
 
 use super::crd::NodeStatus;
 use super::plan::Plan;
+
+/// A node's message once it has put to sleep, on a halt, what the object woke (the CLI waits
+/// for it from every node).
+pub const HALTED: &str = "halted: every target this wake woke sleeps";
+/// A node's message once the TTL passed and what the object woke sleeps.
+pub const EXPIRED: &str = "expired: the TTL passed, every target this wake woke sleeps";
 
 /// One container of this node's pods that the object's selector picks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +61,16 @@ pub struct Woken {
     /// This wake registered the target (`awake`); false when it already was (`already_awake`):
     /// someone else woke it, and this object will not put it to sleep.
     pub ours: bool,
-    /// The targets' dropped-hit count at the wake (the baseline for breaker trips).
+    /// The targets' counts at the wake: what trips and drops are counted from.
+    pub counts: Counts,
+}
+
+/// A container's targets' running counts (each target's `/detrix/status`, summed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    /// Probes the CPU breaker switched off (`probes_switched_off`).
+    pub switched_off: u64,
+    /// Hits dropped because the daemon did not read fast enough (`dropped_hits`).
     pub dropped_hits: u64,
 }
 
@@ -84,11 +102,12 @@ pub enum Input {
     },
     /// The answer to [`Effect::Sleep`].
     Slept { key: String, container_id: String },
-    /// A reading of a container's targets: hits dropped so far, daemon session lost, or the
-    /// targets gone (the pod was deleted).
+    /// A reading of a container's targets: their counts so far and the breaker's last reason,
+    /// daemon session lost, or the targets gone (the pod was deleted).
     Health {
         container_id: String,
-        dropped_hits: u64,
+        counts: Counts,
+        switched_off_reason: Option<String>,
         session_lost: bool,
         gone: bool,
     },
@@ -122,12 +141,8 @@ enum State {
     Waking,
     Awake {
         ours: bool,
-        baseline: u64,
     },
     Failed(String),
-    Tripped {
-        ours: bool,
-    },
     /// Put back to sleep by this object (or never woken because the object ended first).
     Asleep,
 }
@@ -136,14 +151,39 @@ enum State {
 struct Member {
     name: String,
     state: State,
+    /// The counts at the wake, and as last read (kept after the member sleeps: a halt's
+    /// report still says how many probes tripped).
+    at_wake: Counts,
+    now: Counts,
+    /// The breaker's reason for the last probe it switched off.
+    reason: Option<String>,
 }
 
 impl Member {
+    fn new(name: String, state: State) -> Self {
+        Self {
+            name,
+            state,
+            at_wake: Counts::default(),
+            now: Counts::default(),
+            reason: None,
+        }
+    }
+
     fn ours(&self) -> bool {
-        matches!(
-            self.state,
-            State::Awake { ours: true, .. } | State::Tripped { ours: true }
-        )
+        matches!(self.state, State::Awake { ours: true })
+    }
+
+    fn trips(&self) -> u64 {
+        self.now
+            .switched_off
+            .saturating_sub(self.at_wake.switched_off)
+    }
+
+    fn dropped(&self) -> u64 {
+        self.now
+            .dropped_hits
+            .saturating_sub(self.at_wake.dropped_hits)
     }
 }
 
@@ -196,7 +236,7 @@ impl Reconciler {
             .objects
             .values()
             .flat_map(|o| o.members.iter())
-            .filter(|(_, m)| matches!(m.state, State::Awake { .. } | State::Tripped { .. }))
+            .filter(|(_, m)| matches!(m.state, State::Awake { .. }))
             .map(|(c, _)| c.clone())
             .collect();
         out.sort();
@@ -269,10 +309,17 @@ impl Reconciler {
             }
             Input::Health {
                 container_id,
-                dropped_hits,
+                counts,
+                switched_off_reason,
                 session_lost,
                 gone,
-            } => self.health(&container_id, dropped_hits, session_lost, gone),
+            } => self.health(
+                &container_id,
+                counts,
+                switched_off_reason.as_deref(),
+                session_lost,
+                gone,
+            ),
             Input::Tick { now_ms } => {
                 let keys = self.keys();
                 for k in &keys {
@@ -372,13 +419,8 @@ impl Reconciler {
                 });
                 State::Waking
             };
-            o.members.insert(
-                cand.container_id,
-                Member {
-                    name: cand.name,
-                    state,
-                },
-            );
+            o.members
+                .insert(cand.container_id, Member::new(cand.name, state));
         }
     }
 
@@ -404,19 +446,22 @@ impl Reconciler {
             return;
         };
         m.state = match result {
-            Ok(w) if ended => {
-                if w.ours {
-                    fx.push(Effect::Sleep {
-                        key: key.to_owned(),
-                        container_id: container_id.to_owned(),
-                    });
-                }
-                State::Asleep
+            // Woken after the end: put back to sleep, awake until the sleep returns.
+            Ok(w) if ended && w.ours => {
+                fx.push(Effect::Sleep {
+                    key: key.to_owned(),
+                    container_id: container_id.to_owned(),
+                });
+                m.at_wake = w.counts;
+                m.now = w.counts;
+                State::Awake { ours: true }
             }
-            Ok(w) => State::Awake {
-                ours: w.ours,
-                baseline: w.dropped_hits,
-            },
+            Ok(_) if ended => State::Asleep,
+            Ok(w) => {
+                m.at_wake = w.counts;
+                m.now = w.counts;
+                State::Awake { ours: w.ours }
+            }
             Err(_) if ended => State::Asleep,
             Err(e) => State::Failed(format!("{}: {e}", m.name)),
         };
@@ -425,7 +470,8 @@ impl Reconciler {
     fn health(
         &mut self,
         container_id: &str,
-        dropped: u64,
+        counts: Counts,
+        reason: Option<&str>,
         session_lost: bool,
         gone: bool,
     ) -> Vec<String> {
@@ -441,18 +487,19 @@ impl Reconciler {
             let Some(m) = o.members.get_mut(container_id) else {
                 continue;
             };
-            let next = match m.state {
-                State::Awake { .. } if session_lost => Some(State::Failed(format!(
-                    "{}: the daemon's session was lost",
-                    m.name
-                ))),
-                State::Awake { ours, baseline } if dropped > baseline => {
-                    Some(State::Tripped { ours })
-                }
-                _ => None,
-            };
-            if let Some(s) = next {
-                m.state = s;
+            if !matches!(m.state, State::Awake { .. }) {
+                continue;
+            }
+            let mut changed = m.now != counts;
+            m.now = counts;
+            if reason.is_some() {
+                m.reason = reason.map(str::to_owned);
+            }
+            if session_lost {
+                m.state = State::Failed(format!("{}: the daemon's session was lost", m.name));
+                changed = true;
+            }
+            if changed {
                 touched.push(key.clone());
             }
         }
@@ -507,19 +554,26 @@ fn status_of(node: &str, o: &Object) -> NodeStatus {
     let count = |f: &dyn Fn(&State) -> bool| {
         u32::try_from(o.members.values().filter(|m| f(&m.state)).count()).unwrap_or(u32::MAX)
     };
-    let first_failure = o.members.values().find_map(|m| match &m.state {
-        State::Failed(why) => Some(why.clone()),
-        State::Tripped { .. } => Some(format!(
-            "{}: hits were dropped since the wake (the agent shed load)",
-            m.name
-        )),
-        _ => None,
-    });
+    let first_failure = o
+        .members
+        .values()
+        .find_map(|m| match &m.state {
+            State::Failed(why) => Some(why.clone()),
+            _ => None,
+        })
+        .or_else(|| {
+            o.members.values().find(|m| m.trips() > 0).map(|m| {
+                format!(
+                    "{}: the CPU breaker switched off {} probe(s) since the wake ({})",
+                    m.name,
+                    m.trips(),
+                    m.reason.as_deref().unwrap_or("over its CPU budget")
+                )
+            })
+        });
     let message = match o.end {
-        Some(End::Halted) => "halted: every target this wake woke sleeps".to_owned(),
-        Some(End::Expired) => {
-            "expired: the TTL passed, every target this wake woke sleeps".to_owned()
-        }
+        Some(End::Halted) => HALTED.to_owned(),
+        Some(End::Expired) => EXPIRED.to_owned(),
         None => first_failure
             .or_else(|| o.list_error.clone())
             .unwrap_or_default(),
@@ -532,9 +586,17 @@ fn status_of(node: &str, o: &Object) -> NodeStatus {
         } else {
             u32::try_from(o.members.len()).unwrap_or(u32::MAX)
         },
-        awake: count(&|s| matches!(s, State::Awake { .. } | State::Tripped { .. })),
+        // Once ended, a wake still under way counts as awake: it is put to sleep when it
+        // returns, and until then the target is not asleep.
+        awake: if o.end.is_some() {
+            count(&|s| matches!(s, State::Awake { .. } | State::Waking))
+        } else {
+            count(&|s| matches!(s, State::Awake { .. }))
+        },
         failed: count(&|s| matches!(s, State::Failed(_))),
-        breaker_trips: count(&|s| matches!(s, State::Tripped { .. })),
+        breaker_trips: u32::try_from(o.members.values().map(Member::trips).sum::<u64>())
+            .unwrap_or(u32::MAX),
+        dropped_hits: o.members.values().map(Member::dropped).sum(),
         message,
         updated_at: None,
     }

@@ -90,7 +90,10 @@ fn woke(r: &mut Reconciler, c: &str, ours: bool) -> Vec<Effect> {
         container_id: c.to_owned(),
         result: Ok(Woken {
             ours,
-            dropped_hits: 7,
+            counts: Counts {
+                switched_off: 2,
+                dropped_hits: 7,
+            },
         }),
     })
 }
@@ -182,12 +185,13 @@ fn halt_sleeps_only_what_this_object_woke_including_wakes_in_flight() {
     d.halted = true;
     let fx = seen(&mut r, d.clone(), 1);
     assert_eq!(sleeps(&fx), Vec::<&str>::new());
+    // c1, still waking, is not asleep yet: counted awake until its wake returns.
     assert_eq!(
         report(&fx),
         Some((
             2,
             0,
-            0,
+            1,
             0,
             0,
             "halted: every target this wake woke sleeps".to_owned()
@@ -222,25 +226,119 @@ fn a_trip_or_a_failure_is_reported_and_a_halt_sleeps_the_rest() {
             "shop/orders-1/app: the daemon refused the registration (500)".to_owned()
         ))
     );
-    // No new drops: nothing changes, nothing reported.
-    let h = |dropped| Input::Health {
-        container_id: "c0".to_owned(),
-        dropped_hits: dropped,
-        session_lost: false,
-        gone: false,
-    };
-    assert_eq!(r.step(h(7)), vec![]);
-    let fx = r.step(h(9));
-    assert_eq!(report(&fx).map(|s| (s.2, s.3, s.4)), Some((1, 1, 1)));
+    // The counts as at the wake (2 switched off, 7 dropped before it): nothing reported.
+    assert_eq!(r.step(health("c0", 2, 7, None)), vec![]);
+    // Hits dropped since the wake are reported, not a trip.
+    let fx = r.step(health("c0", 2, 19, None));
+    let s = last_status(&fx).expect("a report");
+    assert_eq!(
+        (s.awake, s.failed, s.breaker_trips, s.dropped_hits),
+        (1, 1, 0, 12)
+    );
+    // Two probes switched off since the wake: two trips, exactly, with the breaker's reason
+    // (the registration failure stays the first message).
+    let why =
+        "cost 0.40% of a CPU, over the 0.01% budget; raise the CPU budget or pick a colder line";
+    let fx = r.step(health("c0", 4, 19, Some(why)));
+    let s = last_status(&fx).expect("a report");
+    assert_eq!(
+        (s.awake, s.failed, s.breaker_trips, s.dropped_hits),
+        (1, 1, 2, 12)
+    );
     let mut d = desired(2);
     d.halted = true;
     let fx = seen(&mut r, d, 1);
     assert_eq!(sleeps(&fx), ["c0"]);
+    // Until the sleep returns, c0 is not asleep.
+    assert_eq!(
+        last_status(&fx).map(|s| (s.wanted, s.awake, s.message)),
+        Some((0, 1, HALTED.to_owned()))
+    );
     let fx = r.step(Input::Slept {
         key: KEY.to_owned(),
         container_id: "c0".to_owned(),
     });
-    assert_eq!(report(&fx).map(|s| (s.1, s.2)), Some((0, 0)));
+    // Asleep; the trips stay in the report.
+    let s = last_status(&fx).expect("a report");
+    assert_eq!(
+        (s.wanted, s.awake, s.breaker_trips, s.dropped_hits),
+        (0, 0, 2, 12)
+    );
+}
+
+#[test]
+fn a_trip_alone_names_the_target_and_the_breakers_reason() {
+    let mut r = Reconciler::new("node-a");
+    seen(&mut r, desired(2), 0);
+    listed(&mut r, 2);
+    woke(&mut r, "c0", true);
+    woke(&mut r, "c1", true);
+    let why =
+        "cost 0.40% of a CPU, over the 0.01% budget; raise the CPU budget or pick a colder line";
+    let fx = r.step(health("c1", 3, 7, Some(why)));
+    assert_eq!(
+        report(&fx),
+        Some((
+            2,
+            2,
+            2,
+            0,
+            1,
+            format!(
+                "shop/orders-1/app: the CPU breaker switched off 1 probe(s) since the wake ({why})"
+            )
+        ))
+    );
+}
+
+#[test]
+fn a_wake_under_way_at_the_halt_counts_as_awake_until_it_returns_and_sleeps() {
+    let mut r = Reconciler::new("node-a");
+    seen(&mut r, desired(2), 0);
+    listed(&mut r, 2);
+    woke(&mut r, "c0", true);
+    let mut d = desired(2);
+    d.halted = true;
+    let fx = seen(&mut r, d, 1);
+    assert_eq!(sleeps(&fx), ["c0"]);
+    assert_eq!(last_status(&fx).map(|s| s.awake), Some(2));
+    r.step(Input::Slept {
+        key: KEY.to_owned(),
+        container_id: "c0".to_owned(),
+    });
+    // c1's wake returns after the halt: it is put to sleep, and counts as asleep once that
+    // sleep returns.
+    let fx = woke(&mut r, "c1", true);
+    assert_eq!(sleeps(&fx), ["c1"]);
+    assert_eq!(last_status(&fx).map(|s| s.awake), None, "unchanged: 1");
+    let fx = r.step(Input::Slept {
+        key: KEY.to_owned(),
+        container_id: "c1".to_owned(),
+    });
+    assert_eq!(
+        last_status(&fx).map(|s| (s.awake, s.message)),
+        Some((0, HALTED.to_owned()))
+    );
+}
+
+fn health(c: &str, switched_off: u64, dropped_hits: u64, why: Option<&str>) -> Input {
+    Input::Health {
+        container_id: c.to_owned(),
+        counts: Counts {
+            switched_off,
+            dropped_hits,
+        },
+        switched_off_reason: why.map(str::to_owned),
+        session_lost: false,
+        gone: false,
+    }
+}
+
+fn last_status(fx: &[Effect]) -> Option<NodeStatus> {
+    fx.iter().rev().find_map(|e| match e {
+        Effect::Report { status, .. } => Some(status.clone()),
+        _ => None,
+    })
 }
 
 #[test]
@@ -275,7 +373,8 @@ fn deletion_sleeps_and_a_deleted_pod_leaves_the_count() {
     woke(&mut r, "c1", true);
     let fx = r.step(Input::Health {
         container_id: "c1".to_owned(),
-        dropped_hits: 0,
+        counts: Counts::default(),
+        switched_off_reason: None,
         session_lost: false,
         gone: true,
     });
@@ -311,7 +410,11 @@ fn safe_mode_is_required_when_asked_and_a_lost_session_is_a_failure() {
     assert_eq!(report(&fx).map(|s| (s.2, s.3)), Some((1, 1)));
     let fx = r.step(Input::Health {
         container_id: "c0".to_owned(),
-        dropped_hits: 7,
+        counts: Counts {
+            switched_off: 2,
+            dropped_hits: 7,
+        },
+        switched_off_reason: None,
         session_lost: true,
         gone: false,
     });

@@ -10,6 +10,8 @@
 //!   in order;
 //! * the baseline, same run, same targets: one bulk `POST /detrix/wake` on each agent's host
 //!   control plane at once (no stages, no API server), to every target registered;
+//! * the CLI's API requests over the wake (it follows the object with a watch: a constant
+//!   number, whatever the stages' durations);
 //! * API requests per node per minute while idle (targets awake, nothing changing), counted by
 //!   the stand-in per bearer token over `--idle-seconds` (default 300: kube-rs re-opens each
 //!   watch about every 290 s, so a shorter window can see none).
@@ -17,7 +19,7 @@
 //! Root (cgroups, uprobes, PID namespaces). Run alone:
 //!
 //! ```sh
-//! cargo xtask bench fleet                       # or:
+//! cargo xtask bench fleet                       # DETRIX_BENCH_FLEET_PODS=N, _IDLE_SECONDS=S; or:
 //! cargo run -p detrix-e2e --release --bin fleet_bench -- --agent target/release/detrix-agent [--pods 200] [--idle-seconds 300]
 //! ```
 
@@ -183,6 +185,7 @@ fn main() {
     // The staged wake, through the CLI.
     let before = stub.lock().registrations.len();
     let t_cli = Instant::now();
+    let cli_requests_before = api.requests("token-cli");
     let out = Command::new(detrix_e2e::agent_bin())
         .args([
             "fleet",
@@ -210,6 +213,7 @@ fn main() {
         .output()
         .expect("run fleet wake");
     let cli_total = t_cli.elapsed();
+    let cli_requests = api.requests("token-cli") - cli_requests_before;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -266,8 +270,11 @@ fn main() {
         baseline.as_secs_f64()
     );
     println!(
-        "ratio staged / bulk: {:.2} (4 stages, each: the CLI polls the object every 200 ms, each node lists the pods, wakes, reports)",
+        "ratio staged / bulk: {:.2} (4 stages, each: the CLI advances on the report its watch brings, each node lists the pods, wakes, reports)",
         staged.as_secs_f64() / baseline.as_secs_f64()
+    );
+    println!(
+        "API requests by the CLI over the whole wake: {cli_requests} (pods count, create, list + watch of the object, one patch per stage; nothing on a timer)"
     );
     println!(
         "idle API requests per node per minute over {:.0} s: node-a {:.2}, node-b {:.2} (both nodes together: pods lists {} watches {}, DetrixWake lists {} watches {})",

@@ -88,6 +88,8 @@ struct Store {
     counts: BTreeMap<Res, Counts>,
     /// Requests by bearer token.
     requests: BTreeMap<String, u64>,
+    /// Each request by bearer token: `METHOD PATH`, with ` watch` for a watch.
+    calls: BTreeMap<String, Vec<String>>,
     next_uid: u64,
 }
 
@@ -219,6 +221,37 @@ impl KubeApi {
     /// Requests made with `token` so far.
     pub fn requests(&self, token: &str) -> u64 {
         self.store().requests.get(token).copied().unwrap_or(0)
+    }
+
+    /// The requests made with `token` so far, in order: `METHOD PATH` (no query), with
+    /// ` watch` appended for a watch.
+    pub fn calls(&self, token: &str) -> Vec<String> {
+        self.store().calls.get(token).cloned().unwrap_or_default()
+    }
+
+    /// Writes `nodes`' entries in the status of DetrixWake `ns/name` (and `expiresAt`) as
+    /// their node agents would — a server-side apply of `status.nodes`, a list-map keyed by
+    /// `node` — in one change: one MODIFIED event.
+    pub fn apply_node_statuses(
+        &self,
+        ns: &str,
+        name: &str,
+        expires_at: &str,
+        nodes: &[wake::Node],
+    ) {
+        let mut s = self.store();
+        let mut v = s.wake_named(ns, name).expect("the DetrixWake exists");
+        let mut all: Vec<Value> = v["status"]["nodes"].as_array().cloned().unwrap_or_default();
+        for n in nodes {
+            let entry = serde_json::to_value(n).expect("node status JSON");
+            all.retain(|m| m["node"] != entry["node"]);
+            all.push(entry);
+        }
+        all.sort_by(|a, b| a["node"].as_str().cmp(&b["node"].as_str()));
+        v["status"] = json!({"expiresAt": expires_at, "nodes": all});
+        s.change(Res::Wake, "MODIFIED", v);
+        drop(s);
+        self.state.1.notify_all();
     }
 
     /// A kubeconfig naming this server, written to `path`.
@@ -486,6 +519,14 @@ fn serve_conn(conn: TcpStream, state: &(Mutex<Store>, Condvar)) {
         {
             let mut s = state.0.lock().expect("store");
             *s.requests.entry(req.token.clone()).or_default() += 1;
+            let watching = param(&req.query, "watch").is_some_and(|w| w == "true" || w == "1");
+            let call = format!(
+                "{} {}{}",
+                req.method,
+                req.path,
+                if watching { " watch" } else { "" }
+            );
+            s.calls.entry(req.token.clone()).or_default().push(call);
         }
         if handle(&mut out, state, &req).is_err() {
             return;

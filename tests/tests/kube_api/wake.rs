@@ -53,6 +53,8 @@ pub struct Node {
     #[serde(default)]
     pub breaker_trips: u32,
     #[serde(default)]
+    pub dropped_hits: u64,
+    #[serde(default)]
     pub message: String,
     #[serde(default)]
     pub updated_at: Option<String>,
