@@ -12,6 +12,7 @@ pub use bytes::map_file;
 mod cyclic_tests;
 mod lines;
 mod location;
+pub mod lsda;
 mod scope;
 mod symbolize;
 mod types;
@@ -196,6 +197,8 @@ pub struct Binary {
     units: Vec<gimli::Unit<R>>,
     eh_frame: Option<(gimli::EhFrame<R>, gimli::BaseAddresses)>,
     debug_frame: Option<(gimli::DebugFrame<R>, gimli::BaseAddresses)>,
+    /// `.gcc_except_table` and its link address: the LSDAs `.eh_frame`'s FDEs name.
+    except_table: Option<(bytes::Bytes, u64)>,
     /// Every FDE of `.eh_frame` / `.debug_frame`, sorted by address: built by the first CFI
     /// lookup (each lookup was a linear walk of the section, the largest cost of resolving a
     /// line in a big Rust binary).
@@ -446,6 +449,8 @@ impl Binary {
             debug_frame = Some((section, gimli::BaseAddresses::default()));
         }
 
+        let except_table = section_data(".gcc_except_table")?;
+
         let mut units = Vec::new();
         if has_debug_info {
             let mut headers = dwarf.units();
@@ -476,6 +481,7 @@ impl Binary {
             units,
             eh_frame,
             debug_frame,
+            except_table,
             eh_fdes: std::sync::OnceLock::new(),
             debug_fdes: std::sync::OnceLock::new(),
             has_debug_info,
