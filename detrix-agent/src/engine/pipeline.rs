@@ -9,6 +9,7 @@
 //! Why one: `Resolver::prepare` (to attach) and [`describe`] (`detrix-agent resolve`, the
 //! snapshot tests) must show and do the same thing; describe only renders the result as JSON.
 
+use crate::codegen::block::CallFlow;
 use crate::codegen::cfg::{choose_runs, Cfg};
 use crate::codegen::Function;
 use crate::debuginfo::{Binary, Language, ProbePoint};
@@ -114,13 +115,8 @@ fn place_and_forward(
     steps: Steps,
 ) -> Placed {
     let placement = if steps.placement {
-        // Where no landing pad follows a call (C, Go), a block runs on across calls.
-        let abi = match bin.language() {
-            Ok(Language::C) => place::CallAbi::SysV,
-            Ok(Language::Go) => place::CallAbi::Go,
-            _ => place::CallAbi::NoCalls,
-        };
-        let (placement, moved) = place::place(bin, p, &built.plan, func, steps.scope, abi);
+        let (abi, calls) = call_flow(bin, p, func);
+        let (placement, moved) = place::place(bin, p, &built.plan, func, steps.scope, abi, &calls);
         built.plan = moved;
         placement
     } else {
@@ -150,6 +146,27 @@ fn place_and_forward(
         plan: built,
         placement,
         forwarded,
+    }
+}
+
+/// Which registers a callee keeps and which calls a block runs on across, for the function
+/// holding `p`. C and Go have no landing pads: a call returns, or the function's run ends in
+/// it. Elsewhere (C++, Rust) the call-site tables of the function's code say which calls'
+/// unwinding lands in it; with no readable table, every call ends a block.
+fn call_flow(bin: &Binary, p: &ProbePoint, func: &Function) -> (place::CallAbi, CallFlow) {
+    match bin.language() {
+        Ok(Language::C) => (place::CallAbi::SysV, CallFlow::Returns),
+        Ok(Language::Go) => (place::CallAbi::Go, CallFlow::Returns),
+        _ => match bin.unwind_tables(p.func_start.0, p.func_end.0) {
+            Ok(tables) if !tables.is_empty() => {
+                (place::CallAbi::SysV, CallFlow::from_tables(func, &tables))
+            }
+            Ok(_) => (place::CallAbi::NoCalls, CallFlow::Ends),
+            Err(e) => {
+                tracing::debug!("{}: calls end blocks: {e}", p.addr);
+                (place::CallAbi::NoCalls, CallFlow::Ends)
+            }
+        },
     }
 }
 
