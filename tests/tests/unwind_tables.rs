@@ -156,3 +156,34 @@ fn cpp_o2_main_tables() {
         }
     );
 }
+
+/// Go's runtime resumes a function whose deferred call recovered a panic at its
+/// `runtime.deferreturn` call, a way in no branch shows: in Go 1.23's `runtime.main`, the
+/// `throw` of proc.go:186 falls (through a `nop`) into that call, and the probe's block must end
+/// before it.
+#[test]
+fn go_deferreturn_starts_a_block() {
+    let exe = lang::GO123_OPT.build();
+    let bin = Binary::open(&exe).expect("open the fixture");
+    let deferreturn = bin
+        .go_deferreturn
+        .expect("the Go binary has runtime.deferreturn");
+    let v = detrix_agent::engine::describe(&bin, "runtime/proc.go", 186, &[], "");
+    let point = &v["points"][0];
+    assert_eq!(point["function"], "runtime.main", "{v:#}");
+    let candidates: Vec<String> = point["placement"]["candidates"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no candidates: {v:#}"))
+        .iter()
+        .filter_map(|c| c.as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        candidates.iter().any(|c| c.contains(" nop: same values")),
+        "{candidates:#?}"
+    );
+    let into = format!("call {deferreturn:#018X}").replace("0X", "0x");
+    assert!(
+        !candidates.iter().any(|c| c.contains(&into)),
+        "the deferreturn call is in the block: {candidates:#?}"
+    );
+}

@@ -199,6 +199,8 @@ pub struct Binary {
     debug_frame: Option<(gimli::DebugFrame<R>, gimli::BaseAddresses)>,
     /// `.gcc_except_table` and its link address: the LSDAs `.eh_frame`'s FDEs name.
     except_table: Option<(bytes::Bytes, u64)>,
+    /// Where Go's `runtime.deferreturn` is (the symbol table's address), if the binary has it.
+    pub go_deferreturn: Option<u64>,
     /// Every FDE of `.eh_frame` / `.debug_frame`, sorted by address: built by the first CFI
     /// lookup (each lookup was a linear walk of the section, the largest cost of resolving a
     /// line in a big Rust binary).
@@ -450,6 +452,11 @@ impl Binary {
         }
 
         let except_table = section_data(".gcc_except_table")?;
+        let go_deferreturn = {
+            use object::ObjectSymbol as _;
+            file.symbol_by_name("runtime.deferreturn")
+                .map(|s| s.address())
+        };
 
         let mut units = Vec::new();
         if has_debug_info {
@@ -482,6 +489,7 @@ impl Binary {
             eh_frame,
             debug_frame,
             except_table,
+            go_deferreturn,
             eh_fdes: std::sync::OnceLock::new(),
             debug_fdes: std::sync::OnceLock::new(),
             has_debug_info,

@@ -9,7 +9,11 @@
 //! Why one: `Resolver::prepare` (to attach) and [`describe`] (`detrix-agent resolve`, the
 //! snapshot tests) must show and do the same thing; describe only renders the result as JSON.
 
-use crate::codegen::block::CallFlow;
+use std::collections::HashSet;
+
+use iced_x86::{Instruction, OpKind};
+
+use crate::codegen::block::{self, CallFlow};
 use crate::codegen::cfg::{choose_runs, Cfg};
 use crate::codegen::Function;
 use crate::debuginfo::{Binary, Language, ProbePoint};
@@ -156,7 +160,7 @@ fn place_and_forward(
 fn call_flow(bin: &Binary, p: &ProbePoint, func: &Function) -> (place::CallAbi, CallFlow) {
     match bin.language() {
         Ok(Language::C) => (place::CallAbi::SysV, CallFlow::Returns),
-        Ok(Language::Go) => (place::CallAbi::Go, CallFlow::Returns),
+        Ok(Language::Go) => (place::CallAbi::Go, go_flow(bin, func)),
         _ => match bin.unwind_tables(p.func_start.0, p.func_end.0) {
             Ok(tables) if !tables.is_empty() => {
                 (place::CallAbi::SysV, CallFlow::from_tables(func, &tables))
@@ -167,6 +171,27 @@ fn call_flow(bin: &Binary, p: &ProbePoint, func: &Function) -> (place::CallAbi, 
                 (place::CallAbi::NoCalls, CallFlow::Ends)
             }
         },
+    }
+}
+
+/// Go's calls return (or the goroutine's run ends in them), but after a deferred call
+/// recovers a panic the runtime resumes the function at its `runtime.deferreturn` call: a way in
+/// no branch shows, so each such call starts a block, as a landing pad does.
+fn go_flow(bin: &Binary, func: &Function) -> CallFlow {
+    let pads: HashSet<u64> = func
+        .instrs
+        .iter()
+        .filter(|i| block::is_call(i) && i.op0_kind() == OpKind::NearBranch64)
+        .filter(|i| bin.go_deferreturn == Some(i.near_branch_target()))
+        .map(Instruction::ip)
+        .collect();
+    if pads.is_empty() {
+        CallFlow::Returns
+    } else {
+        CallFlow::Table {
+            ends: HashSet::new(),
+            pads,
+        }
     }
 }
 

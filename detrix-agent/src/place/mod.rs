@@ -337,7 +337,10 @@ fn block_start(func: &Function, flow: &block::Flow, calls: &CallFlow, first: usi
     if first == 0 {
         "it starts at the function's entry".to_owned()
     } else if calls.is_pad(i.ip()) {
-        format!("the unwinder lands on {} (a landing pad)", LinkAddr(i.ip()))
+        format!(
+            "the unwinder (or Go's recover) enters the function at {} (a landing pad)",
+            LinkAddr(i.ip())
+        )
     } else if flow.ways_in(first) > 1 {
         format!("more than one way leads to {}", LinkAddr(i.ip()))
     } else if let Some(c) = prev.filter(|p| block::is_call(p) && !calls.runs_on(p)) {
