@@ -1,7 +1,9 @@
 //! Placement never changes a value: at every line of the C, C++, Rust and Go fixtures, every
 //! local in scope captured twice — placement off (the line's first instruction) and on (an
 //! emulated instruction of the block, proven to read the same values) — by two engines
-//! attached to the same process at once, must give the same hits with equal values.
+//! attached to the same process at once, must give the same hits with equal values. The same
+//! with no value at all (the `count` tests) checks the probes placed farthest — across calls
+//! and through jumps — see exactly the hits the line's first instruction sees.
 //!
 //! So that both see exactly the same executions, the fixture is held at its first instruction
 //! (`PTRACE_TRACEME`: stopped right after `exec`) until both engines have attached every line,
@@ -131,7 +133,7 @@ struct Side {
 }
 
 impl Side {
-    fn attach(pid: u32, file: &str, last_line: u32, placement: bool) -> Side {
+    fn attach(pid: u32, file: &str, last_line: u32, placement: bool, locals: bool) -> Side {
         let opts = EngineOptions {
             placement,
             rate_per_sec: 0,
@@ -145,7 +147,7 @@ impl Side {
         for line in 1..=last_line {
             let spec = LogpointSpec {
                 line,
-                capture_locals: true,
+                capture_locals: locals,
                 ..LogpointSpec::default()
             };
             let Ok(copies) = engine.resolver().prepare(file, &spec) else {
@@ -217,7 +219,10 @@ fn sorted(v: &[Locals]) -> Vec<(String, &Locals)> {
     t
 }
 
-fn differential(build: FixtureBuild) {
+/// With `locals`, every local in scope at every line; without, no value at all (the most
+/// freedom placement ever has: a probe may move across calls and jumps its block spans, and
+/// only the hit counts are compared).
+fn differential(build: FixtureBuild, locals: bool) {
     require_root();
     let exe = build.build();
     let source = std::fs::read_to_string(build.source()).expect("read the fixture source");
@@ -229,8 +234,8 @@ fn differential(build: FixtureBuild) {
         .build()
         .expect("runtime");
     let _enter = rt.enter();
-    let mut off = Side::attach(pid, build.file, last_line, false);
-    let mut on = Side::attach(pid, build.file, last_line, true);
+    let mut off = Side::attach(pid, build.file, last_line, false, locals);
+    let mut on = Side::attach(pid, build.file, last_line, true, locals);
     let mut off_lines: Vec<u32> = off.lines.values().copied().collect();
     let mut on_lines: Vec<u32> = on.lines.values().copied().collect();
     off_lines.sort_unstable();
@@ -322,40 +327,57 @@ fn differential(build: FixtureBuild) {
 
 #[test]
 fn placement_never_changes_a_value_c_o0() {
-    differential(lang::C_O0);
+    differential(lang::C_O0, true);
 }
 
 #[test]
 fn placement_never_changes_a_value_c_o2() {
-    differential(lang::C_O2);
+    differential(lang::C_O2, true);
 }
 
 #[test]
 fn placement_never_changes_a_value_cpp_o2() {
-    differential(lang::CPP_O2);
+    differential(lang::CPP_O2, true);
 }
 
 #[test]
 fn placement_never_changes_a_value_rust_debug() {
-    differential(lang::RUST_DEBUG);
+    differential(lang::RUST_DEBUG, true);
 }
 
 #[test]
 fn placement_never_changes_a_value_rust_o3() {
-    differential(lang::RUST_O3);
+    differential(lang::RUST_O3, true);
 }
 
 #[test]
 fn placement_never_changes_a_value_go_nl() {
-    differential(lang::GO123_NL);
+    differential(lang::GO123_NL, true);
 }
 
 #[test]
 fn placement_never_changes_a_value_go_opt() {
-    differential(lang::GO123_OPT);
+    differential(lang::GO123_OPT, true);
 }
 
 #[test]
 fn placement_never_changes_a_value_c_optimized_o2() {
-    differential(lang::C_OPTIMIZED_O2);
+    differential(lang::C_OPTIMIZED_O2, true);
+}
+
+/// No value at all: the probes move farthest (across calls whose unwinding cannot land in the
+/// function and through jumps to code only they reach), and the hit counts must still agree.
+#[test]
+fn placement_never_changes_a_count_rust_debug() {
+    differential(lang::RUST_DEBUG, false);
+}
+
+#[test]
+fn placement_never_changes_a_count_rust_o3() {
+    differential(lang::RUST_O3, false);
+}
+
+#[test]
+fn placement_never_changes_a_count_cpp_o2() {
+    differential(lang::CPP_O2, false);
 }

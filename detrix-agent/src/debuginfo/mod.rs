@@ -13,6 +13,7 @@ mod cyclic_tests;
 mod dwexpr;
 mod lines;
 mod location;
+pub mod lsda;
 mod scope;
 mod symbolize;
 mod types;
@@ -197,6 +198,10 @@ pub struct Binary {
     units: Vec<gimli::Unit<R>>,
     eh_frame: Option<(gimli::EhFrame<R>, gimli::BaseAddresses)>,
     debug_frame: Option<(gimli::DebugFrame<R>, gimli::BaseAddresses)>,
+    /// `.gcc_except_table` and its link address: the LSDAs `.eh_frame`'s FDEs name.
+    except_table: Option<(bytes::Bytes, u64)>,
+    /// Where Go's `runtime.deferreturn` is (the symbol table's address), if the binary has it.
+    pub go_deferreturn: Option<u64>,
     /// Every FDE of `.eh_frame` / `.debug_frame`, sorted by address: built by the first CFI
     /// lookup (each lookup was a linear walk of the section, the largest cost of resolving a
     /// line in a big Rust binary).
@@ -447,6 +452,13 @@ impl Binary {
             debug_frame = Some((section, gimli::BaseAddresses::default()));
         }
 
+        let except_table = section_data(".gcc_except_table")?;
+        let go_deferreturn = {
+            use object::ObjectSymbol as _;
+            file.symbol_by_name("runtime.deferreturn")
+                .map(|s| s.address())
+        };
+
         let mut units = Vec::new();
         if has_debug_info {
             let mut headers = dwarf.units();
@@ -477,6 +489,8 @@ impl Binary {
             units,
             eh_frame,
             debug_frame,
+            except_table,
+            go_deferreturn,
             eh_fdes: std::sync::OnceLock::new(),
             debug_fdes: std::sync::OnceLock::new(),
             has_debug_info,

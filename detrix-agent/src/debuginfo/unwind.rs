@@ -93,6 +93,32 @@ impl Binary {
         })
     }
 
+    /// Every `.eh_frame` FDE whose code overlaps `[start, end)` (link addresses), through `f`,
+    /// by address; an FDE that cannot be parsed gives `None`.
+    pub(super) fn eh_fdes_in<T>(
+        &self,
+        start: u64,
+        end: u64,
+        f: impl Fn(&gimli::FrameDescriptionEntry<R>) -> T,
+    ) -> Vec<Option<T>> {
+        let Some((section, bases)) = self.eh_frame.as_ref() else {
+            return Vec::new();
+        };
+        let fdes = self.eh_fdes.get_or_init(|| index(section, bases));
+        let from = fdes.partition_point(|d| d.end <= start);
+        fdes[from..]
+            .iter()
+            .filter(|d| d.end > start)
+            .take_while(|d| d.start < end)
+            .map(|d| {
+                section
+                    .fde_from_offset(bases, d.offset.into(), gimli::EhFrame::cie_from_offset)
+                    .ok()
+                    .map(|fde| f(&fde))
+            })
+            .collect()
+    }
+
     /// The caller's registers, from the frame at `regs` (whose `pc` is given as a link address
     /// in `link_pc`), reading stack memory through `read`. `None` where the CFI has no row for
     /// the address or a needed slot is outside what `read` can see.

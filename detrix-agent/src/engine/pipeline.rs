@@ -9,6 +9,11 @@
 //! Why one: `Resolver::prepare` (to attach) and [`describe`] (`detrix-agent resolve`, the
 //! snapshot tests) must show and do the same thing; describe only renders the result as JSON.
 
+use std::collections::HashSet;
+
+use iced_x86::{Instruction, OpKind};
+
+use crate::codegen::block::{self, CallFlow};
 use crate::codegen::cfg::{choose_runs, Cfg};
 use crate::codegen::Function;
 use crate::debuginfo::{Binary, Language, ProbePoint};
@@ -114,13 +119,8 @@ fn place_and_forward(
     steps: Steps,
 ) -> Placed {
     let placement = if steps.placement {
-        // Where no landing pad follows a call (C, Go), a block runs on across calls.
-        let abi = match bin.language() {
-            Ok(Language::C) => place::CallAbi::SysV,
-            Ok(Language::Go) => place::CallAbi::Go,
-            _ => place::CallAbi::NoCalls,
-        };
-        let (placement, moved) = place::place(bin, p, &built.plan, func, steps.scope, abi);
+        let (abi, calls) = call_flow(bin, p, func);
+        let (placement, moved) = place::place(bin, p, &built.plan, func, steps.scope, abi, &calls);
         built.plan = moved;
         placement
     } else {
@@ -150,6 +150,48 @@ fn place_and_forward(
         plan: built,
         placement,
         forwarded,
+    }
+}
+
+/// Which registers a callee keeps and which calls a block runs on across, for the function
+/// holding `p`. C and Go have no landing pads: a call returns, or the function's run ends in
+/// it. Elsewhere (C++, Rust) the call-site tables of the function's code say which calls'
+/// unwinding lands in it; with no readable table, every call ends a block.
+fn call_flow(bin: &Binary, p: &ProbePoint, func: &Function) -> (place::CallAbi, CallFlow) {
+    match bin.language() {
+        Ok(Language::C) => (place::CallAbi::SysV, CallFlow::Returns),
+        Ok(Language::Go) => (place::CallAbi::Go, go_flow(bin, func)),
+        _ => match bin.unwind_tables(p.func_start.0, p.func_end.0) {
+            Ok(tables) if !tables.is_empty() => {
+                (place::CallAbi::SysV, CallFlow::from_tables(func, &tables))
+            }
+            Ok(_) => (place::CallAbi::NoCalls, CallFlow::Ends),
+            Err(e) => {
+                tracing::debug!("{}: calls end blocks: {e}", p.addr);
+                (place::CallAbi::NoCalls, CallFlow::Ends)
+            }
+        },
+    }
+}
+
+/// Go's calls return (or the goroutine's run ends in them), but after a deferred call
+/// recovers a panic the runtime resumes the function at its `runtime.deferreturn` call: a way in
+/// no branch shows, so each such call starts a block, as a landing pad does.
+fn go_flow(bin: &Binary, func: &Function) -> CallFlow {
+    let pads: HashSet<u64> = func
+        .instrs
+        .iter()
+        .filter(|i| block::is_call(i) && i.op0_kind() == OpKind::NearBranch64)
+        .filter(|i| bin.go_deferreturn == Some(i.near_branch_target()))
+        .map(Instruction::ip)
+        .collect();
+    if pads.is_empty() {
+        CallFlow::Returns
+    } else {
+        CallFlow::Table {
+            ends: HashSet::new(),
+            pads,
+        }
     }
 }
 

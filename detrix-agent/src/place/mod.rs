@@ -10,7 +10,10 @@
 //! Which instructions fire on the same executions? Those of the line's basic block
 //! ([`crate::codegen::block`]): control enters it only at its first instruction and leaves
 //! only after its last, so each of them runs exactly as often as the line's first one —
-//! before the statement starts or after it. In a function with a jump table (targets
+//! before the statement starts or after it. The block runs on across a call whose callee's
+//! unwinding cannot land in the function (C, Go; in C++ and Rust per the call-site table) and
+//! through an unconditional jump to code nothing else reaches; the proof then follows the
+//! instructions in the order they run. In a function with a jump table (targets
 //! unknown), only the statement's own row after its first instruction is used: a jump table
 //! lands on the start of a row, never inside one.
 //!
@@ -26,7 +29,8 @@ pub use proof::{CallAbi, Rules};
 use detrix_common::Plan;
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 
-use crate::codegen::{block, Function};
+use crate::codegen::block::{self, CallFlow};
+use crate::codegen::Function;
 use crate::debuginfo::{Binary, LinkAddr, ProbePoint};
 
 /// Most instructions looked at on each side of the line's first.
@@ -141,11 +145,12 @@ pub fn place(
     func: &Function,
     scope: Scope,
     abi: CallAbi,
+    calls: &CallFlow,
 ) -> (Placement, Plan) {
-    let abi = if scope == Scope::Statement {
-        CallAbi::NoCalls
+    let (abi, calls) = if scope == Scope::Statement || abi == CallAbi::NoCalls {
+        (CallAbi::NoCalls, &CallFlow::Ends)
     } else {
-        abi
+        (abi, calls)
     };
     let mut explain = Vec::new();
     let stay = |explain: Vec<String>, kind| Placement {
@@ -165,14 +170,11 @@ pub fn place(
         ));
         return (stay(explain, TrapKind::Unknown), *plan);
     }
-    let targets = func.branch_targets();
-    let Some(mut b) = block::around(
-        func,
-        point.addr.0,
-        &targets,
-        WINDOW,
-        abi != CallAbi::NoCalls,
-    ) else {
+    let flow = block::Flow::of(func, calls);
+    let indirect = block::has_indirect_branch(func);
+    // Statement-only placement (the comparison baseline) stays in straight-line code.
+    let join = scope == Scope::Block && !indirect;
+    let Some(mut b) = block::around(func, &flow, point.addr.0, WINDOW, join) else {
         explain.push(format!(
             "{}: not an instruction boundary of the function's decode; probe stays there",
             point.addr
@@ -180,27 +182,44 @@ pub fn place(
         return (stay(explain, classify(bin, point)), *plan);
     };
     let instrs = &func.instrs;
-    let first_kind = trap_kind(&instrs[b.at]);
+    let first_kind = trap_kind(&instrs[b.probe()]);
     if scope == Scope::Statement {
-        b.first = b.at;
-        b.last = b.last.min(b.at + STATEMENT_WINDOW);
+        b.path.drain(..b.at);
+        b.path.truncate(STATEMENT_WINDOW + 1);
+        b.at = 0;
     }
-    if block::has_indirect_branch(func) {
-        b.first = b.at;
-        while b.last > b.at && instrs[b.last].ip() >= point.line_end.0 {
-            b.last -= 1;
+    if indirect {
+        b.path.drain(..b.at);
+        b.at = 0;
+        while b.path.len() > 1 && instrs[b.last()].ip() >= point.line_end.0 {
+            b.path.pop();
         }
         explain.push(format!(
             "the function has an indirect jump (its targets are not known): only the statement's own row {}..{} is used",
             point.addr, point.line_end
         ));
     }
+    let pieces: Vec<String> = b
+        .pieces()
+        .iter()
+        .map(|&(f, l)| {
+            format!(
+                "{}..={}",
+                LinkAddr(instrs[f].ip()),
+                LinkAddr(instrs[l].ip())
+            )
+        })
+        .collect();
     explain.push(format!(
-        "basic block {}..={}: {}; {}",
-        LinkAddr(instrs[b.first].ip()),
-        LinkAddr(instrs[b.last].ip()),
-        block_start(func, &targets, b.first),
-        block_end(&instrs[b.last]),
+        "basic block {}{}: {}; {}",
+        pieces.join(" → "),
+        if pieces.len() > 1 {
+            " (joined at jumps to code only they reach)"
+        } else {
+            ""
+        },
+        block_start(func, &flow, calls, b.first()),
+        block_end(func, &flow, calls, b.last()),
     ));
     let escape = block::frame_escape(func);
     let rules = match scope {
@@ -208,13 +227,14 @@ pub fn place(
         Scope::Block => Rules::Tracked,
     };
     let mut candidates = Vec::new();
+    // (distance from the line's first instruction, position in the path, plan there)
     let mut best: Option<(usize, usize, Plan)> = None;
-    for idx in b.first..=b.last {
+    for (pos, &idx) in b.path.iter().enumerate() {
         let i = &instrs[idx];
         let addr = LinkAddr(i.ip());
         let text = proof::text(i);
         let kind = trap_kind(i);
-        let verdict = if idx == b.at {
+        let verdict = if pos == b.at {
             match kind {
                 TrapKind::Emulated => "the line's first instruction, emulated".to_owned(),
                 _ => "the line's first instruction, single-stepped".to_owned(),
@@ -226,22 +246,23 @@ pub fn place(
         } else if first_kind == TrapKind::Emulated {
             "emulated (not needed)".to_owned()
         } else {
-            let before = idx < b.at;
-            let between = if before {
-                &instrs[idx..b.at]
+            let before = pos < b.at;
+            // The instructions that run from the earlier of the two points to the later.
+            let between: Vec<Instruction> = if before {
+                b.path[pos..b.at].iter().map(|&k| instrs[k]).collect()
             } else {
-                &instrs[b.at..idx]
+                b.path[b.at..pos].iter().map(|&k| instrs[k]).collect()
             };
-            let v = proof::prove(plan, between, before, escape, rules, abi);
+            let v = proof::prove(plan, &between, before, escape, rules, abi);
             let side = if before { "before" } else { "after" };
             let line = match &v {
                 Ok((moved, p)) => {
-                    let dist = idx.abs_diff(b.at);
+                    let dist = pos.abs_diff(b.at);
                     // The nearest; at equal distance the one after the line's start.
                     if best.as_ref().is_none_or(|(d, j, _)| {
-                        dist < *d || (dist == *d && idx > b.at && *j < b.at)
+                        dist < *d || (dist == *d && pos > b.at && *j < b.at)
                     }) {
-                        best = Some((dist, idx, *moved));
+                        best = Some((dist, pos, *moved));
                     }
                     format!("emulated, {side} the line's start: same values, {p}")
                 }
@@ -272,8 +293,8 @@ pub fn place(
         );
     }
     match best {
-        Some((_, idx, moved)) => {
-            let addr = LinkAddr(instrs[idx].ip());
+        Some((_, pos, moved)) => {
+            let addr = LinkAddr(instrs[b.path[pos]].ip());
             explain.push(format!(
                 "chose {addr}: emulated (~{} ns/hit) instead of {} at {} (~{} ns/hit); the values are proven the same there",
                 TrapKind::Emulated.cost_ns(),
@@ -310,25 +331,54 @@ pub fn place(
 }
 
 /// Why the block starts where it does.
-fn block_start(func: &Function, targets: &std::collections::HashSet<u64>, first: usize) -> String {
+fn block_start(func: &Function, flow: &block::Flow, calls: &CallFlow, first: usize) -> String {
     let i = &func.instrs[first];
+    let prev = first.checked_sub(1).map(|p| &func.instrs[p]);
     if first == 0 {
         "it starts at the function's entry".to_owned()
-    } else if targets.contains(&i.ip()) {
-        format!("a branch lands on {}", LinkAddr(i.ip()))
-    } else if !block::falls_through(&func.instrs[first - 1]) {
-        format!("it starts after `{}`", proof::text(&func.instrs[first - 1]))
+    } else if calls.is_pad(i.ip()) {
+        format!(
+            "the unwinder (or Go's recover) enters the function at {} (a landing pad)",
+            LinkAddr(i.ip())
+        )
+    } else if flow.ways_in(first) > 1 {
+        format!("more than one way leads to {}", LinkAddr(i.ip()))
+    } else if let Some(c) = prev.filter(|p| block::is_call(p) && !calls.runs_on(p)) {
+        format!("it starts after `{}`{}", proof::text(c), call_note(calls))
+    } else if flow.ways_in(first) == 0 {
+        format!("nothing in the function leads to {}", LinkAddr(i.ip()))
+    } else if prev.is_some_and(|p| flow.only_next(first - 1) != Some(first) && !block::is_call(p)) {
+        format!(
+            "it starts where a jump lands ({} instructions are only joined in a function with no jump table)",
+            LinkAddr(i.ip())
+        )
     } else {
         format!("at most {WINDOW} instructions before the line")
     }
 }
 
 /// Why the block ends where it does.
-fn block_end(last: &Instruction) -> String {
-    if block::falls_through(last) {
-        "it ends before a branch target (or the look-ahead limit)".to_owned()
-    } else {
-        format!("it ends at `{}`", proof::text(last))
+fn block_end(func: &Function, flow: &block::Flow, calls: &CallFlow, last: usize) -> String {
+    let i = &func.instrs[last];
+    match flow.only_next(last) {
+        _ if block::is_call(i) && !calls.runs_on(i) => {
+            format!("it ends at `{}`{}", proof::text(i), call_note(calls))
+        }
+        None => format!("it ends at `{}`", proof::text(i)),
+        Some(n) if flow.ways_in(n) > 1 => format!(
+            "it ends before {}, which more than one way leads to",
+            LinkAddr(func.instrs[n].ip())
+        ),
+        Some(_) => "it ends at the look-ahead limit or a jump it does not follow".to_owned(),
+    }
+}
+
+/// Why a call ends a block.
+fn call_note(calls: &CallFlow) -> &'static str {
+    match calls {
+        CallFlow::Table { .. } => " (its callee's unwinding lands in the function)",
+        CallFlow::Ends => " (where a callee's unwinding goes is not known)",
+        CallFlow::Returns => "",
     }
 }
 
