@@ -153,6 +153,10 @@ pub fn run(args: &Args) -> i32 {
         Some(super::relay::Ended::DebuggerClosed) => {
             child.wait().ok().and_then(|st| st.code()).unwrap_or(1)
         }
+        Some(super::relay::Ended::AgentFinished) => {
+            grace(&mut child);
+            child.wait().ok().and_then(|st| st.code()).unwrap_or(1)
+        }
         Some(super::relay::Ended::AgentGone { .. }) => {
             after_agent(&mut child, args, stopped_before);
             0
@@ -210,12 +214,7 @@ fn supervise(child: &mut std::process::Child, args: &Args, stopped_before: bool)
 /// The agent is gone and the debugger told to detach: it gets [`DETACH_GRACE`] to exit, is
 /// killed if it has not, and a stop it left in the target is undone.
 fn after_agent(child: &mut std::process::Child, args: &Args, stopped_before: bool) {
-    let deadline = Instant::now() + DETACH_GRACE;
-    while !matches!(child.try_wait(), Ok(Some(_))) && Instant::now() < deadline {
-        std::thread::sleep(POLL);
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    grace(child);
     if !stopped_before {
         let deadline = Instant::now() + SETTLE;
         while Instant::now() < deadline {
@@ -228,6 +227,16 @@ fn after_agent(child: &mut std::process::Child, args: &Args, stopped_before: boo
             std::thread::sleep(POLL);
         }
     }
+}
+
+/// Gives the debugger [`DETACH_GRACE`] to exit, then kills it; it is reaped either way.
+fn grace(child: &mut std::process::Child) {
+    let deadline = Instant::now() + DETACH_GRACE;
+    while !matches!(child.try_wait(), Ok(Some(_))) && Instant::now() < deadline {
+        std::thread::sleep(POLL);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn is_stopped(pid: u32) -> bool {

@@ -40,8 +40,9 @@ const ATTACH_WAIT: Duration = Duration::from_secs(20);
 /// How long the relay waits for the answer to each of its own requests.
 const ANSWER_WAIT: Duration = Duration::from_secs(15);
 
-/// How long the relay still passes on what an exited debugger wrote.
-const DRAIN: Duration = Duration::from_millis(200);
+/// After the debugger exited, how long its channel must stay quiet before the relay stops
+/// passing on what it wrote.
+const DRAIN: Duration = Duration::from_millis(20);
 
 /// How often the relay asks whether the agent is still there.
 const POLL: Duration = Duration::from_millis(20);
@@ -51,6 +52,9 @@ const POLL: Duration = Duration::from_millis(20);
 pub enum Ended {
     /// The debugger closed its output (it exited): the normal end of a round.
     DebuggerClosed,
+    /// The agent closed its channel after its own `disconnect` (the normal end of a round);
+    /// the debugger's input is closed, so it exits.
+    AgentFinished,
     /// The agent went away; the relay finished the session. `steps` lists what it sent, in
     /// order (`setBreakpoints`, `pause`, `disconnect`), each with `ok` or why not.
     AgentGone { steps: Vec<String> },
@@ -148,15 +152,13 @@ where
             }
             _ = tick.tick() => {
                 if !debugger_running() {
-                    // What it wrote before it exited still goes to the agent.
-                    let drain = async {
-                        while let Some(m) = from_dbg.recv().await {
-                            if agent_open && agent_wr.write_all(&encode_frame(&m)).await.is_err() {
-                                break;
-                            }
+                    // What it wrote before it exited is already readable: pass it on until
+                    // the channel is quiet.
+                    while let Ok(Some(m)) = tokio::time::timeout(DRAIN, from_dbg.recv()).await {
+                        if !agent_open || agent_wr.write_all(&encode_frame(&m)).await.is_err() {
+                            break;
                         }
-                    };
-                    let _ = tokio::time::timeout(DRAIN, drain).await;
+                    }
                     return Ended::DebuggerClosed;
                 }
             }
@@ -166,6 +168,10 @@ where
         }
     }
     drop(agent_wr);
+    if s.disconnect_sent && agent_alive() {
+        let _ = dbg_wr.shutdown().await;
+        return Ended::AgentFinished;
+    }
     let steps = finish(&mut s, &mut dbg_wr, &mut from_dbg).await;
     // End of input: the debugger, disconnected, exits.
     let _ = dbg_wr.shutdown().await;

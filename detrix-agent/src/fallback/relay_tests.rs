@@ -232,3 +232,20 @@ async fn after_the_agents_own_disconnect_the_relay_adds_nothing() {
     drop(h.dbg);
     assert_eq!(h.relay.await.unwrap(), Ended::DebuggerClosed);
 }
+
+/// The agent closing its channel after its own `disconnect` is the normal end: nothing is
+/// added, the debugger's input is closed.
+#[tokio::test]
+async fn an_agent_that_closes_after_its_disconnect_gets_nothing_added() {
+    let mut h = harness();
+    let attach = start_round(&mut h).await;
+    h.dbg.answer(&attach).await;
+    let disc = req(9, "disconnect", &json!({"terminateDebuggee": false}));
+    h.agent.write_all(&encode_frame(&disc)).await.unwrap();
+    let got = h.dbg.next().await.unwrap();
+    assert_eq!(got, disc);
+    h.dbg.answer(&got).await;
+    drop(h.agent);
+    assert_eq!(h.dbg.next().await, None, "no request of the relay's own");
+    assert_eq!(h.relay.await.unwrap(), Ended::AgentFinished);
+}
