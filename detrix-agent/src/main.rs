@@ -49,6 +49,8 @@ struct GuardArgs {
     agent: u32,
     #[arg(long)]
     target: u32,
+    #[arg(long)]
+    relay: bool,
     #[arg(last = true, required = true)]
     command: Vec<std::ffi::OsString>,
 }
@@ -666,6 +668,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let code = detrix_agent::fallback::guard::run(&detrix_agent::fallback::guard::Args {
                 agent: a.agent,
                 target: a.target,
+                relay: a.relay,
                 command: a.command,
             });
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))

@@ -521,6 +521,11 @@ impl Fixture {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// How the process ended (`None` while it runs), e.g. `signal: 5 (SIGTRAP)`.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// The printed `process round=R ...` line for `round`, waiting up to `timeout` for it.
     pub fn process_line(&self, round: i64, timeout: Duration) -> String {
         self.round_line("process", round, timeout)

@@ -6,19 +6,26 @@
 //! the kernel detaches the target but leaves the debugger's `int3` in its code and the pending
 //! `SIGTRAP` in its thread, so the target dies of that trap (seen with lldb-dap and Delve alike);
 //! a debugger that detaches from a running target may leave a group stop behind (`State: T`).
-//! What does detach cleanly is the debugger itself once its client is gone: lldb-dap on end of
-//! input, Delve on its client connection closing, each removes its breakpoints and detaches
-//! (toolchain.md E14's order). So the debugger must *not* die with the agent; the guard does,
-//! a little later, and the debugger dies with the guard (`PR_SET_PDEATHSIG`), never with the agent.
+//! What does detach cleanly is the debugger's own `disconnect` after the breakpoints are off
+//! and the target is paused (toolchain.md E14's order). So the debugger must *not* die with
+//! the agent; the guard does, a little later, and the debugger dies with the guard
+//! (`PR_SET_PDEATHSIG`), never with the agent.
 //!
-//! What the guard does ([`run`]): starts the debugger as its child (stdin and stdout passed
-//! through: lldb-dap's socketpair to the agent), in its own session so a terminal's Ctrl-C
-//! reaches neither, then waits for one of two things. The debugger exits: the guard exits too
-//! (the normal end of a round, after the agent's `disconnect`). The agent is gone (its parent
-//! changed): the debugger's channel has closed, so it detaches; the guard gives it
-//! [`DETACH_GRACE`] to exit, kills it if it has not, and if the target is left stopped, not
-//! traced, and was not stopped before the round, sends it `SIGCONT`. Then it exits. It talks to
-//! nobody and listens on nothing.
+//! What the guard does ([`run`]): starts the debugger as its child, in its own session so a
+//! terminal's Ctrl-C reaches neither, then one of two ways:
+//! - `--relay` (lldb-dap, DAP on stdio): the debugger's stdio is a socketpair the guard holds;
+//!   the guard passes whole frames between it and the agent's channel (its own stdin) and, when
+//!   the agent is gone, performs the safe detach itself ([`super::relay`]): lldb-dap left to
+//!   notice its client vanish exits without detaching in some states, and the target dies.
+//! - otherwise (Delve, which dials in to the agent): the debugger's stdio is passed through
+//!   and it sees its connection close when the agent dies, which Delve handles by detaching.
+//!
+//! Either way, once the agent is gone (its parent changed, or its channel closed) the debugger
+//! gets [`DETACH_GRACE`] to exit, is killed if it has not, and if the target is left stopped,
+//! not traced, and was not stopped before the round, it is sent `SIGCONT`. When the debugger
+//! exits first (the normal end of a round, after the agent's `disconnect`), so does the guard.
+//! It listens on nothing: its only peers are the agent that started it (its stdin, inherited)
+//! and the debugger it started.
 
 use std::ffi::OsString;
 use std::process::{Command, Stdio};
@@ -43,6 +50,9 @@ pub struct Args {
     pub agent: u32,
     /// The process the debugger attaches to.
     pub target: u32,
+    /// The debugger speaks DAP on its stdio (lldb-dap): the guard relays it ([`super::relay`])
+    /// instead of handing the debugger the agent's channel.
+    pub relay: bool,
     /// The debugger and its arguments.
     pub command: Vec<OsString>,
 }
@@ -56,8 +66,11 @@ impl Args {
             self.agent.to_string().into(),
             "--target".into(),
             self.target.to_string().into(),
-            "--".into(),
         ];
+        if self.relay {
+            v.push("--relay".into());
+        }
+        v.push("--".into());
         v.extend(self.command.iter().cloned());
         v
     }
@@ -74,12 +87,24 @@ pub fn run(args: &Args) -> i32 {
     unsafe { libc::prctl(libc::PR_SET_NAME, c"detrix-guard".as_ptr(), 0, 0, 0) };
     let stopped_before = is_stopped(args.target);
     let mut cmd = Command::new(program);
-    cmd.args(rest)
-        .stdin(Stdio::inherit())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::null());
+    cmd.args(rest).stderr(Stdio::null());
+    let relayed = if args.relay {
+        match relay_ends(&mut cmd) {
+            Ok(ends) => Some(ends),
+            Err(e) => {
+                eprintln!("debugger-guard: cannot set up the relay: {e}");
+                return 1;
+            }
+        }
+    } else {
+        cmd.stdin(Stdio::inherit()).stdout(Stdio::inherit());
+        None
+    };
     super::die_with_parent(&mut cmd);
-    let mut child = match cmd.spawn() {
+    let spawned = cmd.spawn();
+    // The debugger's ends of its channel now live in the debugger alone.
+    drop(cmd);
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             eprintln!(
@@ -89,9 +114,84 @@ pub fn run(args: &Args) -> i32 {
             return 1;
         }
     };
-    // The channel is the debugger's alone now; the guard keeps no end of it.
+    // Without the relay the channel is the debugger's alone; with it, the guard holds the
+    // agent's end through `agent` only.
     release_stdio();
-    supervise(&mut child, args, stopped_before)
+    let Some((agent, debugger)) = relayed else {
+        return supervise(&mut child, args, stopped_before);
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("debugger-guard: cannot start the relay: {e}");
+            let _ = child.kill();
+            let _ = child.wait();
+            return 1;
+        }
+    };
+    let agent_pid = args.agent;
+    let ended = rt.block_on(async {
+        let agent = tokio::net::UnixStream::from_std(agent);
+        let debugger = tokio::net::UnixStream::from_std(debugger);
+        match (agent, debugger) {
+            (Ok(a), Ok(d)) => Some(
+                super::relay::run(
+                    a,
+                    d,
+                    || agent_is_parent(agent_pid),
+                    || matches!(child.try_wait(), Ok(None)),
+                )
+                .await,
+            ),
+            _ => None,
+        }
+    });
+    match ended {
+        Some(super::relay::Ended::DebuggerClosed) => {
+            child.wait().ok().and_then(|st| st.code()).unwrap_or(1)
+        }
+        Some(super::relay::Ended::AgentFinished) => {
+            grace(&mut child);
+            child.wait().ok().and_then(|st| st.code()).unwrap_or(1)
+        }
+        Some(super::relay::Ended::AgentGone { .. }) => {
+            after_agent(&mut child, args, stopped_before);
+            0
+        }
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            1
+        }
+    }
+}
+
+/// A socketpair for the debugger's stdin and stdout; returns the agent's channel (the guard's
+/// stdin, a copy) and the guard's end of the debugger's, both non-blocking.
+fn relay_ends(
+    cmd: &mut Command,
+) -> std::io::Result<(
+    std::os::unix::net::UnixStream,
+    std::os::unix::net::UnixStream,
+)> {
+    use std::os::fd::AsFd as _;
+    let agent =
+        std::os::unix::net::UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let theirs_out = theirs.try_clone()?;
+    cmd.stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .stdout(Stdio::from(std::os::fd::OwnedFd::from(theirs_out)));
+    agent.set_nonblocking(true)?;
+    ours.set_nonblocking(true)?;
+    Ok((agent, ours))
+}
+
+fn agent_is_parent(agent: u32) -> bool {
+    // SAFETY: getppid has no preconditions.
+    u32::try_from(unsafe { libc::getppid() }).ok() == Some(agent)
 }
 
 /// Waits for the debugger to exit (its code is returned) or the agent to go (then the
@@ -101,19 +201,20 @@ fn supervise(child: &mut std::process::Child, args: &Args, stopped_before: bool)
         if let Ok(Some(st)) = child.try_wait() {
             return st.code().unwrap_or(1);
         }
-        // SAFETY: getppid has no preconditions.
-        if u32::try_from(unsafe { libc::getppid() }).ok() != Some(args.agent) {
+        if !agent_is_parent(args.agent) {
             break;
         }
         std::thread::sleep(POLL);
     }
     // The agent is gone: the debugger saw its channel close and detaches on its own.
-    let deadline = Instant::now() + DETACH_GRACE;
-    while !matches!(child.try_wait(), Ok(Some(_))) && Instant::now() < deadline {
-        std::thread::sleep(POLL);
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    after_agent(child, args, stopped_before);
+    0
+}
+
+/// The agent is gone and the debugger told to detach: it gets [`DETACH_GRACE`] to exit, is
+/// killed if it has not, and a stop it left in the target is undone.
+fn after_agent(child: &mut std::process::Child, args: &Args, stopped_before: bool) {
+    grace(child);
     if !stopped_before {
         let deadline = Instant::now() + SETTLE;
         while Instant::now() < deadline {
@@ -126,7 +227,16 @@ fn supervise(child: &mut std::process::Child, args: &Args, stopped_before: bool)
             std::thread::sleep(POLL);
         }
     }
-    0
+}
+
+/// Gives the debugger [`DETACH_GRACE`] to exit, then kills it; it is reaped either way.
+fn grace(child: &mut std::process::Child) {
+    let deadline = Instant::now() + DETACH_GRACE;
+    while !matches!(child.try_wait(), Ok(Some(_))) && Instant::now() < deadline {
+        std::thread::sleep(POLL);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn is_stopped(pid: u32) -> bool {
@@ -183,11 +293,12 @@ mod tests {
         let a = Args {
             agent: 7,
             target: 42,
+            relay: true,
             command: vec!["dlv".into(), "dap".into(), "--x=1".into()],
         };
         assert_eq!(
             a.to_argv(),
-            ["--agent", "7", "--target", "42", "--", "dlv", "dap", "--x=1"]
+            ["--agent", "7", "--target", "42", "--relay", "--", "dlv", "dap", "--x=1"]
                 .map(OsString::from)
                 .to_vec()
         );
@@ -212,6 +323,7 @@ mod tests {
         let args = Args {
             agent: u32::MAX,
             target: pid,
+            relay: false,
             command: vec![
                 "sh".into(),
                 "-c".into(),

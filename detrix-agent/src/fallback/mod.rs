@@ -31,12 +31,16 @@
 //!
 //! An agent killed mid-round (issue #12 point 6): the debugger is not killed with it — a
 //! debugger dying while it holds the target at its breakpoint leaves its `int3` and a pending
-//! `SIGTRAP` behind, and the target dies of it. It runs under a [`guard`] process instead: the
-//! debugger sees its channel close and detaches, the guard kills it if it has not within a few
-//! seconds (it dies with the guard, `PR_SET_PDEATHSIG`) and continues a target left stopped.
+//! `SIGTRAP` behind, and the target dies of it. It runs under a [`guard`] process instead,
+//! which outlives the agent: for lldb-dap it relays the DAP conversation and, when the agent is
+//! gone, detaches in the safe order itself ([`relay`]; lldb-dap left alone with a vanished
+//! client exits without detaching, and the target died of `SIGTRAP` in 3 of 10 runs); Delve sees
+//! its connection close and detaches. The guard kills a debugger that has not exited within a
+//! few seconds (it dies with the guard, `PR_SET_PDEATHSIG`) and continues a target left stopped.
 
 mod client;
 pub mod guard;
+mod relay;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -234,6 +238,7 @@ fn spawn(dbg: Debugger, target: u32) -> Result<(Spawned, Channel), FallbackError
     let args = guard::Args {
         agent: std::process::id(),
         target,
+        relay: dbg == Debugger::Lldb,
         command,
     };
     cmd.arg(guard::SUBCOMMAND)
