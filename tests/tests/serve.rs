@@ -938,8 +938,10 @@ fn real_daemon_drives_three_languages_behind_one_serve() {
         }
         assert!(
             t0.elapsed() < Duration::from_secs(30),
-            "no event from the restarted program (pid {}) in 30 s",
-            again.pid()
+            "no event from the restarted program (pid {}) in 30 s; daemon log {}\nserve stderr:\n{}",
+            again.pid(),
+            d.dir.join("daemon.out").display(),
+            serve.stderr.text()
         );
         std::thread::sleep(Duration::from_millis(20));
     };

@@ -101,6 +101,8 @@ pub struct AgentHandle {
     pub daemon_urls: Arc<[String]>,
     /// The engine's counters, per probe and for the target (`/metrics`).
     pub stats: StatsHandle,
+    /// Wakes the agent's liveness check ([`AgentHandle::check_target`]).
+    recheck: Arc<tokio::sync::Notify>,
 }
 
 impl AgentHandle {
@@ -143,6 +145,13 @@ impl AgentHandle {
         rx.await.map_err(|_| WakeError::TargetGone)?
     }
 
+    /// Asks the agent to look at its target now rather than at its next 200 ms check: `serve`
+    /// calls it when discovery saw the process exit, so the agent announces the exit and
+    /// unregisters at once (a restarted instance waits for that before it registers).
+    pub fn check_target(&self) {
+        self.recheck.notify_one();
+    }
+
     /// Puts the agent to sleep (or reports it already is).
     pub async fn sleep(&self) -> SleepReply {
         let (reply, rx) = oneshot::channel();
@@ -183,6 +192,8 @@ pub struct Agent {
     sessions_ended: u64,
     /// The CPU breaker's last run, while it waits for the registry.
     breaker: Option<JoinHandle<()>>,
+    /// Notified by [`AgentHandle::check_target`].
+    recheck: Arc<tokio::sync::Notify>,
 }
 
 impl Agent {
@@ -243,6 +254,7 @@ impl Agent {
             switched_off_reason: None,
         }));
         let (tx, rx) = mpsc::channel(64);
+        let recheck = Arc::new(tokio::sync::Notify::new());
         let info = Arc::new(Info {
             name: cfg.name.clone(),
             pid: cfg.pid,
@@ -260,6 +272,7 @@ impl Agent {
                 .chain(cfg.allow_daemon_urls.iter().cloned())
                 .collect(),
             stats: probes.stats_handle(),
+            recheck: recheck.clone(),
         };
         let (exit_tx, _) = watch::channel(false);
         let client = DaemonClient::new(cfg.token.clone());
@@ -287,6 +300,7 @@ impl Agent {
             sessions_ended: 0,
             target,
             breaker: None,
+            recheck,
         };
         (agent, handle)
     }
@@ -311,8 +325,10 @@ impl Agent {
         let mut liveness = tokio::time::interval(Duration::from_millis(200));
         let mut breaker =
             tokio::time::interval_at(tokio::time::Instant::now() + BREAKER_WINDOW, BREAKER_WINDOW);
+        let recheck = self.recheck.clone();
         let reason = loop {
             tokio::select! {
+                () = recheck.notified() => liveness.reset_immediately(),
                 cmd = self.rx.recv() => match cmd {
                     Some(Command::Wake { daemon_url, reply }) => {
                         let out = self.drive(Input::Wake { daemon_url }).await;
