@@ -364,7 +364,8 @@ impl Agent {
 
     /// The CPU breaker: every probe whose cost over the last window exceeds the per-probe
     /// budget is switched off; how many and why (those the host's budget switched off too)
-    /// show in `/detrix/status` and `/metrics`. On its own task: the registry may be busy with
+    /// show in `/detrix/status` and `/metrics`, and the daemon's session gets a `breakpoint`
+    /// event for each (`changed`, `verified:false`, the reason). On its own task: the registry may be busy with
     /// a long install, and wake and sleep must not wait for it.
     fn enforce_budget(&mut self) {
         if self.breaker.as_ref().is_some_and(|t| !t.is_finished()) {
@@ -373,14 +374,16 @@ impl Agent {
         let probes = self.probes.clone();
         let view = self.view.clone();
         let budget = self.cfg.cpu_budget;
+        let hub = self.hub.clone();
         self.breaker = Some(tokio::spawn(async move {
             let off = probes.enforce_budget(BREAKER_WINDOW, budget).await;
             if let Some((_, why)) = off.last() {
                 let mut v = view.lock().unwrap_or_else(PoisonError::into_inner);
                 v.switched_off += off.len() as u64;
-                v.switched_off_reason =
-                    Some(format!("{why}; raise the CPU budget or pick a colder line"));
+                v.switched_off_reason = Some(why.clone());
             }
+            // The daemon's session reports each as a `breakpoint` event (`dap::facade`).
+            hub.switched_off(&off);
         }));
     }
 

@@ -148,7 +148,7 @@ impl Host {
         for ((id, probe), why) in budget.over(window, costs) {
             tracing::warn!(target = id, session = probe.session, probe = probe.n, %why, "host CPU budget exceeded; probe switched off");
             if let Some(h) = by_target.get(&id) {
-                h.stats.switch_off(probe, why);
+                h.stats.switch_off(probe, format!("{why}; raise it with serve --host-cpu-budget PERCENT (of one CPU; 0 = no host budget)"));
             }
         }
     }
