@@ -41,10 +41,11 @@ struct HotTarget {
 }
 
 impl HotTarget {
-    fn start() -> HotTarget {
+    /// `tag` names the private copy: each test of this binary has its own.
+    fn start(tag: &str) -> HotTarget {
         let exe = build_c_fixture("orders", Build::Debug);
         // A private copy (its own inode): no other test's probes land in it.
-        let copy = fixtures_out_dir().join(format!(".orders-slowd-{}", std::process::id()));
+        let copy = fixtures_out_dir().join(format!(".orders-{tag}-{}", std::process::id()));
         let st = Command::new("cp")
             .arg(&exe)
             .arg(&copy)
@@ -161,7 +162,7 @@ fn accounting(agent: &AttachedAgent) -> (u64, u64, Value) {
 #[test]
 fn a_daemon_that_stops_reading_costs_bounded_memory_and_every_hit_is_accounted_for() {
     require_root();
-    let target = HotTarget::start();
+    let target = HotTarget::start("slowd");
     let stub = RestStub::start(GO_GOLDEN, RUST_GOLDEN);
     // No CPU breaker: a hot logpoint switched off would end the test's load, not test it.
     let agent = AttachedAgent::start(
@@ -286,7 +287,7 @@ fn a_daemon_that_stops_reading_costs_bounded_memory_and_every_hit_is_accounted_f
 #[test]
 fn the_cpu_breaker_switching_a_logpoint_off_tells_the_daemon_with_a_breakpoint_event() {
     require_root();
-    let target = HotTarget::start();
+    let target = HotTarget::start("breaker");
     let stub = RestStub::start(GO_GOLDEN, RUST_GOLDEN);
     let agent = AttachedAgent::start(
         target.pid(),
