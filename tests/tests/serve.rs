@@ -2,7 +2,7 @@
 //! a fixture, both are listed with distinct names, one is woken (registers, gets a DAP
 //! session), and when it is killed the daemon gets `exited` + `terminated`, its registration
 //! goes and it leaves the list. Also: the host control plane's error shapes and the drop-in
-//! single-target endpoints.
+//! single-target endpoints, churn, restarts, namespaces, and a pre-fork server's workers.
 
 mod common;
 
@@ -10,9 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::serve::Serve;
-use common::{http, json_body, try_http, RestStub};
+use common::{http, json_body, set_bps, try_http, RestStub};
 use detrix_e2e::{
-    agent_bin, build_c_fixture, fixtures_out_dir, require_root, Build, Fixture, Lines,
+    agent_bin, build_c_fixture, c_fixture_source, fixtures_out_dir, marker_line, require_root,
+    Build, Fixture, Lines,
 };
 use serde_json::{json, Value};
 
@@ -938,8 +939,10 @@ fn real_daemon_drives_three_languages_behind_one_serve() {
         }
         assert!(
             t0.elapsed() < Duration::from_secs(30),
-            "no event from the restarted program (pid {}) in 30 s",
-            again.pid()
+            "no event from the restarted program (pid {}) in 30 s; daemon log {}\nserve stderr:\n{}",
+            again.pid(),
+            d.dir.join("daemon.out").display(),
+            serve.stderr.text()
         );
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -954,4 +957,124 @@ fn real_daemon_drives_three_languages_behind_one_serve() {
         idv.to_string(),
         "the restarted program's event holds what it printed: {newest}"
     );
+}
+
+/// A pre-fork server's workers — forked after serve started, never exec'ing, so they run the
+/// server's own binary — are targets of their own, as the start scan would have made them (a
+/// probe attached to the parent's pid never fires in them): each listed with its own pid and
+/// name, and a logpoint on one worker delivers exactly what that worker printed, and nothing of
+/// its sibling's or its parent's.
+#[test]
+fn a_pre_fork_servers_workers_become_targets_and_their_values_are_captured() {
+    require_root();
+    let build = build_c_fixture("prefork", Build::Debug);
+    let exe = Exe(fixtures_out_dir().join(format!("serve-prefork-{}", std::process::id())));
+    let status = Command::new("cp")
+        .arg(&build)
+        .arg(&exe.0)
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    let stub = RestStub::start("shared/go-delve.jsonl", "shared/rust-stub.jsonl");
+    let serve = Serve::start(
+        &[
+            "--select",
+            &format!("exe={}", exe.0.display()),
+            "--daemon-url",
+            &stub.url,
+        ],
+        &[],
+    );
+    let base = exe.0.file_name().unwrap().to_string_lossy().into_owned();
+    // Two workers forked 1.5 s after the server starts, each working every 50 ms.
+    let server = Fixture::start(&exe.0, &["2", "1500", "50"]);
+    let workers: Vec<u32> = (1..=2)
+        .map(|w| {
+            let line = server
+                .stdout()
+                .wait_for(Duration::from_secs(20), |l| {
+                    l.starts_with(&format!("forked worker={w} pid="))
+                })
+                .unwrap_or_else(|| panic!("worker {w} never started: {}", server.stdout().text()));
+            line.rsplit('=').next().unwrap().parse().expect("a pid")
+        })
+        .collect();
+    let list = serve.wait_targets("the server and both workers sleeping", |t| {
+        std::iter::once(server.pid())
+            .chain(workers.iter().copied())
+            .all(|p| by_pid(t, p).is_some_and(|x| x["state"] == "sleeping"))
+    });
+    assert_eq!(list.len(), 3, "{list:#?}");
+    assert_eq!(by_pid(&list, server.pid()).unwrap()["name"], json!(base));
+    let mut names: Vec<&str> = workers
+        .iter()
+        .map(|p| by_pid(&list, *p).unwrap()["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, [format!("{base}-2"), format!("{base}-3")]);
+    for p in &workers {
+        let t = by_pid(&list, *p).unwrap();
+        assert_eq!(
+            (&t["ns_pid"], &t["exe"], &t["language"]),
+            (
+                &json!(p),
+                &json!(exe.0.display().to_string()),
+                &json!("rust")
+            ),
+            "{t}"
+        );
+    }
+
+    // Wake worker 2 and set a logpoint in the workers' loop.
+    let w2 = workers[1];
+    let id = by_pid(&list, w2).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, w) = serve.post(&format!("/detrix/targets/{id}/wake"), None);
+    assert_eq!((s, &w["status"]), (200, &json!("awake")), "{w}");
+    let (_, mut dap) = stub.take_session();
+    let src = c_fixture_source("prefork");
+    let r = dap.request(&set_bps(
+        10,
+        &src.to_string_lossy(),
+        json!([{"line": marker_line(&src, "work"), "logMessage": "DETRICS:work={worker}\u{1f}{round}\u{1f}{pid}"}]),
+    ));
+    assert_eq!(r["body"]["breakpoints"][0]["verified"], true, "{r}");
+    let events = dap.events(5, Duration::from_secs(20), |e| {
+        e["event"] == "output"
+            && e["body"]["output"]
+                .as_str()
+                .is_some_and(|t| t.contains("DETRICS:work="))
+    });
+    assert_eq!(events.len(), 5, "five hits of worker 2: {events:?}");
+    for e in &events {
+        let text = e["body"]["output"].as_str().unwrap();
+        let values: Vec<&str> = text
+            .trim_end()
+            .split_once("DETRICS:work=")
+            .unwrap()
+            .1
+            .split('\u{1f}')
+            .collect();
+        assert_eq!(
+            (text.split(']').next().unwrap(), values[0], values[2]),
+            (
+                format!("[thread {w2}").as_str(),
+                "2",
+                w2.to_string().as_str()
+            ),
+            "worker 2's thread, worker number and pid: {text:?}"
+        );
+        let printed = format!("work pid={w2} worker=2 round={}", values[1]);
+        assert!(
+            server
+                .stdout()
+                .wait_for(Duration::from_secs(5), |l| l == printed)
+                .is_some(),
+            "worker 2 printed `{printed}`"
+        );
+    }
+    drop(server);
+    serve.wait_targets("the server and its workers gone", <[Value]>::is_empty);
 }

@@ -7,7 +7,8 @@
 //! events the peer got once it read again plus every drop (`dropped_ring_full` and the other
 //! kernel-side counters of `probe_counters`, and the agent's bounded queue's `dropped_hits`).
 //! The target is stopped (SIGSTOP) before the count is read, so the totals are final; no
-//! timing is asserted beyond generous waits.
+//! timing is asserted beyond generous waits. The same hot logpoint under a tiny CPU budget
+//! shows how the breaker's switch-off reaches the daemon (a `breakpoint` event).
 
 mod common;
 
@@ -40,10 +41,11 @@ struct HotTarget {
 }
 
 impl HotTarget {
-    fn start() -> HotTarget {
+    /// `tag` names the private copy: each test of this binary has its own.
+    fn start(tag: &str) -> HotTarget {
         let exe = build_c_fixture("orders", Build::Debug);
         // A private copy (its own inode): no other test's probes land in it.
-        let copy = fixtures_out_dir().join(format!(".orders-slowd-{}", std::process::id()));
+        let copy = fixtures_out_dir().join(format!(".orders-{tag}-{}", std::process::id()));
         let st = Command::new("cp")
             .arg(&exe)
             .arg(&copy)
@@ -160,7 +162,7 @@ fn accounting(agent: &AttachedAgent) -> (u64, u64, Value) {
 #[test]
 fn a_daemon_that_stops_reading_costs_bounded_memory_and_every_hit_is_accounted_for() {
     require_root();
-    let target = HotTarget::start();
+    let target = HotTarget::start("slowd");
     let stub = RestStub::start(GO_GOLDEN, RUST_GOLDEN);
     // No CPU breaker: a hot logpoint switched off would end the test's load, not test it.
     let agent = AttachedAgent::start(
@@ -274,4 +276,93 @@ fn a_daemon_that_stops_reading_costs_bounded_memory_and_every_hit_is_accounted_f
         after.len()
     );
     assert!(event_round(&after[0]) > *rounds.last().expect("delivered"));
+}
+
+/// The CPU breaker switching the hot logpoint off is told to the daemon the way a DAP client
+/// understands it (issue #13 point 6): one `breakpoint` event, reason `changed`, with the
+/// breakpoint's id, line and source, `verified:false`, and a message naming the budget and how
+/// to raise it — the very reason `/detrix/status` shows — and no `output` of that probe after
+/// it. (The real daemon ignores `breakpoint` events, contract §4: it consumes only `output`,
+/// `stopped`, `exited` and `terminated`.)
+#[test]
+fn the_cpu_breaker_switching_a_logpoint_off_tells_the_daemon_with_a_breakpoint_event() {
+    require_root();
+    let target = HotTarget::start("breaker");
+    let stub = RestStub::start(GO_GOLDEN, RUST_GOLDEN);
+    let agent = AttachedAgent::start(
+        target.pid(),
+        &[
+            "--daemon-url",
+            &stub.url,
+            "--name",
+            "breaker-event",
+            "--language",
+            "rust",
+            "--cpu-budget",
+            "0.01",
+        ],
+        &[],
+    );
+    let (s, wake) = agent.post("/detrix/wake", None);
+    assert_eq!((s, wake["status"].clone()), (200, json!("awake")), "{wake}");
+    let (_, mut dap) = stub.take_session();
+    let src = c_fixture_source("orders");
+    let path = src.to_string_lossy().into_owned();
+    let line = marker_line(&src, "process");
+    let r = dap.request(&set_bps(
+        10,
+        &path,
+        json!([{"line": line, "logMessage": "DETRICS:slow={round}"}]),
+    ));
+    let bp = &r["body"]["breakpoints"][0];
+    assert_eq!(
+        (&bp["verified"], &bp["line"]),
+        (&json!(true), &json!(line)),
+        "{r}"
+    );
+    let changed = dap.events(1, Duration::from_secs(60), |e| e["event"] == "breakpoint");
+    assert_eq!(
+        changed.len(),
+        1,
+        "one breakpoint event within 60 s: {changed:?}"
+    );
+    let (_, st) = agent.get("/detrix/status");
+    assert_eq!(st["probes_switched_off"], 1, "{st}");
+    let reason = st["probe_switched_off_reason"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the status names the reason: {st}"));
+    assert!(
+        reason.starts_with("cost ")
+            && reason.ends_with(
+                "exceeds the 0.01% budget per probe; raise it with --cpu-budget PERCENT (of one CPU; 0 = no breaker) or pick a colder line"
+            ),
+        "{reason}"
+    );
+    assert_eq!(
+        changed[0]["body"],
+        json!({"reason": "changed", "breakpoint": {
+            "id": bp["id"], "verified": false, "line": line,
+            "message": format!("switched off by the CPU breaker: {reason}. Remove the breakpoint and set it again to switch it back on"),
+            "source": {"name": "orders.c", "path": path}}}),
+    );
+    // Every `output` of the probe came before the event (the facade numbers what it sends).
+    let bp_seq = changed[0]["seq"].as_i64().expect("an event has a seq");
+    let outputs = dap.events(usize::MAX, Duration::from_millis(1500), is_ours);
+    assert!(!outputs.is_empty(), "values flowed before the switch-off");
+    let late: Vec<&Value> = outputs
+        .iter()
+        .filter(|e| e["seq"].as_i64() > Some(bp_seq))
+        .collect();
+    assert!(late.is_empty(), "output after the switch-off: {late:?}");
+    // Setting the same entry again (another line of the file added) does not switch it back on.
+    let after = marker_line(&src, "after");
+    let r = dap.request(&set_bps(
+        11,
+        &path,
+        json!([{"line": line, "logMessage": "DETRICS:slow={round}"}, {"line": after, "logMessage": "DETRICS:total={total}"}]),
+    ));
+    assert_eq!(
+        r["body"]["breakpoints"][0], changed[0]["body"]["breakpoint"],
+        "{r}"
+    );
 }

@@ -101,6 +101,8 @@ pub struct AgentHandle {
     pub daemon_urls: Arc<[String]>,
     /// The engine's counters, per probe and for the target (`/metrics`).
     pub stats: StatsHandle,
+    /// Wakes the agent's liveness check ([`AgentHandle::check_target`]).
+    recheck: Arc<tokio::sync::Notify>,
 }
 
 impl AgentHandle {
@@ -143,6 +145,13 @@ impl AgentHandle {
         rx.await.map_err(|_| WakeError::TargetGone)?
     }
 
+    /// Asks the agent to look at its target now rather than at its next 200 ms check: `serve`
+    /// calls it when discovery saw the process exit, so the agent announces the exit and
+    /// unregisters at once (a restarted instance waits for that before it registers).
+    pub fn check_target(&self) {
+        self.recheck.notify_one();
+    }
+
     /// Puts the agent to sleep (or reports it already is).
     pub async fn sleep(&self) -> SleepReply {
         let (reply, rx) = oneshot::channel();
@@ -183,6 +192,8 @@ pub struct Agent {
     sessions_ended: u64,
     /// The CPU breaker's last run, while it waits for the registry.
     breaker: Option<JoinHandle<()>>,
+    /// Notified by [`AgentHandle::check_target`].
+    recheck: Arc<tokio::sync::Notify>,
 }
 
 impl Agent {
@@ -243,6 +254,7 @@ impl Agent {
             switched_off_reason: None,
         }));
         let (tx, rx) = mpsc::channel(64);
+        let recheck = Arc::new(tokio::sync::Notify::new());
         let info = Arc::new(Info {
             name: cfg.name.clone(),
             pid: cfg.pid,
@@ -260,6 +272,7 @@ impl Agent {
                 .chain(cfg.allow_daemon_urls.iter().cloned())
                 .collect(),
             stats: probes.stats_handle(),
+            recheck: recheck.clone(),
         };
         let (exit_tx, _) = watch::channel(false);
         let client = DaemonClient::new(cfg.token.clone());
@@ -287,6 +300,7 @@ impl Agent {
             sessions_ended: 0,
             target,
             breaker: None,
+            recheck,
         };
         (agent, handle)
     }
@@ -311,8 +325,10 @@ impl Agent {
         let mut liveness = tokio::time::interval(Duration::from_millis(200));
         let mut breaker =
             tokio::time::interval_at(tokio::time::Instant::now() + BREAKER_WINDOW, BREAKER_WINDOW);
+        let recheck = self.recheck.clone();
         let reason = loop {
             tokio::select! {
+                () = recheck.notified() => liveness.reset_immediately(),
                 cmd = self.rx.recv() => match cmd {
                     Some(Command::Wake { daemon_url, reply }) => {
                         let out = self.drive(Input::Wake { daemon_url }).await;
@@ -348,7 +364,8 @@ impl Agent {
 
     /// The CPU breaker: every probe whose cost over the last window exceeds the per-probe
     /// budget is switched off; how many and why (those the host's budget switched off too)
-    /// show in `/detrix/status` and `/metrics`. On its own task: the registry may be busy with
+    /// show in `/detrix/status` and `/metrics`, and the daemon's session gets a `breakpoint`
+    /// event for each (`changed`, `verified:false`, the reason). On its own task: the registry may be busy with
     /// a long install, and wake and sleep must not wait for it.
     fn enforce_budget(&mut self) {
         if self.breaker.as_ref().is_some_and(|t| !t.is_finished()) {
@@ -357,14 +374,16 @@ impl Agent {
         let probes = self.probes.clone();
         let view = self.view.clone();
         let budget = self.cfg.cpu_budget;
+        let hub = self.hub.clone();
         self.breaker = Some(tokio::spawn(async move {
             let off = probes.enforce_budget(BREAKER_WINDOW, budget).await;
             if let Some((_, why)) = off.last() {
                 let mut v = view.lock().unwrap_or_else(PoisonError::into_inner);
                 v.switched_off += off.len() as u64;
-                v.switched_off_reason =
-                    Some(format!("{why}; raise the CPU budget or pick a colder line"));
+                v.switched_off_reason = Some(why.clone());
             }
+            // The daemon's session reports each as a `breakpoint` event (`dap::facade`).
+            hub.switched_off(&off);
         }));
     }
 

@@ -1,4 +1,5 @@
-//! The hub: the one live DAP session and the fan-out of hit batches to it.
+//! The hub: the one live DAP session and the fan-out of hit batches to it, and of the CPU
+//! breaker's switch-offs ([`Hub::switched_off`]), which the session reports to the daemon.
 //!
 //! At most one session is live (issue #12 point 1): a second connection waits
 //! [`SECOND_SESSION_GRACE`] for the live one to end (a daemon reconnecting, a connect-and-close
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::dap::ProbeHit;
+use crate::dap::{ProbeHit, ProbeId};
 
 /// A batch of hits as the sessions receive it.
 pub type HitBatch = Arc<Vec<ProbeHit>>;
@@ -30,6 +31,9 @@ struct Slot {
     hits: mpsc::Sender<HitBatch>,
     /// Hits sent and not yet received.
     queued: Arc<AtomicUsize>,
+    /// Probes the CPU breaker switched off, with the reason (a handful over a session's life,
+    /// at most one per probe: unbounded costs nothing, and none is ever dropped).
+    switched_off: mpsc::UnboundedSender<(ProbeId, String)>,
 }
 
 /// A session's end of its hit queue.
@@ -83,16 +87,19 @@ impl Hub {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         let (hits, rx) = mpsc::channel(SESSION_HIT_QUEUE);
         let queued = Arc::new(AtomicUsize::new(0));
+        let (switched_off, switched_off_rx) = mpsc::unbounded_channel();
         slots.push(Slot {
             generation,
             hits,
             queued: queued.clone(),
+            switched_off,
         });
         drop(slots);
         Some((
             SlotGuard {
                 hub: self.clone(),
                 generation,
+                switched_off: switched_off_rx,
             },
             HitQueue { rx, queued },
         ))
@@ -133,6 +140,16 @@ impl Hub {
         }
     }
 
+    /// Tells every live session that the CPU breaker switched these probes off (each session
+    /// reports its own and ignores the rest).
+    pub fn switched_off(&self, off: &[(ProbeId, String)]) {
+        for s in self.slots().iter() {
+            for (probe, why) in off {
+                let _ = s.switched_off.send((*probe, why.clone()));
+            }
+        }
+    }
+
     /// How many sessions are live.
     pub fn live(&self) -> usize {
         self.slots().len()
@@ -149,10 +166,12 @@ impl Hub {
     }
 }
 
-/// Removes a session's slot when the session ends, however it ends.
+/// Removes a session's slot when the session ends, however it ends; carries the session's end
+/// of [`Hub::switched_off`].
 pub struct SlotGuard {
     hub: Arc<Hub>,
     pub generation: u64,
+    pub switched_off: mpsc::UnboundedReceiver<(ProbeId, String)>,
 }
 
 impl Drop for SlotGuard {
@@ -165,7 +184,6 @@ impl Drop for SlotGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dap::ProbeId;
     use crate::engine::{Hit, LogpointId};
 
     fn batch(n: usize) -> HitBatch {

@@ -134,6 +134,7 @@ impl Registry {
             let Some(probe) = self.by_engine.remove(&eid) else {
                 continue;
             };
+            let why = format!("{why} per probe; raise it with --cpu-budget PERCENT (of one CPU; 0 = no breaker) or pick a colder line");
             self.entries.remove(&probe);
             tracing::warn!(session = probe.session, probe = probe.n, %why, "probe switched off by the CPU breaker");
             self.switched_off += 1;

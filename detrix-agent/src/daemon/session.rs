@@ -179,7 +179,7 @@ async fn serve_session(stream: TcpStream, ctx: SessionCtx) {
         gate: _,
     } = ctx;
     let (jobs_tx, mut jobs_rx) = mpsc::unbounded_channel();
-    let Some((guard, mut hits_rx)) = hub.join_when_free().await else {
+    let Some((mut guard, mut hits_rx)) = hub.join_when_free().await else {
         tracing::warn!("DAP connection refused: a session is already live (one session per agent; it is not replaced)");
         return;
     };
@@ -260,6 +260,10 @@ async fn serve_session(stream: TcpStream, ctx: SessionCtx) {
                 }
             },
             Some(hits) = hits_rx.recv() => shell.step(Input::Hits(&hits)).await,
+            Some((probe, why)) = guard.switched_off.recv() => {
+                tracing::info!(session = generation, probe = probe.n, "telling the daemon that the CPU breaker switched a probe off");
+                shell.step(Input::SwitchedOff { probe, why: &why }).await
+            }
             Some((token, outcome)) = jobs_rx.recv() => shell.step(Input::Evaluated { token, outcome }).await,
         };
         if let Err(e) = send(&mut wr, &out, rec).await {

@@ -122,3 +122,76 @@ fn an_install_answered_after_close_is_removed_and_close_removes_the_rest() {
     });
     assert!(fx.is_empty(), "a failed install left nothing to remove");
 }
+
+#[test]
+fn a_probe_the_cpu_breaker_switched_off_is_reported_as_a_changed_unverified_breakpoint() {
+    let mut f = Facade::new(7, Options::for_language("go"));
+    f.step(Input::Request(&set_bps(
+        1,
+        json!([{"line": 17, "logMessage": "DETRICS:a={id}"}]),
+    )));
+    let fx = f.step(Input::Installed {
+        probe: probe(1),
+        result: Ok(()),
+    });
+    assert_eq!(sent(&fx)[0]["body"]["breakpoints"][0]["id"], 1);
+    let fx = f.step(Input::SwitchedOff {
+        probe: probe(1),
+        why: "cost 3.00% of a CPU over the last 1.0 s exceeds the 1.00% budget",
+    });
+    let message = "switched off by the CPU breaker: cost 3.00% of a CPU over the last 1.0 s exceeds the 1.00% budget. Remove the breakpoint and set it again to switch it back on";
+    assert_eq!(
+        sent(&fx),
+        [
+            json!({"seq": 2, "type": "event", "event": "breakpoint", "body": {"reason": "changed", "breakpoint": {
+            "id": 1, "verified": false, "line": 17, "message": message,
+            "source": {"name": "orders.go", "path": "/s/orders.go"}}}})
+        ]
+    );
+    assert!(
+        probe_effects(&fx).is_empty(),
+        "the registry removed it already: {fx:?}"
+    );
+    assert_eq!(f.installed(), 0);
+    // Told once: a second notice, or one for a probe of another session, says nothing.
+    assert!(f
+        .step(Input::SwitchedOff {
+            probe: probe(1),
+            why: "again"
+        })
+        .is_empty());
+    assert!(f
+        .step(Input::SwitchedOff {
+            probe: ProbeId { session: 8, n: 1 },
+            why: "not ours"
+        })
+        .is_empty());
+    // Adding a line next to it does not bring it back; its entry is answered unverified.
+    let fx = f.step(Input::Request(&set_bps(
+        2,
+        json!([{"line": 17, "logMessage": "DETRICS:a={id}"}, {"line": 18, "logMessage": "DETRICS:b={id}"}]),
+    )));
+    assert_eq!(probe_effects(&fx), [("install", probe(2), 18)]);
+    let fx = f.step(Input::Installed {
+        probe: probe(2),
+        result: Ok(()),
+    });
+    assert_eq!(
+        sent(&fx)[0]["body"]["breakpoints"],
+        json!([
+            {"id": 1, "verified": false, "line": 17, "message": message, "source": {"name": "orders.go", "path": "/s/orders.go"}},
+            {"id": 2, "verified": true, "line": 18, "source": {"name": "orders.go", "path": "/s/orders.go"}},
+        ])
+    );
+    // Removing it removes nothing more from the kernel; setting it again installs it again.
+    let fx = f.step(Input::Request(&set_bps(
+        3,
+        json!([{"line": 18, "logMessage": "DETRICS:b={id}"}]),
+    )));
+    assert!(probe_effects(&fx).is_empty(), "{fx:?}");
+    let fx = f.step(Input::Request(&set_bps(
+        4,
+        json!([{"line": 18, "logMessage": "DETRICS:b={id}"}, {"line": 17, "logMessage": "DETRICS:a={id}"}]),
+    )));
+    assert_eq!(probe_effects(&fx), [("install", probe(3), 17)]);
+}

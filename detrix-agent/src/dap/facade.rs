@@ -21,7 +21,12 @@
 //!   `configurationDone` (the daemon may not wait for it, §5.3);
 //! * `setBreakpoints` replaces the probe set of one file and answers one entry per requested
 //!   breakpoint, in order; unchanged entries keep their probe, so a replay never opens a gap;
-//! * the session's probes are all removed when it ends ([`Input::Close`]).
+//! * the session's probes are all removed when it ends ([`Input::Close`]);
+//! * a probe the CPU breaker switched off is reported as DAP reports a breakpoint that changed
+//!   under the client: a `breakpoint` event, reason `changed`, `verified:false` and a message
+//!   naming the budget ([`Input::SwitchedOff`]). The daemon ignores events it does not consume
+//!   (§4), so this costs it nothing; an `output` event is not used, because the daemon turns
+//!   non-`DETRICS` output into an error event on an arbitrary metric (§8).
 //!
 //! Breakpoint mode (§9, design.md §7) without pausing: an entry without `logMessage` becomes a
 //! probe that captures the stack and every local at each hit. Each hit becomes one synthetic
@@ -99,6 +104,9 @@ pub enum Input<'a> {
         token: u64,
         outcome: Result<Vec<Evaluated>, String>,
     },
+    /// The CPU breaker switched `probe` off (it is gone from the kernel already); `why` names
+    /// the budget and how to raise it.
+    SwitchedOff { probe: ProbeId, why: &'a str },
     /// The target process exited.
     TargetExited,
     /// The session ends: remove every probe. Idempotent.
@@ -184,6 +192,8 @@ struct Installed {
     kind: Kind,
     logpoint: Option<ProbeId>,
     bp_id: i64,
+    /// Switched off by the CPU breaker: the message its breakpoint carries from then on.
+    off: Option<String>,
 }
 
 impl Installed {
@@ -292,6 +302,7 @@ impl Facade {
             Input::Hits(hits) => self.on_hits(hits, &mut out),
             Input::Installed { probe, result } => self.installed_result(probe, result, &mut out),
             Input::Evaluated { token, outcome } => self.job_done(token, outcome, &mut out),
+            Input::SwitchedOff { probe, why } => self.switched_off(probe, why, &mut out),
             Input::TargetExited => {
                 // The exit code of a process we did not start is not knowable: 0.
                 self.event("exited", Some(json!({"exitCode": 0})), &mut out);

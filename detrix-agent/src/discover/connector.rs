@@ -1,4 +1,4 @@
-//! Exec and exit events from the kernel's netlink process connector (`NETLINK_CONNECTOR`,
+//! Fork, exec and exit events from the kernel's netlink process connector (`NETLINK_CONNECTOR`,
 //! multicast group `CN_IDX_PROC`), read on the event loop through one non-blocking socket.
 //!
 //! Why the connector and not a `sched_process_exec` / `sched_process_exit` tracepoint program:
@@ -13,7 +13,8 @@
 //! - it needs `CAP_NET_ADMIN` and the initial PID namespace (pids in events are host pids),
 //!   which the agent, as a root host daemon, has.
 //!
-//! Exit events come per thread; only a thread-group leader's (`pid == tgid`) is reported.
+//! Exit events come per thread; only a thread-group leader's (`pid == tgid`) is reported. Fork
+//! events likewise: only a new process (the child is its own thread-group leader), not a thread.
 
 use std::io;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
@@ -28,6 +29,7 @@ const CN_VAL_PROC: u32 = 1;
 /// `PROC_CN_MCAST_LISTEN` / `PROC_CN_MCAST_IGNORE` (linux/cn_proc.h).
 const PROC_CN_MCAST_LISTEN: u32 = 1;
 const PROC_CN_MCAST_IGNORE: u32 = 2;
+const PROC_EVENT_FORK: u32 = 0x0000_0001;
 const PROC_EVENT_EXEC: u32 = 0x0000_0002;
 const PROC_EVENT_EXIT: u32 = 0x8000_0000;
 /// `NLMSG_DONE`, `NLMSG_ERROR`, `NLMSG_NOOP`, `NLMSG_OVERRUN`.
@@ -48,6 +50,8 @@ pub enum Event {
     Exec { pid: u32, at_ns: u64 },
     /// Thread group `pid`'s leader exited.
     Exit { pid: u32, at_ns: u64 },
+    /// Process `parent` forked a new process `pid` (its image until it execs).
+    Fork { pid: u32, parent: u32, at_ns: u64 },
     /// Events were dropped (the socket buffer overflowed): rescan `/proc`.
     Lost,
 }
@@ -118,6 +122,19 @@ pub fn decode(datagram: &[u8], out: &mut Vec<Event>) {
                     continue;
                 };
                 match what {
+                    // fork: parent pid, parent tgid, child pid, child tgid.
+                    PROC_EVENT_FORK => {
+                        if let (Some(child), Some(child_tgid)) = (u32_at(data, 8), u32_at(data, 12))
+                        {
+                            if child == child_tgid {
+                                out.push(Event::Fork {
+                                    pid: child,
+                                    parent: tgid,
+                                    at_ns,
+                                });
+                            }
+                        }
+                    }
                     PROC_EVENT_EXEC => out.push(Event::Exec { pid: tgid, at_ns }),
                     PROC_EVENT_EXIT if pid == tgid => out.push(Event::Exit { pid: tgid, at_ns }),
                     _ => {}
@@ -259,13 +276,20 @@ mod tests {
     use super::*;
 
     fn event(what: u32, pid: u32, tgid: u32, at_ns: u64) -> Vec<u8> {
+        fork_event(what, [pid, tgid, 0, 0], at_ns)
+    }
+
+    /// An event whose data starts with these four u32s (fork: parent pid and tgid, child pid
+    /// and tgid).
+    fn fork_event(what: u32, ids: [u32; 4], at_ns: u64) -> Vec<u8> {
         let mut pe = Vec::new();
         pe.extend(what.to_ne_bytes());
         pe.extend(0u32.to_ne_bytes());
         pe.extend(at_ns.to_ne_bytes());
-        pe.extend(pid.to_ne_bytes());
-        pe.extend(tgid.to_ne_bytes());
-        pe.extend([0u8; 16]);
+        for id in ids {
+            pe.extend(id.to_ne_bytes());
+        }
+        pe.extend([0u8; 8]);
         let mut m = subscription(0);
         m.truncate(NLMSG_HDR + CN_MSG_HDR);
         m.extend(pe);
@@ -275,18 +299,24 @@ mod tests {
     }
 
     #[test]
-    fn decodes_exec_and_leader_exit_only() {
+    fn decodes_exec_leader_exit_and_process_fork_only() {
         let mut d = event(PROC_EVENT_EXEC, 41, 40, 7);
         d.extend(event(PROC_EVENT_EXIT, 41, 40, 8)); // a thread: not reported
         d.extend(event(PROC_EVENT_EXIT, 40, 40, 9));
-        d.extend(event(1, 50, 50, 10)); // fork: not reported
+        d.extend(fork_event(PROC_EVENT_FORK, [50, 50, 60, 60], 10)); // a new process
+        d.extend(fork_event(PROC_EVENT_FORK, [50, 50, 61, 50], 11)); // a thread: not reported
         let mut out = Vec::new();
         decode(&d, &mut out);
         assert_eq!(
             out,
             vec![
                 Event::Exec { pid: 40, at_ns: 7 },
-                Event::Exit { pid: 40, at_ns: 9 }
+                Event::Exit { pid: 40, at_ns: 9 },
+                Event::Fork {
+                    pid: 60,
+                    parent: 50,
+                    at_ns: 10
+                },
             ]
         );
     }

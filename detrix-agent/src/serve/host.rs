@@ -148,7 +148,7 @@ impl Host {
         for ((id, probe), why) in budget.over(window, costs) {
             tracing::warn!(target = id, session = probe.session, probe = probe.n, %why, "host CPU budget exceeded; probe switched off");
             if let Some(h) = by_target.get(&id) {
-                h.stats.switch_off(probe, why);
+                h.stats.switch_off(probe, format!("{why}; raise it with serve --host-cpu-budget PERCENT (of one CPU; 0 = no host budget)"));
             }
         }
     }
@@ -353,9 +353,10 @@ impl Host {
         id
     }
 
-    /// Marks the target of `pid` exited. Its agent notices the exit by itself and ends (and
-    /// tells the daemon); but when the pid is still alive the process ran `execve` — another
-    /// program now, whose facts the tracker reports afresh — and the old target is let go.
+    /// Marks the target of `pid` exited. Its agent is asked to look now (rather than at its
+    /// next 200 ms check), so it tells the daemon and unregisters at once; but when the pid is
+    /// still alive the process ran `execve` — another program now, whose facts the tracker
+    /// reports afresh — and the old target is let go.
     pub fn exited(&self, pid: u32) {
         let still_alive = crate::target::alive(pid);
         for e in self.table().values_mut() {
@@ -365,8 +366,39 @@ impl Host {
                     if let Some(stop) = e.stop.take() {
                         let _ = stop.send(());
                     }
+                } else if let Some(h) = &e.handle {
+                    h.check_target();
                 }
             }
+        }
+    }
+
+    /// Waits until no exited target named `name` (other than `id`) is still running its agent,
+    /// at most `within`.
+    ///
+    /// Why: a restarted service gets its predecessor's name, hence its daemon connection id.
+    /// Registering that id while the old agent still holds it does not connect the daemon to
+    /// the new DAP port (the daemon keeps the adapter it has under that id), and the old
+    /// agent's unregister, moments later, deletes the connection the new one just made: the
+    /// restarted target would show `awake` and never get a DAP session (seen with the real
+    /// daemon in about one restart in three). So the new target is handed out — woken, or
+    /// wakeable through the control plane — only once the old one has unregistered and left.
+    /// A predecessor that failed to attach never registered and is not waited for.
+    async fn predecessor_gone(&self, id: u64, name: &str, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let waiting = self
+                .table()
+                .iter()
+                .any(|(o, e)| *o != id && e.exited && e.error.is_none() && e.name == name);
+            if !waiting {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(target = id, name, "the previous target of this name has not unregistered in {within:?}; going on (the daemon may keep the old connection)");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
@@ -380,11 +412,17 @@ impl Host {
         let id = plan.id;
         match self.start_agent(&plan).await {
             Ok((agent, handle)) => {
+                // The old agent needs up to its liveness check, the daemon's answer to its
+                // unregister and a little scheduling.
+                let within = self.settings.unregister_timeout + PREDECESSOR_SLACK;
+                self.predecessor_gone(id, &plan.name, within).await;
                 self.set(id, |e| {
                     e.handle = Some(handle.clone());
                     e.language = Some(handle.info.language);
                 });
-                if plan.wake == Wake::Auto {
+                // One that exited meanwhile is not woken: its agent is about to notice.
+                let exited = self.table().get(&id).is_none_or(|e| e.exited);
+                if plan.wake == Wake::Auto && !exited {
                     tokio::spawn(auto_wake(id, handle));
                 }
                 let reason = agent
@@ -641,6 +679,10 @@ pub async fn run(
 
 /// How long `/metrics` and the host breaker wait for one target's counters.
 const STATS_WAIT: Duration = Duration::from_millis(500);
+
+/// Beyond the unregister timeout, how long a restarted target waits for its predecessor of
+/// the same name to leave ([`Host::predecessor_gone`]).
+const PREDECESSOR_SLACK: Duration = Duration::from_secs(2);
 
 /// How often the host-wide CPU breaker weighs every probe.
 const HOST_BUDGET_WINDOW: Duration = Duration::from_secs(1);

@@ -34,7 +34,12 @@ impl Serve {
             cmd.env_remove(k);
         }
         cmd.envs(envs.iter().copied())
-            .env("RUST_LOG", "detrix_agent=info")
+            // DETRIX_TEST_SERVE_LOG (e.g. `detrix_agent=debug`) to see more when a test fails.
+            .env(
+                "RUST_LOG",
+                std::env::var("DETRIX_TEST_SERVE_LOG")
+                    .unwrap_or_else(|_| "detrix_agent=info".to_owned()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -317,6 +317,7 @@ impl Facade {
                         kind,
                         logpoint: probe,
                         bp_id,
+                        off: None,
                     }
                 }
                 Entry::NewCall {
@@ -337,10 +338,16 @@ impl Facade {
                         },
                         logpoint: None,
                         bp_id,
+                        off: None,
                     }
                 }
             };
-            answers.push(json!({"id": installed.bp_id, "verified": true, "line": installed.line, "source": {"name": basename, "path": path}}));
+            let mut answer = json!({"id": installed.bp_id, "verified": true, "line": installed.line, "source": {"name": basename, "path": path}});
+            if let Some(message) = &installed.off {
+                answer["verified"] = false.into();
+                answer["message"] = message.as_str().into();
+            }
+            answers.push(answer);
             kept.push(installed);
         }
         if !kept.is_empty() {
@@ -350,6 +357,53 @@ impl Facade {
             request_seq,
             "setBreakpoints",
             Ok(Some(json!({ "breakpoints": answers }))),
+            out,
+        );
+    }
+
+    /// The CPU breaker took `probe` off (the registry removed it): its breakpoint stays in
+    /// the file's set, unverified with the reason — an identical entry in a later
+    /// `setBreakpoints` is answered so and not installed again (adding a line next to a hot
+    /// one must not bring the hot one back); removing the entry and adding it again does —
+    /// and the daemon is told with a `breakpoint` event, reason `changed`. A probe this
+    /// session does not route (another session's, or one replaced meanwhile) is ignored.
+    pub(super) fn switched_off(&mut self, probe: ProbeId, why: &str, out: &mut Vec<Effect>) {
+        if self.routes.remove(&probe).is_none() {
+            return;
+        }
+        let message = format!(
+            "switched off by the CPU breaker: {why}. Remove the breakpoint and set it again to switch it back on"
+        );
+        let held = match &mut self.awaiting {
+            Some(Awaiting::SetBreakpoints { path, entries, .. }) => Some((path.as_str(), entries)),
+            _ => None,
+        };
+        let in_files = self.files.iter_mut().find_map(|(path, v)| {
+            let i = v.iter_mut().find(|i| i.logpoint == Some(probe))?;
+            Some((path.as_str(), i))
+        });
+        let in_request = || {
+            let (path, entries) = held?;
+            entries.iter_mut().find_map(|e| match e {
+                Entry::Reused(i) if i.logpoint == Some(probe) => Some((path, i)),
+                _ => None,
+            })
+        };
+        let Some((path, i)) = in_files.or_else(in_request) else {
+            return;
+        };
+        i.logpoint = None;
+        i.off = Some(message.clone());
+        let (bp_id, line) = (i.bp_id, i.line);
+        let path = path.to_owned();
+        self.queued.retain(|s| s.bp_id != bp_id);
+        let name = path.rsplit('/').next().unwrap_or(&path).to_owned();
+        self.event(
+            "breakpoint",
+            Some(json!({"reason": "changed", "breakpoint": {
+                "id": bp_id, "verified": false, "line": line, "message": message,
+                "source": {"name": name, "path": path},
+            }})),
             out,
         );
     }
