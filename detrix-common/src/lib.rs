@@ -14,14 +14,17 @@
 
 /// Version of every layout in this crate. Bump on any change; the agent checks that the
 /// embedded eBPF object was built with the same number.
-pub const PLAN_ABI: u32 = 8;
+pub const PLAN_ABI: u32 = 9;
 
 /// Maximum number of probes (plan slots) one loaded program serves.
 pub const MAX_PROBES: u32 = 512;
 /// Maximum ops in one plan. The eBPF interpreter loop is bounded by this.
 pub const MAX_OPS: usize = 128;
-/// Maximum captured values per event.
-pub const MAX_VALUES: usize = 16;
+/// Maximum captured values per event: 64, so a breakpoint-mode snapshot holds every local of
+/// a large function with the stack beside it (ABI 9; 16 before). At most 64: the program keeps
+/// one bit per value in a `u64` (faulted, done), and only `n_values` metas go into a record,
+/// so a small plan's events do not grow.
+pub const MAX_VALUES: usize = 64;
 /// Bytes of captured data per event (all values together).
 pub const EVENT_DATA_BYTES: usize = 4096;
 /// Largest single copy (one `EMIT_MEM` or `EMIT_STR`).
@@ -518,8 +521,9 @@ const _: () = assert!(core::mem::offset_of!(Plan, rate_interval_ns) == 24);
 const _: () = assert!(core::mem::offset_of!(Plan, cond) == 40);
 const _: () = assert!(core::mem::offset_of!(Plan, stack) == 88);
 const _: () = assert!(core::mem::offset_of!(Plan, value_dst) == 96);
-const _: () = assert!(core::mem::offset_of!(Plan, ops) == 128);
-const _: () = assert!(core::mem::size_of::<Plan>() == 128 + 16 * MAX_OPS);
+const _: () = assert!(core::mem::offset_of!(Plan, ops) == 96 + 2 * MAX_VALUES);
+const _: () = assert!(core::mem::size_of::<Plan>() == 96 + 2 * MAX_VALUES + 16 * MAX_OPS);
+const _: () = assert!(MAX_VALUES <= 64 && MAX_VALUES.is_power_of_two());
 
 /// Where the user stack's return addresses go (`bpf_get_stack` with `BPF_F_USER_STACK`: a
 /// frame-pointer walk in the kernel, innermost first, 8 bytes a frame).
@@ -600,7 +604,7 @@ const _: () = assert!(core::mem::size_of::<ValueMeta>() == 4);
 
 /// Fixed part of every ring-buffer record.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventHeader {
     /// [`PLAN_ABI`], so a decoder never misreads a record from another build.
     pub abi: u32,
@@ -617,9 +621,25 @@ pub struct EventHeader {
     pub n_values: u32,
     pub values: [ValueMeta; MAX_VALUES],
 }
+impl Default for EventHeader {
+    /// All zero (core has no `Default` for arrays of more than 32).
+    fn default() -> Self {
+        Self {
+            abi: 0,
+            probe_id: 0,
+            pid: 0,
+            tid: 0,
+            ktime_ns: 0,
+            goid: 0,
+            flags: 0,
+            n_values: 0,
+            values: [ValueMeta { len: 0, flags: 0 }; MAX_VALUES],
+        }
+    }
+}
 /// Size of [`EventHeader`], the header as the agent hands it on: the [`WireHeader`] fields and
 /// every value's [`ValueMeta`]. (On the wire the metas follow the data; see [`WireHeader`].)
-pub const EVENT_HEADER_BYTES: usize = 104;
+pub const EVENT_HEADER_BYTES: usize = 40 + 4 * MAX_VALUES;
 const _: () = assert!(core::mem::size_of::<EventHeader>() == EVENT_HEADER_BYTES);
 const _: () = assert!(core::mem::offset_of!(EventHeader, ktime_ns) == 16);
 const _: () = assert!(core::mem::offset_of!(EventHeader, goid) == 24);
@@ -631,7 +651,7 @@ const _: () = assert!(core::mem::offset_of!(EventHeader, values) == 40);
 /// [`meta_offset`]), then `n_values` [`ValueMeta`]s (padded to 8 bytes).
 ///
 /// Why the metas go last and only `n_values` of them: a 1-int event is then 64 bytes with its
-/// ring prefix, one cache line, instead of 120 with sixteen metas mostly unused; the program
+/// ring prefix, one cache line, instead of 120 with sixteen metas (296 with [`MAX_VALUES`]) mostly unused; the program
 /// writes less per hit and a ring holds twice the events.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
