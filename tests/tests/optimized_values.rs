@@ -60,7 +60,7 @@ fn twenty_locals_each_exact_with_and_without_the_stack() {
     agent_bin();
     let build = lang::C_DWEXPR_O2;
     let exe = build.build();
-    let line = marker_line(&build.debug_source(), "family");
+    let line = marker_line(&build.source(), "family");
     let mut fixture = Fixture::start(&exe, &["-1", DELAY_MS]);
     let at = format!("dwexpr.c:{line}");
     for extra in [&[][..], &["--stack"][..]] {
@@ -111,6 +111,121 @@ fn assert_survived(fixture: &mut Fixture) {
         .wait_count(done + 3, LINE_TIMEOUT, |l| l.starts_with("after"));
     assert!(
         fixture.is_running() && more,
+        "the fixture stopped running or printing after the captures"
+    );
+}
+
+/// The line of `src` that contains `text` (1-based), for a line without a PROBE marker.
+fn line_with(src: &std::path::Path, text: &str) -> u32 {
+    let body = std::fs::read_to_string(src).expect("fixture source");
+    let at: Vec<usize> = body
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(text))
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(
+        at.len(),
+        1,
+        "`{text}` should be on one line of {}",
+        src.display()
+    );
+    u32::try_from(at[0]).expect("line number")
+}
+
+/// The agent's sentence for a member without a location (`decode::OPTIMIZED_OUT`).
+const OPTIMIZED_OUT: &str =
+    "optimized out at this point (the compiler kept no location for these bytes of the value)";
+
+/// Rust release (`opt-level=3`), inside the inlined `block_on`: values the compiler split into
+/// pieces of which some have no location (lldb shows those bytes as zeros). `cx`
+/// (`Context`): its two waker references are `optimized out`, its `ext` is there. `f`, the
+/// `settle` future (an enum: the async fn's state): its state byte has a location, so the
+/// variant is known (`0`, not yet polled), and its payload — the arguments `round` and `qty`
+/// — equals what `settle` printed for that round.
+#[test]
+fn rust_values_partly_optimized_out_show_what_they_have() {
+    require_root();
+    agent_bin();
+    let build = lang::RUST_O3;
+    let exe = build.build();
+    let src = build.source();
+    let mut fixture = Fixture::start(&exe, &["-1", DELAY_MS]);
+    let poll = line_with(&src, "f.as_mut().poll(&mut cx)");
+    let out = run_agent(&capture_args(
+        fixture.pid(),
+        &format!("orders.rs:{poll}"),
+        &["cx"],
+        &["--count", "2", "--format", "json"],
+    ));
+    out.assert_success();
+    let hits = events(&out.stdout);
+    assert_eq!(hits.len(), 2, "{}\n{}", out.stdout, out.stderr);
+    for hit in &hits {
+        let cx = &hit["values"]["cx"];
+        let mut names: Vec<&str> = cx
+            .as_object()
+            .expect("cx is a struct")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            ["_marker", "_marker2", "ext", "local_waker", "waker"],
+            "{hit}"
+        );
+        for gone in ["waker", "local_waker"] {
+            assert_eq!(cx[gone]["error"].as_str(), Some(OPTIMIZED_OUT), "{hit}");
+        }
+        // `Context::from_waker` sets no extension: the variant `None`.
+        assert!(cx["ext"]["__0"].get("None").is_some(), "{hit}");
+    }
+    let pinned = line_with(&src, "let mut f = std::pin::pin!(f);");
+    let out = run_agent(&capture_args(
+        fixture.pid(),
+        &format!("orders.rs:{pinned}"),
+        &[],
+        &["--locals", "--count", "3", "--format", "json"],
+    ));
+    out.assert_success();
+    let hits = events(&out.stdout);
+    assert_eq!(hits.len(), 3, "{}\n{}", out.stdout, out.stderr);
+    for hit in &hits {
+        let f = &hit["locals"]["f"];
+        let state = f
+            .as_object()
+            .filter(|m| m.len() == 1)
+            .and_then(|m| m.get("0"))
+            .unwrap_or_else(|| panic!("`f` in its first state (`0`): {hit}"));
+        let round = json_int(&state["round"]).expect("round");
+        let printed = printed_line(&fixture, &format!("settle\tround={round}\t"));
+        let qty = printed
+            .split('\t')
+            .find_map(|w| w.strip_prefix("qty="))
+            .expect("printed qty");
+        assert_eq!(
+            json_int(&state["qty"]).map(|q| q.to_string()).as_deref(),
+            Some(qty),
+            "{hit}\nprinted: {printed}"
+        );
+        assert_eq!(
+            state.as_object().map(serde_json::Map::len),
+            Some(2),
+            "{hit}"
+        );
+    }
+    let done = fixture
+        .stdout()
+        .snapshot()
+        .iter()
+        .filter(|l| l.starts_with("after"))
+        .count();
+    assert!(
+        fixture
+            .stdout()
+            .wait_count(done + 3, LINE_TIMEOUT, |l| l.starts_with("after"))
+            && fixture.is_running(),
         "the fixture stopped running or printing after the captures"
     );
 }
