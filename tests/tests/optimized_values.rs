@@ -215,17 +215,77 @@ fn rust_values_partly_optimized_out_show_what_they_have() {
             "{hit}"
         );
     }
-    let done = fixture
-        .stdout()
-        .snapshot()
-        .iter()
-        .filter(|l| l.starts_with("after"))
-        .count();
-    assert!(
-        fixture
-            .stdout()
-            .wait_count(done + 3, LINE_TIMEOUT, |l| l.starts_with("after"))
-            && fixture.is_running(),
-        "the fixture stopped running or printing after the captures"
-    );
+    assert_survived(&mut fixture);
+}
+
+/// gcc `-O2`, `width` inlined into `spanned` with `&q` and `&k`, two `static const` locals it
+/// folded away: `p` and `c` are `DW_OP_implicit_pointer`s to variables that exist only as
+/// `DW_AT_const_value` — a struct's 16 bytes and the integer 5. `*p` (a struct), `p->lo`,
+/// `p->hi` and `*c` read those bytes; `spanned`'s own `q` and `k` are the same constants. Each
+/// equals what `spanned` printed for that round.
+#[test]
+fn implicit_pointers_to_a_constant_struct_and_integer_are_exact() {
+    require_root();
+    agent_bin();
+    let build = lang::C_DWEXPR_O2;
+    let exe = build.build();
+    let src = build.source();
+    let mut fixture = Fixture::start(&exe, &["-1", DELAY_MS]);
+    let line = marker_line(&src, "spanned");
+    let out = run_agent(&capture_args(
+        fixture.pid(),
+        &format!("dwexpr.c:{line}"),
+        &["round", "*p", "p->lo", "p->hi", "*c"],
+        &["--count", "3", "--format", "json"],
+    ));
+    out.assert_success();
+    let hits = events(&out.stdout);
+    assert_eq!(hits.len(), 3, "{}\n{}", out.stdout, out.stderr);
+    for hit in &hits {
+        let v = &hit["values"];
+        let round = json_int(&v["round"]).expect("round");
+        let printed = printed_line(&fixture, &format!("spanned round={round} "));
+        let f = fields(&printed);
+        let want = |k: &str| f.get(k).map(String::as_str);
+        let got = |x: &Value| json_int(x).map(|n| n.to_string());
+        assert_eq!(
+            got(&v["*p"]["lo"]).as_deref(),
+            want("lo"),
+            "{hit}\n{printed}"
+        );
+        assert_eq!(
+            got(&v["*p"]["hi"]).as_deref(),
+            want("hi"),
+            "{hit}\n{printed}"
+        );
+        assert_eq!(
+            v["*p"].as_object().map(serde_json::Map::len),
+            Some(2),
+            "{hit}"
+        );
+        assert_eq!(got(&v["p->lo"]).as_deref(), want("lo"), "{hit}\n{printed}");
+        assert_eq!(got(&v["p->hi"]).as_deref(), want("hi"), "{hit}\n{printed}");
+        assert_eq!(got(&v["*c"]).as_deref(), want("k"), "{hit}\n{printed}");
+    }
+    let print = line_with(&src, "printf(\"spanned round=");
+    let out = run_agent(&capture_args(
+        fixture.pid(),
+        &format!("dwexpr.c:{print}"),
+        &["round", "q", "k"],
+        &["--count", "2", "--format", "json"],
+    ));
+    out.assert_success();
+    let hits = events(&out.stdout);
+    assert_eq!(hits.len(), 2, "{}\n{}", out.stdout, out.stderr);
+    for hit in &hits {
+        let v = &hit["values"];
+        let round = json_int(&v["round"]).expect("round");
+        let printed = printed_line(&fixture, &format!("spanned round={round} "));
+        let f = fields(&printed);
+        let got = |x: &Value| json_int(x).map(|n| n.to_string());
+        assert_eq!(got(&v["q"]["lo"]), f.get("lo").cloned(), "{hit}\n{printed}");
+        assert_eq!(got(&v["q"]["hi"]), f.get("hi").cloned(), "{hit}\n{printed}");
+        assert_eq!(got(&v["k"]), f.get("k").cloned(), "{hit}\n{printed}");
+    }
+    assert_survived(&mut fixture);
 }
