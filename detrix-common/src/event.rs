@@ -52,7 +52,7 @@ const _: () = assert!(core::mem::size_of::<ValueMeta>() == 4);
 
 /// Fixed part of every ring-buffer record.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventHeader {
     /// [`PLAN_ABI`](crate::PLAN_ABI), so a decoder never misreads a record from another build.
     pub abi: u32,
@@ -69,9 +69,25 @@ pub struct EventHeader {
     pub n_values: u32,
     pub values: [ValueMeta; MAX_VALUES],
 }
+impl Default for EventHeader {
+    /// All zero (core has no `Default` for arrays of more than 32).
+    fn default() -> Self {
+        Self {
+            abi: 0,
+            probe_id: 0,
+            pid: 0,
+            tid: 0,
+            ktime_ns: 0,
+            goid: 0,
+            flags: 0,
+            n_values: 0,
+            values: [ValueMeta { len: 0, flags: 0 }; MAX_VALUES],
+        }
+    }
+}
 /// Size of [`EventHeader`], the header as the agent hands it on: the [`WireHeader`] fields and
 /// every value's [`ValueMeta`]. (On the wire the metas follow the data; see [`WireHeader`].)
-pub const EVENT_HEADER_BYTES: usize = 104;
+pub const EVENT_HEADER_BYTES: usize = 40 + 4 * MAX_VALUES;
 const _: () = assert!(core::mem::size_of::<EventHeader>() == EVENT_HEADER_BYTES);
 const _: () = assert!(core::mem::offset_of!(EventHeader, ktime_ns) == 16);
 const _: () = assert!(core::mem::offset_of!(EventHeader, goid) == 24);
@@ -83,7 +99,7 @@ const _: () = assert!(core::mem::offset_of!(EventHeader, values) == 40);
 /// [`meta_offset`]), then `n_values` [`ValueMeta`]s (padded to 8 bytes).
 ///
 /// Why the metas go last and only `n_values` of them: a 1-int event is then 64 bytes with its
-/// ring prefix, one cache line, instead of 120 with sixteen metas mostly unused; the program
+/// ring prefix, one cache line, instead of 120 with sixteen metas (296 with [`MAX_VALUES`]) mostly unused; the program
 /// writes less per hit and a ring holds twice the events. Its fields repeat [`EventHeader`]'s
 /// on purpose (two layouts of one header, `n_values` asserted at the same offset).
 #[repr(C)]

@@ -19,14 +19,17 @@
 
 /// Version of every layout in this crate. Bump on any change; the agent checks that the
 /// embedded eBPF object was built with the same number.
-pub const PLAN_ABI: u32 = 8;
+pub const PLAN_ABI: u32 = 9;
 
 /// Maximum number of probes (plan slots) one loaded program serves.
 pub const MAX_PROBES: u32 = 512;
 /// Maximum ops in one plan. The eBPF interpreter loop is bounded by this.
 pub const MAX_OPS: usize = 128;
-/// Maximum captured values per event.
-pub const MAX_VALUES: usize = 16;
+/// Maximum captured values per event: 64, so a breakpoint-mode snapshot holds every local of
+/// a large function with the stack beside it (ABI 9; 16 before). At most 64: the program keeps
+/// one bit per value in a `u64` (faulted, done), and only `n_values` metas go into a record,
+/// so a small plan's events do not grow.
+pub const MAX_VALUES: usize = 64;
 /// Bytes of captured data per event (all values together).
 pub const EVENT_DATA_BYTES: usize = 4096;
 /// Largest single copy (one `EMIT_MEM` or `EMIT_STR`).

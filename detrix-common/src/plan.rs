@@ -339,8 +339,9 @@ const _: () = assert!(core::mem::offset_of!(Plan, rate_interval_ns) == 24);
 const _: () = assert!(core::mem::offset_of!(Plan, cond) == 40);
 const _: () = assert!(core::mem::offset_of!(Plan, stack) == 88);
 const _: () = assert!(core::mem::offset_of!(Plan, value_dst) == 96);
-const _: () = assert!(core::mem::offset_of!(Plan, ops) == 128);
-const _: () = assert!(core::mem::size_of::<Plan>() == 128 + 16 * MAX_OPS);
+const _: () = assert!(core::mem::offset_of!(Plan, ops) == 96 + 2 * MAX_VALUES);
+const _: () = assert!(core::mem::size_of::<Plan>() == 96 + 2 * MAX_VALUES + 16 * MAX_OPS);
+const _: () = assert!(MAX_VALUES <= 64 && MAX_VALUES.is_power_of_two());
 
 /// Where the user stack's return addresses go (`bpf_get_stack` with `BPF_F_USER_STACK`: a
 /// frame-pointer walk in the kernel, innermost first, 8 bytes a frame).

@@ -244,7 +244,7 @@ fn fill(
     h.n_values = n_values as u32;
     if n_values <= 2 {
         // The common case inline: one word holds both metas (and the padding after one).
-        // SAFETY: the metas area is 8-byte aligned, ≤ EVENT_DATA_BYTES + 64 into `data`.
+        // SAFETY: the metas area is 8-byte aligned, at most EVENT_DATA_BYTES into `data`.
         #[expect(clippy::cast_ptr_alignment, reason = "8-byte aligned: see SAFETY")]
         unsafe {
             core::ptr::write(
@@ -318,11 +318,11 @@ fn init_metas(ev: &mut Event, meta_off: usize, n_values: usize) {
     #[expect(clippy::cast_ptr_alignment, reason = "written with write_unaligned")]
     let metas = (meta(ev, meta_off, 0) as *mut ValueMeta).cast::<u64>();
     let mut k = 0;
-    while k < MAX_VALUES / 2 {
-        if k < words {
-            // SAFETY: within the metas area (≤ EVENT_DATA_BYTES + 64 into `data`).
-            unsafe { core::ptr::write_unaligned(metas.add(k), ok_pair) };
-        }
+    // Bounded by MAX_VALUES for the verifier, stopped at the plan's own count: a plan of a
+    // few values does not pay for the 64 a snapshot may use.
+    while k < MAX_VALUES / 2 && k < words {
+        // SAFETY: within the metas area (≤ EVENT_DATA_BYTES + 4 * MAX_VALUES into `data`).
+        unsafe { core::ptr::write_unaligned(metas.add(k), ok_pair) };
         k += 1;
     }
 }
@@ -340,7 +340,7 @@ fn meta(ev: &mut Event, meta_off: usize, vi: usize) -> &mut ValueMeta {
         meta_off
     };
     let at = (off & (2 * EVENT_DATA_BYTES - 1)) + (vi & (MAX_VALUES - 1)) * 4;
-    // SAFETY: at ≤ EVENT_DATA_BYTES + 60, and `data` has MAX_COPY_BYTES of slack past that;
+    // SAFETY: at ≤ EVENT_DATA_BYTES + 4 * MAX_VALUES - 4, and `data` has MAX_COPY_BYTES of slack;
     // `at` is a multiple of 4 (`meta_offset` is 8-aligned), enough for ValueMeta's 2.
     unsafe { &mut *ev.data.as_mut_ptr().add(at).cast::<ValueMeta>() }
 }

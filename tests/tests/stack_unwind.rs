@@ -92,12 +92,13 @@ fn stack_without_frame_pointers_o2_unwound_with_cfi() {
     check(Build::Optimized);
 }
 
-/// More than 16 values at one probe (issue #12 point 5): on an -O2 build without frame
-/// pointers the stack takes 5 of the event's 16 value slots (registers and 4 stack chunks for
-/// CFI unwinding), so 16 expressions with `--stack` are refused with a sentence naming the
-/// limit, and 11 (the most that fit) are each captured exactly, with the exact stack.
+/// More than 64 values at one probe (issue #12 point 5; 16 before ABI 9): on an -O2 build
+/// without frame pointers the stack takes 5 of the event's 64 value slots (registers and 4
+/// stack chunks for CFI unwinding), so 60 expressions with `--stack` are refused with a
+/// sentence naming the limit, and 56 (within the 128 plan steps too) are each captured
+/// exactly, with the exact stack.
 #[test]
-fn sixteen_values_and_a_cfi_stack_are_refused_and_eleven_are_exact() {
+fn sixty_values_and_a_cfi_stack_are_refused_and_fifty_six_are_exact() {
     require_root();
     let exe = build_c_fixture("orders", Build::Optimized);
     let mut fixture = Fixture::start(&exe, &["-1", "20"]);
@@ -105,7 +106,7 @@ fn sixteen_values_and_a_cfi_stack_are_refused_and_eleven_are_exact() {
     let line = marker_line(&src, "process");
     let at = format!("orders.c:{line}");
     // `round`, `(round)`, `((round))`, …: distinct expressions, one value.
-    let exprs: Vec<String> = (0..16)
+    let exprs: Vec<String> = (0..60)
         .map(|k| format!("{}round{}", "(".repeat(k), ")".repeat(k)))
         .collect();
     let all: Vec<&str> = exprs.iter().map(String::as_str).collect();
@@ -120,9 +121,9 @@ fn sixteen_values_and_a_cfi_stack_are_refused_and_eleven_are_exact() {
         run_with_timeout(cmd, AGENT_TIMEOUT)
     };
     run(&all).assert_failure_with(
-        "too much to capture at one point: 16 expressions and the stack (5 values) are 21 values (at most 16, so at most 11 expressions with the stack)",
+        "too much to capture at one point: 60 expressions and the stack (5 values) are 65 values (at most 64, so at most 59 expressions with the stack)",
     );
-    let out = run(&all[..11]);
+    let out = run(&all[..56]);
     out.assert_success();
     let events: Vec<serde_json::Value> = out
         .stdout
@@ -135,12 +136,12 @@ fn sixteen_values_and_a_cfi_stack_are_refused_and_eleven_are_exact() {
         let round = e["values"]["round"]
             .as_i64()
             .unwrap_or_else(|| panic!("round in {e}"));
-        for x in &all[..11] {
+        for x in &all[..56] {
             assert_eq!(e["values"][x].as_i64(), Some(round), "{x} in {e}");
         }
         assert_eq!(
             e["values"].as_object().map(serde_json::Map::len),
-            Some(11),
+            Some(56),
             "{e}"
         );
         // The round the fixture itself printed at that line.

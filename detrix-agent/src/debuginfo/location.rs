@@ -666,15 +666,21 @@ impl Binary {
             .entry(offset)
             .map_err(self.dwarf_err("an implicit pointer's target"))?;
         match entry.attr_value(dw::DW_AT_location) {
-            Some(attr) => self.eval_at(point, ui, attr, var, Frame::Probe).map_err(|e| match e {
-                ResolveError::OptimizedOut { .. } => bad(
-                    "DW_OP_implicit_pointer to a variable that is optimized out here",
-                ),
-                other => other,
-            }),
-            None => Err(bad(
-                "DW_OP_implicit_pointer to a variable without a location (a compile-time constant or optimized out)",
-            )),
+            Some(attr) => self
+                .eval_at(point, ui, attr, var, Frame::Probe)
+                .map_err(|e| match e {
+                    ResolveError::OptimizedOut { .. } => {
+                        bad("DW_OP_implicit_pointer to a variable that is optimized out here")
+                    }
+                    other => other,
+                }),
+            // A compile-time constant: the pointee's bytes are in the debug info.
+            None => match self.const_bytes(&entry, self.type_attr(ui, &entry))? {
+                Some(bytes) => Ok(Location::Implicit(bytes)),
+                None => Err(bad(
+                    "DW_OP_implicit_pointer to a variable without a location (optimized out)",
+                )),
+            },
         }
     }
 

@@ -4,7 +4,7 @@ use gimli::constants as dw;
 use gimli::Reader as _;
 
 use super::location::Location;
-use super::types::TypeRef;
+use super::types::{Type, TypeRef};
 use super::{Binary, ProbePoint, ResolveError, R};
 use crate::addr::LinkAddr;
 
@@ -524,11 +524,20 @@ impl Binary {
             .map_err(self.dwarf_err("a variable DIE"))?;
         let ty = self.type_attr(ui, &entry);
         if entry.attr_value(dw::DW_AT_const_value).is_some() {
-            return Err(ResolveError::UnsupportedLocation {
-                var: name.to_owned(),
-                file: point.file.clone(),
-                line: point.line,
-                op: "DW_AT_const_value (a compile-time constant)".to_owned(),
+            // A compile-time constant: its bytes are in the debug info, as lldb shows them.
+            let Some(bytes) = self.const_bytes(&entry, ty)? else {
+                return Err(ResolveError::UnsupportedLocation {
+                    var: name.to_owned(),
+                    file: point.file.clone(),
+                    line: point.line,
+                    op: "DW_AT_const_value of an unknown form".to_owned(),
+                });
+            };
+            return Ok(Variable {
+                name: name.to_owned(),
+                kind,
+                location: Location::Implicit(bytes),
+                ty,
             });
         }
         let Some(attr) = entry.attr_value(dw::DW_AT_location) else {
@@ -541,6 +550,42 @@ impl Binary {
             location,
             ty,
         })
+    }
+
+    /// The bytes of a compile-time constant (`DW_AT_const_value`) of type `ty`: a block as it
+    /// is, an integer form as `ty`'s size of little-endian bytes (8 when unknown). `None` when
+    /// the DIE has none, or a form that holds no bytes (a string).
+    pub(super) fn const_bytes(
+        &self,
+        entry: &gimli::DebuggingInformationEntry<R>,
+        ty: Option<TypeRef>,
+    ) -> Result<Option<Vec<u8>>, ResolveError> {
+        // A `DW_FORM_dataN` constant takes its sign from the type (DWARF 5, 7.5.6).
+        let signed = matches!(
+            self.type_of(ty)?,
+            Type::Int { signed: true, .. } | Type::Enum { signed: true, .. }
+        );
+        let word = |x: u64, bits: u32| -> Result<Vec<u8>, ResolveError> {
+            let x = if signed && bits < 64 && (x >> (bits - 1)) & 1 == 1 {
+                x | (u64::MAX << bits)
+            } else {
+                x
+            };
+            let n = self.size_of(ty)?.unwrap_or(8).clamp(1, 8) as usize;
+            Ok(x.to_le_bytes()[..n].to_vec())
+        };
+        Ok(Some(match entry.attr_value(dw::DW_AT_const_value) {
+            Some(gimli::AttributeValue::Block(b)) => b
+                .to_slice()
+                .map_err(self.dwarf_err("a constant's bytes"))?
+                .into_owned(),
+            Some(gimli::AttributeValue::Data1(x)) => word(u64::from(x), 8)?,
+            Some(gimli::AttributeValue::Data2(x)) => word(u64::from(x), 16)?,
+            Some(gimli::AttributeValue::Data4(x)) => word(u64::from(x), 32)?,
+            Some(gimli::AttributeValue::Data8(x) | gimli::AttributeValue::Udata(x)) => word(x, 64)?,
+            Some(gimli::AttributeValue::Sdata(x)) => word(x as u64, 64)?,
+            _ => return Ok(None),
+        }))
     }
 
     pub(super) fn optimized_out(point: &ProbePoint, name: &str) -> ResolveError {

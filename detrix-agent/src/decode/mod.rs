@@ -165,6 +165,11 @@ pub enum VariantPayload {
     Other(Box<Node>),
 }
 
+/// The sentence of a member the debug info gives no location at this point (its struct was
+/// split into pieces, some without a place): the CLI's `{"error": …}` for that member.
+pub const OPTIMIZED_OUT: &str =
+    "optimized out at this point (the compiler kept no location for these bytes of the value)";
+
 /// The raw captured bytes of value `i` of a record (e.g. the stack's return addresses).
 #[must_use]
 pub fn value_bytes<'a>(
@@ -372,6 +377,10 @@ pub(crate) fn node(shape: &Shape, bytes: &[u8], rest: &[u8], addr: Option<u64>) 
                 .collect(),
         },
         Shape::Opaque { what } => Node::Opaque(what.clone()),
+        Shape::OptimizedOut => Node::Unavailable {
+            message: OPTIMIZED_OUT.to_owned(),
+            debugger: DebuggerText::Text("<optimized out>".to_owned()),
+        },
         Shape::Variants { discr, variants } => {
             let d = discr.map(|(off, size)| le_u64(at(off), size as usize));
             let chosen = variants

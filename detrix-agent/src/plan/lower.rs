@@ -476,6 +476,74 @@ impl Builder<'_> {
     }
 }
 
+/// Whether any part of `shape` has a location ([`Shape::OptimizedOut`] has none).
+fn has_value(shape: &Shape) -> bool {
+    match shape {
+        Shape::OptimizedOut => false,
+        Shape::Struct { members, .. } => members.iter().any(|(_, _, m)| has_value(m)),
+        _ => true,
+    }
+}
+
+impl Builder<'_> {
+    /// `shape`, of type `ty` at byte `base` of its value, with each part that touches a byte of
+    /// `missing` (ranges the debug info gives no location) made [`Shape::OptimizedOut`]: a
+    /// struct member by member, anything else whole (a half-known integer or string header is
+    /// not a value).
+    fn without(
+        &self,
+        ty: Option<TypeRef>,
+        shape: Shape,
+        base: u64,
+        missing: &[(u64, u64)],
+    ) -> Result<Shape, PlanError> {
+        let size = self.bin.size_of(ty)?.unwrap_or(0);
+        if size == 0 || !missing.iter().any(|&(s, e)| s < base + size && base < e) {
+            return Ok(shape);
+        }
+        Ok(match (self.bin.type_of(ty)?, shape) {
+            (
+                Type::Struct { members, .. },
+                Shape::Struct {
+                    name,
+                    members: shapes,
+                },
+            ) if members.len() == shapes.len() => {
+                let mut out = Vec::with_capacity(shapes.len());
+                for (m, (n, off, s)) in members.iter().zip(shapes) {
+                    out.push((n, off, self.without(m.ty, s, base + off, missing)?));
+                }
+                Shape::Struct { name, members: out }
+            }
+            // A Rust enum (an async fn's state too) whose discriminant has a location: the
+            // variant is known, and its payload is masked like a struct.
+            (
+                Type::Variants { variants, .. },
+                Shape::Variants {
+                    discr,
+                    variants: shapes,
+                },
+            ) if variants.len() == shapes.len()
+                && discr.is_none_or(|(off, len)| {
+                    !missing
+                        .iter()
+                        .any(|&(s, e)| s < base + off + len && base + off < e)
+                }) =>
+            {
+                let mut out = Vec::with_capacity(shapes.len());
+                for (v, (value, n, off, s)) in variants.iter().zip(shapes) {
+                    out.push((value, n, off, self.without(v.ty, s, base + off, missing)?));
+                }
+                Shape::Variants {
+                    discr,
+                    variants: out,
+                }
+            }
+            _ => Shape::OptimizedOut,
+        })
+    }
+}
+
 /// The `HDR` op reading the header of `layout` copied at `at` (relative to the value; the
 /// builder relocates it like an emit's destination).
 pub(super) fn hdr_op(layout: &CountedLayout, at: u16) -> PlanOp {
@@ -619,6 +687,26 @@ pub(super) fn lower_value(
                 Place::Mem(mut o) if len != size => {
                     o.push(mk(op::EMIT_MEM, 0, len as u16, 0));
                     o
+                }
+                // A struct split into pieces, some without a location: the members that have
+                // one are copied, the others are `optimized out` (lldb shows them as zeros).
+                Place::Pieces(pieces) if !go && pieces.iter().any(|p| p.2.is_none()) => {
+                    let missing: Vec<(u64, u64)> = pieces
+                        .iter()
+                        .filter(|p| p.2.is_none())
+                        .map(|(start, len, _)| (*start, start + len))
+                        .collect();
+                    let masked = b.without(ty, shape, 0, &missing)?;
+                    if !has_value(&masked) {
+                        // Nothing of it has a location: the sentence for the whole value.
+                        return Err(b
+                            .emit_in_place(&Place::Pieces(pieces), size)
+                            .err()
+                            .unwrap_or_else(|| b.type_err("it is optimized out".to_owned())));
+                    }
+                    shape = masked;
+                    let present = pieces.into_iter().filter(|p| p.2.is_some()).collect();
+                    b.emit_in_place(&Place::Pieces(present), size)?
                 }
                 other => b.emit_in_place(&other, size)?,
             };

@@ -384,14 +384,27 @@ pub fn build_with(
         match lower_value(bin, point, opts, name) {
             Ok((o, shape, len)) => {
                 let o = fold(o);
-                if lowered.len() + stack_values >= MAX_VALUES
-                    || budget_ops + o.len() > MAX_OPS
-                    || budget_bytes + len > EVENT_DATA_BYTES
-                {
+                let taken = lowered.len() + stack_values;
+                let full = if taken >= MAX_VALUES {
+                    Some(format!("at most {MAX_VALUES} values per hit, all taken"))
+                } else if budget_ops + o.len() > MAX_OPS {
+                    Some(format!(
+                        "at most {MAX_OPS} plan steps per hit: it needs {}, {budget_ops} are taken",
+                        o.len()
+                    ))
+                } else if budget_bytes + len > EVENT_DATA_BYTES {
+                    Some(format!(
+                        "at most {EVENT_DATA_BYTES} bytes per hit: it is {len}, {budget_bytes} are taken"
+                    ))
+                } else {
+                    None
+                };
+                if let Some(limit) = full {
                     local_errors.push((
                         name.clone(),
-                        "not captured: the per-hit budget is used up by the values before it"
-                            .to_owned(),
+                        format!(
+                            "not captured: the per-hit budget is used up by the values before it ({limit}); name `{name}` in a logpoint of its own to capture it"
+                        ),
                     ));
                     continue;
                 }

@@ -109,6 +109,10 @@ pub(crate) enum Shape {
     Opaque {
         what: String,
     },
+    /// A member whose bytes have no location at this point: the compiler split its struct into
+    /// pieces (`DW_OP_piece`) and left these without one. Nothing is copied; it decodes to
+    /// `<optimized out>`, never to the stale bytes where it would have been (lldb shows zeros).
+    OptimizedOut,
 }
 
 /// Where the elements (or text) of a counted sequence were copied at the hit.

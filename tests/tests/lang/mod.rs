@@ -746,8 +746,8 @@ pub fn probes(build: &FixtureBuild) -> Vec<Probe> {
                     // The same line again, with whole structs and a pointer to one: a pointer
                     // by its address as lldb-dap shows it, a struct by its members as lldb's
                     // `frame variable` shows them (lldb-dap's logpoint shows only the type's
-                    // name, `order`; the agent copied the members, so it shows them). A plan
-                    // holds at most 16 values, so not with the ones above.
+                    // name, `order`; the agent copied the members, so it shows them). A probe
+                    // of its own, so the resolve snapshots keep their shape.
                     name: "lldb",
                     printed: "process",
                     keys: &[("round", "round")],

@@ -10,6 +10,12 @@
 //!
 //! Anything else (an agent `null` for a Rust `None`, a Rust enum lldb shows as its raw parts)
 //! is [`Verdict::Unchecked`]: counted apart, never called equal.
+//!
+//! A struct the compiler split into pieces, some without a location: the agent shows the
+//! members it has and `{"error": "optimized out …"}` for the others, where lldb shows zeros.
+//! Such a value is [`Verdict::Partial`] when every member the agent has equals lldb's and lldb
+//! shows only zeros for the rest: it counts as a value (the agent shows every byte the debug
+//! info has), in a column of its own; a zero lldb made up is not a value to match.
 
 use detrix_e2e::Value;
 
@@ -21,6 +27,21 @@ pub enum Verdict {
     Differs(String),
     /// Both have a value, but in shapes this harness cannot match up.
     Unchecked(String),
+    /// Every member the agent has equals lldb's; the others (named) the agent says are
+    /// optimized out, where lldb shows zeros.
+    Partial(String),
+}
+
+/// The start of the agent's error for a member without a location (`decode::OPTIMIZED_OUT`).
+const OPTIMIZED_OUT: &str = "optimized out at this point";
+
+/// Whether lldb's node is all zeros (`0`, `NULL`, `0x0000…`, `'\0'`, `false`, or members
+/// that all are): what lldb shows for bytes without a location.
+fn lldb_zero(node: &Value) -> bool {
+    if let Some(v) = s(node, "v") {
+        return v == "NULL" || parse_int(v) == Some(0);
+    }
+    children(node).is_some_and(|cs| cs.iter().all(|(_, c)| lldb_zero(c)))
 }
 
 /// Whether the agent's value is a value (not `{"error": …}`).
@@ -219,14 +240,16 @@ pub fn compare(l: &Value, a: &Value) -> Verdict {
                 return Verdict::Unchecked(format!("agent {a}, lldb {text}"));
             };
             if cs.iter().all(|(n, _)| n.starts_with('[')) && !cs.is_empty() {
+                let mut partial = None;
                 for (i, (x, (_, c))) in xs.iter().zip(&cs).enumerate() {
                     match compare(c, x) {
                         Verdict::Equal => {}
+                        Verdict::Partial(why) => partial = Some(format!("[{i}]: {why}")),
                         Verdict::Differs(why) => return differs(format!("[{i}]: {why}")),
                         u @ Verdict::Unchecked(_) => return u,
                     }
                 }
-                return Verdict::Equal;
+                return partial.map_or(Verdict::Equal, Verdict::Partial);
             }
             match len_and_bytes(l) {
                 Some((len, _)) if i128::try_from(xs.len()).is_ok_and(|g| g == len) => {
@@ -241,6 +264,7 @@ pub fn compare(l: &Value, a: &Value) -> Verdict {
                 return Verdict::Unchecked(format!("agent {a}, lldb {text}"));
             };
             let mut unchecked = None;
+            let mut out = Vec::new();
             for (k, av) in m {
                 let Some((_, c)) = cs
                     .iter()
@@ -249,6 +273,21 @@ pub fn compare(l: &Value, a: &Value) -> Verdict {
                     unchecked = Some(format!("no member `{k}` in lldb's {text}"));
                     continue;
                 };
+                let optimized_out = av
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .is_some_and(|e| e.starts_with(OPTIMIZED_OUT));
+                if optimized_out && lldb_has_value(c) {
+                    if lldb_zero(c) {
+                        out.push(format!("`{k}` (lldb {})", s(c, "v").unwrap_or("zeros")));
+                    } else {
+                        unchecked = Some(format!(
+                            "member `{k}`: agent optimized out, lldb {}",
+                            s(c, "v").unwrap_or(text)
+                        ));
+                    }
+                    continue;
+                }
                 if !agent_has_value(av) || !lldb_has_value(c) {
                     if agent_has_value(av) != lldb_has_value(c) {
                         unchecked = Some(format!("member `{k}`: one side has no value"));
@@ -257,11 +296,19 @@ pub fn compare(l: &Value, a: &Value) -> Verdict {
                 }
                 match compare(c, av) {
                     Verdict::Equal => {}
+                    Verdict::Partial(why) => out.push(format!(".{k}: {why}")),
                     Verdict::Differs(why) => return differs(format!(".{k}: {why}")),
                     Verdict::Unchecked(why) => unchecked = Some(format!(".{k}: {why}")),
                 }
             }
-            unchecked.map_or(Verdict::Equal, Verdict::Unchecked)
+            match (unchecked, out.is_empty()) {
+                (Some(why), _) => Verdict::Unchecked(why),
+                (None, true) => Verdict::Equal,
+                (None, false) => Verdict::Partial(format!(
+                    "optimized out where lldb shows zeros: {}",
+                    out.join(", ")
+                )),
+            }
         }
         Value::Null => match v.and_then(parse_int) {
             Some(0) => Verdict::Equal,
@@ -293,6 +340,23 @@ mod tests {
         let st = json!({"t": "&str", "c": [["data_ptr", {"t": "u8 *", "v": "0x1", "s": "\"qtyprocess\"", "p": true}], ["length", {"t": "unsigned long", "v": "3"}]]});
         assert_eq!(compare(&st, &json!("qty")), Verdict::Equal);
         assert!(matches!(compare(&st, &json!("qtz")), Verdict::Differs(_)));
+        let cx = json!({"t": "Context", "c": [["waker", {"t": "&Waker", "v": "NULL"}], ["n", {"t": "u64", "v": "4"}]]});
+        let oo = json!({"error": "optimized out at this point (the compiler kept no location for these bytes of the value)"});
+        assert_eq!(
+            compare(&cx, &json!({"waker": oo.clone(), "n": 4})),
+            Verdict::Partial(
+                "optimized out where lldb shows zeros: `waker` (lldb NULL)".to_owned()
+            )
+        );
+        assert!(matches!(
+            compare(&cx, &json!({"waker": oo.clone(), "n": 5})),
+            Verdict::Differs(_)
+        ));
+        let live = json!({"t": "Context", "c": [["waker", {"t": "&Waker", "v": "0x10"}]]});
+        assert!(matches!(
+            compare(&live, &json!({"waker": oo})),
+            Verdict::Unchecked(_)
+        ));
         let s2 = json!({"t": "pair", "c": [["a", {"t": "long", "v": "3"}], ["b", {"t": "long", "v": "-4"}]]});
         assert_eq!(compare(&s2, &json!({"a": 3, "b": -4})), Verdict::Equal);
         assert!(matches!(

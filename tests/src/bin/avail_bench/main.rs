@@ -113,6 +113,9 @@ struct Tally {
     lldb_value: usize,
     agent_value: usize,
     equal: usize,
+    /// Of `equal`: structs whose members without a location the agent shows as optimized out
+    /// (lldb shows zeros there); every member the agent has equals lldb's.
+    partial: usize,
     differs: usize,
     unchecked: usize,
     agent_only: usize,
@@ -305,6 +308,11 @@ fn run_build(
                 if let Some(sv) = sv.as_ref().filter(|_| shas) {
                     match compare(sv, av) {
                         Verdict::Equal => t.equal += 1,
+                        Verdict::Partial(why) => {
+                            t.equal += 1;
+                            t.partial += 1;
+                            finding(format!("partial: {why} {pcs}"));
+                        }
                         Verdict::Differs(why) => {
                             t.differs += 1;
                             finding(format!("DIFFERS at the agent's probe: {why} {pcs}"));
@@ -360,15 +368,16 @@ fn print_build(build: &FixtureBuild, t: &Tally, took: Duration) {
         t.agent_not_reached,
         took.as_secs_f64()
     );
-    println!("| lines | vars in scope | lldb with value | agent with value | agent = lldb | agent ≠ lldb | unchecked | agent only | lldb only | lldb only at agent's pc | (of which over the per-hit budget) | agent ≥ lldb |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---|");
+    println!("| lines | vars in scope | lldb with value | agent with value | agent = lldb | (of which partly optimized out) | agent ≠ lldb | unchecked | agent only | lldb only | lldb only at agent's pc | (of which over the per-hit budget) | agent ≥ lldb |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---|");
     println!(
-        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
         t.compared_lines,
         t.vars,
         t.lldb_value,
         t.agent_value,
         t.equal,
+        t.partial,
         t.differs,
         t.unchecked,
         t.agent_only,
@@ -386,16 +395,17 @@ fn print_build(build: &FixtureBuild, t: &Tally, took: Duration) {
 fn print_summary(tallies: &[(&str, Tally)]) {
     println!();
     println!("availability summary (lines: statement lines where lldb or the agent stopped)");
-    println!("| build | lines | vars in scope | lldb with value | agent with value | agent = lldb | agent ≠ lldb | unchecked | agent only | lldb only | lldb only at agent's pc | (of which over the per-hit budget) |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| build | lines | vars in scope | lldb with value | agent with value | agent = lldb | (of which partly optimized out) | agent ≠ lldb | unchecked | agent only | lldb only | lldb only at agent's pc | (of which over the per-hit budget) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (id, t) in tallies {
         println!(
-            "| {id} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {id} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             t.compared_lines,
             t.vars,
             t.lldb_value,
             t.agent_value,
             t.equal,
+            t.partial,
             t.differs,
             t.unchecked,
             t.agent_only,
@@ -408,15 +418,15 @@ fn print_summary(tallies: &[(&str, Tally)]) {
 
 fn print_findings(findings: &[Finding]) {
     let order = |f: &&Finding| {
-        ["DIFFERS", "LLDB ONLY", "lldb only", "unchecked"]
+        ["DIFFERS", "LLDB ONLY", "lldb only", "partial", "unchecked"]
             .iter()
             .position(|p| f.what.starts_with(p))
-            .unwrap_or(4)
+            .unwrap_or(5)
     };
     let mut sorted: Vec<&Finding> = findings.iter().collect();
     sorted.sort_by_key(order);
     println!(
-        "{} findings: values that differ at the agent's probe; values lldb shows there the agent lacks; values lldb shows only at its own (other) stop; values not compared",
+        "{} findings: values that differ at the agent's probe; values lldb shows there the agent lacks; values lldb shows only at its own (other) stop; structs partly optimized out (agent: those members optimized out; lldb: zeros); values not compared",
         sorted.len()
     );
     for f in sorted {
