@@ -627,3 +627,77 @@ fn c_logpoint_with_an_optimized_out_value_keeps_the_others() {
         );
     }
 }
+
+/// `attach --ebpf-log` (issue #16 point 8): a logpoint whose value faults in the kernel is
+/// reported by the program itself on the agent's stderr, one `ebpf:` line per faulting hit,
+/// naming the plan step and the exact address the fixture's own pointer gives; the other value
+/// of the same hit still reaches the daemon as the fixture printed it.
+#[test]
+fn attach_ebpf_log_reports_the_faulting_step() {
+    require_root();
+    let fixture = Fixture::orders(50);
+    let stub = RestStub::start(GO_GOLDEN, RUST_GOLDEN);
+    let agent = AttachedAgent::start(
+        fixture.pid(),
+        &[
+            "--daemon-url",
+            &stub.url,
+            "--name",
+            "emu-ebpf-log",
+            "--language",
+            "rust",
+            "--ebpf-log",
+        ],
+        &[],
+    );
+    let (s, wake) = agent.post("/detrix/wake", None);
+    assert_eq!(s, 200, "{wake}");
+    let (_, mut dap) = stub.take_session();
+    let src = c_fixture_source("orders");
+    let line = marker_line(&src, "process");
+    let r = dap.request(&set_bps(
+        100,
+        &src.to_string_lossy(),
+        json!([{"line": line, "logMessage": "DETRICS:far={round}\u{1f}{o->customer[99999999]}"}]),
+    ));
+    assert_eq!(r["body"]["breakpoints"][0]["verified"], true, "{r}");
+    let outs = dap.events(3, STEP_TIMEOUT, |e| e["event"] == "output");
+    assert_eq!(
+        outs.len(),
+        3,
+        "expected 3 output events, got {outs:?}\nagent stderr:\n{}",
+        agent.stderr.text()
+    );
+    for o in &outs {
+        let text = o["body"]["output"]
+            .as_str()
+            .unwrap_or_else(|| panic!("output without text: {o}"));
+        let round: i64 = text
+            .split_once("DETRICS:far=")
+            .and_then(|(_, v)| v.split('\u{1f}').next())
+            .and_then(|r| r.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no round first in {text:?}"));
+        let printed = fixture.process_line(round, Duration::from_secs(5));
+        let kv = parse_kv(&printed);
+        let pcust = kv
+            .get("pcust")
+            .and_then(|h| u64::from_str_radix(h.trim_start_matches("0x"), 16).ok())
+            .unwrap_or_else(|| panic!("no pcust in {printed}"));
+        let tail = format!(" (emit_mem) faulted at {:#x}", pcust + 99_999_999);
+        let logged = agent
+            .stderr
+            .wait_for(Duration::from_secs(5), |l| {
+                l.starts_with("ebpf: probe ") && l.ends_with(&tail)
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no `ebpf: probe N step S{tail}` line for round {round}:\n{}",
+                    agent.stderr.text()
+                )
+            });
+        assert!(
+            logged.contains(" step "),
+            "the line names the plan step: {logged}"
+        );
+    }
+}
