@@ -51,8 +51,10 @@ pub enum EngineError {
     Expr(#[from] ExprError),
     #[error(transparent)]
     Probe(#[from] ProbeError),
-    #[error("process {pid} exec'd another program; its probes cannot be attached")]
-    BinaryChanged { pid: u32 },
+    /// The target is no longer the process the logpoint was resolved for: it exited (its pid
+    /// perhaps reused), or exec'd another program. `what` is [`crate::target::Gone::describe`].
+    #[error("process {pid}: {what}; nothing was attached")]
+    TargetGone { pid: u32, what: &'static str },
     #[error("reading events: {0}")]
     Io(#[source] std::io::Error),
 }
@@ -282,9 +284,14 @@ impl Engine {
         line: u32,
         copies: Vec<PreparedCopy>,
     ) -> Result<LogpointId, EngineError> {
-        if !self.resolver.target.same_binary() {
-            return Err(EngineError::BinaryChanged {
+        // An exited process used to be reported as exec'd: its `/proc/PID/exe` is gone too.
+        let gone = self.resolver.target.gone().or_else(|| {
+            (!self.resolver.target.same_binary()).then_some(crate::target::Gone::Execed)
+        });
+        if let Some(g) = gone {
+            return Err(EngineError::TargetGone {
                 pid: self.resolver.target.pid,
+                what: g.describe(),
             });
         }
         let id = LogpointId(self.next_id);
