@@ -44,6 +44,25 @@ impl Counters {
         self.bpf_ns += other.bpf_ns;
     }
 
+    /// What was counted since `earlier` (a reading of the same counters), field by field;
+    /// never below zero.
+    #[must_use]
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        Counters {
+            hits: self.hits.saturating_sub(earlier.hits),
+            emitted: self.emitted.saturating_sub(earlier.emitted),
+            dropped_ring_full: self
+                .dropped_ring_full
+                .saturating_sub(earlier.dropped_ring_full),
+            read_faults: self.read_faults.saturating_sub(earlier.read_faults),
+            rate_limited: self.rate_limited.saturating_sub(earlier.rate_limited),
+            condition_false: self.condition_false.saturating_sub(earlier.condition_false),
+            no_plan: self.no_plan.saturating_sub(earlier.no_plan),
+            other_process: self.other_process.saturating_sub(earlier.other_process),
+            bpf_ns: self.bpf_ns.saturating_sub(earlier.bpf_ns),
+        }
+    }
+
     /// Every field, in the order they are shown: the one list of counter names and what they
     /// count, for `/metrics`, `capture`'s summary line and `/detrix/status`.
     pub const FIELDS: [CounterField; 9] = [

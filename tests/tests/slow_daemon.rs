@@ -153,10 +153,81 @@ fn accounting(agent: &AttachedAgent) -> (u64, u64, Value) {
     .iter()
     .map(|k| num(c, k))
     .sum();
-    let queue_drops = st
-        .get("dropped_hits")
-        .map_or(0, |_| num(&st, "dropped_hits"));
-    (num(c, "hits"), kernel_drops + queue_drops, st)
+    // Events the agent read after their probe was removed (handed to no session).
+    let agent_drops: u64 = ["dropped_hits", "hits_after_remove"]
+        .iter()
+        .map(|k| st.get(*k).map_or(0, |_| num(&st, k)))
+        .sum();
+    (num(c, "hits"), kernel_drops + agent_drops, st)
+}
+
+/// A hot logpoint removed and set again, twice, while the target loops without a pause: the
+/// removal answers at once while the kernel still unregisters the uprobe (~100 ms), the new
+/// probe goes live meanwhile, and still every hit is accounted for — the engine's `hits` are
+/// the events delivered plus every drop, `hits_after_remove` (events of a removed probe read
+/// after its removal) included. Totals read with the target stopped and the closes done.
+#[test]
+fn a_hot_logpoint_replaced_twice_still_accounts_for_every_hit() {
+    require_root();
+    let target = HotTarget::start("replaced");
+    let stub = RestStub::start(GO_GOLDEN, RUST_GOLDEN);
+    let agent = AttachedAgent::start(
+        target.pid(),
+        &[
+            "--daemon-url",
+            &stub.url,
+            "--name",
+            "replaced",
+            "--language",
+            "rust",
+            "--cpu-budget",
+            "0",
+        ],
+        &[],
+    );
+    let (s, wake) = agent.post("/detrix/wake", None);
+    assert_eq!((s, wake["status"].clone()), (200, json!("awake")), "{wake}");
+    let (_, mut dap) = stub.take_session();
+    let src = c_fixture_source("orders");
+    let path = src.to_string_lossy().into_owned();
+    let bp = json!([{"line": marker_line(&src, "process"), "logMessage": "DETRICS:slow={round}"}]);
+    let mut delivered = Vec::new();
+    for seq in [10, 12, 14] {
+        let r = dap.request(&set_bps(seq, &path, bp.clone()));
+        assert_eq!(r["body"]["breakpoints"][0]["verified"], true, "{r}");
+        let got = dap.events(200, STEP_TIMEOUT, is_ours);
+        assert!(
+            got.len() >= 200,
+            "values flow after set {seq}: {}",
+            got.len()
+        );
+        delivered.extend(got);
+        let r = dap.request(&set_bps(seq + 1, &path, json!([])));
+        assert_eq!(r["success"], true, "{r}");
+    }
+    // The last removal's uprobe goes within ~100 ms; then nothing fires any more.
+    std::thread::sleep(Duration::from_secs(1));
+    target.signal(libc::SIGSTOP);
+    let start = Instant::now();
+    let (hits, drops, status) = loop {
+        let more = dap.events(512, Duration::from_secs(1), is_ours);
+        let quiet = more.is_empty();
+        delivered.extend(more);
+        let (hits, drops, status) = accounting(&agent);
+        if (quiet && hits == delivered.len() as u64 + drops)
+            || start.elapsed() > Duration::from_secs(30)
+        {
+            break (hits, drops, status);
+        }
+    };
+    let n = delivered.len() as u64;
+    eprintln!("replaced twice: delivered {n}, status {status}");
+    assert_eq!(
+        hits,
+        n + drops,
+        "hits = events delivered ({n}) + every drop; status: {status}"
+    );
+    target.signal(libc::SIGCONT);
 }
 
 #[test]

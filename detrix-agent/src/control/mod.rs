@@ -90,12 +90,16 @@ async fn status(State(agent): State<AgentHandle>) -> Json<Value> {
     // While awake and once anything hit, the engine's counters for this target since it
     // started (every logpoint, removed ones included): with `dropped_hits` they account for
     // every hit — `hits` = events handed to the daemon + `dropped_ring_full` + `rate_limited` +
-    // `condition_false` + `no_plan` + `other_process` + `dropped_hits` (issue #12 point 6).
-    // Asleep, the status is the SDKs' own.
+    // `condition_false` + `no_plan` + `other_process` + `dropped_hits` + `hits_after_remove`
+    // (events of a probe read after it was removed; issue #12 point 6). Asleep, the status is
+    // the SDKs' own.
     if v.state == "awake" {
-        if let Some(t) = agent.stats.stats().await.map(|s| s.totals) {
-            if t.hits > 0 {
-                body["probe_counters"] = probe_counters(&t);
+        if let Some(s) = agent.stats.stats().await {
+            if s.totals.hits > 0 {
+                body["probe_counters"] = probe_counters(&s.totals);
+            }
+            if s.after_remove > 0 {
+                body["hits_after_remove"] = s.after_remove.into();
             }
         }
     }

@@ -43,6 +43,11 @@ pub struct Stats {
     pub switched_off: u64,
     /// The last probe switched off, with the reason.
     pub last_switched_off: Option<(ProbeId, String)>,
+    /// Events read after their probe was removed, shown to no session: a removed probe's
+    /// uprobe fires until the kernel has unregistered it (~100 ms, see `probe/closer.rs`),
+    /// what it emitted before may still be in the ring, and a batch read before the removal
+    /// may reach the session after it forgot the probe (counted by the session's shell).
+    pub after_remove: u64,
 }
 
 #[derive(Debug)]
@@ -64,6 +69,8 @@ pub struct Registry {
     last_switched_off: Option<(ProbeId, String)>,
     /// Switched off by the host's budget, not yet reported by [`Registry::enforce_budget`].
     unreported: Vec<(ProbeId, String)>,
+    /// See [`Stats::after_remove`].
+    after_remove: u64,
 }
 
 impl Registry {
@@ -77,6 +84,7 @@ impl Registry {
             switched_off: 0,
             last_switched_off: None,
             unreported: Vec::new(),
+            after_remove: 0,
         }
     }
 
@@ -102,6 +110,7 @@ impl Registry {
             totals: self.engine.totals(),
             switched_off: self.switched_off,
             last_switched_off: self.last_switched_off.clone(),
+            after_remove: self.after_remove,
         }
     }
 
@@ -113,7 +122,8 @@ impl Registry {
         };
         self.by_engine.remove(&eid);
         self.entries.remove(&probe);
-        if let Err(e) = self.engine.remove(eid) {
+        // Not waiting for the kernel to unregister it: the registry thread serves on.
+        if let Err(e) = self.engine.retire(eid) {
             tracing::warn!(error = %e, "removing a switched-off probe failed");
         }
         tracing::warn!(session = probe.session, probe = probe.n, %why, "probe switched off by the CPU breaker");
@@ -191,7 +201,9 @@ impl Registry {
         };
         if let Some(eid) = e.engine_id {
             self.by_engine.remove(&eid);
-            self.engine.remove(eid)?;
+            // Returns before the kernel has unregistered the uprobe (~100 ms): the install a
+            // `setBreakpoints` queues behind this removal goes on at once.
+            self.engine.retire(eid)?;
         }
         Ok(())
     }
@@ -257,16 +269,19 @@ impl Registry {
         failed
     }
 
-    /// Names `hits` by their sessions' ids, dropping hits of probes no longer known. The one
-    /// place engine ids become probe ids.
-    #[must_use]
-    pub fn translate(&self, hits: Vec<Hit>) -> Vec<ProbeHit> {
-        hits.into_iter()
+    /// Names `hits` by their sessions' ids, dropping (and counting, [`Stats::after_remove`])
+    /// hits of probes no longer known. The one place engine ids become probe ids.
+    pub fn translate(&mut self, hits: Vec<Hit>) -> Vec<ProbeHit> {
+        let n = hits.len();
+        let named: Vec<ProbeHit> = hits
+            .into_iter()
             .filter_map(|hit| {
                 let probe = *self.by_engine.get(&hit.logpoint)?;
                 Some(ProbeHit { probe, hit })
             })
-            .collect()
+            .collect();
+        self.after_remove += (n - named.len()) as u64;
+        named
     }
 }
 
@@ -279,6 +294,7 @@ enum Request {
         reply: oneshot::Sender<Result<(), String>>,
     },
     Remove(ProbeId),
+    AfterRemove(u64),
     RemoveSession(u64),
     RemoveAll(oneshot::Sender<()>),
     Suspend(oneshot::Sender<()>),
@@ -376,6 +392,13 @@ impl Probes {
         self.send(Request::Hits(batch));
     }
 
+    /// Counts `n` hits a session dropped because its probe was removed ([`Stats::after_remove`]).
+    pub fn count_after_remove(&self, n: u64) {
+        if n > 0 {
+            self.send(Request::AfterRemove(n));
+        }
+    }
+
     /// Runs the CPU breaker once (see [`Registry::enforce_budget`]).
     pub async fn enforce_budget(&self, window: Duration, budget: f64) -> Vec<(ProbeId, String)> {
         let (reply, rx) = oneshot::channel();
@@ -426,6 +449,7 @@ impl StatsHandle {
 
 fn serve(registry: &mut Registry, req: Request, publish: &mut impl FnMut(Vec<ProbeHit>)) {
     match req {
+        Request::AfterRemove(n) => registry.after_remove += n,
         Request::Hits(batch) => {
             let hits = registry.translate(batch);
             if !hits.is_empty() {

@@ -259,7 +259,12 @@ async fn serve_session(stream: TcpStream, ctx: SessionCtx) {
                     break;
                 }
             },
-            Some(hits) = hits_rx.recv() => shell.step(Input::Hits(&hits)).await,
+            Some(hits) = hits_rx.recv() => {
+                let stray = shell.facade.stray_hits();
+                let out = shell.step(Input::Hits(&hits)).await;
+                shell.probes.count_after_remove(shell.facade.stray_hits() - stray);
+                out
+            }
             Some((probe, why)) = guard.switched_off.recv() => {
                 tracing::info!(session = generation, probe = probe.n, "telling the daemon that the CPU breaker switched a probe off");
                 shell.step(Input::SwitchedOff { probe, why: &why }).await

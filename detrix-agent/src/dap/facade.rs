@@ -239,6 +239,8 @@ pub struct Facade {
     current: Option<Stop>,
     queued: VecDeque<Stop>,
     dropped_stops: u64,
+    /// Hits of probes this session no longer routes (see [`Facade::stray_hits`]).
+    stray: u64,
     pending: HashMap<u64, JobFor>,
     next_token: u64,
     awaiting: Option<Awaiting>,
@@ -262,6 +264,7 @@ impl Facade {
             current: None,
             queued: VecDeque::new(),
             dropped_stops: 0,
+            stray: 0,
             pending: HashMap::new(),
             next_token: 1,
             awaiting: None,
@@ -274,6 +277,14 @@ impl Facade {
     #[must_use]
     pub fn installed(&self) -> usize {
         self.routes.len()
+    }
+
+    /// Hits dropped because this session routes their probe no more: read before its removal
+    /// reached the registry, and handed over after the session forgot it. The shell counts
+    /// them with the registry's own (`hits_after_remove` in `/detrix/status`).
+    #[must_use]
+    pub fn stray_hits(&self) -> u64 {
+        self.stray
     }
 
     /// Hits of breakpoint-mode probes dropped because [`MAX_QUEUED_STOPS`] were waiting.
@@ -460,6 +471,7 @@ impl Facade {
     fn on_hits(&mut self, hits: &[ProbeHit], out: &mut Vec<Effect>) {
         for ProbeHit { probe, hit: h } in hits {
             let Some(route) = self.routes.get(probe) else {
+                self.stray += 1;
                 continue;
             };
             let thread = match self.opts.prefix {

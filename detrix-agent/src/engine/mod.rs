@@ -171,6 +171,9 @@ pub struct Engine {
     removed: HashMap<LogpointId, Counters>,
     /// The sum of every removed logpoint's final counters (for this target's totals).
     removed_total: Counters,
+    /// The closer's ticket of this engine's last retired probe: [`Engine::remove_all`] waits
+    /// for it, so every uprobe this engine ever attached is gone when it returns.
+    last_retired: crate::probe::Ticket,
     /// Probe ids removed recently, whose records may still be in the ring.
     retired: Vec<(u32, std::time::Instant)>,
 }
@@ -260,6 +263,7 @@ impl Engine {
             last: HashMap::new(),
             removed: HashMap::new(),
             removed_total: Counters::default(),
+            last_retired: crate::probe::Ticket::default(),
             retired: Vec::new(),
         }
     }
@@ -327,7 +331,11 @@ impl Engine {
                 Err(e) => {
                     drop(table);
                     for s in probe_ids {
-                        let _ = self.probes().remove(s);
+                        let mut probes = self.probes();
+                        let _ = probes.remove(s);
+                        let ticket = probes.ticket_of(&[s]);
+                        drop(probes);
+                        self.last_retired = self.last_retired.max(ticket);
                         self.decoders().remove(&s);
                     }
                     return Err(e.into());
@@ -356,24 +364,58 @@ impl Engine {
         self.install(file, spec.line, copies)
     }
 
-    /// Removes one logpoint and returns its final counters (summed over copies).
+    /// Removes one logpoint, waits until the kernel has unregistered its uprobes (~100 ms),
+    /// and returns its final counters (summed over copies): exact, no hit is in flight any more.
     ///
     /// # Errors
     /// A kernel error on detach.
     pub fn remove(&mut self, id: LogpointId) -> Result<Option<Counters>, EngineError> {
+        self.take_off(id, true)
+    }
+
+    /// Removes one logpoint without waiting for the kernel to unregister its uprobes (see
+    /// [`Probes::remove`]), so what is queued behind it — the next install — goes on at once.
+    /// Returns its counters at this moment; what its probes count until they are gone is
+    /// added to [`Engine::totals`].
+    ///
+    /// # Errors
+    /// A kernel error on detach.
+    pub fn retire(&mut self, id: LogpointId) -> Result<Option<Counters>, EngineError> {
+        self.take_off(id, false)
+    }
+
+    fn take_off(&mut self, id: LogpointId, wait: bool) -> Result<Option<Counters>, EngineError> {
         let Some(lp) = self.logpoints.remove(&id) else {
             return Ok(None);
         };
-        let mut first_err = None;
-        let mut probes = self.probes();
-        for s in &lp.probe_ids {
-            if let Err(e) = probes.remove(*s) {
-                first_err.get_or_insert(e);
+        let (total, first_err) = if wait {
+            // The wait is outside the lock: other targets' installs go on meanwhile.
+            let (ticket, first_err, waiter) = {
+                let mut probes = self.probes();
+                let (ticket, first_err) = probes.begin_remove(&lp.probe_ids);
+                (ticket, first_err, probes.waiter())
+            };
+            waiter.wait_until(ticket);
+            (self.probes().take_waited(&lp.probe_ids), first_err)
+        } else {
+            let mut probes = self.probes();
+            let mut first_err = None;
+            let mut total = Counters::default();
+            for s in &lp.probe_ids {
+                match probes.remove(*s) {
+                    Ok(c) => total.add(&c),
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
             }
-        }
-        drop(probes);
-        // Counters after detach: no hit is in flight any more, so the sum is exact.
-        let total = self.sum_counters(&lp.probe_ids);
+            let ticket = probes.ticket_of(&lp.probe_ids);
+            drop(probes);
+            self.last_retired = self.last_retired.max(ticket);
+            (total, first_err)
+        };
+        // Retired: what its probes count until the kernel has unregistered them is added to
+        // `totals` later (`Probes::late`), so the sum stays exact.
         self.removed.insert(id, total);
         self.removed_total.add(&total);
         for s in &lp.probe_ids {
@@ -403,7 +445,9 @@ impl Engine {
         }
     }
 
-    /// Removes every logpoint.
+    /// Removes every logpoint, and returns once the kernel has unregistered their uprobes
+    /// (all at once, ~100 ms; a debugger about to patch the same text, or shutdown, needs them
+    /// gone).
     ///
     /// # Errors
     /// The first detach error (the rest are still removed).
@@ -411,12 +455,17 @@ impl Engine {
         let ids: Vec<LogpointId> = self.logpoints.keys().copied().collect();
         let mut first = Ok(());
         for id in ids {
-            if let Err(e) = self.remove(id) {
+            if let Err(e) = self.retire(id) {
                 if first.is_ok() {
                     first = Err(e);
                 }
             }
         }
+        // Every one of them handed to the closer, after any retired before: wait for the last,
+        // outside the lock.
+        let waiter = self.probes().waiter();
+        waiter.wait_until(self.last_retired);
+        self.probes().reap();
         first
     }
 
@@ -464,6 +513,7 @@ impl Engine {
     #[must_use]
     pub fn totals(&self) -> Counters {
         let mut t = self.removed_total;
+        t.add(&self.probes().late(self.resolver.target.pid));
         for lp in self.logpoints.values() {
             t.add(&self.sum_counters(&lp.probe_ids));
         }

@@ -273,6 +273,7 @@ impl Host {
                 pid,
                 totals: stats.totals,
                 switched_off: stats.switched_off,
+                after_remove: stats.after_remove,
                 probes: stats
                     .probes
                     .into_iter()

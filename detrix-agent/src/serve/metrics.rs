@@ -77,6 +77,8 @@ pub struct TargetCounters {
     /// Every probe since the target's engine started, removed ones included.
     pub totals: Counters,
     pub switched_off: u64,
+    /// Events read after their probe was removed (see `daemon::registry::Stats::after_remove`).
+    pub after_remove: u64,
     pub probes: Vec<ProbeCounters>,
 }
 
@@ -165,7 +167,8 @@ fn render_engine(o: &mut String, s: &Snapshot) {
 }
 
 fn render_targets(o: &mut String, targets: &[TargetCounters]) {
-    // Per target: every engine counter (`Some(field)`), then the CPU breaker's switch-offs.
+    // Per target: every engine counter (`Some(field)`), then the CPU breaker's switch-offs and
+    // the events of removed probes (`None`: by name below).
     let series = Counters::FIELDS
         .iter()
         .enumerate()
@@ -176,15 +179,26 @@ fn render_targets(o: &mut String, targets: &[TargetCounters]) {
                 Some(i),
             )
         })
-        .chain([(
-            "detrix_target_probes_switched_off_total".to_owned(),
-            "Probes the CPU breaker switched off.".to_owned(),
-            None,
-        )]);
+        .chain([
+            (
+                "detrix_target_probes_switched_off_total".to_owned(),
+                "Probes the CPU breaker switched off.".to_owned(),
+                None,
+            ),
+            (
+                "detrix_target_hits_after_remove_total".to_owned(),
+                "Events read after their probe was removed (its uprobe fires until the kernel has unregistered it), handed to no session.".to_owned(),
+                None,
+            ),
+        ]);
     for (name, help, field) in series {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
         for t in targets {
-            let v = field.map_or(t.switched_off, |i| t.totals.values()[i]);
+            let v = match field {
+                Some(i) => t.totals.values()[i],
+                None if name.ends_with("switched_off_total") => t.switched_off,
+                None => t.after_remove,
+            };
             let _ = writeln!(
                 o,
                 "{name}{{target=\"{}\",name=\"{}\",pid=\"{}\"}} {v}",
@@ -356,6 +370,7 @@ detrix_serve_exec_to_target_max_seconds 2
                 pid: 42,
                 totals,
                 switched_off: 1,
+                after_remove: 5,
                 probes: vec![ProbeCounters {
                     probe: "s1p2".into(),
                     file: "/src/orders.c".into(),
@@ -385,6 +400,7 @@ detrix_serve_exec_to_target_max_seconds 2
             format!("detrix_target_emitted_total{t} 10"),
             format!("detrix_target_bpf_nanoseconds_total{t} 5000"),
             format!("detrix_target_probes_switched_off_total{t} 1"),
+            format!("detrix_target_hits_after_remove_total{t} 5"),
             format!("detrix_probe_hits_total{p} 10"),
             format!("detrix_probe_emitted_total{p} 6"),
             format!("detrix_probe_dropped_ring_full_total{p} 1"),

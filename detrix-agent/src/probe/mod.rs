@@ -4,20 +4,26 @@
 //!
 //! Probes go away in two ways only: [`Probes::remove`], or dropping [`Probes`] (the perf-event
 //! links close). When the agent dies, even by SIGKILL, the kernel closes its fds and removes the
-//! uprobes; nothing is pinned.
+//! uprobes; nothing is pinned. A removed probe's link is closed on another thread
+//! ([`closer`]: the kernel takes ~100 ms to unregister a uprobe), and its slot is reused only
+//! once that close is done.
+
+mod closer;
+mod ring;
+
+pub use closer::{Ticket, Waiter};
+pub use ring::{parse_record, EventRings};
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::path::Path;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
-use aya::programs::UProbe;
-use detrix_common::{
-    metas_bytes, op, record_span, Counters, CpuRing, Event, EventHeader, Plan, RateState, Slot,
-    StashKey, StashRegs, ValueMeta, WireHeader, CPU_RING_BYTES, CPU_RING_DATA_OFFSET, MAX_PROBES,
-    MAX_VALUES, PLAN_ABI, RECORD_PREFIX_BYTES, WIRE_HEADER_BYTES,
+use aya::programs::uprobe::{
+    UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope,
 };
+use aya::programs::UProbe;
+use detrix_common::{op, Counters, Plan, RateState, Slot, StashKey, StashRegs, MAX_PROBES};
 
 use crate::debuginfo::FileOffset;
 
@@ -89,164 +95,24 @@ impl Default for LoadOptions {
     }
 }
 
-/// Where the program's events arrive: one memory-mapped [`CpuRing`] per CPU, and the doorbell
-/// ring whose fd becomes readable when the program wants the reader awake.
-pub struct EventRings {
-    doorbell: RingBuf<MapData>,
-    /// Kept open: the mapping belongs to this map.
-    _rings: MapData,
-    base: std::ptr::NonNull<u8>,
-    len: usize,
-    ncpus: usize,
-}
-
-// SAFETY: the mapping is owned by this value and only touched through `&mut self`.
-unsafe impl Send for EventRings {}
-
-impl std::fmt::Debug for EventRings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventRings")
-            .field("cpus", &self.ncpus)
-            .finish_non_exhaustive()
-    }
-}
-
-impl std::os::fd::AsRawFd for EventRings {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.doorbell.as_raw_fd()
-    }
-}
-
-impl Drop for EventRings {
-    fn drop(&mut self) {
-        // SAFETY: `base`/`len` are the mapping made in `EventRings::map`, unmapped once.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
-    }
-}
-
-impl EventRings {
-    fn map(doorbell: RingBuf<MapData>, rings: MapData, ncpus: usize) -> Result<Self, ProbeError> {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
-        let len = std::mem::size_of::<CpuRing>() * ncpus;
-        let fd = rings.fd().as_fd().as_raw_fd();
-        // SAFETY: maps the BPF_F_MMAPABLE array map's values, `ncpus` × size_of::<CpuRing>()
-        // bytes (a whole number of pages), shared with the kernel; checked for MAP_FAILED.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(ProbeError::Mmap(std::io::Error::last_os_error()));
-        }
-        let base = std::ptr::NonNull::new(p.cast::<u8>())
-            .ok_or_else(|| ProbeError::Mmap(std::io::Error::other("mmap returned null")))?;
-        Ok(Self {
-            doorbell,
-            _rings: rings,
-            base,
-            len,
-            ncpus,
-        })
-    }
-
-    /// Bytes published and not yet read in the fullest CPU's ring (of `CPU_RING_BYTES`).
-    #[must_use]
-    #[expect(
-        clippy::cast_ptr_alignment,
-        reason = "the mapping is page-aligned and CpuRing a multiple of 4096 bytes: the u64 \
-                  reads are aligned"
-    )]
-    pub fn backlog_bytes(&self) -> u64 {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        (0..self.ncpus)
-            .map(|cpu| {
-                // SAFETY: cpu < ncpus, so the ring lies inside the mapping; `head` and `tail`
-                // are aligned u64s of the ring, only read here.
-                unsafe {
-                    let ring = self.base.as_ptr().add(cpu * std::mem::size_of::<CpuRing>());
-                    let head = AtomicU64::from_ptr(ring.cast::<u64>()).load(Ordering::Acquire);
-                    let tail = AtomicU64::from_ptr(
-                        ring.add(std::mem::offset_of!(CpuRing, tail)).cast::<u64>(),
-                    )
-                    .load(Ordering::Relaxed);
-                    head.saturating_sub(tail)
-                }
-            })
-            .max()
-            .unwrap_or(0)
-    }
-
-    /// Hands at most `max` published records to `f` (the [`Event`] bytes of each: header and
-    /// data, for [`parse_record`]), oldest first within each CPU, and frees their space.
-    /// Returns how many it handed over.
-    #[expect(
-        clippy::cast_ptr_alignment,
-        reason = "the mapping is page-aligned, CpuRing a multiple of 4096 bytes and every record \
-                  starts 8-aligned (`record_span`): the u64 reads are aligned"
-    )]
-    pub fn drain(&mut self, max: usize, mut f: impl FnMut(&[u8])) -> usize {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        // The doorbell's records carry nothing: reading them re-arms the wakeup.
-        while self.doorbell.next().is_some() {}
-        let mut n = 0;
-        for cpu in 0..self.ncpus {
-            if n >= max {
-                break;
-            }
-            // SAFETY: cpu < ncpus, so the ring lies inside the mapping; `head` and `tail` are
-            // aligned u64s of the ring. The program only writes bytes between `head` and
-            // `tail + CPU_RING_BYTES`, so records between `tail` and `head` are stable until
-            // `tail` moves past them.
-            unsafe {
-                let ring = self.base.as_ptr().add(cpu * std::mem::size_of::<CpuRing>());
-                let head = AtomicU64::from_ptr(ring.cast::<u64>()).load(Ordering::Acquire);
-                let tail_word = AtomicU64::from_ptr(
-                    ring.add(std::mem::offset_of!(CpuRing, tail)).cast::<u64>(),
-                );
-                let mut tail = tail_word.load(Ordering::Relaxed);
-                let data = ring.add(CPU_RING_DATA_OFFSET);
-                while tail < head && n < max {
-                    let pos = (tail as usize) & (CPU_RING_BYTES - 1);
-                    let len = std::ptr::read_volatile(data.add(pos).cast::<u64>()) as usize;
-                    if !(WIRE_HEADER_BYTES..=std::mem::size_of::<Event>()).contains(&len) {
-                        // Never written by the program: give up on this CPU's backlog rather
-                        // than misread it (cannot happen unless the protocol is broken).
-                        tracing::error!(
-                            cpu,
-                            len,
-                            "corrupt event ring record; skipping this CPU's backlog"
-                        );
-                        tail = head;
-                        break;
-                    }
-                    f(std::slice::from_raw_parts(
-                        data.add(pos + RECORD_PREFIX_BYTES),
-                        len,
-                    ));
-                    tail += record_span(len) as u64;
-                    n += 1;
-                }
-                tail_word.store(tail, Ordering::Release);
-            }
-        }
-        n
-    }
-}
-
 /// The loaded program, its maps and the attached probes.
 pub struct Probes {
     ebpf: aya::Ebpf,
     /// Per CPU: each slot's counters and its copy of the plan (`detrix_common::Slot`).
     slots: PerCpuArray<MapData, Slot>,
     rate: Array<MapData, RateState>,
-    /// By probe id (see [`Probes::install`]).
-    links: BTreeMap<u32, UProbeLinkId>,
+    /// By probe id (see [`Probes::install`]), with the pid it was scoped to.
+    links: BTreeMap<u32, (UProbeLinkId, u32)>,
+    /// Removed probes whose links [`Probes::closer`] is still closing, by probe id: their slots
+    /// are not reused until then.
+    retiring: BTreeMap<u32, Retiring>,
+    /// Counted by removed probes' slots between [`Probes::remove`] and the end of their
+    /// unregistration, by target pid (see [`Probes::late`]).
+    late: BTreeMap<u32, Counters>,
+    /// Final counters of the probes [`Probes::remove_wait`] is removing, by probe id (filled
+    /// and drained within that call).
+    waited: BTreeMap<u32, Counters>,
+    closer: closer::Closer<UProbeLink>,
     /// Saved entry registers (see `detrix-ebpf/src/stash.rs`).
     stash: HashMap<MapData, StashKey, StashRegs>,
     /// The entry probe of a probe whose plan reads entry values, by probe id, with its stash id.
@@ -260,6 +126,29 @@ pub struct Probes {
     ncpus: usize,
     /// `--ebpf-log`'s reader, when on.
     _log: Option<crate::ebpflog::Forwarder>,
+}
+
+impl Drop for Probes {
+    /// Closes every link still attached through the closer, all at once, and waits: dropped
+    /// with the eBPF object they would close one after another, ~100 ms each.
+    fn drop(&mut self) {
+        let _ = self.remove_all();
+    }
+}
+
+/// A removed probe whose uprobe the kernel is still unregistering.
+#[derive(Debug, Clone, Copy)]
+struct Retiring {
+    pid: u32,
+    /// Its counters when [`Probes::remove`] returned them.
+    at_remove: Counters,
+    /// The stash id of its entry probe, if it had one.
+    stash: Option<u64>,
+    /// Removed by [`Probes::remove_wait`] or [`Probes::begin_remove`], whose caller takes its
+    /// final counters ([`Probes::take_waited`]).
+    wait: bool,
+    /// Where its close is in the closer's order.
+    ticket: Ticket,
 }
 
 impl std::fmt::Debug for Probes {
@@ -360,6 +249,10 @@ impl Probes {
                 slots,
                 rate,
                 links: BTreeMap::new(),
+                retiring: BTreeMap::new(),
+                late: BTreeMap::new(),
+                waited: BTreeMap::new(),
+                closer: closer::Closer::start(),
                 stash,
                 entry_links: BTreeMap::new(),
                 stash_ids: 0,
@@ -460,14 +353,20 @@ impl Probes {
             })
     }
 
-    /// Detaches an entry probe and deletes the slots it saved (the map's LRU bound would evict
-    /// them anyway; this frees the room now).
+    /// Detaches an entry probe whose line probe was never attached, and deletes the slots it
+    /// saved (at once: this is an install's failure path, nothing waits on it).
     fn drop_entry(&mut self, link: UProbeLinkId, id: u64) {
         if let Ok(p) = uprobe(&mut self.ebpf, STASH, STASH_MISSING) {
             if let Err(e) = p.detach(link) {
                 tracing::warn!(stash = id, error = %e, "detaching an entry probe failed");
             }
         }
+        self.drop_stashed(id);
+    }
+
+    /// Deletes the frames entry probe `id` saved (the map's LRU bound would evict them anyway;
+    /// this frees the room now). Only once the entry probe is detached: it would save more.
+    fn drop_stashed(&mut self, id: u64) {
         let stale: Vec<StashKey> = self
             .stash
             .keys()
@@ -481,9 +380,14 @@ impl Probes {
     }
 
     fn install_plan(&mut self, plan: &Plan, spec: &AttachSpec<'_>) -> Result<u32, ProbeError> {
-        let slot = (0..MAX_PROBES)
-            .find(|s| !self.links.keys().any(|id| slot_of(*id) == *s))
-            .ok_or(ProbeError::NoSlot)?;
+        self.reap();
+        let mut slot = self.free_slot();
+        if slot.is_none() && !self.retiring.is_empty() {
+            // Every slot is taken or still closing: wait for the closes (~100 ms).
+            self.flush();
+            slot = self.free_slot();
+        }
+        let slot = slot.ok_or(ProbeError::NoSlot)?;
         self.generation = (self.generation + 1) & 0xffff;
         let id = slot | (self.generation << 16);
         // Counters and the rate limiter start from zero for every new probe in the slot; every
@@ -501,8 +405,19 @@ impl Probes {
         self.write_slot(slot, vec![fresh; self.ncpus])?;
         let link = self.attach(PROGRAM, PROGRAM_MISSING, spec, spec.offset, u64::from(id))?;
         tracing::debug!(slot, id, "uprobe attached");
-        self.links.insert(id, link);
+        self.links.insert(id, (link, spec.pid));
         Ok(id)
+    }
+
+    /// The lowest slot neither attached nor still closing.
+    fn free_slot(&self) -> Option<u32> {
+        let used: std::collections::BTreeSet<u32> = self
+            .links
+            .keys()
+            .chain(self.retiring.keys())
+            .map(|id| slot_of(*id))
+            .collect();
+        (0..MAX_PROBES).find(|s| !used.contains(s))
     }
 
     /// Attaches the empty program at `spec` (a cost baseline; see `cargo xtask bench`).
@@ -541,23 +456,163 @@ impl Probes {
         Ok(())
     }
 
-    /// Detaches the probe in `slot` and invalidates its plan.
+    /// Detaches probe `id` and returns its counters (summed over CPUs) at this moment.
+    ///
+    /// Returns before the kernel has unregistered the uprobe (~100 ms; see [`closer`]): until
+    /// then the probe may still fire and emit, as it could while a synchronous detach waited,
+    /// and its records carry its own id. What its slot counts meanwhile is added to
+    /// [`Probes::late`] once the close is done; only then is the slot's plan invalidated and
+    /// the slot free for another probe. [`Probes::flush`] waits for that.
     ///
     /// # Errors
-    /// Unknown slot or a kernel error on detach.
-    pub fn remove(&mut self, id: u32) -> Result<(), ProbeError> {
-        let link = self.links.remove(&id).ok_or(ProbeError::UnknownSlot(id))?;
-        let detached = self.program()?.detach(link).map_err(ProbeError::Program);
-        if let Some((entry, stash)) = self.entry_links.remove(&id) {
-            self.drop_entry(entry, stash);
+    /// Unknown probe, or a kernel error taking its link.
+    pub fn remove(&mut self, id: u32) -> Result<Counters, ProbeError> {
+        self.detach(id, false)
+    }
+
+    /// Removes probes `ids` and waits until the kernel has unregistered them (all at once:
+    /// ~100 ms for any number); returns their final counters, summed, and the first error
+    /// (the rest are still removed). Exact: no hit is in flight any more.
+    pub fn remove_wait(&mut self, ids: &[u32]) -> (Counters, Option<ProbeError>) {
+        let (ticket, first) = self.begin_remove(ids);
+        self.closer.waiter().wait_until(ticket);
+        (self.take_waited(ids), first)
+    }
+
+    /// The first half of [`Probes::remove_wait`] for a caller that must not hold these probes
+    /// while the kernel works (they sit behind a lock every target takes): removes `ids`, and
+    /// returns the ticket to wait for with [`Probes::waiter`] — then
+    /// [`Probes::take_waited`] — and the first error.
+    pub fn begin_remove(&mut self, ids: &[u32]) -> (Ticket, Option<ProbeError>) {
+        let mut first = None;
+        let mut last = Ticket::default();
+        for id in ids {
+            match self.detach(*id, true) {
+                Ok(_) => last = last.max(self.retiring.get(id).map_or(last, |r| r.ticket)),
+                Err(e) => {
+                    last = last.max(self.retiring.get(id).map_or(last, |r| r.ticket));
+                    first.get_or_insert(e);
+                }
+            }
         }
-        detached?;
-        // The counters stay readable (a removed logpoint's totals); only the plan goes.
-        let mut per_cpu = self.read_slot(slot_of(id))?;
-        for s in &mut per_cpu {
-            s.plan.abi = 0;
+        (last, first)
+    }
+
+    /// The ticket after which every one of `ids` (removed, not yet reaped) is closed.
+    #[must_use]
+    pub fn ticket_of(&self, ids: &[u32]) -> Ticket {
+        ids.iter()
+            .filter_map(|id| self.retiring.get(id))
+            .map(|r| r.ticket)
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// Waits for closes without these probes.
+    #[must_use]
+    pub fn waiter(&self) -> Waiter {
+        self.closer.waiter()
+    }
+
+    /// The final counters of `ids`, removed by [`Probes::begin_remove`], once their ticket is
+    /// reached; summed.
+    pub fn take_waited(&mut self, ids: &[u32]) -> Counters {
+        self.reap();
+        let mut total = Counters::default();
+        for id in ids {
+            if let Some(c) = self.waited.remove(id) {
+                total.add(&c);
+            }
         }
-        self.write_slot(slot_of(id), per_cpu)
+        total
+    }
+
+    fn detach(&mut self, id: u32, wait: bool) -> Result<Counters, ProbeError> {
+        let (link, pid) = self.links.remove(&id).ok_or(ProbeError::UnknownSlot(id))?;
+        let mut links = Vec::with_capacity(2);
+        let taken = self
+            .program()
+            .and_then(|p| p.take_link(link).map_err(ProbeError::Program));
+        let mut stash = None;
+        if let Some((entry, stash_id)) = self.entry_links.remove(&id) {
+            match uprobe(&mut self.ebpf, STASH, STASH_MISSING)
+                .and_then(|p| p.take_link(entry).map_err(ProbeError::Program))
+            {
+                Ok(l) => links.push(l),
+                Err(e) => {
+                    tracing::warn!(stash = stash_id, error = %e, "taking an entry probe's link failed");
+                }
+            }
+            stash = Some(stash_id);
+        }
+        let taken = taken.map(|l| links.push(l));
+        let ticket = self.closer.close(id, links);
+        let at_remove = self.counters(id).unwrap_or_default();
+        self.retiring.insert(
+            id,
+            Retiring {
+                pid,
+                at_remove,
+                stash,
+                wait,
+                ticket,
+            },
+        );
+        taken.map(|()| at_remove)
+    }
+
+    /// Finishes the removals whose links are closed: what their slots counted since
+    /// [`Probes::remove`] goes to [`Probes::late`], their plans are invalidated (nothing can
+    /// fire there any more, so this write races no hit) and their entry probes' frames deleted.
+    pub fn reap(&mut self) {
+        let closed = self.closer.reap();
+        self.finish(closed);
+    }
+
+    /// Waits until every removed probe's uprobe is unregistered, then finishes them as
+    /// [`Probes::reap`] does: the target's text is free of them when this returns.
+    pub fn flush(&mut self) {
+        let closed = self.closer.flush();
+        self.finish(closed);
+    }
+
+    fn finish(&mut self, closed: Vec<u32>) {
+        for id in closed {
+            let Some(r) = self.retiring.remove(&id) else {
+                continue;
+            };
+            match self.read_slot(slot_of(id)) {
+                Ok(mut per_cpu) => {
+                    let mut now = Counters::default();
+                    for s in &mut per_cpu {
+                        now.add(&s.counters);
+                        s.plan.abi = 0;
+                    }
+                    if r.wait {
+                        self.waited.insert(id, now);
+                    } else {
+                        self.late
+                            .entry(r.pid)
+                            .or_default()
+                            .add(&now.since(&r.at_remove));
+                    }
+                    if let Err(e) = self.write_slot(slot_of(id), per_cpu) {
+                        tracing::warn!(probe = id, error = %e, "invalidating a removed probe's plan");
+                    }
+                }
+                Err(e) => tracing::warn!(probe = id, error = %e, "reading a removed probe's slot"),
+            }
+            if let Some(stash) = r.stash {
+                self.drop_stashed(stash);
+            }
+        }
+    }
+
+    /// What removed probes of target `pid` counted after [`Probes::remove`] returned their
+    /// counters (hits in the time the kernel took to unregister them), for its totals.
+    pub fn late(&mut self, pid: u32) -> Counters {
+        self.reap();
+        self.late.get(&pid).copied().unwrap_or_default()
     }
 
     fn read_slot(&self, slot: u32) -> Result<Vec<Slot>, ProbeError> {
@@ -578,28 +633,26 @@ impl Probes {
             })
     }
 
-    /// Removes every probe.
+    /// Removes every probe, and waits until the kernel has unregistered them all
+    /// ([`Probes::flush`]).
     ///
     /// # Errors
     /// The first detach error (the rest are still attempted).
     pub fn remove_all(&mut self) -> Result<(), ProbeError> {
-        let slots: Vec<u32> = self.links.keys().copied().collect();
-        let mut first = Ok(());
-        for s in slots {
-            if let Err(e) = self.remove(s) {
-                if first.is_ok() {
-                    first = Err(e);
-                }
-            }
+        let ids: Vec<u32> = self.links.keys().copied().collect();
+        match self.remove_wait(&ids) {
+            (_, Some(e)) => Err(e),
+            (_, None) => Ok(()),
         }
-        first
     }
 
-    /// Frames whose entry registers the stash holds now, over every entry probe: bounded by
-    /// the live frames of probed functions (a frame's slot is reused by the next call at the
-    /// same depth) and by `STASH_SLOTS`; 0 once every entry probe is removed.
-    #[must_use]
-    pub fn stash_slots(&self) -> usize {
+    /// Frames whose entry registers the stash holds, over every entry probe: bounded by the
+    /// live frames of probed functions (a frame's slot is reused by the next call at the same
+    /// depth) and by `STASH_SLOTS`; 0 once every entry probe is removed. Waits for pending
+    /// removals first ([`Probes::flush`]): a removed entry probe's frames go once it is
+    /// unregistered.
+    pub fn stash_slots(&mut self) -> usize {
+        self.flush();
         self.stash.keys().filter(Result::is_ok).count()
     }
 
@@ -609,7 +662,7 @@ impl Probes {
         self.ncpus
     }
 
-    /// Slots with an attached probe.
+    /// Probe ids attached now.
     #[must_use]
     pub fn slots(&self) -> Vec<u32> {
         self.links.keys().copied().collect()
@@ -632,47 +685,4 @@ impl Probes {
 #[must_use]
 pub fn slot_of(id: u32) -> u32 {
     id & 0xffff
-}
-
-/// Splits one record (the [`Event`] bytes [`EventRings::drain`] hands over) into its header,
-/// with every value's meta, and its data. `None` for a record that is too short or from
-/// another ABI (never misread).
-#[must_use]
-pub fn parse_record(bytes: &[u8]) -> Option<(EventHeader, &[u8])> {
-    if bytes.len() < WIRE_HEADER_BYTES {
-        return None;
-    }
-    // SAFETY: WireHeader is repr(C) plain integers (every bit pattern valid), and the slice
-    // holds at least WIRE_HEADER_BYTES; read_unaligned copes with any alignment.
-    let w = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<WireHeader>()) };
-    if w.abi != PLAN_ABI {
-        return None;
-    }
-    let n = usize::try_from(w.n_values)
-        .ok()
-        .filter(|&n| n <= MAX_VALUES)?;
-    let metas_at = bytes
-        .len()
-        .checked_sub(metas_bytes(n))
-        .filter(|&at| at >= WIRE_HEADER_BYTES)?;
-    let mut values = [ValueMeta::default(); MAX_VALUES];
-    for (i, v) in values.iter_mut().take(n).enumerate() {
-        let m = &bytes[metas_at + 4 * i..metas_at + 4 * i + 4];
-        *v = ValueMeta {
-            len: u16::from_le_bytes([m[0], m[1]]),
-            flags: u16::from_le_bytes([m[2], m[3]]),
-        };
-    }
-    let header = EventHeader {
-        abi: w.abi,
-        probe_id: w.probe_id,
-        pid: w.pid,
-        tid: w.tid,
-        ktime_ns: w.ktime_ns,
-        goid: w.goid,
-        flags: w.flags,
-        n_values: w.n_values,
-        values,
-    };
-    Some((header, &bytes[WIRE_HEADER_BYTES..metas_at]))
 }
