@@ -374,41 +374,17 @@ fn go_logpoint_values_read_as_delve_prints_them() {
     let fixture = Fixture::start(&exe, &["-1", "20"]);
     let pid = fixture.pid();
     let stub = RestStub::start(GO_GOLDEN, RUST_GOLDEN);
-    let agent = AttachedAgent::start(
-        pid,
-        &[
-            "--daemon-url",
-            &stub.url,
-            "--name",
-            "emu-go-delve",
-            "--language",
-            "go",
-        ],
-        &[],
-    );
-    let (s, wake) = agent.post("/detrix/wake", None);
-    assert_eq!(s, 200, "{wake}");
-    let (_, mut dap) = stub.take_session();
+    let (agent, mut dap) = awake_agent(pid, &stub, &["--name", "emu-go-delve", "--language", "go"]);
     let src = build.source();
     let line = lang::marker_line(&src, "delve");
     let msg = ["{round}", "{o}", "{o.Tags}", "{o.Customer}", "{*o}"].join("\u{1f}");
-    let r = dap.request(&set_bps(
-        100,
-        &src.to_string_lossy(),
+    let outs = set_and_collect(
+        &mut dap,
+        &agent,
+        &src,
         json!([{"line": line, "logMessage": format!("DETRICS:delve_order={msg}")}]),
-    ));
-    assert_eq!(r["body"]["breakpoints"][0]["verified"], true, "{r}");
-    let outs = dap.events(3, STEP_TIMEOUT, |e| e["event"] == "output");
-    assert_eq!(
-        outs.len(),
-        3,
-        "expected 3 output events, got {outs:?}\nagent stderr:\n{}",
-        agent.stderr.text()
     );
-    for o in &outs {
-        let text = o["body"]["output"]
-            .as_str()
-            .unwrap_or_else(|| panic!("output without text: {o}"));
+    for text in &outs {
         let (goid, metric, values) = parse_output("go", text);
         assert_eq!(metric, "delve_order", "{text:?}");
         let round = values[0]
@@ -565,41 +541,21 @@ fn c_logpoint_with_an_optimized_out_value_keeps_the_others() {
     let exe = build.build();
     let fixture = Fixture::start(&exe, &["-1", "20"]);
     let stub = RestStub::start(GO_GOLDEN, RUST_GOLDEN);
-    let agent = AttachedAgent::start(
+    let (agent, mut dap) = awake_agent(
         fixture.pid(),
-        &[
-            "--daemon-url",
-            &stub.url,
-            "--name",
-            "emu-c-optimized-out",
-            "--language",
-            "rust",
-        ],
-        &[],
+        &stub,
+        &["--name", "emu-c-optimized-out", "--language", "rust"],
     );
-    let (s, wake) = agent.post("/detrix/wake", None);
-    assert_eq!(s, 200, "{wake}");
-    let (_, mut dap) = stub.take_session();
     let src = build.source();
     let line = lang::marker_line(&src, "entry");
     let msg = ["{round}", "{base}", "{k}"].join("\u{1f}");
-    let r = dap.request(&set_bps(
-        100,
-        &src.to_string_lossy(),
+    let outs = set_and_collect(
+        &mut dap,
+        &agent,
+        &src,
         json!([{"line": line, "logMessage": format!("DETRICS:lost={msg}")}]),
-    ));
-    assert_eq!(r["body"]["breakpoints"][0]["verified"], true, "{r}");
-    let outs = dap.events(3, STEP_TIMEOUT, |e| e["event"] == "output");
-    assert_eq!(
-        outs.len(),
-        3,
-        "expected 3 output events, got {outs:?}\nagent stderr:\n{}",
-        agent.stderr.text()
     );
-    for o in &outs {
-        let text = o["body"]["output"]
-            .as_str()
-            .unwrap_or_else(|| panic!("output without text: {o}"));
+    for text in &outs {
         let (_, metric, values) = parse_output("rust", text);
         assert_eq!(metric, "lost", "{text:?}");
         let round = values[0]
@@ -637,41 +593,20 @@ fn attach_ebpf_log_reports_the_faulting_step() {
     require_root();
     let fixture = Fixture::orders(50);
     let stub = RestStub::start(GO_GOLDEN, RUST_GOLDEN);
-    let agent = AttachedAgent::start(
+    let (agent, mut dap) = awake_agent(
         fixture.pid(),
-        &[
-            "--daemon-url",
-            &stub.url,
-            "--name",
-            "emu-ebpf-log",
-            "--language",
-            "rust",
-            "--ebpf-log",
-        ],
-        &[],
+        &stub,
+        &["--name", "emu-ebpf-log", "--language", "rust", "--ebpf-log"],
     );
-    let (s, wake) = agent.post("/detrix/wake", None);
-    assert_eq!(s, 200, "{wake}");
-    let (_, mut dap) = stub.take_session();
     let src = c_fixture_source("orders");
     let line = marker_line(&src, "process");
-    let r = dap.request(&set_bps(
-        100,
-        &src.to_string_lossy(),
+    let outs = set_and_collect(
+        &mut dap,
+        &agent,
+        &src,
         json!([{"line": line, "logMessage": "DETRICS:far={round}\u{1f}{o->customer[99999999]}"}]),
-    ));
-    assert_eq!(r["body"]["breakpoints"][0]["verified"], true, "{r}");
-    let outs = dap.events(3, STEP_TIMEOUT, |e| e["event"] == "output");
-    assert_eq!(
-        outs.len(),
-        3,
-        "expected 3 output events, got {outs:?}\nagent stderr:\n{}",
-        agent.stderr.text()
     );
-    for o in &outs {
-        let text = o["body"]["output"]
-            .as_str()
-            .unwrap_or_else(|| panic!("output without text: {o}"));
+    for text in &outs {
         let round: i64 = text
             .split_once("DETRICS:far=")
             .and_then(|(_, v)| v.split('\u{1f}').next())
@@ -700,4 +635,43 @@ fn attach_ebpf_log_reports_the_faulting_step() {
             "the line names the plan step: {logged}"
         );
     }
+}
+
+/// Sets `bps` on `src` (request 100), asserts the first is verified, and returns the texts of
+/// the first three `output` events.
+fn set_and_collect(
+    dap: &mut common::Dap,
+    agent: &AttachedAgent,
+    src: &std::path::Path,
+    bps: Value,
+) -> Vec<String> {
+    let r = dap.request(&set_bps(100, &src.to_string_lossy(), bps));
+    assert_eq!(r["body"]["breakpoints"][0]["verified"], true, "{r}");
+    let outs = dap.events(3, STEP_TIMEOUT, |e| e["event"] == "output");
+    assert_eq!(
+        outs.len(),
+        3,
+        "expected 3 output events, got {outs:?}\nagent stderr:\n{}",
+        agent.stderr.text()
+    );
+    outs.iter()
+        .map(|o| {
+            o["body"]["output"]
+                .as_str()
+                .unwrap_or_else(|| panic!("output without text: {o}"))
+                .to_owned()
+        })
+        .collect()
+}
+
+/// An agent attached to `pid` with `--daemon-url` of `stub` and `args`, woken (200), and the
+/// DAP session the stub's daemon opened to it.
+fn awake_agent(pid: u32, stub: &RestStub, args: &[&str]) -> (AttachedAgent, common::Dap) {
+    let mut all = vec!["--daemon-url", stub.url.as_str()];
+    all.extend_from_slice(args);
+    let agent = AttachedAgent::start(pid, &all, &[]);
+    let (s, wake) = agent.post("/detrix/wake", None);
+    assert_eq!(s, 200, "{wake}");
+    let (_, dap) = stub.take_session();
+    (agent, dap)
 }

@@ -161,6 +161,25 @@ fn accounting(agent: &AttachedAgent) -> (u64, u64, Value) {
     (num(c, "hits"), kernel_drops + agent_drops, st)
 }
 
+/// An agent attached to `target` with no CPU breaker (a hot logpoint switched off would end
+/// the test's load, not test it), registering with `stub` as `name`.
+fn unbroken_agent(target: &HotTarget, stub: &RestStub, name: &str) -> AttachedAgent {
+    AttachedAgent::start(
+        target.pid(),
+        &[
+            "--daemon-url",
+            &stub.url,
+            "--name",
+            name,
+            "--language",
+            "rust",
+            "--cpu-budget",
+            "0",
+        ],
+        &[],
+    )
+}
+
 /// A hot logpoint removed and set again, twice, while the target loops without a pause: the
 /// removal answers at once while the kernel still unregisters the uprobe (~100 ms), the new
 /// probe goes live meanwhile, and still every hit is accounted for — the engine's `hits` are
@@ -171,20 +190,7 @@ fn a_hot_logpoint_replaced_twice_still_accounts_for_every_hit() {
     require_root();
     let target = HotTarget::start("replaced");
     let stub = RestStub::start(GO_GOLDEN, RUST_GOLDEN);
-    let agent = AttachedAgent::start(
-        target.pid(),
-        &[
-            "--daemon-url",
-            &stub.url,
-            "--name",
-            "replaced",
-            "--language",
-            "rust",
-            "--cpu-budget",
-            "0",
-        ],
-        &[],
-    );
+    let agent = unbroken_agent(&target, &stub, "replaced");
     let (s, wake) = agent.post("/detrix/wake", None);
     assert_eq!((s, wake["status"].clone()), (200, json!("awake")), "{wake}");
     let (_, mut dap) = stub.take_session();
@@ -235,21 +241,7 @@ fn a_daemon_that_stops_reading_costs_bounded_memory_and_every_hit_is_accounted_f
     require_root();
     let target = HotTarget::start("slowd");
     let stub = RestStub::start(GO_GOLDEN, RUST_GOLDEN);
-    // No CPU breaker: a hot logpoint switched off would end the test's load, not test it.
-    let agent = AttachedAgent::start(
-        target.pid(),
-        &[
-            "--daemon-url",
-            &stub.url,
-            "--name",
-            "slow-daemon",
-            "--language",
-            "rust",
-            "--cpu-budget",
-            "0",
-        ],
-        &[],
-    );
+    let agent = unbroken_agent(&target, &stub, "slow-daemon");
     let agent_pid = agent.child.id();
     let (s, wake) = agent.post("/detrix/wake", None);
     assert_eq!((s, wake["status"].clone()), (200, json!("awake")), "{wake}");
