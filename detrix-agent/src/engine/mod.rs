@@ -594,5 +594,8 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         let _ = self.remove_all();
+        // Its late counts are read by no one any more (the probes are shared by every target
+        // of a host: keep them from growing with every process that came and went).
+        self.probes().forget_late(self.resolver.target.pid);
     }
 }

@@ -498,6 +498,12 @@ impl Probes {
         (last, first)
     }
 
+    /// Drops what [`Probes::late`] kept for target `pid` (its engine is gone).
+    pub fn forget_late(&mut self, pid: u32) {
+        self.reap();
+        self.late.remove(&pid);
+    }
+
     /// The ticket after which every one of `ids` (removed, not yet reaped) is closed.
     #[must_use]
     pub fn ticket_of(&self, ids: &[u32]) -> Ticket {

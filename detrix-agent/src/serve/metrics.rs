@@ -424,7 +424,10 @@ detrix_serve_exec_to_target_max_seconds 2
         }
         // Every sample has its HELP and TYPE: 9 target + 1 breaker + 1 after-remove + 9 probe +
         // 7 ring + 1 host budget + 1 load families after the 6 discovery ones.
-        assert_eq!(text.matches("# TYPE ").count(), 6 + 9 + 1 + 1 + 9 + 7 + 1 + 1);
+        assert_eq!(
+            text.matches("# TYPE ").count(),
+            6 + 9 + 1 + 1 + 9 + 7 + 1 + 1
+        );
         assert_eq!(lines.len(), 3 + 6 + 12 + 1 + 9 + 1 + 1 + 9 + 7 + 1 + 1);
     }
 }
