@@ -535,10 +535,13 @@ impl Probes {
 
     fn detach(&mut self, id: u32, wait: bool) -> Result<Counters, ProbeError> {
         let (link, pid) = self.links.remove(&id).ok_or(ProbeError::UnknownSlot(id))?;
+        // The line probe first, its entry probe after: closed in this order, a line hit never
+        // looks for registers its entry probe has stopped saving.
         let mut links = Vec::with_capacity(2);
         let taken = self
             .program()
-            .and_then(|p| p.take_link(link).map_err(ProbeError::Program));
+            .and_then(|p| p.take_link(link).map_err(ProbeError::Program))
+            .map(|l| links.push(l));
         let mut stash = None;
         if let Some((entry, stash_id)) = self.entry_links.remove(&id) {
             match uprobe(&mut self.ebpf, STASH, STASH_MISSING)
@@ -551,7 +554,6 @@ impl Probes {
             }
             stash = Some(stash_id);
         }
-        let taken = taken.map(|l| links.push(l));
         let ticket = self.closer.close(id, links);
         let at_remove = self.counters(id).unwrap_or_default();
         self.retiring.insert(
