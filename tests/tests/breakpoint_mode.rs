@@ -737,9 +737,20 @@ fn agent_killed_as_lldb_starts_leaves_the_target_running_untraced() {
 
 #[test]
 fn agent_killed_during_a_delve_round_leaves_the_target_running_untraced() {
-    agent_killed_mid_round(
-        "go",
-        "DETRICS:n={z}\u{1f}{u.GetBalance()}\u{1f}{u.GetBalance()}\u{1f}{u.GetBalance()}",
-        KillAt::Breakpoint,
-    );
+    agent_killed_mid_round("go", DELVE_LOGPOINT, KillAt::Breakpoint);
+}
+
+const DELVE_LOGPOINT: &str =
+    "DETRICS:n={z}\u{1f}{u.GetBalance()}\u{1f}{u.GetBalance()}\u{1f}{u.GetBalance()}";
+
+/// Delve killed (with the agent and its guard) while it is attaching: ptrace stops of its
+/// attach, no breakpoint of its own yet.
+#[test]
+fn agent_killed_while_delve_attaches_leaves_the_target_running_untraced() {
+    agent_killed_mid_round("go", DELVE_LOGPOINT, KillAt::Attaching);
+}
+
+#[test]
+fn agent_killed_as_delve_starts_leaves_the_target_running_untraced() {
+    agent_killed_mid_round("go", DELVE_LOGPOINT, KillAt::DebuggerStarted);
 }
