@@ -409,11 +409,8 @@ fn churn_of_200_processes_every_one_a_target_nothing_left() {
         max * 1000.0,
         sample(&text, "detrix_serve_exec_to_target_seconds_sum") / N as f64 * 1000.0
     );
-    assert!(
-        max < 0.1,
-        "a target appeared {:.1} ms after its exec (limit 100 ms)",
-        max * 1000.0
-    );
+    // How soon (the 100 ms goal) is the benchmark's row `exec → target`, not this test's: a
+    // loaded CI machine would fail a timing that says nothing about correctness.
     // Descriptors and threads back where they were (blocking threads idle out after 2 s). A
     // descriptor fewer is no leak (the runtime may close one it held at the start).
     let deadline = Instant::now() + Duration::from_secs(10);
