@@ -445,9 +445,9 @@ impl Engine {
         }
     }
 
-    /// Removes every logpoint, and returns once the kernel has unregistered their uprobes
-    /// (all at once, ~100 ms; a debugger about to patch the same text, or shutdown, needs them
-    /// gone).
+    /// Removes every logpoint, and returns once the kernel has unregistered their uprobes and
+    /// every one this engine removed before (one at a time, ~100 ms each; a debugger about to
+    /// patch the same text, or shutdown, needs them gone).
     ///
     /// # Errors
     /// The first detach error (the rest are still removed).

@@ -129,8 +129,9 @@ pub struct Probes {
 }
 
 impl Drop for Probes {
-    /// Closes every link still attached through the closer, all at once, and waits: dropped
-    /// with the eBPF object they would close one after another, ~100 ms each.
+    /// Removes every probe still attached and waits for the closer, so the links it holds and
+    /// the ones still attached go in one queue, before the eBPF object and its maps (the
+    /// kernel unregisters them one at a time, ~100 ms each, however they are closed).
     fn drop(&mut self) {
         let _ = self.remove_all();
     }
@@ -470,9 +471,9 @@ impl Probes {
         self.detach(id, false)
     }
 
-    /// Removes probes `ids` and waits until the kernel has unregistered them (all at once:
-    /// ~100 ms for any number); returns their final counters, summed, and the first error
-    /// (the rest are still removed). Exact: no hit is in flight any more.
+    /// Removes probes `ids` and waits until the kernel has unregistered them (one at a time,
+    /// ~100 ms each); returns their final counters, summed, and the first error (the rest are
+    /// still removed). Exact: no hit is in flight any more.
     pub fn remove_wait(&mut self, ids: &[u32]) -> (Counters, Option<ProbeError>) {
         let (ticket, first) = self.begin_remove(ids);
         self.closer.waiter().wait_until(ticket);
