@@ -117,7 +117,7 @@ fuzz_target!(|data: &[u8]| {
                 let read = |addr: u64| -> Option<u64> {
                     let off = usize::try_from(addr.checked_sub(sp)?).ok()?;
                     stack
-                        .get(off..off + 8)
+                        .get(off..off.checked_add(8)?)
                         .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
                 };
                 let frames = f.sym.unwind(

@@ -197,10 +197,7 @@ fn unwind_frames(
     data: &[u8],
     sym: &Symbolizer,
 ) -> Vec<Frame> {
-    let u64_at = |b: &[u8], o: usize| {
-        b.get(o..o + 8)
-            .map(|x| u64::from_le_bytes(x.try_into().unwrap_or([0; 8])))
-    };
+    let u64_at = |b: &[u8], o: usize| le_u64_at(b, o);
     let Some(ri) = all.iter().position(|d| d.role == plan::Role::UnwindRegs) else {
         return Vec::new();
     };
@@ -213,19 +210,30 @@ fn unwind_frames(
     for (i, d) in all.iter().enumerate() {
         if let plan::Role::UnwindStack(k) = d.role {
             let b = plan::value_bytes(all, i, h, data);
-            if !b.is_empty() {
-                chunks.push((sp0 + (usize::from(k) * plan::UNWIND_CHUNK) as u64, b));
+            let start = sp0.checked_add((usize::from(k) * plan::UNWIND_CHUNK) as u64);
+            if let (false, Some(start)) = (b.is_empty(), start) {
+                chunks.push((start, b));
             }
         }
     }
-    let read = |addr: u64| -> Option<u64> {
-        chunks.iter().find_map(|(start, b)| {
-            let off = usize::try_from(addr.checked_sub(*start)?).ok()?;
-            u64_at(b, off)
-        })
-    };
+    let read = |addr: u64| read_chunks(&chunks, addr);
     let pc = RuntimeAddr(pc);
     sym.unwind(crate::debuginfo::UnwindRegs { pc, sp: sp0, bp }, &read)
+}
+
+/// The little-endian u64 at byte `o` of `b`, if all eight bytes are there (any `o`: the
+/// unwinder asks for addresses the stack copy may not hold, far past it included).
+fn le_u64_at(b: &[u8], o: usize) -> Option<u64> {
+    b.get(o..o.checked_add(8)?)
+        .map(|x| u64::from_le_bytes(x.try_into().unwrap_or([0; 8])))
+}
+
+/// The u64 at runtime address `addr` in the stack copies `chunks` (start address, bytes).
+fn read_chunks(chunks: &[(u64, &[u8])], addr: u64) -> Option<u64> {
+    chunks.iter().find_map(|(start, b)| {
+        let off = usize::try_from(addr.checked_sub(*start)?).ok()?;
+        le_u64_at(b, off)
+    })
 }
 
 /// The return addresses a stack value holds, symbolized.
@@ -242,4 +250,31 @@ fn stack_frames(
             .chunks_exact(8)
             .map(|c| RuntimeAddr(u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{le_u64_at, read_chunks};
+
+    /// `cargo xtask fuzz decode` found the unwinder's reads overflowing `off + 8` on an
+    /// address just below 2^64 past the stack copy (an add-overflow panic with debug
+    /// assertions, a wrapped range otherwise): such an address is simply not in the copy.
+    #[test]
+    fn a_read_far_past_the_stack_copy_is_none_not_an_overflow() {
+        let bytes: Vec<u8> = (0u8..24).collect();
+        let chunks = [(0x7ffe_0000_u64, bytes.as_slice())];
+        assert_eq!(
+            read_chunks(&chunks, 0x7ffe_0008),
+            Some(u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15]))
+        );
+        assert_eq!(read_chunks(&chunks, 0x7ffe_0011), None, "only 7 bytes left");
+        assert_eq!(read_chunks(&chunks, 0x7ffd_fff8), None, "below the copy");
+        assert_eq!(read_chunks(&chunks, u64::MAX), None, "far past it");
+        assert_eq!(read_chunks(&chunks, 0x7ffe_0000 + u64::MAX / 2), None);
+        assert_eq!(le_u64_at(&bytes, usize::MAX - 3), None);
+        assert_eq!(
+            le_u64_at(&bytes, 16),
+            Some(u64::from_le_bytes([16, 17, 18, 19, 20, 21, 22, 23]))
+        );
+    }
 }
