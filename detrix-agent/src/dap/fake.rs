@@ -41,6 +41,11 @@ impl<P: FakeProbes> Driven<P> {
         &self.probes
     }
 
+    /// [`Facade::stray_hits`].
+    pub fn stray_hits(&self) -> u64 {
+        self.facade.stray_hits()
+    }
+
     /// Steps the facade with `input` and runs every effect, feeding install results back,
     /// until nothing is left; returns the messages sent, in order.
     fn drive(&mut self, input: Input<'_>) -> Vec<Value> {

@@ -382,6 +382,7 @@ fn hits_become_the_exact_output_delve_sent() {
         1,
         "hits of logpoints this session does not own are dropped"
     );
+    assert_eq!(f.stray_hits(), 1, "and counted, for `hits_after_remove`");
     assert_eq!(
         out[0]["body"],
         json!({"category":"console","output":"> [Go 1]: DETRICS:order_details=\"carol\"\u{1f}21.25\u{1f}3\n"})
