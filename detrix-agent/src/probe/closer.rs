@@ -10,7 +10,7 @@
 //! close in progress.
 //!
 //! The owner keeps what a synchronous close guaranteed by not reusing a key (a probe slot)
-//! until its close is reported ([`Closer::reap`]), and by waiting ([`Waiter::wait_for`]) where
+//! until its close is reported ([`Closer::reap`]), and by waiting ([`Waiter::wait_until`]) where
 //! a caller needs the uprobes gone from the target's text (a debugger about to patch the same
 //! instructions, exact final counters, shutdown). A [`Waiter`] waits without the owner: the
 //! owner sits behind a lock other targets' work needs.
