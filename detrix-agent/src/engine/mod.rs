@@ -331,11 +331,7 @@ impl Engine {
                 Err(e) => {
                     drop(table);
                     for s in probe_ids {
-                        let mut probes = self.probes();
-                        let _ = probes.remove(s);
-                        let ticket = probes.ticket_of(&[s]);
-                        drop(probes);
-                        self.last_retired = self.last_retired.max(ticket);
+                        let _ = self.retire_probe(s);
                         self.decoders().remove(&s);
                     }
                     return Err(e.into());
@@ -384,6 +380,17 @@ impl Engine {
         self.take_off(id, false)
     }
 
+    /// Removes probe `s` without waiting ([`Probes::remove`]) and remembers its place in the
+    /// closer's order for [`Engine::remove_all`].
+    fn retire_probe(&mut self, s: u32) -> Result<Counters, ProbeError> {
+        let mut probes = self.probes();
+        let removed = probes.remove(s);
+        let ticket = probes.ticket_of(&[s]);
+        drop(probes);
+        self.last_retired = self.last_retired.max(ticket);
+        removed
+    }
+
     fn take_off(&mut self, id: LogpointId, wait: bool) -> Result<Option<Counters>, EngineError> {
         let Some(lp) = self.logpoints.remove(&id) else {
             return Ok(None);
@@ -398,20 +405,16 @@ impl Engine {
             waiter.wait_until(ticket);
             (self.probes().take_waited(&lp.probe_ids), first_err)
         } else {
-            let mut probes = self.probes();
             let mut first_err = None;
             let mut total = Counters::default();
             for s in &lp.probe_ids {
-                match probes.remove(*s) {
+                match self.retire_probe(*s) {
                     Ok(c) => total.add(&c),
                     Err(e) => {
                         first_err.get_or_insert(e);
                     }
                 }
             }
-            let ticket = probes.ticket_of(&lp.probe_ids);
-            drop(probes);
-            self.last_retired = self.last_retired.max(ticket);
             (total, first_err)
         };
         // Retired: what its probes count until the kernel has unregistered them is added to
