@@ -14,18 +14,39 @@ use crate::{builds, util};
 
 const STAGES: usize = 3;
 
-/// Names the components a fresh toolchain may lack, for every failure of these stages.
+/// Names the components a fresh toolchain may lack, when one is missing.
 const COMPONENTS: &str =
     "needs rustfmt and clippy: `rustup component add rustfmt clippy --toolchain stable` \
      (and `--toolchain nightly` for the eBPF crate)";
 
+/// Fails with [`COMPONENTS`] when `cargo SUB --version` does not run (on `toolchain` if given):
+/// so that a failed stage afterwards means the code, not the machine.
+fn require(sub: &str, toolchain: Option<&str>) -> Result<()> {
+    let mut cmd = Command::new("cargo");
+    if let Some(t) = toolchain {
+        cmd.arg(format!("+{t}"));
+    }
+    let ok = cmd
+        .args([sub, "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    anyhow::ensure!(ok, "`cargo {sub}` is not installed: {COMPONENTS}");
+    Ok(())
+}
+
 pub fn run() -> Result<()> {
     let start = Instant::now();
     let root = util::workspace_root()?;
+    require("fmt", None)?;
+    require("clippy", None)?;
+    require("clippy", Some("nightly"))?;
     util::stage("lint", (1, STAGES), "cargo fmt --check", || {
         let mut cmd = Command::new("cargo");
         cmd.args(["fmt", "--all", "--check"]).current_dir(&root);
-        util::run(&mut cmd).context(COMPONENTS)
+        util::run(&mut cmd)
+            .context("the code is not formatted (the diff is above): run `cargo fmt --all`")
     })?;
     util::stage(
         "lint",
@@ -34,7 +55,7 @@ pub fn run() -> Result<()> {
         || {
             let mut cmd = builds::ebpf_cargo(&root, "clippy")?;
             cmd.args(["--", "-D", "warnings"]);
-            util::run(&mut cmd).context(COMPONENTS)
+            util::run(&mut cmd).context("clippy found problems in the eBPF crate (above): fix them")
         },
     )?;
     util::stage(
@@ -54,7 +75,7 @@ pub fn run() -> Result<()> {
             .args(["--", "-D", "warnings"])
             .current_dir(&root)
             .env(builds::EBPF_OBJ_VAR, &obj);
-            util::run(&mut cmd).context(COMPONENTS)
+            util::run(&mut cmd).context("clippy found problems (above): fix them")
         },
     )?;
     println!("lint: all stages passed ({})", util::secs(start));
