@@ -146,15 +146,18 @@ impl Drain {
                 unsafe { libc::poll(&raw mut pfd, 1, 10) };
                 let t = Instant::now();
                 let mut n = 0u64;
-                while ring.drain(4096, |item| {
-                    if let Some((h, data)) = probe::parse_record(item) {
-                        // Decoded and rendered as the engine does for the daemon.
-                        let values: Vec<_> =
-                            decode(&decoders, &h, data).iter().map(debugger).collect();
-                        std::hint::black_box(values);
-                        n += 1;
-                    }
-                }) > 0
+                while ring
+                    .drain(4096, |item| {
+                        if let Some((h, data)) = probe::parse_record(item) {
+                            // Decoded and rendered as the engine does for the daemon.
+                            let values: Vec<_> =
+                                decode(&decoders, &h, data).iter().map(debugger).collect();
+                            std::hint::black_box(values);
+                            n += 1;
+                        }
+                    })
+                    .handed
+                    > 0
                 {}
                 if n > 0 {
                     e.fetch_add(n, Ordering::Relaxed);

@@ -120,14 +120,17 @@ fn full_ring_counts_every_drop_and_keeps_exactly_what_fit() {
     );
 
     let mut got = Vec::new();
-    while rings.drain(4096, |rec| {
-        let (h, data) = probe::parse_record(rec).expect("a record of this ABI");
-        assert_eq!(h.probe_id, id);
-        assert_eq!(h.pid, pid);
-        assert_eq!(h.n_values, 1);
-        assert_eq!(h.values[0].len, 8);
-        got.push(u64::from_le_bytes(data[..8].try_into().expect("8 bytes")));
-    }) > 0
+    while rings
+        .drain(4096, |rec| {
+            let (h, data) = probe::parse_record(rec).expect("a record of this ABI");
+            assert_eq!(h.probe_id, id);
+            assert_eq!(h.pid, pid);
+            assert_eq!(h.n_values, 1);
+            assert_eq!(h.values[0].len, 8);
+            got.push(u64::from_le_bytes(data[..8].try_into().expect("8 bytes")));
+        })
+        .handed
+        > 0
     {}
     let want: Vec<u64> = (0..fit).collect();
     assert_eq!(

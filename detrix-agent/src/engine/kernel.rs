@@ -150,7 +150,7 @@ impl Kernel {
         let used = ring.backlog_bytes();
         self.stats.used_bytes.store(used, Ordering::Relaxed);
         self.stats.peak_bytes.fetch_max(used, Ordering::Relaxed);
-        let hits = decode_all(ring, &self.decoders);
+        let (hits, _) = decode_all(ring, &self.decoders);
         if hits.is_empty() {
             return;
         }

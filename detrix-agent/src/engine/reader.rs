@@ -95,11 +95,12 @@ impl HitReader {
             } => tokio::select! {
                 guard = ring.readable_mut() => {
                     let mut guard = guard.map_err(EngineError::Io)?;
-                    let hits = hits_only(decode_all(guard.get_inner_mut(), decoders));
+                    let hits = hits_only(decode_all(guard.get_inner_mut(), decoders).0);
                     guard.clear_ready();
                     Ok(hits)
                 }
-                _ = flush.tick() => Ok(hits_only(decode_all(ring.get_mut(), decoders))),
+                // Also what a wakeup's drain held back (newer than its clock read) comes here.
+                _ = flush.tick() => Ok(hits_only(decode_all(ring.get_mut(), decoders).0)),
             },
             Source::Routed { rx, .. } => rx.recv().await.ok_or_else(|| {
                 EngineError::Io(std::io::Error::other("the host's event reader stopped"))
@@ -111,15 +112,22 @@ impl HitReader {
     /// refills the ring; while probes fire it returns once the ring is momentarily empty.
     pub fn drain_now(&mut self) -> Vec<Hit> {
         let mut out = Vec::new();
+        // An empty drain that held records back (started after its clock read) is retried
+        // once: the next drain's clock is later than they started.
+        let mut retried = false;
         loop {
-            let batch = match &mut self.source {
+            let (batch, left) = match &mut self.source {
                 Source::Ring { ring, decoders, .. } => {
-                    hits_only(decode_all(ring.get_mut(), decoders))
+                    let (hits, drained) = decode_all(ring.get_mut(), decoders);
+                    (hits_only(hits), drained.left)
                 }
-                Source::Routed { rx, .. } => rx.try_recv().unwrap_or_default(),
+                Source::Routed { rx, .. } => (rx.try_recv().unwrap_or_default(), false),
             };
             if batch.is_empty() {
-                return out;
+                if !left || retried {
+                    return out;
+                }
+                retried = true;
             }
             out.extend(batch);
         }
@@ -131,13 +139,16 @@ fn hits_only(v: Vec<(u64, Hit)>) -> Vec<Hit> {
 }
 
 /// Drains at most a batch of records and decodes each with its probe's decoder, naming the
-/// owner of each hit.
-pub(super) fn decode_all(ring: &mut probe::EventRings, decoders: &DecoderTable) -> Vec<(u64, Hit)> {
+/// owner of each hit; with what the drain left in the ring.
+pub(super) fn decode_all(
+    ring: &mut probe::EventRings,
+    decoders: &DecoderTable,
+) -> (Vec<(u64, Hit)>, probe::Drained) {
     let table = decoders.lock().unwrap_or_else(PoisonError::into_inner);
     let mut out = Vec::new();
     // Bounded: a hot probe refills the ring as fast as it is read, and an unbounded drain would
     // never return to the caller's loop (signals, the CPU breaker, DAP requests).
-    ring.drain(MAX_BATCH, |item| {
+    let drained = ring.drain(MAX_BATCH, |item| {
         let Some((h, data)) = probe::parse_record(item) else {
             return;
         };
@@ -185,9 +196,10 @@ pub(super) fn decode_all(ring: &mut probe::EventRings, decoders: &DecoderTable) 
         }
         out.push((info.owner, hit));
     });
-    // Each CPU's ring is in time order; a thread that moved between CPUs is put back in order.
+    // The drain merged the CPUs' rings in time order; a run that was preempted before it took
+    // its CPU's ring (and so published after a later run there) is put back in order.
     out.sort_by_key(|(_, h)| h.ktime_ns);
-    out
+    (out, drained)
 }
 
 /// Unwinds the captured registers and stack slices with the binary's CFI, innermost first.

@@ -12,7 +12,7 @@ mod closer;
 mod ring;
 
 pub use closer::{Ticket, Waiter};
-pub use ring::{parse_record, EventRings};
+pub use ring::{parse_record, Drained, EventRings};
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
