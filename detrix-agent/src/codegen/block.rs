@@ -16,8 +16,9 @@
 //! A block is a path, not a range: where control goes from one instruction only to another
 //! and reaches that one only from it (an unconditional jump to code nothing else reaches, as
 //! unoptimized Rust ends every call with), the two run equally often, and the path goes on
-//! there ([`Flow`]). Only in a function whose every way in is known: a jump table may land
-//! anywhere, so there the block stays straight-line code.
+//! there ([`Flow`]). Only in a function whose every way in is known: an indirect jump may land
+//! anywhere unless its jump table was recovered ([`super::jumptable`]), so there the block
+//! stays straight-line code.
 
 use std::collections::HashSet;
 
@@ -222,7 +223,16 @@ impl Flow {
                 entries.push(target(i.near_branch_target()));
             }
             let (to, only): (Vec<Option<usize>>, bool) = match i.flow_control() {
-                FlowControl::Return | FlowControl::IndirectBranch => (Vec::new(), false),
+                FlowControl::Return => (Vec::new(), false),
+                // A jump table's targets are ways in; an unknown jump makes `known` false.
+                FlowControl::IndirectBranch => (
+                    func.table(i)
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|&t| index(t))
+                        .collect(),
+                    false,
+                ),
                 FlowControl::UnconditionalBranch => match branch(i) {
                     Branch::Direct(t) => match target(t) {
                         Ok(j) => (vec![j], true),
@@ -337,11 +347,11 @@ pub fn around(func: &Function, flow: &Flow, at: u64, limit: usize, join: bool) -
     })
 }
 
-/// Whether the function has a branch whose target the code does not say (a jump table):
-/// it may land anywhere, so no block boundary is known.
+/// Whether the function has a branch whose target the code does not say (an indirect jump
+/// with no recovered table): it may land anywhere, so no block boundary is known.
 #[must_use]
 pub fn has_indirect_branch(func: &Function) -> bool {
-    func.instrs.iter().any(|i| branch(i) == Branch::Unknown)
+    func.instrs.iter().any(|i| func.unknown_branch(i))
 }
 
 fn is_frame(r: Register) -> bool {

@@ -11,9 +11,10 @@
 //! loop's next iteration is a new execution because the path comes back to the run itself.
 //!
 //! The graph is per instruction (functions are small, and runs do not start on block
-//! boundaries). Calls return; a direct jump out of the function is a tail call (it leaves); an
-//! indirect jump may go anywhere, so a path reaching one counts as leaving the line, and a
-//! function holding one never drops a run for dominance (its targets are unknown predecessors).
+//! boundaries). Calls return; a direct jump out of the function is a tail call (it leaves); a
+//! jump table's jump goes to the table's targets ([`super::jumptable`]); any other indirect
+//! jump may go anywhere, so a path reaching one counts as leaving the line, and a function
+//! holding one never drops a run for dominance (its targets are unknown predecessors).
 
 use std::collections::{HashMap, HashSet};
 
@@ -57,10 +58,13 @@ impl Cfg {
             let next = match i.flow_control() {
                 FlowControl::Return => vec![Next::Leave],
                 FlowControl::Interrupt | FlowControl::Exception => Vec::new(),
-                FlowControl::IndirectBranch => {
-                    cfg.indirect = true;
-                    vec![Next::Unknown]
-                }
+                FlowControl::IndirectBranch => match func.table(i) {
+                    Some(targets) => targets.iter().map(|&t| to(t)).collect(),
+                    None => {
+                        cfg.indirect = true;
+                        vec![Next::Unknown]
+                    }
+                },
                 FlowControl::UnconditionalBranch => match branch(i) {
                     Branch::Direct(t) => vec![to(t)],
                     _ => vec![Next::Unknown],

@@ -8,6 +8,7 @@
 
 pub mod block;
 pub mod cfg;
+pub mod jumptable;
 
 use detrix_common::pt_regs;
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, OpKind, Register};
@@ -18,6 +19,9 @@ use crate::debuginfo::{Binary, ProbePoint};
 #[derive(Debug, Default)]
 pub struct Function {
     pub instrs: Vec<Instruction>,
+    /// The targets of the indirect jumps that read a jump table ([`jumptable`]), by the
+    /// jump's address; the other indirect jumps may go anywhere.
+    pub tables: std::collections::HashMap<u64, Vec<u64>>,
 }
 
 /// Where a branch goes, as far as the instruction says.
@@ -35,8 +39,14 @@ impl Function {
     /// The function `point` is in; no instructions when its bytes are not available.
     #[must_use]
     pub fn of(bin: &Binary, point: &ProbePoint) -> Self {
-        bin.code(point.func_start, point.func_end)
-            .map_or_else(Self::default, |code| Self::decode(code, point.func_start.0))
+        let Some(code) = bin.code(point.func_start, point.func_end) else {
+            return Self::default();
+        };
+        let mut f = Self::decode(code, point.func_start.0);
+        f.tables = jumptable::recover(&f.instrs, |at, len| {
+            bin.read_only(crate::debuginfo::LinkAddr(at), len)
+        });
+        f
     }
 
     /// Decodes `code`, whose first byte is at `start`.
@@ -49,10 +59,13 @@ impl Function {
             decoder.decode_out(&mut i);
             instrs.push(i);
         }
-        Self { instrs }
+        Self {
+            instrs,
+            tables: std::collections::HashMap::new(),
+        }
     }
 
-    /// Targets of the direct branches.
+    /// Targets of the direct branches and of the jump tables.
     #[must_use]
     pub fn branch_targets(&self) -> std::collections::HashSet<u64> {
         self.instrs
@@ -61,7 +74,21 @@ impl Function {
                 Branch::Direct(t) => Some(t),
                 _ => None,
             })
+            .chain(self.tables.values().flatten().copied())
             .collect()
+    }
+
+    /// Where the jump table read by the indirect jump `i` sends control, if it has one.
+    #[must_use]
+    pub fn table(&self, i: &Instruction) -> Option<&[u64]> {
+        self.tables.get(&i.ip()).map(Vec::as_slice)
+    }
+
+    /// Whether `i` branches to a place the code does not say: an indirect jump without a
+    /// recovered table, or a branch that is not a near one.
+    #[must_use]
+    pub fn unknown_branch(&self, i: &Instruction) -> bool {
+        branch(i) == Branch::Unknown && self.table(i).is_none()
     }
 }
 

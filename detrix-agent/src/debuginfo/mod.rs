@@ -194,6 +194,8 @@ pub struct Binary {
     segments: Vec<Segment>,
     /// Bytes of the executable sections, by link address, for instruction decoding.
     code: Vec<(u64, bytes::Bytes)>,
+    /// Bytes of the read-only data sections, by link address: where jump tables are.
+    rodata: Vec<(u64, bytes::Bytes)>,
     dwarf: gimli::Dwarf<R>,
     units: Vec<gimli::Unit<R>>,
     eh_frame: Option<(gimli::EhFrame<R>, gimli::BaseAddresses)>,
@@ -357,6 +359,19 @@ impl Binary {
             .filter(|s| s.kind() == object::SectionKind::Text)
             .filter_map(|s| Some((s.address(), bytes::Bytes::from_map(map, s.data().ok()?))))
             .collect();
+        let rodata = file
+            .sections()
+            .filter(|s| {
+                // A linker may merge the tables into a `.rodata` flagged as strings.
+                matches!(
+                    s.kind(),
+                    object::SectionKind::ReadOnlyData
+                        | object::SectionKind::ReadOnlyDataWithRel
+                        | object::SectionKind::ReadOnlyString
+                )
+            })
+            .filter_map(|s| Some((s.address(), bytes::Bytes::from_map(map, s.data().ok()?))))
+            .collect();
 
         let section_data = |name: &str| -> Result<Option<(bytes::Bytes, u64)>, ResolveError> {
             match file.section_by_name(name) {
@@ -485,6 +500,7 @@ impl Binary {
             is_dyn,
             segments,
             code,
+            rodata,
             dwarf,
             units,
             eh_frame,
@@ -594,6 +610,19 @@ impl Binary {
             let to = usize::try_from(end.0.checked_sub(*base)?).ok()?;
             bytes.get(from..to)
         })
+    }
+
+    /// The `len` bytes at `start` if they lie in one read-only data or executable section (a
+    /// jump table's entries).
+    #[must_use]
+    pub fn read_only(&self, start: LinkAddr, len: usize) -> Option<&[u8]> {
+        self.rodata
+            .iter()
+            .chain(&self.code)
+            .find_map(|(base, bytes)| {
+                let from = usize::try_from(start.0.checked_sub(*base)?).ok()?;
+                bytes.get(from..from.checked_add(len)?)
+            })
     }
 
     /// The same scope as `point`, at another address of its function (for placement).
