@@ -67,12 +67,14 @@ pub fn run(args: &ResolveArgs) -> anyhow::Result<ExitCode> {
         }
         writeln!(
             out,
-            "total: lines={} failed={} points={} emulated={} ({:.0} %)",
+            "total: lines={} failed={} points={} emulated={} ({:.0} %) no_emulated_in_block={} (ceiling {:.0} %)",
             totals.lines,
             totals.failed,
             totals.points,
             totals.emulated,
-            totals.emulated_percent()
+            totals.emulated_percent(),
+            totals.none_in_block,
+            totals.ceiling_percent()
         )
     };
     match write() {

@@ -301,6 +301,9 @@ impl Binary {
                 let Some(func) = self.function_at(ui, r.addr)? else {
                     continue;
                 };
+                if !self.holds_code(func.low_pc, func.high_pc) {
+                    continue;
+                }
                 groups
                     .entry((ui, func.scope))
                     .or_insert_with(|| (Vec::new(), func))
@@ -393,6 +396,17 @@ impl Binary {
             });
         }
         Ok(points)
+    }
+
+    /// Whether `[low, high)` is code of this file. A function the linker dropped (`--gc-sections`:
+    /// nothing called it) keeps its DWARF with its addresses set to 0, where the file has no
+    /// code: a probe there would never fire. A file with no code at all (a separate debug file
+    /// opened on its own) keeps every function.
+    fn holds_code(&self, low: u64, high: u64) -> bool {
+        self.code.is_empty()
+            || self
+                .code(LinkAddr(low), LinkAddr(high.max(low.saturating_add(1))))
+                .is_some()
     }
 
     fn unknown_file(&self, file: &str) -> Result<ResolveError, ResolveError> {

@@ -30,6 +30,8 @@ pub struct PointCoverage {
     pub kind: TrapKind,
     /// The placement's verdict (the last sentence of `--explain`).
     pub why: String,
+    /// Single-stepped, in a block with no instruction the kernel emulates.
+    pub none_in_block: bool,
 }
 
 /// One statement line.
@@ -50,16 +52,29 @@ pub struct Totals {
     pub failed: usize,
     pub points: usize,
     pub emulated: usize,
+    /// Single-stepped points whose block has no instruction the kernel emulates: no placement
+    /// inside the block can move them, so `points - these` is the most it can reach.
+    pub none_in_block: usize,
 }
 
 impl Totals {
     /// Emulated share of the probe points, in percent.
     #[must_use]
     pub fn emulated_percent(&self) -> f64 {
+        self.percent(self.emulated)
+    }
+
+    /// The share placement inside blocks could reach at most, in percent.
+    #[must_use]
+    pub fn ceiling_percent(&self) -> f64 {
+        self.percent(self.points - self.none_in_block.min(self.points))
+    }
+
+    fn percent(&self, n: usize) -> f64 {
         if self.points == 0 {
             0.0
         } else {
-            100.0 * self.emulated as f64 / self.points as f64
+            100.0 * n as f64 / self.points as f64
         }
     }
 }
@@ -100,6 +115,7 @@ pub fn coverage(
                     .map_err(|e| e.to_string())?;
                 let pl = placed.placement;
                 v.push(PointCoverage {
+                    none_in_block: pl.kind != TrapKind::Emulated && pl.candidates.is_empty(),
                     function,
                     chosen: pl.chosen.to_string(),
                     kind: pl.kind,
@@ -112,6 +128,7 @@ pub fn coverage(
             Ok(v) => {
                 totals.points += v.len();
                 totals.emulated += v.iter().filter(|p| p.kind == TrapKind::Emulated).count();
+                totals.none_in_block += v.iter().filter(|p| p.none_in_block).count();
             }
             Err(_) => totals.failed += 1,
         }

@@ -313,10 +313,19 @@ pub fn place(
             )
         }
         None => {
-            explain.push(format!(
-                "chose {}: no emulated instruction of the block reads the same values",
-                point.addr
-            ));
+            // Told apart: no placement could do better in a block the kernel emulates nothing
+            // of, while a refused candidate is a proof placement could not make.
+            explain.push(if candidates.is_empty() {
+                format!(
+                    "chose {}: the block has no instruction the kernel emulates (call, jmp, jcc, push, nop)",
+                    point.addr
+                )
+            } else {
+                format!(
+                    "chose {}: no emulated instruction of the block reads the same values",
+                    point.addr
+                )
+            });
             (
                 Placement {
                     chosen: point.addr,
