@@ -220,9 +220,9 @@ pub struct Drained {
 
 /// Takes records from `n` in-order sources oldest first, at most `max`, never one that started
 /// at or after `watermark`. `peek(state, i)` is the start time of source `i`'s next record
-/// (`None`: none), `take(state, i)` consumes it. A k-way merge: the batch is a prefix, in time order, of what
-/// the sources hold below the watermark, so a cap never leaves an older record behind a newer
-/// one handed over.
+/// (`None`: none), `take(state, i)` consumes it. A k-way merge: the batch is a prefix, in time
+/// order, of what the sources hold below the watermark, so a cap never leaves an older record
+/// behind a newer one handed over.
 pub(crate) fn merge<S: ?Sized>(
     state: &mut S,
     n: usize,
