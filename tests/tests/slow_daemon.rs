@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{set_bps, AttachedAgent, RestStub, STEP_TIMEOUT};
+use common::{set_bps, AttachedAgent, Dap, RestStub, STEP_TIMEOUT};
 use detrix_e2e::{
     build_c_fixture, c_fixture_source, fixtures_out_dir, marker_line, require_root, Build,
 };
@@ -194,6 +194,22 @@ fn unbroken_agent(target: &HotTarget, stub: &RestStub, name: &str) -> AttachedAg
     )
 }
 
+/// Wakes `agent` and sets the hot logpoint (`DETRICS:slow={round}` on the fixture's `process`
+/// line) through the session it opened with `stub`.
+fn wake_with_hot_logpoint(agent: &AttachedAgent, stub: &RestStub) -> Dap {
+    let (s, wake) = agent.post("/detrix/wake", None);
+    assert_eq!((s, wake["status"].clone()), (200, json!("awake")), "{wake}");
+    let (_, mut dap) = stub.take_session();
+    let src = c_fixture_source("orders");
+    let r = dap.request(&set_bps(
+        10,
+        &src.to_string_lossy(),
+        json!([{"line": marker_line(&src, "process"), "logMessage": "DETRICS:slow={round}"}]),
+    ));
+    assert_eq!(r["body"]["breakpoints"][0]["verified"], true, "{r}");
+    dap
+}
+
 /// A hot logpoint removed and set again, twice, while the target loops without a pause: the
 /// removal answers at once while the kernel still unregisters the uprobe (~100 ms), the new
 /// probe goes live meanwhile, and still every hit is accounted for — the engine's `hits` are
@@ -257,16 +273,7 @@ fn a_daemon_that_stops_reading_costs_bounded_memory_and_every_hit_is_accounted_f
     let stub = RestStub::start(GO_GOLDEN, RUST_GOLDEN);
     let agent = unbroken_agent(&target, &stub, "slow-daemon");
     let agent_pid = agent.child.id();
-    let (s, wake) = agent.post("/detrix/wake", None);
-    assert_eq!((s, wake["status"].clone()), (200, json!("awake")), "{wake}");
-    let (_, mut dap) = stub.take_session();
-    let src = c_fixture_source("orders");
-    let r = dap.request(&set_bps(
-        10,
-        &src.to_string_lossy(),
-        json!([{"line": marker_line(&src, "process"), "logMessage": "DETRICS:slow={round}"}]),
-    ));
-    assert_eq!(r["body"]["breakpoints"][0]["verified"], true, "{r}");
+    let mut dap = wake_with_hot_logpoint(&agent, &stub);
 
     // Read normally for a while: values flow, and the RSS before the pause is measured.
     let mut delivered = dap.events(200, STEP_TIMEOUT, is_ours);
@@ -493,16 +500,7 @@ fn a_target_moving_between_cpus_has_its_hits_delivered_in_the_order_it_made_them
     let target = HotTarget::start("moving");
     let stub = RestStub::start(GO_GOLDEN, RUST_GOLDEN);
     let agent = unbroken_agent(&target, &stub, "moving");
-    let (s, wake) = agent.post("/detrix/wake", None);
-    assert_eq!((s, wake["status"].clone()), (200, json!("awake")), "{wake}");
-    let (_, mut dap) = stub.take_session();
-    let src = c_fixture_source("orders");
-    let r = dap.request(&set_bps(
-        10,
-        &src.to_string_lossy(),
-        json!([{"line": marker_line(&src, "process"), "logMessage": "DETRICS:slow={round}"}]),
-    ));
-    assert_eq!(r["body"]["breakpoints"][0]["verified"], true, "{r}");
+    let mut dap = wake_with_hot_logpoint(&agent, &stub);
 
     let moving = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let pid = target.pid();
