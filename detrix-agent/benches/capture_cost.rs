@@ -254,6 +254,14 @@ fn main() -> Result<()> {
     );
 
     let (mut probes, ring) = Probes::load(LoadOptions::default())?;
+    eprintln!(
+        "bench: probes are {}",
+        if probes.multi_links() {
+            "uprobe_multi links"
+        } else {
+            "perf events"
+        }
+    );
     let mut ring = Some(ring);
     probes.install_noop(&at(fp.file_offset))?;
     rows.push(Row {
@@ -330,6 +338,34 @@ fn main() -> Result<()> {
             ),
         )?);
     }
+    // The placed probe again as a perf event, the kernel's older kind of uprobe link (what the
+    // agent falls back to without uprobe_multi), with its own floor: the two kinds side by side.
+    let perf_rows = {
+        std::env::set_var(detrix_agent::probe::LINKS_ENV, "perf");
+        let loaded = Probes::load(LoadOptions::default());
+        std::env::remove_var(detrix_agent::probe::LINKS_ENV);
+        let (mut perf, ring3) = loaded?;
+        let mut ring3 = Some(ring3);
+        perf.install_noop(&at(pp.file_offset))?;
+        let floor = Row {
+            name: format!("empty BPF program @ {} as a perf-event link", pp.addr),
+            ns_per_call: fx.measure()?,
+            note: String::new(),
+        };
+        perf.remove_noops()?;
+        let agent = ctx.capture(
+            &mut perf,
+            &mut ring3,
+            pplan,
+            pp.file_offset,
+            &format!(
+                "agent 1-int (v) @ {} placed, forwarded, perf-event link",
+                pp.addr
+            ),
+        )?;
+        [floor, agent]
+    };
+    rows.extend(perf_rows);
     let asleep = fx.measure()?;
     rows.push(Row {
         name: "asleep (all probes detached)".into(),
@@ -424,6 +460,21 @@ fn main() -> Result<()> {
         agent_first_mem / floor,
         agent_placed_mem / placed_floor
     );
+    if let Some(kind) = rows
+        .iter()
+        .position(|r| r.name.contains("as a perf-event link"))
+    {
+        let (pf, pa) = (
+            rows[kind].ns_per_call - base,
+            rows[kind + 1].ns_per_call - base,
+        );
+        println!(
+            "uprobe_multi / perf-event link, placed: floor {:.2}x, agent 1-int {:.2}x; agent / floor as perf events {:.2}x",
+            placed_floor / pf,
+            agent_placed / pa,
+            pa / pf
+        );
+    }
 
     if let [g_base, g_floor, g_agent, rest @ ..] = go_rows.as_slice() {
         let gb = g_base.ns_per_call;

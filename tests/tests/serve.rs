@@ -545,6 +545,87 @@ fn wake_auto_reregisters_a_restart_under_the_same_id_and_sigterm_unregisters() {
     drop(b);
 }
 
+/// SIGTERM with a probe on every line of a target: every probe removed, the registration
+/// deleted and exit 0 within 2 s, the target running on untouched. (Perf-event uprobes are
+/// removed one at a time, ~100 ms each: 20 of them took the 2 s alone; `uprobe_multi` links
+/// are removed side by side.)
+#[test]
+fn sigterm_with_a_probe_on_every_line_exits_0_within_2_s() {
+    require_root();
+    let exe = Exe::copy("term");
+    let stub = RestStub::start("shared/go-delve.jsonl", "shared/rust-stub.jsonl");
+    let mut serve = Serve::start(
+        &[
+            "--select",
+            &format!("exe={}", exe.0.display()),
+            "--wake",
+            "auto",
+            "--daemon-url",
+            &stub.url,
+        ],
+        &[],
+    );
+    let mut t = Fixture::start(&exe.0, &["-1", "50"]);
+    serve.wait_targets("the target awake", |l| {
+        by_pid(l, t.pid()).is_some_and(|x| x["state"] == "awake")
+    });
+    let (_, mut dap) = stub.take_session();
+    let src = detrix_e2e::c_fixture_source("orders");
+    let lines = std::fs::read_to_string(&src).unwrap().lines().count();
+    let bps: Vec<Value> = (1..=lines)
+        .map(|l| json!({"line": l, "logMessage": format!("DETRICS:l{l}={{g_counter}}")}))
+        .collect();
+    let r = dap.request(&set_bps(2, &src.display().to_string(), json!(bps)));
+    let verified = r["body"]["breakpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["verified"] == json!(true))
+        .count();
+    assert!(verified >= 20, "only {verified} lines took a probe: {r}");
+    let (_, m) = http("GET", &format!("{}/metrics", serve.control), None);
+    let kind = m
+        .lines()
+        .find(|l| l.starts_with("detrix_uprobe_link_kind{"))
+        .unwrap_or("detrix_uprobe_link_kind: none");
+    let conn = by_pid(&serve.targets(), t.pid()).unwrap()["connection_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let t0 = Instant::now();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(serve.child.id() as i32, libc::SIGTERM) };
+    let code = loop {
+        if let Ok(Some(st)) = serve.child.try_wait() {
+            break st.code();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "serve still running 2 s after SIGTERM with {verified} probes ({kind})"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    println!(
+        "SIGTERM with {verified} probes ({kind}) → exit in {} ms",
+        t0.elapsed().as_millis()
+    );
+    assert_eq!(code, Some(0), "stderr:\n{}", serve.stderr.text());
+    assert!(
+        stub.lock().unregistrations.contains(&conn),
+        "the registration is deleted"
+    );
+    // The target runs on: it prints its next rounds.
+    let before = t.last_round().unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while t.last_round().unwrap_or(0) < before + 2 {
+        assert!(
+            Instant::now() < deadline && t.is_running(),
+            "the target stopped after the agent left (round {before})"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// `wake = auto` while the daemon is down: the target waits asleep, retrying, and wakes once the
 /// daemon comes up — no operator needed.
 #[test]

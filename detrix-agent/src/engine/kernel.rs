@@ -34,6 +34,9 @@ pub struct Kernel {
     next_owner: AtomicU64,
     /// How long loading and verifying the program took.
     pub load_time: Duration,
+    /// What probes are: `uprobe_multi` links, or `perf_event`s where the kernel has no such
+    /// links (see `probe/multi.rs`).
+    pub link_kind: &'static str,
     stats: RingStats,
 }
 
@@ -82,12 +85,18 @@ impl Kernel {
     pub fn load(opts: LoadOptions) -> Result<Arc<Self>, EngineError> {
         let t0 = Instant::now();
         let (probes, ring) = Probes::load(opts)?;
+        let link_kind = if probes.multi_links() {
+            "uprobe_multi"
+        } else {
+            "perf_event"
+        };
         let kernel = Arc::new(Self {
             probes: Arc::new(Mutex::new(probes)),
             decoders: DecoderTable::default(),
             routes: Mutex::default(),
             next_owner: AtomicU64::new(1),
             load_time: t0.elapsed(),
+            link_kind,
             stats: RingStats::default(),
         });
         #[allow(

@@ -2,13 +2,15 @@
 //! into their slots, attaches the one program at each probe address with the slot as BPF
 //! cookie, reads counters, and hands out the ring buffer.
 //!
-//! Probes go away in two ways only: [`Probes::remove`], or dropping [`Probes`] (the perf-event
-//! links close). When the agent dies, even by SIGKILL, the kernel closes its fds and removes the
+//! Probes go away in two ways only: [`Probes::remove`], or dropping [`Probes`] (the links
+//! close). When the agent dies, even by SIGKILL, the kernel closes its fds and removes the
 //! uprobes; nothing is pinned. A removed probe's link is closed on another thread
-//! ([`closer`]: the kernel takes ~100 ms to unregister a uprobe), and its slot is reused only
-//! once that close is done.
+//! ([`closer`]: the kernel takes 50–100 ms to unregister a uprobe), and its slot is reused only
+//! once that close is done. A probe is a `uprobe_multi` BPF link where the kernel has them
+//! ([`multi`]: their closes overlap), a perf event otherwise.
 
 mod closer;
+mod multi;
 mod ring;
 
 pub use closer::{Ticket, Waiter};
@@ -16,6 +18,7 @@ pub use ring::{parse_record, Drained, EventRings};
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
@@ -61,6 +64,13 @@ pub enum ProbeError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("cannot attach a uprobe at offset {offset} of {binary}: {source}")]
+    AttachLink {
+        binary: String,
+        offset: FileOffset,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("all {MAX_PROBES} probe slots are in use; remove some probes first")]
     NoSlot,
     #[error("no probe in slot {0}")]
@@ -95,14 +105,40 @@ impl Default for LoadOptions {
     }
 }
 
+/// An attached probe's link: a perf event aya holds (by id), or a `uprobe_multi` link.
+#[derive(Debug)]
+enum Attached {
+    Perf(UProbeLinkId),
+    Multi(OwnedFd),
+}
+
+/// A detached link on its way to the [`closer`]: dropping it closes it.
+#[derive(Debug)]
+enum Link {
+    Perf(#[expect(dead_code, reason = "held to be dropped: its Drop closes the link")] UProbeLink),
+    Multi(
+        #[expect(
+            dead_code,
+            reason = "held to be dropped: closing it removes the uprobe"
+        )]
+        OwnedFd,
+    ),
+}
+
+/// Set to `perf` to attach probes as perf events even where `uprobe_multi` links exist (to
+/// compare the two in one run, or on a kernel where the links misbehave).
+pub const LINKS_ENV: &str = "DETRIX_UPROBE_LINKS";
+
 /// The loaded program, its maps and the attached probes.
 pub struct Probes {
     ebpf: aya::Ebpf,
+    /// The programs loaded for `uprobe_multi` links; `None`: probes are perf events.
+    multi: Option<multi::Programs>,
     /// Per CPU: each slot's counters and its copy of the plan (`detrix_common::Slot`).
     slots: PerCpuArray<MapData, Slot>,
     rate: Array<MapData, RateState>,
     /// By probe id (see [`Probes::install`]), with the pid it was scoped to.
-    links: BTreeMap<u32, (UProbeLinkId, u32)>,
+    links: BTreeMap<u32, (Attached, u32)>,
     /// Removed probes whose links [`Probes::closer`] is still closing, by probe id: their slots
     /// are not reused until then.
     retiring: BTreeMap<u32, Retiring>,
@@ -112,15 +148,15 @@ pub struct Probes {
     /// Final counters of the probes [`Probes::remove_wait`] is removing, by probe id (filled
     /// and drained within that call).
     waited: BTreeMap<u32, Counters>,
-    closer: closer::Closer<UProbeLink>,
+    closer: closer::Closer<Link>,
     /// Saved entry registers (see `detrix-ebpf/src/stash.rs`).
     stash: HashMap<MapData, StashKey, StashRegs>,
     /// The entry probe of a probe whose plan reads entry values, by probe id, with its stash id.
-    entry_links: BTreeMap<u32, (UProbeLinkId, u64)>,
+    entry_links: BTreeMap<u32, (Attached, u64)>,
     /// The last stash id given out: each entry probe gets a new one, so a slot an earlier
     /// probe left is never read by a later one.
     stash_ids: u64,
-    noop_links: Vec<UProbeLinkId>,
+    noop_links: Vec<Attached>,
     /// Bumped per install, so a reused slot gets a new probe id.
     generation: u32,
     ncpus: usize,
@@ -219,6 +255,21 @@ impl Probes {
             )
             .load(EBPF_OBJECT)
             .map_err(ProbeError::Load)?;
+        // Before any map is taken out: the second load relocates against all of them.
+        let multi = if std::env::var(LINKS_ENV).is_ok_and(|v| v == "perf") {
+            None
+        } else {
+            match multi::Programs::load(&ebpf, EBPF_OBJECT, &[PROGRAM, NOOP, STASH]) {
+                Ok(p) => {
+                    tracing::debug!("probes are uprobe_multi links");
+                    Some(p)
+                }
+                Err(e) => {
+                    tracing::info!(reason = %e, "no uprobe_multi links; probes are perf events (each removal ~100 ms, one at a time)");
+                    None
+                }
+            }
+        };
         let slots: PerCpuArray<_, _> = take_map(&mut ebpf, "SLOTS", "SLOTS map")?;
         let ring: RingBuf<_> = take_map(&mut ebpf, "EVENTS", "EVENTS map")?;
         let rate: Array<_, _> = take_map(&mut ebpf, "RATE", "RATE map")?;
@@ -235,25 +286,30 @@ impl Probes {
         } else {
             None
         };
+        // The perf-event path's programs, when it is the one taken.
         for (name, missing) in [
             (PROGRAM, PROGRAM_MISSING),
             (NOOP, NOOP_MISSING),
             (STASH, STASH_MISSING),
         ] {
-            uprobe(&mut ebpf, name, missing)?
-                .load()
-                .map_err(ProbeError::Program)?;
+            if multi.is_none() {
+                uprobe(&mut ebpf, name, missing)?
+                    .load()
+                    .map_err(ProbeError::Program)?;
+            }
         }
+        let parallel_closes = multi.is_some();
         Ok((
             Self {
                 ebpf,
+                multi,
                 slots,
                 rate,
                 links: BTreeMap::new(),
                 retiring: BTreeMap::new(),
                 late: BTreeMap::new(),
                 waited: BTreeMap::new(),
-                closer: closer::Closer::start(),
+                closer: closer::Closer::start(parallel_closes),
                 stash,
                 entry_links: BTreeMap::new(),
                 stash_ids: 0,
@@ -266,8 +322,10 @@ impl Probes {
         ))
     }
 
-    fn program(&mut self) -> Result<&mut UProbe, ProbeError> {
-        uprobe(&mut self.ebpf, PROGRAM, PROGRAM_MISSING)
+    /// Whether probes are `uprobe_multi` links (else perf events).
+    #[must_use]
+    pub fn multi_links(&self) -> bool {
+        self.multi.is_some()
     }
 
     /// Writes `plan` into a free slot and attaches a uprobe there, scoped to `spec.pid`.
@@ -300,7 +358,7 @@ impl Probes {
             Some(offset) if stashes => {
                 self.stash_ids += 1;
                 let id = self.stash_ids;
-                let link = self.attach(STASH, STASH_MISSING, spec, offset, id)?;
+                let link = self.attach(STASH, STASH_MISSING, spec, offset, Some(id))?;
                 Some((link, id))
             }
             _ => None,
@@ -337,16 +395,27 @@ impl Probes {
         missing: &'static str,
         spec: &AttachSpec<'_>,
         offset: FileOffset,
-        cookie: u64,
-    ) -> Result<UProbeLinkId, ProbeError> {
+        cookie: Option<u64>,
+    ) -> Result<Attached, ProbeError> {
+        if let Some(m) = &self.multi {
+            return m
+                .attach(name, spec.binary, offset.0, cookie.unwrap_or(0), spec.pid)
+                .map(Attached::Multi)
+                .map_err(|source| ProbeError::AttachLink {
+                    binary: spec.binary.display().to_string(),
+                    offset,
+                    source,
+                });
+        }
         let pid =
             NonZeroU32::new(spec.pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
         let point = UProbeAttachPoint {
             location: UProbeAttachLocation::AbsoluteOffset(offset.0),
-            cookie: Some(cookie),
+            cookie,
         };
         uprobe(&mut self.ebpf, name, missing)?
             .attach(point, spec.binary, pid)
+            .map(Attached::Perf)
             .map_err(|source| ProbeError::Attach {
                 binary: spec.binary.display().to_string(),
                 offset,
@@ -354,13 +423,22 @@ impl Probes {
             })
     }
 
+    /// Takes an attached link of program `name` out, to be closed by dropping it.
+    fn take(&mut self, a: Attached, name: &str, missing: &'static str) -> Result<Link, ProbeError> {
+        match a {
+            Attached::Multi(fd) => Ok(Link::Multi(fd)),
+            Attached::Perf(id) => uprobe(&mut self.ebpf, name, missing)?
+                .take_link(id)
+                .map(Link::Perf)
+                .map_err(ProbeError::Program),
+        }
+    }
+
     /// Detaches an entry probe whose line probe was never attached, and deletes the slots it
     /// saved (at once: this is an install's failure path, nothing waits on it).
-    fn drop_entry(&mut self, link: UProbeLinkId, id: u64) {
-        if let Ok(p) = uprobe(&mut self.ebpf, STASH, STASH_MISSING) {
-            if let Err(e) = p.detach(link) {
-                tracing::warn!(stash = id, error = %e, "detaching an entry probe failed");
-            }
+    fn drop_entry(&mut self, link: Attached, id: u64) {
+        if let Err(e) = self.take(link, STASH, STASH_MISSING) {
+            tracing::warn!(stash = id, error = %e, "detaching an entry probe failed");
         }
         self.drop_stashed(id);
     }
@@ -404,7 +482,13 @@ impl Probes {
             plan: *plan,
         };
         self.write_slot(slot, vec![fresh; self.ncpus])?;
-        let link = self.attach(PROGRAM, PROGRAM_MISSING, spec, spec.offset, u64::from(id))?;
+        let link = self.attach(
+            PROGRAM,
+            PROGRAM_MISSING,
+            spec,
+            spec.offset,
+            Some(u64::from(id)),
+        )?;
         tracing::debug!(slot, id, "uprobe attached");
         self.links.insert(id, (link, spec.pid));
         Ok(id)
@@ -426,20 +510,7 @@ impl Probes {
     /// # Errors
     /// The kernel refused the attach.
     pub fn install_noop(&mut self, spec: &AttachSpec<'_>) -> Result<(), ProbeError> {
-        let noop = uprobe(&mut self.ebpf, NOOP, NOOP_MISSING)?;
-        let pid =
-            NonZeroU32::new(spec.pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess);
-        let point = UProbeAttachPoint {
-            location: UProbeAttachLocation::AbsoluteOffset(spec.offset.0),
-            cookie: None,
-        };
-        let link = noop
-            .attach(point, spec.binary, pid)
-            .map_err(|source| ProbeError::Attach {
-                binary: spec.binary.display().to_string(),
-                offset: spec.offset,
-                source,
-            })?;
+        let link = self.attach(NOOP, NOOP_MISSING, spec, spec.offset, None)?;
         self.noop_links.push(link);
         Ok(())
     }
@@ -449,10 +520,8 @@ impl Probes {
     /// # Errors
     /// A kernel error on detach.
     pub fn remove_noops(&mut self) -> Result<(), ProbeError> {
-        let links = std::mem::take(&mut self.noop_links);
-        let noop = uprobe(&mut self.ebpf, NOOP, NOOP_MISSING)?;
-        for l in links {
-            noop.detach(l).map_err(ProbeError::Program)?;
+        for l in std::mem::take(&mut self.noop_links) {
+            drop(self.take(l, NOOP, NOOP_MISSING)?);
         }
         Ok(())
     }
@@ -540,14 +609,11 @@ impl Probes {
         // looks for registers its entry probe has stopped saving.
         let mut links = Vec::with_capacity(2);
         let taken = self
-            .program()
-            .and_then(|p| p.take_link(link).map_err(ProbeError::Program))
+            .take(link, PROGRAM, PROGRAM_MISSING)
             .map(|l| links.push(l));
         let mut stash = None;
         if let Some((entry, stash_id)) = self.entry_links.remove(&id) {
-            match uprobe(&mut self.ebpf, STASH, STASH_MISSING)
-                .and_then(|p| p.take_link(entry).map_err(ProbeError::Program))
-            {
+            match self.take(entry, STASH, STASH_MISSING) {
                 Ok(l) => links.push(l),
                 Err(e) => {
                     tracing::warn!(stash = stash_id, error = %e, "taking an entry probe's link failed");

@@ -295,7 +295,8 @@ impl Host {
             latency: st.latency,
             targets,
             ring: kernel.as_ref().map(|k| k.ring_use()),
-            load_seconds: kernel.map(|k| k.load_time.as_secs_f64()),
+            load_seconds: kernel.as_ref().map(|k| k.load_time.as_secs_f64()),
+            link_kind: kernel.map(|k| k.link_kind),
             host_budget_trips: self.host_budget_trips().await,
         }
     }

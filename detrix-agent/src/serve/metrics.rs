@@ -64,6 +64,8 @@ pub struct Snapshot {
     pub ring: Option<RingUse>,
     /// How long loading the host's eBPF program took.
     pub load_seconds: Option<f64>,
+    /// What the host's probes are: `uprobe_multi` links or `perf_event`s.
+    pub link_kind: Option<&'static str>,
     /// Windows in which every probe together exceeded the host's CPU budget.
     pub host_budget_trips: u64,
 }
@@ -288,6 +290,13 @@ fn render_ring(o: &mut String, s: &Snapshot) {
             "# HELP {name} How long loading and verifying the host's eBPF program took.\n# TYPE {name} gauge\n{name} {secs}"
         );
     }
+    if let Some(kind) = s.link_kind {
+        let name = "detrix_uprobe_link_kind";
+        let _ = writeln!(
+            o,
+            "# HELP {name} What the host's probes are: uprobe_multi links (removals overlap) or perf_event (removed one at a time, ~100 ms each).\n# TYPE {name} gauge\n{name}{{kind=\"{kind}\"}} 1"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -388,6 +397,7 @@ detrix_serve_exec_to_target_max_seconds 2
                 probes_max: 512,
             }),
             load_seconds: Some(1.5),
+            link_kind: Some("uprobe_multi"),
             host_budget_trips: 3,
             ..Snapshot::default()
         };
@@ -418,16 +428,17 @@ detrix_serve_exec_to_target_max_seconds 2
             "detrix_ring_hits_read_total 10".to_owned(),
             "detrix_ring_hits_unrouted_total 2".to_owned(),
             "detrix_ebpf_load_seconds 1.5".to_owned(),
+            r#"detrix_uprobe_link_kind{kind="uprobe_multi"} 1"#.to_owned(),
             "detrix_host_cpu_budget_trips_total 3".to_owned(),
         ] {
             assert!(lines.contains(&want.as_str()), "missing {want} in\n{text}");
         }
         // Every sample has its HELP and TYPE: 9 target + 1 breaker + 1 after-remove + 9 probe +
-        // 7 ring + 1 host budget + 1 load families after the 6 discovery ones.
+        // 7 ring + 1 host budget + 1 load + 1 link kind families after the 6 discovery ones.
         assert_eq!(
             text.matches("# TYPE ").count(),
-            6 + 9 + 1 + 1 + 9 + 7 + 1 + 1
+            6 + 9 + 1 + 1 + 9 + 7 + 1 + 1 + 1
         );
-        assert_eq!(lines.len(), 3 + 6 + 12 + 1 + 9 + 1 + 1 + 9 + 7 + 1 + 1);
+        assert_eq!(lines.len(), 3 + 6 + 12 + 1 + 9 + 1 + 1 + 9 + 7 + 1 + 1 + 1);
     }
 }

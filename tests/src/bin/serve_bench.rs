@@ -11,7 +11,8 @@
 //!   previous logpoint was removed (the kernel still unregistering its uprobe, ~100 ms), and
 //!   again with nothing being removed;
 //! * attach time of 1, 100 and 1000 probes on one target (a generated program with 1000
-//!   distinct lines, one `setBreakpoints`);
+//!   distinct lines, one `setBreakpoints`), and the time to sleep that target (its answer
+//!   comes once every uprobe is unregistered);
 //! * per-hit cost with [`BUSY`] targets with a probe attached against one: the extra ns per
 //!   call of `bench_loop`'s probed function over its no-probe pace, same run.
 //!
@@ -342,7 +343,17 @@ fn run() -> Res<()> {
     }
     drop(dap);
 
-    // Attach time of 1, 100, 1000 probes on one target.
+    // Attach time of 1, 100, 1000 probes on one target, and the sleep that removes them.
+    let links = {
+        let (_, m) = common::http("GET", &format!("{}/metrics", serve.control), None);
+        m.lines()
+            .find_map(|l| {
+                l.strip_prefix("detrix_uprobe_link_kind{kind=\"")
+                    .and_then(|r| r.split('"').next())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| "unknown".to_owned())
+    };
     let many = Fixture::start(&lines_exe, &[]);
     let mid = target_id(&serve, many.pid());
     wake_retrying(&serve, &mid)?;
@@ -379,12 +390,20 @@ fn run() -> Res<()> {
             format!("attach {n} probes on one target (one setBreakpoints)"),
             format!("{ms:.0} ms, {verified} attached{refused}"),
         ));
-        seq += 1;
-        dap.request_within(&set_bps(seq, &lpath, json!([])), ATTACH_TIMEOUT);
-        // The answer comes at once; the kernel unregisters the n uprobes behind it, one at a
-        // time (~100 ms each), and an attach meanwhile waits for the one in progress. Let
-        // them go, so the next row measures attaching alone.
-        std::thread::sleep(Duration::from_millis(150) * u32::try_from(n).unwrap_or(1000));
+        // Remove them by sleeping the target: its answer comes once the kernel has unregistered
+        // every uprobe (the target's text is clean). Then awake again for the next row.
+        let t0 = Instant::now();
+        let (st, w) = serve.post(&format!("/detrix/targets/{mid}/sleep"), None);
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        if st != 200 {
+            return Err(format!("sleep {mid}: {st} {w}"));
+        }
+        rows.push((
+            format!("sleep with {n} probes attached: every uprobe gone"),
+            format!("{ms:.0} ms ({verified} removed; {links} links)"),
+        ));
+        wake_retrying(&serve, &mid)?;
+        dap = stub.take_session().1;
     }
     drop(dap);
     drop(many);
