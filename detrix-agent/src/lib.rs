@@ -31,4 +31,5 @@ pub mod privs;
 pub mod probe;
 pub mod render;
 pub mod serve;
+pub mod sockdiag;
 pub mod target;

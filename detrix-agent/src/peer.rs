@@ -1,5 +1,6 @@
 //! Who is on the other end of a local TCP connection, found the way `ss -p` finds it: the
-//! peer socket's inode in `/proc/net/tcp{,6}`, then the processes whose `/proc/PID/fd` hold
+//! peer socket's inode in the kernel's socket table (asked over netlink, [`crate::sockdiag`];
+//! `/proc/net/tcp{,6}` when that fails), then the processes whose `/proc/PID/fd` hold
 //! `socket:[inode]`, then their uids. TCP has no `SO_PEERCRED`; this is the kernel's own record.
 //!
 //! Why this module exists: the agent is root and reads any process, so every port it serves
@@ -249,7 +250,14 @@ fn owner_of(e: TcpEntry) -> Owner {
 /// The owner of the peer end of our connection `local` ← `peer`, if it is on this host.
 #[must_use]
 pub fn peer_owner(local: SocketAddr, peer: SocketAddr) -> Option<Owner> {
-    find_peer(&tcp_table(), local, peer).map(owner_of)
+    let entry = match crate::sockdiag::lookup(peer, local) {
+        Ok(e) => e.filter(|e| e.state != TCP_LISTEN),
+        Err(e) => {
+            tracing::debug!(error = %e, "sock_diag lookup failed; reading /proc/net/tcp");
+            find_peer(&tcp_table(), local, peer)
+        }
+    };
+    entry.map(owner_of)
 }
 
 /// The uids owning the sockets listening where `url` points, if it points at this host.
@@ -258,7 +266,11 @@ pub fn listener_uids(url: &str) -> BTreeSet<u32> {
     let Some((ip, port)) = url_addr(url) else {
         return BTreeSet::new();
     };
-    find_listeners(&tcp_table(), ip, port)
+    let table = crate::sockdiag::listeners().unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "sock_diag dump failed; reading /proc/net/tcp");
+        tcp_table()
+    });
+    find_listeners(&table, ip, port)
         .into_iter()
         .map(owner_of)
         .flat_map(|o| o.uids)
