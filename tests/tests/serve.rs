@@ -470,12 +470,12 @@ fn systemd_unit_verifies() {
     assert_eq!(stderr.trim(), "", "verify is clean");
 }
 
-#[test]
-fn wake_auto_reregisters_a_restart_under_the_same_id_and_sigterm_unregisters() {
-    require_root();
-    let exe = Exe::copy("auto");
+/// A copy of the `orders` fixture tagged `tag`, the daemon emulator, and a `serve` selecting that
+/// copy with `--wake auto` against the emulator.
+fn auto_wake_serve(tag: &str) -> (Exe, RestStub, Serve) {
+    let exe = Exe::copy(tag);
     let stub = RestStub::start("shared/go-delve.jsonl", "shared/rust-stub.jsonl");
-    let mut serve = Serve::start(
+    let serve = Serve::start(
         &[
             "--select",
             &format!("exe={}", exe.0.display()),
@@ -486,6 +486,13 @@ fn wake_auto_reregisters_a_restart_under_the_same_id_and_sigterm_unregisters() {
         ],
         &[],
     );
+    (exe, stub, serve)
+}
+
+#[test]
+fn wake_auto_reregisters_a_restart_under_the_same_id_and_sigterm_unregisters() {
+    require_root();
+    let (exe, stub, mut serve) = auto_wake_serve("auto");
     let base = exe.0.file_name().unwrap().to_string_lossy().into_owned();
     let awake = |serve: &Serve, pid: u32| {
         serve.wait_targets("the target awake by itself", |t| {
@@ -552,19 +559,7 @@ fn wake_auto_reregisters_a_restart_under_the_same_id_and_sigterm_unregisters() {
 #[test]
 fn sigterm_with_a_probe_on_every_line_exits_0_within_2_s() {
     require_root();
-    let exe = Exe::copy("term");
-    let stub = RestStub::start("shared/go-delve.jsonl", "shared/rust-stub.jsonl");
-    let mut serve = Serve::start(
-        &[
-            "--select",
-            &format!("exe={}", exe.0.display()),
-            "--wake",
-            "auto",
-            "--daemon-url",
-            &stub.url,
-        ],
-        &[],
-    );
+    let (exe, stub, mut serve) = auto_wake_serve("term");
     let mut t = Fixture::start(&exe.0, &["-1", "50"]);
     serve.wait_targets("the target awake", |l| {
         by_pid(l, t.pid()).is_some_and(|x| x["state"] == "awake")
