@@ -247,6 +247,7 @@ fn main() -> Result<()> {
         binary: &exe,
         offset,
         pid,
+        edges: &[],
     };
     eprintln!(
         "bench: line {line}: first instruction {} ({:?}), placed at {} ({:?})",
@@ -557,6 +558,7 @@ fn go_section() -> Result<Vec<Row>> {
         binary: &exe,
         offset: p.file_offset,
         pid,
+        edges: &[],
     })?;
     rows.push(Row {
         name: format!("empty BPF program @ {} ({:?}) = floor", p.addr, pl.kind),
@@ -625,6 +627,7 @@ impl Ctx<'_> {
                 binary: self.exe,
                 offset,
                 pid: self.pid,
+                edges: &[],
             },
         )?;
         let t = Instant::now();

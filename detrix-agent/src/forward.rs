@@ -197,6 +197,7 @@ fn facts_at(func: &Function, at: u64) -> Option<Facts> {
     let mut targets = HashSet::new();
     for i in instrs {
         match branch(i) {
+            Branch::Unknown if func.tail_call(i) => {}
             Branch::Unknown => targets.extend(func.table(i)?),
             Branch::Direct(t) => {
                 targets.insert(t);

@@ -91,6 +91,7 @@ fn full_ring_counts_every_drop_and_keeps_exactly_what_fit() {
                 binary: &exe,
                 offset: FileOffset(offset),
                 pid,
+                edges: &[],
             },
         )
         .expect("attach to own function");
@@ -151,6 +152,7 @@ fn full_ring_counts_every_drop_and_keeps_exactly_what_fit() {
                 binary: &exe,
                 offset: FileOffset(offset),
                 pid,
+                edges: &[],
             },
         )
         .expect("attach again");

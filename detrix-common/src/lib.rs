@@ -14,7 +14,8 @@
 //! The layouts by direction, each in its own file and all re-exported here (a caller names
 //! `detrix_common::Plan` wherever it lives): `plan` (agent → program: ops, condition, plan),
 //! `event` (program → agent: records, flags, per-CPU rings), `counters` (what the program
-//! counts, and their names), `stash` (entry values), [`alu`] (the DWARF arithmetic both run).
+//! counts, and their names), `stash` (entry values), [`alu`] (the DWARF arithmetic both run), [`guard`] (a probe on a
+//! conditional branch: the condition in its cookie).
 #![no_std]
 
 /// Version of every layout in this crate. Bump on any change; the agent checks that the
@@ -43,6 +44,7 @@ mod plan;
 mod stash;
 
 pub mod alu;
+pub mod guard;
 
 pub use counters::*;
 pub use event::*;

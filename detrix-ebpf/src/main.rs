@@ -3,13 +3,14 @@
 //! (registers, pointees, strings) into an event **now**, in the kernel, bounded. The agent
 //! attaches this same program at every probe address with a different cookie.
 //!
-//! Order of work (design.md §4): count the hit → plan by cookie → process filter → rate limit
-//! (here when the plan has no condition) → room in this CPU's ring (count a drop if full) →
-//! header and ops, written in place in the ring → condition → rate limit (here when it has
-//! one, so hits the condition rejects never spend tokens meant for the ones it wants) →
-//! publish (or leave unpublished) → doorbell every few events → add the time spent (one hit in
-//! eight is timed). Every early exit bumps its own counter, so `hits` always equals the sum of
-//! the outcomes. Counters and plan come from one per-CPU map value (`SLOTS`): one lookup.
+//! Order of work (design.md §4): a branch probe's condition (`guard`) → count the hit → plan
+//! by cookie → process filter → rate limit (here when the plan has no condition) → room in
+//! this CPU's ring (count a drop if full) → header and ops, written in place in the ring →
+//! condition → rate limit (here when it has one, so hits the condition rejects never spend
+//! tokens meant for the ones it wants) → publish (or leave unpublished) → doorbell every few
+//! events → add the time spent (one hit in eight is timed). Every early exit bumps its own
+//! counter, so `hits` always equals the sum of the outcomes. Counters and plan come from one
+//! per-CPU map value (`SLOTS`): one lookup.
 //!
 //! Here: the hit's path and the record around the values. The ops themselves run in
 //! `interp.rs`, faults are reported in `log.rs`, entry values are saved in `stash.rs`.
@@ -39,10 +40,10 @@ use aya_ebpf::{
 };
 use core::intrinsics::{atomic_xadd, atomic_xchg, AtomicOrdering};
 use detrix_common::{
-    cond, event_flags, f64_key, meta_offset, metas_bytes, record_span, value_flags, Condition,
-    Counters, CpuRing, Event, Plan, RateState, Slot, ValueMeta, COND_STR_BYTES, CPU_RING_BYTES,
-    EVENT_DATA_BYTES, MAX_COPY_BYTES, MAX_PROBES, MAX_VALUES, PLAN_ABI, RECORD_PREFIX_BYTES,
-    WIRE_HEADER_BYTES,
+    cond, event_flags, f64_key, guard, meta_offset, metas_bytes, record_span, value_flags,
+    Condition, Counters, CpuRing, Event, Plan, RateState, Slot, ValueMeta, COND_STR_BYTES,
+    CPU_RING_BYTES, EVENT_DATA_BYTES, MAX_COPY_BYTES, MAX_PROBES, MAX_VALUES, PLAN_ABI,
+    RECORD_PREFIX_BYTES, WIRE_HEADER_BYTES,
 };
 
 /// Probe slots (the slot is the uprobe's cookie): this CPU's exact outcome counters and its
@@ -93,7 +94,14 @@ fn capture(ctx: &ProbeContext) {
     // SAFETY: helpers without memory arguments.
     let start = unsafe { bpf_ktime_get_ns() };
     // SAFETY: ctx is the uprobe's pt_regs context.
-    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    let full = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    // A probe on a conditional branch into the line's block: a pass the other way is not a
+    // hit (`detrix_common::guard`), so it counts nothing.
+    // SAFETY: as `r_r14`.
+    if !guard::passes(full, unsafe { (*ctx.regs).eflags }) {
+        return;
+    }
+    let cookie = full as u32;
     // Low 16 bits: the map slot; above: a generation, so the agent never decodes a record of
     // a removed probe with the plan of the next one in the same slot.
     let slot = cookie & 0xffff;

@@ -17,8 +17,8 @@
 //! and reaches that one only from it (an unconditional jump to code nothing else reaches, as
 //! unoptimized Rust ends every call with), the two run equally often, and the path goes on
 //! there ([`Flow`]). Only in a function whose every way in is known: an indirect jump may land
-//! anywhere unless its jump table was recovered ([`super::jumptable`]), so there the block
-//! stays straight-line code.
+//! anywhere unless its jump table was recovered ([`super::jumptable`]) or it jumps through a
+//! GOT slot (a tail call: to a function's start), so there the block stays straight-line code.
 
 use std::collections::HashSet;
 
@@ -287,6 +287,19 @@ impl Flow {
     #[must_use]
     pub fn ways_in(&self, k: usize) -> u32 {
         self.ways_in.get(k).copied().unwrap_or(0)
+    }
+
+    /// Whether every way into every instruction is known (see the field).
+    #[must_use]
+    pub fn known(&self) -> bool {
+        self.known
+    }
+
+    /// The one instruction control reaches `k` from, when there is exactly one way in and it
+    /// is an instruction.
+    #[must_use]
+    pub fn only_from(&self, k: usize) -> Option<usize> {
+        self.only_from.get(k).copied().flatten()
     }
 
     /// Where control always goes after instruction `k`, if one place.

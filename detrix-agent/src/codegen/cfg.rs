@@ -12,8 +12,8 @@
 //!
 //! The graph is per instruction (functions are small, and runs do not start on block
 //! boundaries). Calls return; a direct jump out of the function is a tail call (it leaves); a
-//! jump table's jump goes to the table's targets ([`super::jumptable`]); any other indirect
-//! jump may go anywhere, so a path reaching one counts as leaving the line, and a function
+//! jump table's jump goes to the table's targets ([`super::jumptable`]); a jump through a GOT
+//! slot is a tail call (it leaves); any other indirect jump may go anywhere, so a path reaching one counts as leaving the line, and a function
 //! holding one never drops a run for dominance (its targets are unknown predecessors).
 
 use std::collections::{HashMap, HashSet};
@@ -60,6 +60,7 @@ impl Cfg {
                 FlowControl::Interrupt | FlowControl::Exception => Vec::new(),
                 FlowControl::IndirectBranch => match func.table(i) {
                     Some(targets) => targets.iter().map(|&t| to(t)).collect(),
+                    None if func.tail_call(i) => vec![Next::Leave],
                     None => {
                         cfg.indirect = true;
                         vec![Next::Unknown]

@@ -22,6 +22,11 @@ pub struct Function {
     /// The targets of the indirect jumps that read a jump table ([`jumptable`]), by the
     /// jump's address; the other indirect jumps may go anywhere.
     pub tables: std::collections::HashMap<u64, Vec<u64>>,
+    /// The indirect jumps through a slot of the global offset table (`jmp *f@GOTPCREL(%rip)`,
+    /// optimized Rust's and C's tail calls to another object's function), by address: the slot
+    /// holds a function's start, so control leaves the function (or, calling itself, enters at
+    /// its first instruction, a block start anyway).
+    pub tail_calls: std::collections::HashSet<u64>,
 }
 
 /// Where a branch goes, as far as the instruction says.
@@ -46,6 +51,17 @@ impl Function {
         f.tables = jumptable::recover(&f.instrs, |at, len| {
             bin.read_only(crate::debuginfo::LinkAddr(at), len)
         });
+        f.tail_calls = f
+            .instrs
+            .iter()
+            .filter(|i| {
+                i.flow_control() == FlowControl::IndirectBranch
+                    && i.op0_kind() == OpKind::Memory
+                    && i.is_ip_rel_memory_operand()
+                    && bin.in_got(crate::debuginfo::LinkAddr(i.ip_rel_memory_address()))
+            })
+            .map(Instruction::ip)
+            .collect();
         f
     }
 
@@ -62,6 +78,7 @@ impl Function {
         Self {
             instrs,
             tables: std::collections::HashMap::new(),
+            tail_calls: std::collections::HashSet::new(),
         }
     }
 
@@ -85,10 +102,17 @@ impl Function {
     }
 
     /// Whether `i` branches to a place the code does not say: an indirect jump without a
-    /// recovered table, or a branch that is not a near one.
+    /// recovered table that is not a tail call through the GOT, or a branch that is not a
+    /// near one.
     #[must_use]
     pub fn unknown_branch(&self, i: &Instruction) -> bool {
-        branch(i) == Branch::Unknown && self.table(i).is_none()
+        branch(i) == Branch::Unknown && self.table(i).is_none() && !self.tail_call(i)
+    }
+
+    /// Whether `i` jumps through a GOT slot: to another function's start ([`Function::tail_calls`]).
+    #[must_use]
+    pub fn tail_call(&self, i: &Instruction) -> bool {
+        self.tail_calls.contains(&i.ip())
     }
 }
 

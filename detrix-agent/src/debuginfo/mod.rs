@@ -14,6 +14,7 @@ mod dwexpr;
 mod lines;
 mod location;
 pub mod lsda;
+pub mod refs;
 mod scope;
 mod symbolize;
 mod types;
@@ -196,6 +197,15 @@ pub struct Binary {
     code: Vec<(u64, bytes::Bytes)>,
     /// Bytes of the read-only data sections, by link address: where jump tables are.
     rodata: Vec<(u64, bytes::Bytes)>,
+    /// `[start, end)` of the `.got` and `.got.plt` sections: an indirect jump through a slot
+    /// there is a tail call to another function's start.
+    got: Vec<(u64, u64)>,
+    /// Every allocated section that is not code, by link address, and the entry point: where
+    /// [`refs::Refs`] looks for taken addresses.
+    alloc_data: Vec<(u64, bytes::Bytes)>,
+    entry: u64,
+    /// Built by the first [`Binary::refs`].
+    refs: std::sync::OnceLock<refs::Refs>,
     dwarf: gimli::Dwarf<R>,
     units: Vec<gimli::Unit<R>>,
     eh_frame: Option<(gimli::EhFrame<R>, gimli::BaseAddresses)>,
@@ -372,6 +382,26 @@ impl Binary {
             })
             .filter_map(|s| Some((s.address(), bytes::Bytes::from_map(map, s.data().ok()?))))
             .collect();
+        let alloc_data = file
+            .sections()
+            .filter(|s| s.address() != 0)
+            .filter(|s| {
+                !matches!(
+                    s.kind(),
+                    object::SectionKind::Text
+                        | object::SectionKind::UninitializedData
+                        | object::SectionKind::UninitializedTls
+                        | object::SectionKind::Debug
+                )
+            })
+            .filter_map(|s| Some((s.address(), bytes::Bytes::from_map(map, s.data().ok()?))))
+            .collect();
+        let entry = file.entry();
+        let got = file
+            .sections()
+            .filter(|s| matches!(s.name(), Ok(".got" | ".got.plt")))
+            .map(|s| (s.address(), s.address().saturating_add(s.size())))
+            .collect();
 
         let section_data = |name: &str| -> Result<Option<(bytes::Bytes, u64)>, ResolveError> {
             match file.section_by_name(name) {
@@ -501,6 +531,10 @@ impl Binary {
             segments,
             code,
             rodata,
+            got,
+            alloc_data,
+            entry,
+            refs: std::sync::OnceLock::new(),
             dwarf,
             units,
             eh_frame,
@@ -623,6 +657,24 @@ impl Binary {
                 let from = usize::try_from(start.0.checked_sub(*base)?).ok()?;
                 bytes.get(from..from.checked_add(len)?)
             })
+    }
+
+    /// Who reaches which code address ([`refs::Refs`]): built on first use (one decode of
+    /// the file's code).
+    pub fn refs(&self) -> &refs::Refs {
+        self.refs.get_or_init(|| {
+            let code: Vec<(u64, &[u8])> = self.code.iter().map(|(a, b)| (*a, &b[..])).collect();
+            let data: Vec<(u64, &[u8])> =
+                self.alloc_data.iter().map(|(a, b)| (*a, &b[..])).collect();
+            refs::Refs::build(&code, &data, self.entry)
+        })
+    }
+
+    /// Whether `addr` is a slot of the global offset table (`.got`, `.got.plt`): the dynamic
+    /// linker fills those with the start addresses of functions and data.
+    #[must_use]
+    pub fn in_got(&self, addr: LinkAddr) -> bool {
+        self.got.iter().any(|&(lo, hi)| lo <= addr.0 && addr.0 < hi)
     }
 
     /// The same scope as `point`, at another address of its function (for placement).

@@ -120,6 +120,9 @@ pub struct PreparedCopy {
     /// When the plan reads entry values (`DW_OP_entry_value`): the file offset of the
     /// function's first instruction, where an entry probe saves them.
     pub entry: Option<crate::debuginfo::FileOffset>,
+    /// When placement put the probe on the branches into its block
+    /// ([`Placement::edges`]): where they are in `object`. Empty: at `point`.
+    pub sites: Vec<crate::probe::Site>,
 }
 
 /// An installed logpoint.
@@ -306,6 +309,7 @@ impl Engine {
                 binary: &c.object,
                 offset: c.point.file_offset,
                 pid: self.resolver.target.pid,
+                edges: &c.sites,
             };
             // The decode table is held across the attach: the reader drops a record whose
             // probe it does not know, and the first hits come as soon as the uprobe is live —

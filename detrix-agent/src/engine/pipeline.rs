@@ -132,6 +132,7 @@ fn place_and_forward(
                 p.addr
             )],
             candidates: Vec::new(),
+            edges: Vec::new(),
         }
     };
     let point = if placement.chosen == p.addr {
@@ -140,7 +141,9 @@ fn place_and_forward(
         bin.point_at(p, placement.chosen)
             .unwrap_or_else(|| p.clone())
     };
-    let forwarded = if steps.forwarding {
+    // On calls of the function, the plan reads `rsp` re-based for the call site: the
+    // registers forwarding would find are those of the function's first instruction.
+    let forwarded = if steps.forwarding && !placement.edges.iter().any(|e| e.call) {
         forward::forward(&point, &mut built.plan, func)
     } else {
         Vec::new()
@@ -276,6 +279,9 @@ pub fn describe(
                 let mut v = serde_json::json!({ "chosen": pl.chosen.to_string(), "kind": format!("{:?}", pl.kind) });
                 if !pl.candidates.is_empty() {
                     v["candidates"] = pl.candidates.iter().map(place::Candidate::sentence).collect();
+                }
+                if !pl.edges.is_empty() {
+                    v["edges"] = pl.edges.iter().map(place::Edge::sentence).collect();
                 }
                 if !placed.forwarded.is_empty() {
                     v["forwarded"] = placed.forwarded.clone().into();

@@ -200,7 +200,26 @@ impl Resolver {
             } else {
                 None
             };
+            // A branch whose file offset is unknown (never seen: the branches are code of the
+            // same function) leaves the probe at the block's first instruction, where the plan
+            // reads the same values, single-stepped.
+            let sites = placement
+                .edges
+                .iter()
+                .map(|e| {
+                    bin.file_offset(e.addr)
+                        .map(|offset| crate::probe::Site { offset, cc: e.cc })
+                })
+                .collect::<Option<Vec<_>>>()
+                .unwrap_or_else(|| {
+                    placement.explain.push(format!(
+                        "a branch into the block has no file offset: the probe stays at {}, single-stepped",
+                        placed.point.addr
+                    ));
+                    Vec::new()
+                });
             out.push(PreparedCopy {
+                sites,
                 entry,
                 point: placed.point,
                 plan: placed.plan,

@@ -17,12 +17,20 @@
 //! unknown), only the statement's own row after its first instruction is used: a jump table
 //! lands on the start of a row, never inside one.
 //!
+//! When no instruction of the block can take the probe (none is emulated, or none reads the
+//! same values) and every way into the block is a relative jump or a conditional branch, the
+//! probe goes on those branches instead ([`edges`]): each fires right before the block runs,
+//! with the values it starts with, and a conditional one counts only when it goes there.
+//!
 //! Which of them read the same values? [`proof::prove`] follows the instructions between the
 //! two and either proves every value the plan reads unchanged (or held by another register,
 //! which the plan then reads) or says why not. The plan is built once, at the line's first
 //! instruction; data flows one way: plan → place → forward, and placement never plans again.
 
+mod edges;
 mod proof;
+
+pub use edges::{Edge, MAX_EDGES};
 
 pub use proof::{CallAbi, Rules};
 
@@ -70,6 +78,10 @@ pub struct Placement {
     /// The emulated instructions of the block other than the line's first, each with its
     /// proof or refusal (empty when the line's first is emulated or placement is off).
     pub candidates: Vec<Candidate>,
+    /// When not empty, the probe goes on each of these branches into the block instead of at
+    /// `chosen` (the block's first instruction, where the plan reads what it reads at each of
+    /// them): see [`edges`].
+    pub edges: Vec<Edge>,
 }
 
 /// Whether the kernel refuses a uprobe on `i` at all: it rejects an ES, CS, SS or DS segment
@@ -158,6 +170,7 @@ pub fn place(
         kind,
         explain,
         candidates: Vec::new(),
+        edges: Vec::new(),
     };
     if bin
         .code(point.addr, point.func_end)
@@ -288,6 +301,7 @@ pub fn place(
                 kind: TrapKind::Emulated,
                 explain,
                 candidates,
+                edges: Vec::new(),
             },
             *plan,
         );
@@ -308,11 +322,47 @@ pub fn place(
                     kind: TrapKind::Emulated,
                     explain,
                     candidates,
+                    edges: Vec::new(),
                 },
                 moved,
             )
         }
         None => {
+            if join && first_kind == TrapKind::SingleStepped {
+                match on_edges(bin, func, &flow, &b, plan, escape, rules, abi) {
+                    Ok((edges, moved, proof)) => {
+                        let chosen = LinkAddr(instrs[b.first()].ip());
+                        let what = match (edges.len(), edges.iter().any(|e| e.call)) {
+                            (1, true) => "call of the function",
+                            (_, true) => "calls of the function",
+                            (1, false) => "branch",
+                            (_, false) => "branches",
+                        };
+                        explain.push(format!(
+                            "chose the {} {what} into the block at {chosen} instead of {} at {} (~{} ns/hit): {}; each emulated (~{} ns/hit), together they fire once per run of the block, with its values{proof}",
+                            edges.len(),
+                            text_of(first_kind),
+                            point.addr,
+                            first_kind.cost_ns(),
+                            edges.iter().map(Edge::sentence).collect::<Vec<_>>().join("; "),
+                            TrapKind::Emulated.cost_ns(),
+                        ));
+                        return (
+                            Placement {
+                                chosen,
+                                kind: TrapKind::Emulated,
+                                explain,
+                                candidates,
+                                edges,
+                            },
+                            moved,
+                        );
+                    }
+                    Err(why) => {
+                        explain.push(format!("no probe on the branches into the block: {why}"));
+                    }
+                }
+            }
             // Told apart: no placement could do better in a block the kernel emulates nothing
             // of, while a refused candidate is a proof placement could not make.
             explain.push(if candidates.is_empty() {
@@ -332,11 +382,51 @@ pub fn place(
                     kind: first_kind,
                     explain,
                     candidates,
+                    edges: Vec::new(),
                 },
                 *plan,
             )
         }
     }
+}
+
+/// The branches into block `b` and the plan `plan` (built at the line's first instruction)
+/// moved to the block's first instruction, where every one of them reads what it reads; with
+/// the proof's sentence (empty when the line starts the block).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the proof's inputs, as `place` holds them"
+)]
+fn on_edges(
+    bin: &Binary,
+    func: &Function,
+    flow: &block::Flow,
+    b: &block::Block,
+    plan: &Plan,
+    escape: Option<u64>,
+    rules: Rules,
+    abi: CallAbi,
+) -> Result<(Vec<Edge>, Plan, String), String> {
+    let edges = if b.first() == 0 {
+        let decode = |at: u64| {
+            let code = bin.code(LinkAddr(at), LinkAddr(at.saturating_add(15)))?;
+            Some(Decoder::with_ip(64, code, at, DecoderOptions::NONE).decode())
+        };
+        edges::callers(func, flow, bin.refs(), &decode)?
+    } else {
+        edges::into(func, flow, b.first())?
+    };
+    let between: Vec<Instruction> = b.path[..b.at].iter().map(|&k| func.instrs[k]).collect();
+    let (mut moved, proof) = proof::prove(plan, &between, true, escape, rules, abi)?;
+    if edges.iter().any(|e| e.call) {
+        moved = proof::before_call(&moved)?;
+    }
+    let proof = if between.is_empty() {
+        String::new()
+    } else {
+        format!(" ({proof})")
+    };
+    Ok((edges, moved, proof))
 }
 
 /// Why the block starts where it does.

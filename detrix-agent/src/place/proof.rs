@@ -279,6 +279,44 @@ pub enum Rules {
 /// the two points up to (not including) the later one; `escape` is where the function lets
 /// its frame's address escape, if it does. Returns the plan to run at the probe and the
 /// proof as a sentence, or the reason there is none.
+/// `plan` (valid at a function's first instruction) for a probe on a `call` of the function:
+/// there every register and byte of memory is as at the first instruction but `rsp`, 8 bytes
+/// higher (the return address is not pushed yet). Stack reads are re-based; a read of the
+/// return address's slot, of `rip` or of the stack, and entry values (the function's entry
+/// probe saves them after the call) are refused.
+///
+/// # Errors
+/// What the plan reads that a call site cannot give.
+pub fn before_call(plan: &Plan) -> Result<Plan, String> {
+    let r = reads(plan);
+    if r.special.is_some() || plan.stack.len > 0 {
+        return Err("the plan reads rip or the stack, which differ at the call".to_owned());
+    }
+    if plan.active_ops().iter().any(|o| o.kind == op::STASH) {
+        return Err(
+            "the plan reads entry values, which the function's entry probe saves after the call"
+                .to_owned(),
+        );
+    }
+    if r.frame.iter().any(|&(reg, d, len)| {
+        reg == Register::RSP
+            && d < 8
+            && d.saturating_add(i64::try_from(len).unwrap_or(i64::MAX)) > 0
+    }) {
+        return Err(
+            "the plan reads the return address's slot, which the call has not written".to_owned(),
+        );
+    }
+    let mut moved = *plan;
+    let n = moved.active_ops().len();
+    for o in &mut moved.ops[..n] {
+        if o.kind == op::REG && o.reg == pt_regs::RSP {
+            o.imm = o.imm.wrapping_sub(8);
+        }
+    }
+    Ok(moved)
+}
+
 pub fn prove(
     plan: &Plan,
     between: &[Instruction],
@@ -516,6 +554,36 @@ mod tests {
             PlanOp::new(op::REG, pt_regs::RBP, 0, 0),
             PlanOp::new(op::EMIT_MEM, 0, 4, -0x14),
         ])
+    }
+
+    #[test]
+    fn a_call_site_reads_the_stack_eight_bytes_lower_and_never_the_return_slot() {
+        // At the function's entry: [rsp+0x18], 8 bytes. Before the call, rsp is 8 higher.
+        let at_entry = plan(&[
+            PlanOp::new(op::REG, pt_regs::RSP, 0, 0),
+            PlanOp::new(op::EMIT_MEM, 0, 8, 0x18),
+        ]);
+        let moved = before_call(&at_entry).expect("a slot above the return address");
+        assert_eq!(
+            moved.active_ops(),
+            &[
+                PlanOp::new(op::REG, pt_regs::RSP, 0, -8),
+                PlanOp::new(op::EMIT_MEM, 0, 8, 0x18),
+            ]
+        );
+        // rbp and the other registers are the same at the call.
+        assert_eq!(before_call(&slot_plan()).expect("rbp"), slot_plan());
+        let ret_slot = plan(&[
+            PlanOp::new(op::REG, pt_regs::RSP, 0, 0),
+            PlanOp::new(op::EMIT_MEM, 0, 8, 4),
+        ]);
+        let e = before_call(&ret_slot).expect_err("the return address's slot");
+        assert!(e.contains("return address"), "{e}");
+        let rip = plan(&[PlanOp::new(op::REG, pt_regs::RIP, 0, 0)]);
+        assert!(before_call(&rip).is_err());
+        let stash = plan(&[PlanOp::new(op::STASH, pt_regs::RDI, 0, 1)]);
+        let e = before_call(&stash).expect_err("entry values");
+        assert!(e.contains("entry values"), "{e}");
     }
 
     #[test]

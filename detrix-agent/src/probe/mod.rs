@@ -26,7 +26,7 @@ use aya::programs::uprobe::{
     UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope,
 };
 use aya::programs::UProbe;
-use detrix_common::{op, Counters, Plan, RateState, Slot, StashKey, StashRegs, MAX_PROBES};
+use detrix_common::{guard, op, Counters, Plan, RateState, Slot, StashKey, StashRegs, MAX_PROBES};
 
 use crate::debuginfo::FileOffset;
 
@@ -137,8 +137,9 @@ pub struct Probes {
     /// Per CPU: each slot's counters and its copy of the plan (`detrix_common::Slot`).
     slots: PerCpuArray<MapData, Slot>,
     rate: Array<MapData, RateState>,
-    /// By probe id (see [`Probes::install`]), with the pid it was scoped to.
-    links: BTreeMap<u32, (Attached, u32)>,
+    /// By probe id (see [`Probes::install`]): its uprobes (one, or one per branch into its
+    /// block), with the pid they were scoped to.
+    links: BTreeMap<u32, (Vec<Attached>, u32)>,
     /// Removed probes whose links [`Probes::closer`] is still closing, by probe id: their slots
     /// are not reused until then.
     retiring: BTreeMap<u32, Retiring>,
@@ -204,6 +205,18 @@ pub struct AttachSpec<'a> {
     pub offset: FileOffset,
     /// Only this process triggers the uprobe.
     pub pid: u32,
+    /// When not empty, the probe's uprobes go on these branches into the block at `offset`
+    /// instead of at `offset` itself (see `crate::place::Edge`): one uprobe each, one probe id.
+    pub edges: &'a [Site],
+}
+
+/// A branch a probe is attached on in place of the block it leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Site {
+    pub offset: FileOffset,
+    /// For a conditional branch, the x86 condition (`detrix_common::guard`) under which it goes
+    /// into the block: the program counts a hit only then.
+    pub cc: Option<u8>,
 }
 
 /// The loaded object's uprobe program `name`; `missing` names it for the error.
@@ -482,15 +495,34 @@ impl Probes {
             plan: *plan,
         };
         self.write_slot(slot, vec![fresh; self.ncpus])?;
-        let link = self.attach(
-            PROGRAM,
-            PROGRAM_MISSING,
-            spec,
-            spec.offset,
-            Some(u64::from(id)),
-        )?;
-        tracing::debug!(slot, id, "uprobe attached");
-        self.links.insert(id, (link, spec.pid));
+        let sites: Vec<(FileOffset, u64)> = if spec.edges.is_empty() {
+            vec![(spec.offset, u64::from(id))]
+        } else {
+            spec.edges
+                .iter()
+                .map(|e| {
+                    let cookie = e.cc.map_or(u64::from(id), |cc| guard::cookie(id, cc));
+                    (e.offset, cookie)
+                })
+                .collect()
+        };
+        let mut links = Vec::with_capacity(sites.len());
+        for (offset, cookie) in sites {
+            match self.attach(PROGRAM, PROGRAM_MISSING, spec, offset, Some(cookie)) {
+                Ok(l) => links.push(l),
+                Err(e) => {
+                    // All or nothing: the ones attached go (the slot was never taken).
+                    for l in links {
+                        if let Err(e) = self.take(l, PROGRAM, PROGRAM_MISSING) {
+                            tracing::warn!(id, error = %e, "detaching a branch probe failed");
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        tracing::debug!(slot, id, uprobes = links.len(), "probe attached");
+        self.links.insert(id, (links, spec.pid));
         Ok(id)
     }
 
@@ -604,13 +636,17 @@ impl Probes {
     }
 
     fn detach(&mut self, id: u32, wait: bool) -> Result<Counters, ProbeError> {
-        let (link, pid) = self.links.remove(&id).ok_or(ProbeError::UnknownSlot(id))?;
+        let (attached, pid) = self.links.remove(&id).ok_or(ProbeError::UnknownSlot(id))?;
         // The line probe first, its entry probe after: closed in this order, a line hit never
         // looks for registers its entry probe has stopped saving.
-        let mut links = Vec::with_capacity(2);
-        let taken = self
-            .take(link, PROGRAM, PROGRAM_MISSING)
-            .map(|l| links.push(l));
+        let mut links = Vec::with_capacity(attached.len() + 1);
+        let mut taken = Ok(());
+        for link in attached {
+            match self.take(link, PROGRAM, PROGRAM_MISSING) {
+                Ok(l) => links.push(l),
+                Err(e) => taken = taken.and(Err(e)),
+            }
+        }
         let mut stash = None;
         if let Some((entry, stash_id)) = self.entry_links.remove(&id) {
             match self.take(entry, STASH, STASH_MISSING) {
