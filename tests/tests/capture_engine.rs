@@ -698,9 +698,11 @@ fn forwarding_reads_registers_and_values_still_match() {
 fn forwarding_never_changes_a_value() {
     require_root();
     agent_bin();
-    // Rounds slow enough, and captures long enough (20 hits = 2 s), that the two captures
-    // share several hits even when one attaches over a second after the other, as on a loaded
-    // two-core machine (with 6 hits, a 0.6 s window, they once shared none there).
+    // Rounds slow enough, and captures long enough (40 hits = 4 s), that the two captures
+    // share several hits even when one attaches seconds after the other, as on a loaded
+    // two-core machine (with 6 hits, a 0.6 s window, they once shared none there; with 20, a
+    // 2 s window, once none when one attached 2.4 s after the other, in a CI run beside a
+    // release build).
     let fixture = Fixture::orders(100);
     let src = std::fs::read_to_string(c_fixture_source("orders")).expect("read orders.c");
     let lines: Vec<&str> = src.lines().collect();
@@ -739,7 +741,7 @@ fn forwarding_never_changes_a_value() {
                 fixture.pid(),
                 &at,
                 &["round"],
-                &["--locals", "--count", "20", "--format", "json", "--explain"],
+                &["--locals", "--count", "40", "--format", "json", "--explain"],
             );
             args.extend(extra.iter().map(ToString::to_string));
             let mut cmd = Command::new(agent_bin());

@@ -3,7 +3,8 @@
 //! expressions, where placement needs to prove nothing — every single-stepped point is one whose
 //! basic block holds no instruction the kernel emulates: placement reached the most any
 //! placement inside the block can. A placement change that loses an emulated candidate it could
-//! take fails here, whatever the compiler emitted. No process and no root needed.
+//! take fails here, whatever the compiler emitted; so does one that leaves fewer than nine
+//! points in ten emulated. No process and no root needed.
 
 mod lang;
 
@@ -93,6 +94,14 @@ fn check(build: &FixtureBuild) {
          proving:\n{}",
         build.id,
         below.join("\n")
+    );
+    // Issue #15's goal, held on every build here since probes go on the branches (or calls)
+    // into blocks with nothing emulated: at least nine points in ten emulated.
+    assert!(
+        emulated * 10 >= real.len() * 9,
+        "{}: {emulated} of {} probe points emulated, below 90 %:\n{stdout}",
+        build.id,
+        real.len()
     );
     println!(
         "{}: {} points, {emulated} emulated, {nothing} in blocks with nothing emulated",
