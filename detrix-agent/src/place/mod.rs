@@ -328,6 +328,7 @@ pub fn place(
             )
         }
         None => {
+            let mut edges_refused = None;
             if join && first_kind == TrapKind::SingleStepped {
                 match on_edges(bin, func, &flow, &b, plan, escape, rules, abi) {
                     Ok((edges, moved, proof)) => {
@@ -358,21 +359,23 @@ pub fn place(
                             moved,
                         );
                     }
-                    Err(why) => {
-                        explain.push(format!("no probe on the branches into the block: {why}"));
-                    }
+                    Err(why) => edges_refused = Some(why),
                 }
             }
             // Told apart: no placement could do better in a block the kernel emulates nothing
-            // of, while a refused candidate is a proof placement could not make.
+            // of, while a refused candidate is a proof placement could not make. The verdict
+            // (the line `resolve --coverage` shows) also says why the ways in could not take it.
+            let ways_in = edges_refused.map_or_else(String::new, |why| {
+                format!("; no probe on the ways into it: {why}")
+            });
             explain.push(if candidates.is_empty() {
                 format!(
-                    "chose {}: the block has no instruction the kernel emulates (call, jmp, jcc, push, nop)",
+                    "chose {}: the block has no instruction the kernel emulates (call, jmp, jcc, push, nop){ways_in}",
                     point.addr
                 )
             } else {
                 format!(
-                    "chose {}: no emulated instruction of the block reads the same values",
+                    "chose {}: no emulated instruction of the block reads the same values{ways_in}",
                     point.addr
                 )
             });
