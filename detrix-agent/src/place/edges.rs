@@ -11,14 +11,24 @@
 //! that goes the other way before counting it.
 //!
 //! Padding that falls into the block after an unconditional jump (nothing leads to it) is no
-//! way in. Refused: a way in that is not a branch (falling in from the instruction before, the
-//! function's entry, a landing pad, a call, a jump table), more than [`MAX_EDGES`] ways, and a
-//! conditional branch that tests a loop the block comes after (it runs again without passing
-//! the block, and the block never leads back to it): it would trap on every iteration to catch
-//! one execution, which can cost more than the single-step it saves. A branch inside the same
-//! loop as the block (a `match` arm in a loop's body) is kept: it traps once per iteration,
-//! the block runs on some of them. (An inner loop's exit inside an outer loop is kept too:
-//! the graph does not tell how many times the inner one turns.)
+//! way in. A block that always goes on into this one (it ends only because this one is a join)
+//! is one: its probe goes on an emulated instruction of that block whose values are proven the
+//! same through the rest of it, and must read them with the very plan the branches' probes
+//! read (one plan per probe).
+//!
+//! A block that starts a function is entered by the function's callers: when every way in is
+//! a `call rel32` (which the kernel emulates) — the file takes the function's address nowhere
+//! ([`crate::debuginfo::refs`]) — a probe goes on each call, with the plan re-based for `rsp`,
+//! 8 bytes higher before the call pushes its return address ([`super::proof::before_call`]).
+//!
+//! Refused: a way in that is neither (a call that may not return to it, a landing pad, a jump
+//! table, a function's address taken), more than [`MAX_EDGES`] ways, and a conditional branch
+//! that tests a loop the block comes after (it runs again without passing the block, and the
+//! block never leads back to it): it would trap on every iteration to catch one execution,
+//! which can cost more than the single-step it saves. A branch inside the same loop as the
+//! block (a `match` arm in a loop's body) is kept: it traps once per iteration, the block runs
+//! on some of them. (An inner loop's exit inside an outer loop is kept too: the graph does not
+//! tell how many times the inner one turns.)
 
 use iced_x86::{ConditionCode, FlowControl, Instruction};
 
@@ -73,7 +83,7 @@ const CC_NAMES: [&str; 16] = [
 ///
 /// # Errors
 /// A sentence naming the way in that is not an emulated branch, or the loop.
-pub fn into(func: &Function, flow: &Flow, first: usize) -> Result<Vec<Edge>, String> {
+pub fn into(func: &Function, flow: &Flow, first: usize) -> Result<Ways, String> {
     let instrs = &func.instrs;
     let at = LinkAddr(instrs[first].ip());
     if !flow.known() {
@@ -84,6 +94,7 @@ pub fn into(func: &Function, flow: &Flow, first: usize) -> Result<Vec<Edge>, Str
     }
     let target = instrs[first].ip();
     let mut edges = Vec::new();
+    let mut fall = None;
     let mut ways = 0u32;
     for (k, i) in instrs.iter().enumerate() {
         let fc = i.flow_control();
@@ -113,9 +124,16 @@ pub fn into(func: &Function, flow: &Flow, first: usize) -> Result<Vec<Edge>, Str
             ways += 1;
             continue;
         }
+        if falls_in && !cond && flow.only_next(k) == Some(first) {
+            // The end of a block that always goes on into this one: its probe goes in that
+            // block (see `Ways::fall`).
+            ways += 1;
+            fall = Some(k);
+            continue;
+        }
         if falls_in && !cond {
             return Err(format!(
-                "control falls into it from `{}` at {}, which is not a branch",
+                "control falls into it from `{}` at {}, which may not go on to it (a call whose unwinding lands in the function, a system call)",
                 super::proof::text(i),
                 LinkAddr(i.ip())
             ));
@@ -158,13 +176,23 @@ pub fn into(func: &Function, flow: &Flow, first: usize) -> Result<Vec<Edge>, Str
     if edges.is_empty() {
         return Err(format!("nothing in the function branches to {at}"));
     }
-    if edges.len() > MAX_EDGES {
+    let n = edges.len() + usize::from(fall.is_some());
+    if n > MAX_EDGES {
         return Err(format!(
-            "{} branches lead there; at most {MAX_EDGES} probes stand for one",
-            edges.len()
+            "{n} ways lead there; at most {MAX_EDGES} probes stand for one"
         ));
     }
-    Ok(edges)
+    Ok(Ways { edges, fall })
+}
+
+/// The ways into a block: the branches, and the instruction that falls into it, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ways {
+    pub edges: Vec<Edge>,
+    /// The last instruction of a block that always goes on into this one (it is a join, so
+    /// that block ends there): every run of that block is one way in, so a probe anywhere in
+    /// it whose values are proven the same through the rest of it stands for this way.
+    pub fall: Option<usize>,
 }
 
 /// The calls of the function whose first instruction starts the block, when they are every
@@ -317,6 +345,10 @@ mod tests {
     use crate::codegen::block::CallFlow;
 
     fn edges(code: &[u8], first_addr: u64) -> Result<Vec<Edge>, String> {
+        ways(code, first_addr).map(|w| w.edges)
+    }
+
+    fn ways(code: &[u8], first_addr: u64) -> Result<Ways, String> {
         let f = Function::decode(code, 0x1000);
         let flow = Flow::of(&f, &CallFlow::Returns);
         let first = f
@@ -351,9 +383,13 @@ mod tests {
         // 0x1000 xor %eax,%eax / 0x1002 inc %eax / 0x1004 cmp %edi,%eax / 0x1006 jl 0x1002 /
         // 0x1008 ret
         let code = [0x31, 0xc0, 0xff, 0xc0, 0x39, 0xf8, 0x7c, 0xfa, 0xc3];
-        // 0x1002 (the loop head): the xor falls into it.
-        let e = edges(&code, 0x1002).expect_err("falls in");
-        assert!(e.contains("falls into it from `xor"), "{e}");
+        // 0x1002 (the loop head): the xor falls into it, the jl branches back.
+        let w = ways(&code, 0x1002).expect("the jl and the fall from the xor");
+        assert_eq!(w.fall, Some(0), "the xor's block falls in");
+        assert_eq!(
+            (w.edges[0].addr, w.edges[0].cc),
+            (LinkAddr(0x1006), Some(0xc))
+        );
         // 0x1008 (after the loop): the jl runs every iteration.
         let e = edges(&code, 0x1008).expect_err("a loop's test");
         assert!(e.contains("tests a loop the block comes after"), "{e}");
@@ -374,8 +410,12 @@ mod tests {
         let e = edges(&code, 0x1006).expect("the je stays");
         assert_eq!(e.len(), 1);
         assert_eq!((e[0].addr, e[0].cc), (LinkAddr(0x1004), Some(5)));
-        // 0x1008 is reached by the je and by falling from 0x1006: not a branch.
-        let e = edges(&code, 0x1008).expect_err("falls in");
-        assert!(e.contains("falls into it from `inc"), "{e}");
+        // 0x1008 is reached by the je and by falling from the inc at 0x1006.
+        let w = ways(&code, 0x1008).expect("the je and the fall");
+        assert_eq!(w.fall, Some(3));
+        assert_eq!(
+            (w.edges[0].addr, w.edges[0].cc),
+            (LinkAddr(0x1004), Some(4))
+        );
     }
 }

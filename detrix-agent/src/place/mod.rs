@@ -410,19 +410,26 @@ fn on_edges(
     rules: Rules,
     abi: CallAbi,
 ) -> Result<(Vec<Edge>, Plan, String), String> {
-    let edges = if b.first() == 0 {
+    let (edges, fall) = if b.first() == 0 {
         let decode = |at: u64| {
             let code = bin.code(LinkAddr(at), LinkAddr(at.saturating_add(15)))?;
             Some(Decoder::with_ip(64, code, at, DecoderOptions::NONE).decode())
         };
-        edges::callers(func, flow, bin.refs(), &decode)?
+        (edges::callers(func, flow, bin.refs(), &decode)?, None)
     } else {
-        edges::into(func, flow, b.first())?
+        let w = edges::into(func, flow, b.first())?;
+        (w.edges, w.fall)
     };
     let between: Vec<Instruction> = b.path[..b.at].iter().map(|&k| func.instrs[k]).collect();
     let (mut moved, proof) = proof::prove(plan, &between, true, escape, rules, abi)?;
     if edges.iter().any(|e| e.call) {
         moved = proof::before_call(&moved)?;
+    }
+    let mut edges = edges;
+    if let Some(k) = fall {
+        edges.push(in_falling_block(
+            func, flow, k, plan, &between, &moved, escape, rules, abi,
+        )?);
     }
     let proof = if between.is_empty() {
         String::new()
@@ -430,6 +437,53 @@ fn on_edges(
         format!(" ({proof})")
     };
     Ok((edges, moved, proof))
+}
+
+/// The probe for the way in that falls from instruction `k`: an emulated instruction of the
+/// block ending at `k` (nearest the end first) where `plan` — through the rest of that block
+/// and `between` (the block's instructions before the line) — reads what `moved` reads at the
+/// branches into the block, so one plan serves every probe.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the proof's inputs, as `place` holds them"
+)]
+fn in_falling_block(
+    func: &Function,
+    flow: &block::Flow,
+    k: usize,
+    plan: &Plan,
+    between: &[Instruction],
+    moved: &Plan,
+    escape: Option<u64>,
+    rules: Rules,
+    abi: CallAbi,
+) -> Result<Edge, String> {
+    let instrs = &func.instrs;
+    let end = LinkAddr(instrs[k].ip());
+    let pb = block::around(func, flow, end.0, WINDOW, true)
+        .filter(|pb| pb.last() == k)
+        .ok_or_else(|| format!("the block that falls into it at {end} is not known"))?;
+    for pos in (0..pb.path.len()).rev() {
+        let i = &instrs[pb.path[pos]];
+        if trap_kind(i) != TrapKind::Emulated || refused_by_kernel(i) {
+            continue;
+        }
+        let mut run: Vec<Instruction> = pb.path[pos..].iter().map(|&j| instrs[j]).collect();
+        run.extend_from_slice(between);
+        if let Ok((there, _)) = proof::prove(plan, &run, true, escape, rules, abi) {
+            if there == *moved {
+                return Ok(Edge {
+                    addr: LinkAddr(i.ip()),
+                    text: format!("{} (in the block that falls into it)", proof::text(i)),
+                    cc: None,
+                    call: false,
+                });
+            }
+        }
+    }
+    Err(format!(
+        "the block that falls into it (ending at {end}) has no emulated instruction where the plan reads what the branches' probes read"
+    ))
 }
 
 /// Why the block starts where it does.
