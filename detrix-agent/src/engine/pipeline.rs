@@ -141,9 +141,10 @@ fn place_and_forward(
         bin.point_at(p, placement.chosen)
             .unwrap_or_else(|| p.clone())
     };
-    // On calls of the function, the plan reads `rsp` re-based for the call site: the
-    // registers forwarding would find are those of the function's first instruction.
-    let forwarded = if steps.forwarding && !placement.edges.iter().any(|e| e.call) {
+    // Forwarding finds the registers that hold a copy at the chosen instruction; a probe on a
+    // call of the function (its plan re-based for `rsp`) or early in the block that falls into
+    // the chosen one (code between may load those registers) does not see them so.
+    let forwarded = if steps.forwarding && !placement.edges.iter().any(|e| e.call || e.early) {
         forward::forward(&point, &mut built.plan, func)
     } else {
         Vec::new()

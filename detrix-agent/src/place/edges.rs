@@ -53,6 +53,9 @@ pub struct Edge {
     /// A `call` of the function whose first block this is (see [`callers`]): `rsp` is 8 bytes
     /// higher there, and the plan reads accordingly.
     pub call: bool,
+    /// An instruction of the block that falls into this one ([`Ways::fall`]): more code runs
+    /// between it and the block, so only what the plan reads is proven the same there.
+    pub early: bool,
 }
 
 impl Edge {
@@ -166,6 +169,7 @@ pub fn into(func: &Function, flow: &Flow, first: usize) -> Result<Ways, String> 
             text: super::proof::text(i),
             cc,
             call: false,
+            early: false,
         });
     }
     if ways != flow.ways_in(first) {
@@ -249,6 +253,7 @@ pub fn callers(
             text: super::proof::text(&i),
             cc: None,
             call: true,
+            early: false,
         });
     }
     Ok(edges)

@@ -477,6 +477,7 @@ fn in_falling_block(
                     text: format!("{} (in the block that falls into it)", proof::text(i)),
                     cc: None,
                     call: false,
+                    early: true,
                 });
             }
         }
