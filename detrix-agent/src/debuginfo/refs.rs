@@ -11,7 +11,8 @@
 //! immediate operand that names a code address), and every 8-byte word of every allocated
 //! section that is not code (which covers data pointers, `.rela.dyn` addends and `.dynsym`
 //! values alike). Anything that looks like an address of the function counts as taken: a
-//! false match only costs a single-step, a missed one would miss hits.
+//! false match only costs a single-step, a missed one would miss hits. Not for Go: its runtime
+//! builds interface method tables from 4-byte offsets into the text (`crate::place` refuses).
 
 use std::collections::{HashMap, HashSet};
 

@@ -411,6 +411,11 @@ fn on_edges(
     abi: CallAbi,
 ) -> Result<(Vec<Edge>, Plan, String), String> {
     let (edges, fall) = if b.first() == 0 {
+        if abi == CallAbi::Go {
+            // `getitab` builds interface method tables at run time from the types' 4-byte
+            // text offsets, which no scan for addresses finds.
+            return Err("the block starts a Go function, which the runtime may call through a method table it builds from text offsets: its callers are not all known".to_owned());
+        }
         let decode = |at: u64| {
             let code = bin.code(LinkAddr(at), LinkAddr(at.saturating_add(15)))?;
             Some(Decoder::with_ip(64, code, at, DecoderOptions::NONE).decode())
