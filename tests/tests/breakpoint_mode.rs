@@ -540,6 +540,10 @@ fn stopped_at_breakpoint(pid: u32, any_thread: bool) -> bool {
         })
 }
 
+/// What the agent logs when its debugger reports the stop at the breakpoint
+/// (`fallback::session`).
+const STOP_SAID: &str = "debugger stopped the target at the breakpoint";
+
 /// When, in a debugger round, the test kills the agent.
 #[derive(Clone, Copy, Debug)]
 enum KillAt {
@@ -586,6 +590,7 @@ fn agent_killed_mid_round(kind: &str, logpoint: &str, at: KillAt) {
     let debugger = if kind == "go" { "dlv" } else { "lldb-dap" };
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen = Vec::new();
+    let mut stops_said = 0;
     let remember = |seen: &mut Vec<(u32, String)>| {
         for d in descendants(s.agent.child.id()) {
             if !seen.contains(&d) {
@@ -593,23 +598,25 @@ fn agent_killed_mid_round(kind: &str, logpoint: &str, at: KillAt) {
             }
         }
     };
-    for polls in 0u64.. {
-        // Walking /proc for the debugger's processes takes milliseconds on a loaded machine:
-        // waiting for the breakpoint stop, it is done every 25th poll only (and once more
-        // before the kill), so the poll stays faster than the stop it looks for.
-        if !matches!(at, KillAt::Breakpoint) || polls % 25 == 0 {
-            remember(&mut seen);
-        }
+    loop {
+        remember(&mut seen);
         let now = match at {
             KillAt::DebuggerStarted => seen.iter().any(|(_, c)| c.starts_with(debugger)),
             KillAt::Attaching => status_of(pid).1 != 0,
-            // The stop at the breakpoint lasts while the calls run; the attach's own stops are
-            // brief.
+            // The agent says when its debugger reported the stop at the breakpoint; the stop
+            // lasts while the frame is asked for and the calls run. Polling /proc alone for
+            // that stop missed it under load (CI, twice in ~8 runs).
             KillAt::Breakpoint => {
-                stopped_at_breakpoint(pid, kind == "go") && {
-                    std::thread::sleep(Duration::from_millis(30));
-                    stopped_at_breakpoint(pid, kind == "go")
+                let said =
+                    s.agent
+                        .stderr
+                        .wait_count(stops_said + 1, Duration::from_millis(100), |l| {
+                            l.contains(STOP_SAID)
+                        });
+                if said {
+                    stops_said += 1;
                 }
+                said && stopped_at_breakpoint(pid, kind == "go")
             }
         };
         if now {
@@ -621,11 +628,9 @@ fn agent_killed_mid_round(kind: &str, logpoint: &str, at: KillAt) {
             "the round never reached {at:?}; agent stderr:\n{}",
             s.agent.stderr.text()
         );
-        std::thread::sleep(Duration::from_millis(if matches!(at, KillAt::Breakpoint) {
-            2
-        } else {
-            1
-        }));
+        if !matches!(at, KillAt::Breakpoint) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
     // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
     unsafe { libc::kill(s.agent.child.id() as i32, libc::SIGKILL) };

@@ -401,6 +401,16 @@ async fn session(c: &mut DapClient, req: &Request) -> Result<Vec<Evaluated>, Fal
             other => cl(other),
         })?;
     let thread = stopped["body"]["threadId"].as_i64().unwrap_or(1);
+    // The one moment the target is held by a debugger: said in the log so an operator (and
+    // the fault tests, which kill the agent right then) can tell a stop from a slow attach.
+    tracing::info!(
+        debugger = dbg.name(),
+        pid = req.pid,
+        file = req.file,
+        line = req.line,
+        thread,
+        "debugger stopped the target at the breakpoint"
+    );
     let st = c
         .request(
             "stackTrace",
