@@ -86,6 +86,35 @@ impl Cfg {
         cfg
     }
 
+    /// The graph of `func` over the code it decoded.
+    #[must_use]
+    pub fn whole(func: &Function) -> Self {
+        let start = func.instrs.first().map_or(0, iced_x86::Instruction::ip);
+        let end = func.instrs.last().map_or(0, iced_x86::Instruction::next_ip);
+        Self::of(func, start, end)
+    }
+
+    /// Whether a path of at least one step leads from `from` to `to` without passing `avoid`.
+    /// A path ends where it leaves the function or reaches an indirect jump with no known
+    /// targets (a function with one has no known ways in, and callers ask only of others).
+    #[must_use]
+    pub fn leads(&self, from: u64, to: u64, avoid: Option<u64>) -> bool {
+        let mut seen = HashSet::new();
+        let mut work = vec![from];
+        while let Some(a) = work.pop() {
+            for n in self.succ.get(&a).map_or(&[][..], Vec::as_slice) {
+                let Next::To(t) = *n else { continue };
+                if t == to {
+                    return true;
+                }
+                if Some(t) != avoid && seen.insert(t) {
+                    work.push(t);
+                }
+            }
+        }
+        false
+    }
+
     /// Whether every path from `from` reaches one of `targets` before `from` again or leaving
     /// the function; `Err` names where a path escapes.
     fn all_paths_reach(&self, from: u64, targets: &[u64]) -> Result<u64, String> {

@@ -33,13 +33,14 @@
 use iced_x86::{ConditionCode, FlowControl, Instruction};
 
 use super::{refused_by_kernel, trap_kind, TrapKind};
-use crate::codegen::block::{self, Flow};
+use crate::codegen::block::Flow;
+use crate::codegen::cfg::Cfg;
 use crate::codegen::{branch, Branch, Function};
 use crate::debuginfo::refs::{Refs, Via};
 use crate::debuginfo::LinkAddr;
 
 /// Most probes that stand for one probe point.
-pub const MAX_EDGES: usize = 4;
+pub const MAX_EDGES: usize = 8;
 
 /// One branch into the block, probed in its place.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +100,7 @@ pub fn into(func: &Function, flow: &Flow, first: usize) -> Result<Ways, String> 
     let mut edges = Vec::new();
     let mut fall = None;
     let mut ways = 0u32;
+    let mut graph: Option<Cfg> = None;
     for (k, i) in instrs.iter().enumerate() {
         let fc = i.flow_control();
         let cond = fc == FlowControl::ConditionalBranch;
@@ -157,7 +159,13 @@ pub fn into(func: &Function, flow: &Flow, first: usize) -> Result<Ways, String> 
             (true, true, false) => Some(code(i)?),
             (true, false, _) => Some(code(i)? ^ 1),
         };
-        if cc.is_some() && loops_without(func, k, first) && !reaches(func, first, k) {
+        let graph = graph.get_or_insert_with(|| Cfg::whole(func));
+        // A loop the block comes after: the branch runs again without passing the block, and
+        // the block never leads back to it.
+        if cc.is_some()
+            && graph.leads(i.ip(), i.ip(), Some(target))
+            && !graph.leads(target, i.ip(), None)
+        {
             return Err(format!(
                 "the branch `{}` at {} tests a loop the block comes after: it would trap on every iteration",
                 super::proof::text(i),
@@ -286,62 +294,6 @@ fn code(i: &Instruction) -> Result<u8, String> {
     }
     // iced's order is the opcode's: None, o, no, b, ae, e, ne, be, a, s, ns, p, np, l, ge, le, g.
     Ok((cc as u8).wrapping_sub(1) & 0xf)
-}
-
-/// Whether control can come back to instruction `from` without passing instruction `avoid`.
-fn loops_without(func: &Function, from: usize, avoid: usize) -> bool {
-    search(func, from, from, Some(avoid))
-}
-
-/// Whether control can go from instruction `from` to instruction `to`.
-fn reaches(func: &Function, from: usize, to: usize) -> bool {
-    search(func, from, to, None)
-}
-
-/// Whether a path of at least one step leads from `from` to `to`, not through `avoid`.
-fn search(func: &Function, from: usize, to: usize, avoid: Option<usize>) -> bool {
-    let mut seen = vec![false; func.instrs.len()];
-    let mut work: Vec<usize> = next(func, from);
-    while let Some(k) = work.pop() {
-        if k == to {
-            return true;
-        }
-        if Some(k) == avoid || std::mem::replace(&mut seen[k], true) {
-            continue;
-        }
-        work.extend(next(func, k));
-    }
-    false
-}
-
-/// Where control may go after instruction `k`, inside the function (calls return).
-fn next(func: &Function, k: usize) -> Vec<usize> {
-    let instrs = &func.instrs;
-    let i = &instrs[k];
-    let index = |a: u64| instrs.binary_search_by_key(&a, Instruction::ip).ok();
-    let fall = (k + 1 < instrs.len()).then_some(k + 1);
-    match i.flow_control() {
-        FlowControl::Return | FlowControl::Interrupt | FlowControl::Exception => Vec::new(),
-        FlowControl::IndirectBranch => func
-            .table(i)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|&t| index(t))
-            .collect(),
-        FlowControl::UnconditionalBranch => match branch(i) {
-            Branch::Direct(t) => index(t).into_iter().collect(),
-            _ => Vec::new(),
-        },
-        FlowControl::ConditionalBranch => {
-            let mut v: Vec<usize> = fall.into_iter().collect();
-            if let Branch::Direct(t) = branch(i) {
-                v.extend(index(t));
-            }
-            v
-        }
-        _ if block::falls_through(i) || block::is_call(i) => fall.into_iter().collect(),
-        _ => fall.into_iter().collect(),
-    }
 }
 
 #[cfg(test)]

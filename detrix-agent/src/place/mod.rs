@@ -416,10 +416,7 @@ fn on_edges(
             // text offsets, which no scan for addresses finds.
             return Err("the block starts a Go function, which the runtime may call through a method table it builds from text offsets: its callers are not all known".to_owned());
         }
-        let decode = |at: u64| {
-            let code = bin.code(LinkAddr(at), LinkAddr(at.saturating_add(15)))?;
-            Some(Decoder::with_ip(64, code, at, DecoderOptions::NONE).decode())
-        };
+        let decode = |at: u64| instruction_at(bin, LinkAddr(at), LinkAddr(at.saturating_add(15)));
         (edges::callers(func, flow, bin.refs(), &decode)?, None)
     } else {
         let w = edges::into(func, flow, b.first())?;
@@ -432,9 +429,16 @@ fn on_edges(
     }
     let mut edges = edges;
     if let Some(k) = fall {
-        edges.push(in_falling_block(
-            func, flow, k, plan, &between, &moved, escape, rules, abi,
-        )?);
+        let fallen = for_fall(
+            func, flow, k, plan, &between, &moved, escape, rules, abi, FALL_DEPTH,
+        )?;
+        edges = merged(edges, fallen)?;
+    }
+    if edges.len() > MAX_EDGES {
+        return Err(format!(
+            "{} ways lead there (through the blocks that fall into it); at most {MAX_EDGES} probes stand for one",
+            edges.len()
+        ));
     }
     let proof = if between.is_empty() {
         String::new()
@@ -442,6 +446,100 @@ fn on_edges(
         format!(" ({proof})")
     };
     Ok((edges, moved, proof))
+}
+
+/// How many blocks back [`for_fall`] follows a chain of blocks that each fall into the next.
+const FALL_DEPTH: u32 = 3;
+
+/// The probes for the way in that falls from instruction `k`: an emulated instruction of the
+/// block ending there ([`in_falling_block`]) or, when that block has none where the plan reads
+/// what `moved` reads, the ways into that block in turn — a block that always goes on into
+/// this one runs exactly once per run of it, so its own ways in together fire once per such
+/// run, and the plan proven through the whole block must be `moved` again. Up to `depth`
+/// blocks back (a chain of `mov`/`lea` blocks between the joins of optimized code).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the proof's inputs, as `place` holds them"
+)]
+fn for_fall(
+    func: &Function,
+    flow: &block::Flow,
+    k: usize,
+    plan: &Plan,
+    between: &[Instruction],
+    moved: &Plan,
+    escape: Option<u64>,
+    rules: Rules,
+    abi: CallAbi,
+    depth: u32,
+) -> Result<Vec<Edge>, String> {
+    let why = match in_falling_block(func, flow, k, plan, between, moved, escape, rules, abi) {
+        Ok(edge) => return Ok(vec![edge]),
+        Err(why) => why,
+    };
+    if depth <= 1 {
+        return Err(why);
+    }
+    let instrs = &func.instrs;
+    let pb = block::around(func, flow, instrs[k].ip(), WINDOW, true)
+        .filter(|pb| pb.last() == k)
+        .ok_or_else(|| why.clone())?;
+    let mut run: Vec<Instruction> = pb.path.iter().map(|&j| instrs[j]).collect();
+    run.extend_from_slice(between);
+    let (there, _) = proof::prove(plan, &run, true, escape, rules, abi)
+        .map_err(|e| format!("{why}, nor its ways in: {e}"))?;
+    if there != *moved {
+        return Err(format!(
+            "{why}, nor its ways in: the plan there reads other places than the branches' probes"
+        ));
+    }
+    let w =
+        edges::into(func, flow, pb.first()).map_err(|e| format!("{why}, nor its ways in: {e}"))?;
+    let mut out: Vec<Edge> = w
+        .edges
+        .into_iter()
+        .map(|e| Edge {
+            text: format!("{} (into the block that falls into it)", e.text),
+            early: true,
+            ..e
+        })
+        .collect();
+    if let Some(k2) = w.fall {
+        let more = for_fall(
+            func,
+            flow,
+            k2,
+            plan,
+            &run,
+            moved,
+            escape,
+            rules,
+            abi,
+            depth - 1,
+        )
+        .map_err(|e| format!("{why}, nor its ways in: {e}"))?;
+        out = merged(out, more)?;
+    }
+    Ok(out)
+}
+
+/// `a` and `b` as one list of probes: a conditional branch into the block that also falls
+/// into the block that falls into it goes there either way, so its two probes (opposite
+/// conditions, one address) become one with no condition.
+/// Any other two probes at one address would count one pass twice: refused.
+fn merged(a: Vec<Edge>, b: Vec<Edge>) -> Result<Vec<Edge>, String> {
+    let mut out = a;
+    for e in b {
+        match out.iter_mut().find(|o| o.addr == e.addr) {
+            None => out.push(e),
+            Some(o) if o.cc.is_some() && e.cc.is_some() && o.cc != e.cc && !o.call && !e.call => {
+                o.cc = None;
+                o.early |= e.early;
+            }
+            Some(o) => return Err(format!("two ways in are the one instruction at {}", o.addr)),
+        }
+    }
+    Ok(out)
 }
 
 /// The probe for the way in that falls from instruction `k`: an emulated instruction of the
@@ -547,13 +645,14 @@ fn call_note(calls: &CallFlow) -> &'static str {
 /// How the kernel will run the instruction at `point.addr` (no placement).
 #[must_use]
 pub fn classify(bin: &Binary, point: &ProbePoint) -> TrapKind {
-    let Some(code) = bin
-        .code(point.addr, point.func_end)
-        .filter(|c| !c.is_empty())
-    else {
-        return TrapKind::Unknown;
-    };
-    trap_kind(&Decoder::with_ip(64, code, point.addr.0, DecoderOptions::NONE).decode())
+    instruction_at(bin, point.addr, point.func_end).map_or(TrapKind::Unknown, |i| trap_kind(&i))
+}
+
+/// The instruction at `at`, decoded from the file's code up to `end`; `None` where the file
+/// has no code bytes there.
+fn instruction_at(bin: &Binary, at: LinkAddr, end: LinkAddr) -> Option<Instruction> {
+    let code = bin.code(at, end).filter(|c| !c.is_empty())?;
+    Some(Decoder::with_ip(64, code, at.0, DecoderOptions::NONE).decode())
 }
 
 fn text_of(k: TrapKind) -> &'static str {
@@ -570,6 +669,76 @@ mod tests {
 
     fn decode(bytes: &[u8]) -> Instruction {
         Decoder::with_ip(64, bytes, 0x1000, DecoderOptions::NONE).decode()
+    }
+
+    /// The probes standing for the way that falls into the block at `b_addr`, for a plan
+    /// reading `%edi` there (the line at the block's first instruction).
+    fn fall_ways(code: &[u8], b_addr: u64, reads: u8) -> Result<Vec<Edge>, String> {
+        use detrix_common::{op, PlanOp};
+        let func = Function::decode(code, 0x1000);
+        let flow = block::Flow::of(&func, &CallFlow::Returns);
+        let first = func
+            .instrs
+            .iter()
+            .position(|i| i.ip() == b_addr)
+            .expect("an instruction there");
+        let w = edges::into(&func, &flow, first)?;
+        let k = w.fall.expect("a block falls into it");
+        let mut plan = Plan::empty();
+        plan.ops[0] = PlanOp::new(op::REG, reads, 0, 0);
+        plan.ops[1] = PlanOp::new(op::EMIT_ACC, 0, 4, 0);
+        plan.n_ops = 2;
+        let fallen = for_fall(
+            &func,
+            &flow,
+            k,
+            &plan,
+            &[],
+            &plan,
+            None,
+            Rules::Tracked,
+            CallAbi::NoCalls,
+            FALL_DEPTH,
+        )?;
+        merged(w.edges, fallen)
+    }
+
+    #[test]
+    fn a_block_falling_in_with_nothing_emulated_is_stood_for_by_its_own_ways_in() {
+        // 0x1000 test %edi,%edi / 0x1002 jne 0x1009 / 0x1004 mov $1,%ecx / 0x1009 mov %edi,%eax /
+        // 0x100b ret. The block at 0x1009 (nothing emulated) is reached by the jne taken and by
+        // the mov's block (nothing emulated either), which only the jne not taken reaches: so
+        // the jne goes there either way — one probe, no condition.
+        let code = [0x85, 0xff, 0x75, 0x05, 0xb9, 1, 0, 0, 0, 0x89, 0xf8, 0xc3];
+        let e = fall_ways(&code, 0x1009, detrix_common::pt_regs::RDI).expect("the jne");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(
+            (e[0].addr, e[0].cc, e[0].early),
+            (LinkAddr(0x1002), None, true)
+        );
+        // A plan reading %ecx, which the falling block writes: its ways in read another value.
+        let e = fall_ways(&code, 0x1009, detrix_common::pt_regs::RCX).expect_err("ecx written");
+        assert!(e.contains("nor its ways in"), "{e}");
+    }
+
+    #[test]
+    fn a_chain_of_falling_blocks_is_followed_to_its_branches() {
+        // 0x1000 cmp $3,%esi / 0x1003 jne 0x100d / 0x1005 test %edi,%edi / 0x1007 je 0x100b /
+        // 0x1009 mov %esi,%ecx / 0x100b mov %esi,%edx / 0x100d mov %edi,%eax / 0x100f ret.
+        // The join at 0x100d: the jne taken, and the fall from 0x100b — itself a join of the je
+        // taken and the fall from 0x1009, which only the je not taken reaches. Two blocks back,
+        // the je goes to the join either way (one probe, no condition); the jne when taken.
+        let code = [
+            0x83, 0xfe, 0x03, 0x75, 0x08, 0x85, 0xff, 0x74, 0x02, 0x89, 0xf1, 0x89, 0xf2, 0x89,
+            0xf8, 0xc3,
+        ];
+        let e = fall_ways(&code, 0x100d, detrix_common::pt_regs::RDI).expect("jne, je");
+        let got: Vec<_> = e.iter().map(|e| (e.addr, e.cc)).collect();
+        assert_eq!(
+            got,
+            [(LinkAddr(0x1003), Some(5)), (LinkAddr(0x1007), None)],
+            "{e:?}"
+        );
     }
 
     #[test]
