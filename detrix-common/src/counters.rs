@@ -27,8 +27,12 @@ pub struct Counters {
     /// Nanoseconds spent in the program for this probe, estimated: one hit in eight (the first
     /// included) is timed and counts eight times (a clock read is a helper call; see the program).
     pub bpf_ns: u64,
+    /// Passes of a probe on a conditional branch into the line's block that went the other
+    /// way (`detrix_common::guard`): not hits — the line did not run — but each still a trap,
+    /// which the CPU breaker counts as cost.
+    pub other_way: u64,
 }
-const _: () = assert!(core::mem::size_of::<Counters>() == 72);
+const _: () = assert!(core::mem::size_of::<Counters>() == 80);
 
 impl Counters {
     /// Adds `other` field by field (summing CPUs, or a logpoint's copies).
@@ -42,6 +46,7 @@ impl Counters {
         self.no_plan += other.no_plan;
         self.other_process += other.other_process;
         self.bpf_ns += other.bpf_ns;
+        self.other_way += other.other_way;
     }
 
     /// What was counted since `earlier` (a reading of the same counters), field by field;
@@ -60,12 +65,13 @@ impl Counters {
             no_plan: self.no_plan.saturating_sub(earlier.no_plan),
             other_process: self.other_process.saturating_sub(earlier.other_process),
             bpf_ns: self.bpf_ns.saturating_sub(earlier.bpf_ns),
+            other_way: self.other_way.saturating_sub(earlier.other_way),
         }
     }
 
     /// Every field, in the order they are shown: the one list of counter names and what they
     /// count, for `/metrics`, `capture`'s summary line and `/detrix/status`.
-    pub const FIELDS: [CounterField; 9] = [
+    pub const FIELDS: [CounterField; 10] = [
         CounterField::new("hits", "hits_total", "Times the probe's uprobe fired."),
         CounterField::new("emitted", "emitted_total", "Events written to the ring."),
         CounterField::new(
@@ -103,11 +109,16 @@ impl Counters {
             "bpf_nanoseconds_total",
             "Nanoseconds spent in the eBPF program.",
         ),
+        CounterField::new(
+            "other_way",
+            "other_way_total",
+            "Passes of a probe on a conditional branch that went the other way (not hits; each a trap).",
+        ),
     ];
 
     /// The values, in the order of [`Counters::FIELDS`].
     #[must_use]
-    pub const fn values(&self) -> [u64; 9] {
+    pub const fn values(&self) -> [u64; 10] {
         [
             self.hits,
             self.emitted,
@@ -118,6 +129,7 @@ impl Counters {
             self.no_plan,
             self.other_process,
             self.bpf_ns,
+            self.other_way,
         ]
     }
 

@@ -63,7 +63,7 @@ pub struct Slot {
     pub counters: Counters,
     pub plan: Plan,
 }
-const _: () = assert!(core::mem::offset_of!(Slot, plan) == 72);
+const _: () = assert!(core::mem::offset_of!(Slot, plan) == 80);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -3,9 +3,10 @@
 //! (registers, pointees, strings) into an event **now**, in the kernel, bounded. The agent
 //! attaches this same program at every probe address with a different cookie.
 //!
-//! Order of work (design.md §4): a branch probe's condition (`guard`) → count the hit → plan
-//! by cookie → process filter → rate limit (here when the plan has no condition) → room in
-//! this CPU's ring (count a drop if full) → header and ops, written in place in the ring →
+//! Order of work (design.md §4): plan and counters by cookie → a branch probe's condition
+//! (`guard`; a pass the other way is counted apart, not as a hit) → count the hit → process
+//! filter → rate limit (here when the plan has no condition) → room in this CPU's ring (count
+//! a drop if full) → header and ops, written in place in the ring →
 //! condition → rate limit (here when it has one, so hits the condition rejects never spend
 //! tokens meant for the ones it wants) → publish (or leave unpublished) → doorbell every few
 //! events → add the time spent (one hit in eight is timed). Every early exit bumps its own
@@ -95,12 +96,6 @@ fn capture(ctx: &ProbeContext) {
     let start = unsafe { bpf_ktime_get_ns() };
     // SAFETY: ctx is the uprobe's pt_regs context.
     let full = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
-    // A probe on a conditional branch into the line's block: a pass the other way is not a
-    // hit (`detrix_common::guard`), so it counts nothing.
-    // SAFETY: as `r_r14`.
-    if !guard::passes(full, unsafe { (*ctx.regs).eflags }) {
-        return;
-    }
     let cookie = full as u32;
     // Low 16 bits: the map slot; above: a generation, so the agent never decodes a record of
     // a removed probe with the plan of the next one in the same slot.
@@ -111,6 +106,13 @@ fn capture(ctx: &ProbeContext) {
     // SAFETY: a per-CPU map value, valid for this program run and touched by this CPU only
     // (the agent writes a slot's plan before attaching its probe, and reads counters only).
     let (counters, plan) = unsafe { (&mut (*s).counters, &(*s).plan) };
+    // A probe on a conditional branch into the line's block: a pass the other way is not a
+    // hit (`detrix_common::guard`), only counted as the trap it cost.
+    // SAFETY: as `r_r14`.
+    if !guard::passes(full, unsafe { (*ctx.regs).eflags }) {
+        counters.other_way += 1;
+        return;
+    }
     counters.hits += 1;
     // Time one hit in TIMED_EVERY (the first included): the closing clock read is a helper
     // call, whose return is itself a good part of a hit's cost on a CPU with return-stack
@@ -264,7 +266,12 @@ fn fill(
         init_metas(ev, meta_off, n_values);
     }
 
-    let mut faulted = interp::run_ops(ctx, slot, plan.n_ops, cpu, pos as u32, meta_off as u32);
+    let mut faulted = if interp::registers_only(plan) {
+        interp::emit_registers(ctx, plan, ev, meta_off);
+        false
+    } else {
+        interp::run_ops(ctx, slot, plan.n_ops, cpu, pos as u32, meta_off as u32)
+    };
     if plan.stack.len != 0 && capture_stack(ctx, plan, ev, meta_off) {
         faulted = true;
     }
@@ -283,7 +290,9 @@ fn fill(
         counters.read_faults += 1;
     }
     // Publish: the record's bytes are all written; an atomic add orders them before the new
-    // head (a full barrier on x86) for the agent reading on another CPU.
+    // head (a full barrier on x86) for the agent reading on another CPU. (A plain store with a
+    // compiler fence pushed the program past LLVM's BPF stack limit; a release store is not
+    // in the instruction set `--cpu generic` targets.)
     // SAFETY: an aligned u64 inside the map value.
     unsafe {
         atomic_xadd::<u64, u64, { AtomicOrdering::Release }>(

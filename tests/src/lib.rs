@@ -1162,6 +1162,7 @@ pub const SUMMARY_COUNTERS: &[&str] = &[
     "no_plan",
     "other_process",
     "bpf_ns",
+    "other_way",
 ];
 
 impl ProbeSummary {

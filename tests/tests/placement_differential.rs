@@ -17,7 +17,9 @@ use std::os::unix::process::CommandExt as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use detrix_agent::engine::{Engine, EngineOptions, HitReader, LogpointId, LogpointSpec, Resolver};
+use detrix_agent::engine::{
+    Counters, Engine, EngineOptions, HitReader, LogpointId, LogpointSpec, Resolver,
+};
 use detrix_e2e::require_root;
 use lang::FixtureBuild;
 
@@ -136,7 +138,16 @@ struct Side {
 }
 
 impl Side {
-    fn attach(pid: u32, file: &str, last_line: u32, placement: bool, locals: bool) -> Side {
+    /// With `strip_guards`, every conditional branch probe counts every pass: the gate that
+    /// counts how often the branches run (see `differential`).
+    fn attach(
+        pid: u32,
+        file: &str,
+        last_line: u32,
+        placement: bool,
+        locals: bool,
+        strip_guards: bool,
+    ) -> Side {
         let opts = EngineOptions {
             placement,
             rate_per_sec: 0,
@@ -154,9 +165,14 @@ impl Side {
                 capture_locals: locals,
                 ..LogpointSpec::default()
             };
-            let Ok(copies) = engine.resolver().prepare(file, &spec) else {
+            let Ok(mut copies) = engine.resolver().prepare(file, &spec) else {
                 continue;
             };
+            if strip_guards {
+                for site in copies.iter_mut().flat_map(|c| c.sites.iter_mut()) {
+                    site.cc = None;
+                }
+            }
             moved += copies
                 .iter()
                 .filter(|c| {
@@ -243,8 +259,11 @@ fn differential(build: FixtureBuild, locals: bool) {
         .build()
         .expect("runtime");
     let _enter = rt.enter();
-    let mut off = Side::attach(pid, build.file, last_line, false, locals);
-    let mut on = Side::attach(pid, build.file, last_line, true, locals);
+    let mut off = Side::attach(pid, build.file, last_line, false, locals, false);
+    let mut on = Side::attach(pid, build.file, last_line, true, locals, false);
+    // The same probes as `on`, their branch conditions stripped: each counts every pass of
+    // its branches, which `on` must count exactly once each — as a hit or as `other_way`.
+    let mut gate = Side::attach(pid, build.file, last_line, true, locals, true);
     let mut off_lines: Vec<u32> = off.lines.values().copied().collect();
     let mut on_lines: Vec<u32> = on.lines.values().copied().collect();
     off_lines.sort_unstable();
@@ -259,6 +278,7 @@ fn differential(build: FixtureBuild, locals: bool) {
     let status = loop {
         off.drain();
         on.drain();
+        gate.drain();
         if let Some(s) = held.exited() {
             break s;
         }
@@ -274,7 +294,9 @@ fn differential(build: FixtureBuild, locals: bool) {
     // probe's records are no longer decoded).
     off.drain();
     on.drain();
-    for side in [&mut off, &mut on] {
+    gate.drain();
+    let mut counted: [BTreeMap<u32, Counters>; 3] = Default::default();
+    for (side, counted) in [&mut off, &mut on, &mut gate].into_iter().zip(&mut counted) {
         let ids: Vec<LogpointId> = side.lines.keys().copied().collect();
         for id in ids {
             let c = side.engine.remove(id).ok().flatten().unwrap_or_default();
@@ -283,8 +305,31 @@ fn differential(build: FixtureBuild, locals: bool) {
                 "{}: events lost to a full ring",
                 build.id
             );
+            counted.entry(side.lines[&id]).or_default().add(&c);
         }
         side.drain();
+    }
+    // Every pass of a branch probe is counted once: a hit when it goes into the block, else
+    // `other_way` (a trap the CPU breaker weighs). The gate counts every pass as a hit.
+    let [_, on_counted, gate_counted] = &counted;
+    let mut other_way = 0;
+    for (line, c) in on_counted {
+        let g = &gate_counted[line];
+        assert_eq!(
+            c.hits + c.other_way,
+            g.hits,
+            "{}:{line}: {} hits + {} passes the other way, but its branches ran {} times",
+            build.file,
+            c.hits,
+            c.other_way,
+            g.hits
+        );
+        assert_eq!(
+            g.other_way, 0,
+            "{}:{line}: the gate has no conditions",
+            build.file
+        );
+        other_way += c.other_way;
     }
     let keys: Vec<&(u32, u64)> = off.hits.keys().collect();
     assert_eq!(
@@ -335,7 +380,7 @@ fn differential(build: FixtureBuild, locals: bool) {
         .map(|(_, v)| v.len())
         .sum();
     eprintln!(
-        "{}: {hits} hits, {values} values equal on {} lines ({} probe points placed elsewhere; lines on branches into their block: {:?}, {guarded_hits} hits through a conditional one)",
+        "{}: {hits} hits, {values} values equal on {} lines ({} probe points placed elsewhere; lines on branches into their block: {:?}, {guarded_hits} hits through a conditional one, {other_way} passes the other way)",
         build.id,
         lines_hit.len(),
         on.moved,
@@ -349,6 +394,11 @@ fn differential(build: FixtureBuild, locals: bool) {
             "{}: no line probed on a conditional branch into its block was hit ({:?})",
             build.id,
             on.on_edges
+        );
+        assert!(
+            other_way > 0,
+            "{}: no branch probe went the other way: the count of those passes went untested",
+            build.id
         );
     }
 }

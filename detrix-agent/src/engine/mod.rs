@@ -27,7 +27,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use detrix_common::Counters;
+/// What [`Engine::remove`] and the status report per probe.
+pub use detrix_common::Counters;
 use tokio::io::unix::AsyncFd;
 
 use crate::debuginfo::{ProbePoint, ResolveError, Symbolizer};
@@ -168,8 +169,8 @@ pub struct Engine {
     symbolizer: Arc<Symbolizer>,
     logpoints: BTreeMap<LogpointId, Logpoint>,
     next_id: u64,
-    /// For the CPU breaker: counters at the last look.
-    last: HashMap<u32, (u64, u64)>,
+    /// For the CPU breaker: (traps, hits, BPF ns) at the last look.
+    last: HashMap<u32, (u64, u64, u64)>,
     /// Final counters of removed logpoints, read after detaching (exact).
     removed: HashMap<LogpointId, Counters>,
     /// The sum of every removed logpoint's final counters (for this target's totals).
@@ -502,7 +503,8 @@ impl Engine {
     }
 
     /// Estimated CPU cost of logpoint `id` since it was attached, in ns: time in the program
-    /// plus each copy's hits times its placement's trap estimate (what the CPU breaker weighs).
+    /// plus each copy's traps (hits, and passes of a branch probe the other way) times its
+    /// placement's trap estimate (what the CPU breaker weighs).
     #[must_use]
     pub fn cost_ns(&self, id: LogpointId) -> Option<u64> {
         let lp = self.logpoints.get(&id)?;
@@ -510,7 +512,7 @@ impl Engine {
         let mut ns = 0;
         for (s, c) in lp.probe_ids.iter().zip(&lp.copies) {
             let k = probes.counters(*s).unwrap_or_default();
-            ns += k.bpf_ns + k.hits * c.placement.kind.cost_ns();
+            ns += k.bpf_ns + (k.hits + k.other_way) * c.placement.kind.cost_ns();
         }
         Some(ns)
     }
@@ -560,14 +562,15 @@ impl Engine {
                 let Ok(now) = probes.counters(*s) else {
                     continue;
                 };
-                let (h0, b0) = self
+                // Traps: hits, and passes of a branch probe that went the other way.
+                let traps = now.hits + now.other_way;
+                let (t0, h0, b0) = self
                     .last
-                    .insert(*s, (now.hits, now.bpf_ns))
-                    .unwrap_or((0, 0));
-                let h = now.hits - h0;
-                dh += h;
+                    .insert(*s, (traps, now.hits, now.bpf_ns))
+                    .unwrap_or((0, 0, 0));
+                dh += now.hits - h0;
                 db += now.bpf_ns - b0;
-                trap_ns += h * c.placement.kind.cost_ns();
+                trap_ns += (traps - t0) * c.placement.kind.cost_ns();
             }
             let cost = (db + trap_ns) as f64 / window_ns;
             if cost > budget {

@@ -368,6 +368,7 @@ detrix_serve_exec_to_target_max_seconds 2
             no_plan: 0,
             other_process: 0,
             bpf_ns: 5000,
+            other_way: 7,
         };
         let mut totals = c;
         totals.hits += 4;
@@ -420,6 +421,8 @@ detrix_serve_exec_to_target_max_seconds 2
             format!("detrix_probe_no_plan_total{p} 0"),
             format!("detrix_probe_other_process_total{p} 0"),
             format!("detrix_probe_bpf_nanoseconds_total{p} 5000"),
+            format!("detrix_probe_other_way_total{p} 7"),
+            format!("detrix_target_other_way_total{t} 7"),
             "detrix_ring_capacity_bytes 262144".to_owned(),
             "detrix_ring_used_bytes 128".to_owned(),
             "detrix_ring_peak_bytes 4096".to_owned(),
@@ -433,12 +436,15 @@ detrix_serve_exec_to_target_max_seconds 2
         ] {
             assert!(lines.contains(&want.as_str()), "missing {want} in\n{text}");
         }
-        // Every sample has its HELP and TYPE: 9 target + 1 breaker + 1 after-remove + 9 probe +
+        // Every sample has its HELP and TYPE: 10 target + 1 breaker + 1 after-remove + 10 probe +
         // 7 ring + 1 host budget + 1 load + 1 link kind families after the 6 discovery ones.
         assert_eq!(
             text.matches("# TYPE ").count(),
-            6 + 9 + 1 + 1 + 9 + 7 + 1 + 1 + 1
+            6 + 10 + 1 + 1 + 10 + 7 + 1 + 1 + 1
         );
-        assert_eq!(lines.len(), 3 + 6 + 12 + 1 + 9 + 1 + 1 + 9 + 7 + 1 + 1 + 1);
+        assert_eq!(
+            lines.len(),
+            3 + 6 + 12 + 1 + 10 + 1 + 1 + 10 + 7 + 1 + 1 + 1
+        );
     }
 }
