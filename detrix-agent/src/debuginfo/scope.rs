@@ -94,6 +94,28 @@ impl Binary {
         None
     }
 
+    /// `die_ranges`, but a DIE whose `DW_AT_high_pc` (a size) runs past the end of the address
+    /// space is an error: gimli adds it to `DW_AT_low_pc` unchecked, which a corrupt or crafted
+    /// file turned into a panic (found by fuzz/elf) in a build with overflow checks, and into a
+    /// wrapped range without them.
+    pub(super) fn die_ranges(
+        &self,
+        unit: &gimli::Unit<R>,
+        entry: &gimli::DebuggingInformationEntry<R>,
+    ) -> gimli::Result<gimli::RangeIter<R>> {
+        if let (Some(low), Some(gimli::AttributeValue::Udata(size))) = (
+            entry.attr_value(gimli::DW_AT_low_pc),
+            entry.attr_value(gimli::DW_AT_high_pc),
+        ) {
+            if let Some(begin) = self.dwarf.attr_address(unit, low)? {
+                if begin.checked_add(size).is_none() {
+                    return Err(gimli::Error::AddressOverflow);
+                }
+            }
+        }
+        self.dwarf.die_ranges(unit, entry)
+    }
+
     /// Code ranges of a DIE: (lowest, highest, whether any range contains `addr`).
     fn ranges_hit(
         &self,
@@ -102,7 +124,6 @@ impl Binary {
         addr: u64,
     ) -> Result<(u64, u64, bool), ResolveError> {
         let mut ranges = self
-            .dwarf
             .die_ranges(unit, entry)
             .map_err(self.dwarf_err("code ranges"))?;
         let (mut low, mut high, mut hit) = (u64::MAX, 0, false);
@@ -201,7 +222,6 @@ impl Binary {
                 }
                 dw::DW_TAG_lexical_block => {
                     let mut ranges = self
-                        .dwarf
                         .die_ranges(unit, entry)
                         .map_err(self.dwarf_err("block ranges"))?;
                     let (mut any, mut hit) = (false, false);
@@ -278,7 +298,12 @@ impl Binary {
 
     fn symbolize_uncached(&self, addr: u64) -> Vec<Symbol> {
         for (ui, unit) in self.units.iter().enumerate() {
-            let Ok(mut ranges) = self.dwarf.unit_ranges(unit) else {
+            let mut cursor = unit.entries();
+            if cursor.next_dfs().is_err() {
+                continue;
+            }
+            let Some(Ok(mut ranges)) = cursor.current().map(|root| self.die_ranges(unit, root))
+            else {
                 continue;
             };
             let mut inside = false;
