@@ -136,8 +136,10 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("start the event loop")?;
     let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    // Buffered: `run` flushes once per batch of hits, not once per line.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let summary = rt.block_on(capture::run(&req, prepared, &mut out))?;
+    drop(out);
     // The counters by name, `printed` (what reached stdout) after `emitted`.
     let mut counts = String::new();
     for (f, v) in summary.counters.named() {
