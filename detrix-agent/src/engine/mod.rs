@@ -568,9 +568,9 @@ impl Engine {
                     .last
                     .insert(*s, (traps, now.hits, now.bpf_ns))
                     .unwrap_or((0, 0, 0));
-                dh += now.hits - h0;
-                db += now.bpf_ns - b0;
-                trap_ns += (traps - t0) * c.placement.kind.cost_ns();
+                dh += now.hits.saturating_sub(h0);
+                db += now.bpf_ns.saturating_sub(b0);
+                trap_ns += traps.saturating_sub(t0) * c.placement.kind.cost_ns();
             }
             let cost = (db + trap_ns) as f64 / window_ns;
             if cost > budget {
