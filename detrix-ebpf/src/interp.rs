@@ -99,7 +99,28 @@ fn alu_op(reg: u8, acc: u64, imm: u64) -> Option<u64> {
     }
 }
 
-/// State of one run of the interpreter, on the program's stack and handed to each step.
+/// The interpreter's state for the run that owns this CPU's ring (`busy`), one per CPU.
+///
+/// Why in a map and not on the program's stack: the verifier tracks every word of the stack
+/// exactly, so each `bpf_loop` pass over `step` that changed `bad`, `done`, `skip_to` or
+/// `count` was a new state to verify the callback from again, and the 224 bytes in the
+/// caller's frame left the callback no room under the 512-byte limit on the combined stack.
+/// On the stack, a kernel that gives uprobe programs no private stack refused the program
+/// (`combined stack size of 2 calls is 576`, after 750 000 instructions processed; over the
+/// million with `emit_registers` inlined too). In a map: 139 000 (`tests/verifier_budget.rs`
+/// keeps it under half the limit). Words in a map value are unknown to it: one state per op.
+#[map]
+static RUN: PerCpuArray<Interp> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's [`Interp`]; `None` only if the lookup of index 0 fails (never, for a
+/// one-entry array).
+#[inline(always)]
+pub(crate) fn this_run() -> Option<&'static mut Interp> {
+    // SAFETY: this CPU's map value, used only by the run owning this CPU's ring (`busy`).
+    RUN.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// State of one run of the interpreter (see [`RUN`]).
 #[repr(C)]
 pub(crate) struct Interp {
     pub(crate) slot: u32,
@@ -153,27 +174,34 @@ pub(crate) fn run_ops(
     pos: u32,
     meta_off: u32,
 ) -> bool {
-    let mut st = Interp {
-        slot,
-        cpu,
-        pos,
-        meta_off,
-        acc: 0,
-        count: 0,
-        bad: 0,
-        done: 0,
-        skip_to: 0,
-        regs: registers(ctx),
+    let Some(st) = this_run() else {
+        // Unreachable for a one-entry array; a record with no values read says so.
+        return true;
     };
+    st.slot = slot;
+    st.cpu = cpu;
+    st.pos = pos;
+    st.meta_off = meta_off;
+    st.acc = 0;
+    st.count = 0;
+    st.bad = 0;
+    st.done = 0;
+    st.skip_to = 0;
+    // SAFETY: uprobe ctx points at the user registers saved on entry.
+    let r = unsafe { &*ctx.regs };
+    st.regs = [
+        r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx,
+        r.rsi, r.rdi, r.orig_rax, r.rip, r.cs, r.eflags, r.rsp, r.ss,
+    ];
     reset_expr();
     let n = if n_ops as usize > MAX_OPS {
         MAX_OPS as u32
     } else {
         n_ops
     };
-    // SAFETY: `step` has the callback signature bpf_loop expects; `st` outlives the call.
-    unsafe { bpf_loop(n, step as *mut c_void, (&raw mut st).cast::<c_void>(), 0) };
-    log::faults(&mut st);
+    // SAFETY: `step` has the callback signature bpf_loop expects; it finds its state in `RUN`.
+    unsafe { bpf_loop(n, step as *mut c_void, core::ptr::null_mut(), 0) };
+    log::faults(st);
     st.bad != 0
 }
 
@@ -258,9 +286,10 @@ fn registers(ctx: &ProbeContext) -> [u64; PT_REGS_COUNT] {
 
 /// One op of the plan in slot `st.slot` (the callback of `bpf_loop`). Returns 1 to stop.
 #[inline(never)]
-extern "C" fn step(index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: ctx is the `Interp` run_ops passed to bpf_loop.
-    let st = unsafe { &mut *ctx.cast::<Interp>() };
+extern "C" fn step(index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(st) = this_run() else {
+        return 1;
+    };
     let Some((s, ev)) = run_record(st) else {
         return 1;
     };

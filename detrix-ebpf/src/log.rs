@@ -13,7 +13,7 @@ use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
 use aya_log_ebpf::error;
 use detrix_common::{EVENT_DATA_BYTES, MAX_OPS, MAX_VALUES};
 
-use crate::interp::{data_u64, run_record, Interp};
+use crate::interp::{data_u64, run_record, this_run, Interp};
 use crate::meta;
 
 /// 1 = report plan-step faults through aya-log. Set before load; 0 prunes the reporting.
@@ -22,17 +22,18 @@ static EBPF_LOG: u8 = 0;
 
 /// After the ops ran: one record per value that faulted, when enabled.
 #[inline(always)]
-pub fn faults(st: &mut Interp) {
+pub fn faults(st: &Interp) {
     // SAFETY: a plain read of a global the loader fixed before load.
     if unsafe { core::ptr::read_volatile(&raw const EBPF_LOG) } == 0 || st.bad == 0 {
         return;
     }
-    // SAFETY: `report` has the callback signature bpf_loop expects; `st` outlives the call.
+    // SAFETY: `report` has the callback signature bpf_loop expects; it finds the run's state
+    // in `interp::RUN`, as `step` does.
     unsafe {
         bpf_loop(
             MAX_VALUES as u32,
             report as *mut c_void,
-            core::ptr::from_mut(st).cast::<c_void>(),
+            core::ptr::null_mut(),
             0,
         )
     };
@@ -40,9 +41,10 @@ pub fn faults(st: &mut Interp) {
 
 /// Value `i`'s fault, if it had one (the callback of the reporting `bpf_loop`).
 #[inline(never)]
-extern "C" fn report(i: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: ctx is the `Interp` `faults` passed to bpf_loop.
-    let st = unsafe { &mut *ctx.cast::<Interp>() };
+extern "C" fn report(i: u64, _ctx: *mut c_void) -> i64 {
+    let Some(st) = this_run() else {
+        return 1;
+    };
     let vi = (i as usize) & (MAX_VALUES - 1);
     if st.bad & (1 << vi) == 0 {
         return 0;
