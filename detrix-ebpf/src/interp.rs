@@ -116,7 +116,8 @@ static RUN: PerCpuArray<Interp> = PerCpuArray::with_max_entries(1, 0);
 /// one-entry array).
 #[inline(always)]
 pub(crate) fn this_run() -> Option<&'static mut Interp> {
-    // SAFETY: this CPU's map value, used only by the run owning this CPU's ring (`busy`).
+    // SAFETY: this CPU's map value, used only by the run owning this CPU's ring (`busy`); each
+    // caller drops its reference before a `bpf_loop` whose callback takes its own.
     RUN.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
@@ -174,35 +175,42 @@ pub(crate) fn run_ops(
     pos: u32,
     meta_off: u32,
 ) -> bool {
-    let Some(st) = this_run() else {
-        // Unreachable for a one-entry array; a record with no values read says so.
-        return true;
-    };
-    st.slot = slot;
-    st.cpu = cpu;
-    st.pos = pos;
-    st.meta_off = meta_off;
-    st.acc = 0;
-    st.count = 0;
-    st.bad = 0;
-    st.done = 0;
-    st.skip_to = 0;
-    // SAFETY: uprobe ctx points at the user registers saved on entry.
-    let r = unsafe { &*ctx.regs };
-    st.regs = [
-        r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx,
-        r.rsi, r.rdi, r.orig_rax, r.rip, r.cs, r.eflags, r.rsp, r.ss,
-    ];
+    {
+        let Some(st) = this_run() else {
+            // Unreachable for a one-entry array; a record with no values read says so.
+            return true;
+        };
+        st.slot = slot;
+        st.cpu = cpu;
+        st.pos = pos;
+        st.meta_off = meta_off;
+        st.acc = 0;
+        st.count = 0;
+        st.bad = 0;
+        st.done = 0;
+        st.skip_to = 0;
+        // SAFETY: uprobe ctx points at the user registers saved on entry.
+        let r = unsafe { &*ctx.regs };
+        st.regs = [
+            r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx,
+            r.rdx, r.rsi, r.rdi, r.orig_rax, r.rip, r.cs, r.eflags, r.rsp, r.ss,
+        ];
+    }
     reset_expr();
     let n = if n_ops as usize > MAX_OPS {
         MAX_OPS as u32
     } else {
         n_ops
     };
-    // SAFETY: `step` has the callback signature bpf_loop expects; it finds its state in `RUN`.
+    // SAFETY: `step` has the callback signature bpf_loop expects; it finds its state in `RUN`
+    // (no reference to it is held here across the call).
     unsafe { bpf_loop(n, step as *mut c_void, core::ptr::null_mut(), 0) };
-    log::faults(st);
-    st.bad != 0
+    let Some(st) = this_run() else {
+        return true;
+    };
+    let bad = st.bad;
+    log::faults(bad);
+    bad != 0
 }
 
 /// Most ops a plan of register values only ([`registers_only`]) may have: four values.
@@ -211,7 +219,7 @@ const INLINE_OPS: usize = 8;
 /// Whether every op of the plan is `REG` (of a register `pt_regs` has) or `EMIT_ACC`, at
 /// most [`INLINE_OPS`] of them: values held in registers — what a logpoint on optimized code
 /// mostly reads once forwarding found the registers. Such a plan cannot fault, and runs
-/// inline ([`emit_registers`]): no `bpf_loop`, no copy of every register, no expression
+/// inline ([`emit_registers`]): no `bpf_loop` callbacks, no fault bookkeeping, no expression
 /// stack — on an emulated probe that is a good part of what a hit costs beyond the trap.
 #[inline(always)]
 pub(crate) fn registers_only(plan: &Plan) -> bool {
@@ -238,7 +246,13 @@ pub(crate) fn registers_only(plan: &Plan) -> bool {
 #[inline(always)]
 pub(crate) fn emit_registers(ctx: &ProbeContext, plan: &Plan, ev: &mut Event, meta_off: usize) {
     let n = plan.n_ops as usize;
-    let regs = registers(ctx);
+    // The registers go where `run_ops` puts them, in `RUN`, not on the program's stack: 168
+    // bytes there left the `bpf_loop` path no room under the 512-byte combined stack.
+    let Some(st) = this_run() else {
+        return;
+    };
+    st.regs = registers(ctx);
+    let regs = &st.regs;
     let mut acc: u64 = 0;
     let mut k = 0;
     while k < INLINE_OPS {

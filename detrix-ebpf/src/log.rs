@@ -13,18 +13,18 @@ use aya_ebpf::{cty::c_void, helpers::generated::bpf_loop};
 use aya_log_ebpf::error;
 use detrix_common::{EVENT_DATA_BYTES, MAX_OPS, MAX_VALUES};
 
-use crate::interp::{data_u64, run_record, this_run, Interp};
+use crate::interp::{data_u64, run_record, this_run};
 use crate::meta;
 
 /// 1 = report plan-step faults through aya-log. Set before load; 0 prunes the reporting.
 #[unsafe(no_mangle)]
 static EBPF_LOG: u8 = 0;
 
-/// After the ops ran: one record per value that faulted, when enabled.
+/// After the ops ran: one record per value that faulted (`bad`: a bit per value), when enabled.
 #[inline(always)]
-pub fn faults(st: &Interp) {
+pub fn faults(bad: u64) {
     // SAFETY: a plain read of a global the loader fixed before load.
-    if unsafe { core::ptr::read_volatile(&raw const EBPF_LOG) } == 0 || st.bad == 0 {
+    if unsafe { core::ptr::read_volatile(&raw const EBPF_LOG) } == 0 || bad == 0 {
         return;
     }
     // SAFETY: `report` has the callback signature bpf_loop expects; it finds the run's state

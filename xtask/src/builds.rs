@@ -53,6 +53,28 @@ pub fn ebpf_cargo(root: &Path, subcommand: &str) -> Result<Command> {
     Ok(cmd)
 }
 
+/// Builds the agent as `--release` builds it but with full debug info (variables and types:
+/// the release profile's `debug = 1` has line tables only), into `target/own-debuginfo`;
+/// returns the binary's path. What the coverage bench measures as "the agent's own binary".
+pub fn agent_release_with_debuginfo(root: &Path, obj: &Path) -> Result<PathBuf> {
+    let dir = util::target_dir(root)?.join("own-debuginfo");
+    let mut cmd = Command::new("cargo");
+    cmd.args(["build", "--release", "-p", "detrix-agent", "--target-dir"])
+        .arg(&dir)
+        .current_dir(root)
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "2")
+        .env(EBPF_OBJ_VAR, obj);
+    println!("build: {}", util::describe(&cmd));
+    util::run(&mut cmd).context("building detrix-agent (release, full debug info)")?;
+    let bin = dir.join("release/detrix-agent");
+    anyhow::ensure!(
+        bin.is_file(),
+        "the build succeeded but {} is missing",
+        bin.display()
+    );
+    Ok(bin)
+}
+
 /// Builds the agent (debug) with the object embedded; returns the agent binary's path.
 pub fn agent(root: &Path, obj: &Path) -> Result<PathBuf> {
     let mut cmd = Command::new("cargo");

@@ -168,6 +168,13 @@ fn bench(sections: &[String]) -> anyhow::Result<()> {
                 }
             }
         }
+        // The agent's own release binary, measured with every local in scope: the release
+        // profile keeps line tables only (`debug = 1`: no variables), so the measured copy is
+        // the same optimized build with full debug info, in a target directory of its own.
+        if bin == "coverage_bench" {
+            cmd.arg("--own")
+                .arg(builds::agent_release_with_debuginfo(&root, &obj)?);
+        }
         // Redis is fetched (apt-get source) and built on first use, then reused.
         if bin == "server_bench" {
             cmd.arg("--redis").arg(server::redis(&root)?);
