@@ -189,12 +189,7 @@ pub(crate) fn run_ops(
         st.bad = 0;
         st.done = 0;
         st.skip_to = 0;
-        // SAFETY: uprobe ctx points at the user registers saved on entry.
-        let r = unsafe { &*ctx.regs };
-        st.regs = [
-            r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx,
-            r.rdx, r.rsi, r.rdi, r.orig_rax, r.rip, r.cs, r.eflags, r.rsp, r.ss,
-        ];
+        st.regs = registers(ctx);
     }
     reset_expr();
     let n = if n_ops as usize > MAX_OPS {
