@@ -60,3 +60,55 @@ fn a_function_size_past_the_address_space_is_an_error_not_a_panic() {
     // Symbolizing an address of main goes through the same ranges: no panic, no name.
     let _ = bin.symbolize(detrix_agent::debuginfo::LinkAddr(start + 4));
 }
+
+/// The `PT_LOAD` holding `main` with a `p_offset` near the top of the address space: the file
+/// offset of an address in it (`addr - p_vaddr + p_offset`) overflows (fuzz/elf crashed on
+/// `attempt to add with overflow` in `file_offset`; wrapped, in a release build, the probe would
+/// have named another instruction). Resolving a line of main says the header is corrupt.
+#[test]
+fn a_segment_offset_past_the_address_space_is_an_error_not_a_panic() {
+    let exe = build_c_fixture("orders", Build::Debug);
+    let mut bytes = std::fs::read(&exe).expect("read the fixture");
+    let main = {
+        let file = object::File::parse(&*bytes).expect("an ELF file");
+        file.symbols()
+            .find(|s| s.name() == Ok("main") && s.size() > 0)
+            .expect("a main symbol with a size")
+            .address()
+    };
+    // ELF64 header: e_phoff at 0x20, e_phentsize at 0x36, e_phnum at 0x38; in each program
+    // header p_type at 0, p_offset at 8, p_vaddr at 16, p_memsz at 40.
+    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]) as usize;
+    let u64_at =
+        |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
+    let phoff = usize::try_from(u64_at(&bytes, 0x20)).expect("offset fits");
+    let (size, count) = (u16_at(&bytes, 0x36), u16_at(&bytes, 0x38));
+    let header = (0..count)
+        .map(|i| phoff + i * size)
+        .find(|&h| {
+            let (kind, vaddr, memsz) = (
+                u32::from_le_bytes(bytes[h..h + 4].try_into().expect("4 bytes")),
+                u64_at(&bytes, h + 16),
+                u64_at(&bytes, h + 40),
+            );
+            kind == 1 && (vaddr..vaddr + memsz).contains(&main) && main > vaddr
+        })
+        .expect("a PT_LOAD holding main, past its start");
+    bytes[header + 8..header + 16].copy_from_slice(&u64::MAX.to_le_bytes());
+    let bin = Binary::from_bytes(Path::new("/corrupt/orders"), &bytes).expect("the ELF parses");
+    let src =
+        std::fs::read_to_string(detrix_e2e::c_fixture_source("orders")).expect("read orders.c");
+    let line = src
+        .lines()
+        .position(|l| l.contains("int delay_ms"))
+        .map(|i| u32::try_from(i + 1).expect("line fits"))
+        .expect("a line in main");
+    let err = bin
+        .resolve_line("orders.c", line)
+        .expect_err("main's segment header is corrupt");
+    assert!(
+        err.to_string()
+            .contains("program header of the one that does is corrupt"),
+        "the sentence names the problem: {err}"
+    );
+}

@@ -372,7 +372,10 @@ impl Binary {
             let Some(file_offset) = self.file_offset(addr) else {
                 return Err(ResolveError::Elf {
                     binary: self.path.clone(),
-                    reason: format!("address {addr} of {path}:{line} is in no loadable segment"),
+                    reason: format!(
+                        "address {addr} of {path}:{line} has no file offset: no loadable \
+                         segment holds it, or the program header of the one that does is corrupt"
+                    ),
                 });
             };
             let function = if func.inlined {

@@ -627,13 +627,21 @@ impl Binary {
     }
 
     /// Translates a link address to the file offset a uprobe attaches to:
-    /// `offset = vaddr - p_vaddr + p_offset` of the `PT_LOAD` holding it.
+    /// `offset = vaddr - p_vaddr + p_offset` of the `PT_LOAD` holding it. `None` when no
+    /// segment holds it, or the one that does has a header whose sums overflow (a corrupt
+    /// binary: wrapped, the offset would name some other instruction).
     #[must_use]
     pub fn file_offset(&self, addr: LinkAddr) -> Option<FileOffset> {
         self.segments
             .iter()
-            .find(|s| addr.0 >= s.vaddr && addr.0 < s.vaddr + s.memsz.max(s.filesz))
-            .map(|s| FileOffset(addr.0 - s.vaddr + s.offset))
+            .find(|s| {
+                addr.0 >= s.vaddr
+                    && s.vaddr
+                        .checked_add(s.memsz.max(s.filesz))
+                        .is_some_and(|end| addr.0 < end)
+            })
+            .and_then(|s| (addr.0 - s.vaddr).checked_add(s.offset))
+            .map(FileOffset)
     }
 
     /// The machine code in `[start, end)`, if it lies in one executable section.
