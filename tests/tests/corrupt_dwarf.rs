@@ -9,6 +9,23 @@ use detrix_agent::debuginfo::Binary;
 use detrix_e2e::{build_c_fixture, Build};
 use object::{Object, ObjectSection, ObjectSymbol};
 
+/// Parses the damaged `orders` bytes and resolves a line of its `main`, which must fail:
+/// the parsed binary and the error.
+fn resolve_in_main(bytes: &[u8]) -> (Binary, detrix_agent::debuginfo::ResolveError) {
+    let bin = Binary::from_bytes(Path::new("/corrupt/orders"), bytes).expect("the ELF parses");
+    let src =
+        std::fs::read_to_string(detrix_e2e::c_fixture_source("orders")).expect("read orders.c");
+    let line = src
+        .lines()
+        .position(|l| l.contains("int delay_ms"))
+        .map(|i| u32::try_from(i + 1).expect("line fits"))
+        .expect("a line in main");
+    let err = bin
+        .resolve_line("orders.c", line)
+        .expect_err("main's line resolves through the damaged field");
+    (bin, err)
+}
+
 /// A subprogram's `DW_AT_high_pc` holding a size that runs past the end of the address space:
 /// gimli adds it to `DW_AT_low_pc` unchecked (fuzz/elf crashed on `attempt to add with
 /// overflow` in `die_ranges`). Resolving a line of that function says so instead.
@@ -42,17 +59,7 @@ fn a_function_size_past_the_address_space_is_an_error_not_a_panic() {
     };
     let huge = u64::MAX - start + 16;
     bytes[at..at + 8].copy_from_slice(&huge.to_le_bytes());
-    let bin = Binary::from_bytes(Path::new("/corrupt/orders"), &bytes).expect("the ELF parses");
-    let src =
-        std::fs::read_to_string(detrix_e2e::c_fixture_source("orders")).expect("read orders.c");
-    let line = src
-        .lines()
-        .position(|l| l.contains("int delay_ms"))
-        .map(|i| u32::try_from(i + 1).expect("line fits"))
-        .expect("a line in main");
-    let err = bin
-        .resolve_line("orders.c", line)
-        .expect_err("main's ranges are corrupt");
+    let (bin, err) = resolve_in_main(&bytes);
     assert!(
         err.to_string().contains("address overflow"),
         "the sentence names the problem: {err}"
@@ -95,17 +102,7 @@ fn a_segment_offset_past_the_address_space_is_an_error_not_a_panic() {
         })
         .expect("a PT_LOAD holding main, past its start");
     bytes[header + 8..header + 16].copy_from_slice(&u64::MAX.to_le_bytes());
-    let bin = Binary::from_bytes(Path::new("/corrupt/orders"), &bytes).expect("the ELF parses");
-    let src =
-        std::fs::read_to_string(detrix_e2e::c_fixture_source("orders")).expect("read orders.c");
-    let line = src
-        .lines()
-        .position(|l| l.contains("int delay_ms"))
-        .map(|i| u32::try_from(i + 1).expect("line fits"))
-        .expect("a line in main");
-    let err = bin
-        .resolve_line("orders.c", line)
-        .expect_err("main's segment header is corrupt");
+    let (_, err) = resolve_in_main(&bytes);
     assert!(
         err.to_string()
             .contains("program header of the one that does is corrupt"),
