@@ -161,16 +161,17 @@ const _: () = assert!(CPU_RING_SLACK >= RECORD_PREFIX_BYTES + core::mem::size_of
 /// Why not `BPF_MAP_TYPE_RINGBUF` for every event: its reserve takes a spinlock with
 /// interrupts off and copies the record, which measured here (`cargo xtask bench`, a
 /// virtualized CPU with Safe-RET) at ~270 ns per event — a third of the whole uprobe. Here the
-/// program builds the event **in place** at `head`, publishes it with one atomic add, and
+/// program builds the event **in place** at `head`, publishes it with one store of `head`, and
 /// the ring buffer map is kept only as a doorbell that wakes the agent when the backlog passes
 /// [`DEFAULT_WAKEUP_BYTES`].
 ///
 /// Protocol. Producer (the program on this CPU; `busy` keeps a second run on the same CPU —
 /// possible only on a preemptible kernel — out): if `head + len - tail > CPU_RING_BYTES` the
 /// hit is dropped (counted); else it writes the record at `data[head % CPU_RING_BYTES..]`
-/// (prefix: `len` as u64, then the [`Event`] bytes) and adds the record's rounded length to
-/// `head`. Consumer (the agent): reads `head`, reads every record from `tail` to it, then
-/// stores `tail`. `head` and `tail` only grow; they live on separate cache lines.
+/// (prefix: `len` as u64, then the [`Event`] bytes), then stores `head` plus the record's
+/// rounded length (after every byte of the record: x86 keeps stores in order). Consumer (the
+/// agent): reads `head`, reads every record from `tail` to it, then stores `tail`. `head` and
+/// `tail` only grow; they live on separate cache lines.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct CpuRing {
