@@ -29,6 +29,37 @@ use detrix_agent::render::debugger;
 const WINDOW_S: &str = "0.2";
 const SAMPLES: usize = 5;
 
+/// Windows per row: `DETRIX_BENCH_SAMPLES` (odd counts give a true median), else [`SAMPLES`].
+/// More windows steady the rows when comparing two builds of the eBPF program a few percent
+/// apart; the default keeps `cargo xtask bench` short.
+fn samples() -> usize {
+    std::env::var("DETRIX_BENCH_SAMPLES")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(SAMPLES)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Rounds of the paired measurement (`DETRIX_BENCH_PAIRS`, default 5): the empty program and
+/// the agent's 1-int capture at the placed instruction, alternated, [`PAIR_WINDOWS`] windows
+/// each per round. Rows measured one after the other drift with the machine (the floor alone
+/// moved 390 → 428 ns/hit between runs here); alternating puts both sides in the same minutes.
+fn pairs() -> usize {
+    std::env::var("DETRIX_BENCH_PAIRS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(5)
+}
+
+/// Windows per side per round of the paired measurement.
+const PAIR_WINDOWS: usize = 3;
+
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -92,18 +123,21 @@ impl Fixture {
         Ok(Self { child, samples: rx })
     }
 
-    /// Median ns/call over SAMPLES fresh windows (one window discarded as a transition).
+    /// Median ns/call over [`samples`] fresh windows (one window discarded as a transition).
     fn measure(&self) -> Result<f64> {
+        Ok(median(self.windows(samples())?))
+    }
+
+    /// ns/call of `n` fresh windows (one window discarded as a transition).
+    fn windows(&self, n: usize) -> Result<Vec<f64>> {
         while self.samples.try_recv().is_ok() {}
         self.samples
             .recv_timeout(Duration::from_secs(15))
             .context("fixture stopped reporting")?;
-        let mut v: Vec<f64> = (0..SAMPLES)
+        (0..n)
             .map(|_| self.samples.recv_timeout(Duration::from_secs(15)))
             .collect::<Result<_, _>>()
-            .context("fixture stopped reporting")?;
-        v.sort_by(f64::total_cmp);
-        Ok(v[v.len() / 2])
+            .context("fixture stopped reporting")
     }
 
     fn pid(&self) -> u32 {
@@ -321,6 +355,16 @@ fn main() -> Result<()> {
         pp.file_offset,
         &format!("agent 1-int (v) @ {} placement on, forwarded", pp.addr),
     )?);
+    let (mut floor_w, mut agent_w) = (Vec::new(), Vec::new());
+    for _ in 0..pairs() {
+        probes.install_noop(&at(pp.file_offset))?;
+        floor_w.extend(fx.windows(PAIR_WINDOWS)?);
+        probes.remove_noops()?;
+        let (_, w) =
+            ctx.capture_windows(&mut probes, &mut ring, pplan, pp.file_offset, PAIR_WINDOWS)?;
+        agent_w.extend(w);
+    }
+    let paired = (median(floor_w), median(agent_w));
     drop(probes);
     {
         let (mut eager, ring2) = Probes::load(LoadOptions {
@@ -417,7 +461,7 @@ fn main() -> Result<()> {
         "\nper-hit cost on {} (fixture {}, {} windows of {WINDOW_S} s per row, median)\n",
         line_desc(line),
         bin.display(),
-        SAMPLES
+        samples()
     );
     println!(
         "{:<62} {:>11} {:>11} {:>9} {:>9}",
@@ -460,6 +504,14 @@ fn main() -> Result<()> {
         agent_placed / placed_floor,
         agent_first_mem / floor,
         agent_placed_mem / placed_floor
+    );
+    let (pf, pa) = (paired.0 - base, paired.1 - base);
+    println!(
+        "agent 1-int / floor on the emulated instruction, alternated ({} rounds of {PAIR_WINDOWS} windows each): {:.1} / {:.1} ns/hit = {:.2}x",
+        pairs(),
+        pa,
+        pf,
+        pa / pf
     );
     if let Some(kind) = rows
         .iter()
@@ -620,26 +672,11 @@ impl Ctx<'_> {
         offset: detrix_agent::debuginfo::FileOffset,
         label: &str,
     ) -> Result<Row> {
-        let drain = Drain::start(ring.take().context("ring")?, plan.values.clone());
-        let slot = probes.install(
-            &plan.plan,
-            &AttachSpec {
-                binary: self.exe,
-                offset,
-                pid: self.pid,
-                edges: &[],
-            },
-        )?;
         let t = Instant::now();
-        let ns = self.fx.measure()?;
+        let (c, w) = self.capture_windows(probes, ring, plan, offset, samples())?;
         let secs = t.elapsed().as_secs_f64();
-        // Detach first: a hit still in flight would show in `hits` but not yet in its outcome.
-        probes.remove(slot)?;
-        std::thread::sleep(Duration::from_millis(20));
-        let c = probes.counters(slot)?;
-        let events = drain.events.load(Ordering::Relaxed);
-        let dns = drain.decode_ns.load(Ordering::Relaxed);
-        *ring = Some(drain.finish());
+        let (events, dns) = c.drained;
+        let c = c.counters;
         let accounted = c.emitted
             + c.dropped_ring_full
             + c.rate_limited
@@ -648,7 +685,7 @@ impl Ctx<'_> {
             + c.other_process;
         Ok(Row {
             name: label.into(),
-            ns_per_call: ns,
+            ns_per_call: median(w),
             note: format!(
                 "hits {} = emitted {} + dropped {} + other {}{}; {:.0} events/s; decode {:.0} ns/event; bpf {:.0} ns/hit",
                 c.hits,
@@ -662,6 +699,45 @@ impl Ctx<'_> {
             ),
         })
     }
+
+    /// Attaches `plan` at `offset` with a draining thread, measures `n` windows,
+    /// detaches; the probe's counters, what the drain saw, and the `n` windows.
+    fn capture_windows(
+        &self,
+        probes: &mut Probes,
+        ring: &mut Option<probe::EventRings>,
+        plan: &plan::BuiltPlan,
+        offset: detrix_agent::debuginfo::FileOffset,
+        n: usize,
+    ) -> Result<(Captured, Vec<f64>)> {
+        let drain = Drain::start(ring.take().context("ring")?, plan.values.clone());
+        let slot = probes.install(
+            &plan.plan,
+            &AttachSpec {
+                binary: self.exe,
+                offset,
+                pid: self.pid,
+                edges: &[],
+            },
+        )?;
+        let w = self.fx.windows(n)?;
+        // Detach first: a hit still in flight would show in `hits` but not yet in its outcome.
+        probes.remove(slot)?;
+        std::thread::sleep(Duration::from_millis(20));
+        let counters = probes.counters(slot)?;
+        let drained = (
+            drain.events.load(Ordering::Relaxed),
+            drain.decode_ns.load(Ordering::Relaxed),
+        );
+        *ring = Some(drain.finish());
+        Ok((Captured { counters, drained }, w))
+    }
+}
+
+/// What one capture phase counted: the probe's counters, and (events, decode ns) of the drain.
+struct Captured {
+    counters: detrix_common::Counters,
+    drained: (u64, u64),
 }
 
 fn line_desc(line: u32) -> String {
