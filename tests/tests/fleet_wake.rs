@@ -14,6 +14,10 @@
 //! a watch that expires (410) resumed with a fresh list, a pod deleted, the object deleted, and
 //! the TTL enforced by the nodes with no CLI running (the object driven directly).
 //!
+//! With `DETRIX_BIN` set, the staged wake runs once more against the real daemon instead of the
+//! emulator: every target registers with it, and a metric on the canary stores the values the
+//! canary printed.
+//!
 //! Not tried on a real cluster: no Kubernetes API server can run on this machine kind.
 
 mod common;
@@ -52,6 +56,9 @@ struct Fleet {
     dir: PathBuf,
     procs: Vec<Contained>,
     pods: Vec<k8s_openapi::api::core::v1::Pod>,
+    /// The daemon the node agents register with: the emulator's URL unless a test sets the
+    /// real daemon's.
+    daemon_url: String,
     // Dropped after the processes (declared last).
     _cg: Cgroups,
 }
@@ -89,12 +96,14 @@ impl Fleet {
             api.kubeconfig_as(&dir.join(who), &format!("token-{who}"));
         }
         let stub = RestStub::start("shared/go-delve.jsonl", "shared/rust-stub.jsonl");
+        let daemon_url = stub.url.clone();
         Some(Fleet {
             api,
             stub,
             dir,
             procs,
             pods,
+            daemon_url,
             _cg: cg,
         })
     }
@@ -114,7 +123,7 @@ impl Fleet {
             "--wake",
             "manual",
             "--daemon-url",
-            &self.stub.url,
+            &self.daemon_url,
         ];
         args.extend_from_slice(more);
         Serve::start(
@@ -691,4 +700,107 @@ fn a_breaker_trip_in_the_canary_halts_the_rollout_with_the_exact_count() {
         node.message, "halted: every target this wake woke sleeps",
         "{node:?}"
     );
+}
+
+/// Point 5 with the real daemon (`DETRIX_BIN`): the canary-then-steps wake registers every
+/// target with it, each connected as lldb-dap (`rust`) under its `<namespace>/<pod>/<container>`
+/// name, and a metric on the canary's connection stores the order ids the canary printed.
+#[test]
+fn real_daemon_takes_every_stage_of_a_fleet_wake_and_stores_the_canarys_values() {
+    let test = "real_daemon_takes_every_stage_of_a_fleet_wake_and_stores_the_canarys_values";
+    let Some(bin) = common::daemon_bin(test) else {
+        return;
+    };
+    let Some(mut f) = Fleet::new("realfleet") else {
+        return;
+    };
+    let case = common::real::build("c");
+    let d = common::Daemon::start(
+        &bin,
+        "fleet",
+        &detrix_e2e::workspace_root().join("tests").join("fixtures"),
+    );
+    f.daemon_url = d.url.clone();
+    let (a, b) = (f.agent("node-a"), f.agent("node-b"));
+    Fleet::ready(&[&a, &b]);
+    let ranked = f.ranked();
+    let (code, out) = f.cli(&[
+        "wake",
+        "--selector",
+        "app=orders",
+        "-n",
+        "shop",
+        "--name",
+        "real-wake",
+        "--canary",
+        "1",
+        "--steps",
+        "50%,100%",
+        "--interval",
+        "500ms",
+        "--ttl",
+        "10m",
+    ]);
+    assert_eq!(
+        code,
+        Some(0),
+        "fleet wake: {out}\n{}\n{}",
+        a.stderr.text(),
+        b.stderr.text()
+    );
+    assert!(
+        out.lines()
+            .last()
+            .is_some_and(|l| l.starts_with("fleet wake shop/real-wake: every stage reached")),
+        "{out}"
+    );
+    // Every target: awake on its node, its connection live in the real daemon.
+    let mut ids: BTreeMap<String, String> = BTreeMap::new();
+    for agent in [&a, &b] {
+        let t = agent.wait_targets("awake", |t| t.iter().all(|t| t["state"] == "awake"));
+        for t in t {
+            ids.insert(
+                t["name"].as_str().unwrap_or_default().to_owned(),
+                t["connection_id"].as_str().unwrap_or_default().to_owned(),
+            );
+        }
+    }
+    assert_eq!(
+        ids.keys().cloned().collect::<BTreeSet<_>>(),
+        set(&ranked),
+        "{ids:?}"
+    );
+    for (name, id) in &ids {
+        let (s, row) = d.get(&format!("/api/v1/connections/{id}"));
+        assert_eq!(
+            (s, row["status"].clone(), row["language"].clone()),
+            (200, json!(3), json!("rust")),
+            "{name}: {row}"
+        );
+    }
+    // A metric on the canary: the ids the daemon stores are ones the canary printed.
+    let canary = &ranked[0];
+    let pod: usize = canary
+        .trim_start_matches("shop/orders-")
+        .trim_end_matches("/app")
+        .parse()
+        .expect("pod number");
+    let line = detrix_e2e::marker_line(&case.src, "process");
+    let (s, r) = d.post(
+        "/api/v1/metrics",
+        &json!({"name": "fleet_canary", "connectionId": ids[canary], "location": format!("@{}#{line}", case.src.display()), "expressions": [case.id_expr], "enabled": true}),
+    );
+    assert_eq!(s, 201, "{r}");
+    let events = common::real::events(&d, "fleet_canary", 3);
+    for ev in events.iter().take(3) {
+        let idv = common::real::value(ev, 0).as_i64().expect("an integer id");
+        let printed = f.procs[pod].stdout.wait_for(Duration::from_secs(5), |l| {
+            l.starts_with("process ") && detrix_e2e::parse_kv(l)["id"] == idv.to_string()
+        });
+        assert!(
+            printed.is_some(),
+            "the daemon stored id {idv} ({ev}); the canary printed no such order:\n{}",
+            f.procs[pod].stdout.text()
+        );
+    }
 }
