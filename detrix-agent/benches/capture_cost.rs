@@ -9,7 +9,9 @@
 //! program and the 1-int capture (slot, then register) on the emulated instruction placement
 //! picks; wakeup per event vs batched; after detaching (asleep); and the same logpoint through
 //! lldb-dap. Then sustained throughput with exact loss accounting and the user-space decode
-//! rate.
+//! rate. The headline ratio (agent 1-int / empty program on the emulated instruction) is also
+//! measured alternated, the two attached in turn for a few rounds, so the machine's drift
+//! between rows does not count as either's cost.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};

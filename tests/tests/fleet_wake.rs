@@ -189,6 +189,29 @@ impl Fleet {
         (out.status.code(), out.stdout)
     }
 
+    /// `fleet wake` of every `app=orders` pod in shop as object `name`: `canary` targets,
+    /// then steps of 50 % and 100 %, 500 ms apart, ttl 10 min; (exit code, stdout).
+    fn wake(&self, name: &str, canary: u32) -> (Option<i32>, String) {
+        let canary = canary.to_string();
+        self.cli(&[
+            "wake",
+            "--selector",
+            "app=orders",
+            "-n",
+            "shop",
+            "--name",
+            name,
+            "--canary",
+            &canary,
+            "--steps",
+            "50%,100%",
+            "--interval",
+            "500ms",
+            "--ttl",
+            "10m",
+        ])
+    }
+
     fn wake_obj(&self, name: &str) -> DetrixWake {
         self.api.wake("shop", name).expect("the DetrixWake exists")
     }
@@ -286,23 +309,7 @@ fn the_cli_wakes_the_canary_alone_then_each_step_and_sleeps_on_request() {
     Fleet::ready(&[&a, &b]);
     let ranked = f.ranked();
     // --canary 1 --steps 50%,100% over 6 targets: 1, then 3, then 6 awake.
-    let (code, out) = f.cli(&[
-        "wake",
-        "--selector",
-        "app=orders",
-        "-n",
-        "shop",
-        "--name",
-        "orders-wake",
-        "--canary",
-        "1",
-        "--steps",
-        "50%,100%",
-        "--interval",
-        "500ms",
-        "--ttl",
-        "10m",
-    ]);
+    let (code, out) = f.wake("orders-wake", 1);
     assert_eq!(
         code,
         Some(0),
@@ -391,23 +398,7 @@ fn a_failure_in_the_canary_halts_the_rollout_and_what_was_woken_sleeps() {
     let ranked = f.ranked();
     // A canary of two: the daemon refuses the second's registration.
     f.stub.lock().refuse.push(ranked[1].clone());
-    let (code, out) = f.cli(&[
-        "wake",
-        "--selector",
-        "app=orders",
-        "-n",
-        "shop",
-        "--name",
-        "bad-canary",
-        "--canary",
-        "2",
-        "--steps",
-        "50%,100%",
-        "--interval",
-        "500ms",
-        "--ttl",
-        "10m",
-    ]);
+    let (code, out) = f.wake("bad-canary", 2);
     assert_eq!(code, Some(3), "fleet wake halts: {out}");
     let halting = out
         .lines()
@@ -724,23 +715,7 @@ fn real_daemon_takes_every_stage_of_a_fleet_wake_and_stores_the_canarys_values()
     let (a, b) = (f.agent("node-a"), f.agent("node-b"));
     Fleet::ready(&[&a, &b]);
     let ranked = f.ranked();
-    let (code, out) = f.cli(&[
-        "wake",
-        "--selector",
-        "app=orders",
-        "-n",
-        "shop",
-        "--name",
-        "real-wake",
-        "--canary",
-        "1",
-        "--steps",
-        "50%,100%",
-        "--interval",
-        "500ms",
-        "--ttl",
-        "10m",
-    ]);
+    let (code, out) = f.wake("real-wake", 1);
     assert_eq!(
         code,
         Some(0),
