@@ -24,6 +24,19 @@ pub(super) struct Function {
     pub(super) high_pc: u64,
 }
 
+/// A function (`DW_TAG_subprogram`) or inlined copy of one in a unit's DIE order: what
+/// [`Binary::function_at`] needs of it without reading the unit's DIEs again.
+#[derive(Debug)]
+pub(crate) struct FnDie {
+    offset: usize,
+    subprogram: bool,
+    /// Depth in the unit's DIE tree.
+    depth: isize,
+    /// (lowest, highest) of `ranges`; `None` when it has none.
+    bounds: Option<(u64, u64)>,
+    ranges: Box<[(u64, u64)]>,
+}
+
 /// One scope of a [`Binary::scope_chain`].
 #[derive(Debug, Clone)]
 struct ChainScope {
@@ -142,46 +155,78 @@ impl Binary {
         addr: u64,
     ) -> Result<Option<Function>, ResolveError> {
         let unit = &self.units[ui];
-        let mut cursor = unit.entries();
         let mut best: Option<Function> = None;
         let mut best_depth = -1;
-        while let Some(entry) = cursor.next_dfs().map_err(self.dwarf_err("DIEs"))? {
-            let tag = entry.tag();
-            if tag != dw::DW_TAG_subprogram && tag != dw::DW_TAG_inlined_subroutine {
+        for f in self.functions_of(ui)? {
+            let Some(&(low, high)) = f.bounds.as_ref() else {
+                continue;
+            };
+            if !f.ranges.iter().any(|&(b, e)| b <= addr && addr < e) {
                 continue;
             }
-            let entry = entry.clone();
-            let depth = cursor.depth();
-            if tag != dw::DW_TAG_subprogram && tag != dw::DW_TAG_inlined_subroutine {
-                continue;
-            }
-            let (low, high, hit) = self.ranges_hit(unit, &entry, addr)?;
-            if !hit {
-                continue;
-            }
-            let name = self
-                .die_name(ui, &entry)
+            let name = unit
+                .entry(gimli::UnitOffset(f.offset))
+                .ok()
+                .and_then(|e| self.die_name(ui, &e))
                 .unwrap_or_else(|| "<anonymous>".to_owned());
-            if tag == dw::DW_TAG_subprogram {
+            if f.subprogram {
                 best = Some(Function {
-                    scope: entry.offset().0,
-                    subprogram: entry.offset().0,
+                    scope: f.offset,
+                    subprogram: f.offset,
                     name,
                     inlined: false,
                     low_pc: low,
                     high_pc: high,
                 });
-                best_depth = depth;
+                best_depth = f.depth;
             } else if let Some(b) = best.as_mut() {
-                if depth > best_depth {
-                    b.scope = entry.offset().0;
+                if f.depth > best_depth {
+                    b.scope = f.offset;
                     b.name = name;
                     b.inlined = true;
-                    best_depth = depth;
+                    best_depth = f.depth;
                 }
             }
         }
         Ok(best)
+    }
+
+    /// Unit `ui`'s functions and inlined copies in DIE order, built on first use (see
+    /// `Binary::functions`). A DWARF error while building is returned and nothing is kept, so
+    /// every lookup in that unit reports it, as the walk it replaces did.
+    fn functions_of(&self, ui: usize) -> Result<&[FnDie], ResolveError> {
+        let cell = &self.functions[ui];
+        if let Some(v) = cell.get() {
+            return Ok(v);
+        }
+        let unit = &self.units[ui];
+        let mut cursor = unit.entries();
+        let mut out = Vec::new();
+        while let Some(entry) = cursor.next_dfs().map_err(self.dwarf_err("DIEs"))? {
+            let tag = entry.tag();
+            if tag != dw::DW_TAG_subprogram && tag != dw::DW_TAG_inlined_subroutine {
+                continue;
+            }
+            let mut ranges = self
+                .die_ranges(unit, entry)
+                .map_err(self.dwarf_err("code ranges"))?;
+            let mut v = Vec::new();
+            while let Some(r) = ranges.next().map_err(self.dwarf_err("code ranges"))? {
+                v.push((r.begin, r.end));
+            }
+            let bounds = (!v.is_empty()).then(|| {
+                v.iter()
+                    .fold((u64::MAX, 0), |(lo, hi), &(b, e)| (lo.min(b), hi.max(e)))
+            });
+            out.push(FnDie {
+                offset: entry.offset().0,
+                subprogram: tag == dw::DW_TAG_subprogram,
+                depth: cursor.depth(),
+                bounds,
+                ranges: v.into_boxed_slice(),
+            });
+        }
+        Ok(cell.get_or_init(|| out))
     }
 
     fn scope_candidates(&self, point: &ProbePoint) -> Result<Vec<Candidate>, ResolveError> {
