@@ -315,10 +315,25 @@ impl Binary {
         }
         lines_with_code.remove(&0);
         if groups.is_empty() {
+            // A line can have rows only in code the build dropped (a function the linker
+            // discarded, its rows left at a tombstone address): such lines are not offered,
+            // the requested one included.
+            let live = |l: u32| -> Result<bool, ResolveError> {
+                for (ui, rows) in &unit_file_rows {
+                    for r in rows.iter().filter(|r| r.line == l) {
+                        if let Some(f) = self.function_at(*ui, r.addr)? {
+                            if self.holds_code(f.low_pc, f.high_pc) {
+                                return Ok(true);
+                            }
+                        }
+                    }
+                }
+                Ok(false)
+            };
             return Err(ResolveError::NoCodeAtLine {
                 file: file.to_owned(),
                 line,
-                nearest: nearest_lines(&lines_with_code, line),
+                nearest: nearest_lines(&lines_with_code, line, live)?,
             });
         }
         let mut points = Vec::new();
@@ -457,14 +472,39 @@ fn split_runs(indices: &[usize], rows: &[Row]) -> Vec<Vec<usize>> {
     out
 }
 
-/// Up to two lines with code on each side of `line`.
-fn nearest_lines(with_code: &BTreeSet<u32>, line: u32) -> Vec<u32> {
-    let below: Vec<u32> = with_code.range(..line).rev().take(2).copied().collect();
-    let above = with_code.range(line..).take(2).copied();
-    let mut out: Vec<u32> = below.into_iter().rev().chain(above).collect();
-    out.dedup();
-    out
+/// Up to two lines with code on each side of `line` (never `line` itself): lines of
+/// `with_code` that `live` confirms, looking at most [`NEAREST_TRIES`] lines each way.
+fn nearest_lines<E>(
+    with_code: &BTreeSet<u32>,
+    line: u32,
+    mut live: impl FnMut(u32) -> Result<bool, E>,
+) -> Result<Vec<u32>, E> {
+    let mut below = Vec::new();
+    for &l in with_code.range(..line).rev().take(NEAREST_TRIES) {
+        if below.len() == 2 {
+            break;
+        }
+        if live(l)? {
+            below.push(l);
+        }
+    }
+    let mut above = Vec::new();
+    for &l in with_code
+        .range(line.saturating_add(1)..)
+        .take(NEAREST_TRIES)
+    {
+        if above.len() == 2 {
+            break;
+        }
+        if live(l)? {
+            above.push(l);
+        }
+    }
+    Ok(below.into_iter().rev().chain(above).collect())
 }
+
+/// Lines looked at on each side for [`nearest_lines`]: a bound on the work an error does.
+const NEAREST_TRIES: usize = 64;
 
 #[cfg(test)]
 mod tests {
@@ -488,9 +528,16 @@ mod tests {
     #[test]
     fn nearest_lines_brackets_the_request() {
         let set: BTreeSet<u32> = [3, 5, 9, 12, 20].into_iter().collect();
-        assert_eq!(nearest_lines(&set, 10), vec![5, 9, 12, 20]);
-        assert_eq!(nearest_lines(&set, 1), vec![3, 5]);
-        assert_eq!(nearest_lines(&set, 30), vec![12, 20]);
+        let all = |_| Ok::<_, ()>(true);
+        assert_eq!(nearest_lines(&set, 10, all), Ok(vec![5, 9, 12, 20]));
+        assert_eq!(nearest_lines(&set, 1, all), Ok(vec![3, 5]));
+        assert_eq!(nearest_lines(&set, 30, all), Ok(vec![12, 20]));
+        // Lines whose rows are all in code the build dropped are not offered, nor is the
+        // requested line when it is one of them.
+        let mut with_dead = set.clone();
+        with_dead.insert(10);
+        let dead = |l: u32| Ok::<_, ()>(l != 9 && l != 10 && l != 12);
+        assert_eq!(nearest_lines(&with_dead, 10, dead), Ok(vec![3, 5, 20]));
     }
 
     #[test]
