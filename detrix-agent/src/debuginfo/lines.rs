@@ -298,12 +298,9 @@ impl Binary {
                 lines_with_code.insert(r.line);
             }
             for (i, r) in rows.iter().enumerate().filter(|(_, r)| r.line == line) {
-                let Some(func) = self.function_at(ui, r.addr)? else {
+                let Some(func) = self.live_function_at(ui, r.addr)? else {
                     continue;
                 };
-                if !self.holds_code(func.low_pc, func.high_pc) {
-                    continue;
-                }
                 groups
                     .entry((ui, func.scope))
                     .or_insert_with(|| (Vec::new(), func))
@@ -321,10 +318,8 @@ impl Binary {
             let live = |l: u32| -> Result<bool, ResolveError> {
                 for (ui, rows) in &unit_file_rows {
                     for r in rows.iter().filter(|r| r.line == l) {
-                        if let Some(f) = self.function_at(*ui, r.addr)? {
-                            if self.holds_code(f.low_pc, f.high_pc) {
-                                return Ok(true);
-                            }
+                        if self.live_function_at(*ui, r.addr)?.is_some() {
+                            return Ok(true);
                         }
                     }
                 }
@@ -420,6 +415,18 @@ impl Binary {
     /// nothing called it) keeps its DWARF with its addresses set to 0, where the file has no
     /// code: a probe there would never fire. A file with no code at all (a separate debug file
     /// opened on its own) keeps every function.
+    /// [`Binary::function_at`], but only a function whose code is in this binary: the linker
+    /// leaves a discarded function's DIE and rows at a tombstone address.
+    fn live_function_at(
+        &self,
+        ui: usize,
+        addr: u64,
+    ) -> Result<Option<super::scope::Function>, ResolveError> {
+        Ok(self
+            .function_at(ui, addr)?
+            .filter(|f| self.holds_code(f.low_pc, f.high_pc)))
+    }
+
     fn holds_code(&self, low: u64, high: u64) -> bool {
         self.code.is_empty()
             || self
@@ -479,27 +486,21 @@ fn nearest_lines<E>(
     line: u32,
     mut live: impl FnMut(u32) -> Result<bool, E>,
 ) -> Result<Vec<u32>, E> {
-    let mut below = Vec::new();
-    for &l in with_code.range(..line).rev().take(NEAREST_TRIES) {
-        if below.len() == 2 {
-            break;
+    // The first two lines `live` confirms among the first NEAREST_TRIES of `side`.
+    let mut two = |side: &mut dyn Iterator<Item = &u32>| -> Result<Vec<u32>, E> {
+        let mut out = Vec::new();
+        for &l in side.take(NEAREST_TRIES) {
+            if out.len() == 2 {
+                break;
+            }
+            if live(l)? {
+                out.push(l);
+            }
         }
-        if live(l)? {
-            below.push(l);
-        }
-    }
-    let mut above = Vec::new();
-    for &l in with_code
-        .range(line.saturating_add(1)..)
-        .take(NEAREST_TRIES)
-    {
-        if above.len() == 2 {
-            break;
-        }
-        if live(l)? {
-            above.push(l);
-        }
-    }
+        Ok(out)
+    };
+    let below = two(&mut with_code.range(..line).rev())?;
+    let above = two(&mut with_code.range(line.saturating_add(1)..))?;
     Ok(below.into_iter().rev().chain(above).collect())
 }
 

@@ -32,8 +32,6 @@ pub(crate) struct FnDie {
     subprogram: bool,
     /// Depth in the unit's DIE tree.
     depth: isize,
-    /// (lowest, highest) of `ranges`; `None` when it has none.
-    bounds: Option<(u64, u64)>,
     ranges: Box<[(u64, u64)]>,
 }
 
@@ -158,12 +156,13 @@ impl Binary {
         let mut best: Option<Function> = None;
         let mut best_depth = -1;
         for f in self.functions_of(ui)? {
-            let Some(&(low, high)) = f.bounds.as_ref() else {
-                continue;
-            };
             if !f.ranges.iter().any(|&(b, e)| b <= addr && addr < e) {
                 continue;
             }
+            let (low, high) = f
+                .ranges
+                .iter()
+                .fold((u64::MAX, 0), |(lo, hi), &(b, e)| (lo.min(b), hi.max(e)));
             let name = unit
                 .entry(gimli::UnitOffset(f.offset))
                 .ok()
@@ -214,15 +213,10 @@ impl Binary {
             while let Some(r) = ranges.next().map_err(self.dwarf_err("code ranges"))? {
                 v.push((r.begin, r.end));
             }
-            let bounds = (!v.is_empty()).then(|| {
-                v.iter()
-                    .fold((u64::MAX, 0), |(lo, hi), &(b, e)| (lo.min(b), hi.max(e)))
-            });
             out.push(FnDie {
                 offset: entry.offset().0,
                 subprogram: tag == dw::DW_TAG_subprogram,
                 depth: cursor.depth(),
-                bounds,
                 ranges: v.into_boxed_slice(),
             });
         }
