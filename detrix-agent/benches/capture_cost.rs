@@ -35,11 +35,16 @@ const SAMPLES: usize = 5;
 /// More windows steady the rows when comparing two builds of the eBPF program a few percent
 /// apart; the default keeps `cargo xtask bench` short.
 fn samples() -> usize {
-    std::env::var("DETRIX_BENCH_SAMPLES")
+    count_from_env("DETRIX_BENCH_SAMPLES", SAMPLES)
+}
+
+/// A positive count from environment variable `var`, else `default`.
+fn count_from_env(var: &str, default: usize) -> usize {
+    std::env::var(var)
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|&n| n > 0)
-        .unwrap_or(SAMPLES)
+        .unwrap_or(default)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -52,11 +57,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// each per round. Rows measured one after the other drift with the machine (the floor alone
 /// moved 390 → 428 ns/hit between runs here); alternating puts both sides in the same minutes.
 fn pairs() -> usize {
-    std::env::var("DETRIX_BENCH_PAIRS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(5)
+    count_from_env("DETRIX_BENCH_PAIRS", 5)
 }
 
 /// Windows per side per round of the paired measurement.
