@@ -52,8 +52,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// Rounds of the paired measurement (`DETRIX_BENCH_PAIRS`, default 5): the empty program and
-/// the agent's 1-int capture at the placed instruction, alternated, [`PAIR_WINDOWS`] windows
+/// Rounds of the paired measurement (`DETRIX_BENCH_PAIRS`, default 5): the empty program, the
+/// agent's 1-int capture and the handoff at the placed instruction, alternated, [`PAIR_WINDOWS`] windows
 /// each per round. Rows measured one after the other drift with the machine (the floor alone
 /// moved 390 → 428 ns/hit between runs here); alternating puts both sides in the same minutes.
 fn pairs() -> usize {
@@ -358,7 +358,14 @@ fn main() -> Result<()> {
         pp.file_offset,
         &format!("agent 1-int (v) @ {} placement on, forwarded", pp.addr),
     )?);
-    let (mut floor_w, mut agent_w) = (Vec::new(), Vec::new());
+    // The handoff program, alternated with the two: the same plan's value into the same ring,
+    // drained the same way, without the capture's bookkeeping (`detrix_handoff`).
+    let (mut handoff, hring) = Probes::load(LoadOptions {
+        handoff: true,
+        ..LoadOptions::default()
+    })?;
+    let mut hring = Some(hring);
+    let (mut floor_w, mut agent_w, mut handoff_w) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..pairs() {
         probes.install_noop(&at(pp.file_offset))?;
         floor_w.extend(fx.windows(PAIR_WINDOWS)?);
@@ -366,8 +373,21 @@ fn main() -> Result<()> {
         let (_, w) =
             ctx.capture_windows(&mut probes, &mut ring, pplan, pp.file_offset, PAIR_WINDOWS)?;
         agent_w.extend(w);
+        let (got, w) = ctx.capture_windows(
+            &mut handoff,
+            &mut hring,
+            pplan,
+            pp.file_offset,
+            PAIR_WINDOWS,
+        )?;
+        // It counts nothing itself: what the drain decoded shows it ran.
+        if got.drained.0 == 0 {
+            bail!("the handoff program delivered no event");
+        }
+        handoff_w.extend(w);
     }
-    let paired = (median(floor_w), median(agent_w));
+    drop(handoff);
+    let paired = (median(floor_w), median(agent_w), median(handoff_w));
     drop(probes);
     {
         let (mut eager, ring2) = Probes::load(LoadOptions {
@@ -515,6 +535,14 @@ fn main() -> Result<()> {
         pa,
         pf,
         pa / pf
+    );
+    let ph = paired.2 - base;
+    println!(
+        "handoff (the plan's value into the ring and nothing else) / floor, same rounds: {:.1} / {:.1} ns/hit = {:.2}x; agent / handoff {:.2}x",
+        ph,
+        pf,
+        ph / pf,
+        pa / ph
     );
     if let Some(kind) = rows
         .iter()

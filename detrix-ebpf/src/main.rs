@@ -13,7 +13,8 @@
 //! counter, so `hits` always equals the sum of the outcomes. Counters and plan come from one
 //! per-CPU map value (`SLOTS`): one lookup.
 //!
-//! Here: the hit's path and the record around the values. The ops themselves run in
+//! Here: the hit's path and the record around the values, and the bench's two floors
+//! (`detrix_noop`, `detrix_handoff`). The ops themselves run in
 //! `interp.rs`, faults are reported in `log.rs`, entry values are saved in `stash.rs`.
 #![no_std]
 #![no_main]
@@ -88,6 +89,58 @@ pub fn detrix_capture(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn detrix_noop(_ctx: ProbeContext) -> u32 {
     0
+}
+
+/// The least a capture built this way can cost, for `cargo xtask bench` only
+/// (`LoadOptions::handoff`; the agent never attaches it): the plan's register values written
+/// into a record in this CPU's ring and published, the way `capture` does it, and nothing else — no clock, pid, counters,
+/// rate limit or `busy` (two runs on one CPU could interleave: a measurement, not a product
+/// path; the bench's target is one thread). Measured next to `capture` against the same floor,
+/// the gap between the two is what the capture's bookkeeping costs, and the gap to the floor
+/// what handing a value over to the agent's core costs whatever the program does.
+#[uprobe]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[uprobe] macro calls this with a ProbeContext by value"
+)]
+pub fn detrix_handoff(ctx: ProbeContext) -> u32 {
+    handoff(&ctx);
+    0
+}
+
+#[inline(always)]
+fn handoff(ctx: &ProbeContext) {
+    // SAFETY: ctx is the uprobe's pt_regs context.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    let Some(s) = SLOTS.get_ptr_mut(cookie & 0xffff) else {
+        return;
+    };
+    // SAFETY: as in `capture`.
+    let plan = unsafe { &(*s).plan };
+    if plan.abi != PLAN_ABI || !interp::registers_only(plan) {
+        return;
+    }
+    // SAFETY: no memory arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(ring) = RINGS.get_ptr_mut(cpu) else {
+        return;
+    };
+    // SAFETY: a map value valid for this run; alone on it by the bench's design (above).
+    let ring = unsafe { &mut *ring };
+    // The record's clock, pid and tid are left 0: the bench's drain needs none of them.
+    let Some(Reserved {
+        ev,
+        meta_off,
+        head,
+        tail,
+        span,
+        ..
+    }) = reserve(ring, plan, cookie, 0, 0, 0)
+    else {
+        return;
+    };
+    interp::emit_registers(ctx, plan, ev, meta_off);
+    publish(ring, head, tail, span);
 }
 
 #[inline(always)]
@@ -197,45 +250,18 @@ fn fill(
     start: u64,
     has_cond: bool,
 ) {
-    let mut data_len = plan.data_len as usize;
-    if data_len > EVENT_DATA_BYTES {
-        data_len = EVENT_DATA_BYTES;
-    }
-    let mut n_values = plan.n_values as usize;
-    if n_values > MAX_VALUES {
-        n_values = MAX_VALUES;
-    }
-    let meta_off = meta_offset(data_len);
-    let event_len = WIRE_HEADER_BYTES + meta_off + metas_bytes(n_values);
-    let span = record_span(event_len) as u64;
-    // SAFETY: plain reads of ring words; `tail` is written by the agent from another CPU, and
-    // a stale value only makes the ring look fuller than it is.
-    let (head, tail) = unsafe {
-        (
-            core::ptr::read_volatile(&raw const ring.head),
-            core::ptr::read_volatile(&raw const ring.tail),
-        )
-    };
-    if head.wrapping_sub(tail).wrapping_add(span) > CPU_RING_BYTES as u64 {
+    let Some(Reserved {
+        ev,
+        pos,
+        meta_off,
+        head,
+        tail,
+        span,
+    }) = reserve(ring, plan, cookie, tgid, tid, start)
+    else {
         counters.dropped_ring_full += 1;
         return;
-    }
-    let pos = (head as usize) & (CPU_RING_BYTES - 1);
-    // SAFETY: pos < CPU_RING_BYTES and the ring has CPU_RING_SLACK ≥ prefix + Event bytes past
-    // that; the record's prefix is 8-byte aligned because `head` only grows by spans.
-    #[expect(clippy::cast_ptr_alignment, reason = "8-byte aligned: see SAFETY")]
-    let ev = unsafe {
-        let rec = ring.data.as_mut_ptr().add(pos);
-        core::ptr::write_volatile(rec.cast::<u64>(), event_len as u64);
-        &mut *rec.add(RECORD_PREFIX_BYTES).cast::<Event>()
     };
-    let h = &mut ev.header;
-    h.abi = PLAN_ABI;
-    h.probe_id = cookie;
-    h.pid = tgid;
-    h.tid = tid;
-    h.ktime_ns = start;
-    h.goid = 0;
     if plan.goid_offset != 0 {
         let mut goid: u64 = 0;
         // SAFETY: reads 8 bytes into a local; the helper checks the user address.
@@ -247,23 +273,8 @@ fn fill(
             )
         };
         if rc == 0 {
-            h.goid = goid;
+            ev.header.goid = goid;
         }
-    }
-    h.flags = 0;
-    h.n_values = n_values as u32;
-    if n_values <= 2 {
-        // The common case inline: one word holds both metas (and the padding after one).
-        // SAFETY: the metas area is 8-byte aligned, at most EVENT_DATA_BYTES into `data`.
-        #[expect(clippy::cast_ptr_alignment, reason = "8-byte aligned: see SAFETY")]
-        unsafe {
-            core::ptr::write(
-                (meta(ev, meta_off, 0) as *mut ValueMeta).cast::<u64>(),
-                OK_PAIR,
-            );
-        };
-    } else {
-        init_metas(ev, meta_off, n_values);
     }
 
     let mut faulted = if interp::registers_only(plan) {
@@ -289,7 +300,100 @@ fn fill(
         ev.header.flags |= event_flags::READ_FAULT;
         counters.read_faults += 1;
     }
-    // Publish: the record's bytes are all written, then the new head, a plain store. x86 (the
+    publish(ring, head, tail, span);
+    counters.emitted += 1;
+}
+
+/// A record reserved at a ring's head: its [`Event`] (prefix, header with `goid` 0, and every
+/// meta already written; the caller writes the values) and what [`publish`] needs.
+struct Reserved<'a> {
+    ev: &'a mut Event,
+    pos: usize,
+    meta_off: usize,
+    head: u64,
+    tail: u64,
+    span: u64,
+}
+
+/// Reserves room for a record of `plan`'s size at `ring`'s head, or `None` when it is full.
+/// The caller holds the ring (`busy`) or, the handoff, is alone on it by the bench's design.
+#[inline(always)]
+fn reserve<'a>(
+    ring: &'a mut CpuRing,
+    plan: &Plan,
+    cookie: u32,
+    tgid: u32,
+    tid: u32,
+    start: u64,
+) -> Option<Reserved<'a>> {
+    let mut data_len = plan.data_len as usize;
+    if data_len > EVENT_DATA_BYTES {
+        data_len = EVENT_DATA_BYTES;
+    }
+    let mut n_values = plan.n_values as usize;
+    if n_values > MAX_VALUES {
+        n_values = MAX_VALUES;
+    }
+    let meta_off = meta_offset(data_len);
+    let event_len = WIRE_HEADER_BYTES + meta_off + metas_bytes(n_values);
+    let span = record_span(event_len) as u64;
+    // SAFETY: plain reads of ring words; `tail` is written by the agent from another CPU, and
+    // a stale value only makes the ring look fuller than it is.
+    let (head, tail) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const ring.head),
+            core::ptr::read_volatile(&raw const ring.tail),
+        )
+    };
+    if head.wrapping_sub(tail).wrapping_add(span) > CPU_RING_BYTES as u64 {
+        return None;
+    }
+    let pos = (head as usize) & (CPU_RING_BYTES - 1);
+    // SAFETY: pos < CPU_RING_BYTES and the ring has CPU_RING_SLACK ≥ prefix + Event bytes past
+    // that; the record's prefix is 8-byte aligned because `head` only grows by spans.
+    #[expect(clippy::cast_ptr_alignment, reason = "8-byte aligned: see SAFETY")]
+    let ev = unsafe {
+        let rec = ring.data.as_mut_ptr().add(pos);
+        core::ptr::write_volatile(rec.cast::<u64>(), event_len as u64);
+        &mut *rec.add(RECORD_PREFIX_BYTES).cast::<Event>()
+    };
+    let h = &mut ev.header;
+    h.abi = PLAN_ABI;
+    h.probe_id = cookie;
+    h.pid = tgid;
+    h.tid = tid;
+    h.ktime_ns = start;
+    h.goid = 0;
+    h.flags = 0;
+    h.n_values = n_values as u32;
+    if n_values <= 2 {
+        // The common case inline: one word holds both metas (and the padding after one).
+        // SAFETY: the metas area is 8-byte aligned, at most EVENT_DATA_BYTES into `data`.
+        #[expect(clippy::cast_ptr_alignment, reason = "8-byte aligned: see SAFETY")]
+        unsafe {
+            core::ptr::write(
+                (meta(ev, meta_off, 0) as *mut ValueMeta).cast::<u64>(),
+                OK_PAIR,
+            );
+        };
+    } else {
+        init_metas(ev, meta_off, n_values);
+    }
+    Some(Reserved {
+        ev,
+        pos,
+        meta_off,
+        head,
+        tail,
+        span,
+    })
+}
+
+/// Publishes the record [`reserve`] returned (its bytes all written) and rings the doorbell
+/// when the backlog crosses the threshold.
+#[inline(always)]
+fn publish(ring: &mut CpuRing, head: u64, tail: u64, span: u64) {
+    // The record's bytes are all written, then the new head, a plain store. x86 (the
     // only architecture the agent reads registers of) makes stores visible to the agent's CPU
     // in program order, and the compiler fence keeps LLVM from sinking a record store past
     // this one; `busy` makes this run the head's only writer, so no read-modify-write is
@@ -300,8 +404,6 @@ fn fill(
     unsafe {
         core::ptr::write_volatile(core::ptr::addr_of_mut!(ring.head), head.wrapping_add(span));
     };
-    counters.emitted += 1;
-
     // SAFETY: a plain read of a global the loader may have rewritten before load.
     let threshold = unsafe { core::ptr::read_volatile(&raw const WAKEUP_BYTES) };
     let backlog = head.wrapping_sub(tail);

@@ -35,6 +35,9 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 const PROGRAM: &str = "detrix_capture";
 const PROGRAM_MISSING: &str = "detrix_capture program";
+/// The bench's floor for a capture, attached instead of it ([`LoadOptions::handoff`]).
+const HANDOFF: &str = "detrix_handoff";
+const HANDOFF_MISSING: &str = "detrix_handoff program";
 /// The empty program, for cost baselines.
 const NOOP: &str = "detrix_noop";
 const NOOP_MISSING: &str = "detrix_noop program";
@@ -93,6 +96,9 @@ pub struct LoadOptions {
     pub wakeup_bytes: u64,
     /// `--ebpf-log`: the program reports each faulting plan step ([`crate::ebpflog`]).
     pub ebpf_log: bool,
+    /// `cargo xtask bench` only: probes run `detrix_handoff` (register values into the ring and
+    /// nothing else; not safe with two threads on one CPU) instead of the capture program.
+    pub handoff: bool,
 }
 
 impl Default for LoadOptions {
@@ -101,6 +107,7 @@ impl Default for LoadOptions {
             ring_bytes: 1 << 16,
             wakeup_bytes: detrix_common::DEFAULT_WAKEUP_BYTES,
             ebpf_log: false,
+            handoff: false,
         }
     }
 }
@@ -158,6 +165,9 @@ pub struct Probes {
     /// probe left is never read by a later one.
     stash_ids: u64,
     noop_links: Vec<Attached>,
+    /// The program probes run (name, what to say if the object lacks it): the capture, or in
+    /// the bench the handoff.
+    program: (&'static str, &'static str),
     /// Bumped per install, so a reused slot gets a new probe id.
     generation: u32,
     ncpus: usize,
@@ -269,10 +279,15 @@ impl Probes {
             .load(EBPF_OBJECT)
             .map_err(ProbeError::Load)?;
         // Before any map is taken out: the second load relocates against all of them.
+        let program = if opts.handoff {
+            (HANDOFF, HANDOFF_MISSING)
+        } else {
+            (PROGRAM, PROGRAM_MISSING)
+        };
         let multi = if std::env::var(LINKS_ENV).is_ok_and(|v| v == "perf") {
             None
         } else {
-            match multi::Programs::load(&ebpf, EBPF_OBJECT, &[PROGRAM, NOOP, STASH]) {
+            match multi::Programs::load(&ebpf, EBPF_OBJECT, &[program.0, NOOP, STASH]) {
                 Ok(p) => {
                     tracing::debug!("probes are uprobe_multi links");
                     Some(p)
@@ -300,11 +315,7 @@ impl Probes {
             None
         };
         // The perf-event path's programs, when it is the one taken.
-        for (name, missing) in [
-            (PROGRAM, PROGRAM_MISSING),
-            (NOOP, NOOP_MISSING),
-            (STASH, STASH_MISSING),
-        ] {
+        for (name, missing) in [program, (NOOP, NOOP_MISSING), (STASH, STASH_MISSING)] {
             if multi.is_none() {
                 uprobe(&mut ebpf, name, missing)?
                     .load()
@@ -327,6 +338,7 @@ impl Probes {
                 entry_links: BTreeMap::new(),
                 stash_ids: 0,
                 noop_links: Vec::new(),
+                program,
                 generation: 0,
                 ncpus,
                 _log: log,
@@ -508,12 +520,13 @@ impl Probes {
         };
         let mut links = Vec::with_capacity(sites.len());
         for (offset, cookie) in sites {
-            match self.attach(PROGRAM, PROGRAM_MISSING, spec, offset, Some(cookie)) {
+            let (name, missing) = self.program;
+            match self.attach(name, missing, spec, offset, Some(cookie)) {
                 Ok(l) => links.push(l),
                 Err(e) => {
                     // All or nothing: the ones attached go (the slot was never taken).
                     for l in links {
-                        if let Err(e) = self.take(l, PROGRAM, PROGRAM_MISSING) {
+                        if let Err(e) = self.take(l, name, missing) {
                             tracing::warn!(id, error = %e, "detaching a branch probe failed");
                         }
                     }
@@ -642,7 +655,7 @@ impl Probes {
         let mut links = Vec::with_capacity(attached.len() + 1);
         let mut taken = Ok(());
         for link in attached {
-            match self.take(link, PROGRAM, PROGRAM_MISSING) {
+            match self.take(link, self.program.0, self.program.1) {
                 Ok(l) => links.push(l),
                 Err(e) => taken = taken.and(Err(e)),
             }
