@@ -53,8 +53,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Rounds of the paired measurement (`DETRIX_BENCH_PAIRS`, default 5): the empty program, the
-/// agent's 1-int capture and the handoff at the placed instruction, alternated, [`PAIR_WINDOWS`] windows
-/// each per round. Rows measured one after the other drift with the machine (the floor alone
+/// agent's 1-int capture and the handoff at the placed instruction, alternated,
+/// [`PAIR_WINDOWS`] windows each per round. Rows measured one after the other drift with the machine (the floor alone
 /// moved 390 → 428 ns/hit between runs here); alternating puts both sides in the same minutes.
 fn pairs() -> usize {
     count_from_env("DETRIX_BENCH_PAIRS", 5)

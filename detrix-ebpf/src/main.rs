@@ -93,9 +93,9 @@ pub fn detrix_noop(_ctx: ProbeContext) -> u32 {
 
 /// The least a capture built this way can cost, for `cargo xtask bench` only
 /// (`LoadOptions::handoff`; the agent never attaches it): the plan's register values written
-/// into a record in this CPU's ring and published, the way `capture` does it, and nothing else — no clock, pid, counters,
-/// rate limit or `busy` (two runs on one CPU could interleave: a measurement, not a product
-/// path; the bench's target is one thread). Measured next to `capture` against the same floor,
+/// into a record in this CPU's ring and published, the way `capture` does it, and nothing
+/// else — no clock, pid, counters, rate limit or `busy` (two runs on one CPU could interleave:
+/// a measurement, not a product path; the bench's target is one thread). Measured next to `capture` against the same floor,
 /// the gap between the two is what the capture's bookkeeping costs, and the gap to the floor
 /// what handing a value over to the agent's core costs whatever the program does.
 #[uprobe]

@@ -411,10 +411,6 @@ impl Binary {
         Ok(points)
     }
 
-    /// Whether `[low, high)` is code of this file. A function the linker dropped (`--gc-sections`:
-    /// nothing called it) keeps its DWARF with its addresses set to 0, where the file has no
-    /// code: a probe there would never fire. A file with no code at all (a separate debug file
-    /// opened on its own) keeps every function.
     /// [`Binary::function_at`], but only a function whose code is in this binary: the linker
     /// leaves a discarded function's DIE and rows at a tombstone address.
     fn live_function_at(
@@ -427,6 +423,10 @@ impl Binary {
             .filter(|f| self.holds_code(f.low_pc, f.high_pc)))
     }
 
+    /// Whether `[low, high)` is code of this file. A function the linker dropped (`--gc-sections`:
+    /// nothing called it) keeps its DWARF with its addresses set to 0, where the file has no
+    /// code: a probe there would never fire. A file with no code at all (a separate debug file
+    /// opened on its own) keeps every function.
     fn holds_code(&self, low: u64, high: u64) -> bool {
         self.code.is_empty()
             || self

@@ -278,12 +278,12 @@ impl Probes {
             )
             .load(EBPF_OBJECT)
             .map_err(ProbeError::Load)?;
-        // Before any map is taken out: the second load relocates against all of them.
         let program = if opts.handoff {
             (HANDOFF, HANDOFF_MISSING)
         } else {
             (PROGRAM, PROGRAM_MISSING)
         };
+        // Before any map is taken out: the second load relocates against all of them.
         let multi = if std::env::var(LINKS_ENV).is_ok_and(|v| v == "perf") {
             None
         } else {
